@@ -1,0 +1,390 @@
+//! Key material and ciphers. This is the only module that touches a cipher.
+//!
+//! * The master key (KEK) wraps every per-secret data key (DEK) and the fingerprint key.
+//! * Values are sealed with XChaCha20-Poly1305 under the secret's DEK, with associated data
+//!   `secret_id ‖ seq`, so a sealed blob cannot be moved to another secret or event.
+//! * Fingerprints are keyed blake3 hashes of single values: they show that a value changed,
+//!   and whether two versions are equal, without revealing it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Write;
+use std::path::Path;
+
+use base64::Engine as _;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::{XChaCha20Poly1305, XNonce};
+use rand::RngCore;
+use zeroize::{Zeroize, Zeroizing};
+
+use crate::error::{Error, Result};
+use crate::SecretId;
+
+const NONCE_LEN: usize = 24;
+const KEY_CHECK_CONTEXT: &[u8] = b"sledger master key check v1";
+const KEY_ID_CONTEXT: &str = "sledger key id v1";
+
+/// Environment variable holding a base64 master key; it takes precedence over a key file.
+pub const MASTER_KEY_ENV: &str = "SLEDGER_MASTER_KEY";
+
+/// A 256-bit key that zeroizes on drop and never prints.
+#[derive(Clone)]
+struct Key32(Zeroizing<[u8; 32]>);
+
+impl Key32 {
+    fn random() -> Self {
+        let mut k = Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(k.as_mut());
+        Key32(k)
+    }
+    fn cipher(&self) -> XChaCha20Poly1305 {
+        XChaCha20Poly1305::new(self.0.as_ref().into())
+    }
+}
+
+/// The master key (KEK). Debug and Display print `[REDACTED]`.
+#[derive(Clone)]
+pub struct MasterKey(Key32);
+
+/// A per-secret data key (DEK).
+#[derive(Clone)]
+pub struct DataKey(Key32);
+
+/// The key for audit fingerprints; made once per ledger and wrapped by the master key.
+#[derive(Clone)]
+pub struct FingerprintKey(Key32);
+
+macro_rules! redacted_debug {
+    ($($t:ty),*) => {$(
+        impl fmt::Debug for $t {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(concat!(stringify!($t), "([REDACTED])"))
+            }
+        }
+    )*};
+}
+redacted_debug!(MasterKey, DataKey, FingerprintKey);
+
+impl fmt::Display for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[REDACTED]")
+    }
+}
+
+impl MasterKey {
+    /// A fresh random master key.
+    pub fn generate() -> Self {
+        MasterKey(Key32::random())
+    }
+
+    /// Parse a base64 (standard alphabet) 32-byte key.
+    pub fn from_base64(text: &str) -> Result<Self> {
+        let mut bytes = Zeroizing::new(
+            base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|_| {
+                    Error::KeyUnavailable("the master key is not valid base64; it must be 32 random bytes, base64-encoded (as written by `sledger init`)".into())
+                })?,
+        );
+        if bytes.len() != 32 {
+            return Err(Error::KeyUnavailable(format!(
+                "the master key decodes to {} bytes; it must be exactly 32",
+                bytes.len()
+            )));
+        }
+        let mut k = Zeroizing::new([0u8; 32]);
+        k.copy_from_slice(&bytes);
+        bytes.zeroize();
+        Ok(MasterKey(Key32(k)))
+    }
+
+    /// The key as base64, for writing to a key file.
+    pub fn to_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(self.0 .0.as_ref()))
+    }
+
+    /// Read a key file written by [`MasterKey::write_new_file`].
+    pub fn read_file(path: &Path) -> Result<Self> {
+        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                Error::KeyUnavailable(format!(
+                    "no key file at {}; pass --key-file / SLEDGER_KEY_FILE or set {MASTER_KEY_ENV}",
+                    path.display()
+                ))
+            } else {
+                Error::io(format!("cannot read key file {}", path.display()), e)
+            }
+        })?);
+        Self::from_base64(&text)
+    }
+
+    /// Write the key to a new file with mode 0600; never overwrites.
+    pub fn write_new_file(&self, path: &Path) -> Result<()> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut file = opts.open(path).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                Error::WouldOverwrite {
+                    what: "key file",
+                    path: path.to_path_buf(),
+                }
+            } else {
+                Error::io(format!("cannot create key file {}", path.display()), e)
+            }
+        })?;
+        let mut text = self.to_base64();
+        text.push('\n');
+        file.write_all(text.as_bytes())
+            .and_then(|_| file.sync_all())
+            .map_err(|e| Error::io(format!("cannot write key file {}", path.display()), e))
+    }
+
+    /// A value stored in the ledger to recognise this key without revealing it.
+    pub(crate) fn key_check(&self) -> [u8; 32] {
+        *blake3::keyed_hash(&self.0 .0, KEY_CHECK_CONTEXT).as_bytes()
+    }
+
+    /// A short public identifier of this key, recorded in `key.rotated` events.
+    pub fn key_id(&self) -> String {
+        let id = blake3::derive_key(KEY_ID_CONTEXT, self.0 .0.as_ref());
+        hex::encode(&id[..8])
+    }
+
+    fn wrap(&self, key: &Key32, aad: &[u8]) -> Vec<u8> {
+        seal_bytes(&self.0, key.0.as_ref(), aad)
+    }
+
+    fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<Key32> {
+        let plain = Zeroizing::new(open_bytes(&self.0, wrapped, aad).map_err(|_| Error::WrongKey)?);
+        if plain.len() != 32 {
+            return Err(Error::Corrupt("a wrapped key has the wrong length".into()));
+        }
+        let mut k = Zeroizing::new([0u8; 32]);
+        k.copy_from_slice(&plain);
+        Ok(Key32(k))
+    }
+
+    /// Wrap a secret's data key for storage in `secret_keys`.
+    pub fn wrap_data_key(&self, dek: &DataKey, secret: SecretId) -> Vec<u8> {
+        self.wrap(&dek.0, &dek_aad(secret))
+    }
+
+    /// Unwrap a secret's data key.
+    pub fn unwrap_data_key(&self, wrapped: &[u8], secret: SecretId) -> Result<DataKey> {
+        self.unwrap(wrapped, &dek_aad(secret)).map(DataKey)
+    }
+
+    /// Wrap the ledger's fingerprint key.
+    pub fn wrap_fingerprint_key(&self, key: &FingerprintKey) -> Vec<u8> {
+        self.wrap(&key.0, b"sledger fingerprint key")
+    }
+
+    /// Unwrap the ledger's fingerprint key.
+    pub fn unwrap_fingerprint_key(&self, wrapped: &[u8]) -> Result<FingerprintKey> {
+        self.unwrap(wrapped, b"sledger fingerprint key")
+            .map(FingerprintKey)
+    }
+}
+
+fn dek_aad(secret: SecretId) -> Vec<u8> {
+    let mut aad = b"sledger dek ".to_vec();
+    aad.extend_from_slice(secret.as_bytes());
+    aad
+}
+
+fn value_aad(secret: SecretId, seq: u64) -> [u8; 24] {
+    let mut aad = [0u8; 24];
+    aad[..16].copy_from_slice(secret.as_bytes());
+    aad[16..].copy_from_slice(&seq.to_be_bytes());
+    aad
+}
+
+fn seal_bytes(key: &Key32, plain: &[u8], aad: &[u8]) -> Vec<u8> {
+    let mut nonce = [0u8; NONCE_LEN];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let ct = key
+        .cipher()
+        .encrypt(XNonce::from_slice(&nonce), Payload { msg: plain, aad })
+        .expect("XChaCha20-Poly1305 encryption cannot fail for in-memory buffers");
+    let mut out = Vec::with_capacity(NONCE_LEN + ct.len());
+    out.extend_from_slice(&nonce);
+    out.extend_from_slice(&ct);
+    out
+}
+
+fn open_bytes(key: &Key32, sealed: &[u8], aad: &[u8]) -> std::result::Result<Vec<u8>, ()> {
+    if sealed.len() < NONCE_LEN {
+        return Err(());
+    }
+    let (nonce, ct) = sealed.split_at(NONCE_LEN);
+    key.cipher()
+        .decrypt(XNonce::from_slice(nonce), Payload { msg: ct, aad })
+        .map_err(|_| ())
+}
+
+impl DataKey {
+    /// A fresh random data key for a new secret.
+    pub fn generate() -> Self {
+        DataKey(Key32::random())
+    }
+
+    /// Seal a secret's values for the event at `seq`.
+    pub fn seal(&self, values: &SecretValues, secret: SecretId, seq: u64) -> Vec<u8> {
+        let plain = Zeroizing::new(
+            bincode::serde::encode_to_vec(&values.0, bincode::config::standard())
+                .expect("a string map always encodes"),
+        );
+        seal_bytes(&self.0, &plain, &value_aad(secret, seq))
+    }
+
+    /// Open values sealed by [`DataKey::seal`] for the same secret and seq.
+    pub fn open(&self, sealed: &[u8], secret: SecretId, seq: u64) -> Result<SecretValues> {
+        let plain = Zeroizing::new(
+            open_bytes(&self.0, sealed, &value_aad(secret, seq)).map_err(|_| {
+                Error::Corrupt(format!(
+                    "sealed values of secret {secret} at seq {seq} do not decrypt"
+                ))
+            })?,
+        );
+        let (map, _): (BTreeMap<String, Zeroizing<String>>, usize) =
+            bincode::serde::decode_from_slice(&plain, bincode::config::standard())
+                .map_err(|_| Error::Corrupt(format!("sealed values at seq {seq} do not decode")))?;
+        Ok(SecretValues(map))
+    }
+}
+
+/// A 128-bit keyed hash of one value.
+pub type Fingerprint = [u8; 16];
+
+impl FingerprintKey {
+    /// A fresh random fingerprint key (made once, at `init`).
+    pub fn generate() -> Self {
+        FingerprintKey(Key32::random())
+    }
+
+    /// Fingerprint one value.
+    pub fn fingerprint(&self, value: &str) -> Fingerprint {
+        let h = blake3::keyed_hash(&self.0 .0, value.as_bytes());
+        let mut fp = [0u8; 16];
+        fp.copy_from_slice(&h.as_bytes()[..16]);
+        fp
+    }
+
+    /// Fingerprints of every value in a map, by key.
+    pub fn fingerprints(&self, values: &SecretValues) -> BTreeMap<String, Fingerprint> {
+        values
+            .iter()
+            .map(|(k, v)| (k.to_owned(), self.fingerprint(v)))
+            .collect()
+    }
+}
+
+/// A secret's key/value map in plaintext. Zeroized on drop; Debug shows only the keys.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretValues(BTreeMap<String, Zeroizing<String>>);
+
+impl SecretValues {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Insert a value; returns true if the key was already present.
+    pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> bool {
+        self.0
+            .insert(key.into(), Zeroizing::new(value.into()))
+            .is_some()
+    }
+
+    pub fn remove(&mut self, key: &str) -> bool {
+        self.0.remove(key).is_some()
+    }
+
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).map(|v| v.as_str())
+    }
+
+    pub fn contains_key(&self, key: &str) -> bool {
+        self.0.contains_key(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(|k| k.as_str())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Size of the values as the JSON object a sink would store.
+    pub fn json_size(&self) -> usize {
+        self.to_json().len()
+    }
+
+    /// The values as a JSON object (the form sinks and `--format json` use).
+    pub fn to_json(&self) -> Zeroizing<String> {
+        let plain: BTreeMap<&str, &str> = self.iter().collect();
+        Zeroizing::new(serde_json::to_string(&plain).expect("a string map always serialises"))
+    }
+}
+
+impl fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "[REDACTED]")))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_are_bound_to_secret_and_seq() {
+        let dek = DataKey::generate();
+        let id = SecretId::now_v7();
+        let mut v = SecretValues::new();
+        v.insert("password", "hunter2");
+        let sealed = dek.seal(&v, id, 7);
+        assert_eq!(dek.open(&sealed, id, 7).unwrap(), v);
+        assert!(dek.open(&sealed, id, 8).is_err());
+        assert!(dek.open(&sealed, SecretId::now_v7(), 7).is_err());
+    }
+
+    #[test]
+    fn wrong_master_key_is_reported_as_such() {
+        let (a, b) = (MasterKey::generate(), MasterKey::generate());
+        let id = SecretId::now_v7();
+        let wrapped = a.wrap_data_key(&DataKey::generate(), id);
+        assert!(matches!(
+            b.unwrap_data_key(&wrapped, id),
+            Err(Error::WrongKey)
+        ));
+    }
+
+    #[test]
+    fn debug_never_shows_plaintext() {
+        let mut v = SecretValues::new();
+        v.insert("password", "hunter2");
+        let shown = format!(
+            "{v:?} {:?} {}",
+            MasterKey::generate(),
+            MasterKey::generate()
+        );
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("password"));
+    }
+}

@@ -1,0 +1,175 @@
+//! The library's one error type.
+//!
+//! Every variant says what went wrong and, where there is one, how to fix it. None of them ever
+//! carries a secret value: only names, keys (the map keys, not key material), paths and sizes.
+
+use std::path::PathBuf;
+
+/// Result alias used throughout the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Broad classes of failure; the binary maps each to a documented exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// The caller asked for something invalid (bad name, too large, nothing to do, ...).
+    Invalid,
+    /// The named secret, ledger or file does not exist.
+    NotFound,
+    /// Something with that name already exists.
+    AlreadyExists,
+    /// The ledger's contents do not check out (broken chain, corrupt row, bad anchor).
+    Integrity,
+    /// The master key is missing or does not open this ledger.
+    Key,
+    /// A backend (or the ledger database) is unreachable or busy; retrying may help.
+    Unavailable,
+    /// The file is not a sledger ledger, or it is one this build cannot read.
+    Incompatible,
+    /// An I/O or internal failure not covered above.
+    Internal,
+}
+
+/// Everything that can go wrong in the sledger library.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    #[error("invalid secret name {name:?}: {reason}")]
+    InvalidName { name: String, reason: String },
+
+    #[error("invalid value key {key:?}: {reason}")]
+    InvalidValueKey { key: String, reason: String },
+
+    #[error("invalid label {key:?}: {reason}")]
+    InvalidLabel { key: String, reason: String },
+
+    #[error("value key {key:?} is given more than once; give each key once")]
+    DuplicateValueKey { key: String },
+
+    #[error("secret {name:?} would have no values; a secret needs at least one KEY=VALUE")]
+    EmptySecret { name: String },
+
+    #[error("secret {name:?} is {size} bytes as JSON, over the limit of {limit} bytes; split it into several secrets")]
+    ValueTooLarge {
+        name: String,
+        size: usize,
+        limit: usize,
+    },
+
+    #[error("{0}")]
+    InvalidInput(String),
+
+    #[error("no secret named {name:?}{hint}")]
+    SecretNotFound { name: String, hint: String },
+
+    #[error("a live secret named {name:?} already exists in the {scope} scope; pick another name or rename the existing one")]
+    AlreadyExists { name: String, scope: String },
+
+    #[error(
+        "secret {name:?} was purged: its values were crypto-shredded and can never be read again"
+    )]
+    Purged { name: String },
+
+    #[error("no ledger at {path}; create one with `sledger init` or point --ledger / SLEDGER_LEDGER at an existing one")]
+    LedgerNotFound { path: PathBuf },
+
+    #[error(
+        "refusing to overwrite existing {what} at {path}; move it away or choose another path"
+    )]
+    WouldOverwrite { what: &'static str, path: PathBuf },
+
+    #[error("{path} is not a sledger ledger ({reason}); check --ledger / SLEDGER_LEDGER")]
+    NotALedger { path: PathBuf, reason: String },
+
+    #[error("{path} was written by a newer sledger (schema version {found}, this build knows up to {supported}); upgrade sledger to read it")]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+
+    #[error("the event log is broken at seq {seq}: {reason}")]
+    ChainBroken { seq: u64, reason: String },
+
+    #[error("the anchor does not match: {reason}")]
+    AnchorMismatch { reason: String },
+
+    #[error("corrupt ledger data: {0}")]
+    Corrupt(String),
+
+    #[error("this key does not open this ledger; use the key file created by `sledger init` for it (or the key it was rotated to)")]
+    WrongKey,
+
+    #[error("no master key: {0}")]
+    KeyUnavailable(String),
+
+    #[error(
+        "the ledger is busy (another sledger process holds the write lock); retry in a moment"
+    )]
+    Busy,
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("ledger database error: {0}")]
+    Database(#[source] rusqlite::Error),
+
+    #[error("ledger schema migration failed: {0}")]
+    Migration(#[source] rusqlite_migration::Error),
+}
+
+impl Error {
+    /// The broad class of this error (what the binary turns into an exit code).
+    pub fn class(&self) -> ErrorClass {
+        use Error::*;
+        match self {
+            InvalidName { .. }
+            | InvalidValueKey { .. }
+            | InvalidLabel { .. }
+            | DuplicateValueKey { .. }
+            | EmptySecret { .. }
+            | ValueTooLarge { .. }
+            | InvalidInput(_) => ErrorClass::Invalid,
+            SecretNotFound { .. } | LedgerNotFound { .. } | Purged { .. } => ErrorClass::NotFound,
+            AlreadyExists { .. } | WouldOverwrite { .. } => ErrorClass::AlreadyExists,
+            ChainBroken { .. } | AnchorMismatch { .. } | Corrupt(_) => ErrorClass::Integrity,
+            WrongKey | KeyUnavailable(_) => ErrorClass::Key,
+            Busy => ErrorClass::Unavailable,
+            NotALedger { .. } | NewerSchema { .. } => ErrorClass::Incompatible,
+            Io { .. } | Database(_) | Migration(_) => ErrorClass::Internal,
+        }
+    }
+
+    /// True when the same call may succeed if retried later (lock contention, network).
+    pub fn is_temporary(&self) -> bool {
+        matches!(self.class(), ErrorClass::Unavailable)
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidInput(msg.into())
+    }
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Self {
+        match e.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+                Error::Busy
+            }
+            Some(rusqlite::ErrorCode::DatabaseCorrupt)
+            | Some(rusqlite::ErrorCode::NotADatabase) => Error::Corrupt(e.to_string()),
+            _ => Error::Database(e),
+        }
+    }
+}

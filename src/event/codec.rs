@@ -1,0 +1,134 @@
+//! Payload codec: bincode (serde) of a versioned struct per event type.
+//!
+//! Every payload is decoded through `(event_type, event_version)`. When a payload struct
+//! changes, the old struct stays here as `…V1`, a new version number is written, and
+//! [`decode`] upcasts the old form to the current [`Event`]. Fixture ledgers in `replay/`
+//! pin that old versions keep decoding.
+
+use std::collections::BTreeMap;
+
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+
+use super::{Event, Scope, SealedValues};
+
+/// Payload version written by this build, for every event type.
+pub const CURRENT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct SecretCreatedV1 {
+    name: String,
+    scope: Scope,
+    owner: String,
+    labels: BTreeMap<String, String>,
+    values: SealedValues,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SecretUpdatedV1 {
+    labels: BTreeMap<String, String>,
+    values: SealedValues,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SecretRenamedV1 {
+    from: String,
+    to: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Empty {}
+
+#[derive(Serialize, Deserialize)]
+struct KeyRotatedV1 {
+    key_id: String,
+}
+
+fn config() -> bincode::config::Configuration {
+    bincode::config::standard()
+}
+
+fn to_bytes<T: Serialize>(v: &T) -> Vec<u8> {
+    bincode::serde::encode_to_vec(v, config()).expect("event payloads always encode")
+}
+
+fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
+    let (v, read) =
+        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
+    if read != bytes.len() {
+        return Err(format!("{} trailing bytes", bytes.len() - read));
+    }
+    Ok(v)
+}
+
+/// Encode an event into `(event_type, event_version, payload)`.
+pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
+    let payload = match event {
+        Event::SecretCreated {
+            name,
+            scope,
+            owner,
+            labels,
+            values,
+        } => to_bytes(&SecretCreatedV1 {
+            name: name.clone(),
+            scope: *scope,
+            owner: owner.clone(),
+            labels: labels.clone(),
+            values: values.clone(),
+        }),
+        Event::SecretUpdated { labels, values } => to_bytes(&SecretUpdatedV1 {
+            labels: labels.clone(),
+            values: values.clone(),
+        }),
+        Event::SecretRenamed { from, to } => to_bytes(&SecretRenamedV1 {
+            from: from.clone(),
+            to: to.clone(),
+        }),
+        Event::SecretDeleted | Event::SecretRestored | Event::SecretPurged => to_bytes(&Empty {}),
+        Event::KeyRotated { key_id } => to_bytes(&KeyRotatedV1 {
+            key_id: key_id.clone(),
+        }),
+    };
+    (event.event_type(), CURRENT_VERSION, payload)
+}
+
+/// Decode a payload by type and version, upcasting older versions to the current [`Event`].
+pub fn decode(event_type: &str, event_version: u32, payload: &[u8]) -> Result<Event, String> {
+    Ok(match (event_type, event_version) {
+        ("secret.created", 1) => {
+            let p: SecretCreatedV1 = from_bytes(payload)?;
+            Event::SecretCreated {
+                name: p.name,
+                scope: p.scope,
+                owner: p.owner,
+                labels: p.labels,
+                values: p.values,
+            }
+        }
+        ("secret.updated", 1) => {
+            let p: SecretUpdatedV1 = from_bytes(payload)?;
+            Event::SecretUpdated {
+                labels: p.labels,
+                values: p.values,
+            }
+        }
+        ("secret.renamed", 1) => {
+            let p: SecretRenamedV1 = from_bytes(payload)?;
+            Event::SecretRenamed {
+                from: p.from,
+                to: p.to,
+            }
+        }
+        ("secret.deleted", 1) => from_bytes::<Empty>(payload).map(|_| Event::SecretDeleted)?,
+        ("secret.restored", 1) => from_bytes::<Empty>(payload).map(|_| Event::SecretRestored)?,
+        ("secret.purged", 1) => from_bytes::<Empty>(payload).map(|_| Event::SecretPurged)?,
+        ("key.rotated", 1) => {
+            let p: KeyRotatedV1 = from_bytes(payload)?;
+            Event::KeyRotated { key_id: p.key_id }
+        }
+        (t, v) if super::EVENT_TYPES.contains(&t) && v > CURRENT_VERSION => return Err(format!(
+            "{t} version {v} was written by a newer sledger; upgrade sledger to read this ledger"
+        )),
+        (t, v) => return Err(format!("unknown event type {t:?} version {v}")),
+    })
+}

@@ -1,0 +1,153 @@
+//! Events: the typed payloads, the stored envelope, the codec and the hash chain.
+
+mod chain;
+mod codec;
+
+pub use chain::{event_hash, GENESIS_HASH};
+pub use codec::{decode, encode};
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::Fingerprint;
+use crate::SecretId;
+
+/// Unix milliseconds.
+pub type Millis = i64;
+
+/// Who may see a secret: everyone using the ledger, or only its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    Workspace,
+    Private,
+}
+
+impl Scope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Scope::Workspace => "workspace",
+            Scope::Private => "private",
+        }
+    }
+}
+
+impl std::fmt::Display for Scope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A secret's values as they travel inside an event: sealed, plus a fingerprint per key.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SealedValues {
+    /// nonce ‖ XChaCha20-Poly1305 ciphertext of the value map (AAD = secret_id ‖ seq).
+    pub ciphertext: Vec<u8>,
+    /// Keyed blake3 fingerprint of every value, by key.
+    pub fingerprints: BTreeMap<String, Fingerprint>,
+}
+
+impl std::fmt::Debug for SealedValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SealedValues")
+            .field("keys", &self.fingerprints.keys().collect::<Vec<_>>())
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+/// A typed event payload (the current version of each event type).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    SecretCreated {
+        name: String,
+        scope: Scope,
+        owner: String,
+        labels: BTreeMap<String, String>,
+        values: SealedValues,
+    },
+    /// The full new value map and labels, never a patch.
+    SecretUpdated {
+        labels: BTreeMap<String, String>,
+        values: SealedValues,
+    },
+    SecretRenamed {
+        from: String,
+        to: String,
+    },
+    SecretDeleted,
+    SecretRestored,
+    SecretPurged,
+    KeyRotated {
+        key_id: String,
+    },
+}
+
+impl Event {
+    /// The `event_type` column value.
+    pub fn event_type(&self) -> &'static str {
+        match self {
+            Event::SecretCreated { .. } => "secret.created",
+            Event::SecretUpdated { .. } => "secret.updated",
+            Event::SecretRenamed { .. } => "secret.renamed",
+            Event::SecretDeleted => "secret.deleted",
+            Event::SecretRestored => "secret.restored",
+            Event::SecretPurged => "secret.purged",
+            Event::KeyRotated { .. } => "key.rotated",
+        }
+    }
+
+    /// The sealed values this event carries, if any.
+    pub fn values(&self) -> Option<&SealedValues> {
+        match self {
+            Event::SecretCreated { values, .. } | Event::SecretUpdated { values, .. } => {
+                Some(values)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// Every event type this build knows, for `--type` validation and docs.
+pub const EVENT_TYPES: &[&str] = &[
+    "secret.created",
+    "secret.updated",
+    "secret.renamed",
+    "secret.deleted",
+    "secret.restored",
+    "secret.purged",
+    "key.rotated",
+];
+
+/// One row of the `events` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub seq: u64,
+    pub event_id: uuid::Uuid,
+    pub recorded_at: Millis,
+    pub actor: String,
+    pub secret_id: Option<SecretId>,
+    pub event_type: String,
+    pub event_version: u32,
+    pub payload: Vec<u8>,
+    pub prev_hash: [u8; 32],
+    pub hash: [u8; 32],
+}
+
+impl StoredEvent {
+    /// Decode the payload through its type and version (upcasting older versions).
+    pub fn decode(&self) -> crate::Result<Event> {
+        decode(&self.event_type, self.event_version, &self.payload).map_err(|reason| {
+            crate::Error::Corrupt(format!(
+                "event at seq {} does not decode: {reason}",
+                self.seq
+            ))
+        })
+    }
+
+    /// The hash this row should have, given its own columns.
+    pub fn computed_hash(&self) -> [u8; 32] {
+        event_hash(self)
+    }
+}

@@ -1,0 +1,1027 @@
+//! The façade: commands are validated against the catalog, sealed, chained and appended in one
+//! write transaction together with the catalog rows they change; reads come from the log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{self, namespace, Catalog, SecretMeta, Status};
+use crate::crypto::{DataKey, FingerprintKey, MasterKey, SecretValues};
+use crate::error::{Error, Result};
+use crate::event::{Event, Millis, Scope, SealedValues, StoredEvent};
+use crate::log::{self, chain_next, sqlite, EventLog, Head, NewEvent};
+use crate::{validate, SecretId};
+
+/// Per-ledger settings, fixed at `init`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerSettings {
+    /// Largest allowed value map, as the JSON object sinks store.
+    pub max_value_bytes: usize,
+    /// A catalog snapshot is stored every this many events.
+    pub snapshot_interval: u64,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings {
+            max_value_bytes: validate::DEFAULT_MAX_VALUE_BYTES,
+            snapshot_interval: 10_000,
+        }
+    }
+}
+
+/// A mutation request. Each successful command becomes exactly one event.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Command {
+    Create {
+        name: String,
+        scope: Scope,
+        labels: BTreeMap<String, String>,
+        values: SecretValues,
+    },
+    /// Keys and labels not named keep their current values.
+    Update {
+        name: String,
+        set_values: SecretValues,
+        remove_keys: Vec<String>,
+        set_labels: BTreeMap<String, String>,
+        remove_labels: Vec<String>,
+    },
+    Rename {
+        name: String,
+        new_name: String,
+    },
+    /// Soft delete: recoverable with `Undelete`.
+    Delete {
+        name: String,
+    },
+    Undelete {
+        name: String,
+    },
+    /// Crypto-shred: destroy the data key; no version can be read again.
+    Purge {
+        name: String,
+    },
+}
+
+/// What a command did.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Appended {
+        seq: u64,
+        event_type: &'static str,
+        secret: SecretMeta,
+    },
+    /// An update that changed nothing appends nothing.
+    Unchanged { secret: SecretMeta },
+}
+
+/// Which version of a secret to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPoint {
+    Latest,
+    Version(u32),
+    /// The state as of this time (unix ms).
+    At(Millis),
+}
+
+/// A secret's values at some point, with the metadata as of that point.
+#[derive(Debug, Clone)]
+pub struct SecretRead {
+    pub meta: SecretMeta,
+    pub version: u32,
+    /// Seq of the event that wrote these values.
+    pub seq: u64,
+    pub recorded_at: Millis,
+    pub values: SecretValues,
+}
+
+/// One line of the audit log: what happened, never a value.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub event_id: uuid::Uuid,
+    pub recorded_at: Millis,
+    pub actor: String,
+    pub event_type: String,
+    pub secret_id: Option<SecretId>,
+    pub name: Option<String>,
+    pub scope: Option<Scope>,
+    pub version: Option<u32>,
+    pub changes: Vec<KeyChange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// How one value key changed, with the new value's fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyChange {
+    pub key: String,
+    pub change: &'static str,
+    pub fingerprint: Option<String>,
+}
+
+/// A saved chain head; checking it later catches a truncated or rewritten tail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    pub ledger_id: String,
+    pub seq: u64,
+    pub hash: String,
+}
+
+struct Keys {
+    master: MasterKey,
+    fingerprint: FingerprintKey,
+}
+
+/// An open ledger.
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+    settings: LedgerSettings,
+    keys: Option<Keys>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("path", &self.path)
+            .field("unlocked", &self.keys.is_some())
+            .finish()
+    }
+}
+
+/// Current time in unix milliseconds.
+pub fn now_ms() -> Millis {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as Millis
+}
+
+fn meta_get_i64(conn: &Connection, key: &str) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT value FROM ledger_meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?)
+}
+
+fn meta_get_blob(conn: &Connection, key: &str) -> Result<Vec<u8>> {
+    conn.prepare_cached("SELECT value FROM ledger_meta WHERE key = ?1")?
+        .query_row([key], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| Error::Corrupt(format!("ledger_meta lacks {key}")))
+}
+
+fn meta_set(conn: &Connection, key: &str, value: impl rusqlite::ToSql) -> Result<()> {
+    conn.prepare_cached("INSERT OR REPLACE INTO ledger_meta (key, value) VALUES (?1, ?2)")?
+        .execute(params![key, value])?;
+    Ok(())
+}
+
+fn decode_meta(bytes: &[u8]) -> Result<SecretMeta> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(m, _)| m)
+        .map_err(|e| Error::Corrupt(format!("catalog row does not decode: {e}")))
+}
+
+fn store_meta(conn: &Connection, m: &SecretMeta) -> Result<()> {
+    let blob = bincode::serde::encode_to_vec(m, bincode::config::standard())
+        .expect("metadata always encodes");
+    conn.prepare_cached(
+        "INSERT OR REPLACE INTO catalog (secret_id, namespace, name, status, updated_seq, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![m.id.as_bytes().as_slice(), m.namespace(), m.name, m.status.as_str(), m.updated_seq as i64, blob])?;
+    Ok(())
+}
+
+/// Secrets named `name` visible to `actor` (workspace + the actor's private scope).
+fn named(conn: &Connection, actor: &str, name: &str) -> Result<Vec<SecretMeta>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT meta FROM catalog WHERE name = ?1 AND namespace IN ('workspace', ?2) ORDER BY updated_seq DESC",
+    )?;
+    let rows = stmt.query_map(params![name, namespace(Scope::Private, actor)], |r| {
+        r.get::<_, Vec<u8>>(0)
+    })?;
+    rows.map(|b| decode_meta(&b?)).collect()
+}
+
+/// Which lifecycle states a lookup accepts.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    Live,
+    Deleted,
+    /// Live first, then the most recently deleted, then purged.
+    Any,
+}
+
+/// Resolve a name for `actor`: the actor's private secret wins over a workspace one.
+fn resolve(conn: &Connection, actor: &str, name: &str, want: Want) -> Result<SecretMeta> {
+    let mut found = named(conn, actor, name)?;
+    let rank = |m: &SecretMeta| {
+        let status = match m.status {
+            Status::Live => 0,
+            Status::Deleted => 1,
+            Status::Purged => 2,
+        };
+        (
+            status,
+            m.scope != Scope::Private,
+            std::cmp::Reverse(m.updated_seq),
+        )
+    };
+    found.sort_by_key(rank);
+    let accepts = |m: &&SecretMeta| match want {
+        Want::Live => m.status == Status::Live,
+        Want::Deleted => m.status == Status::Deleted,
+        Want::Any => true,
+    };
+    if let Some(m) = found.iter().find(accepts) {
+        return Ok(m.clone());
+    }
+    let hint = match (want, found.first().map(|m| m.status)) {
+        (Want::Live, Some(Status::Deleted)) => {
+            format!("; it was deleted, and `sledger secret undelete {name}` brings it back")
+        }
+        (_, Some(Status::Purged)) => "; it was purged and cannot come back".to_owned(),
+        (Want::Deleted, Some(Status::Live)) => "; it is not deleted".to_owned(),
+        _ => "; `sledger secret list` shows the secrets there are".to_owned(),
+    };
+    Err(Error::SecretNotFound {
+        name: name.to_owned(),
+        hint,
+    })
+}
+
+fn ensure_name_free(conn: &Connection, ns: &str, scope: Scope, name: &str) -> Result<()> {
+    let taken: Option<i64> = conn
+        .prepare_cached(
+            "SELECT 1 FROM catalog WHERE namespace = ?1 AND name = ?2 AND status = 'live'",
+        )?
+        .query_row(params![ns, name], |r| r.get(0))
+        .optional()?;
+    match taken {
+        Some(_) => Err(Error::AlreadyExists {
+            name: name.to_owned(),
+            scope: scope.to_string(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn load_dek(conn: &Connection, master: &MasterKey, meta: &SecretMeta) -> Result<DataKey> {
+    let wrapped: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT wrapped FROM secret_keys WHERE secret_id = ?1")?
+        .query_row([meta.id.as_bytes().as_slice()], |r| r.get(0))
+        .optional()?;
+    let wrapped = wrapped.ok_or_else(|| Error::Purged {
+        name: meta.name.clone(),
+    })?;
+    master.unwrap_data_key(&wrapped, meta.id)
+}
+
+/// Decrypt the values carried by the event at `seq` for `meta`'s secret.
+fn open_values_at(
+    conn: &Connection,
+    master: &MasterKey,
+    meta: &SecretMeta,
+    seq: u64,
+) -> Result<(SecretValues, Millis)> {
+    let dek = load_dek(conn, master, meta)?;
+    let stored =
+        sqlite::get(conn, seq)?.ok_or_else(|| Error::Corrupt(format!("event {seq} is missing")))?;
+    let event = stored.decode()?;
+    let sealed = event
+        .values()
+        .ok_or_else(|| Error::Corrupt(format!("event {seq} carries no values")))?;
+    Ok((
+        dek.open(&sealed.ciphertext, meta.id, seq)?,
+        stored.recorded_at,
+    ))
+}
+
+/// The result of planning one command inside the write transaction.
+enum Planned {
+    Append {
+        secret_id: SecretId,
+        event: Event,
+        before: Option<SecretMeta>,
+    },
+    Nothing(SecretMeta),
+}
+
+impl Ledger {
+    /// Create a new ledger at `path`, sealed under `master`. Refuses an existing file.
+    pub fn init(path: &Path, master: MasterKey, settings: LedgerSettings) -> Result<Ledger> {
+        let mut conn = sqlite::create(path)?;
+        let fingerprint = FingerprintKey::generate();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        meta_set(&tx, "ledger_id", uuid::Uuid::now_v7().to_string())?;
+        meta_set(&tx, "created_at", now_ms())?;
+        meta_set(&tx, "key_check", master.key_check().as_slice())?;
+        meta_set(
+            &tx,
+            "fingerprint_key",
+            master.wrap_fingerprint_key(&fingerprint),
+        )?;
+        meta_set(&tx, "max_value_bytes", settings.max_value_bytes as i64)?;
+        meta_set(&tx, "snapshot_interval", settings.snapshot_interval as i64)?;
+        meta_set(&tx, "catalog_seq", 0i64)?;
+        tx.commit()?;
+        Ok(Ledger {
+            conn,
+            path: path.to_path_buf(),
+            settings,
+            keys: Some(Keys {
+                master,
+                fingerprint,
+            }),
+        })
+    }
+
+    /// Open an existing ledger without a key: enough for `verify`, `log` and `history`.
+    /// Call [`Ledger::unlock`] before reading values or writing.
+    pub fn open(path: &Path) -> Result<Ledger> {
+        let conn = sqlite::open(path)?;
+        let settings = LedgerSettings {
+            max_value_bytes: meta_get_i64(&conn, "max_value_bytes")?
+                .ok_or_else(|| Error::Corrupt("ledger settings are missing".into()))?
+                as usize,
+            snapshot_interval: meta_get_i64(&conn, "snapshot_interval")?
+                .unwrap_or(10_000)
+                .max(1) as u64,
+        };
+        let mut ledger = Ledger {
+            conn,
+            path: path.to_path_buf(),
+            settings,
+            keys: None,
+        };
+        ledger.ensure_catalog()?;
+        Ok(ledger)
+    }
+
+    /// Open and unlock in one step.
+    pub fn open_with_key(path: &Path, master: MasterKey) -> Result<Ledger> {
+        let mut ledger = Ledger::open(path)?;
+        ledger.unlock(master)?;
+        Ok(ledger)
+    }
+
+    /// Check that `master` is this ledger's key and keep it for reads and writes.
+    pub fn unlock(&mut self, master: MasterKey) -> Result<()> {
+        let stored = meta_get_blob(&self.conn, "key_check")?;
+        if stored.as_slice() != master.key_check().as_slice() {
+            return Err(Error::WrongKey);
+        }
+        let fingerprint =
+            master.unwrap_fingerprint_key(&meta_get_blob(&self.conn, "fingerprint_key")?)?;
+        self.keys = Some(Keys {
+            master,
+            fingerprint,
+        });
+        Ok(())
+    }
+
+    /// Does `master` open this ledger? (Without keeping it.)
+    pub fn key_matches(&self, master: &MasterKey) -> Result<bool> {
+        Ok(meta_get_blob(&self.conn, "key_check")?.as_slice() == master.key_check().as_slice())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn settings(&self) -> LedgerSettings {
+        self.settings
+    }
+
+    pub fn ledger_id(&self) -> Result<String> {
+        String::from_utf8(meta_get_blob(&self.conn, "ledger_id")?)
+            .map_err(|_| Error::Corrupt("ledger_id is not text".into()))
+    }
+
+    fn keys(&self) -> Result<&Keys> {
+        need_keys(self.keys.as_ref())
+    }
+
+    /// The last event of the log.
+    pub fn head(&self) -> Result<Head> {
+        sqlite::head(&self.conn)
+    }
+
+    /// The log seen through [`EventLog`].
+    pub fn log(&self) -> sqlite::SqliteLog<'_> {
+        sqlite::SqliteLog(&self.conn)
+    }
+
+    /// Rebuild the catalog from the log when its tables are missing or not at the head.
+    fn ensure_catalog(&mut self) -> Result<()> {
+        let current = {
+            let tx = self.conn.transaction()?;
+            let has_table: i64 = tx.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'catalog'",
+                [],
+                |r| r.get(0),
+            )?;
+            has_table == 1
+                && meta_get_i64(&tx, "catalog_seq")? == Some(sqlite::head(&tx)?.seq as i64)
+        };
+        if !current {
+            self.rebuild_catalog()?;
+        }
+        Ok(())
+    }
+
+    /// Drop the catalog and fold it again from the whole log. Returns the number of secrets.
+    pub fn rebuild_catalog(&mut self) -> Result<usize> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch("DROP TABLE IF EXISTS catalog;")?;
+        tx.execute_batch(sqlite::CATALOG_SQL)?;
+        let head = sqlite::head(&tx)?;
+        let catalog = fold_log(&sqlite::SqliteLog(&tx), Catalog::default(), head.seq)?;
+        for meta in catalog.secrets.values() {
+            store_meta(&tx, meta)?;
+        }
+        meta_set(&tx, "catalog_seq", head.seq as i64)?;
+        tx.commit()?;
+        tracing::info!(
+            secrets = catalog.secrets.len(),
+            seq = head.seq,
+            "catalog rebuilt from the log"
+        );
+        Ok(catalog.secrets.len())
+    }
+
+    /// Apply commands as one all-or-nothing batch: either every event is appended, or none.
+    pub fn execute(&mut self, actor: &str, commands: Vec<Command>) -> Result<Vec<Outcome>> {
+        let keys = self.keys.as_ref();
+        let settings = self.settings;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut head = sqlite::head(&tx)?;
+        let first_seq = head.seq;
+        let now = now_ms();
+        let mut outcomes = Vec::with_capacity(commands.len());
+        for command in commands {
+            let seq = head.seq + 1;
+            match plan(&tx, keys, settings, actor, command, seq)? {
+                Planned::Nothing(meta) => outcomes.push(Outcome::Unchanged { secret: meta }),
+                Planned::Append {
+                    secret_id,
+                    event,
+                    before,
+                } => {
+                    let new = NewEvent {
+                        event_id: uuid::Uuid::now_v7(),
+                        actor: actor.to_owned(),
+                        secret_id: Some(secret_id),
+                        event,
+                    };
+                    let row = chain_next(&mut head, &new, now);
+                    sqlite::insert(&tx, &row)?;
+                    let after = catalog::apply(before, &row, &new.event)?
+                        .expect("a secret event always leaves the secret in the catalog");
+                    store_meta(&tx, &after)?;
+                    tracing::debug!(seq = row.seq, event_type = %row.event_type, secret = %secret_id, "appended");
+                    outcomes.push(Outcome::Appended {
+                        seq: row.seq,
+                        event_type: new.event.event_type(),
+                        secret: after,
+                    });
+                }
+            }
+        }
+        finish_append(&tx, self.settings, first_seq, head)?;
+        tx.commit()?;
+        Ok(outcomes)
+    }
+}
+
+/// Bookkeeping shared by every append transaction: catalog position and snapshots.
+fn finish_append(
+    tx: &Connection,
+    settings: LedgerSettings,
+    first_seq: u64,
+    head: Head,
+) -> Result<()> {
+    if head.seq == first_seq {
+        return Ok(());
+    }
+    meta_set(tx, "catalog_seq", head.seq as i64)?;
+    let every = settings.snapshot_interval;
+    if first_seq / every != head.seq / every {
+        let mut stmt = tx.prepare_cached("SELECT meta FROM catalog")?;
+        let secrets = stmt
+            .query_map([], |r| r.get::<_, Vec<u8>>(0))?
+            .map(|b| decode_meta(&b?).map(|m| (m.id, m)))
+            .collect::<Result<_>>()?;
+        let snapshot = Catalog {
+            seq: head.seq,
+            secrets,
+        };
+        tx.prepare_cached("INSERT INTO snapshots (seq, state) VALUES (?1, ?2)")?
+            .execute(params![head.seq as i64, snapshot.to_snapshot()])?;
+        tracing::debug!(seq = head.seq, "catalog snapshot stored");
+    }
+    Ok(())
+}
+
+impl Ledger {
+    /// Look a secret up by name: live ones only.
+    pub fn find(&self, actor: &str, name: &str) -> Result<SecretMeta> {
+        resolve(&self.conn, actor, name, Want::Live)
+    }
+
+    /// Secrets visible to `actor` with the given status, sorted by name.
+    pub fn list(&self, actor: &str, status: Status) -> Result<Vec<SecretMeta>> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT meta FROM catalog WHERE status = ?1 AND namespace IN ('workspace', ?2) ORDER BY name, namespace",
+        )?;
+        let rows = stmt.query_map(
+            params![status.as_str(), namespace(Scope::Private, actor)],
+            |r| r.get::<_, Vec<u8>>(0),
+        )?;
+        rows.map(|b| decode_meta(&b?)).collect()
+    }
+
+    /// A secret's values: the latest, a version, or as of a time. Needs the key.
+    pub fn read(&self, actor: &str, name: &str, at: ReadPoint) -> Result<SecretRead> {
+        let master = &self.keys()?.master;
+        let (meta, version, seq) = match at {
+            ReadPoint::Latest => {
+                let meta = resolve(&self.conn, actor, name, Want::Live)?;
+                (meta.clone(), meta.version, meta.value_seq)
+            }
+            ReadPoint::Version(wanted) => {
+                let current = resolve(&self.conn, actor, name, Want::Any)?;
+                let mut state: Option<SecretMeta> = None;
+                let mut hit = None;
+                sqlite::scan_secret(&self.conn, current.id, u64::MAX, &mut |e| {
+                    state = catalog::apply(state.take(), &e, &e.decode()?)?;
+                    if let Some(m) = &state {
+                        if m.version == wanted && m.value_seq == e.seq {
+                            hit = Some(m.clone());
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                })?;
+                let meta = hit.ok_or_else(|| {
+                    Error::invalid(format!(
+                        "secret {name:?} has versions 1 to {}; there is no version {wanted}",
+                        current.version
+                    ))
+                })?;
+                (meta.clone(), wanted, meta.value_seq)
+            }
+            ReadPoint::At(time) => {
+                let meta = self.resolve_at(actor, name, time)?;
+                (meta.clone(), meta.version, meta.value_seq)
+            }
+        };
+        if meta.status == Status::Purged {
+            return Err(Error::Purged {
+                name: name.to_owned(),
+            });
+        }
+        let (values, recorded_at) = open_values_at(&self.conn, master, &meta, seq)?;
+        Ok(SecretRead {
+            meta,
+            version,
+            seq,
+            recorded_at,
+            values,
+        })
+    }
+
+    /// The live secret called `name` at `time`: by its name then, else by its current name.
+    fn resolve_at(&self, actor: &str, name: &str, time: Millis) -> Result<SecretMeta> {
+        let seq = sqlite::seq_at_time(&self.conn, time)?;
+        let not_then = || Error::SecretNotFound {
+            name: name.to_owned(),
+            hint: " at that time".into(),
+        };
+        if seq == 0 {
+            return Err(not_then());
+        }
+        let then = self.catalog_at(seq)?;
+        let private = namespace(Scope::Private, actor);
+        let visible = |m: &&SecretMeta| {
+            m.status == Status::Live && (m.scope == Scope::Workspace || m.namespace() == private)
+        };
+        let by_old_name = then
+            .secrets
+            .values()
+            .filter(visible)
+            .filter(|m| m.name == name)
+            .min_by_key(|m| m.scope != Scope::Private);
+        if let Some(m) = by_old_name {
+            return Ok(m.clone());
+        }
+        let current = resolve(&self.conn, actor, name, Want::Any)?;
+        then.secrets
+            .get(&current.id)
+            .filter(|m| visible(m))
+            .cloned()
+            .ok_or_else(not_then)
+    }
+
+    /// The whole catalog as of `seq`: the nearest snapshot plus the events after it.
+    pub fn catalog_at(&self, seq: u64) -> Result<Catalog> {
+        let snapshot: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached(
+                "SELECT state FROM snapshots WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1",
+            )?
+            .query_row([seq.min(i64::MAX as u64) as i64], |r| r.get(0))
+            .optional()?;
+        let start = match snapshot {
+            Some(bytes) => Catalog::from_snapshot(&bytes)?,
+            None => Catalog::default(),
+        };
+        fold_log(&self.log(), start, seq)
+    }
+
+    /// Visit audit entries for events after `catalog.seq`, folding them into `catalog` as it goes
+    /// (so a follower can call it again with the same catalog to get only new events).
+    pub fn audit(
+        &self,
+        catalog: &mut Catalog,
+        visit: &mut dyn FnMut(AuditEntry) -> Result<bool>,
+    ) -> Result<()> {
+        self.log().scan(catalog.seq + 1, u64::MAX, &mut |stored| {
+            let event = stored.decode()?;
+            let before = stored
+                .secret_id
+                .and_then(|id| catalog.secrets.get(&id).cloned());
+            catalog.apply(&stored, &event)?;
+            let after = stored.secret_id.and_then(|id| catalog.secrets.get(&id));
+            visit(describe(&stored, &event, before.as_ref(), after))
+        })
+    }
+
+    /// Every event of one secret (live, deleted or purged), as audit entries.
+    pub fn history(&self, actor: &str, name: &str) -> Result<Vec<AuditEntry>> {
+        let meta = resolve(&self.conn, actor, name, Want::Any)?;
+        let mut state: Option<SecretMeta> = None;
+        let mut entries = Vec::new();
+        sqlite::scan_secret(&self.conn, meta.id, u64::MAX, &mut |stored| {
+            let event = stored.decode()?;
+            let before = state.take();
+            state = catalog::apply(before.clone(), &stored, &event)?;
+            entries.push(describe(&stored, &event, before.as_ref(), state.as_ref()));
+            Ok(true)
+        })?;
+        Ok(entries)
+    }
+
+    /// Recompute the chain from seq 1; returns the head or names the first bad seq.
+    pub fn verify(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<Head> {
+        // One read transaction, so a concurrent append cannot make the count and scan disagree.
+        let tx = self.conn.transaction()?;
+        let head = log::verify(&sqlite::SqliteLog(&tx), progress)?;
+        tx.finish()?;
+        Ok(head)
+    }
+
+    /// An anchor for `head`, to save and check later.
+    pub fn anchor(&self, head: Head) -> Result<Anchor> {
+        Ok(Anchor {
+            ledger_id: self.ledger_id()?,
+            seq: head.seq,
+            hash: hex::encode(head.hash),
+        })
+    }
+
+    /// Check a saved anchor: the event at its seq must still exist with the same hash.
+    pub fn check_anchor(&self, anchor: &Anchor) -> Result<()> {
+        let mismatch = |reason: String| Err(Error::AnchorMismatch { reason });
+        if anchor.ledger_id != self.ledger_id()? {
+            return mismatch(format!(
+                "it was saved from another ledger ({})",
+                anchor.ledger_id
+            ));
+        }
+        let head = self.head()?;
+        if head.seq < anchor.seq {
+            return mismatch(format!(
+                "the log ends at seq {} but the anchor saw seq {}: the tail was truncated",
+                head.seq, anchor.seq
+            ));
+        }
+        let stored = sqlite::get(&self.conn, anchor.seq)?.ok_or_else(|| Error::AnchorMismatch {
+            reason: format!("event {} is gone", anchor.seq),
+        })?;
+        if hex::encode(stored.hash) != anchor.hash.to_ascii_lowercase() {
+            return mismatch(format!(
+                "event {} differs from the anchor: the log was rewritten",
+                anchor.seq
+            ));
+        }
+        Ok(())
+    }
+
+    /// Re-wrap every data key and the fingerprint key under `new`, and record `key.rotated`.
+    /// Old events stay readable: their values are sealed by data keys, which do not change.
+    pub fn rotate_key(&mut self, actor: &str, new: MasterKey) -> Result<u64> {
+        let keys = need_keys(self.keys.as_ref())?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut rewrapped = 0u64;
+        {
+            let mut read = tx.prepare("SELECT secret_id, wrapped FROM secret_keys")?;
+            let mut write =
+                tx.prepare("UPDATE secret_keys SET wrapped = ?2 WHERE secret_id = ?1")?;
+            let mut rows = read.query([])?;
+            while let Some(r) = rows.next()? {
+                let id = SecretId::from_slice(&r.get::<_, Vec<u8>>(0)?)
+                    .map_err(|_| Error::Corrupt("a secret_keys id is not a UUID".into()))?;
+                let dek = keys.master.unwrap_data_key(&r.get::<_, Vec<u8>>(1)?, id)?;
+                write.execute(params![
+                    id.as_bytes().as_slice(),
+                    new.wrap_data_key(&dek, id)
+                ])?;
+                rewrapped += 1;
+            }
+        }
+        meta_set(
+            &tx,
+            "fingerprint_key",
+            new.wrap_fingerprint_key(&keys.fingerprint),
+        )?;
+        meta_set(&tx, "key_check", new.key_check().as_slice())?;
+        let mut head = sqlite::head(&tx)?;
+        let first_seq = head.seq;
+        let row = chain_next(
+            &mut head,
+            &NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                actor: actor.to_owned(),
+                secret_id: None,
+                event: Event::KeyRotated {
+                    key_id: new.key_id(),
+                },
+            },
+            now_ms(),
+        );
+        sqlite::insert(&tx, &row)?;
+        finish_append(&tx, self.settings, first_seq, head)?;
+        tx.commit()?;
+        let fingerprint = self.keys()?.fingerprint.clone();
+        self.keys = Some(Keys {
+            master: new,
+            fingerprint,
+        });
+        Ok(rewrapped)
+    }
+}
+
+/// Fold `log` from `start` up to `to`.
+fn fold_log(log: &dyn EventLog, mut catalog: Catalog, to: u64) -> Result<Catalog> {
+    if to > catalog.seq {
+        log.scan(catalog.seq + 1, to, &mut |e| {
+            catalog.apply(&e, &e.decode()?)?;
+            Ok(true)
+        })?;
+    }
+    Ok(catalog)
+}
+
+fn fingerprint_hex(fp: &crate::crypto::Fingerprint) -> String {
+    hex::encode(fp)
+}
+
+fn describe(
+    stored: &StoredEvent,
+    event: &Event,
+    before: Option<&SecretMeta>,
+    after: Option<&SecretMeta>,
+) -> AuditEntry {
+    let mut changes = Vec::new();
+    if let Some(values) = event.values() {
+        let old = before.map(|m| &m.fingerprints);
+        for (key, fp) in &values.fingerprints {
+            let change = match old.and_then(|o| o.get(key)) {
+                None => "added",
+                Some(prev) if prev != fp => "changed",
+                Some(_) => continue,
+            };
+            changes.push(KeyChange {
+                key: key.clone(),
+                change,
+                fingerprint: Some(fingerprint_hex(fp)),
+            });
+        }
+        for key in old.into_iter().flat_map(|o| o.keys()) {
+            if !values.fingerprints.contains_key(key) {
+                changes.push(KeyChange {
+                    key: key.clone(),
+                    change: "removed",
+                    fingerprint: None,
+                });
+            }
+        }
+    }
+    let detail = match event {
+        Event::SecretRenamed { from, to } => Some(format!("renamed {from} → {to}")),
+        Event::KeyRotated { key_id } => Some(format!("master key is now {key_id}")),
+        Event::SecretPurged => Some("data key destroyed; every version is unreadable".into()),
+        _ => None,
+    };
+    let labels = match event {
+        Event::SecretCreated { labels, .. } | Event::SecretUpdated { labels, .. } => {
+            Some(labels.clone())
+        }
+        _ => None,
+    };
+    let meta = after.or(before);
+    AuditEntry {
+        seq: stored.seq,
+        event_id: stored.event_id,
+        recorded_at: stored.recorded_at,
+        actor: stored.actor.clone(),
+        event_type: stored.event_type.clone(),
+        secret_id: stored.secret_id,
+        name: meta.map(|m| m.name.clone()),
+        scope: meta.map(|m| m.scope),
+        version: meta.map(|m| m.version),
+        changes,
+        labels,
+        detail,
+    }
+}
+
+fn need_keys(keys: Option<&Keys>) -> Result<&Keys> {
+    keys.ok_or_else(|| {
+        Error::KeyUnavailable(
+            "this command needs the master key; pass --key-file or set SLEDGER_MASTER_KEY".into(),
+        )
+    })
+}
+
+fn seal(
+    keys: Option<&Keys>,
+    values: &SecretValues,
+    id: SecretId,
+    seq: u64,
+    dek: &DataKey,
+) -> Result<SealedValues> {
+    let keys = need_keys(keys)?;
+    Ok(SealedValues {
+        ciphertext: dek.seal(values, id, seq),
+        fingerprints: keys.fingerprint.fingerprints(values),
+    })
+}
+
+/// Validate one command against the catalog (inside the write transaction) and build its event.
+fn plan(
+    tx: &Connection,
+    keys: Option<&Keys>,
+    settings: LedgerSettings,
+    actor: &str,
+    command: Command,
+    seq: u64,
+) -> Result<Planned> {
+    Ok(match command {
+        Command::Create {
+            name,
+            scope,
+            labels,
+            values,
+        } => {
+            validate::secret_name(&name)?;
+            validate::labels(&labels)?;
+            validate::values(&name, &values, settings.max_value_bytes)?;
+            let master = &need_keys(keys)?.master;
+            ensure_name_free(tx, &namespace(scope, actor), scope, &name)?;
+            let id = SecretId::now_v7();
+            let dek = DataKey::generate();
+            tx.prepare_cached("INSERT INTO secret_keys (secret_id, wrapped) VALUES (?1, ?2)")?
+                .execute(params![
+                    id.as_bytes().as_slice(),
+                    master.wrap_data_key(&dek, id)
+                ])?;
+            let sealed = seal(keys, &values, id, seq, &dek)?;
+            Planned::Append {
+                secret_id: id,
+                event: Event::SecretCreated {
+                    name,
+                    scope,
+                    owner: actor.to_owned(),
+                    labels,
+                    values: sealed,
+                },
+                before: None,
+            }
+        }
+        Command::Update {
+            name,
+            set_values,
+            remove_keys,
+            set_labels,
+            remove_labels,
+        } => {
+            let meta = resolve(tx, actor, &name, Want::Live)?;
+            let master = &need_keys(keys)?.master;
+            for key in set_values.keys() {
+                validate::value_key(key)?;
+            }
+            validate::labels(&set_labels)?;
+            let (mut values, _) = open_values_at(tx, master, &meta, meta.value_seq)?;
+            for key in &remove_keys {
+                if set_values.contains_key(key) {
+                    return Err(Error::invalid(format!(
+                        "key {key:?} is both set and removed; do one or the other"
+                    )));
+                }
+                if !values.remove(key) {
+                    return Err(Error::invalid(format!(
+                        "secret {name:?} has no key {key:?} to remove"
+                    )));
+                }
+            }
+            for (k, v) in set_values.iter() {
+                values.insert(k, v);
+            }
+            let mut labels = meta.labels.clone();
+            for key in &remove_labels {
+                if labels.remove(key).is_none() {
+                    return Err(Error::invalid(format!(
+                        "secret {name:?} has no label {key:?} to remove"
+                    )));
+                }
+            }
+            labels.extend(set_labels);
+            validate::values(&name, &values, settings.max_value_bytes)?;
+            let keys_now = need_keys(keys)?;
+            if labels == meta.labels
+                && keys_now.fingerprint.fingerprints(&values) == meta.fingerprints
+            {
+                return Ok(Planned::Nothing(meta));
+            }
+            let dek = load_dek(tx, master, &meta)?;
+            let sealed = seal(keys, &values, meta.id, seq, &dek)?;
+            Planned::Append {
+                secret_id: meta.id,
+                event: Event::SecretUpdated {
+                    labels,
+                    values: sealed,
+                },
+                before: Some(meta),
+            }
+        }
+        Command::Rename { name, new_name } => {
+            validate::secret_name(&new_name)?;
+            let meta = resolve(tx, actor, &name, Want::Live)?;
+            if new_name == meta.name {
+                return Ok(Planned::Nothing(meta));
+            }
+            ensure_name_free(tx, &meta.namespace(), meta.scope, &new_name)?;
+            Planned::Append {
+                secret_id: meta.id,
+                event: Event::SecretRenamed {
+                    from: meta.name.clone(),
+                    to: new_name,
+                },
+                before: Some(meta),
+            }
+        }
+        Command::Delete { name } => {
+            let meta = resolve(tx, actor, &name, Want::Live)?;
+            Planned::Append {
+                secret_id: meta.id,
+                event: Event::SecretDeleted,
+                before: Some(meta),
+            }
+        }
+        Command::Undelete { name } => {
+            let meta = resolve(tx, actor, &name, Want::Deleted)?;
+            ensure_name_free(tx, &meta.namespace(), meta.scope, &meta.name)?;
+            Planned::Append {
+                secret_id: meta.id,
+                event: Event::SecretRestored,
+                before: Some(meta),
+            }
+        }
+        Command::Purge { name } => {
+            let meta = resolve(tx, actor, &name, Want::Any)?;
+            if meta.status == Status::Purged {
+                return Err(Error::Purged { name });
+            }
+            tx.prepare_cached("DELETE FROM secret_keys WHERE secret_id = ?1")?
+                .execute([meta.id.as_bytes().as_slice()])?;
+            Planned::Append {
+                secret_id: meta.id,
+                event: Event::SecretPurged,
+                before: Some(meta),
+            }
+        }
+    })
+}

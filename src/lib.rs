@@ -1,0 +1,32 @@
+//! # sledger — an event-sourced secrets ledger
+//!
+//! Every change to a secret is appended to an immutable, hash-chained, encrypted event log in
+//! SQLite. The log is the system of record: the catalog of current secrets is a pure fold of
+//! it, and sinks (issue: sinks) are projections of it.
+//!
+//! * [`Ledger`] is the façade: commands in, events appended, reads out.
+//! * [`event`] holds the event types, codec and hash chain; [`log`] the event log.
+//! * [`crypto`] is the only module that touches ciphers.
+//! * [`catalog`] folds events into current metadata, purely.
+//!
+//! The library never prints; it reports progress through callbacks.
+
+pub mod catalog;
+pub mod crypto;
+pub mod error;
+pub mod event;
+pub mod keyfile;
+pub mod ledger;
+pub mod log;
+pub mod validate;
+
+pub use catalog::{Catalog, SecretMeta, Status};
+pub use crypto::{MasterKey, SecretValues};
+pub use error::{Error, ErrorClass, Result};
+pub use event::{Event, Scope, StoredEvent};
+pub use ledger::{
+    Anchor, AuditEntry, Command, KeyChange, Ledger, LedgerSettings, Outcome, ReadPoint, SecretRead,
+};
+
+/// A secret's immutable id (UUIDv7).
+pub type SecretId = uuid::Uuid;

@@ -1,0 +1,296 @@
+//! The SQLite event log: schema migrations, opening checks, append and scan.
+//!
+//! All SQL lives in `schema/`; this file only names statements over those tables.
+
+use std::io::Read;
+use std::path::Path;
+
+use rusqlite::types::ValueRef;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
+use rusqlite_migration::{Migrations, M};
+
+use super::{EventLog, Head};
+use crate::error::{Error, Result};
+use crate::event::StoredEvent;
+use crate::SecretId;
+
+/// `PRAGMA application_id` of every sledger ledger ("SLDG").
+pub const APPLICATION_ID: i32 = 0x534c_4447;
+
+/// SQL of the catalog tables, re-run when the catalog is rebuilt.
+pub(crate) const CATALOG_SQL: &str = include_str!("../../schema/ledger/0003_catalog.sql");
+
+fn migrations() -> Migrations<'static> {
+    Migrations::new(vec![
+        M::up(include_str!("../../schema/ledger/0001_events.sql")),
+        M::up(include_str!(
+            "../../schema/ledger/0002_keys_and_settings.sql"
+        )),
+        M::up(CATALOG_SQL),
+    ])
+}
+
+/// The newest schema version this build knows.
+pub fn schema_version() -> i64 {
+    3
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(())
+}
+
+/// Create a new ledger file (mode 0600) with the current schema. Refuses an existing file.
+pub fn create(path: &Path) -> Result<Connection> {
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AlreadyExists {
+            Error::WouldOverwrite {
+                what: "ledger",
+                path: path.to_path_buf(),
+            }
+        } else {
+            Error::io(format!("cannot create ledger {}", path.display()), e)
+        }
+    })?;
+    let mut conn = Connection::open(path)?;
+    configure(&conn)?;
+    conn.pragma_update(None, "application_id", APPLICATION_ID)?;
+    migrations()
+        .to_latest(&mut conn)
+        .map_err(Error::Migration)?;
+    Ok(conn)
+}
+
+/// Open an existing ledger, checking that it is one and that this build can read it;
+/// older schemas are migrated forward.
+pub fn open(path: &Path) -> Result<Connection> {
+    let not_a_ledger = |reason: &str| Error::NotALedger {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    };
+    let mut header = [0u8; 16];
+    let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::LedgerNotFound {
+            path: path.to_path_buf(),
+        },
+        _ => Error::io(format!("cannot open ledger {}", path.display()), e),
+    })?;
+    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+        return Err(not_a_ledger("it is a directory"));
+    }
+    file.read_exact(&mut header)
+        .map_err(|_| not_a_ledger("it is too short to be a database"))?;
+    if &header != b"SQLite format 3\0" {
+        return Err(not_a_ledger("it is not an SQLite database"));
+    }
+    let mut conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    let app_id: i32 = conn
+        .pragma_query_value(None, "application_id", |r| r.get(0))
+        .map_err(|_| not_a_ledger("it is not a readable SQLite database"))?;
+    if app_id != APPLICATION_ID {
+        return Err(not_a_ledger(
+            "it is an SQLite database of some other program",
+        ));
+    }
+    let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if found > schema_version() {
+        return Err(Error::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported: schema_version(),
+        });
+    }
+    configure(&conn)?;
+    if found < schema_version() {
+        migrations()
+            .to_latest(&mut conn)
+            .map_err(Error::Migration)?;
+    }
+    Ok(conn)
+}
+
+/// The last event's (seq, hash, recorded_at), or [`Head::EMPTY`].
+pub fn head(conn: &Connection) -> Result<Head> {
+    let row = conn
+        .prepare_cached("SELECT seq, hash, recorded_at FROM events ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        })
+        .optional()?;
+    Ok(match row {
+        None => Head::EMPTY,
+        Some((seq, hash, recorded_at)) => Head {
+            seq: seq as u64,
+            hash: hash.try_into().map_err(|_| Error::ChainBroken {
+                seq: seq as u64,
+                reason: "the stored hash is not 32 bytes".into(),
+            })?,
+            recorded_at,
+        },
+    })
+}
+
+/// Insert one chained row (inside the caller's write transaction).
+pub fn insert(conn: &Connection, e: &StoredEvent) -> Result<()> {
+    conn.prepare_cached(
+        "INSERT INTO events (seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        e.seq as i64,
+        e.event_id.as_bytes().as_slice(),
+        e.recorded_at,
+        e.actor,
+        e.secret_id.as_ref().map(|id| id.as_bytes().as_slice()),
+        e.event_type,
+        e.event_version,
+        e.payload,
+        e.prev_hash.as_slice(),
+        e.hash.as_slice(),
+    ])?;
+    Ok(())
+}
+
+const SELECT_EVENTS: &str = "SELECT seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash FROM events";
+
+/// Read a row without trusting its types: a tampered row is a broken chain, not a crash.
+fn read_row(r: &Row<'_>) -> Result<StoredEvent> {
+    let seq: i64 = r.get(0)?;
+    let seq = seq as u64;
+    let broken = |what: &str| Error::ChainBroken {
+        seq,
+        reason: format!("{what} is malformed"),
+    };
+    let bytes = |i: usize, what: &str| -> Result<Vec<u8>> {
+        match r.get_ref(i)? {
+            ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b.to_vec()),
+            _ => Err(broken(what)),
+        }
+    };
+    let text = |i: usize, what: &str| -> Result<String> {
+        String::from_utf8(bytes(i, what)?).map_err(|_| broken(what))
+    };
+    let int = |i: usize, what: &str| -> Result<i64> {
+        match r.get_ref(i)? {
+            ValueRef::Integer(v) => Ok(v),
+            _ => Err(broken(what)),
+        }
+    };
+    let fixed = |i: usize, what: &str| -> Result<[u8; 32]> {
+        bytes(i, what)?.try_into().map_err(|_| broken(what))
+    };
+    let event_id =
+        uuid::Uuid::from_slice(&bytes(1, "event_id")?).map_err(|_| broken("event_id"))?;
+    let secret_id = match r.get_ref(4)? {
+        ValueRef::Null => None,
+        _ => Some(SecretId::from_slice(&bytes(4, "secret_id")?).map_err(|_| broken("secret_id"))?),
+    };
+    Ok(StoredEvent {
+        seq,
+        event_id,
+        recorded_at: int(2, "recorded_at")?,
+        actor: text(3, "actor")?,
+        secret_id,
+        event_type: text(5, "event_type")?,
+        event_version: u32::try_from(int(6, "event_version")?)
+            .map_err(|_| broken("event_version"))?,
+        payload: bytes(7, "payload")?,
+        prev_hash: fixed(8, "prev_hash")?,
+        hash: fixed(9, "hash")?,
+    })
+}
+
+fn visit_rows(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    params: impl rusqlite::Params,
+    visit: &mut dyn FnMut(StoredEvent) -> Result<bool>,
+) -> Result<()> {
+    let mut rows = stmt.query(params)?;
+    while let Some(r) = rows.next()? {
+        if !visit(read_row(r)?)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Events of one secret, in seq order, up to `to`.
+pub fn scan_secret(
+    conn: &Connection,
+    secret: SecretId,
+    to: u64,
+    visit: &mut dyn FnMut(StoredEvent) -> Result<bool>,
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT_EVENTS} WHERE secret_id = ?1 AND seq <= ?2 ORDER BY seq"
+    ))?;
+    visit_rows(
+        &mut stmt,
+        params![secret.as_bytes().as_slice(), to.min(i64::MAX as u64) as i64],
+        visit,
+    )
+}
+
+/// One event by seq.
+pub fn get(conn: &Connection, seq: u64) -> Result<Option<StoredEvent>> {
+    let mut found = None;
+    let mut stmt = conn.prepare_cached(&format!("{SELECT_EVENTS} WHERE seq = ?1"))?;
+    visit_rows(&mut stmt, params![seq as i64], &mut |e| {
+        found = Some(e);
+        Ok(false)
+    })?;
+    Ok(found)
+}
+
+/// The seq of the last event recorded at or before `at` (0 if none).
+pub fn seq_at_time(conn: &Connection, at: crate::event::Millis) -> Result<u64> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT max(seq) FROM events WHERE recorded_at <= ?1")?
+        .query_row([at], |r| r.get(0))?;
+    Ok(seq.unwrap_or(0) as u64)
+}
+
+/// The SQLite event log seen through [`EventLog`].
+pub struct SqliteLog<'c>(pub &'c Connection);
+
+impl EventLog for SqliteLog<'_> {
+    fn head(&self) -> Result<Head> {
+        head(self.0)
+    }
+
+    fn scan(
+        &self,
+        from: u64,
+        to: u64,
+        visit: &mut dyn FnMut(StoredEvent) -> Result<bool>,
+    ) -> Result<()> {
+        let mut stmt = self.0.prepare_cached(&format!(
+            "{SELECT_EVENTS} WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq"
+        ))?;
+        visit_rows(
+            &mut stmt,
+            params![
+                from.min(i64::MAX as u64) as i64,
+                to.min(i64::MAX as u64) as i64
+            ],
+            visit,
+        )
+    }
+}

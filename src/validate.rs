@@ -1,0 +1,125 @@
+//! Rules for names, value keys, labels and sizes, checked before anything is appended.
+
+use std::collections::BTreeMap;
+
+use crate::crypto::SecretValues;
+use crate::error::{Error, Result};
+
+/// Default limit on a secret's values, measured as the JSON object a sink stores.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 64 * 1024;
+
+const NAME_CHARS: &str = "letters, digits and _ . @ / + = -";
+
+/// Secret names: `[A-Za-z0-9_.@/+=-]`, 1–255 characters.
+pub fn secret_name(name: &str) -> Result<()> {
+    let err = |reason: String| {
+        Err(Error::InvalidName {
+            name: name.to_owned(),
+            reason,
+        })
+    };
+    if name.is_empty() {
+        return err("a name needs at least one character".into());
+    }
+    if name.len() > 255 {
+        return err(format!(
+            "it is {} characters long; the limit is 255",
+            name.len()
+        ));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_.@/+=-".contains(*c)))
+    {
+        return err(format!("{c:?} is not allowed; use only {NAME_CHARS}"));
+    }
+    Ok(())
+}
+
+/// Value keys: `[A-Za-z0-9_.-]`, 1–128 characters.
+pub fn value_key(key: &str) -> Result<()> {
+    let err = |reason: String| {
+        Err(Error::InvalidValueKey {
+            key: key.to_owned(),
+            reason,
+        })
+    };
+    if key.is_empty() {
+        return err("a key needs at least one character".into());
+    }
+    if key.len() > 128 {
+        return err(format!(
+            "it is {} characters long; the limit is 128",
+            key.len()
+        ));
+    }
+    if let Some(c) = key
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "_.-".contains(*c)))
+    {
+        return err(format!(
+            "{c:?} is not allowed; use only letters, digits and _ . -"
+        ));
+    }
+    Ok(())
+}
+
+/// Label keys follow the value-key rules; label values are at most 255 characters.
+pub fn labels(labels: &BTreeMap<String, String>) -> Result<()> {
+    for (k, v) in labels {
+        value_key(k).map_err(|e| match e {
+            Error::InvalidValueKey { key, reason } => Error::InvalidLabel { key, reason },
+            other => other,
+        })?;
+        if v.len() > 255 {
+            return Err(Error::InvalidLabel {
+                key: k.clone(),
+                reason: format!("its value is {} characters long; the limit is 255", v.len()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A complete value map: non-empty, valid keys, within the size limit.
+pub fn values(name: &str, values: &SecretValues, max_bytes: usize) -> Result<()> {
+    if values.is_empty() {
+        return Err(Error::EmptySecret {
+            name: name.to_owned(),
+        });
+    }
+    for key in values.keys() {
+        value_key(key)?;
+    }
+    let size = values.json_size();
+    if size > max_bytes {
+        return Err(Error::ValueTooLarge {
+            name: name.to_owned(),
+            size,
+            limit: max_bytes,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(secret_name("db/prod-password@eu+1=x_y.z").is_ok());
+        assert!(secret_name("").is_err());
+        assert!(secret_name(&"a".repeat(256)).is_err());
+        assert!(secret_name(&"a".repeat(255)).is_ok());
+        assert!(secret_name("has space").is_err());
+        assert!(secret_name("ünïcode").is_err());
+    }
+
+    #[test]
+    fn keys() {
+        assert!(value_key("user.name-1_x").is_ok());
+        assert!(value_key("a/b").is_err());
+        assert!(value_key(&"k".repeat(129)).is_err());
+    }
+}
