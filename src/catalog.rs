@@ -75,11 +75,7 @@ pub fn namespace(scope: Scope, owner: &str) -> String {
 ///
 /// Returns an error when the event cannot follow the state (an invariant the ledger enforces
 /// before appending, so this only fires on a corrupt or hand-edited log).
-pub fn apply(
-    state: Option<SecretMeta>,
-    stored: &StoredEvent,
-    event: &Event,
-) -> Result<Option<SecretMeta>> {
+pub fn apply(state: Option<SecretMeta>, stored: &StoredEvent, event: &Event) -> Result<Option<SecretMeta>> {
     let bad = |why: &str| {
         Err(Error::Corrupt(format!(
             "event {} at seq {} {why}",

@@ -244,13 +244,11 @@ impl DataKey {
 
     /// Open values sealed by [`DataKey::seal`] for the same secret and seq.
     pub fn open(&self, sealed: &[u8], secret: SecretId, seq: u64) -> Result<SecretValues> {
-        let plain = Zeroizing::new(
-            open_bytes(&self.0, sealed, &value_aad(secret, seq)).map_err(|_| {
-                Error::Corrupt(format!(
-                    "sealed values of secret {secret} at seq {seq} do not decrypt"
-                ))
-            })?,
-        );
+        let plain = Zeroizing::new(open_bytes(&self.0, sealed, &value_aad(secret, seq)).map_err(|_| {
+            Error::Corrupt(format!(
+                "sealed values of secret {secret} at seq {seq} do not decrypt"
+            ))
+        })?);
         let (map, _): (BTreeMap<String, Zeroizing<String>>, usize) =
             bincode::serde::decode_from_slice(&plain, bincode::config::standard())
                 .map_err(|_| Error::Corrupt(format!("sealed values at seq {seq} do not decode")))?;
@@ -295,9 +293,7 @@ impl SecretValues {
 
     /// Insert a value; returns true if the key was already present.
     pub fn insert(&mut self, key: impl Into<String>, value: impl Into<String>) -> bool {
-        self.0
-            .insert(key.into(), Zeroizing::new(value.into()))
-            .is_some()
+        self.0.insert(key.into(), Zeroizing::new(value.into())).is_some()
     }
 
     pub fn remove(&mut self, key: &str) -> bool {
@@ -369,21 +365,14 @@ mod tests {
         let (a, b) = (MasterKey::generate(), MasterKey::generate());
         let id = SecretId::now_v7();
         let wrapped = a.wrap_data_key(&DataKey::generate(), id);
-        assert!(matches!(
-            b.unwrap_data_key(&wrapped, id),
-            Err(Error::WrongKey)
-        ));
+        assert!(matches!(b.unwrap_data_key(&wrapped, id), Err(Error::WrongKey)));
     }
 
     #[test]
     fn debug_never_shows_plaintext() {
         let mut v = SecretValues::new();
         v.insert("password", "hunter2");
-        let shown = format!(
-            "{v:?} {:?} {}",
-            MasterKey::generate(),
-            MasterKey::generate()
-        );
+        let shown = format!("{v:?} {:?} {}", MasterKey::generate(), MasterKey::generate());
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("password"));
     }

@@ -50,11 +50,7 @@ pub enum Error {
     EmptySecret { name: String },
 
     #[error("secret {name:?} is {size} bytes as JSON, over the limit of {limit} bytes; split it into several secrets")]
-    ValueTooLarge {
-        name: String,
-        size: usize,
-        limit: usize,
-    },
+    ValueTooLarge { name: String, size: usize, limit: usize },
 
     #[error("{0}")]
     InvalidInput(String),
@@ -65,17 +61,13 @@ pub enum Error {
     #[error("a live secret named {name:?} already exists in the {scope} scope; pick another name or rename the existing one")]
     AlreadyExists { name: String, scope: String },
 
-    #[error(
-        "secret {name:?} was purged: its values were crypto-shredded and can never be read again"
-    )]
+    #[error("secret {name:?} was purged: its values were crypto-shredded and can never be read again")]
     Purged { name: String },
 
     #[error("no ledger at {path}; create one with `sledger init` or point --ledger / SLEDGER_LEDGER at an existing one")]
     LedgerNotFound { path: PathBuf },
 
-    #[error(
-        "refusing to overwrite existing {what} at {path}; move it away or choose another path"
-    )]
+    #[error("refusing to overwrite existing {what} at {path}; move it away or choose another path")]
     WouldOverwrite { what: &'static str, path: PathBuf },
 
     #[error("{path} is not a sledger ledger ({reason}); check --ledger / SLEDGER_LEDGER")]
@@ -103,9 +95,7 @@ pub enum Error {
     #[error("no master key: {0}")]
     KeyUnavailable(String),
 
-    #[error(
-        "the ledger is busy (another sledger process holds the write lock); retry in a moment"
-    )]
+    #[error("the ledger is busy (another sledger process holds the write lock); retry in a moment")]
     Busy,
 
     #[error("{context}: {source}")]
@@ -167,8 +157,9 @@ impl From<rusqlite::Error> for Error {
             Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
                 Error::Busy
             }
-            Some(rusqlite::ErrorCode::DatabaseCorrupt)
-            | Some(rusqlite::ErrorCode::NotADatabase) => Error::Corrupt(e.to_string()),
+            Some(rusqlite::ErrorCode::DatabaseCorrupt) | Some(rusqlite::ErrorCode::NotADatabase) => {
+                Error::Corrupt(e.to_string())
+            }
             _ => Error::Database(e),
         }
     }

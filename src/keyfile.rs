@@ -18,12 +18,8 @@ fn pending_path(key_file: &Path) -> PathBuf {
 }
 
 fn replace(from: &Path, to: &Path) -> Result<()> {
-    std::fs::rename(from, to).map_err(|e| {
-        Error::io(
-            format!("cannot move {} to {}", from.display(), to.display()),
-            e,
-        )
-    })?;
+    std::fs::rename(from, to)
+        .map_err(|e| Error::io(format!("cannot move {} to {}", from.display(), to.display()), e))?;
     if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
         // Make the rename itself durable.
         if let Ok(d) = std::fs::File::open(dir) {

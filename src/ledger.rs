@@ -50,6 +50,13 @@ pub enum Command {
         set_labels: BTreeMap<String, String>,
         remove_labels: Vec<String>,
     },
+    /// Create the secret, or replace all its values and labels if a live one has that name.
+    Put {
+        name: String,
+        scope: Scope,
+        labels: BTreeMap<String, String>,
+        values: SecretValues,
+    },
     Rename {
         name: String,
         new_name: String,
@@ -169,7 +176,7 @@ fn meta_get_i64(conn: &Connection, key: &str) -> Result<Option<i64>> {
 }
 
 fn meta_get_blob(conn: &Connection, key: &str) -> Result<Vec<u8>> {
-    conn.prepare_cached("SELECT value FROM ledger_meta WHERE key = ?1")?
+    conn.prepare_cached("SELECT CAST(value AS BLOB) FROM ledger_meta WHERE key = ?1")?
         .query_row([key], |r| r.get(0))
         .optional()?
         .ok_or_else(|| Error::Corrupt(format!("ledger_meta lacks {key}")))
@@ -188,8 +195,8 @@ fn decode_meta(bytes: &[u8]) -> Result<SecretMeta> {
 }
 
 fn store_meta(conn: &Connection, m: &SecretMeta) -> Result<()> {
-    let blob = bincode::serde::encode_to_vec(m, bincode::config::standard())
-        .expect("metadata always encodes");
+    let blob =
+        bincode::serde::encode_to_vec(m, bincode::config::standard()).expect("metadata always encodes");
     conn.prepare_cached(
         "INSERT OR REPLACE INTO catalog (secret_id, namespace, name, status, updated_seq, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
     )?
@@ -257,9 +264,7 @@ fn resolve(conn: &Connection, actor: &str, name: &str, want: Want) -> Result<Sec
 
 fn ensure_name_free(conn: &Connection, ns: &str, scope: Scope, name: &str) -> Result<()> {
     let taken: Option<i64> = conn
-        .prepare_cached(
-            "SELECT 1 FROM catalog WHERE namespace = ?1 AND name = ?2 AND status = 'live'",
-        )?
+        .prepare_cached("SELECT 1 FROM catalog WHERE namespace = ?1 AND name = ?2 AND status = 'live'")?
         .query_row(params![ns, name], |r| r.get(0))
         .optional()?;
     match taken {
@@ -290,16 +295,12 @@ fn open_values_at(
     seq: u64,
 ) -> Result<(SecretValues, Millis)> {
     let dek = load_dek(conn, master, meta)?;
-    let stored =
-        sqlite::get(conn, seq)?.ok_or_else(|| Error::Corrupt(format!("event {seq} is missing")))?;
+    let stored = sqlite::get(conn, seq)?.ok_or_else(|| Error::Corrupt(format!("event {seq} is missing")))?;
     let event = stored.decode()?;
     let sealed = event
         .values()
         .ok_or_else(|| Error::Corrupt(format!("event {seq} carries no values")))?;
-    Ok((
-        dek.open(&sealed.ciphertext, meta.id, seq)?,
-        stored.recorded_at,
-    ))
+    Ok((dek.open(&sealed.ciphertext, meta.id, seq)?, stored.recorded_at))
 }
 
 /// The result of planning one command inside the write transaction.
@@ -321,11 +322,7 @@ impl Ledger {
         meta_set(&tx, "ledger_id", uuid::Uuid::now_v7().to_string())?;
         meta_set(&tx, "created_at", now_ms())?;
         meta_set(&tx, "key_check", master.key_check().as_slice())?;
-        meta_set(
-            &tx,
-            "fingerprint_key",
-            master.wrap_fingerprint_key(&fingerprint),
-        )?;
+        meta_set(&tx, "fingerprint_key", master.wrap_fingerprint_key(&fingerprint))?;
         meta_set(&tx, "max_value_bytes", settings.max_value_bytes as i64)?;
         meta_set(&tx, "snapshot_interval", settings.snapshot_interval as i64)?;
         meta_set(&tx, "catalog_seq", 0i64)?;
@@ -334,10 +331,7 @@ impl Ledger {
             conn,
             path: path.to_path_buf(),
             settings,
-            keys: Some(Keys {
-                master,
-                fingerprint,
-            }),
+            keys: Some(Keys { master, fingerprint }),
         })
     }
 
@@ -349,9 +343,7 @@ impl Ledger {
             max_value_bytes: meta_get_i64(&conn, "max_value_bytes")?
                 .ok_or_else(|| Error::Corrupt("ledger settings are missing".into()))?
                 as usize,
-            snapshot_interval: meta_get_i64(&conn, "snapshot_interval")?
-                .unwrap_or(10_000)
-                .max(1) as u64,
+            snapshot_interval: meta_get_i64(&conn, "snapshot_interval")?.unwrap_or(10_000).max(1) as u64,
         };
         let mut ledger = Ledger {
             conn,
@@ -376,12 +368,8 @@ impl Ledger {
         if stored.as_slice() != master.key_check().as_slice() {
             return Err(Error::WrongKey);
         }
-        let fingerprint =
-            master.unwrap_fingerprint_key(&meta_get_blob(&self.conn, "fingerprint_key")?)?;
-        self.keys = Some(Keys {
-            master,
-            fingerprint,
-        });
+        let fingerprint = master.unwrap_fingerprint_key(&meta_get_blob(&self.conn, "fingerprint_key")?)?;
+        self.keys = Some(Keys { master, fingerprint });
         Ok(())
     }
 
@@ -426,8 +414,7 @@ impl Ledger {
                 [],
                 |r| r.get(0),
             )?;
-            has_table == 1
-                && meta_get_i64(&tx, "catalog_seq")? == Some(sqlite::head(&tx)?.seq as i64)
+            has_table == 1 && meta_get_i64(&tx, "catalog_seq")? == Some(sqlite::head(&tx)?.seq as i64)
         };
         if !current {
             self.rebuild_catalog()?;
@@ -504,12 +491,7 @@ impl Ledger {
 }
 
 /// Bookkeeping shared by every append transaction: catalog position and snapshots.
-fn finish_append(
-    tx: &Connection,
-    settings: LedgerSettings,
-    first_seq: u64,
-    head: Head,
-) -> Result<()> {
+fn finish_append(tx: &Connection, settings: LedgerSettings, first_seq: u64, head: Head) -> Result<()> {
     if head.seq == first_seq {
         return Ok(());
     }
@@ -543,10 +525,9 @@ impl Ledger {
         let mut stmt = self.conn.prepare_cached(
             "SELECT meta FROM catalog WHERE status = ?1 AND namespace IN ('workspace', ?2) ORDER BY name, namespace",
         )?;
-        let rows = stmt.query_map(
-            params![status.as_str(), namespace(Scope::Private, actor)],
-            |r| r.get::<_, Vec<u8>>(0),
-        )?;
+        let rows = stmt.query_map(params![status.as_str(), namespace(Scope::Private, actor)], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })?;
         rows.map(|b| decode_meta(&b?)).collect()
     }
 
@@ -636,9 +617,7 @@ impl Ledger {
     pub fn catalog_at(&self, seq: u64) -> Result<Catalog> {
         let snapshot: Option<Vec<u8>> = self
             .conn
-            .prepare_cached(
-                "SELECT state FROM snapshots WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1",
-            )?
+            .prepare_cached("SELECT state FROM snapshots WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1")?
             .query_row([seq.min(i64::MAX as u64) as i64], |r| r.get(0))
             .optional()?;
         let start = match snapshot {
@@ -657,9 +636,7 @@ impl Ledger {
     ) -> Result<()> {
         self.log().scan(catalog.seq + 1, u64::MAX, &mut |stored| {
             let event = stored.decode()?;
-            let before = stored
-                .secret_id
-                .and_then(|id| catalog.secrets.get(&id).cloned());
+            let before = stored.secret_id.and_then(|id| catalog.secrets.get(&id).cloned());
             catalog.apply(&stored, &event)?;
             let after = stored.secret_id.and_then(|id| catalog.secrets.get(&id));
             visit(describe(&stored, &event, before.as_ref(), after))
@@ -703,10 +680,7 @@ impl Ledger {
     pub fn check_anchor(&self, anchor: &Anchor) -> Result<()> {
         let mismatch = |reason: String| Err(Error::AnchorMismatch { reason });
         if anchor.ledger_id != self.ledger_id()? {
-            return mismatch(format!(
-                "it was saved from another ledger ({})",
-                anchor.ledger_id
-            ));
+            return mismatch(format!("it was saved from another ledger ({})", anchor.ledger_id));
         }
         let head = self.head()?;
         if head.seq < anchor.seq {
@@ -737,17 +711,13 @@ impl Ledger {
         let mut rewrapped = 0u64;
         {
             let mut read = tx.prepare("SELECT secret_id, wrapped FROM secret_keys")?;
-            let mut write =
-                tx.prepare("UPDATE secret_keys SET wrapped = ?2 WHERE secret_id = ?1")?;
+            let mut write = tx.prepare("UPDATE secret_keys SET wrapped = ?2 WHERE secret_id = ?1")?;
             let mut rows = read.query([])?;
             while let Some(r) = rows.next()? {
                 let id = SecretId::from_slice(&r.get::<_, Vec<u8>>(0)?)
                     .map_err(|_| Error::Corrupt("a secret_keys id is not a UUID".into()))?;
                 let dek = keys.master.unwrap_data_key(&r.get::<_, Vec<u8>>(1)?, id)?;
-                write.execute(params![
-                    id.as_bytes().as_slice(),
-                    new.wrap_data_key(&dek, id)
-                ])?;
+                write.execute(params![id.as_bytes().as_slice(), new.wrap_data_key(&dek, id)])?;
                 rewrapped += 1;
             }
         }
@@ -765,9 +735,7 @@ impl Ledger {
                 event_id: uuid::Uuid::now_v7(),
                 actor: actor.to_owned(),
                 secret_id: None,
-                event: Event::KeyRotated {
-                    key_id: new.key_id(),
-                },
+                event: Event::KeyRotated { key_id: new.key_id() },
             },
             now_ms(),
         );
@@ -836,9 +804,7 @@ fn describe(
         _ => None,
     };
     let labels = match event {
-        Event::SecretCreated { labels, .. } | Event::SecretUpdated { labels, .. } => {
-            Some(labels.clone())
-        }
+        Event::SecretCreated { labels, .. } | Event::SecretUpdated { labels, .. } => Some(labels.clone()),
         _ => None,
     };
     let meta = after.or(before);
@@ -866,17 +832,37 @@ fn need_keys(keys: Option<&Keys>) -> Result<&Keys> {
     })
 }
 
-fn seal(
-    keys: Option<&Keys>,
-    values: &SecretValues,
-    id: SecretId,
-    seq: u64,
-    dek: &DataKey,
-) -> Result<SealedValues> {
-    let keys = need_keys(keys)?;
-    Ok(SealedValues {
+fn seal(keys: &Keys, values: &SecretValues, id: SecretId, seq: u64, dek: &DataKey) -> SealedValues {
+    SealedValues {
         ciphertext: dek.seal(values, id, seq),
         fingerprints: keys.fingerprint.fingerprints(values),
+    }
+}
+
+/// The `secret.updated` event giving `meta` these full values and labels, or nothing if
+/// neither changed (compared by fingerprint, so no plaintext comparison is kept around).
+fn replace_values(
+    tx: &Connection,
+    keys: Option<&Keys>,
+    settings: LedgerSettings,
+    meta: SecretMeta,
+    labels: BTreeMap<String, String>,
+    values: SecretValues,
+    seq: u64,
+) -> Result<Planned> {
+    validate::values(&meta.name, &values, settings.max_value_bytes)?;
+    let keys = need_keys(keys)?;
+    if labels == meta.labels && keys.fingerprint.fingerprints(&values) == meta.fingerprints {
+        return Ok(Planned::Nothing(meta));
+    }
+    let dek = load_dek(tx, &keys.master, &meta)?;
+    Ok(Planned::Append {
+        secret_id: meta.id,
+        event: Event::SecretUpdated {
+            labels,
+            values: seal(keys, &values, meta.id, seq, &dek),
+        },
+        before: Some(meta),
     })
 }
 
@@ -904,11 +890,8 @@ fn plan(
             let id = SecretId::now_v7();
             let dek = DataKey::generate();
             tx.prepare_cached("INSERT INTO secret_keys (secret_id, wrapped) VALUES (?1, ?2)")?
-                .execute(params![
-                    id.as_bytes().as_slice(),
-                    master.wrap_data_key(&dek, id)
-                ])?;
-            let sealed = seal(keys, &values, id, seq, &dek)?;
+                .execute(params![id.as_bytes().as_slice(), master.wrap_data_key(&dek, id)])?;
+            let sealed = seal(need_keys(keys)?, &values, id, seq, &dek);
             Planned::Append {
                 secret_id: id,
                 event: Event::SecretCreated {
@@ -959,22 +942,36 @@ fn plan(
                 }
             }
             labels.extend(set_labels);
-            validate::values(&name, &values, settings.max_value_bytes)?;
-            let keys_now = need_keys(keys)?;
-            if labels == meta.labels
-                && keys_now.fingerprint.fingerprints(&values) == meta.fingerprints
-            {
-                return Ok(Planned::Nothing(meta));
-            }
-            let dek = load_dek(tx, master, &meta)?;
-            let sealed = seal(keys, &values, meta.id, seq, &dek)?;
-            Planned::Append {
-                secret_id: meta.id,
-                event: Event::SecretUpdated {
-                    labels,
-                    values: sealed,
-                },
-                before: Some(meta),
+            replace_values(tx, keys, settings, meta, labels, values, seq)?
+        }
+        Command::Put {
+            name,
+            scope,
+            labels,
+            values,
+        } => {
+            let ns = namespace(scope, actor);
+            let existing = named(tx, actor, &name)?
+                .into_iter()
+                .find(|m| m.status == Status::Live && m.namespace() == ns);
+            match existing {
+                None => plan(
+                    tx,
+                    keys,
+                    settings,
+                    actor,
+                    Command::Create {
+                        name,
+                        scope,
+                        labels,
+                        values,
+                    },
+                    seq,
+                )?,
+                Some(meta) => {
+                    validate::labels(&labels)?;
+                    replace_values(tx, keys, settings, meta, labels, values, seq)?
+                }
             }
         }
         Command::Rename { name, new_name } => {

@@ -22,10 +22,7 @@ pub fn secret_name(name: &str) -> Result<()> {
         return err("a name needs at least one character".into());
     }
     if name.len() > 255 {
-        return err(format!(
-            "it is {} characters long; the limit is 255",
-            name.len()
-        ));
+        return err(format!("it is {} characters long; the limit is 255", name.len()));
     }
     if let Some(c) = name
         .chars()
@@ -48,10 +45,7 @@ pub fn value_key(key: &str) -> Result<()> {
         return err("a key needs at least one character".into());
     }
     if key.len() > 128 {
-        return err(format!(
-            "it is {} characters long; the limit is 128",
-            key.len()
-        ));
+        return err(format!("it is {} characters long; the limit is 128", key.len()));
     }
     if let Some(c) = key
         .chars()

@@ -52,8 +52,7 @@ fn to_bytes<T: Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let (v, read) =
-        bincode::serde::decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
+    let (v, read) = bincode::serde::decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
     if read != bytes.len() {
         return Err(format!("{} trailing bytes", bytes.len() - read));
     }
@@ -126,9 +125,11 @@ pub fn decode(event_type: &str, event_version: u32, payload: &[u8]) -> Result<Ev
             let p: KeyRotatedV1 = from_bytes(payload)?;
             Event::KeyRotated { key_id: p.key_id }
         }
-        (t, v) if super::EVENT_TYPES.contains(&t) && v > CURRENT_VERSION => return Err(format!(
-            "{t} version {v} was written by a newer sledger; upgrade sledger to read this ledger"
-        )),
+        (t, v) if super::EVENT_TYPES.contains(&t) && v > CURRENT_VERSION => {
+            return Err(format!(
+                "{t} version {v} was written by a newer sledger; upgrade sledger to read this ledger"
+            ))
+        }
         (t, v) => return Err(format!("unknown event type {t:?} version {v}")),
     })
 }

@@ -101,9 +101,7 @@ impl Event {
     /// The sealed values this event carries, if any.
     pub fn values(&self) -> Option<&SealedValues> {
         match self {
-            Event::SecretCreated { values, .. } | Event::SecretUpdated { values, .. } => {
-                Some(values)
-            }
+            Event::SecretCreated { values, .. } | Event::SecretUpdated { values, .. } => Some(values),
             _ => None,
         }
     }
@@ -139,10 +137,7 @@ impl StoredEvent {
     /// Decode the payload through its type and version (upcasting older versions).
     pub fn decode(&self) -> crate::Result<Event> {
         decode(&self.event_type, self.event_version, &self.payload).map_err(|reason| {
-            crate::Error::Corrupt(format!(
-                "event at seq {} does not decode: {reason}",
-                self.seq
-            ))
+            crate::Error::Corrupt(format!("event at seq {} does not decode: {reason}", self.seq))
         })
     }
 

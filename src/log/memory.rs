@@ -18,10 +18,7 @@ impl MemoryLog {
     /// Append a batch at time `now`.
     pub fn append(&mut self, batch: Vec<NewEvent>, now: Millis) -> Vec<StoredEvent> {
         let mut head = self.head_now();
-        let rows: Vec<_> = batch
-            .iter()
-            .map(|n| chain_next(&mut head, n, now))
-            .collect();
+        let rows: Vec<_> = batch.iter().map(|n| chain_next(&mut head, n, now)).collect();
         self.events.extend(rows.iter().cloned());
         rows
     }
@@ -47,12 +44,7 @@ impl EventLog for MemoryLog {
         Ok(self.head_now())
     }
 
-    fn scan(
-        &self,
-        from: u64,
-        to: u64,
-        visit: &mut dyn FnMut(StoredEvent) -> Result<bool>,
-    ) -> Result<()> {
+    fn scan(&self, from: u64, to: u64, visit: &mut dyn FnMut(StoredEvent) -> Result<bool>) -> Result<()> {
         for e in self.events.iter().filter(|e| e.seq >= from && e.seq <= to) {
             if !visit(e.clone())? {
                 break;

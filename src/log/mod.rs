@@ -42,12 +42,7 @@ pub trait EventLog {
     fn head(&self) -> Result<Head>;
 
     /// Visit the events with `from <= seq <= to`, in seq order, until `visit` returns false.
-    fn scan(
-        &self,
-        from: u64,
-        to: u64,
-        visit: &mut dyn FnMut(StoredEvent) -> Result<bool>,
-    ) -> Result<()>;
+    fn scan(&self, from: u64, to: u64, visit: &mut dyn FnMut(StoredEvent) -> Result<bool>) -> Result<()>;
 }
 
 /// Turn a new event into the row that follows `head`; advances `head`.
@@ -87,10 +82,7 @@ pub fn verify(log: &dyn EventLog, progress: &mut dyn FnMut(u64, u64)) -> Result<
         if e.seq != expected {
             return Err(Error::ChainBroken {
                 seq: expected,
-                reason: format!(
-                    "event {expected} is missing (the next stored event is {})",
-                    e.seq
-                ),
+                reason: format!("event {expected} is missing (the next stored event is {})", e.seq),
             });
         }
         if e.prev_hash != head.hash {
@@ -102,8 +94,7 @@ pub fn verify(log: &dyn EventLog, progress: &mut dyn FnMut(u64, u64)) -> Result<
         if e.computed_hash() != e.hash {
             return Err(Error::ChainBroken {
                 seq: e.seq,
-                reason: "the stored hash does not match the event's contents (it was altered)"
-                    .into(),
+                reason: "the stored hash does not match the event's contents (it was altered)".into(),
             });
         }
         if e.recorded_at < head.recorded_at {

@@ -23,9 +23,7 @@ pub(crate) const CATALOG_SQL: &str = include_str!("../../schema/ledger/0003_cata
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../../schema/ledger/0001_events.sql")),
-        M::up(include_str!(
-            "../../schema/ledger/0002_keys_and_settings.sql"
-        )),
+        M::up(include_str!("../../schema/ledger/0002_keys_and_settings.sql")),
         M::up(CATALOG_SQL),
     ])
 }
@@ -65,9 +63,7 @@ pub fn create(path: &Path) -> Result<Connection> {
     let mut conn = Connection::open(path)?;
     configure(&conn)?;
     conn.pragma_update(None, "application_id", APPLICATION_ID)?;
-    migrations()
-        .to_latest(&mut conn)
-        .map_err(Error::Migration)?;
+    migrations().to_latest(&mut conn).map_err(Error::Migration)?;
     Ok(conn)
 }
 
@@ -101,9 +97,7 @@ pub fn open(path: &Path) -> Result<Connection> {
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(|_| not_a_ledger("it is not a readable SQLite database"))?;
     if app_id != APPLICATION_ID {
-        return Err(not_a_ledger(
-            "it is an SQLite database of some other program",
-        ));
+        return Err(not_a_ledger("it is an SQLite database of some other program"));
     }
     let found: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if found > schema_version() {
@@ -115,9 +109,7 @@ pub fn open(path: &Path) -> Result<Connection> {
     }
     configure(&conn)?;
     if found < schema_version() {
-        migrations()
-            .to_latest(&mut conn)
-            .map_err(Error::Migration)?;
+        migrations().to_latest(&mut conn).map_err(Error::Migration)?;
     }
     Ok(conn)
 }
@@ -127,11 +119,7 @@ pub fn head(conn: &Connection) -> Result<Head> {
     let row = conn
         .prepare_cached("SELECT seq, hash, recorded_at FROM events ORDER BY seq DESC LIMIT 1")?
         .query_row([], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
+            Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?, r.get::<_, i64>(2)?))
         })
         .optional()?;
     Ok(match row {
@@ -193,11 +181,9 @@ fn read_row(r: &Row<'_>) -> Result<StoredEvent> {
             _ => Err(broken(what)),
         }
     };
-    let fixed = |i: usize, what: &str| -> Result<[u8; 32]> {
-        bytes(i, what)?.try_into().map_err(|_| broken(what))
-    };
-    let event_id =
-        uuid::Uuid::from_slice(&bytes(1, "event_id")?).map_err(|_| broken("event_id"))?;
+    let fixed =
+        |i: usize, what: &str| -> Result<[u8; 32]> { bytes(i, what)?.try_into().map_err(|_| broken(what)) };
+    let event_id = uuid::Uuid::from_slice(&bytes(1, "event_id")?).map_err(|_| broken("event_id"))?;
     let secret_id = match r.get_ref(4)? {
         ValueRef::Null => None,
         _ => Some(SecretId::from_slice(&bytes(4, "secret_id")?).map_err(|_| broken("secret_id"))?),
@@ -209,8 +195,7 @@ fn read_row(r: &Row<'_>) -> Result<StoredEvent> {
         actor: text(3, "actor")?,
         secret_id,
         event_type: text(5, "event_type")?,
-        event_version: u32::try_from(int(6, "event_version")?)
-            .map_err(|_| broken("event_version"))?,
+        event_version: u32::try_from(int(6, "event_version")?).map_err(|_| broken("event_version"))?,
         payload: bytes(7, "payload")?,
         prev_hash: fixed(8, "prev_hash")?,
         hash: fixed(9, "hash")?,
@@ -275,21 +260,13 @@ impl EventLog for SqliteLog<'_> {
         head(self.0)
     }
 
-    fn scan(
-        &self,
-        from: u64,
-        to: u64,
-        visit: &mut dyn FnMut(StoredEvent) -> Result<bool>,
-    ) -> Result<()> {
+    fn scan(&self, from: u64, to: u64, visit: &mut dyn FnMut(StoredEvent) -> Result<bool>) -> Result<()> {
         let mut stmt = self.0.prepare_cached(&format!(
             "{SELECT_EVENTS} WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq"
         ))?;
         visit_rows(
             &mut stmt,
-            params![
-                from.min(i64::MAX as u64) as i64,
-                to.min(i64::MAX as u64) as i64
-            ],
+            params![from.min(i64::MAX as u64) as i64, to.min(i64::MAX as u64) as i64],
             visit,
         )
     }

@@ -1,1 +1,53 @@
-fn main() {}
+//! The `sledger` command: parse, call the library, render. Errors are printed and mapped to
+//! exit codes in one place, [`exit::report`].
+
+mod audit;
+mod cli;
+mod context;
+mod exit;
+mod import;
+mod keys;
+mod output;
+mod secret;
+mod verify;
+
+use clap::{CommandFactory, FromArgMatches};
+
+use cli::{Cli, Commands};
+use context::Context;
+
+fn main() {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    init_tracing();
+    let actor_from_command_line = matches!(
+        matches.value_source("actor"),
+        Some(clap::parser::ValueSource::CommandLine)
+    );
+    let ctx = Context::new(&cli.global);
+    let result = match cli.command {
+        Commands::Init(args) => keys::init(&ctx, args),
+        Commands::Secret(cmd) => secret::run(&ctx, cmd),
+        Commands::Log(args) => audit::run(&ctx, args, actor_from_command_line),
+        Commands::Verify(args) => verify::run(&ctx, args),
+        Commands::Key(cmd) => keys::run(&ctx, cmd),
+        Commands::Import(args) => import::run(&ctx, args),
+    };
+    if let Err(err) = result {
+        std::process::exit(exit::report(&err));
+    }
+}
+
+/// Logs go to stderr, filtered by `SLEDGER_LOG` (e.g. `SLEDGER_LOG=debug`); off by default
+/// beyond warnings. The library never logs a value, so any level is safe.
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SLEDGER_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

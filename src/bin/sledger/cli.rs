@@ -1,0 +1,208 @@
+//! Command-line syntax (clap derive). Behaviour lives in the sibling modules.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "sledger",
+    version,
+    about = "An event-sourced secrets ledger: every change encrypted, hash-chained and auditable",
+    after_help = "Exit codes: 0 ok, 1 internal error, 2 usage or invalid input, 3 not found, \
+4 already exists, 5 integrity failure, 6 key failure, 7 unavailable/busy, 8 not a ledger or too new."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Args, Clone)]
+pub struct Global {
+    /// The ledger file [default: $XDG_DATA_HOME/sledger/ledger.db]
+    #[arg(long, global = true, env = "SLEDGER_LEDGER", value_name = "PATH")]
+    pub ledger: Option<PathBuf>,
+    /// The master key file [default: the ledger path with extension .key]; SLEDGER_MASTER_KEY (base64) wins over it
+    #[arg(long, global = true, env = "SLEDGER_KEY_FILE", value_name = "PATH")]
+    pub key_file: Option<PathBuf>,
+    /// Who is acting, recorded in every event [default: user@host]. On `log`, a filter.
+    #[arg(long, global = true, env = "SLEDGER_ACTOR", value_name = "NAME")]
+    pub actor: Option<String>,
+    /// Output for people (tables) or scripts (JSON)
+    #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
+    pub format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand)]
+pub enum Commands {
+    /// Create a new ledger and its master key file
+    Init(InitArgs),
+    /// Create, read, change and inspect secrets
+    #[command(subcommand)]
+    Secret(SecretCmd),
+    /// The audit log: every event, never a value
+    Log(LogArgs),
+    /// Recompute the hash chain and report the first bad event
+    Verify(VerifyArgs),
+    /// Master key management
+    #[command(subcommand)]
+    Key(KeyCmd),
+    /// Bulk-load secrets from a file, in batched all-or-nothing transactions
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+pub struct InitArgs {
+    /// Largest allowed secret, measured as its JSON object
+    #[arg(long, value_name = "BYTES", default_value_t = sledger::validate::DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
+}
+
+/// Where values come from. Values given with --value end up in shell history and `ps`;
+/// prefer --value-file or --values-json - for real secrets.
+#[derive(Args, Default)]
+pub struct ValueArgs {
+    /// A value, KEY=VALUE (repeatable)
+    #[arg(long = "value", value_name = "KEY=VALUE")]
+    pub values: Vec<String>,
+    /// A value read from a file, KEY=PATH; PATH - reads stdin (repeatable)
+    #[arg(long = "value-file", value_name = "KEY=PATH")]
+    pub value_files: Vec<String>,
+    /// A JSON object of string values, from FILE or - for stdin
+    #[arg(long, value_name = "FILE")]
+    pub values_json: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum SecretCmd {
+    /// Create a secret
+    Create {
+        name: String,
+        #[command(flatten)]
+        values: ValueArgs,
+        /// A label, K=V (repeatable)
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// Visible only to its owner (the actor)
+        #[arg(long)]
+        private: bool,
+    },
+    /// Print a secret's values (latest, a version, or as of a time)
+    Get {
+        name: String,
+        /// Print only this key's value, raw
+        #[arg(long, value_name = "K")]
+        key: Option<String>,
+        #[arg(long, value_name = "N", conflicts_with = "at")]
+        version: Option<u32>,
+        /// RFC 3339 time, e.g. 2026-11-28T12:00:00Z
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+    },
+    /// Change some values or labels; keys not named keep their values
+    Update {
+        name: String,
+        #[command(flatten)]
+        values: ValueArgs,
+        #[arg(long = "remove-key", value_name = "K")]
+        remove_keys: Vec<String>,
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        #[arg(long = "remove-label", value_name = "K")]
+        remove_labels: Vec<String>,
+    },
+    /// Rename a secret (its id, and so its sink objects, stay the same)
+    Rename { old: String, new: String },
+    /// Soft-delete a secret (recoverable with undelete)
+    Delete { name: String },
+    /// Bring back a soft-deleted secret
+    Undelete { name: String },
+    /// Crypto-shred a secret: every version becomes undecryptable, for good
+    Purge {
+        name: String,
+        /// Confirm that this cannot be undone
+        #[arg(long)]
+        yes: bool,
+    },
+    /// List secrets (metadata only)
+    List {
+        /// Only secrets with this label, K=V (repeatable; all must match)
+        #[arg(long = "label", value_name = "K=V")]
+        labels: Vec<String>,
+        /// List soft-deleted secrets instead of live ones
+        #[arg(long)]
+        deleted: bool,
+    },
+    /// Every change to one secret: versions, actors, keys changed, fingerprints
+    History { name: String },
+}
+
+#[derive(Args)]
+pub struct LogArgs {
+    /// Only events of this secret
+    #[arg(long, value_name = "NAME")]
+    pub secret: Option<String>,
+    /// Only events of this type (e.g. secret.updated)
+    #[arg(long = "type", value_name = "T")]
+    pub event_type: Option<String>,
+    /// Only events at or after this RFC 3339 time
+    #[arg(long, value_name = "TIME")]
+    pub since: Option<String>,
+    /// Only events at or before this RFC 3339 time
+    #[arg(long, value_name = "TIME")]
+    pub until: Option<String>,
+    /// Only the last N matching events
+    #[arg(long, value_name = "N")]
+    pub limit: Option<usize>,
+    /// Keep printing new events as they are appended (stop with Ctrl-C)
+    #[arg(long)]
+    pub follow: bool,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Save the verified head (seq, hash) to FILE, to check later with --anchor
+    #[arg(long, value_name = "FILE")]
+    pub save_anchor: Option<PathBuf>,
+    /// Also check a saved anchor: catches a truncated or rewritten tail
+    #[arg(long, value_name = "FILE")]
+    pub anchor: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+pub enum KeyCmd {
+    /// Re-wrap every data key under a new master key; old events stay readable
+    Rotate {
+        /// Where to write the new key when the current one comes from SLEDGER_MASTER_KEY
+        #[arg(long, value_name = "PATH")]
+        new_key_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ImportFormat {
+    /// An array of {"name", "values", "labels"?, "private"?} objects
+    Json,
+    /// One such object per line
+    Jsonl,
+}
+
+#[derive(Args)]
+pub struct ImportArgs {
+    #[arg(long, value_name = "FILE")]
+    pub file: PathBuf,
+    /// Input format [default: from the file extension, else jsonl]
+    #[arg(long = "input-format", value_enum)]
+    pub input_format: Option<ImportFormat>,
+    /// Secrets per transaction
+    #[arg(long, default_value_t = 1000)]
+    pub batch_size: usize,
+}

@@ -1,0 +1,78 @@
+//! Resolving the global options: which ledger, which key, who is acting.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context as _, Result};
+use sledger::crypto::MASTER_KEY_ENV;
+use sledger::{keyfile, Ledger, MasterKey};
+
+use crate::cli::{Format, Global};
+
+pub struct Context {
+    pub ledger_path: PathBuf,
+    pub key_file: PathBuf,
+    pub actor: String,
+    pub format: Format,
+}
+
+fn default_ledger_path() -> PathBuf {
+    dirs::data_dir()
+        .unwrap_or_else(|| PathBuf::from("."))
+        .join("sledger")
+        .join("ledger.db")
+}
+
+/// `ledger.db` → `ledger.key`, beside it.
+fn default_key_file(ledger: &Path) -> PathBuf {
+    ledger.with_extension("key")
+}
+
+fn default_actor() -> String {
+    let host = whoami::fallible::hostname().unwrap_or_else(|_| "localhost".into());
+    format!("{}@{host}", whoami::username())
+}
+
+impl Context {
+    pub fn new(global: &Global) -> Self {
+        let ledger_path = global.ledger.clone().unwrap_or_else(default_ledger_path);
+        let key_file = global
+            .key_file
+            .clone()
+            .unwrap_or_else(|| default_key_file(&ledger_path));
+        Context {
+            key_file,
+            ledger_path,
+            actor: global.actor.clone().unwrap_or_else(default_actor),
+            format: global.format,
+        }
+    }
+
+    pub fn json(&self) -> bool {
+        self.format == Format::Json
+    }
+
+    /// The master key from SLEDGER_MASTER_KEY, if set.
+    pub fn env_key() -> Result<Option<MasterKey>> {
+        match std::env::var(MASTER_KEY_ENV) {
+            Ok(text) => Ok(Some(
+                MasterKey::from_base64(&text).context(format!("{MASTER_KEY_ENV} is unusable"))?,
+            )),
+            Err(_) => Ok(None),
+        }
+    }
+
+    /// Open the ledger without its key (audit and verify need none).
+    pub fn open(&self) -> Result<Ledger> {
+        Ok(Ledger::open(&self.ledger_path)?)
+    }
+
+    /// Open the ledger and unlock it with the master key.
+    pub fn open_unlocked(&self) -> Result<Ledger> {
+        let mut ledger = self.open()?;
+        match Self::env_key()? {
+            Some(key) => ledger.unlock(key)?,
+            None => keyfile::unlock(&mut ledger, &self.key_file)?,
+        }
+        Ok(ledger)
+    }
+}

@@ -1,0 +1,43 @@
+//! The one place errors are printed and turned into exit codes (documented in README.md).
+
+use sledger::ErrorClass;
+
+pub const INTERNAL: i32 = 1;
+pub const USAGE: i32 = 2;
+pub const NOT_FOUND: i32 = 3;
+pub const ALREADY_EXISTS: i32 = 4;
+pub const INTEGRITY: i32 = 5;
+pub const KEY: i32 = 6;
+pub const UNAVAILABLE: i32 = 7;
+pub const INCOMPATIBLE: i32 = 8;
+
+/// An error raised by the binary itself for bad command-line input.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+pub fn usage(msg: impl Into<String>) -> anyhow::Error {
+    UsageError(msg.into()).into()
+}
+
+/// Print `err` (with its causes) to stderr and return the exit code for it.
+pub fn report(err: &anyhow::Error) -> i32 {
+    eprintln!("error: {err:#}");
+    let code = if err.downcast_ref::<UsageError>().is_some() {
+        USAGE
+    } else if let Some(e) = err.chain().find_map(|c| c.downcast_ref::<sledger::Error>()) {
+        match e.class() {
+            ErrorClass::Invalid => USAGE,
+            ErrorClass::NotFound => NOT_FOUND,
+            ErrorClass::AlreadyExists => ALREADY_EXISTS,
+            ErrorClass::Integrity => INTEGRITY,
+            ErrorClass::Key => KEY,
+            ErrorClass::Unavailable => UNAVAILABLE,
+            ErrorClass::Incompatible => INCOMPATIBLE,
+            _ => INTERNAL,
+        }
+    } else {
+        INTERNAL
+    };
+    code
+}

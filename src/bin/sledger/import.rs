@@ -1,0 +1,126 @@
+//! `sledger import`: bulk-load secrets in batched, all-or-nothing transactions.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+
+use anyhow::{Context as _, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use serde_json::json;
+use sledger::{Command, Outcome, Scope, SecretValues};
+use zeroize::Zeroizing;
+
+use crate::cli::{ImportArgs, ImportFormat};
+use crate::context::Context;
+use crate::exit::usage;
+use crate::output;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Record {
+    name: String,
+    values: BTreeMap<String, Zeroizing<String>>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    private: bool,
+}
+
+impl Record {
+    fn into_command(self) -> Command {
+        let mut values = SecretValues::new();
+        for (k, v) in &self.values {
+            values.insert(k.as_str(), v.as_str());
+        }
+        Command::Put {
+            name: self.name,
+            scope: if self.private {
+                Scope::Private
+            } else {
+                Scope::Workspace
+            },
+            labels: self.labels,
+            values,
+        }
+    }
+}
+
+fn bad_record(where_: String, e: &serde_json::Error) -> anyhow::Error {
+    // Only the position: serde_json's message may quote the offending (secret) text.
+    usage(format!(
+        "{where_} is not a secret record {{\"name\", \"values\", \"labels\"?, \"private\"?}} (column {})",
+        e.column()
+    ))
+}
+
+fn read_records(args: &ImportArgs) -> Result<Vec<Record>> {
+    let format = args
+        .input_format
+        .unwrap_or_else(|| match args.file.extension().and_then(|e| e.to_str()) {
+            Some("json") => ImportFormat::Json,
+            _ => ImportFormat::Jsonl,
+        });
+    let file =
+        std::fs::File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
+    let reader = std::io::BufReader::new(file);
+    match format {
+        ImportFormat::Json => {
+            serde_json::from_reader(reader).map_err(|e| bad_record(format!("{}", args.file.display()), &e))
+        }
+        ImportFormat::Jsonl => {
+            let mut records = Vec::new();
+            for (i, line) in reader.lines().enumerate() {
+                let line =
+                    Zeroizing::new(line.with_context(|| format!("cannot read {}", args.file.display()))?);
+                if line.trim().is_empty() {
+                    continue;
+                }
+                records.push(
+                    serde_json::from_str(&line).map_err(|e| bad_record(format!("line {}", i + 1), &e))?,
+                );
+            }
+            Ok(records)
+        }
+    }
+}
+
+pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        return Err(usage("--batch-size must be at least 1"));
+    }
+    let records = read_records(&args)?;
+    let mut ledger = ctx.open_unlocked()?;
+    let bar = if ctx.json() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(records.len() as u64)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("importing {bar:30} {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("valid template"),
+    );
+    let (mut appended, mut unchanged) = (0usize, 0usize);
+    let mut records = records.into_iter().peekable();
+    while records.peek().is_some() {
+        let batch: Vec<Command> = records
+            .by_ref()
+            .take(args.batch_size)
+            .map(Record::into_command)
+            .collect();
+        let n = batch.len() as u64;
+        for outcome in ledger.execute(&ctx.actor, batch)? {
+            match outcome {
+                Outcome::Appended { .. } => appended += 1,
+                _ => unchanged += 1,
+            }
+        }
+        bar.inc(n);
+    }
+    bar.finish_and_clear();
+    if ctx.json() {
+        output::json_line(&json!({"appended": appended, "unchanged": unchanged}));
+    } else {
+        println!("imported: {appended} events appended, {unchanged} secrets unchanged");
+    }
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Rendering helpers shared by the commands: times, tables, JSON lines.
+
+use comfy_table::{presets, ContentArrangement, Table};
+use serde::Serialize;
+use sledger::event::Millis;
+use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+use time::OffsetDateTime;
+
+/// Unix ms → RFC 3339 (UTC, always three fractional digits, so columns line up).
+pub fn time(ms: Millis) -> String {
+    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// RFC 3339 → unix ms, with an error that shows the expected form.
+pub fn parse_time(flag: &str, text: &str) -> anyhow::Result<Millis> {
+    let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+        crate::exit::usage(format!(
+            "{flag} {text:?} is not an RFC 3339 time; write it like 2026-11-28T12:00:00Z or 2026-11-28T13:00:00+01:00"
+        ))
+    })?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000) as Millis)
+}
+
+pub fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(presets::NOTHING)
+        .set_content_arrangement(ContentArrangement::Dynamic)
+        .set_header(header.iter().copied());
+    t
+}
+
+/// One JSON document on one line.
+pub fn json_line<T: Serialize + ?Sized>(value: &T) {
+    println!(
+        "{}",
+        serde_json::to_string(value).expect("output always serialises")
+    );
+}
+
+pub fn labels(l: &std::collections::BTreeMap<String, String>) -> String {
+    l.iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
