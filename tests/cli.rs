@@ -1,0 +1,767 @@
+//! End-to-end tests of every command, through the real binary.
+
+mod common;
+
+use common::{contains, Env};
+use serde_json::json;
+
+const NOT_FOUND: i32 = 3;
+const USAGE: i32 = 2;
+const EXISTS: i32 = 4;
+const KEY: i32 = 6;
+const INCOMPATIBLE: i32 = 8;
+
+#[test]
+fn init_creates_private_files_and_refuses_to_overwrite() {
+    let env = Env::empty();
+    let out = env.ok(&["init"]);
+    assert!(out.contains("created ledger"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for p in [&env.ledger, &env.key] {
+            let mode = std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{} has mode {mode:o}", p.display());
+        }
+    }
+    let before = std::fs::read(&env.key).unwrap();
+    let err = env.fails(&["init"], EXISTS);
+    assert!(err.contains("refusing to overwrite existing ledger"), "{err}");
+    assert_eq!(
+        std::fs::read(&env.key).unwrap(),
+        before,
+        "the key file must be untouched"
+    );
+
+    // A key file alone also blocks init: overwriting it would orphan some ledger.
+    std::fs::remove_file(&env.ledger).unwrap();
+    let err = env.fails(&["init"], EXISTS);
+    assert!(err.contains("key file"), "{err}");
+    assert!(!env.ledger.exists(), "nothing half-written");
+}
+
+#[test]
+fn init_creates_missing_parent_directories() {
+    let env = Env::empty();
+    let nested = env.path("a/b/ledger.db");
+    env.ok(&["--ledger", nested.to_str().unwrap(), "init"]);
+    assert!(nested.exists());
+    assert!(env.path("a/b/ledger.key").exists());
+}
+
+#[test]
+fn create_get_update_round_trip() {
+    let env = Env::new();
+    env.ok(&[
+        "secret",
+        "create",
+        "db",
+        "--value",
+        "user=admin",
+        "--value",
+        "password=s3cr3t-1",
+        "--label",
+        "env=prod",
+    ]);
+    let got = env.json(&["secret", "get", "db"]);
+    assert_eq!(got["name"], "db");
+    assert_eq!(got["version"], 1);
+    assert_eq!(got["values"], json!({"user": "admin", "password": "s3cr3t-1"}));
+    assert_eq!(got["labels"], json!({"env": "prod"}));
+    assert_eq!(got["source"], "ledger");
+
+    assert_eq!(
+        env.ok(&["secret", "get", "db", "--key", "password"]),
+        "s3cr3t-1\n"
+    );
+
+    // Keys not named keep their values; labels can be added and removed.
+    env.ok(&[
+        "secret",
+        "update",
+        "db",
+        "--value",
+        "password=s3cr3t-2",
+        "--label",
+        "team=core",
+        "--remove-label",
+        "env",
+    ]);
+    let got = env.json(&["secret", "get", "db"]);
+    assert_eq!(got["version"], 2);
+    assert_eq!(got["values"], json!({"user": "admin", "password": "s3cr3t-2"}));
+    assert_eq!(got["labels"], json!({"team": "core"}));
+
+    env.ok(&["secret", "update", "db", "--remove-key", "user"]);
+    assert_eq!(
+        env.json(&["secret", "get", "db"])["values"],
+        json!({"password": "s3cr3t-2"})
+    );
+
+    // An update that changes nothing records nothing.
+    let out = env.json(&["secret", "update", "db", "--value", "password=s3cr3t-2"]);
+    assert_eq!(out["result"], "unchanged");
+    assert_eq!(env.json(&["secret", "get", "db"])["version"], 3);
+
+    // Old versions stay readable.
+    assert_eq!(
+        env.json(&["secret", "get", "db", "--version", "1"])["values"]["password"],
+        "s3cr3t-1"
+    );
+    let err = env.fails(&["secret", "get", "db", "--version", "9"], USAGE);
+    assert!(err.contains("versions 1 to 3"), "{err}");
+}
+
+#[test]
+fn values_from_files_and_json_stdin() {
+    let env = Env::new();
+    let f = env.path("pw.txt");
+    std::fs::write(&f, "from-file\n").unwrap();
+    env.ok(&[
+        "secret",
+        "create",
+        "a",
+        "--value-file",
+        &format!("password={}", f.display()),
+    ]);
+    assert_eq!(
+        env.ok(&["secret", "get", "a", "--key", "password"]),
+        "from-file\n"
+    );
+
+    env.cmd()
+        .args(["secret", "create", "b", "--values-json", "-"])
+        .write_stdin(r#"{"token": "abc", "user": "svc"}"#)
+        .assert()
+        .success();
+    assert_eq!(
+        env.json(&["secret", "get", "b"])["values"],
+        json!({"token": "abc", "user": "svc"})
+    );
+
+    let bad = env.path("bad.json");
+    std::fs::write(&bad, r#"{"token": 42}"#).unwrap();
+    let err = env.fails(
+        &["secret", "create", "c", "--values-json", bad.to_str().unwrap()],
+        USAGE,
+    );
+    assert!(err.contains("JSON object of string values"), "{err}");
+}
+
+#[test]
+fn get_at_time_returns_the_state_then() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "api", "--value", "token=t1"]);
+    let t1 = env.json_lines(&["log"])[0]["time"].as_str().unwrap().to_owned();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    env.ok(&["secret", "update", "api", "--value", "token=t2"]);
+    env.ok(&["secret", "rename", "api", "api2"]);
+    assert_eq!(
+        env.ok(&["secret", "get", "api2", "--key", "token", "--at", &t1]),
+        "t1\n"
+    );
+    // The name it had then works too.
+    assert_eq!(
+        env.ok(&["secret", "get", "api", "--key", "token", "--at", &t1]),
+        "t1\n"
+    );
+    let err = env.fails(
+        &["secret", "get", "api2", "--at", "2000-01-01T00:00:00Z"],
+        NOT_FOUND,
+    );
+    assert!(err.contains("at that time"), "{err}");
+    let err = env.fails(&["secret", "get", "api2", "--at", "yesterday"], USAGE);
+    assert!(err.contains("RFC 3339"), "{err}");
+}
+
+#[test]
+fn rename_delete_undelete_purge() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "old", "--value", "k=v1"]);
+    env.ok(&["secret", "rename", "old", "new"]);
+    env.fails(&["secret", "get", "old"], NOT_FOUND);
+    assert_eq!(env.ok(&["secret", "get", "new", "--key", "k"]), "v1\n");
+
+    env.ok(&["secret", "delete", "new"]);
+    let err = env.fails(&["secret", "get", "new"], NOT_FOUND);
+    assert!(err.contains("undelete"), "{err}");
+    let deleted = env.json(&["secret", "list", "--deleted"]);
+    assert_eq!(deleted.as_array().unwrap().len(), 1);
+    assert_eq!(env.json(&["secret", "list"]), json!([]));
+
+    // While deleted, the name is free; undelete refuses to clash with the new holder.
+    env.ok(&["secret", "create", "new", "--value", "k=other"]);
+    env.fails(&["secret", "undelete", "new"], EXISTS);
+    env.ok(&["secret", "rename", "new", "newer"]);
+    env.ok(&["secret", "undelete", "new"]);
+    assert_eq!(env.ok(&["secret", "get", "new", "--key", "k"]), "v1\n");
+
+    let err = env.fails(&["secret", "purge", "new"], USAGE);
+    assert!(err.contains("--yes"), "{err}");
+    env.ok(&["secret", "purge", "new", "--yes"]);
+    let err = env.fails(&["secret", "get", "new", "--version", "1"], NOT_FOUND);
+    assert!(err.contains("purged"), "{err}");
+    // History and the chain survive the purge.
+    let history = env.json_lines(&["secret", "history", "new"]);
+    assert_eq!(history.last().unwrap()["event_type"], "secret.purged");
+    env.ok(&["verify"]);
+    // The other secret is untouched.
+    assert_eq!(env.ok(&["secret", "get", "newer", "--key", "k"]), "other\n");
+}
+
+#[test]
+fn purge_destroys_the_data_key_of_every_version() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "p", "--value", "k=one"]);
+    env.ok(&["secret", "update", "p", "--value", "k=two"]);
+    env.ok(&["secret", "delete", "p"]);
+    env.ok(&["secret", "purge", "p", "--yes"]);
+    let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+    let keys: i64 = raw
+        .query_row("SELECT count(*) FROM secret_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(keys, 0);
+    for v in ["1", "2"] {
+        env.fails(&["secret", "get", "p", "--version", v], NOT_FOUND);
+    }
+    env.fails(&["secret", "purge", "p", "--yes"], NOT_FOUND);
+}
+
+#[test]
+fn list_filters_by_label_and_history_shows_changes() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=1", "--label", "env=prod"]);
+    env.ok(&["secret", "create", "b", "--value", "k=1", "--label", "env=dev"]);
+    let names = |v: serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(names(env.json(&["secret", "list", "--label", "env=prod"])), ["a"]);
+    assert_eq!(names(env.json(&["secret", "list"])), ["a", "b"]);
+    let table = env.ok(&["secret", "list"]);
+    assert!(table.contains("NAME") && table.contains("env=dev"), "{table}");
+
+    env.ok(&["secret", "update", "a", "--value", "k=2", "--value", "extra=x"]);
+    let h = env.json_lines(&["secret", "history", "a"]);
+    assert_eq!(h.len(), 2);
+    assert_eq!(h[0]["event_type"], "secret.created");
+    let changes = &h[1]["changes"];
+    let kinds: Vec<(String, String)> = changes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["key"].as_str().unwrap().to_owned(),
+                c["change"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [("extra".into(), "added".into()), ("k".into(), "changed".into())]
+    );
+    // Same value under another secret has the same fingerprint; a different value does not.
+    let fp_a1 = &h[0]["changes"][0]["fingerprint"];
+    let hb = env.json_lines(&["secret", "history", "b"]);
+    assert_eq!(fp_a1, &hb[0]["changes"][0]["fingerprint"]);
+    assert_ne!(fp_a1, &h[1]["changes"][1]["fingerprint"]);
+}
+
+#[test]
+fn private_secrets_are_per_owner() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "mine", "--private", "--value", "k=alice"]);
+    env.ok(&["secret", "create", "shared", "--value", "k=all"]);
+    let bob = |args: &[&str]| {
+        env.cmd()
+            .env("SLEDGER_ACTOR", "bob@test")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert_eq!(bob(&["secret", "get", "mine"]).status.code(), Some(NOT_FOUND));
+    assert!(bob(&["secret", "get", "shared"]).status.success());
+    // Bob may use the same name privately; alice's private one wins for alice.
+    assert!(
+        bob(&["secret", "create", "mine", "--private", "--value", "k=bob"])
+            .status
+            .success()
+    );
+    assert_eq!(env.ok(&["secret", "get", "mine", "--key", "k"]), "alice\n");
+    // Names are unique per scope: a workspace "mine" may exist beside the private ones.
+    env.ok(&["secret", "create", "mine", "--value", "k=ws"]);
+    env.fails(
+        &["secret", "create", "mine", "--private", "--value", "k=again"],
+        EXISTS,
+    );
+}
+
+#[test]
+fn log_filters_limit_and_json() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=1"]);
+    env.cmd()
+        .env("SLEDGER_ACTOR", "bob@test")
+        .args(["secret", "create", "b", "--value", "k=1"])
+        .assert()
+        .success();
+    env.ok(&["secret", "update", "a", "--value", "k=2"]);
+    env.ok(&["secret", "delete", "b"]);
+
+    let all = env.json_lines(&["log"]);
+    assert_eq!(all.len(), 4);
+    assert_eq!(
+        all.iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
+    assert_eq!(env.json_lines(&["log", "--secret", "a"]).len(), 2);
+    assert_eq!(env.json_lines(&["log", "--actor", "bob@test"]).len(), 1);
+    assert_eq!(
+        env.json_lines(&["log", "--type", "secret.deleted"])[0]["name"],
+        "b"
+    );
+    let last = env.json_lines(&["log", "--limit", "2"]);
+    assert_eq!(
+        last.iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        [3, 4]
+    );
+    let t3 = all[2]["time"].as_str().unwrap();
+    let since = env.json_lines(&["log", "--since", t3]);
+    assert!(since.iter().all(|e| e["seq"].as_u64().unwrap() >= 3));
+    assert_eq!(
+        env.json_lines(&["log", "--until", "2000-01-01T00:00:00Z"]).len(),
+        0
+    );
+    env.fails(&["log", "--type", "secret.exploded"], USAGE);
+    env.fails(&["log", "--secret", "nope"], NOT_FOUND);
+    let human = env.ok(&["log"]);
+    assert!(
+        human.contains("SEQ") && human.contains("secret.updated") && human.contains("bob@test"),
+        "{human}"
+    );
+}
+
+#[test]
+fn log_follow_prints_new_events() {
+    use std::io::{BufRead, BufReader};
+    let env = Env::new();
+    env.ok(&["secret", "create", "first", "--value", "k=1"]);
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
+        .env("SLEDGER_LEDGER", &env.ledger)
+        .args(["--format", "json", "log", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(first["name"], "first");
+    env.ok(&["secret", "create", "second", "--value", "k=1"]);
+    let second: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(second["name"], "second");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+fn key_rotation_keeps_old_events_readable() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "db", "--value", "pw=v1"]);
+    env.ok(&["secret", "update", "db", "--value", "pw=v2"]);
+    let old_key = std::fs::read(&env.key).unwrap();
+    let out = env.json(&["key", "rotate"]);
+    assert_eq!(out["data_keys"], 1);
+    assert_ne!(std::fs::read(&env.key).unwrap(), old_key);
+    assert_eq!(
+        env.ok(&["secret", "get", "db", "--version", "1", "--key", "pw"]),
+        "v1\n"
+    );
+    env.ok(&["secret", "create", "after", "--value", "pw=v3"]);
+    assert_eq!(env.json_lines(&["log", "--type", "key.rotated"]).len(), 1);
+    env.ok(&["verify"]);
+
+    // The old key no longer opens the ledger.
+    let old = env.path("old.key");
+    std::fs::write(&old, &old_key).unwrap();
+    let err = env.fails(&["--key-file", old.to_str().unwrap(), "secret", "get", "db"], KEY);
+    assert!(err.contains("this key does not open this ledger"), "{err}");
+}
+
+#[test]
+fn master_key_from_environment() {
+    let env = Env::empty();
+    let key = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJq80=";
+    let with_key = |args: &[&str]| {
+        env.cmd()
+            .env("SLEDGER_MASTER_KEY", key)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    assert!(with_key(&["init"]).status.success());
+    assert!(
+        !env.key.exists(),
+        "no key file is written when the key comes from the environment"
+    );
+    assert!(with_key(&["secret", "create", "x", "--value", "k=v"])
+        .status
+        .success());
+    assert_eq!(
+        String::from_utf8(with_key(&["secret", "get", "x", "--key", "k"]).stdout).unwrap(),
+        "v\n"
+    );
+    // Without any key, reads fail with a key error that says where keys come from.
+    let err = env.fails(&["secret", "get", "x"], KEY);
+    assert!(
+        err.contains("SLEDGER_MASTER_KEY") || err.contains("--key-file"),
+        "{err}"
+    );
+    // Audit and verify need no key.
+    env.ok(&["log"]);
+    env.ok(&["verify"]);
+    // Rotation with an env key needs a place to put the new one.
+    let out = with_key(&["key", "rotate"]);
+    assert_eq!(out.status.code(), Some(USAGE));
+    let new_key = env.path("new.key");
+    assert!(
+        with_key(&["key", "rotate", "--new-key-file", new_key.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = env
+        .cmd()
+        .args([
+            "--key-file",
+            new_key.to_str().unwrap(),
+            "secret",
+            "get",
+            "x",
+            "--key",
+            "k",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap(), "v\n");
+}
+
+#[test]
+fn invalid_input_is_rejected_with_clear_errors_and_nothing_appended() {
+    let env = Env::new();
+    let long_name = "n".repeat(256);
+    let long_key = format!("{}=v", "k".repeat(129));
+    let big = format!("k={}", "x".repeat(64 * 1024));
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["secret", "create", "has space", "--value", "k=v"],
+            USAGE,
+            "is not allowed",
+        ),
+        (
+            &["secret", "create", "", "--value", "k=v"],
+            USAGE,
+            "at least one character",
+        ),
+        (
+            &["secret", "create", &long_name, "--value", "k=v"],
+            USAGE,
+            "the limit is 255",
+        ),
+        (
+            &["secret", "create", "x", "--value", "bad/key=v"],
+            USAGE,
+            "invalid value key",
+        ),
+        (
+            &["secret", "create", "x", "--value", &long_key],
+            USAGE,
+            "the limit is 128",
+        ),
+        (
+            &["secret", "create", "x", "--value", "novalue"],
+            USAGE,
+            "KEY=VALUE",
+        ),
+        (
+            &["secret", "create", "x", "--value", "k=1", "--value", "k=2"],
+            USAGE,
+            "more than once",
+        ),
+        (&["secret", "create", "x"], USAGE, "at least one KEY=VALUE"),
+        (
+            &["secret", "create", "x", "--value", &big],
+            USAGE,
+            "over the limit of 65536 bytes",
+        ),
+        (
+            &[
+                "secret",
+                "create",
+                "x",
+                "--value",
+                "k=v",
+                "--label",
+                "bad label=v",
+            ],
+            USAGE,
+            "invalid label",
+        ),
+        (
+            &["secret", "get", "ghost"],
+            NOT_FOUND,
+            "no secret named \"ghost\"",
+        ),
+        (
+            &["secret", "update", "ghost", "--value", "k=v"],
+            NOT_FOUND,
+            "no secret named",
+        ),
+        (&["secret", "delete", "ghost"], NOT_FOUND, "no secret named"),
+        (&["secret", "rename", "ghost", "x"], NOT_FOUND, "no secret named"),
+        (&["secret", "undelete", "ghost"], NOT_FOUND, "no secret named"),
+        (&["secret", "history", "ghost"], NOT_FOUND, "no secret named"),
+        (&["secret", "update", "ghost"], USAGE, "nothing to update"),
+    ];
+    for (args, code, needle) in cases {
+        let err = env.fails(args, *code);
+        assert!(
+            err.contains(needle),
+            "sledger {args:?}: {err:?} should mention {needle:?}"
+        );
+    }
+    env.ok(&["secret", "create", "x", "--value", "k=v"]);
+    let err = env.fails(&["secret", "create", "x", "--value", "k=w"], EXISTS);
+    assert!(err.contains("already exists"), "{err}");
+    env.ok(&["secret", "create", "y", "--value", "k=v"]);
+    env.fails(&["secret", "rename", "y", "x"], EXISTS);
+    env.fails(&["secret", "update", "x", "--remove-key", "k"], USAGE);
+    env.fails(&["secret", "update", "x", "--remove-key", "nope"], USAGE);
+    env.fails(&["secret", "update", "x", "--value", &big], USAGE);
+    // Only the two good creates were appended.
+    assert_eq!(env.json_lines(&["log"]).len(), 2);
+    env.ok(&["verify"]);
+}
+
+#[test]
+fn max_value_bytes_is_a_ledger_setting() {
+    let env = Env::empty();
+    env.ok(&["init", "--max-value-bytes", "100"]);
+    env.ok(&[
+        "secret",
+        "create",
+        "small",
+        "--value",
+        &format!("k={}", "x".repeat(50)),
+    ]);
+    let err = env.fails(
+        &[
+            "secret",
+            "create",
+            "big",
+            "--value",
+            &format!("k={}", "x".repeat(100)),
+        ],
+        USAGE,
+    );
+    assert!(err.contains("limit of 100 bytes"), "{err}");
+}
+
+#[test]
+fn wrong_key_and_missing_key_file() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "x", "--value", "k=v"]);
+    let other = Env::new();
+    let err = env.fails(
+        &["--key-file", other.key.to_str().unwrap(), "secret", "get", "x"],
+        KEY,
+    );
+    assert!(err.contains("this key does not open this ledger"), "{err}");
+    let err = env
+        .cmd()
+        .env("SLEDGER_MASTER_KEY", "not base64!!")
+        .args(["secret", "get", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(err.status.code(), Some(KEY));
+    let err = env.fails(&["--key-file", "/nonexistent/k.key", "secret", "get", "x"], KEY);
+    assert!(err.contains("no key file"), "{err}");
+}
+
+#[test]
+fn foreign_corrupt_and_newer_files_are_refused() {
+    let env = Env::empty();
+    let missing = env.fails(&["secret", "list"], NOT_FOUND);
+    assert!(missing.contains("sledger init"), "{missing}");
+
+    std::fs::write(&env.ledger, b"just some text, not a database at all").unwrap();
+    let err = env.fails(&["secret", "list"], INCOMPATIBLE);
+    assert!(err.contains("not a sledger ledger"), "{err}");
+    let before = std::fs::read(&env.ledger).unwrap();
+    env.fails(&["verify"], INCOMPATIBLE);
+    assert_eq!(
+        std::fs::read(&env.ledger).unwrap(),
+        before,
+        "a foreign file is never modified"
+    );
+
+    std::fs::remove_file(&env.ledger).unwrap();
+    let c = rusqlite::Connection::open(&env.ledger).unwrap();
+    c.execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    drop(c);
+    let err = env.fails(&["secret", "list"], INCOMPATIBLE);
+    assert!(err.contains("some other program"), "{err}");
+
+    let env = Env::new();
+    let c = rusqlite::Connection::open(&env.ledger).unwrap();
+    c.pragma_update(None, "user_version", 99).unwrap();
+    drop(c);
+    let err = env.fails(&["secret", "list"], INCOMPATIBLE);
+    assert!(err.contains("newer sledger"), "{err}");
+}
+
+#[test]
+fn catalog_is_rebuilt_from_the_log_when_dropped() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=1", "--label", "x=y"]);
+    env.ok(&["secret", "create", "b", "--value", "k=1"]);
+    env.ok(&["secret", "rename", "b", "c"]);
+    env.ok(&["secret", "delete", "a"]);
+    let before = (
+        env.json(&["secret", "list"]),
+        env.json(&["secret", "list", "--deleted"]),
+    );
+    let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+    raw.execute_batch("DROP TABLE catalog;").unwrap();
+    drop(raw);
+    let after = (
+        env.json(&["secret", "list"]),
+        env.json(&["secret", "list", "--deleted"]),
+    );
+    assert_eq!(before, after);
+    assert_eq!(after.0[0]["name"], "c");
+    env.ok(&["secret", "undelete", "a"]);
+}
+
+#[test]
+fn import_loads_secrets_in_batches() {
+    let env = Env::new();
+    let file = env.path("in.jsonl");
+    let mut text = String::new();
+    for i in 0..25 {
+        text.push_str(&format!(
+            "{{\"name\":\"s{i}\",\"values\":{{\"k\":\"v{i}\"}},\"labels\":{{\"src\":\"import\"}}}}\n"
+        ));
+    }
+    std::fs::write(&file, text).unwrap();
+    let out = env.json(&["import", "--file", file.to_str().unwrap(), "--batch-size", "10"]);
+    assert_eq!(out["appended"], 25);
+    assert_eq!(env.ok(&["secret", "get", "s7", "--key", "k"]), "v7\n");
+    // Re-importing the same data changes nothing.
+    assert_eq!(
+        env.json(&["import", "--file", file.to_str().unwrap()])["unchanged"],
+        25
+    );
+    // A bad record names its line, and its batch is not half-applied.
+    std::fs::write(
+        &file,
+        "{\"name\":\"ok1\",\"values\":{\"k\":\"v\"}}\n{\"name\":\"bad name\",\"values\":{\"k\":\"v\"}}\n",
+    )
+    .unwrap();
+    env.fails(&["import", "--file", file.to_str().unwrap()], USAGE);
+    env.fails(&["secret", "get", "ok1"], NOT_FOUND);
+    std::fs::write(
+        &file,
+        "{\"name\":\"ok1\",\"values\":{\"k\":\"SECRETVALUE\"}, oops}\n",
+    )
+    .unwrap();
+    let err = env.fails(&["import", "--file", file.to_str().unwrap()], USAGE);
+    assert!(err.contains("line 1") && !err.contains("SECRETVALUE"), "{err}");
+}
+
+/// The plaintext of a value must not appear in the ledger's bytes, the audit outputs, error
+/// messages, or tracing output at any level.
+#[test]
+fn plaintext_never_leaks() {
+    let env = Env::new();
+    const V1: &str = "PLAINTEXT-sentinel-7f3a9c";
+    const V2: &str = "PLAINTEXT-sentinel-b81e42";
+    let trace = |args: &[&str]| {
+        let out = env.cmd().env("SLEDGER_LOG", "trace").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let mut logs = String::new();
+    logs += &trace(&[
+        "secret",
+        "create",
+        "leak",
+        "--value",
+        &format!("password={V1}"),
+        "--label",
+        "a=b",
+    ]);
+    logs += &trace(&["secret", "update", "leak", "--value", &format!("password={V2}")]);
+    logs += &trace(&["secret", "rename", "leak", "leak2"]);
+    logs += &trace(&["key", "rotate"]);
+    logs += &trace(&["secret", "get", "leak2"]);
+    logs += &trace(&["verify"]);
+    // Force a catalog rebuild so that path is traced too.
+    rusqlite::Connection::open(&env.ledger)
+        .unwrap()
+        .execute_batch("DROP TABLE catalog")
+        .unwrap();
+    logs += &trace(&["secret", "list"]);
+    assert!(
+        logs.contains("TRACE") || logs.contains("DEBUG") || logs.contains("INFO"),
+        "tracing produced nothing: {logs}"
+    );
+
+    let mut outputs = logs;
+    for args in [
+        &["log"][..],
+        &["--format", "json", "log"],
+        &["secret", "history", "leak2"],
+        &["--format", "json", "secret", "history", "leak2"],
+        &["secret", "list"],
+        &["--format", "json", "secret", "list"],
+    ] {
+        outputs += &env.ok(args);
+    }
+    // Errors about that secret, including a bad update.
+    for args in [
+        &["secret", "create", "leak2", "--value", &format!("password={V1}")][..],
+        &["secret", "update", "leak2", "--value", &format!("bad/key={V1}")],
+        &[
+            "secret",
+            "update",
+            "leak2",
+            "--remove-key",
+            "password",
+            "--value",
+            &format!("password={V1}"),
+        ],
+    ] {
+        outputs += &String::from_utf8_lossy(&env.run(args).stderr);
+    }
+    for v in [V1, V2] {
+        assert!(!outputs.contains(v), "{v} leaked into output");
+        assert!(
+            !contains(&env.ledger_bytes(), v),
+            "{v} is in the ledger file in plaintext"
+        );
+    }
+    // ... while the read itself does return it.
+    assert_eq!(
+        env.ok(&["secret", "get", "leak2", "--key", "password"]),
+        format!("{V2}\n")
+    );
+}

@@ -1,0 +1,120 @@
+//! Helpers for driving the real `sledger` binary against a ledger in a temp dir.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use assert_cmd::Command;
+use tempfile::TempDir;
+
+pub struct Env {
+    pub dir: TempDir,
+    pub ledger: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Env {
+    /// A temp dir with no ledger yet.
+    pub fn empty() -> Env {
+        let dir = tempfile::tempdir().unwrap();
+        let ledger = dir.path().join("ledger.db");
+        let key = dir.path().join("ledger.key");
+        Env { dir, ledger, key }
+    }
+
+    /// A temp dir with an initialised ledger.
+    pub fn new() -> Env {
+        let env = Env::empty();
+        env.ok(&["init"]);
+        env
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// `sledger` with this env's ledger, a fixed actor, and no inherited key.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::cargo_bin("sledger").unwrap();
+        c.env("SLEDGER_LEDGER", &self.ledger)
+            .env("SLEDGER_ACTOR", "alice@test")
+            .env_remove("SLEDGER_MASTER_KEY")
+            .env_remove("SLEDGER_KEY_FILE")
+            .env_remove("SLEDGER_LOG");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().unwrap()
+    }
+
+    /// Run, expect success, return stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "sledger {args:?} failed ({:?}):\nstdout: {}\nstderr: {}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// Run, expect exit `code`, return stderr.
+    pub fn fails(&self, args: &[&str], code: i32) -> String {
+        let out = self.run(args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "sledger {args:?}: expected exit {code}\nstdout: {}\nstderr: {stderr}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        stderr
+    }
+
+    /// Run with `--format json`, parse stdout.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let mut a = vec!["--format", "json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&a)).unwrap()
+    }
+
+    /// JSON lines output.
+    pub fn json_lines(&self, args: &[&str]) -> Vec<serde_json::Value> {
+        let mut a = vec!["--format", "json"];
+        a.extend_from_slice(args);
+        self.ok(&a)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Every byte sledger keeps on disk for this ledger (db, WAL, key file excluded).
+    pub fn ledger_bytes(&self) -> Vec<u8> {
+        let mut all = Vec::new();
+        for suffix in ["", "-wal", "-shm"] {
+            let mut p = self.ledger.clone().into_os_string();
+            p.push(suffix);
+            if let Ok(b) = std::fs::read(Path::new(&p)) {
+                all.extend(b);
+            }
+        }
+        all
+    }
+
+    /// Open the ledger with plain SQLite, triggers dropped, for tamper tests.
+    pub fn raw(&self) -> rusqlite::Connection {
+        let c = rusqlite::Connection::open(&self.ledger).unwrap();
+        c.execute_batch(
+            "DROP TRIGGER IF EXISTS events_are_append_only_update; DROP TRIGGER IF EXISTS events_are_append_only_delete;",
+        )
+        .unwrap();
+        c
+    }
+}
+
+pub fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
