@@ -152,6 +152,8 @@ pub struct Ledger {
     path: PathBuf,
     settings: LedgerSettings,
     keys: Option<Keys>,
+    /// Why the catalog could not be rebuilt (a damaged log); audit and verify still work.
+    catalog_unusable: Option<String>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -332,6 +334,7 @@ impl Ledger {
             path: path.to_path_buf(),
             settings,
             keys: Some(Keys { master, fingerprint }),
+            catalog_unusable: None,
         })
     }
 
@@ -350,8 +353,15 @@ impl Ledger {
             path: path.to_path_buf(),
             settings,
             keys: None,
+            catalog_unusable: None,
         };
-        ledger.ensure_catalog()?;
+        if let Err(e) = ledger.ensure_catalog() {
+            if e.class() != crate::ErrorClass::Integrity {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "the catalog cannot be rebuilt from this log");
+            ledger.catalog_unusable = Some(e.to_string());
+        }
         Ok(ledger)
     }
 
@@ -405,6 +415,14 @@ impl Ledger {
         sqlite::SqliteLog(&self.conn)
     }
 
+    /// The connection, for catalog queries; refused when the log could not be folded.
+    fn catalog(&self) -> Result<&Connection> {
+        match &self.catalog_unusable {
+            None => Ok(&self.conn),
+            Some(why) => Err(Error::Corrupt(format!("{why}; run `sledger verify` to find the damage"))),
+        }
+    }
+
     /// Rebuild the catalog from the log when its tables are missing or not at the head.
     fn ensure_catalog(&mut self) -> Result<()> {
         let current = {
@@ -446,6 +464,7 @@ impl Ledger {
 
     /// Apply commands as one all-or-nothing batch: either every event is appended, or none.
     pub fn execute(&mut self, actor: &str, commands: Vec<Command>) -> Result<Vec<Outcome>> {
+        self.catalog()?;
         let keys = self.keys.as_ref();
         let settings = self.settings;
         let tx = self
@@ -517,12 +536,12 @@ fn finish_append(tx: &Connection, settings: LedgerSettings, first_seq: u64, head
 impl Ledger {
     /// Look a secret up by name: live ones only.
     pub fn find(&self, actor: &str, name: &str) -> Result<SecretMeta> {
-        resolve(&self.conn, actor, name, Want::Live)
+        resolve(self.catalog()?, actor, name, Want::Live)
     }
 
     /// Secrets visible to `actor` with the given status, sorted by name.
     pub fn list(&self, actor: &str, status: Status) -> Result<Vec<SecretMeta>> {
-        let mut stmt = self.conn.prepare_cached(
+        let mut stmt = self.catalog()?.prepare_cached(
             "SELECT meta FROM catalog WHERE status = ?1 AND namespace IN ('workspace', ?2) ORDER BY name, namespace",
         )?;
         let rows = stmt.query_map(params![status.as_str(), namespace(Scope::Private, actor)], |r| {
@@ -536,11 +555,11 @@ impl Ledger {
         let master = &self.keys()?.master;
         let (meta, version, seq) = match at {
             ReadPoint::Latest => {
-                let meta = resolve(&self.conn, actor, name, Want::Live)?;
+                let meta = resolve(self.catalog()?, actor, name, Want::Live)?;
                 (meta.clone(), meta.version, meta.value_seq)
             }
             ReadPoint::Version(wanted) => {
-                let current = resolve(&self.conn, actor, name, Want::Any)?;
+                let current = resolve(self.catalog()?, actor, name, Want::Any)?;
                 let mut state: Option<SecretMeta> = None;
                 let mut hit = None;
                 sqlite::scan_secret(&self.conn, current.id, u64::MAX, &mut |e| {
@@ -605,7 +624,7 @@ impl Ledger {
         if let Some(m) = by_old_name {
             return Ok(m.clone());
         }
-        let current = resolve(&self.conn, actor, name, Want::Any)?;
+        let current = resolve(self.catalog()?, actor, name, Want::Any)?;
         then.secrets
             .get(&current.id)
             .filter(|m| visible(m))
@@ -645,7 +664,7 @@ impl Ledger {
 
     /// Every event of one secret (live, deleted or purged), as audit entries.
     pub fn history(&self, actor: &str, name: &str) -> Result<Vec<AuditEntry>> {
-        let meta = resolve(&self.conn, actor, name, Want::Any)?;
+        let meta = resolve(self.catalog()?, actor, name, Want::Any)?;
         let mut state: Option<SecretMeta> = None;
         let mut entries = Vec::new();
         sqlite::scan_secret(&self.conn, meta.id, u64::MAX, &mut |stored| {

@@ -1,0 +1,178 @@
+//! Tamper evidence: with the append-only triggers dropped, any single change to the stored
+//! events makes `sledger verify` fail and name the first bad seq; a truncated or rewritten
+//! tail is caught with `--anchor`.
+
+mod common;
+
+use common::Env;
+use rusqlite::types::Value;
+
+const INTEGRITY: i32 = 5;
+
+const COLUMNS: &[&str] = &[
+    "seq",
+    "event_id",
+    "recorded_at",
+    "actor",
+    "secret_id",
+    "event_type",
+    "event_version",
+    "payload",
+    "prev_hash",
+    "hash",
+];
+
+/// A ledger with every kind of event, including a ledger-level one (NULL secret_id).
+fn sample() -> (Env, u64) {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=1", "--label", "l=1"]);
+    env.ok(&["secret", "create", "b", "--value", "k=2"]);
+    env.ok(&["secret", "update", "a", "--value", "k=3"]);
+    env.ok(&["key", "rotate"]);
+    env.ok(&["secret", "rename", "b", "c"]);
+    env.ok(&["secret", "delete", "c"]);
+    env.ok(&["secret", "undelete", "c"]);
+    env.ok(&["secret", "purge", "c", "--yes"]);
+    env.ok(&["verify"]);
+    // Fold the WAL into the main file so a copy of it is the whole ledger.
+    rusqlite::Connection::open(&env.ledger).unwrap().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    (env, 8)
+}
+
+/// A copy of `env`'s ledger (and key) to tamper with.
+fn copy_of(env: &Env) -> Env {
+    let copy = Env::empty();
+    std::fs::copy(&env.ledger, &copy.ledger).unwrap();
+    std::fs::copy(&env.key, &copy.key).unwrap();
+    copy
+}
+
+/// A different value of the same column's kind.
+fn altered(value: &Value, column: &str, events: u64) -> Value {
+    match (column, value) {
+        ("seq", _) => Value::Integer(events as i64 + 100),
+        ("secret_id", Value::Null) => Value::Blob(vec![7; 16]),
+        ("secret_id", _) => Value::Null,
+        (_, Value::Integer(i)) => Value::Integer(i + 1),
+        (_, Value::Text(t)) => Value::Text(format!("{t}x")),
+        (_, Value::Blob(b)) if b.is_empty() => Value::Blob(vec![0]),
+        (_, Value::Blob(b)) => {
+            let mut b = b.clone();
+            let last = b.len() - 1;
+            b[last] ^= 1;
+            Value::Blob(b)
+        }
+        (_, other) => panic!("unexpected value {other:?} in {column}"),
+    }
+}
+
+fn assert_broken_at(env: &Env, seq: u64, what: &str) {
+    let err = env.fails(&["verify"], INTEGRITY);
+    assert!(err.contains(&format!("broken at seq {seq}:")), "{what}: verify should name seq {seq}, said: {err}");
+}
+
+#[test]
+fn changing_any_column_of_any_event_is_detected() {
+    let (env, events) = sample();
+    for seq in 1..=events {
+        for column in COLUMNS {
+            let copy = copy_of(&env);
+            let raw = copy.raw();
+            let value: Value = raw
+                .query_row(&format!("SELECT {column} FROM events WHERE seq = ?1"), [seq as i64], |r| r.get(0))
+                .unwrap();
+            let new = altered(&value, column, events);
+            raw.execute(&format!("UPDATE events SET {column} = ?1 WHERE seq = ?2"), rusqlite::params![new, seq as i64])
+                .unwrap();
+            drop(raw);
+            // Moving the last event away leaves a gap only an anchor sees; covered below.
+            if *column == "seq" && seq == events {
+                let err = copy.fails(&["verify"], INTEGRITY);
+                assert!(err.contains("broken at seq"), "{err}");
+                continue;
+            }
+            assert_broken_at(&copy, seq, &format!("changing {column} of event {seq}"));
+        }
+    }
+}
+
+#[test]
+fn deleting_an_event_is_detected() {
+    let (env, events) = sample();
+    for seq in 1..events {
+        let copy = copy_of(&env);
+        copy.raw().execute("DELETE FROM events WHERE seq = ?1", [seq as i64]).unwrap();
+        assert_broken_at(&copy, seq, &format!("deleting event {seq}"));
+    }
+}
+
+#[test]
+fn swapping_two_events_is_detected() {
+    let (env, events) = sample();
+    for (i, j) in [(1, 2), (2, 5), (3, events)] {
+        let copy = copy_of(&env);
+        let raw = copy.raw();
+        let rest = &COLUMNS[1..];
+        let row = |seq: u64| -> Vec<Value> {
+            raw.query_row(&format!("SELECT {} FROM events WHERE seq = ?1", rest.join(",")), [seq as i64], |r| {
+                (0..rest.len()).map(|k| r.get(k)).collect()
+            })
+            .unwrap()
+        };
+        let (ri, rj) = (row(i), row(j));
+        // event_id is UNIQUE: park one row's id first.
+        raw.execute("UPDATE events SET event_id = x'00' WHERE seq = ?1", [i as i64]).unwrap();
+        let set = rest.iter().enumerate().map(|(k, c)| format!("{c} = ?{}", k + 2)).collect::<Vec<_>>().join(",");
+        let sql = format!("UPDATE events SET {set} WHERE seq = ?1");
+        let write = |seq: u64, vals: &[Value]| {
+            let mut params: Vec<&dyn rusqlite::ToSql> = vec![];
+            let seq = seq as i64;
+            params.push(&seq);
+            params.extend(vals.iter().map(|v| v as &dyn rusqlite::ToSql));
+            raw.execute(&sql, params.as_slice()).unwrap();
+        };
+        write(j, &ri);
+        write(i, &rj);
+        drop(raw);
+        assert_broken_at(&copy, i, &format!("swapping events {i} and {j}"));
+    }
+}
+
+#[test]
+fn truncated_or_rewritten_tail_is_caught_by_the_anchor() {
+    let (env, events) = sample();
+    let anchor = env.path("anchor.json");
+    env.ok(&["verify", "--save-anchor", anchor.to_str().unwrap()]);
+    env.ok(&["verify", "--anchor", anchor.to_str().unwrap()]);
+
+    // Truncation: the remaining chain is internally valid, so only the anchor can tell.
+    let copy = copy_of(&env);
+    copy.raw().execute("DELETE FROM events WHERE seq >= ?1", [events as i64 - 1]).unwrap();
+    copy.ok(&["verify"]);
+    let err = copy.fails(&["verify", "--anchor", anchor.to_str().unwrap()], INTEGRITY);
+    assert!(err.contains("truncated"), "{err}");
+
+    // Rewriting: truncate, then append new events until the log is as long again.
+    let copy = copy_of(&env);
+    copy.raw().execute("DELETE FROM events WHERE seq >= ?1", [events as i64 - 1]).unwrap();
+    copy.ok(&["secret", "create", "x", "--value", "k=forged"]);
+    copy.ok(&["secret", "create", "y", "--value", "k=forged"]);
+    copy.ok(&["verify"]);
+    let err = copy.fails(&["verify", "--anchor", anchor.to_str().unwrap()], INTEGRITY);
+    assert!(err.contains("rewritten"), "{err}");
+
+    // An anchor from another ledger is refused, not silently accepted.
+    let other = Env::new();
+    let err = other.fails(&["verify", "--anchor", anchor.to_str().unwrap()], INTEGRITY);
+    assert!(err.contains("another ledger"), "{err}");
+}
+
+#[test]
+fn the_database_itself_refuses_updates_and_deletes() {
+    let (env, _) = sample();
+    let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+    let err = raw.execute("UPDATE events SET actor = 'mallory' WHERE seq = 1", []).unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    let err = raw.execute("DELETE FROM events WHERE seq = 1", []).unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+}
