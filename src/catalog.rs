@@ -4,6 +4,7 @@
 //! updated in the same transaction as each append, and rebuilds it with [`Catalog::fold`]
 //! whenever those tables are missing or behind; snapshots are bincode of a [`Catalog`].
 
+use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
@@ -71,80 +72,91 @@ pub fn namespace(scope: Scope, owner: &str) -> String {
     }
 }
 
+fn corrupt(stored: &StoredEvent, event_type: &str, why: &str) -> Error {
+    Error::Corrupt(format!("event {event_type} at seq {} {why}", stored.seq))
+}
+
+/// The state a `secret.created` event starts.
+fn created(stored: &StoredEvent, event: Event) -> Result<SecretMeta> {
+    let (
+        Some(id),
+        Event::SecretCreated {
+            name,
+            scope,
+            owner,
+            labels,
+            values,
+        },
+    ) = (stored.secret_id, event)
+    else {
+        return Err(corrupt(
+            stored,
+            stored.event_type.as_str(),
+            "names a secret that does not exist",
+        ));
+    };
+    Ok(SecretMeta {
+        id,
+        name,
+        scope,
+        owner,
+        labels,
+        version: 1,
+        status: Status::Live,
+        created_at: stored.recorded_at,
+        created_by: stored.actor.clone(),
+        updated_at: stored.recorded_at,
+        updated_seq: stored.seq,
+        value_seq: stored.seq,
+        fingerprints: values.fingerprints,
+    })
+}
+
+/// Apply an event to an existing secret's state, in place.
+fn update(m: &mut SecretMeta, stored: &StoredEvent, event: Event) -> Result<()> {
+    let event_type = event.event_type();
+    if m.status == Status::Purged {
+        return Err(corrupt(stored, event_type, "follows a purge"));
+    }
+    match event {
+        Event::SecretCreated { .. } => {
+            return Err(corrupt(stored, event_type, "creates a secret that exists"))
+        }
+        Event::KeyRotated { .. } => return Ok(()),
+        Event::SecretUpdated { labels, values } => {
+            m.labels = labels;
+            m.fingerprints = values.fingerprints;
+            m.version += 1;
+            m.value_seq = stored.seq;
+        }
+        Event::SecretRenamed { to, .. } => m.name = to,
+        Event::SecretDeleted => m.status = Status::Deleted,
+        Event::SecretRestored => m.status = Status::Live,
+        Event::SecretPurged => {
+            m.status = Status::Purged;
+            m.fingerprints.clear();
+        }
+    }
+    m.updated_at = stored.recorded_at;
+    m.updated_seq = stored.seq;
+    Ok(())
+}
+
 /// Apply one event to one secret's state. Pure: the same inputs always give the same output.
 ///
 /// Returns an error when the event cannot follow the state (an invariant the ledger enforces
 /// before appending, so this only fires on a corrupt or hand-edited log).
-pub fn apply(state: Option<SecretMeta>, stored: &StoredEvent, event: &Event) -> Result<Option<SecretMeta>> {
-    let bad = |why: &str| {
-        Err(Error::Corrupt(format!(
-            "event {} at seq {} {why}",
-            event.event_type(),
-            stored.seq
-        )))
-    };
-    let Some(id) = stored.secret_id else {
+pub fn apply(state: Option<SecretMeta>, stored: &StoredEvent, event: Event) -> Result<Option<SecretMeta>> {
+    if stored.secret_id.is_none() {
         return Ok(state);
-    };
-    let touch = |mut m: SecretMeta| {
-        m.updated_at = stored.recorded_at;
-        m.updated_seq = stored.seq;
-        m
-    };
-    Ok(match (state, event) {
-        (
-            None,
-            Event::SecretCreated {
-                name,
-                scope,
-                owner,
-                labels,
-                values,
-            },
-        ) => Some(SecretMeta {
-            id,
-            name: name.clone(),
-            scope: *scope,
-            owner: owner.clone(),
-            labels: labels.clone(),
-            version: 1,
-            status: Status::Live,
-            created_at: stored.recorded_at,
-            created_by: stored.actor.clone(),
-            updated_at: stored.recorded_at,
-            updated_seq: stored.seq,
-            value_seq: stored.seq,
-            fingerprints: values.fingerprints.clone(),
-        }),
-        (Some(_), Event::SecretCreated { .. }) => return bad("creates a secret that exists"),
-        (None, _) => return bad("names a secret that does not exist"),
-        (Some(m), _) if m.status == Status::Purged => return bad("follows a purge"),
-        (Some(mut m), Event::SecretUpdated { labels, values }) => {
-            m.labels = labels.clone();
-            m.fingerprints = values.fingerprints.clone();
-            m.version += 1;
-            m.value_seq = stored.seq;
-            Some(touch(m))
+    }
+    match state {
+        None => created(stored, event).map(Some),
+        Some(mut m) => {
+            update(&mut m, stored, event)?;
+            Ok(Some(m))
         }
-        (Some(mut m), Event::SecretRenamed { to, .. }) => {
-            m.name = to.clone();
-            Some(touch(m))
-        }
-        (Some(mut m), Event::SecretDeleted) => {
-            m.status = Status::Deleted;
-            Some(touch(m))
-        }
-        (Some(mut m), Event::SecretRestored) => {
-            m.status = Status::Live;
-            Some(touch(m))
-        }
-        (Some(mut m), Event::SecretPurged) => {
-            m.status = Status::Purged;
-            m.fingerprints.clear();
-            Some(touch(m))
-        }
-        (Some(m), Event::KeyRotated { .. }) => Some(m),
-    })
+    }
 }
 
 /// The whole catalog at some seq.
@@ -157,11 +169,13 @@ pub struct Catalog {
 
 impl Catalog {
     /// Fold one event in. Events must come in seq order.
-    pub fn apply(&mut self, stored: &StoredEvent, event: &Event) -> Result<()> {
+    pub fn apply(&mut self, stored: &StoredEvent, event: Event) -> Result<()> {
         if let Some(id) = stored.secret_id {
-            let before = self.secrets.remove(&id);
-            if let Some(after) = apply(before, stored, event)? {
-                self.secrets.insert(id, after);
+            match self.secrets.entry(id) {
+                Entry::Occupied(mut known) => update(known.get_mut(), stored, event)?,
+                Entry::Vacant(new) => {
+                    new.insert(created(stored, event)?);
+                }
             }
         }
         self.seq = stored.seq;
@@ -169,10 +183,7 @@ impl Catalog {
     }
 
     /// Fold decoded events on top of this catalog.
-    pub fn fold<'a>(
-        mut self,
-        events: impl IntoIterator<Item = (&'a StoredEvent, &'a Event)>,
-    ) -> Result<Self> {
+    pub fn fold<'a>(mut self, events: impl IntoIterator<Item = (&'a StoredEvent, Event)>) -> Result<Self> {
         for (stored, event) in events {
             self.apply(stored, event)?;
         }

@@ -419,7 +419,9 @@ impl Ledger {
     fn catalog(&self) -> Result<&Connection> {
         match &self.catalog_unusable {
             None => Ok(&self.conn),
-            Some(why) => Err(Error::Corrupt(format!("{why}; run `sledger verify` to find the damage"))),
+            Some(why) => Err(Error::Corrupt(format!(
+                "{why}; run `sledger verify` to find the damage"
+            ))),
         }
     }
 
@@ -491,13 +493,14 @@ impl Ledger {
                     };
                     let row = chain_next(&mut head, &new, now);
                     sqlite::insert(&tx, &row)?;
-                    let after = catalog::apply(before, &row, &new.event)?
+                    let event_type = new.event.event_type();
+                    let after = catalog::apply(before, &row, new.event)?
                         .expect("a secret event always leaves the secret in the catalog");
                     store_meta(&tx, &after)?;
                     tracing::debug!(seq = row.seq, event_type = %row.event_type, secret = %secret_id, "appended");
                     outcomes.push(Outcome::Appended {
                         seq: row.seq,
-                        event_type: new.event.event_type(),
+                        event_type,
                         secret: after,
                     });
                 }
@@ -563,7 +566,7 @@ impl Ledger {
                 let mut state: Option<SecretMeta> = None;
                 let mut hit = None;
                 sqlite::scan_secret(&self.conn, current.id, u64::MAX, &mut |e| {
-                    state = catalog::apply(state.take(), &e, &e.decode()?)?;
+                    state = catalog::apply(state.take(), &e, e.decode()?)?;
                     if let Some(m) = &state {
                         if m.version == wanted && m.value_seq == e.seq {
                             hit = Some(m.clone());
@@ -656,7 +659,7 @@ impl Ledger {
         self.log().scan(catalog.seq + 1, u64::MAX, &mut |stored| {
             let event = stored.decode()?;
             let before = stored.secret_id.and_then(|id| catalog.secrets.get(&id).cloned());
-            catalog.apply(&stored, &event)?;
+            catalog.apply(&stored, event.clone())?;
             let after = stored.secret_id.and_then(|id| catalog.secrets.get(&id));
             visit(describe(&stored, &event, before.as_ref(), after))
         })
@@ -670,20 +673,30 @@ impl Ledger {
         sqlite::scan_secret(&self.conn, meta.id, u64::MAX, &mut |stored| {
             let event = stored.decode()?;
             let before = state.take();
-            state = catalog::apply(before.clone(), &stored, &event)?;
+            state = catalog::apply(before.clone(), &stored, event.clone())?;
             entries.push(describe(&stored, &event, before.as_ref(), state.as_ref()));
             Ok(true)
         })?;
         Ok(entries)
     }
 
-    /// Recompute the chain from seq 1; returns the head or names the first bad seq.
+    /// Recompute the chain from seq 1, decode every event and fold them all; returns the head
+    /// or names the first bad seq. Reading and hashing run on a second thread.
     pub fn verify(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<Head> {
-        // One read transaction, so a concurrent append cannot make the count and scan disagree.
-        let tx = self.conn.transaction()?;
-        let head = log::verify(&sqlite::SqliteLog(&tx), progress)?;
-        tx.finish()?;
-        Ok(head)
+        let total = self.head()?.seq;
+        let mut catalog = Catalog::default();
+        sqlite::verified_scan(&self.path, &mut |e, event| {
+            let seq = e.seq;
+            catalog.apply(&e, event).map_err(|err| Error::ChainBroken {
+                seq,
+                reason: err.to_string(),
+            })?;
+            if seq % log::PROGRESS_EVERY == 0 {
+                progress(seq, total.max(seq));
+            }
+            Ok(())
+        })
+        .inspect(|head| progress(head.seq, head.seq))
     }
 
     /// An anchor for `head`, to save and check later.
@@ -774,7 +787,7 @@ impl Ledger {
 fn fold_log(log: &dyn EventLog, mut catalog: Catalog, to: u64) -> Result<Catalog> {
     if to > catalog.seq {
         log.scan(catalog.seq + 1, to, &mut |e| {
-            catalog.apply(&e, &e.decode()?)?;
+            catalog.apply(&e, e.decode()?)?;
             Ok(true)
         })?;
     }

@@ -28,7 +28,15 @@ fn import(env: &Env, file: &std::path::Path) -> std::process::Child {
     std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
         .env("SLEDGER_LEDGER", &env.ledger)
         .env("SLEDGER_ACTOR", "crash@test")
-        .args(["--format", "json", "import", "--file", file.to_str().unwrap(), "--batch-size", &BATCH.to_string()])
+        .args([
+            "--format",
+            "json",
+            "import",
+            "--file",
+            file.to_str().unwrap(),
+            "--batch-size",
+            &BATCH.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -41,13 +49,25 @@ fn present(env: &Env, run: usize) -> BTreeSet<usize> {
     list.as_array()
         .unwrap()
         .iter()
-        .map(|m| m["name"].as_str().unwrap().rsplit('-').next().unwrap().parse().unwrap())
+        .map(|m| {
+            m["name"]
+                .as_str()
+                .unwrap()
+                .rsplit('-')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap()
+        })
         .collect()
 }
 
 #[test]
 fn sigkill_mid_append_never_leaves_a_partial_batch() {
-    let seed: u64 = std::env::var("CRASH_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed: u64 = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     eprintln!("crash test seed {seed} (rerun with CRASH_SEED={seed})");
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let env = Env::new();
@@ -72,16 +92,30 @@ fn sigkill_mid_append_never_leaves_a_partial_batch() {
         env.ok(&["verify"]);
         let got = present(&env, run);
         let n = got.len();
-        assert_eq!(n % BATCH, 0, "run {run} (killed after {delay} ms): {n} secrets is not a whole number of batches");
-        assert_eq!(got, (0..n).collect::<BTreeSet<_>>(), "run {run}: batches must land in order, whole");
+        assert_eq!(
+            n % BATCH,
+            0,
+            "run {run} (killed after {delay} ms): {n} secrets is not a whole number of batches"
+        );
+        assert_eq!(
+            got,
+            (0..n).collect::<BTreeSet<_>>(),
+            "run {run}: batches must land in order, whole"
+        );
         if n > 0 && n < RECORDS {
             partial += 1;
             let last = format!("r{run}-{:05}", n - 1);
-            assert_eq!(env.ok(&["secret", "get", &last, "--key", "password"]), format!("pw-{run}-{}\n", n - 1));
+            assert_eq!(
+                env.ok(&["secret", "get", &last, "--key", "password"]),
+                format!("pw-{run}-{}\n", n - 1)
+            );
         }
     }
     eprintln!("{partial} of {runs} kills landed mid-import (full run took {full:?})");
-    assert!(partial >= 3, "too few kills landed mid-import to mean anything ({partial}); full run took {full:?}");
+    assert!(
+        partial >= 3,
+        "too few kills landed mid-import to mean anything ({partial}); full run took {full:?}"
+    );
 
     // Re-running an interrupted import finishes the job.
     for run in 1..=3 {

@@ -7,11 +7,14 @@ use common::Env;
 use serde_json::Value;
 
 fn load(version: &str) -> (Env, Value) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("replay/fixtures").join(version);
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("replay/fixtures")
+        .join(version);
     let env = Env::empty();
     std::fs::copy(dir.join("ledger.db"), &env.ledger).unwrap();
     std::fs::copy(dir.join("ledger.key"), &env.key).unwrap();
-    let expected = serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
+    let expected =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     (env, expected)
 }
 
@@ -20,8 +23,19 @@ fn v1_ledger_still_verifies_decodes_and_decrypts() {
     let (env, expected) = load("v1");
     let actor = expected["actor"].as_str().unwrap();
     let as_owner = |args: &[&str]| -> Value {
-        let out = env.cmd().env("SLEDGER_ACTOR", actor).arg("--format").arg("json").args(args).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = env
+            .cmd()
+            .env("SLEDGER_ACTOR", actor)
+            .arg("--format")
+            .arg("json")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     };
 
@@ -29,7 +43,11 @@ fn v1_ledger_still_verifies_decodes_and_decrypts() {
     assert_eq!(verified["head"]["seq"], expected["head"]["seq"]);
     assert_eq!(verified["head"]["hash"], expected["head"]["hash"]);
 
-    let types: Vec<Value> = env.json_lines(&["log"]).into_iter().map(|e| e["event_type"].clone()).collect();
+    let types: Vec<Value> = env
+        .json_lines(&["log"])
+        .into_iter()
+        .map(|e| e["event_type"].clone())
+        .collect();
     assert_eq!(Value::Array(types), expected["event_types"]);
 
     for (name, want) in expected["live"].as_object().unwrap() {
@@ -40,7 +58,11 @@ fn v1_ledger_still_verifies_decodes_and_decrypts() {
     }
     for (name, versions) in expected["versions"].as_object().unwrap() {
         for (v, values) in versions.as_object().unwrap() {
-            assert_eq!(as_owner(&["secret", "get", name, "--version", v])["values"], *values, "{name} v{v}");
+            assert_eq!(
+                as_owner(&["secret", "get", name, "--version", v])["values"],
+                *values,
+                "{name} v{v}"
+            );
         }
     }
     let deleted: Vec<Value> = as_owner(&["secret", "list", "--deleted"])
@@ -51,11 +73,18 @@ fn v1_ledger_still_verifies_decodes_and_decrypts() {
         .collect();
     assert_eq!(Value::Array(deleted), expected["deleted"]);
     for name in expected["purged"].as_array().unwrap() {
-        let out = env.cmd().args(["secret", "get", name.as_str().unwrap(), "--version", "1"]).output().unwrap();
+        let out = env
+            .cmd()
+            .args(["secret", "get", name.as_str().unwrap(), "--version", "1"])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(3));
     }
 
     // Writing to an old ledger appends to the same chain.
     env.ok(&["secret", "create", "new-in-old", "--value", "k=v"]);
-    assert_eq!(env.json(&["verify"])["events"], expected["head"]["seq"].as_u64().unwrap() + 1);
+    assert_eq!(
+        env.json(&["verify"])["events"],
+        expected["head"]["seq"].as_u64().unwrap() + 1
+    );
 }

@@ -36,7 +36,10 @@ fn op() -> impl Strategy<Value = Op> {
 fn sealed(tag: u8) -> SealedValues {
     let mut fingerprints = BTreeMap::new();
     fingerprints.insert(format!("k{}", tag % 3), [tag; 16]);
-    SealedValues { ciphertext: vec![tag; 8], fingerprints }
+    SealedValues {
+        ciphertext: vec![tag; 8],
+        fingerprints,
+    }
 }
 
 /// Turn random ops into a valid event sequence (ops that cannot apply are skipped).
@@ -54,7 +57,11 @@ fn events(ops: &[Op]) -> Vec<StoredEvent> {
                 secrets.push((id, Status::Live));
                 let event = Event::SecretCreated {
                     name: format!("s{n}"),
-                    scope: if t % 2 == 0 { Scope::Workspace } else { Scope::Private },
+                    scope: if t % 2 == 0 {
+                        Scope::Workspace
+                    } else {
+                        Scope::Private
+                    },
                     owner: "o".into(),
                     labels: BTreeMap::from([("t".into(), t.to_string())]),
                     values: sealed(*t),
@@ -63,13 +70,22 @@ fn events(ops: &[Op]) -> Vec<StoredEvent> {
             }
             Op::Update(i, t) => match pick(&secrets, *i, &|s| s != Status::Purged) {
                 Some(k) => {
-                    let event = Event::SecretUpdated { labels: BTreeMap::new(), values: sealed(*t) };
+                    let event = Event::SecretUpdated {
+                        labels: BTreeMap::new(),
+                        values: sealed(*t),
+                    };
                     (Some(secrets[k].0), event)
                 }
                 None => continue,
             },
             Op::Rename(i, t) => match pick(&secrets, *i, &|s| s == Status::Live) {
-                Some(k) => (Some(secrets[k].0), Event::SecretRenamed { from: "?".into(), to: format!("r{n}-{t}") }),
+                Some(k) => (
+                    Some(secrets[k].0),
+                    Event::SecretRenamed {
+                        from: "?".into(),
+                        to: format!("r{n}-{t}"),
+                    },
+                ),
                 None => continue,
             },
             Op::Delete(i) => match pick(&secrets, *i, &|s| s == Status::Live) {
@@ -93,17 +109,28 @@ fn events(ops: &[Op]) -> Vec<StoredEvent> {
                 }
                 None => continue,
             },
-            Op::RotateKey => (None, Event::KeyRotated { key_id: format!("k{n}") }),
+            Op::RotateKey => (
+                None,
+                Event::KeyRotated {
+                    key_id: format!("k{n}"),
+                },
+            ),
         };
-        let new = NewEvent { event_id: uuid::Uuid::now_v7(), actor: "p".into(), secret_id: secret, event };
+        let new = NewEvent {
+            event_id: uuid::Uuid::now_v7(),
+            actor: "p".into(),
+            secret_id: secret,
+            event,
+        };
         log.append(vec![new], 1_000 + n as i64);
     }
     log.events().to_vec()
 }
 
 fn fold(start: Catalog, events: &[StoredEvent]) -> Catalog {
-    let decoded: Vec<(StoredEvent, Event)> = events.iter().map(|e| (e.clone(), e.decode().unwrap())).collect();
-    start.fold(decoded.iter().map(|(s, e)| (s, e))).unwrap()
+    let decoded: Vec<(StoredEvent, Event)> =
+        events.iter().map(|e| (e.clone(), e.decode().unwrap())).collect();
+    start.fold(decoded.iter().map(|(s, e)| (s, e.clone()))).unwrap()
 }
 
 proptest! {
@@ -123,7 +150,12 @@ fn command(op: &Op, n: usize) -> Option<Command> {
     let mut values = SecretValues::new();
     values.insert("k", format!("v{n}"));
     Some(match op {
-        Op::Create(i) => Command::Create { name: name(i), scope: Scope::Workspace, labels: BTreeMap::new(), values },
+        Op::Create(i) => Command::Create {
+            name: name(i),
+            scope: Scope::Workspace,
+            labels: BTreeMap::new(),
+            values,
+        },
         Op::Update(i, _) => Command::Update {
             name: name(i),
             set_values: values,
@@ -131,7 +163,10 @@ fn command(op: &Op, n: usize) -> Option<Command> {
             set_labels: BTreeMap::new(),
             remove_labels: vec![],
         },
-        Op::Rename(i, j) => Command::Rename { name: name(i), new_name: name(j) },
+        Op::Rename(i, j) => Command::Rename {
+            name: name(i),
+            new_name: name(j),
+        },
         Op::Delete(i) => Command::Delete { name: name(i) },
         Op::Restore(i) => Command::Undelete { name: name(i) },
         Op::Purge(i) => Command::Purge { name: name(i) },

@@ -35,7 +35,10 @@ fn sample() -> (Env, u64) {
     env.ok(&["secret", "purge", "c", "--yes"]);
     env.ok(&["verify"]);
     // Fold the WAL into the main file so a copy of it is the whole ledger.
-    rusqlite::Connection::open(&env.ledger).unwrap().execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+    rusqlite::Connection::open(&env.ledger)
+        .unwrap()
+        .execute_batch("PRAGMA wal_checkpoint(TRUNCATE);")
+        .unwrap();
     (env, 8)
 }
 
@@ -68,7 +71,10 @@ fn altered(value: &Value, column: &str, events: u64) -> Value {
 
 fn assert_broken_at(env: &Env, seq: u64, what: &str) {
     let err = env.fails(&["verify"], INTEGRITY);
-    assert!(err.contains(&format!("broken at seq {seq}:")), "{what}: verify should name seq {seq}, said: {err}");
+    assert!(
+        err.contains(&format!("broken at seq {seq}:")),
+        "{what}: verify should name seq {seq}, said: {err}"
+    );
 }
 
 #[test]
@@ -79,11 +85,18 @@ fn changing_any_column_of_any_event_is_detected() {
             let copy = copy_of(&env);
             let raw = copy.raw();
             let value: Value = raw
-                .query_row(&format!("SELECT {column} FROM events WHERE seq = ?1"), [seq as i64], |r| r.get(0))
+                .query_row(
+                    &format!("SELECT {column} FROM events WHERE seq = ?1"),
+                    [seq as i64],
+                    |r| r.get(0),
+                )
                 .unwrap();
             let new = altered(&value, column, events);
-            raw.execute(&format!("UPDATE events SET {column} = ?1 WHERE seq = ?2"), rusqlite::params![new, seq as i64])
-                .unwrap();
+            raw.execute(
+                &format!("UPDATE events SET {column} = ?1 WHERE seq = ?2"),
+                rusqlite::params![new, seq as i64],
+            )
+            .unwrap();
             drop(raw);
             // Moving the last event away leaves a gap only an anchor sees; covered below.
             if *column == "seq" && seq == events {
@@ -101,7 +114,9 @@ fn deleting_an_event_is_detected() {
     let (env, events) = sample();
     for seq in 1..events {
         let copy = copy_of(&env);
-        copy.raw().execute("DELETE FROM events WHERE seq = ?1", [seq as i64]).unwrap();
+        copy.raw()
+            .execute("DELETE FROM events WHERE seq = ?1", [seq as i64])
+            .unwrap();
         assert_broken_at(&copy, seq, &format!("deleting event {seq}"));
     }
 }
@@ -114,15 +129,23 @@ fn swapping_two_events_is_detected() {
         let raw = copy.raw();
         let rest = &COLUMNS[1..];
         let row = |seq: u64| -> Vec<Value> {
-            raw.query_row(&format!("SELECT {} FROM events WHERE seq = ?1", rest.join(",")), [seq as i64], |r| {
-                (0..rest.len()).map(|k| r.get(k)).collect()
-            })
+            raw.query_row(
+                &format!("SELECT {} FROM events WHERE seq = ?1", rest.join(",")),
+                [seq as i64],
+                |r| (0..rest.len()).map(|k| r.get(k)).collect(),
+            )
             .unwrap()
         };
         let (ri, rj) = (row(i), row(j));
         // event_id is UNIQUE: park one row's id first.
-        raw.execute("UPDATE events SET event_id = x'00' WHERE seq = ?1", [i as i64]).unwrap();
-        let set = rest.iter().enumerate().map(|(k, c)| format!("{c} = ?{}", k + 2)).collect::<Vec<_>>().join(",");
+        raw.execute("UPDATE events SET event_id = x'00' WHERE seq = ?1", [i as i64])
+            .unwrap();
+        let set = rest
+            .iter()
+            .enumerate()
+            .map(|(k, c)| format!("{c} = ?{}", k + 2))
+            .collect::<Vec<_>>()
+            .join(",");
         let sql = format!("UPDATE events SET {set} WHERE seq = ?1");
         let write = |seq: u64, vals: &[Value]| {
             let mut params: Vec<&dyn rusqlite::ToSql> = vec![];
@@ -147,14 +170,18 @@ fn truncated_or_rewritten_tail_is_caught_by_the_anchor() {
 
     // Truncation: the remaining chain is internally valid, so only the anchor can tell.
     let copy = copy_of(&env);
-    copy.raw().execute("DELETE FROM events WHERE seq >= ?1", [events as i64 - 1]).unwrap();
+    copy.raw()
+        .execute("DELETE FROM events WHERE seq >= ?1", [events as i64 - 1])
+        .unwrap();
     copy.ok(&["verify"]);
     let err = copy.fails(&["verify", "--anchor", anchor.to_str().unwrap()], INTEGRITY);
     assert!(err.contains("truncated"), "{err}");
 
     // Rewriting: truncate, then append new events until the log is as long again.
     let copy = copy_of(&env);
-    copy.raw().execute("DELETE FROM events WHERE seq >= ?1", [events as i64 - 1]).unwrap();
+    copy.raw()
+        .execute("DELETE FROM events WHERE seq >= ?1", [events as i64 - 1])
+        .unwrap();
     copy.ok(&["secret", "create", "x", "--value", "k=forged"]);
     copy.ok(&["secret", "create", "y", "--value", "k=forged"]);
     copy.ok(&["verify"]);
@@ -171,7 +198,9 @@ fn truncated_or_rewritten_tail_is_caught_by_the_anchor() {
 fn the_database_itself_refuses_updates_and_deletes() {
     let (env, _) = sample();
     let raw = rusqlite::Connection::open(&env.ledger).unwrap();
-    let err = raw.execute("UPDATE events SET actor = 'mallory' WHERE seq = 1", []).unwrap_err();
+    let err = raw
+        .execute("UPDATE events SET actor = 'mallory' WHERE seq = 1", [])
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
     let err = raw.execute("DELETE FROM events WHERE seq = 1", []).unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");

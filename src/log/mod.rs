@@ -71,61 +71,87 @@ pub fn chain_next(head: &mut Head, new: &NewEvent, now: Millis) -> StoredEvent {
     row
 }
 
-/// Check the chain from seq 1 to the head; returns the head, or the first bad seq.
-///
-/// `progress` is called now and then with (events checked, total).
-pub fn verify(log: &dyn EventLog, progress: &mut dyn FnMut(u64, u64)) -> Result<Head> {
-    let total = log.head()?.seq;
-    let mut head = Head::EMPTY;
-    log.scan(1, u64::MAX, &mut |e| {
-        let expected = head.seq + 1;
+/// Checks events one by one, in seq order, against the chain rules.
+#[derive(Debug, Clone, Copy)]
+pub struct ChainCheck {
+    head: Head,
+}
+
+impl Default for ChainCheck {
+    fn default() -> Self {
+        ChainCheck { head: Head::EMPTY }
+    }
+}
+
+impl ChainCheck {
+    /// Check the next event: no gap, linked to its predecessor, hash matching its contents.
+    pub fn check(&mut self, e: &StoredEvent) -> Result<()> {
+        let broken = |seq: u64, reason: String| Err(Error::ChainBroken { seq, reason });
+        let expected = self.head.seq + 1;
         if e.seq != expected {
-            return Err(Error::ChainBroken {
-                seq: expected,
-                reason: format!("event {expected} is missing (the next stored event is {})", e.seq),
-            });
+            return broken(
+                expected,
+                format!("event {expected} is missing (the next stored event is {})", e.seq),
+            );
         }
-        if e.prev_hash != head.hash {
-            return Err(Error::ChainBroken {
-                seq: e.seq,
-                reason: "prev_hash does not match the hash of the event before it".into(),
-            });
+        if e.prev_hash != self.head.hash {
+            return broken(
+                e.seq,
+                "prev_hash does not match the hash of the event before it".into(),
+            );
         }
         if e.computed_hash() != e.hash {
-            return Err(Error::ChainBroken {
-                seq: e.seq,
-                reason: "the stored hash does not match the event's contents (it was altered)".into(),
-            });
+            return broken(
+                e.seq,
+                "the stored hash does not match the event's contents (it was altered)".into(),
+            );
         }
-        if e.recorded_at < head.recorded_at {
-            return Err(Error::ChainBroken {
-                seq: e.seq,
-                reason: "recorded_at goes backwards".into(),
-            });
+        if e.recorded_at < self.head.recorded_at {
+            return broken(e.seq, "recorded_at goes backwards".into());
         }
-        e.decode().map_err(|err| Error::ChainBroken {
-            seq: e.seq,
-            reason: err.to_string(),
-        })?;
-        head = Head {
+        self.head = Head {
             seq: e.seq,
             hash: e.hash,
             recorded_at: e.recorded_at,
         };
-        if head.seq % 65_536 == 0 {
-            progress(head.seq, total);
+        Ok(())
+    }
+
+    /// The last checked event, which must be the log's head as read at the start.
+    pub fn finish(self, expected_head: u64) -> Result<Head> {
+        if self.head.seq != expected_head {
+            return Err(Error::ChainBroken {
+                seq: self.head.seq + 1,
+                reason: format!(
+                    "the log claims {expected_head} events but only {} could be read in order",
+                    self.head.seq
+                ),
+            });
+        }
+        Ok(self.head)
+    }
+}
+
+/// How often verification reports progress, in events.
+pub const PROGRESS_EVERY: u64 = 65_536;
+
+/// Check the chain from seq 1 to the head and decode every payload; returns the head, or the
+/// first bad seq. `progress` is called now and then with (events checked, total).
+pub fn verify(log: &dyn EventLog, progress: &mut dyn FnMut(u64, u64)) -> Result<Head> {
+    let total = log.head()?.seq;
+    let mut chain = ChainCheck::default();
+    log.scan(1, u64::MAX, &mut |e| {
+        chain.check(&e)?;
+        e.decode().map_err(|err| Error::ChainBroken {
+            seq: e.seq,
+            reason: err.to_string(),
+        })?;
+        if e.seq % PROGRESS_EVERY == 0 {
+            progress(e.seq, total);
         }
         Ok(true)
     })?;
-    if head.seq != total {
-        return Err(Error::ChainBroken {
-            seq: head.seq + 1,
-            reason: format!(
-                "the log claims {total} events but only {} could be read in order",
-                head.seq
-            ),
-        });
-    }
+    let head = chain.finish(total)?;
     progress(head.seq, total);
     Ok(head)
 }

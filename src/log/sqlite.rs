@@ -9,9 +9,9 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
 use rusqlite_migration::{Migrations, M};
 
-use super::{EventLog, Head};
+use super::{ChainCheck, EventLog, Head};
 use crate::error::{Error, Result};
-use crate::event::StoredEvent;
+use crate::event::{Event, StoredEvent};
 use crate::SecretId;
 
 /// `PRAGMA application_id` of every sledger ledger ("SLDG").
@@ -270,4 +270,60 @@ impl EventLog for SqliteLog<'_> {
             visit,
         )
     }
+}
+
+/// Read the whole log on a second thread, checking the chain there, and hand each verified
+/// event, decoded, to `visit` on this thread: reading and hashing overlap with decoding and
+/// folding. (Decoding stays on this thread: memory freed on another thread than the one that
+/// allocated it costs more than the decode itself.)
+/// Returns the verified head. The reader uses its own connection and one read transaction,
+/// so the head it checks against and the rows it reads are the same snapshot.
+pub fn verified_scan(path: &Path, visit: &mut dyn FnMut(StoredEvent, Event) -> Result<()>) -> Result<Head> {
+    const BATCH: usize = 4096;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<StoredEvent>>(4);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(move || -> Result<Head> {
+            let mut conn = open(path)?;
+            let snapshot = conn.transaction()?;
+            let total = head(&snapshot)?.seq;
+            let mut chain = ChainCheck::default();
+            let mut batch = Vec::with_capacity(BATCH);
+            let scanned = SqliteLog(&snapshot).scan(1, u64::MAX, &mut |e| {
+                chain.check(&e)?;
+                batch.push(e);
+                if batch.len() == BATCH {
+                    // A closed channel means the consumer stopped on an error of its own.
+                    return Ok(tx
+                        .send(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
+                        .is_ok());
+                }
+                Ok(true)
+            });
+            // Events before a break are still handed over: they are verified, and the consumer
+            // may find an earlier problem in them.
+            let _ = tx.send(batch);
+            scanned.and_then(|_| chain.finish(total))
+        });
+        let mut consumed: Result<()> = Ok(());
+        for batch in rx.iter() {
+            let decoded = batch.into_iter().try_for_each(|stored| {
+                let seq = stored.seq;
+                let event = stored.decode().map_err(|err| Error::ChainBroken {
+                    seq,
+                    reason: err.to_string(),
+                })?;
+                visit(stored, event)
+            });
+            if let Err(e) = decoded {
+                consumed = Err(e);
+                break;
+            }
+        }
+        drop(rx);
+        let read = reader.join().expect("the log reader thread does not panic");
+        // The consumer only ever sees events before any break the reader found, so its error
+        // (if any) is the first one.
+        consumed?;
+        read
+    })
 }

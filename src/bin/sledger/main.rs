@@ -13,6 +13,11 @@ mod verify;
 
 use clap::{CommandFactory, FromArgMatches};
 
+// Verification hands events between threads; glibc's allocator is slow to free memory
+// allocated on another thread, mimalloc is not.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use cli::{Cli, Commands};
 use context::Context;
 
