@@ -512,6 +512,18 @@ impl Ledger {
     }
 }
 
+/// A snapshot costs O(secrets) bytes, so snapshots are at least as many events apart as there
+/// are secrets: with 100 000 secrets, one every 10 000 events would store far more snapshot
+/// than log. Replaying from the nearest snapshot then costs at most max(interval, secrets) events.
+fn snapshot_due(tx: &Connection, every: u64, head: u64) -> Result<bool> {
+    let (last, secrets): (i64, i64) = tx.query_row(
+        "SELECT (SELECT coalesce(max(seq), 0) FROM snapshots), (SELECT count(*) FROM catalog)",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    Ok(head - last as u64 >= every.max(secrets as u64))
+}
+
 /// Bookkeeping shared by every append transaction: catalog position and snapshots.
 fn finish_append(tx: &Connection, settings: LedgerSettings, first_seq: u64, head: Head) -> Result<()> {
     if head.seq == first_seq {
@@ -519,7 +531,7 @@ fn finish_append(tx: &Connection, settings: LedgerSettings, first_seq: u64, head
     }
     meta_set(tx, "catalog_seq", head.seq as i64)?;
     let every = settings.snapshot_interval;
-    if first_seq / every != head.seq / every {
+    if first_seq / every != head.seq / every && snapshot_due(tx, every, head.seq)? {
         let mut stmt = tx.prepare_cached("SELECT meta FROM catalog")?;
         let secrets = stmt
             .query_map([], |r| r.get::<_, Vec<u8>>(0))?
