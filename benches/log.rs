@@ -71,17 +71,20 @@ fn rows(events: u64) -> Vec<StoredEvent> {
         .collect()
 }
 
-/// Baseline: the same rows into a bare table with the same columns, same pragmas, same batching.
-fn raw_insert(path: &Path, rows: &[StoredEvent]) {
+/// A bare table with the `events` columns and nothing else.
+const BARE_TABLE: &str = "CREATE TABLE events (seq INTEGER PRIMARY KEY, event_id BLOB NOT NULL UNIQUE,
+    recorded_at INTEGER NOT NULL, actor TEXT NOT NULL, secret_id BLOB, event_type TEXT NOT NULL,
+    event_version INTEGER NOT NULL, payload BLOB NOT NULL, prev_hash BLOB NOT NULL, hash BLOB NOT NULL)";
+
+/// sledger's own `events` DDL (with the per-secret index and the append-only triggers).
+const SLEDGER_TABLE: &str = include_str!("../schema/ledger/0001_events.sql");
+
+/// Baseline: the same pre-built rows, same pragmas, same batching, inserted with plain rusqlite.
+fn raw_insert(path: &Path, ddl: &str, rows: &[StoredEvent]) {
     let mut c = rusqlite::Connection::open(path).unwrap();
     c.pragma_update(None, "journal_mode", "WAL").unwrap();
     c.pragma_update(None, "synchronous", "FULL").unwrap();
-    c.execute_batch(
-        "CREATE TABLE IF NOT EXISTS events (seq INTEGER PRIMARY KEY, event_id BLOB NOT NULL UNIQUE, recorded_at INTEGER NOT NULL,
-         actor TEXT NOT NULL, secret_id BLOB, event_type TEXT NOT NULL, event_version INTEGER NOT NULL, payload BLOB NOT NULL,
-         prev_hash BLOB NOT NULL, hash BLOB NOT NULL)",
-    )
-    .unwrap();
+    c.execute_batch(ddl).unwrap();
     for chunk in rows.chunks(BATCH) {
         let tx = c.transaction().unwrap();
         {
@@ -137,8 +140,11 @@ fn append(c: &mut Criterion) {
             .map(|i| synthetic(secrets[(i % (n / 10)) as usize], i, i < n / 10))
             .collect()
     };
-    g.bench_function(BenchmarkId::new("raw_rusqlite_insert", n), |b| {
-        b.iter_custom(|iters| timed(iters, |dir| raw_insert(&dir.join("raw.db"), &rows)))
+    g.bench_function(BenchmarkId::new("raw_rusqlite_insert_bare_table", n), |b| {
+        b.iter_custom(|iters| timed(iters, |dir| raw_insert(&dir.join("raw.db"), BARE_TABLE, &rows)))
+    });
+    g.bench_function(BenchmarkId::new("raw_rusqlite_insert_sledger_schema", n), |b| {
+        b.iter_custom(|iters| timed(iters, |dir| raw_insert(&dir.join("raw.db"), SLEDGER_TABLE, &rows)))
     });
     g.bench_function(BenchmarkId::new("sledger_log_append", n), |b| {
         b.iter_custom(|iters| timed(iters, |dir| log_append(&dir.join("log.db"), &news)))

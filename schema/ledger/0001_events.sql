@@ -12,8 +12,9 @@ CREATE TABLE events (
     hash          BLOB    NOT NULL
 );
 
+-- History and old versions of one secret. No index on recorded_at: it never decreases along
+-- seq, so time lookups binary-search seq instead of paying an index on every append.
 CREATE INDEX events_by_secret ON events (secret_id, seq) WHERE secret_id IS NOT NULL;
-CREATE INDEX events_by_time ON events (recorded_at);
 
 CREATE TRIGGER events_are_append_only_update BEFORE UPDATE ON events
 BEGIN

@@ -5,6 +5,7 @@
 //! [`decode`] upcasts the old form to the current [`Event`]. Fixture ledgers in `replay/`
 //! pin that old versions keep decoding.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -14,25 +15,28 @@ use super::{Event, Scope, SealedValues};
 /// Payload version written by this build, for every event type.
 pub const CURRENT_VERSION: u32 = 1;
 
+// Payload structs borrow when encoding (no copies on the append path) and own when decoding
+// (serde's `Cow` deserialises to `Owned`); the bytes are those of the plain owned struct.
+
 #[derive(Serialize, Deserialize)]
-struct SecretCreatedV1 {
-    name: String,
+struct SecretCreatedV1<'a> {
+    name: Cow<'a, str>,
     scope: Scope,
-    owner: String,
-    labels: BTreeMap<String, String>,
-    values: SealedValues,
+    owner: Cow<'a, str>,
+    labels: Cow<'a, BTreeMap<String, String>>,
+    values: Cow<'a, SealedValues>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct SecretUpdatedV1 {
-    labels: BTreeMap<String, String>,
-    values: SealedValues,
+struct SecretUpdatedV1<'a> {
+    labels: Cow<'a, BTreeMap<String, String>>,
+    values: Cow<'a, SealedValues>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct SecretRenamedV1 {
-    from: String,
-    to: String,
+struct SecretRenamedV1<'a> {
+    from: Cow<'a, str>,
+    to: Cow<'a, str>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -69,19 +73,19 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             labels,
             values,
         } => to_bytes(&SecretCreatedV1 {
-            name: name.clone(),
+            name: Cow::Borrowed(name),
             scope: *scope,
-            owner: owner.clone(),
-            labels: labels.clone(),
-            values: values.clone(),
+            owner: Cow::Borrowed(owner),
+            labels: Cow::Borrowed(labels),
+            values: Cow::Borrowed(values),
         }),
         Event::SecretUpdated { labels, values } => to_bytes(&SecretUpdatedV1 {
-            labels: labels.clone(),
-            values: values.clone(),
+            labels: Cow::Borrowed(labels),
+            values: Cow::Borrowed(values),
         }),
         Event::SecretRenamed { from, to } => to_bytes(&SecretRenamedV1 {
-            from: from.clone(),
-            to: to.clone(),
+            from: Cow::Borrowed(from),
+            to: Cow::Borrowed(to),
         }),
         Event::SecretDeleted | Event::SecretRestored | Event::SecretPurged => to_bytes(&Empty {}),
         Event::KeyRotated { key_id } => to_bytes(&KeyRotatedV1 {
@@ -97,25 +101,25 @@ pub fn decode(event_type: &str, event_version: u32, payload: &[u8]) -> Result<Ev
         ("secret.created", 1) => {
             let p: SecretCreatedV1 = from_bytes(payload)?;
             Event::SecretCreated {
-                name: p.name,
+                name: p.name.into_owned(),
                 scope: p.scope,
-                owner: p.owner,
-                labels: p.labels,
-                values: p.values,
+                owner: p.owner.into_owned(),
+                labels: p.labels.into_owned(),
+                values: p.values.into_owned(),
             }
         }
         ("secret.updated", 1) => {
             let p: SecretUpdatedV1 = from_bytes(payload)?;
             Event::SecretUpdated {
-                labels: p.labels,
-                values: p.values,
+                labels: p.labels.into_owned(),
+                values: p.values.into_owned(),
             }
         }
         ("secret.renamed", 1) => {
             let p: SecretRenamedV1 = from_bytes(payload)?;
             Event::SecretRenamed {
-                from: p.from,
-                to: p.to,
+                from: p.from.into_owned(),
+                to: p.to.into_owned(),
             }
         }
         ("secret.deleted", 1) => from_bytes::<Empty>(payload).map(|_| Event::SecretDeleted)?,
