@@ -236,10 +236,10 @@ fn fold_and_verify(c: &mut Criterion) {
             bytes
         })
     });
-    g.bench_function(BenchmarkId::new("sledger_verify_chain_and_decode", n), |b| {
+    g.bench_function(BenchmarkId::new("sledger_verify_chain_decode_fold", n), |b| {
         b.iter(|| ledger.verify(&mut |_, _| {}).unwrap())
     });
-    g.bench_function(BenchmarkId::new("sledger_fold_catalog", n), |b| {
+    g.bench_function(BenchmarkId::new("sledger_catalog_at_head_one_thread", n), |b| {
         b.iter(|| ledger.catalog_at(n).unwrap().secrets.len())
     });
     g.finish();
