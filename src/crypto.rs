@@ -50,6 +50,11 @@ pub struct MasterKey(Key32);
 #[derive(Clone)]
 pub struct DataKey(Key32);
 
+/// The key that seals values at rest in local sinks (the sqlite sink); made once per ledger
+/// and wrapped by the master key, so sink files never hold plaintext.
+#[derive(Clone)]
+pub struct SinkSealKey(DataKey);
+
 /// The key for audit fingerprints; made once per ledger and wrapped by the master key.
 #[derive(Clone)]
 pub struct FingerprintKey(Key32);
@@ -63,7 +68,7 @@ macro_rules! redacted_debug {
         }
     )*};
 }
-redacted_debug!(MasterKey, DataKey, FingerprintKey);
+redacted_debug!(MasterKey, DataKey, FingerprintKey, SinkSealKey);
 
 impl fmt::Display for MasterKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -179,6 +184,17 @@ impl MasterKey {
         self.unwrap(wrapped, &dek_aad(secret)).map(DataKey)
     }
 
+    /// Wrap the ledger's sink seal key.
+    pub fn wrap_sink_seal_key(&self, key: &SinkSealKey) -> Vec<u8> {
+        self.wrap(&key.0 .0, b"sledger sink seal key")
+    }
+
+    /// Unwrap the ledger's sink seal key.
+    pub fn unwrap_sink_seal_key(&self, wrapped: &[u8]) -> Result<SinkSealKey> {
+        self.unwrap(wrapped, b"sledger sink seal key")
+            .map(|k| SinkSealKey(DataKey(k)))
+    }
+
     /// Wrap the ledger's fingerprint key.
     pub fn wrap_fingerprint_key(&self, key: &FingerprintKey) -> Vec<u8> {
         self.wrap(&key.0, b"sledger fingerprint key")
@@ -253,6 +269,22 @@ impl DataKey {
             bincode::serde::decode_from_slice(&plain, bincode::config::standard())
                 .map_err(|_| Error::Corrupt(format!("sealed values at seq {seq} do not decode")))?;
         Ok(SecretValues(map))
+    }
+}
+
+impl SinkSealKey {
+    pub fn generate() -> Self {
+        SinkSealKey(DataKey::generate())
+    }
+
+    /// Seal a record's values, bound to its secret and seq.
+    pub fn seal(&self, values: &SecretValues, secret: SecretId, seq: u64) -> Vec<u8> {
+        self.0.seal(values, secret, seq)
+    }
+
+    /// Open values sealed by [`SinkSealKey::seal`].
+    pub fn open(&self, sealed: &[u8], secret: SecretId, seq: u64) -> Result<SecretValues> {
+        self.0.open(sealed, secret, seq)
     }
 }
 

@@ -26,6 +26,8 @@ pub enum ErrorClass {
     Unavailable,
     /// The file is not a sledger ledger, or it is one this build cannot read.
     Incompatible,
+    /// A backend refused a request, and retrying will not help.
+    Backend,
     /// An I/O or internal failure not covered above.
     Internal,
 }
@@ -95,6 +97,24 @@ pub enum Error {
     #[error("no master key: {0}")]
     KeyUnavailable(String),
 
+    #[error("{kind} sink: {message}")]
+    Sink {
+        kind: String,
+        message: String,
+        temporary: bool,
+    },
+
+    #[error("sink {name:?} does not exist; `sledger sink list` shows the attached sinks")]
+    SinkNotFound { name: String },
+
+    #[error("secret {name:?} is {size} bytes as JSON, over the {limit}-byte limit of sink {sink:?}; split it or detach that sink")]
+    TooLargeForSink {
+        name: String,
+        size: usize,
+        limit: usize,
+        sink: String,
+    },
+
     #[error("the ledger is busy (another sledger process holds the write lock); retry in a moment")]
     Busy,
 
@@ -123,8 +143,13 @@ impl Error {
             | DuplicateValueKey { .. }
             | EmptySecret { .. }
             | ValueTooLarge { .. }
-            | InvalidInput(_) => ErrorClass::Invalid,
-            SecretNotFound { .. } | LedgerNotFound { .. } | Purged { .. } => ErrorClass::NotFound,
+            | InvalidInput(_)
+            | TooLargeForSink { .. } => ErrorClass::Invalid,
+            SecretNotFound { .. } | LedgerNotFound { .. } | Purged { .. } | SinkNotFound { .. } => {
+                ErrorClass::NotFound
+            }
+            Sink { temporary: true, .. } => ErrorClass::Unavailable,
+            Sink { temporary: false, .. } => ErrorClass::Backend,
             AlreadyExists { .. } | WouldOverwrite { .. } => ErrorClass::AlreadyExists,
             ChainBroken { .. } | AnchorMismatch { .. } | Corrupt(_) => ErrorClass::Integrity,
             WrongKey | KeyUnavailable(_) => ErrorClass::Key,

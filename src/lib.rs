@@ -18,6 +18,7 @@ pub mod event;
 pub mod keyfile;
 pub mod ledger;
 pub mod log;
+pub mod sink;
 pub mod validate;
 
 pub use catalog::{Catalog, SecretMeta, Status};

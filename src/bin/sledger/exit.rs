@@ -10,6 +10,7 @@ pub const INTEGRITY: i32 = 5;
 pub const KEY: i32 = 6;
 pub const UNAVAILABLE: i32 = 7;
 pub const INCOMPATIBLE: i32 = 8;
+pub const BACKEND: i32 = 9;
 
 /// An error raised by the binary itself for bad command-line input.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +35,7 @@ pub fn report(err: &anyhow::Error) -> i32 {
             ErrorClass::Key => KEY,
             ErrorClass::Unavailable => UNAVAILABLE,
             ErrorClass::Incompatible => INCOMPATIBLE,
+            ErrorClass::Backend => BACKEND,
             _ => INTERNAL,
         }
     } else {

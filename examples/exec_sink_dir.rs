@@ -1,0 +1,187 @@
+//! An example `exec` sink plug-in: keeps each object as a JSON file in a directory.
+//!
+//!     sledger sink add files 'exec:///path/to/exec_sink_dir?arg=--dir&arg=/var/lib/sledger-files'
+//!
+//! Options: `--dir DIR` (required), `--sleep-ms N` (wait N ms per request, to stand in for
+//! network latency in benchmarks), `--fail-if-exists FILE` (answer every request with a
+//! temporary error while FILE exists, to stand in for an outage).
+//!
+//! The protocol is documented in README.md ("The exec plug-in protocol") and src/sink/exec.rs.
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+
+struct Options {
+    dir: PathBuf,
+    sleep_ms: u64,
+    fail_if_exists: Option<PathBuf>,
+}
+
+fn options() -> Result<Options, String> {
+    let mut args = std::env::args().skip(1);
+    let (mut dir, mut sleep_ms, mut fail_if_exists) = (None, 0, None);
+    while let Some(a) = args.next() {
+        let mut value = || args.next().ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--dir" => dir = Some(PathBuf::from(value()?)),
+            "--sleep-ms" => sleep_ms = value()?.parse().map_err(|_| "--sleep-ms needs a number")?,
+            "--fail-if-exists" => fail_if_exists = Some(PathBuf::from(value()?)),
+            other => return Err(format!("unknown option {other}")),
+        }
+    }
+    Ok(Options {
+        dir: dir.ok_or("--dir is required")?,
+        sleep_ms,
+        fail_if_exists,
+    })
+}
+
+/// Object names come from sledger (prefix + uuid); refuse anything that could escape the dir.
+fn object_path(dir: &Path, object: &str) -> Result<PathBuf, String> {
+    if object.is_empty()
+        || !object
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        || object.starts_with('.')
+    {
+        return Err(format!("bad object name {object:?}"));
+    }
+    Ok(dir.join(format!("{object}.json")))
+}
+
+fn read(path: &Path) -> Result<Option<Value>, String> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn write_atomically(path: &Path, value: &Value) -> Result<(), String> {
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+    let mut f = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+    f.write_all(value.to_string().as_bytes())
+        .and_then(|_| f.sync_all())
+        .map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| e.to_string())
+}
+
+/// Several copies of this program run at once (one per concurrent request): an exclusive lock
+/// per object makes each read-compare-write atomic.
+fn lock(path: &Path) -> Result<std::fs::File, String> {
+    let f = std::fs::File::create(path.with_extension("lock")).map_err(|e| e.to_string())?;
+    f.lock().map_err(|e| e.to_string())?;
+    Ok(f)
+}
+
+fn handle(o: &Options, req: &Value) -> Result<Value, String> {
+    let object = || {
+        req["object"]
+            .as_str()
+            .ok_or("missing object")
+            .map(|s| s.to_owned())
+    };
+    match req["op"].as_str().unwrap_or("") {
+        "health" => Ok(json!({"ok": true})),
+        "put" => {
+            let path = object_path(&o.dir, &object()?)?;
+            let _guard = lock(&path)?;
+            let record = &req["record"];
+            // Never let an older record overwrite a newer one.
+            if let Some(old) = read(&path)? {
+                if old["record"]["seq"].as_u64() > record["seq"].as_u64() {
+                    return Ok(json!({"ok": true}));
+                }
+            }
+            write_atomically(&path, &json!({"record": record, "deleted": false}))?;
+            Ok(json!({"ok": true}))
+        }
+        "get" => {
+            let stored = read(&object_path(&o.dir, &object()?)?)?;
+            let record = stored
+                .filter(|s| s["deleted"] != json!(true))
+                .map(|s| s["record"].clone());
+            Ok(json!({"ok": true, "record": record}))
+        }
+        "delete" => {
+            let path = object_path(&o.dir, &object()?)?;
+            let _guard = lock(&path)?;
+            match req["mode"].as_str() {
+                Some("purge") => match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
+                    _ => {}
+                },
+                _ => {
+                    if let Some(mut stored) = read(&path)? {
+                        stored["deleted"] = json!(true);
+                        write_atomically(&path, &stored)?;
+                    }
+                }
+            }
+            Ok(json!({"ok": true}))
+        }
+        "list" => {
+            let prefix = req["prefix"].as_str().ok_or("missing prefix")?;
+            let mut entries = Vec::new();
+            for entry in std::fs::read_dir(&o.dir).map_err(|e| e.to_string())? {
+                let name = entry
+                    .map_err(|e| e.to_string())?
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned();
+                let Some(object) = name.strip_suffix(".json") else {
+                    continue;
+                };
+                let Some(rest) = object.strip_prefix(prefix) else {
+                    continue;
+                };
+                if rest.len() != 36 || rest.contains(|c: char| !(c.is_ascii_hexdigit() || c == '-')) {
+                    continue; // another prefix that happens to start with this one
+                }
+                if let Some(stored) = read(&o.dir.join(&name))? {
+                    if stored["deleted"] != json!(true) {
+                        entries.push(json!({"id": stored["record"]["id"], "seq": stored["record"]["seq"]}));
+                    }
+                }
+            }
+            Ok(json!({"ok": true, "entries": entries}))
+        }
+        other => Err(format!("unknown op {other:?}")),
+    }
+}
+
+fn main() {
+    let o = match options() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("exec_sink_dir: {e}");
+            std::process::exit(2);
+        }
+    };
+    let _ = std::fs::create_dir_all(&o.dir);
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        if o.sleep_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(o.sleep_ms));
+        }
+        let reply = if o.fail_if_exists.as_ref().is_some_and(|f| f.exists()) {
+            json!({"ok": false, "error": "backend is down (fail file present)", "temporary": true})
+        } else {
+            match serde_json::from_str::<Value>(&line) {
+                Ok(req) => {
+                    handle(&o, &req).unwrap_or_else(|e| json!({"ok": false, "error": e, "temporary": false}))
+                }
+                Err(_) => json!({"ok": false, "error": "request is not JSON", "temporary": false}),
+            }
+        };
+        if writeln!(stdout, "{reply}").and_then(|_| stdout.flush()).is_err() {
+            break;
+        }
+    }
+}

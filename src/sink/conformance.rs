@@ -1,0 +1,239 @@
+//! The behaviour every [`Sink`] must show, as one suite (DESIGN.md §10). A sink's tests call
+//! [`run_all`] with a function that opens a sink of that kind on one shared backend under a
+//! given prefix. The suite panics (like any test) on the first violation.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::{DeleteMode, Sink, SinkEntry, SinkRecord};
+use crate::crypto::SecretValues;
+use crate::error::Result;
+use crate::event::Scope;
+use crate::SecretId;
+
+/// Opens a sink on the backend under test with the given object-name prefix.
+pub type OpenSink<'a> = dyn Fn(&str) -> Result<Arc<dyn Sink>> + 'a;
+
+fn record(id: SecretId, seq: u64, password: &str) -> SinkRecord {
+    let mut values = SecretValues::new();
+    values.insert("user", "svc");
+    values.insert("password", password);
+    SinkRecord {
+        id,
+        name: format!("app/db-{seq}"),
+        scope: Scope::Workspace,
+        owner: "conformance@test".into(),
+        labels: BTreeMap::from([("env".into(), "test".into())]),
+        seq,
+        version: seq as u32,
+        values,
+    }
+}
+
+async fn sorted_list(sink: &dyn Sink) -> Vec<SinkEntry> {
+    let mut l = sink.list().await.expect("list");
+    l.sort();
+    l
+}
+
+/// Run every check, each under its own prefix derived from `base` (letters, digits, `-`).
+pub async fn run_all(base: &str, open: &OpenSink<'_>) {
+    put_get_update(&*open(&format!("{base}a-")).unwrap()).await;
+    idempotent_put(&*open(&format!("{base}b-")).unwrap()).await;
+    soft_delete_and_purge(&*open(&format!("{base}c-")).unwrap()).await;
+    list_is_exact(&*open(&format!("{base}d-")).unwrap()).await;
+    prefix_isolation(base, open).await;
+    size_limit(&*open(&format!("{base}f-")).unwrap()).await;
+    unicode(&*open(&format!("{base}g-")).unwrap()).await;
+    concurrent_puts(open(&format!("{base}h-")).unwrap()).await;
+    open(&format!("{base}i-"))
+        .unwrap()
+        .health()
+        .await
+        .expect("health of a working sink");
+}
+
+pub async fn put_get_update(sink: &dyn Sink) {
+    let id = SecretId::now_v7();
+    assert_eq!(
+        sink.get(id).await.unwrap(),
+        None,
+        "an unknown object reads as None"
+    );
+    let v1 = record(id, 1, "first");
+    sink.put(&v1).await.unwrap();
+    assert_eq!(
+        sink.get(id).await.unwrap(),
+        Some(v1.clone()),
+        "get returns what put stored"
+    );
+    let v2 = record(id, 2, "second");
+    sink.put(&v2).await.unwrap();
+    assert_eq!(
+        sink.get(id).await.unwrap(),
+        Some(v2.clone()),
+        "a newer seq replaces the object"
+    );
+    sink.put(&v1).await.unwrap();
+    assert_eq!(
+        sink.get(id).await.unwrap(),
+        Some(v2),
+        "an older seq never overwrites a newer one"
+    );
+}
+
+pub async fn idempotent_put(sink: &dyn Sink) {
+    let id = SecretId::now_v7();
+    let r = record(id, 5, "same");
+    sink.put(&r).await.unwrap();
+    sink.put(&r).await.unwrap();
+    assert_eq!(
+        sink.get(id).await.unwrap(),
+        Some(r),
+        "the same record twice leaves the same state"
+    );
+    assert_eq!(sorted_list(sink).await, vec![SinkEntry { id, seq: 5 }]);
+}
+
+pub async fn soft_delete_and_purge(sink: &dyn Sink) {
+    let (a, b) = (SecretId::now_v7(), SecretId::now_v7());
+    sink.put(&record(a, 1, "a")).await.unwrap();
+    sink.put(&record(b, 1, "b")).await.unwrap();
+    sink.delete(a, DeleteMode::Soft).await.unwrap();
+    assert_eq!(
+        sink.get(a).await.unwrap(),
+        None,
+        "a soft-deleted object reads as None"
+    );
+    assert!(
+        !sorted_list(sink).await.iter().any(|e| e.id == a),
+        "a soft-deleted object is not listed"
+    );
+    sink.delete(a, DeleteMode::Soft).await.unwrap();
+    let back = record(a, 3, "back");
+    sink.put(&back).await.unwrap();
+    assert_eq!(
+        sink.get(a).await.unwrap(),
+        Some(back),
+        "a put after a soft delete brings it back"
+    );
+    sink.delete(b, DeleteMode::Purge).await.unwrap();
+    assert_eq!(sink.get(b).await.unwrap(), None);
+    sink.delete(b, DeleteMode::Purge).await.unwrap();
+    sink.delete(SecretId::now_v7(), DeleteMode::Purge)
+        .await
+        .expect("deleting an absent object is Ok");
+    sink.delete(SecretId::now_v7(), DeleteMode::Soft)
+        .await
+        .expect("deleting an absent object is Ok");
+    assert_eq!(sorted_list(sink).await, vec![SinkEntry { id: a, seq: 3 }]);
+}
+
+pub async fn list_is_exact(sink: &dyn Sink) {
+    let mut expected = Vec::new();
+    for seq in 1..=25u64 {
+        let id = SecretId::now_v7();
+        sink.put(&record(id, seq, "x")).await.unwrap();
+        expected.push(SinkEntry { id, seq });
+    }
+    expected.sort();
+    assert_eq!(
+        sorted_list(sink).await,
+        expected,
+        "list returns every live object with its seq"
+    );
+}
+
+pub async fn prefix_isolation(base: &str, open: &OpenSink<'_>) {
+    let mine = open(&format!("{base}e-")).unwrap();
+    // One prefix unrelated, one that merely starts with ours.
+    let strangers = [
+        open(&format!("{base}other-")).unwrap(),
+        open(&format!("{base}e-x-")).unwrap(),
+    ];
+    let foreign_id = SecretId::now_v7();
+    let foreign = record(foreign_id, 9, "not yours");
+    for s in &strangers {
+        s.put(&foreign).await.unwrap();
+    }
+    let id = SecretId::now_v7();
+    mine.put(&record(id, 1, "mine")).await.unwrap();
+    assert_eq!(
+        sorted_list(&*mine).await,
+        vec![SinkEntry { id, seq: 1 }],
+        "list shows only this prefix"
+    );
+    assert_eq!(
+        mine.get(foreign_id).await.unwrap(),
+        None,
+        "get does not see other prefixes"
+    );
+    mine.delete(foreign_id, DeleteMode::Soft).await.unwrap();
+    mine.delete(foreign_id, DeleteMode::Purge).await.unwrap();
+    mine.delete(id, DeleteMode::Purge).await.unwrap();
+    for s in &strangers {
+        assert_eq!(
+            s.get(foreign_id).await.unwrap(),
+            Some(foreign.clone()),
+            "a foreign object survives everything"
+        );
+    }
+}
+
+pub async fn size_limit(sink: &dyn Sink) {
+    let limit = sink.capabilities().max_value_bytes.min(64 * 1024);
+    let mut values = SecretValues::new();
+    // {"big":"…"} is 10 bytes of JSON around the value.
+    values.insert("big", "x".repeat(limit - 10));
+    assert_eq!(values.json_size(), limit);
+    let id = SecretId::now_v7();
+    let r = SinkRecord {
+        values,
+        ..record(id, 1, "")
+    };
+    sink.put(&r)
+        .await
+        .expect("a value exactly at the sink's declared limit is stored");
+    assert_eq!(sink.get(id).await.unwrap(), Some(r));
+}
+
+pub async fn unicode(sink: &dyn Sink) {
+    let id = SecretId::now_v7();
+    let mut values = SecretValues::new();
+    values.insert("password", "pässwörd-秘密-🔑 \"quoted\" \\ back\nnewline");
+    values.insert("empty", "");
+    let r = SinkRecord {
+        name: "db/prod@eu+1=x".into(),
+        labels: BTreeMap::from([("team".into(), "équipe-チーム".into())]),
+        values,
+        ..record(id, 1, "")
+    };
+    sink.put(&r).await.unwrap();
+    assert_eq!(
+        sink.get(id).await.unwrap(),
+        Some(r),
+        "unicode and escapes survive the round trip"
+    );
+}
+
+pub async fn concurrent_puts(sink: Arc<dyn Sink>) {
+    let ids: Vec<_> = (0..24).map(|_| SecretId::now_v7()).collect();
+    let shared = SecretId::now_v7();
+    let mut tasks = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        let sink = sink.clone();
+        let id = *id;
+        tasks.push(async move {
+            sink.put(&record(id, n as u64 + 1, "c")).await.unwrap();
+            sink.put(&record(shared, n as u64 + 1, "shared")).await.unwrap();
+        });
+    }
+    futures::future::join_all(tasks).await;
+    let listed = sorted_list(&*sink).await;
+    assert_eq!(listed.len(), ids.len() + 1, "every concurrent put landed once");
+    assert_eq!(
+        sink.get(shared).await.unwrap().unwrap().seq,
+        ids.len() as u64,
+        "the highest seq wins"
+    );
+}

@@ -1,0 +1,240 @@
+//! `exec:///path/to/program?arg=…&arg=…`: the custom-backend plug-in.
+//!
+//! sledger starts the program (up to `max_concurrency` copies, kept running) and speaks one
+//! JSON object per line on its stdin/stdout. Requests:
+//!
+//! ```text
+//! {"op":"put","object":"sledger-<id>","record":{"id","name","scope","owner","labels","seq","version","values":{…}}}
+//! {"op":"get","object":"sledger-<id>"}
+//! {"op":"delete","object":"sledger-<id>","mode":"soft"|"purge"}
+//! {"op":"list","prefix":"sledger-"}
+//! {"op":"health"}
+//! ```
+//!
+//! Replies: `{"ok":true}` plus `"record":{…}|null` for get and `"entries":[{"id","seq"}]` for
+//! list; failures are `{"ok":false,"error":"…","temporary":true|false}`. The same rules as for
+//! every sink apply (see [`super::Sink`]). The program's stderr is discarded.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{Mutex, Semaphore};
+use zeroize::Zeroizing;
+
+use super::{object_name, Capabilities, DeleteMode, RecordMeta, Sink, SinkEntry, SinkRecord};
+use crate::crypto::SecretValues;
+use crate::error::{Error, Result};
+use crate::SecretId;
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Worker {
+    _child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+/// A sink backed by an external program.
+pub struct ExecSink {
+    program: PathBuf,
+    args: Vec<String>,
+    prefix: String,
+    max_concurrency: usize,
+    idle: Mutex<Vec<Worker>>,
+    slots: Semaphore,
+}
+
+impl std::fmt::Debug for ExecSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecSink")
+            .field("program", &self.program)
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireRecord {
+    #[serde(flatten)]
+    meta: RecordMeta,
+    values: std::collections::BTreeMap<String, Zeroizing<String>>,
+}
+
+#[derive(Deserialize)]
+struct Reply {
+    ok: bool,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    temporary: bool,
+    #[serde(default)]
+    record: Option<WireRecord>,
+    #[serde(default)]
+    entries: Option<Vec<SinkEntry>>,
+}
+
+fn failure(message: impl Into<String>, temporary: bool) -> Error {
+    Error::sink("exec", message, temporary)
+}
+
+impl ExecSink {
+    pub fn new(program: &Path, args: &[String], prefix: &str, max_concurrency: usize) -> Self {
+        ExecSink {
+            program: program.to_path_buf(),
+            args: args.to_vec(),
+            prefix: prefix.to_owned(),
+            max_concurrency,
+            idle: Mutex::new(Vec::new()),
+            slots: Semaphore::new(max_concurrency.max(1)),
+        }
+    }
+
+    fn spawn(&self) -> Result<Worker> {
+        let mut child = Command::new(&self.program)
+            .args(&self.args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| {
+                failure(
+                    format!("cannot start plug-in {}: {e}", self.program.display()),
+                    true,
+                )
+            })?;
+        let stdin = child.stdin.take().expect("stdin is piped");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout is piped"));
+        Ok(Worker {
+            _child: child,
+            stdin,
+            stdout,
+        })
+    }
+
+    /// Send one request and read its reply, on an idle worker (or a new one).
+    async fn call(&self, request: Value) -> Result<Reply> {
+        let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
+        let worker = self.idle.lock().await.pop();
+        let mut worker = match worker {
+            Some(w) => w,
+            None => self.spawn()?,
+        };
+        let mut line = Zeroizing::new(serde_json::to_vec(&request).expect("requests serialise"));
+        line.push(b'\n');
+        let exchange = async {
+            worker.stdin.write_all(&line).await?;
+            worker.stdin.flush().await?;
+            let mut reply = Zeroizing::new(String::new());
+            let n = worker.stdout.read_line(&mut reply).await?;
+            Ok::<_, std::io::Error>((n, reply))
+        };
+        let (n, reply) = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
+            Err(_) => {
+                return Err(failure(
+                    format!(
+                        "plug-in {} did not answer within {REQUEST_TIMEOUT:?}",
+                        self.program.display()
+                    ),
+                    true,
+                ))
+            }
+            Ok(Err(e)) => {
+                return Err(failure(
+                    format!("plug-in {} failed: {e}", self.program.display()),
+                    true,
+                ))
+            }
+            Ok(Ok(r)) => r,
+        };
+        if n == 0 {
+            return Err(failure(
+                format!("plug-in {} exited", self.program.display()),
+                true,
+            ));
+        }
+        // Only the position of a parse error: the line may hold values.
+        let reply: Reply = serde_json::from_str(&reply).map_err(|e| {
+            failure(
+                format!(
+                    "plug-in {} sent a reply that is not protocol JSON (column {})",
+                    self.program.display(),
+                    e.column()
+                ),
+                false,
+            )
+        })?;
+        self.idle.lock().await.push(worker);
+        if !reply.ok {
+            return Err(failure(
+                reply
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "the plug-in reported an error".into()),
+                reply.temporary,
+            ));
+        }
+        Ok(reply)
+    }
+}
+
+#[async_trait]
+impl Sink for ExecSink {
+    fn kind(&self) -> &'static str {
+        "exec"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_bytes: usize::MAX,
+            soft_delete: true,
+            max_concurrency: self.max_concurrency,
+        }
+    }
+
+    async fn put(&self, record: &SinkRecord) -> Result<()> {
+        let values: std::collections::BTreeMap<&str, &str> = record.values.iter().collect();
+        let mut wire = serde_json::to_value(record.meta()).expect("metadata serialises");
+        wire["values"] = json!(values);
+        self.call(json!({"op": "put", "object": object_name(&self.prefix, record.id), "record": wire}))
+            .await
+            .map(|_| ())
+    }
+
+    async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>> {
+        let reply = self
+            .call(json!({"op": "get", "object": object_name(&self.prefix, id)}))
+            .await?;
+        Ok(reply.record.map(|w| {
+            let mut values = SecretValues::new();
+            for (k, v) in &w.values {
+                values.insert(k.as_str(), v.as_str());
+            }
+            SinkRecord::from_meta(w.meta, values)
+        }))
+    }
+
+    async fn delete(&self, id: SecretId, how: DeleteMode) -> Result<()> {
+        self.call(json!({"op": "delete", "object": object_name(&self.prefix, id), "mode": how}))
+            .await
+            .map(|_| ())
+    }
+
+    async fn list(&self) -> Result<Vec<SinkEntry>> {
+        let reply = self.call(json!({"op": "list", "prefix": self.prefix})).await?;
+        let entries = reply
+            .entries
+            .ok_or_else(|| failure("list reply has no entries", false))?;
+        Ok(entries)
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.call(json!({"op": "health"})).await.map(|_| ())
+    }
+}

@@ -1,0 +1,158 @@
+//! `memory://NAME`: a sink in this process's memory. Sinks opened with the same NAME share one
+//! store (each under its own prefix), which is how prefix isolation is tested.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use async_trait::async_trait;
+
+use super::{object_name, Capabilities, DeleteMode, Sink, SinkEntry, SinkRecord};
+use crate::error::Result;
+use crate::SecretId;
+
+#[derive(Clone)]
+struct Object {
+    record: SinkRecord,
+    deleted: bool,
+}
+
+type Store = Arc<Mutex<BTreeMap<String, Object>>>;
+
+/// An in-memory sink.
+#[derive(Clone)]
+pub struct MemorySink {
+    store: Store,
+    prefix: String,
+    max_concurrency: usize,
+}
+
+impl std::fmt::Debug for MemorySink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemorySink")
+            .field("prefix", &self.prefix)
+            .finish()
+    }
+}
+
+fn registry() -> &'static Mutex<BTreeMap<String, Store>> {
+    static STORES: OnceLock<Mutex<BTreeMap<String, Store>>> = OnceLock::new();
+    STORES.get_or_init(Default::default)
+}
+
+impl MemorySink {
+    /// A sink on a fresh, private store.
+    pub fn new(prefix: &str) -> Self {
+        MemorySink {
+            store: Store::default(),
+            prefix: prefix.to_owned(),
+            max_concurrency: 16,
+        }
+    }
+
+    /// A sink on the process-wide store called `name` (an empty name gets a private store).
+    pub fn named(name: &str, prefix: &str, max_concurrency: usize) -> Self {
+        let store = if name.is_empty() {
+            Store::default()
+        } else {
+            registry()
+                .lock()
+                .expect("memory sink registry")
+                .entry(name.to_owned())
+                .or_default()
+                .clone()
+        };
+        MemorySink {
+            store,
+            prefix: prefix.to_owned(),
+            max_concurrency,
+        }
+    }
+
+    /// Another sink on the same store under a different prefix.
+    pub fn with_prefix(&self, prefix: &str) -> Self {
+        MemorySink {
+            store: self.store.clone(),
+            prefix: prefix.to_owned(),
+            max_concurrency: self.max_concurrency,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Object>> {
+        self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+#[async_trait]
+impl Sink for MemorySink {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_bytes: usize::MAX,
+            soft_delete: true,
+            max_concurrency: self.max_concurrency,
+        }
+    }
+
+    async fn put(&self, record: &SinkRecord) -> Result<()> {
+        let mut store = self.lock();
+        let name = object_name(&self.prefix, record.id);
+        match store.get(&name) {
+            Some(existing) if existing.record.seq > record.seq => {}
+            _ => {
+                store.insert(
+                    name,
+                    Object {
+                        record: record.clone(),
+                        deleted: false,
+                    },
+                );
+            }
+        }
+        Ok(())
+    }
+
+    async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>> {
+        Ok(self
+            .lock()
+            .get(&object_name(&self.prefix, id))
+            .filter(|o| !o.deleted)
+            .map(|o| o.record.clone()))
+    }
+
+    async fn delete(&self, id: SecretId, how: DeleteMode) -> Result<()> {
+        let mut store = self.lock();
+        let name = object_name(&self.prefix, id);
+        match how {
+            DeleteMode::Purge => {
+                store.remove(&name);
+            }
+            DeleteMode::Soft => {
+                if let Some(o) = store.get_mut(&name) {
+                    o.deleted = true;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<SinkEntry>> {
+        Ok(self
+            .lock()
+            .range(self.prefix.clone()..)
+            .take_while(|(name, _)| name.starts_with(&self.prefix))
+            // "sledger-x-<id>" starts with "sledger-" too, but belongs to another prefix.
+            .filter(|(name, o)| !o.deleted && **name == object_name(&self.prefix, o.record.id))
+            .map(|(_, o)| SinkEntry {
+                id: o.record.id,
+                seq: o.record.seq,
+            })
+            .collect())
+    }
+
+    async fn health(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,367 @@
+//! Sinks: the places workloads read secrets from, written only by projectors and replays.
+//!
+//! A sink stores each secret as one object named `prefix + secret id` (never its human name),
+//! with name, scope, labels and the ledger seq it reflects as metadata, and the values as the
+//! JSON object of the secret's key/values. A sink touches only objects under its prefix.
+//!
+//! Sinks are named by URL; [`SinkUrl::parse`] is the one place URLs are read, and it refuses
+//! URLs that carry credentials: those come from the backend's own credential chain.
+
+mod exec;
+mod memory;
+mod sqlite;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use exec::ExecSink;
+pub use memory::MemorySink;
+pub use sqlite::SqliteSink;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::{SecretValues, SinkSealKey};
+use crate::error::{Error, Result};
+use crate::event::Scope;
+use crate::SecretId;
+
+/// Default object-name prefix.
+pub const DEFAULT_PREFIX: &str = "sledger-";
+
+/// What a sink can hold and how hard it may be driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Largest value map, as the JSON object stored.
+    pub max_value_bytes: usize,
+    /// Whether a soft delete can be undone in the backend itself.
+    pub soft_delete: bool,
+    /// How many requests a projector may have in flight against this sink.
+    pub max_concurrency: usize,
+}
+
+/// How to delete an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeleteMode {
+    /// Recoverable where the backend supports it.
+    Soft,
+    /// Gone for good.
+    Purge,
+}
+
+/// One secret as a sink holds it. Debug never shows values.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SinkRecord {
+    pub id: SecretId,
+    pub name: String,
+    pub scope: Scope,
+    pub owner: String,
+    pub labels: BTreeMap<String, String>,
+    /// The ledger seq this record reflects.
+    pub seq: u64,
+    pub version: u32,
+    pub values: SecretValues,
+}
+
+impl fmt::Debug for SinkRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SinkRecord")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("seq", &self.seq)
+            .field("version", &self.version)
+            .field("values", &self.values)
+            .finish()
+    }
+}
+
+/// Metadata of a record, as it travels beside the values (JSON in every backend).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordMeta {
+    pub id: SecretId,
+    pub name: String,
+    pub scope: Scope,
+    pub owner: String,
+    pub labels: BTreeMap<String, String>,
+    pub seq: u64,
+    pub version: u32,
+}
+
+impl SinkRecord {
+    pub fn meta(&self) -> RecordMeta {
+        RecordMeta {
+            id: self.id,
+            name: self.name.clone(),
+            scope: self.scope,
+            owner: self.owner.clone(),
+            labels: self.labels.clone(),
+            seq: self.seq,
+            version: self.version,
+        }
+    }
+
+    pub fn from_meta(meta: RecordMeta, values: SecretValues) -> Self {
+        SinkRecord {
+            id: meta.id,
+            name: meta.name,
+            scope: meta.scope,
+            owner: meta.owner,
+            labels: meta.labels,
+            seq: meta.seq,
+            version: meta.version,
+            values,
+        }
+    }
+}
+
+/// What `list` reports: which secret, at which seq.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SinkEntry {
+    pub id: SecretId,
+    pub seq: u64,
+}
+
+/// A backend holding the current values of secrets.
+///
+/// Contract (checked for every implementation by [`conformance`]):
+/// - `put` stores the record under `prefix + id`; putting the same record twice leaves the same
+///   state, and a record with a lower seq than the stored one must not overwrite it.
+/// - `get` returns what `put` stored, or `None` for an absent or deleted object.
+/// - `delete` of an absent object is `Ok`; after a soft delete `get` returns `None` and a later
+///   `put` brings the object back; after a purge nothing of it remains.
+/// - `list` returns every live object under this sink's prefix, and nothing else.
+/// - Nothing outside the prefix is ever listed, changed or deleted.
+/// - Errors are [`Error::Sink`]; `temporary` ones (network, throttling, 5xx) may be retried.
+#[async_trait]
+pub trait Sink: Send + Sync + fmt::Debug + 'static {
+    /// Short kind name: "memory", "sqlite", "exec", …
+    fn kind(&self) -> &'static str;
+    fn capabilities(&self) -> Capabilities;
+    async fn put(&self, record: &SinkRecord) -> Result<()>;
+    async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>>;
+    async fn delete(&self, id: SecretId, how: DeleteMode) -> Result<()>;
+    async fn list(&self) -> Result<Vec<SinkEntry>>;
+    async fn health(&self) -> Result<()>;
+}
+
+/// The object name of a secret under a prefix.
+pub fn object_name(prefix: &str, id: SecretId) -> String {
+    format!("{prefix}{id}")
+}
+
+/// A parsed sink URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkUrl {
+    Memory {
+        store: String,
+        prefix: String,
+        max_concurrency: usize,
+    },
+    Sqlite {
+        path: PathBuf,
+        prefix: String,
+        max_concurrency: usize,
+    },
+    Exec {
+        program: PathBuf,
+        args: Vec<String>,
+        prefix: String,
+        max_concurrency: usize,
+    },
+}
+
+fn bad_url(url: &str, why: impl fmt::Display) -> Error {
+    Error::InvalidInput(format!("invalid sink URL {url:?}: {why}"))
+}
+
+const CREDENTIALS_HINT: &str = "credentials never go in a sink URL (it is recorded in the ledger); \
+they come from the backend's own chain (environment, profile, instance identity) or from \
+environment variables named in the sink configuration";
+
+/// Split `a=b&c=d` into pairs, percent-decoding values.
+fn query_pairs(url: &str, query: &str) -> Result<Vec<(String, String)>> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            Ok((k.to_owned(), percent_decode(url, v)?))
+        })
+        .collect()
+}
+
+fn percent_decode(url: &str, s: &str) -> Result<String> {
+    let mut out = Vec::with_capacity(s.len());
+    let mut i = 0;
+    while i < s.len() {
+        match s.as_bytes()[i] {
+            b'%' => {
+                let hex = s
+                    .get(i + 1..i + 3)
+                    .ok_or_else(|| bad_url(url, "a % escape is cut short"))?;
+                let byte = u8::from_str_radix(hex, 16)
+                    .map_err(|_| bad_url(url, format!("%{hex} is not a valid escape")))?;
+                out.push(byte);
+                i += 3;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| bad_url(url, "an escape does not decode to UTF-8"))
+}
+
+impl SinkUrl {
+    /// Parse and check a sink URL.
+    pub fn parse(url: &str) -> Result<SinkUrl> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| bad_url(url, "expected SCHEME://…, e.g. sqlite:///var/lib/sledger/sink.db"))?;
+        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let authority = location.split('/').next().unwrap_or("");
+        if authority.contains('@') {
+            return Err(bad_url(
+                url,
+                format!("it carries user:password@; {CREDENTIALS_HINT}"),
+            ));
+        }
+        let pairs = query_pairs(url, query)?;
+        const SECRET_PARAMS: &[&str] = &[
+            "token",
+            "password",
+            "secret",
+            "secret_id",
+            "secret-id",
+            "access_key",
+            "secret_key",
+            "key",
+            "credentials",
+        ];
+        if let Some((k, _)) = pairs
+            .iter()
+            .find(|(k, _)| SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str()))
+        {
+            return Err(bad_url(
+                url,
+                format!("the {k}= parameter would put a credential in the ledger; {CREDENTIALS_HINT}"),
+            ));
+        }
+        let mut prefix = DEFAULT_PREFIX.to_owned();
+        let mut max_concurrency = None;
+        let mut args = Vec::new();
+        for (k, v) in &pairs {
+            match k.as_str() {
+                "prefix" => {
+                    if v.is_empty() || !v.chars().all(|c| c.is_ascii_alphanumeric() || "-_./".contains(c)) {
+                        return Err(bad_url(
+                            url,
+                            "prefix must be non-empty letters, digits and - _ . /",
+                        ));
+                    }
+                    prefix = v.clone();
+                }
+                "max_concurrency" => {
+                    max_concurrency = Some(
+                        v.parse::<usize>()
+                            .ok()
+                            .filter(|n| (1..=256).contains(n))
+                            .ok_or_else(|| bad_url(url, "max_concurrency must be a number from 1 to 256"))?,
+                    )
+                }
+                "arg" if scheme == "exec" => args.push(v.clone()),
+                other => return Err(bad_url(url, format!("unknown parameter {other:?}"))),
+            }
+        }
+        match scheme {
+            "memory" => Ok(SinkUrl::Memory {
+                store: location.to_owned(),
+                prefix,
+                max_concurrency: max_concurrency.unwrap_or(16),
+            }),
+            "sqlite" | "exec" => {
+                if !location.starts_with('/') || location.len() < 2 {
+                    return Err(bad_url(url, format!("expected an absolute path: {scheme}:///absolute/path")));
+                }
+                let path = PathBuf::from(percent_decode(url, location)?);
+                Ok(if scheme == "sqlite" {
+                    SinkUrl::Sqlite { path, prefix, max_concurrency: max_concurrency.unwrap_or(1) }
+                } else {
+                    SinkUrl::Exec { program: path, args, prefix, max_concurrency: max_concurrency.unwrap_or(4) }
+                })
+            }
+            "aws-sm" | "gcp-sm" | "azure-kv" | "vault" => Err(bad_url(
+                url,
+                format!("{scheme} sinks are not in this build yet; available: memory://, sqlite:///PATH, exec:///PROGRAM"),
+            )),
+            other => Err(bad_url(url, format!("unknown scheme {other:?}; known: memory, sqlite, exec"))),
+        }
+    }
+
+    /// Capabilities known from the URL alone (no connection), used to enforce limits before
+    /// anything is appended.
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            SinkUrl::Memory { max_concurrency, .. } => Capabilities {
+                max_value_bytes: usize::MAX,
+                soft_delete: true,
+                max_concurrency: *max_concurrency,
+            },
+            SinkUrl::Sqlite { max_concurrency, .. } => Capabilities {
+                max_value_bytes: usize::MAX,
+                soft_delete: true,
+                max_concurrency: *max_concurrency,
+            },
+            SinkUrl::Exec { max_concurrency, .. } => Capabilities {
+                max_value_bytes: usize::MAX,
+                soft_delete: true,
+                max_concurrency: *max_concurrency,
+            },
+        }
+    }
+
+    /// Connect. `seal_key` seals values at rest in sinks that store them locally (sqlite).
+    pub fn open(&self, seal_key: &SinkSealKey) -> Result<Arc<dyn Sink>> {
+        Ok(match self {
+            SinkUrl::Memory {
+                store,
+                prefix,
+                max_concurrency,
+            } => Arc::new(MemorySink::named(store, prefix, *max_concurrency)),
+            SinkUrl::Sqlite {
+                path,
+                prefix,
+                max_concurrency,
+            } => Arc::new(SqliteSink::open(
+                path,
+                prefix,
+                seal_key.clone(),
+                *max_concurrency,
+            )?),
+            SinkUrl::Exec {
+                program,
+                args,
+                prefix,
+                max_concurrency,
+            } => Arc::new(ExecSink::new(program, args, prefix, *max_concurrency)),
+        })
+    }
+}
+
+impl Error {
+    /// A sink failure; `temporary` says whether retrying may help.
+    pub fn sink(kind: &str, message: impl Into<String>, temporary: bool) -> Error {
+        Error::Sink {
+            kind: kind.to_owned(),
+            message: message.into(),
+            temporary,
+        }
+    }
+}
