@@ -142,11 +142,12 @@ impl MasterKey {
                 Error::io(format!("cannot create key file {}", path.display()), e)
             }
         })?;
-        let mut text = self.to_base64();
-        text.push('\n');
+        let text = self.to_base64();
         file.write_all(text.as_bytes())
+            .and_then(|_| file.write_all(b"\n"))
             .and_then(|_| file.sync_all())
-            .map_err(|e| Error::io(format!("cannot write key file {}", path.display()), e))
+            .map_err(|e| Error::io(format!("cannot write key file {}", path.display()), e))?;
+        sync_parent_dir(path)
     }
 
     /// A value stored in the ledger to recognise this key without revealing it.
@@ -205,6 +206,17 @@ impl MasterKey {
         self.unwrap(wrapped, b"sledger fingerprint key")
             .map(FingerprintKey)
     }
+}
+
+/// Make a new directory entry durable (a synced file in an unsynced directory can vanish).
+pub(crate) fn sync_parent_dir(path: &Path) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(format!("cannot sync directory {}", dir.display()), e))
 }
 
 fn dek_aad(secret: SecretId) -> Vec<u8> {

@@ -94,6 +94,12 @@ pub enum Error {
     #[error("this key does not open this ledger; use the key file created by `sledger init` for it (or the key it was rotated to)")]
     WrongKey,
 
+    #[error("the master key was rotated by another process since this one opened the ledger; run the command again")]
+    KeyRotated,
+
+    #[error("{0}")]
+    NotFound(String),
+
     #[error("no master key: {0}")]
     KeyUnavailable(String),
 
@@ -145,14 +151,16 @@ impl Error {
             | ValueTooLarge { .. }
             | InvalidInput(_)
             | TooLargeForSink { .. } => ErrorClass::Invalid,
-            SecretNotFound { .. } | LedgerNotFound { .. } | Purged { .. } | SinkNotFound { .. } => {
-                ErrorClass::NotFound
-            }
+            SecretNotFound { .. }
+            | LedgerNotFound { .. }
+            | Purged { .. }
+            | SinkNotFound { .. }
+            | NotFound(_) => ErrorClass::NotFound,
             Sink { temporary: true, .. } => ErrorClass::Unavailable,
             Sink { temporary: false, .. } => ErrorClass::Backend,
             AlreadyExists { .. } | WouldOverwrite { .. } => ErrorClass::AlreadyExists,
             ChainBroken { .. } | AnchorMismatch { .. } | Corrupt(_) => ErrorClass::Integrity,
-            WrongKey | KeyUnavailable(_) => ErrorClass::Key,
+            WrongKey | KeyUnavailable(_) | KeyRotated => ErrorClass::Key,
             Busy => ErrorClass::Unavailable,
             NotALedger { .. } | NewerSchema { .. } => ErrorClass::Incompatible,
             Io { .. } | Database(_) | Migration(_) => ErrorClass::Internal,

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, namespace, Catalog, SecretMeta, Status};
-use crate::crypto::{DataKey, FingerprintKey, MasterKey, SecretValues};
+use crate::crypto::{DataKey, FingerprintKey, MasterKey, SecretValues, SinkSealKey};
 use crate::error::{Error, Result};
 use crate::event::{Event, Millis, Scope, SealedValues, StoredEvent};
 use crate::log::{self, chain_next, sqlite, EventLog, Head, NewEvent};
@@ -144,6 +144,25 @@ pub struct Anchor {
 struct Keys {
     master: MasterKey,
     fingerprint: FingerprintKey,
+    sink_seal: SinkSealKey,
+}
+
+/// Refuse to write with a master key another process has since rotated away: data keys
+/// wrapped under it would be unreadable with the ledger's real key.
+fn ensure_current_key(tx: &Connection, keys: &Keys) -> Result<()> {
+    if meta_get_blob(tx, "key_check")?.as_slice() != keys.master.key_check().as_slice() {
+        return Err(Error::KeyRotated);
+    }
+    Ok(())
+}
+
+/// After destroying key material (purge, rotation), move WAL frames into the database, whose
+/// freed pages `secure_delete` zeroes, so old wrapped keys do not linger on disk. Best effort:
+/// a concurrent reader can keep frames alive until it finishes.
+fn scrub_freed_pages(conn: &Connection) {
+    if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+        tracing::debug!(error = %e, "checkpoint after key destruction did not complete");
+    }
 }
 
 /// An open ledger.
@@ -316,24 +335,54 @@ enum Planned {
 }
 
 impl Ledger {
-    /// Create a new ledger at `path`, sealed under `master`. Refuses an existing file.
+    /// Create a new ledger at `path`, sealed under `master`. Refuses an existing file; on any
+    /// failure after creating it, removes it again, so nothing half-made is left behind.
     pub fn init(path: &Path, master: MasterKey, settings: LedgerSettings) -> Result<Ledger> {
         let mut conn = sqlite::create(path)?;
-        let fingerprint = FingerprintKey::generate();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        meta_set(&tx, "ledger_id", uuid::Uuid::now_v7().to_string())?;
-        meta_set(&tx, "created_at", now_ms())?;
-        meta_set(&tx, "key_check", master.key_check().as_slice())?;
-        meta_set(&tx, "fingerprint_key", master.wrap_fingerprint_key(&fingerprint))?;
-        meta_set(&tx, "max_value_bytes", settings.max_value_bytes as i64)?;
-        meta_set(&tx, "snapshot_interval", settings.snapshot_interval as i64)?;
-        meta_set(&tx, "catalog_seq", 0i64)?;
-        tx.commit()?;
+        let settings = LedgerSettings {
+            snapshot_interval: settings.snapshot_interval.max(1),
+            ..settings
+        };
+        let keys = Keys {
+            master,
+            fingerprint: FingerprintKey::generate(),
+            sink_seal: SinkSealKey::generate(),
+        };
+        let written = (|| -> Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            meta_set(&tx, "ledger_id", uuid::Uuid::now_v7().to_string())?;
+            meta_set(&tx, "created_at", now_ms())?;
+            meta_set(&tx, "key_check", keys.master.key_check().as_slice())?;
+            meta_set(
+                &tx,
+                "fingerprint_key",
+                keys.master.wrap_fingerprint_key(&keys.fingerprint),
+            )?;
+            meta_set(
+                &tx,
+                "sink_seal_key",
+                keys.master.wrap_sink_seal_key(&keys.sink_seal),
+            )?;
+            meta_set(&tx, "max_value_bytes", settings.max_value_bytes as i64)?;
+            meta_set(&tx, "snapshot_interval", settings.snapshot_interval as i64)?;
+            meta_set(&tx, "catalog_seq", 0i64)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            drop(conn);
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.as_os_str().to_owned();
+                p.push(suffix);
+                let _ = std::fs::remove_file(PathBuf::from(p));
+            }
+            return Err(e);
+        }
         Ok(Ledger {
             conn,
             path: path.to_path_buf(),
             settings,
-            keys: Some(Keys { master, fingerprint }),
+            keys: Some(keys),
             catalog_unusable: None,
         })
     }
@@ -379,7 +428,25 @@ impl Ledger {
             return Err(Error::WrongKey);
         }
         let fingerprint = master.unwrap_fingerprint_key(&meta_get_blob(&self.conn, "fingerprint_key")?)?;
-        self.keys = Some(Keys { master, fingerprint });
+        let sink_seal = match meta_get_blob(&self.conn, "sink_seal_key") {
+            Ok(wrapped) => master.unwrap_sink_seal_key(&wrapped)?,
+            // Ledgers made before sinks existed get their sink key on first unlock.
+            Err(Error::Corrupt(_)) => {
+                let key = SinkSealKey::generate();
+                let tx = self
+                    .conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                meta_set(&tx, "sink_seal_key", master.wrap_sink_seal_key(&key))?;
+                tx.commit()?;
+                key
+            }
+            Err(e) => return Err(e),
+        };
+        self.keys = Some(Keys {
+            master,
+            fingerprint,
+            sink_seal,
+        });
         Ok(())
     }
 
@@ -442,12 +509,13 @@ impl Ledger {
         Ok(())
     }
 
-    /// Drop the catalog and fold it again from the whole log. Returns the number of secrets.
+    /// Drop the catalog and its snapshots and fold it again from the whole log. Returns the
+    /// number of secrets.
     pub fn rebuild_catalog(&mut self) -> Result<usize> {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch("DROP TABLE IF EXISTS catalog;")?;
+        tx.execute_batch("DROP TABLE IF EXISTS catalog; DELETE FROM snapshots;")?;
         tx.execute_batch(sqlite::CATALOG_SQL)?;
         let head = sqlite::head(&tx)?;
         let catalog = fold_log(&sqlite::SqliteLog(&tx), Catalog::default(), head.seq)?;
@@ -472,6 +540,9 @@ impl Ledger {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(keys) = keys {
+            ensure_current_key(&tx, keys)?;
+        }
         let mut head = sqlite::head(&tx)?;
         let first_seq = head.seq;
         let now = now_ms();
@@ -508,6 +579,17 @@ impl Ledger {
         }
         finish_append(&tx, self.settings, first_seq, head)?;
         tx.commit()?;
+        if outcomes.iter().any(|o| {
+            matches!(
+                o,
+                Outcome::Appended {
+                    event_type: "secret.purged",
+                    ..
+                }
+            )
+        }) {
+            scrub_freed_pages(&self.conn);
+        }
         Ok(outcomes)
     }
 }
@@ -588,7 +670,7 @@ impl Ledger {
                     Ok(true)
                 })?;
                 let meta = hit.ok_or_else(|| {
-                    Error::invalid(format!(
+                    Error::NotFound(format!(
                         "secret {name:?} has versions 1 to {}; there is no version {wanted}",
                         current.version
                     ))
@@ -696,19 +778,56 @@ impl Ledger {
     /// or names the first bad seq. Reading and hashing run on a second thread.
     pub fn verify(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<Head> {
         let total = self.head()?.seq;
+        let snapshot_seqs: std::collections::BTreeSet<u64> = {
+            let mut stmt = self.conn.prepare("SELECT seq FROM snapshots")?;
+            let seqs = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+            seqs.map(|s| s.map(|s| s as u64))
+                .collect::<rusqlite::Result<_>>()?
+        };
         let mut catalog = Catalog::default();
-        sqlite::verified_scan(&self.path, &mut |e, event| {
+        let head = sqlite::verified_scan(&self.path, &mut |e, event| {
             let seq = e.seq;
             catalog.apply(&e, event).map_err(|err| Error::ChainBroken {
                 seq,
                 reason: err.to_string(),
             })?;
+            if snapshot_seqs.contains(&seq) && self.catalog_at(seq)? != catalog {
+                return Err(derived_mismatch(format!("the snapshot at seq {seq}")));
+            }
             if seq % log::PROGRESS_EVERY == 0 {
                 progress(seq, total.max(seq));
             }
             Ok(())
-        })
-        .inspect(|head| progress(head.seq, head.seq))
+        })?;
+        progress(head.seq, head.seq);
+        self.check_catalog_rows(&catalog)?;
+        Ok(head)
+    }
+
+    /// The catalog tables must hold exactly the fold of the log (when they are at the same seq).
+    fn check_catalog_rows(&mut self, folded: &Catalog) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        if meta_get_i64(&tx, "catalog_seq")? != Some(folded.seq as i64) {
+            return Ok(()); // appended to since the scan; the next verify compares again
+        }
+        let mut stmt = tx.prepare("SELECT secret_id, meta FROM catalog")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut seen = 0usize;
+        for row in rows {
+            let (id, meta) = row?;
+            let meta = decode_meta(&meta)?;
+            if id != meta.id.as_bytes() || folded.secrets.get(&meta.id) != Some(&meta) {
+                return Err(derived_mismatch(format!(
+                    "the catalog row of secret {:?}",
+                    meta.name
+                )));
+            }
+            seen += 1;
+        }
+        if seen != folded.secrets.len() {
+            return Err(derived_mismatch("the catalog (rows are missing)".into()));
+        }
+        Ok(())
     }
 
     /// An anchor for `head`, to save and check later.
@@ -745,13 +864,22 @@ impl Ledger {
         Ok(())
     }
 
-    /// Re-wrap every data key and the fingerprint key under `new`, and record `key.rotated`.
+    /// Re-wrap every data key and the ledger's own keys under `new`, and record `key.rotated`.
     /// Old events stay readable: their values are sealed by data keys, which do not change.
-    pub fn rotate_key(&mut self, actor: &str, new: MasterKey) -> Result<u64> {
+    ///
+    /// `persist` is called with the new key while the write lock is held and before the commit:
+    /// it must store the key durably (see [`crate::keyfile::rotate`]); if it fails, nothing changes.
+    pub fn rotate_key(
+        &mut self,
+        actor: &str,
+        new: MasterKey,
+        persist: &mut dyn FnMut(&MasterKey) -> Result<()>,
+    ) -> Result<u64> {
         let keys = need_keys(self.keys.as_ref())?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        ensure_current_key(&tx, keys)?;
         let mut rewrapped = 0u64;
         {
             let mut read = tx.prepare("SELECT secret_id, wrapped FROM secret_keys")?;
@@ -770,6 +898,7 @@ impl Ledger {
             "fingerprint_key",
             new.wrap_fingerprint_key(&keys.fingerprint),
         )?;
+        meta_set(&tx, "sink_seal_key", new.wrap_sink_seal_key(&keys.sink_seal))?;
         meta_set(&tx, "key_check", new.key_check().as_slice())?;
         let mut head = sqlite::head(&tx)?;
         let first_seq = head.seq;
@@ -785,14 +914,21 @@ impl Ledger {
         );
         sqlite::insert(&tx, &row)?;
         finish_append(&tx, self.settings, first_seq, head)?;
+        persist(&new)?;
         tx.commit()?;
-        let fingerprint = self.keys()?.fingerprint.clone();
-        self.keys = Some(Keys {
-            master: new,
-            fingerprint,
-        });
+        scrub_freed_pages(&self.conn);
+        if let Some(keys) = self.keys.as_mut() {
+            keys.master = new;
+        }
         Ok(rewrapped)
     }
+}
+
+fn derived_mismatch(what: String) -> Error {
+    Error::Corrupt(format!(
+        "{what} differs from the fold of the log, though the log itself verifies: the database was \
+         edited outside sledger. That data is derived: `sledger verify --rebuild-catalog` rebuilds it from the log"
+    ))
 }
 
 /// Fold `log` from `start` up to `to`.

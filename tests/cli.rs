@@ -108,7 +108,7 @@ fn create_get_update_round_trip() {
         env.json(&["secret", "get", "db", "--version", "1"])["values"]["password"],
         "s3cr3t-1"
     );
-    let err = env.fails(&["secret", "get", "db", "--version", "9"], USAGE);
+    let err = env.fails(&["secret", "get", "db", "--version", "9"], NOT_FOUND);
     assert!(err.contains("versions 1 to 3"), "{err}");
 }
 

@@ -191,7 +191,7 @@ proptest! {
             match command(op, n) {
                 // Invalid commands (unknown name, clash) are rejected; that is part of the test too.
                 Some(c) => { let _ = ledger.execute("p", vec![c]); }
-                None => { ledger.rotate_key("p", MasterKey::generate()).unwrap(); }
+                None => { ledger.rotate_key("p", MasterKey::generate(), &mut |_| Ok(())).unwrap(); }
             }
         }
         let head = ledger.head().unwrap().seq;

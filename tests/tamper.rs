@@ -205,3 +205,27 @@ fn the_database_itself_refuses_updates_and_deletes() {
     let err = raw.execute("DELETE FROM events WHERE seq = 1", []).unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
 }
+
+#[test]
+fn editing_the_derived_catalog_is_caught_and_repairable() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=one"]);
+    env.ok(&["secret", "update", "a", "--value", "k=two"]);
+    env.ok(&["secret", "create", "b", "--value", "k=bee"]);
+    // Point a's catalog row at b's metadata: `get a` would serve another secret's values.
+    let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+    raw.execute(
+        "UPDATE catalog SET meta = (SELECT meta FROM catalog WHERE name = 'b') WHERE name = 'a'",
+        [],
+    )
+    .unwrap();
+    drop(raw);
+    let err = env.fails(&["verify"], INTEGRITY);
+    assert!(
+        err.contains("catalog row") && err.contains("--rebuild-catalog"),
+        "{err}"
+    );
+    env.ok(&["verify", "--rebuild-catalog"]);
+    assert_eq!(env.ok(&["secret", "get", "a", "--key", "k"]), "two\n");
+    env.ok(&["verify"]);
+}

@@ -38,6 +38,8 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
+    // Purged data keys and keys wrapped under a retired master key must not survive in free pages.
+    conn.pragma_update(None, "secure_delete", "ON")?;
     Ok(())
 }
 
@@ -166,14 +168,18 @@ fn read_row(r: &Row<'_>) -> Result<StoredEvent> {
         seq,
         reason: format!("{what} is malformed"),
     };
+    // Exact storage types: a BLOB rewritten as TEXT hashes the same, but hides from lookups.
     let bytes = |i: usize, what: &str| -> Result<Vec<u8>> {
         match r.get_ref(i)? {
-            ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b.to_vec()),
+            ValueRef::Blob(b) => Ok(b.to_vec()),
             _ => Err(broken(what)),
         }
     };
     let text = |i: usize, what: &str| -> Result<String> {
-        String::from_utf8(bytes(i, what)?).map_err(|_| broken(what))
+        match r.get_ref(i)? {
+            ValueRef::Text(t) => String::from_utf8(t.to_vec()).map_err(|_| broken(what)),
+            _ => Err(broken(what)),
+        }
     };
     let int = |i: usize, what: &str| -> Result<i64> {
         match r.get_ref(i)? {
@@ -224,7 +230,7 @@ pub fn scan_secret(
     visit: &mut dyn FnMut(StoredEvent) -> Result<bool>,
 ) -> Result<()> {
     let mut stmt = conn.prepare_cached(&format!(
-        "{SELECT_EVENTS} WHERE secret_id = ?1 AND seq <= ?2 ORDER BY seq"
+        "{SELECT_EVENTS} WHERE secret_id = ?1 AND seq >= 1 AND seq <= ?2 ORDER BY seq"
     ))?;
     visit_rows(
         &mut stmt,
@@ -304,6 +310,18 @@ pub fn verified_scan(path: &Path, visit: &mut dyn FnMut(StoredEvent, Event) -> R
             let mut conn = open(path)?;
             let snapshot = conn.transaction()?;
             let total = head(&snapshot)?.seq;
+            // Rows outside 1..=head (seq 0, negative) are invisible to a scan from 1: count them.
+            let (rows, first): (i64, Option<i64>) =
+                snapshot.query_row("SELECT count(*), min(seq) FROM events", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
+            if let Some(first) = first.filter(|&f| f < 1) {
+                return Err(Error::ChainBroken {
+                    seq: first.max(0) as u64,
+                    reason: format!("an event has seq {first}"),
+                });
+            }
+
             let mut chain = ChainCheck::default();
             let mut batch = Vec::with_capacity(BATCH);
             let scanned = SqliteLog(&snapshot).scan(1, u64::MAX, &mut |e| {
@@ -320,7 +338,16 @@ pub fn verified_scan(path: &Path, visit: &mut dyn FnMut(StoredEvent, Event) -> R
             // Events before a break are still handed over: they are verified, and the consumer
             // may find an earlier problem in them.
             let _ = tx.send(batch);
-            scanned.and_then(|_| chain.finish(total))
+            let head = scanned.and_then(|_| chain.finish(total))?;
+            if rows as u64 != total {
+                return Err(Error::ChainBroken {
+                    seq: 1,
+                    reason: format!(
+                        "{rows} events are stored but the chain from 1 to {total} holds only {total}"
+                    ),
+                });
+            }
+            Ok(head)
         });
         let mut consumed: Result<()> = Ok(());
         for batch in rx.iter() {

@@ -175,6 +175,9 @@ pub struct VerifyArgs {
     /// Also check a saved anchor: catches a truncated or rewritten tail
     #[arg(long, value_name = "FILE")]
     pub anchor: Option<PathBuf>,
+    /// Rebuild the derived catalog and snapshots from the log first (after an edit outside sledger)
+    #[arg(long)]
+    pub rebuild_catalog: bool,
 }
 
 #[derive(Subcommand)]

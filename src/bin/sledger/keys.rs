@@ -40,6 +40,7 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
             .create(dir)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     }
+    let key_from_env = from_env.is_some();
     let key = match from_env {
         Some(key) => key,
         None => {
@@ -53,12 +54,12 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
         ..LedgerSettings::default()
     };
     if let Err(e) = Ledger::init(&ctx.ledger_path, key, settings) {
-        if std::env::var_os(MASTER_KEY_ENV).is_none() {
+        if !key_from_env {
             let _ = std::fs::remove_file(&ctx.key_file);
         }
         return Err(e.into());
     }
-    let key_source = if std::env::var_os(MASTER_KEY_ENV).is_some() {
+    let key_source = if key_from_env {
         format!("${MASTER_KEY_ENV}")
     } else {
         ctx.key_file.display().to_string()
@@ -77,21 +78,25 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
 pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
     match cmd {
         KeyCmd::Rotate { new_key_file } => {
+            let from_env = Context::env_key()?.is_some();
             let mut ledger = ctx.open_unlocked()?;
-            let (rewrapped, written_to) = if std::env::var_os(MASTER_KEY_ENV).is_some() {
-                let path = new_key_file.ok_or_else(|| {
-                    usage(format!(
+            let (rewrapped, written_to) = match (from_env, new_key_file) {
+                (true, Some(path)) => {
+                    let mut persist = |new: &MasterKey| new.write_new_file(&path);
+                    (ledger.rotate_key(&ctx.actor, MasterKey::generate(), &mut persist)?, path)
+                }
+                (true, None) => {
+                    return Err(usage(format!(
                         "the master key comes from {MASTER_KEY_ENV}; pass --new-key-file PATH to say where the new key goes"
-                    ))
-                })?;
-                let new = MasterKey::generate();
-                new.write_new_file(&path)?;
-                (ledger.rotate_key(&ctx.actor, new)?, path)
-            } else {
-                (
-                    keyfile::rotate(&mut ledger, &ctx.key_file, &ctx.actor)?,
-                    ctx.key_file.clone(),
-                )
+                    )))
+                }
+                (false, Some(_)) => {
+                    return Err(usage(format!(
+                        "--new-key-file is for keys from {MASTER_KEY_ENV}; the key file {} is rotated in place",
+                        ctx.key_file.display()
+                    )))
+                }
+                (false, None) => (keyfile::rotate(&mut ledger, &ctx.key_file, &ctx.actor)?, ctx.key_file.clone()),
             };
             if ctx.json() {
                 output::json_line(&json!({"rotated": true, "data_keys": rewrapped, "key_file": written_to}));
@@ -100,6 +105,9 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
                     "master key rotated: {rewrapped} data keys re-wrapped; new key in {}",
                     written_to.display()
                 );
+                if from_env {
+                    println!("set {MASTER_KEY_ENV} to the new key before the next command");
+                }
             }
             Ok(())
         }

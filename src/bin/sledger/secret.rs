@@ -242,7 +242,7 @@ fn get(ctx: &Context, name: &str, key: Option<&str>, version: Option<u32>, at: O
     let read = ledger.read(&ctx.actor, name, point)?;
     if let Some(k) = key {
         let value = read.values.get(k).ok_or_else(|| {
-            sledger::Error::InvalidInput(format!(
+            sledger::Error::NotFound(format!(
                 "secret {name:?} version {} has no key {k:?}; its keys are: {}",
                 read.version,
                 read.values.keys().collect::<Vec<_>>().join(", ")
@@ -280,6 +280,8 @@ fn get(ctx: &Context, name: &str, key: Option<&str>, version: Option<u32>, at: O
             output::time(read.recorded_at)
         );
         let mut t = output::table(&["KEY", "VALUE"]);
+        // Never wrap a value: a token broken across lines is a broken token when copied.
+        t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
         for (k, v) in read.values.iter() {
             t.add_row(vec![k, v]);
         }

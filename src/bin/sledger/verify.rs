@@ -11,6 +11,12 @@ use crate::output;
 
 pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
     let mut ledger = ctx.open()?;
+    if args.rebuild_catalog {
+        let secrets = ledger.rebuild_catalog()?;
+        if !ctx.json() {
+            println!("catalog rebuilt from the log: {secrets} secrets");
+        }
+    }
     let bar = if ctx.json() {
         ProgressBar::hidden()
     } else {
