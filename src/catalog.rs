@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::crypto::Fingerprint;
 use crate::error::{Error, Result};
-use crate::event::{Event, Millis, Scope, StoredEvent};
+use crate::event::{Event, Millis, Scope, SinkRole, StoredEvent};
 use crate::SecretId;
 
 /// Lifecycle of a secret.
@@ -122,7 +122,16 @@ fn update(m: &mut SecretMeta, stored: &StoredEvent, event: Event) -> Result<()> 
         Event::SecretCreated { .. } => {
             return Err(corrupt(stored, event_type, "creates a secret that exists"))
         }
-        Event::KeyRotated { .. } => return Ok(()),
+        Event::KeyRotated { .. }
+        | Event::SinkAdded { .. }
+        | Event::SinkRoleChanged { .. }
+        | Event::SinkRemoved { .. } => {
+            return Err(corrupt(
+                stored,
+                event_type,
+                "is a ledger-level event with a secret id",
+            ))
+        }
         Event::SecretUpdated { labels, values } => {
             m.labels = labels;
             m.fingerprints = values.fingerprints;
@@ -159,24 +168,73 @@ pub fn apply(state: Option<SecretMeta>, stored: &StoredEvent, event: Event) -> R
     }
 }
 
+/// An attached sink, as the log describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkConfig {
+    pub name: String,
+    pub url: String,
+    pub role: SinkRole,
+    pub added_seq: u64,
+}
+
+/// Apply a ledger-level event to the sink registry.
+pub(crate) fn apply_sink_event(
+    sinks: &mut BTreeMap<String, SinkConfig>,
+    stored: &StoredEvent,
+    event: Event,
+) -> Result<()> {
+    let event_type = event.event_type();
+    match event {
+        Event::SinkAdded { name, url, role } => {
+            if sinks.contains_key(&name) {
+                return Err(corrupt(stored, event_type, "adds a sink that exists"));
+            }
+            sinks.insert(
+                name.clone(),
+                SinkConfig {
+                    name,
+                    url,
+                    role,
+                    added_seq: stored.seq,
+                },
+            );
+        }
+        Event::SinkRoleChanged { name, role } => match sinks.get_mut(&name) {
+            Some(s) => s.role = role,
+            None => return Err(corrupt(stored, event_type, "names a sink that does not exist")),
+        },
+        Event::SinkRemoved { name } => {
+            if sinks.remove(&name).is_none() {
+                return Err(corrupt(stored, event_type, "names a sink that does not exist"));
+            }
+        }
+        Event::KeyRotated { .. } => {}
+        _ => return Err(corrupt(stored, event_type, "has no secret id")),
+    }
+    Ok(())
+}
+
 /// The whole catalog at some seq.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Catalog {
     /// The seq of the last event folded in (0 for an empty log).
     pub seq: u64,
     pub secrets: HashMap<SecretId, SecretMeta>,
+    /// Attached sinks by name.
+    pub sinks: BTreeMap<String, SinkConfig>,
 }
 
 impl Catalog {
     /// Fold one event in. Events must come in seq order.
     pub fn apply(&mut self, stored: &StoredEvent, event: Event) -> Result<()> {
-        if let Some(id) = stored.secret_id {
-            match self.secrets.entry(id) {
+        match stored.secret_id {
+            Some(id) => match self.secrets.entry(id) {
                 Entry::Occupied(mut known) => update(known.get_mut(), stored, event)?,
                 Entry::Vacant(new) => {
                     new.insert(created(stored, event)?);
                 }
-            }
+            },
+            None => apply_sink_event(&mut self.sinks, stored, event)?,
         }
         self.seq = stored.seq;
         Ok(())
@@ -200,18 +258,20 @@ impl Catalog {
     /// Snapshot encoding (bincode).
     pub fn to_snapshot(&self) -> Vec<u8> {
         let secrets: BTreeMap<&SecretId, &SecretMeta> = self.secrets.iter().collect();
-        bincode::serde::encode_to_vec((self.seq, secrets), bincode::config::standard())
+        bincode::serde::encode_to_vec((self.seq, secrets, &self.sinks), bincode::config::standard())
             .expect("catalog always encodes")
     }
 
     /// Decode a snapshot written by [`Catalog::to_snapshot`].
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self> {
-        let ((seq, secrets), _): ((u64, BTreeMap<SecretId, SecretMeta>), usize) =
+        type Snapshot = (u64, BTreeMap<SecretId, SecretMeta>, BTreeMap<String, SinkConfig>);
+        let ((seq, secrets, sinks), _): (Snapshot, usize) =
             bincode::serde::decode_from_slice(bytes, bincode::config::standard())
                 .map_err(|e| Error::Corrupt(format!("snapshot does not decode: {e}")))?;
         Ok(Catalog {
             seq,
             secrets: secrets.into_iter().collect(),
+            sinks,
         })
     }
 }

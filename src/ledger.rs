@@ -7,11 +7,12 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{self, namespace, Catalog, SecretMeta, Status};
+use crate::catalog::{self, namespace, Catalog, SecretMeta, SinkConfig, Status};
 use crate::crypto::{DataKey, FingerprintKey, MasterKey, SecretValues, SinkSealKey};
 use crate::error::{Error, Result};
-use crate::event::{Event, Millis, Scope, SealedValues, StoredEvent};
+use crate::event::{Event, Millis, Scope, SealedValues, SinkRole, StoredEvent};
 use crate::log::{self, chain_next, sqlite, EventLog, Head, NewEvent};
+use crate::sink::SinkUrl;
 use crate::{validate, SecretId};
 
 /// Per-ledger settings, fixed at `init`.
@@ -72,6 +73,25 @@ pub enum Command {
     Purge {
         name: String,
     },
+    /// Attach a sink. Its URL must not carry credentials.
+    AddSink {
+        name: String,
+        url: String,
+        role: SinkRole,
+    },
+    /// Change a sink's role (not to or from primary: see `PromoteSink`).
+    SetSinkRole {
+        name: String,
+        role: SinkRole,
+    },
+    /// Make a sink the primary; the old primary becomes a backup.
+    PromoteSink {
+        name: String,
+    },
+    /// Detach a sink (never the primary). Its backend is left as it is.
+    RemoveSink {
+        name: String,
+    },
 }
 
 /// What a command did.
@@ -84,6 +104,12 @@ pub enum Outcome {
     },
     /// An update that changed nothing appends nothing.
     Unchanged { secret: SecretMeta },
+    /// A sink was added, changed role, or removed.
+    SinkChanged {
+        seq: u64,
+        event_type: &'static str,
+        name: String,
+    },
 }
 
 /// Which version of a secret to read.
@@ -225,6 +251,14 @@ fn store_meta(conn: &Connection, m: &SecretMeta) -> Result<()> {
     Ok(())
 }
 
+pub(crate) fn load_meta(conn: &Connection, id: SecretId) -> Result<Option<SecretMeta>> {
+    let blob: Option<Vec<u8>> = conn
+        .prepare_cached("SELECT meta FROM catalog WHERE secret_id = ?1")?
+        .query_row([id.as_bytes().as_slice()], |r| r.get(0))
+        .optional()?;
+    blob.map(|b| decode_meta(&b)).transpose()
+}
+
 /// Secrets named `name` visible to `actor` (workspace + the actor's private scope).
 fn named(conn: &Connection, actor: &str, name: &str) -> Result<Vec<SecretMeta>> {
     let mut stmt = conn.prepare_cached(
@@ -309,7 +343,7 @@ fn load_dek(conn: &Connection, master: &MasterKey, meta: &SecretMeta) -> Result<
 }
 
 /// Decrypt the values carried by the event at `seq` for `meta`'s secret.
-fn open_values_at(
+pub(crate) fn open_values_at(
     conn: &Connection,
     master: &MasterKey,
     meta: &SecretMeta,
@@ -324,8 +358,171 @@ fn open_values_at(
     Ok((dek.open(&sealed.ciphertext, meta.id, seq)?, stored.recorded_at))
 }
 
+fn sink_event_name(event: &Event) -> String {
+    match event {
+        Event::SinkAdded { name, .. } | Event::SinkRoleChanged { name, .. } | Event::SinkRemoved { name } => {
+            name.clone()
+        }
+        _ => String::new(),
+    }
+}
+
+/// The attached sinks, as the derived `sinks` table holds them.
+pub(crate) fn load_sinks(conn: &Connection) -> Result<BTreeMap<String, SinkConfig>> {
+    let mut stmt = conn.prepare_cached("SELECT name, url, role, added_seq FROM sinks ORDER BY name")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            r.get::<_, String>(1)?,
+            r.get::<_, String>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    })?;
+    let mut sinks = BTreeMap::new();
+    for row in rows {
+        let (name, url, role, added_seq) = row?;
+        let role = role.parse().map_err(Error::Corrupt)?;
+        sinks.insert(
+            name.clone(),
+            SinkConfig {
+                name,
+                url,
+                role,
+                added_seq: added_seq as u64,
+            },
+        );
+    }
+    Ok(sinks)
+}
+
+fn store_sinks(conn: &Connection, sinks: &BTreeMap<String, SinkConfig>) -> Result<()> {
+    conn.execute("DELETE FROM sinks", [])?;
+    for s in sinks.values() {
+        conn.prepare_cached("INSERT INTO sinks (name, url, role, added_seq) VALUES (?1, ?2, ?3, ?4)")?
+            .execute(params![s.name, s.url, s.role.as_str(), s.added_seq as i64])?;
+    }
+    Ok(())
+}
+
+/// Values must fit the ledger's limit and every attached sink's, checked before the append so
+/// that nothing is recorded that some sink cannot hold.
+fn check_size(tx: &Connection, settings: LedgerSettings, name: &str, values: &SecretValues) -> Result<()> {
+    validate::values(name, values, settings.max_value_bytes)?;
+    let size = values.json_size();
+    for sink in load_sinks(tx)?.values() {
+        let limit = SinkUrl::parse(&sink.url)?.capabilities().max_value_bytes;
+        if size > limit {
+            return Err(Error::TooLargeForSink {
+                name: name.to_owned(),
+                size,
+                limit,
+                sink: sink.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+fn validate_sink_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid sink name {name:?}: use 1-64 lowercase letters, digits, - and _, starting with a letter or digit"
+        )))
+    }
+}
+
+/// Plan a sink command against the current sink registry.
+fn plan_sink(tx: &Connection, command: Command) -> Result<Planned> {
+    let sinks = load_sinks(tx)?;
+    let get = |name: &str| {
+        sinks.get(name).ok_or_else(|| Error::SinkNotFound {
+            name: name.to_owned(),
+        })
+    };
+    let primary = sinks
+        .values()
+        .find(|s| s.role == SinkRole::Primary)
+        .map(|s| s.name.clone());
+    let role_change = |name: &str, role| Event::SinkRoleChanged {
+        name: name.to_owned(),
+        role,
+    };
+    Ok(match command {
+        Command::AddSink { name, url, role } => {
+            validate_sink_name(&name)?;
+            let parsed = SinkUrl::parse(&url)?;
+            if sinks.contains_key(&name) {
+                return Err(Error::AlreadyExists {
+                    name,
+                    scope: "sink".into(),
+                });
+            }
+            if let Some(same) = sinks
+                .values()
+                .find(|s| SinkUrl::parse(&s.url).ok().as_ref() == Some(&parsed))
+            {
+                return Err(Error::invalid(format!(
+                    "sink {:?} already writes to {url}; two sinks on one backend and prefix would fight",
+                    same.name
+                )));
+            }
+            if let (SinkRole::Primary, Some(p)) = (role, &primary) {
+                return Err(Error::invalid(format!(
+                    "sink {p:?} is the primary; add this one as a backup, then `sledger sink promote {name}`"
+                )));
+            }
+            Planned::Ledger(vec![Event::SinkAdded { name, url, role }])
+        }
+        Command::SetSinkRole { name, role } => {
+            let current = get(&name)?;
+            if current.role == role {
+                Planned::Ledger(vec![])
+            } else if role == SinkRole::Primary && primary.is_some() {
+                return Err(Error::invalid(format!(
+                    "to make {name:?} the primary, use `sledger sink promote {name}`"
+                )));
+            } else if current.role == SinkRole::Primary {
+                return Err(Error::invalid(format!(
+                    "{name:?} is the primary; promote another sink first (`sledger sink promote OTHER`)"
+                )));
+            } else {
+                Planned::Ledger(vec![role_change(&name, role)])
+            }
+        }
+        Command::PromoteSink { name } => {
+            get(&name)?;
+            match primary {
+                Some(p) if p == name => Planned::Ledger(vec![]),
+                Some(p) => Planned::Ledger(vec![
+                    role_change(&p, SinkRole::Backup),
+                    role_change(&name, SinkRole::Primary),
+                ]),
+                None => Planned::Ledger(vec![role_change(&name, SinkRole::Primary)]),
+            }
+        }
+        Command::RemoveSink { name } => {
+            if get(&name)?.role == SinkRole::Primary {
+                return Err(Error::invalid(format!(
+                    "{name:?} is the primary and serves reads; promote another sink before removing it"
+                )));
+            }
+            Planned::Ledger(vec![Event::SinkRemoved { name }])
+        }
+        _ => unreachable!("plan_sink is only called with sink commands"),
+    })
+}
+
 /// The result of planning one command inside the write transaction.
 enum Planned {
+    /// Ledger-level events (sinks); empty when nothing changes.
+    Ledger(Vec<Event>),
     Append {
         secret_id: SecretId,
         event: Event,
@@ -472,6 +669,36 @@ impl Ledger {
         need_keys(self.keys.as_ref())
     }
 
+    /// The connection, for the projector and read modules of this crate.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    pub(crate) fn master_key(&self) -> Result<&MasterKey> {
+        Ok(&self.keys()?.master)
+    }
+
+    /// Connect to an attached sink by name (needs the key: local sinks seal values with it).
+    pub fn open_sink(&self, name: &str) -> Result<(SinkConfig, std::sync::Arc<dyn crate::sink::Sink>)> {
+        let config = self.sink_config(name)?;
+        let sink = SinkUrl::parse(&config.url)?.open(&self.keys()?.sink_seal)?;
+        Ok((config, sink))
+    }
+
+    /// Open a sink by URL with this ledger's sink key (for replays into unattached sinks).
+    pub fn open_sink_url(&self, url: &str) -> Result<std::sync::Arc<dyn crate::sink::Sink>> {
+        SinkUrl::parse(url)?.open(&self.keys()?.sink_seal)
+    }
+
+    /// The attached sinks, by name.
+    pub fn sinks(&self) -> Result<BTreeMap<String, SinkConfig>> {
+        load_sinks(self.catalog()?)
+    }
+
+    pub fn sink_config(&self, name: &str) -> Result<SinkConfig> {
+        self.sinks()?.remove(name).ok_or_else(|| Error::SinkNotFound { name: name.to_owned() })
+    }
+
     /// The last event of the log.
     pub fn head(&self) -> Result<Head> {
         sqlite::head(&self.conn)
@@ -515,13 +742,15 @@ impl Ledger {
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch("DROP TABLE IF EXISTS catalog; DELETE FROM snapshots;")?;
+        tx.execute_batch("DROP TABLE IF EXISTS catalog; DROP TABLE IF EXISTS sinks; DELETE FROM snapshots;")?;
         tx.execute_batch(sqlite::CATALOG_SQL)?;
+        tx.execute_batch(sqlite::SINKS_SQL)?;
         let head = sqlite::head(&tx)?;
         let catalog = fold_log(&sqlite::SqliteLog(&tx), Catalog::default(), head.seq)?;
         for meta in catalog.secrets.values() {
             store_meta(&tx, meta)?;
         }
+        store_sinks(&tx, &catalog.sinks)?;
         meta_set(&tx, "catalog_seq", head.seq as i64)?;
         tx.commit()?;
         tracing::info!(
@@ -575,6 +804,33 @@ impl Ledger {
                         secret: after,
                     });
                 }
+                Planned::Ledger(events) => {
+                    for event in events {
+                        let new = NewEvent {
+                            event_id: uuid::Uuid::now_v7(),
+                            actor: actor.to_owned(),
+                            secret_id: None,
+                            event,
+                        };
+                        let row = chain_next(&mut head, &new, now);
+                        sqlite::insert(&tx, &row)?;
+                        let (event_type, name) = (new.event.event_type(), sink_event_name(&new.event));
+                        let mut sinks = load_sinks(&tx)?;
+                        catalog::apply_sink_event(&mut sinks, &row, new.event)?;
+                        store_sinks(&tx, &sinks)?;
+                        if event_type == "sink.added" {
+                            // A sink re-added under an old name starts from scratch.
+                            tx.execute("DELETE FROM sink_state WHERE name = ?1", [&name])?;
+                            tx.execute("DELETE FROM parked WHERE sink = ?1", [&name])?;
+                        }
+                        tracing::debug!(seq = row.seq, event_type, sink = %name, "appended");
+                        outcomes.push(Outcome::SinkChanged {
+                            seq: row.seq,
+                            event_type,
+                            name,
+                        });
+                    }
+                }
             }
         }
         finish_append(&tx, self.settings, first_seq, head)?;
@@ -620,6 +876,7 @@ fn finish_append(tx: &Connection, settings: LedgerSettings, first_seq: u64, head
             .map(|b| decode_meta(&b?).map(|m| (m.id, m)))
             .collect::<Result<_>>()?;
         let snapshot = Catalog {
+            sinks: load_sinks(tx)?,
             seq: head.seq,
             secrets,
         };
@@ -1030,7 +1287,7 @@ fn replace_values(
     values: SecretValues,
     seq: u64,
 ) -> Result<Planned> {
-    validate::values(&meta.name, &values, settings.max_value_bytes)?;
+    check_size(tx, settings, &meta.name, &values)?;
     let keys = need_keys(keys)?;
     if labels == meta.labels && keys.fingerprint.fingerprints(&values) == meta.fingerprints {
         return Ok(Planned::Nothing(meta));
@@ -1056,6 +1313,10 @@ fn plan(
     seq: u64,
 ) -> Result<Planned> {
     Ok(match command {
+        Command::AddSink { .. }
+        | Command::SetSinkRole { .. }
+        | Command::PromoteSink { .. }
+        | Command::RemoveSink { .. } => plan_sink(tx, command)?,
         Command::Create {
             name,
             scope,
@@ -1064,7 +1325,7 @@ fn plan(
         } => {
             validate::secret_name(&name)?;
             validate::labels(&labels)?;
-            validate::values(&name, &values, settings.max_value_bytes)?;
+            check_size(tx, settings, &name, &values)?;
             let master = &need_keys(keys)?.master;
             ensure_name_free(tx, &namespace(scope, actor), scope, &name)?;
             let id = SecretId::now_v7();

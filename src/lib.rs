@@ -18,6 +18,8 @@ pub mod event;
 pub mod keyfile;
 pub mod ledger;
 pub mod log;
+pub mod project;
+pub mod read;
 pub mod sink;
 pub mod validate;
 

@@ -68,7 +68,10 @@ fn create_get_update_round_trip() {
     assert_eq!(got["version"], 1);
     assert_eq!(got["values"], json!({"user": "admin", "password": "s3cr3t-1"}));
     assert_eq!(got["labels"], json!({"env": "prod"}));
-    assert_eq!(got["source"], "ledger");
+    // Served by the embedded default primary that `init` attached.
+    assert_eq!(got["source"], json!({"kind": "sink", "name": "local", "role": "primary"}));
+    assert_eq!(got["lagging"], false);
+    assert_eq!(env.json(&["secret", "get", "db", "--from", "ledger"])["source"], json!({"kind": "ledger"}));
 
     assert_eq!(
         env.ok(&["secret", "get", "db", "--key", "password"]),
@@ -152,7 +155,7 @@ fn values_from_files_and_json_stdin() {
 fn get_at_time_returns_the_state_then() {
     let env = Env::new();
     env.ok(&["secret", "create", "api", "--value", "token=t1"]);
-    let t1 = env.json_lines(&["log"])[0]["time"].as_str().unwrap().to_owned();
+    let t1 = env.json_lines(&["log", "--secret", "api"])[0]["time"].as_str().unwrap().to_owned();
     std::thread::sleep(std::time::Duration::from_millis(20));
     env.ok(&["secret", "update", "api", "--value", "token=t2"]);
     env.ok(&["secret", "rename", "api", "api2"]);
@@ -313,10 +316,11 @@ fn log_filters_limit_and_json() {
     env.ok(&["secret", "delete", "b"]);
 
     let all = env.json_lines(&["log"]);
-    assert_eq!(all.len(), 4);
+    assert_eq!(all.len(), 5);
+    assert_eq!(all[0]["event_type"], "sink.added", "init attached the local primary");
     assert_eq!(
         all.iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
-        [1, 2, 3, 4]
+        [1, 2, 3, 4, 5]
     );
     assert_eq!(env.json_lines(&["log", "--secret", "a"]).len(), 2);
     assert_eq!(env.json_lines(&["log", "--actor", "bob@test"]).len(), 1);
@@ -329,11 +333,11 @@ fn log_filters_limit_and_json() {
         last.iter()
             .map(|e| e["seq"].as_u64().unwrap())
             .collect::<Vec<_>>(),
-        [3, 4]
+        [4, 5]
     );
-    let t3 = all[2]["time"].as_str().unwrap();
-    let since = env.json_lines(&["log", "--since", t3]);
-    assert!(since.iter().all(|e| e["seq"].as_u64().unwrap() >= 3));
+    let t4 = all[3]["time"].as_str().unwrap();
+    let since = env.json_lines(&["log", "--since", t4]);
+    assert!(since.iter().all(|e| e["seq"].as_u64().unwrap() >= 4));
     assert_eq!(
         env.json_lines(&["log", "--until", "2000-01-01T00:00:00Z"]).len(),
         0
@@ -359,6 +363,8 @@ fn log_follow_prints_new_events() {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let setup: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert_eq!(setup["event_type"], "sink.added");
     let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
     assert_eq!(first["name"], "first");
     env.ok(&["secret", "create", "second", "--value", "k=1"]);
@@ -541,8 +547,9 @@ fn invalid_input_is_rejected_with_clear_errors_and_nothing_appended() {
     env.fails(&["secret", "update", "x", "--remove-key", "k"], USAGE);
     env.fails(&["secret", "update", "x", "--remove-key", "nope"], USAGE);
     env.fails(&["secret", "update", "x", "--value", &big], USAGE);
-    // Only the two good creates were appended.
-    assert_eq!(env.json_lines(&["log"]).len(), 2);
+    // Only the two good creates were appended (after init's sink.added).
+    assert_eq!(env.json_lines(&["log", "--type", "secret.created"]).len(), 2);
+    assert_eq!(env.json_lines(&["log"]).len(), 3);
     env.ok(&["verify"]);
 }
 

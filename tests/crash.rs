@@ -31,6 +31,9 @@ fn import(env: &Env, file: &std::path::Path) -> std::process::Child {
         .args([
             "--format",
             "json",
+            // This test is about the append; projection has its own crash test.
+            "--wait",
+            "0",
             "import",
             "--file",
             file.to_str().unwrap(),

@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
-use super::{Event, Scope, SealedValues};
+use super::{Event, Scope, SealedValues, SinkRole};
 
 /// Payload version written by this build, for every event type.
 pub const CURRENT_VERSION: u32 = 1;
@@ -45,6 +45,24 @@ struct Empty {}
 #[derive(Serialize, Deserialize)]
 struct KeyRotatedV1 {
     key_id: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SinkAddedV1<'a> {
+    name: Cow<'a, str>,
+    url: Cow<'a, str>,
+    role: SinkRole,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SinkRoleChangedV1<'a> {
+    name: Cow<'a, str>,
+    role: SinkRole,
+}
+
+#[derive(Serialize, Deserialize)]
+struct SinkRemovedV1<'a> {
+    name: Cow<'a, str>,
 }
 
 fn config() -> bincode::config::Configuration {
@@ -91,6 +109,18 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
         Event::KeyRotated { key_id } => to_bytes(&KeyRotatedV1 {
             key_id: key_id.clone(),
         }),
+        Event::SinkAdded { name, url, role } => to_bytes(&SinkAddedV1 {
+            name: Cow::Borrowed(name),
+            url: Cow::Borrowed(url),
+            role: *role,
+        }),
+        Event::SinkRoleChanged { name, role } => to_bytes(&SinkRoleChangedV1 {
+            name: Cow::Borrowed(name),
+            role: *role,
+        }),
+        Event::SinkRemoved { name } => to_bytes(&SinkRemovedV1 {
+            name: Cow::Borrowed(name),
+        }),
     };
     (event.event_type(), CURRENT_VERSION, payload)
 }
@@ -128,6 +158,27 @@ pub fn decode(event_type: &str, event_version: u32, payload: &[u8]) -> Result<Ev
         ("key.rotated", 1) => {
             let p: KeyRotatedV1 = from_bytes(payload)?;
             Event::KeyRotated { key_id: p.key_id }
+        }
+        ("sink.added", 1) => {
+            let p: SinkAddedV1 = from_bytes(payload)?;
+            Event::SinkAdded {
+                name: p.name.into_owned(),
+                url: p.url.into_owned(),
+                role: p.role,
+            }
+        }
+        ("sink.role_changed", 1) => {
+            let p: SinkRoleChangedV1 = from_bytes(payload)?;
+            Event::SinkRoleChanged {
+                name: p.name.into_owned(),
+                role: p.role,
+            }
+        }
+        ("sink.removed", 1) => {
+            let p: SinkRemovedV1 = from_bytes(payload)?;
+            Event::SinkRemoved {
+                name: p.name.into_owned(),
+            }
         }
         (t, v) if super::EVENT_TYPES.contains(&t) && v > CURRENT_VERSION => {
             return Err(format!(

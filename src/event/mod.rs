@@ -82,6 +82,72 @@ pub enum Event {
     KeyRotated {
         key_id: String,
     },
+    /// A sink was attached. Its URL never carries credentials (refused at parse time).
+    SinkAdded {
+        name: String,
+        url: String,
+        role: SinkRole,
+    },
+    SinkRoleChanged {
+        name: String,
+        role: SinkRole,
+    },
+    SinkRemoved {
+        name: String,
+    },
+}
+
+/// What a sink is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkRole {
+    /// Serves reads; write commands wait for it.
+    Primary,
+    /// Serves reads when the primary cannot.
+    Backup,
+    /// Written by its projector, never read.
+    Replica,
+    /// Attached but written by no projector: a target for explicit replays.
+    Standby,
+}
+
+impl SinkRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SinkRole::Primary => "primary",
+            SinkRole::Backup => "backup",
+            SinkRole::Replica => "replica",
+            SinkRole::Standby => "standby",
+        }
+    }
+
+    /// Whether a projector keeps this sink up to date.
+    pub fn is_projected(self) -> bool {
+        self != SinkRole::Standby
+    }
+}
+
+impl std::fmt::Display for SinkRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for SinkRole {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "primary" => SinkRole::Primary,
+            "backup" => SinkRole::Backup,
+            "replica" => SinkRole::Replica,
+            "standby" => SinkRole::Standby,
+            other => {
+                return Err(format!(
+                    "unknown role {other:?}; roles: primary, backup, replica, standby"
+                ))
+            }
+        })
+    }
 }
 
 impl Event {
@@ -95,6 +161,9 @@ impl Event {
             Event::SecretRestored => "secret.restored",
             Event::SecretPurged => "secret.purged",
             Event::KeyRotated { .. } => "key.rotated",
+            Event::SinkAdded { .. } => "sink.added",
+            Event::SinkRoleChanged { .. } => "sink.role_changed",
+            Event::SinkRemoved { .. } => "sink.removed",
         }
     }
 
@@ -116,6 +185,9 @@ pub const EVENT_TYPES: &[&str] = &[
     "secret.restored",
     "secret.purged",
     "key.rotated",
+    "sink.added",
+    "sink.role_changed",
+    "sink.removed",
 ];
 
 /// One row of the `events` table.

@@ -19,18 +19,21 @@ pub const APPLICATION_ID: i32 = 0x534c_4447;
 
 /// SQL of the catalog tables, re-run when the catalog is rebuilt.
 pub(crate) const CATALOG_SQL: &str = include_str!("../../schema/ledger/0003_catalog.sql");
+/// SQL of the sink tables (the derived `sinks` is re-created when the catalog is rebuilt).
+pub(crate) const SINKS_SQL: &str = include_str!("../../schema/ledger/0004_sinks.sql");
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
         M::up(include_str!("../../schema/ledger/0001_events.sql")),
         M::up(include_str!("../../schema/ledger/0002_keys_and_settings.sql")),
         M::up(CATALOG_SQL),
+        M::up(SINKS_SQL),
     ])
 }
 
 /// The newest schema version this build knows.
 pub fn schema_version() -> i64 {
-    3
+    4
 }
 
 fn configure(conn: &Connection) -> Result<()> {

@@ -33,6 +33,10 @@ pub struct Global {
     /// Output for people (tables) or scripts (JSON)
     #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
     pub format: Format,
+    /// How long a write waits for the primary sink to apply it (e.g. 500ms, 5s; 0 = don't wait).
+    /// The write is durable in the ledger either way.
+    #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub wait: std::time::Duration,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -57,6 +61,75 @@ pub enum Commands {
     Key(KeyCmd),
     /// Bulk-load secrets from a file, in batched all-or-nothing transactions
     Import(ImportArgs),
+    /// Attach, inspect and manage sinks (where workloads read secrets)
+    #[command(subcommand)]
+    Sink(SinkCmd),
+    /// Bring every projected sink up to the ledger's head
+    Project(ProjectArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RoleArg {
+    Backup,
+    Replica,
+    Standby,
+}
+
+impl RoleArg {
+    pub fn into_role(self) -> sledger::event::SinkRole {
+        self.into()
+    }
+}
+
+impl From<RoleArg> for sledger::event::SinkRole {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Backup => Self::Backup,
+            RoleArg::Replica => Self::Replica,
+            RoleArg::Standby => Self::Standby,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+pub enum SinkCmd {
+    /// Attach a sink: sqlite:///PATH, exec:///PROGRAM?arg=…, memory://NAME (credentials never go in the URL)
+    Add {
+        name: String,
+        url: String,
+        /// backup: serves reads when the primary cannot; replica: written, never read;
+        /// standby: written by no projector, a target for replays
+        #[arg(long, value_enum, default_value_t = RoleArg::Backup)]
+        role: RoleArg,
+    },
+    /// The attached sinks
+    List,
+    /// Role, checkpoint, lag, last error and parked events of every sink
+    Status,
+    /// Make a sink the primary; the old primary becomes a backup
+    Promote { name: String },
+    /// Change a sink's role
+    SetRole {
+        name: String,
+        #[arg(value_enum)]
+        role: RoleArg,
+    },
+    /// Detach a sink (never the primary); its backend is left as it is
+    Remove { name: String },
+    /// Re-apply a sink's parked events
+    Retry { name: String },
+    /// Check that a sink is reachable
+    Check { name: String },
+}
+
+#[derive(Args)]
+pub struct ProjectArgs {
+    /// Keep projecting new events until interrupted (SIGINT/SIGTERM), then stop cleanly
+    #[arg(long)]
+    pub follow: bool,
+    /// Only this sink
+    #[arg(long, value_name = "NAME")]
+    pub sink: Option<String>,
 }
 
 #[derive(Args)]
@@ -106,6 +179,9 @@ pub enum SecretCmd {
         /// RFC 3339 time, e.g. 2026-11-28T12:00:00Z
         #[arg(long, value_name = "TIME")]
         at: Option<String>,
+        /// Where to read from [default: primary, then backup, then the ledger]
+        #[arg(long, value_enum, conflicts_with_all = ["version", "at"])]
+        from: Option<FromArg>,
     },
     /// Change some values or labels; keys not named keep their values
     Update {
@@ -143,6 +219,13 @@ pub enum SecretCmd {
     },
     /// Every change to one secret: versions, actors, keys changed, fingerprints
     History { name: String },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FromArg {
+    Primary,
+    Backup,
+    Ledger,
 }
 
 #[derive(Args)]

@@ -13,6 +13,24 @@ pub struct Context {
     pub key_file: PathBuf,
     pub actor: String,
     pub format: Format,
+    pub wait: std::time::Duration,
+}
+
+/// Run a future to completion on a single-threaded runtime (the ledger's connection stays on
+/// this thread; sinks do their blocking work on tokio's blocking pool).
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime can be built")
+        .block_on(future)
+}
+
+/// Whether the primary applied a write in time.
+pub struct PrimaryWait {
+    pub name: String,
+    pub lag: u64,
+    pub error: Option<String>,
 }
 
 fn default_ledger_path() -> PathBuf {
@@ -44,7 +62,29 @@ impl Context {
             ledger_path,
             actor: global.actor.clone().unwrap_or_else(default_actor),
             format: global.format,
+            wait: global.wait,
         }
+    }
+
+    /// After a write: give the primary sink up to `--wait` to apply it. The write is durable
+    /// in the ledger whatever happens here.
+    pub fn wait_for_primary(&self, ledger: &Ledger) -> Result<Option<PrimaryWait>> {
+        let Some(name) = sledger::project::primary(ledger)? else { return Ok(None) };
+        let opts = sledger::project::ProjectOptions {
+            deadline: Some(std::time::Instant::now() + self.wait),
+            ..Default::default()
+        };
+        let error = if self.wait.is_zero() {
+            None
+        } else {
+            let applied = block_on(async {
+                let (_, sink) = ledger.open_sink(&name)?;
+                sledger::project::project(ledger, &name, &*sink, &opts).await
+            });
+            applied.err().map(|e| e.to_string())
+        };
+        let lag = ledger.head()?.seq.saturating_sub(ledger.checkpoint(&name)?);
+        Ok(Some(PrimaryWait { name, lag, error }))
     }
 
     pub fn json(&self) -> bool {

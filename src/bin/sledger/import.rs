@@ -117,10 +117,15 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
         bar.inc(n);
     }
     bar.finish_and_clear();
+    let primary = ctx.wait_for_primary(&ledger)?;
+    let lag = primary.as_ref().map(|p| p.lag).unwrap_or(0);
     if ctx.json() {
-        output::json_line(&json!({"appended": appended, "unchanged": unchanged}));
+        output::json_line(&json!({"appended": appended, "unchanged": unchanged, "primary_lag": lag}));
     } else {
         println!("imported: {appended} events appended, {unchanged} secrets unchanged");
+        if lag > 0 {
+            eprintln!("note: the primary sink is {lag} events behind; `sledger project` catches it up");
+        }
     }
     Ok(())
 }

@@ -3,7 +3,9 @@
 use anyhow::Result;
 use serde_json::json;
 use sledger::crypto::MASTER_KEY_ENV;
-use sledger::{keyfile, Ledger, LedgerSettings, MasterKey};
+use sledger::event::SinkRole;
+use sledger::sink::SqliteSink;
+use sledger::{keyfile, Command, Ledger, LedgerSettings, MasterKey};
 
 use crate::cli::{InitArgs, KeyCmd};
 use crate::context::Context;
@@ -27,6 +29,8 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     if from_env.is_none() {
         refuse_existing(&ctx.key_file, "key file")?;
     }
+    let sink_file = std::path::absolute(ctx.ledger_path.with_extension("sink.db"))?;
+    refuse_existing(&sink_file, "sink file")?;
     if let Some(dir) = ctx
         .ledger_path
         .parent()
@@ -53,10 +57,19 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
         max_value_bytes: args.max_value_bytes,
         ..LedgerSettings::default()
     };
-    if let Err(e) = Ledger::init(&ctx.ledger_path, key, settings) {
+    // The embedded default: a sqlite sink beside the ledger, as primary. Adding it is an
+    // event like any other, so "who set up the primary" is in the audit log.
+    let made = Ledger::init(&ctx.ledger_path, key, settings).and_then(|mut ledger| {
+        SqliteSink::create(&sink_file)?;
+        let url = format!("sqlite://{}", sink_file.display());
+        ledger.execute(&ctx.actor, vec![Command::AddSink { name: "local".into(), url, role: SinkRole::Primary }])
+    });
+    if let Err(e) = made {
         if !key_from_env {
             let _ = std::fs::remove_file(&ctx.key_file);
         }
+        let _ = std::fs::remove_file(&ctx.ledger_path);
+        let _ = std::fs::remove_file(&sink_file);
         return Err(e.into());
     }
     let key_source = if key_from_env {
@@ -65,9 +78,10 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
         ctx.key_file.display().to_string()
     };
     if ctx.json() {
-        output::json_line(&json!({"ledger": ctx.ledger_path, "key": key_source}));
+        output::json_line(&json!({"ledger": ctx.ledger_path, "key": key_source, "primary_sink": sink_file}));
     } else {
         println!("created ledger {}", ctx.ledger_path.display());
+        println!("primary sink: local (sqlite, {})", sink_file.display());
         println!(
             "master key: {key_source} (keep it safe and backed up: without it no value can be decrypted)"
         );

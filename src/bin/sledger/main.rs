@@ -9,6 +9,7 @@ mod import;
 mod keys;
 mod output;
 mod secret;
+mod sinks;
 mod verify;
 
 use clap::{CommandFactory, FromArgMatches};
@@ -40,6 +41,8 @@ fn main() {
         Commands::Verify(args) => verify::run(&ctx, args),
         Commands::Key(cmd) => keys::run(&ctx, cmd),
         Commands::Import(args) => import::run(&ctx, args),
+        Commands::Sink(cmd) => sinks::run(&ctx, cmd),
+        Commands::Project(args) => sinks::project_cmd(&ctx, args),
     };
     if let Err(err) = result {
         std::process::exit(exit::report(&err));

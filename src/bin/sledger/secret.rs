@@ -6,11 +6,12 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use serde_json::json;
+use sledger::read::{read_latest, ReadFrom, Served};
 use sledger::{Command, Outcome, ReadPoint, Scope, SecretMeta, SecretValues, Status};
 use zeroize::Zeroizing;
 
-use crate::cli::{SecretCmd, ValueArgs};
-use crate::context::Context;
+use crate::cli::{FromArg, SecretCmd, ValueArgs};
+use crate::context::{block_on, Context, PrimaryWait};
 use crate::exit::usage;
 use crate::output;
 
@@ -125,17 +126,30 @@ pub fn meta_json(m: &SecretMeta) -> serde_json::Value {
     })
 }
 
-/// Report what a write did.
-pub fn render_outcomes(ctx: &Context, verb: &str, outcomes: &[Outcome]) {
+/// Report what a write did, and whether the primary has applied it.
+pub fn render_outcomes(ctx: &Context, verb: &str, outcomes: &[Outcome], primary: Option<&PrimaryWait>) {
+    if let Some(p) = primary.filter(|p| p.lag > 0 && !ctx.json()) {
+        eprintln!(
+            "note: the write is durable in the ledger, but primary sink {:?} is behind by {} events{}; \
+             `sledger project` catches it up",
+            p.name,
+            p.lag,
+            p.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+        );
+    }
     for o in outcomes {
         let (secret, seq, changed) = match o {
             Outcome::Appended { seq, secret, .. } => (secret, Some(*seq), true),
             Outcome::Unchanged { secret } => (secret, None, false),
+            Outcome::SinkChanged { .. } => continue,
         };
         if ctx.json() {
             let mut v = meta_json(secret);
             v["result"] = json!(if changed { verb } else { "unchanged" });
             v["seq"] = json!(seq);
+            if let Some(p) = primary {
+                v["primary"] = json!({"name": p.name, "lag": p.lag, "error": p.error});
+            }
             output::json_line(&v);
         } else if changed {
             println!(
@@ -157,7 +171,8 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
     let write = |verb: &str, command: Command| -> Result<()> {
         let mut ledger = ctx.open_unlocked()?;
         let outcomes = ledger.execute(&ctx.actor, vec![command])?;
-        render_outcomes(ctx, verb, &outcomes);
+        let primary = ctx.wait_for_primary(&ledger)?;
+        render_outcomes(ctx, verb, &outcomes, primary.as_ref());
         Ok(())
     };
     match cmd {
@@ -221,25 +236,33 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
             }
             write("purged", Command::Purge { name })
         }
-        SecretCmd::Get {
-            name,
-            key,
-            version,
-            at,
-        } => get(ctx, &name, key.as_deref(), version, at.as_deref()),
+        SecretCmd::Get { name, key, version, at, from } => {
+            get(ctx, &name, key.as_deref(), version, at.as_deref(), from)
+        }
         SecretCmd::List { labels, deleted } => list(ctx, &labels, deleted),
         SecretCmd::History { name } => history(ctx, &name),
     }
 }
 
-fn get(ctx: &Context, name: &str, key: Option<&str>, version: Option<u32>, at: Option<&str>) -> Result<()> {
-    let point = match (version, at) {
-        (Some(v), _) => ReadPoint::Version(v),
-        (None, Some(t)) => ReadPoint::At(output::parse_time("--at", t)?),
-        (None, None) => ReadPoint::Latest,
-    };
+fn get(ctx: &Context, name: &str, key: Option<&str>, version: Option<u32>, at: Option<&str>, from: Option<FromArg>) -> Result<()> {
     let ledger = ctx.open_unlocked()?;
-    let read = ledger.read(&ctx.actor, name, point)?;
+    let served = match (version, at) {
+        (Some(v), _) => Served::from_ledger(ledger.read(&ctx.actor, name, ReadPoint::Version(v))?),
+        (None, Some(t)) => Served::from_ledger(ledger.read(&ctx.actor, name, ReadPoint::At(output::parse_time("--at", t)?))?),
+        (None, None) => {
+            let from = match from {
+                None => ReadFrom::Auto,
+                Some(FromArg::Primary) => ReadFrom::Primary,
+                Some(FromArg::Backup) => ReadFrom::Backup,
+                Some(FromArg::Ledger) => ReadFrom::Ledger,
+            };
+            block_on(read_latest(&ledger, &ctx.actor, name, from))?
+        }
+    };
+    for (sink, why) in &served.skipped {
+        tracing::info!(sink = %sink, reason = %why, "read fell through to the next source");
+    }
+    let read = &served.read;
     if let Some(k) = key {
         let value = read.values.get(k).ok_or_else(|| {
             sledger::Error::NotFound(format!(
@@ -249,11 +272,11 @@ fn get(ctx: &Context, name: &str, key: Option<&str>, version: Option<u32>, at: O
             ))
         })?;
         if ctx.json() {
-            output::json_line(
-                &json!({"name": read.meta.name, "version": read.version, "key": k, "value": value, "source": "ledger"}),
-            );
+            output::json_line(&json!({"name": read.meta.name, "version": read.version, "key": k, "value": value,
+                "source": served.source, "lagging": served.lagging}));
         } else {
             println!("{value}");
+            note_source(&served);
         }
         return Ok(());
     }
@@ -267,17 +290,20 @@ fn get(ctx: &Context, name: &str, key: Option<&str>, version: Option<u32>, at: O
             "seq": read.seq,
             "recorded_at": output::time(read.recorded_at),
             "labels": read.meta.labels,
-            "source": "ledger",
-            "lagging": false,
+            "source": served.source,
+            "lagging": served.lagging,
+            "skipped": served.skipped.iter().map(|(s, why)| json!({"sink": s, "reason": why})).collect::<Vec<_>>(),
             "values": values,
         }));
     } else {
+        let lag = if served.lagging { ", behind the ledger" } else { "" };
         println!(
-            "{} (version {}, seq {}, {}; source: ledger)",
+            "{} (version {}, seq {}, {}; source: {}{lag})",
             read.meta.name,
             read.version,
             read.seq,
-            output::time(read.recorded_at)
+            output::time(read.recorded_at),
+            served.source
         );
         let mut t = output::table(&["KEY", "VALUE"]);
         // Never wrap a value: a token broken across lines is a broken token when copied.
@@ -286,8 +312,19 @@ fn get(ctx: &Context, name: &str, key: Option<&str>, version: Option<u32>, at: O
             t.add_row(vec![k, v]);
         }
         println!("{t}");
+        note_source(&served);
     }
     Ok(())
+}
+
+/// Say on stderr when a read did not come from the first choice (stdout stays just the value).
+fn note_source(served: &Served) {
+    for (sink, why) in &served.skipped {
+        eprintln!("note: sink {sink:?} could not serve this read: {why}");
+    }
+    if served.lagging {
+        eprintln!("note: {} holds an older version than the ledger; `sledger project` catches it up", served.source);
+    }
 }
 
 fn list(ctx: &Context, labels: &[String], deleted: bool) -> Result<()> {

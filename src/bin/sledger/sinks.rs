@@ -1,0 +1,239 @@
+//! `sledger sink …` and `sledger project`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use serde_json::json;
+use sledger::event::SinkRole;
+use sledger::project::{self, ProjectOptions, ProjectReport};
+use sledger::sink::{SinkUrl, SqliteSink};
+use sledger::{Command, Ledger};
+
+use crate::cli::{ProjectArgs, SinkCmd};
+use crate::context::{block_on, Context};
+use crate::output;
+
+/// A sqlite sink's file is made when the sink is added (never silently on open: a missing
+/// file is an outage, not an empty sink).
+pub fn prepare_backend(url: &str) -> Result<()> {
+    if let SinkUrl::Sqlite { path, .. } = SinkUrl::parse(url)? {
+        if !path.exists() {
+            SqliteSink::create(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn change(ctx: &Context, ledger: &mut Ledger, command: Command, verb: &str, name: &str) -> Result<()> {
+    let outcomes = ledger.execute(&ctx.actor, vec![command])?;
+    let changed = !outcomes.is_empty();
+    if ctx.json() {
+        output::json_line(&json!({"sink": name, "result": if changed { verb } else { "unchanged" }}));
+    } else if changed {
+        println!("sink {name} {verb}");
+    } else {
+        println!("sink {name} unchanged");
+    }
+    Ok(())
+}
+
+pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
+    match cmd {
+        SinkCmd::Add { name, url, role } => {
+            let mut ledger = ctx.open_unlocked()?;
+            SinkUrl::parse(&url)?;
+            prepare_backend(&url)?;
+            change(ctx, &mut ledger, Command::AddSink { name: name.clone(), url, role: role.into() }, "added", &name)?;
+            if !ctx.json() && role.into_role().is_projected() {
+                println!("run `sledger project` to bring it up to date");
+            }
+            Ok(())
+        }
+        SinkCmd::Promote { name } => {
+            let mut ledger = ctx.open_unlocked()?;
+            change(ctx, &mut ledger, Command::PromoteSink { name: name.clone() }, "promoted to primary", &name)
+        }
+        SinkCmd::SetRole { name, role } => {
+            let mut ledger = ctx.open_unlocked()?;
+            let verb = format!("is now {}", SinkRole::from(role));
+            change(ctx, &mut ledger, Command::SetSinkRole { name: name.clone(), role: role.into() }, &verb, &name)
+        }
+        SinkCmd::Remove { name } => {
+            let mut ledger = ctx.open_unlocked()?;
+            change(ctx, &mut ledger, Command::RemoveSink { name: name.clone() }, "removed", &name)
+        }
+        SinkCmd::List => list(ctx),
+        SinkCmd::Status => status(ctx),
+        SinkCmd::Retry { name } => {
+            let ledger = ctx.open_unlocked()?;
+            let (fixed, still) = block_on(async {
+                let (_, sink) = ledger.open_sink(&name)?;
+                project::retry_parked(&ledger, &name, &*sink, &ProjectOptions::default()).await
+            })?;
+            if ctx.json() {
+                output::json_line(&json!({"sink": name, "applied": fixed, "still_parked": still}));
+            } else {
+                println!("sink {name}: {fixed} parked events applied, {still} still parked");
+            }
+            Ok(())
+        }
+        SinkCmd::Check { name } => {
+            let ledger = ctx.open_unlocked()?;
+            block_on(async {
+                let (_, sink) = ledger.open_sink(&name)?;
+                sink.health().await
+            })?;
+            if ctx.json() {
+                output::json_line(&json!({"sink": name, "healthy": true}));
+            } else {
+                println!("sink {name} is reachable");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn list(ctx: &Context) -> Result<()> {
+    let sinks = ctx.open()?.sinks()?;
+    if ctx.json() {
+        let rows: Vec<_> = sinks.values().map(|s| json!({"name": s.name, "role": s.role, "url": s.url})).collect();
+        output::json_line(&rows);
+        return Ok(());
+    }
+    let mut t = output::table(&["NAME", "ROLE", "URL"]);
+    for s in sinks.values() {
+        t.add_row(vec![s.name.clone(), s.role.to_string(), s.url.clone()]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+fn status(ctx: &Context) -> Result<()> {
+    let statuses = ctx.open()?.sink_status()?;
+    if ctx.json() {
+        output::json_line(&statuses);
+        return Ok(());
+    }
+    let mut t = output::table(&["NAME", "ROLE", "CHECKPOINT", "LAG", "PARKED", "LAST ERROR"]);
+    for s in &statuses {
+        let error = match (&s.last_error, s.last_error_at) {
+            (Some(e), Some(at)) => format!("{} at {e}", output::time(at)),
+            (Some(e), None) => e.clone(),
+            _ => String::new(),
+        };
+        let lag = if s.role.is_projected() { s.lag.to_string() } else { "-".into() };
+        t.add_row(vec![s.name.clone(), s.role.to_string(), s.checkpoint.to_string(), lag, s.parked.to_string(), error]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// Project every projected sink (or one) once; failures are reported per sink.
+async fn project_all(ledger: &Ledger, only: Option<&str>) -> Result<Vec<(String, sledger::Result<ProjectReport>)>> {
+    let sinks: Vec<_> = ledger
+        .sinks()?
+        .into_values()
+        .filter(|s| s.role.is_projected() && only.is_none_or(|o| o == s.name))
+        .collect();
+    if let Some(o) = only {
+        if sinks.is_empty() {
+            ledger.sink_config(o)?; // not found, or a standby: say which
+            anyhow::bail!(crate::exit::usage(format!("sink {o:?} is a standby: no projector writes it (use a replay)")));
+        }
+    }
+    let runs = sinks.iter().map(|s| async move {
+        let result = async {
+            let (_, sink) = ledger.open_sink(&s.name)?;
+            project::project(ledger, &s.name, &*sink, &ProjectOptions::default()).await
+        }
+        .await;
+        (s.name.clone(), result)
+    });
+    Ok(futures::future::join_all(runs).await)
+}
+
+pub fn project_cmd(ctx: &Context, args: ProjectArgs) -> Result<()> {
+    let ledger = ctx.open_unlocked()?;
+    if args.follow {
+        return follow(ctx, &ledger, args.sink.as_deref());
+    }
+    let results = block_on(project_all(&ledger, args.sink.as_deref()))?;
+    let mut first_error = None;
+    let mut t = output::table(&["SINK", "EVENTS", "WRITES", "PARKED", "CHECKPOINT", "LAG", "ERROR"]);
+    for (name, result) in results {
+        let head = ledger.head()?.seq;
+        let checkpoint = ledger.checkpoint(&name)?;
+        let (events, writes, parked, error) = match &result {
+            Ok(r) => (r.events, r.writes, r.parked, String::new()),
+            Err(e) => (0, 0, 0, e.to_string()),
+        };
+        if ctx.json() {
+            output::json_line(&json!({"sink": name, "events": events, "writes": writes, "parked": parked,
+                "checkpoint": checkpoint, "lag": head - checkpoint, "error": result.as_ref().err().map(|e| e.to_string())}));
+        } else {
+            t.add_row(vec![name.clone(), events.to_string(), writes.to_string(), parked.to_string(),
+                checkpoint.to_string(), (head - checkpoint).to_string(), error]);
+        }
+        if let Err(e) = result {
+            first_error.get_or_insert(e);
+        }
+    }
+    if !ctx.json() {
+        println!("{t}");
+    }
+    match first_error {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// Project continuously until SIGINT or SIGTERM; a signal lets the current batch finish.
+fn follow(ctx: &Context, ledger: &Ledger, only: Option<&str>) -> Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    block_on(async {
+        let stop_on_signal = stop.clone();
+        tokio::spawn(async move {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            stop_on_signal.store(true, Ordering::SeqCst);
+        });
+        let mut failures = 0u32;
+        while !stop.load(Ordering::SeqCst) {
+            let results = project_all(ledger, only).await?;
+            let mut failed = false;
+            for (name, result) in results {
+                match result {
+                    Ok(r) if r.events > 0 => {
+                        if ctx.json() {
+                            output::json_line(&json!({"sink": name, "events": r.events, "writes": r.writes, "checkpoint": r.checkpoint}));
+                        } else {
+                            println!("{name}: {} events, {} writes, checkpoint {}", r.events, r.writes, r.checkpoint);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        failed = true;
+                        eprintln!("{name}: {e} (retrying)");
+                    }
+                }
+            }
+            failures = if failed { (failures + 1).min(6) } else { 0 };
+            // Poll for new events; back off while a sink keeps failing.
+            let pause = Duration::from_millis(200) * (1 << failures);
+            let deadline = tokio::time::Instant::now() + pause;
+            while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        if !ctx.json() {
+            println!("stopped");
+        }
+        Ok(())
+    })
+}

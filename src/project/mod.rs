@@ -1,0 +1,369 @@
+//! Projectors: bring a sink up to the ledger's head (DESIGN.md §7).
+//!
+//! Events after the sink's checkpoint are read in batches; each batch is compacted to the
+//! final state of every secret it touches (so 1 000 updates of one secret cost one write),
+//! applied with bounded concurrency, and the checkpoint moves past the batch only once every
+//! write in it succeeded. Temporary errors are retried with jittered exponential backoff; a
+//! permanent error for one secret parks that secret's event (visible in `sink status`, retried
+//! by `sink retry`) instead of blocking the sink. Delivery is at-least-once: sinks are idempotent.
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use rand::Rng;
+use rusqlite::{params, OptionalExtension};
+use serde::Serialize;
+
+use crate::catalog::{self, SecretMeta, Status};
+use crate::error::{Error, Result};
+use crate::event::{Millis, SinkRole};
+use crate::ledger::{load_meta, now_ms, open_values_at, Ledger};
+use crate::log::sqlite;
+use crate::sink::{DeleteMode, Sink, SinkRecord};
+use crate::SecretId;
+
+/// How a projector runs.
+#[derive(Debug, Clone)]
+pub struct ProjectOptions {
+    /// Events read per batch (the unit of compaction and of checkpointing).
+    pub batch_events: u64,
+    /// In-flight writes; `None` uses the sink's `max_concurrency`.
+    pub concurrency: Option<usize>,
+    /// Tries per write for temporary errors, before the batch gives up.
+    pub max_attempts: u32,
+    pub base_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Stop (between batches, or while backing off) after this instant.
+    pub deadline: Option<Instant>,
+}
+
+impl Default for ProjectOptions {
+    fn default() -> Self {
+        ProjectOptions {
+            batch_events: 1000,
+            concurrency: None,
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            deadline: None,
+        }
+    }
+}
+
+/// One write to a sink: the final state of one secret as of a batch's end.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put(SinkRecord),
+    Delete { id: SecretId, seq: u64, how: DeleteMode },
+}
+
+impl Op {
+    fn target(&self) -> (SecretId, u64) {
+        match self {
+            Op::Put(r) => (r.id, r.seq),
+            Op::Delete { id, seq, .. } => (*id, *seq),
+        }
+    }
+
+    async fn apply(&self, sink: &dyn Sink) -> Result<()> {
+        match self {
+            Op::Put(record) => sink.put(record).await,
+            Op::Delete { id, how, .. } => sink.delete(*id, *how).await,
+        }
+    }
+}
+
+/// What a projector run did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ProjectReport {
+    /// Events the checkpoint moved past.
+    pub events: u64,
+    /// Writes sent to the sink (after compaction).
+    pub writes: u64,
+    /// Secrets newly parked.
+    pub parked: u64,
+    pub checkpoint: u64,
+    pub head: u64,
+}
+
+/// A sink's projection state, for `sink status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkStatus {
+    pub name: String,
+    pub url: String,
+    pub role: SinkRole,
+    pub checkpoint: u64,
+    pub head: u64,
+    /// head − checkpoint (0 for standby sinks, which no projector writes).
+    pub lag: u64,
+    pub parked: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<Millis>,
+    pub last_applied_at: Option<Millis>,
+}
+
+/// A parked secret of a sink.
+#[derive(Debug, Clone, Serialize)]
+pub struct Parked {
+    pub secret_id: SecretId,
+    pub seq: u64,
+    pub error: String,
+    pub parked_at: Millis,
+}
+
+impl Ledger {
+    /// Every event ≤ the checkpoint has been applied to (or parked for) the sink.
+    pub fn checkpoint(&self, sink: &str) -> Result<u64> {
+        let cp: Option<i64> = self
+            .conn()
+            .prepare_cached("SELECT checkpoint FROM sink_state WHERE name = ?1")?
+            .query_row([sink], |r| r.get(0))
+            .optional()?;
+        Ok(cp.unwrap_or(0) as u64)
+    }
+
+    /// Move a sink's checkpoint forward (never back: two projectors may race).
+    fn save_checkpoint(&self, sink: &str, seq: u64) -> Result<()> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO sink_state (name, checkpoint, last_applied_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET checkpoint = max(checkpoint, excluded.checkpoint),
+                 last_applied_at = excluded.last_applied_at, last_error = NULL, last_error_at = NULL",
+            )?
+            .execute(params![sink, seq as i64, now_ms()])?;
+        Ok(())
+    }
+
+    fn record_sink_error(&self, sink: &str, error: &str) -> Result<()> {
+        self.conn()
+            .prepare_cached(
+                "INSERT INTO sink_state (name, last_error, last_error_at) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error, last_error_at = excluded.last_error_at",
+            )?
+            .execute(params![sink, error, now_ms()])?;
+        Ok(())
+    }
+
+    fn park(&self, sink: &str, id: SecretId, seq: u64, error: &str) -> Result<()> {
+        self.conn()
+            .prepare_cached("INSERT OR REPLACE INTO parked (sink, secret_id, seq, error, parked_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
+            .execute(params![sink, id.as_bytes().as_slice(), seq as i64, error, now_ms()])?;
+        Ok(())
+    }
+
+    fn unpark(&self, sink: &str, id: SecretId) -> Result<()> {
+        self.conn()
+            .prepare_cached("DELETE FROM parked WHERE sink = ?1 AND secret_id = ?2")?
+            .execute(params![sink, id.as_bytes().as_slice()])?;
+        Ok(())
+    }
+
+    /// The secrets a sink refused permanently.
+    pub fn parked(&self, sink: &str) -> Result<Vec<Parked>> {
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT secret_id, seq, error, parked_at FROM parked WHERE sink = ?1 ORDER BY seq")?;
+        let rows = stmt.query_map([sink], |r| {
+            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+        })?;
+        rows.map(|row| {
+            let (id, seq, error, parked_at) = row?;
+            let secret_id = SecretId::from_slice(&id).map_err(|_| Error::Corrupt("a parked secret id is not a UUID".into()))?;
+            Ok(Parked { secret_id, seq: seq as u64, error, parked_at })
+        })
+        .collect()
+    }
+
+    /// Projection state of every attached sink.
+    pub fn sink_status(&self) -> Result<Vec<SinkStatus>> {
+        let head = self.head()?.seq;
+        let mut out = Vec::new();
+        for config in self.sinks()?.into_values() {
+            let state: Option<(i64, Option<String>, Option<i64>, Option<i64>)> = self
+                .conn()
+                .prepare_cached("SELECT checkpoint, last_error, last_error_at, last_applied_at FROM sink_state WHERE name = ?1")?
+                .query_row([&config.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+                .optional()?;
+            let (checkpoint, last_error, last_error_at, last_applied_at) = state.unwrap_or((0, None, None, None));
+            let parked: i64 = self
+                .conn()
+                .prepare_cached("SELECT count(*) FROM parked WHERE sink = ?1")?
+                .query_row([&config.name], |r| r.get(0))?;
+            let checkpoint = checkpoint as u64;
+            out.push(SinkStatus {
+                lag: if config.role.is_projected() { head.saturating_sub(checkpoint) } else { 0 },
+                name: config.name,
+                url: config.url,
+                role: config.role,
+                checkpoint,
+                head,
+                parked: parked as u64,
+                last_error,
+                last_error_at,
+                last_applied_at,
+            })
+        }
+        Ok(out)
+    }
+
+    /// The state of secret `id` just after event `seq`.
+    fn meta_at(&self, id: SecretId, seq: u64) -> Result<Option<SecretMeta>> {
+        if let Some(current) = load_meta(self.conn(), id)? {
+            if current.updated_seq <= seq {
+                return Ok(Some(current));
+            }
+        }
+        // The secret changed after `seq`: fold its own events up to there.
+        let mut state = None;
+        sqlite::scan_secret(self.conn(), id, seq, &mut |e| {
+            state = catalog::apply(state.take(), &e, e.decode()?)?;
+            Ok(true)
+        })?;
+        Ok(state)
+    }
+
+    /// The write that makes a sink hold secret `id` as it was after event `seq`.
+    pub fn op_at(&self, id: SecretId, seq: u64) -> Result<Option<Op>> {
+        let Some(meta) = self.meta_at(id, seq)? else { return Ok(None) };
+        let seq = meta.updated_seq;
+        Ok(Some(match meta.status {
+            Status::Deleted => Op::Delete { id, seq, how: DeleteMode::Soft },
+            Status::Purged => Op::Delete { id, seq, how: DeleteMode::Purge },
+            Status::Live => match open_values_at(self.conn(), self.master_key()?, &meta, meta.value_seq) {
+                Ok((values, _)) => Op::Put(SinkRecord {
+                    id,
+                    name: meta.name,
+                    scope: meta.scope,
+                    owner: meta.owner,
+                    labels: meta.labels,
+                    seq,
+                    version: meta.version,
+                    values,
+                }),
+                // Purged since: its values are gone, and so must the object be.
+                Err(Error::Purged { .. }) => Op::Delete { id, seq, how: DeleteMode::Purge },
+                Err(e) => return Err(e),
+            },
+        }))
+    }
+
+    /// The compacted writes for events `after+1 ..= through`: one per secret, in the order of
+    /// each secret's last event.
+    pub fn compacted_ops(&self, after: u64, through: u64) -> Result<Vec<Op>> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT secret_id, max(seq) AS last FROM events WHERE seq > ?1 AND seq <= ?2 AND secret_id IS NOT NULL
+             GROUP BY secret_id ORDER BY last",
+        )?;
+        let touched: Vec<Vec<u8>> =
+            stmt.query_map(params![after as i64, through as i64], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let mut ops = Vec::with_capacity(touched.len());
+        for id in touched {
+            let id = SecretId::from_slice(&id).map_err(|_| Error::Corrupt("an event's secret id is not a UUID".into()))?;
+            ops.extend(self.op_at(id, through)?);
+        }
+        Ok(ops)
+    }
+}
+
+fn backoff(opts: &ProjectOptions, attempt: u32) -> Duration {
+    let cap = opts.base_backoff.saturating_mul(1 << attempt.min(16)).min(opts.max_backoff);
+    // Full jitter: concurrent retries spread out instead of hammering the backend in step.
+    Duration::from_millis(rand::thread_rng().gen_range(0..=cap.as_millis() as u64))
+}
+
+fn past(deadline: Option<Instant>) -> bool {
+    deadline.is_some_and(|d| Instant::now() >= d)
+}
+
+/// Apply one write, retrying temporary errors with jittered exponential backoff.
+async fn apply_with_retry(sink: &dyn Sink, op: &Op, opts: &ProjectOptions) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        match op.apply(sink).await {
+            Err(e) if e.is_temporary() && attempt + 1 < opts.max_attempts && !past(opts.deadline) => {
+                tracing::debug!(sink = sink.kind(), attempt, error = %e, "temporary sink error; backing off");
+                tokio::time::sleep(backoff(opts, attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Apply writes with at most `concurrency` in flight; returns each op's result.
+async fn apply_all<'a>(sink: &dyn Sink, ops: &'a [Op], opts: &ProjectOptions) -> Vec<(&'a Op, Result<()>)> {
+    let concurrency = opts.concurrency.unwrap_or(sink.capabilities().max_concurrency).max(1);
+    futures::stream::iter(ops)
+        .map(|op| async move { (op, apply_with_retry(sink, op, opts).await) })
+        .buffer_unordered(concurrency)
+        .collect()
+        .await
+}
+
+/// Bring sink `name` (already opened as `sink`) up to the ledger's head, batch by batch.
+///
+/// Returns when the sink is caught up, or with the sink's error when a batch could not be
+/// applied (the checkpoint stays before that batch), or early at `opts.deadline`.
+pub async fn project(ledger: &Ledger, name: &str, sink: &dyn Sink, opts: &ProjectOptions) -> Result<ProjectReport> {
+    let mut report = ProjectReport::default();
+    loop {
+        let checkpoint = ledger.checkpoint(name)?;
+        let head = ledger.head()?.seq;
+        report.checkpoint = checkpoint;
+        report.head = head;
+        if checkpoint >= head || past(opts.deadline) {
+            return Ok(report);
+        }
+        let through = head.min(checkpoint + opts.batch_events.max(1));
+        let ops = ledger.compacted_ops(checkpoint, through)?;
+        let mut failed = None;
+        for (op, result) in apply_all(sink, &ops, opts).await {
+            match result {
+                Ok(()) => report.writes += 1,
+                Err(e) if e.is_temporary() => failed = Some(e),
+                Err(e) => {
+                    let (id, seq) = op.target();
+                    tracing::warn!(sink = name, secret = %id, seq, error = %e, "parking a write the sink refused");
+                    ledger.park(name, id, seq, &e.to_string())?;
+                    report.parked += 1;
+                }
+            }
+        }
+        if let Some(e) = failed {
+            ledger.record_sink_error(name, &e.to_string())?;
+            return Err(e);
+        }
+        ledger.save_checkpoint(name, through)?;
+        report.events += through - checkpoint;
+        report.checkpoint = through;
+    }
+}
+
+/// Re-apply a sink's parked secrets at their current state; returns (fixed, still parked).
+pub async fn retry_parked(ledger: &Ledger, name: &str, sink: &dyn Sink, opts: &ProjectOptions) -> Result<(u64, u64)> {
+    let head = ledger.head()?.seq;
+    let (mut fixed, mut still) = (0, 0);
+    for parked in ledger.parked(name)? {
+        let Some(op) = ledger.op_at(parked.secret_id, head)? else {
+            ledger.unpark(name, parked.secret_id)?;
+            continue;
+        };
+        match apply_with_retry(sink, &op, opts).await {
+            Ok(()) => {
+                ledger.unpark(name, parked.secret_id)?;
+                fixed += 1;
+            }
+            Err(e) if e.is_temporary() => return Err(e),
+            Err(e) => {
+                ledger.park(name, parked.secret_id, op.target().1, &e.to_string())?;
+                still += 1;
+            }
+        }
+    }
+    Ok((fixed, still))
+}
+
+/// The primary's name, if there is one.
+pub fn primary(ledger: &Ledger) -> Result<Option<String>> {
+    Ok(ledger.sinks()?.into_values().find(|s| s.role == SinkRole::Primary).map(|s| s.name))
+}
