@@ -4,7 +4,9 @@
 //!
 //! Options: `--dir DIR` (required), `--sleep-ms N` (wait N ms per request, to stand in for
 //! network latency in benchmarks), `--fail-if-exists FILE` (answer every request with a
-//! temporary error while FILE exists, to stand in for an outage).
+//! temporary error while FILE exists, to stand in for an outage), `--refuse-if-exists FILE`
+//! (while FILE exists, refuse puts of secrets whose name contains "poison" with a permanent
+//! error, to stand in for a backend rejecting one secret).
 //!
 //! The protocol is documented in README.md ("The exec plug-in protocol") and src/sink/exec.rs.
 
@@ -17,17 +19,19 @@ struct Options {
     dir: PathBuf,
     sleep_ms: u64,
     fail_if_exists: Option<PathBuf>,
+    refuse_if_exists: Option<PathBuf>,
 }
 
 fn options() -> Result<Options, String> {
     let mut args = std::env::args().skip(1);
-    let (mut dir, mut sleep_ms, mut fail_if_exists) = (None, 0, None);
+    let (mut dir, mut sleep_ms, mut fail_if_exists, mut refuse_if_exists) = (None, 0, None, None);
     while let Some(a) = args.next() {
         let mut value = || args.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
             "--dir" => dir = Some(PathBuf::from(value()?)),
             "--sleep-ms" => sleep_ms = value()?.parse().map_err(|_| "--sleep-ms needs a number")?,
             "--fail-if-exists" => fail_if_exists = Some(PathBuf::from(value()?)),
+            "--refuse-if-exists" => refuse_if_exists = Some(PathBuf::from(value()?)),
             other => return Err(format!("unknown option {other}")),
         }
     }
@@ -35,6 +39,7 @@ fn options() -> Result<Options, String> {
         dir: dir.ok_or("--dir is required")?,
         sleep_ms,
         fail_if_exists,
+        refuse_if_exists,
     })
 }
 
@@ -91,6 +96,10 @@ fn handle(o: &Options, req: &Value) -> Result<Value, String> {
             let path = object_path(&o.dir, &object()?)?;
             let _guard = lock(&path)?;
             let record = &req["record"];
+            let poisoned = record["name"].as_str().is_some_and(|n| n.contains("poison"));
+            if poisoned && o.refuse_if_exists.as_ref().is_some_and(|f| f.exists()) {
+                return Err("this backend refuses secrets named *poison*".into());
+            }
             // Never let an older record overwrite a newer one.
             if let Some(old) = read(&path)? {
                 if old["record"]["seq"].as_u64() > record["seq"].as_u64() {

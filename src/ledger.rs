@@ -696,7 +696,9 @@ impl Ledger {
     }
 
     pub fn sink_config(&self, name: &str) -> Result<SinkConfig> {
-        self.sinks()?.remove(name).ok_or_else(|| Error::SinkNotFound { name: name.to_owned() })
+        self.sinks()?.remove(name).ok_or_else(|| Error::SinkNotFound {
+            name: name.to_owned(),
+        })
     }
 
     /// The last event of the log.
@@ -1238,6 +1240,9 @@ fn describe(
         Event::SecretRenamed { from, to } => Some(format!("renamed {from} → {to}")),
         Event::KeyRotated { key_id } => Some(format!("master key is now {key_id}")),
         Event::SecretPurged => Some("data key destroyed; every version is unreadable".into()),
+        Event::SinkAdded { name, url, role } => Some(format!("sink {name} added as {role}: {url}")),
+        Event::SinkRoleChanged { name, role } => Some(format!("sink {name} is now {role}")),
+        Event::SinkRemoved { name } => Some(format!("sink {name} removed")),
         _ => None,
     };
     let labels = match event {

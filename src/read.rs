@@ -49,7 +49,12 @@ pub struct Served {
 impl Served {
     /// A read the ledger itself served (historical reads always are).
     pub fn from_ledger(read: SecretRead) -> Self {
-        Served { read, source: Source::Ledger, lagging: false, skipped: Vec::new() }
+        Served {
+            read,
+            source: Source::Ledger,
+            lagging: false,
+            skipped: Vec::new(),
+        }
     }
 }
 
@@ -62,14 +67,23 @@ pub async fn read_latest(ledger: &Ledger, actor: &str, name: &str, from: ReadFro
         ReadFrom::Primary => sinks.values().filter(|s| s.role == SinkRole::Primary).collect(),
         ReadFrom::Backup => sinks.values().filter(|s| s.role == SinkRole::Backup).collect(),
         ReadFrom::Auto => {
-            let mut v: Vec<_> = sinks.values().filter(|s| matches!(s.role, SinkRole::Primary | SinkRole::Backup)).collect();
+            let mut v: Vec<_> = sinks
+                .values()
+                .filter(|s| matches!(s.role, SinkRole::Primary | SinkRole::Backup))
+                .collect();
             v.sort_by_key(|s| s.role);
             v
         }
     };
     if wanted.is_empty() && from != ReadFrom::Ledger && from != ReadFrom::Auto {
-        let role = if from == ReadFrom::Primary { "primary" } else { "backup" };
-        return Err(Error::NotFound(format!("there is no {role} sink; `sledger sink list` shows the sinks")));
+        let role = if from == ReadFrom::Primary {
+            "primary"
+        } else {
+            "backup"
+        };
+        return Err(Error::NotFound(format!(
+            "there is no {role} sink; `sledger sink list` shows the sinks"
+        )));
     }
     let mut skipped = Vec::new();
     for config in wanted {
@@ -79,19 +93,44 @@ pub async fn read_latest(ledger: &Ledger, actor: &str, name: &str, from: ReadFro
         };
         match attempt.await {
             Ok(Some(record)) => {
-                let recorded_at = sqlite::get(ledger.conn(), record.seq)?.map(|e| e.recorded_at).unwrap_or_default();
+                let recorded_at = sqlite::get(ledger.conn(), record.seq)?
+                    .map(|e| e.recorded_at)
+                    .unwrap_or_default();
                 let lagging = record.seq < meta.updated_seq;
-                let read = SecretRead { version: record.version, seq: record.seq, recorded_at, meta, values: record.values };
-                return Ok(Served { read, source: Source::Sink { name: config.name.clone(), role: config.role }, lagging, skipped });
+                let read = SecretRead {
+                    version: record.version,
+                    seq: record.seq,
+                    recorded_at,
+                    meta,
+                    values: record.values,
+                };
+                return Ok(Served {
+                    read,
+                    source: Source::Sink {
+                        name: config.name.clone(),
+                        role: config.role,
+                    },
+                    lagging,
+                    skipped,
+                });
             }
             Ok(None) => skipped.push((config.name.clone(), "does not hold this secret".to_owned())),
             Err(e) => skipped.push((config.name.clone(), e.to_string())),
         }
         if from != ReadFrom::Auto {
             let (sink, why) = skipped.pop().expect("just pushed");
-            return Err(Error::sink("read", format!("sink {sink:?} cannot serve {name:?}: {why}"), true));
+            return Err(Error::sink(
+                "read",
+                format!("sink {sink:?} cannot serve {name:?}: {why}"),
+                true,
+            ));
         }
     }
     let read = ledger.read(actor, name, ReadPoint::Latest)?;
-    Ok(Served { read, source: Source::Ledger, lagging: false, skipped })
+    Ok(Served {
+        read,
+        source: Source::Ledger,
+        lagging: false,
+        skipped,
+    })
 }

@@ -69,9 +69,15 @@ fn create_get_update_round_trip() {
     assert_eq!(got["values"], json!({"user": "admin", "password": "s3cr3t-1"}));
     assert_eq!(got["labels"], json!({"env": "prod"}));
     // Served by the embedded default primary that `init` attached.
-    assert_eq!(got["source"], json!({"kind": "sink", "name": "local", "role": "primary"}));
+    assert_eq!(
+        got["source"],
+        json!({"kind": "sink", "name": "local", "role": "primary"})
+    );
     assert_eq!(got["lagging"], false);
-    assert_eq!(env.json(&["secret", "get", "db", "--from", "ledger"])["source"], json!({"kind": "ledger"}));
+    assert_eq!(
+        env.json(&["secret", "get", "db", "--from", "ledger"])["source"],
+        json!({"kind": "ledger"})
+    );
 
     assert_eq!(
         env.ok(&["secret", "get", "db", "--key", "password"]),
@@ -155,7 +161,10 @@ fn values_from_files_and_json_stdin() {
 fn get_at_time_returns_the_state_then() {
     let env = Env::new();
     env.ok(&["secret", "create", "api", "--value", "token=t1"]);
-    let t1 = env.json_lines(&["log", "--secret", "api"])[0]["time"].as_str().unwrap().to_owned();
+    let t1 = env.json_lines(&["log", "--secret", "api"])[0]["time"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     std::thread::sleep(std::time::Duration::from_millis(20));
     env.ok(&["secret", "update", "api", "--value", "token=t2"]);
     env.ok(&["secret", "rename", "api", "api2"]);
@@ -317,7 +326,10 @@ fn log_filters_limit_and_json() {
 
     let all = env.json_lines(&["log"]);
     assert_eq!(all.len(), 5);
-    assert_eq!(all[0]["event_type"], "sink.added", "init attached the local primary");
+    assert_eq!(
+        all[0]["event_type"], "sink.added",
+        "init attached the local primary"
+    );
     assert_eq!(
         all.iter().map(|e| e["seq"].as_u64().unwrap()).collect::<Vec<_>>(),
         [1, 2, 3, 4, 5]
@@ -771,4 +783,34 @@ fn plaintext_never_leaks() {
         env.ok(&["secret", "get", "leak2", "--key", "password"]),
         format!("{V2}\n")
     );
+}
+
+/// Writes by other processes reach a ledger held open, and closing them leaves its WAL alone
+/// (a stray file handle once dropped SQLite's locks, so a closing writer deleted the WAL under
+/// a live reader and the reader's own writes went nowhere).
+#[test]
+fn a_ledger_held_open_sees_other_processes_writes() {
+    let env = Env::new();
+    let held = sledger::Ledger::open(&env.ledger).unwrap();
+    let start = held.head().unwrap().seq;
+    for i in 1..=3u64 {
+        env.ok(&[
+            "--wait",
+            "0",
+            "secret",
+            "create",
+            &format!("s{i}"),
+            "--value",
+            "k=v",
+        ]);
+        assert_eq!(
+            held.head().unwrap().seq,
+            start + i,
+            "the held ledger missed write {i}"
+        );
+        assert!(
+            env.path("ledger.db-wal").exists(),
+            "a closing writer deleted the WAL of a live reader"
+        );
+    }
 }

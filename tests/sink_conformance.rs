@@ -1,5 +1,7 @@
 //! Every local sink passes the whole conformance suite.
 
+mod common;
+
 use std::sync::Arc;
 
 use sledger::crypto::SinkSealKey;
@@ -35,27 +37,10 @@ async fn sqlite_sink_conforms() {
     }
 }
 
-fn example_plugin() -> std::path::PathBuf {
-    // Examples are built by `cargo test` next to the test binaries.
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap().join("examples");
-    let path = dir.join("exec_sink_dir");
-    assert!(
-        path.exists(),
-        "example plug-in not built at {}; run `cargo build --examples`",
-        path.display()
-    );
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exec_sink_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!(
-        "exec://{}?arg=--dir&arg={}&max_concurrency=8",
-        example_plugin().display(),
-        dir.path().display()
-    );
+    let url = format!("{}&max_concurrency=8", common::exec_url(dir.path(), &[]));
     let key = SinkSealKey::generate();
     conformance::run_all("ex", &|prefix| {
         let with_prefix = format!("{url}&prefix={prefix}");

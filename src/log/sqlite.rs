@@ -79,20 +79,25 @@ pub fn open(path: &Path) -> Result<Connection> {
         path: path.to_path_buf(),
         reason: reason.into(),
     };
-    let mut header = [0u8; 16];
-    let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Error::LedgerNotFound {
-            path: path.to_path_buf(),
-        },
-        _ => Error::io(format!("cannot open ledger {}", path.display()), e),
-    })?;
-    if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-        return Err(not_a_ledger("it is a directory"));
-    }
-    file.read_exact(&mut header)
-        .map_err(|_| not_a_ledger("it is too short to be a database"))?;
-    if &header != b"SQLite format 3\0" {
-        return Err(not_a_ledger("it is not an SQLite database"));
+    // The header check's file handle must be closed before SQLite opens the file: closing any
+    // descriptor of a file drops every POSIX lock this process holds on it, SQLite's included,
+    // and a WAL database whose locks vanish can be checkpointed and deleted under us.
+    {
+        let mut header = [0u8; 16];
+        let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::LedgerNotFound {
+                path: path.to_path_buf(),
+            },
+            _ => Error::io(format!("cannot open ledger {}", path.display()), e),
+        })?;
+        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(not_a_ledger("it is a directory"));
+        }
+        file.read_exact(&mut header)
+            .map_err(|_| not_a_ledger("it is too short to be a database"))?;
+        if &header != b"SQLite format 3\0" {
+            return Err(not_a_ledger("it is not an SQLite database"));
+        }
     }
     let mut conn = Connection::open_with_flags(
         path,

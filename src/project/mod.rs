@@ -160,16 +160,27 @@ impl Ledger {
 
     /// The secrets a sink refused permanently.
     pub fn parked(&self, sink: &str) -> Result<Vec<Parked>> {
-        let mut stmt = self
-            .conn()
-            .prepare_cached("SELECT secret_id, seq, error, parked_at FROM parked WHERE sink = ?1 ORDER BY seq")?;
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT secret_id, seq, error, parked_at FROM parked WHERE sink = ?1 ORDER BY seq",
+        )?;
         let rows = stmt.query_map([sink], |r| {
-            Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?, r.get::<_, i64>(3)?))
+            Ok((
+                r.get::<_, Vec<u8>>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+            ))
         })?;
         rows.map(|row| {
             let (id, seq, error, parked_at) = row?;
-            let secret_id = SecretId::from_slice(&id).map_err(|_| Error::Corrupt("a parked secret id is not a UUID".into()))?;
-            Ok(Parked { secret_id, seq: seq as u64, error, parked_at })
+            let secret_id = SecretId::from_slice(&id)
+                .map_err(|_| Error::Corrupt("a parked secret id is not a UUID".into()))?;
+            Ok(Parked {
+                secret_id,
+                seq: seq as u64,
+                error,
+                parked_at,
+            })
         })
         .collect()
     }
@@ -184,14 +195,19 @@ impl Ledger {
                 .prepare_cached("SELECT checkpoint, last_error, last_error_at, last_applied_at FROM sink_state WHERE name = ?1")?
                 .query_row([&config.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
                 .optional()?;
-            let (checkpoint, last_error, last_error_at, last_applied_at) = state.unwrap_or((0, None, None, None));
+            let (checkpoint, last_error, last_error_at, last_applied_at) =
+                state.unwrap_or((0, None, None, None));
             let parked: i64 = self
                 .conn()
                 .prepare_cached("SELECT count(*) FROM parked WHERE sink = ?1")?
                 .query_row([&config.name], |r| r.get(0))?;
             let checkpoint = checkpoint as u64;
             out.push(SinkStatus {
-                lag: if config.role.is_projected() { head.saturating_sub(checkpoint) } else { 0 },
+                lag: if config.role.is_projected() {
+                    head.saturating_sub(checkpoint)
+                } else {
+                    0
+                },
                 name: config.name,
                 url: config.url,
                 role: config.role,
@@ -224,11 +240,21 @@ impl Ledger {
 
     /// The write that makes a sink hold secret `id` as it was after event `seq`.
     pub fn op_at(&self, id: SecretId, seq: u64) -> Result<Option<Op>> {
-        let Some(meta) = self.meta_at(id, seq)? else { return Ok(None) };
+        let Some(meta) = self.meta_at(id, seq)? else {
+            return Ok(None);
+        };
         let seq = meta.updated_seq;
         Ok(Some(match meta.status {
-            Status::Deleted => Op::Delete { id, seq, how: DeleteMode::Soft },
-            Status::Purged => Op::Delete { id, seq, how: DeleteMode::Purge },
+            Status::Deleted => Op::Delete {
+                id,
+                seq,
+                how: DeleteMode::Soft,
+            },
+            Status::Purged => Op::Delete {
+                id,
+                seq,
+                how: DeleteMode::Purge,
+            },
             Status::Live => match open_values_at(self.conn(), self.master_key()?, &meta, meta.value_seq) {
                 Ok((values, _)) => Op::Put(SinkRecord {
                     id,
@@ -241,7 +267,11 @@ impl Ledger {
                     values,
                 }),
                 // Purged since: its values are gone, and so must the object be.
-                Err(Error::Purged { .. }) => Op::Delete { id, seq, how: DeleteMode::Purge },
+                Err(Error::Purged { .. }) => Op::Delete {
+                    id,
+                    seq,
+                    how: DeleteMode::Purge,
+                },
                 Err(e) => return Err(e),
             },
         }))
@@ -254,11 +284,13 @@ impl Ledger {
             "SELECT secret_id, max(seq) AS last FROM events WHERE seq > ?1 AND seq <= ?2 AND secret_id IS NOT NULL
              GROUP BY secret_id ORDER BY last",
         )?;
-        let touched: Vec<Vec<u8>> =
-            stmt.query_map(params![after as i64, through as i64], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        let touched: Vec<Vec<u8>> = stmt
+            .query_map(params![after as i64, through as i64], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         let mut ops = Vec::with_capacity(touched.len());
         for id in touched {
-            let id = SecretId::from_slice(&id).map_err(|_| Error::Corrupt("an event's secret id is not a UUID".into()))?;
+            let id = SecretId::from_slice(&id)
+                .map_err(|_| Error::Corrupt("an event's secret id is not a UUID".into()))?;
             ops.extend(self.op_at(id, through)?);
         }
         Ok(ops)
@@ -266,7 +298,10 @@ impl Ledger {
 }
 
 fn backoff(opts: &ProjectOptions, attempt: u32) -> Duration {
-    let cap = opts.base_backoff.saturating_mul(1 << attempt.min(16)).min(opts.max_backoff);
+    let cap = opts
+        .base_backoff
+        .saturating_mul(1 << attempt.min(16))
+        .min(opts.max_backoff);
     // Full jitter: concurrent retries spread out instead of hammering the backend in step.
     Duration::from_millis(rand::thread_rng().gen_range(0..=cap.as_millis() as u64))
 }
@@ -292,7 +327,10 @@ async fn apply_with_retry(sink: &dyn Sink, op: &Op, opts: &ProjectOptions) -> Re
 
 /// Apply writes with at most `concurrency` in flight; returns each op's result.
 async fn apply_all<'a>(sink: &dyn Sink, ops: &'a [Op], opts: &ProjectOptions) -> Vec<(&'a Op, Result<()>)> {
-    let concurrency = opts.concurrency.unwrap_or(sink.capabilities().max_concurrency).max(1);
+    let concurrency = opts
+        .concurrency
+        .unwrap_or(sink.capabilities().max_concurrency)
+        .max(1);
     futures::stream::iter(ops)
         .map(|op| async move { (op, apply_with_retry(sink, op, opts).await) })
         .buffer_unordered(concurrency)
@@ -304,7 +342,12 @@ async fn apply_all<'a>(sink: &dyn Sink, ops: &'a [Op], opts: &ProjectOptions) ->
 ///
 /// Returns when the sink is caught up, or with the sink's error when a batch could not be
 /// applied (the checkpoint stays before that batch), or early at `opts.deadline`.
-pub async fn project(ledger: &Ledger, name: &str, sink: &dyn Sink, opts: &ProjectOptions) -> Result<ProjectReport> {
+pub async fn project(
+    ledger: &Ledger,
+    name: &str,
+    sink: &dyn Sink,
+    opts: &ProjectOptions,
+) -> Result<ProjectReport> {
     let mut report = ProjectReport::default();
     loop {
         let checkpoint = ledger.checkpoint(name)?;
@@ -339,8 +382,26 @@ pub async fn project(ledger: &Ledger, name: &str, sink: &dyn Sink, opts: &Projec
     }
 }
 
+/// Open attached sink `name` and [`project`] into it. A sink that cannot even be opened (its
+/// file gone, its plug-in missing) is recorded as the sink's last error, like a failed batch.
+pub async fn project_named(ledger: &Ledger, name: &str, opts: &ProjectOptions) -> Result<ProjectReport> {
+    let sink = match ledger.open_sink(name) {
+        Ok((_, sink)) => sink,
+        Err(e) => {
+            ledger.record_sink_error(name, &e.to_string())?;
+            return Err(e);
+        }
+    };
+    project(ledger, name, &*sink, opts).await
+}
+
 /// Re-apply a sink's parked secrets at their current state; returns (fixed, still parked).
-pub async fn retry_parked(ledger: &Ledger, name: &str, sink: &dyn Sink, opts: &ProjectOptions) -> Result<(u64, u64)> {
+pub async fn retry_parked(
+    ledger: &Ledger,
+    name: &str,
+    sink: &dyn Sink,
+    opts: &ProjectOptions,
+) -> Result<(u64, u64)> {
     let head = ledger.head()?.seq;
     let (mut fixed, mut still) = (0, 0);
     for parked in ledger.parked(name)? {
@@ -365,5 +426,9 @@ pub async fn retry_parked(ledger: &Ledger, name: &str, sink: &dyn Sink, opts: &P
 
 /// The primary's name, if there is one.
 pub fn primary(ledger: &Ledger) -> Result<Option<String>> {
-    Ok(ledger.sinks()?.into_values().find(|s| s.role == SinkRole::Primary).map(|s| s.name))
+    Ok(ledger
+        .sinks()?
+        .into_values()
+        .find(|s| s.role == SinkRole::Primary)
+        .map(|s| s.name))
 }

@@ -177,7 +177,50 @@ pub enum SinkUrl {
 }
 
 fn bad_url(url: &str, why: impl fmt::Display) -> Error {
-    Error::InvalidInput(format!("invalid sink URL {url:?}: {why}"))
+    Error::InvalidInput(format!("invalid sink URL {:?}: {why}", redacted(url)))
+}
+
+/// Query parameters whose values are credentials: refused, and never echoed.
+const SECRET_PARAMS: &[&str] = &[
+    "token",
+    "password",
+    "secret",
+    "secret_id",
+    "secret-id",
+    "access_key",
+    "secret_key",
+    "key",
+    "credentials",
+];
+
+/// `url` with any user:password@ and credential parameter values replaced by `***`, so an
+/// error about a URL never repeats the secret it was refused for.
+fn redacted(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    let (location, query) = rest.split_once('?').map_or((rest, None), |(l, q)| (l, Some(q)));
+    let (authority, path) = location.split_at(location.find('/').unwrap_or(location.len()));
+    let authority = authority
+        .rsplit_once('@')
+        .map_or(authority.to_owned(), |(_, host)| format!("***@{host}"));
+    let mut out = if scheme.is_empty() {
+        format!("{authority}{path}")
+    } else {
+        format!("{scheme}://{authority}{path}")
+    };
+    if let Some(query) = query {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str()) => {
+                    format!("{k}=***")
+                }
+                _ => pair.to_owned(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
 }
 
 const CREDENTIALS_HINT: &str = "credentials never go in a sink URL (it is recorded in the ledger); \
@@ -234,17 +277,6 @@ impl SinkUrl {
             ));
         }
         let pairs = query_pairs(url, query)?;
-        const SECRET_PARAMS: &[&str] = &[
-            "token",
-            "password",
-            "secret",
-            "secret_id",
-            "secret-id",
-            "access_key",
-            "secret_key",
-            "key",
-            "credentials",
-        ];
         if let Some((k, _)) = pairs
             .iter()
             .find(|(k, _)| SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str()))

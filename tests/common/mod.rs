@@ -118,3 +118,35 @@ impl Env {
 pub fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle.as_bytes())
 }
+
+/// The example exec plug-in (examples/exec_sink_dir.rs), built by `cargo test` beside the tests.
+pub fn example_plugin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let path = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("exec_sink_dir");
+    assert!(
+        path.exists(),
+        "example plug-in not built at {}; run `cargo build --examples`",
+        path.display()
+    );
+    path
+}
+
+/// An exec sink URL on the example plug-in keeping its objects in `dir`, with extra plug-in args.
+pub fn exec_url(dir: &Path, extra: &[&str]) -> String {
+    let mut url = format!(
+        "exec://{}?arg=--dir&arg={}",
+        example_plugin().display(),
+        dir.display()
+    );
+    for a in extra {
+        url.push_str("&arg=");
+        url.push_str(a);
+    }
+    url
+}

@@ -69,7 +69,9 @@ impl Context {
     /// After a write: give the primary sink up to `--wait` to apply it. The write is durable
     /// in the ledger whatever happens here.
     pub fn wait_for_primary(&self, ledger: &Ledger) -> Result<Option<PrimaryWait>> {
-        let Some(name) = sledger::project::primary(ledger)? else { return Ok(None) };
+        let Some(name) = sledger::project::primary(ledger)? else {
+            return Ok(None);
+        };
         let opts = sledger::project::ProjectOptions {
             deadline: Some(std::time::Instant::now() + self.wait),
             ..Default::default()
@@ -77,10 +79,7 @@ impl Context {
         let error = if self.wait.is_zero() {
             None
         } else {
-            let applied = block_on(async {
-                let (_, sink) = ledger.open_sink(&name)?;
-                sledger::project::project(ledger, &name, &*sink, &opts).await
-            });
+            let applied = block_on(sledger::project::project_named(ledger, &name, &opts));
             applied.err().map(|e| e.to_string())
         };
         let lag = ledger.head()?.seq.saturating_sub(ledger.checkpoint(&name)?);

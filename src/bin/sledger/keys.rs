@@ -62,7 +62,14 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     let made = Ledger::init(&ctx.ledger_path, key, settings).and_then(|mut ledger| {
         SqliteSink::create(&sink_file)?;
         let url = format!("sqlite://{}", sink_file.display());
-        ledger.execute(&ctx.actor, vec![Command::AddSink { name: "local".into(), url, role: SinkRole::Primary }])
+        ledger.execute(
+            &ctx.actor,
+            vec![Command::AddSink {
+                name: "local".into(),
+                url,
+                role: SinkRole::Primary,
+            }],
+        )
     });
     if let Err(e) = made {
         if !key_from_env {

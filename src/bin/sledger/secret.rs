@@ -236,19 +236,34 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
             }
             write("purged", Command::Purge { name })
         }
-        SecretCmd::Get { name, key, version, at, from } => {
-            get(ctx, &name, key.as_deref(), version, at.as_deref(), from)
-        }
+        SecretCmd::Get {
+            name,
+            key,
+            version,
+            at,
+            from,
+        } => get(ctx, &name, key.as_deref(), version, at.as_deref(), from),
         SecretCmd::List { labels, deleted } => list(ctx, &labels, deleted),
         SecretCmd::History { name } => history(ctx, &name),
     }
 }
 
-fn get(ctx: &Context, name: &str, key: Option<&str>, version: Option<u32>, at: Option<&str>, from: Option<FromArg>) -> Result<()> {
+fn get(
+    ctx: &Context,
+    name: &str,
+    key: Option<&str>,
+    version: Option<u32>,
+    at: Option<&str>,
+    from: Option<FromArg>,
+) -> Result<()> {
     let ledger = ctx.open_unlocked()?;
     let served = match (version, at) {
         (Some(v), _) => Served::from_ledger(ledger.read(&ctx.actor, name, ReadPoint::Version(v))?),
-        (None, Some(t)) => Served::from_ledger(ledger.read(&ctx.actor, name, ReadPoint::At(output::parse_time("--at", t)?))?),
+        (None, Some(t)) => Served::from_ledger(ledger.read(
+            &ctx.actor,
+            name,
+            ReadPoint::At(output::parse_time("--at", t)?),
+        )?),
         (None, None) => {
             let from = match from {
                 None => ReadFrom::Auto,
@@ -272,8 +287,10 @@ fn get(ctx: &Context, name: &str, key: Option<&str>, version: Option<u32>, at: O
             ))
         })?;
         if ctx.json() {
-            output::json_line(&json!({"name": read.meta.name, "version": read.version, "key": k, "value": value,
-                "source": served.source, "lagging": served.lagging}));
+            output::json_line(
+                &json!({"name": read.meta.name, "version": read.version, "key": k, "value": value,
+                "source": served.source, "lagging": served.lagging}),
+            );
         } else {
             println!("{value}");
             note_source(&served);
@@ -323,7 +340,10 @@ fn note_source(served: &Served) {
         eprintln!("note: sink {sink:?} could not serve this read: {why}");
     }
     if served.lagging {
-        eprintln!("note: {} holds an older version than the ledger; `sledger project` catches it up", served.source);
+        eprintln!(
+            "note: {} holds an older version than the ledger; `sledger project` catches it up",
+            served.source
+        );
     }
 }
 

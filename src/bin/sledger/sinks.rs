@@ -45,7 +45,17 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
             let mut ledger = ctx.open_unlocked()?;
             SinkUrl::parse(&url)?;
             prepare_backend(&url)?;
-            change(ctx, &mut ledger, Command::AddSink { name: name.clone(), url, role: role.into() }, "added", &name)?;
+            change(
+                ctx,
+                &mut ledger,
+                Command::AddSink {
+                    name: name.clone(),
+                    url,
+                    role: role.into(),
+                },
+                "added",
+                &name,
+            )?;
             if !ctx.json() && role.into_role().is_projected() {
                 println!("run `sledger project` to bring it up to date");
             }
@@ -53,16 +63,37 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
         }
         SinkCmd::Promote { name } => {
             let mut ledger = ctx.open_unlocked()?;
-            change(ctx, &mut ledger, Command::PromoteSink { name: name.clone() }, "promoted to primary", &name)
+            change(
+                ctx,
+                &mut ledger,
+                Command::PromoteSink { name: name.clone() },
+                "promoted to primary",
+                &name,
+            )
         }
         SinkCmd::SetRole { name, role } => {
             let mut ledger = ctx.open_unlocked()?;
             let verb = format!("is now {}", SinkRole::from(role));
-            change(ctx, &mut ledger, Command::SetSinkRole { name: name.clone(), role: role.into() }, &verb, &name)
+            change(
+                ctx,
+                &mut ledger,
+                Command::SetSinkRole {
+                    name: name.clone(),
+                    role: role.into(),
+                },
+                &verb,
+                &name,
+            )
         }
         SinkCmd::Remove { name } => {
             let mut ledger = ctx.open_unlocked()?;
-            change(ctx, &mut ledger, Command::RemoveSink { name: name.clone() }, "removed", &name)
+            change(
+                ctx,
+                &mut ledger,
+                Command::RemoveSink { name: name.clone() },
+                "removed",
+                &name,
+            )
         }
         SinkCmd::List => list(ctx),
         SinkCmd::Status => status(ctx),
@@ -98,7 +129,10 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
 fn list(ctx: &Context) -> Result<()> {
     let sinks = ctx.open()?.sinks()?;
     if ctx.json() {
-        let rows: Vec<_> = sinks.values().map(|s| json!({"name": s.name, "role": s.role, "url": s.url})).collect();
+        let rows: Vec<_> = sinks
+            .values()
+            .map(|s| json!({"name": s.name, "role": s.role, "url": s.url}))
+            .collect();
         output::json_line(&rows);
         return Ok(());
     }
@@ -119,19 +153,33 @@ fn status(ctx: &Context) -> Result<()> {
     let mut t = output::table(&["NAME", "ROLE", "CHECKPOINT", "LAG", "PARKED", "LAST ERROR"]);
     for s in &statuses {
         let error = match (&s.last_error, s.last_error_at) {
-            (Some(e), Some(at)) => format!("{} at {e}", output::time(at)),
+            (Some(e), Some(at)) => format!("{e} (at {})", output::time(at)),
             (Some(e), None) => e.clone(),
             _ => String::new(),
         };
-        let lag = if s.role.is_projected() { s.lag.to_string() } else { "-".into() };
-        t.add_row(vec![s.name.clone(), s.role.to_string(), s.checkpoint.to_string(), lag, s.parked.to_string(), error]);
+        let lag = if s.role.is_projected() {
+            s.lag.to_string()
+        } else {
+            "-".into()
+        };
+        t.add_row(vec![
+            s.name.clone(),
+            s.role.to_string(),
+            s.checkpoint.to_string(),
+            lag,
+            s.parked.to_string(),
+            error,
+        ]);
     }
     println!("{t}");
     Ok(())
 }
 
 /// Project every projected sink (or one) once; failures are reported per sink.
-async fn project_all(ledger: &Ledger, only: Option<&str>) -> Result<Vec<(String, sledger::Result<ProjectReport>)>> {
+async fn project_all(
+    ledger: &Ledger,
+    only: Option<&str>,
+) -> Result<Vec<(String, sledger::Result<ProjectReport>)>> {
     let sinks: Vec<_> = ledger
         .sinks()?
         .into_values()
@@ -140,15 +188,13 @@ async fn project_all(ledger: &Ledger, only: Option<&str>) -> Result<Vec<(String,
     if let Some(o) = only {
         if sinks.is_empty() {
             ledger.sink_config(o)?; // not found, or a standby: say which
-            anyhow::bail!(crate::exit::usage(format!("sink {o:?} is a standby: no projector writes it (use a replay)")));
+            anyhow::bail!(crate::exit::usage(format!(
+                "sink {o:?} is a standby: no projector writes it (use a replay)"
+            )));
         }
     }
     let runs = sinks.iter().map(|s| async move {
-        let result = async {
-            let (_, sink) = ledger.open_sink(&s.name)?;
-            project::project(ledger, &s.name, &*sink, &ProjectOptions::default()).await
-        }
-        .await;
+        let result = project::project_named(ledger, &s.name, &ProjectOptions::default()).await;
         (s.name.clone(), result)
     });
     Ok(futures::future::join_all(runs).await)
@@ -170,11 +216,20 @@ pub fn project_cmd(ctx: &Context, args: ProjectArgs) -> Result<()> {
             Err(e) => (0, 0, 0, e.to_string()),
         };
         if ctx.json() {
-            output::json_line(&json!({"sink": name, "events": events, "writes": writes, "parked": parked,
-                "checkpoint": checkpoint, "lag": head - checkpoint, "error": result.as_ref().err().map(|e| e.to_string())}));
+            output::json_line(
+                &json!({"sink": name, "events": events, "writes": writes, "parked": parked,
+                "checkpoint": checkpoint, "lag": head - checkpoint, "error": result.as_ref().err().map(|e| e.to_string())}),
+            );
         } else {
-            t.add_row(vec![name.clone(), events.to_string(), writes.to_string(), parked.to_string(),
-                checkpoint.to_string(), (head - checkpoint).to_string(), error]);
+            t.add_row(vec![
+                name.clone(),
+                events.to_string(),
+                writes.to_string(),
+                parked.to_string(),
+                checkpoint.to_string(),
+                (head - checkpoint).to_string(),
+                error,
+            ]);
         }
         if let Err(e) = result {
             first_error.get_or_insert(e);
@@ -211,9 +266,14 @@ fn follow(ctx: &Context, ledger: &Ledger, only: Option<&str>) -> Result<()> {
                 match result {
                     Ok(r) if r.events > 0 => {
                         if ctx.json() {
-                            output::json_line(&json!({"sink": name, "events": r.events, "writes": r.writes, "checkpoint": r.checkpoint}));
+                            output::json_line(
+                                &json!({"sink": name, "events": r.events, "writes": r.writes, "checkpoint": r.checkpoint}),
+                            );
                         } else {
-                            println!("{name}: {} events, {} writes, checkpoint {}", r.events, r.writes, r.checkpoint);
+                            println!(
+                                "{name}: {} events, {} writes, checkpoint {}",
+                                r.events, r.writes, r.checkpoint
+                            );
                         }
                     }
                     Ok(_) => {}

@@ -1,0 +1,312 @@
+//! Sinks and projectors through the CLI, as a user drives them.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{exec_url, Env};
+use serde_json::{json, Value};
+
+const NOT_FOUND: i32 = 3;
+const USAGE: i32 = 2;
+const UNAVAILABLE: i32 = 7;
+
+fn status(env: &Env) -> BTreeMap<String, Value> {
+    let v = env.json(&["sink", "status"]);
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["name"].as_str().unwrap().to_owned(), s.clone()))
+        .collect()
+}
+
+fn source(v: &Value) -> String {
+    v["source"]["name"].as_str().unwrap_or("ledger").to_owned()
+}
+
+/// The acceptance walk-through: a backup takes over reads while the primary is down, writes
+/// keep flowing, and the primary catches up with nothing lost.
+#[test]
+fn backup_serves_while_primary_is_down_and_primary_catches_up() {
+    let env = Env::new();
+    let backup = env.path("backup.db");
+    env.ok(&["sink", "add", "bk", &format!("sqlite://{}", backup.display())]);
+    env.ok(&["secret", "create", "db", "--value", "pw=one"]);
+    env.ok(&["secret", "create", "api", "--value", "token=t1"]);
+    env.ok(&["secret", "create", "gone", "--value", "k=v"]);
+    env.ok(&["secret", "update", "db", "--value", "pw=two"]);
+    env.ok(&["secret", "delete", "gone"]);
+    env.ok(&["project"]);
+    let s = status(&env);
+    assert_eq!(s["local"]["lag"], 0);
+    assert_eq!(s["bk"]["lag"], 0);
+    assert_eq!(s["local"]["role"], "primary");
+    assert_eq!(s["bk"]["role"], "backup");
+    assert_eq!(source(&env.json(&["secret", "get", "db"])), "local");
+    assert_eq!(
+        env.json(&["secret", "get", "db", "--from", "backup"])["values"],
+        json!({"pw": "two"})
+    );
+    env.fails(&["secret", "get", "gone", "--from", "backup"], NOT_FOUND);
+
+    // The primary's file disappears (a lost disk, an unmounted volume).
+    let primary = env.path("ledger.sink.db");
+    let away = env.path("ledger.sink.db.away");
+    std::fs::rename(&primary, &away).unwrap();
+    for (name, key, want) in [("db", "pw", "two"), ("api", "token", "t1")] {
+        let got = env.json(&["secret", "get", name]);
+        assert_eq!(got["values"][key], want);
+        assert_eq!(source(&got), "bk", "{name} must come from the backup");
+        assert_eq!(got["source"]["role"], "backup");
+        assert_eq!(got["skipped"][0]["sink"], "local");
+    }
+    env.fails(&["secret", "get", "db", "--from", "primary"], UNAVAILABLE);
+
+    // Writes keep working: durable in the ledger, the primary's lag and error visible.
+    let out = env.json(&[
+        "--wait",
+        "300ms",
+        "secret",
+        "create",
+        "during",
+        "--value",
+        "k=written-while-down",
+    ]);
+    assert_eq!(out["result"], "created");
+    assert!(out["primary"]["lag"].as_u64().unwrap() > 0, "{out}");
+    env.ok(&["--wait", "0", "secret", "update", "api", "--value", "token=t2"]);
+    let s = status(&env);
+    assert!(s["local"]["lag"].as_u64().unwrap() >= 2, "{s:?}");
+    assert!(
+        s["local"]["last_error"].as_str().unwrap().contains("unavailable"),
+        "{s:?}"
+    );
+    env.fails(&["project"], UNAVAILABLE);
+    assert_eq!(status(&env)["bk"]["lag"], 0, "the backup kept up");
+    assert_eq!(
+        env.json(&["secret", "get", "during"])["values"]["k"],
+        "written-while-down"
+    );
+    assert_eq!(env.json(&["secret", "get", "api"])["values"]["token"], "t2");
+
+    // The primary comes back and catches up.
+    std::fs::rename(&away, &primary).unwrap();
+    env.ok(&["project"]);
+    let s = status(&env);
+    assert_eq!(s["local"]["lag"], 0);
+    assert_eq!(s["local"]["last_error"], Value::Null);
+    for (name, key, want) in [
+        ("db", "pw", "two"),
+        ("api", "token", "t2"),
+        ("during", "k", "written-while-down"),
+    ] {
+        let got = env.json(&["secret", "get", name, "--from", "primary"]);
+        assert_eq!(got["values"][key], want, "{name}");
+        assert_eq!(got["lagging"], false);
+    }
+    env.fails(&["secret", "get", "gone", "--from", "primary"], NOT_FOUND);
+    env.ok(&["verify"]);
+}
+
+#[test]
+fn a_failing_exec_plugin_primary_falls_back_and_recovers() {
+    let env = Env::new();
+    let down = env.path("down");
+    let files = env.path("files");
+    env.ok(&[
+        "sink",
+        "add",
+        "plug",
+        &exec_url(&files, &["--fail-if-exists", down.to_str().unwrap()]),
+    ]);
+    env.ok(&["sink", "promote", "plug"]);
+    let s = status(&env);
+    assert_eq!(s["plug"]["role"], "primary");
+    assert_eq!(s["local"]["role"], "backup");
+    env.ok(&["secret", "create", "x", "--value", "k=1"]);
+    env.ok(&["project"]);
+    assert_eq!(source(&env.json(&["secret", "get", "x"])), "plug");
+    // The plug-in writes the value as a JSON object workloads can read natively.
+    let object: Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            std::fs::read_dir(&files)
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .find(|p| p.extension().is_some_and(|e| e == "json"))
+                .unwrap(),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(object["record"]["values"], json!({"k": "1"}));
+    assert_eq!(object["record"]["name"], "x");
+
+    std::fs::write(&down, "").unwrap();
+    assert_eq!(
+        source(&env.json(&["secret", "get", "x"])),
+        "local",
+        "the backup serves"
+    );
+    env.ok(&["--wait", "200ms", "secret", "update", "x", "--value", "k=2"]);
+    assert!(status(&env)["plug"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("backend is down"));
+    env.fails(&["sink", "check", "plug"], UNAVAILABLE);
+    std::fs::remove_file(&down).unwrap();
+    env.ok(&["sink", "check", "plug"]);
+    env.ok(&["project"]);
+    let got = env.json(&["secret", "get", "x"]);
+    assert_eq!(
+        (source(&got), got["values"]["k"].clone()),
+        ("plug".into(), json!("2"))
+    );
+}
+
+#[test]
+fn a_secret_the_sink_refuses_is_parked_not_blocking() {
+    let env = Env::new();
+    let refuse = env.path("refuse");
+    std::fs::write(&refuse, "").unwrap();
+    env.ok(&[
+        "sink",
+        "add",
+        "picky",
+        &exec_url(
+            &env.path("files"),
+            &["--refuse-if-exists", refuse.to_str().unwrap()],
+        ),
+    ]);
+    env.ok(&["secret", "create", "fine-1", "--value", "k=1"]);
+    env.ok(&["secret", "create", "poison-pill", "--value", "k=1"]);
+    env.ok(&["secret", "create", "fine-2", "--value", "k=1"]);
+    env.ok(&["project"]);
+    let s = &status(&env)["picky"];
+    assert_eq!(s["lag"], 0, "a refused secret does not block the sink");
+    assert_eq!(s["parked"], 1);
+    assert_eq!(
+        env.json(&["secret", "get", "fine-2", "--from", "backup"])["values"]["k"],
+        "1"
+    );
+    env.fails(&["secret", "get", "poison-pill", "--from", "backup"], UNAVAILABLE);
+    let retried = env.json(&["sink", "retry", "picky"]);
+    assert_eq!(
+        (retried["applied"].clone(), retried["still_parked"].clone()),
+        (json!(0), json!(1))
+    );
+    std::fs::remove_file(&refuse).unwrap();
+    let retried = env.json(&["sink", "retry", "picky"]);
+    assert_eq!(retried["applied"], 1);
+    assert_eq!(status(&env)["picky"]["parked"], 0);
+    assert_eq!(
+        env.json(&["secret", "get", "poison-pill", "--from", "backup"])["values"]["k"],
+        "1"
+    );
+}
+
+#[test]
+fn sink_management_is_audited_and_guarded() {
+    let env = Env::new();
+    let url = format!("sqlite://{}", env.path("b.db").display());
+    env.ok(&["sink", "add", "b", &url, "--role", "replica"]);
+    env.fails(&["sink", "add", "b", &url], 4);
+    let err = env.fails(&["sink", "add", "c", &url], USAGE);
+    assert!(err.contains("already writes to"), "{err}");
+    let err = env.fails(&["sink", "add", "Bad Name", "memory://x"], USAGE);
+    assert!(err.contains("invalid sink name"), "{err}");
+    for (url, needle) in [
+        ("vault://root:hunter2@127.0.0.1:8200/secret", "user:password@"),
+        ("aws-sm://us-east-1?token=hunter2", "token="),
+        ("aws-sm://us-east-1?token=hunter2%zz", "not a valid escape"),
+        ("memory://x?password=abc", "password="),
+        ("nonsense", "SCHEME://"),
+        ("sqlite://relative/path.db", "absolute path"),
+        ("ftp://x", "unknown scheme"),
+    ] {
+        let err = env.fails(&["sink", "add", "c", url], USAGE);
+        assert!(err.contains(needle), "{url}: {err}");
+        assert!(!err.contains("hunter2"), "a credential was echoed: {err}");
+    }
+    let err = env.fails(&["sink", "remove", "local"], USAGE);
+    assert!(err.contains("primary"), "{err}");
+    let err = env.fails(&["sink", "set-role", "local", "backup"], USAGE);
+    assert!(err.contains("promote another sink first"), "{err}");
+    env.ok(&["sink", "set-role", "b", "standby"]);
+    env.ok(&["sink", "promote", "b"]);
+    env.ok(&["sink", "remove", "local"]);
+    env.fails(&["sink", "check", "nope"], NOT_FOUND);
+    let list = env.json(&["sink", "list"]);
+    assert_eq!(list, json!([{"name": "b", "role": "primary", "url": url}]));
+    let types: Vec<String> = env
+        .json_lines(&["log", "--type", "sink.role_changed"])
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert_eq!(
+        types.len(),
+        3,
+        "standby, then the promotion's two changes: {types:?}"
+    );
+    assert_eq!(env.json_lines(&["log", "--type", "sink.removed"]).len(), 1);
+    let human = env.ok(&["log", "--type", "sink.added"]);
+    assert!(human.contains("local") && human.contains("alice@test"), "{human}");
+}
+
+#[test]
+fn standby_sinks_are_not_projected() {
+    let env = Env::new();
+    env.ok(&[
+        "sink",
+        "add",
+        "cold",
+        &format!("sqlite://{}", env.path("cold.db").display()),
+        "--role",
+        "standby",
+    ]);
+    env.ok(&["secret", "create", "x", "--value", "k=1"]);
+    env.ok(&["project"]);
+    let s = &status(&env)["cold"];
+    assert_eq!((s["checkpoint"].clone(), s["lag"].clone()), (json!(0), json!(0)));
+    let err = env.fails(&["project", "--sink", "cold"], USAGE);
+    assert!(err.contains("standby"), "{err}");
+}
+
+#[test]
+fn project_follow_keeps_sinks_current_and_stops_on_sigterm() {
+    let env = Env::new();
+    env.ok(&[
+        "sink",
+        "add",
+        "bk",
+        &format!("sqlite://{}", env.path("bk.db").display()),
+    ]);
+    let follower = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
+        .env("SLEDGER_LEDGER", &env.ledger)
+        .args(["project", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    env.ok(&["--wait", "0", "secret", "create", "live", "--value", "k=1"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while status(&env)["bk"]["lag"] != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the follower did not catch the backup up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(
+        env.json(&["secret", "get", "live", "--from", "backup"])["values"]["k"],
+        "1"
+    );
+    // SIGTERM: a clean stop with exit 0.
+    let pid = follower.id().to_string();
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    let out = follower.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("stopped"));
+}
