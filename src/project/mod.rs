@@ -7,6 +7,8 @@
 //! permanent error for one secret parks that secret's event (visible in `sink status`, retried
 //! by `sink retry`) instead of blocking the sink. Delivery is at-least-once: sinks are idempotent.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
@@ -35,6 +37,8 @@ pub struct ProjectOptions {
     pub max_backoff: Duration,
     /// Stop (between batches, or while backing off) after this instant.
     pub deadline: Option<Instant>,
+    /// Stop between batches once this is set (a signal handler's flag).
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 impl Default for ProjectOptions {
@@ -46,6 +50,7 @@ impl Default for ProjectOptions {
             base_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_secs(5),
             deadline: None,
+            stop: None,
         }
     }
 }
@@ -310,12 +315,16 @@ fn past(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 
+fn stopped(opts: &ProjectOptions) -> bool {
+    past(opts.deadline) || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
+}
+
 /// Apply one write, retrying temporary errors with jittered exponential backoff.
 async fn apply_with_retry(sink: &dyn Sink, op: &Op, opts: &ProjectOptions) -> Result<()> {
     let mut attempt = 0;
     loop {
         match op.apply(sink).await {
-            Err(e) if e.is_temporary() && attempt + 1 < opts.max_attempts && !past(opts.deadline) => {
+            Err(e) if e.is_temporary() && attempt + 1 < opts.max_attempts && !stopped(opts) => {
                 tracing::debug!(sink = sink.kind(), attempt, error = %e, "temporary sink error; backing off");
                 tokio::time::sleep(backoff(opts, attempt)).await;
                 attempt += 1;
@@ -341,7 +350,7 @@ async fn apply_all<'a>(sink: &dyn Sink, ops: &'a [Op], opts: &ProjectOptions) ->
 /// Bring sink `name` (already opened as `sink`) up to the ledger's head, batch by batch.
 ///
 /// Returns when the sink is caught up, or with the sink's error when a batch could not be
-/// applied (the checkpoint stays before that batch), or early at `opts.deadline`.
+/// applied (the checkpoint stays before that batch), or early at `opts.deadline` or `opts.stop`.
 pub async fn project(
     ledger: &Ledger,
     name: &str,
@@ -354,7 +363,7 @@ pub async fn project(
         let head = ledger.head()?.seq;
         report.checkpoint = checkpoint;
         report.head = head;
-        if checkpoint >= head || past(opts.deadline) {
+        if checkpoint >= head || stopped(opts) {
             return Ok(report);
         }
         let through = head.min(checkpoint + opts.batch_events.max(1));

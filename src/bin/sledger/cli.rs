@@ -130,6 +130,10 @@ pub struct ProjectArgs {
     /// Only this sink
     #[arg(long, value_name = "NAME")]
     pub sink: Option<String>,
+    /// Events per batch: each batch is compacted to one write per secret, and the checkpoint
+    /// moves once the whole batch is applied
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub batch_events: u64,
 }
 
 #[derive(Args)]

@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 use sledger::event::SinkRole;
 use sledger::project::{self, ProjectOptions, ProjectReport};
@@ -179,6 +180,7 @@ fn status(ctx: &Context) -> Result<()> {
 async fn project_all(
     ledger: &Ledger,
     only: Option<&str>,
+    opts: &ProjectOptions,
 ) -> Result<Vec<(String, sledger::Result<ProjectReport>)>> {
     let sinks: Vec<_> = ledger
         .sinks()?
@@ -194,7 +196,7 @@ async fn project_all(
         }
     }
     let runs = sinks.iter().map(|s| async move {
-        let result = project::project_named(ledger, &s.name, &ProjectOptions::default()).await;
+        let result = project::project_named(ledger, &s.name, opts).await;
         (s.name.clone(), result)
     });
     Ok(futures::future::join_all(runs).await)
@@ -202,10 +204,20 @@ async fn project_all(
 
 pub fn project_cmd(ctx: &Context, args: ProjectArgs) -> Result<()> {
     let ledger = ctx.open_unlocked()?;
+    let opts = ProjectOptions {
+        batch_events: args.batch_events,
+        ..Default::default()
+    };
     if args.follow {
-        return follow(ctx, &ledger, args.sink.as_deref());
+        return follow(ctx, &ledger, args.sink.as_deref(), opts);
     }
-    let results = block_on(project_all(&ledger, args.sink.as_deref()))?;
+    let only = args.sink.as_deref();
+    let results = block_on(with_progress(
+        ctx,
+        &ledger,
+        only,
+        project_all(&ledger, only, &opts),
+    ))?;
     let mut first_error = None;
     let mut t = output::table(&["SINK", "EVENTS", "WRITES", "PARKED", "CHECKPOINT", "LAG", "ERROR"]);
     for (name, result) in results {
@@ -244,9 +256,68 @@ pub fn project_cmd(ctx: &Context, args: ProjectArgs) -> Result<()> {
     }
 }
 
-/// Project continuously until SIGINT or SIGTERM; a signal lets the current batch finish.
-fn follow(ctx: &Context, ledger: &Ledger, only: Option<&str>) -> Result<()> {
+/// Run `work` while a progress bar per lagging sink follows its checkpoint (people only;
+/// indicatif draws nothing when stderr is not a terminal).
+async fn with_progress<T>(
+    ctx: &Context,
+    ledger: &Ledger,
+    only: Option<&str>,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let lagging: Vec<(String, u64)> = match ledger.sink_status() {
+        Ok(status) if !ctx.json() => status
+            .into_iter()
+            .filter(|s| s.lag > 0 && only.is_none_or(|o| o == s.name))
+            .map(|s| (s.name, s.checkpoint))
+            .collect(),
+        _ => Vec::new(),
+    };
+    if lagging.is_empty() {
+        return work.await;
+    }
+    let head = ledger.head().map(|h| h.seq).unwrap_or(0);
+    let bars = MultiProgress::new();
+    let style =
+        ProgressStyle::with_template("{prefix:>12} {bar:30} {pos}/{len} events ({per_sec}, eta {eta})")
+            .expect("valid template");
+    let tracked: Vec<(String, u64, ProgressBar)> = lagging
+        .into_iter()
+        .map(|(name, start)| {
+            let bar = bars.add(
+                ProgressBar::new(head - start)
+                    .with_style(style.clone())
+                    .with_prefix(name.clone()),
+            );
+            (name, start, bar)
+        })
+        .collect();
+    let tick = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for (name, start, bar) in &tracked {
+                if let Ok(checkpoint) = ledger.checkpoint(name) {
+                    bar.set_position(checkpoint.saturating_sub(*start));
+                }
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = work => result,
+        _ = tick => unreachable!("the ticker never ends"),
+    };
+    for (_, _, bar) in &tracked {
+        bar.finish_and_clear();
+    }
+    result
+}
+
+/// Project continuously until SIGINT or SIGTERM; a signal lets the batch in flight finish.
+fn follow(ctx: &Context, ledger: &Ledger, only: Option<&str>, opts: ProjectOptions) -> Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
+    let opts = ProjectOptions {
+        stop: Some(stop.clone()),
+        ..opts
+    };
     block_on(async {
         let stop_on_signal = stop.clone();
         tokio::spawn(async move {
@@ -260,7 +331,7 @@ fn follow(ctx: &Context, ledger: &Ledger, only: Option<&str>) -> Result<()> {
         });
         let mut failures = 0u32;
         while !stop.load(Ordering::SeqCst) {
-            let results = project_all(ledger, only).await?;
+            let results = project_all(ledger, only, &opts).await?;
             let mut failed = false;
             for (name, result) in results {
                 match result {
