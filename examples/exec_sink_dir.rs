@@ -11,6 +11,7 @@
 //! The protocol is documented in README.md ("The exec plug-in protocol") and src/sink/exec.rs.
 
 use std::io::{BufRead, Write};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
@@ -66,9 +67,20 @@ fn read(path: &Path) -> Result<Option<Value>, String> {
     }
 }
 
+/// Files holding values are private to this user: 0600, in a 0700 directory.
+fn private_file(path: &Path) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
 fn write_atomically(path: &Path, value: &Value) -> Result<(), String> {
     let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
-    let mut f = std::fs::File::create(&tmp).map_err(|e| e.to_string())?;
+    let mut f = private_file(&tmp).map_err(|e| e.to_string())?;
     f.write_all(value.to_string().as_bytes())
         .and_then(|_| f.sync_all())
         .map_err(|e| e.to_string())?;
@@ -78,9 +90,14 @@ fn write_atomically(path: &Path, value: &Value) -> Result<(), String> {
 /// Several copies of this program run at once (one per concurrent request): an exclusive lock
 /// per object makes each read-compare-write atomic.
 fn lock(path: &Path) -> Result<std::fs::File, String> {
-    let f = std::fs::File::create(path.with_extension("lock")).map_err(|e| e.to_string())?;
+    let f = private_file(&path.with_extension("lock")).map_err(|e| e.to_string())?;
     f.lock().map_err(|e| e.to_string())?;
     Ok(f)
+}
+
+/// The seq an object (or its tombstone) is at.
+fn stored_seq(stored: &Value) -> u64 {
+    stored["seq"].as_u64().unwrap_or(0)
 }
 
 fn handle(o: &Options, req: &Value) -> Result<Value, String> {
@@ -100,13 +117,14 @@ fn handle(o: &Options, req: &Value) -> Result<Value, String> {
             if poisoned && o.refuse_if_exists.as_ref().is_some_and(|f| f.exists()) {
                 return Err("this backend refuses secrets named *poison*".into());
             }
-            // Never let an older record overwrite a newer one.
-            if let Some(old) = read(&path)? {
-                if old["record"]["seq"].as_u64() > record["seq"].as_u64() {
-                    return Ok(json!({"ok": true}));
-                }
+            // Never let an older record overwrite a newer one, or a later delete's tombstone.
+            if read(&path)?.is_some_and(|old| stored_seq(&old) > record["seq"].as_u64().unwrap_or(0)) {
+                return Ok(json!({"ok": true}));
             }
-            write_atomically(&path, &json!({"record": record, "deleted": false}))?;
+            write_atomically(
+                &path,
+                &json!({"seq": record["seq"], "deleted": false, "record": record}),
+            )?;
             Ok(json!({"ok": true}))
         }
         "get" => {
@@ -118,19 +136,21 @@ fn handle(o: &Options, req: &Value) -> Result<Value, String> {
         }
         "delete" => {
             let path = object_path(&o.dir, &object()?)?;
+            let seq = req["seq"].as_u64().ok_or("missing seq")?;
             let _guard = lock(&path)?;
-            match req["mode"].as_str() {
-                Some("purge") => match std::fs::remove_file(&path) {
-                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
-                    _ => {}
-                },
-                _ => {
-                    if let Some(mut stored) = read(&path)? {
-                        stored["deleted"] = json!(true);
-                        write_atomically(&path, &stored)?;
-                    }
+            let stored = read(&path)?;
+            let newest = stored.as_ref().map_or(seq, |s| stored_seq(s).max(seq));
+            let tombstone = match (req["mode"].as_str(), stored) {
+                // A purge keeps nothing of the values, whatever order requests arrive in.
+                (Some("purge"), _) | (_, None) => json!({"seq": newest, "deleted": true, "record": null}),
+                (_, Some(stored)) if stored_seq(&stored) > seq => return Ok(json!({"ok": true})),
+                (_, Some(mut stored)) => {
+                    stored["seq"] = json!(seq);
+                    stored["deleted"] = json!(true);
+                    stored
                 }
-            }
+            };
+            write_atomically(&path, &tombstone)?;
             Ok(json!({"ok": true}))
         }
         "list" => {
@@ -153,7 +173,7 @@ fn handle(o: &Options, req: &Value) -> Result<Value, String> {
                 }
                 if let Some(stored) = read(&o.dir.join(&name))? {
                     if stored["deleted"] != json!(true) {
-                        entries.push(json!({"id": stored["record"]["id"], "seq": stored["record"]["seq"]}));
+                        entries.push(json!({"id": stored["record"]["id"], "seq": stored["seq"]}));
                     }
                 }
             }
@@ -171,7 +191,14 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let _ = std::fs::create_dir_all(&o.dir);
+    if let Err(e) = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&o.dir)
+    {
+        eprintln!("exec_sink_dir: cannot create {}: {e}", o.dir.display());
+        std::process::exit(2);
+    }
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout().lock();
     for line in stdin.lock().lines() {

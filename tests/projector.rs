@@ -38,9 +38,9 @@ impl Sink for Counting {
     async fn get(&self, id: SecretId) -> sledger::Result<Option<SinkRecord>> {
         self.inner.get(id).await
     }
-    async fn delete(&self, id: SecretId, how: DeleteMode) -> sledger::Result<()> {
+    async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> sledger::Result<()> {
         self.deletes.fetch_add(1, Ordering::SeqCst);
-        self.inner.delete(id, how).await
+        self.inner.delete(id, seq, how).await
     }
     async fn list(&self) -> sledger::Result<Vec<SinkEntry>> {
         self.inner.list().await

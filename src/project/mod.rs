@@ -73,7 +73,7 @@ impl Op {
     async fn apply(&self, sink: &dyn Sink) -> Result<()> {
         match self {
             Op::Put(record) => sink.put(record).await,
-            Op::Delete { id, how, .. } => sink.delete(*id, *how).await,
+            Op::Delete { id, seq, how } => sink.delete(*id, *seq, *how).await,
         }
     }
 }

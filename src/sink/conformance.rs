@@ -41,6 +41,7 @@ pub async fn run_all(base: &str, open: &OpenSink<'_>) {
     put_get_update(&*open(&format!("{base}a-")).unwrap()).await;
     idempotent_put(&*open(&format!("{base}b-")).unwrap()).await;
     soft_delete_and_purge(&*open(&format!("{base}c-")).unwrap()).await;
+    late_puts_do_not_resurrect(&*open(&format!("{base}j-")).unwrap()).await;
     list_is_exact(&*open(&format!("{base}d-")).unwrap()).await;
     prefix_isolation(base, open).await;
     size_limit(&*open(&format!("{base}f-")).unwrap()).await;
@@ -99,7 +100,7 @@ pub async fn soft_delete_and_purge(sink: &dyn Sink) {
     let (a, b) = (SecretId::now_v7(), SecretId::now_v7());
     sink.put(&record(a, 1, "a")).await.unwrap();
     sink.put(&record(b, 1, "b")).await.unwrap();
-    sink.delete(a, DeleteMode::Soft).await.unwrap();
+    sink.delete(a, 2, DeleteMode::Soft).await.unwrap();
     assert_eq!(
         sink.get(a).await.unwrap(),
         None,
@@ -109,7 +110,7 @@ pub async fn soft_delete_and_purge(sink: &dyn Sink) {
         !sorted_list(sink).await.iter().any(|e| e.id == a),
         "a soft-deleted object is not listed"
     );
-    sink.delete(a, DeleteMode::Soft).await.unwrap();
+    sink.delete(a, 2, DeleteMode::Soft).await.unwrap();
     let back = record(a, 3, "back");
     sink.put(&back).await.unwrap();
     assert_eq!(
@@ -117,16 +118,53 @@ pub async fn soft_delete_and_purge(sink: &dyn Sink) {
         Some(back),
         "a put after a soft delete brings it back"
     );
-    sink.delete(b, DeleteMode::Purge).await.unwrap();
+    sink.delete(b, 4, DeleteMode::Purge).await.unwrap();
     assert_eq!(sink.get(b).await.unwrap(), None);
-    sink.delete(b, DeleteMode::Purge).await.unwrap();
-    sink.delete(SecretId::now_v7(), DeleteMode::Purge)
+    sink.delete(b, 4, DeleteMode::Purge).await.unwrap();
+    sink.delete(SecretId::now_v7(), 5, DeleteMode::Purge)
         .await
         .expect("deleting an absent object is Ok");
-    sink.delete(SecretId::now_v7(), DeleteMode::Soft)
+    sink.delete(SecretId::now_v7(), 5, DeleteMode::Soft)
         .await
         .expect("deleting an absent object is Ok");
     assert_eq!(sorted_list(sink).await, vec![SinkEntry { id: a, seq: 3 }]);
+}
+
+/// A put that arrives after the delete that superseded it (two projectors racing) is ignored.
+pub async fn late_puts_do_not_resurrect(sink: &dyn Sink) {
+    for how in [DeleteMode::Soft, DeleteMode::Purge] {
+        let id = SecretId::now_v7();
+        sink.put(&record(id, 1, "v1")).await.unwrap();
+        sink.delete(id, 3, how).await.unwrap();
+        sink.put(&record(id, 2, "stale")).await.unwrap();
+        assert_eq!(
+            sink.get(id).await.unwrap(),
+            None,
+            "{how:?}: a stale put brought the object back"
+        );
+        // Also when the delete reached the sink before any put did.
+        let fresh = SecretId::now_v7();
+        sink.delete(fresh, 7, how).await.unwrap();
+        sink.put(&record(fresh, 6, "stale")).await.unwrap();
+        assert_eq!(
+            sink.get(fresh).await.unwrap(),
+            None,
+            "{how:?}: a put older than the tombstone landed"
+        );
+        assert!(!sorted_list(sink)
+            .await
+            .iter()
+            .any(|e| e.id == id || e.id == fresh));
+        // A late soft delete does not hide a newer put.
+        let live = SecretId::now_v7();
+        sink.put(&record(live, 9, "newer")).await.unwrap();
+        sink.delete(live, 8, DeleteMode::Soft).await.unwrap();
+        assert_eq!(
+            sink.get(live).await.unwrap().map(|r| r.seq),
+            Some(9),
+            "a stale soft delete hid a newer put"
+        );
+    }
 }
 
 pub async fn list_is_exact(sink: &dyn Sink) {
@@ -168,9 +206,9 @@ pub async fn prefix_isolation(base: &str, open: &OpenSink<'_>) {
         None,
         "get does not see other prefixes"
     );
-    mine.delete(foreign_id, DeleteMode::Soft).await.unwrap();
-    mine.delete(foreign_id, DeleteMode::Purge).await.unwrap();
-    mine.delete(id, DeleteMode::Purge).await.unwrap();
+    mine.delete(foreign_id, 10, DeleteMode::Soft).await.unwrap();
+    mine.delete(foreign_id, 11, DeleteMode::Purge).await.unwrap();
+    mine.delete(id, 12, DeleteMode::Purge).await.unwrap();
     for s in &strangers {
         assert_eq!(
             s.get(foreign_id).await.unwrap(),
@@ -219,15 +257,14 @@ pub async fn unicode(sink: &dyn Sink) {
 pub async fn concurrent_puts(sink: Arc<dyn Sink>) {
     let ids: Vec<_> = (0..24).map(|_| SecretId::now_v7()).collect();
     let shared = SecretId::now_v7();
-    let mut tasks = Vec::new();
-    for (n, id) in ids.iter().enumerate() {
+    // Newest first, so a sink without the seq guard ends with an old record.
+    let tasks = ids.iter().enumerate().rev().map(|(n, &id)| {
         let sink = sink.clone();
-        let id = *id;
-        tasks.push(async move {
+        async move {
             sink.put(&record(id, n as u64 + 1, "c")).await.unwrap();
             sink.put(&record(shared, n as u64 + 1, "shared")).await.unwrap();
-        });
-    }
+        }
+    });
     futures::future::join_all(tasks).await;
     let listed = sorted_list(&*sink).await;
     assert_eq!(listed.len(), ids.len() + 1, "every concurrent put landed once");

@@ -6,7 +6,7 @@
 //! ```text
 //! {"op":"put","object":"sledger-<id>","record":{"id","name","scope","owner","labels","seq","version","values":{…}}}
 //! {"op":"get","object":"sledger-<id>"}
-//! {"op":"delete","object":"sledger-<id>","mode":"soft"|"purge"}
+//! {"op":"delete","object":"sledger-<id>","seq":N,"mode":"soft"|"purge"}
 //! {"op":"list","prefix":"sledger-"}
 //! {"op":"health"}
 //! ```
@@ -220,8 +220,8 @@ impl Sink for ExecSink {
         }))
     }
 
-    async fn delete(&self, id: SecretId, how: DeleteMode) -> Result<()> {
-        self.call(json!({"op": "delete", "object": object_name(&self.prefix, id), "mode": how}))
+    async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
+        self.call(json!({"op": "delete", "object": object_name(&self.prefix, id), "seq": seq, "mode": how}))
             .await
             .map(|_| ())
     }

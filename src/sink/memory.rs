@@ -10,9 +10,11 @@ use super::{object_name, Capabilities, DeleteMode, Sink, SinkEntry, SinkRecord};
 use crate::error::Result;
 use crate::SecretId;
 
+/// An object, or the tombstone a delete leaves (`record` is `None` after a purge).
 #[derive(Clone)]
 struct Object {
-    record: SinkRecord,
+    seq: u64,
+    record: Option<SinkRecord>,
     deleted: bool,
 }
 
@@ -99,17 +101,15 @@ impl Sink for MemorySink {
     async fn put(&self, record: &SinkRecord) -> Result<()> {
         let mut store = self.lock();
         let name = object_name(&self.prefix, record.id);
-        match store.get(&name) {
-            Some(existing) if existing.record.seq > record.seq => {}
-            _ => {
-                store.insert(
-                    name,
-                    Object {
-                        record: record.clone(),
-                        deleted: false,
-                    },
-                );
-            }
+        if store.get(&name).is_none_or(|existing| existing.seq <= record.seq) {
+            store.insert(
+                name,
+                Object {
+                    seq: record.seq,
+                    record: Some(record.clone()),
+                    deleted: false,
+                },
+            );
         }
         Ok(())
     }
@@ -119,21 +119,22 @@ impl Sink for MemorySink {
             .lock()
             .get(&object_name(&self.prefix, id))
             .filter(|o| !o.deleted)
-            .map(|o| o.record.clone()))
+            .and_then(|o| o.record.clone()))
     }
 
-    async fn delete(&self, id: SecretId, how: DeleteMode) -> Result<()> {
+    async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
         let mut store = self.lock();
-        let name = object_name(&self.prefix, id);
-        match how {
-            DeleteMode::Purge => {
-                store.remove(&name);
-            }
-            DeleteMode::Soft => {
-                if let Some(o) = store.get_mut(&name) {
-                    o.deleted = true;
-                }
-            }
+        let object = store.entry(object_name(&self.prefix, id)).or_insert(Object {
+            seq,
+            record: None,
+            deleted: true,
+        });
+        if how == DeleteMode::Purge {
+            object.record = None;
+        }
+        if object.seq <= seq {
+            object.seq = seq;
+            object.deleted = true;
         }
         Ok(())
     }
@@ -144,11 +145,13 @@ impl Sink for MemorySink {
             .range(self.prefix.clone()..)
             .take_while(|(name, _)| name.starts_with(&self.prefix))
             // "sledger-x-<id>" starts with "sledger-" too, but belongs to another prefix.
-            .filter(|(name, o)| !o.deleted && **name == object_name(&self.prefix, o.record.id))
-            .map(|(_, o)| SinkEntry {
-                id: o.record.id,
-                seq: o.record.seq,
+            .filter(|(_, o)| !o.deleted)
+            .filter_map(|(name, o)| {
+                o.record
+                    .as_ref()
+                    .filter(|r| *name == object_name(&self.prefix, r.id))
             })
+            .map(|r| SinkEntry { id: r.id, seq: r.seq })
             .collect())
     }
 

@@ -133,8 +133,11 @@ pub struct SinkEntry {
 /// - `put` stores the record under `prefix + id`; putting the same record twice leaves the same
 ///   state, and a record with a lower seq than the stored one must not overwrite it.
 /// - `get` returns what `put` stored, or `None` for an absent or deleted object.
-/// - `delete` of an absent object is `Ok`; after a soft delete `get` returns `None` and a later
-///   `put` brings the object back; after a purge nothing of it remains.
+/// - `delete` carries the seq of the deleting event and leaves a tombstone at that seq, so a
+///   `put` with a lower seq arriving late (another projector still applying an older batch)
+///   cannot bring a deleted or purged secret back. Deleting an absent object is `Ok`. After a
+///   soft delete `get` returns `None` and a `put` with a higher seq brings the object back;
+///   after a purge nothing of its values remains, only the tombstone.
 /// - `list` returns every live object under this sink's prefix, and nothing else.
 /// - Nothing outside the prefix is ever listed, changed or deleted.
 /// - Errors are [`Error::Sink`]; `temporary` ones (network, throttling, 5xx) may be retried.
@@ -145,7 +148,7 @@ pub trait Sink: Send + Sync + fmt::Debug + 'static {
     fn capabilities(&self) -> Capabilities;
     async fn put(&self, record: &SinkRecord) -> Result<()>;
     async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>>;
-    async fn delete(&self, id: SecretId, how: DeleteMode) -> Result<()>;
+    async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()>;
     async fn list(&self) -> Result<Vec<SinkEntry>>;
     async fn health(&self) -> Result<()>;
 }
@@ -324,7 +327,7 @@ impl SinkUrl {
                 }
                 let path = PathBuf::from(percent_decode(url, location)?);
                 Ok(if scheme == "sqlite" {
-                    SinkUrl::Sqlite { path, prefix, max_concurrency: max_concurrency.unwrap_or(1) }
+                    SinkUrl::Sqlite { path, prefix, max_concurrency: max_concurrency.unwrap_or(64) }
                 } else {
                     SinkUrl::Exec { program: path, args, prefix, max_concurrency: max_concurrency.unwrap_or(4) }
                 })

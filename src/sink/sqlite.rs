@@ -1,12 +1,17 @@
 //! `sqlite:///path/sink.db`: the embedded default sink. Values are sealed at rest with the
 //! ledger's sink seal key; metadata is plain JSON so the file can be inspected.
+//!
+//! One thread owns the connection. Writes queued while it commits are applied together in the
+//! next transaction (group commit), so many writes in flight cost one fsync, not one each,
+//! while every write still reports its own result only once it is durable.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc;
 
 use async_trait::async_trait;
 use rusqlite::{params, Connection, OptionalExtension};
 use rusqlite_migration::{Migrations, M};
+use tokio::sync::oneshot;
 
 use super::{object_name, Capabilities, DeleteMode, RecordMeta, Sink, SinkEntry, SinkRecord};
 use crate::crypto::SinkSealKey;
@@ -16,6 +21,9 @@ use crate::SecretId;
 /// `PRAGMA application_id` of sqlite sink files ("SLSK").
 const APPLICATION_ID: i32 = 0x534c_534b;
 
+/// Most writes committed in one transaction.
+const MAX_GROUP: usize = 1000;
+
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![M::up(include_str!(
         "../../schema/sink_sqlite/0001_objects.sql"
@@ -24,7 +32,7 @@ fn migrations() -> Migrations<'static> {
 
 /// A sink in a local SQLite file.
 pub struct SqliteSink {
-    conn: Arc<Mutex<Connection>>,
+    jobs: mpsc::Sender<Job>,
     path: PathBuf,
     prefix: String,
     key: SinkSealKey,
@@ -40,11 +48,133 @@ impl std::fmt::Debug for SqliteSink {
     }
 }
 
+/// Work for the connection's thread.
+enum Job {
+    Write(Write, oneshot::Sender<Result<()>>),
+    Read(Box<dyn FnOnce(&Connection) + Send>),
+}
+
+/// One row change; values arrive already sealed.
+enum Write {
+    Put {
+        name: String,
+        id: SecretId,
+        seq: u64,
+        meta: String,
+        sealed: Vec<u8>,
+    },
+    Delete {
+        name: String,
+        id: SecretId,
+        seq: u64,
+        how: DeleteMode,
+    },
+}
+
+impl Write {
+    fn apply(&self, c: &Connection) -> rusqlite::Result<()> {
+        match self {
+            // Never let an older record overwrite a newer one or a later delete's tombstone.
+            Write::Put { name, id, seq, meta, sealed } => c
+                .prepare_cached(
+                    "INSERT INTO objects (name, secret_id, seq, deleted, meta, sealed) VALUES (?1, ?2, ?3, 0, ?4, ?5)
+                     ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, deleted = 0, meta = excluded.meta, sealed = excluded.sealed
+                     WHERE excluded.seq >= objects.seq",
+                )?
+                .execute(params![name, id.as_bytes().as_slice(), *seq as i64, meta, sealed]),
+            // A soft delete keeps the values (recoverable, like the backends' recovery windows).
+            Write::Delete { name, id, seq, how: DeleteMode::Soft } => c
+                .prepare_cached(
+                    "INSERT INTO objects (name, secret_id, seq, deleted, meta, sealed) VALUES (?1, ?2, ?3, 1, '{}', x'')
+                     ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, deleted = 1
+                     WHERE excluded.seq >= objects.seq",
+                )?
+                .execute(params![name, id.as_bytes().as_slice(), *seq as i64]),
+            // A purge wipes the values whatever the order: nothing may be read after it.
+            Write::Delete { name, id, seq, how: DeleteMode::Purge } => c
+                .prepare_cached(
+                    "INSERT INTO objects (name, secret_id, seq, deleted, meta, sealed) VALUES (?1, ?2, ?3, 1, '{}', x'')
+                     ON CONFLICT (name) DO UPDATE SET seq = max(objects.seq, excluded.seq), deleted = 1, meta = '{}', sealed = x''",
+                )?
+                .execute(params![name, id.as_bytes().as_slice(), *seq as i64]),
+        }
+        .map(|_| ())
+    }
+}
+
+/// The connection's thread: reads run as they come; consecutive writes share a transaction.
+fn serve(conn: Connection, path: PathBuf, jobs: mpsc::Receiver<Job>) {
+    let mut pending = None;
+    loop {
+        let job = match pending.take() {
+            Some(job) => job,
+            None => match jobs.recv() {
+                Ok(job) => job,
+                Err(_) => return, // the sink was dropped
+            },
+        };
+        match job {
+            Job::Read(read) => read(&conn),
+            Job::Write(write, reply) => {
+                let mut group = vec![(write, reply)];
+                while group.len() < MAX_GROUP {
+                    match jobs.try_recv() {
+                        Ok(Job::Write(write, reply)) => group.push((write, reply)),
+                        Ok(read) => {
+                            pending = Some(read);
+                            break;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                commit_group(&conn, &path, group);
+            }
+        }
+    }
+}
+
+fn commit_group(conn: &Connection, path: &Path, group: Vec<(Write, oneshot::Sender<Result<()>>)>) {
+    let purged = group.iter().any(|(w, _)| {
+        matches!(
+            w,
+            Write::Delete {
+                how: DeleteMode::Purge,
+                ..
+            }
+        )
+    });
+    let applied = (|| {
+        let tx = conn.unchecked_transaction()?;
+        let results: Vec<rusqlite::Result<()>> = group.iter().map(|(w, _)| w.apply(&tx)).collect();
+        tx.commit()?;
+        Ok::<_, rusqlite::Error>(results)
+    })();
+    match applied {
+        Ok(results) => {
+            for ((_, reply), result) in group.into_iter().zip(results) {
+                let _ = reply.send(result.map_err(|e| db_error(path, e)));
+            }
+        }
+        Err(e) => {
+            let (message, temporary) = classify(path, &e);
+            for (_, reply) in group {
+                let _ = reply.send(Err(Error::sink("sqlite", message.clone(), temporary)));
+            }
+        }
+    }
+    if purged {
+        // Purged ciphertext must not linger in WAL frames (secure_delete clears the pages).
+        if let Err(e) = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);") {
+            tracing::debug!(error = %e, "sink checkpoint after a purge did not complete");
+        }
+    }
+}
+
 fn unavailable(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::sink("sqlite", format!("{} is unavailable: {e}", path.display()), true)
 }
 
-fn db_error(path: &Path, e: rusqlite::Error) -> Error {
+fn classify(path: &Path, e: &rusqlite::Error) -> (String, bool) {
     use rusqlite::ErrorCode::*;
     let temporary = matches!(
         e.sqlite_error_code(),
@@ -53,12 +183,18 @@ fn db_error(path: &Path, e: rusqlite::Error) -> Error {
                 | DatabaseLocked
                 | CannotOpen
                 | SystemIoFailure
+                | DiskFull
                 | NotADatabase
                 | PermissionDenied
                 | ReadOnly
         )
     );
-    Error::sink("sqlite", format!("{}: {e}", path.display()), temporary)
+    (format!("{}: {e}", path.display()), temporary)
+}
+
+fn db_error(path: &Path, e: rusqlite::Error) -> Error {
+    let (message, temporary) = classify(path, &e);
+    Error::sink("sqlite", message, temporary)
 }
 
 impl SqliteSink {
@@ -100,11 +236,19 @@ impl SqliteSink {
         }
         conn.busy_timeout(std::time::Duration::from_secs(10))
             .map_err(|e| db_error(path, e))?;
-        conn.pragma_update(None, "synchronous", "FULL")
-            .map_err(|e| db_error(path, e))?;
+        for (pragma, value) in [("synchronous", "FULL"), ("secure_delete", "ON")] {
+            conn.pragma_update(None, pragma, value)
+                .map_err(|e| db_error(path, e))?;
+        }
         migrations().to_latest(&mut conn).map_err(Error::Migration)?;
+        let (jobs, queue) = mpsc::channel();
+        let thread_path = path.to_path_buf();
+        std::thread::Builder::new()
+            .name("sqlite-sink".into())
+            .spawn(move || serve(conn, thread_path, queue))
+            .map_err(|e| unavailable(path, e))?;
         Ok(SqliteSink {
-            conn: Arc::new(Mutex::new(conn)),
+            jobs,
             path: path.to_path_buf(),
             prefix: prefix.to_owned(),
             key,
@@ -112,20 +256,33 @@ impl SqliteSink {
         })
     }
 
-    /// Run `f` on the connection on tokio's blocking pool.
-    async fn with<T: Send + 'static>(
+    /// Run a query on the connection's thread.
+    async fn read<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        query: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
-        let conn = self.conn.clone();
+        let (reply, answer) = oneshot::channel();
         let path = self.path.clone();
-        let path2 = path.clone();
-        tokio::task::spawn_blocking(move || {
-            let conn = conn.lock().unwrap_or_else(|p| p.into_inner());
-            f(&conn).map_err(|e| db_error(&path, e))
-        })
-        .await
-        .map_err(|e| unavailable(&path2, e))?
+        let job = Job::Read(Box::new(move |c| {
+            let _ = reply.send(query(c).map_err(|e| db_error(&path, e)));
+        }));
+        self.jobs
+            .send(job)
+            .map_err(|_| unavailable(&self.path, "its connection thread stopped"))?;
+        answer
+            .await
+            .map_err(|_| unavailable(&self.path, "its connection thread stopped"))?
+    }
+
+    /// Queue a write; it resolves once its transaction is committed.
+    async fn write(&self, write: Write) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.jobs
+            .send(Job::Write(write, reply))
+            .map_err(|_| unavailable(&self.path, "its connection thread stopped"))?;
+        answer
+            .await
+            .map_err(|_| unavailable(&self.path, "its connection thread stopped"))?
     }
 }
 
@@ -144,19 +301,12 @@ impl Sink for SqliteSink {
     }
 
     async fn put(&self, record: &SinkRecord) -> Result<()> {
-        let name = object_name(&self.prefix, record.id);
-        let meta = serde_json::to_string(&record.meta()).expect("record metadata serialises");
-        let sealed = self.key.seal(&record.values, record.id, record.seq);
-        let (id, seq) = (record.id, record.seq as i64);
-        self.with(move |c| {
-            // Never let an older record overwrite a newer one (two projectors racing).
-            c.prepare_cached(
-                "INSERT INTO objects (name, secret_id, seq, deleted, meta, sealed) VALUES (?1, ?2, ?3, 0, ?4, ?5)
-                 ON CONFLICT (name) DO UPDATE SET seq = excluded.seq, deleted = 0, meta = excluded.meta, sealed = excluded.sealed
-                 WHERE excluded.seq >= objects.seq",
-            )?
-            .execute(params![name, id.as_bytes().as_slice(), seq, meta, sealed])
-            .map(|_| ())
+        self.write(Write::Put {
+            name: object_name(&self.prefix, record.id),
+            id: record.id,
+            seq: record.seq,
+            meta: serde_json::to_string(&record.meta()).expect("record metadata serialises"),
+            sealed: self.key.seal(&record.values, record.id, record.seq),
         })
         .await
     }
@@ -164,7 +314,7 @@ impl Sink for SqliteSink {
     async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>> {
         let name = object_name(&self.prefix, id);
         let row: Option<(String, Vec<u8>)> = self
-            .with(move |c| {
+            .read(move |c| {
                 c.prepare_cached("SELECT meta, sealed FROM objects WHERE name = ?1 AND deleted = 0")?
                     .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
@@ -190,14 +340,12 @@ impl Sink for SqliteSink {
         Ok(Some(SinkRecord::from_meta(meta, values)))
     }
 
-    async fn delete(&self, id: SecretId, how: DeleteMode) -> Result<()> {
-        let name = object_name(&self.prefix, id);
-        self.with(move |c| {
-            let sql = match how {
-                DeleteMode::Soft => "UPDATE objects SET deleted = 1 WHERE name = ?1",
-                DeleteMode::Purge => "DELETE FROM objects WHERE name = ?1",
-            };
-            c.prepare_cached(sql)?.execute([name]).map(|_| ())
+    async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
+        self.write(Write::Delete {
+            name: object_name(&self.prefix, id),
+            id,
+            seq,
+            how,
         })
         .await
     }
@@ -205,7 +353,7 @@ impl Sink for SqliteSink {
     async fn list(&self) -> Result<Vec<SinkEntry>> {
         let prefix = self.prefix.clone();
         let rows: Vec<(String, Vec<u8>, i64)> = self
-            .with(move |c| {
+            .read(move |c| {
                 let mut stmt = c.prepare_cached(
                     "SELECT name, secret_id, seq FROM objects WHERE deleted = 0 AND substr(name, 1, length(?1)) = ?1",
                 )?;
@@ -226,7 +374,7 @@ impl Sink for SqliteSink {
         if !self.path.is_file() {
             return Err(unavailable(&self.path, "the file is missing"));
         }
-        self.with(|c| {
+        self.read(|c| {
             c.query_row("SELECT count(*) FROM objects", [], |r| r.get::<_, i64>(0))
                 .map(|_| ())
         })

@@ -75,12 +75,6 @@ pub enum RoleArg {
     Standby,
 }
 
-impl RoleArg {
-    pub fn into_role(self) -> sledger::event::SinkRole {
-        self.into()
-    }
-}
-
 impl From<RoleArg> for sledger::event::SinkRole {
     fn from(r: RoleArg) -> Self {
         match r {

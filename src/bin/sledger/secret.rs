@@ -130,10 +130,11 @@ pub fn meta_json(m: &SecretMeta) -> serde_json::Value {
 pub fn render_outcomes(ctx: &Context, verb: &str, outcomes: &[Outcome], primary: Option<&PrimaryWait>) {
     if let Some(p) = primary.filter(|p| p.lag > 0 && !ctx.json()) {
         eprintln!(
-            "note: the write is durable in the ledger, but primary sink {:?} is behind by {} events{}; \
+            "note: the write is durable in the ledger, but primary sink {:?} is behind by {} event{}{}; \
              `sledger project` catches it up",
             p.name,
             p.lag,
+            if p.lag == 1 { "" } else { "s" },
             p.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
         );
     }

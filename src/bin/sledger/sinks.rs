@@ -57,7 +57,7 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
                 "added",
                 &name,
             )?;
-            if !ctx.json() && role.into_role().is_projected() {
+            if !ctx.json() && SinkRole::from(role).is_projected() {
                 println!("run `sledger project` to bring it up to date");
             }
             Ok(())
