@@ -262,16 +262,61 @@ impl Catalog {
             .expect("catalog always encodes")
     }
 
-    /// Decode a snapshot written by [`Catalog::to_snapshot`].
+    /// Decode a snapshot written by [`Catalog::to_snapshot`], or by sledger 0.1 before sinks
+    /// existed (`(seq, secrets)`: no sink could be attached then, so its sinks are none).
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self> {
         type Snapshot = (u64, BTreeMap<SecretId, SecretMeta>, BTreeMap<String, SinkConfig>);
-        let ((seq, secrets, sinks), _): (Snapshot, usize) =
-            bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-                .map_err(|e| Error::Corrupt(format!("snapshot does not decode: {e}")))?;
+        type SnapshotBeforeSinks = (u64, BTreeMap<SecretId, SecretMeta>);
+        fn whole<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
+            bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard())
+                .ok()
+                .and_then(|(value, used)| (used == bytes.len()).then_some(value))
+        }
+        let decoded = whole::<Snapshot>(bytes).or_else(|| {
+            whole::<SnapshotBeforeSinks>(bytes).map(|(seq, secrets)| (seq, secrets, BTreeMap::new()))
+        });
+        let (seq, secrets, sinks) =
+            decoded.ok_or_else(|| Error::Corrupt("a snapshot does not decode".into()))?;
         Ok(Catalog {
             seq,
             secrets: secrets.into_iter().collect(),
             sinks,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_from_before_sinks_still_decode() {
+        let mut catalog = Catalog {
+            seq: 7,
+            ..Default::default()
+        };
+        let id = SecretId::now_v7();
+        let meta = SecretMeta {
+            id,
+            name: "db".into(),
+            scope: crate::event::Scope::Workspace,
+            owner: String::new(),
+            labels: BTreeMap::new(),
+            version: 2,
+            status: Status::Live,
+            created_at: 1,
+            created_by: "a".into(),
+            updated_at: 2,
+            updated_seq: 7,
+            value_seq: 7,
+            fingerprints: BTreeMap::new(),
+        };
+        catalog.secrets.insert(id, meta.clone());
+        let old_format =
+            bincode::serde::encode_to_vec((7u64, BTreeMap::from([(id, meta)])), bincode::config::standard())
+                .unwrap();
+        assert_eq!(Catalog::from_snapshot(&old_format).unwrap(), catalog);
+        assert_eq!(Catalog::from_snapshot(&catalog.to_snapshot()).unwrap(), catalog);
+        assert!(Catalog::from_snapshot(&old_format[..old_format.len() - 1]).is_err());
     }
 }

@@ -1086,6 +1086,14 @@ impl Ledger {
         if seen != folded.secrets.len() {
             return Err(derived_mismatch("the catalog (rows are missing)".into()));
         }
+        drop(stmt);
+        // Projectors and reads trust the sinks table: a URL edited there would send values to
+        // whatever it names, so it must match the chain exactly.
+        if load_sinks(&tx)? != folded.sinks {
+            return Err(derived_mismatch(
+                "the sinks table (an attached sink's URL or role)".into(),
+            ));
+        }
         Ok(())
     }
 

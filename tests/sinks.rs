@@ -179,11 +179,12 @@ fn a_secret_the_sink_refuses_is_parked_not_blocking() {
     ]);
     env.ok(&["secret", "create", "fine-1", "--value", "k=1"]);
     env.ok(&["secret", "create", "poison-pill", "--value", "k=1"]);
+    env.ok(&["secret", "create", "poison-two", "--value", "k=1"]);
     env.ok(&["secret", "create", "fine-2", "--value", "k=1"]);
     env.ok(&["project"]);
     let s = &status(&env)["picky"];
     assert_eq!(s["lag"], 0, "a refused secret does not block the sink");
-    assert_eq!(s["parked"], 1);
+    assert_eq!(s["parked"], 2);
     assert_eq!(
         env.json(&["secret", "get", "fine-2", "--from", "backup"])["values"]["k"],
         "1"
@@ -192,9 +193,17 @@ fn a_secret_the_sink_refuses_is_parked_not_blocking() {
     let retried = env.json(&["sink", "retry", "picky"]);
     assert_eq!(
         (retried["applied"].clone(), retried["still_parked"].clone()),
-        (json!(0), json!(1))
+        (json!(0), json!(2))
     );
     std::fs::remove_file(&refuse).unwrap();
+    // A later write of a parked secret that goes through unparks it.
+    env.ok(&["secret", "update", "poison-two", "--value", "k=2"]);
+    env.ok(&["project"]);
+    assert_eq!(status(&env)["picky"]["parked"], 1);
+    assert_eq!(
+        env.json(&["secret", "get", "poison-two", "--from", "backup"])["values"]["k"],
+        "2"
+    );
     let retried = env.json(&["sink", "retry", "picky"]);
     assert_eq!(retried["applied"], 1);
     assert_eq!(status(&env)["picky"]["parked"], 0);
@@ -205,6 +214,57 @@ fn a_secret_the_sink_refuses_is_parked_not_blocking() {
 }
 
 #[test]
+fn a_hung_primary_does_not_hold_writes_past_wait() {
+    let env = Env::new();
+    env.ok(&[
+        "sink",
+        "add",
+        "slow",
+        &exec_url(&env.path("files"), &["--sleep-ms", "5000"]),
+    ]);
+    env.ok(&["sink", "promote", "slow"]);
+    let started = std::time::Instant::now();
+    let out = env.json(&["--wait", "300ms", "secret", "create", "x", "--value", "k=1"]);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(out["result"], "created");
+    assert!(out["primary"]["lag"].as_u64().unwrap() >= 1, "{out}");
+    assert!(
+        out["primary"]["error"].as_str().unwrap().contains("deadline"),
+        "{out}"
+    );
+    // Durable, and served by the backup meanwhile.
+    assert_eq!(
+        env.json(&["secret", "get", "x", "--from", "ledger"])["values"]["k"],
+        "1"
+    );
+}
+
+#[test]
+fn sink_add_refuses_what_it_cannot_keep_and_leaves_nothing_behind() {
+    let env = Env::new();
+    let err = env.fails(&["sink", "add", "m", "memory://x"], USAGE);
+    assert!(err.contains("inside one process"), "{err}");
+    // An existing file that is not a sink file (here: the ledger itself) is refused.
+    let err = env.fails(
+        &["sink", "add", "l", &format!("sqlite://{}", env.ledger.display())],
+        USAGE,
+    );
+    assert!(err.contains("not a sledger sqlite sink file"), "{err}");
+    // A refused add (the name is taken) does not leave a new file behind.
+    let fresh = env.path("fresh.db");
+    env.fails(
+        &["sink", "add", "local", &format!("sqlite://{}", fresh.display())],
+        4,
+    );
+    assert!(!fresh.exists());
+    env.ok(&["verify"]);
+}
+
+#[test]
 fn sink_management_is_audited_and_guarded() {
     let env = Env::new();
     let url = format!("sqlite://{}", env.path("b.db").display());
@@ -212,7 +272,15 @@ fn sink_management_is_audited_and_guarded() {
     env.fails(&["sink", "add", "b", &url], 4);
     let err = env.fails(&["sink", "add", "c", &url], USAGE);
     assert!(err.contains("already writes to"), "{err}");
-    let err = env.fails(&["sink", "add", "Bad Name", "memory://x"], USAGE);
+    let err = env.fails(
+        &[
+            "sink",
+            "add",
+            "Bad Name",
+            &format!("sqlite://{}", env.path("bad.db").display()),
+        ],
+        USAGE,
+    );
     assert!(err.contains("invalid sink name"), "{err}");
     for (url, needle) in [
         ("vault://root:hunter2@127.0.0.1:8200/secret", "user:password@"),

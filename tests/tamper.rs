@@ -33,6 +33,10 @@ fn sample() -> (Env, u64) {
     env.ok(&["secret", "delete", "c"]);
     env.ok(&["secret", "undelete", "c"]);
     env.ok(&["secret", "purge", "c", "--yes"]);
+    let url = format!("sqlite://{}", env.path("bk.db").display());
+    env.ok(&["sink", "add", "bk", &url]);
+    env.ok(&["sink", "set-role", "bk", "replica"]);
+    env.ok(&["sink", "remove", "bk"]);
     let events = env.json(&["verify"])["events"].as_u64().unwrap();
     // Fold the WAL into the main file so a copy of it is the whole ledger.
     rusqlite::Connection::open(&env.ledger)
@@ -227,5 +231,29 @@ fn editing_the_derived_catalog_is_caught_and_repairable() {
     );
     env.ok(&["verify", "--rebuild-catalog"]);
     assert_eq!(env.ok(&["secret", "get", "a", "--key", "k"]), "two\n");
+    env.ok(&["verify"]);
+}
+
+#[test]
+fn redirecting_a_sink_in_the_derived_table_is_caught() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=one"]);
+    // Someone with write access to the file, but not the key, points the primary elsewhere.
+    let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+    let evil = format!("sqlite://{}", env.path("evil.db").display());
+    raw.execute("UPDATE sinks SET url = ?1 WHERE name = 'local'", [&evil])
+        .unwrap();
+    drop(raw);
+    let err = env.fails(&["verify"], INTEGRITY);
+    assert!(
+        err.contains("sinks table") && err.contains("--rebuild-catalog"),
+        "{err}"
+    );
+    env.ok(&["verify", "--rebuild-catalog"]);
+    let list = env.json(&["sink", "list"]);
+    assert!(
+        list[0]["url"].as_str().unwrap().ends_with("ledger.sink.db"),
+        "{list}"
+    );
     env.ok(&["verify"]);
 }

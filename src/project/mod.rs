@@ -7,6 +7,7 @@
 //! permanent error for one secret parks that secret's event (visible in `sink status`, retried
 //! by `sink retry`) instead of blocking the sink. Delivery is at-least-once: sinks are idempotent.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,7 +36,8 @@ pub struct ProjectOptions {
     pub max_attempts: u32,
     pub base_backoff: Duration,
     pub max_backoff: Duration,
-    /// Stop (between batches, or while backing off) after this instant.
+    /// Stop after this instant: between batches, while backing off, and (a backend that hangs)
+    /// shortly after it even with writes in flight.
     pub deadline: Option<Instant>,
     /// Stop between batches once this is set (a signal handler's flag).
     pub stop: Option<Arc<AtomicBool>>,
@@ -127,16 +129,19 @@ impl Ledger {
         Ok(cp.unwrap_or(0) as u64)
     }
 
-    /// Move a sink's checkpoint forward (never back: two projectors may race).
-    fn save_checkpoint(&self, sink: &str, seq: u64) -> Result<()> {
-        self.conn()
+    /// Move a sink's checkpoint forward (never back: two projectors may race), if the sink is
+    /// still the attachment made at `attached`. Returns whether it was.
+    fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64) -> Result<bool> {
+        let changed = self
+            .conn()
             .prepare_cached(
-                "INSERT INTO sink_state (name, checkpoint, last_applied_at) VALUES (?1, ?2, ?3)
+                "INSERT INTO sink_state (name, checkpoint, last_applied_at)
+                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM sinks WHERE name = ?1 AND added_seq = ?4)
                  ON CONFLICT (name) DO UPDATE SET checkpoint = max(checkpoint, excluded.checkpoint),
                  last_applied_at = excluded.last_applied_at, last_error = NULL, last_error_at = NULL",
             )?
-            .execute(params![sink, seq as i64, now_ms()])?;
-        Ok(())
+            .execute(params![sink, seq as i64, now_ms(), attached as i64])?;
+        Ok(changed > 0)
     }
 
     fn record_sink_error(&self, sink: &str, error: &str) -> Result<()> {
@@ -156,10 +161,15 @@ impl Ledger {
         Ok(())
     }
 
-    fn unpark(&self, sink: &str, id: SecretId) -> Result<()> {
+    /// Forget a parked secret once a write at `seq` or later has reached the sink.
+    fn unpark(&self, sink: &str, id: SecretId, seq: u64) -> Result<()> {
         self.conn()
-            .prepare_cached("DELETE FROM parked WHERE sink = ?1 AND secret_id = ?2")?
-            .execute(params![sink, id.as_bytes().as_slice()])?;
+            .prepare_cached("DELETE FROM parked WHERE sink = ?1 AND secret_id = ?2 AND seq <= ?3")?
+            .execute(params![
+                sink,
+                id.as_bytes().as_slice(),
+                seq.min(i64::MAX as u64) as i64
+            ])?;
         Ok(())
     }
 
@@ -302,6 +312,9 @@ impl Ledger {
     }
 }
 
+/// How long past `ProjectOptions::deadline` writes in flight may take before they are abandoned.
+const DEADLINE_GRACE: Duration = Duration::from_millis(250);
+
 fn backoff(opts: &ProjectOptions, attempt: u32) -> Duration {
     let cap = opts
         .base_backoff
@@ -326,7 +339,10 @@ async fn apply_with_retry(sink: &dyn Sink, op: &Op, opts: &ProjectOptions) -> Re
         match op.apply(sink).await {
             Err(e) if e.is_temporary() && attempt + 1 < opts.max_attempts && !stopped(opts) => {
                 tracing::debug!(sink = sink.kind(), attempt, error = %e, "temporary sink error; backing off");
-                tokio::time::sleep(backoff(opts, attempt)).await;
+                let remaining = opts
+                    .deadline
+                    .map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
+                tokio::time::sleep(backoff(opts, attempt).min(remaining)).await;
                 attempt += 1;
             }
             other => return other,
@@ -358,6 +374,10 @@ pub async fn project(
     opts: &ProjectOptions,
 ) -> Result<ProjectReport> {
     let mut report = ProjectReport::default();
+    // Progress belongs to this attachment of the sink: if it is removed or re-added meanwhile,
+    // what this run applied must not become the new attachment's checkpoint.
+    let attached = ledger.sink_config(name)?.added_seq;
+    let mut parked: HashSet<SecretId> = ledger.parked(name)?.into_iter().map(|p| p.secret_id).collect();
     loop {
         let checkpoint = ledger.checkpoint(name)?;
         let head = ledger.head()?.seq;
@@ -368,15 +388,48 @@ pub async fn project(
         }
         let through = head.min(checkpoint + opts.batch_events.max(1));
         let ops = ledger.compacted_ops(checkpoint, through)?;
-        let mut failed = None;
-        for (op, result) in apply_all(sink, &ops, opts).await {
+        let results = match opts.deadline {
+            None => apply_all(sink, &ops, opts).await,
+            // Retries give up at the deadline by themselves; the grace cuts only a backend that
+            // hangs. Abandoned writes may still land: the checkpoint stays before this batch.
+            Some(deadline) => {
+                let cutoff = tokio::time::Instant::from_std(deadline) + DEADLINE_GRACE;
+                match tokio::time::timeout_at(cutoff, apply_all(sink, &ops, opts)).await {
+                    Ok(results) => results,
+                    Err(_) => {
+                        let e = Error::sink(
+                            sink.kind(),
+                            "it did not finish the writes before the deadline",
+                            true,
+                        );
+                        ledger.record_sink_error(name, &e.to_string())?;
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        // A backend that is down or broken as a whole may refuse every write "permanently"
+        // (a full disk, a plug-in gone wrong): that is an outage to wait out, not secrets to park.
+        let refused = results
+            .iter()
+            .any(|(_, r)| r.as_ref().is_err_and(|e| !e.is_temporary()));
+        let mut failed = if refused { sink.health().await.err() } else { None };
+        let outage = failed.is_some();
+        for (op, result) in results {
+            let (id, seq) = op.target();
             match result {
-                Ok(()) => report.writes += 1,
+                Ok(()) => {
+                    report.writes += 1;
+                    if parked.remove(&id) {
+                        ledger.unpark(name, id, seq)?;
+                    }
+                }
+                Err(_) if outage => {}
                 Err(e) if e.is_temporary() => failed = Some(e),
                 Err(e) => {
-                    let (id, seq) = op.target();
                     tracing::warn!(sink = name, secret = %id, seq, error = %e, "parking a write the sink refused");
                     ledger.park(name, id, seq, &e.to_string())?;
+                    parked.insert(id);
                     report.parked += 1;
                 }
             }
@@ -385,7 +438,15 @@ pub async fn project(
             ledger.record_sink_error(name, &e.to_string())?;
             return Err(e);
         }
-        ledger.save_checkpoint(name, through)?;
+        if !ledger.save_checkpoint(name, attached, through)? {
+            return Err(Error::sink(
+                sink.kind(),
+                format!(
+                    "sink {name} was removed or re-added while this projector ran; its progress was dropped"
+                ),
+                false,
+            ));
+        }
         report.events += through - checkpoint;
         report.checkpoint = through;
     }
@@ -415,12 +476,12 @@ pub async fn retry_parked(
     let (mut fixed, mut still) = (0, 0);
     for parked in ledger.parked(name)? {
         let Some(op) = ledger.op_at(parked.secret_id, head)? else {
-            ledger.unpark(name, parked.secret_id)?;
+            ledger.unpark(name, parked.secret_id, u64::MAX)?;
             continue;
         };
         match apply_with_retry(sink, &op, opts).await {
             Ok(()) => {
-                ledger.unpark(name, parked.secret_id)?;
+                ledger.unpark(name, parked.secret_id, op.target().1)?;
                 fixed += 1;
             }
             Err(e) if e.is_temporary() => return Err(e),

@@ -20,7 +20,7 @@ pub use sqlite::SqliteSink;
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -196,27 +196,26 @@ const SECRET_PARAMS: &[&str] = &[
     "credentials",
 ];
 
-/// `url` with any user:password@ and credential parameter values replaced by `***`, so an
-/// error about a URL never repeats the secret it was refused for.
+/// `url` with any user info and every parameter value other than `prefix` and
+/// `max_concurrency` replaced by `***`, so an error about a URL never repeats a credential,
+/// whatever the parameter carrying it is called.
 fn redacted(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let (location, query) = rest.split_once('?').map_or((rest, None), |(l, q)| (l, Some(q)));
-    let (authority, path) = location.split_at(location.find('/').unwrap_or(location.len()));
-    let authority = authority
-        .rsplit_once('@')
-        .map_or(authority.to_owned(), |(_, host)| format!("***@{host}"));
+    let location = match location.rsplit_once('@') {
+        Some((_, host)) if !location.starts_with('/') => format!("***@{host}"),
+        _ => location.to_owned(),
+    };
     let mut out = if scheme.is_empty() {
-        format!("{authority}{path}")
+        location
     } else {
-        format!("{scheme}://{authority}{path}")
+        format!("{scheme}://{location}")
     };
     if let Some(query) = query {
         let pairs: Vec<String> = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if SECRET_PARAMS.contains(&k.to_ascii_lowercase().as_str()) => {
-                    format!("{k}=***")
-                }
+                Some((k, _)) if !matches!(k, "prefix" | "max_concurrency") => format!("{k}=***"),
                 _ => pair.to_owned(),
             })
             .collect();
@@ -266,14 +265,28 @@ fn percent_decode(url: &str, s: &str) -> Result<String> {
 }
 
 impl SinkUrl {
+    /// The `sqlite://` URL of an absolute path, escaping what the parser would otherwise read
+    /// as a query or an escape (`%`, `?`, `#`, `&`).
+    pub fn sqlite_url(path: &Path) -> String {
+        let mut url = String::from("sqlite://");
+        for c in path.to_string_lossy().chars() {
+            match c {
+                '%' | '?' | '#' | '&' => url.push_str(&format!("%{:02X}", c as u32)),
+                c => url.push(c),
+            }
+        }
+        url
+    }
+
     /// Parse and check a sink URL.
     pub fn parse(url: &str) -> Result<SinkUrl> {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| bad_url(url, "expected SCHEME://…, e.g. sqlite:///var/lib/sledger/sink.db"))?;
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
-        let authority = location.split('/').next().unwrap_or("");
-        if authority.contains('@') {
+        // Network URLs name a host; file URLs (sqlite, exec) start with the path, where an
+        // `@` is just a character. A password may hold `/`, so look at the whole location.
+        if !location.starts_with('/') && location.contains('@') {
             return Err(bad_url(
                 url,
                 format!("it carries user:password@; {CREDENTIALS_HINT}"),
@@ -344,17 +357,10 @@ impl SinkUrl {
     /// anything is appended.
     pub fn capabilities(&self) -> Capabilities {
         match self {
-            SinkUrl::Memory { max_concurrency, .. } => Capabilities {
-                max_value_bytes: usize::MAX,
-                soft_delete: true,
-                max_concurrency: *max_concurrency,
-            },
-            SinkUrl::Sqlite { max_concurrency, .. } => Capabilities {
-                max_value_bytes: usize::MAX,
-                soft_delete: true,
-                max_concurrency: *max_concurrency,
-            },
-            SinkUrl::Exec { max_concurrency, .. } => Capabilities {
+            // Local sinks take any size the ledger allows; cloud sinks will bring their limits.
+            SinkUrl::Memory { max_concurrency, .. }
+            | SinkUrl::Sqlite { max_concurrency, .. }
+            | SinkUrl::Exec { max_concurrency, .. } => Capabilities {
                 max_value_bytes: usize::MAX,
                 soft_delete: true,
                 max_concurrency: *max_concurrency,

@@ -220,6 +220,25 @@ impl SqliteSink {
         Ok(())
     }
 
+    /// Check that an existing file is a sledger sqlite sink file, without changing it.
+    pub fn check_file(path: &Path) -> Result<()> {
+        let foreign = || {
+            Error::InvalidInput(format!(
+                "{} exists and is not a sledger sqlite sink file; choose a new path (sledger creates the file)",
+                path.display()
+            ))
+        };
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|_| foreign())?;
+        let app_id: i32 = conn
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .map_err(|_| foreign())?;
+        if app_id != APPLICATION_ID {
+            return Err(foreign());
+        }
+        Ok(())
+    }
+
     /// Open an existing sink file. A missing file is an unavailable sink, never silently a new
     /// empty one (that would look like a sink that lost everything).
     pub fn open(path: &Path, prefix: &str, key: SinkSealKey, max_concurrency: usize) -> Result<Self> {

@@ -30,6 +30,8 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
 pub struct PrimaryWait {
     pub name: String,
     pub lag: u64,
+    /// Secrets the primary refused (it will not serve them until `sink retry` applies them).
+    pub parked: u64,
     pub error: Option<String>,
 }
 
@@ -83,7 +85,13 @@ impl Context {
             applied.err().map(|e| e.to_string())
         };
         let lag = ledger.head()?.seq.saturating_sub(ledger.checkpoint(&name)?);
-        Ok(Some(PrimaryWait { name, lag, error }))
+        let parked = ledger.parked(&name)?.len() as u64;
+        Ok(Some(PrimaryWait {
+            name,
+            lag,
+            parked,
+            error,
+        }))
     }
 
     pub fn json(&self) -> bool {

@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde_json::json;
 use sledger::crypto::MASTER_KEY_ENV;
 use sledger::event::SinkRole;
-use sledger::sink::SqliteSink;
+use sledger::sink::{SinkUrl, SqliteSink};
 use sledger::{keyfile, Command, Ledger, LedgerSettings, MasterKey};
 
 use crate::cli::{InitArgs, KeyCmd};
@@ -61,7 +61,7 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     // event like any other, so "who set up the primary" is in the audit log.
     let made = Ledger::init(&ctx.ledger_path, key, settings).and_then(|mut ledger| {
         SqliteSink::create(&sink_file)?;
-        let url = format!("sqlite://{}", sink_file.display());
+        let url = SinkUrl::sqlite_url(&sink_file);
         ledger.execute(
             &ctx.actor,
             vec![Command::AddSink {

@@ -138,6 +138,17 @@ pub fn render_outcomes(ctx: &Context, verb: &str, outcomes: &[Outcome], primary:
             p.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
         );
     }
+    if let Some(p) = primary.filter(|p| p.parked > 0 && !ctx.json()) {
+        eprintln!(
+            "note: primary sink {:?} refused {} secret{}: reads of {} fall back to other sources; \
+             `sledger sink status` shows why, `sledger sink retry {}` re-applies them",
+            p.name,
+            p.parked,
+            if p.parked == 1 { "" } else { "s" },
+            if p.parked == 1 { "it" } else { "them" },
+            p.name
+        );
+    }
     for o in outcomes {
         let (secret, seq, changed) = match o {
             Outcome::Appended { seq, secret, .. } => (secret, Some(*seq), true),
@@ -149,7 +160,7 @@ pub fn render_outcomes(ctx: &Context, verb: &str, outcomes: &[Outcome], primary:
             v["result"] = json!(if changed { verb } else { "unchanged" });
             v["seq"] = json!(seq);
             if let Some(p) = primary {
-                v["primary"] = json!({"name": p.name, "lag": p.lag, "error": p.error});
+                v["primary"] = json!({"name": p.name, "lag": p.lag, "parked": p.parked, "error": p.error});
             }
             output::json_line(&v);
         } else if changed {

@@ -17,14 +17,23 @@ use crate::context::{block_on, Context};
 use crate::output;
 
 /// A sqlite sink's file is made when the sink is added (never silently on open: a missing
-/// file is an outage, not an empty sink).
-pub fn prepare_backend(url: &str) -> Result<()> {
-    if let SinkUrl::Sqlite { path, .. } = SinkUrl::parse(url)? {
-        if !path.exists() {
-            SqliteSink::create(&path)?;
+/// file is an outage, not an empty sink). Returns the file it created, if any.
+fn prepare_backend(url: &SinkUrl) -> Result<Option<std::path::PathBuf>> {
+    match url {
+        SinkUrl::Sqlite { path, .. } if path.exists() => {
+            SqliteSink::check_file(path)?;
+            Ok(None)
         }
+        SinkUrl::Sqlite { path, .. } => {
+            SqliteSink::create(path)?;
+            Ok(Some(path.clone()))
+        }
+        SinkUrl::Memory { .. } => Err(crate::exit::usage(
+            "a memory:// sink lives inside one process and would be empty for the next command; \
+             use sqlite:///PATH or exec:///PROGRAM",
+        )),
+        _ => Ok(None),
     }
-    Ok(())
 }
 
 fn change(ctx: &Context, ledger: &mut Ledger, command: Command, verb: &str, name: &str) -> Result<()> {
@@ -44,19 +53,19 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
     match cmd {
         SinkCmd::Add { name, url, role } => {
             let mut ledger = ctx.open_unlocked()?;
-            SinkUrl::parse(&url)?;
-            prepare_backend(&url)?;
-            change(
-                ctx,
-                &mut ledger,
-                Command::AddSink {
-                    name: name.clone(),
-                    url,
-                    role: role.into(),
-                },
-                "added",
-                &name,
-            )?;
+            let created = prepare_backend(&SinkUrl::parse(&url)?)?;
+            let add = Command::AddSink {
+                name: name.clone(),
+                url,
+                role: role.into(),
+            };
+            if let Err(e) = change(ctx, &mut ledger, add, "added", &name) {
+                // Refused (a taken name, say): leave no file behind for a sink that does not exist.
+                if let Some(path) = created {
+                    let _ = std::fs::remove_file(path);
+                }
+                return Err(e);
+            }
             if !ctx.json() && SinkRole::from(role).is_projected() {
                 println!("run `sledger project` to bring it up to date");
             }
