@@ -295,6 +295,15 @@ impl Ledger {
     /// The compacted writes for events `after+1 ..= through`: one per secret, in the order of
     /// each secret's last event.
     pub fn compacted_ops(&self, after: u64, through: u64) -> Result<Vec<Op>> {
+        // One read transaction for the batch: a consistent view, and one lock instead of three
+        // per secret.
+        let snapshot = self.conn().unchecked_transaction()?;
+        let ops = self.compacted_ops_in(after, through)?;
+        snapshot.finish()?;
+        Ok(ops)
+    }
+
+    fn compacted_ops_in(&self, after: u64, through: u64) -> Result<Vec<Op>> {
         let mut stmt = self.conn().prepare_cached(
             "SELECT secret_id, max(seq) AS last FROM events WHERE seq > ?1 AND seq <= ?2 AND secret_id IS NOT NULL
              GROUP BY secret_id ORDER BY last",

@@ -342,7 +342,7 @@ impl SinkUrl {
                 Ok(if scheme == "sqlite" {
                     SinkUrl::Sqlite { path, prefix, max_concurrency: max_concurrency.unwrap_or(64) }
                 } else {
-                    SinkUrl::Exec { program: path, args, prefix, max_concurrency: max_concurrency.unwrap_or(4) }
+                    SinkUrl::Exec { program: path, args, prefix, max_concurrency: max_concurrency.unwrap_or(16) }
                 })
             }
             "aws-sm" | "gcp-sm" | "azure-kv" | "vault" => Err(bad_url(

@@ -13,6 +13,7 @@ use crate::cli::LogArgs;
 use crate::context::Context;
 use crate::exit::usage;
 use crate::output;
+use crate::output::outln;
 
 fn changes(e: &AuditEntry) -> String {
     let mut parts: Vec<String> = e
@@ -62,7 +63,7 @@ pub fn render(ctx: &Context, entries: &[AuditEntry]) {
     for e in entries {
         t.add_row(row(e));
     }
-    println!("{t}");
+    outln!("{t}");
 }
 
 pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
@@ -124,12 +125,12 @@ pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
         if ctx.json() {
             output::json_line(&entry_json(e));
         } else {
-            println!("{}", row(e).join("  "));
+            outln!("{}", row(e).join("  "));
         }
         let _ = std::io::stdout().flush();
     };
     if !ctx.json() {
-        println!("{}", HEADER.join("  "));
+        outln!("{}", HEADER.join("  "));
     }
     shown.iter().for_each(print);
     loop {

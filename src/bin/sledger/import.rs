@@ -14,6 +14,7 @@ use crate::cli::{ImportArgs, ImportFormat};
 use crate::context::Context;
 use crate::exit::usage;
 use crate::output;
+use crate::output::outln;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -122,7 +123,7 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     if ctx.json() {
         output::json_line(&json!({"appended": appended, "unchanged": unchanged, "primary_lag": lag}));
     } else {
-        println!("imported: {appended} events appended, {unchanged} secrets unchanged");
+        outln!("imported: {appended} events appended, {unchanged} secrets unchanged");
         if lag > 0 {
             eprintln!("note: the primary sink is {lag} events behind; `sledger project` catches it up");
         }

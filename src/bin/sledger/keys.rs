@@ -11,6 +11,7 @@ use crate::cli::{InitArgs, KeyCmd};
 use crate::context::Context;
 use crate::exit::usage;
 use crate::output;
+use crate::output::outln;
 
 fn refuse_existing(path: &std::path::Path, what: &'static str) -> Result<()> {
     if path.exists() {
@@ -87,11 +88,9 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     if ctx.json() {
         output::json_line(&json!({"ledger": ctx.ledger_path, "key": key_source, "primary_sink": sink_file}));
     } else {
-        println!("created ledger {}", ctx.ledger_path.display());
-        println!("primary sink: local (sqlite, {})", sink_file.display());
-        println!(
-            "master key: {key_source} (keep it safe and backed up: without it no value can be decrypted)"
-        );
+        outln!("created ledger {}", ctx.ledger_path.display());
+        outln!("primary sink: local (sqlite, {})", sink_file.display());
+        outln!("master key: {key_source} (keep it safe and backed up: without it no value can be decrypted)");
     }
     Ok(())
 }
@@ -122,12 +121,12 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
             if ctx.json() {
                 output::json_line(&json!({"rotated": true, "data_keys": rewrapped, "key_file": written_to}));
             } else {
-                println!(
+                outln!(
                     "master key rotated: {rewrapped} data keys re-wrapped; new key in {}",
                     written_to.display()
                 );
                 if from_env {
-                    println!("set {MASTER_KEY_ENV} to the new key before the next command");
+                    outln!("set {MASTER_KEY_ENV} to the new key before the next command");
                 }
             }
             Ok(())

@@ -1,5 +1,27 @@
 //! Rendering helpers shared by the commands: times, tables, JSON lines.
 
+/// `println!` that stops quietly when the reader has gone (`sledger log | head -1`), as Unix
+/// tools do, instead of panicking on the broken pipe. (Restoring SIGPIPE's default action would
+/// do it too, but would also kill sledger when an exec plug-in exits mid-request.)
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            $crate::output::stdout_failed(e);
+        }
+    }};
+}
+pub(crate) use outln;
+
+/// Exit 0 when stdout's reader has gone; any other failure to write output is an error.
+pub fn stdout_failed(e: std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("error: cannot write output: {e}");
+    std::process::exit(1);
+}
+
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 use sledger::event::Millis;
@@ -36,7 +58,7 @@ pub fn table(header: &[&str]) -> Table {
 
 /// One JSON document on one line.
 pub fn json_line<T: Serialize + ?Sized>(value: &T) {
-    println!(
+    outln!(
         "{}",
         serde_json::to_string(value).expect("output always serialises")
     );

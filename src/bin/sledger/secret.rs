@@ -14,6 +14,7 @@ use crate::cli::{FromArg, SecretCmd, ValueArgs};
 use crate::context::{block_on, Context, PrimaryWait};
 use crate::exit::usage;
 use crate::output;
+use crate::output::outln;
 
 /// Split `K=V` at the first `=`.
 fn split_pair<'a>(flag: &str, text: &'a str) -> Result<(&'a str, &'a str)> {
@@ -164,16 +165,17 @@ pub fn render_outcomes(ctx: &Context, verb: &str, outcomes: &[Outcome], primary:
             }
             output::json_line(&v);
         } else if changed {
-            println!(
+            outln!(
                 "{verb} {} (version {}, seq {})",
                 secret.name,
                 secret.version,
                 seq.unwrap_or_default()
             );
         } else {
-            println!(
+            outln!(
                 "{} unchanged (version {}): nothing to record",
-                secret.name, secret.version
+                secret.name,
+                secret.version
             );
         }
     }
@@ -304,7 +306,7 @@ fn get(
                 "source": served.source, "lagging": served.lagging}),
             );
         } else {
-            println!("{value}");
+            outln!("{value}");
             note_source(&served);
         }
         return Ok(());
@@ -326,7 +328,7 @@ fn get(
         }));
     } else {
         let lag = if served.lagging { ", behind the ledger" } else { "" };
-        println!(
+        outln!(
             "{} (version {}, seq {}, {}; source: {}{lag})",
             read.meta.name,
             read.version,
@@ -340,7 +342,7 @@ fn get(
         for (k, v) in read.values.iter() {
             t.add_row(vec![k, v]);
         }
-        println!("{t}");
+        outln!("{t}");
         note_source(&served);
     }
     Ok(())
@@ -383,7 +385,7 @@ fn list(ctx: &Context, labels: &[String], deleted: bool) -> Result<()> {
             output::time(m.updated_at),
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 

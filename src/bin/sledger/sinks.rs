@@ -15,6 +15,7 @@ use sledger::{Command, Ledger};
 use crate::cli::{ProjectArgs, SinkCmd};
 use crate::context::{block_on, Context};
 use crate::output;
+use crate::output::outln;
 
 /// A sqlite sink's file is made when the sink is added (never silently on open: a missing
 /// file is an outage, not an empty sink). Returns the file it created, if any.
@@ -42,9 +43,9 @@ fn change(ctx: &Context, ledger: &mut Ledger, command: Command, verb: &str, name
     if ctx.json() {
         output::json_line(&json!({"sink": name, "result": if changed { verb } else { "unchanged" }}));
     } else if changed {
-        println!("sink {name} {verb}");
+        outln!("sink {name} {verb}");
     } else {
-        println!("sink {name} unchanged");
+        outln!("sink {name} unchanged");
     }
     Ok(())
 }
@@ -67,7 +68,7 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
                 return Err(e);
             }
             if !ctx.json() && SinkRole::from(role).is_projected() {
-                println!("run `sledger project` to bring it up to date");
+                outln!("run `sledger project` to bring it up to date");
             }
             Ok(())
         }
@@ -116,7 +117,7 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
             if ctx.json() {
                 output::json_line(&json!({"sink": name, "applied": fixed, "still_parked": still}));
             } else {
-                println!("sink {name}: {fixed} parked events applied, {still} still parked");
+                outln!("sink {name}: {fixed} parked events applied, {still} still parked");
             }
             Ok(())
         }
@@ -129,7 +130,7 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
             if ctx.json() {
                 output::json_line(&json!({"sink": name, "healthy": true}));
             } else {
-                println!("sink {name} is reachable");
+                outln!("sink {name} is reachable");
             }
             Ok(())
         }
@@ -150,7 +151,7 @@ fn list(ctx: &Context) -> Result<()> {
     for s in sinks.values() {
         t.add_row(vec![s.name.clone(), s.role.to_string(), s.url.clone()]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -181,7 +182,7 @@ fn status(ctx: &Context) -> Result<()> {
             error,
         ]);
     }
-    println!("{t}");
+    outln!("{t}");
     Ok(())
 }
 
@@ -257,7 +258,7 @@ pub fn project_cmd(ctx: &Context, args: ProjectArgs) -> Result<()> {
         }
     }
     if !ctx.json() {
-        println!("{t}");
+        outln!("{t}");
     }
     match first_error {
         Some(e) => Err(e.into()),
@@ -350,9 +351,11 @@ fn follow(ctx: &Context, ledger: &Ledger, only: Option<&str>, opts: ProjectOptio
                                 &json!({"sink": name, "events": r.events, "writes": r.writes, "checkpoint": r.checkpoint}),
                             );
                         } else {
-                            println!(
+                            outln!(
                                 "{name}: {} events, {} writes, checkpoint {}",
-                                r.events, r.writes, r.checkpoint
+                                r.events,
+                                r.writes,
+                                r.checkpoint
                             );
                         }
                     }
@@ -372,7 +375,7 @@ fn follow(ctx: &Context, ledger: &Ledger, only: Option<&str>, opts: ProjectOptio
             }
         }
         if !ctx.json() {
-            println!("stopped");
+            outln!("stopped");
         }
         Ok(())
     })

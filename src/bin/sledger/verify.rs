@@ -8,13 +8,14 @@ use sledger::Anchor;
 use crate::cli::VerifyArgs;
 use crate::context::Context;
 use crate::output;
+use crate::output::outln;
 
 pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
     let mut ledger = ctx.open()?;
     if args.rebuild_catalog {
         let secrets = ledger.rebuild_catalog()?;
         if !ctx.json() {
-            println!("catalog rebuilt from the log: {secrets} secrets");
+            outln!("catalog rebuilt from the log: {secrets} secrets");
         }
     }
     let bar = if ctx.json() {
@@ -53,12 +54,14 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
             &json!({"ok": true, "events": head.seq, "head": anchor, "anchor_checked": args.anchor.is_some()}),
         );
     } else {
-        println!(
+        outln!(
             "ok: {} events, chain intact; head seq {} hash {}",
-            head.seq, anchor.seq, anchor.hash
+            head.seq,
+            anchor.seq,
+            anchor.hash
         );
         if args.anchor.is_some() {
-            println!("anchor matches: nothing before it was truncated or rewritten");
+            outln!("anchor matches: nothing before it was truncated or rewritten");
         }
     }
     Ok(())
