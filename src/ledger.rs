@@ -259,8 +259,22 @@ pub(crate) fn load_meta(conn: &Connection, id: SecretId) -> Result<Option<Secret
     blob.map(|b| decode_meta(&b)).transpose()
 }
 
-/// Secrets named `name` visible to `actor` (workspace + the actor's private scope).
+/// Prefix of a reference to a secret by id (`id:<uuid>`), which no name can start with (`:` is
+/// not allowed in names): it picks one secret exactly, whatever it is called now.
+pub const ID_REF_PREFIX: &str = "id:";
+
+/// Secrets named `name` (or the one `id:<uuid>` refers to) visible to `actor`: the workspace
+/// and the actor's private scope.
 fn named(conn: &Connection, actor: &str, name: &str) -> Result<Vec<SecretMeta>> {
+    if let Some(id) = name.strip_prefix(ID_REF_PREFIX) {
+        let id = SecretId::parse_str(id).map_err(|_| {
+            Error::InvalidInput(format!(
+                "{name:?} is not id:<uuid> (see `sledger secret history`)"
+            ))
+        })?;
+        let visible = |m: &SecretMeta| m.scope == Scope::Workspace || m.owner == actor;
+        return Ok(load_meta(conn, id)?.filter(visible).into_iter().collect());
+    }
     let mut stmt = conn.prepare_cached(
         "SELECT meta FROM catalog WHERE name = ?1 AND namespace IN ('workspace', ?2) ORDER BY updated_seq DESC",
     )?;

@@ -20,6 +20,7 @@ pub mod ledger;
 pub mod log;
 pub mod project;
 pub mod read;
+pub mod replay;
 pub mod sink;
 pub mod validate;
 

@@ -65,14 +65,15 @@ pub enum Op {
 }
 
 impl Op {
-    fn target(&self) -> (SecretId, u64) {
+    /// The secret written, and the seq of the state written.
+    pub fn target(&self) -> (SecretId, u64) {
         match self {
             Op::Put(r) => (r.id, r.seq),
             Op::Delete { id, seq, .. } => (*id, *seq),
         }
     }
 
-    async fn apply(&self, sink: &dyn Sink) -> Result<()> {
+    pub async fn apply(&self, sink: &dyn Sink) -> Result<()> {
         match self {
             Op::Put(record) => sink.put(record).await,
             Op::Delete { id, seq, how } => sink.delete(*id, *seq, *how).await,
@@ -255,11 +256,13 @@ impl Ledger {
 
     /// The write that makes a sink hold secret `id` as it was after event `seq`.
     pub fn op_at(&self, id: SecretId, seq: u64) -> Result<Option<Op>> {
-        let Some(meta) = self.meta_at(id, seq)? else {
-            return Ok(None);
-        };
-        let seq = meta.updated_seq;
-        Ok(Some(match meta.status {
+        self.meta_at(id, seq)?.map(|meta| self.op_for(meta)).transpose()
+    }
+
+    /// The write that makes a sink hold a secret in the state `meta` describes.
+    pub fn op_for(&self, meta: SecretMeta) -> Result<Op> {
+        let (id, seq) = (meta.id, meta.updated_seq);
+        Ok(match meta.status {
             Status::Deleted => Op::Delete {
                 id,
                 seq,
@@ -289,7 +292,7 @@ impl Ledger {
                 },
                 Err(e) => return Err(e),
             },
-        }))
+        })
     }
 
     /// The compacted writes for events `after+1 ..= through`: one per secret, in the order of
@@ -360,7 +363,11 @@ async fn apply_with_retry(sink: &dyn Sink, op: &Op, opts: &ProjectOptions) -> Re
 }
 
 /// Apply writes with at most `concurrency` in flight; returns each op's result.
-async fn apply_all<'a>(sink: &dyn Sink, ops: &'a [Op], opts: &ProjectOptions) -> Vec<(&'a Op, Result<()>)> {
+pub(crate) async fn apply_all<'a>(
+    sink: &dyn Sink,
+    ops: &'a [Op],
+    opts: &ProjectOptions,
+) -> Vec<(&'a Op, Result<()>)> {
     let concurrency = opts
         .concurrency
         .unwrap_or(sink.capabilities().max_concurrency)

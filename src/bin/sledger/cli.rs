@@ -10,7 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     version,
     about = "An event-sourced secrets ledger: every change encrypted, hash-chained and auditable",
     after_help = "Exit codes: 0 ok, 1 internal error, 2 usage or invalid input, 3 not found, \
-4 already exists, 5 integrity failure, 6 key failure, 7 unavailable/busy, 8 not a ledger or too new."
+4 already exists, 5 integrity failure, 6 key failure, 7 unavailable/busy, 8 not a ledger or too new, \
+9 a backend refused, 10 a sink differs from the ledger."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -66,6 +67,97 @@ pub enum Commands {
     Sink(SinkCmd),
     /// Bring every projected sink up to the ledger's head
     Project(ProjectArgs),
+    /// Materialise the state at a point into a sink no projector writes (a standby, or a URL)
+    Replay(ReplayArgs),
+    /// Roll the current state back to a past point with compensating events; without --at or
+    /// --seq, repair the primary sink from the ledger
+    Restore(RestoreArgs),
+    /// Resync every backup sink to the ledger (creates, updates, deletes of stray objects)
+    Backup(BackupArgs),
+    /// Move the primary to another sink with no downtime: attach, catch up, verify, promote
+    Migrate(MigrateArgs),
+    /// What a sink lacks, holds stale, holds extra, or holds changed behind the ledger's back
+    /// (exit 10 when it differs)
+    Diff(DiffArgs),
+    /// Make a sink match the ledger's head (what `diff` reports, fixed)
+    Reconcile(ReconcileArgs),
+}
+
+/// A point of the log: a time or a seq (default: the head).
+#[derive(Args)]
+pub struct TargetArgs {
+    /// The state as of this time (RFC 3339)
+    #[arg(long, value_name = "TIME", conflicts_with = "seq")]
+    pub at: Option<String>,
+    /// The state just after this event
+    #[arg(long, value_name = "N")]
+    pub seq: Option<u64>,
+}
+
+#[derive(Args)]
+pub struct ReplayArgs {
+    /// An attached standby sink, or a sink URL (a sqlite file is created if missing)
+    #[arg(long, value_name = "NAME|URL")]
+    pub into: String,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Print the difference; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Only these secrets (their name then or now; repeatable)
+    #[arg(long = "secret", value_name = "NAME")]
+    pub secrets: Vec<String>,
+    /// Print what would change; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct BackupArgs {
+    /// Then remove the secrets from the primary sink (reads fall back to the backup;
+    /// `sledger restore` puts them back)
+    #[arg(long)]
+    pub delete_secrets: bool,
+    /// Print the difference; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct MigrateArgs {
+    /// The new primary: an attached sink, or a URL to attach (with --name)
+    #[arg(long, value_name = "NAME|URL")]
+    pub to: String,
+    /// The name to attach a URL under
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// Then remove the secrets from the old primary
+    #[arg(long)]
+    pub delete_secrets: bool,
+    /// Say what would happen; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Args)]
+pub struct DiffArgs {
+    /// An attached sink
+    pub sink: String,
+    /// Compare with the state as of this time instead of the head
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ReconcileArgs {
+    /// An attached sink
+    pub sink: String,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -11,6 +11,7 @@ pub const KEY: i32 = 6;
 pub const UNAVAILABLE: i32 = 7;
 pub const INCOMPATIBLE: i32 = 8;
 pub const BACKEND: i32 = 9;
+pub const OUT_OF_SYNC: i32 = 10;
 
 /// An error raised by the binary itself for bad command-line input.
 #[derive(Debug, thiserror::Error)]
@@ -21,11 +22,22 @@ pub fn usage(msg: impl Into<String>) -> anyhow::Error {
     UsageError(msg.into()).into()
 }
 
+/// A sink differs from the ledger (after `diff`, or what a replay could not fix).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct OutOfSync(pub String);
+
+pub fn out_of_sync(msg: impl Into<String>) -> anyhow::Error {
+    OutOfSync(msg.into()).into()
+}
+
 /// Print `err` (with its causes) to stderr and return the exit code for it.
 pub fn report(err: &anyhow::Error) -> i32 {
     eprintln!("error: {err:#}");
     let code = if err.downcast_ref::<UsageError>().is_some() {
         USAGE
+    } else if err.downcast_ref::<OutOfSync>().is_some() {
+        OUT_OF_SYNC
     } else if let Some(e) = err.chain().find_map(|c| c.downcast_ref::<sledger::Error>()) {
         match e.class() {
             ErrorClass::Invalid => USAGE,

@@ -8,6 +8,7 @@ mod exit;
 mod import;
 mod keys;
 mod output;
+mod replay;
 mod secret;
 mod sinks;
 mod verify;
@@ -43,6 +44,12 @@ fn main() {
         Commands::Import(args) => import::run(&ctx, args),
         Commands::Sink(cmd) => sinks::run(&ctx, cmd),
         Commands::Project(args) => sinks::project_cmd(&ctx, args),
+        Commands::Replay(args) => replay::replay(&ctx, args),
+        Commands::Restore(args) => replay::restore(&ctx, args),
+        Commands::Backup(args) => replay::backup(&ctx, args),
+        Commands::Migrate(args) => replay::migrate(&ctx, args),
+        Commands::Diff(args) => replay::diff(&ctx, args),
+        Commands::Reconcile(args) => replay::reconcile(&ctx, args),
     };
     if let Err(err) = result {
         std::process::exit(exit::report(&err));

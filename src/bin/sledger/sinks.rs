@@ -19,7 +19,7 @@ use crate::output::outln;
 
 /// A sqlite sink's file is made when the sink is added (never silently on open: a missing
 /// file is an outage, not an empty sink). Returns the file it created, if any.
-fn prepare_backend(url: &SinkUrl) -> Result<Option<std::path::PathBuf>> {
+pub fn prepare_backend(url: &SinkUrl) -> Result<Option<std::path::PathBuf>> {
     match url {
         SinkUrl::Sqlite { path, .. } if path.exists() => {
             SqliteSink::check_file(path)?;

@@ -1,0 +1,420 @@
+//! `sledger replay`, `restore`, `backup`, `migrate`, `diff`, `reconcile`: replays of the log
+//! against sinks (the engine is `sledger::replay`).
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+use sledger::event::SinkRole;
+use sledger::project::{self, ProjectOptions};
+use sledger::replay::{self, ApplyReport, Desired, DiffKind, Difference, Target};
+use sledger::sink::{DeleteMode, Sink, SinkUrl};
+use sledger::{Command, Ledger};
+
+use crate::cli::{BackupArgs, DiffArgs, MigrateArgs, ReconcileArgs, ReplayArgs, RestoreArgs, TargetArgs};
+use crate::context::{block_on, Context};
+use crate::exit::{out_of_sync, usage};
+use crate::output::{self, outln};
+use crate::secret::render_outcomes;
+use crate::sinks::prepare_backend;
+
+fn target(ledger: &Ledger, args: &TargetArgs) -> Result<u64> {
+    let target = match (&args.at, args.seq) {
+        (Some(at), _) => Target::Time(output::parse_time("--at", at)?),
+        (None, Some(seq)) => Target::Seq(seq),
+        (None, None) => Target::Head,
+    };
+    Ok(ledger.target_seq(target)?)
+}
+
+/// A progress bar for people (hidden for scripts, and by indicatif when not on a terminal).
+fn bar(ctx: &Context, what: &str) -> ProgressBar {
+    if ctx.json() {
+        return ProgressBar::hidden();
+    }
+    let template = format!("{what:>12} {{bar:30}} {{pos}}/{{len}} ({{per_sec}}, eta {{eta}})");
+    ProgressBar::new(0).with_style(ProgressStyle::with_template(&template).expect("valid template"))
+}
+
+fn follow(bar: &ProgressBar) -> impl Fn(u64, u64) + Sync + '_ {
+    move |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    }
+}
+
+/// Compare a sink with `desired`, then (unless `dry_run`) apply the difference. Returns the
+/// difference found and what was applied.
+async fn sync(
+    ctx: &Context,
+    sink: &dyn Sink,
+    desired: &Desired,
+    dry_run: bool,
+) -> Result<(Vec<Difference>, Option<ApplyReport>)> {
+    let comparing = bar(ctx, "comparing");
+    let differences = replay::diff(desired, sink, &follow(&comparing)).await?;
+    comparing.finish_and_clear();
+    if dry_run || differences.is_empty() {
+        return Ok((differences, None));
+    }
+    let writing = bar(ctx, "writing");
+    let report = replay::apply(desired, sink, &differences, &follow(&writing)).await?;
+    writing.finish_and_clear();
+    Ok((differences, Some(report)))
+}
+
+fn print_differences(ctx: &Context, sink: &str, differences: &[Difference]) {
+    if ctx.json() {
+        for d in differences {
+            output::json_line(&json!({"sink": sink, "id": d.id, "name": d.name, "kind": d.kind,
+                "sink_seq": d.sink_seq, "target_seq": d.target_seq}));
+        }
+        return;
+    }
+    if differences.is_empty() {
+        outln!("{sink}: in sync");
+        return;
+    }
+    let mut t = output::table(&["KIND", "SECRET", "ID", "SINK SEQ", "LEDGER SEQ"]);
+    for d in differences {
+        let seq = |s: Option<u64>| s.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+        t.add_row(vec![
+            serde_json::to_value(d.kind)
+                .unwrap()
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+            d.name.clone().unwrap_or_default(),
+            d.id.to_string(),
+            seq(d.sink_seq),
+            seq(d.target_seq),
+        ]);
+    }
+    outln!("{sink}: {} object(s) differ\n{t}", differences.len());
+}
+
+fn print_applied(ctx: &Context, sink: &str, seq: u64, report: &ApplyReport) {
+    if ctx.json() {
+        output::json_line(
+            &json!({"sink": sink, "target_seq": seq, "written": report.written,
+            "deleted": report.deleted, "skipped": report.skipped}),
+        );
+    } else {
+        outln!(
+            "{sink}: {} written, {} deleted, now at the state of seq {seq}",
+            report.written,
+            report.deleted
+        );
+    }
+}
+
+fn newer_error(sink: &str, differences: &[Difference]) -> Option<anyhow::Error> {
+    let newer = differences.iter().filter(|d| d.kind == DiffKind::Newer).count();
+    (newer > 0).then(|| {
+        out_of_sync(format!(
+            "{sink} holds {newer} object(s) newer than the target, left as they are: a replay never \
+             rolls a sink back in place; replay into an empty sink, or roll the ledger back with `sledger restore --at`"
+        ))
+    })
+}
+
+/// Resync `sink` to `desired` and report; Err if something is left different.
+async fn reconcile_sink(
+    ctx: &Context,
+    name: &str,
+    sink: &dyn Sink,
+    desired: &Desired,
+    dry_run: bool,
+) -> Result<()> {
+    let (differences, applied) = sync(ctx, sink, desired, dry_run).await?;
+    match applied {
+        None => print_differences(ctx, name, &differences),
+        Some(report) => print_applied(ctx, name, desired.seq, &report),
+    }
+    match newer_error(name, &differences) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
+    let ledger = ctx.open_unlocked()?;
+    let seq = target(&ledger, &args.target)?;
+    let sink: Arc<dyn Sink> = if args.into.contains("://") {
+        if let Some(s) = ledger
+            .sinks()?
+            .into_values()
+            .find(|s| s.url == args.into && s.role.is_projected())
+        {
+            return Err(usage(format!(
+                "{} is the URL of sink {:?}, a {}: its projector would fight a replay",
+                args.into, s.name, s.role
+            )));
+        }
+        if !args.dry_run {
+            prepare_backend(&SinkUrl::parse(&args.into)?)?;
+        }
+        ledger.open_sink_url(&args.into)?
+    } else {
+        let (config, sink) = ledger.open_sink(&args.into)?;
+        if config.role.is_projected() {
+            return Err(usage(format!(
+                "sink {:?} is a {}: a projector writes it, so a replay would fight it; replay into a standby \
+                 (`sledger sink add NAME URL --role standby`) or a sink URL",
+                config.name, config.role
+            )));
+        }
+        sink
+    };
+    let desired = ledger.desired_at(seq)?;
+    block_on(reconcile_sink(ctx, &args.into, &*sink, &desired, args.dry_run))
+}
+
+pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
+    let ledger = ctx.open_unlocked()?;
+    let target = TargetArgs {
+        at: args.at,
+        seq: None,
+    };
+    let seq = self::target(&ledger, &target)?;
+    let (_, sink) = ledger.open_sink(&args.sink)?;
+    let desired = ledger.desired_at(seq)?;
+    let differences = block_on(sync(ctx, &*sink, &desired, true))?.0;
+    print_differences(ctx, &args.sink, &differences);
+    if differences.is_empty() {
+        Ok(())
+    } else {
+        Err(out_of_sync(format!(
+            "sink {:?} differs from the ledger in {} object(s); `sledger reconcile {}` fixes it",
+            args.sink,
+            differences.len(),
+            args.sink
+        )))
+    }
+}
+
+pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
+    let ledger = ctx.open_unlocked()?;
+    let (_, sink) = ledger.open_sink(&args.sink)?;
+    let desired = ledger.desired_at(ledger.head()?.seq)?;
+    block_on(reconcile_sink(ctx, &args.sink, &*sink, &desired, false))
+}
+
+/// Remove every object this ledger put in `sink` (for good: no values remain there).
+async fn empty_sink(sink: &dyn Sink) -> Result<u64> {
+    let held = sink.list().await?;
+    for entry in &held {
+        sink.delete(entry.id, entry.seq, DeleteMode::Purge).await?;
+    }
+    Ok(held.len() as u64)
+}
+
+pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
+    let ledger = ctx.open_unlocked()?;
+    let backups: Vec<String> = ledger
+        .sinks()?
+        .into_values()
+        .filter(|s| s.role == SinkRole::Backup)
+        .map(|s| s.name)
+        .collect();
+    if backups.is_empty() {
+        return Err(usage(
+            "there is no backup sink; `sledger sink add NAME URL` attaches one (role backup by default)",
+        ));
+    }
+    let desired = ledger.desired_at(ledger.head()?.seq)?;
+    block_on(async {
+        for name in &backups {
+            let (_, sink) = ledger.open_sink(name)?;
+            reconcile_sink(ctx, name, &*sink, &desired, args.dry_run).await?;
+            if args.delete_secrets && !args.dry_run {
+                let left = replay::diff(&desired, &*sink, &|_, _| {}).await?;
+                if !left.is_empty() {
+                    return Err(out_of_sync(format!(
+                        "backup {name:?} still differs in {} object(s); nothing was deleted from the primary",
+                        left.len()
+                    )));
+                }
+            }
+        }
+        if args.delete_secrets && !args.dry_run {
+            let primary = project::primary(&ledger)?.context("there is no primary sink")?;
+            let (_, sink) = ledger.open_sink(&primary)?;
+            let removed = empty_sink(&*sink).await?;
+            if ctx.json() {
+                output::json_line(&json!({"sink": primary, "deleted": removed}));
+            } else {
+                outln!(
+                    "{primary}: {removed} secret(s) deleted; reads fall back to the backup, `sledger restore` puts them back"
+                );
+            }
+        }
+        Ok(())
+    })
+}
+
+pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
+    let mut ledger = ctx.open_unlocked()?;
+    if args.target.at.is_none() && args.target.seq.is_none() {
+        // No point in time: repair the primary from the ledger (a wiped or damaged primary).
+        let primary = project::primary(&ledger)?.context("there is no primary sink")?;
+        let (_, sink) = ledger.open_sink(&primary)?;
+        let mut desired = ledger.desired_at(ledger.head()?.seq)?;
+        if !args.secrets.is_empty() {
+            desired.objects.retain(|_, op| match op {
+                project::Op::Put(r) => args.secrets.contains(&r.name),
+                project::Op::Delete { .. } => false,
+            });
+        }
+        return block_on(reconcile_sink(ctx, &primary, &*sink, &desired, args.dry_run));
+    }
+    let seq = target(&ledger, &args.target)?;
+    let plan = ledger.plan_restore(&ctx.actor, seq, &args.secrets)?;
+    if !plan.purged.is_empty() {
+        eprintln!(
+            "note: purged since, cannot come back: {} (their values are destroyed); restoring the rest",
+            plan.purged.join(", ")
+        );
+    }
+    if plan.not_yours > 0 {
+        eprintln!(
+            "note: {} private secret(s) of other owners left alone",
+            plan.not_yours
+        );
+    }
+    if args.dry_run || plan.commands.is_empty() {
+        if ctx.json() {
+            for s in &plan.steps {
+                output::json_line(&json!({"name": s.name, "actions": s.actions, "target_seq": seq}));
+            }
+        } else if plan.steps.is_empty() {
+            outln!("nothing to restore: the state matches seq {seq}");
+        } else {
+            let mut t = output::table(&["SECRET", "WOULD"]);
+            for s in &plan.steps {
+                t.add_row(vec![s.name.clone(), s.actions.join(", ")]);
+            }
+            outln!("{t}");
+        }
+        return Ok(());
+    }
+    let outcomes = ledger.execute(&ctx.actor, plan.commands)?;
+    let primary = ctx.wait_for_primary(&ledger)?;
+    render_outcomes(
+        ctx,
+        &format!("restored to seq {seq}:"),
+        &outcomes,
+        primary.as_ref(),
+    );
+    Ok(())
+}
+
+pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
+    let mut ledger = ctx.open_unlocked()?;
+    let name = if args.to.contains("://") {
+        let name = args
+            .name
+            .clone()
+            .ok_or_else(|| usage("--to URL needs --name NAME to attach it under"))?;
+        match ledger.sinks()?.get(&name) {
+            Some(s) if s.url == args.to => {}
+            Some(s) => {
+                return Err(usage(format!(
+                    "sink {name:?} is attached with another URL ({})",
+                    s.url
+                )))
+            }
+            None if args.dry_run => {
+                outln!(
+                    "would attach {name} ({}) as backup, catch it up, verify, promote it",
+                    args.to
+                );
+                return Ok(());
+            }
+            None => {
+                let created = prepare_backend(&SinkUrl::parse(&args.to)?)?;
+                let add = Command::AddSink {
+                    name: name.clone(),
+                    url: args.to.clone(),
+                    role: SinkRole::Backup,
+                };
+                if let Err(e) = ledger.execute(&ctx.actor, vec![add]) {
+                    if let Some(path) = created {
+                        let _ = std::fs::remove_file(path);
+                    }
+                    return Err(e.into());
+                }
+                outln!("1/5 attached {name} as backup");
+            }
+        }
+        name
+    } else {
+        args.to.clone()
+    };
+    let config = ledger.sink_config(&name)?;
+    let old = project::primary(&ledger)?;
+    if config.role == SinkRole::Primary {
+        outln!("{name} is the primary already; nothing to do");
+        return Ok(());
+    }
+    if args.dry_run {
+        let (_, sink) = ledger.open_sink(&name)?;
+        let desired = ledger.desired_at(ledger.head()?.seq)?;
+        let differences = block_on(async { replay::diff(&desired, &*sink, &|_, _| {}).await })?;
+        outln!(
+            "would make {name} a backup (now {}), catch up {} differing object(s), verify, promote it{}",
+            config.role,
+            differences.len(),
+            old.map(|o| format!(", and make {o} a backup"))
+                .unwrap_or_default()
+        );
+        return Ok(());
+    }
+    if config.role != SinkRole::Backup {
+        ledger.execute(
+            &ctx.actor,
+            vec![Command::SetSinkRole {
+                name: name.clone(),
+                role: SinkRole::Backup,
+            }],
+        )?;
+        outln!("1/5 {name} is now a backup");
+    }
+    // Catch up and verify: projection first (fast, checkpointed), then a full comparison that
+    // also fixes anything the sink held before it was attached.
+    block_on(async {
+        project::project_named(&ledger, &name, &ProjectOptions::default()).await?;
+        outln!("2/5 {name} caught up to seq {}", ledger.checkpoint(&name)?);
+        let (_, sink) = ledger.open_sink(&name)?;
+        let desired = ledger.desired_at(ledger.checkpoint(&name)?)?;
+        let (_, applied) = sync(ctx, &*sink, &desired, false).await?;
+        let left = replay::diff(&desired, &*sink, &|_, _| {}).await?;
+        if !left.is_empty() {
+            return Err(out_of_sync(format!(
+                "{name} still differs from the ledger in {} object(s) after catching up; not promoted",
+                left.len()
+            )));
+        }
+        let fixed = applied.map_or(0, |r| r.written + r.deleted);
+        outln!("3/5 verified: {name} matches the ledger ({fixed} difference(s) fixed on the way)");
+        Ok::<_, anyhow::Error>(())
+    })?;
+    ledger.execute(&ctx.actor, vec![Command::PromoteSink { name: name.clone() }])?;
+    outln!(
+        "4/5 {name} is the primary{}",
+        old.as_ref()
+            .map(|o| format!("; {o} is a backup"))
+            .unwrap_or_default()
+    );
+    // Writes that landed between the check and the promotion.
+    block_on(project::project_named(&ledger, &name, &ProjectOptions::default()))?;
+    if let (true, Some(old)) = (args.delete_secrets, &old) {
+        let (_, sink) = ledger.open_sink(old)?;
+        let removed = block_on(empty_sink(&*sink))?;
+        outln!("5/5 {removed} secret(s) deleted from {old}");
+    } else {
+        outln!("5/5 done");
+    }
+    Ok(())
+}

@@ -1,0 +1,138 @@
+//! `restore --at`: roll the current state back to a past one by appending compensating events.
+//! Nothing is rewritten: history keeps both the bad change and its undoing, and the audit log
+//! shows who restored what to when. The projectors then carry the result to the sinks.
+
+use std::collections::BTreeSet;
+
+use serde::Serialize;
+
+use crate::catalog::{SecretMeta, Status};
+use crate::error::{Error, Result};
+use crate::event::Scope;
+use crate::ledger::{open_values_at, Command, Ledger, ID_REF_PREFIX};
+
+/// What restoring one secret takes.
+#[derive(Debug, Clone, Serialize)]
+pub struct RestoreStep {
+    /// The secret's name at the target (or now, for one that did not exist then).
+    pub name: String,
+    /// "delete", "undelete", "rename", "update" (the values or labels differ).
+    pub actions: Vec<&'static str>,
+}
+
+/// The compensating commands for a restore, and what cannot be restored.
+#[derive(Debug, Default)]
+pub struct RestorePlan {
+    pub target_seq: u64,
+    pub commands: Vec<Command>,
+    pub steps: Vec<RestoreStep>,
+    /// Secrets live at the target that were purged since: their values are gone for good.
+    pub purged: Vec<String>,
+    /// Other owners' private secrets, which this actor cannot see or change.
+    pub not_yours: usize,
+}
+
+fn id_ref(meta: &SecretMeta) -> String {
+    format!("{ID_REF_PREFIX}{}", meta.id)
+}
+
+impl Ledger {
+    /// Plan rolling the current state back to the state after event `seq`, for every secret
+    /// `actor` can see, or only those named in `only` (by their name then or now).
+    pub fn plan_restore(&self, actor: &str, seq: u64, only: &[String]) -> Result<RestorePlan> {
+        let then = self.catalog_at(seq)?.secrets;
+        let now = self.catalog_at(self.head()?.seq)?.secrets;
+        let wanted = |m: &SecretMeta| only.is_empty() || only.contains(&m.name);
+        let mut plan = RestorePlan {
+            target_seq: seq,
+            ..Default::default()
+        };
+        let mut matched = BTreeSet::new();
+        let (mut deletes, mut undeletes, mut renames, mut updates) = (vec![], vec![], vec![], vec![]);
+        let mut current: Vec<&SecretMeta> = now.values().collect();
+        current.sort_by_key(|m| m.updated_seq);
+        for current in current {
+            let past = then.get(&current.id);
+            if !(wanted(current) || past.is_some_and(wanted)) {
+                continue;
+            }
+            matched.insert(past.map_or(&current.name, |p| &p.name).clone());
+            matched.insert(current.name.clone());
+            if current.scope == Scope::Private && current.owner != actor {
+                plan.not_yours += 1;
+                continue;
+            }
+            let target = id_ref(current);
+            let mut actions = Vec::new();
+            match past.filter(|p| p.status == Status::Live) {
+                // Absent then (not yet created, deleted or purged): absent now.
+                None => {
+                    if current.status == Status::Live {
+                        deletes.push(Command::Delete { name: target });
+                        actions.push("delete");
+                    }
+                }
+                Some(past) if current.status == Status::Purged => plan.purged.push(past.name.clone()),
+                Some(past) => {
+                    if current.status == Status::Deleted {
+                        undeletes.push(Command::Undelete { name: target.clone() });
+                        actions.push("undelete");
+                    }
+                    if current.name != past.name {
+                        renames.push(Command::Rename {
+                            name: target.clone(),
+                            new_name: past.name.clone(),
+                        });
+                        actions.push("rename");
+                    }
+                    let (values, _) = open_values_at(self.conn(), self.master_key()?, past, past.value_seq)?;
+                    if past.fingerprints != current.fingerprints || past.labels != current.labels {
+                        updates.push(Command::Update {
+                            name: target,
+                            remove_keys: current
+                                .fingerprints
+                                .keys()
+                                .filter(|k| !past.fingerprints.contains_key(*k))
+                                .cloned()
+                                .collect(),
+                            set_values: values,
+                            remove_labels: current
+                                .labels
+                                .keys()
+                                .filter(|k| !past.labels.contains_key(*k))
+                                .cloned()
+                                .collect(),
+                            set_labels: past.labels.clone(),
+                        });
+                        actions.push("update");
+                    }
+                }
+            }
+            if !actions.is_empty() {
+                let name = past
+                    .filter(|p| p.status == Status::Live)
+                    .map_or(&current.name, |p| &p.name);
+                plan.steps.push(RestoreStep {
+                    name: name.clone(),
+                    actions,
+                });
+            }
+        }
+        if let Some(missing) = only.iter().find(|n| !matched.contains(*n)) {
+            return Err(Error::SecretNotFound {
+                name: missing.clone(),
+                hint: "; no secret had this name then or has it now".into(),
+            });
+        }
+        // Deletes free names that undeletes and renames may need; values go last.
+        plan.commands = deletes
+            .into_iter()
+            .chain(undeletes)
+            .chain(renames)
+            .chain(updates)
+            .collect();
+        plan.steps.sort_by(|a, b| a.name.cmp(&b.name));
+        plan.purged.sort();
+        Ok(plan)
+    }
+}

@@ -1,0 +1,287 @@
+//! Replays through the CLI: point-in-time restore, replay into a standby, migration under
+//! concurrent writes, backup with --delete-secrets then restore, drift found and reconciled.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::Env;
+use serde_json::{json, Value};
+
+const OUT_OF_SYNC: i32 = 10;
+const USAGE: i32 = 2;
+
+/// name → values of every live secret, as the ledger says.
+fn state(env: &Env) -> BTreeMap<String, Value> {
+    env.json(&["secret", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str().map(str::to_owned))
+        .map(|name| {
+            let got = env.json(&["secret", "get", &name, "--from", "ledger"]);
+            (name, got["values"].clone())
+        })
+        .collect()
+}
+
+fn now() -> String {
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    let t = time::OffsetDateTime::now_utc();
+    let s = t.format(&time::format_description::well_known::Rfc3339).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    s
+}
+
+#[test]
+fn restore_at_t2_gives_exactly_the_state_at_t2() {
+    let env = Env::new();
+    env.ok(&[
+        "secret", "create", "db", "--value", "pw=one", "--label", "env=prod",
+    ]);
+    env.ok(&["secret", "create", "api", "--value", "token=a"]);
+    env.ok(&["secret", "create", "old", "--value", "k=v"]);
+    let _t1 = now();
+    env.ok(&[
+        "secret",
+        "update",
+        "db",
+        "--value",
+        "pw=two",
+        "--value",
+        "user=app",
+        "--remove-label",
+        "env",
+    ]);
+    env.ok(&["secret", "delete", "old"]);
+    env.ok(&["secret", "create", "tmp", "--value", "k=t"]);
+    let t2 = now();
+    let at_t2 = state(&env);
+    // A bad change: overwrites, a rename, a delete, a new secret, and a name reused.
+    env.ok(&[
+        "secret",
+        "update",
+        "db",
+        "--value",
+        "pw=WRONG",
+        "--remove-key",
+        "user",
+        "--label",
+        "env=dev",
+    ]);
+    env.ok(&["secret", "rename", "api", "api-v2"]);
+    env.ok(&["secret", "delete", "tmp"]);
+    env.ok(&["secret", "create", "tmp", "--value", "k=impostor"]);
+    env.ok(&["secret", "create", "new", "--value", "k=n"]);
+    env.ok(&["secret", "undelete", "old"]);
+    let _t3 = now();
+    assert_ne!(state(&env), at_t2);
+
+    let plan = env.json_lines(&["restore", "--at", &t2, "--dry-run"]);
+    assert!(!plan.is_empty());
+    assert_ne!(state(&env), at_t2, "--dry-run changed nothing");
+    env.ok(&["restore", "--at", &t2]);
+    assert_eq!(state(&env), at_t2);
+    assert_eq!(
+        env.json(&["secret", "get", "db"])["labels"],
+        json!({}),
+        "labels restored too"
+    );
+    // History is kept: the bad change and its undoing are both in the log, by who did them.
+    let history = env.json_lines(&["secret", "history", "db"]);
+    assert!(history.len() >= 4, "{history:?}");
+    env.ok(&["verify"]);
+    // Restoring again changes nothing; the primary sink followed.
+    let before = env.json(&["verify"])["events"].clone();
+    env.ok(&["restore", "--at", &t2]);
+    assert_eq!(env.json(&["verify"])["events"], before);
+    env.ok(&["diff", "local"]);
+}
+
+#[test]
+fn restore_after_purge_restores_the_rest_and_says_so() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "keep", "--value", "k=1"]);
+    env.ok(&["secret", "create", "gone", "--value", "k=1"]);
+    let t1 = now();
+    env.ok(&["secret", "update", "keep", "--value", "k=2"]);
+    env.ok(&["secret", "purge", "gone", "--yes"]);
+    let out = env.cmd().args(["restore", "--at", &t1]).output().unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("gone"), "{out:?}");
+    assert_eq!(env.ok(&["secret", "get", "keep", "--key", "k"]), "1\n");
+    env.fails(&["secret", "get", "gone"], 3);
+    // --secret picks secrets; a name nobody had is an error.
+    env.fails(&["restore", "--at", &t1, "--secret", "never-existed"], 3);
+}
+
+#[test]
+fn replay_into_a_standby_or_url_materialises_a_past_state() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=1"]);
+    let t1 = now();
+    env.ok(&["secret", "update", "a", "--value", "k=2"]);
+    env.ok(&["secret", "create", "b", "--value", "k=1"]);
+    let url = format!("sqlite://{}", env.path("pit.db").display());
+    env.ok(&["replay", "--into", &url, "--at", &t1]);
+    env.ok(&["sink", "add", "pit", &url, "--role", "standby"]);
+    env.ok(&["diff", "pit", "--at", &t1]);
+    env.fails(&["diff", "pit"], OUT_OF_SYNC);
+    // A standby by name, at a seq, then to the head; twice is a no-op.
+    env.ok(&["replay", "--into", "pit"]);
+    env.ok(&["diff", "pit"]);
+    assert!(env.ok(&["replay", "--into", "pit"]).contains("in sync"));
+    // A replay can not go back in place: the sink holds newer states.
+    env.fails(&["replay", "--into", "pit", "--at", &t1], OUT_OF_SYNC);
+    // Projected sinks are refused.
+    let err = env.fails(&["replay", "--into", "local"], USAGE);
+    assert!(err.contains("projector"), "{err}");
+}
+
+#[test]
+fn migration_under_concurrent_writes_loses_nothing() {
+    let env = Arc::new(Env::new());
+    // Enough secrets that catching the new sink up takes a while.
+    let lines: String = (0..2000)
+        .map(|i| format!("{{\"name\": \"before-{i}\", \"values\": {{\"k\": \"v{i}\"}}}}\n"))
+        .collect();
+    std::fs::write(env.path("before.jsonl"), lines).unwrap();
+    env.ok(&["import", "--file", env.path("before.jsonl").to_str().unwrap()]);
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (env, stop) = (env.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                env.ok(&["secret", "create", &format!("during-{n}"), "--value", "k=v"]);
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    let new = format!("sqlite://{}", env.path("new.db").display());
+    let out = env.ok(&["migrate", "--to", &new, "--name", "new"]);
+    assert!(out.contains("4/5 new is the primary"), "{out}");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.join().unwrap();
+    assert!(written > 0);
+    env.ok(&["project"]);
+    let status: Vec<Value> = env.json(&["sink", "status"]).as_array().unwrap().clone();
+    let role = |n: &str| status.iter().find(|s| s["name"] == n).unwrap()["role"].clone();
+    assert_eq!((role("new"), role("local")), (json!("primary"), json!("backup")));
+    env.ok(&["diff", "new"]);
+    let listed = env.json(&["secret", "list"]).as_array().unwrap().len();
+    assert_eq!(listed, 2000 + written);
+    // Some writes landed between attaching the new sink and promoting it.
+    let seq_of = |t: &str| {
+        env.json_lines(&["log", "--type", t]).last().unwrap()["seq"]
+            .as_u64()
+            .unwrap()
+    };
+    let (attached, promoted) = (seq_of("sink.added"), seq_of("sink.role_changed"));
+    let during = env
+        .json_lines(&["log", "--type", "secret.created"])
+        .iter()
+        .filter(|e| (attached..promoted).contains(&e["seq"].as_u64().unwrap()))
+        .count();
+    assert!(
+        during > 0,
+        "no write landed during the migration (attached {attached}, promoted {promoted})"
+    );
+    for i in [0, written - 1] {
+        let got = env.json(&["secret", "get", &format!("during-{i}")]);
+        assert_eq!(got["source"]["name"], "new", "{got}");
+    }
+    // Re-running is a no-op; role changes are in the log.
+    assert!(env.ok(&["migrate", "--to", "new"]).contains("already"));
+    assert_eq!(env.json_lines(&["log", "--type", "sink.role_changed"]).len(), 2);
+}
+
+#[test]
+fn backup_with_delete_secrets_then_restore() {
+    let env = Env::new();
+    env.ok(&[
+        "sink",
+        "add",
+        "bk",
+        &format!("sqlite://{}", env.path("bk.db").display()),
+    ]);
+    for i in 0..5 {
+        env.ok(&["secret", "create", &format!("s{i}"), "--value", "k=v"]);
+    }
+    env.fails(&["diff", "bk"], OUT_OF_SYNC);
+    env.ok(&["backup", "--delete-secrets"]);
+    env.ok(&["diff", "bk"]);
+    env.fails(&["diff", "local"], OUT_OF_SYNC);
+    assert_eq!(env.json(&["secret", "get", "s3"])["source"]["name"], "bk");
+    env.ok(&["restore"]);
+    env.ok(&["diff", "local"]);
+    assert_eq!(env.json(&["secret", "get", "s3"])["source"]["name"], "local");
+}
+
+#[test]
+fn drift_behind_the_ledgers_back_is_found_and_reconciled() {
+    let env = Env::new();
+    for i in 0..4 {
+        env.ok(&[
+            "secret",
+            "create",
+            &format!("s{i}"),
+            "--value",
+            &format!("k=v{i}"),
+        ]);
+    }
+    env.ok(&["diff", "local"]);
+    let sink = rusqlite::Connection::open(env.path("ledger.sink.db")).unwrap();
+    let rows: Vec<(String, Vec<u8>)> = sink
+        .prepare("SELECT name, sealed FROM objects ORDER BY name")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    // One object removed, one with another object's ciphertext, one at an older seq, and a
+    // stray object under the prefix.
+    sink.execute("DELETE FROM objects WHERE name = ?1", [&rows[0].0])
+        .unwrap();
+    sink.execute(
+        "UPDATE objects SET sealed = ?1 WHERE name = ?2",
+        rusqlite::params![rows[2].1, rows[1].0],
+    )
+    .unwrap();
+    sink.execute("UPDATE objects SET seq = seq - 1 WHERE name = ?1", [&rows[3].0])
+        .unwrap();
+    sink.execute(
+        "INSERT INTO objects SELECT 'sledger-01a2254e-33e5-76af-9c86-7dc33fb6dfbe', x'01a2254e33e576af9c867dc33fb6dfbe', 1, 0, meta, sealed FROM objects LIMIT 1",
+        [],
+    )
+    .unwrap();
+    drop(sink);
+    let found = env
+        .cmd()
+        .args(["--format", "json", "diff", "local"])
+        .output()
+        .unwrap();
+    assert_eq!(found.status.code(), Some(OUT_OF_SYNC));
+    let mut kinds: Vec<String> = String::from_utf8_lossy(&found.stdout)
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["kind"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(kinds, ["drifted", "extra", "missing", "stale"]);
+    env.ok(&["reconcile", "local"]);
+    env.ok(&["diff", "local"]);
+    for i in 0..4 {
+        let got = env.json(&["secret", "get", &format!("s{i}"), "--from", "primary"]);
+        assert_eq!(got["values"]["k"], format!("v{i}"));
+    }
+}
