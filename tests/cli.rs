@@ -814,3 +814,25 @@ fn a_ledger_held_open_sees_other_processes_writes() {
         );
     }
 }
+
+#[test]
+fn import_reads_a_dotenv_file_as_one_secret() {
+    let env = Env::new();
+    let file = env.path("app.env");
+    std::fs::write(
+        &file,
+        "# app\nexport DB_URL=postgres://db\nPASSWORD=\"a\\\"b\\nc\"\nTOKEN='lit$x'\n\nEMPTY=\n",
+    )
+    .unwrap();
+    env.ok(&["import", "--file", file.to_str().unwrap(), "--name", "app"]);
+    let got = env.json(&["secret", "get", "app"]);
+    assert_eq!(
+        got["values"],
+        json!({"DB_URL": "postgres://db", "PASSWORD": "a\"b\nc", "TOKEN": "lit$x", "EMPTY": ""})
+    );
+    let err = env.fails(&["import", "--file", file.to_str().unwrap()], 2);
+    assert!(err.contains("--name"), "{err}");
+    std::fs::write(&file, "A=1\nnot a pair with the secret s3cr3t\n").unwrap();
+    let err = env.fails(&["import", "--file", file.to_str().unwrap(), "--name", "app"], 2);
+    assert!(err.contains("line 2") && !err.contains("s3cr3t"), "{err}");
+}

@@ -369,15 +369,20 @@ pub enum ImportFormat {
     Json,
     /// One such object per line
     Jsonl,
+    /// KEY=VALUE lines (a .env file): one secret, named by --name, whose keys are the variables
+    Dotenv,
 }
 
 #[derive(Args)]
 pub struct ImportArgs {
     #[arg(long, value_name = "FILE")]
     pub file: PathBuf,
-    /// Input format [default: from the file extension, else jsonl]
+    /// Input format [default: from the file extension (.json, .env), else jsonl]
     #[arg(long = "input-format", value_enum)]
     pub input_format: Option<ImportFormat>,
+    /// The secret a dotenv file becomes
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Secrets per transaction
     #[arg(long, default_value_t = 1000)]
     pub batch_size: usize,

@@ -59,8 +59,13 @@ fn read_records(args: &ImportArgs) -> Result<Vec<Record>> {
         .input_format
         .unwrap_or_else(|| match args.file.extension().and_then(|e| e.to_str()) {
             Some("json") => ImportFormat::Json,
+            Some("env") => ImportFormat::Dotenv,
+            _ if args.file.file_name().is_some_and(|n| n == ".env") => ImportFormat::Dotenv,
             _ => ImportFormat::Jsonl,
         });
+    if format != ImportFormat::Dotenv && args.name.is_some() {
+        return Err(usage("--name is for dotenv input (a .env file is one secret)"));
+    }
     let file =
         std::fs::File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
     let reader = std::io::BufReader::new(file);
@@ -81,6 +86,22 @@ fn read_records(args: &ImportArgs) -> Result<Vec<Record>> {
                 );
             }
             Ok(records)
+        }
+        ImportFormat::Dotenv => {
+            let name = args
+                .name
+                .clone()
+                .ok_or_else(|| usage("a dotenv file is one secret: name it with --name NAME"))?;
+            let text = Zeroizing::new(
+                std::fs::read_to_string(&args.file)
+                    .with_context(|| format!("cannot read {}", args.file.display()))?,
+            );
+            Ok(vec![Record {
+                name,
+                values: parse_dotenv(&text)?,
+                labels: BTreeMap::new(),
+                private: false,
+            }])
         }
     }
 }
@@ -129,4 +150,48 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `KEY=VALUE` lines; blank lines and `#` comments skipped, an `export ` prefix allowed, values
+/// optionally in single quotes (literal) or double quotes (with \n, \", \\ escapes).
+fn parse_dotenv(text: &str) -> Result<BTreeMap<String, Zeroizing<String>>> {
+    let mut values = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        // Only the line number: the line holds a value.
+        let (key, raw) = line
+            .split_once('=')
+            .ok_or_else(|| usage(format!("line {} is not KEY=VALUE", i + 1)))?;
+        let raw = raw.trim();
+        let value = if let Some(inner) = raw.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
+            inner.to_owned()
+        } else if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                match (c, c == '\\') {
+                    (_, true) => match chars.next() {
+                        Some('n') => out.push('\n'),
+                        Some(other) => out.push(other),
+                        None => out.push('\\'),
+                    },
+                    (c, false) => out.push(c),
+                }
+            }
+            out
+        } else {
+            raw.to_owned()
+        };
+        if values
+            .insert(key.trim().to_owned(), Zeroizing::new(value))
+            .is_some()
+        {
+            return Err(usage(format!("line {}: {:?} is set twice", i + 1, key.trim())));
+        }
+    }
+    Ok(values)
 }
