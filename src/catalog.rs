@@ -123,6 +123,7 @@ fn update(m: &mut SecretMeta, stored: &StoredEvent, event: Event) -> Result<()> 
             return Err(corrupt(stored, event_type, "creates a secret that exists"))
         }
         Event::KeyRotated { .. }
+        | Event::LedgerRestored { .. }
         | Event::SinkAdded { .. }
         | Event::SinkRoleChanged { .. }
         | Event::SinkRemoved { .. } => {
@@ -208,7 +209,7 @@ pub(crate) fn apply_sink_event(
                 return Err(corrupt(stored, event_type, "names a sink that does not exist"));
             }
         }
-        Event::KeyRotated { .. } => {}
+        Event::KeyRotated { .. } | Event::LedgerRestored { .. } => {}
         _ => return Err(corrupt(stored, event_type, "has no secret id")),
     }
     Ok(())

@@ -92,6 +92,11 @@ pub enum Command {
     RemoveSink {
         name: String,
     },
+    /// Record that the commands after it restore the state after `target_seq` (so the audit
+    /// log says what a burst of compensating events was for).
+    RecordRestore {
+        target_seq: u64,
+    },
 }
 
 /// What a command did.
@@ -110,6 +115,8 @@ pub enum Outcome {
         event_type: &'static str,
         name: String,
     },
+    /// Another ledger-level event (a restore's record).
+    Recorded { seq: u64, event_type: &'static str },
 }
 
 /// Which version of a secret to read.
@@ -830,7 +837,16 @@ impl Ledger {
                         };
                         let row = chain_next(&mut head, &new, now);
                         sqlite::insert(&tx, &row)?;
-                        let (event_type, name) = (new.event.event_type(), sink_event_name(&new.event));
+                        let event_type = new.event.event_type();
+                        if !event_type.starts_with("sink.") {
+                            tracing::debug!(seq = row.seq, event_type, "appended");
+                            outcomes.push(Outcome::Recorded {
+                                seq: row.seq,
+                                event_type,
+                            });
+                            continue;
+                        }
+                        let name = sink_event_name(&new.event);
                         let mut sinks = load_sinks(&tx)?;
                         catalog::apply_sink_event(&mut sinks, &row, new.event)?;
                         store_sinks(&tx, &sinks)?;
@@ -1265,6 +1281,9 @@ fn describe(
         Event::SinkAdded { name, url, role } => Some(format!("sink {name} added as {role}: {url}")),
         Event::SinkRoleChanged { name, role } => Some(format!("sink {name} is now {role}")),
         Event::SinkRemoved { name } => Some(format!("sink {name} removed")),
+        Event::LedgerRestored { target_seq } => Some(format!(
+            "restore to the state after seq {target_seq}; the compensating events follow"
+        )),
         _ => None,
     };
     let labels = match event {
@@ -1344,6 +1363,14 @@ fn plan(
         | Command::SetSinkRole { .. }
         | Command::PromoteSink { .. }
         | Command::RemoveSink { .. } => plan_sink(tx, command)?,
+        Command::RecordRestore { target_seq } => {
+            if target_seq > seq {
+                return Err(Error::invalid(format!(
+                    "seq {target_seq} is beyond the end of the log"
+                )));
+            }
+            Planned::Ledger(vec![Event::LedgerRestored { target_seq }])
+        }
         Command::Create {
             name,
             scope,

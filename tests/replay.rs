@@ -84,6 +84,17 @@ fn restore_at_t2_gives_exactly_the_state_at_t2() {
     assert_ne!(state(&env), at_t2, "--dry-run changed nothing");
     env.ok(&["restore", "--at", &t2]);
     assert_eq!(state(&env), at_t2);
+    // The audit log says who restored, when, and to which point.
+    let restored = env.json_lines(&["log", "--type", "ledger.restored"]);
+    assert_eq!(restored.len(), 1);
+    assert_eq!(restored[0]["actor"], "alice@test");
+    assert!(
+        restored[0]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("restore to the state after seq"),
+        "{restored:?}"
+    );
     assert_eq!(
         env.json(&["secret", "get", "db"])["labels"],
         json!({}),

@@ -37,6 +37,8 @@ fn sample() -> (Env, u64) {
     env.ok(&["sink", "add", "bk", &url]);
     env.ok(&["sink", "set-role", "bk", "replica"]);
     env.ok(&["sink", "remove", "bk"]);
+    env.ok(&["secret", "create", "late", "--value", "k=1"]);
+    env.ok(&["restore", "--seq", "3"]);
     let events = env.json(&["verify"])["events"].as_u64().unwrap();
     // Fold the WAL into the main file so a copy of it is the whole ledger.
     rusqlite::Connection::open(&env.ledger)

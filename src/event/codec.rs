@@ -48,6 +48,11 @@ struct KeyRotatedV1 {
 }
 
 #[derive(Serialize, Deserialize)]
+struct LedgerRestoredV1 {
+    target_seq: u64,
+}
+
+#[derive(Serialize, Deserialize)]
 struct SinkAddedV1<'a> {
     name: Cow<'a, str>,
     url: Cow<'a, str>,
@@ -109,6 +114,9 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
         Event::KeyRotated { key_id } => to_bytes(&KeyRotatedV1 {
             key_id: key_id.clone(),
         }),
+        Event::LedgerRestored { target_seq } => to_bytes(&LedgerRestoredV1 {
+            target_seq: *target_seq,
+        }),
         Event::SinkAdded { name, url, role } => to_bytes(&SinkAddedV1 {
             name: Cow::Borrowed(name),
             url: Cow::Borrowed(url),
@@ -158,6 +166,12 @@ pub fn decode(event_type: &str, event_version: u32, payload: &[u8]) -> Result<Ev
         ("key.rotated", 1) => {
             let p: KeyRotatedV1 = from_bytes(payload)?;
             Event::KeyRotated { key_id: p.key_id }
+        }
+        ("ledger.restored", 1) => {
+            let p: LedgerRestoredV1 = from_bytes(payload)?;
+            Event::LedgerRestored {
+                target_seq: p.target_seq,
+            }
         }
         ("sink.added", 1) => {
             let p: SinkAddedV1 = from_bytes(payload)?;

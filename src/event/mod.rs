@@ -95,6 +95,11 @@ pub enum Event {
     SinkRemoved {
         name: String,
     },
+    /// A `restore` rolled the ledger back to the state after `target_seq`; the compensating
+    /// events follow it in the same transaction.
+    LedgerRestored {
+        target_seq: u64,
+    },
 }
 
 /// What a sink is for.
@@ -164,6 +169,7 @@ impl Event {
             Event::SinkAdded { .. } => "sink.added",
             Event::SinkRoleChanged { .. } => "sink.role_changed",
             Event::SinkRemoved { .. } => "sink.removed",
+            Event::LedgerRestored { .. } => "ledger.restored",
         }
     }
 
@@ -188,6 +194,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "sink.added",
     "sink.role_changed",
     "sink.removed",
+    "ledger.restored",
 ];
 
 /// One row of the `events` table.

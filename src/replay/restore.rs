@@ -125,12 +125,18 @@ impl Ledger {
             });
         }
         // Deletes free names that undeletes and renames may need; values go last.
-        plan.commands = deletes
+        let changes: Vec<Command> = deletes
             .into_iter()
             .chain(undeletes)
             .chain(renames)
             .chain(updates)
             .collect();
+        // Recorded first, in the same transaction: the audit log says what the changes were for.
+        if !changes.is_empty() {
+            plan.commands = std::iter::once(Command::RecordRestore { target_seq: seq })
+                .chain(changes)
+                .collect();
+        }
         plan.steps.sort_by(|a, b| a.name.cmp(&b.name));
         plan.purged.sort();
         Ok(plan)

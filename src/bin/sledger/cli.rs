@@ -149,9 +149,9 @@ pub struct MigrateArgs {
 pub struct DiffArgs {
     /// An attached sink
     pub sink: String,
-    /// Compare with the state as of this time instead of the head
-    #[arg(long, value_name = "TIME")]
-    pub at: Option<String>,
+    /// Compare with the state at this point instead of the head
+    #[command(flatten)]
+    pub target: TargetArgs,
 }
 
 #[derive(Args)]

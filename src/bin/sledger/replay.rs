@@ -173,11 +173,7 @@ pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
 
 pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
     let ledger = ctx.open_unlocked()?;
-    let target = TargetArgs {
-        at: args.at,
-        seq: None,
-    };
-    let seq = self::target(&ledger, &target)?;
+    let seq = target(&ledger, &args.target)?;
     let (_, sink) = ledger.open_sink(&args.sink)?;
     let desired = ledger.desired_at(seq)?;
     let differences = block_on(sync(ctx, &*sink, &desired, true))?.0;

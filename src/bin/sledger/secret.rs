@@ -154,7 +154,7 @@ pub fn render_outcomes(ctx: &Context, verb: &str, outcomes: &[Outcome], primary:
         let (secret, seq, changed) = match o {
             Outcome::Appended { seq, secret, .. } => (secret, Some(*seq), true),
             Outcome::Unchanged { secret } => (secret, None, false),
-            Outcome::SinkChanged { .. } => continue,
+            Outcome::SinkChanged { .. } | Outcome::Recorded { .. } => continue,
         };
         if ctx.json() {
             let mut v = meta_json(secret);
