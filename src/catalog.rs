@@ -266,8 +266,9 @@ impl Catalog {
     /// Decode a snapshot written by [`Catalog::to_snapshot`], or by sledger 0.1 before sinks
     /// existed (`(seq, secrets)`: no sink could be attached then, so its sinks are none).
     pub fn from_snapshot(bytes: &[u8]) -> Result<Self> {
-        type Snapshot = (u64, BTreeMap<SecretId, SecretMeta>, BTreeMap<String, SinkConfig>);
-        type SnapshotBeforeSinks = (u64, BTreeMap<SecretId, SecretMeta>);
+        // Decoded straight into the catalog's map: no intermediate sorted map to build and drop.
+        type Snapshot = (u64, HashMap<SecretId, SecretMeta>, BTreeMap<String, SinkConfig>);
+        type SnapshotBeforeSinks = (u64, HashMap<SecretId, SecretMeta>);
         fn whole<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
             bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard())
                 .ok()
@@ -278,11 +279,7 @@ impl Catalog {
         });
         let (seq, secrets, sinks) =
             decoded.ok_or_else(|| Error::Corrupt("a snapshot does not decode".into()))?;
-        Ok(Catalog {
-            seq,
-            secrets: secrets.into_iter().collect(),
-            sinks,
-        })
+        Ok(Catalog { seq, secrets, sinks })
     }
 }
 

@@ -365,7 +365,7 @@ async fn apply_with_retry(sink: &dyn Sink, op: &Op, opts: &ProjectOptions) -> Re
 /// Apply writes with at most `concurrency` in flight; returns each op's result.
 pub(crate) async fn apply_all<'a>(
     sink: &dyn Sink,
-    ops: &'a [Op],
+    ops: impl IntoIterator<Item = &'a Op>,
     opts: &ProjectOptions,
 ) -> Vec<(&'a Op, Result<()>)> {
     let concurrency = opts

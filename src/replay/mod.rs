@@ -193,27 +193,26 @@ pub async fn apply(
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<ApplyReport> {
     let mut report = ApplyReport::default();
-    let mut ops = Vec::with_capacity(differences.len());
+    // Writes borrow the target's records; only removals of objects outside it are built here.
+    let mut removals = Vec::new();
+    let mut ops: Vec<&Op> = Vec::with_capacity(differences.len());
     for d in differences {
-        let op = match (d.kind, desired.objects.get(&d.id)) {
-            (DiffKind::Newer, _) => {
-                report.skipped += 1;
-                continue;
-            }
-            (_, Some(op)) => op.clone(),
+        match (d.kind, desired.objects.get(&d.id)) {
+            (DiffKind::Newer, _) => report.skipped += 1,
+            (_, Some(op)) => ops.push(op),
             // Not in the target at all: remove it for good, at the seq it holds.
-            (_, None) => Op::Delete {
+            (_, None) => removals.push(Op::Delete {
                 id: d.id,
                 seq: d.sink_seq.unwrap_or(0),
                 how: DeleteMode::Purge,
-            },
-        };
-        ops.push(op);
+            }),
+        }
     }
+    ops.extend(removals.iter());
     let total = ops.len() as u64;
     let mut first_error = None;
     for (i, chunk) in ops.chunks(1000).enumerate() {
-        for (op, result) in apply_all(sink, chunk, &ProjectOptions::default()).await {
+        for (op, result) in apply_all(sink, chunk.iter().copied(), &ProjectOptions::default()).await {
             match (result, op) {
                 (Ok(()), Op::Put(_)) => report.written += 1,
                 (Ok(()), Op::Delete { .. }) => report.deleted += 1,
