@@ -232,6 +232,41 @@ fn backup_with_delete_secrets_then_restore() {
     env.ok(&["restore"]);
     env.ok(&["diff", "local"]);
     assert_eq!(env.json(&["secret", "get", "s3"])["source"]["name"], "local");
+    // A primary whose file is lost altogether is rebuilt by the same repair.
+    std::fs::remove_file(env.path("ledger.sink.db")).unwrap();
+    env.fails(&["diff", "local"], 7);
+    env.ok(&["restore"]);
+    env.ok(&["diff", "local"]);
+}
+
+#[test]
+fn migrate_with_delete_secrets_empties_the_old_primary() {
+    let env = Env::new();
+    for i in 0..5 {
+        env.ok(&["secret", "create", &format!("s{i}"), "--value", "k=v"]);
+    }
+    let new = format!("sqlite://{}", env.path("new.db").display());
+    assert!(env
+        .ok(&["migrate", "--to", &new, "--name", "new", "--dry-run"])
+        .contains("would attach"));
+    assert_eq!(
+        env.json(&["sink", "list"]).as_array().unwrap().len(),
+        1,
+        "--dry-run attached nothing"
+    );
+    env.ok(&["migrate", "--to", &new, "--name", "new", "--delete-secrets"]);
+    env.ok(&["diff", "new"]);
+    let old = env
+        .cmd()
+        .args(["--format", "json", "diff", "local"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&old.stdout).lines().count(),
+        5,
+        "the old primary was emptied"
+    );
+    assert_eq!(env.json(&["secret", "get", "s4"])["source"]["name"], "new");
 }
 
 #[test]

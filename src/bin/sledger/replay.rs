@@ -255,6 +255,10 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
     if args.target.at.is_none() && args.target.seq.is_none() {
         // No point in time: repair the primary from the ledger (a wiped or damaged primary).
         let primary = project::primary(&ledger)?.context("there is no primary sink")?;
+        if !args.dry_run {
+            // A primary whose file is gone is rebuilt from scratch.
+            prepare_backend(&SinkUrl::parse(&ledger.sink_config(&primary)?.url)?)?;
+        }
         let (_, sink) = ledger.open_sink(&primary)?;
         let mut desired = ledger.desired_at(ledger.head()?.seq)?;
         if !args.secrets.is_empty() {
