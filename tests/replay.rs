@@ -135,7 +135,7 @@ fn replay_into_a_standby_or_url_materialises_a_past_state() {
     let t1 = now();
     env.ok(&["secret", "update", "a", "--value", "k=2"]);
     env.ok(&["secret", "create", "b", "--value", "k=1"]);
-    let url = format!("sqlite://{}", env.path("pit.db").display());
+    let url = env.sqlite_url("pit.db");
     env.ok(&["replay", "--into", &url, "--at", &t1]);
     env.ok(&["sink", "add", "pit", &url, "--role", "standby"]);
     env.ok(&["diff", "pit", "--at", &t1]);
@@ -173,7 +173,7 @@ fn migration_under_concurrent_writes_loses_nothing() {
         })
     };
     std::thread::sleep(std::time::Duration::from_millis(200));
-    let new = format!("sqlite://{}", env.path("new.db").display());
+    let new = env.sqlite_url("new.db");
     let out = env.ok(&["migrate", "--to", &new, "--name", "new"]);
     assert!(out.contains("4/5 new is the primary"), "{out}");
     std::thread::sleep(std::time::Duration::from_millis(200));
@@ -215,12 +215,7 @@ fn migration_under_concurrent_writes_loses_nothing() {
 #[test]
 fn backup_with_delete_secrets_then_restore() {
     let env = Env::new();
-    env.ok(&[
-        "sink",
-        "add",
-        "bk",
-        &format!("sqlite://{}", env.path("bk.db").display()),
-    ]);
+    env.ok(&["sink", "add", "bk", &env.sqlite_url("bk.db")]);
     for i in 0..5 {
         env.ok(&["secret", "create", &format!("s{i}"), "--value", "k=v"]);
     }
@@ -245,7 +240,7 @@ fn migrate_with_delete_secrets_empties_the_old_primary() {
     for i in 0..5 {
         env.ok(&["secret", "create", &format!("s{i}"), "--value", "k=v"]);
     }
-    let new = format!("sqlite://{}", env.path("new.db").display());
+    let new = env.sqlite_url("new.db");
     assert!(env
         .ok(&["migrate", "--to", &new, "--name", "new", "--dry-run"])
         .contains("would attach"));

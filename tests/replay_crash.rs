@@ -68,7 +68,7 @@ fn role(env: &Env, name: &str) -> Value {
 #[test]
 fn migrate_killed_at_random_points_then_rerun_ends_migrated() {
     let env = env_with_secrets();
-    let url = format!("sqlite://{}", env.path("new.db").display());
+    let url = env.sqlite_url("new.db");
     let args = ["migrate", "--to", &url, "--name", "new"];
     let landed = kill_repeatedly(&env, &args, 8);
     env.ok(&args);
@@ -89,12 +89,7 @@ fn migrate_killed_at_random_points_then_rerun_ends_migrated() {
 #[test]
 fn backup_killed_at_random_points_then_rerun_ends_backed_up() {
     let env = env_with_secrets();
-    env.ok(&[
-        "sink",
-        "add",
-        "bk",
-        &format!("sqlite://{}", env.path("bk.db").display()),
-    ]);
+    env.ok(&["sink", "add", "bk", &env.sqlite_url("bk.db")]);
     let landed = kill_repeatedly(&env, &["backup"], 6);
     env.ok(&["backup"]);
     env.ok(&["diff", "bk"]);

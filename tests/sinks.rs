@@ -267,20 +267,12 @@ fn sink_add_refuses_what_it_cannot_keep_and_leaves_nothing_behind() {
 #[test]
 fn sink_management_is_audited_and_guarded() {
     let env = Env::new();
-    let url = format!("sqlite://{}", env.path("b.db").display());
+    let url = env.sqlite_url("b.db");
     env.ok(&["sink", "add", "b", &url, "--role", "replica"]);
     env.fails(&["sink", "add", "b", &url], 4);
     let err = env.fails(&["sink", "add", "c", &url], USAGE);
     assert!(err.contains("already writes to"), "{err}");
-    let err = env.fails(
-        &[
-            "sink",
-            "add",
-            "Bad Name",
-            &format!("sqlite://{}", env.path("bad.db").display()),
-        ],
-        USAGE,
-    );
+    let err = env.fails(&["sink", "add", "Bad Name", &env.sqlite_url("bad.db")], USAGE);
     assert!(err.contains("invalid sink name"), "{err}");
     for (url, needle) in [
         ("vault://root:hunter2@127.0.0.1:8200/secret", "user:password@"),
@@ -327,7 +319,7 @@ fn standby_sinks_are_not_projected() {
         "sink",
         "add",
         "cold",
-        &format!("sqlite://{}", env.path("cold.db").display()),
+        &env.sqlite_url("cold.db"),
         "--role",
         "standby",
     ]);
@@ -342,12 +334,7 @@ fn standby_sinks_are_not_projected() {
 #[test]
 fn project_follow_keeps_sinks_current_and_stops_on_sigterm() {
     let env = Env::new();
-    env.ok(&[
-        "sink",
-        "add",
-        "bk",
-        &format!("sqlite://{}", env.path("bk.db").display()),
-    ]);
+    env.ok(&["sink", "add", "bk", &env.sqlite_url("bk.db")]);
     let follower = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
         .env("SLEDGER_LEDGER", &env.ledger)
         .args(["project", "--follow"])

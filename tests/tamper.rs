@@ -33,7 +33,7 @@ fn sample() -> (Env, u64) {
     env.ok(&["secret", "delete", "c"]);
     env.ok(&["secret", "undelete", "c"]);
     env.ok(&["secret", "purge", "c", "--yes"]);
-    let url = format!("sqlite://{}", env.path("bk.db").display());
+    let url = env.sqlite_url("bk.db");
     env.ok(&["sink", "add", "bk", &url]);
     env.ok(&["sink", "set-role", "bk", "replica"]);
     env.ok(&["sink", "remove", "bk"]);
@@ -242,7 +242,7 @@ fn redirecting_a_sink_in_the_derived_table_is_caught() {
     env.ok(&["secret", "create", "a", "--value", "k=one"]);
     // Someone with write access to the file, but not the key, points the primary elsewhere.
     let raw = rusqlite::Connection::open(&env.ledger).unwrap();
-    let evil = format!("sqlite://{}", env.path("evil.db").display());
+    let evil = env.sqlite_url("evil.db");
     raw.execute("UPDATE sinks SET url = ?1 WHERE name = 'local'", [&evil])
         .unwrap();
     drop(raw);

@@ -33,6 +33,11 @@ impl Env {
         self.dir.path().join(name)
     }
 
+    /// The URL of a sqlite sink file in this env's directory.
+    pub fn sqlite_url(&self, file: &str) -> String {
+        format!("sqlite://{}", self.path(file).display())
+    }
+
     /// `sledger` with this env's ledger, a fixed actor, and no inherited key.
     pub fn cmd(&self) -> Command {
         let mut c = Command::cargo_bin("sledger").unwrap();
