@@ -124,6 +124,9 @@ pub enum Error {
     #[error("the ledger is busy (another sledger process holds the write lock); retry in a moment")]
     Busy,
 
+    #[error("the ledger changed while this {what} was being planned; run it again")]
+    ChangedMeanwhile { what: &'static str },
+
     #[error("{context}: {source}")]
     Io {
         context: String,
@@ -161,7 +164,7 @@ impl Error {
             AlreadyExists { .. } | WouldOverwrite { .. } => ErrorClass::AlreadyExists,
             ChainBroken { .. } | AnchorMismatch { .. } | Corrupt(_) => ErrorClass::Integrity,
             WrongKey | KeyUnavailable(_) | KeyRotated => ErrorClass::Key,
-            Busy => ErrorClass::Unavailable,
+            Busy | ChangedMeanwhile { .. } => ErrorClass::Unavailable,
             NotALedger { .. } | NewerSchema { .. } => ErrorClass::Incompatible,
             Io { .. } | Database(_) | Migration(_) => ErrorClass::Internal,
         }

@@ -96,6 +96,9 @@ pub enum Command {
     /// log says what a burst of compensating events was for).
     RecordRestore {
         target_seq: u64,
+        /// The head the restore was planned against: if the log moved on since, the plan is
+        /// stale and the whole transaction is refused.
+        planned_at: u64,
     },
 }
 
@@ -487,7 +490,7 @@ fn plan_sink(tx: &Connection, command: Command) -> Result<Planned> {
             }
             if let Some(same) = sinks
                 .values()
-                .find(|s| SinkUrl::parse(&s.url).ok().as_ref() == Some(&parsed))
+                .find(|s| SinkUrl::parse(&s.url).is_ok_and(|u| u.same_objects(&parsed)))
             {
                 return Err(Error::invalid(format!(
                     "sink {:?} already writes to {url}; two sinks on one backend and prefix would fight",
@@ -1374,11 +1377,13 @@ fn plan(
         | Command::SetSinkRole { .. }
         | Command::PromoteSink { .. }
         | Command::RemoveSink { .. } => plan_sink(tx, command)?,
-        Command::RecordRestore { target_seq } => {
-            if target_seq > seq {
-                return Err(Error::invalid(format!(
-                    "seq {target_seq} is beyond the end of the log"
-                )));
+        Command::RecordRestore {
+            target_seq,
+            planned_at,
+        } => {
+            // `seq` is the seq this event gets, so the head is the one before it.
+            if planned_at + 1 != seq {
+                return Err(Error::ChangedMeanwhile { what: "restore" });
             }
             Planned::Ledger(vec![Event::LedgerRestored { target_seq }])
         }

@@ -144,11 +144,55 @@ fn replay_into_a_standby_or_url_materialises_a_past_state() {
     env.ok(&["replay", "--into", "pit"]);
     env.ok(&["diff", "pit"]);
     assert!(env.ok(&["replay", "--into", "pit"]).contains("in sync"));
-    // A replay can not go back in place: the sink holds newer states.
+    // A replay can not go back in place: the sink holds newer states, and nothing is touched.
     env.fails(&["replay", "--into", "pit", "--at", &t1], OUT_OF_SYNC);
-    // Projected sinks are refused.
+    env.ok(&["diff", "pit"]);
+    // Projected sinks are refused, however their URL is spelled.
     let err = env.fails(&["replay", "--into", "local"], USAGE);
     assert!(err.contains("projector"), "{err}");
+    let respelled = format!(
+        "sqlite://{}/./ledger.sink.db?max_concurrency=3",
+        env.dir.path().display()
+    );
+    let err = env.fails(&["replay", "--into", &respelled], USAGE);
+    assert!(err.contains("\"local\""), "{err}");
+}
+
+#[test]
+fn restore_swaps_names_back_and_repairs_only_what_is_named() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "blue", "--value", "k=B"]);
+    env.ok(&["secret", "create", "green", "--value", "k=G"]);
+    env.ok(&["secret", "create", "other", "--value", "k=O"]);
+    let t1 = now();
+    // Swap the names of blue and green.
+    env.ok(&["secret", "rename", "blue", "tmp"]);
+    env.ok(&["secret", "rename", "green", "blue"]);
+    env.ok(&["secret", "rename", "tmp", "green"]);
+    assert_eq!(env.ok(&["secret", "get", "blue", "--key", "k"]), "G\n");
+    env.ok(&["restore", "--at", &t1]);
+    assert_eq!(env.ok(&["secret", "get", "blue", "--key", "k"]), "B\n");
+    assert_eq!(env.ok(&["secret", "get", "green", "--key", "k"]), "G\n");
+    env.ok(&["diff", "local"]);
+
+    // Repairing one secret in the primary leaves every other object alone.
+    let sink = rusqlite::Connection::open(env.path("ledger.sink.db")).unwrap();
+    assert_eq!(sink.execute("DELETE FROM objects", []).unwrap(), 3);
+    drop(sink);
+    env.ok(&["restore", "--secret", "blue"]);
+    let left = env
+        .cmd()
+        .args(["--format", "json", "diff", "local"])
+        .output()
+        .unwrap();
+    let missing: Vec<Value> = String::from_utf8_lossy(&left.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let names: Vec<&str> = missing.iter().map(|d| d["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["green", "other"], "only blue was repaired");
+    env.ok(&["restore"]);
+    env.ok(&["diff", "local"]);
 }
 
 #[test]

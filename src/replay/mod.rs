@@ -99,6 +99,9 @@ pub struct ApplyReport {
     pub deleted: u64,
     /// Objects left as they are (newer than the target).
     pub skipped: u64,
+    /// Writes the sink accepted but did not take: it keeps a tombstone newer than the target
+    /// (the secret was deleted later), so the object stays absent.
+    pub refused: u64,
 }
 
 /// Compare `sink` with `desired`. Objects whose seq matches are read back and compared, so a
@@ -117,8 +120,17 @@ pub async fn diff(
             Op::Put(r) => (Some(r.name.clone()), r.seq, true),
             Op::Delete { seq, .. } => (None, *seq, false),
         };
+        let purge = matches!(
+            op,
+            Op::Delete {
+                how: DeleteMode::Purge,
+                ..
+            }
+        );
         let kind = match (present, sink_seq) {
             (true, None) => Some(DiffKind::Missing),
+            // Purged since the target: no state of it may stay anywhere, however new.
+            (false, Some(_)) if purge => Some(DiffKind::Extra),
             (_, Some(s)) if s > want_seq => Some(DiffKind::Newer),
             (true, Some(s)) if s < want_seq => Some(DiffKind::Stale),
             (true, Some(_)) => {
@@ -143,7 +155,12 @@ pub async fn diff(
             out.push(Difference {
                 id,
                 name: None,
-                kind: DiffKind::Extra,
+                // Created after the target (or planted with a seq from the future).
+                kind: if seq > desired.seq {
+                    DiffKind::Newer
+                } else {
+                    DiffKind::Extra
+                },
                 sink_seq: Some(seq),
                 target_seq: None,
             });
@@ -223,8 +240,15 @@ pub async fn apply(
         }
         progress((i * 1000 + chunk.len()) as u64, total);
     }
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(report),
+    if let Some(e) = first_error {
+        return Err(e);
     }
+    // A put never overwrites a newer tombstone, and says Ok: check what landed.
+    let held: HashMap<SecretId, u64> = sink.list().await?.into_iter().map(|e| (e.id, e.seq)).collect();
+    report.refused = ops
+        .iter()
+        .filter(|op| matches!(op, Op::Put(r) if held.get(&r.id).is_none_or(|&s| s < r.seq)))
+        .count() as u64;
+    report.written -= report.refused;
+    Ok(report)
 }

@@ -40,15 +40,19 @@ impl Ledger {
     /// Plan rolling the current state back to the state after event `seq`, for every secret
     /// `actor` can see, or only those named in `only` (by their name then or now).
     pub fn plan_restore(&self, actor: &str, seq: u64, only: &[String]) -> Result<RestorePlan> {
+        let head = self.head()?.seq;
         let then = self.catalog_at(seq)?.secrets;
-        let now = self.catalog_at(self.head()?.seq)?.secrets;
+        let now = self.catalog_at(head)?.secrets;
         let wanted = |m: &SecretMeta| only.is_empty() || only.contains(&m.name);
         let mut plan = RestorePlan {
             target_seq: seq,
             ..Default::default()
         };
         let mut matched = BTreeSet::new();
-        let (mut deletes, mut undeletes, mut renames, mut updates) = (vec![], vec![], vec![], vec![]);
+        // Names move through a temporary name (`restore.<id>`), so swaps, chains and undeletes
+        // onto names others still hold all work: every target name is free by the last step.
+        let (mut deletes, mut to_temporary, mut undeletes, mut to_final, mut updates) =
+            (vec![], vec![], vec![], vec![], vec![]);
         let mut current: Vec<&SecretMeta> = now.values().collect();
         current.sort_by_key(|m| m.updated_seq);
         for current in current {
@@ -74,19 +78,32 @@ impl Ledger {
                 }
                 Some(past) if current.status == Status::Purged => plan.purged.push(past.name.clone()),
                 Some(past) => {
-                    if current.status == Status::Deleted {
+                    let deleted = current.status == Status::Deleted;
+                    if deleted {
                         undeletes.push(Command::Undelete { name: target.clone() });
                         actions.push("undelete");
                     }
                     if current.name != past.name {
-                        renames.push(Command::Rename {
+                        let temporary = format!("restore.{}", current.id);
+                        let park = Command::Rename {
+                            name: target.clone(),
+                            new_name: temporary,
+                        };
+                        // A deleted secret can only be renamed once it is back.
+                        if deleted {
+                            undeletes.push(park);
+                        } else {
+                            to_temporary.push(park);
+                        }
+                        to_final.push(Command::Rename {
                             name: target.clone(),
                             new_name: past.name.clone(),
                         });
                         actions.push("rename");
                     }
-                    let (values, _) = open_values_at(self.conn(), self.master_key()?, past, past.value_seq)?;
                     if past.fingerprints != current.fingerprints || past.labels != current.labels {
+                        let (values, _) =
+                            open_values_at(self.conn(), self.master_key()?, past, past.value_seq)?;
                         updates.push(Command::Update {
                             name: target,
                             remove_keys: current
@@ -124,18 +141,22 @@ impl Ledger {
                 hint: "; no secret had this name then or has it now".into(),
             });
         }
-        // Deletes free names that undeletes and renames may need; values go last.
+        // Deletes and temporary names free the names undeletes and final renames need.
         let changes: Vec<Command> = deletes
             .into_iter()
+            .chain(to_temporary)
             .chain(undeletes)
-            .chain(renames)
+            .chain(to_final)
             .chain(updates)
             .collect();
         // Recorded first, in the same transaction: the audit log says what the changes were for.
         if !changes.is_empty() {
-            plan.commands = std::iter::once(Command::RecordRestore { target_seq: seq })
-                .chain(changes)
-                .collect();
+            plan.commands = std::iter::once(Command::RecordRestore {
+                target_seq: seq,
+                planned_at: head,
+            })
+            .chain(changes)
+            .collect();
         }
         plan.steps.sort_by(|a, b| a.name.cmp(&b.name));
         plan.purged.sort();

@@ -353,6 +353,51 @@ impl SinkUrl {
         }
     }
 
+    /// Whether two URLs write the same objects: the same backend and prefix, whatever the
+    /// spelling of the path or the tuning parameters (`max_concurrency`).
+    pub fn same_objects(&self, other: &SinkUrl) -> bool {
+        fn canonical(path: &Path) -> PathBuf {
+            let parent = path.parent().and_then(|d| std::fs::canonicalize(d).ok());
+            match (parent, path.file_name()) {
+                (Some(dir), Some(file)) => dir.join(file),
+                _ => path.to_path_buf(),
+            }
+        }
+        match (self, other) {
+            (
+                SinkUrl::Memory {
+                    store: a, prefix: pa, ..
+                },
+                SinkUrl::Memory {
+                    store: b, prefix: pb, ..
+                },
+            ) => a == b && pa == pb,
+            (
+                SinkUrl::Sqlite {
+                    path: a, prefix: pa, ..
+                },
+                SinkUrl::Sqlite {
+                    path: b, prefix: pb, ..
+                },
+            ) => canonical(a) == canonical(b) && pa == pb,
+            (
+                SinkUrl::Exec {
+                    program: a,
+                    args: aa,
+                    prefix: pa,
+                    ..
+                },
+                SinkUrl::Exec {
+                    program: b,
+                    args: ab,
+                    prefix: pb,
+                    ..
+                },
+            ) => canonical(a) == canonical(b) && aa == ab && pa == pb,
+            _ => false,
+        }
+    }
+
     /// Capabilities known from the URL alone (no connection), used to enforce limits before
     /// anything is appended.
     pub fn capabilities(&self) -> Capabilities {

@@ -1,6 +1,7 @@
 //! `sledger replay`, `restore`, `backup`, `migrate`, `diff`, `reconcile`: replays of the log
 //! against sinks (the engine is `sledger::replay`).
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use anyhow::{Context as _, Result};
@@ -9,8 +10,8 @@ use serde_json::json;
 use sledger::event::SinkRole;
 use sledger::project::{self, ProjectOptions};
 use sledger::replay::{self, ApplyReport, Desired, DiffKind, Difference, Target};
-use sledger::sink::{DeleteMode, Sink, SinkUrl};
-use sledger::{Command, Ledger};
+use sledger::sink::{Sink, SinkUrl};
+use sledger::{Command, Ledger, SecretId};
 
 use crate::cli::{BackupArgs, DiffArgs, MigrateArgs, ReconcileArgs, ReplayArgs, RestoreArgs, TargetArgs};
 use crate::context::{block_on, Context};
@@ -119,42 +120,56 @@ fn newer_error(sink: &str, differences: &[Difference]) -> Option<anyhow::Error> 
     })
 }
 
-/// Resync `sink` to `desired` and report; Err if something is left different.
+/// Resync `sink` to `desired` (only the differences `only` keeps, if given) and report; Err
+/// if something is left different.
 async fn reconcile_sink(
     ctx: &Context,
     name: &str,
     sink: &dyn Sink,
     desired: &Desired,
     dry_run: bool,
+    only: Option<&dyn Fn(&Difference) -> bool>,
 ) -> Result<()> {
-    let (differences, applied) = sync(ctx, sink, desired, dry_run).await?;
-    match applied {
-        None => print_differences(ctx, name, &differences),
-        Some(report) => print_applied(ctx, name, desired.seq, &report),
+    let comparing = bar(ctx, "comparing");
+    let mut differences = replay::diff(desired, sink, &follow(&comparing)).await?;
+    comparing.finish_and_clear();
+    if let Some(keep) = only {
+        differences.retain(|d| keep(d));
     }
-    match newer_error(name, &differences) {
-        Some(e) => Err(e),
-        None => Ok(()),
+    if dry_run || differences.is_empty() {
+        print_differences(ctx, name, &differences);
+        return newer_error(name, &differences).map_or(Ok(()), Err);
     }
+    let writing = bar(ctx, "writing");
+    let report = replay::apply(desired, sink, &differences, &follow(&writing)).await?;
+    writing.finish_and_clear();
+    print_applied(ctx, name, desired.seq, &report);
+    if report.refused > 0 {
+        return Err(out_of_sync(format!(
+            "{name}: {} object(s) did not take the write: the sink keeps tombstones newer than the \
+             target (those secrets were deleted later); replay into an empty sink",
+            report.refused
+        )));
+    }
+    newer_error(name, &differences).map_or(Ok(()), Err)
 }
 
 pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
     let ledger = ctx.open_unlocked()?;
     let seq = target(&ledger, &args.target)?;
     let sink: Arc<dyn Sink> = if args.into.contains("://") {
-        if let Some(s) = ledger
+        let into = SinkUrl::parse(&args.into)?;
+        let projected = ledger
             .sinks()?
             .into_values()
-            .find(|s| s.url == args.into && s.role.is_projected())
-        {
+            .find(|s| s.role.is_projected() && SinkUrl::parse(&s.url).is_ok_and(|u| u.same_objects(&into)));
+        if let Some(s) = projected {
             return Err(usage(format!(
-                "{} is the URL of sink {:?}, a {}: its projector would fight a replay",
-                args.into, s.name, s.role
+                "that URL writes the objects of sink {:?}, a {}: its projector would fight a replay",
+                s.name, s.role
             )));
         }
-        if !args.dry_run {
-            prepare_backend(&SinkUrl::parse(&args.into)?)?;
-        }
+        prepare_backend(&into)?;
         ledger.open_sink_url(&args.into)?
     } else {
         let (config, sink) = ledger.open_sink(&args.into)?;
@@ -168,7 +183,16 @@ pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
         sink
     };
     let desired = ledger.desired_at(seq)?;
-    block_on(reconcile_sink(ctx, &args.into, &*sink, &desired, args.dry_run))
+    block_on(async {
+        // All or nothing: a sink ahead of the target would end half rolled back.
+        if !args.dry_run {
+            let differences = replay::diff(&desired, &*sink, &|_, _| {}).await?;
+            if let Some(e) = newer_error(&args.into, &differences) {
+                return Err(e);
+            }
+        }
+        reconcile_sink(ctx, &args.into, &*sink, &desired, args.dry_run, None).await
+    })
 }
 
 pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
@@ -194,16 +218,40 @@ pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
     let ledger = ctx.open_unlocked()?;
     let (_, sink) = ledger.open_sink(&args.sink)?;
     let desired = ledger.desired_at(ledger.head()?.seq)?;
-    block_on(reconcile_sink(ctx, &args.sink, &*sink, &desired, false))
+    block_on(reconcile_sink(ctx, &args.sink, &*sink, &desired, false, None))
 }
 
-/// Remove every object this ledger put in `sink` (for good: no values remain there).
-async fn empty_sink(sink: &dyn Sink) -> Result<u64> {
-    let held = sink.list().await?;
-    for entry in &held {
-        sink.delete(entry.id, entry.seq, DeleteMode::Purge).await?;
-    }
-    Ok(held.len() as u64)
+/// Remove from `sink`, for good, the objects at or before seq `through` that `verified_elsewhere`
+/// accepts (a copy checked in another sink holds them). Returns how many went.
+async fn empty_sink(
+    sink: &dyn Sink,
+    through: u64,
+    verified_elsewhere: &dyn Fn(SecretId) -> bool,
+) -> Result<u64> {
+    let doomed: Vec<Difference> = sink
+        .list()
+        .await?
+        .into_iter()
+        .filter(|e| e.seq <= through && verified_elsewhere(e.id))
+        .map(|e| Difference {
+            id: e.id,
+            name: None,
+            kind: DiffKind::Extra,
+            sink_seq: Some(e.seq),
+            target_seq: None,
+        })
+        .collect();
+    // Against an empty target every difference is a purge at the seq the object holds.
+    let nothing = Desired {
+        seq: through,
+        objects: Default::default(),
+    };
+    Ok(replay::apply(&nothing, sink, &doomed, &|_, _| {}).await?.deleted)
+}
+
+/// The ids of the objects a sink holds.
+async fn held_ids(sink: &dyn Sink) -> Result<HashSet<SecretId>> {
+    Ok(sink.list().await?.into_iter().map(|e| e.id).collect())
 }
 
 pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
@@ -221,29 +269,27 @@ pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
     }
     let desired = ledger.desired_at(ledger.head()?.seq)?;
     block_on(async {
+        // Only what every backup holds once resynced may leave the primary.
+        let mut everywhere: Option<HashSet<SecretId>> = None;
         for name in &backups {
             let (_, sink) = ledger.open_sink(name)?;
-            reconcile_sink(ctx, name, &*sink, &desired, args.dry_run).await?;
+            reconcile_sink(ctx, name, &*sink, &desired, args.dry_run, None).await?;
             if args.delete_secrets && !args.dry_run {
-                let left = replay::diff(&desired, &*sink, &|_, _| {}).await?;
-                if !left.is_empty() {
-                    return Err(out_of_sync(format!(
-                        "backup {name:?} still differs in {} object(s); nothing was deleted from the primary",
-                        left.len()
-                    )));
-                }
+                let held = held_ids(&*sink).await?;
+                everywhere = Some(match everywhere {
+                    None => held,
+                    Some(before) => before.intersection(&held).copied().collect(),
+                });
             }
         }
-        if args.delete_secrets && !args.dry_run {
+        if let Some(everywhere) = everywhere {
             let primary = project::primary(&ledger)?.context("there is no primary sink")?;
             let (_, sink) = ledger.open_sink(&primary)?;
-            let removed = empty_sink(&*sink).await?;
+            let removed = empty_sink(&*sink, desired.seq, &|id| everywhere.contains(&id)).await?;
             if ctx.json() {
                 output::json_line(&json!({"sink": primary, "deleted": removed}));
             } else {
-                outln!(
-                    "{primary}: {removed} secret(s) deleted; reads fall back to the backup, `sledger restore` puts them back"
-                );
+                outln!("{primary}: {removed} secret(s) deleted; reads fall back to the backup, `sledger restore` puts them back");
             }
         }
         Ok(())
@@ -260,14 +306,31 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
             prepare_backend(&SinkUrl::parse(&ledger.sink_config(&primary)?.url)?)?;
         }
         let (_, sink) = ledger.open_sink(&primary)?;
-        let mut desired = ledger.desired_at(ledger.head()?.seq)?;
-        if !args.secrets.is_empty() {
-            desired.objects.retain(|_, op| match op {
-                project::Op::Put(r) => args.secrets.contains(&r.name),
-                project::Op::Delete { .. } => false,
-            });
+        let desired = ledger.desired_at(ledger.head()?.seq)?;
+        if args.secrets.is_empty() {
+            return block_on(reconcile_sink(
+                ctx,
+                &primary,
+                &*sink,
+                &desired,
+                args.dry_run,
+                None,
+            ));
         }
-        return block_on(reconcile_sink(ctx, &primary, &*sink, &desired, args.dry_run));
+        // Only the named secrets; everything else in the primary is left exactly as it is.
+        let mut chosen = HashSet::new();
+        for name in &args.secrets {
+            chosen.insert(ledger.find(&ctx.actor, name)?.id);
+        }
+        let only = |d: &Difference| chosen.contains(&d.id);
+        return block_on(reconcile_sink(
+            ctx,
+            &primary,
+            &*sink,
+            &desired,
+            args.dry_run,
+            Some(&only),
+        ));
     }
     let seq = target(&ledger, &args.target)?;
     let plan = ledger.plan_restore(&ctx.actor, seq, &args.secrets)?;
@@ -313,6 +376,7 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
 pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
     let mut ledger = ctx.open_unlocked()?;
     let name = if args.to.contains("://") {
+        SinkUrl::parse(&args.to)?; // refuses credentials before the URL is echoed anywhere
         let name = args
             .name
             .clone()
@@ -383,7 +447,7 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
     }
     // Catch up and verify: projection first (fast, checkpointed), then a full comparison that
     // also fixes anything the sink held before it was attached.
-    block_on(async {
+    let verified = block_on(async {
         project::project_named(&ledger, &name, &ProjectOptions::default()).await?;
         outln!("2/5 {name} caught up to seq {}", ledger.checkpoint(&name)?);
         let (_, sink) = ledger.open_sink(&name)?;
@@ -398,7 +462,7 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
         }
         let fixed = applied.map_or(0, |r| r.written + r.deleted);
         outln!("3/5 verified: {name} matches the ledger ({fixed} difference(s) fixed on the way)");
-        Ok::<_, anyhow::Error>(())
+        Ok::<_, anyhow::Error>((desired.seq, held_ids(&*sink).await?))
     })?;
     ledger.execute(&ctx.actor, vec![Command::PromoteSink { name: name.clone() }])?;
     outln!(
@@ -409,12 +473,22 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
     );
     // Writes that landed between the check and the promotion.
     block_on(project::project_named(&ledger, &name, &ProjectOptions::default()))?;
-    if let (true, Some(old)) = (args.delete_secrets, &old) {
-        let (_, sink) = ledger.open_sink(old)?;
-        let removed = block_on(empty_sink(&*sink))?;
-        outln!("5/5 {removed} secret(s) deleted from {old}");
-    } else {
-        outln!("5/5 done");
+    match (args.delete_secrets, &old) {
+        (true, Some(old)) => {
+            // No projector refills it, and only what the new primary verifiably holds goes.
+            ledger.execute(
+                &ctx.actor,
+                vec![Command::SetSinkRole {
+                    name: old.clone(),
+                    role: SinkRole::Standby,
+                }],
+            )?;
+            let (_, sink) = ledger.open_sink(old)?;
+            let (through, held) = &verified;
+            let removed = block_on(empty_sink(&*sink, *through, &|id| held.contains(&id)))?;
+            outln!("5/5 {removed} secret(s) deleted from {old}, now a standby");
+        }
+        _ => outln!("5/5 done"),
     }
     Ok(())
 }
