@@ -306,6 +306,36 @@ fn migrate_with_delete_secrets_empties_the_old_primary() {
         "the old primary was emptied"
     );
     assert_eq!(env.json(&["secret", "get", "s4"])["source"]["name"], "new");
+    let role = |name: &str| {
+        let status = env.json(&["sink", "status"]);
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["role"]
+            .clone()
+    };
+    assert_eq!(
+        role("local"),
+        "standby",
+        "no projector refills the emptied old primary"
+    );
+
+    // Interrupted right after a promotion: the re-run finishes emptying the old primary.
+    env.ok(&["sink", "add", "third", &env.sqlite_url("third.db")]);
+    env.ok(&["project"]);
+    env.ok(&["sink", "promote", "third"]);
+    assert_eq!(role("new"), "backup");
+    env.ok(&["migrate", "--to", "third", "--delete-secrets"]);
+    assert_eq!(role("new"), "standby");
+    let old = env
+        .cmd()
+        .args(["--format", "json", "diff", "new"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&old.stdout).lines().count(), 5);
+    env.ok(&["diff", "third"]);
 }
 
 #[test]
@@ -369,4 +399,36 @@ fn drift_behind_the_ledgers_back_is_found_and_reconciled() {
         let got = env.json(&["secret", "get", &format!("s{i}"), "--from", "primary"]);
         assert_eq!(got["values"]["k"], format!("v{i}"));
     }
+
+    // A value changed in place, properly sealed and at the same seq (a tool with the sink key
+    // writing behind the ledger's back), is drift too.
+    let mut ledger = sledger::Ledger::open(&env.ledger).unwrap();
+    sledger::keyfile::unlock(&mut ledger, &env.key).unwrap();
+    let (_, sink) = ledger.open_sink("local").unwrap();
+    let id = ledger.find("alice@test", "s2").unwrap().id;
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        let mut record = sink.get(id).await.unwrap().unwrap();
+        record.values.insert("k", "tampered");
+        sink.put(&record).await.unwrap();
+    });
+    drop((sink, ledger));
+    assert_eq!(
+        env.json(&["secret", "get", "s2", "--from", "primary"])["values"]["k"],
+        "tampered"
+    );
+    let found = env
+        .cmd()
+        .args(["--format", "json", "diff", "local"])
+        .output()
+        .unwrap();
+    let found: Value = serde_json::from_slice(&found.stdout).unwrap();
+    assert_eq!(
+        (found["kind"].as_str(), found["name"].as_str()),
+        (Some("drifted"), Some("s2"))
+    );
+    env.ok(&["reconcile", "local"]);
+    assert_eq!(
+        env.json(&["secret", "get", "s2", "--from", "primary"])["values"]["k"],
+        "v2"
+    );
 }

@@ -419,7 +419,17 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
     let config = ledger.sink_config(&name)?;
     let old = project::primary(&ledger)?;
     if config.role == SinkRole::Primary {
-        outln!("{name} is the primary already; nothing to do");
+        // Interrupted after the promotion: what may be left is emptying the old primary.
+        match demoted_by_promotion_of(&ledger, &name)? {
+            Some(old)
+                if args.delete_secrets
+                    && !args.dry_run
+                    && ledger.sink_config(&old)?.role == SinkRole::Backup =>
+            {
+                empty_old_primary(ctx, &mut ledger, &name, &old)?
+            }
+            _ => outln!("{name} is the primary already; nothing to do"),
+        }
         return Ok(());
     }
     if args.dry_run {
@@ -447,7 +457,7 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
     }
     // Catch up and verify: projection first (fast, checkpointed), then a full comparison that
     // also fixes anything the sink held before it was attached.
-    let verified = block_on(async {
+    block_on(async {
         project::project_named(&ledger, &name, &ProjectOptions::default()).await?;
         outln!("2/5 {name} caught up to seq {}", ledger.checkpoint(&name)?);
         let (_, sink) = ledger.open_sink(&name)?;
@@ -462,7 +472,7 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
         }
         let fixed = applied.map_or(0, |r| r.written + r.deleted);
         outln!("3/5 verified: {name} matches the ledger ({fixed} difference(s) fixed on the way)");
-        Ok::<_, anyhow::Error>((desired.seq, held_ids(&*sink).await?))
+        Ok::<_, anyhow::Error>(())
     })?;
     ledger.execute(&ctx.actor, vec![Command::PromoteSink { name: name.clone() }])?;
     outln!(
@@ -474,21 +484,50 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
     // Writes that landed between the check and the promotion.
     block_on(project::project_named(&ledger, &name, &ProjectOptions::default()))?;
     match (args.delete_secrets, &old) {
-        (true, Some(old)) => {
-            // No projector refills it, and only what the new primary verifiably holds goes.
-            ledger.execute(
-                &ctx.actor,
-                vec![Command::SetSinkRole {
-                    name: old.clone(),
-                    role: SinkRole::Standby,
-                }],
-            )?;
-            let (_, sink) = ledger.open_sink(old)?;
-            let (through, held) = &verified;
-            let removed = block_on(empty_sink(&*sink, *through, &|id| held.contains(&id)))?;
-            outln!("5/5 {removed} secret(s) deleted from {old}, now a standby");
-        }
+        (true, Some(old)) => empty_old_primary(ctx, &mut ledger, &name, old)?,
         _ => outln!("5/5 done"),
     }
     Ok(())
+}
+
+/// The last step of `migrate --delete-secrets`: the old primary becomes a standby (so no
+/// projector refills it) and loses what the new primary verifiably holds.
+fn empty_old_primary(ctx: &Context, ledger: &mut Ledger, new: &str, old: &str) -> Result<()> {
+    ledger.execute(
+        &ctx.actor,
+        vec![Command::SetSinkRole {
+            name: old.to_owned(),
+            role: SinkRole::Standby,
+        }],
+    )?;
+    let (_, target) = ledger.open_sink(new)?;
+    let (_, sink) = ledger.open_sink(old)?;
+    let through = ledger.checkpoint(new)?;
+    let removed = block_on(async {
+        let held = held_ids(&*target).await?;
+        empty_sink(&*sink, through, &|id| held.contains(&id)).await
+    })?;
+    outln!("5/5 {removed} secret(s) deleted from {old}, now a standby");
+    Ok(())
+}
+
+/// The sink that promoting `name` to primary made a backup, from the log (a promotion appends
+/// "old is now backup" right before "name is now primary").
+fn demoted_by_promotion_of(ledger: &Ledger, name: &str) -> Result<Option<String>> {
+    use sledger::log::EventLog;
+    let (mut previous, mut found) = (None::<String>, None);
+    ledger.log().scan(1, u64::MAX, &mut |stored| {
+        if stored.event_type == "sink.role_changed" {
+            if let sledger::Event::SinkRoleChanged { name: changed, role } = stored.decode()? {
+                if changed == name && role == SinkRole::Primary {
+                    found = previous.take();
+                }
+                previous = (role == SinkRole::Backup).then_some(changed);
+                return Ok(true);
+            }
+        }
+        previous = None;
+        Ok(true)
+    })?;
+    Ok(found)
 }
