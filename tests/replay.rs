@@ -124,6 +124,10 @@ fn restore_after_purge_restores_the_rest_and_says_so() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("gone"), "{out:?}");
     assert_eq!(env.ok(&["secret", "get", "keep", "--key", "k"]), "1\n");
     env.fails(&["secret", "get", "gone"], 3);
+    // A point before any secret existed would delete everything: refused.
+    let err = env.fails(&["restore", "--seq", "0"], USAGE);
+    assert!(err.contains("would delete every secret"), "{err}");
+    assert_eq!(env.ok(&["secret", "get", "keep", "--key", "k"]), "1\n");
     // --secret picks secrets; a name nobody had is an error.
     env.fails(&["restore", "--at", &t1, "--secret", "never-existed"], 3);
 }

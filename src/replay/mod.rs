@@ -81,6 +81,18 @@ pub enum DiffKind {
     Newer,
 }
 
+impl DiffKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DiffKind::Missing => "missing",
+            DiffKind::Stale => "stale",
+            DiffKind::Drifted => "drifted",
+            DiffKind::Extra => "extra",
+            DiffKind::Newer => "newer",
+        }
+    }
+}
+
 /// One object that differs.
 #[derive(Debug, Clone, Serialize)]
 pub struct Difference {

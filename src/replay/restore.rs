@@ -30,6 +30,9 @@ pub struct RestorePlan {
     pub purged: Vec<String>,
     /// Other owners' private secrets, which this actor cannot see or change.
     pub not_yours: usize,
+    /// The target has no live secret at all while some are live now: most likely a point
+    /// before the first secret (`--seq 0`), which would delete everything.
+    pub empties_everything: bool,
 }
 
 fn id_ref(meta: &SecretMeta) -> String {
@@ -135,6 +138,8 @@ impl Ledger {
                 });
             }
         }
+        let live = |m: &&SecretMeta| m.status == Status::Live;
+        plan.empties_everything = !then.values().any(|m| live(&m)) && now.values().any(|m| live(&m));
         if let Some(missing) = only.iter().find(|n| !matched.contains(*n)) {
             return Err(Error::SecretNotFound {
                 name: missing.clone(),

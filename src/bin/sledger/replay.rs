@@ -81,11 +81,7 @@ fn print_differences(ctx: &Context, sink: &str, differences: &[Difference]) {
     for d in differences {
         let seq = |s: Option<u64>| s.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
         t.add_row(vec![
-            serde_json::to_value(d.kind)
-                .unwrap()
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
+            d.kind.as_str().to_owned(),
             d.name.clone().unwrap_or_default(),
             d.id.to_string(),
             seq(d.sink_seq),
@@ -99,15 +95,21 @@ fn print_applied(ctx: &Context, sink: &str, seq: u64, report: &ApplyReport) {
     if ctx.json() {
         output::json_line(
             &json!({"sink": sink, "target_seq": seq, "written": report.written,
-            "deleted": report.deleted, "skipped": report.skipped}),
+            "deleted": report.deleted, "skipped": report.skipped, "refused": report.refused}),
         );
-    } else {
-        outln!(
-            "{sink}: {} written, {} deleted, now at the state of seq {seq}",
-            report.written,
-            report.deleted
-        );
+        return;
     }
+    let left = report.skipped + report.refused;
+    let outcome = if left == 0 {
+        format!("now at the state of seq {seq}")
+    } else {
+        format!("{left} object(s) left as they are (see below)")
+    };
+    outln!(
+        "{sink}: {} written, {} deleted, {outcome}",
+        report.written,
+        report.deleted
+    );
 }
 
 fn newer_error(sink: &str, differences: &[Difference]) -> Option<anyhow::Error> {
@@ -334,6 +336,12 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
     }
     let seq = target(&ledger, &args.target)?;
     let plan = ledger.plan_restore(&ctx.actor, seq, &args.secrets)?;
+    if plan.empties_everything && !args.dry_run && args.secrets.is_empty() {
+        return Err(usage(format!(
+            "no secret was live at seq {seq}, so restoring to it would delete every secret; pick a later \
+             point (`sledger log` shows the seqs), or name the secrets with --secret"
+        )));
+    }
     if !plan.purged.is_empty() {
         eprintln!(
             "note: purged since, cannot come back: {} (their values are destroyed); restoring the rest",
