@@ -25,6 +25,7 @@ fn sledger(ledger: &Path) -> Command {
 }
 
 /// Run to completion; wall time and peak resident memory (bytes) of the process.
+#[allow(clippy::zombie_processes)] // reaped by wait4, which also reports its peak memory
 fn measured(mut cmd: Command) -> (Duration, u64) {
     let start = Instant::now();
     let child = cmd

@@ -206,7 +206,8 @@ impl Ledger {
         let head = self.head()?.seq;
         let mut out = Vec::new();
         for config in self.sinks()?.into_values() {
-            let state: Option<(i64, Option<String>, Option<i64>, Option<i64>)> = self
+            type State = (i64, Option<String>, Option<i64>, Option<i64>);
+            let state: Option<State> = self
                 .conn()
                 .prepare_cached("SELECT checkpoint, last_error, last_error_at, last_applied_at FROM sink_state WHERE name = ?1")?
                 .query_row([&config.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))

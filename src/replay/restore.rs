@@ -63,12 +63,12 @@ impl Ledger {
             if !(wanted(current) || past.is_some_and(wanted)) {
                 continue;
             }
-            matched.insert(past.map_or(&current.name, |p| &p.name).clone());
-            matched.insert(current.name.clone());
             if current.scope == Scope::Private && current.owner != actor {
                 plan.not_yours += 1;
                 continue;
             }
+            matched.insert(past.map_or(&current.name, |p| &p.name).clone());
+            matched.insert(current.name.clone());
             let target = id_ref(current);
             let mut actions = Vec::new();
             match past.filter(|p| p.status == Status::Live) {
