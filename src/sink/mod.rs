@@ -10,6 +10,8 @@
 mod exec;
 mod memory;
 mod sqlite;
+#[cfg(feature = "vault")]
+pub mod vault;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -177,6 +179,8 @@ pub enum SinkUrl {
         prefix: String,
         max_concurrency: usize,
     },
+    #[cfg(feature = "vault")]
+    Vault(vault::VaultConfig),
 }
 
 fn bad_url(url: &str, why: impl fmt::Display) -> Error {
@@ -305,6 +309,7 @@ impl SinkUrl {
         let mut prefix = DEFAULT_PREFIX.to_owned();
         let mut max_concurrency = None;
         let mut args = Vec::new();
+        let (mut tls, mut ca_file) = (true, None);
         for (k, v) in &pairs {
             match k.as_str() {
                 "prefix" => {
@@ -325,6 +330,12 @@ impl SinkUrl {
                     )
                 }
                 "arg" if scheme == "exec" => args.push(v.clone()),
+                "tls" if scheme == "vault" => match v.as_str() {
+                    "on" => tls = true,
+                    "off" => tls = false,
+                    _ => return Err(bad_url(url, "tls must be on or off")),
+                },
+                "ca-file" if scheme == "vault" => ca_file = Some(PathBuf::from(v)),
                 other => return Err(bad_url(url, format!("unknown parameter {other:?}"))),
             }
         }
@@ -345,11 +356,28 @@ impl SinkUrl {
                     SinkUrl::Exec { program: path, args, prefix, max_concurrency: max_concurrency.unwrap_or(16) }
                 })
             }
-            "aws-sm" | "gcp-sm" | "azure-kv" | "vault" => Err(bad_url(
+            #[cfg(feature = "vault")]
+            "vault" => {
+                let (host, mount) = location.split_once('/').unwrap_or((location, ""));
+                let mount = mount.trim_end_matches('/');
+                if host.is_empty() || mount.is_empty() {
+                    return Err(bad_url(url, "expected vault://HOST:PORT/MOUNT, e.g. vault://vault.internal:8200/secret"));
+                }
+                Ok(SinkUrl::Vault(vault::VaultConfig {
+                    address: format!("{}://{host}", if tls { "https" } else { "http" }),
+                    mount: mount.to_owned(),
+                    prefix,
+                    ca_file,
+                    max_concurrency: max_concurrency.unwrap_or(16),
+                }))
+            }
+            "aws-sm" | "gcp-sm" | "azure-kv" => Err(bad_url(
                 url,
-                format!("{scheme} sinks are not in this build yet; available: memory://, sqlite:///PATH, exec:///PROGRAM"),
+                format!("{scheme} sinks are not in this build yet; available: memory://, sqlite:///PATH, exec:///PROGRAM, vault://HOST:PORT/MOUNT"),
             )),
-            other => Err(bad_url(url, format!("unknown scheme {other:?}; known: memory, sqlite, exec"))),
+            #[cfg(not(feature = "vault"))]
+            "vault" => Err(bad_url(url, "this build has no vault sink (cargo feature `vault`)")),
+            other => Err(bad_url(url, format!("unknown scheme {other:?}; known: memory, sqlite, exec, vault"))),
         }
     }
 
@@ -394,6 +422,11 @@ impl SinkUrl {
                     ..
                 },
             ) => canonical(a) == canonical(b) && aa == ab && pa == pb,
+            #[cfg(feature = "vault")]
+            (SinkUrl::Vault(a), SinkUrl::Vault(b)) => {
+                let host = |c: &vault::VaultConfig| c.address.split_once("://").map(|(_, h)| h.to_owned());
+                host(a) == host(b) && a.mount == b.mount && a.prefix == b.prefix
+            }
             _ => false,
         }
     }
@@ -409,6 +442,12 @@ impl SinkUrl {
                 max_value_bytes: usize::MAX,
                 soft_delete: true,
                 max_concurrency: *max_concurrency,
+            },
+            #[cfg(feature = "vault")]
+            SinkUrl::Vault(config) => Capabilities {
+                max_value_bytes: vault::MAX_VALUE_BYTES,
+                soft_delete: true,
+                max_concurrency: config.max_concurrency,
             },
         }
     }
@@ -437,6 +476,8 @@ impl SinkUrl {
                 prefix,
                 max_concurrency,
             } => Arc::new(ExecSink::new(program, args, prefix, *max_concurrency)),
+            #[cfg(feature = "vault")]
+            SinkUrl::Vault(config) => Arc::new(vault::VaultSink::new(config.clone())),
         })
     }
 }

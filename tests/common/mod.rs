@@ -1,6 +1,8 @@
 //! Helpers for driving the real `sledger` binary against a ledger in a temp dir.
 #![allow(dead_code)]
 
+pub mod openbao;
+
 use std::path::{Path, PathBuf};
 use std::process::Output;
 

@@ -1,0 +1,382 @@
+//! `vault://HOST:PORT/MOUNT?prefix=…`: HashiCorp Vault or OpenBao, KV version 2 (vaultrs).
+//!
+//! Each secret is the KV entry `MOUNT/data/<prefix><id>` holding its values; the entry's
+//! `custom_metadata` carries name, scope, owner, labels, version and the ledger seq, plus
+//! `deleted` for tombstones. Writes are check-and-set on the entry's current version, so two
+//! writers never interleave silently; the seq in the metadata keeps older records out.
+//! Soft delete deletes the latest version (recoverable with `vault kv undelete`); purge deletes
+//! the metadata and every version, then leaves a tombstone (metadata only, no versions).
+//!
+//! Credentials: `VAULT_TOKEN`, or AppRole with `VAULT_ROLE_ID` and `VAULT_SECRET_ID`
+//! (`VAULT_APPROLE_MOUNT`, default `approle`). TLS by default; `tls=off` for a dev server on
+//! loopback, `ca-file=/path/ca.pem` for a private CA.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::OnceCell;
+use vaultrs::api::kv2::requests::{SetSecretMetadataRequest, SetSecretRequestOptions};
+use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+use vaultrs::kv2;
+use zeroize::Zeroizing;
+
+use super::{object_name, Capabilities, DeleteMode, Sink, SinkEntry, SinkRecord};
+use crate::crypto::SecretValues;
+use crate::error::{Error, Result};
+use crate::event::Scope;
+use crate::SecretId;
+
+/// Vault's default request size limit is 32 MiB; one secret stays far below it.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+const KIND: &str = "vault";
+/// Check-and-set conflicts (another writer got in between) retried before giving up.
+const CAS_ATTEMPTS: usize = 5;
+
+/// Where and how to reach the server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VaultConfig {
+    pub address: String,
+    pub mount: String,
+    pub prefix: String,
+    pub ca_file: Option<PathBuf>,
+    pub max_concurrency: usize,
+}
+
+pub struct VaultSink {
+    config: VaultConfig,
+    client: OnceCell<VaultClient>,
+    /// Writes to one object from this process go one at a time: the data write is
+    /// check-and-set, but the metadata that carries the seq is written after it.
+    writing: std::sync::Mutex<HashMap<SecretId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for VaultSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultSink")
+            .field("address", &self.config.address)
+            .field("mount", &self.config.mount)
+            .field("prefix", &self.config.prefix)
+            .finish()
+    }
+}
+
+/// Map a client error: server-side trouble and network failures are worth retrying; a
+/// refusal (403, 400) is not.
+fn failure(what: &str, e: ClientError) -> Error {
+    let temporary = match &e {
+        ClientError::APIError { code, .. } => *code == 429 || *code >= 500,
+        ClientError::RestClientError { .. } | ClientError::ResponseEmptyError => true,
+        _ => false,
+    };
+    // The error list comes from the server and never holds request bodies.
+    let detail = match &e {
+        ClientError::APIError { code, errors } => format!("HTTP {code}: {}", errors.join("; ")),
+        other => {
+            let mut text = other.to_string();
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                text.push_str(": ");
+                text.push_str(&cause.to_string());
+                source = cause.source();
+            }
+            text
+        }
+    };
+    Error::sink(KIND, format!("{what}: {detail}"), temporary)
+}
+
+fn is_not_found(e: &ClientError) -> bool {
+    matches!(e, ClientError::APIError { code: 404, .. })
+}
+
+/// What the entry's custom metadata says about the object.
+struct Stored {
+    seq: u64,
+    deleted: bool,
+    version: u64,
+    custom: HashMap<String, String>,
+}
+
+impl VaultSink {
+    pub fn new(config: VaultConfig) -> Self {
+        VaultSink {
+            config,
+            client: OnceCell::new(),
+            writing: Default::default(),
+        }
+    }
+
+    /// Connect and authenticate on first use (opening a sink must not need the server).
+    async fn client(&self) -> Result<&VaultClient> {
+        self.client
+            .get_or_try_init(|| async {
+                let mut settings = VaultClientSettingsBuilder::default();
+                settings.address(&self.config.address);
+                if let Some(ca) = &self.config.ca_file {
+                    settings.ca_certs(vec![ca.display().to_string()]);
+                }
+                let token = std::env::var("VAULT_TOKEN").ok();
+                settings.token(token.clone().unwrap_or_default());
+                let settings = settings.build().map_err(|e| {
+                    Error::sink(KIND, format!("cannot configure the client for {}: {e}", self.config.address), false)
+                })?;
+                let mut client = VaultClient::new(settings).map_err(|e| self.failure("cannot build the client", e))?;
+                if token.is_none() {
+                    let (role, secret) = match (std::env::var("VAULT_ROLE_ID"), std::env::var("VAULT_SECRET_ID")) {
+                        (Ok(role), Ok(secret)) => (role, Zeroizing::new(secret)),
+                        _ => {
+                            return Err(Error::sink(
+                                KIND,
+                                "no credentials: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID for AppRole",
+                                false,
+                            ))
+                        }
+                    };
+                    let mount = std::env::var("VAULT_APPROLE_MOUNT").unwrap_or_else(|_| "approle".into());
+                    let auth = vaultrs::auth::approle::login(&client, &mount, &role, &secret)
+                        .await
+                        .map_err(|e| self.failure("AppRole login failed", e))?;
+                    client.set_token(&auth.client_token);
+                }
+                Ok(client)
+            })
+            .await
+    }
+
+    fn object_lock(&self, id: SecretId) -> Arc<tokio::sync::Mutex<()>> {
+        self.writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default()
+            .clone()
+    }
+
+    /// A client failure, with the server's address so an outage says where.
+    fn failure(&self, what: &str, e: ClientError) -> Error {
+        match failure(what, e) {
+            Error::Sink {
+                message, temporary, ..
+            } => Error::sink(KIND, format!("{message} ({})", self.config.address), temporary),
+            other => other,
+        }
+    }
+
+    fn path(&self, id: SecretId) -> String {
+        object_name(&self.config.prefix, id)
+    }
+
+    async fn stored(&self, path: &str) -> Result<Option<Stored>> {
+        let client = self.client().await?;
+        match kv2::read_metadata(client, &self.config.mount, path).await {
+            Ok(m) => {
+                let custom = m.custom_metadata.unwrap_or_default();
+                Ok(Some(Stored {
+                    seq: custom.get("seq").and_then(|s| s.parse().ok()).unwrap_or(0),
+                    deleted: custom.get("deleted").is_some_and(|d| d == "true"),
+                    version: m.current_version,
+                    custom,
+                }))
+            }
+            Err(e) if is_not_found(&e) => Ok(None),
+            Err(e) => Err(self.failure(&format!("cannot read the metadata of {path}"), e)),
+        }
+    }
+
+    async fn set_custom(&self, path: &str, custom: HashMap<String, String>) -> Result<()> {
+        let client = self.client().await?;
+        let mut request = SetSecretMetadataRequest::builder();
+        request.custom_metadata(custom);
+        kv2::set_metadata(client, &self.config.mount, path, Some(&mut request))
+            .await
+            .map_err(|e| self.failure(&format!("cannot write the metadata of {path}"), e))
+    }
+}
+
+fn tombstone(seq: u64) -> HashMap<String, String> {
+    HashMap::from([
+        ("seq".to_owned(), seq.to_string()),
+        ("deleted".to_owned(), "true".to_owned()),
+    ])
+}
+
+#[async_trait]
+impl Sink for VaultSink {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_bytes: MAX_VALUE_BYTES,
+            soft_delete: true,
+            max_concurrency: self.config.max_concurrency,
+        }
+    }
+
+    async fn put(&self, record: &SinkRecord) -> Result<()> {
+        let path = self.path(record.id);
+        let data: BTreeMap<&str, &str> = record.values.iter().collect();
+        let custom = HashMap::from([
+            ("seq".to_owned(), record.seq.to_string()),
+            ("deleted".to_owned(), "false".to_owned()),
+            ("name".to_owned(), record.name.clone()),
+            ("scope".to_owned(), record.scope.to_string()),
+            ("owner".to_owned(), record.owner.clone()),
+            ("version".to_owned(), record.version.to_string()),
+            (
+                "labels".to_owned(),
+                serde_json::to_string(&record.labels).expect("labels serialise"),
+            ),
+        ]);
+        let lock = self.object_lock(record.id);
+        let _one_writer = lock.lock().await;
+        for _ in 0..CAS_ATTEMPTS {
+            let current = self.stored(&path).await?;
+            if current.as_ref().is_some_and(|s| s.seq > record.seq) {
+                return Ok(()); // a newer record or tombstone is there already
+            }
+            let cas = current.map_or(0, |s| s.version) as u32;
+            let client = self.client().await?;
+            match kv2::set_with_options(
+                client,
+                &self.config.mount,
+                &path,
+                &data,
+                SetSecretRequestOptions { cas },
+            )
+            .await
+            {
+                Ok(_) => return self.set_custom(&path, custom).await,
+                // Another writer moved the entry on: look again.
+                Err(ClientError::APIError { code: 400, errors })
+                    if errors.iter().any(|e| e.contains("check-and-set")) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(self.failure(&format!("cannot write {path}"), e)),
+            }
+        }
+        Err(Error::sink(
+            KIND,
+            format!("{path} kept changing under concurrent writers"),
+            true,
+        ))
+    }
+
+    async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>> {
+        let path = self.path(id);
+        let Some(stored) = self.stored(&path).await? else {
+            return Ok(None);
+        };
+        if stored.deleted {
+            return Ok(None);
+        }
+        let client = self.client().await?;
+        let data: BTreeMap<String, Zeroizing<String>> =
+            match kv2::read(client, &self.config.mount, &path).await {
+                Ok(data) => data,
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(self.failure(&format!("cannot read {path}"), e)),
+            };
+        let mut values = SecretValues::new();
+        for (k, v) in &data {
+            values.insert(k.as_str(), v.as_str());
+        }
+        let field = |k: &str| stored.custom.get(k).cloned().unwrap_or_default();
+        let broken =
+            |what: &str| Error::sink(KIND, format!("{path} has unreadable metadata ({what})"), false);
+        Ok(Some(SinkRecord {
+            id,
+            name: field("name"),
+            scope: match field("scope").as_str() {
+                "private" => Scope::Private,
+                _ => Scope::Workspace,
+            },
+            owner: field("owner"),
+            labels: serde_json::from_str(&field("labels")).map_err(|_| broken("labels"))?,
+            seq: stored.seq,
+            version: field("version").parse().map_err(|_| broken("version"))?,
+            values,
+        }))
+    }
+
+    async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
+        let path = self.path(id);
+        let lock = self.object_lock(id);
+        let _one_writer = lock.lock().await;
+        let stored = self.stored(&path).await?;
+        let client = self.client().await?;
+        if how == DeleteMode::Purge {
+            // Every version goes, whatever the order of requests; the tombstone keeps the
+            // higher of the two seqs.
+            if stored.is_some() {
+                kv2::delete_metadata(client, &self.config.mount, &path)
+                    .await
+                    .map_err(|e| self.failure(&format!("cannot purge {path}"), e))?;
+            }
+            return self
+                .set_custom(&path, tombstone(stored.map_or(seq, |s| s.seq.max(seq))))
+                .await;
+        }
+        match stored {
+            Some(s) if s.seq > seq => Ok(()),
+            Some(mut s) => {
+                if s.version > 0 && !s.deleted {
+                    kv2::delete_latest(client, &self.config.mount, &path)
+                        .await
+                        .map_err(|e| self.failure(&format!("cannot delete {path}"), e))?;
+                }
+                s.custom.extend(tombstone(seq));
+                self.set_custom(&path, s.custom).await
+            }
+            None => self.set_custom(&path, tombstone(seq)).await,
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<SinkEntry>> {
+        // A prefix with `/` lives in a folder: list that folder.
+        let dir = self
+            .config
+            .prefix
+            .rsplit_once('/')
+            .map_or(String::new(), |(d, _)| format!("{d}/"));
+        let client = self.client().await?;
+        let keys = match kv2::list(client, &self.config.mount, &dir).await {
+            Ok(keys) => keys,
+            Err(e) if is_not_found(&e) => return Ok(vec![]),
+            Err(e) => return Err(self.failure("cannot list the mount", e)),
+        };
+        let mut out = Vec::new();
+        for key in keys {
+            let key = format!("{dir}{key}");
+            let Some(id) = key
+                .strip_prefix(&self.config.prefix)
+                .and_then(|rest| SecretId::parse_str(rest).ok())
+            else {
+                continue;
+            };
+            if key != self.path(id) {
+                continue; // another prefix that happens to start with this one
+            }
+            if let Some(stored) = self.stored(&key).await? {
+                if !stored.deleted {
+                    out.push(SinkEntry { id, seq: stored.seq });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn health(&self) -> Result<()> {
+        let client = self.client().await?;
+        match kv2::list(client, &self.config.mount, "").await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(self.failure("not healthy", e)),
+        }
+    }
+}
