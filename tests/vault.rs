@@ -16,7 +16,7 @@ async fn vault_sink_conforms() {
     let bao = openbao::start();
     std::env::set_var("VAULT_TOKEN", ROOT_TOKEN);
     let key = SinkSealKey::generate();
-    let base = bao.url("");
+    let base = openbao::url(&bao, "");
     conformance::run_all("vt", &|prefix| {
         SinkUrl::parse(&format!("{base}&prefix={prefix}"))?.open(&key)
     })
@@ -42,7 +42,7 @@ fn with_token(env: &Env, args: &[&str]) -> String {
 fn vault_as_backup_then_migration_target_under_writes() {
     let bao = openbao::start();
     let env = Arc::new(Env::new());
-    let url = bao.url("&prefix=sledger-");
+    let url = openbao::url(&bao, "&prefix=sledger-");
     with_token(&env, &["sink", "add", "vault", &url]);
     for i in 0..10 {
         with_token(
@@ -121,7 +121,7 @@ fn vault_as_backup_then_migration_target_under_writes() {
 fn a_vault_outage_shows_in_status_and_heals() {
     let mut bao = openbao::start();
     let env = Env::new();
-    with_token(&env, &["sink", "add", "vault", &bao.url("")]);
+    with_token(&env, &["sink", "add", "vault", &openbao::url(&bao, "")]);
     with_token(&env, &["secret", "create", "a", "--value", "k=1"]);
     with_token(&env, &["project"]);
     // The server goes away; writes stay durable and the status says what is wrong.

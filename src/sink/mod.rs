@@ -7,6 +7,8 @@
 //! Sinks are named by URL; [`SinkUrl::parse`] is the one place URLs are read, and it refuses
 //! URLs that carry credentials: those come from the backend's own credential chain.
 
+#[cfg(feature = "aws")]
+pub mod aws;
 mod exec;
 mod memory;
 mod sqlite;
@@ -181,6 +183,8 @@ pub enum SinkUrl {
     },
     #[cfg(feature = "vault")]
     Vault(vault::VaultConfig),
+    #[cfg(feature = "aws")]
+    Aws(aws::AwsConfig),
 }
 
 fn bad_url(url: &str, why: impl fmt::Display) -> Error {
@@ -310,6 +314,7 @@ impl SinkUrl {
         let mut max_concurrency = None;
         let mut args = Vec::new();
         let (mut tls, mut ca_file) = (true, None);
+        let (mut endpoint, mut recovery_days) = (None, 7);
         for (k, v) in &pairs {
             match k.as_str() {
                 "prefix" => {
@@ -336,6 +341,21 @@ impl SinkUrl {
                     _ => return Err(bad_url(url, "tls must be on or off")),
                 },
                 "ca-file" if scheme == "vault" => ca_file = Some(PathBuf::from(v)),
+                "endpoint" if scheme == "aws-sm" => {
+                    if !(v.starts_with("http://") || v.starts_with("https://")) {
+                        return Err(bad_url(url, "endpoint must be an http:// or https:// URL"));
+                    }
+                    endpoint = Some(v.clone());
+                }
+                "recovery_days" if scheme == "aws-sm" => {
+                    recovery_days = v
+                        .parse::<i64>()
+                        .ok()
+                        .filter(|d| (7..=30).contains(d))
+                        .ok_or_else(|| {
+                            bad_url(url, "recovery_days must be a number from 7 to 30 (AWS's limits)")
+                        })?
+                }
                 other => return Err(bad_url(url, format!("unknown parameter {other:?}"))),
             }
         }
@@ -371,13 +391,28 @@ impl SinkUrl {
                     max_concurrency: max_concurrency.unwrap_or(16),
                 }))
             }
-            "aws-sm" | "gcp-sm" | "azure-kv" => Err(bad_url(
+            #[cfg(feature = "aws")]
+            "aws-sm" => {
+                if location.is_empty() || location.contains('/') {
+                    return Err(bad_url(url, "expected aws-sm://REGION, e.g. aws-sm://eu-west-1"));
+                }
+                Ok(SinkUrl::Aws(aws::AwsConfig {
+                    region: location.to_owned(),
+                    endpoint,
+                    prefix,
+                    recovery_days,
+                    max_concurrency: max_concurrency.unwrap_or(16),
+                }))
+            }
+            "gcp-sm" | "azure-kv" => Err(bad_url(
                 url,
-                format!("{scheme} sinks are not in this build yet; available: memory://, sqlite:///PATH, exec:///PROGRAM, vault://HOST:PORT/MOUNT"),
+                format!("{scheme} sinks are not in this build yet; available: memory://, sqlite:///PATH, exec:///PROGRAM, vault://HOST:PORT/MOUNT, aws-sm://REGION"),
             )),
             #[cfg(not(feature = "vault"))]
             "vault" => Err(bad_url(url, "this build has no vault sink (cargo feature `vault`)")),
-            other => Err(bad_url(url, format!("unknown scheme {other:?}; known: memory, sqlite, exec, vault"))),
+            #[cfg(not(feature = "aws"))]
+            "aws-sm" => Err(bad_url(url, "this build has no aws-sm sink (cargo feature `aws`)")),
+            other => Err(bad_url(url, format!("unknown scheme {other:?}; known: memory, sqlite, exec, vault, aws-sm"))),
         }
     }
 
@@ -427,6 +462,10 @@ impl SinkUrl {
                 let host = |c: &vault::VaultConfig| c.address.split_once("://").map(|(_, h)| h.to_owned());
                 host(a) == host(b) && a.mount == b.mount && a.prefix == b.prefix
             }
+            #[cfg(feature = "aws")]
+            (SinkUrl::Aws(a), SinkUrl::Aws(b)) => {
+                a.region == b.region && a.endpoint == b.endpoint && a.prefix == b.prefix
+            }
             _ => false,
         }
     }
@@ -446,6 +485,12 @@ impl SinkUrl {
             #[cfg(feature = "vault")]
             SinkUrl::Vault(config) => Capabilities {
                 max_value_bytes: vault::MAX_VALUE_BYTES,
+                soft_delete: true,
+                max_concurrency: config.max_concurrency,
+            },
+            #[cfg(feature = "aws")]
+            SinkUrl::Aws(config) => Capabilities {
+                max_value_bytes: aws::MAX_VALUE_BYTES,
                 soft_delete: true,
                 max_concurrency: config.max_concurrency,
             },
@@ -478,6 +523,8 @@ impl SinkUrl {
             } => Arc::new(ExecSink::new(program, args, prefix, *max_concurrency)),
             #[cfg(feature = "vault")]
             SinkUrl::Vault(config) => Arc::new(vault::VaultSink::new(config.clone())),
+            #[cfg(feature = "aws")]
+            SinkUrl::Aws(config) => Arc::new(aws::AwsSink::new(config.clone())),
         })
     }
 }

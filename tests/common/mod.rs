@@ -1,7 +1,9 @@
 //! Helpers for driving the real `sledger` binary against a ledger in a temp dir.
 #![allow(dead_code)]
 
+pub mod moto;
 pub mod openbao;
+pub mod servers;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;

@@ -1,0 +1,422 @@
+//! `aws-sm://REGION?prefix=…&endpoint=…&recovery_days=N`: AWS Secrets Manager.
+//!
+//! Each secret is the AWS secret `<prefix><id>` whose SecretString is the JSON object of its
+//! values (what workloads read). Its Description holds the record's metadata as JSON (name,
+//! scope, owner, labels, version, seq, deleted); tags repeat the seq and name for people and
+//! IAM conditions. ClientRequestToken is derived from (id, seq), so a retried write is the same
+//! request. Soft delete schedules deletion with the recovery window (a later put restores the
+//! secret first); purge deletes without recovery and leaves a value-less tombstone secret, so
+//! a late write from another projector cannot bring the values back.
+//!
+//! Credentials come from the standard AWS chain (environment, profile, instance role).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use aws_sdk_secretsmanager::config::http::HttpResponse;
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
+use aws_sdk_secretsmanager::Client;
+use serde::{Deserialize, Serialize};
+use tokio::sync::OnceCell;
+use zeroize::Zeroizing;
+
+use super::{object_name, Capabilities, DeleteMode, RecordMeta, Sink, SinkEntry, SinkRecord};
+use crate::crypto::SecretValues;
+use crate::error::{Error, Result};
+use crate::SecretId;
+
+/// SecretString's limit.
+pub const MAX_VALUE_BYTES: usize = 65_536;
+const KIND: &str = "aws-sm";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AwsConfig {
+    pub region: String,
+    pub endpoint: Option<String>,
+    pub prefix: String,
+    /// Days a soft-deleted secret stays recoverable (7 to 30).
+    pub recovery_days: i64,
+    pub max_concurrency: usize,
+}
+
+/// What the Description carries.
+#[derive(Serialize, Deserialize)]
+struct Described {
+    seq: u64,
+    deleted: bool,
+    meta: Option<RecordMeta>,
+}
+
+pub struct AwsSink {
+    config: AwsConfig,
+    client: OnceCell<Client>,
+    /// Writes to one object from this process go one at a time (value, then description).
+    writing: std::sync::Mutex<HashMap<SecretId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+impl std::fmt::Debug for AwsSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsSink")
+            .field("region", &self.config.region)
+            .field("prefix", &self.config.prefix)
+            .finish()
+    }
+}
+
+/// The state of one AWS secret as far as sledger is concerned.
+struct Stored {
+    seq: u64,
+    deleted: bool,
+    scheduled_for_deletion: bool,
+    meta: Option<RecordMeta>,
+}
+
+fn request_token(id: SecretId, seq: u64, what: &str) -> String {
+    format!("{}{what}{seq:016x}", id.simple())
+}
+
+impl AwsSink {
+    pub fn new(config: AwsConfig) -> Self {
+        AwsSink {
+            config,
+            client: OnceCell::new(),
+            writing: Default::default(),
+        }
+    }
+
+    async fn client(&self) -> &Client {
+        self.client
+            .get_or_init(|| async {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+                    .region(aws_config::Region::new(self.config.region.clone()));
+                if let Some(endpoint) = &self.config.endpoint {
+                    loader = loader.endpoint_url(endpoint);
+                }
+                Client::new(&loader.load().await)
+            })
+            .await
+    }
+
+    fn where_(&self) -> String {
+        self.config
+            .endpoint
+            .clone()
+            .unwrap_or_else(|| format!("region {}", self.config.region))
+    }
+
+    fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        what: &str,
+        e: SdkError<E, HttpResponse>,
+    ) -> Error {
+        let temporary = match &e {
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) | SdkError::ResponseError(_) => true,
+            SdkError::ServiceError(s) => {
+                s.raw().status().as_u16() >= 500
+                    || matches!(e.code(), Some("ThrottlingException" | "InternalServiceError"))
+            }
+            _ => false,
+        };
+        // Service messages describe the request, never its SecretString.
+        let detail = match (e.code(), e.message()) {
+            (Some(code), Some(message)) => format!("{code}: {message}"),
+            (Some(code), None) => code.to_owned(),
+            _ => DisplayErrorContext(&e).to_string(),
+        };
+        Error::sink(KIND, format!("{what}: {detail} ({})", self.where_()), temporary)
+    }
+
+    fn object_lock(&self, id: SecretId) -> Arc<tokio::sync::Mutex<()>> {
+        self.writing
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default()
+            .clone()
+    }
+
+    fn described(description: Option<&str>) -> (u64, bool, Option<RecordMeta>) {
+        match description.and_then(|d| serde_json::from_str::<Described>(d).ok()) {
+            Some(d) => (d.seq, d.deleted, d.meta),
+            None => (0, false, None),
+        }
+    }
+
+    async fn stored(&self, name: &str) -> Result<Option<Stored>> {
+        match self.client().await.describe_secret().secret_id(name).send().await {
+            Ok(out) => {
+                let (seq, deleted, meta) = Self::described(out.description());
+                Ok(Some(Stored {
+                    seq,
+                    deleted,
+                    scheduled_for_deletion: out.deleted_date().is_some(),
+                    meta,
+                }))
+            }
+            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(None),
+            Err(e) => Err(self.failure(&format!("cannot describe {name}"), e)),
+        }
+    }
+
+    fn tags(seq: u64, name: Option<&str>) -> Vec<Tag> {
+        let mut tags = vec![Tag::builder().key("sledger:seq").value(seq.to_string()).build()];
+        if let Some(name) = name {
+            tags.push(Tag::builder().key("sledger:name").value(name).build());
+        }
+        tags
+    }
+
+    /// A value-less secret marking `name` as deleted at `seq`.
+    async fn create_tombstone(&self, id: SecretId, name: &str, seq: u64) -> Result<()> {
+        let description = serde_json::to_string(&Described {
+            meta: None,
+            seq,
+            deleted: true,
+        })
+        .expect("serialises");
+        let client = self.client().await;
+        match client
+            .create_secret()
+            .name(name)
+            .secret_string("{}")
+            .description(description)
+            .client_request_token(request_token(id, seq, "d"))
+            .set_tags(Some(Self::tags(seq, None)))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Someone (a retry of ours, or another projector) got there first.
+            Err(e) if e.code() == Some("ResourceExistsException") => Ok(()),
+            Err(e) => Err(self.failure(&format!("cannot record the deletion of {name}"), e)),
+        }
+    }
+
+    async fn force_delete(&self, name: &str) -> Result<()> {
+        let client = self.client().await;
+        match client
+            .delete_secret()
+            .secret_id(name)
+            .force_delete_without_recovery(true)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(()),
+            Err(e) => Err(self.failure(&format!("cannot purge {name}"), e)),
+        }
+    }
+}
+
+#[async_trait]
+impl Sink for AwsSink {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_bytes: MAX_VALUE_BYTES,
+            soft_delete: true,
+            max_concurrency: self.config.max_concurrency,
+        }
+    }
+
+    async fn put(&self, record: &SinkRecord) -> Result<()> {
+        let name = object_name(&self.config.prefix, record.id);
+        let lock = self.object_lock(record.id);
+        let _one_writer = lock.lock().await;
+        let value = record.values.to_json();
+        let description = serde_json::to_string(&Described {
+            meta: Some(record.meta()),
+            seq: record.seq,
+            deleted: false,
+        })
+        .expect("serialises");
+        let token = request_token(record.id, record.seq, "p");
+        let client = self.client().await;
+        match self.stored(&name).await? {
+            Some(s) if s.seq > record.seq => Ok(()),
+            None => match client
+                .create_secret()
+                .name(&name)
+                .secret_string(value.as_str())
+                .description(description)
+                .client_request_token(token)
+                .set_tags(Some(Self::tags(record.seq, Some(&record.name))))
+                .send()
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(e) => Err(self.failure(&format!("cannot create {name}"), e)),
+            },
+            Some(s) => {
+                if s.scheduled_for_deletion {
+                    client
+                        .restore_secret()
+                        .secret_id(&name)
+                        .send()
+                        .await
+                        .map_err(|e| self.failure(&format!("cannot restore {name}"), e))?;
+                }
+                client
+                    .put_secret_value()
+                    .secret_id(&name)
+                    .secret_string(value.as_str())
+                    .client_request_token(token)
+                    .send()
+                    .await
+                    .map_err(|e| self.failure(&format!("cannot write {name}"), e))?;
+                client
+                    .update_secret()
+                    .secret_id(&name)
+                    .description(description)
+                    .send()
+                    .await
+                    .map_err(|e| self.failure(&format!("cannot describe {name}"), e))?;
+                client
+                    .tag_resource()
+                    .secret_id(&name)
+                    .set_tags(Some(Self::tags(record.seq, Some(&record.name))))
+                    .send()
+                    .await
+                    .map_err(|e| self.failure(&format!("cannot tag {name}"), e))?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>> {
+        let name = object_name(&self.config.prefix, id);
+        let Some(stored) = self.stored(&name).await? else {
+            return Ok(None);
+        };
+        let Some(meta) = stored
+            .meta
+            .filter(|_| !stored.deleted && !stored.scheduled_for_deletion)
+        else {
+            return Ok(None);
+        };
+        let out = match self
+            .client()
+            .await
+            .get_secret_value()
+            .secret_id(&name)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.code() == Some("ResourceNotFoundException") => return Ok(None),
+            Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
+        };
+        let text = Zeroizing::new(out.secret_string().unwrap_or("{}").to_owned());
+        let map: BTreeMap<String, Zeroizing<String>> = serde_json::from_str(&text).map_err(|_| {
+            Error::sink(
+                KIND,
+                format!("{name} does not hold a JSON object of strings"),
+                false,
+            )
+        })?;
+        let mut values = SecretValues::new();
+        for (k, v) in &map {
+            values.insert(k.as_str(), v.as_str());
+        }
+        Ok(Some(SinkRecord::from_meta(
+            RecordMeta {
+                seq: stored.seq,
+                ..meta
+            },
+            values,
+        )))
+    }
+
+    async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
+        let name = object_name(&self.config.prefix, id);
+        let lock = self.object_lock(id);
+        let _one_writer = lock.lock().await;
+        let stored = self.stored(&name).await?;
+        if how == DeleteMode::Purge {
+            let seq = stored.as_ref().map_or(seq, |s| s.seq.max(seq));
+            if stored.is_some() {
+                self.force_delete(&name).await?;
+            }
+            return self.create_tombstone(id, &name, seq).await;
+        }
+        match stored {
+            None => self.create_tombstone(id, &name, seq).await,
+            Some(s) if s.seq > seq || s.scheduled_for_deletion || s.deleted => Ok(()),
+            Some(s) => {
+                let client = self.client().await;
+                let description = serde_json::to_string(&Described {
+                    meta: s.meta,
+                    seq,
+                    deleted: true,
+                })
+                .expect("serialises");
+                client
+                    .update_secret()
+                    .secret_id(&name)
+                    .description(description)
+                    .send()
+                    .await
+                    .map_err(|e| self.failure(&format!("cannot mark {name} deleted"), e))?;
+                client
+                    .delete_secret()
+                    .secret_id(&name)
+                    .recovery_window_in_days(self.config.recovery_days)
+                    .send()
+                    .await
+                    .map_err(|e| self.failure(&format!("cannot delete {name}"), e))?;
+                Ok(())
+            }
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<SinkEntry>> {
+        let client = self.client().await;
+        let filter = Filter::builder()
+            .key(FilterNameStringType::Name)
+            .values(&self.config.prefix)
+            .build();
+        let mut pages = client
+            .list_secrets()
+            .filters(filter)
+            .max_results(100)
+            .into_paginator()
+            .send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.failure("cannot list secrets", e))?;
+            for entry in page.secret_list() {
+                let Some(name) = entry.name() else { continue };
+                let Some(id) = name
+                    .strip_prefix(&self.config.prefix)
+                    .and_then(|r| SecretId::parse_str(r).ok())
+                else {
+                    continue;
+                };
+                if name != object_name(&self.config.prefix, id) || entry.deleted_date().is_some() {
+                    continue;
+                }
+                let (seq, deleted, meta) = Self::described(entry.description());
+                if !deleted && meta.is_some() {
+                    out.push(SinkEntry { id, seq });
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn health(&self) -> Result<()> {
+        self.client()
+            .await
+            .list_secrets()
+            .max_results(1)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failure("not reachable", e))
+    }
+}

@@ -1,0 +1,138 @@
+//! The aws-sm sink against a real moto server: the whole conformance suite, and the sink
+//! through the CLI as a backup, then as the target of a migration while writes go on.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use common::moto::{self, AWS_ENV};
+use common::Env;
+use serde_json::Value;
+use sledger::crypto::SinkSealKey;
+use sledger::sink::{conformance, SinkUrl};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aws_sink_conforms() {
+    let moto = moto::start();
+    for (k, v) in AWS_ENV {
+        std::env::set_var(k, v);
+    }
+    let key = SinkSealKey::generate();
+    let base = moto::url(&moto, "");
+    conformance::run_all("aw", &|prefix| {
+        SinkUrl::parse(&format!("{base}&prefix={prefix}"))?.open(&key)
+    })
+    .await;
+}
+
+fn aws(env: &Env, args: &[&str]) -> String {
+    let out = env.cmd().envs(AWS_ENV).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "sledger {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn aws_as_backup_then_migration_target_under_writes() {
+    let moto = moto::start();
+    let env = Arc::new(Env::new());
+    aws(&env, &["sink", "add", "aws", &moto::url(&moto, "")]);
+    for i in 0..10 {
+        aws(
+            &env,
+            &[
+                "secret",
+                "create",
+                &format!("app/s{i}"),
+                "--value",
+                &format!("pw=v{i}"),
+            ],
+        );
+    }
+    aws(&env, &["secret", "update", "app/s1", "--value", "pw=changed"]);
+    aws(&env, &["secret", "delete", "app/s2"]);
+    aws(&env, &["secret", "purge", "app/s3", "--yes"]);
+    aws(&env, &["project"]);
+    let status: Value = serde_json::from_str(&aws(&env, &["--format", "json", "sink", "status"])).unwrap();
+    let sink = status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "aws")
+        .unwrap()
+        .clone();
+    assert_eq!(sink["lag"], 0, "{sink}");
+    aws(&env, &["diff", "aws"]);
+    let got: Value = serde_json::from_str(&aws(
+        &env,
+        &["--format", "json", "secret", "get", "app/s1", "--from", "backup"],
+    ))
+    .unwrap();
+    assert_eq!(
+        (got["values"]["pw"].as_str(), got["source"]["name"].as_str()),
+        (Some("changed"), Some("aws"))
+    );
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (env, stop) = (env.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::SeqCst) {
+                aws(
+                    &env,
+                    &["secret", "create", &format!("during/{n}"), "--value", "k=v"],
+                );
+                n += 1;
+            }
+            n
+        })
+    };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    aws(&env, &["migrate", "--to", "aws"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    stop.store(true, Ordering::SeqCst);
+    let written = writer.join().unwrap();
+    aws(&env, &["project"]);
+    aws(&env, &["diff", "aws"]);
+    let last: Value = serde_json::from_str(&aws(
+        &env,
+        &[
+            "--format",
+            "json",
+            "secret",
+            "get",
+            &format!("during/{}", written - 1),
+        ],
+    ))
+    .unwrap();
+    assert_eq!(last["source"]["name"], "aws", "{last}");
+}
+
+#[test]
+fn a_value_over_the_aws_limit_is_refused_before_the_append() {
+    let moto = moto::start();
+    let env = Env::empty();
+    env.cmd()
+        .envs(AWS_ENV)
+        .args(["init", "--max-value-bytes", "200000"])
+        .output()
+        .unwrap();
+    aws(&env, &["sink", "add", "aws", &moto::url(&moto, "")]);
+    let big = format!("k={}", "x".repeat(70_000));
+    let out = env
+        .cmd()
+        .envs(AWS_ENV)
+        .args(["secret", "create", "big", "--value", &big])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("aws") && err.contains("65536"), "{err}");
+    let head = env.json(&["verify"])["events"].clone();
+    assert_eq!(head, 2, "nothing was appended (init's sink + the aws sink)");
+}

@@ -1,0 +1,27 @@
+//! A real moto server (`moto_server` from PyPI's `moto[server]`) standing in for AWS Secrets
+//! Manager, for the aws-sm sink's tests.
+
+use std::process::Command;
+
+use super::servers::{self, Server, MOTO};
+
+/// Credentials moto accepts; set in the environment of whatever talks to it.
+pub const AWS_ENV: [(&str, &str); 3] = [
+    ("AWS_ACCESS_KEY_ID", "testing"),
+    ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ("AWS_REGION", "us-east-1"),
+];
+
+pub fn url(server: &Server, extra: &str) -> String {
+    format!(
+        "aws-sm://us-east-1?endpoint=http://127.0.0.1:{}{extra}",
+        server.port
+    )
+}
+
+pub fn start() -> Server {
+    let port = servers::free_port_pair();
+    let mut command = Command::new(servers::tool("moto_server", MOTO, "SLEDGER_MOTO_SERVER"));
+    command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
+    servers::start("moto_server", command, port, "/moto-api/")
+}
