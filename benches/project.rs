@@ -231,5 +231,81 @@ fn exec_projection(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, sqlite_projection, exec_projection);
+/// `moto_server` from the tests' cached venv (or PATH): `cargo test --test aws` installs it.
+fn moto_server() -> PathBuf {
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-servers/venv/bin/moto_server");
+    if venv.is_file() {
+        return venv;
+    }
+    std::env::var_os("PATH")
+        .and_then(|p| std::env::split_paths(&p).map(|d| d.join("moto_server")).find(|p| p.is_file()))
+        .expect("moto_server is needed: run `cargo test --test aws` once (it installs it), or `pip install 'moto[server]'`")
+}
+
+/// A moto server on a free loopback port, up and answering.
+fn start_moto() -> (std::process::Child, u16) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let child = std::process::Command::new(moto_server())
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "moto_server did not start");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    (child, port)
+}
+
+/// A backup of 1 000 secrets into AWS Secrets Manager (a fresh moto server on loopback for
+/// each run, so runs do not slow each other down), one write at a time vs 16 in flight.
+fn aws_projection(c: &mut Criterion) {
+    const SECRETS: u64 = 1000;
+    for (k, v) in [
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+    ] {
+        std::env::set_var(k, v);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = ledger_with(dir.path(), SECRETS);
+    let rt = runtime();
+    let mut g = c.benchmark_group("project_aws_moto");
+    g.sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .throughput(Throughput::Elements(SECRETS));
+    let mut run = 0;
+    for concurrency in [1usize, 16] {
+        g.bench_function(BenchmarkId::new("sledger_backup_concurrency", concurrency), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    run += 1;
+                    let (mut moto, port) = start_moto();
+                    let name = format!("aws{run}");
+                    let url = format!(
+                        "aws-sm://us-east-1?endpoint=http://127.0.0.1:{port}&max_concurrency={concurrency}"
+                    );
+                    add_sink(&mut ledger, &name, &url);
+                    let start = Instant::now();
+                    let report = rt
+                        .block_on(project::project_named(&ledger, &name, &ProjectOptions::default()))
+                        .unwrap();
+                    total += start.elapsed();
+                    assert_eq!(report.writes, SECRETS);
+                    let _ = moto.kill();
+                    let _ = moto.wait();
+                }
+                total
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, sqlite_projection, exec_projection, aws_projection);
 criterion_main!(benches);

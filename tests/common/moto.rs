@@ -20,7 +20,11 @@ pub fn url(server: &Server, extra: &str) -> String {
 }
 
 pub fn start() -> Server {
-    let port = servers::free_port_pair();
+    start_on(servers::free_port_pair())
+}
+
+/// Start (or restart) a moto server on `port`; it keeps its data in memory.
+pub fn start_on(port: u16) -> Server {
     let mut command = Command::new(servers::tool("moto_server", MOTO, "SLEDGER_MOTO_SERVER"));
     command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
     servers::start("moto_server", command, port, "/moto-api/")
