@@ -3,9 +3,6 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
 use common::moto::{self, AWS_ENV};
 use common::Env;
 use serde_json::Value;
@@ -27,90 +24,13 @@ async fn aws_sink_conforms() {
 }
 
 fn aws(env: &Env, args: &[&str]) -> String {
-    let out = env.cmd().envs(AWS_ENV).args(args).output().unwrap();
-    assert!(
-        out.status.success(),
-        "sledger {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::ok_with(env, &AWS_ENV, args)
 }
 
 #[test]
 fn aws_as_backup_then_migration_target_under_writes() {
     let moto = moto::start();
-    let env = Arc::new(Env::new());
-    aws(&env, &["sink", "add", "aws", &moto::url(&moto, "")]);
-    for i in 0..10 {
-        aws(
-            &env,
-            &[
-                "secret",
-                "create",
-                &format!("app/s{i}"),
-                "--value",
-                &format!("pw=v{i}"),
-            ],
-        );
-    }
-    aws(&env, &["secret", "update", "app/s1", "--value", "pw=changed"]);
-    aws(&env, &["secret", "delete", "app/s2"]);
-    aws(&env, &["secret", "purge", "app/s3", "--yes"]);
-    aws(&env, &["project"]);
-    let status: Value = serde_json::from_str(&aws(&env, &["--format", "json", "sink", "status"])).unwrap();
-    let sink = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "aws")
-        .unwrap()
-        .clone();
-    assert_eq!(sink["lag"], 0, "{sink}");
-    aws(&env, &["diff", "aws"]);
-    let got: Value = serde_json::from_str(&aws(
-        &env,
-        &["--format", "json", "secret", "get", "app/s1", "--from", "backup"],
-    ))
-    .unwrap();
-    assert_eq!(
-        (got["values"]["pw"].as_str(), got["source"]["name"].as_str()),
-        (Some("changed"), Some("aws"))
-    );
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (env, stop) = (env.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
-                aws(
-                    &env,
-                    &["secret", "create", &format!("during/{n}"), "--value", "k=v"],
-                );
-                n += 1;
-            }
-            n
-        })
-    };
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    aws(&env, &["migrate", "--to", "aws"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let written = writer.join().unwrap();
-    aws(&env, &["project"]);
-    aws(&env, &["diff", "aws"]);
-    let last: Value = serde_json::from_str(&aws(
-        &env,
-        &[
-            "--format",
-            "json",
-            "secret",
-            "get",
-            &format!("during/{}", written - 1),
-        ],
-    ))
-    .unwrap();
-    assert_eq!(last["source"]["name"], "aws", "{last}");
+    common::cloud_sink_walkthrough(&AWS_ENV, "aws", &moto::url(&moto, ""));
 }
 
 #[test]

@@ -3,10 +3,7 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-
-use common::openbao::{self, ROOT_TOKEN};
+use common::openbao::{self, ROOT_TOKEN, VAULT_ENV};
 use common::Env;
 use sledger::crypto::SinkSealKey;
 use sledger::sink::{conformance, SinkUrl};
@@ -24,97 +21,13 @@ async fn vault_sink_conforms() {
 }
 
 fn with_token(env: &Env, args: &[&str]) -> String {
-    let out = env
-        .cmd()
-        .env("VAULT_TOKEN", ROOT_TOKEN)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "sledger {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    common::ok_with(env, &VAULT_ENV, args)
 }
 
 #[test]
 fn vault_as_backup_then_migration_target_under_writes() {
     let bao = openbao::start();
-    let env = Arc::new(Env::new());
-    let url = openbao::url(&bao, "&prefix=sledger-");
-    with_token(&env, &["sink", "add", "vault", &url]);
-    for i in 0..10 {
-        with_token(
-            &env,
-            &[
-                "secret",
-                "create",
-                &format!("app/s{i}"),
-                "--value",
-                &format!("pw=v{i}"),
-            ],
-        );
-    }
-    with_token(&env, &["secret", "update", "app/s1", "--value", "pw=changed"]);
-    with_token(&env, &["secret", "delete", "app/s2"]);
-    with_token(&env, &["project"]);
-    let status: serde_json::Value =
-        serde_json::from_str(&with_token(&env, &["--format", "json", "sink", "status"])).unwrap();
-    let vault = status
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "vault")
-        .unwrap()
-        .clone();
-    assert_eq!(vault["lag"], 0, "{vault}");
-    with_token(&env, &["diff", "vault"]);
-    let got: serde_json::Value = serde_json::from_str(&with_token(
-        &env,
-        &["--format", "json", "secret", "get", "app/s1", "--from", "backup"],
-    ))
-    .unwrap();
-    assert_eq!(
-        (got["values"]["pw"].as_str(), got["source"]["name"].as_str()),
-        (Some("changed"), Some("vault"))
-    );
-
-    // Migrate the primary to vault while another process keeps writing.
-    let stop = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (env, stop) = (env.clone(), stop.clone());
-        std::thread::spawn(move || {
-            let mut n = 0;
-            while !stop.load(Ordering::SeqCst) {
-                with_token(
-                    &env,
-                    &["secret", "create", &format!("during/{n}"), "--value", "k=v"],
-                );
-                n += 1;
-            }
-            n
-        })
-    };
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    with_token(&env, &["migrate", "--to", "vault"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    stop.store(true, Ordering::SeqCst);
-    let written = writer.join().unwrap();
-    with_token(&env, &["project"]);
-    with_token(&env, &["diff", "vault"]);
-    let last: serde_json::Value = serde_json::from_str(&with_token(
-        &env,
-        &[
-            "--format",
-            "json",
-            "secret",
-            "get",
-            &format!("during/{}", written - 1),
-        ],
-    ))
-    .unwrap();
-    assert_eq!(last["source"]["name"], "vault", "{last}");
+    common::cloud_sink_walkthrough(&VAULT_ENV, "vault", &openbao::url(&bao, "&prefix=sledger-"));
 }
 
 #[test]

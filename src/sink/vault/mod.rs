@@ -13,7 +13,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
@@ -23,7 +22,7 @@ use vaultrs::error::ClientError;
 use vaultrs::kv2;
 use zeroize::Zeroizing;
 
-use super::{object_name, Capabilities, DeleteMode, Sink, SinkEntry, SinkRecord};
+use super::{object_name, Capabilities, DeleteMode, ObjectLocks, Sink, SinkEntry, SinkRecord};
 use crate::crypto::SecretValues;
 use crate::error::{Error, Result};
 use crate::event::Scope;
@@ -50,7 +49,7 @@ pub struct VaultSink {
     client: OnceCell<VaultClient>,
     /// Writes to one object from this process go one at a time: the data write is
     /// check-and-set, but the metadata that carries the seq is written after it.
-    writing: std::sync::Mutex<HashMap<SecretId, Arc<tokio::sync::Mutex<()>>>>,
+    writing: ObjectLocks,
 }
 
 impl std::fmt::Debug for VaultSink {
@@ -146,15 +145,6 @@ impl VaultSink {
             .await
     }
 
-    fn object_lock(&self, id: SecretId) -> Arc<tokio::sync::Mutex<()>> {
-        self.writing
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(id)
-            .or_default()
-            .clone()
-    }
-
     /// A client failure, with the server's address so an outage says where.
     fn failure(&self, what: &str, e: ClientError) -> Error {
         match failure(what, e) {
@@ -232,8 +222,7 @@ impl Sink for VaultSink {
                 serde_json::to_string(&record.labels).expect("labels serialise"),
             ),
         ]);
-        let lock = self.object_lock(record.id);
-        let _one_writer = lock.lock().await;
+        let _one_writer = self.writing.lock(record.id).await;
         for _ in 0..CAS_ATTEMPTS {
             let current = self.stored(&path).await?;
             if current.as_ref().is_some_and(|s| s.seq > record.seq) {
@@ -306,8 +295,7 @@ impl Sink for VaultSink {
 
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
         let path = self.path(id);
-        let lock = self.object_lock(id);
-        let _one_writer = lock.lock().await;
+        let _one_writer = self.writing.lock(id).await;
         let stored = self.stored(&path).await?;
         let client = self.client().await?;
         if how == DeleteMode::Purge {
