@@ -184,15 +184,7 @@ fn restore_swaps_names_back_and_repairs_only_what_is_named() {
     assert_eq!(sink.execute("DELETE FROM objects", []).unwrap(), 3);
     drop(sink);
     env.ok(&["restore", "--secret", "blue"]);
-    let left = env
-        .cmd()
-        .args(["--format", "json", "diff", "local"])
-        .output()
-        .unwrap();
-    let missing: Vec<Value> = String::from_utf8_lossy(&left.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let missing = env.differences("local");
     let names: Vec<&str> = missing.iter().map(|d| d["name"].as_str().unwrap()).collect();
     assert_eq!(names, ["green", "other"], "only blue was repaired");
     env.ok(&["restore"]);
@@ -299,16 +291,7 @@ fn migrate_with_delete_secrets_empties_the_old_primary() {
     );
     env.ok(&["migrate", "--to", &new, "--name", "new", "--delete-secrets"]);
     env.ok(&["diff", "new"]);
-    let old = env
-        .cmd()
-        .args(["--format", "json", "diff", "local"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&old.stdout).lines().count(),
-        5,
-        "the old primary was emptied"
-    );
+    assert_eq!(env.differences("local").len(), 5, "the old primary was emptied");
     assert_eq!(env.json(&["secret", "get", "s4"])["source"]["name"], "new");
     let role = |name: &str| {
         let status = env.json(&["sink", "status"]);
@@ -333,12 +316,7 @@ fn migrate_with_delete_secrets_empties_the_old_primary() {
     assert_eq!(role("new"), "backup");
     env.ok(&["migrate", "--to", "third", "--delete-secrets"]);
     assert_eq!(role("new"), "standby");
-    let old = env
-        .cmd()
-        .args(["--format", "json", "diff", "new"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&old.stdout).lines().count(), 5);
+    assert_eq!(env.differences("new").len(), 5);
     env.ok(&["diff", "third"]);
 }
 
@@ -380,20 +358,10 @@ fn drift_behind_the_ledgers_back_is_found_and_reconciled() {
     )
     .unwrap();
     drop(sink);
-    let found = env
-        .cmd()
-        .args(["--format", "json", "diff", "local"])
-        .output()
-        .unwrap();
-    assert_eq!(found.status.code(), Some(OUT_OF_SYNC));
-    let mut kinds: Vec<String> = String::from_utf8_lossy(&found.stdout)
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<Value>(l).unwrap()["kind"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
+    let mut kinds: Vec<String> = env
+        .differences("local")
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap().to_owned())
         .collect();
     kinds.sort();
     assert_eq!(kinds, ["drifted", "extra", "missing", "stale"]);
@@ -420,12 +388,9 @@ fn drift_behind_the_ledgers_back_is_found_and_reconciled() {
         env.json(&["secret", "get", "s2", "--from", "primary"])["values"]["k"],
         "tampered"
     );
-    let found = env
-        .cmd()
-        .args(["--format", "json", "diff", "local"])
-        .output()
-        .unwrap();
-    let found: Value = serde_json::from_slice(&found.stdout).unwrap();
+    let found = &env.differences("local")[..];
+    assert_eq!(found.len(), 1, "{found:?}");
+    let found = &found[0];
     assert_eq!(
         (found["kind"].as_str(), found["name"].as_str()),
         (Some("drifted"), Some("s2"))

@@ -102,16 +102,7 @@ fn backup_killed_at_random_points_then_rerun_ends_backed_up() {
         landed + landed_deleting
     );
     env.ok(&["diff", "bk"]);
-    let local = env
-        .cmd()
-        .args(["--format", "json", "diff", "local"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&local.stdout).lines().count(),
-        SECRETS,
-        "the primary is empty"
-    );
+    assert_eq!(env.differences("local").len(), SECRETS, "the primary is empty");
     assert_eq!(env.json(&["secret", "get", "s7"])["source"]["name"], "bk");
     env.ok(&["restore"]);
     env.ok(&["diff", "local"]);

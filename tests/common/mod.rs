@@ -90,6 +90,28 @@ impl Env {
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
 
+    /// What `sledger diff SINK` reports, one JSON object per differing object (exit 0 when
+    /// there is none, 10 otherwise).
+    pub fn differences(&self, sink: &str) -> Vec<serde_json::Value> {
+        let out = self
+            .cmd()
+            .args(["--format", "json", "diff", sink])
+            .output()
+            .unwrap();
+        let found: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let expected = if found.is_empty() { 0 } else { 10 };
+        assert_eq!(
+            out.status.code(),
+            Some(expected),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        found
+    }
+
     /// JSON lines output.
     pub fn json_lines(&self, args: &[&str]) -> Vec<serde_json::Value> {
         let mut a = vec!["--format", "json"];

@@ -122,6 +122,28 @@ fn newer_error(sink: &str, differences: &[Difference]) -> Option<anyhow::Error> 
     })
 }
 
+/// How `reconcile_sink` treats the difference it finds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Print it; change nothing.
+    DryRun,
+    /// Apply what can be applied; objects newer than the target are left and reported.
+    Apply,
+    /// Like `Apply`, but change nothing if any object is newer than the target (a replay
+    /// would otherwise leave the sink half rolled back).
+    AllOrNothing,
+}
+
+impl Mode {
+    fn unless_dry_run(dry_run: bool, otherwise: Mode) -> Mode {
+        if dry_run {
+            Mode::DryRun
+        } else {
+            otherwise
+        }
+    }
+}
+
 /// Resync `sink` to `desired` (only the differences `only` keeps, if given) and report; Err
 /// if something is left different.
 async fn reconcile_sink(
@@ -129,7 +151,7 @@ async fn reconcile_sink(
     name: &str,
     sink: &dyn Sink,
     desired: &Desired,
-    dry_run: bool,
+    mode: Mode,
     only: Option<&dyn Fn(&Difference) -> bool>,
 ) -> Result<()> {
     let comparing = bar(ctx, "comparing");
@@ -138,7 +160,12 @@ async fn reconcile_sink(
     if let Some(keep) = only {
         differences.retain(|d| keep(d));
     }
-    if dry_run || differences.is_empty() {
+    if mode == Mode::AllOrNothing {
+        if let Some(e) = newer_error(name, &differences) {
+            return Err(e);
+        }
+    }
+    if mode == Mode::DryRun || differences.is_empty() {
         print_differences(ctx, name, &differences);
         return newer_error(name, &differences).map_or(Ok(()), Err);
     }
@@ -185,16 +212,8 @@ pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
         sink
     };
     let desired = ledger.desired_at(seq)?;
-    block_on(async {
-        // All or nothing: a sink ahead of the target would end half rolled back.
-        if !args.dry_run {
-            let differences = replay::diff(&desired, &*sink, &|_, _| {}).await?;
-            if let Some(e) = newer_error(&args.into, &differences) {
-                return Err(e);
-            }
-        }
-        reconcile_sink(ctx, &args.into, &*sink, &desired, args.dry_run, None).await
-    })
+    let mode = Mode::unless_dry_run(args.dry_run, Mode::AllOrNothing);
+    block_on(reconcile_sink(ctx, &args.into, &*sink, &desired, mode, None))
 }
 
 pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
@@ -220,7 +239,14 @@ pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
     let ledger = ctx.open_unlocked()?;
     let (_, sink) = ledger.open_sink(&args.sink)?;
     let desired = ledger.desired_at(ledger.head()?.seq)?;
-    block_on(reconcile_sink(ctx, &args.sink, &*sink, &desired, false, None))
+    block_on(reconcile_sink(
+        ctx,
+        &args.sink,
+        &*sink,
+        &desired,
+        Mode::Apply,
+        None,
+    ))
 }
 
 /// Remove from `sink`, for good, the objects at or before seq `through` that `verified_elsewhere`
@@ -275,7 +301,15 @@ pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
         let mut everywhere: Option<HashSet<SecretId>> = None;
         for name in &backups {
             let (_, sink) = ledger.open_sink(name)?;
-            reconcile_sink(ctx, name, &*sink, &desired, args.dry_run, None).await?;
+            reconcile_sink(
+                ctx,
+                name,
+                &*sink,
+                &desired,
+                Mode::unless_dry_run(args.dry_run, Mode::Apply),
+                None,
+            )
+            .await?;
             if args.delete_secrets && !args.dry_run {
                 let held = held_ids(&*sink).await?;
                 everywhere = Some(match everywhere {
@@ -309,30 +343,15 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         }
         let (_, sink) = ledger.open_sink(&primary)?;
         let desired = ledger.desired_at(ledger.head()?.seq)?;
-        if args.secrets.is_empty() {
-            return block_on(reconcile_sink(
-                ctx,
-                &primary,
-                &*sink,
-                &desired,
-                args.dry_run,
-                None,
-            ));
-        }
-        // Only the named secrets; everything else in the primary is left exactly as it is.
+        // With --secret, only the named secrets; everything else in the primary is left as it is.
         let mut chosen = HashSet::new();
         for name in &args.secrets {
             chosen.insert(ledger.find(&ctx.actor, name)?.id);
         }
         let only = |d: &Difference| chosen.contains(&d.id);
-        return block_on(reconcile_sink(
-            ctx,
-            &primary,
-            &*sink,
-            &desired,
-            args.dry_run,
-            Some(&only),
-        ));
+        let only = (!args.secrets.is_empty()).then_some(&only as &dyn Fn(&Difference) -> bool);
+        let mode = Mode::unless_dry_run(args.dry_run, Mode::Apply);
+        return block_on(reconcile_sink(ctx, &primary, &*sink, &desired, mode, only));
     }
     let seq = target(&ledger, &args.target)?;
     let plan = ledger.plan_restore(&ctx.actor, seq, &args.secrets)?;
