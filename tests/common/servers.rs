@@ -110,28 +110,31 @@ fn answers_200(port: u16, path: &str) -> bool {
     reply.starts_with(b"HTTP/1.0 200") || reply.starts_with(b"HTTP/1.1 200")
 }
 
-/// Start `command` and wait until GET `health` on `port` answers 200.
+/// Start `command` and wait until GET `health` on `port` answers 200. A server that exits at
+/// once (its port still held a moment by the previous server, or taken by a parallel test's
+/// server) is started again, up to ten times.
 pub fn start(name: &'static str, mut command: Command, port: u16, health: &str) -> Server {
-    let child = command
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
-    let mut server = Server { child, port, name };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !answers_200(port, health) {
-        if let Ok(Some(status)) = server.child.try_wait() {
-            panic!(
-                "{} exited at start ({status}); is port {port} taken?",
-                server.name
-            );
+    let mut last_exit = None;
+    for _ in 0..10 {
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        let mut server = Server { child, port, name };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if answers_200(port, health) {
+                return server;
+            }
+            if let Ok(Some(status)) = server.child.try_wait() {
+                last_exit = Some(status);
+                break;
+            }
+            assert!(Instant::now() < deadline, "{name} did not come up on port {port}");
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(
-            Instant::now() < deadline,
-            "{} did not come up on port {port}",
-            server.name
-        );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(500));
     }
-    server
+    panic!("{name} kept exiting at start ({last_exit:?}); is port {port} taken?")
 }
