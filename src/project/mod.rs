@@ -380,7 +380,7 @@ pub(crate) async fn apply_all<'a>(
         .await
 }
 
-/// Bring sink `name` (already opened as `sink`) up to the ledger's head, batch by batch.
+/// Bring sink `name` (already opened as `sink`) up to the ledger's head as of the call, batch by batch.
 ///
 /// Returns when the sink is caught up, or with the sink's error when a batch could not be
 /// applied (the checkpoint stays before that batch), or early at `opts.deadline` or `opts.stop`.
@@ -395,9 +395,11 @@ pub async fn project(
     // what this run applied must not become the new attachment's checkpoint.
     let attached = ledger.sink_config(name)?.added_seq;
     let mut parked: HashSet<SecretId> = ledger.parked(name)?.into_iter().map(|p| p.secret_id).collect();
+    // One run projects what was written before it started: chasing the head instead would
+    // never end while writers outpace a slow backend (a migration under load).
+    let head = ledger.head()?.seq;
     loop {
         let checkpoint = ledger.checkpoint(name)?;
-        let head = ledger.head()?.seq;
         report.checkpoint = checkpoint;
         report.head = head;
         if checkpoint >= head || stopped(opts) {

@@ -9,9 +9,15 @@
 
 #[cfg(feature = "aws")]
 pub mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
 mod exec;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 mod memory;
 mod sqlite;
+#[cfg(any(feature = "gcp", feature = "azure"))]
+mod tagged;
 #[cfg(feature = "vault")]
 pub mod vault;
 
@@ -205,6 +211,10 @@ pub enum SinkUrl {
     Vault(vault::VaultConfig),
     #[cfg(feature = "aws")]
     Aws(aws::AwsConfig),
+    #[cfg(feature = "gcp")]
+    Gcp(gcp::GcpConfig),
+    #[cfg(feature = "azure")]
+    Azure(azure::AzureConfig),
 }
 
 fn bad_url(url: &str, why: impl fmt::Display) -> Error {
@@ -335,6 +345,8 @@ impl SinkUrl {
         let mut args = Vec::new();
         let (mut tls, mut ca_file) = (true, None);
         let (mut endpoint, mut recovery_days) = (None, 7);
+        #[cfg(feature = "gcp")]
+        let mut old_versions = gcp::OldVersions::Disable;
         for (k, v) in &pairs {
             match k.as_str() {
                 "prefix" => {
@@ -360,8 +372,8 @@ impl SinkUrl {
                     "off" => tls = false,
                     _ => return Err(bad_url(url, "tls must be on or off")),
                 },
-                "ca-file" if scheme == "vault" => ca_file = Some(PathBuf::from(v)),
-                "endpoint" if scheme == "aws-sm" => {
+                "ca-file" if matches!(scheme, "vault" | "azure-kv") => ca_file = Some(PathBuf::from(v)),
+                "endpoint" if matches!(scheme, "aws-sm" | "gcp-sm") => {
                     if !(v.starts_with("http://") || v.starts_with("https://")) {
                         return Err(bad_url(url, "endpoint must be an http:// or https:// URL"));
                     }
@@ -376,6 +388,15 @@ impl SinkUrl {
                             bad_url(url, "recovery_days must be a number from 7 to 30 (AWS's limits)")
                         })?
                 }
+                #[cfg(feature = "gcp")]
+                "old_versions" if scheme == "gcp-sm" => {
+                    old_versions = match v.as_str() {
+                        "disable" => gcp::OldVersions::Disable,
+                        "destroy" => gcp::OldVersions::Destroy,
+                        "keep" => gcp::OldVersions::Keep,
+                        _ => return Err(bad_url(url, "old_versions must be disable, destroy or keep")),
+                    }
+                }
                 other => return Err(bad_url(url, format!("unknown parameter {other:?}"))),
             }
         }
@@ -387,13 +408,25 @@ impl SinkUrl {
             }),
             "sqlite" | "exec" => {
                 if !location.starts_with('/') || location.len() < 2 {
-                    return Err(bad_url(url, format!("expected an absolute path: {scheme}:///absolute/path")));
+                    return Err(bad_url(
+                        url,
+                        format!("expected an absolute path: {scheme}:///absolute/path"),
+                    ));
                 }
                 let path = PathBuf::from(percent_decode(url, location)?);
                 Ok(if scheme == "sqlite" {
-                    SinkUrl::Sqlite { path, prefix, max_concurrency: max_concurrency.unwrap_or(64) }
+                    SinkUrl::Sqlite {
+                        path,
+                        prefix,
+                        max_concurrency: max_concurrency.unwrap_or(64),
+                    }
                 } else {
-                    SinkUrl::Exec { program: path, args, prefix, max_concurrency: max_concurrency.unwrap_or(16) }
+                    SinkUrl::Exec {
+                        program: path,
+                        args,
+                        prefix,
+                        max_concurrency: max_concurrency.unwrap_or(16),
+                    }
                 })
             }
             #[cfg(feature = "vault")]
@@ -401,7 +434,10 @@ impl SinkUrl {
                 let (host, mount) = location.split_once('/').unwrap_or((location, ""));
                 let mount = mount.trim_end_matches('/');
                 if host.is_empty() || mount.is_empty() {
-                    return Err(bad_url(url, "expected vault://HOST:PORT/MOUNT, e.g. vault://vault.internal:8200/secret"));
+                    return Err(bad_url(
+                        url,
+                        "expected vault://HOST:PORT/MOUNT, e.g. vault://vault.internal:8200/secret",
+                    ));
                 }
                 Ok(SinkUrl::Vault(vault::VaultConfig {
                     address: format!("{}://{host}", if tls { "https" } else { "http" }),
@@ -424,15 +460,91 @@ impl SinkUrl {
                     max_concurrency: max_concurrency.unwrap_or(16),
                 }))
             }
-            "gcp-sm" | "azure-kv" => Err(bad_url(
+            #[cfg(feature = "gcp")]
+            "gcp-sm" => {
+                if location.is_empty()
+                    || !location
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "-:.".contains(c))
+                {
+                    return Err(bad_url(
+                        url,
+                        "expected gcp-sm://PROJECT_ID, e.g. gcp-sm://my-project",
+                    ));
+                }
+                if !prefix
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+                {
+                    return Err(bad_url(
+                        url,
+                        "a Secret Manager prefix may hold only letters, digits, - and _",
+                    ));
+                }
+                Ok(SinkUrl::Gcp(gcp::GcpConfig {
+                    project: location.to_owned(),
+                    endpoint,
+                    prefix,
+                    old_versions,
+                    max_concurrency: max_concurrency.unwrap_or(16),
+                }))
+            }
+            #[cfg(feature = "azure")]
+            "azure-kv" => {
+                if location.is_empty() || location.contains('/') {
+                    return Err(bad_url(
+                        url,
+                        "expected azure-kv://VAULT_HOST, e.g. azure-kv://myvault.vault.azure.net",
+                    ));
+                }
+                if !prefix.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
+                    return Err(bad_url(
+                        url,
+                        "a Key Vault prefix may hold only letters, digits and -",
+                    ));
+                }
+                let longest = azure::MAX_NAME_CHARS - SecretId::nil().to_string().len();
+                if prefix.len() > longest {
+                    return Err(bad_url(
+                        url,
+                        format!(
+                            "Key Vault names hold 127 characters, so the prefix may have at most {longest}"
+                        ),
+                    ));
+                }
+                Ok(SinkUrl::Azure(azure::AzureConfig {
+                    vault_host: location.to_owned(),
+                    ca_file,
+                    prefix,
+                    max_concurrency: max_concurrency.unwrap_or(16),
+                }))
+            }
+            #[cfg(not(feature = "azure"))]
+            "azure-kv" => Err(bad_url(
                 url,
-                format!("{scheme} sinks are not in this build yet; available: memory://, sqlite:///PATH, exec:///PROGRAM, vault://HOST:PORT/MOUNT, aws-sm://REGION"),
+                "this build has no azure-kv sink (cargo feature `azure`)",
+            )),
+            #[cfg(not(feature = "gcp"))]
+            "gcp-sm" => Err(bad_url(
+                url,
+                "this build has no gcp-sm sink (cargo feature `gcp`)",
             )),
             #[cfg(not(feature = "vault"))]
-            "vault" => Err(bad_url(url, "this build has no vault sink (cargo feature `vault`)")),
+            "vault" => Err(bad_url(
+                url,
+                "this build has no vault sink (cargo feature `vault`)",
+            )),
             #[cfg(not(feature = "aws"))]
-            "aws-sm" => Err(bad_url(url, "this build has no aws-sm sink (cargo feature `aws`)")),
-            other => Err(bad_url(url, format!("unknown scheme {other:?}; known: memory, sqlite, exec, vault, aws-sm"))),
+            "aws-sm" => Err(bad_url(
+                url,
+                "this build has no aws-sm sink (cargo feature `aws`)",
+            )),
+            other => Err(bad_url(
+                url,
+                format!(
+                    "unknown scheme {other:?}; known: memory, sqlite, exec, vault, aws-sm, gcp-sm, azure-kv"
+                ),
+            )),
         }
     }
 
@@ -486,6 +598,12 @@ impl SinkUrl {
             (SinkUrl::Aws(a), SinkUrl::Aws(b)) => {
                 a.region == b.region && a.endpoint == b.endpoint && a.prefix == b.prefix
             }
+            #[cfg(feature = "gcp")]
+            (SinkUrl::Gcp(a), SinkUrl::Gcp(b)) => {
+                a.project == b.project && a.endpoint == b.endpoint && a.prefix == b.prefix
+            }
+            #[cfg(feature = "azure")]
+            (SinkUrl::Azure(a), SinkUrl::Azure(b)) => a.vault_host == b.vault_host && a.prefix == b.prefix,
             _ => false,
         }
     }
@@ -511,6 +629,18 @@ impl SinkUrl {
             #[cfg(feature = "aws")]
             SinkUrl::Aws(config) => Capabilities {
                 max_value_bytes: aws::MAX_VALUE_BYTES,
+                soft_delete: true,
+                max_concurrency: config.max_concurrency,
+            },
+            #[cfg(feature = "gcp")]
+            SinkUrl::Gcp(config) => Capabilities {
+                max_value_bytes: gcp::MAX_VALUE_BYTES,
+                soft_delete: true,
+                max_concurrency: config.max_concurrency,
+            },
+            #[cfg(feature = "azure")]
+            SinkUrl::Azure(config) => Capabilities {
+                max_value_bytes: azure::MAX_VALUE_BYTES,
                 soft_delete: true,
                 max_concurrency: config.max_concurrency,
             },
@@ -545,6 +675,10 @@ impl SinkUrl {
             SinkUrl::Vault(config) => Arc::new(vault::VaultSink::new(config.clone())),
             #[cfg(feature = "aws")]
             SinkUrl::Aws(config) => Arc::new(aws::AwsSink::new(config.clone())),
+            #[cfg(feature = "gcp")]
+            SinkUrl::Gcp(config) => Arc::new(gcp::GcpSink::new(config.clone())),
+            #[cfg(feature = "azure")]
+            SinkUrl::Azure(config) => Arc::new(azure::AzureSink::new(config.clone())),
         })
     }
 }

@@ -1,6 +1,8 @@
 //! Helpers for driving the real `sledger` binary against a ledger in a temp dir.
 #![allow(dead_code)]
 
+pub mod azure;
+pub mod drongo;
 pub mod moto;
 pub mod openbao;
 pub mod servers;

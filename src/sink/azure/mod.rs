@@ -1,0 +1,410 @@
+//! `azure-kv://VAULT_HOST?prefix=…&ca-file=…`: Azure Key Vault secrets.
+//!
+//! Each secret is the Key Vault secret `<prefix><id>`, whose value is the JSON object of its
+//! values. Every put is one `SetSecret` call carrying value and tags together, so a write
+//! is atomic: a new version with `sledger-seq`, `sledger-state` and the record's metadata
+//! (hex-encoded over `sledger-m00`…`sledger-m12`, since Key Vault allows 15 tags of 256
+//! characters). Soft delete first tags the secret deleted at the deleting seq, then deletes it
+//! (recoverable for the vault's retention period); a put on a soft-deleted name recovers it
+//! first, unless the deleted secret says it was deleted after the put's seq. Purge deletes and
+//! purges, then leaves a value-less tombstone secret, so a late write from another projector
+//! cannot bring the values back.
+//!
+//! Credentials, tried in order (like the SDKs' DefaultAzureCredential): a service principal
+//! from `AZURE_TENANT_ID` + `AZURE_CLIENT_ID` + `AZURE_CLIENT_SECRET`; workload identity
+//! (`AZURE_FEDERATED_TOKEN_FILE`, set by AKS); managed identity; `az login` / `azd auth login`.
+
+mod credential;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use azure_core::error::ErrorKind;
+use azure_core::http::{ClientOptions, RetryOptions, StatusCode, Transport};
+use azure_security_keyvault_secrets::models::{
+    SecretClientListSecretPropertiesOptions, SetSecretParameters, UpdateSecretPropertiesParameters,
+};
+use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+use futures::TryStreamExt;
+use tokio::sync::OnceCell;
+use zeroize::Zeroizing;
+
+use super::tagged::{TagLimits, Tagged};
+use super::{object_name, Capabilities, DeleteMode, ObjectLocks, RecordMeta, Sink, SinkEntry, SinkRecord};
+use crate::crypto::SecretValues;
+use crate::error::{Error, Result};
+use crate::SecretId;
+
+/// Key Vault's secret value limit (25 KiB).
+pub const MAX_VALUE_BYTES: usize = 25 * 1024;
+/// Longest secret name Key Vault accepts.
+pub const MAX_NAME_CHARS: usize = 127;
+const KIND: &str = "azure-kv";
+/// 15 tags of 256 characters; two carry the seq and state.
+const TAGS: TagLimits = TagLimits {
+    kind: KIND,
+    chunks: 13,
+    chunk_len: 256,
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AzureConfig {
+    /// `myvault.vault.azure.net`, or `HOST:PORT`.
+    pub vault_host: String,
+    /// A PEM file of CA certificates to trust instead of the system's (private endpoints, tests).
+    pub ca_file: Option<PathBuf>,
+    pub prefix: String,
+    pub max_concurrency: usize,
+}
+
+pub struct AzureSink {
+    config: AzureConfig,
+    client: OnceCell<SecretClient>,
+    writing: ObjectLocks,
+}
+
+impl std::fmt::Debug for AzureSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureSink")
+            .field("vault_host", &self.config.vault_host)
+            .field("prefix", &self.config.prefix)
+            .finish()
+    }
+}
+
+/// Whether the vault is on this machine: there the challenge's resource (`vault.azure.net`)
+/// cannot match the host, and a token sent to it does not leave the machine.
+fn is_loopback(host: &str) -> bool {
+    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
+    host == "localhost" || host == "[::1]" || host.starts_with("127.")
+}
+
+fn status_of(e: &azure_core::Error) -> Option<StatusCode> {
+    e.http_status()
+}
+
+impl AzureSink {
+    pub fn new(config: AzureConfig) -> Self {
+        AzureSink {
+            config,
+            client: OnceCell::new(),
+            writing: Default::default(),
+        }
+    }
+
+    fn client_options(&self) -> Result<ClientOptions> {
+        let mut options = ClientOptions {
+            // The projector retries with its own backoff and deadline.
+            retry: RetryOptions::none(),
+            ..Default::default()
+        };
+        if let Some(ca_file) = &self.config.ca_file {
+            let pem = std::fs::read(ca_file).map_err(|e| {
+                Error::sink(
+                    KIND,
+                    format!("cannot read ca-file {}: {e}", ca_file.display()),
+                    false,
+                )
+            })?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                Error::sink(
+                    KIND,
+                    format!(
+                        "ca-file {} is not a PEM certificate bundle: {e}",
+                        ca_file.display()
+                    ),
+                    false,
+                )
+            })?;
+            let http = reqwest::Client::builder()
+                .tls_certs_merge(certs)
+                .build()
+                .map_err(|e| Error::sink(KIND, format!("cannot set up TLS: {e}"), false))?;
+            options.transport = Some(Transport::new(Arc::new(http)));
+        }
+        Ok(options)
+    }
+
+    async fn client(&self) -> Result<&SecretClient> {
+        self.client
+            .get_or_try_init(|| async {
+                let client_options = self.client_options()?;
+                let credential = credential::chain(&client_options);
+                let options = SecretClientOptions {
+                    client_options,
+                    verify_challenge_resource: Some(!is_loopback(&self.config.vault_host)),
+                    ..Default::default()
+                };
+                SecretClient::new(
+                    &format!("https://{}/", self.config.vault_host),
+                    credential,
+                    Some(options),
+                )
+                .map_err(|e| Error::sink(KIND, format!("cannot set up the Key Vault client: {e}"), false))
+            })
+            .await
+    }
+
+    fn failure(&self, what: &str, e: azure_core::Error) -> Error {
+        let (temporary, detail) = match e.kind() {
+            ErrorKind::HttpResponse {
+                status, error_code, ..
+            } => (
+                *status == StatusCode::TooManyRequests || u16::from(*status) >= 500,
+                // Key Vault's error messages describe the request, never a secret's value.
+                format!("{} {}", u16::from(*status), error_code.as_deref().unwrap_or("")),
+            ),
+            ErrorKind::Connection | ErrorKind::Io => (true, e.to_string()),
+            ErrorKind::Credential => (true, format!("no credential worked: {e}")),
+            _ => (false, e.to_string()),
+        };
+        Error::sink(
+            KIND,
+            format!("{what}: {} (vault {})", detail.trim(), self.config.vault_host),
+            temporary,
+        )
+    }
+
+    /// The tags of the live secret `name`, or of the soft-deleted one (`Err(tags)`).
+    async fn stored(&self, name: &str) -> Result<Option<std::result::Result<Tagged, Tagged>>> {
+        let client = self.client().await?;
+        match client.get_secret(name, None).await {
+            Ok(response) => {
+                let secret = response
+                    .into_model()
+                    .map_err(|e| self.failure(&format!("cannot read {name}"), e))?;
+                Ok(Some(Ok(TAGS.decode(&secret.tags.unwrap_or_default()))))
+            }
+            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => {
+                match client.get_deleted_secret(name, None).await {
+                    Ok(response) => {
+                        let deleted = response
+                            .into_model()
+                            .map_err(|e| self.failure(&format!("cannot read deleted {name}"), e))?;
+                        Ok(Some(Err(TAGS.decode(&deleted.tags.unwrap_or_default()))))
+                    }
+                    Err(e) if status_of(&e) == Some(StatusCode::NotFound) => Ok(None),
+                    Err(e) => Err(self.failure(&format!("cannot read deleted {name}"), e)),
+                }
+            }
+            Err(e) => Err(self.failure(&format!("cannot read {name}"), e)),
+        }
+    }
+
+    async fn set(&self, name: &str, value: &str, tags: HashMap<String, String>) -> Result<()> {
+        let mut parameters = SetSecretParameters::default();
+        parameters.value = Some(value.to_owned());
+        parameters.content_type = Some("application/json".to_owned());
+        parameters.tags = Some(tags);
+        let body = parameters
+            .try_into()
+            .map_err(|e| self.failure(&format!("cannot encode {name}"), e))?;
+        self.client()
+            .await?
+            .set_secret(name, body, None)
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failure(&format!("cannot write {name}"), e))
+    }
+
+    async fn recover(&self, name: &str) -> Result<()> {
+        let client = self.client().await?;
+        match client.recover_deleted_secret(name, None).await {
+            Ok(_) => {}
+            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => {}
+            Err(e) => return Err(self.failure(&format!("cannot recover {name}"), e)),
+        }
+        // Recovery finishes in the background; a write before it does is refused (409).
+        for _ in 0..50 {
+            if client.get_secret(name, None).await.is_ok() {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+        Err(Error::sink(
+            KIND,
+            format!("{name} is still being recovered"),
+            true,
+        ))
+    }
+
+    /// Delete `name` and, for a purge, purge it; absent names are fine.
+    async fn remove(&self, name: &str, purge: bool) -> Result<()> {
+        let client = self.client().await?;
+        match client.delete_secret(name, None).await {
+            Ok(_) => {}
+            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => {}
+            Err(e) => return Err(self.failure(&format!("cannot delete {name}"), e)),
+        }
+        if !purge {
+            return Ok(());
+        }
+        // The deletion, too, finishes in the background (409 until then).
+        for _ in 0..50 {
+            match client.purge_deleted_secret(name, None).await {
+                Ok(_) => return Ok(()),
+                Err(e) if status_of(&e) == Some(StatusCode::NotFound) => return Ok(()),
+                Err(e) if status_of(&e) == Some(StatusCode::Conflict) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                }
+                Err(e) => return Err(self.failure(&format!("cannot purge {name}"), e)),
+            }
+        }
+        Err(Error::sink(KIND, format!("{name} is still being deleted"), true))
+    }
+}
+
+#[async_trait]
+impl Sink for AzureSink {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_bytes: MAX_VALUE_BYTES,
+            soft_delete: true,
+            max_concurrency: self.config.max_concurrency,
+        }
+    }
+
+    async fn put(&self, record: &SinkRecord) -> Result<()> {
+        let name = object_name(&self.config.prefix, record.id);
+        let _one_writer = self.writing.lock(record.id).await;
+        let tags = TAGS.encode(record.seq, false, Some(&record.meta()))?;
+        match self.stored(&name).await? {
+            Some(Ok(live)) if live.seq > record.seq => return Ok(()),
+            Some(Err(deleted)) if deleted.seq > record.seq => return Ok(()),
+            Some(Err(_)) => self.recover(&name).await?,
+            _ => {}
+        }
+        self.set(&name, &record.values.to_json(), tags).await
+    }
+
+    async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>> {
+        let name = object_name(&self.config.prefix, id);
+        let client = self.client().await?;
+        let secret = match client.get_secret(&name, None).await {
+            Ok(response) => response
+                .into_model()
+                .map_err(|e| self.failure(&format!("cannot read {name}"), e))?,
+            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => return Ok(None),
+            Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
+        };
+        let tagged = TAGS.decode(&secret.tags.unwrap_or_default());
+        let Some(meta) = tagged.meta.filter(|_| !tagged.deleted) else {
+            return Ok(None);
+        };
+        let text = Zeroizing::new(secret.value.unwrap_or_default());
+        let map: BTreeMap<String, Zeroizing<String>> = serde_json::from_str(&text).map_err(|_| {
+            Error::sink(
+                KIND,
+                format!("{name} does not hold a JSON object of strings"),
+                false,
+            )
+        })?;
+        let mut values = SecretValues::new();
+        for (k, v) in &map {
+            values.insert(k.as_str(), v.as_str());
+        }
+        Ok(Some(SinkRecord::from_meta(
+            RecordMeta {
+                seq: tagged.seq,
+                ..meta
+            },
+            values,
+        )))
+    }
+
+    async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
+        let name = object_name(&self.config.prefix, id);
+        let _one_writer = self.writing.lock(id).await;
+        let stored = self.stored(&name).await?;
+        let tombstone = |seq| TAGS.encode(seq, true, None);
+        if how == DeleteMode::Purge {
+            let seq = match &stored {
+                Some(Ok(t) | Err(t)) => t.seq.max(seq),
+                None => seq,
+            };
+            if stored.is_some() {
+                self.remove(&name, true).await?;
+            }
+            return self.set(&name, "{}", tombstone(seq)?).await;
+        }
+        match stored {
+            None => self.set(&name, "{}", tombstone(seq)?).await,
+            Some(Err(_)) => Ok(()),
+            Some(Ok(live)) if live.seq > seq || live.deleted => Ok(()),
+            Some(Ok(live)) => {
+                // Tag first: the deleted secret then says at which seq it was deleted.
+                let mut parameters = UpdateSecretPropertiesParameters::default();
+                parameters.tags = Some(TAGS.encode(seq, true, live.meta.as_ref())?);
+                let body = parameters
+                    .try_into()
+                    .map_err(|e| self.failure(&format!("cannot encode {name}"), e))?;
+                self.client()
+                    .await?
+                    .update_secret_properties(&name, body, None)
+                    .await
+                    .map_err(|e| self.failure(&format!("cannot mark {name} deleted"), e))?;
+                self.remove(&name, false).await
+            }
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<SinkEntry>> {
+        let client = self.client().await?;
+        let mut pager = client
+            .list_secret_properties(Some(SecretClientListSecretPropertiesOptions {
+                maxresults: Some(25),
+                ..Default::default()
+            }))
+            .map_err(|e| self.failure("cannot list secrets", e))?;
+        let mut out = Vec::new();
+        while let Some(properties) = pager
+            .try_next()
+            .await
+            .map_err(|e| self.failure("cannot list secrets", e))?
+        {
+            let Some(name) = properties
+                .id
+                .as_deref()
+                .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
+            else {
+                continue;
+            };
+            let Some(id) = name
+                .strip_prefix(&self.config.prefix)
+                .and_then(|r| SecretId::parse_str(r).ok())
+            else {
+                continue;
+            };
+            if name != object_name(&self.config.prefix, id) {
+                continue;
+            }
+            let tagged = TAGS.decode(&properties.tags.unwrap_or_default());
+            if !tagged.deleted && tagged.meta.is_some() {
+                out.push(SinkEntry { id, seq: tagged.seq });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn health(&self) -> Result<()> {
+        let client = self.client().await?;
+        let mut pager = client
+            .list_secret_properties(Some(SecretClientListSecretPropertiesOptions {
+                maxresults: Some(1),
+                ..Default::default()
+            }))
+            .map_err(|e| self.failure("not reachable", e))?
+            .into_pages();
+        pager
+            .try_next()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failure("not reachable", e))
+    }
+}

@@ -1,0 +1,437 @@
+//! `gcp-sm://PROJECT?prefix=…&endpoint=…&old_versions=disable|destroy|keep`: Google Secret
+//! Manager.
+//!
+//! Each secret is the GCP secret `<prefix><id>`; every put adds a version whose payload is the
+//! JSON object of the secret's values (what workloads read as `latest`), then the versions
+//! before it are disabled (default), destroyed or kept, per `old_versions`.
+//!
+//! The record's metadata lives in the secret's labels, since those are what every Secret
+//! Manager (and the drongo emulator the tests run against) keeps: `sledger-seq`,
+//! `sledger-state` (`live` or `deleted`) and the metadata JSON, hex-encoded in 63-character
+//! chunks (`sledger-m00`, `sledger-m01`, …) because label values must be lowercase. The labels
+//! are written after the version, so a crash between the two leaves the old seq and the
+//! projector writes again. Soft delete disables every version and marks the labels deleted;
+//! purge deletes the secret with all its versions and leaves a version-less tombstone secret,
+//! so a late write from another projector cannot bring the values back.
+//!
+//! Credentials: Application Default Credentials, or none when `endpoint=` names an emulator.
+
+use std::collections::{BTreeMap, HashMap};
+
+use async_trait::async_trait;
+use google_cloud_gax::error::rpc::Code;
+use google_cloud_gax::paginator::ItemPaginator as _;
+use google_cloud_secretmanager_v1::client::SecretManagerService;
+use google_cloud_secretmanager_v1::model::{replication, secret_version, Replication, Secret, SecretPayload};
+use tokio::sync::OnceCell;
+use zeroize::Zeroizing;
+
+use super::tagged::{TagLimits, Tagged};
+use super::{object_name, Capabilities, DeleteMode, ObjectLocks, RecordMeta, Sink, SinkEntry, SinkRecord};
+use crate::crypto::SecretValues;
+use crate::error::{Error, Result};
+use crate::SecretId;
+
+/// A secret version's payload limit.
+pub const MAX_VALUE_BYTES: usize = 65_536;
+const KIND: &str = "gcp-sm";
+/// GCP allows 64 labels of at most 63 characters; two carry the seq and state.
+const LABELS: TagLimits = TagLimits {
+    kind: KIND,
+    chunks: 62,
+    chunk_len: 63,
+};
+
+/// What happens to the versions a put supersedes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OldVersions {
+    /// Disabled: not readable, but can be enabled again.
+    Disable,
+    /// Destroyed: their payloads are gone.
+    Destroy,
+    /// Left enabled (readable by version number).
+    Keep,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GcpConfig {
+    pub project: String,
+    pub endpoint: Option<String>,
+    pub prefix: String,
+    pub old_versions: OldVersions,
+    pub max_concurrency: usize,
+}
+
+pub struct GcpSink {
+    config: GcpConfig,
+    client: OnceCell<SecretManagerService>,
+    /// Writes to one object from this process go one at a time (version, then labels).
+    writing: ObjectLocks,
+}
+
+impl std::fmt::Debug for GcpSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GcpSink")
+            .field("project", &self.config.project)
+            .field("prefix", &self.config.prefix)
+            .finish()
+    }
+}
+
+/// The state of one GCP secret as far as sledger is concerned, from its labels.
+struct Stored {
+    tagged: Tagged,
+    etag: String,
+}
+
+fn is(e: &google_cloud_gax::error::Error, code: Code, http: u16) -> bool {
+    e.status().map(|s| s.code) == Some(code) || e.http_status_code() == Some(http)
+}
+
+impl GcpSink {
+    pub fn new(config: GcpConfig) -> Self {
+        GcpSink {
+            config,
+            client: OnceCell::new(),
+            writing: Default::default(),
+        }
+    }
+
+    async fn client(&self) -> Result<&SecretManagerService> {
+        self.client
+            .get_or_try_init(|| async {
+                let mut builder = SecretManagerService::builder()
+                    // The projector retries with its own backoff and deadline.
+                    .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry);
+                if let Some(endpoint) = &self.config.endpoint {
+                    builder = builder
+                        .with_endpoint(endpoint)
+                        .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+                }
+                builder.build().await.map_err(|e| {
+                    Error::sink(
+                        KIND,
+                        format!(
+                            "cannot set up the Secret Manager client ({e}); outside Google Cloud, \
+                             run `gcloud auth application-default login` or set GOOGLE_APPLICATION_CREDENTIALS"
+                        ),
+                        false,
+                    )
+                })
+            })
+            .await
+    }
+
+    fn where_(&self) -> String {
+        match &self.config.endpoint {
+            Some(endpoint) => format!("project {} at {endpoint}", self.config.project),
+            None => format!("project {}", self.config.project),
+        }
+    }
+
+    fn failure(&self, what: &str, e: google_cloud_gax::error::Error) -> Error {
+        let temporary = e.is_timeout()
+            || e.is_io()
+            || e.is_connect()
+            || e.is_transport()
+            || e.is_transient_and_before_rpc()
+            || e.http_status_code().is_some_and(|c| c == 429 || c >= 500)
+            || e.status().is_some_and(|s| {
+                matches!(
+                    s.code,
+                    Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded
+                )
+            });
+        // Service messages describe the request; payloads never appear in them.
+        let detail = match e.status() {
+            Some(s) => format!("{:?}: {}", s.code, s.message),
+            None => e.to_string(),
+        };
+        Error::sink(KIND, format!("{what}: {detail} ({})", self.where_()), temporary)
+    }
+
+    fn secret_path(&self, name: &str) -> String {
+        format!("projects/{}/secrets/{name}", self.config.project)
+    }
+
+    async fn stored(&self, name: &str) -> Result<Option<Stored>> {
+        let client = self.client().await?;
+        match client.get_secret().set_name(self.secret_path(name)).send().await {
+            Ok(secret) => Ok(Some(Stored {
+                tagged: LABELS.decode(&secret.labels),
+                etag: secret.etag,
+            })),
+            Err(e) if is(&e, Code::NotFound, 404) => Ok(None),
+            Err(e) => Err(self.failure(&format!("cannot read {name}"), e)),
+        }
+    }
+
+    async fn create(&self, name: &str, labels: HashMap<String, String>) -> Result<()> {
+        let client = self.client().await?;
+        let secret = Secret::new()
+            .set_replication(Replication::new().set_automatic(replication::Automatic::new()))
+            .set_labels(labels);
+        match client
+            .create_secret()
+            .set_parent(format!("projects/{}", self.config.project))
+            .set_secret_id(name)
+            .set_secret(secret)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            // Another projector (or a retry of ours) created it; the labels are set after.
+            Err(e) if is(&e, Code::AlreadyExists, 409) => Ok(()),
+            Err(e) => Err(self.failure(&format!("cannot create {name}"), e)),
+        }
+    }
+
+    async fn set_labels(&self, name: &str, etag: &str, labels: HashMap<String, String>) -> Result<()> {
+        let client = self.client().await?;
+        let secret = Secret::new()
+            .set_name(self.secret_path(name))
+            .set_etag(etag)
+            .set_labels(labels);
+        client
+            .update_secret()
+            .set_secret(secret)
+            .set_update_mask(google_cloud_wkt::FieldMask::default().set_paths(["labels"]))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failure(&format!("cannot label {name}"), e))
+    }
+
+    /// Disable or destroy the versions of `name` before version number `before` (all of
+    /// them for `None`). Only older ones: another process's newer write stays readable.
+    async fn retire_versions(&self, name: &str, before: Option<u64>, how: OldVersions) -> Result<()> {
+        if how == OldVersions::Keep {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        let mut versions = client
+            .list_secret_versions()
+            .set_parent(self.secret_path(name))
+            .by_item();
+        let mut retire = Vec::new();
+        while let Some(version) = versions.next().await {
+            let version =
+                version.map_err(|e| self.failure(&format!("cannot list the versions of {name}"), e))?;
+            let live = match how {
+                OldVersions::Destroy => version.state != secret_version::State::Destroyed,
+                _ => version.state == secret_version::State::Enabled,
+            };
+            if live && before.is_none_or(|before| version_number(&version.name) < before) {
+                retire.push(version.name);
+            }
+        }
+        for version in retire {
+            self.retire(&version, how).await?;
+        }
+        Ok(())
+    }
+
+    async fn retire(&self, version: &str, how: OldVersions) -> Result<()> {
+        let client = self.client().await?;
+        let done = match how {
+            OldVersions::Keep => return Ok(()),
+            OldVersions::Disable => client.disable_secret_version().set_name(version).send().await,
+            OldVersions::Destroy => client.destroy_secret_version().set_name(version).send().await,
+        };
+        done.map(|_| ())
+            .map_err(|e| self.failure(&format!("cannot retire {version}"), e))
+    }
+}
+
+/// `projects/P/secrets/S/versions/N` → N.
+fn version_number(name: &str) -> u64 {
+    name.rsplit('/').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+#[async_trait]
+impl Sink for GcpSink {
+    fn kind(&self) -> &'static str {
+        KIND
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_bytes: MAX_VALUE_BYTES,
+            soft_delete: true,
+            max_concurrency: self.config.max_concurrency,
+        }
+    }
+
+    async fn put(&self, record: &SinkRecord) -> Result<()> {
+        let name = object_name(&self.config.prefix, record.id);
+        let _one_writer = self.writing.lock(record.id).await;
+        let new_labels = LABELS.encode(record.seq, false, Some(&record.meta()))?;
+        match self.stored(&name).await? {
+            Some(s) if s.tagged.seq > record.seq => return Ok(()),
+            Some(_) => {}
+            // Created without sledger's labels: until they are set it reads as absent.
+            None => self.create(&name, HashMap::new()).await?,
+        }
+        let client = self.client().await?;
+        let value = record.values.to_json();
+        let version = client
+            .add_secret_version()
+            .set_parent(self.secret_path(&name))
+            .set_payload(SecretPayload::new().set_data(value.as_bytes().to_vec()))
+            .send()
+            .await
+            .map_err(|e| self.failure(&format!("cannot write {name}"), e))?;
+        // Labels are written under the etag read now: a concurrent labeller makes this fail
+        // (and the projector retry) instead of being overwritten.
+        let fresh = self
+            .stored(&name)
+            .await?
+            .ok_or_else(|| Error::sink(KIND, format!("{name} vanished while it was being written"), true))?;
+        if fresh.tagged.seq > record.seq {
+            // A newer write got in meanwhile: ours must not be what `latest` serves.
+            return self.retire(&version.name, OldVersions::Disable).await;
+        }
+        self.set_labels(&name, &fresh.etag, new_labels).await?;
+        self.retire_versions(
+            &name,
+            Some(version_number(&version.name)),
+            self.config.old_versions,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>> {
+        let name = object_name(&self.config.prefix, id);
+        let Some(stored) = self.stored(&name).await? else {
+            return Ok(None);
+        };
+        let Some(meta) = stored.tagged.meta.filter(|_| !stored.tagged.deleted) else {
+            return Ok(None);
+        };
+        let client = self.client().await?;
+        let out = match client
+            .access_secret_version()
+            .set_name(format!("{}/versions/latest", self.secret_path(&name)))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if is(&e, Code::NotFound, 404) || is(&e, Code::FailedPrecondition, 400) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
+        };
+        let data = out.payload.map(|p| p.data).unwrap_or_default();
+        let map: BTreeMap<String, Zeroizing<String>> = serde_json::from_slice(&data).map_err(|_| {
+            Error::sink(
+                KIND,
+                format!("{name}'s latest version does not hold a JSON object of strings"),
+                false,
+            )
+        })?;
+        let mut values = SecretValues::new();
+        for (k, v) in &map {
+            values.insert(k.as_str(), v.as_str());
+        }
+        Ok(Some(SinkRecord::from_meta(
+            RecordMeta {
+                seq: stored.tagged.seq,
+                ..meta
+            },
+            values,
+        )))
+    }
+
+    async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
+        let name = object_name(&self.config.prefix, id);
+        let _one_writer = self.writing.lock(id).await;
+        let stored = self.stored(&name).await?;
+        let client = self.client().await?;
+        if how == DeleteMode::Purge {
+            let seq = stored.as_ref().map_or(seq, |s| s.tagged.seq.max(seq));
+            if stored.is_some() {
+                match client
+                    .delete_secret()
+                    .set_name(self.secret_path(&name))
+                    .send()
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(e) if is(&e, Code::NotFound, 404) => {}
+                    Err(e) => return Err(self.failure(&format!("cannot purge {name}"), e)),
+                }
+            }
+            self.create(&name, LABELS.encode(seq, true, None)?).await?;
+            // If someone else's create won, make sure it says deleted at our seq or later.
+            return match self.stored(&name).await? {
+                Some(s) if s.tagged.deleted && s.tagged.seq >= seq => Ok(()),
+                Some(s) => {
+                    self.set_labels(&name, &s.etag, LABELS.encode(seq, true, None)?)
+                        .await
+                }
+                None => Ok(()),
+            };
+        }
+        match stored {
+            None => {
+                self.create(&name, LABELS.encode(seq, true, None)?).await?;
+                Ok(())
+            }
+            Some(s) if s.tagged.seq > seq => Ok(()),
+            Some(s) => {
+                // Versions first: a crash before the labels leaves a secret that reads as
+                // absent (no enabled version) and is deleted again on the retry.
+                self.retire_versions(&name, None, OldVersions::Disable).await?;
+                if s.tagged.deleted && s.tagged.seq == seq {
+                    return Ok(());
+                }
+                self.set_labels(&name, &s.etag, LABELS.encode(seq, true, s.tagged.meta.as_ref())?)
+                    .await
+            }
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<SinkEntry>> {
+        let client = self.client().await?;
+        let mut secrets = client
+            .list_secrets()
+            .set_parent(format!("projects/{}", self.config.project))
+            .set_filter(format!("name:{}", self.config.prefix))
+            .set_page_size(250)
+            .by_item();
+        let mut out = Vec::new();
+        while let Some(secret) = secrets.next().await {
+            let secret = secret.map_err(|e| self.failure("cannot list secrets", e))?;
+            let Some(name) = secret.name.rsplit('/').next() else {
+                continue;
+            };
+            let Some(id) = name
+                .strip_prefix(&self.config.prefix)
+                .and_then(|r| SecretId::parse_str(r).ok())
+            else {
+                continue;
+            };
+            if name != object_name(&self.config.prefix, id) {
+                continue;
+            }
+            let tagged = LABELS.decode(&secret.labels);
+            if !tagged.deleted && tagged.meta.is_some() {
+                out.push(SinkEntry { id, seq: tagged.seq });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn health(&self) -> Result<()> {
+        let client = self.client().await?;
+        client
+            .list_secrets()
+            .set_parent(format!("projects/{}", self.config.project))
+            .set_page_size(1)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failure("not reachable", e))
+    }
+}

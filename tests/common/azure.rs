@@ -1,0 +1,156 @@
+//! The in-repo fake of Azure Key Vault (tests/fake/azure_keyvault.py) for the azure-kv sink's
+//! tests, served over TLS with a certificate made for it, signed by a CA made for it: no Key
+//! Vault emulator exists. It also plays the Entra ID token endpoint.
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::servers::{self, Server};
+
+const TENANT: &str = "sledger-test-tenant";
+const CLIENT_ID: &str = "sledger-test-client";
+const CLIENT_SECRET: &str = "sledger-test-client-secret";
+
+pub struct FakeVault {
+    pub server: Server,
+    /// The CA that signed the server's certificate: the sink's `ca-file`.
+    pub ca: PathBuf,
+    dir: tempfile::TempDir,
+}
+
+impl FakeVault {
+    pub fn port(&self) -> u16 {
+        self.server.port
+    }
+
+    /// `azure-kv://` URL of the fake, trusting its CA.
+    pub fn url(&self, extra: &str) -> String {
+        format!(
+            "azure-kv://127.0.0.1:{}?ca-file={}{extra}",
+            self.port(),
+            self.ca.display()
+        )
+    }
+
+    /// The service principal sledger signs in with, at the fake's token endpoint.
+    pub fn env(&self) -> &'static [(&'static str, &'static str)] {
+        let authority: &'static str =
+            Box::leak(format!("https://127.0.0.1:{}", self.port()).into_boxed_str());
+        Box::leak(Box::new([
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", CLIENT_ID),
+            ("AZURE_CLIENT_SECRET", CLIENT_SECRET),
+            ("AZURE_AUTHORITY_HOST", authority),
+        ]))
+    }
+
+    pub fn kill(&mut self) {
+        self.server.kill();
+    }
+
+    /// Start again on the same port with the same certificate (and no secrets).
+    pub fn restart(&mut self) {
+        self.server = serve(self.port(), self.dir.path());
+    }
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("the Key Vault fake needs `openssl` to make its certificate ({e}); install it (apt-get install openssl)")
+        });
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA and a certificate for 127.0.0.1 signed by it.
+fn make_certificates(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509"];
+    ca.extend(ec);
+    ca.extend([
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=sledger test CA",
+    ]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req"];
+    csr.extend(ec);
+    csr.extend([
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    openssl(dir, &csr);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
+fn serve(port: u16, dir: &Path) -> Server {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake/azure_keyvault.py");
+    let mut command = Command::new("python3");
+    command
+        .arg(script)
+        .arg(port.to_string())
+        .arg(dir.join("server.pem"))
+        .arg(dir.join("server.key"))
+        .args([TENANT, CLIENT_ID, CLIENT_SECRET]);
+    servers::start_when("the Key Vault fake", command, port, || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    })
+}
+
+pub fn start() -> FakeVault {
+    let dir = tempfile::tempdir().unwrap();
+    make_certificates(dir.path());
+    let port = servers::free_port_pair();
+    FakeVault {
+        server: serve(port, dir.path()),
+        ca: dir.path().join("ca.pem"),
+        dir,
+    }
+}

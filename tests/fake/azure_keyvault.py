@@ -1,0 +1,301 @@
+#!/usr/bin/env python3
+"""A fake of the Azure Key Vault secrets REST API (and of the Entra ID token endpoint), for
+the azure-kv sink's tests: no Key Vault emulator exists.
+
+It speaks HTTPS with the certificate it is given and behaves like the real service where the
+sink depends on it:
+
+- Every Key Vault request without a valid bearer token gets 401 with the challenge
+  ``Bearer authorization="https://login.microsoftonline.com/TENANT", resource="https://vault.azure.net"``;
+  tokens come from ``POST /TENANT/oauth2/v2.0/token`` (client credentials) for the scope
+  ``https://vault.azure.net/.default`` and only for the client id and secret it was started with.
+- Names must match ``[0-9A-Za-z-]{1,127}``; values hold at most 25 KiB; at most 15 tags of at
+  most 256 characters.
+- Set creates a new version; get/patch work on the latest or a named version; delete moves a
+  secret to the deleted (recoverable) state, where setting the name is refused with 409 until it
+  is recovered or purged; list pages with ``nextLink``.
+
+Usage: azure_keyvault.py PORT CERT KEY TENANT CLIENT_ID CLIENT_SECRET
+State is in memory.
+"""
+
+import json
+import re
+import secrets
+import ssl
+import sys
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+NAME = re.compile(r"^[0-9A-Za-z-]{1,127}$")
+MAX_VALUE = 25 * 1024
+MAX_TAGS = 15
+MAX_TAG_VALUE = 256
+
+LOCK = threading.Lock()
+LIVE = {}  # name -> list of versions (dicts), newest last
+DELETED = {}  # name -> (versions, deleted_date)
+TOKENS = set()
+
+
+def now():
+    return int(time.time())
+
+
+def error(status, code, message):
+    return status, {"error": {"code": code, "message": message}}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    config = None
+
+    def log_message(self, *args):
+        pass
+
+    def send(self, status, body=None, headers=()):
+        payload = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        for key, value in headers:
+            self.send_header(key, value)
+        if body is not None:
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def body(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        raw = self.rfile.read(length) if length else b""
+        return raw
+
+    def base(self):
+        return "https://" + self.headers.get("Host", "127.0.0.1")
+
+    def handle_any(self, method):
+        url = urlparse(self.path)
+        query = parse_qs(url.query)
+        raw = self.body()
+        tenant, client_id, client_secret = self.config
+        if method == "POST" and url.path == f"/{tenant}/oauth2/v2.0/token":
+            form = parse_qs(raw.decode())
+            ok = (
+                form.get("grant_type") == ["client_credentials"]
+                and form.get("client_id") == [client_id]
+                and form.get("client_secret") == [client_secret]
+                and form.get("scope") == ["https://vault.azure.net/.default"]
+            )
+            if not ok:
+                return self.send(
+                    401,
+                    {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."},
+                )
+            token = secrets.token_urlsafe(24)
+            with LOCK:
+                TOKENS.add(token)
+            return self.send(
+                200,
+                {"token_type": "Bearer", "expires_in": 3600, "ext_expires_in": 3600, "access_token": token},
+            )
+        if url.path == "/health":
+            return self.send(200, {"status": "ok"})
+        auth = self.headers.get("Authorization", "")
+        if not (auth.startswith("Bearer ") and auth[7:] in TOKENS):
+            challenge = (
+                f'Bearer authorization="https://login.microsoftonline.com/{tenant}", '
+                'resource="https://vault.azure.net"'
+            )
+            return self.send(
+                401,
+                {"error": {"code": "Unauthorized", "message": "AKV10000: Request is missing a Bearer or PoP token."}},
+                [("WWW-Authenticate", challenge)],
+            )
+        if not query.get("api-version"):
+            return self.send(*error(400, "BadParameter", "The api-version parameter is missing"))
+        with LOCK:
+            status, body = self.route(method, url.path.rstrip("/").split("/")[1:], query, raw)
+        self.send(status, body)
+
+    def route(self, method, parts, query, raw):
+        if parts == ["secrets"] and method == "GET":
+            return self.list_secrets(query)
+        if len(parts) in (2, 3) and parts[0] == "secrets":
+            name, version = parts[1], (parts[2] if len(parts) == 3 else "")
+            if not NAME.match(name):
+                return error(400, "BadParameter", f"The secret name '{name}' is invalid")
+            if method == "PUT" and not version:
+                return self.set_secret(name, json.loads(raw or b"{}"))
+            if method == "GET":
+                return self.get_secret(name, version)
+            if method == "PATCH":
+                return self.update_secret(name, version, json.loads(raw or b"{}"))
+            if method == "DELETE" and not version:
+                return self.delete_secret(name)
+        if len(parts) in (2, 3) and parts[0] == "deletedsecrets":
+            name = parts[1]
+            if len(parts) == 3 and parts[2] == "recover" and method == "POST":
+                return self.recover(name)
+            if len(parts) == 2 and method == "GET":
+                if name not in DELETED:
+                    return not_found(name)
+                return 200, self.deleted_bundle(name)
+            if len(parts) == 2 and method == "DELETE":
+                if name not in DELETED:
+                    return not_found(name)
+                del DELETED[name]
+                return 204, None
+        return error(400, "BadParameter", f"no such operation: {method} /{'/'.join(parts)}")
+
+    def bundle(self, name, version, with_value=True):
+        out = {
+            "id": f"{self.base()}/secrets/{name}/{version['version']}",
+            "attributes": {
+                "enabled": True,
+                "created": version["created"],
+                "updated": version["updated"],
+                "recoveryLevel": "Recoverable+Purgeable",
+                "recoverableDays": 90,
+            },
+            "tags": version["tags"],
+        }
+        if version.get("contentType"):
+            out["contentType"] = version["contentType"]
+        if with_value:
+            out["value"] = version["value"]
+        return out
+
+    def deleted_bundle(self, name):
+        versions, deleted = DELETED[name]
+        out = self.bundle(name, versions[-1], with_value=False)
+        out.update(
+            {
+                "recoveryId": f"{self.base()}/deletedsecrets/{name}",
+                "deletedDate": deleted,
+                "scheduledPurgeDate": deleted + 90 * 86400,
+            }
+        )
+        return out
+
+    def set_secret(self, name, body):
+        if name in DELETED:
+            return error(
+                409,
+                "Conflict",
+                f"Secret {name} is currently in a deleted but recoverable state, and its name cannot be "
+                "reused; in this state, the secret can only be recovered or purged.",
+            )
+        value = body.get("value")
+        if not isinstance(value, str):
+            return error(400, "BadParameter", "Property value is required")
+        if len(value.encode()) > MAX_VALUE:
+            return error(400, "BadParameter", "Secret value is too large; the maximum is 25 KB")
+        tags = body.get("tags") or {}
+        if len(tags) > MAX_TAGS or any(len(v) > MAX_TAG_VALUE for v in tags.values()):
+            return error(400, "BadParameter", "Too many tags, or a tag value is too long")
+        stamp = now()
+        version = {
+            "version": uuid.uuid4().hex,
+            "value": value,
+            "tags": tags,
+            "contentType": body.get("contentType"),
+            "created": stamp,
+            "updated": stamp,
+        }
+        LIVE.setdefault(name, []).append(version)
+        return 200, self.bundle(name, version)
+
+    def find(self, name, version):
+        versions = LIVE.get(name)
+        if not versions:
+            return None
+        if not version:
+            return versions[-1]
+        return next((v for v in versions if v["version"] == version), None)
+
+    def get_secret(self, name, version):
+        found = self.find(name, version)
+        if found is None:
+            return not_found(name)
+        return 200, self.bundle(name, found)
+
+    def update_secret(self, name, version, body):
+        found = self.find(name, version)
+        if found is None:
+            return not_found(name)
+        if "tags" in body:
+            tags = body["tags"] or {}
+            if len(tags) > MAX_TAGS or any(len(v) > MAX_TAG_VALUE for v in tags.values()):
+                return error(400, "BadParameter", "Too many tags, or a tag value is too long")
+            found["tags"] = tags
+        if "contentType" in body:
+            found["contentType"] = body["contentType"]
+        found["updated"] = now()
+        return 200, self.bundle(name, found, with_value=False)
+
+    def delete_secret(self, name):
+        if name not in LIVE:
+            return not_found(name)
+        DELETED[name] = (LIVE.pop(name), now())
+        return 200, self.deleted_bundle(name)
+
+    def recover(self, name):
+        if name not in DELETED:
+            return not_found(name)
+        versions, _ = DELETED.pop(name)
+        LIVE[name] = versions
+        return 200, self.bundle(name, versions[-1], with_value=False)
+
+    def list_secrets(self, query):
+        size = int((query.get("maxresults") or ["25"])[0])
+        start = int((query.get("$skiptoken") or ["0"])[0])
+        names = sorted(LIVE)
+        page = names[start : start + size]
+        out = {"value": [], "nextLink": None}
+        for name in page:
+            item = self.bundle(name, LIVE[name][-1], with_value=False)
+            item["id"] = f"{self.base()}/secrets/{name}"
+            out["value"].append(item)
+        if start + size < len(names):
+            api = query["api-version"][0]
+            out["nextLink"] = f"{self.base()}/secrets?api-version={api}&$skiptoken={start + size}&maxresults={size}"
+        return 200, out
+
+    def do_GET(self):
+        self.handle_any("GET")
+
+    def do_PUT(self):
+        self.handle_any("PUT")
+
+    def do_POST(self):
+        self.handle_any("POST")
+
+    def do_PATCH(self):
+        self.handle_any("PATCH")
+
+    def do_DELETE(self):
+        self.handle_any("DELETE")
+
+
+def not_found(name):
+    return error(
+        404,
+        "SecretNotFound",
+        f"A secret with (name/id) {name} was not found in this key vault.",
+    )
+
+
+def main():
+    port, cert, key, tenant, client_id, client_secret = sys.argv[1:7]
+    Handler.config = (tenant, client_id, client_secret)
+    server = ThreadingHTTPServer(("127.0.0.1", int(port)), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
