@@ -48,3 +48,33 @@ async fn exec_sink_conforms() {
     })
     .await;
 }
+
+/// `max_rps` spaces a sink's operations across all callers: 21 concurrent reads at 20/s take
+/// a second (the first starts at once), and the limited sink still behaves like the sink.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_rps_paces_every_caller() {
+    let key = SinkSealKey::generate();
+    let url = SinkUrl::parse("memory://paced?max_rps=20").unwrap();
+    assert_eq!(url.max_rps, Some(20));
+    let sink = url.open(&key).unwrap();
+    conformance::put_get_update(&*sink).await;
+    let started = std::time::Instant::now();
+    let reads = (0..21).map(|_| {
+        let sink = sink.clone();
+        tokio::spawn(async move { sink.list().await })
+    });
+    for read in futures::future::join_all(reads).await {
+        read.unwrap().unwrap();
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= std::time::Duration::from_millis(950) && took < std::time::Duration::from_secs(3),
+        "{took:?}"
+    );
+    for bad in ["0", "x", "100001"] {
+        let err = SinkUrl::parse(&format!("memory://p?max_rps={bad}"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("max_rps must be a number from 1 to 100000"), "{err}");
+    }
+}

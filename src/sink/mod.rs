@@ -188,9 +188,17 @@ impl ObjectLocks {
     }
 }
 
-/// A parsed sink URL.
+/// A parsed sink URL: the backend and how hard any sledger process may drive it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SinkUrl {
+pub struct SinkUrl {
+    pub backend: Backend,
+    /// `max_rps=N`: at most N sink operations per second from one process (the backend's quota).
+    pub max_rps: Option<u32>,
+}
+
+/// Where a sink's objects live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Backend {
     Memory {
         store: String,
         prefix: String,
@@ -234,8 +242,8 @@ const SECRET_PARAMS: &[&str] = &[
     "credentials",
 ];
 
-/// `url` with any user info and every parameter value other than `prefix` and
-/// `max_concurrency` replaced by `***`, so an error about a URL never repeats a credential,
+/// `url` with any user info and every parameter value other than `prefix`,
+/// `max_concurrency` and `max_rps` replaced by `***`, so an error about a URL never repeats a credential,
 /// whatever the parameter carrying it is called.
 fn redacted(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
@@ -253,7 +261,7 @@ fn redacted(url: &str) -> String {
         let pairs: Vec<String> = query
             .split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if !matches!(k, "prefix" | "max_concurrency") => format!("{k}=***"),
+                Some((k, _)) if !matches!(k, "prefix" | "max_concurrency" | "max_rps") => format!("{k}=***"),
                 _ => pair.to_owned(),
             })
             .collect();
@@ -342,6 +350,7 @@ impl SinkUrl {
         }
         let mut prefix = DEFAULT_PREFIX.to_owned();
         let mut max_concurrency = None;
+        let mut max_rps = None;
         let mut args = Vec::new();
         let (mut tls, mut ca_file) = (true, None);
         let (mut endpoint, mut recovery_days) = (None, 7);
@@ -364,6 +373,14 @@ impl SinkUrl {
                             .ok()
                             .filter(|n| (1..=256).contains(n))
                             .ok_or_else(|| bad_url(url, "max_concurrency must be a number from 1 to 256"))?,
+                    )
+                }
+                "max_rps" => {
+                    max_rps = Some(
+                        v.parse::<u32>()
+                            .ok()
+                            .filter(|n| (1..=100_000).contains(n))
+                            .ok_or_else(|| bad_url(url, "max_rps must be a number from 1 to 100000"))?,
                     )
                 }
                 "arg" if scheme == "exec" => args.push(v.clone()),
@@ -400,8 +417,8 @@ impl SinkUrl {
                 other => return Err(bad_url(url, format!("unknown parameter {other:?}"))),
             }
         }
-        match scheme {
-            "memory" => Ok(SinkUrl::Memory {
+        let backend = match scheme {
+            "memory" => Ok(Backend::Memory {
                 store: location.to_owned(),
                 prefix,
                 max_concurrency: max_concurrency.unwrap_or(16),
@@ -415,13 +432,13 @@ impl SinkUrl {
                 }
                 let path = PathBuf::from(percent_decode(url, location)?);
                 Ok(if scheme == "sqlite" {
-                    SinkUrl::Sqlite {
+                    Backend::Sqlite {
                         path,
                         prefix,
                         max_concurrency: max_concurrency.unwrap_or(64),
                     }
                 } else {
-                    SinkUrl::Exec {
+                    Backend::Exec {
                         program: path,
                         args,
                         prefix,
@@ -439,7 +456,7 @@ impl SinkUrl {
                         "expected vault://HOST:PORT/MOUNT, e.g. vault://vault.internal:8200/secret",
                     ));
                 }
-                Ok(SinkUrl::Vault(vault::VaultConfig {
+                Ok(Backend::Vault(vault::VaultConfig {
                     address: format!("{}://{host}", if tls { "https" } else { "http" }),
                     mount: mount.to_owned(),
                     prefix,
@@ -452,7 +469,7 @@ impl SinkUrl {
                 if location.is_empty() || location.contains('/') {
                     return Err(bad_url(url, "expected aws-sm://REGION, e.g. aws-sm://eu-west-1"));
                 }
-                Ok(SinkUrl::Aws(aws::AwsConfig {
+                Ok(Backend::Aws(aws::AwsConfig {
                     region: location.to_owned(),
                     endpoint,
                     prefix,
@@ -481,7 +498,7 @@ impl SinkUrl {
                         "a Secret Manager prefix may hold only letters, digits, - and _",
                     ));
                 }
-                Ok(SinkUrl::Gcp(gcp::GcpConfig {
+                Ok(Backend::Gcp(gcp::GcpConfig {
                     project: location.to_owned(),
                     endpoint,
                     prefix,
@@ -512,7 +529,7 @@ impl SinkUrl {
                         ),
                     ));
                 }
-                Ok(SinkUrl::Azure(azure::AzureConfig {
+                Ok(Backend::Azure(azure::AzureConfig {
                     vault_host: location.to_owned(),
                     ca_file,
                     prefix,
@@ -545,7 +562,8 @@ impl SinkUrl {
                     "unknown scheme {other:?}; known: memory, sqlite, exec, vault, aws-sm, gcp-sm, azure-kv"
                 ),
             )),
-        }
+        }?;
+        Ok(SinkUrl { backend, max_rps })
     }
 
     /// Whether two URLs write the same objects: the same backend and prefix, whatever the
@@ -558,31 +576,31 @@ impl SinkUrl {
                 _ => path.to_path_buf(),
             }
         }
-        match (self, other) {
+        match (&self.backend, &other.backend) {
             (
-                SinkUrl::Memory {
+                Backend::Memory {
                     store: a, prefix: pa, ..
                 },
-                SinkUrl::Memory {
+                Backend::Memory {
                     store: b, prefix: pb, ..
                 },
             ) => a == b && pa == pb,
             (
-                SinkUrl::Sqlite {
+                Backend::Sqlite {
                     path: a, prefix: pa, ..
                 },
-                SinkUrl::Sqlite {
+                Backend::Sqlite {
                     path: b, prefix: pb, ..
                 },
             ) => canonical(a) == canonical(b) && pa == pb,
             (
-                SinkUrl::Exec {
+                Backend::Exec {
                     program: a,
                     args: aa,
                     prefix: pa,
                     ..
                 },
-                SinkUrl::Exec {
+                Backend::Exec {
                     program: b,
                     args: ab,
                     prefix: pb,
@@ -590,20 +608,20 @@ impl SinkUrl {
                 },
             ) => canonical(a) == canonical(b) && aa == ab && pa == pb,
             #[cfg(feature = "vault")]
-            (SinkUrl::Vault(a), SinkUrl::Vault(b)) => {
+            (Backend::Vault(a), Backend::Vault(b)) => {
                 let host = |c: &vault::VaultConfig| c.address.split_once("://").map(|(_, h)| h.to_owned());
                 host(a) == host(b) && a.mount == b.mount && a.prefix == b.prefix
             }
             #[cfg(feature = "aws")]
-            (SinkUrl::Aws(a), SinkUrl::Aws(b)) => {
+            (Backend::Aws(a), Backend::Aws(b)) => {
                 a.region == b.region && a.endpoint == b.endpoint && a.prefix == b.prefix
             }
             #[cfg(feature = "gcp")]
-            (SinkUrl::Gcp(a), SinkUrl::Gcp(b)) => {
+            (Backend::Gcp(a), Backend::Gcp(b)) => {
                 a.project == b.project && a.endpoint == b.endpoint && a.prefix == b.prefix
             }
             #[cfg(feature = "azure")]
-            (SinkUrl::Azure(a), SinkUrl::Azure(b)) => a.vault_host == b.vault_host && a.prefix == b.prefix,
+            (Backend::Azure(a), Backend::Azure(b)) => a.vault_host == b.vault_host && a.prefix == b.prefix,
             _ => false,
         }
     }
@@ -611,35 +629,35 @@ impl SinkUrl {
     /// Capabilities known from the URL alone (no connection), used to enforce limits before
     /// anything is appended.
     pub fn capabilities(&self) -> Capabilities {
-        match self {
+        match &self.backend {
             // Local sinks take any size the ledger allows; cloud sinks will bring their limits.
-            SinkUrl::Memory { max_concurrency, .. }
-            | SinkUrl::Sqlite { max_concurrency, .. }
-            | SinkUrl::Exec { max_concurrency, .. } => Capabilities {
+            Backend::Memory { max_concurrency, .. }
+            | Backend::Sqlite { max_concurrency, .. }
+            | Backend::Exec { max_concurrency, .. } => Capabilities {
                 max_value_bytes: usize::MAX,
                 soft_delete: true,
                 max_concurrency: *max_concurrency,
             },
             #[cfg(feature = "vault")]
-            SinkUrl::Vault(config) => Capabilities {
+            Backend::Vault(config) => Capabilities {
                 max_value_bytes: vault::MAX_VALUE_BYTES,
                 soft_delete: true,
                 max_concurrency: config.max_concurrency,
             },
             #[cfg(feature = "aws")]
-            SinkUrl::Aws(config) => Capabilities {
+            Backend::Aws(config) => Capabilities {
                 max_value_bytes: aws::MAX_VALUE_BYTES,
                 soft_delete: true,
                 max_concurrency: config.max_concurrency,
             },
             #[cfg(feature = "gcp")]
-            SinkUrl::Gcp(config) => Capabilities {
+            Backend::Gcp(config) => Capabilities {
                 max_value_bytes: gcp::MAX_VALUE_BYTES,
                 soft_delete: true,
                 max_concurrency: config.max_concurrency,
             },
             #[cfg(feature = "azure")]
-            SinkUrl::Azure(config) => Capabilities {
+            Backend::Azure(config) => Capabilities {
                 max_value_bytes: azure::MAX_VALUE_BYTES,
                 soft_delete: true,
                 max_concurrency: config.max_concurrency,
@@ -649,13 +667,13 @@ impl SinkUrl {
 
     /// Connect. `seal_key` seals values at rest in sinks that store them locally (sqlite).
     pub fn open(&self, seal_key: &SinkSealKey) -> Result<Arc<dyn Sink>> {
-        Ok(match self {
-            SinkUrl::Memory {
+        let sink: Arc<dyn Sink> = match &self.backend {
+            Backend::Memory {
                 store,
                 prefix,
                 max_concurrency,
             } => Arc::new(MemorySink::named(store, prefix, *max_concurrency)),
-            SinkUrl::Sqlite {
+            Backend::Sqlite {
                 path,
                 prefix,
                 max_concurrency,
@@ -665,21 +683,94 @@ impl SinkUrl {
                 seal_key.clone(),
                 *max_concurrency,
             )?),
-            SinkUrl::Exec {
+            Backend::Exec {
                 program,
                 args,
                 prefix,
                 max_concurrency,
             } => Arc::new(ExecSink::new(program, args, prefix, *max_concurrency)),
             #[cfg(feature = "vault")]
-            SinkUrl::Vault(config) => Arc::new(vault::VaultSink::new(config.clone())),
+            Backend::Vault(config) => Arc::new(vault::VaultSink::new(config.clone())),
             #[cfg(feature = "aws")]
-            SinkUrl::Aws(config) => Arc::new(aws::AwsSink::new(config.clone())),
+            Backend::Aws(config) => Arc::new(aws::AwsSink::new(config.clone())),
             #[cfg(feature = "gcp")]
-            SinkUrl::Gcp(config) => Arc::new(gcp::GcpSink::new(config.clone())),
+            Backend::Gcp(config) => Arc::new(gcp::GcpSink::new(config.clone())),
             #[cfg(feature = "azure")]
-            SinkUrl::Azure(config) => Arc::new(azure::AzureSink::new(config.clone())),
+            Backend::Azure(config) => Arc::new(azure::AzureSink::new(config.clone())),
+        };
+        Ok(match self.max_rps {
+            Some(per_second) => Arc::new(RateLimited::new(sink, per_second)),
+            None => sink,
         })
+    }
+}
+
+/// A sink whose operations start at most `per_second` times a second, spaced evenly, across
+/// every task of this process using it (projector batches, replays, reads).
+struct RateLimited {
+    inner: Arc<dyn Sink>,
+    interval: std::time::Duration,
+    next_slot: tokio::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl fmt::Debug for RateLimited {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimited")
+            .field("inner", &self.inner)
+            .field("interval", &self.interval)
+            .finish()
+    }
+}
+
+impl RateLimited {
+    fn new(inner: Arc<dyn Sink>, per_second: u32) -> Self {
+        RateLimited {
+            inner,
+            interval: std::time::Duration::from_secs(1) / per_second.max(1),
+            next_slot: Default::default(),
+        }
+    }
+
+    /// Wait for this caller's slot.
+    async fn pace(&self) {
+        let slot = {
+            let mut next = self.next_slot.lock().await;
+            let now = tokio::time::Instant::now();
+            let slot = next.map_or(now, |n| n.max(now));
+            *next = Some(slot + self.interval);
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+#[async_trait]
+impl Sink for RateLimited {
+    fn kind(&self) -> &'static str {
+        self.inner.kind()
+    }
+    fn capabilities(&self) -> Capabilities {
+        self.inner.capabilities()
+    }
+    async fn put(&self, record: &SinkRecord) -> Result<()> {
+        self.pace().await;
+        self.inner.put(record).await
+    }
+    async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>> {
+        self.pace().await;
+        self.inner.get(id).await
+    }
+    async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
+        self.pace().await;
+        self.inner.delete(id, seq, how).await
+    }
+    async fn list(&self) -> Result<Vec<SinkEntry>> {
+        self.pace().await;
+        self.inner.list().await
+    }
+    async fn health(&self) -> Result<()> {
+        self.pace().await;
+        self.inner.health().await
     }
 }
 

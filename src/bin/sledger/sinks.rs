@@ -9,7 +9,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 use sledger::event::SinkRole;
 use sledger::project::{self, ProjectOptions, ProjectReport};
-use sledger::sink::{SinkUrl, SqliteSink};
+use sledger::sink::{Backend, SinkUrl, SqliteSink};
 use sledger::{Command, Ledger};
 
 use crate::cli::{ProjectArgs, SinkCmd};
@@ -20,16 +20,16 @@ use crate::output::outln;
 /// A sqlite sink's file is made when the sink is added (never silently on open: a missing
 /// file is an outage, not an empty sink). Returns the file it created, if any.
 pub fn prepare_backend(url: &SinkUrl) -> Result<Option<std::path::PathBuf>> {
-    match url {
-        SinkUrl::Sqlite { path, .. } if path.exists() => {
+    match &url.backend {
+        Backend::Sqlite { path, .. } if path.exists() => {
             SqliteSink::check_file(path)?;
             Ok(None)
         }
-        SinkUrl::Sqlite { path, .. } => {
+        Backend::Sqlite { path, .. } => {
             SqliteSink::create(path)?;
             Ok(Some(path.clone()))
         }
-        SinkUrl::Memory { .. } => Err(crate::exit::usage(
+        Backend::Memory { .. } => Err(crate::exit::usage(
             "a memory:// sink lives inside one process and would be empty for the next command; \
              use sqlite:///PATH or exec:///PROGRAM",
         )),

@@ -194,10 +194,12 @@ impl AzureSink {
     }
 
     async fn set(&self, name: &str, value: &str, tags: HashMap<String, String>) -> Result<()> {
-        let mut parameters = SetSecretParameters::default();
-        parameters.value = Some(value.to_owned());
-        parameters.content_type = Some("application/json".to_owned());
-        parameters.tags = Some(tags);
+        let parameters = SetSecretParameters {
+            value: Some(value.to_owned()),
+            content_type: Some("application/json".to_owned()),
+            tags: Some(tags),
+            ..Default::default()
+        };
         let body = parameters
             .try_into()
             .map_err(|e| self.failure(&format!("cannot encode {name}"), e))?;
@@ -339,8 +341,10 @@ impl Sink for AzureSink {
             Some(Ok(live)) if live.seq > seq || live.deleted => Ok(()),
             Some(Ok(live)) => {
                 // Tag first: the deleted secret then says at which seq it was deleted.
-                let mut parameters = UpdateSecretPropertiesParameters::default();
-                parameters.tags = Some(TAGS.encode(seq, true, live.meta.as_ref())?);
+                let parameters = UpdateSecretPropertiesParameters {
+                    tags: Some(TAGS.encode(seq, true, live.meta.as_ref())?),
+                    ..Default::default()
+                };
                 let body = parameters
                     .try_into()
                     .map_err(|e| self.failure(&format!("cannot encode {name}"), e))?;
