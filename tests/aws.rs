@@ -88,3 +88,34 @@ fn an_aws_outage_shows_in_status_and_heals() {
     .unwrap();
     assert_eq!(got["values"]["k"], "2");
 }
+
+/// `import --from` adopts an existing AWS estate, seeded with the AWS SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_aws_secrets_are_adopted() {
+    let moto = moto::start();
+    for (k, v) in AWS_ENV {
+        std::env::set_var(k, v);
+    }
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(format!("http://127.0.0.1:{}", moto.port))
+        .load()
+        .await;
+    let client = aws_sdk_secretsmanager::Client::new(&config);
+    for (name, text) in [
+        ("app/db", common::FOREIGN_DB),
+        ("app/token", common::FOREIGN_TOKEN),
+        ("other/x", common::FOREIGN_OTHER),
+    ] {
+        client
+            .create_secret()
+            .name(name)
+            .secret_string(text)
+            .send()
+            .await
+            .unwrap();
+    }
+    let url = moto::url(&moto, "");
+    tokio::task::spawn_blocking(move || common::adopt_walkthrough(&AWS_ENV, &url, "/"))
+        .await
+        .unwrap();
+}

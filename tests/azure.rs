@@ -118,3 +118,57 @@ fn an_azure_outage_shows_in_status_and_heals() {
     .unwrap();
     assert_eq!(got["values"]["k"], "2");
 }
+
+/// `import --from` adopts an existing Key Vault estate, seeded with the Azure SDK.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_azure_secrets_are_adopted() {
+    use azure_core::http::{ClientOptions, Transport};
+    use azure_security_keyvault_secrets::models::SetSecretParameters;
+    use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
+    let vault = azure::start();
+    let var = |name: &str| vault.env().iter().find(|(k, _)| *k == name).unwrap().1;
+    std::env::set_var("AZURE_AUTHORITY_HOST", var("AZURE_AUTHORITY_HOST"));
+    let ca = reqwest::Certificate::from_pem_bundle(&std::fs::read(&vault.ca).unwrap()).unwrap();
+    let http = reqwest::Client::builder().tls_certs_merge(ca).build().unwrap();
+    let options = ClientOptions {
+        transport: Some(Transport::new(std::sync::Arc::new(http))),
+        ..Default::default()
+    };
+    let credential = azure_identity::ClientSecretCredential::new(
+        var("AZURE_TENANT_ID"),
+        var("AZURE_CLIENT_ID").to_owned(),
+        var("AZURE_CLIENT_SECRET").to_owned().into(),
+        Some(azure_identity::ClientSecretCredentialOptions {
+            client_options: options.clone(),
+        }),
+    )
+    .unwrap();
+    let client = SecretClient::new(
+        &format!("https://127.0.0.1:{}/", vault.port()),
+        credential,
+        Some(SecretClientOptions {
+            client_options: options,
+            verify_challenge_resource: Some(false),
+            ..Default::default()
+        }),
+    )
+    .unwrap();
+    for (name, text) in [
+        ("app-db", common::FOREIGN_DB),
+        ("app-token", common::FOREIGN_TOKEN),
+        ("other-x", common::FOREIGN_OTHER),
+    ] {
+        let parameters = SetSecretParameters {
+            value: Some(text.to_owned()),
+            ..Default::default()
+        };
+        client
+            .set_secret(name, parameters.try_into().unwrap(), None)
+            .await
+            .unwrap();
+    }
+    let (vars, url) = (vault.env(), vault.url(""));
+    tokio::task::spawn_blocking(move || common::adopt_walkthrough(vars, &url, "-"))
+        .await
+        .unwrap();
+}

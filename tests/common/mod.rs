@@ -265,3 +265,69 @@ pub fn cloud_sink_walkthrough(vars: &'static [(&'static str, &'static str)], sin
     let last = json(&["secret", "get", &format!("during/{}", written - 1)]);
     assert_eq!(last["source"]["name"], sink, "{last}");
 }
+
+/// What every backend test seeds into its backend with the backend's own API before
+/// [`adopt_walkthrough`]: `app/db` as a JSON object, `app/token` as plain text (Vault, which
+/// holds only maps, seeds it as `{"value": …}`), and `other/x` outside the imported prefix.
+/// Backends whose names hold no `/` (GCP, Azure) use `-`: `app-db`, `app-token`, `other-x`.
+pub const FOREIGN_DB: &str = r#"{"user":"admin","password":"pw1"}"#;
+pub const FOREIGN_TOKEN: &str = "tok-123";
+pub const FOREIGN_OTHER: &str = r#"{"k":"v"}"#;
+
+/// `import --from` on a backend holding the seeded secrets and, once this adds it as a backup
+/// and projects, sledger's own objects: a dry run lists the foreign secrets only and changes
+/// nothing; `--prefix app/` adopts exactly those with their values; a second import changes
+/// nothing; a prefix matching nothing is an error.
+pub fn adopt_walkthrough(vars: &[(&str, &str)], url: &str, sep: &str) {
+    let name = |n: &str| n.replace('/', sep);
+    let app = name("app/");
+    let env = Env::new();
+    let run = |args: &[&str]| ok_with(&env, vars, args);
+    run(&["sink", "add", "cloud", url]);
+    run(&["secret", "create", "mine", "--value", "k=1"]);
+    run(&["project"]);
+    let events = env.json(&["verify"])["events"].clone();
+
+    let dry = run(&["import", "--from", url, "--all", "--dry-run"]);
+    for n in ["app/db", "app/token", "other/x"] {
+        assert!(dry.contains(&format!("would import {} ", name(n))), "{dry}");
+    }
+    assert!(!dry.contains("sledger-") && !dry.contains("mine"), "{dry}");
+    assert_eq!(
+        env.json(&["verify"])["events"],
+        events,
+        "a dry run appends nothing"
+    );
+
+    let imported = run(&["import", "--from", url, "--prefix", &app]);
+    assert!(imported.contains("imported: 2 events appended"), "{imported}");
+    let db = env.json(&["secret", "get", &name("app/db")]);
+    assert_eq!(
+        (db["values"]["user"].as_str(), db["values"]["password"].as_str()),
+        (Some("admin"), Some("pw1"))
+    );
+    let token = env.json(&["secret", "get", &name("app/token")]);
+    assert_eq!(token["values"]["value"], FOREIGN_TOKEN, "{token}");
+    let other = env
+        .cmd()
+        .envs(vars.iter().copied())
+        .args(["secret", "get", &name("other/x")])
+        .output()
+        .unwrap();
+    assert!(!other.status.success(), "other/x is outside --prefix app/");
+
+    let again = run(&["import", "--from", url, "--prefix", &app]);
+    assert!(
+        again.contains("imported: 0 events appended, 2 secrets unchanged"),
+        "{again}"
+    );
+    let none = env
+        .cmd()
+        .envs(vars.iter().copied())
+        .args(["import", "--from", url, "--prefix", "nope/"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert_eq!(none.status.code(), Some(2), "{err}");
+    assert!(err.contains("holds no secrets starting with \"nope/\""), "{err}");
+}

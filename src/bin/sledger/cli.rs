@@ -60,7 +60,8 @@ pub enum Commands {
     /// Master key management
     #[command(subcommand)]
     Key(KeyCmd),
-    /// Bulk-load secrets from a file, in batched all-or-nothing transactions
+    /// Bulk-load secrets from a file or adopt a backend's existing secrets, in batched
+    /// all-or-nothing transactions
     Import(ImportArgs),
     /// Attach, inspect and manage sinks (where workloads read secrets)
     #[command(subcommand)]
@@ -374,9 +375,24 @@ pub enum ImportFormat {
 }
 
 #[derive(Args)]
+#[command(group = clap::ArgGroup::new("source").required(true).args(["file", "from"]))]
 pub struct ImportArgs {
+    /// A file of secrets
     #[arg(long, value_name = "FILE")]
-    pub file: PathBuf,
+    pub file: Option<PathBuf>,
+    /// Adopt the secrets a backend already holds (vault://, aws-sm://, gcp-sm://, azure-kv://
+    /// URL), under their names there; sledger's own objects in it are left out
+    #[arg(long, value_name = "URL", requires = "which")]
+    pub from: Option<String>,
+    /// With --from: every secret in the backend
+    #[arg(long, group = "which", requires = "from")]
+    pub all: bool,
+    /// With --from: the secrets whose names start with PREFIX
+    #[arg(long, value_name = "PREFIX", group = "which", requires = "from")]
+    pub prefix: Option<String>,
+    /// List what would be imported; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
     /// Input format [default: from the file extension (.json, .env), else jsonl]
     #[arg(long = "input-format", value_enum)]
     pub input_format: Option<ImportFormat>,

@@ -2,16 +2,18 @@
 
 use std::collections::BTreeMap;
 use std::io::BufRead;
+use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use serde_json::json;
+use sledger::sink::SinkUrl;
 use sledger::{Command, Outcome, Scope, SecretValues};
 use zeroize::Zeroizing;
 
 use crate::cli::{ImportArgs, ImportFormat};
-use crate::context::Context;
+use crate::context::{block_on, Context};
 use crate::exit::usage;
 use crate::output;
 use crate::output::outln;
@@ -54,30 +56,28 @@ fn bad_record(where_: String, e: &serde_json::Error) -> anyhow::Error {
     ))
 }
 
-fn read_records(args: &ImportArgs) -> Result<Vec<Record>> {
+fn read_records(args: &ImportArgs, path: &Path) -> Result<Vec<Record>> {
     let format = args
         .input_format
-        .unwrap_or_else(|| match args.file.extension().and_then(|e| e.to_str()) {
+        .unwrap_or_else(|| match path.extension().and_then(|e| e.to_str()) {
             Some("json") => ImportFormat::Json,
             Some("env") => ImportFormat::Dotenv,
-            _ if args.file.file_name().is_some_and(|n| n == ".env") => ImportFormat::Dotenv,
+            _ if path.file_name().is_some_and(|n| n == ".env") => ImportFormat::Dotenv,
             _ => ImportFormat::Jsonl,
         });
     if format != ImportFormat::Dotenv && args.name.is_some() {
         return Err(usage("--name is for dotenv input (a .env file is one secret)"));
     }
-    let file =
-        std::fs::File::open(&args.file).with_context(|| format!("cannot open {}", args.file.display()))?;
+    let file = std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let reader = std::io::BufReader::new(file);
     match format {
         ImportFormat::Json => {
-            serde_json::from_reader(reader).map_err(|e| bad_record(format!("{}", args.file.display()), &e))
+            serde_json::from_reader(reader).map_err(|e| bad_record(format!("{}", path.display()), &e))
         }
         ImportFormat::Jsonl => {
             let mut records = Vec::new();
             for (i, line) in reader.lines().enumerate() {
-                let line =
-                    Zeroizing::new(line.with_context(|| format!("cannot read {}", args.file.display()))?);
+                let line = Zeroizing::new(line.with_context(|| format!("cannot read {}", path.display()))?);
                 if line.trim().is_empty() {
                     continue;
                 }
@@ -93,8 +93,7 @@ fn read_records(args: &ImportArgs) -> Result<Vec<Record>> {
                 .clone()
                 .ok_or_else(|| usage("a dotenv file is one secret: name it with --name NAME"))?;
             let text = Zeroizing::new(
-                std::fs::read_to_string(&args.file)
-                    .with_context(|| format!("cannot read {}", args.file.display()))?,
+                std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?,
             );
             Ok(vec![Record {
                 name,
@@ -106,12 +105,89 @@ fn read_records(args: &ImportArgs) -> Result<Vec<Record>> {
     }
 }
 
+/// The secrets a backend holds outside sledger's objects, read one by one.
+fn read_foreign(ctx: &Context, url: &str, prefix: &str) -> Result<Vec<Record>> {
+    let backend = SinkUrl::parse(url)?.open_foreign()?;
+    let (names, unreadable, records) = block_on(async {
+        let names = backend.names(prefix).await?;
+        let bar = if ctx.json() {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(names.len() as u64)
+        };
+        bar.set_style(
+            ProgressStyle::with_template("reading {bar:30} {pos}/{len} ({eta})").expect("valid template"),
+        );
+        let (mut records, mut unreadable) = (Vec::new(), Vec::new());
+        for name in &names {
+            match backend.read(name).await? {
+                Some(values) => records.push(Record {
+                    name: name.clone(),
+                    values: values
+                        .iter()
+                        .map(|(k, v)| (k.to_owned(), Zeroizing::new(v.to_owned())))
+                        .collect(),
+                    labels: BTreeMap::new(),
+                    private: false,
+                }),
+                None => unreadable.push(name.clone()),
+            }
+            bar.inc(1);
+        }
+        bar.finish_and_clear();
+        Ok::<_, sledger::Error>((names, unreadable, records))
+    })?;
+    if names.is_empty() {
+        return Err(usage(format!(
+            "{} holds no secrets{} outside sledger's own objects",
+            sledger::sink::redacted(url),
+            if prefix.is_empty() {
+                String::new()
+            } else {
+                format!(" starting with {prefix:?}")
+            }
+        )));
+    }
+    // All or nothing: adopting part of an estate silently would leave the rest unmanaged.
+    if !unreadable.is_empty() {
+        return Err(usage(format!(
+            "{} secret(s) have no text value to read (binary, disabled, or deleted meanwhile): {}; \
+             narrow the import with --prefix",
+            unreadable.len(),
+            unreadable.join(", ")
+        )));
+    }
+    let invalid: Vec<String> = records
+        .iter()
+        .filter_map(|r| {
+            sledger::validate::secret_name(&r.name)
+                .err()
+                .map(|e| format!("{:?} ({e})", r.name))
+        })
+        .collect();
+    if !invalid.is_empty() {
+        return Err(usage(format!(
+            "{} name(s) are not valid sledger names: {}; narrow the import with --prefix",
+            invalid.len(),
+            invalid.join(", ")
+        )));
+    }
+    Ok(records)
+}
+
 pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     if args.batch_size == 0 {
         return Err(usage("--batch-size must be at least 1"));
     }
-    let records = read_records(&args)?;
+    let records = match (&args.file, &args.from) {
+        (Some(path), _) => read_records(&args, path)?,
+        (None, Some(url)) => read_foreign(ctx, url, args.prefix.as_deref().unwrap_or(""))?,
+        (None, None) => unreachable!("clap requires --file or --from"),
+    };
     let mut ledger = ctx.open_unlocked()?;
+    if args.dry_run {
+        return dry_run(ctx, &ledger, &records);
+    }
     let bar = if ctx.json() {
         ProgressBar::hidden()
     } else {
@@ -148,6 +224,28 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
         if lag > 0 {
             eprintln!("note: the primary sink is {lag} events behind; `sledger project` catches it up");
         }
+    }
+    Ok(())
+}
+
+/// What an import would do: each secret, new or already in the ledger (and then updated if
+/// its values differ).
+fn dry_run(ctx: &Context, ledger: &sledger::Ledger, records: &[Record]) -> Result<()> {
+    for record in records {
+        let known = ledger.find(&ctx.actor, &record.name).is_ok();
+        let what = if known { "exists" } else { "new" };
+        if ctx.json() {
+            output::json_line(&json!({"name": record.name, "keys": record.values.len(), "status": what}));
+        } else {
+            outln!(
+                "would import {} ({} key(s), {what})",
+                record.name,
+                record.values.len()
+            );
+        }
+    }
+    if !ctx.json() {
+        outln!("dry run: {} secret(s), nothing changed", records.len());
     }
     Ok(())
 }

@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
+use super::foreign::{is_sledger_object, values_from_text, ForeignSecrets};
 use super::{object_name, Capabilities, DeleteMode, ObjectLocks, RecordMeta, Sink, SinkEntry, SinkRecord};
 use crate::crypto::SecretValues;
 use crate::error::{Error, Result};
@@ -406,5 +407,50 @@ impl Sink for AwsSink {
             .await
             .map(|_| ())
             .map_err(|e| self.failure("not reachable", e))
+    }
+}
+
+#[async_trait]
+impl ForeignSecrets for AwsSink {
+    async fn names(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut request = self.client().await.list_secrets().max_results(100);
+        if !prefix.is_empty() {
+            request = request.filters(
+                Filter::builder()
+                    .key(FilterNameStringType::Name)
+                    .values(prefix)
+                    .build(),
+            );
+        }
+        let mut pages = request.into_paginator().send();
+        let mut out = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| self.failure("cannot list secrets", e))?;
+            for entry in page.secret_list() {
+                let Some(name) = entry.name() else { continue };
+                let ours = is_sledger_object(&self.config.prefix, name)
+                    || entry.tags().iter().any(|t| t.key() == Some("sledger:seq"));
+                if !ours && entry.deleted_date().is_none() && name.starts_with(prefix) {
+                    out.push(name.to_owned());
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn read(&self, name: &str) -> Result<Option<SecretValues>> {
+        match self
+            .client()
+            .await
+            .get_secret_value()
+            .secret_id(name)
+            .send()
+            .await
+        {
+            Ok(out) => Ok(out.secret_string().map(values_from_text)),
+            Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(None),
+            Err(e) => Err(self.failure(&format!("cannot read {name}"), e)),
+        }
     }
 }

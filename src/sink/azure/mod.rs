@@ -31,6 +31,7 @@ use futures::TryStreamExt;
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
+use super::foreign::{is_sledger_object, values_from_text, ForeignSecrets};
 use super::tagged::{TagLimits, Tagged};
 use super::{object_name, Capabilities, DeleteMode, ObjectLocks, RecordMeta, Sink, SinkEntry, SinkRecord};
 use crate::crypto::SecretValues;
@@ -410,5 +411,52 @@ impl Sink for AzureSink {
             .await
             .map(|_| ())
             .map_err(|e| self.failure("not reachable", e))
+    }
+}
+
+#[async_trait]
+impl ForeignSecrets for AzureSink {
+    async fn names(&self, prefix: &str) -> Result<Vec<String>> {
+        let client = self.client().await?;
+        let mut pager = client
+            .list_secret_properties(None)
+            .map_err(|e| self.failure("cannot list secrets", e))?;
+        let mut out = Vec::new();
+        while let Some(properties) = pager
+            .try_next()
+            .await
+            .map_err(|e| self.failure("cannot list secrets", e))?
+        {
+            let Some(name) = properties
+                .id
+                .as_deref()
+                .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
+            else {
+                continue;
+            };
+            let ours = is_sledger_object(&self.config.prefix, name)
+                || properties
+                    .tags
+                    .as_ref()
+                    .is_some_and(|t| t.contains_key("sledger-seq"));
+            let enabled = properties.attributes.as_ref().and_then(|a| a.enabled) != Some(false);
+            if !ours && enabled && name.starts_with(prefix) {
+                out.push(name.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn read(&self, name: &str) -> Result<Option<SecretValues>> {
+        let client = self.client().await?;
+        let secret = match client.get_secret(name, None).await {
+            Ok(response) => response
+                .into_model()
+                .map_err(|e| self.failure(&format!("cannot read {name}"), e))?,
+            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => return Ok(None),
+            Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
+        };
+        Ok(secret.value.map(|v| values_from_text(&Zeroizing::new(v))))
     }
 }

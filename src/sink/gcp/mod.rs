@@ -26,6 +26,7 @@ use google_cloud_secretmanager_v1::model::{replication, secret_version, Replicat
 use tokio::sync::OnceCell;
 use zeroize::Zeroizing;
 
+use super::foreign::{is_sledger_object, values_from_text, ForeignSecrets};
 use super::tagged::{TagLimits, Tagged};
 use super::{object_name, Capabilities, DeleteMode, ObjectLocks, RecordMeta, Sink, SinkEntry, SinkRecord};
 use crate::crypto::SecretValues;
@@ -433,5 +434,49 @@ impl Sink for GcpSink {
             .await
             .map(|_| ())
             .map_err(|e| self.failure("not reachable", e))
+    }
+}
+
+#[async_trait]
+impl ForeignSecrets for GcpSink {
+    async fn names(&self, prefix: &str) -> Result<Vec<String>> {
+        let client = self.client().await?;
+        let mut secrets = client
+            .list_secrets()
+            .set_parent(format!("projects/{}", self.config.project))
+            .set_page_size(250)
+            .by_item();
+        let mut out = Vec::new();
+        while let Some(secret) = secrets.next().await {
+            let secret = secret.map_err(|e| self.failure("cannot list secrets", e))?;
+            let Some(name) = secret.name.rsplit('/').next() else {
+                continue;
+            };
+            let ours =
+                is_sledger_object(&self.config.prefix, name) || secret.labels.contains_key("sledger-seq");
+            if !ours && name.starts_with(prefix) {
+                out.push(name.to_owned());
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn read(&self, name: &str) -> Result<Option<SecretValues>> {
+        let client = self.client().await?;
+        let out = match client
+            .access_secret_version()
+            .set_name(format!("{}/versions/latest", self.secret_path(name)))
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if is(&e, Code::NotFound, 404) || is(&e, Code::FailedPrecondition, 400) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
+        };
+        let data = out.payload.map(|p| p.data).unwrap_or_default();
+        Ok(std::str::from_utf8(&data).ok().map(values_from_text))
     }
 }

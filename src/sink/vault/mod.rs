@@ -22,6 +22,7 @@ use vaultrs::error::ClientError;
 use vaultrs::kv2;
 use zeroize::Zeroizing;
 
+use super::foreign::{is_sledger_object, ForeignSecrets};
 use super::{object_name, Capabilities, DeleteMode, ObjectLocks, Sink, SinkEntry, SinkRecord};
 use crate::crypto::SecretValues;
 use crate::error::{Error, Result};
@@ -366,5 +367,65 @@ impl Sink for VaultSink {
             Err(e) if is_not_found(&e) => Ok(()),
             Err(e) => Err(self.failure("not healthy", e)),
         }
+    }
+}
+
+#[async_trait]
+impl ForeignSecrets for VaultSink {
+    async fn names(&self, prefix: &str) -> Result<Vec<String>> {
+        let client = self.client().await?;
+        let start = prefix
+            .rsplit_once('/')
+            .map_or(String::new(), |(d, _)| format!("{d}/"));
+        let (mut out, mut folders) = (Vec::new(), vec![start]);
+        while let Some(folder) = folders.pop() {
+            let keys = match kv2::list(client, &self.config.mount, &folder).await {
+                Ok(keys) => keys,
+                Err(e) if is_not_found(&e) => continue,
+                Err(e) => return Err(self.failure(&format!("cannot list {folder}"), e)),
+            };
+            for key in keys {
+                let path = format!("{folder}{key}");
+                if path.ends_with('/') {
+                    if path.starts_with(prefix) || prefix.starts_with(&path) {
+                        folders.push(path);
+                    }
+                    continue;
+                }
+                if !path.starts_with(prefix) || is_sledger_object(&self.config.prefix, &path) {
+                    continue;
+                }
+                // Written by sledger under another prefix (its metadata carries the seq).
+                if self
+                    .stored(&path)
+                    .await?
+                    .is_some_and(|s| s.custom.contains_key("seq"))
+                {
+                    continue;
+                }
+                out.push(path);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn read(&self, name: &str) -> Result<Option<SecretValues>> {
+        let client = self.client().await?;
+        let data: BTreeMap<String, serde_json::Value> =
+            match kv2::read(client, &self.config.mount, name).await {
+                Ok(data) => data,
+                Err(e) if is_not_found(&e) => return Ok(None),
+                Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
+            };
+        let mut values = SecretValues::new();
+        for (k, v) in data {
+            let v = Zeroizing::new(match v {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            });
+            values.insert(k, v.as_str());
+        }
+        Ok((!values.is_empty()).then_some(values))
     }
 }
