@@ -127,11 +127,15 @@ async fn existing_azure_secrets_are_adopted() {
     use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
     let vault = azure::start();
     let var = |name: &str| vault.env().iter().find(|(k, _)| *k == name).unwrap().1;
-    std::env::set_var("AZURE_AUTHORITY_HOST", var("AZURE_AUTHORITY_HOST"));
     let ca = reqwest::Certificate::from_pem_bundle(&std::fs::read(&vault.ca).unwrap()).unwrap();
     let http = reqwest::Client::builder().tls_certs_merge(ca).build().unwrap();
+    // Not through the environment: the conformance test in this process sets it for its own
+    // fake.
+    let mut cloud = azure_core::cloud::CustomConfiguration::default();
+    cloud.authority_host = var("AZURE_AUTHORITY_HOST").to_owned();
     let options = ClientOptions {
         transport: Some(Transport::new(std::sync::Arc::new(http))),
+        cloud: Some(std::sync::Arc::new(cloud.into())),
         ..Default::default()
     };
     let credential = azure_identity::ClientSecretCredential::new(

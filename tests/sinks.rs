@@ -282,6 +282,32 @@ fn sink_management_is_audited_and_guarded() {
         ("nonsense", "SCHEME://"),
         ("sqlite://relative/path.db", "absolute path"),
         ("ftp://x", "unknown scheme"),
+        ("gcp-sm://", "expected gcp-sm://PROJECT_ID"),
+        ("gcp-sm://p?prefix=a.b", "only letters, digits, - and _"),
+        (
+            "gcp-sm://p?old_versions=shred",
+            "old_versions must be disable, destroy or keep",
+        ),
+        (
+            "gcp-sm://p?endpoint=localhost:1",
+            "endpoint must be an http:// or https:// URL",
+        ),
+        (
+            "azure-kv://v.vault.azure.net?prefix=a_b",
+            "only letters, digits and -",
+        ),
+        (
+            "azure-kv://v.vault.azure.net/secrets",
+            "expected azure-kv://VAULT_HOST",
+        ),
+        (
+            "azure-kv://v.vault.azure.net?client_secret=hunter2",
+            "unknown parameter",
+        ),
+        (
+            "vault://h:1/secret?max_rps=0",
+            "max_rps must be a number from 1 to 100000",
+        ),
     ] {
         let err = env.fails(&["sink", "add", "c", url], USAGE);
         assert!(err.contains(needle), "{url}: {err}");

@@ -500,6 +500,13 @@ impl SinkUrl {
                         "a Secret Manager prefix may hold only letters, digits, - and _",
                     ));
                 }
+                let longest = gcp::MAX_NAME_CHARS - SecretId::nil().to_string().len();
+                if prefix.len() > longest {
+                    return Err(bad_url(
+                        url,
+                        format!("Secret Manager names hold 255 characters, so the prefix may have at most {longest}"),
+                    ));
+                }
                 Ok(Backend::Gcp(gcp::GcpConfig {
                     project: location.to_owned(),
                     endpoint,

@@ -49,9 +49,20 @@ def error(status, code, message):
     return status, {"error": {"code": code, "message": message}}
 
 
+class Server(ThreadingHTTPServer):
+    # The sink keeps up to 16 requests in flight, each possibly a new connection.
+    request_queue_size = 128
+    daemon_threads = True
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     config = None
+
+    def setup(self):
+        # The TLS handshake happens here, in the connection's thread, not in the accept loop.
+        self.request.do_handshake()
+        super().setup()
 
     def log_message(self, *args):
         pass
@@ -290,10 +301,10 @@ def not_found(name):
 def main():
     port, cert, key, tenant, client_id, client_secret = sys.argv[1:7]
     Handler.config = (tenant, client_id, client_secret)
-    server = ThreadingHTTPServer(("127.0.0.1", int(port)), Handler)
+    server = Server(("127.0.0.1", int(port)), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)
-    server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.socket = context.wrap_socket(server.socket, server_side=True, do_handshake_on_connect=False)
     server.serve_forever()
 
 

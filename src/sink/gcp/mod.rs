@@ -35,6 +35,8 @@ use crate::SecretId;
 
 /// A secret version's payload limit.
 pub const MAX_VALUE_BYTES: usize = 65_536;
+/// Longest secret id Secret Manager accepts.
+pub const MAX_NAME_CHARS: usize = 255;
 const KIND: &str = "gcp-sm";
 /// GCP allows 64 labels of at most 63 characters; two carry the seq and state.
 const LABELS: TagLimits = TagLimits {
