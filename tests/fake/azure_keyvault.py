@@ -14,6 +14,9 @@ sink depends on it:
 - Set creates a new version; get/patch work on the latest or a named version; delete moves a
   secret to the deleted (recoverable) state, where setting the name is refused with 409 until it
   is recovered or purged; list pages with ``nextLink``.
+- Like the service, deletion, purge and recovery finish in the background (here after
+  ``SETTLE`` seconds): until then a purge, or a set of the name, gets 409, and a recovered
+  secret reads as not found.
 
 Usage: azure_keyvault.py PORT CERT KEY TENANT CLIENT_ID CLIENT_SECRET
 State is in memory.
@@ -35,14 +38,29 @@ MAX_VALUE = 25 * 1024
 MAX_TAGS = 15
 MAX_TAG_VALUE = 256
 
+SETTLE = 0.3
+
 LOCK = threading.Lock()
 LIVE = {}  # name -> list of versions (dicts), newest last
 DELETED = {}  # name -> (versions, deleted_date)
+SETTLING = {}  # name -> monotonic time its deletion, purge or recovery finishes
 TOKENS = set()
 
 
 def now():
     return int(time.time())
+
+
+def settling(name):
+    return time.monotonic() < SETTLING.get(name, 0)
+
+
+def settle(name):
+    SETTLING[name] = time.monotonic() + SETTLE
+
+
+def busy(name):
+    return error(409, "Conflict", f"Secret {name} is currently being deleted or recovered.")
 
 
 def error(status, code, message):
@@ -156,7 +174,10 @@ class Handler(BaseHTTPRequestHandler):
             if len(parts) == 2 and method == "DELETE":
                 if name not in DELETED:
                     return not_found(name)
+                if settling(name):
+                    return busy(name)
                 del DELETED[name]
+                settle(name)
                 return 204, None
         return error(400, "BadParameter", f"no such operation: {method} /{'/'.join(parts)}")
 
@@ -191,6 +212,8 @@ class Handler(BaseHTTPRequestHandler):
         return out
 
     def set_secret(self, name, body):
+        if settling(name):
+            return busy(name)
         if name in DELETED:
             return error(
                 409,
@@ -220,7 +243,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def find(self, name, version):
         versions = LIVE.get(name)
-        if not versions:
+        if not versions or settling(name):
             return None
         if not version:
             return versions[-1]
@@ -250,13 +273,17 @@ class Handler(BaseHTTPRequestHandler):
         if name not in LIVE:
             return not_found(name)
         DELETED[name] = (LIVE.pop(name), now())
+        settle(name)
         return 200, self.deleted_bundle(name)
 
     def recover(self, name):
         if name not in DELETED:
             return not_found(name)
+        if settling(name):
+            return busy(name)
         versions, _ = DELETED.pop(name)
         LIVE[name] = versions
+        settle(name)
         return 200, self.bundle(name, versions[-1], with_value=False)
 
     def list_secrets(self, query):

@@ -151,7 +151,7 @@ fn read_foreign(ctx: &Context, url: &str, prefix: &str) -> Result<Vec<Record>> {
     // All or nothing: adopting part of an estate silently would leave the rest unmanaged.
     if !unreadable.is_empty() {
         return Err(usage(format!(
-            "{} secret(s) have no text value to read (binary, disabled, or deleted meanwhile): {}; \
+            "{} secret(s) have no text value to read (binary, no enabled version, or deleted meanwhile): {}; \
              narrow the import with --prefix",
             unreadable.len(),
             unreadable.join(", ")
@@ -198,11 +198,18 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
             .expect("valid template"),
     );
     let (mut appended, mut unchanged) = (0usize, 0usize);
+    // An adoption is one transaction: half an estate adopted would leave the rest unmanaged
+    // without anyone noticing.
+    let batch_size = if args.from.is_some() {
+        usize::MAX
+    } else {
+        args.batch_size
+    };
     let mut records = records.into_iter().peekable();
     while records.peek().is_some() {
         let batch: Vec<Command> = records
             .by_ref()
-            .take(args.batch_size)
+            .take(batch_size)
             .map(Record::into_command)
             .collect();
         let n = batch.len() as u64;

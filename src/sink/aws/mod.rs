@@ -181,8 +181,26 @@ impl AwsSink {
             Ok(_) => Ok(()),
             // Someone (a retry of ours, or another projector) got there first.
             Err(e) if e.code() == Some("ResourceExistsException") => Ok(()),
+            // The purge just before is still finishing in AWS.
+            Err(e) if e.message().is_some_and(|m| m.contains("scheduled for deletion")) => Err(Error::sink(
+                KIND,
+                format!("cannot record the deletion of {name} yet: AWS is still deleting it"),
+                true,
+            )),
             Err(e) => Err(self.failure(&format!("cannot record the deletion of {name}"), e)),
         }
+    }
+
+    async fn describe(&self, name: &str, described: &Described) -> Result<()> {
+        self.client()
+            .await
+            .update_secret()
+            .secret_id(name)
+            .description(serde_json::to_string(described).expect("serialises"))
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failure(&format!("cannot describe {name}"), e))
     }
 
     async fn force_delete(&self, name: &str) -> Result<()> {
@@ -219,12 +237,11 @@ impl Sink for AwsSink {
         let name = object_name(&self.config.prefix, record.id);
         let _one_writer = self.writing.lock(record.id).await;
         let value = record.values.to_json();
-        let description = serde_json::to_string(&Described {
+        let described = Described {
             meta: Some(record.meta()),
             seq: record.seq,
             deleted: false,
-        })
-        .expect("serialises");
+        };
         let token = request_token(record.id, record.seq, "p");
         let client = self.client().await;
         match self.stored(&name).await? {
@@ -233,7 +250,7 @@ impl Sink for AwsSink {
                 .create_secret()
                 .name(&name)
                 .secret_string(value.as_str())
-                .description(description)
+                .description(serde_json::to_string(&described).expect("serialises"))
                 .client_request_token(token)
                 .set_tags(Some(Self::tags(record.seq, Some(&record.name))))
                 .send()
@@ -259,13 +276,7 @@ impl Sink for AwsSink {
                     .send()
                     .await
                     .map_err(|e| self.failure(&format!("cannot write {name}"), e))?;
-                client
-                    .update_secret()
-                    .secret_id(&name)
-                    .description(description)
-                    .send()
-                    .await
-                    .map_err(|e| self.failure(&format!("cannot describe {name}"), e))?;
+                self.describe(&name, &described).await?;
                 client
                     .tag_resource()
                     .secret_id(&name)
@@ -335,22 +346,45 @@ impl Sink for AwsSink {
         }
         match stored {
             None => self.create_tombstone(id, &name, seq).await,
-            Some(s) if s.seq > seq || s.scheduled_for_deletion || s.deleted => Ok(()),
+            Some(s) if s.seq > seq || (s.seq == seq && s.scheduled_for_deletion) => Ok(()),
+            // A purge's tombstone (live, value-less): move it forward.
+            Some(s) if s.deleted && s.meta.is_none() && !s.scheduled_for_deletion => {
+                if s.seq < seq {
+                    self.describe(
+                        &name,
+                        &Described {
+                            meta: None,
+                            seq,
+                            deleted: true,
+                        },
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
             Some(s) => {
                 let client = self.client().await;
-                let description = serde_json::to_string(&Described {
-                    meta: s.meta,
-                    seq,
-                    deleted: true,
-                })
-                .expect("serialises");
-                client
-                    .update_secret()
-                    .secret_id(&name)
-                    .description(description)
-                    .send()
-                    .await
-                    .map_err(|e| self.failure(&format!("cannot mark {name} deleted"), e))?;
+                if s.scheduled_for_deletion {
+                    // Deleted at an older seq (the writes since were compacted away): its
+                    // description must move forward, and AWS changes only a live secret's.
+                    client
+                        .restore_secret()
+                        .secret_id(&name)
+                        .send()
+                        .await
+                        .map_err(|e| self.failure(&format!("cannot restore {name}"), e))?;
+                }
+                // Described first, so the deleted secret says at which seq it was deleted; a
+                // retry that finds it described but not yet deleted finishes.
+                self.describe(
+                    &name,
+                    &Described {
+                        meta: s.meta,
+                        seq,
+                        deleted: true,
+                    },
+                )
+                .await?;
                 client
                     .delete_secret()
                     .secret_id(&name)

@@ -43,6 +43,10 @@ pub const MAX_VALUE_BYTES: usize = 25 * 1024;
 /// Longest secret name Key Vault accepts.
 pub const MAX_NAME_CHARS: usize = 127;
 const KIND: &str = "azure-kv";
+/// Key Vault finishes deletions, purges and recoveries in the background: how often, and how
+/// many times, to look whether one is done before giving up for now.
+const SETTLE_POLL: std::time::Duration = std::time::Duration::from_millis(200);
+const SETTLE_POLLS: usize = 50;
 /// 15 tags of 256 characters; two carry the seq and state.
 const TAGS: TagLimits = TagLimits {
     kind: KIND,
@@ -78,8 +82,11 @@ impl std::fmt::Debug for AzureSink {
 /// Whether the vault is on this machine: there the challenge's resource (`vault.azure.net`)
 /// cannot match the host, and a token sent to it does not leave the machine.
 fn is_loopback(host: &str) -> bool {
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    host == "localhost" || host == "[::1]" || host.starts_with("127.")
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.split(':').next().unwrap_or(host),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn status_of(e: &azure_core::Error) -> Option<StatusCode> {
@@ -153,7 +160,9 @@ impl AzureSink {
             ErrorKind::HttpResponse {
                 status, error_code, ..
             } => (
-                *status == StatusCode::TooManyRequests || u16::from(*status) >= 500,
+                // 409: an earlier delete, purge or recovery is still finishing in the background.
+                matches!(*status, StatusCode::TooManyRequests | StatusCode::Conflict)
+                    || u16::from(*status) >= 500,
                 // Key Vault's error messages describe the request, never a secret's value.
                 format!("{} {}", u16::from(*status), error_code.as_deref().unwrap_or("")),
             ),
@@ -201,30 +210,62 @@ impl AzureSink {
             tags: Some(tags),
             ..Default::default()
         };
+        let body: azure_core::http::RequestContent<SetSecretParameters> = parameters
+            .try_into()
+            .map_err(|e| self.failure(&format!("cannot encode {name}"), e))?;
+        let client = self.client().await?;
+        // A deletion, purge or recovery of this name still finishing in the background: wait.
+        let mut last = None;
+        for _ in 0..SETTLE_POLLS {
+            match client.set_secret(name, body.clone(), None).await {
+                Ok(_) => return Ok(()),
+                Err(e) if status_of(&e) == Some(StatusCode::Conflict) => last = Some(e),
+                Err(e) => return Err(self.failure(&format!("cannot write {name}"), e)),
+            }
+            tokio::time::sleep(SETTLE_POLL).await;
+        }
+        Err(self.failure(
+            &format!("cannot write {name}"),
+            last.expect("polled at least once"),
+        ))
+    }
+
+    /// Replace the tags of `name`'s current version.
+    async fn tag(&self, name: &str, tags: HashMap<String, String>) -> Result<()> {
+        let parameters = UpdateSecretPropertiesParameters {
+            tags: Some(tags),
+            ..Default::default()
+        };
         let body = parameters
             .try_into()
             .map_err(|e| self.failure(&format!("cannot encode {name}"), e))?;
         self.client()
             .await?
-            .set_secret(name, body, None)
+            .update_secret_properties(name, body, None)
             .await
             .map(|_| ())
-            .map_err(|e| self.failure(&format!("cannot write {name}"), e))
+            .map_err(|e| self.failure(&format!("cannot tag {name}"), e))
     }
 
     async fn recover(&self, name: &str) -> Result<()> {
         let client = self.client().await?;
-        match client.recover_deleted_secret(name, None).await {
-            Ok(_) => {}
-            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => {}
-            Err(e) => return Err(self.failure(&format!("cannot recover {name}"), e)),
+        for polls in 1.. {
+            match client.recover_deleted_secret(name, None).await {
+                Ok(_) => break,
+                Err(e) if status_of(&e) == Some(StatusCode::NotFound) => break,
+                // The deletion itself is still finishing.
+                Err(e) if status_of(&e) == Some(StatusCode::Conflict) && polls < SETTLE_POLLS => {
+                    tokio::time::sleep(SETTLE_POLL).await
+                }
+                Err(e) => return Err(self.failure(&format!("cannot recover {name}"), e)),
+            }
         }
         // Recovery finishes in the background; a write before it does is refused (409).
-        for _ in 0..50 {
+        for _ in 0..SETTLE_POLLS {
             if client.get_secret(name, None).await.is_ok() {
                 return Ok(());
             }
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            tokio::time::sleep(SETTLE_POLL).await;
         }
         Err(Error::sink(
             KIND,
@@ -245,12 +286,12 @@ impl AzureSink {
             return Ok(());
         }
         // The deletion, too, finishes in the background (409 until then).
-        for _ in 0..50 {
+        for _ in 0..SETTLE_POLLS {
             match client.purge_deleted_secret(name, None).await {
                 Ok(_) => return Ok(()),
                 Err(e) if status_of(&e) == Some(StatusCode::NotFound) => return Ok(()),
                 Err(e) if status_of(&e) == Some(StatusCode::Conflict) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(200)).await
+                    tokio::time::sleep(SETTLE_POLL).await
                 }
                 Err(e) => return Err(self.failure(&format!("cannot purge {name}"), e)),
             }
@@ -324,37 +365,56 @@ impl Sink for AzureSink {
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
         let name = object_name(&self.config.prefix, id);
         let _one_writer = self.writing.lock(id).await;
-        let stored = self.stored(&name).await?;
         let tombstone = |seq| TAGS.encode(seq, true, None);
-        if how == DeleteMode::Purge {
-            let seq = match &stored {
-                Some(Ok(t) | Err(t)) => t.seq.max(seq),
-                None => seq,
-            };
-            if stored.is_some() {
-                self.remove(&name, true).await?;
-            }
-            return self.set(&name, "{}", tombstone(seq)?).await;
-        }
-        match stored {
-            None => self.set(&name, "{}", tombstone(seq)?).await,
-            Some(Err(_)) => Ok(()),
-            Some(Ok(live)) if live.seq > seq || live.deleted => Ok(()),
-            Some(Ok(live)) => {
-                // Tag first: the deleted secret then says at which seq it was deleted.
-                let parameters = UpdateSecretPropertiesParameters {
-                    tags: Some(TAGS.encode(seq, true, live.meta.as_ref())?),
-                    ..Default::default()
+        let live = match self.stored(&name).await? {
+            None => return self.set(&name, "{}", tombstone(seq)?).await,
+            Some(Ok(live)) => live,
+            Some(Err(deleted)) if deleted.seq >= seq => {
+                return match how {
+                    DeleteMode::Soft => Ok(()),
+                    DeleteMode::Purge => {
+                        self.remove(&name, true).await?;
+                        self.set(&name, "{}", tombstone(seq)?).await
+                    }
                 };
-                let body = parameters
-                    .try_into()
-                    .map_err(|e| self.failure(&format!("cannot encode {name}"), e))?;
-                self.client()
-                    .await?
-                    .update_secret_properties(&name, body, None)
-                    .await
-                    .map_err(|e| self.failure(&format!("cannot mark {name} deleted"), e))?;
-                self.remove(&name, false).await
+            }
+            // Deleted at an older seq (the writes since were compacted away): its tags must
+            // move forward, and Key Vault changes only a live secret's tags.
+            Some(Err(_)) => {
+                self.recover(&name).await?;
+                match self.stored(&name).await? {
+                    Some(Ok(live)) => live,
+                    _ => {
+                        return Err(Error::sink(
+                            KIND,
+                            format!("{name} is still being recovered"),
+                            true,
+                        ))
+                    }
+                }
+            }
+        };
+        if live.seq > seq {
+            return Ok(());
+        }
+        if live.deleted && live.meta.is_none() {
+            // A purge's tombstone (a live, value-less secret): move it forward.
+            if live.seq < seq {
+                return self.set(&name, "{}", tombstone(seq)?).await;
+            }
+            return Ok(());
+        }
+        // Tag first, so the deleted secret says at which seq it was deleted (a late, older
+        // put then leaves it alone); a retry that finds it tagged but still live finishes.
+        let meta = (how == DeleteMode::Soft).then_some(live.meta.as_ref()).flatten();
+        if !(live.deleted && live.seq == seq) || how == DeleteMode::Purge {
+            self.tag(&name, TAGS.encode(seq, true, meta)?).await?;
+        }
+        match how {
+            DeleteMode::Soft => self.remove(&name, false).await,
+            DeleteMode::Purge => {
+                self.remove(&name, true).await?;
+                self.set(&name, "{}", tombstone(seq)?).await
             }
         }
     }

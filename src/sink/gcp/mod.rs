@@ -38,10 +38,13 @@ pub const MAX_VALUE_BYTES: usize = 65_536;
 /// Longest secret id Secret Manager accepts.
 pub const MAX_NAME_CHARS: usize = 255;
 const KIND: &str = "gcp-sm";
-/// GCP allows 64 labels of at most 63 characters; two carry the seq and state.
+/// Rounds of "add a version, label it, check it is the newest" before giving up for now.
+const RACE_ATTEMPTS: usize = 5;
+/// GCP allows 64 labels of at most 63 characters; three carry the seq, the state and the
+/// version holding the values (`sledger-ver`).
 const LABELS: TagLimits = TagLimits {
     kind: KIND,
-    chunks: 62,
+    chunks: 61,
     chunk_len: 63,
 };
 
@@ -84,6 +87,8 @@ impl std::fmt::Debug for GcpSink {
 /// The state of one GCP secret as far as sledger is concerned, from its labels.
 struct Stored {
     tagged: Tagged,
+    /// The version the labels say holds the values.
+    version: u64,
     etag: String,
 }
 
@@ -133,18 +138,19 @@ impl GcpSink {
     }
 
     fn failure(&self, what: &str, e: google_cloud_gax::error::Error) -> Error {
-        let temporary = e.is_timeout()
-            || e.is_io()
-            || e.is_connect()
-            || e.is_transport()
-            || e.is_transient_and_before_rpc()
-            || e.http_status_code().is_some_and(|c| c == 429 || c >= 500)
-            || e.status().is_some_and(|s| {
-                matches!(
+        let temporary = match (e.http_status_code(), e.status()) {
+            (_, Some(s))
+                if matches!(
                     s.code,
                     Code::Unavailable | Code::ResourceExhausted | Code::Aborted | Code::DeadlineExceeded
-                )
-            });
+                ) =>
+            {
+                true
+            }
+            (Some(code), _) => code == 429 || code >= 500,
+            // No answer at all: the network or the endpoint.
+            (None, _) => e.is_timeout() || e.is_io() || e.is_connect() || e.is_transport(),
+        };
         // Service messages describe the request; payloads never appear in them.
         let detail = match e.status() {
             Some(s) => format!("{:?}: {}", s.code, s.message),
@@ -162,6 +168,11 @@ impl GcpSink {
         match client.get_secret().set_name(self.secret_path(name)).send().await {
             Ok(secret) => Ok(Some(Stored {
                 tagged: LABELS.decode(&secret.labels),
+                version: secret
+                    .labels
+                    .get("sledger-ver")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0),
                 etag: secret.etag,
             })),
             Err(e) if is(&e, Code::NotFound, 404) => Ok(None),
@@ -202,7 +213,32 @@ impl GcpSink {
             .send()
             .await
             .map(|_| ())
-            .map_err(|e| self.failure(&format!("cannot label {name}"), e))
+            .map_err(|e| {
+                // An etag mismatch: another writer labelled it since we read it.
+                let raced = is(&e, Code::FailedPrecondition, 412) || is(&e, Code::Aborted, 409);
+                let error = self.failure(&format!("cannot label {name}"), e);
+                if raced {
+                    Error::sink(KIND, error.to_string(), true)
+                } else {
+                    error
+                }
+            })
+    }
+
+    /// Every version of `name`: (number, state, resource name).
+    async fn versions(&self, name: &str) -> Result<Vec<(u64, secret_version::State, String)>> {
+        let client = self.client().await?;
+        let mut versions = client
+            .list_secret_versions()
+            .set_parent(self.secret_path(name))
+            .by_item();
+        let mut out = Vec::new();
+        while let Some(version) = versions.next().await {
+            let version =
+                version.map_err(|e| self.failure(&format!("cannot list the versions of {name}"), e))?;
+            out.push((version_number(&version.name), version.state, version.name));
+        }
+        Ok(out)
     }
 
     /// Disable or destroy the versions of `name` before version number `before` (all of
@@ -211,27 +247,37 @@ impl GcpSink {
         if how == OldVersions::Keep {
             return Ok(());
         }
-        let client = self.client().await?;
-        let mut versions = client
-            .list_secret_versions()
-            .set_parent(self.secret_path(name))
-            .by_item();
-        let mut retire = Vec::new();
-        while let Some(version) = versions.next().await {
-            let version =
-                version.map_err(|e| self.failure(&format!("cannot list the versions of {name}"), e))?;
+        for (number, state, version) in self.versions(name).await? {
             let live = match how {
-                OldVersions::Destroy => version.state != secret_version::State::Destroyed,
-                _ => version.state == secret_version::State::Enabled,
+                OldVersions::Destroy => state != secret_version::State::Destroyed,
+                _ => state == secret_version::State::Enabled,
             };
-            if live && before.is_none_or(|before| version_number(&version.name) < before) {
-                retire.push(version.name);
+            if live && before.is_none_or(|before| number < before) {
+                self.retire(&version, how).await?;
             }
         }
-        for version in retire {
-            self.retire(&version, how).await?;
-        }
         Ok(())
+    }
+
+    /// Add a version holding `value`; its number.
+    async fn add_version(&self, name: &str, value: &str) -> Result<(u64, String)> {
+        let client = self.client().await?;
+        match client
+            .add_secret_version()
+            .set_parent(self.secret_path(name))
+            .set_payload(SecretPayload::new().set_data(value.as_bytes().to_vec()))
+            .send()
+            .await
+        {
+            Ok(version) => Ok((version_number(&version.name), version.name)),
+            // Purged by another writer meanwhile: the retry sees its tombstone.
+            Err(e) if is(&e, Code::NotFound, 404) => Err(Error::sink(
+                KIND,
+                format!("{name} was deleted while it was being written"),
+                true,
+            )),
+            Err(e) => Err(self.failure(&format!("cannot write {name}"), e)),
+        }
     }
 
     async fn retire(&self, version: &str, how: OldVersions) -> Result<()> {
@@ -275,33 +321,41 @@ impl Sink for GcpSink {
             // Created without sledger's labels: until they are set it reads as absent.
             None => self.create(&name, HashMap::new()).await?,
         }
-        let client = self.client().await?;
         let value = record.values.to_json();
-        let version = client
-            .add_secret_version()
-            .set_parent(self.secret_path(&name))
-            .set_payload(SecretPayload::new().set_data(value.as_bytes().to_vec()))
-            .send()
-            .await
-            .map_err(|e| self.failure(&format!("cannot write {name}"), e))?;
-        // Labels are written under the etag read now: a concurrent labeller makes this fail
-        // (and the projector retry) instead of being overwritten.
-        let fresh = self
-            .stored(&name)
-            .await?
-            .ok_or_else(|| Error::sink(KIND, format!("{name} vanished while it was being written"), true))?;
-        if fresh.tagged.seq > record.seq {
-            // A newer write got in meanwhile: ours must not be what `latest` serves.
-            return self.retire(&version.name, OldVersions::Disable).await;
+        // Workloads read `latest`, the most recently created version: ours must end up the
+        // newest. A slower writer of an older seq may add one after ours; then ours is added
+        // again (the slower writer, seeing our seq in the labels, disables its own).
+        for _ in 0..RACE_ATTEMPTS {
+            let (number, version) = self.add_version(&name, &value).await?;
+            let fresh = self.stored(&name).await?.ok_or_else(|| {
+                Error::sink(KIND, format!("{name} vanished while it was being written"), true)
+            })?;
+            if fresh.tagged.seq > record.seq {
+                // A newer write (or a purge) got in meanwhile: ours must not be what `latest`
+                // serves, and its values are stale.
+                return self.retire(&version, OldVersions::Destroy).await;
+            }
+            let mut labels = new_labels.clone();
+            labels.insert("sledger-ver".to_owned(), number.to_string());
+            self.set_labels(&name, &fresh.etag, labels).await?;
+            let newest = self
+                .versions(&name)
+                .await?
+                .iter()
+                .map(|v| v.0)
+                .max()
+                .unwrap_or(number);
+            if newest == number {
+                return self
+                    .retire_versions(&name, Some(number), self.config.old_versions)
+                    .await;
+            }
         }
-        self.set_labels(&name, &fresh.etag, new_labels).await?;
-        self.retire_versions(
-            &name,
-            Some(version_number(&version.name)),
-            self.config.old_versions,
-        )
-        .await?;
-        Ok(())
+        Err(Error::sink(
+            KIND,
+            format!("{name}: another writer kept adding versions; trying again later"),
+            true,
+        ))
     }
 
     async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>> {
@@ -325,6 +379,18 @@ impl Sink for GcpSink {
             }
             Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
         };
+        let served = version_number(&out.name);
+        if stored.version != 0 && served != stored.version {
+            return Err(Error::sink(
+                KIND,
+                format!(
+                    "{name} serves version {served} as latest, but sledger's labels say version {}: \
+                     another writer raced it; `sledger reconcile` writes it again",
+                    stored.version
+                ),
+                false,
+            ));
+        }
         let data = out.payload.map(|p| p.data).unwrap_or_default();
         let map: BTreeMap<String, Zeroizing<String>> = serde_json::from_slice(&data).map_err(|_| {
             Error::sink(

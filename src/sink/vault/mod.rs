@@ -94,6 +94,8 @@ fn is_not_found(e: &ClientError) -> bool {
 
 /// What the entry's custom metadata says about the object.
 struct Stored {
+    /// Whether the current version is deleted or destroyed (or there is none).
+    current_gone: bool,
     seq: u64,
     deleted: bool,
     version: u64,
@@ -165,7 +167,9 @@ impl VaultSink {
         match kv2::read_metadata(client, &self.config.mount, path).await {
             Ok(m) => {
                 let custom = m.custom_metadata.unwrap_or_default();
+                let current = m.versions.get(&m.current_version.to_string());
                 Ok(Some(Stored {
+                    current_gone: current.is_none_or(|v| v.destroyed || !v.deletion_time.is_empty()),
                     seq: custom.get("seq").and_then(|s| s.parse().ok()).unwrap_or(0),
                     deleted: custom.get("deleted").is_some_and(|d| d == "true"),
                     version: m.current_version,
@@ -395,11 +399,12 @@ impl ForeignSecrets for VaultSink {
                 if !path.starts_with(prefix) || is_sledger_object(&self.config.prefix, &path) {
                     continue;
                 }
-                // Written by sledger under another prefix (its metadata carries the seq).
+                // Written by sledger under another prefix (its metadata carries the seq), or
+                // deleted in Vault (soft-deleted: `vault kv undelete` brings it back).
                 if self
                     .stored(&path)
                     .await?
-                    .is_some_and(|s| s.custom.contains_key("seq"))
+                    .is_none_or(|s| s.custom.contains_key("seq") || s.current_gone)
                 {
                     continue;
                 }
