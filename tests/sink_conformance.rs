@@ -78,3 +78,15 @@ async fn max_rps_paces_every_caller() {
         assert!(err.contains("max_rps must be a number from 1 to 100000"), "{err}");
     }
 }
+
+/// Two processes' sqlite sinks on one file: the newer seq always wins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_racing_writers_leave_the_newest() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("sink.db");
+    SqliteSink::create(&path).unwrap();
+    let key = SinkSealKey::generate();
+    let a = SqliteSink::open(&path, "race-", key.clone(), 4).unwrap();
+    let b = SqliteSink::open(&path, "race-", key, 4).unwrap();
+    conformance::racing_writers(&a, &b).await;
+}

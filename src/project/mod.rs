@@ -399,6 +399,9 @@ pub async fn project(
     // never end while writers outpace a slow backend (a migration under load).
     let head = ledger.head()?.seq;
     loop {
+        let Some(_writing) = lock_sink_writes(ledger, name, opts).await? else {
+            return Ok(report); // the deadline passed, or a stop, while another process wrote
+        };
         let checkpoint = ledger.checkpoint(name)?;
         report.checkpoint = checkpoint;
         report.head = head;
@@ -468,6 +471,38 @@ pub async fn project(
         }
         report.events += through - checkpoint;
         report.checkpoint = through;
+    }
+}
+
+/// Sinks refuse writes older than what they hold, but a backend without a conditional write
+/// of the seq (AWS, Azure, Vault's metadata) can still let an older write from another
+/// process land in the same instant as a newer one. So one process at a time applies a
+/// sink's batches: it holds an exclusive lock on a file beside the ledger, waited for until
+/// the deadline (`None` if it passed, or a stop came, first).
+async fn lock_sink_writes(
+    ledger: &Ledger,
+    name: &str,
+    opts: &ProjectOptions,
+) -> Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = format!("{}.sink-{name}.lock", ledger.path().display());
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| Error::io(format!("cannot open {path}"), e))?;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(Some(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(format!("cannot lock {path}"), e)),
+        }
+        if stopped(opts) || opts.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(None);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 

@@ -198,7 +198,8 @@ pub fn ok_with(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> String {
 /// The walk every cloud sink goes through, named `sink` at `url`: added as a backup;
 /// create, update, delete, purge; caught up (lag 0, no difference, reads from it); then made
 /// the primary by `migrate` while another process keeps writing, after which it serves every
-/// secret, the last one written included, and `diff` is clean.
+/// secret, the last one written included, and `diff` is clean; then three processes update
+/// one secret at once and the primary ends with the newest value.
 pub fn cloud_sink_walkthrough(vars: &'static [(&'static str, &'static str)], sink: &str, url: &str) {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
@@ -264,6 +265,33 @@ pub fn cloud_sink_walkthrough(vars: &'static [(&'static str, &'static str)], sin
     run(&["diff", sink]);
     let last = json(&["secret", "get", &format!("during/{}", written - 1)]);
     assert_eq!(last["source"]["name"], sink, "{last}");
+
+    // Three processes updating one secret at once, each writing into the (now) primary as its
+    // write waits for it: the newest value ends up there, with no `project` after them.
+    run(&["secret", "create", "hot", "--value", "n=0"]);
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let env = env.clone();
+            std::thread::spawn(move || {
+                for i in 0..8 {
+                    ok_with(
+                        &env,
+                        vars,
+                        &["secret", "update", "hot", "--value", &format!("n={w}-{i}")],
+                    );
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    run(&["diff", sink]);
+    let (ledger, served) = (
+        json(&["secret", "get", "hot", "--from", "ledger"]),
+        json(&["secret", "get", "hot", "--from", "primary"]),
+    );
+    assert_eq!(ledger["values"], served["values"]);
 }
 
 /// What every backend test seeds into its backend with the backend's own API before
