@@ -131,13 +131,3 @@ async fn existing_gcp_secrets_are_adopted() {
         .await
         .unwrap();
 }
-
-/// Two sledger processes projecting one secret at once: the newer seq always wins.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_writers_leave_the_newest() {
-    let drongo = drongo::start();
-    let key = SinkSealKey::generate();
-    let url = SinkUrl::parse(&drongo::url(&drongo, "&prefix=race-")).unwrap();
-    let (a, b) = (url.open(&key).unwrap(), url.open(&key).unwrap());
-    conformance::racing_writers(&*a, &*b).await;
-}

@@ -279,8 +279,11 @@ pub async fn concurrent_puts(sink: Arc<dyn Sink>) {
 /// once, older and newer seq side by side, in both orders: the newer always ends up stored and
 /// read back with its own values. Temporary errors are retried, as the projector would.
 ///
-/// Not in [`run_all`]: it needs a backend that can refuse a stale write across processes
-/// (a compare-and-set or an etag); AWS Secrets Manager and Azure Key Vault offer none.
+/// Not in [`run_all`]: it needs a backend that refuses a stale write across processes (a
+/// compare-and-set covering the seq). AWS Secrets Manager and Azure Key Vault have none, Vault
+/// checks-and-sets the data but not the metadata holding the seq, and drongo ignores the etag
+/// GCP guards its labels with; sledger's projectors take turns per sink instead (see
+/// `project`). The sqlite sink passes it.
 pub async fn racing_writers(a: &dyn Sink, b: &dyn Sink) {
     async fn put_retrying(sink: &dyn Sink, record: &SinkRecord) {
         for attempt in 1.. {

@@ -24,7 +24,8 @@ use async_trait::async_trait;
 use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, RetryOptions, StatusCode, Transport};
 use azure_security_keyvault_secrets::models::{
-    SecretClientListSecretPropertiesOptions, SetSecretParameters, UpdateSecretPropertiesParameters,
+    SecretClientListSecretPropertiesOptions, SecretProperties, SetSecretParameters,
+    UpdateSecretPropertiesParameters,
 };
 use azure_security_keyvault_secrets::{SecretClient, SecretClientOptions};
 use futures::TryStreamExt;
@@ -179,27 +180,18 @@ impl AzureSink {
 
     /// The tags of the live secret `name`, or of the soft-deleted one (`Err(tags)`).
     async fn stored(&self, name: &str) -> Result<Option<std::result::Result<Tagged, Tagged>>> {
-        let client = self.client().await?;
-        match client.get_secret(name, None).await {
+        if let Some(secret) = self.secret(name).await? {
+            return Ok(Some(Ok(TAGS.decode(&secret.tags.unwrap_or_default()))));
+        }
+        match self.client().await?.get_deleted_secret(name, None).await {
             Ok(response) => {
-                let secret = response
+                let deleted = response
                     .into_model()
-                    .map_err(|e| self.failure(&format!("cannot read {name}"), e))?;
-                Ok(Some(Ok(TAGS.decode(&secret.tags.unwrap_or_default()))))
+                    .map_err(|e| self.failure(&format!("cannot read deleted {name}"), e))?;
+                Ok(Some(Err(TAGS.decode(&deleted.tags.unwrap_or_default()))))
             }
-            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => {
-                match client.get_deleted_secret(name, None).await {
-                    Ok(response) => {
-                        let deleted = response
-                            .into_model()
-                            .map_err(|e| self.failure(&format!("cannot read deleted {name}"), e))?;
-                        Ok(Some(Err(TAGS.decode(&deleted.tags.unwrap_or_default()))))
-                    }
-                    Err(e) if status_of(&e) == Some(StatusCode::NotFound) => Ok(None),
-                    Err(e) => Err(self.failure(&format!("cannot read deleted {name}"), e)),
-                }
-            }
-            Err(e) => Err(self.failure(&format!("cannot read {name}"), e)),
+            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => Ok(None),
+            Err(e) => Err(self.failure(&format!("cannot read deleted {name}"), e)),
         }
     }
 
@@ -228,6 +220,46 @@ impl AzureSink {
             &format!("cannot write {name}"),
             last.expect("polled at least once"),
         ))
+    }
+
+    /// The live secret `name` (its current version), if there is one.
+    async fn secret(&self, name: &str) -> Result<Option<azure_security_keyvault_secrets::models::Secret>> {
+        match self.client().await?.get_secret(name, None).await {
+            Ok(response) => response
+                .into_model()
+                .map(Some)
+                .map_err(|e| self.failure(&format!("cannot read {name}"), e)),
+            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => Ok(None),
+            Err(e) => Err(self.failure(&format!("cannot read {name}"), e)),
+        }
+    }
+
+    /// Every live secret in the vault, by name, with its properties (tags, attributes).
+    async fn all_secrets(&self) -> Result<Vec<(String, SecretProperties)>> {
+        let mut pager = self
+            .client()
+            .await?
+            .list_secret_properties(Some(SecretClientListSecretPropertiesOptions {
+                maxresults: Some(25),
+                ..Default::default()
+            }))
+            .map_err(|e| self.failure("cannot list secrets", e))?;
+        let mut out = Vec::new();
+        while let Some(properties) = pager
+            .try_next()
+            .await
+            .map_err(|e| self.failure("cannot list secrets", e))?
+        {
+            let name = properties
+                .id
+                .as_deref()
+                .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
+                .map(str::to_owned);
+            if let Some(name) = name {
+                out.push((name, properties));
+            }
+        }
+        Ok(out)
     }
 
     /// Replace the tags of `name`'s current version.
@@ -329,13 +361,8 @@ impl Sink for AzureSink {
 
     async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>> {
         let name = object_name(&self.config.prefix, id);
-        let client = self.client().await?;
-        let secret = match client.get_secret(&name, None).await {
-            Ok(response) => response
-                .into_model()
-                .map_err(|e| self.failure(&format!("cannot read {name}"), e))?,
-            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => return Ok(None),
-            Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
+        let Some(secret) = self.secret(&name).await? else {
+            return Ok(None);
         };
         let tagged = TAGS.decode(&secret.tags.unwrap_or_default());
         let Some(meta) = tagged.meta.filter(|_| !tagged.deleted) else {
@@ -420,26 +447,8 @@ impl Sink for AzureSink {
     }
 
     async fn list(&self) -> Result<Vec<SinkEntry>> {
-        let client = self.client().await?;
-        let mut pager = client
-            .list_secret_properties(Some(SecretClientListSecretPropertiesOptions {
-                maxresults: Some(25),
-                ..Default::default()
-            }))
-            .map_err(|e| self.failure("cannot list secrets", e))?;
         let mut out = Vec::new();
-        while let Some(properties) = pager
-            .try_next()
-            .await
-            .map_err(|e| self.failure("cannot list secrets", e))?
-        {
-            let Some(name) = properties
-                .id
-                .as_deref()
-                .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
-            else {
-                continue;
-            };
+        for (name, properties) in self.all_secrets().await? {
             let Some(id) = name
                 .strip_prefix(&self.config.prefix)
                 .and_then(|r| SecretId::parse_str(r).ok())
@@ -477,31 +486,16 @@ impl Sink for AzureSink {
 #[async_trait]
 impl ForeignSecrets for AzureSink {
     async fn names(&self, prefix: &str) -> Result<Vec<String>> {
-        let client = self.client().await?;
-        let mut pager = client
-            .list_secret_properties(None)
-            .map_err(|e| self.failure("cannot list secrets", e))?;
         let mut out = Vec::new();
-        while let Some(properties) = pager
-            .try_next()
-            .await
-            .map_err(|e| self.failure("cannot list secrets", e))?
-        {
-            let Some(name) = properties
-                .id
-                .as_deref()
-                .and_then(|id| id.trim_end_matches('/').rsplit('/').next())
-            else {
-                continue;
-            };
-            let ours = is_sledger_object(&self.config.prefix, name)
+        for (name, properties) in self.all_secrets().await? {
+            let ours = is_sledger_object(&self.config.prefix, &name)
                 || properties
                     .tags
                     .as_ref()
                     .is_some_and(|t| t.contains_key("sledger-seq"));
             let enabled = properties.attributes.as_ref().and_then(|a| a.enabled) != Some(false);
             if !ours && enabled && name.starts_with(prefix) {
-                out.push(name.to_owned());
+                out.push(name);
             }
         }
         out.sort();
@@ -509,14 +503,10 @@ impl ForeignSecrets for AzureSink {
     }
 
     async fn read(&self, name: &str) -> Result<Option<SecretValues>> {
-        let client = self.client().await?;
-        let secret = match client.get_secret(name, None).await {
-            Ok(response) => response
-                .into_model()
-                .map_err(|e| self.failure(&format!("cannot read {name}"), e))?,
-            Err(e) if status_of(&e) == Some(StatusCode::NotFound) => return Ok(None),
-            Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
-        };
-        Ok(secret.value.map(|v| values_from_text(&Zeroizing::new(v))))
+        Ok(self
+            .secret(name)
+            .await?
+            .and_then(|secret| secret.value)
+            .map(|v| values_from_text(&Zeroizing::new(v))))
     }
 }

@@ -280,6 +280,48 @@ impl GcpSink {
         }
     }
 
+    /// What `latest` serves: (its version number, its payload), or `None` when there is no
+    /// enabled version to read.
+    async fn latest(&self, name: &str) -> Result<Option<(u64, Zeroizing<Vec<u8>>)>> {
+        let client = self.client().await?;
+        match client
+            .access_secret_version()
+            .set_name(format!("{}/versions/latest", self.secret_path(name)))
+            .send()
+            .await
+        {
+            Ok(out) => Ok(Some((
+                version_number(&out.name),
+                Zeroizing::new(out.payload.map(|p| p.data.to_vec()).unwrap_or_default()),
+            ))),
+            Err(e) if is(&e, Code::NotFound, 404) || is(&e, Code::FailedPrecondition, 400) => Ok(None),
+            Err(e) => Err(self.failure(&format!("cannot read {name}"), e)),
+        }
+    }
+
+    /// Every secret in the project whose name contains `filter`, by name, with its labels.
+    async fn all_secrets(&self, filter: &str) -> Result<Vec<(String, HashMap<String, String>)>> {
+        let client = self.client().await?;
+        let mut secrets = client
+            .list_secrets()
+            .set_parent(format!("projects/{}", self.config.project))
+            .set_filter(if filter.is_empty() {
+                String::new()
+            } else {
+                format!("name:{filter}")
+            })
+            .set_page_size(250)
+            .by_item();
+        let mut out = Vec::new();
+        while let Some(secret) = secrets.next().await {
+            let secret = secret.map_err(|e| self.failure("cannot list secrets", e))?;
+            if let Some(name) = secret.name.rsplit('/').next() {
+                out.push((name.to_owned(), secret.labels));
+            }
+        }
+        Ok(out)
+    }
+
     async fn retire(&self, version: &str, how: OldVersions) -> Result<()> {
         let client = self.client().await?;
         let done = match how {
@@ -366,20 +408,9 @@ impl Sink for GcpSink {
         let Some(meta) = stored.tagged.meta.filter(|_| !stored.tagged.deleted) else {
             return Ok(None);
         };
-        let client = self.client().await?;
-        let out = match client
-            .access_secret_version()
-            .set_name(format!("{}/versions/latest", self.secret_path(&name)))
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if is(&e, Code::NotFound, 404) || is(&e, Code::FailedPrecondition, 400) => {
-                return Ok(None)
-            }
-            Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
+        let Some((served, data)) = self.latest(&name).await? else {
+            return Ok(None);
         };
-        let served = version_number(&out.name);
         if stored.version != 0 && served != stored.version {
             return Err(Error::sink(
                 KIND,
@@ -391,7 +422,6 @@ impl Sink for GcpSink {
                 false,
             ));
         }
-        let data = out.payload.map(|p| p.data).unwrap_or_default();
         let map: BTreeMap<String, Zeroizing<String>> = serde_json::from_slice(&data).map_err(|_| {
             Error::sink(
                 KIND,
@@ -462,19 +492,8 @@ impl Sink for GcpSink {
     }
 
     async fn list(&self) -> Result<Vec<SinkEntry>> {
-        let client = self.client().await?;
-        let mut secrets = client
-            .list_secrets()
-            .set_parent(format!("projects/{}", self.config.project))
-            .set_filter(format!("name:{}", self.config.prefix))
-            .set_page_size(250)
-            .by_item();
         let mut out = Vec::new();
-        while let Some(secret) = secrets.next().await {
-            let secret = secret.map_err(|e| self.failure("cannot list secrets", e))?;
-            let Some(name) = secret.name.rsplit('/').next() else {
-                continue;
-            };
+        for (name, labels) in self.all_secrets(&self.config.prefix).await? {
             let Some(id) = name
                 .strip_prefix(&self.config.prefix)
                 .and_then(|r| SecretId::parse_str(r).ok())
@@ -484,7 +503,7 @@ impl Sink for GcpSink {
             if name != object_name(&self.config.prefix, id) {
                 continue;
             }
-            let tagged = LABELS.decode(&secret.labels);
+            let tagged = LABELS.decode(&labels);
             if !tagged.deleted && tagged.meta.is_some() {
                 out.push(SinkEntry { id, seq: tagged.seq });
             }
@@ -508,22 +527,11 @@ impl Sink for GcpSink {
 #[async_trait]
 impl ForeignSecrets for GcpSink {
     async fn names(&self, prefix: &str) -> Result<Vec<String>> {
-        let client = self.client().await?;
-        let mut secrets = client
-            .list_secrets()
-            .set_parent(format!("projects/{}", self.config.project))
-            .set_page_size(250)
-            .by_item();
         let mut out = Vec::new();
-        while let Some(secret) = secrets.next().await {
-            let secret = secret.map_err(|e| self.failure("cannot list secrets", e))?;
-            let Some(name) = secret.name.rsplit('/').next() else {
-                continue;
-            };
-            let ours =
-                is_sledger_object(&self.config.prefix, name) || secret.labels.contains_key("sledger-seq");
+        for (name, labels) in self.all_secrets("").await? {
+            let ours = is_sledger_object(&self.config.prefix, &name) || labels.contains_key("sledger-seq");
             if !ours && name.starts_with(prefix) {
-                out.push(name.to_owned());
+                out.push(name);
             }
         }
         out.sort();
@@ -531,20 +539,9 @@ impl ForeignSecrets for GcpSink {
     }
 
     async fn read(&self, name: &str) -> Result<Option<SecretValues>> {
-        let client = self.client().await?;
-        let out = match client
-            .access_secret_version()
-            .set_name(format!("{}/versions/latest", self.secret_path(name)))
-            .send()
-            .await
-        {
-            Ok(out) => out,
-            Err(e) if is(&e, Code::NotFound, 404) || is(&e, Code::FailedPrecondition, 400) => {
-                return Ok(None)
-            }
-            Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
+        let Some((_, data)) = self.latest(name).await? else {
+            return Ok(None);
         };
-        let data = out.payload.map(|p| p.data).unwrap_or_default();
         Ok(std::str::from_utf8(&data).ok().map(values_from_text))
     }
 }
