@@ -836,3 +836,17 @@ fn import_reads_a_dotenv_file_as_one_secret() {
     let err = env.fails(&["import", "--file", file.to_str().unwrap(), "--name", "app"], 2);
     assert!(err.contains("line 2") && !err.contains("s3cr3t"), "{err}");
 }
+
+#[test]
+fn import_from_needs_a_cloud_backend_and_a_choice() {
+    let env = Env::new();
+    let url = env.sqlite_url("other.db");
+    let err = env.fails(&["import", "--from", &url, "--all"], USAGE);
+    assert!(err.contains("import --from reads a vault://"), "{err}");
+    let err = env.fails(&["import", "--from", "aws-sm://eu-west-1"], USAGE);
+    assert!(err.contains("--all") && err.contains("--prefix"), "{err}");
+    let err = env.fails(&["import"], USAGE);
+    assert!(err.contains("--file") && err.contains("--from"), "{err}");
+    let err = env.fails(&["import", "--all"], USAGE);
+    assert!(err.contains("--from"), "{err}");
+}

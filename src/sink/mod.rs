@@ -676,23 +676,21 @@ impl SinkUrl {
 
     /// The backend's own secrets, for adopting them (`import --from`).
     pub fn open_foreign(&self) -> Result<Arc<dyn ForeignSecrets>> {
-        Ok(match &self.backend {
+        match &self.backend {
             #[cfg(feature = "vault")]
-            Backend::Vault(config) => Arc::new(vault::VaultSink::new(config.clone())),
+            Backend::Vault(config) => Ok(Arc::new(vault::VaultSink::new(config.clone()))),
             #[cfg(feature = "aws")]
-            Backend::Aws(config) => Arc::new(aws::AwsSink::new(config.clone())),
+            Backend::Aws(config) => Ok(Arc::new(aws::AwsSink::new(config.clone()))),
             #[cfg(feature = "gcp")]
-            Backend::Gcp(config) => Arc::new(gcp::GcpSink::new(config.clone())),
+            Backend::Gcp(config) => Ok(Arc::new(gcp::GcpSink::new(config.clone()))),
             #[cfg(feature = "azure")]
-            Backend::Azure(config) => Arc::new(azure::AzureSink::new(config.clone())),
-            _ => {
-                return Err(Error::InvalidInput(
-                    "import --from reads a vault://, aws-sm://, gcp-sm:// or azure-kv:// backend; \
+            Backend::Azure(config) => Ok(Arc::new(azure::AzureSink::new(config.clone()))),
+            _ => Err(Error::InvalidInput(
+                "import --from reads a vault://, aws-sm://, gcp-sm:// or azure-kv:// backend; \
                      sledger's own sinks are filled from a ledger with `sledger replay`"
-                        .into(),
-                ))
-            }
-        })
+                    .into(),
+            )),
+        }
     }
 
     /// Connect. `seal_key` seals values at rest in sinks that store them locally (sqlite).
