@@ -366,7 +366,7 @@ impl Sink for GcpSink {
         let value = record.values.to_json();
         // Workloads read `latest`, the most recently created version: ours must end up the
         // newest. A slower writer of an older seq may add one after ours; then ours is added
-        // again (the slower writer, seeing our seq in the labels, disables its own).
+        // again (the slower writer, seeing our seq in the labels, destroys its own).
         for _ in 0..RACE_ATTEMPTS {
             let (number, version) = self.add_version(&name, &value).await?;
             let fresh = self.stored(&name).await?.ok_or_else(|| {
