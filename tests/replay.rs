@@ -401,3 +401,31 @@ fn drift_behind_the_ledgers_back_is_found_and_reconciled() {
         "v2"
     );
 }
+
+/// A replay into an attached sink waits for the sink's write lock, the one its projectors take
+/// per batch, so the two never write at once.
+#[test]
+fn reconcile_waits_for_the_sinks_write_lock() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=1"]);
+    env.ok(&["sink", "add", "b", &env.sqlite_url("b.db"), "--role", "standby"]);
+    let lock = std::fs::File::create(format!("{}.sink-b.lock", env.ledger.display())).unwrap();
+    lock.lock().unwrap();
+    let mut reconcile = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
+        .env("SLEDGER_LEDGER", &env.ledger)
+        .env_remove("SLEDGER_MASTER_KEY")
+        .args(["reconcile", "b"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(800));
+    assert!(
+        reconcile.try_wait().unwrap().is_none(),
+        "reconcile wrote while another process held the lock"
+    );
+    assert_eq!(env.differences("b").len(), 1, "nothing written yet");
+    drop(lock);
+    assert!(reconcile.wait().unwrap().success());
+    assert!(env.differences("b").is_empty());
+}

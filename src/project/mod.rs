@@ -478,8 +478,9 @@ pub async fn project(
 /// of the seq (AWS, Azure, Vault's metadata) can still let an older write from another
 /// process land in the same instant as a newer one. So one process at a time applies a
 /// sink's batches: it holds an exclusive lock on a file beside the ledger, waited for until
-/// the deadline (`None` if it passed, or a stop came, first).
-async fn lock_sink_writes(
+/// the deadline (`None` if it passed, or a stop came, first). Replays into an attached sink
+/// hold it too while they write.
+pub async fn lock_sink_writes(
     ledger: &Ledger,
     name: &str,
     opts: &ProjectOptions,

@@ -144,10 +144,17 @@ impl Mode {
     }
 }
 
+/// The write lock of attached sink `name`, which its projectors take per batch.
+async fn writing_to(ledger: &Ledger, name: &str) -> Result<Option<std::fs::File>> {
+    Ok(project::lock_sink_writes(ledger, name, &ProjectOptions::default()).await?)
+}
+
 /// Resync `sink` to `desired` (only the differences `only` keeps, if given) and report; Err
-/// if something is left different.
+/// if something is left different. `attached_to`: the ledger `name` is a sink of, whose
+/// projectors then wait while this writes.
 async fn reconcile_sink(
     ctx: &Context,
+    attached_to: Option<&Ledger>,
     name: &str,
     sink: &dyn Sink,
     desired: &Desired,
@@ -169,6 +176,10 @@ async fn reconcile_sink(
         print_differences(ctx, name, &differences);
         return newer_error(name, &differences).map_or(Ok(()), Err);
     }
+    let _projectors_wait = match attached_to {
+        Some(ledger) => writing_to(ledger, name).await?,
+        None => None,
+    };
     let writing = bar(ctx, "writing");
     let report = replay::apply(desired, sink, &differences, &follow(&writing)).await?;
     writing.finish_and_clear();
@@ -213,7 +224,10 @@ pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
     };
     let desired = ledger.desired_at(seq)?;
     let mode = Mode::unless_dry_run(args.dry_run, Mode::AllOrNothing);
-    block_on(reconcile_sink(ctx, &args.into, &*sink, &desired, mode, None))
+    let attached = (!args.into.contains("://")).then_some(&ledger);
+    block_on(reconcile_sink(
+        ctx, attached, &args.into, &*sink, &desired, mode, None,
+    ))
 }
 
 pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
@@ -241,6 +255,7 @@ pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
     let desired = ledger.desired_at(ledger.head()?.seq)?;
     block_on(reconcile_sink(
         ctx,
+        Some(&ledger),
         &args.sink,
         &*sink,
         &desired,
@@ -303,6 +318,7 @@ pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
             let (_, sink) = ledger.open_sink(name)?;
             reconcile_sink(
                 ctx,
+                Some(&ledger),
                 name,
                 &*sink,
                 &desired,
@@ -321,6 +337,7 @@ pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
         if let Some(everywhere) = everywhere {
             let primary = project::primary(&ledger)?.context("there is no primary sink")?;
             let (_, sink) = ledger.open_sink(&primary)?;
+            let _projectors_wait = writing_to(&ledger, &primary).await?;
             let removed = empty_sink(&*sink, desired.seq, &|id| everywhere.contains(&id)).await?;
             if ctx.json() {
                 output::json_line(&json!({"sink": primary, "deleted": removed}));
@@ -351,7 +368,15 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         let only = |d: &Difference| chosen.contains(&d.id);
         let only = (!args.secrets.is_empty()).then_some(&only as &dyn Fn(&Difference) -> bool);
         let mode = Mode::unless_dry_run(args.dry_run, Mode::Apply);
-        return block_on(reconcile_sink(ctx, &primary, &*sink, &desired, mode, only));
+        return block_on(reconcile_sink(
+            ctx,
+            Some(&ledger),
+            &primary,
+            &*sink,
+            &desired,
+            mode,
+            only,
+        ));
     }
     let seq = target(&ledger, &args.target)?;
     let plan = ledger.plan_restore(&ctx.actor, seq, &args.secrets)?;
@@ -489,7 +514,10 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
         outln!("2/5 {name} caught up to seq {}", ledger.checkpoint(&name)?);
         let (_, sink) = ledger.open_sink(&name)?;
         let desired = ledger.desired_at(ledger.checkpoint(&name)?)?;
-        let (_, applied) = sync(ctx, &*sink, &desired, false).await?;
+        let (_, applied) = {
+            let _projectors_wait = writing_to(&ledger, &name).await?;
+            sync(ctx, &*sink, &desired, false).await?
+        };
         let left = replay::diff(&desired, &*sink, &|_, _| {}).await?;
         if !left.is_empty() {
             return Err(out_of_sync(format!(
