@@ -373,6 +373,17 @@ impl SecretValues {
         self.to_json().len()
     }
 
+    /// The values from the JSON object of strings a sink stores; `None` if `json` is anything
+    /// else (the caller names the object: a parse error would quote the text).
+    pub fn from_json(json: &[u8]) -> Option<SecretValues> {
+        let map: BTreeMap<String, Zeroizing<String>> = serde_json::from_slice(json).ok()?;
+        let mut values = SecretValues::new();
+        for (k, v) in &map {
+            values.insert(k.as_str(), v.as_str());
+        }
+        Some(values)
+    }
+
     /// The values as a JSON object (the form sinks and `--format json` use).
     pub fn to_json(&self) -> Zeroizing<String> {
         let plain: BTreeMap<&str, &str> = self.iter().collect();

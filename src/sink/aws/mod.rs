@@ -10,8 +10,6 @@
 //!
 //! Credentials come from the standard AWS chain (environment, profile, instance role).
 
-use std::collections::BTreeMap;
-
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::config::http::HttpResponse;
 use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
@@ -313,17 +311,13 @@ impl Sink for AwsSink {
             Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
         };
         let text = Zeroizing::new(out.secret_string().unwrap_or("{}").to_owned());
-        let map: BTreeMap<String, Zeroizing<String>> = serde_json::from_str(&text).map_err(|_| {
+        let values = SecretValues::from_json(text.as_bytes()).ok_or_else(|| {
             Error::sink(
                 KIND,
                 format!("{name} does not hold a JSON object of strings"),
                 false,
             )
         })?;
-        let mut values = SecretValues::new();
-        for (k, v) in &map {
-            values.insert(k.as_str(), v.as_str());
-        }
         Ok(Some(SinkRecord::from_meta(
             RecordMeta {
                 seq: stored.seq,

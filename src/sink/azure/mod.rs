@@ -16,7 +16,7 @@
 
 mod credential;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -369,17 +369,13 @@ impl Sink for AzureSink {
             return Ok(None);
         };
         let text = Zeroizing::new(secret.value.unwrap_or_default());
-        let map: BTreeMap<String, Zeroizing<String>> = serde_json::from_str(&text).map_err(|_| {
+        let values = SecretValues::from_json(text.as_bytes()).ok_or_else(|| {
             Error::sink(
                 KIND,
                 format!("{name} does not hold a JSON object of strings"),
                 false,
             )
         })?;
-        let mut values = SecretValues::new();
-        for (k, v) in &map {
-            values.insert(k.as_str(), v.as_str());
-        }
         Ok(Some(SinkRecord::from_meta(
             RecordMeta {
                 seq: tagged.seq,

@@ -16,7 +16,7 @@
 //!
 //! Credentials: Application Default Credentials, or none when `endpoint=` names an emulator.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use google_cloud_gax::error::rpc::Code;
@@ -422,17 +422,13 @@ impl Sink for GcpSink {
                 false,
             ));
         }
-        let map: BTreeMap<String, Zeroizing<String>> = serde_json::from_slice(&data).map_err(|_| {
+        let values = SecretValues::from_json(&data).ok_or_else(|| {
             Error::sink(
                 KIND,
                 format!("{name}'s latest version does not hold a JSON object of strings"),
                 false,
             )
         })?;
-        let mut values = SecretValues::new();
-        for (k, v) in &map {
-            values.insert(k.as_str(), v.as_str());
-        }
         Ok(Some(SinkRecord::from_meta(
             RecordMeta {
                 seq: stored.tagged.seq,
