@@ -5,7 +5,6 @@ mod common;
 
 use common::moto::{self, AWS_ENV};
 use common::Env;
-use serde_json::Value;
 use sledger::crypto::SinkSealKey;
 use sledger::sink::{conformance, SinkUrl};
 
@@ -58,35 +57,16 @@ fn a_value_over_the_aws_limit_is_refused_before_the_append() {
 }
 
 #[test]
-fn an_aws_outage_shows_in_status_and_heals() {
+fn an_aws_outage_mid_projection_shows_in_status_and_heals() {
     let mut moto = moto::start();
-    let env = Env::new();
-    aws(&env, &["sink", "add", "aws", &moto::url(&moto, "")]);
-    aws(&env, &["secret", "create", "a", "--value", "k=1"]);
-    aws(&env, &["project"]);
-    // The endpoint goes away mid-life: writes stay durable, the status says what is wrong.
-    moto.kill();
-    aws(&env, &["secret", "update", "a", "--value", "k=2"]);
-    let out = env.cmd().envs(AWS_ENV).args(["project"]).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status = aws(&env, &["sink", "status"]);
-    assert!(status.contains("aws") && status.contains("127.0.0.1"), "{status}");
-    // It comes back (moto starts empty): the replay refills it, the projector follows.
-    let _moto = moto::start_on(moto.port);
-    aws(&env, &["reconcile", "aws"]);
-    aws(&env, &["project"]);
-    aws(&env, &["diff", "aws"]);
-    let got: Value = serde_json::from_str(&aws(
-        &env,
-        &["--format", "json", "secret", "get", "a", "--from", "backup"],
-    ))
-    .unwrap();
-    assert_eq!(got["values"]["k"], "2");
+    let (url, port) = (moto::url(&moto, ""), moto.port);
+    common::outage_mid_projection(&AWS_ENV, &url, &format!("127.0.0.1:{port}"), &mut |up| {
+        if up {
+            moto = moto::start_on(port);
+        } else {
+            moto.kill();
+        }
+    });
 }
 
 /// `import --from` adopts an existing AWS estate, seeded with the AWS SDK.

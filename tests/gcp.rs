@@ -5,7 +5,6 @@ mod common;
 
 use common::drongo::{self, GCP_ENV};
 use common::Env;
-use serde_json::Value;
 use sledger::crypto::SinkSealKey;
 use sledger::sink::{conformance, SinkUrl};
 
@@ -58,35 +57,16 @@ fn a_value_over_the_gcp_limit_is_refused_before_the_append() {
 }
 
 #[test]
-fn a_gcp_outage_shows_in_status_and_heals() {
+fn a_gcp_outage_mid_projection_shows_in_status_and_heals() {
     let mut drongo = drongo::start();
-    let env = Env::new();
-    gcp(&env, &["sink", "add", "gcp", &drongo::url(&drongo, "")]);
-    gcp(&env, &["secret", "create", "a", "--value", "k=1"]);
-    gcp(&env, &["project"]);
-    // The emulator goes away mid-life: writes stay durable, the status says what is wrong.
-    drongo.kill();
-    gcp(&env, &["secret", "update", "a", "--value", "k=2"]);
-    let out = env.cmd().envs(GCP_ENV).args(["project"]).output().unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status = gcp(&env, &["sink", "status"]);
-    assert!(status.contains("gcp") && status.contains("127.0.0.1"), "{status}");
-    // It comes back (drongo starts empty): the replay refills it, the projector follows.
-    let _drongo = drongo::start_on(drongo.port);
-    gcp(&env, &["reconcile", "gcp"]);
-    gcp(&env, &["project"]);
-    gcp(&env, &["diff", "gcp"]);
-    let got: Value = serde_json::from_str(&gcp(
-        &env,
-        &["--format", "json", "secret", "get", "a", "--from", "backup"],
-    ))
-    .unwrap();
-    assert_eq!(got["values"]["k"], "2");
+    let (url, port) = (drongo::url(&drongo, ""), drongo.port);
+    common::outage_mid_projection(&GCP_ENV, &url, &format!("127.0.0.1:{port}"), &mut |up| {
+        if up {
+            drongo = drongo::start_on(port);
+        } else {
+            drongo.kill();
+        }
+    });
 }
 
 /// `import --from` adopts an existing Secret Manager estate, seeded with the Google client.

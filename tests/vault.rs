@@ -4,7 +4,6 @@
 mod common;
 
 use common::openbao::{self, ROOT_TOKEN, VAULT_ENV};
-use common::Env;
 use sledger::crypto::SinkSealKey;
 use sledger::sink::{conformance, SinkUrl};
 
@@ -20,10 +19,6 @@ async fn vault_sink_conforms() {
     .await;
 }
 
-fn with_token(env: &Env, args: &[&str]) -> String {
-    common::ok_with(env, &VAULT_ENV, args)
-}
-
 #[test]
 fn vault_as_backup_then_migration_target_under_writes() {
     let bao = openbao::start();
@@ -31,37 +26,16 @@ fn vault_as_backup_then_migration_target_under_writes() {
 }
 
 #[test]
-fn a_vault_outage_shows_in_status_and_heals() {
+fn a_vault_outage_mid_projection_shows_in_status_and_heals() {
     let mut bao = openbao::start();
-    let env = Env::new();
-    with_token(&env, &["sink", "add", "vault", &openbao::url(&bao, "")]);
-    with_token(&env, &["secret", "create", "a", "--value", "k=1"]);
-    with_token(&env, &["project"]);
-    // The server goes away; writes stay durable and the status says what is wrong.
-    bao.kill();
-    with_token(&env, &["secret", "update", "a", "--value", "k=2"]);
-    let out = env
-        .cmd()
-        .env("VAULT_TOKEN", ROOT_TOKEN)
-        .args(["project"])
-        .output()
-        .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(7),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let status = with_token(&env, &["sink", "status"]);
-    assert!(
-        status.contains("vault") && status.contains("127.0.0.1"),
-        "{status}"
-    );
-    // It comes back (a dev server starts empty): the replay fills it, the projector follows.
-    let _bao = openbao::start_on(bao.port);
-    with_token(&env, &["reconcile", "vault"]);
-    with_token(&env, &["project"]);
-    with_token(&env, &["diff", "vault"]);
+    let (url, port) = (openbao::url(&bao, ""), bao.port);
+    common::outage_mid_projection(&VAULT_ENV, &url, &format!("127.0.0.1:{port}"), &mut |up| {
+        if up {
+            bao = openbao::start_on(port);
+        } else {
+            bao.kill();
+        }
+    });
 }
 
 /// `import --from` adopts an existing Vault estate, seeded with the `bao` CLI.

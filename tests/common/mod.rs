@@ -366,3 +366,67 @@ pub fn adopt_walkthrough(vars: &[(&str, &str)], url: &str, sep: &str) {
     assert_eq!(none.status.code(), Some(2), "{err}");
     assert!(err.contains("holds no secrets starting with \"nope/\""), "{err}");
 }
+
+/// The backend dies while `sledger project` is writing to it: that run fails (exit 7), the
+/// sink's error naming `address` shows in `sink status` and the lag stays, writes stay durable;
+/// once the backend is back (empty: the test servers keep nothing) `reconcile` and `project`
+/// converge and `diff` is clean. `server(false)` kills the backend, `server(true)` restarts it.
+pub fn outage_mid_projection(vars: &[(&str, &str)], url: &str, address: &str, server: &mut dyn FnMut(bool)) {
+    let env = Env::new();
+    let run = |args: &[&str]| ok_with(&env, vars, args);
+    run(&["sink", "add", "cloud", url]);
+    let file = env.dir.path().join("many.jsonl");
+    let lines: Vec<String> = (0..400)
+        .map(|i| format!(r#"{{"name": "bulk/{i}", "values": {{"k": "v{i}"}}}}"#))
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    run(&["import", "--file", file.to_str().unwrap()]);
+    let status = |env: &Env| -> serde_json::Value {
+        let all: serde_json::Value =
+            serde_json::from_str(&ok_with(env, vars, &["--format", "json", "sink", "status"])).unwrap();
+        all.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "cloud")
+            .unwrap()
+            .clone()
+    };
+    let mut projecting = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
+        .env("SLEDGER_LEDGER", &env.ledger)
+        .env_remove("SLEDGER_MASTER_KEY")
+        .envs(vars.iter().copied())
+        .args(["project", "--batch-events", "10"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the projection is under way, well before it is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while status(&env)["checkpoint"].as_u64().unwrap() < 30 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the projection never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    server(false);
+    let exit = projecting.wait().unwrap();
+    assert_eq!(exit.code(), Some(7), "project with its backend gone mid-run");
+    let row = status(&env);
+    assert!(row["lag"].as_u64().unwrap() > 0, "{row}");
+    let error = row["last_error"].as_str().unwrap_or_default();
+    assert!(error.contains(address), "{row}");
+    run(&["secret", "update", "bulk/0", "--value", "k=changed"]);
+
+    server(true);
+    run(&["reconcile", "cloud"]);
+    run(&["project"]);
+    run(&["diff", "cloud"]);
+    assert_eq!(status(&env)["lag"], 0);
+    let got: serde_json::Value = serde_json::from_str(&run(&[
+        "--format", "json", "secret", "get", "bulk/0", "--from", "backup",
+    ]))
+    .unwrap();
+    assert_eq!(got["values"]["k"], "changed", "{got}");
+    run(&["verify"]);
+}
