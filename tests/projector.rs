@@ -273,14 +273,7 @@ fn project_killed_mid_batch_never_checkpoints_ahead_and_converges() {
     let (mut kills, mut rounds, mut killed_after_progress) = (0, 1, 0);
     let mut last_checkpoints = HashMap::new();
     while kills < 25 {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
-            .env("SLEDGER_LEDGER", &env.ledger)
-            .env_remove("SLEDGER_MASTER_KEY")
-            .args(["--format", "json", "project", "--batch-events", "20"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = env.spawn(&[], &["--format", "json", "project", "--batch-events", "20"]);
         std::thread::sleep(Duration::from_millis(rng.gen_range(30..400)));
         let killed = child.try_wait().unwrap().is_none();
         if killed {

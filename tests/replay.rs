@@ -411,14 +411,7 @@ fn reconcile_waits_for_the_sinks_write_lock() {
     env.ok(&["sink", "add", "b", &env.sqlite_url("b.db"), "--role", "standby"]);
     let lock = std::fs::File::create(format!("{}.sink-b.lock", env.ledger.display())).unwrap();
     lock.lock().unwrap();
-    let mut reconcile = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
-        .env("SLEDGER_LEDGER", &env.ledger)
-        .env_remove("SLEDGER_MASTER_KEY")
-        .args(["reconcile", "b"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut reconcile = env.spawn(&[], &["reconcile", "b"]);
     std::thread::sleep(std::time::Duration::from_millis(800));
     assert!(
         reconcile.try_wait().unwrap().is_none(),

@@ -35,14 +35,7 @@ fn kill_repeatedly(env: &Env, args: &[&str], kills: usize) -> usize {
     let (mut landed, mut tries) = (0, 0);
     while landed < kills && tries < kills * 4 {
         tries += 1;
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
-            .env("SLEDGER_LEDGER", &env.ledger)
-            .env_remove("SLEDGER_MASTER_KEY")
-            .args(args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = env.spawn(&[], args);
         std::thread::sleep(Duration::from_millis(rng.gen_range(20..700)));
         if child.try_wait().unwrap().is_none() {
             child.kill().unwrap();

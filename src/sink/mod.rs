@@ -118,6 +118,26 @@ impl SinkRecord {
         }
     }
 
+    /// The record a backend object holds: `meta` from its metadata, at `seq`, and the values
+    /// from its stored JSON. An object holding anything else is an error naming `object`
+    /// (never quoting its text).
+    pub(crate) fn from_stored(
+        kind: &str,
+        object: &str,
+        meta: RecordMeta,
+        seq: u64,
+        json: &[u8],
+    ) -> Result<Self> {
+        let values = SecretValues::from_json(json).ok_or_else(|| {
+            Error::sink(
+                kind,
+                format!("{object} does not hold a JSON object of strings"),
+                false,
+            )
+        })?;
+        Ok(Self::from_meta(RecordMeta { seq, ..meta }, values))
+    }
+
     pub fn from_meta(meta: RecordMeta, values: SecretValues) -> Self {
         SinkRecord {
             id: meta.id,
@@ -639,7 +659,7 @@ impl SinkUrl {
     /// anything is appended.
     pub fn capabilities(&self) -> Capabilities {
         match &self.backend {
-            // Local sinks take any size the ledger allows; cloud sinks will bring their limits.
+            // Local sinks take any size the ledger allows; cloud sinks bring their limits.
             Backend::Memory { max_concurrency, .. }
             | Backend::Sqlite { max_concurrency, .. }
             | Backend::Exec { max_concurrency, .. } => Capabilities {
@@ -648,29 +668,13 @@ impl SinkUrl {
                 max_concurrency: *max_concurrency,
             },
             #[cfg(feature = "vault")]
-            Backend::Vault(config) => Capabilities {
-                max_value_bytes: vault::MAX_VALUE_BYTES,
-                soft_delete: true,
-                max_concurrency: config.max_concurrency,
-            },
+            Backend::Vault(config) => config.capabilities(),
             #[cfg(feature = "aws")]
-            Backend::Aws(config) => Capabilities {
-                max_value_bytes: aws::MAX_VALUE_BYTES,
-                soft_delete: true,
-                max_concurrency: config.max_concurrency,
-            },
+            Backend::Aws(config) => config.capabilities(),
             #[cfg(feature = "gcp")]
-            Backend::Gcp(config) => Capabilities {
-                max_value_bytes: gcp::MAX_VALUE_BYTES,
-                soft_delete: true,
-                max_concurrency: config.max_concurrency,
-            },
+            Backend::Gcp(config) => config.capabilities(),
             #[cfg(feature = "azure")]
-            Backend::Azure(config) => Capabilities {
-                max_value_bytes: azure::MAX_VALUE_BYTES,
-                soft_delete: true,
-                max_concurrency: config.max_concurrency,
-            },
+            Backend::Azure(config) => config.capabilities(),
         }
     }
 

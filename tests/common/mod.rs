@@ -55,6 +55,23 @@ impl Env {
         c
     }
 
+    /// `sledger ARGS` started in the background like [`Env::cmd`], with `vars` set and its
+    /// output discarded: for tests that kill it or wait on it.
+    pub fn spawn(&self, vars: &[(&str, &str)], args: &[&str]) -> std::process::Child {
+        std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
+            .env("SLEDGER_LEDGER", &self.ledger)
+            .env("SLEDGER_ACTOR", "alice@test")
+            .env_remove("SLEDGER_MASTER_KEY")
+            .env_remove("SLEDGER_KEY_FILE")
+            .env_remove("SLEDGER_LOG")
+            .envs(vars.iter().copied())
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }
@@ -375,7 +392,7 @@ pub fn outage_mid_projection(vars: &[(&str, &str)], url: &str, address: &str, se
     let env = Env::new();
     let run = |args: &[&str]| ok_with(&env, vars, args);
     run(&["sink", "add", "cloud", url]);
-    let file = env.dir.path().join("many.jsonl");
+    let file = env.path("many.jsonl");
     let lines: Vec<String> = (0..400)
         .map(|i| format!(r#"{{"name": "bulk/{i}", "values": {{"k": "v{i}"}}}}"#))
         .collect();
@@ -391,15 +408,7 @@ pub fn outage_mid_projection(vars: &[(&str, &str)], url: &str, address: &str, se
             .unwrap()
             .clone()
     };
-    let mut projecting = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
-        .env("SLEDGER_LEDGER", &env.ledger)
-        .env_remove("SLEDGER_MASTER_KEY")
-        .envs(vars.iter().copied())
-        .args(["project", "--batch-events", "10"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut projecting = env.spawn(vars, &["project", "--batch-events", "10"]);
     // Kill it once the projection is under way, well before it is done.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while status(&env)["checkpoint"].as_u64().unwrap() < 30 {

@@ -17,7 +17,6 @@ use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
 use aws_sdk_secretsmanager::Client;
 use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
-use zeroize::Zeroizing;
 
 use super::foreign::{is_sledger_object, values_from_text, ForeignSecrets};
 use super::{object_name, Capabilities, DeleteMode, ObjectLocks, RecordMeta, Sink, SinkEntry, SinkRecord};
@@ -37,6 +36,17 @@ pub struct AwsConfig {
     /// Days a soft-deleted secret stays recoverable (7 to 30).
     pub recovery_days: i64,
     pub max_concurrency: usize,
+}
+
+impl AwsConfig {
+    /// What such a sink holds and how hard it may be driven, known without connecting.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_bytes: MAX_VALUE_BYTES,
+            soft_delete: true,
+            max_concurrency: self.max_concurrency,
+        }
+    }
 }
 
 /// What the Description carries.
@@ -189,6 +199,18 @@ impl AwsSink {
         }
     }
 
+    /// Cancel the scheduled deletion of `name`.
+    async fn restore(&self, name: &str) -> Result<()> {
+        self.client()
+            .await
+            .restore_secret()
+            .secret_id(name)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| self.failure(&format!("cannot restore {name}"), e))
+    }
+
     async fn describe(&self, name: &str, described: &Described) -> Result<()> {
         self.client()
             .await
@@ -224,11 +246,7 @@ impl Sink for AwsSink {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_bytes: MAX_VALUE_BYTES,
-            soft_delete: true,
-            max_concurrency: self.config.max_concurrency,
-        }
+        self.config.capabilities()
     }
 
     async fn put(&self, record: &SinkRecord) -> Result<()> {
@@ -259,12 +277,7 @@ impl Sink for AwsSink {
             },
             Some(s) => {
                 if s.scheduled_for_deletion {
-                    client
-                        .restore_secret()
-                        .secret_id(&name)
-                        .send()
-                        .await
-                        .map_err(|e| self.failure(&format!("cannot restore {name}"), e))?;
+                    self.restore(&name).await?;
                 }
                 client
                     .put_secret_value()
@@ -310,21 +323,8 @@ impl Sink for AwsSink {
             Err(e) if e.code() == Some("ResourceNotFoundException") => return Ok(None),
             Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
         };
-        let text = Zeroizing::new(out.secret_string().unwrap_or("{}").to_owned());
-        let values = SecretValues::from_json(text.as_bytes()).ok_or_else(|| {
-            Error::sink(
-                KIND,
-                format!("{name} does not hold a JSON object of strings"),
-                false,
-            )
-        })?;
-        Ok(Some(SinkRecord::from_meta(
-            RecordMeta {
-                seq: stored.seq,
-                ..meta
-            },
-            values,
-        )))
+        let text = out.secret_string().unwrap_or("{}");
+        SinkRecord::from_stored(KIND, &name, meta, stored.seq, text.as_bytes()).map(Some)
     }
 
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
@@ -361,12 +361,7 @@ impl Sink for AwsSink {
                 if s.scheduled_for_deletion {
                     // Deleted at an older seq (the writes since were compacted away): its
                     // description must move forward, and AWS changes only a live secret's.
-                    client
-                        .restore_secret()
-                        .secret_id(&name)
-                        .send()
-                        .await
-                        .map_err(|e| self.failure(&format!("cannot restore {name}"), e))?;
+                    self.restore(&name).await?;
                 }
                 // Described first, so the deleted secret says at which seq it was deleted; a
                 // retry that finds it described but not yet deleted finishes.

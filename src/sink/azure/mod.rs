@@ -34,7 +34,7 @@ use zeroize::Zeroizing;
 
 use super::foreign::{is_sledger_object, values_from_text, ForeignSecrets};
 use super::tagged::{TagLimits, Tagged};
-use super::{object_name, Capabilities, DeleteMode, ObjectLocks, RecordMeta, Sink, SinkEntry, SinkRecord};
+use super::{object_name, Capabilities, DeleteMode, ObjectLocks, Sink, SinkEntry, SinkRecord};
 use crate::crypto::SecretValues;
 use crate::error::{Error, Result};
 use crate::SecretId;
@@ -63,6 +63,17 @@ pub struct AzureConfig {
     pub ca_file: Option<PathBuf>,
     pub prefix: String,
     pub max_concurrency: usize,
+}
+
+impl AzureConfig {
+    /// What such a sink holds and how hard it may be driven, known without connecting.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_bytes: MAX_VALUE_BYTES,
+            soft_delete: true,
+            max_concurrency: self.max_concurrency,
+        }
+    }
 }
 
 pub struct AzureSink {
@@ -339,11 +350,7 @@ impl Sink for AzureSink {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_bytes: MAX_VALUE_BYTES,
-            soft_delete: true,
-            max_concurrency: self.config.max_concurrency,
-        }
+        self.config.capabilities()
     }
 
     async fn put(&self, record: &SinkRecord) -> Result<()> {
@@ -369,20 +376,7 @@ impl Sink for AzureSink {
             return Ok(None);
         };
         let text = Zeroizing::new(secret.value.unwrap_or_default());
-        let values = SecretValues::from_json(text.as_bytes()).ok_or_else(|| {
-            Error::sink(
-                KIND,
-                format!("{name} does not hold a JSON object of strings"),
-                false,
-            )
-        })?;
-        Ok(Some(SinkRecord::from_meta(
-            RecordMeta {
-                seq: tagged.seq,
-                ..meta
-            },
-            values,
-        )))
+        SinkRecord::from_stored(KIND, &name, meta, tagged.seq, text.as_bytes()).map(Some)
     }
 
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {

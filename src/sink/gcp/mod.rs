@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 
 use super::foreign::{is_sledger_object, values_from_text, ForeignSecrets};
 use super::tagged::{TagLimits, Tagged};
-use super::{object_name, Capabilities, DeleteMode, ObjectLocks, RecordMeta, Sink, SinkEntry, SinkRecord};
+use super::{object_name, Capabilities, DeleteMode, ObjectLocks, Sink, SinkEntry, SinkRecord};
 use crate::crypto::SecretValues;
 use crate::error::{Error, Result};
 use crate::SecretId;
@@ -66,6 +66,17 @@ pub struct GcpConfig {
     pub prefix: String,
     pub old_versions: OldVersions,
     pub max_concurrency: usize,
+}
+
+impl GcpConfig {
+    /// What such a sink holds and how hard it may be driven, known without connecting.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_bytes: MAX_VALUE_BYTES,
+            soft_delete: true,
+            max_concurrency: self.max_concurrency,
+        }
+    }
 }
 
 pub struct GcpSink {
@@ -346,11 +357,7 @@ impl Sink for GcpSink {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_bytes: MAX_VALUE_BYTES,
-            soft_delete: true,
-            max_concurrency: self.config.max_concurrency,
-        }
+        self.config.capabilities()
     }
 
     async fn put(&self, record: &SinkRecord) -> Result<()> {
@@ -422,20 +429,14 @@ impl Sink for GcpSink {
                 false,
             ));
         }
-        let values = SecretValues::from_json(&data).ok_or_else(|| {
-            Error::sink(
-                KIND,
-                format!("{name}'s latest version does not hold a JSON object of strings"),
-                false,
-            )
-        })?;
-        Ok(Some(SinkRecord::from_meta(
-            RecordMeta {
-                seq: stored.tagged.seq,
-                ..meta
-            },
-            values,
-        )))
+        SinkRecord::from_stored(
+            KIND,
+            &format!("{name}'s latest version"),
+            meta,
+            stored.tagged.seq,
+            &data,
+        )
+        .map(Some)
     }
 
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {

@@ -45,6 +45,17 @@ pub struct VaultConfig {
     pub max_concurrency: usize,
 }
 
+impl VaultConfig {
+    /// What such a sink holds and how hard it may be driven, known without connecting.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            max_value_bytes: MAX_VALUE_BYTES,
+            soft_delete: true,
+            max_concurrency: self.max_concurrency,
+        }
+    }
+}
+
 pub struct VaultSink {
     config: VaultConfig,
     client: OnceCell<VaultClient>,
@@ -205,11 +216,7 @@ impl Sink for VaultSink {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_bytes: MAX_VALUE_BYTES,
-            soft_delete: true,
-            max_concurrency: self.config.max_concurrency,
-        }
+        self.config.capabilities()
     }
 
     async fn put(&self, record: &SinkRecord) -> Result<()> {
