@@ -121,6 +121,18 @@ pub enum Error {
         sink: String,
     },
 
+    #[error("secret {name:?} does not fit sink {sink:?}: {what} take {size} bytes, over its limit of {limit}; shorten them or detach that sink")]
+    SinkLimit {
+        name: String,
+        sink: String,
+        what: &'static str,
+        size: usize,
+        limit: usize,
+    },
+
+    #[error("the ledger is closed for writes (the service is shutting down); retry against a running one")]
+    Closed,
+
     #[error("the ledger is busy (another sledger process holds the write lock); retry in a moment")]
     Busy,
 
@@ -153,7 +165,8 @@ impl Error {
             | EmptySecret { .. }
             | ValueTooLarge { .. }
             | InvalidInput(_)
-            | TooLargeForSink { .. } => ErrorClass::Invalid,
+            | TooLargeForSink { .. }
+            | SinkLimit { .. } => ErrorClass::Invalid,
             SecretNotFound { .. }
             | LedgerNotFound { .. }
             | Purged { .. }
@@ -164,7 +177,7 @@ impl Error {
             AlreadyExists { .. } | WouldOverwrite { .. } => ErrorClass::AlreadyExists,
             ChainBroken { .. } | AnchorMismatch { .. } | Corrupt(_) => ErrorClass::Integrity,
             WrongKey | KeyUnavailable(_) | KeyRotated => ErrorClass::Key,
-            Busy | ChangedMeanwhile { .. } => ErrorClass::Unavailable,
+            Busy | Closed | ChangedMeanwhile { .. } => ErrorClass::Unavailable,
             NotALedger { .. } | NewerSchema { .. } => ErrorClass::Incompatible,
             Io { .. } | Database(_) | Migration(_) => ErrorClass::Internal,
         }

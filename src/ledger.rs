@@ -447,6 +447,38 @@ fn check_size(tx: &Connection, settings: LedgerSettings, name: &str, values: &Se
     Ok(())
 }
 
+/// The metadata of `meta` must fit every attached sink's tags, labels or description, checked
+/// before the append like the values' size: a secret some sink cannot hold is refused, never
+/// appended and then parked where the primary would not serve it.
+fn check_metadata_fits(tx: &Connection, meta: &SecretMeta) -> Result<()> {
+    let sinks = load_sinks(tx)?;
+    if sinks.is_empty() || meta.status != Status::Live {
+        return Ok(());
+    }
+    let record = crate::sink::RecordMeta {
+        id: meta.id,
+        name: meta.name.clone(),
+        scope: meta.scope,
+        owner: meta.owner.clone(),
+        labels: meta.labels.clone(),
+        seq: meta.updated_seq,
+        version: meta.version,
+    };
+    for sink in sinks.values() {
+        // Values were checked (with the error that says so) before they were sealed.
+        if let Err(limit) = SinkUrl::parse(&sink.url)?.capabilities().check_fits(&record, 0) {
+            return Err(Error::SinkLimit {
+                name: meta.name.clone(),
+                sink: sink.name.clone(),
+                what: limit.what,
+                size: limit.size,
+                limit: limit.limit,
+            });
+        }
+    }
+    Ok(())
+}
+
 fn validate_sink_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -698,7 +730,9 @@ impl Ledger {
         &self.conn
     }
 
-    pub(crate) fn master_key(&self) -> Result<&MasterKey> {
+    /// The key this ledger was unlocked with, for opening further connections to it in this
+    /// process (a [`LedgerHandle`](crate::LedgerHandle), the projector service).
+    pub fn master_key(&self) -> Result<&MasterKey> {
         Ok(&self.keys()?.master)
     }
 
@@ -789,6 +823,42 @@ impl Ledger {
 
     /// Apply commands as one all-or-nothing batch: either every event is appended, or none.
     pub fn execute(&mut self, actor: &str, commands: Vec<Command>) -> Result<Vec<Outcome>> {
+        let request = Request {
+            actor: actor.to_owned(),
+            commands,
+        };
+        self.execute_request(request)
+    }
+
+    /// Group commit: apply several independent requests in one transaction and one fsync.
+    /// Each request is all-or-nothing on its own and is validated against the state the
+    /// requests before it left; one that fails is rolled back alone and gets its own error,
+    /// while the others are appended. Results come back in request order.
+    ///
+    /// If the transaction as a whole fails (the database is busy or broken), each request is
+    /// tried again on its own, so every caller still gets its own result.
+    pub fn execute_group(&mut self, requests: Vec<Request>) -> Vec<Result<Vec<Outcome>>> {
+        if requests.len() == 1 {
+            return requests.into_iter().map(|r| self.execute_request(r)).collect();
+        }
+        match self.append_group(&requests) {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::debug!(error = %e, requests = requests.len(), "group commit failed; applying its requests one by one");
+                requests.into_iter().map(|r| self.execute_request(r)).collect()
+            }
+        }
+    }
+
+    fn execute_request(&mut self, request: Request) -> Result<Vec<Outcome>> {
+        self.append_group(std::slice::from_ref(&request))?
+            .pop()
+            .expect("one result per request")
+    }
+
+    /// One write transaction for `requests`; with more than one, each runs in its own
+    /// savepoint. `Err` only when the transaction itself fails.
+    fn append_group(&mut self, requests: &[Request]) -> Result<Vec<Result<Vec<Outcome>>>> {
         self.catalog()?;
         let keys = self.keys.as_ref();
         let settings = self.settings;
@@ -801,76 +871,31 @@ impl Ledger {
         let mut head = sqlite::head(&tx)?;
         let first_seq = head.seq;
         let now = now_ms();
-        let mut outcomes = Vec::with_capacity(commands.len());
-        for command in commands {
-            let seq = head.seq + 1;
-            match plan(&tx, keys, settings, actor, command, seq)? {
-                Planned::Nothing(meta) => outcomes.push(Outcome::Unchanged { secret: meta }),
-                Planned::Append {
-                    secret_id,
-                    event,
-                    before,
-                } => {
-                    let new = NewEvent {
-                        event_id: uuid::Uuid::now_v7(),
-                        actor: actor.to_owned(),
-                        secret_id: Some(secret_id),
-                        event,
-                    };
-                    let row = chain_next(&mut head, &new, now);
-                    sqlite::insert(&tx, &row)?;
-                    let event_type = new.event.event_type();
-                    let after = catalog::apply(before, &row, new.event)?
-                        .expect("a secret event always leaves the secret in the catalog");
-                    store_meta(&tx, &after)?;
-                    tracing::debug!(seq = row.seq, event_type = %row.event_type, secret = %secret_id, "appended");
-                    outcomes.push(Outcome::Appended {
-                        seq: row.seq,
-                        event_type,
-                        secret: after,
-                    });
+        let alone = requests.len() == 1;
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            if alone {
+                // The transaction is the unit: a failure rolls it back as a whole.
+                results.push(Ok(append_request(&tx, keys, settings, request, &mut head, now)?));
+                continue;
+            }
+            tx.execute_batch("SAVEPOINT request")?;
+            let before = head;
+            match append_request(&tx, keys, settings, request, &mut head, now) {
+                Ok(outcomes) => {
+                    tx.execute_batch("RELEASE request")?;
+                    results.push(Ok(outcomes));
                 }
-                Planned::Ledger(events) => {
-                    for event in events {
-                        let new = NewEvent {
-                            event_id: uuid::Uuid::now_v7(),
-                            actor: actor.to_owned(),
-                            secret_id: None,
-                            event,
-                        };
-                        let row = chain_next(&mut head, &new, now);
-                        sqlite::insert(&tx, &row)?;
-                        let event_type = new.event.event_type();
-                        if !event_type.starts_with("sink.") {
-                            tracing::debug!(seq = row.seq, event_type, "appended");
-                            outcomes.push(Outcome::Recorded {
-                                seq: row.seq,
-                                event_type,
-                            });
-                            continue;
-                        }
-                        let name = sink_event_name(&new.event);
-                        let mut sinks = load_sinks(&tx)?;
-                        catalog::apply_sink_event(&mut sinks, &row, new.event)?;
-                        store_sinks(&tx, &sinks)?;
-                        if event_type == "sink.added" {
-                            // A sink re-added under an old name starts from scratch.
-                            tx.execute("DELETE FROM sink_state WHERE name = ?1", [&name])?;
-                            tx.execute("DELETE FROM parked WHERE sink = ?1", [&name])?;
-                        }
-                        tracing::debug!(seq = row.seq, event_type, sink = %name, "appended");
-                        outcomes.push(Outcome::SinkChanged {
-                            seq: row.seq,
-                            event_type,
-                            name,
-                        });
-                    }
+                Err(e) => {
+                    tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
+                    head = before;
+                    results.push(Err(e));
                 }
             }
         }
         finish_append(&tx, self.settings, first_seq, head)?;
         tx.commit()?;
-        if outcomes.iter().any(|o| {
+        let purged = results.iter().flatten().flatten().any(|o| {
             matches!(
                 o,
                 Outcome::Appended {
@@ -878,11 +903,101 @@ impl Ledger {
                     ..
                 }
             )
-        }) {
+        });
+        if purged {
             scrub_freed_pages(&self.conn);
         }
-        Ok(outcomes)
+        Ok(results)
     }
+}
+
+/// One caller's commands, applied all-or-nothing (see [`Ledger::execute_group`]).
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Who is acting: recorded in every event, and the owner of private secrets.
+    pub actor: String,
+    pub commands: Vec<Command>,
+}
+
+/// Plan, chain and insert one request's commands inside the write transaction; advances `head`.
+fn append_request(
+    tx: &Connection,
+    keys: Option<&Keys>,
+    settings: LedgerSettings,
+    request: &Request,
+    head: &mut Head,
+    now: Millis,
+) -> Result<Vec<Outcome>> {
+    let actor = request.actor.as_str();
+    let mut outcomes = Vec::with_capacity(request.commands.len());
+    for command in request.commands.iter().cloned() {
+        let seq = head.seq + 1;
+        match plan(tx, keys, settings, actor, command, seq)? {
+            Planned::Nothing(meta) => outcomes.push(Outcome::Unchanged { secret: meta }),
+            Planned::Append {
+                secret_id,
+                event,
+                before,
+            } => {
+                let new = NewEvent {
+                    event_id: uuid::Uuid::now_v7(),
+                    actor: actor.to_owned(),
+                    secret_id: Some(secret_id),
+                    event,
+                };
+                let row = chain_next(head, &new, now);
+                sqlite::insert(tx, &row)?;
+                let event_type = new.event.event_type();
+                let after = catalog::apply(before, &row, new.event)?
+                    .expect("a secret event always leaves the secret in the catalog");
+                check_metadata_fits(tx, &after)?;
+                store_meta(tx, &after)?;
+                tracing::debug!(seq = row.seq, event_type = %row.event_type, secret = %secret_id, "appended");
+                outcomes.push(Outcome::Appended {
+                    seq: row.seq,
+                    event_type,
+                    secret: after,
+                });
+            }
+            Planned::Ledger(events) => {
+                for event in events {
+                    let new = NewEvent {
+                        event_id: uuid::Uuid::now_v7(),
+                        actor: actor.to_owned(),
+                        secret_id: None,
+                        event,
+                    };
+                    let row = chain_next(head, &new, now);
+                    sqlite::insert(tx, &row)?;
+                    let event_type = new.event.event_type();
+                    if !event_type.starts_with("sink.") {
+                        tracing::debug!(seq = row.seq, event_type, "appended");
+                        outcomes.push(Outcome::Recorded {
+                            seq: row.seq,
+                            event_type,
+                        });
+                        continue;
+                    }
+                    let name = sink_event_name(&new.event);
+                    let mut sinks = load_sinks(tx)?;
+                    catalog::apply_sink_event(&mut sinks, &row, new.event)?;
+                    store_sinks(tx, &sinks)?;
+                    if event_type == "sink.added" {
+                        // A sink re-added under an old name starts from scratch.
+                        tx.execute("DELETE FROM sink_state WHERE name = ?1", [&name])?;
+                        tx.execute("DELETE FROM parked WHERE sink = ?1", [&name])?;
+                    }
+                    tracing::debug!(seq = row.seq, event_type, sink = %name, "appended");
+                    outcomes.push(Outcome::SinkChanged {
+                        seq: row.seq,
+                        event_type,
+                        name,
+                    });
+                }
+            }
+        }
+    }
+    Ok(outcomes)
 }
 
 /// A snapshot costs O(secrets) bytes, so snapshots are at least as many events apart as there

@@ -15,6 +15,7 @@ pub mod catalog;
 pub mod crypto;
 pub mod error;
 pub mod event;
+pub mod handle;
 pub mod keyfile;
 pub mod ledger;
 pub mod log;
@@ -28,8 +29,9 @@ pub use catalog::{Catalog, SecretMeta, Status};
 pub use crypto::{MasterKey, SecretValues};
 pub use error::{Error, ErrorClass, Result};
 pub use event::{Event, Scope, StoredEvent};
+pub use handle::{CommitStats, LedgerHandle};
 pub use ledger::{
-    Anchor, AuditEntry, Command, KeyChange, Ledger, LedgerSettings, Outcome, ReadPoint, SecretRead,
+    Anchor, AuditEntry, Command, KeyChange, Ledger, LedgerSettings, Outcome, ReadPoint, Request, SecretRead,
 };
 
 /// A secret's immutable id (UUIDv7).

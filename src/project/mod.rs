@@ -7,6 +7,8 @@
 //! permanent error for one secret parks that secret's event (visible in `sink status`, retried
 //! by `sink retry`) instead of blocking the sink. Delivery is at-least-once: sinks are idempotent.
 
+pub mod service;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

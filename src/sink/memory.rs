@@ -91,11 +91,7 @@ impl Sink for MemorySink {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            max_value_bytes: usize::MAX,
-            soft_delete: true,
-            max_concurrency: self.max_concurrency,
-        }
+        Capabilities::unlimited(self.max_concurrency)
     }
 
     async fn put(&self, record: &SinkRecord) -> Result<()> {

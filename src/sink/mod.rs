@@ -46,15 +46,82 @@ use crate::SecretId;
 /// Default object-name prefix.
 pub const DEFAULT_PREFIX: &str = "sledger-";
 
-/// What a sink can hold and how hard it may be driven.
+/// What a sink can hold and how hard it may be driven. The ledger checks every write against
+/// the capabilities of every attached sink *before* appending it, so nothing is recorded that
+/// some sink would have to park.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Capabilities {
     /// Largest value map, as the JSON object stored.
     pub max_value_bytes: usize,
+    /// Largest record metadata (name, scope, owner, labels, version, seq as the JSON of
+    /// [`RecordMeta`]) the backend's tags, labels or description can carry.
+    pub max_meta_bytes: usize,
+    /// Largest single metadata field: the name, the owner, or the labels as one JSON object
+    /// (Vault caps each custom-metadata value).
+    pub max_field_bytes: usize,
     /// Whether a soft delete can be undone in the backend itself.
     pub soft_delete: bool,
+    /// Whether the backend refuses a write conditioned on what it holds (check-and-set, a
+    /// transaction): without one, two writers can interleave, and one process at a time
+    /// applies the sink's batches.
+    pub conditional_write: bool,
     /// How many requests a projector may have in flight against this sink.
     pub max_concurrency: usize,
+}
+
+impl Capabilities {
+    /// A sink that holds whatever the ledger allows (sqlite, exec, memory).
+    pub fn unlimited(max_concurrency: usize) -> Self {
+        Capabilities {
+            max_value_bytes: usize::MAX,
+            max_meta_bytes: usize::MAX,
+            max_field_bytes: usize::MAX,
+            soft_delete: true,
+            conditional_write: true,
+            max_concurrency,
+        }
+    }
+
+    /// Check that a secret with this metadata and a value map of `value_bytes` fits; the
+    /// error names the limit (the caller adds which sink).
+    pub fn check_fits(&self, meta: &RecordMeta, value_bytes: usize) -> std::result::Result<(), LimitExceeded> {
+        if value_bytes > self.max_value_bytes {
+            return Err(LimitExceeded {
+                what: "its values as JSON",
+                size: value_bytes,
+                limit: self.max_value_bytes,
+            });
+        }
+        if self.max_meta_bytes == usize::MAX && self.max_field_bytes == usize::MAX {
+            return Ok(());
+        }
+        let meta_bytes = serde_json::to_vec(meta).expect("metadata serialises").len();
+        if meta_bytes > self.max_meta_bytes {
+            return Err(LimitExceeded {
+                what: "its name, owner and labels as metadata",
+                size: meta_bytes,
+                limit: self.max_meta_bytes,
+            });
+        }
+        let labels = serde_json::to_vec(&meta.labels).expect("labels serialise").len();
+        let field = labels.max(meta.name.len()).max(meta.owner.len());
+        if field > self.max_field_bytes {
+            return Err(LimitExceeded {
+                what: "its largest metadata field (the labels as JSON, the name or the owner)",
+                size: field,
+                limit: self.max_field_bytes,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Which limit of [`Capabilities`] a secret exceeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitExceeded {
+    pub what: &'static str,
+    pub size: usize,
+    pub limit: usize,
 }
 
 /// How to delete an object.
@@ -662,11 +729,7 @@ impl SinkUrl {
             // Local sinks take any size the ledger allows; cloud sinks bring their limits.
             Backend::Memory { max_concurrency, .. }
             | Backend::Sqlite { max_concurrency, .. }
-            | Backend::Exec { max_concurrency, .. } => Capabilities {
-                max_value_bytes: usize::MAX,
-                soft_delete: true,
-                max_concurrency: *max_concurrency,
-            },
+            | Backend::Exec { max_concurrency, .. } => Capabilities::unlimited(*max_concurrency),
             #[cfg(feature = "vault")]
             Backend::Vault(config) => config.capabilities(),
             #[cfg(feature = "aws")]

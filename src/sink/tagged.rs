@@ -30,7 +30,7 @@ pub(crate) struct Tagged {
 
 impl TagLimits {
     /// The largest metadata JSON the fields can carry.
-    pub fn max_meta_bytes(&self) -> usize {
+    pub const fn max_meta_bytes(&self) -> usize {
         self.chunks * self.chunk_len / 2
     }
 

@@ -122,4 +122,10 @@ impl Context {
         }
         Ok(ledger)
     }
+
+    /// The master key that opens this ledger (checked), for library calls that open their own
+    /// connections.
+    pub fn master_key(&self) -> Result<MasterKey> {
+        Ok(self.open_unlocked()?.master_key()?.clone())
+    }
 }

@@ -1,13 +1,12 @@
 //! `sledger sink …` and `sledger project`.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::json;
 use sledger::event::SinkRole;
+use sledger::project::service::{self, FollowOptions, ProjectorEvent};
 use sledger::project::{self, ProjectOptions, ProjectReport};
 use sledger::sink::{Backend, SinkUrl, SqliteSink};
 use sledger::{Command, Ledger};
@@ -219,7 +218,8 @@ pub fn project_cmd(ctx: &Context, args: ProjectArgs) -> Result<()> {
         ..Default::default()
     };
     if args.follow {
-        return follow(ctx, &ledger, args.sink.as_deref(), opts);
+        drop(ledger);
+        return follow(ctx, args.sink.as_deref(), opts);
     }
     let only = args.sink.as_deref();
     let results = block_on(with_progress(
@@ -321,15 +321,18 @@ async fn with_progress<T>(
     result
 }
 
-/// Project continuously until SIGINT or SIGTERM; a signal lets the batch in flight finish.
-fn follow(ctx: &Context, ledger: &Ledger, only: Option<&str>, opts: ProjectOptions) -> Result<()> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let opts = ProjectOptions {
-        stop: Some(stop.clone()),
-        ..opts
+/// Project continuously until SIGINT or SIGTERM: one projector per sink, so a backend that
+/// hangs delays only itself; a signal abandons the batches in flight and exits at once.
+fn follow(ctx: &Context, only: Option<&str>, opts: ProjectOptions) -> Result<()> {
+    let master = ctx.master_key()?;
+    let options = FollowOptions {
+        project: opts,
+        only: only.map(str::to_owned),
+        ..Default::default()
     };
+    let json = ctx.json();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     block_on(async {
-        let stop_on_signal = stop.clone();
         tokio::spawn(async move {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("SIGTERM handler");
@@ -337,46 +340,24 @@ fn follow(ctx: &Context, ledger: &Ledger, only: Option<&str>, opts: ProjectOptio
                 _ = tokio::signal::ctrl_c() => {}
                 _ = term.recv() => {}
             }
-            stop_on_signal.store(true, Ordering::SeqCst);
+            let _ = stop.send(true);
         });
-        let mut failures = 0u32;
-        while !stop.load(Ordering::SeqCst) {
-            let results = project_all(ledger, only, &opts).await?;
-            let mut failed = false;
-            for (name, result) in results {
-                match result {
-                    Ok(r) if r.events > 0 => {
-                        if ctx.json() {
-                            output::json_line(
-                                &json!({"sink": name, "events": r.events, "writes": r.writes, "checkpoint": r.checkpoint}),
-                            );
-                        } else {
-                            outln!(
-                                "{name}: {} events, {} writes, checkpoint {}",
-                                r.events,
-                                r.writes,
-                                r.checkpoint
-                            );
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        failed = true;
-                        eprintln!("{name}: {e} (retrying)");
-                    }
-                }
-            }
-            failures = if failed { (failures + 1).min(6) } else { 0 };
-            // Poll for new events; back off while a sink keeps failing.
-            let pause = Duration::from_millis(200) * (1 << failures);
-            let deadline = tokio::time::Instant::now() + pause;
-            while !stop.load(Ordering::SeqCst) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-        if !ctx.json() {
-            outln!("stopped");
-        }
-        Ok(())
-    })
+        service::follow(&ctx.ledger_path, &master, options, None, stopped, move |event| match event {
+            ProjectorEvent::Projected { sink, report } if json => output::json_line(
+                &json!({"sink": sink, "events": report.events, "writes": report.writes, "checkpoint": report.checkpoint}),
+            ),
+            ProjectorEvent::Projected { sink, report } => outln!(
+                "{sink}: {} events, {} writes, checkpoint {}",
+                report.events,
+                report.writes,
+                report.checkpoint
+            ),
+            ProjectorEvent::Failed { sink, error } => eprintln!("{sink}: {error} (retrying)"),
+        })
+        .await
+    })?;
+    if !json {
+        outln!("stopped");
+    }
+    Ok(())
 }

@@ -26,6 +26,9 @@ use crate::SecretId;
 
 /// SecretString's limit.
 pub const MAX_VALUE_BYTES: usize = 65_536;
+/// A description holds 2 048 characters; the seq and deleted flag around the metadata take
+/// at most 60 of them.
+const MAX_META_BYTES: usize = 2_048 - 60;
 const KIND: &str = "aws-sm";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +46,12 @@ impl AwsConfig {
     pub fn capabilities(&self) -> Capabilities {
         Capabilities {
             max_value_bytes: MAX_VALUE_BYTES,
+            max_meta_bytes: MAX_META_BYTES,
+            // The name also goes into a tag, whose values hold 256 characters.
+            max_field_bytes: usize::MAX,
             soft_delete: true,
+            // A client request token makes a retry idempotent, but no write is conditional.
+            conditional_write: false,
             max_concurrency: self.max_concurrency,
         }
     }

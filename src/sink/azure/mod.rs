@@ -70,7 +70,10 @@ impl AzureConfig {
     pub fn capabilities(&self) -> Capabilities {
         Capabilities {
             max_value_bytes: MAX_VALUE_BYTES,
+            max_meta_bytes: TAGS.max_meta_bytes(),
+            max_field_bytes: usize::MAX,
             soft_delete: true,
+            conditional_write: false,
             max_concurrency: self.max_concurrency,
         }
     }

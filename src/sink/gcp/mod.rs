@@ -73,7 +73,11 @@ impl GcpConfig {
     pub fn capabilities(&self) -> Capabilities {
         Capabilities {
             max_value_bytes: MAX_VALUE_BYTES,
+            max_meta_bytes: LABELS.max_meta_bytes(),
+            max_field_bytes: usize::MAX,
             soft_delete: true,
+            // drongo ignores etags, so sledger does not rely on them.
+            conditional_write: false,
             max_concurrency: self.max_concurrency,
         }
     }

@@ -50,7 +50,11 @@ impl VaultConfig {
     pub fn capabilities(&self) -> Capabilities {
         Capabilities {
             max_value_bytes: MAX_VALUE_BYTES,
+            // Each custom-metadata value holds 512 bytes (64 keys); sledger uses 7 keys.
+            max_meta_bytes: usize::MAX,
+            max_field_bytes: 512,
             soft_delete: true,
+            conditional_write: true,
             max_concurrency: self.max_concurrency,
         }
     }

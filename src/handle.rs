@@ -1,0 +1,200 @@
+//! A ledger shared by many tasks: `Clone + Send + Sync`, async, with group commit.
+//!
+//! One writer thread owns the write connection. Commands that arrive while it is busy are
+//! applied together by [`Ledger::execute_group`]: one transaction, one fsync, and each caller
+//! still gets its own result. Reads run on tokio's blocking pool against a small pool of read
+//! connections, so no SQLite call ever runs on a tokio worker thread. Other processes may keep
+//! using the same ledger file: appends serialize through SQLite's write lock as before.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::error::{Error, Result};
+use crate::ledger::{Command, Ledger, Outcome, Request};
+use crate::MasterKey;
+
+/// Most requests one group commit takes; more wait for the next one.
+const MAX_GROUP: usize = 1024;
+/// Read connections kept open between reads.
+const MAX_IDLE_READERS: usize = 8;
+
+struct Write {
+    request: Request,
+    reply: oneshot::Sender<Result<Vec<Outcome>>>,
+}
+
+struct Shared {
+    path: PathBuf,
+    master: MasterKey,
+    writes: Mutex<Option<mpsc::Sender<Write>>>,
+    readers: Mutex<Vec<Ledger>>,
+    head: watch::Sender<u64>,
+    groups: AtomicU64,
+    requests: AtomicU64,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// A handle on an open, unlocked ledger that any number of tasks may share.
+#[derive(Clone)]
+pub struct LedgerHandle {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for LedgerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LedgerHandle")
+            .field("path", &self.shared.path)
+            .finish()
+    }
+}
+
+/// How well group commit is batching: requests per transaction is `requests / groups`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Write transactions committed (or attempted).
+    pub groups: u64,
+    /// Requests applied through them.
+    pub requests: u64,
+}
+
+impl LedgerHandle {
+    /// Open the ledger at `path` with its master key and start the writer thread.
+    pub fn open(path: &Path, master: MasterKey) -> Result<LedgerHandle> {
+        let writer = Ledger::open_with_key(path, master.clone())?;
+        Ok(Self::start(writer, master))
+    }
+
+    /// Share an open, unlocked ledger: it becomes the writer's connection.
+    pub fn from_ledger(writer: Ledger, master: MasterKey) -> Result<LedgerHandle> {
+        if !writer.key_matches(&master)? {
+            return Err(Error::WrongKey);
+        }
+        Ok(Self::start(writer, master))
+    }
+
+    fn start(mut writer: Ledger, master: MasterKey) -> LedgerHandle {
+        let (send, receive) = mpsc::channel::<Write>();
+        let head = writer.head().map(|h| h.seq).unwrap_or(0);
+        let shared = Arc::new(Shared {
+            path: writer.path().to_path_buf(),
+            master,
+            writes: Mutex::new(Some(send)),
+            readers: Mutex::new(Vec::new()),
+            head: watch::Sender::new(head),
+            groups: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            writer: Mutex::new(None),
+        });
+        let weak = Arc::downgrade(&shared);
+        let thread = std::thread::Builder::new()
+            .name("sledger-writer".into())
+            .spawn(move || {
+                while let Ok(first) = receive.recv() {
+                    let mut group = vec![first];
+                    while group.len() < MAX_GROUP {
+                        match receive.try_recv() {
+                            Ok(next) => group.push(next),
+                            Err(_) => break,
+                        }
+                    }
+                    let (requests, replies): (Vec<_>, Vec<_>) =
+                        group.into_iter().map(|w| (w.request, w.reply)).unzip();
+                    let count = requests.len() as u64;
+                    let results = writer.execute_group(requests);
+                    if let Some(shared) = weak.upgrade() {
+                        shared.groups.fetch_add(1, Ordering::Relaxed);
+                        shared.requests.fetch_add(count, Ordering::Relaxed);
+                        if let Ok(head) = writer.head() {
+                            shared.head.send_replace(head.seq);
+                        }
+                    }
+                    for (reply, result) in replies.into_iter().zip(results) {
+                        let _ = reply.send(result); // the caller may have given up waiting
+                    }
+                }
+            })
+            .expect("the writer thread starts");
+        *shared.writer.lock().expect("not poisoned") = Some(thread);
+        LedgerHandle { shared }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.shared.path
+    }
+
+    /// Apply `commands` as one all-or-nothing request on behalf of `actor`. Requests from
+    /// other tasks may share its transaction, but never its outcome: a request that fails
+    /// fails alone.
+    pub async fn execute(&self, actor: &str, commands: Vec<Command>) -> Result<Vec<Outcome>> {
+        let (reply, outcome) = oneshot::channel();
+        let write = Write {
+            request: Request {
+                actor: actor.to_owned(),
+                commands,
+            },
+            reply,
+        };
+        self.shared
+            .writes
+            .lock()
+            .expect("not poisoned")
+            .as_ref()
+            .ok_or_else(closed)?
+            .send(write)
+            .map_err(|_| closed())?;
+        outcome.await.map_err(|_| closed())?
+    }
+
+    /// Run `read` against a read connection on tokio's blocking pool.
+    pub async fn read<T, F>(&self, read: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Ledger) -> Result<T> + Send + 'static,
+    {
+        let shared = self.shared.clone();
+        tokio::task::spawn_blocking(move || {
+            let idle = shared.readers.lock().expect("not poisoned").pop();
+            let reader = match idle {
+                Some(reader) => reader,
+                None => Ledger::open_with_key(&shared.path, shared.master.clone())?,
+            };
+            let result = read(&reader);
+            let mut idle = shared.readers.lock().expect("not poisoned");
+            if idle.len() < MAX_IDLE_READERS {
+                idle.push(reader);
+            }
+            result
+        })
+        .await
+        .map_err(|e| Error::io("a read task failed", std::io::Error::other(e.to_string())))?
+    }
+
+    /// The head seq after each commit through this handle (appends by other processes are
+    /// not signalled: poll the log for those).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.head.subscribe()
+    }
+
+    pub fn commit_stats(&self) -> CommitStats {
+        CommitStats {
+            groups: self.shared.groups.load(Ordering::Relaxed),
+            requests: self.shared.requests.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stop accepting writes, let the writer finish those already queued, and wait for it.
+    /// Writes through any clone of this handle fail afterwards.
+    pub fn close(&self) {
+        self.shared.writes.lock().expect("not poisoned").take();
+        if let Some(thread) = self.shared.writer.lock().expect("not poisoned").take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn closed() -> Error {
+    Error::Closed
+}

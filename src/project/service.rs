@@ -1,0 +1,284 @@
+//! The continuous projector service: one projector per projected sink, each on its own thread
+//! with its own ledger connection, runtime and deadline, so a backend that hangs delays only
+//! its own sink. Used by `sledger project --follow` and by the server.
+//!
+//! A stop abandons the batch each projector has in flight (its checkpoint does not move, which
+//! is safe because sinks are idempotent) and returns within [`STOP_GRACE`], even while a
+//! backend hangs.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::{project_named, ProjectOptions, ProjectReport};
+use crate::error::Result;
+use crate::{Ledger, MasterKey};
+
+/// How long a stop waits for projectors to let go before returning without them.
+pub const STOP_GRACE: Duration = Duration::from_millis(1500);
+
+/// How the service runs.
+#[derive(Debug, Clone)]
+pub struct FollowOptions {
+    /// Per batch: size, concurrency and retries. Its `deadline` and `stop` are set by the service.
+    pub project: ProjectOptions,
+    /// Project only this sink.
+    pub only: Option<String>,
+    /// How long one projector call may run before it gives up and starts again, recording the
+    /// sink's error: a backend that hangs shows up in `sink status` instead of nowhere.
+    pub call_deadline: Duration,
+    /// How often projectors look for appends by other processes (appends through a
+    /// [`LedgerHandle`](crate::LedgerHandle) in this process wake them at once), and how often
+    /// the service looks for sinks added or removed.
+    pub poll: Duration,
+    /// Longest pause between attempts while a sink keeps failing.
+    pub max_pause: Duration,
+}
+
+impl Default for FollowOptions {
+    fn default() -> Self {
+        FollowOptions {
+            project: ProjectOptions::default(),
+            only: None,
+            call_deadline: Duration::from_secs(30),
+            poll: Duration::from_millis(100),
+            max_pause: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a projector did, reported as it happens (from the projector's own thread).
+#[derive(Debug)]
+pub enum ProjectorEvent {
+    /// A call moved the sink's checkpoint.
+    Projected { sink: String, report: ProjectReport },
+    /// A call failed; the projector will try again after a pause.
+    Failed { sink: String, error: crate::Error },
+}
+
+type Report = Arc<dyn Fn(ProjectorEvent) + Send + Sync>;
+
+struct Running {
+    thread: std::thread::JoinHandle<()>,
+    /// Set when the sink is no longer projected, to end this projector alone.
+    retire: watch::Sender<bool>,
+}
+
+/// Run a projector for every projected sink of the ledger at `path` until `stop` turns true.
+/// Sinks added while it runs get a projector; removed or demoted ones lose theirs. `wake`
+/// (a [`LedgerHandle::subscribe`](crate::LedgerHandle::subscribe) receiver) wakes projectors
+/// as soon as an append commits.
+pub async fn follow(
+    path: &Path,
+    master: &MasterKey,
+    options: FollowOptions,
+    wake: Option<watch::Receiver<u64>>,
+    mut stop: watch::Receiver<bool>,
+    report: impl Fn(ProjectorEvent) + Send + Sync + 'static,
+) -> Result<()> {
+    let report: Report = Arc::new(report);
+    let mut running: BTreeMap<String, Running> = BTreeMap::new();
+    let only = options.only.clone();
+    let mut first = true;
+    while !*stop.borrow() {
+        let projected = {
+            let (path, master, only) = (path.to_path_buf(), master.clone(), only.clone());
+            tokio::task::spawn_blocking(move || projected_sinks(&path, master, only.as_deref()))
+                .await
+                .expect("listing sinks does not panic")
+        };
+        let projected = match projected {
+            Ok(names) => names,
+            // The first look decides whether the service can run at all.
+            Err(e) if first => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the sinks; keeping the projectors running");
+                running.keys().cloned().collect()
+            }
+        };
+        first = false;
+        running.retain(|name, r| {
+            let keep = projected.contains(name) && !r.thread.is_finished();
+            if !keep {
+                let _ = r.retire.send(true);
+            }
+            keep
+        });
+        for name in projected {
+            if !running.contains_key(&name) {
+                let (retire, retired) = watch::channel(false);
+                let projector = Projector {
+                    path: path.to_path_buf(),
+                    master: master.clone(),
+                    sink: name.clone(),
+                    options: options.clone(),
+                    wake: wake.clone(),
+                    stop: stop.clone(),
+                    retired,
+                    report: report.clone(),
+                };
+                let thread = std::thread::Builder::new()
+                    .name(format!("project-{name}"))
+                    .spawn(move || projector.run())
+                    .map_err(|e| crate::Error::io("cannot start a projector thread", e))?;
+                running.insert(name, Running { thread, retire });
+            }
+        }
+        tokio::select! {
+            changed = stop.changed() => if changed.is_err() { break },
+            _ = tokio::time::sleep(options.poll.max(Duration::from_millis(10)) * 10) => {}
+        }
+    }
+    // Projectors see the stop themselves and abandon their batch; wait for them a moment,
+    // then leave any that a blocking call still holds (the process is shutting down).
+    let until = Instant::now() + STOP_GRACE;
+    while running.values().any(|r| !r.thread.is_finished()) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for (name, r) in running {
+        if r.thread.is_finished() {
+            let _ = r.thread.join();
+        } else {
+            tracing::warn!(sink = %name, "projector did not stop in time; abandoning it");
+        }
+    }
+    Ok(())
+}
+
+/// The sinks a projector writes (all roles but standby), or just `only`.
+fn projected_sinks(path: &Path, master: MasterKey, only: Option<&str>) -> Result<Vec<String>> {
+    let ledger = Ledger::open_with_key(path, master)?;
+    if let Some(only) = only {
+        let config = ledger.sink_config(only)?;
+        if !config.role.is_projected() {
+            return Err(crate::Error::invalid(format!(
+                "sink {only:?} is a standby: no projector writes it (use a replay)"
+            )));
+        }
+    }
+    Ok(ledger
+        .sinks()?
+        .into_values()
+        .filter(|s| s.role.is_projected() && only.is_none_or(|o| o == s.name))
+        .map(|s| s.name)
+        .collect())
+}
+
+struct Projector {
+    path: PathBuf,
+    master: MasterKey,
+    sink: String,
+    options: FollowOptions,
+    wake: Option<watch::Receiver<u64>>,
+    stop: watch::Receiver<bool>,
+    retired: watch::Receiver<bool>,
+    report: Report,
+}
+
+impl Projector {
+    fn run(self) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime can be built");
+        let Projector {
+            path,
+            master,
+            sink,
+            options,
+            mut wake,
+            mut stop,
+            mut retired,
+            report,
+        } = self;
+        runtime.block_on(async {
+            let mut ledger: Option<Ledger> = None;
+            let mut failures = 0u32;
+            loop {
+                if *stop.borrow() || *retired.borrow() {
+                    return;
+                }
+                let attempt = async {
+                    let ledger = match &mut ledger {
+                        Some(l) => l,
+                        empty => empty.insert(Ledger::open_with_key(&path, master.clone())?),
+                    };
+                    let opts = ProjectOptions {
+                        deadline: Some(Instant::now() + options.call_deadline),
+                        ..options.project.clone()
+                    };
+                    let done = project_named(ledger, &sink, &opts).await?;
+                    let behind = ledger.head()?.seq > done.checkpoint;
+                    Ok::<_, crate::Error>((done, behind))
+                };
+                let outcome = tokio::select! {
+                    outcome = attempt => outcome,
+                    // The batch in flight is abandoned: its checkpoint stays where it was.
+                    _ = stop.changed() => return,
+                    _ = retired.changed() => return,
+                };
+                let pause = match outcome {
+                    Ok((done, behind)) => {
+                        failures = 0;
+                        if done.events > 0 {
+                            report(ProjectorEvent::Projected {
+                                sink: sink.clone(),
+                                report: done,
+                            });
+                        }
+                        if behind {
+                            continue; // appended meanwhile, or the deadline cut a long catch-up
+                        }
+                        None
+                    }
+                    Err(error) => {
+                        failures = (failures + 1).min(8);
+                        report(ProjectorEvent::Failed {
+                            sink: sink.clone(),
+                            error,
+                        });
+                        ledger = None; // open afresh: the file may have been replaced
+                        Some((Duration::from_millis(200) * (1 << failures)).min(options.max_pause))
+                    }
+                };
+                // Wait for new appends (signalled, or seen by polling the head), for the end
+                // of the pause after a failure, or for a stop.
+                let started = ledger.as_ref().and_then(|l| l.head().ok()).map(|h| h.seq);
+                let until = pause.map(|p| tokio::time::Instant::now() + p);
+                loop {
+                    let woken = async {
+                        match wake.as_mut() {
+                            Some(w) => w.changed().await.is_ok(),
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        _ = stop.changed() => return,
+                        _ = retired.changed() => return,
+                        signalled = woken => {
+                            if !signalled {
+                                wake = None; // the handle is gone: poll from now on
+                            } else if pause.is_none() {
+                                break;
+                            }
+                        }
+                        _ = tokio::time::sleep(options.poll) => {}
+                    }
+                    match until {
+                        Some(until) if tokio::time::Instant::now() >= until => break,
+                        Some(_) => {}
+                        None => {
+                            let now = ledger.as_ref().and_then(|l| l.head().ok()).map(|h| h.seq);
+                            if now != started {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
