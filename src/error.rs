@@ -30,6 +30,8 @@ pub enum ErrorClass {
     Backend,
     /// An I/O or internal failure not covered above.
     Internal,
+    /// A sink differs from the ledger, or a replay left objects it must not roll back.
+    OutOfSync,
 }
 
 /// Everything that can go wrong in the sledger library.
@@ -130,6 +132,9 @@ pub enum Error {
         limit: usize,
     },
 
+    #[error("{0}")]
+    OutOfSync(String),
+
     #[error("the ledger is closed for writes (the service is shutting down); retry against a running one")]
     Closed,
 
@@ -180,6 +185,7 @@ impl Error {
             Busy | Closed | ChangedMeanwhile { .. } => ErrorClass::Unavailable,
             NotALedger { .. } | NewerSchema { .. } => ErrorClass::Incompatible,
             Io { .. } | Database(_) | Migration(_) => ErrorClass::Internal,
+            OutOfSync(_) => ErrorClass::OutOfSync,
         }
     }
 

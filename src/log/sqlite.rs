@@ -2,7 +2,6 @@
 //!
 //! All SQL lives in `schema/`; this file only names statements over those tables.
 
-use std::io::Read;
 use std::path::Path;
 
 use rusqlite::types::ValueRef;
@@ -43,6 +42,9 @@ fn configure(conn: &Connection) -> Result<()> {
     conn.pragma_update(None, "foreign_keys", "ON")?;
     // Purged data keys and keys wrapped under a retired master key must not survive in free pages.
     conn.pragma_update(None, "secure_delete", "ON")?;
+    // Group commit puts each request in a savepoint, whose statement journal would otherwise
+    // be a temp file created per request.
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
 
@@ -79,25 +81,22 @@ pub fn open(path: &Path) -> Result<Connection> {
         path: path.to_path_buf(),
         reason: reason.into(),
     };
-    // The header check's file handle must be closed before SQLite opens the file: closing any
-    // descriptor of a file drops every POSIX lock this process holds on it, SQLite's included,
-    // and a WAL database whose locks vanish can be checkpointed and deleted under us.
-    {
-        let mut header = [0u8; 16];
-        let mut file = std::fs::File::open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::LedgerNotFound {
-                path: path.to_path_buf(),
-            },
-            _ => Error::io(format!("cannot open ledger {}", path.display()), e),
-        })?;
-        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
-            return Err(not_a_ledger("it is a directory"));
-        }
-        file.read_exact(&mut header)
-            .map_err(|_| not_a_ledger("it is too short to be a database"))?;
-        if &header != b"SQLite format 3\0" {
-            return Err(not_a_ledger("it is not an SQLite database"));
-        }
+    // No file descriptor of the ledger may be opened here outside SQLite: closing any
+    // descriptor of a file drops every POSIX lock this process holds on it, those of the other
+    // connections this process has open included (a server, the projector service), and a WAL
+    // database whose locks vanish fails with I/O errors or is checkpointed under its readers.
+    // So the checks use the file's metadata and SQLite itself.
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Error::LedgerNotFound {
+            path: path.to_path_buf(),
+        },
+        _ => Error::io(format!("cannot open ledger {}", path.display()), e),
+    })?;
+    if meta.is_dir() {
+        return Err(not_a_ledger("it is a directory"));
+    }
+    if meta.len() < 100 {
+        return Err(not_a_ledger("it is too short to be a database"));
     }
     let mut conn = Connection::open_with_flags(
         path,
@@ -105,7 +104,7 @@ pub fn open(path: &Path) -> Result<Connection> {
     )?;
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(|_| not_a_ledger("it is not a readable SQLite database"))?;
+        .map_err(|_| not_a_ledger("it is not an SQLite database"))?;
     if app_id != APPLICATION_ID {
         return Err(not_a_ledger("it is an SQLite database of some other program"));
     }

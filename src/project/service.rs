@@ -195,6 +195,7 @@ impl Projector {
             report,
         } = self;
         runtime.block_on(async {
+            // Watches the head between attempts.
             let mut ledger: Option<Ledger> = None;
             let mut failures = 0u32;
             loop {
@@ -202,10 +203,10 @@ impl Projector {
                     return;
                 }
                 let attempt = async {
-                    let ledger = match &mut ledger {
-                        Some(l) => l,
-                        empty => empty.insert(Ledger::open_with_key(&path, master.clone())?),
-                    };
+                    // A connection per attempt: nothing of one attempt (a statement, a
+                    // transaction a dropped future left open) outlives it.
+                    let ledger = Ledger::open_with_key(&path, master.clone())?;
+                    let ledger = &ledger;
                     let opts = ProjectOptions {
                         deadline: Some(Instant::now() + options.call_deadline),
                         ..options.project.clone()
@@ -246,6 +247,9 @@ impl Projector {
                 };
                 // Wait for new appends (signalled, or seen by polling the head), for the end
                 // of the pause after a failure, or for a stop.
+                if ledger.is_none() {
+                    ledger = Ledger::open(&path).ok();
+                }
                 let started = ledger.as_ref().and_then(|l| l.head().ok()).map(|h| h.seq);
                 let until = pause.map(|p| tokio::time::Instant::now() + p);
                 loop {

@@ -19,6 +19,7 @@ use crate::project::{apply_all, Op, ProjectOptions};
 use crate::sink::{DeleteMode, Sink};
 use crate::SecretId;
 
+pub mod orchestrate;
 pub mod restore;
 
 /// The point of the log a replay aims at.

@@ -48,6 +48,7 @@ pub fn report(err: &anyhow::Error) -> i32 {
             ErrorClass::Unavailable => UNAVAILABLE,
             ErrorClass::Incompatible => INCOMPATIBLE,
             ErrorClass::Backend => BACKEND,
+            ErrorClass::OutOfSync => OUT_OF_SYNC,
             _ => INTERNAL,
         }
     } else {

@@ -8,7 +8,8 @@ use serde_json::json;
 use sledger::event::SinkRole;
 use sledger::project::service::{self, FollowOptions, ProjectorEvent};
 use sledger::project::{self, ProjectOptions, ProjectReport};
-use sledger::sink::{Backend, SinkUrl, SqliteSink};
+use sledger::replay::orchestrate;
+use sledger::sink::{Backend, SinkUrl};
 use sledger::{Command, Ledger};
 
 use crate::cli::{ProjectArgs, SinkCmd};
@@ -16,24 +17,21 @@ use crate::context::{block_on, Context};
 use crate::output;
 use crate::output::outln;
 
-/// A sqlite sink's file is made when the sink is added (never silently on open: a missing
-/// file is an outage, not an empty sink). Returns the file it created, if any.
-pub fn prepare_backend(url: &SinkUrl) -> Result<Option<std::path::PathBuf>> {
-    match &url.backend {
-        Backend::Sqlite { path, .. } if path.exists() => {
-            SqliteSink::check_file(path)?;
-            Ok(None)
-        }
-        Backend::Sqlite { path, .. } => {
-            SqliteSink::create(path)?;
-            Ok(Some(path.clone()))
-        }
+/// A memory:// sink lives inside one process: refused where the next command would find it empty.
+pub fn refuse_memory(url: &SinkUrl) -> Result<()> {
+    match url.backend {
         Backend::Memory { .. } => Err(crate::exit::usage(
             "a memory:// sink lives inside one process and would be empty for the next command; \
              use sqlite:///PATH or exec:///PROGRAM",
         )),
-        _ => Ok(None),
+        _ => Ok(()),
     }
+}
+
+/// Make the backend ready (a sqlite sink's file is created); returns the file it created.
+pub fn prepare_backend(url: &SinkUrl) -> Result<Option<std::path::PathBuf>> {
+    refuse_memory(url)?;
+    Ok(orchestrate::prepare_backend(url)?)
 }
 
 fn change(ctx: &Context, ledger: &mut Ledger, command: Command, verb: &str, name: &str) -> Result<()> {

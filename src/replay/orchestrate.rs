@@ -1,0 +1,482 @@
+//! The replays as whole operations, callable from any front end: reconcile a sink (with the
+//! guards that stop a replay from fighting a projector), `backup [--delete-secrets]`, and the
+//! five resumable steps of `migrate`. Progress and results reach the caller through callbacks
+//! and return values; nothing here prints.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{apply, diff, ApplyReport, Desired, DiffKind, Difference};
+use crate::error::{Error, Result};
+use crate::event::SinkRole;
+use crate::ledger::{Command, Ledger};
+use crate::project::{self, lock_sink_writes, ProjectOptions};
+use crate::sink::{Backend, Sink, SinkUrl, SqliteSink};
+use crate::SecretId;
+
+/// Which part of a replay is under way, for progress reporting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Listing the sink and reading back what it holds.
+    Comparing,
+    /// Applying the difference.
+    Writing,
+}
+
+/// Progress callback: `(phase, done, total)`.
+pub type Progress<'a> = &'a (dyn Fn(Phase, u64, u64) + Sync);
+
+/// How [`reconcile`] treats the difference it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Report it; change nothing.
+    DryRun,
+    /// Apply what can be applied; objects newer than the target are left and reported.
+    Apply,
+    /// Like `Apply`, but change nothing if any object is newer than the target (a replay
+    /// would otherwise leave the sink half rolled back).
+    AllOrNothing,
+}
+
+impl Mode {
+    pub fn unless_dry_run(dry_run: bool, otherwise: Mode) -> Mode {
+        if dry_run {
+            Mode::DryRun
+        } else {
+            otherwise
+        }
+    }
+}
+
+/// What a reconcile found and did. When something is left different, [`reconcile`] returns
+/// [`Error::OutOfSync`] instead, after the caller's `found` callback saw the difference.
+#[derive(Debug, Clone, Default)]
+pub struct Reconciled {
+    pub differences: Vec<Difference>,
+    /// `None` on a dry run or when there was nothing to apply.
+    pub applied: Option<ApplyReport>,
+}
+
+/// Make a sink's backend ready to be written: a sqlite sink's file is created here (never
+/// silently on open: a missing file is an outage, not an empty sink). Returns the file it
+/// created, if any, so a caller whose next step fails can remove it again.
+pub fn prepare_backend(url: &SinkUrl) -> Result<Option<PathBuf>> {
+    match &url.backend {
+        Backend::Sqlite { path, .. } if path.exists() => {
+            SqliteSink::check_file(path)?;
+            Ok(None)
+        }
+        Backend::Sqlite { path, .. } => {
+            SqliteSink::create(path)?;
+            Ok(Some(path.clone()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// A replay's target: an attached sink no projector writes (a standby), or a URL no projected
+/// sink writes, however it is spelled. Returns the sink and whether it is attached.
+pub fn replay_target(ledger: &Ledger, into: &str) -> Result<(Arc<dyn Sink>, bool)> {
+    if !into.contains("://") {
+        let (config, sink) = ledger.open_sink(into)?;
+        if config.role.is_projected() {
+            return Err(Error::invalid(format!(
+                "sink {:?} is a {}: a projector writes it, so a replay would fight it; replay into a standby \
+                 (`sledger sink add NAME URL --role standby`) or a sink URL",
+                config.name, config.role
+            )));
+        }
+        return Ok((sink, true));
+    }
+    let url = SinkUrl::parse(into)?;
+    let projected = ledger
+        .sinks()?
+        .into_values()
+        .find(|s| s.role.is_projected() && SinkUrl::parse(&s.url).is_ok_and(|u| u.same_objects(&url)));
+    if let Some(s) = projected {
+        return Err(Error::invalid(format!(
+            "that URL writes the objects of sink {:?}, a {}: its projector would fight a replay",
+            s.name, s.role
+        )));
+    }
+    prepare_backend(&url)?;
+    Ok((ledger.open_sink_url(into)?, false))
+}
+
+fn newer_error(sink: &str, differences: &[Difference]) -> Option<Error> {
+    let newer = differences.iter().filter(|d| d.kind == DiffKind::Newer).count();
+    (newer > 0).then(|| {
+        Error::OutOfSync(format!(
+            "{sink} holds {newer} object(s) newer than the target, left as they are: a replay never \
+             rolls a sink back in place; replay into an empty sink, or roll the ledger back with `sledger restore --at`"
+        ))
+    })
+}
+
+/// Resync `sink` (called `name`) to `desired`, keeping only the differences `only` accepts.
+/// `attached_to`: the ledger `name` is a sink of; its projectors wait while this writes.
+/// `found` sees the difference before anything is written (and on a dry run, only that).
+#[allow(clippy::too_many_arguments)]
+pub async fn reconcile(
+    attached_to: Option<&Ledger>,
+    name: &str,
+    sink: &dyn Sink,
+    desired: &Desired,
+    mode: Mode,
+    only: Option<&dyn Fn(&Difference) -> bool>,
+    progress: Progress<'_>,
+    found: &mut dyn FnMut(&[Difference]),
+) -> Result<Reconciled> {
+    let mut differences = diff(desired, sink, &|d, t| progress(Phase::Comparing, d, t)).await?;
+    if let Some(keep) = only {
+        differences.retain(|d| keep(d));
+    }
+    if mode == Mode::AllOrNothing {
+        if let Some(e) = newer_error(name, &differences) {
+            return Err(e);
+        }
+    }
+    if mode == Mode::DryRun || differences.is_empty() {
+        found(&differences);
+        return match newer_error(name, &differences) {
+            Some(e) => Err(e),
+            None => Ok(Reconciled {
+                differences,
+                applied: None,
+            }),
+        };
+    }
+    let _projectors_wait = match attached_to {
+        Some(ledger) => lock_sink_writes(ledger, name, &ProjectOptions::default()).await?,
+        None => None,
+    };
+    let report = apply(desired, sink, &differences, &|d, t| progress(Phase::Writing, d, t)).await?;
+    if report.refused > 0 {
+        return Err(Error::OutOfSync(format!(
+            "{name}: {} object(s) did not take the write: the sink keeps tombstones newer than the \
+             target (those secrets were deleted later); replay into an empty sink",
+            report.refused
+        )));
+    }
+    if let Some(e) = newer_error(name, &differences) {
+        return Err(e);
+    }
+    Ok(Reconciled {
+        differences,
+        applied: Some(report),
+    })
+}
+
+/// Remove from `sink`, for good, the objects at or before seq `through` that `verified_elsewhere`
+/// accepts (a copy checked in another sink holds them). Returns how many went.
+async fn empty_sink(sink: &dyn Sink, through: u64, verified_elsewhere: &dyn Fn(SecretId) -> bool) -> Result<u64> {
+    let doomed: Vec<Difference> = sink
+        .list()
+        .await?
+        .into_iter()
+        .filter(|e| e.seq <= through && verified_elsewhere(e.id))
+        .map(|e| Difference {
+            id: e.id,
+            name: None,
+            kind: DiffKind::Extra,
+            sink_seq: Some(e.seq),
+            target_seq: None,
+        })
+        .collect();
+    // Against an empty target every difference is a purge at the seq the object holds.
+    let nothing = Desired {
+        seq: through,
+        objects: Default::default(),
+    };
+    Ok(apply(&nothing, sink, &doomed, &|_, _| {}).await?.deleted)
+}
+
+async fn held_ids(sink: &dyn Sink) -> Result<HashSet<SecretId>> {
+    Ok(sink.list().await?.into_iter().map(|e| e.id).collect())
+}
+
+/// What [`backup`] did.
+#[derive(Debug, Clone, Default)]
+pub struct BackupReport {
+    /// Each backup sink and what its resync found and did.
+    pub backups: Vec<(String, Reconciled)>,
+    /// With `delete_secrets`: the primary, and how many secrets left it.
+    pub emptied: Option<(String, u64)>,
+}
+
+/// Resync every backup sink to the head; with `delete_secrets`, then remove from the primary
+/// the secrets every backup verifiably holds (reads fall back to the backups; `restore` puts
+/// them back). `found` sees each backup's difference before it is applied.
+pub async fn backup(
+    ledger: &Ledger,
+    dry_run: bool,
+    delete_secrets: bool,
+    progress: Progress<'_>,
+    found: &mut dyn FnMut(&str, &[Difference]),
+) -> Result<BackupReport> {
+    let backups: Vec<String> = ledger
+        .sinks()?
+        .into_values()
+        .filter(|s| s.role == SinkRole::Backup)
+        .map(|s| s.name)
+        .collect();
+    if backups.is_empty() {
+        return Err(Error::invalid(
+            "there is no backup sink; `sledger sink add NAME URL` attaches one (role backup by default)",
+        ));
+    }
+    let desired = ledger.desired_at(ledger.head()?.seq)?;
+    let mut report = BackupReport::default();
+    // Only what every backup holds once resynced may leave the primary.
+    let mut everywhere: Option<HashSet<SecretId>> = None;
+    for name in backups {
+        let (_, sink) = ledger.open_sink(&name)?;
+        let mode = Mode::unless_dry_run(dry_run, Mode::Apply);
+        let done = reconcile(Some(ledger), &name, &*sink, &desired, mode, None, progress, &mut |d| {
+            found(&name, d)
+        })
+        .await?;
+        if delete_secrets && !dry_run {
+            let held = held_ids(&*sink).await?;
+            everywhere = Some(match everywhere {
+                None => held,
+                Some(before) => before.intersection(&held).copied().collect(),
+            });
+        }
+        report.backups.push((name, done));
+    }
+    if let Some(everywhere) = everywhere {
+        let primary = project::primary(ledger)?.ok_or_else(no_primary)?;
+        let (_, sink) = ledger.open_sink(&primary)?;
+        let _projectors_wait = lock_sink_writes(ledger, &primary, &ProjectOptions::default()).await?;
+        let removed = empty_sink(&*sink, desired.seq, &|id| everywhere.contains(&id)).await?;
+        report.emptied = Some((primary, removed));
+    }
+    Ok(report)
+}
+
+fn no_primary() -> Error {
+    Error::NotFound("there is no primary sink; `sledger sink promote NAME` makes one".into())
+}
+
+/// A step of [`migrate`], reported as it completes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrateStep {
+    /// 1/5: the target was attached as a backup (or made one).
+    Attached { name: String, was: Option<SinkRole> },
+    /// 2/5: projected up to this seq.
+    CaughtUp { name: String, seq: u64 },
+    /// 3/5: an empty difference, after fixing this many objects on the way.
+    Verified { name: String, fixed: u64 },
+    /// 4/5: promoted; the old primary (if any) is a backup.
+    Promoted { name: String, old: Option<String> },
+    /// 5/5 with `delete_secrets`: the old primary is a standby and lost this many secrets.
+    Emptied { old: String, removed: u64 },
+    /// 5/5.
+    Done,
+    /// The target was the primary already (an earlier run finished).
+    AlreadyPrimary { name: String },
+}
+
+/// What `migrate --dry-run` would do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigratePlan {
+    /// Attach `name` at `url`, then catch up, verify, promote.
+    Attach { name: String, url: String },
+    /// Make the attached sink a backup (from `role`), catch up `differing` objects, verify,
+    /// promote, and make `old` a backup.
+    Promote {
+        name: String,
+        role: SinkRole,
+        differing: usize,
+        old: Option<String>,
+    },
+    /// Nothing: it is the primary already.
+    AlreadyPrimary { name: String },
+}
+
+/// Where to migrate.
+#[derive(Debug, Clone)]
+pub struct MigrateTo {
+    /// An attached sink's name, or a URL (then `name` says what to attach it as).
+    pub to: String,
+    pub name: Option<String>,
+    /// Afterwards, make the old primary a standby and remove from it what the new primary
+    /// verifiably holds.
+    pub delete_secrets: bool,
+}
+
+impl MigrateTo {
+    /// The sink name this migration ends with, checking the URL form.
+    fn sink_name(&self, ledger: &Ledger) -> Result<(String, bool)> {
+        if !self.to.contains("://") {
+            return Ok((self.to.clone(), true));
+        }
+        SinkUrl::parse(&self.to)?; // refuses credentials before the URL is echoed anywhere
+        let name = self
+            .name
+            .clone()
+            .ok_or_else(|| Error::invalid("--to URL needs --name NAME to attach it under"))?;
+        match ledger.sinks()?.get(&name) {
+            Some(s) if s.url == self.to => Ok((name, true)),
+            Some(s) => Err(Error::invalid(format!(
+                "sink {name:?} is attached with another URL ({})",
+                s.url
+            ))),
+            None => Ok((name, false)),
+        }
+    }
+}
+
+/// What `migrate` would do, changing nothing.
+pub async fn plan_migration(ledger: &Ledger, to: &MigrateTo) -> Result<MigratePlan> {
+    let (name, attached) = to.sink_name(ledger)?;
+    if !attached {
+        return Ok(MigratePlan::Attach {
+            name,
+            url: to.to.clone(),
+        });
+    }
+    let config = ledger.sink_config(&name)?;
+    if config.role == SinkRole::Primary {
+        return Ok(MigratePlan::AlreadyPrimary { name });
+    }
+    let (_, sink) = ledger.open_sink(&name)?;
+    let desired = ledger.desired_at(ledger.head()?.seq)?;
+    let differing = diff(&desired, &*sink, &|_, _| {}).await?.len();
+    Ok(MigratePlan::Promote {
+        name,
+        role: config.role,
+        differing,
+        old: project::primary(ledger)?,
+    })
+}
+
+/// The zero-downtime move of the primary, in five steps: attach as backup (an event), catch
+/// up, verify an empty difference, promote (an event; the old primary becomes a backup),
+/// catch up what was written meanwhile. Writes keep working throughout; running it again
+/// after an interruption continues where it stopped.
+pub async fn migrate(
+    ledger: &mut Ledger,
+    actor: &str,
+    to: &MigrateTo,
+    progress: Progress<'_>,
+    step: &mut dyn FnMut(MigrateStep),
+) -> Result<()> {
+    let (name, attached) = to.sink_name(ledger)?;
+    if !attached {
+        let created = prepare_backend(&SinkUrl::parse(&to.to)?)?;
+        let add = Command::AddSink {
+            name: name.clone(),
+            url: to.to.clone(),
+            role: SinkRole::Backup,
+        };
+        if let Err(e) = ledger.execute(actor, vec![add]) {
+            if let Some(path) = created {
+                let _ = std::fs::remove_file(path);
+            }
+            return Err(e);
+        }
+        step(MigrateStep::Attached {
+            name: name.clone(),
+            was: None,
+        });
+    }
+    let config = ledger.sink_config(&name)?;
+    let old = project::primary(ledger)?;
+    if config.role == SinkRole::Primary {
+        // Interrupted after the promotion: what may be left is emptying the old primary.
+        match demoted_by_promotion_of(ledger, &name)? {
+            Some(old) if to.delete_secrets && ledger.sink_config(&old)?.role == SinkRole::Backup => {
+                let removed = empty_old_primary(ledger, actor, &name, &old).await?;
+                step(MigrateStep::Emptied { old, removed });
+            }
+            _ => step(MigrateStep::AlreadyPrimary { name }),
+        }
+        return Ok(());
+    }
+    if config.role != SinkRole::Backup {
+        let role = SinkRole::Backup;
+        ledger.execute(actor, vec![Command::SetSinkRole { name: name.clone(), role }])?;
+        step(MigrateStep::Attached {
+            name: name.clone(),
+            was: Some(config.role),
+        });
+    }
+    // Catch up and verify: projection first (fast, checkpointed), then a full comparison that
+    // also fixes anything the sink held before it was attached.
+    project::project_named(ledger, &name, &ProjectOptions::default()).await?;
+    let checkpoint = ledger.checkpoint(&name)?;
+    step(MigrateStep::CaughtUp {
+        name: name.clone(),
+        seq: checkpoint,
+    });
+    let (_, sink) = ledger.open_sink(&name)?;
+    let desired = ledger.desired_at(checkpoint)?;
+    let done = reconcile(Some(ledger), &name, &*sink, &desired, Mode::Apply, None, progress, &mut |_| {}).await?;
+    let left = diff(&desired, &*sink, &|_, _| {}).await?;
+    if !left.is_empty() {
+        return Err(Error::OutOfSync(format!(
+            "{name} still differs from the ledger in {} object(s) after catching up; not promoted",
+            left.len()
+        )));
+    }
+    step(MigrateStep::Verified {
+        name: name.clone(),
+        fixed: done.applied.map_or(0, |r| r.written + r.deleted),
+    });
+    ledger.execute(actor, vec![Command::PromoteSink { name: name.clone() }])?;
+    step(MigrateStep::Promoted {
+        name: name.clone(),
+        old: old.clone(),
+    });
+    // Writes that landed between the check and the promotion.
+    project::project_named(ledger, &name, &ProjectOptions::default()).await?;
+    match (to.delete_secrets, old) {
+        (true, Some(old)) => {
+            let removed = empty_old_primary(ledger, actor, &name, &old).await?;
+            step(MigrateStep::Emptied { old, removed });
+        }
+        _ => step(MigrateStep::Done),
+    }
+    Ok(())
+}
+
+/// The last step of `migrate --delete-secrets`: the old primary becomes a standby (so no
+/// projector refills it) and loses what the new primary verifiably holds.
+async fn empty_old_primary(ledger: &mut Ledger, actor: &str, new: &str, old: &str) -> Result<u64> {
+    ledger.execute(
+        actor,
+        vec![Command::SetSinkRole {
+            name: old.to_owned(),
+            role: SinkRole::Standby,
+        }],
+    )?;
+    let (_, target) = ledger.open_sink(new)?;
+    let (_, sink) = ledger.open_sink(old)?;
+    let through = ledger.checkpoint(new)?;
+    let held = held_ids(&*target).await?;
+    empty_sink(&*sink, through, &|id| held.contains(&id)).await
+}
+
+/// The sink that promoting `name` to primary made a backup, from the log (a promotion appends
+/// "old is now backup" right before "name is now primary").
+fn demoted_by_promotion_of(ledger: &Ledger, name: &str) -> Result<Option<String>> {
+    use crate::log::EventLog;
+    let (mut previous, mut found) = (None::<String>, None);
+    ledger.log().scan(1, u64::MAX, &mut |stored| {
+        if stored.event_type == "sink.role_changed" {
+            if let crate::Event::SinkRoleChanged { name: changed, role } = stored.decode()? {
+                if changed == name && role == SinkRole::Primary {
+                    found = previous.take();
+                }
+                previous = (role == SinkRole::Backup).then_some(changed);
+                return Ok(true);
+            }
+        }
+        previous = None;
+        Ok(true)
+    })?;
+    Ok(found)
+}

@@ -1,0 +1,87 @@
+//! `sledger project --follow` runs one projector per sink: a backend that hangs delays only
+//! itself, and SIGTERM stops the whole service at once even while it hangs.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, Instant};
+
+use common::Env;
+
+/// An exec plug-in that answers everything except `put`, on which it hangs forever.
+fn hanging_plugin(env: &Env) -> String {
+    let script = env.path("hang-on-put.sh");
+    std::fs::write(
+        &script,
+        r#"#!/bin/sh
+while IFS= read -r line; do
+  case "$line" in
+    *'"op":"put"'*) exec sleep 100000 ;;
+    *'"op":"list"'*) echo '{"ok":true,"entries":[]}' ;;
+    *'"op":"get"'*) echo '{"ok":true,"record":null}' ;;
+    *) echo '{"ok":true}' ;;
+  esac
+done
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    format!("exec://{}", script.display())
+}
+
+fn lag(env: &Env, sink: &str) -> u64 {
+    let status = env.json(&["sink", "status"]);
+    status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == sink)
+        .unwrap_or_else(|| panic!("no sink {sink} in {status}"))["lag"]
+        .as_u64()
+        .unwrap()
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < until, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_hanging_sink_delays_only_itself_and_sigterm_stops_follow_within_two_seconds() {
+    let env = Env::new();
+    env.ok(&["sink", "add", "hang", &hanging_plugin(&env), "--role", "replica"]);
+    env.ok(&["sink", "add", "bk", &env.sqlite_url("bk.db")]);
+    let mut follow = env.spawn(&[], &["project", "--follow"]);
+    for i in 0..5 {
+        env.ok(&["secret", "create", &format!("s{i}"), "--value", "k=v"]);
+    }
+    wait_for("the backup to catch up", || lag(&env, "bk") == 0);
+    // Writes after the first batch hung keep reaching the backup (woken by polling the head).
+    env.ok(&["secret", "update", "s1", "--value", "k=w"]);
+    env.ok(&["secret", "create", "late", "--value", "k=v"]);
+    wait_for("the backup to take the later writes", || lag(&env, "bk") == 0);
+    assert_eq!(lag(&env, "local"), 0);
+    assert!(lag(&env, "hang") > 0, "the hanging sink cannot have applied anything");
+    let read = env.json(&["secret", "get", "late", "--from", "backup"]);
+    assert_eq!(read["values"]["k"], "v");
+
+    let signalled = Instant::now();
+    unsafe { libc::kill(follow.id() as i32, libc::SIGTERM) };
+    let status = loop {
+        if let Some(status) = follow.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(2),
+            "project --follow did not exit within 2 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "project --follow exited with {status}");
+    // The hung batch was abandoned, not recorded as applied.
+    assert!(lag(&env, "hang") > 0);
+    env.ok(&["verify"]);
+}

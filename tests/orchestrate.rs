@@ -1,0 +1,152 @@
+//! The orchestration lives in the library: `migrate`, `backup --delete-secrets` and the
+//! continuous projector service, driven here with no CLI involved, while writes flow through
+//! a shared `LedgerHandle`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sledger::event::SinkRole;
+use sledger::project::service::{self, FollowOptions, ProjectorEvent};
+use sledger::replay::orchestrate::{self, MigrateStep, MigrateTo};
+use sledger::sink::SinkUrl;
+use sledger::{Command, Ledger, LedgerHandle, LedgerSettings, MasterKey, Scope, SecretValues};
+
+fn create(name: &str) -> Command {
+    let mut values = SecretValues::new();
+    values.insert("password", name);
+    Command::Create {
+        name: name.to_owned(),
+        scope: Scope::Workspace,
+        labels: BTreeMap::new(),
+        values,
+    }
+}
+
+async fn caught_up(ledger: &Ledger, sink: &str) {
+    let until = Instant::now() + Duration::from_secs(30);
+    while ledger.checkpoint(sink).unwrap() < ledger.head().unwrap().seq {
+        assert!(Instant::now() < until, "the service did not catch {sink} up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn held(ledger: &Ledger, sink: &str) -> usize {
+    let (_, sink) = ledger.open_sink(sink).unwrap();
+    sink.list().await.unwrap().len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_backup_and_the_projector_service_without_the_cli() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let master = MasterKey::generate();
+    let mut ledger = Ledger::init(&path, master.clone(), LedgerSettings::default()).unwrap();
+    let url = |file: &str| SinkUrl::sqlite_url(&dir.path().join(file));
+
+    // A first migration with no primary yet makes `a` the primary.
+    let mut steps = Vec::new();
+    let to_a = MigrateTo {
+        to: url("a.db"),
+        name: Some("a".into()),
+        delete_secrets: false,
+    };
+    orchestrate::migrate(&mut ledger, "ops", &to_a, &|_, _, _| {}, &mut |s| steps.push(s))
+        .await
+        .unwrap();
+    assert_eq!(ledger.sink_config("a").unwrap().role, SinkRole::Primary);
+    assert_eq!(steps.last(), Some(&MigrateStep::Done));
+
+    // The projector service keeps every sink current, woken by the handle's commits.
+    let handle = LedgerHandle::open(&path, master.clone()).unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    let service = {
+        let (path, master, wake, failures) = (path.clone(), master.clone(), handle.subscribe(), failures.clone());
+        let options = FollowOptions {
+            poll: Duration::from_millis(20),
+            ..Default::default()
+        };
+        tokio::spawn(async move {
+            service::follow(&path, &master, options, Some(wake), stopped, move |event| {
+                if let ProjectorEvent::Failed { sink, error } = event {
+                    failures.lock().unwrap().push(format!("{sink}: {error}"));
+                }
+            })
+            .await
+        })
+    };
+    for i in 0..20 {
+        handle.execute("alice", vec![create(&format!("s{i}"))]).await.unwrap();
+    }
+    caught_up(&ledger, "a").await;
+    assert_eq!(held(&ledger, "a").await, 20);
+
+    // Migrate to `b` while writes keep flowing; the old primary is emptied at the end.
+    let writer = {
+        let handle = handle.clone();
+        tokio::spawn(async move {
+            for i in 20..40 {
+                handle.execute("alice", vec![create(&format!("s{i}"))]).await.unwrap();
+            }
+        })
+    };
+    let mut steps = Vec::new();
+    let to_b = MigrateTo {
+        to: url("b.db"),
+        name: Some("b".into()),
+        delete_secrets: true,
+    };
+    orchestrate::migrate(&mut ledger, "ops", &to_b, &|_, _, _| {}, &mut |s| steps.push(s))
+        .await
+        .unwrap();
+    writer.await.unwrap();
+    assert!(steps.contains(&MigrateStep::Promoted {
+        name: "b".into(),
+        old: Some("a".into())
+    }));
+    assert!(
+        matches!(steps.last(), Some(MigrateStep::Emptied { old, removed }) if old == "a" && *removed >= 20),
+        "{steps:?}"
+    );
+    assert_eq!(ledger.sink_config("a").unwrap().role, SinkRole::Standby);
+    caught_up(&ledger, "b").await;
+    assert_eq!(held(&ledger, "b").await, 40);
+
+    // A backup attached now is picked up by the running service.
+    orchestrate::prepare_backend(&SinkUrl::parse(&url("c.db")).unwrap()).unwrap();
+    handle
+        .execute(
+            "ops",
+            vec![Command::AddSink {
+                name: "c".into(),
+                url: url("c.db"),
+                role: SinkRole::Backup,
+            }],
+        )
+        .await
+        .unwrap();
+    caught_up(&ledger, "c").await;
+    assert_eq!(held(&ledger, "c").await, 40);
+
+    // backup --delete-secrets: the primary keeps nothing the backup verifiably holds.
+    let report = orchestrate::backup(&ledger, false, true, &|_, _, _| {}, &mut |_, _| {})
+        .await
+        .unwrap();
+    assert_eq!(report.emptied, Some(("b".to_owned(), 40)));
+    assert_eq!(held(&ledger, "b").await, 0);
+    assert_eq!(held(&ledger, "c").await, 40);
+    // The ledger still reads every value.
+    let read = ledger.read("alice", "s39", sledger::ReadPoint::Latest).unwrap();
+    assert_eq!(read.values.get("password"), Some("s39"));
+
+    stop.send(true).unwrap();
+    tokio::time::timeout(Duration::from_secs(3), service)
+        .await
+        .expect("the service stops within its grace")
+        .unwrap()
+        .unwrap();
+    handle.close();
+    assert!(failures.lock().unwrap().is_empty(), "{:?}", failures.lock().unwrap());
+    ledger.verify(&mut |_, _| {}).unwrap();
+}
