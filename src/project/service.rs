@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{project_named, ProjectOptions, ProjectReport};
+use super::{project, ProjectOptions, ProjectReport};
+use crate::sink::Sink;
 use crate::error::Result;
 use crate::{Ledger, MasterKey};
 
@@ -197,6 +198,9 @@ impl Projector {
         runtime.block_on(async {
             // Watches the head between attempts.
             let mut ledger: Option<Ledger> = None;
+            // The sink is kept between attempts, so its client keeps its connections and its
+            // credentials (a Vault token renewed before it expires); reopened after a failure.
+            let mut backend: Option<Arc<dyn Sink>> = None;
             let mut failures = 0u32;
             loop {
                 if *stop.borrow() || *retired.borrow() {
@@ -211,7 +215,18 @@ impl Projector {
                         deadline: Some(Instant::now() + options.call_deadline),
                         ..options.project.clone()
                     };
-                    let done = project_named(ledger, &sink, &opts).await?;
+                    let target = match &backend {
+                        Some(b) => b.clone(),
+                        None => match ledger.open_sink(&sink) {
+                            Ok((_, opened)) => backend.insert(opened).clone(),
+                            Err(e) => {
+                                // A sink that cannot even be opened shows in `sink status`.
+                                ledger.record_sink_error(&sink, &e.to_string())?;
+                                return Err(e);
+                            }
+                        },
+                    };
+                    let done = project(ledger, &sink, &*target, &opts).await?;
                     let behind = ledger.head()?.seq > done.checkpoint;
                     Ok::<_, crate::Error>((done, behind))
                 };
@@ -242,6 +257,7 @@ impl Projector {
                             error,
                         });
                         ledger = None; // open afresh: the file may have been replaced
+                        backend = None;
                         Some((Duration::from_millis(200) * (1 << failures)).min(options.max_pause))
                     }
                 };

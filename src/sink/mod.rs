@@ -13,6 +13,7 @@ pub mod aws;
 pub mod azure;
 mod exec;
 mod foreign;
+pub mod layer;
 #[cfg(feature = "gcp")]
 pub mod gcp;
 mod memory;
@@ -793,79 +794,11 @@ impl SinkUrl {
             #[cfg(feature = "azure")]
             Backend::Azure(config) => Arc::new(azure::AzureSink::new(config.clone())),
         };
-        Ok(match self.max_rps {
-            Some(per_second) => Arc::new(RateLimited::new(sink, per_second)),
-            None => sink,
-        })
-    }
-}
-
-/// A sink whose operations start at most `per_second` times a second, spaced evenly, across
-/// every task of this process using it (projector batches, replays, reads).
-struct RateLimited {
-    inner: Arc<dyn Sink>,
-    interval: std::time::Duration,
-    next_slot: tokio::sync::Mutex<Option<tokio::time::Instant>>,
-}
-
-impl fmt::Debug for RateLimited {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RateLimited")
-            .field("inner", &self.inner)
-            .field("interval", &self.interval)
-            .finish()
-    }
-}
-
-impl RateLimited {
-    fn new(inner: Arc<dyn Sink>, per_second: u32) -> Self {
-        RateLimited {
-            inner,
-            interval: std::time::Duration::from_secs(1) / per_second.max(1),
-            next_slot: Default::default(),
+        Ok(layer::Layers {
+            max_rps: self.max_rps,
+            ..Default::default()
         }
-    }
-
-    /// Wait for this caller's slot.
-    async fn pace(&self) {
-        let slot = {
-            let mut next = self.next_slot.lock().await;
-            let now = tokio::time::Instant::now();
-            let slot = next.map_or(now, |n| n.max(now));
-            *next = Some(slot + self.interval);
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
-    }
-}
-
-#[async_trait]
-impl Sink for RateLimited {
-    fn kind(&self) -> &'static str {
-        self.inner.kind()
-    }
-    fn capabilities(&self) -> Capabilities {
-        self.inner.capabilities()
-    }
-    async fn put(&self, record: &SinkRecord) -> Result<()> {
-        self.pace().await;
-        self.inner.put(record).await
-    }
-    async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>> {
-        self.pace().await;
-        self.inner.get(id).await
-    }
-    async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
-        self.pace().await;
-        self.inner.delete(id, seq, how).await
-    }
-    async fn list(&self) -> Result<Vec<SinkEntry>> {
-        self.pace().await;
-        self.inner.list().await
-    }
-    async fn health(&self) -> Result<()> {
-        self.pace().await;
-        self.inner.health().await
+        .wrap(sink))
     }
 }
 

@@ -51,7 +51,9 @@ impl Env {
             .env("SLEDGER_ACTOR", "alice@test")
             .env_remove("SLEDGER_MASTER_KEY")
             .env_remove("SLEDGER_KEY_FILE")
-            .env_remove("SLEDGER_LOG");
+            .env_remove("SLEDGER_LOG")
+            // A test that sets it for its own process must not lend it to the others' children.
+            .env_remove("VAULT_TOKEN");
         c
     }
 
@@ -64,6 +66,7 @@ impl Env {
             .env_remove("SLEDGER_MASTER_KEY")
             .env_remove("SLEDGER_KEY_FILE")
             .env_remove("SLEDGER_LOG")
+            .env_remove("VAULT_TOKEN")
             .envs(vars.iter().copied())
             .args(args)
             .stdout(std::process::Stdio::null())

@@ -109,7 +109,7 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
             let ledger = ctx.open_unlocked()?;
             let (fixed, still) = block_on(async {
                 let (_, sink) = ledger.open_sink(&name)?;
-                project::retry_parked(&ledger, &name, &*sink, &ProjectOptions::default()).await
+                project::retry_parked(&ledger, &name, &*sink).await
             })?;
             if ctx.json() {
                 output::json_line(&json!({"sink": name, "applied": fixed, "still_parked": still}));

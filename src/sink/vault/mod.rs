@@ -8,19 +8,24 @@
 //! the metadata and every version, then leaves a tombstone (metadata only, no versions).
 //!
 //! Credentials: `VAULT_TOKEN`, or AppRole with `VAULT_ROLE_ID` and `VAULT_SECRET_ID`
-//! (`VAULT_APPROLE_MOUNT`, default `approle`). TLS by default; `tls=off` for a dev server on
+//! (`VAULT_APPROLE_MOUNT`, default `approle`); tokens with a TTL are renewed, or logged in
+//! again, before they expire (`session`). TLS by default; `tls=off` for a dev server on
 //! loopback, `ca-file=/path/ca.pem` for a private CA.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use tokio::sync::OnceCell;
 use vaultrs::api::kv2::requests::{SetSecretMetadataRequest, SetSecretRequestOptions};
-use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
+use vaultrs::client::VaultClient;
 use vaultrs::error::ClientError;
 use vaultrs::kv2;
 use zeroize::Zeroizing;
+
+mod session;
+
+use session::Session;
 
 use super::foreign::{is_sledger_object, ForeignSecrets};
 use super::{object_name, Capabilities, DeleteMode, ObjectLocks, Sink, SinkEntry, SinkRecord};
@@ -62,7 +67,7 @@ impl VaultConfig {
 
 pub struct VaultSink {
     config: VaultConfig,
-    client: OnceCell<VaultClient>,
+    session: Session,
     /// Writes to one object from this process go one at a time: the data write is
     /// check-and-set, but the metadata that carries the seq is written after it.
     writing: ObjectLocks,
@@ -120,47 +125,15 @@ struct Stored {
 impl VaultSink {
     pub fn new(config: VaultConfig) -> Self {
         VaultSink {
+            session: Session::new(config.clone()),
             config,
-            client: OnceCell::new(),
             writing: Default::default(),
         }
     }
 
-    /// Connect and authenticate on first use (opening a sink must not need the server).
-    async fn client(&self) -> Result<&VaultClient> {
-        self.client
-            .get_or_try_init(|| async {
-                let mut settings = VaultClientSettingsBuilder::default();
-                settings.address(&self.config.address);
-                if let Some(ca) = &self.config.ca_file {
-                    settings.ca_certs(vec![ca.display().to_string()]);
-                }
-                let token = std::env::var("VAULT_TOKEN").ok();
-                settings.token(token.clone().unwrap_or_default());
-                let settings = settings.build().map_err(|e| {
-                    Error::sink(KIND, format!("cannot configure the client for {}: {e}", self.config.address), false)
-                })?;
-                let mut client = VaultClient::new(settings).map_err(|e| self.failure("cannot build the client", e))?;
-                if token.is_none() {
-                    let (role, secret) = match (std::env::var("VAULT_ROLE_ID"), std::env::var("VAULT_SECRET_ID")) {
-                        (Ok(role), Ok(secret)) => (role, Zeroizing::new(secret)),
-                        _ => {
-                            return Err(Error::sink(
-                                KIND,
-                                "no credentials: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID for AppRole",
-                                false,
-                            ))
-                        }
-                    };
-                    let mount = std::env::var("VAULT_APPROLE_MOUNT").unwrap_or_else(|_| "approle".into());
-                    let auth = vaultrs::auth::approle::login(&client, &mount, &role, &secret)
-                        .await
-                        .map_err(|e| self.failure("AppRole login failed", e))?;
-                    client.set_token(&auth.client_token);
-                }
-                Ok(client)
-            })
-            .await
+    /// A client whose token is valid now (see `session`).
+    async fn client(&self) -> Result<Arc<VaultClient>> {
+        self.session.client().await
     }
 
     /// A client failure, with the server's address so an outage says where.
@@ -179,6 +152,7 @@ impl VaultSink {
 
     async fn stored(&self, path: &str) -> Result<Option<Stored>> {
         let client = self.client().await?;
+        let client = &*client;
         match kv2::read_metadata(client, &self.config.mount, path).await {
             Ok(m) => {
                 let custom = m.custom_metadata.unwrap_or_default();
@@ -198,6 +172,7 @@ impl VaultSink {
 
     async fn set_custom(&self, path: &str, custom: HashMap<String, String>) -> Result<()> {
         let client = self.client().await?;
+        let client = &*client;
         let mut request = SetSecretMetadataRequest::builder();
         request.custom_metadata(custom);
         kv2::set_metadata(client, &self.config.mount, path, Some(&mut request))
@@ -246,6 +221,7 @@ impl Sink for VaultSink {
             }
             let cas = current.map_or(0, |s| s.version) as u32;
             let client = self.client().await?;
+            let client = &*client;
             match kv2::set_with_options(
                 client,
                 &self.config.mount,
@@ -281,6 +257,7 @@ impl Sink for VaultSink {
             return Ok(None);
         }
         let client = self.client().await?;
+        let client = &*client;
         let data: BTreeMap<String, Zeroizing<String>> =
             match kv2::read(client, &self.config.mount, &path).await {
                 Ok(data) => data,
@@ -314,6 +291,7 @@ impl Sink for VaultSink {
         let _one_writer = self.writing.lock(id).await;
         let stored = self.stored(&path).await?;
         let client = self.client().await?;
+        let client = &*client;
         if how == DeleteMode::Purge {
             // Every version goes, whatever the order of requests; the tombstone keeps the
             // higher of the two seqs.
@@ -349,6 +327,7 @@ impl Sink for VaultSink {
             .rsplit_once('/')
             .map_or(String::new(), |(d, _)| format!("{d}/"));
         let client = self.client().await?;
+        let client = &*client;
         let keys = match kv2::list(client, &self.config.mount, &dir).await {
             Ok(keys) => keys,
             Err(e) if is_not_found(&e) => return Ok(vec![]),
@@ -377,6 +356,7 @@ impl Sink for VaultSink {
 
     async fn health(&self) -> Result<()> {
         let client = self.client().await?;
+        let client = &*client;
         match kv2::list(client, &self.config.mount, "").await {
             Ok(_) => Ok(()),
             Err(e) if is_not_found(&e) => Ok(()),
@@ -389,6 +369,7 @@ impl Sink for VaultSink {
 impl ForeignSecrets for VaultSink {
     async fn names(&self, prefix: &str) -> Result<Vec<String>> {
         let client = self.client().await?;
+        let client = &*client;
         let start = prefix
             .rsplit_once('/')
             .map_or(String::new(), |(d, _)| format!("{d}/"));
@@ -428,6 +409,7 @@ impl ForeignSecrets for VaultSink {
 
     async fn read(&self, name: &str) -> Result<Option<SecretValues>> {
         let client = self.client().await?;
+        let client = &*client;
         let data: BTreeMap<String, serde_json::Value> =
             match kv2::read(client, &self.config.mount, name).await {
                 Ok(data) => data,

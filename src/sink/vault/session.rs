@@ -1,0 +1,162 @@
+//! The Vault client and the token it carries: logged in on first use (opening a sink must not
+//! need the server), then kept alive. A token with a TTL is renewed when two thirds of it have
+//! passed; one that can no longer be renewed far enough (its max TTL is near, or it is not
+//! renewable) is replaced by logging in again with AppRole, when AppRole credentials are set.
+//! A token without a TTL (a root token) is used as it is.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Mutex;
+use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
+use vaultrs::error::ClientError;
+use zeroize::Zeroizing;
+
+use super::{VaultConfig, KIND};
+use crate::error::{Error, Result};
+
+/// Where the credentials come from.
+enum Credentials {
+    Token,
+    AppRole {
+        mount: String,
+        role: String,
+        secret: Zeroizing<String>,
+    },
+}
+
+impl Credentials {
+    fn from_env() -> Result<Credentials> {
+        if std::env::var("VAULT_TOKEN").is_ok() {
+            return Ok(Credentials::Token);
+        }
+        match (std::env::var("VAULT_ROLE_ID"), std::env::var("VAULT_SECRET_ID")) {
+            (Ok(role), Ok(secret)) => Ok(Credentials::AppRole {
+                mount: std::env::var("VAULT_APPROLE_MOUNT").unwrap_or_else(|_| "approle".into()),
+                role,
+                secret: Zeroizing::new(secret),
+            }),
+            _ => Err(Error::sink(
+                KIND,
+                "no credentials: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID for AppRole",
+                false,
+            )),
+        }
+    }
+}
+
+struct Current {
+    client: Arc<VaultClient>,
+    /// When to renew or replace the token; `None` for a token that does not expire.
+    refresh_at: Option<Instant>,
+    renewable: bool,
+    /// The TTL the token was issued with: a renewal granting less has hit the max TTL.
+    issued_ttl: u64,
+}
+
+/// A client whose token is kept valid.
+pub(super) struct Session {
+    config: VaultConfig,
+    current: Mutex<Option<Current>>,
+}
+
+fn refresh_at(ttl_seconds: u64) -> Option<Instant> {
+    (ttl_seconds > 0).then(|| Instant::now() + Duration::from_secs(ttl_seconds) * 2 / 3)
+}
+
+impl Session {
+    pub fn new(config: VaultConfig) -> Session {
+        Session {
+            config,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// A client with a token that is valid now.
+    pub async fn client(&self) -> Result<Arc<VaultClient>> {
+        let mut current = self.current.lock().await;
+        match current.as_mut() {
+            Some(c) if c.refresh_at.is_none_or(|at| Instant::now() < at) => return Ok(c.client.clone()),
+            Some(c) if c.renewable => match vaultrs::token::renew_self(&*c.client, None).await {
+                Ok(auth) if auth.lease_duration >= c.issued_ttl || !self.can_log_in() => {
+                    tracing::debug!(ttl = auth.lease_duration, "vault token renewed");
+                    c.refresh_at = refresh_at(auth.lease_duration);
+                    c.renewable = auth.renewable;
+                    return Ok(c.client.clone());
+                }
+                // Capped by the max TTL: a fresh login lasts longer.
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "vault token renewal failed; logging in again"),
+            },
+            Some(c) if !self.can_log_in() => {
+                // Nothing to renew it with: use it until the server refuses it.
+                c.refresh_at = None;
+                return Ok(c.client.clone());
+            }
+            _ => {}
+        }
+        let fresh = self.log_in().await?;
+        let client = fresh.client.clone();
+        *current = Some(fresh);
+        Ok(client)
+    }
+
+    fn can_log_in(&self) -> bool {
+        matches!(Credentials::from_env(), Ok(Credentials::AppRole { .. }))
+    }
+
+    async fn log_in(&self) -> Result<Current> {
+        let credentials = Credentials::from_env()?;
+        let mut settings = VaultClientSettingsBuilder::default();
+        settings.address(&self.config.address);
+        if let Some(ca) = &self.config.ca_file {
+            settings.ca_certs(vec![ca.display().to_string()]);
+        }
+        settings.token(std::env::var("VAULT_TOKEN").unwrap_or_default());
+        let settings = settings.build().map_err(|e| {
+            Error::sink(
+                KIND,
+                format!("cannot configure the client for {}: {e}", self.config.address),
+                false,
+            )
+        })?;
+        let mut client = VaultClient::new(settings).map_err(|e| self.failure("cannot build the client", e))?;
+        let (ttl, renewable) = match credentials {
+            Credentials::AppRole {
+                mount,
+                role,
+                secret,
+            } => {
+                let auth = vaultrs::auth::approle::login(&client, &mount, &role, &secret)
+                    .await
+                    .map_err(|e| self.failure("AppRole login failed", e))?;
+                client.set_token(&auth.client_token);
+                (auth.lease_duration, auth.renewable)
+            }
+            // A token that may not look itself up is used as it is.
+            Credentials::Token => match vaultrs::token::lookup_self(&client).await {
+                Ok(token) => (token.ttl, token.renewable.unwrap_or(false)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot look up the vault token's TTL; not renewing it");
+                    (0, false)
+                }
+            },
+        };
+        tracing::debug!(ttl, renewable, "vault client ready");
+        Ok(Current {
+            client: Arc::new(client),
+            refresh_at: refresh_at(ttl),
+            renewable,
+            issued_ttl: ttl,
+        })
+    }
+
+    fn failure(&self, what: &str, e: ClientError) -> Error {
+        match super::failure(what, e) {
+            Error::Sink {
+                message, temporary, ..
+            } => Error::sink(KIND, format!("{message} ({})", self.config.address), temporary),
+            other => other,
+        }
+    }
+}
