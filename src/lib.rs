@@ -11,6 +11,7 @@
 //!
 //! The library never prints; it reports progress through callbacks.
 
+pub mod adopt;
 pub mod catalog;
 pub mod crypto;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod log;
 pub mod project;
 pub mod read;
 pub mod replay;
+pub mod setup;
 pub mod sink;
 pub mod validate;
 

@@ -520,3 +520,41 @@ pub fn primary(ledger: &Ledger) -> Result<Option<String>> {
         .find(|s| s.role == SinkRole::Primary)
         .map(|s| s.name))
 }
+
+/// Whether the primary applied a write in time.
+#[derive(Debug, Clone, Serialize)]
+pub struct PrimaryWait {
+    pub name: String,
+    /// Events the primary has not applied yet.
+    pub lag: u64,
+    /// Secrets the primary refused (it will not serve them until `sink retry` applies them).
+    pub parked: u64,
+    /// Why it did not catch up, if it did not.
+    pub error: Option<String>,
+}
+
+/// After a write: give the primary sink up to `wait` to apply it (a zero wait only reports
+/// its lag). The write is durable in the ledger whatever happens here. `None` when there is
+/// no primary.
+pub async fn wait_for_primary(ledger: &Ledger, wait: Duration) -> Result<Option<PrimaryWait>> {
+    let Some(name) = primary(ledger)? else {
+        return Ok(None);
+    };
+    let error = if wait.is_zero() {
+        None
+    } else {
+        let opts = ProjectOptions {
+            deadline: Some(Instant::now() + wait),
+            ..Default::default()
+        };
+        project_named(ledger, &name, &opts).await.err().map(|e| e.to_string())
+    };
+    let lag = ledger.head()?.seq.saturating_sub(ledger.checkpoint(&name)?);
+    let parked = ledger.parked(&name)?.len() as u64;
+    Ok(Some(PrimaryWait {
+        name,
+        lag,
+        parked,
+        error,
+    }))
+}

@@ -109,7 +109,7 @@ pub async fn follow(
             keep
         });
         for name in projected {
-            if !running.contains_key(&name) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = running.entry(name.clone()) {
                 let (retire, retired) = watch::channel(false);
                 let projector = Projector {
                     path: path.to_path_buf(),
@@ -125,7 +125,7 @@ pub async fn follow(
                     .name(format!("project-{name}"))
                     .spawn(move || projector.run())
                     .map_err(|e| crate::Error::io("cannot start a projector thread", e))?;
-                running.insert(name, Running { thread, retire });
+                slot.insert(Running { thread, retire });
             }
         }
         tokio::select! {

@@ -256,6 +256,37 @@ pub async fn backup(
     Ok(report)
 }
 
+/// Repair the primary from the ledger (a wiped, damaged or lost primary): resync it to the
+/// head, only the named secrets if `secrets` names any (everything else it holds is left as
+/// it is). A primary whose sqlite file is gone is rebuilt from scratch. `found` sees the
+/// primary's name and the difference before anything is written.
+pub async fn repair_primary(
+    ledger: &Ledger,
+    actor: &str,
+    secrets: &[String],
+    dry_run: bool,
+    progress: Progress<'_>,
+    found: &mut dyn FnMut(&str, &[Difference]),
+) -> Result<Reconciled> {
+    let primary = project::primary(ledger)?.ok_or_else(no_primary)?;
+    if !dry_run {
+        prepare_backend(&SinkUrl::parse(&ledger.sink_config(&primary)?.url)?)?;
+    }
+    let (_, sink) = ledger.open_sink(&primary)?;
+    let desired = ledger.desired_at(ledger.head()?.seq)?;
+    let mut chosen = HashSet::new();
+    for name in secrets {
+        chosen.insert(ledger.find(actor, name)?.id);
+    }
+    let only = |d: &Difference| chosen.contains(&d.id);
+    let only = (!secrets.is_empty()).then_some(&only as &dyn Fn(&Difference) -> bool);
+    let mode = Mode::unless_dry_run(dry_run, Mode::Apply);
+    reconcile(Some(ledger), &primary, &*sink, &desired, mode, only, progress, &mut |d| {
+        found(&primary, d)
+    })
+    .await
+}
+
 fn no_primary() -> Error {
     Error::NotFound("there is no primary sink; `sledger sink promote NAME` makes one".into())
 }

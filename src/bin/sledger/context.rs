@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use sledger::crypto::MASTER_KEY_ENV;
+use sledger::project::PrimaryWait;
 use sledger::{keyfile, Ledger, MasterKey};
 
 use crate::cli::{Format, Global};
@@ -24,15 +25,6 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .build()
         .expect("a tokio runtime can be built")
         .block_on(future)
-}
-
-/// Whether the primary applied a write in time.
-pub struct PrimaryWait {
-    pub name: String,
-    pub lag: u64,
-    /// Secrets the primary refused (it will not serve them until `sink retry` applies them).
-    pub parked: u64,
-    pub error: Option<String>,
 }
 
 fn default_ledger_path() -> PathBuf {
@@ -68,30 +60,9 @@ impl Context {
         }
     }
 
-    /// After a write: give the primary sink up to `--wait` to apply it. The write is durable
-    /// in the ledger whatever happens here.
+    /// After a write: give the primary sink up to `--wait` to apply it.
     pub fn wait_for_primary(&self, ledger: &Ledger) -> Result<Option<PrimaryWait>> {
-        let Some(name) = sledger::project::primary(ledger)? else {
-            return Ok(None);
-        };
-        let opts = sledger::project::ProjectOptions {
-            deadline: Some(std::time::Instant::now() + self.wait),
-            ..Default::default()
-        };
-        let error = if self.wait.is_zero() {
-            None
-        } else {
-            let applied = block_on(sledger::project::project_named(ledger, &name, &opts));
-            applied.err().map(|e| e.to_string())
-        };
-        let lag = ledger.head()?.seq.saturating_sub(ledger.checkpoint(&name)?);
-        let parked = ledger.parked(&name)?.len() as u64;
-        Ok(Some(PrimaryWait {
-            name,
-            lag,
-            parked,
-            error,
-        }))
+        Ok(block_on(sledger::project::wait_for_primary(ledger, self.wait))?)
     }
 
     pub fn json(&self) -> bool {

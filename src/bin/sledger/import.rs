@@ -8,7 +8,6 @@ use anyhow::{Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use serde_json::json;
-use sledger::sink::SinkUrl;
 use sledger::{Command, Outcome, Scope, SecretValues};
 use zeroize::Zeroizing;
 
@@ -107,72 +106,30 @@ fn read_records(args: &ImportArgs, path: &Path) -> Result<Vec<Record>> {
 
 /// The secrets a backend holds outside sledger's objects, read one by one.
 fn read_foreign(ctx: &Context, url: &str, prefix: &str) -> Result<Vec<Record>> {
-    let backend = SinkUrl::parse(url)?.open_foreign()?;
-    let (names, unreadable, records) = block_on(async {
-        let names = backend.names(prefix).await?;
-        let bar = if ctx.json() {
-            ProgressBar::hidden()
-        } else {
-            ProgressBar::new(names.len() as u64)
-        };
-        bar.set_style(
-            ProgressStyle::with_template("reading {bar:30} {pos}/{len} ({eta})").expect("valid template"),
-        );
-        let (mut records, mut unreadable) = (Vec::new(), Vec::new());
-        for name in &names {
-            match backend.read(name).await? {
-                Some(values) => records.push(Record {
-                    name: name.clone(),
-                    values: values
-                        .iter()
-                        .map(|(k, v)| (k.to_owned(), Zeroizing::new(v.to_owned())))
-                        .collect(),
-                    labels: BTreeMap::new(),
-                    private: false,
-                }),
-                None => unreadable.push(name.clone()),
-            }
-            bar.inc(1);
-        }
-        bar.finish_and_clear();
-        Ok::<_, sledger::Error>((names, unreadable, records))
-    })?;
-    if names.is_empty() {
-        return Err(usage(format!(
-            "{} holds no secrets{} outside sledger's own objects",
-            sledger::sink::redacted(url),
-            if prefix.is_empty() {
-                String::new()
-            } else {
-                format!(" starting with {prefix:?}")
-            }
-        )));
-    }
-    // All or nothing: adopting part of an estate silently would leave the rest unmanaged.
-    if !unreadable.is_empty() {
-        return Err(usage(format!(
-            "{} secret(s) have no text value to read (binary, no enabled version, or deleted meanwhile): {}; \
-             narrow the import with --prefix",
-            unreadable.len(),
-            unreadable.join(", ")
-        )));
-    }
-    let invalid: Vec<String> = records
-        .iter()
-        .filter_map(|r| {
-            sledger::validate::secret_name(&r.name)
-                .err()
-                .map(|e| format!("{:?} ({e})", r.name))
+    let bar = if ctx.json() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(ProgressStyle::with_template("reading {bar:30} {pos}/{len} ({eta})").expect("valid template"));
+    let estate = block_on(sledger::adopt::read_estate(url, prefix, &|done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    }));
+    bar.finish_and_clear();
+    Ok(estate?
+        .into_iter()
+        .map(|a| Record {
+            name: a.name,
+            values: a
+                .values
+                .iter()
+                .map(|(k, v)| (k.to_owned(), Zeroizing::new(v.to_owned())))
+                .collect(),
+            labels: BTreeMap::new(),
+            private: false,
         })
-        .collect();
-    if !invalid.is_empty() {
-        return Err(usage(format!(
-            "{} name(s) are not valid sledger names: {}; narrow the import with --prefix",
-            invalid.len(),
-            invalid.join(", ")
-        )));
-    }
-    Ok(records)
+        .collect())
 }
 
 pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {

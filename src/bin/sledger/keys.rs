@@ -3,9 +3,8 @@
 use anyhow::Result;
 use serde_json::json;
 use sledger::crypto::MASTER_KEY_ENV;
-use sledger::event::SinkRole;
-use sledger::sink::{SinkUrl, SqliteSink};
-use sledger::{keyfile, Command, Ledger, LedgerSettings, MasterKey};
+use sledger::setup::{init_embedded, NewKey};
+use sledger::{keyfile, LedgerSettings, MasterKey};
 
 use crate::cli::{InitArgs, KeyCmd};
 use crate::context::Context;
@@ -13,73 +12,18 @@ use crate::exit::usage;
 use crate::output;
 use crate::output::outln;
 
-fn refuse_existing(path: &std::path::Path, what: &'static str) -> Result<()> {
-    if path.exists() {
-        return Err(sledger::Error::WouldOverwrite {
-            what,
-            path: path.to_path_buf(),
-        }
-        .into());
-    }
-    Ok(())
-}
-
 pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     let from_env = Context::env_key()?;
-    refuse_existing(&ctx.ledger_path, "ledger")?;
-    if from_env.is_none() {
-        refuse_existing(&ctx.key_file, "key file")?;
-    }
-    let sink_file = std::path::absolute(ctx.ledger_path.with_extension("sink.db"))?;
-    refuse_existing(&sink_file, "sink file")?;
-    if let Some(dir) = ctx
-        .ledger_path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-    }
     let key_from_env = from_env.is_some();
     let key = match from_env {
-        Some(key) => key,
-        None => {
-            let key = MasterKey::generate();
-            key.write_new_file(&ctx.key_file)?;
-            key
-        }
+        Some(key) => NewKey::Given(key),
+        None => NewKey::File(ctx.key_file.clone()),
     };
     let settings = LedgerSettings {
         max_value_bytes: args.max_value_bytes,
         ..LedgerSettings::default()
     };
-    // The embedded default: a sqlite sink beside the ledger, as primary. Adding it is an
-    // event like any other, so "who set up the primary" is in the audit log.
-    let made = Ledger::init(&ctx.ledger_path, key, settings).and_then(|mut ledger| {
-        SqliteSink::create(&sink_file)?;
-        let url = SinkUrl::sqlite_url(&sink_file);
-        ledger.execute(
-            &ctx.actor,
-            vec![Command::AddSink {
-                name: "local".into(),
-                url,
-                role: SinkRole::Primary,
-            }],
-        )
-    });
-    if let Err(e) = made {
-        if !key_from_env {
-            let _ = std::fs::remove_file(&ctx.key_file);
-        }
-        let _ = std::fs::remove_file(&ctx.ledger_path);
-        let _ = std::fs::remove_file(&sink_file);
-        return Err(e.into());
-    }
+    let sink_file = init_embedded(&ctx.ledger_path, key, &ctx.actor, settings)?.sink_file;
     let key_source = if key_from_env {
         format!("${MASTER_KEY_ENV}")
     } else {

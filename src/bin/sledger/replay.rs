@@ -1,12 +1,9 @@
 //! `sledger replay`, `restore`, `backup`, `migrate`, `diff`, `reconcile`: replays of the log
 //! against sinks (the engine is `sledger::replay`).
 
-use std::collections::HashSet;
-
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use sledger::project;
 use sledger::replay::orchestrate::{
     self, MigratePlan, MigrateStep, MigrateTo, Mode, Phase, Reconciled,
 };
@@ -19,7 +16,7 @@ use crate::context::{block_on, Context};
 use crate::exit::{out_of_sync, usage};
 use crate::output::{self, outln};
 use crate::secret::render_outcomes;
-use crate::sinks::{prepare_backend, refuse_memory};
+use crate::sinks::refuse_memory;
 
 fn target(ledger: &Ledger, args: &TargetArgs) -> Result<u64> {
     let target = match (&args.at, args.seq) {
@@ -237,30 +234,24 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
     let mut ledger = ctx.open_unlocked()?;
     if args.target.at.is_none() && args.target.seq.is_none() {
         // No point in time: repair the primary from the ledger (a wiped or damaged primary).
-        let primary = project::primary(&ledger)?.context("there is no primary sink")?;
-        if !args.dry_run {
-            // A primary whose file is gone is rebuilt from scratch.
-            prepare_backend(&SinkUrl::parse(&ledger.sink_config(&primary)?.url)?)?;
+        let bars = Bars::new(ctx);
+        let mut primary = String::new();
+        let repaired = block_on(orchestrate::repair_primary(
+            &ledger,
+            &ctx.actor,
+            &args.secrets,
+            args.dry_run,
+            &bars.progress(),
+            &mut |name, d| {
+                primary = name.to_owned();
+                print_differences(ctx, name, d)
+            },
+        ))?;
+        drop(bars);
+        if let (Some(report), Some(head)) = (&repaired.applied, ledger.head().ok()) {
+            print_applied(ctx, &primary, head.seq, report);
         }
-        let (_, sink) = ledger.open_sink(&primary)?;
-        let desired = ledger.desired_at(ledger.head()?.seq)?;
-        // With --secret, only the named secrets; everything else in the primary is left as it is.
-        let mut chosen = HashSet::new();
-        for name in &args.secrets {
-            chosen.insert(ledger.find(&ctx.actor, name)?.id);
-        }
-        let only = |d: &Difference| chosen.contains(&d.id);
-        let only = (!args.secrets.is_empty()).then_some(&only as &dyn Fn(&Difference) -> bool);
-        let mode = Mode::unless_dry_run(args.dry_run, Mode::Apply);
-        return block_on(reconcile_sink(
-            ctx,
-            Some(&ledger),
-            &primary,
-            &*sink,
-            &desired,
-            mode,
-            only,
-        ));
+        return Ok(());
     }
     let seq = target(&ledger, &args.target)?;
     let plan = ledger.plan_restore(&ctx.actor, seq, &args.secrets)?;

@@ -11,7 +11,8 @@ use sledger::{Command, Outcome, ReadPoint, Scope, SecretMeta, SecretValues, Stat
 use zeroize::Zeroizing;
 
 use crate::cli::{FromArg, SecretCmd, ValueArgs};
-use crate::context::{block_on, Context, PrimaryWait};
+use crate::context::{block_on, Context};
+use sledger::project::PrimaryWait;
 use crate::exit::usage;
 use crate::output;
 use crate::output::outln;
