@@ -16,7 +16,11 @@ pub struct Adoptee {
 /// Read every secret under `prefix` ("" for all) of the backend at `url`. Refuses (changing
 /// nothing) when there is none, when one has no text value to read, or when a name is not a
 /// valid sledger name. `progress(done, total)` follows the reads.
-pub async fn read_estate(url: &str, prefix: &str, progress: &(dyn Fn(u64, u64) + Sync)) -> Result<Vec<Adoptee>> {
+pub async fn read_estate(
+    url: &str,
+    prefix: &str,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Vec<Adoptee>> {
     let backend = SinkUrl::parse(url)?.open_foreign()?;
     let names = backend.names(prefix).await?;
     if names.is_empty() {

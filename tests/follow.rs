@@ -64,7 +64,10 @@ fn a_hanging_sink_delays_only_itself_and_sigterm_stops_follow_within_two_seconds
     env.ok(&["secret", "create", "late", "--value", "k=v"]);
     wait_for("the backup to take the later writes", || lag(&env, "bk") == 0);
     assert_eq!(lag(&env, "local"), 0);
-    assert!(lag(&env, "hang") > 0, "the hanging sink cannot have applied anything");
+    assert!(
+        lag(&env, "hang") > 0,
+        "the hanging sink cannot have applied anything"
+    );
     let read = env.json(&["secret", "get", "late", "--from", "backup"]);
     assert_eq!(read["values"]["k"], "v");
 

@@ -74,7 +74,11 @@ fn a_failing_request_in_a_group_fails_alone() {
     );
     let third = results[2].as_ref().unwrap();
     assert_eq!((appended_seq(&third[0]), appended_seq(&third[1])), (2, 3));
-    assert!(matches!(results[3], Err(Error::InvalidName { .. })), "{:?}", results[3]);
+    assert!(
+        matches!(results[3], Err(Error::InvalidName { .. })),
+        "{:?}",
+        results[3]
+    );
     assert_eq!(ledger.head().unwrap().seq, 3);
     let b = ledger.read("alice", "b", ReadPoint::Latest).unwrap();
     assert_eq!(b.values.get("v"), Some("2"));
@@ -167,7 +171,10 @@ async fn sixty_four_concurrent_writers_each_get_their_own_result() {
         .unwrap();
     assert_eq!(
         per_type,
-        BTreeMap::from([("secret.created".to_owned(), 640), ("secret.updated".to_owned(), 640)])
+        BTreeMap::from([
+            ("secret.created".to_owned(), 640),
+            ("secret.updated".to_owned(), 640)
+        ])
     );
 }
 

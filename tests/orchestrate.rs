@@ -62,7 +62,8 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let failures = Arc::new(Mutex::new(Vec::new()));
     let service = {
-        let (path, master, wake, failures) = (path.clone(), master.clone(), handle.subscribe(), failures.clone());
+        let (path, master, wake, failures) =
+            (path.clone(), master.clone(), handle.subscribe(), failures.clone());
         let options = FollowOptions {
             poll: Duration::from_millis(20),
             ..Default::default()
@@ -77,7 +78,10 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
         })
     };
     for i in 0..20 {
-        handle.execute("alice", vec![create(&format!("s{i}"))]).await.unwrap();
+        handle
+            .execute("alice", vec![create(&format!("s{i}"))])
+            .await
+            .unwrap();
     }
     caught_up(&ledger, "a").await;
     assert_eq!(held(&ledger, "a").await, 20);
@@ -87,7 +91,10 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
         let handle = handle.clone();
         tokio::spawn(async move {
             for i in 20..40 {
-                handle.execute("alice", vec![create(&format!("s{i}"))]).await.unwrap();
+                handle
+                    .execute("alice", vec![create(&format!("s{i}"))])
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -147,6 +154,10 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
         .unwrap()
         .unwrap();
     handle.close();
-    assert!(failures.lock().unwrap().is_empty(), "{:?}", failures.lock().unwrap());
+    assert!(
+        failures.lock().unwrap().is_empty(),
+        "{:?}",
+        failures.lock().unwrap()
+    );
     ledger.verify(&mut |_, _| {}).unwrap();
 }

@@ -93,7 +93,11 @@ fn approle_tokens_are_renewed_and_replaced_while_projecting() {
             input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
         }
         let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "bao {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "bao {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     };
     admin(&["auth", "enable", "approle"], None);
@@ -111,9 +115,23 @@ fn approle_tokens_are_renewed_and_replaced_while_projecting() {
         ],
         None,
     );
-    let role = admin(&["read", "-field=role_id", "auth/approle/role/sledger/role-id"], None);
-    let secret = admin(&["write", "-f", "-field=secret_id", "auth/approle/role/sledger/secret-id"], None);
-    let approle = [("VAULT_ROLE_ID", role.as_str()), ("VAULT_SECRET_ID", secret.as_str())];
+    let role = admin(
+        &["read", "-field=role_id", "auth/approle/role/sledger/role-id"],
+        None,
+    );
+    let secret = admin(
+        &[
+            "write",
+            "-f",
+            "-field=secret_id",
+            "auth/approle/role/sledger/secret-id",
+        ],
+        None,
+    );
+    let approle = [
+        ("VAULT_ROLE_ID", role.as_str()),
+        ("VAULT_SECRET_ID", secret.as_str()),
+    ];
 
     let env = common::Env::new();
     env.ok(&["sink", "add", "v", &openbao::url(&bao, "")]);
@@ -147,7 +165,11 @@ fn approle_tokens_are_renewed_and_replaced_while_projecting() {
     };
     let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while sink(&env)["lag"] != 0 {
-        assert!(std::time::Instant::now() < until, "the vault sink fell behind: {}", sink(&env));
+        assert!(
+            std::time::Instant::now() < until,
+            "the vault sink fell behind: {}",
+            sink(&env)
+        );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
     let status = sink(&env);

@@ -547,7 +547,10 @@ pub async fn wait_for_primary(ledger: &Ledger, wait: Duration) -> Result<Option<
             deadline: Some(Instant::now() + wait),
             ..Default::default()
         };
-        project_named(ledger, &name, &opts).await.err().map(|e| e.to_string())
+        project_named(ledger, &name, &opts)
+            .await
+            .err()
+            .map(|e| e.to_string())
     };
     let lag = ledger.head()?.seq.saturating_sub(ledger.checkpoint(&name)?);
     let parked = ledger.parked(&name)?.len() as u64;

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::{project, ProjectOptions, ProjectReport};
-use crate::sink::Sink;
 use crate::error::Result;
+use crate::sink::Sink;
 use crate::{Ledger, MasterKey};
 
 /// How long a stop waits for projectors to let go before returning without them.

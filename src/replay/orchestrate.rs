@@ -151,7 +151,10 @@ pub async fn reconcile(
         Some(ledger) => lock_sink_writes(ledger, name, &ProjectOptions::default()).await?,
         None => None,
     };
-    let report = apply(desired, sink, &differences, &|d, t| progress(Phase::Writing, d, t)).await?;
+    let report = apply(desired, sink, &differences, &|d, t| {
+        progress(Phase::Writing, d, t)
+    })
+    .await?;
     if report.refused > 0 {
         return Err(Error::OutOfSync(format!(
             "{name}: {} object(s) did not take the write: the sink keeps tombstones newer than the \
@@ -170,7 +173,11 @@ pub async fn reconcile(
 
 /// Remove from `sink`, for good, the objects at or before seq `through` that `verified_elsewhere`
 /// accepts (a copy checked in another sink holds them). Returns how many went.
-async fn empty_sink(sink: &dyn Sink, through: u64, verified_elsewhere: &dyn Fn(SecretId) -> bool) -> Result<u64> {
+async fn empty_sink(
+    sink: &dyn Sink,
+    through: u64,
+    verified_elsewhere: &dyn Fn(SecretId) -> bool,
+) -> Result<u64> {
     let doomed: Vec<Difference> = sink
         .list()
         .await?
@@ -233,9 +240,16 @@ pub async fn backup(
     for name in backups {
         let (_, sink) = ledger.open_sink(&name)?;
         let mode = Mode::unless_dry_run(dry_run, Mode::Apply);
-        let done = reconcile(Some(ledger), &name, &*sink, &desired, mode, None, progress, &mut |d| {
-            found(&name, d)
-        })
+        let done = reconcile(
+            Some(ledger),
+            &name,
+            &*sink,
+            &desired,
+            mode,
+            None,
+            progress,
+            &mut |d| found(&name, d),
+        )
         .await?;
         if delete_secrets && !dry_run {
             let held = held_ids(&*sink).await?;
@@ -281,9 +295,16 @@ pub async fn repair_primary(
     let only = |d: &Difference| chosen.contains(&d.id);
     let only = (!secrets.is_empty()).then_some(&only as &dyn Fn(&Difference) -> bool);
     let mode = Mode::unless_dry_run(dry_run, Mode::Apply);
-    reconcile(Some(ledger), &primary, &*sink, &desired, mode, only, progress, &mut |d| {
-        found(&primary, d)
-    })
+    reconcile(
+        Some(ledger),
+        &primary,
+        &*sink,
+        &desired,
+        mode,
+        only,
+        progress,
+        &mut |d| found(&primary, d),
+    )
     .await
 }
 
@@ -429,7 +450,13 @@ pub async fn migrate(
     }
     if config.role != SinkRole::Backup {
         let role = SinkRole::Backup;
-        ledger.execute(actor, vec![Command::SetSinkRole { name: name.clone(), role }])?;
+        ledger.execute(
+            actor,
+            vec![Command::SetSinkRole {
+                name: name.clone(),
+                role,
+            }],
+        )?;
         step(MigrateStep::Attached {
             name: name.clone(),
             was: Some(config.role),
@@ -445,7 +472,17 @@ pub async fn migrate(
     });
     let (_, sink) = ledger.open_sink(&name)?;
     let desired = ledger.desired_at(checkpoint)?;
-    let done = reconcile(Some(ledger), &name, &*sink, &desired, Mode::Apply, None, progress, &mut |_| {}).await?;
+    let done = reconcile(
+        Some(ledger),
+        &name,
+        &*sink,
+        &desired,
+        Mode::Apply,
+        None,
+        progress,
+        &mut |_| {},
+    )
+    .await?;
     let left = diff(&desired, &*sink, &|_, _| {}).await?;
     if !left.is_empty() {
         return Err(Error::OutOfSync(format!(

@@ -234,3 +234,13 @@ impl Sink for ExecSink {
         self.call(json!({"op": "health"})).await.map(|_| ())
     }
 }
+
+/// `exec:///absolute/path/program?arg=A&arg=B`.
+pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> crate::Result<super::Backend> {
+    Ok(super::Backend::Exec {
+        program: parts.absolute_path("exec")?,
+        args: parts.take_all("arg"),
+        prefix: parts.prefix.clone(),
+        max_concurrency: parts.concurrency(16),
+    })
+}

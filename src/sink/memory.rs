@@ -155,3 +155,12 @@ impl Sink for MemorySink {
         Ok(())
     }
 }
+
+/// `memory://STORE`: an in-process store shared by the sinks named after it.
+pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> crate::Result<super::Backend> {
+    Ok(super::Backend::Memory {
+        store: parts.location.to_owned(),
+        prefix: parts.prefix.clone(),
+        max_concurrency: parts.concurrency(16),
+    })
+}

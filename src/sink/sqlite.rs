@@ -396,3 +396,12 @@ impl Sink for SqliteSink {
         .await
     }
 }
+
+/// `sqlite:///absolute/path/sink.db`.
+pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> crate::Result<super::Backend> {
+    Ok(super::Backend::Sqlite {
+        path: parts.absolute_path("sqlite")?,
+        prefix: parts.prefix.clone(),
+        max_concurrency: parts.concurrency(64),
+    })
+}

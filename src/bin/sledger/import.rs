@@ -111,7 +111,9 @@ fn read_foreign(ctx: &Context, url: &str, prefix: &str) -> Result<Vec<Record>> {
     } else {
         ProgressBar::new(0)
     };
-    bar.set_style(ProgressStyle::with_template("reading {bar:30} {pos}/{len} ({eta})").expect("valid template"));
+    bar.set_style(
+        ProgressStyle::with_template("reading {bar:30} {pos}/{len} ({eta})").expect("valid template"),
+    );
     let estate = block_on(sledger::adopt::read_estate(url, prefix, &|done, total| {
         bar.set_length(total);
         bar.set_position(done);

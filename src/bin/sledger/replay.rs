@@ -4,9 +4,7 @@
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use sledger::replay::orchestrate::{
-    self, MigratePlan, MigrateStep, MigrateTo, Mode, Phase, Reconciled,
-};
+use sledger::replay::orchestrate::{self, MigratePlan, MigrateStep, MigrateTo, Mode, Phase, Reconciled};
 use sledger::replay::{self, ApplyReport, Desired, Difference, Target};
 use sledger::sink::{Sink, SinkUrl};
 use sledger::Ledger;
@@ -130,9 +128,16 @@ async fn reconcile_sink(
     only: Option<&dyn Fn(&Difference) -> bool>,
 ) -> Result<()> {
     let bars = Bars::new(ctx);
-    let done = orchestrate::reconcile(attached_to, name, sink, desired, mode, only, &bars.progress(), &mut |d| {
-        print_differences(ctx, name, d)
-    })
+    let done = orchestrate::reconcile(
+        attached_to,
+        name,
+        sink,
+        desired,
+        mode,
+        only,
+        &bars.progress(),
+        &mut |d| print_differences(ctx, name, d),
+    )
     .await?;
     drop(bars);
     if let Some(report) = &done.applied {

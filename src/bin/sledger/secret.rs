@@ -12,10 +12,10 @@ use zeroize::Zeroizing;
 
 use crate::cli::{FromArg, SecretCmd, ValueArgs};
 use crate::context::{block_on, Context};
-use sledger::project::PrimaryWait;
 use crate::exit::usage;
 use crate::output;
 use crate::output::outln;
+use sledger::project::PrimaryWait;
 
 /// Split `K=V` at the first `=`.
 fn split_pair<'a>(flag: &str, text: &'a str) -> Result<(&'a str, &'a str)> {

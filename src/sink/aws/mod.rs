@@ -485,3 +485,22 @@ impl ForeignSecrets for AwsSink {
         }
     }
 }
+
+/// `aws-sm://REGION[?endpoint=URL][&recovery_days=N]`.
+pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Backend> {
+    let endpoint = parts.take_endpoint()?;
+    let recovery_days = parts
+        .take_number("recovery_days", 7..=30i64)
+        .map_err(|_| parts.bad("recovery_days must be a number from 7 to 30 (AWS's limits)"))?
+        .unwrap_or(7);
+    if parts.location.is_empty() || parts.location.contains('/') {
+        return Err(parts.bad("expected aws-sm://REGION, e.g. aws-sm://eu-west-1"));
+    }
+    Ok(super::Backend::Aws(AwsConfig {
+        region: parts.location.to_owned(),
+        endpoint,
+        prefix: parts.prefix.clone(),
+        recovery_days,
+        max_concurrency: parts.concurrency(16),
+    }))
+}

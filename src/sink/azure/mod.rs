@@ -503,3 +503,24 @@ impl ForeignSecrets for AzureSink {
             .map(|v| values_from_text(&Zeroizing::new(v))))
     }
 }
+
+/// `azure-kv://VAULT_HOST[?ca-file=PATH]`.
+pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Backend> {
+    let ca_file = parts.take("ca-file").map(PathBuf::from);
+    let location = parts.location;
+    if location.is_empty() || location.contains('/') {
+        return Err(parts.bad("expected azure-kv://VAULT_HOST, e.g. azure-kv://myvault.vault.azure.net"));
+    }
+    let prefix = parts.prefix_within(
+        "Key Vault",
+        |c| c.is_ascii_alphanumeric() || c == '-',
+        "letters, digits and -",
+        MAX_NAME_CHARS,
+    )?;
+    Ok(super::Backend::Azure(AzureConfig {
+        vault_host: location.to_owned(),
+        ca_file,
+        prefix,
+        max_concurrency: parts.concurrency(16),
+    }))
+}

@@ -546,3 +546,35 @@ impl ForeignSecrets for GcpSink {
         Ok(std::str::from_utf8(&data).ok().map(values_from_text))
     }
 }
+
+/// `gcp-sm://PROJECT[?endpoint=URL][&old_versions=disable|destroy|keep]`.
+pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Backend> {
+    let endpoint = parts.take_endpoint()?;
+    let old_versions = match parts.take("old_versions").as_deref() {
+        None | Some("disable") => OldVersions::Disable,
+        Some("destroy") => OldVersions::Destroy,
+        Some("keep") => OldVersions::Keep,
+        Some(_) => return Err(parts.bad("old_versions must be disable, destroy or keep")),
+    };
+    let location = parts.location;
+    if location.is_empty()
+        || !location
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-:.".contains(c))
+    {
+        return Err(parts.bad("expected gcp-sm://PROJECT_ID, e.g. gcp-sm://my-project"));
+    }
+    let prefix = parts.prefix_within(
+        "Secret Manager",
+        |c| c.is_ascii_alphanumeric() || "-_".contains(c),
+        "letters, digits, - and _",
+        MAX_NAME_CHARS,
+    )?;
+    Ok(super::Backend::Gcp(GcpConfig {
+        project: location.to_owned(),
+        endpoint,
+        prefix,
+        old_versions,
+        max_concurrency: parts.concurrency(16),
+    }))
+}

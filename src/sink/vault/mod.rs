@@ -427,3 +427,25 @@ impl ForeignSecrets for VaultSink {
         Ok((!values.is_empty()).then_some(values))
     }
 }
+
+/// `vault://HOST:PORT/MOUNT[?tls=off][&ca-file=PATH]`.
+pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Backend> {
+    let tls = match parts.take("tls").as_deref() {
+        None | Some("on") => true,
+        Some("off") => false,
+        Some(_) => return Err(parts.bad("tls must be on or off")),
+    };
+    let ca_file = parts.take("ca-file").map(PathBuf::from);
+    let (host, mount) = parts.location.split_once('/').unwrap_or((parts.location, ""));
+    let mount = mount.trim_end_matches('/');
+    if host.is_empty() || mount.is_empty() {
+        return Err(parts.bad("expected vault://HOST:PORT/MOUNT, e.g. vault://vault.internal:8200/secret"));
+    }
+    Ok(super::Backend::Vault(VaultConfig {
+        address: format!("{}://{host}", if tls { "https" } else { "http" }),
+        mount: mount.to_owned(),
+        prefix: parts.prefix.clone(),
+        ca_file,
+        max_concurrency: parts.concurrency(16),
+    }))
+}

@@ -120,13 +120,10 @@ impl Session {
                 false,
             )
         })?;
-        let mut client = VaultClient::new(settings).map_err(|e| self.failure("cannot build the client", e))?;
+        let mut client =
+            VaultClient::new(settings).map_err(|e| self.failure("cannot build the client", e))?;
         let (ttl, renewable) = match credentials {
-            Credentials::AppRole {
-                mount,
-                role,
-                secret,
-            } => {
+            Credentials::AppRole { mount, role, secret } => {
                 let auth = vaultrs::auth::approle::login(&client, &mount, &role, &secret)
                     .await
                     .map_err(|e| self.failure("AppRole login failed", e))?;

@@ -1,0 +1,576 @@
+//! Commands become events: validation against the catalog (planning), sealing, chaining, and
+//! the append with group commit.
+
+use super::*;
+
+pub(super) fn sink_event_name(event: &Event) -> String {
+    match event {
+        Event::SinkAdded { name, .. } | Event::SinkRoleChanged { name, .. } | Event::SinkRemoved { name } => {
+            name.clone()
+        }
+        _ => String::new(),
+    }
+}
+
+/// Values must fit the ledger's limit and every attached sink's, checked before the append so
+/// that nothing is recorded that some sink cannot hold.
+pub(super) fn check_size(
+    tx: &Connection,
+    settings: LedgerSettings,
+    name: &str,
+    values: &SecretValues,
+) -> Result<()> {
+    validate::values(name, values, settings.max_value_bytes)?;
+    let size = values.json_size();
+    for sink in load_sinks(tx)?.values() {
+        let limit = SinkUrl::parse(&sink.url)?.capabilities().max_value_bytes;
+        if size > limit {
+            return Err(Error::TooLargeForSink {
+                name: name.to_owned(),
+                size,
+                limit,
+                sink: sink.name.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The metadata of `meta` must fit every attached sink's tags, labels or description, checked
+/// before the append like the values' size: a secret some sink cannot hold is refused, never
+/// appended and then parked where the primary would not serve it.
+pub(super) fn check_metadata_fits(tx: &Connection, meta: &SecretMeta) -> Result<()> {
+    let sinks = load_sinks(tx)?;
+    if sinks.is_empty() || meta.status != Status::Live {
+        return Ok(());
+    }
+    let record = crate::sink::RecordMeta {
+        id: meta.id,
+        name: meta.name.clone(),
+        scope: meta.scope,
+        owner: meta.owner.clone(),
+        labels: meta.labels.clone(),
+        seq: meta.updated_seq,
+        version: meta.version,
+    };
+    for sink in sinks.values() {
+        // Values were checked (with the error that says so) before they were sealed.
+        if let Err(limit) = SinkUrl::parse(&sink.url)?.capabilities().check_fits(&record, 0) {
+            return Err(Error::SinkLimit {
+                name: meta.name.clone(),
+                sink: sink.name.clone(),
+                what: limit.what,
+                size: limit.size,
+                limit: limit.limit,
+            });
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn validate_sink_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid sink name {name:?}: use 1-64 lowercase letters, digits, - and _, starting with a letter or digit"
+        )))
+    }
+}
+
+/// Plan a sink command against the current sink registry.
+pub(super) fn plan_sink(tx: &Connection, command: Command) -> Result<Planned> {
+    let sinks = load_sinks(tx)?;
+    let get = |name: &str| {
+        sinks.get(name).ok_or_else(|| Error::SinkNotFound {
+            name: name.to_owned(),
+        })
+    };
+    let primary = sinks
+        .values()
+        .find(|s| s.role == SinkRole::Primary)
+        .map(|s| s.name.clone());
+    let role_change = |name: &str, role| Event::SinkRoleChanged {
+        name: name.to_owned(),
+        role,
+    };
+    Ok(match command {
+        Command::AddSink { name, url, role } => {
+            validate_sink_name(&name)?;
+            let parsed = SinkUrl::parse(&url)?;
+            if sinks.contains_key(&name) {
+                return Err(Error::AlreadyExists {
+                    name,
+                    scope: "sink".into(),
+                });
+            }
+            if let Some(same) = sinks
+                .values()
+                .find(|s| SinkUrl::parse(&s.url).is_ok_and(|u| u.same_objects(&parsed)))
+            {
+                return Err(Error::invalid(format!(
+                    "sink {:?} already writes to {url}; two sinks on one backend and prefix would fight",
+                    same.name
+                )));
+            }
+            if let (SinkRole::Primary, Some(p)) = (role, &primary) {
+                return Err(Error::invalid(format!(
+                    "sink {p:?} is the primary; add this one as a backup, then `sledger sink promote {name}`"
+                )));
+            }
+            Planned::Ledger(vec![Event::SinkAdded { name, url, role }])
+        }
+        Command::SetSinkRole { name, role } => {
+            let current = get(&name)?;
+            if current.role == role {
+                Planned::Ledger(vec![])
+            } else if role == SinkRole::Primary && primary.is_some() {
+                return Err(Error::invalid(format!(
+                    "to make {name:?} the primary, use `sledger sink promote {name}`"
+                )));
+            } else if current.role == SinkRole::Primary {
+                return Err(Error::invalid(format!(
+                    "{name:?} is the primary; promote another sink first (`sledger sink promote OTHER`)"
+                )));
+            } else {
+                Planned::Ledger(vec![role_change(&name, role)])
+            }
+        }
+        Command::PromoteSink { name } => {
+            get(&name)?;
+            match primary {
+                Some(p) if p == name => Planned::Ledger(vec![]),
+                Some(p) => Planned::Ledger(vec![
+                    role_change(&p, SinkRole::Backup),
+                    role_change(&name, SinkRole::Primary),
+                ]),
+                None => Planned::Ledger(vec![role_change(&name, SinkRole::Primary)]),
+            }
+        }
+        Command::RemoveSink { name } => {
+            if get(&name)?.role == SinkRole::Primary {
+                return Err(Error::invalid(format!(
+                    "{name:?} is the primary and serves reads; promote another sink before removing it"
+                )));
+            }
+            Planned::Ledger(vec![Event::SinkRemoved { name }])
+        }
+        _ => unreachable!("plan_sink is only called with sink commands"),
+    })
+}
+
+/// The result of planning one command inside the write transaction.
+pub(super) enum Planned {
+    /// Ledger-level events (sinks); empty when nothing changes.
+    Ledger(Vec<Event>),
+    Append {
+        secret_id: SecretId,
+        event: Event,
+        before: Option<SecretMeta>,
+    },
+    Nothing(SecretMeta),
+}
+
+/// One caller's commands, applied all-or-nothing (see [`Ledger::execute_group`]).
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Who is acting: recorded in every event, and the owner of private secrets.
+    pub actor: String,
+    pub commands: Vec<Command>,
+}
+
+/// Plan, chain and insert one request's commands inside the write transaction; advances `head`.
+pub(super) fn append_request(
+    tx: &Connection,
+    keys: Option<&Keys>,
+    settings: LedgerSettings,
+    request: &Request,
+    head: &mut Head,
+    now: Millis,
+) -> Result<Vec<Outcome>> {
+    let actor = request.actor.as_str();
+    let mut outcomes = Vec::with_capacity(request.commands.len());
+    for command in request.commands.iter().cloned() {
+        let seq = head.seq + 1;
+        match plan(tx, keys, settings, actor, command, seq)? {
+            Planned::Nothing(meta) => outcomes.push(Outcome::Unchanged { secret: meta }),
+            Planned::Append {
+                secret_id,
+                event,
+                before,
+            } => {
+                let new = NewEvent {
+                    event_id: uuid::Uuid::now_v7(),
+                    actor: actor.to_owned(),
+                    secret_id: Some(secret_id),
+                    event,
+                };
+                let row = chain_next(head, &new, now);
+                sqlite::insert(tx, &row)?;
+                let event_type = new.event.event_type();
+                let after = catalog::apply(before, &row, new.event)?
+                    .expect("a secret event always leaves the secret in the catalog");
+                check_metadata_fits(tx, &after)?;
+                store_meta(tx, &after)?;
+                tracing::debug!(seq = row.seq, event_type = %row.event_type, secret = %secret_id, "appended");
+                outcomes.push(Outcome::Appended {
+                    seq: row.seq,
+                    event_type,
+                    secret: after,
+                });
+            }
+            Planned::Ledger(events) => {
+                for event in events {
+                    let new = NewEvent {
+                        event_id: uuid::Uuid::now_v7(),
+                        actor: actor.to_owned(),
+                        secret_id: None,
+                        event,
+                    };
+                    let row = chain_next(head, &new, now);
+                    sqlite::insert(tx, &row)?;
+                    let event_type = new.event.event_type();
+                    if !event_type.starts_with("sink.") {
+                        tracing::debug!(seq = row.seq, event_type, "appended");
+                        outcomes.push(Outcome::Recorded {
+                            seq: row.seq,
+                            event_type,
+                        });
+                        continue;
+                    }
+                    let name = sink_event_name(&new.event);
+                    let mut sinks = load_sinks(tx)?;
+                    catalog::apply_sink_event(&mut sinks, &row, new.event)?;
+                    store_sinks(tx, &sinks)?;
+                    if event_type == "sink.added" {
+                        // A sink re-added under an old name starts from scratch.
+                        tx.execute("DELETE FROM sink_state WHERE name = ?1", [&name])?;
+                        tx.execute("DELETE FROM parked WHERE sink = ?1", [&name])?;
+                    }
+                    tracing::debug!(seq = row.seq, event_type, sink = %name, "appended");
+                    outcomes.push(Outcome::SinkChanged {
+                        seq: row.seq,
+                        event_type,
+                        name,
+                    });
+                }
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+pub(super) fn need_keys(keys: Option<&Keys>) -> Result<&Keys> {
+    keys.ok_or_else(|| {
+        Error::KeyUnavailable(
+            "this command needs the master key; pass --key-file or set SLEDGER_MASTER_KEY".into(),
+        )
+    })
+}
+
+pub(super) fn seal(
+    keys: &Keys,
+    values: &SecretValues,
+    id: SecretId,
+    seq: u64,
+    dek: &DataKey,
+) -> SealedValues {
+    SealedValues {
+        ciphertext: dek.seal(values, id, seq),
+        fingerprints: keys.fingerprint.fingerprints(values),
+    }
+}
+
+/// The `secret.updated` event giving `meta` these full values and labels, or nothing if
+/// neither changed (compared by fingerprint, so no plaintext comparison is kept around).
+pub(super) fn replace_values(
+    tx: &Connection,
+    keys: Option<&Keys>,
+    settings: LedgerSettings,
+    meta: SecretMeta,
+    labels: BTreeMap<String, String>,
+    values: SecretValues,
+    seq: u64,
+) -> Result<Planned> {
+    check_size(tx, settings, &meta.name, &values)?;
+    let keys = need_keys(keys)?;
+    if labels == meta.labels && keys.fingerprint.fingerprints(&values) == meta.fingerprints {
+        return Ok(Planned::Nothing(meta));
+    }
+    let dek = load_dek(tx, &keys.master, &meta)?;
+    Ok(Planned::Append {
+        secret_id: meta.id,
+        event: Event::SecretUpdated {
+            labels,
+            values: seal(keys, &values, meta.id, seq, &dek),
+        },
+        before: Some(meta),
+    })
+}
+
+/// Validate one command against the catalog (inside the write transaction) and build its event.
+pub(super) fn plan(
+    tx: &Connection,
+    keys: Option<&Keys>,
+    settings: LedgerSettings,
+    actor: &str,
+    command: Command,
+    seq: u64,
+) -> Result<Planned> {
+    Ok(match command {
+        Command::AddSink { .. }
+        | Command::SetSinkRole { .. }
+        | Command::PromoteSink { .. }
+        | Command::RemoveSink { .. } => plan_sink(tx, command)?,
+        Command::RecordRestore {
+            target_seq,
+            planned_at,
+        } => {
+            // `seq` is the seq this event gets, so the head is the one before it.
+            if planned_at + 1 != seq {
+                return Err(Error::ChangedMeanwhile { what: "restore" });
+            }
+            Planned::Ledger(vec![Event::LedgerRestored { target_seq }])
+        }
+        Command::Create {
+            name,
+            scope,
+            labels,
+            values,
+        } => {
+            validate::secret_name(&name)?;
+            validate::labels(&labels)?;
+            check_size(tx, settings, &name, &values)?;
+            let master = &need_keys(keys)?.master;
+            ensure_name_free(tx, &namespace(scope, actor), scope, &name)?;
+            let id = SecretId::now_v7();
+            let dek = DataKey::generate();
+            tx.prepare_cached("INSERT INTO secret_keys (secret_id, wrapped) VALUES (?1, ?2)")?
+                .execute(params![id.as_bytes().as_slice(), master.wrap_data_key(&dek, id)])?;
+            let sealed = seal(need_keys(keys)?, &values, id, seq, &dek);
+            Planned::Append {
+                secret_id: id,
+                event: Event::SecretCreated {
+                    name,
+                    scope,
+                    owner: actor.to_owned(),
+                    labels,
+                    values: sealed,
+                },
+                before: None,
+            }
+        }
+        Command::Update {
+            name,
+            set_values,
+            remove_keys,
+            set_labels,
+            remove_labels,
+        } => {
+            let meta = resolve(tx, actor, &name, Want::Live)?;
+            let master = &need_keys(keys)?.master;
+            for key in set_values.keys() {
+                validate::value_key(key)?;
+            }
+            validate::labels(&set_labels)?;
+            let (mut values, _) = open_values_at(tx, master, &meta, meta.value_seq)?;
+            for key in &remove_keys {
+                if set_values.contains_key(key) {
+                    return Err(Error::invalid(format!(
+                        "key {key:?} is both set and removed; do one or the other"
+                    )));
+                }
+                if !values.remove(key) {
+                    return Err(Error::invalid(format!(
+                        "secret {name:?} has no key {key:?} to remove"
+                    )));
+                }
+            }
+            for (k, v) in set_values.iter() {
+                values.insert(k, v);
+            }
+            let mut labels = meta.labels.clone();
+            for key in &remove_labels {
+                if labels.remove(key).is_none() {
+                    return Err(Error::invalid(format!(
+                        "secret {name:?} has no label {key:?} to remove"
+                    )));
+                }
+            }
+            labels.extend(set_labels);
+            replace_values(tx, keys, settings, meta, labels, values, seq)?
+        }
+        Command::Put {
+            name,
+            scope,
+            labels,
+            values,
+        } => {
+            let ns = namespace(scope, actor);
+            let existing = named(tx, actor, &name)?
+                .into_iter()
+                .find(|m| m.status == Status::Live && m.namespace() == ns);
+            match existing {
+                None => plan(
+                    tx,
+                    keys,
+                    settings,
+                    actor,
+                    Command::Create {
+                        name,
+                        scope,
+                        labels,
+                        values,
+                    },
+                    seq,
+                )?,
+                Some(meta) => {
+                    validate::labels(&labels)?;
+                    replace_values(tx, keys, settings, meta, labels, values, seq)?
+                }
+            }
+        }
+        Command::Rename { name, new_name } => {
+            validate::secret_name(&new_name)?;
+            let meta = resolve(tx, actor, &name, Want::Live)?;
+            if new_name == meta.name {
+                return Ok(Planned::Nothing(meta));
+            }
+            ensure_name_free(tx, &meta.namespace(), meta.scope, &new_name)?;
+            Planned::Append {
+                secret_id: meta.id,
+                event: Event::SecretRenamed {
+                    from: meta.name.clone(),
+                    to: new_name,
+                },
+                before: Some(meta),
+            }
+        }
+        Command::Delete { name } => {
+            let meta = resolve(tx, actor, &name, Want::Live)?;
+            Planned::Append {
+                secret_id: meta.id,
+                event: Event::SecretDeleted,
+                before: Some(meta),
+            }
+        }
+        Command::Undelete { name } => {
+            let meta = resolve(tx, actor, &name, Want::Deleted)?;
+            ensure_name_free(tx, &meta.namespace(), meta.scope, &meta.name)?;
+            Planned::Append {
+                secret_id: meta.id,
+                event: Event::SecretRestored,
+                before: Some(meta),
+            }
+        }
+        Command::Purge { name } => {
+            let meta = resolve(tx, actor, &name, Want::Any)?;
+            if meta.status == Status::Purged {
+                return Err(Error::Purged { name });
+            }
+            tx.prepare_cached("DELETE FROM secret_keys WHERE secret_id = ?1")?
+                .execute([meta.id.as_bytes().as_slice()])?;
+            Planned::Append {
+                secret_id: meta.id,
+                event: Event::SecretPurged,
+                before: Some(meta),
+            }
+        }
+    })
+}
+
+impl Ledger {
+    /// Apply commands as one all-or-nothing batch: either every event is appended, or none.
+    pub fn execute(&mut self, actor: &str, commands: Vec<Command>) -> Result<Vec<Outcome>> {
+        let request = Request {
+            actor: actor.to_owned(),
+            commands,
+        };
+        self.execute_request(request)
+    }
+
+    /// Group commit: apply several independent requests in one transaction and one fsync.
+    /// Each request is all-or-nothing on its own and is validated against the state the
+    /// requests before it left; one that fails is rolled back alone and gets its own error,
+    /// while the others are appended. Results come back in request order.
+    ///
+    /// If the transaction as a whole fails (the database is busy or broken), each request is
+    /// tried again on its own, so every caller still gets its own result.
+    pub fn execute_group(&mut self, requests: Vec<Request>) -> Vec<Result<Vec<Outcome>>> {
+        if requests.len() == 1 {
+            return requests.into_iter().map(|r| self.execute_request(r)).collect();
+        }
+        match self.append_group(&requests) {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::debug!(error = %e, requests = requests.len(), "group commit failed; applying its requests one by one");
+                requests.into_iter().map(|r| self.execute_request(r)).collect()
+            }
+        }
+    }
+
+    pub(super) fn execute_request(&mut self, request: Request) -> Result<Vec<Outcome>> {
+        self.append_group(std::slice::from_ref(&request))?
+            .pop()
+            .expect("one result per request")
+    }
+
+    /// One write transaction for `requests`; with more than one, each runs in its own
+    /// savepoint. `Err` only when the transaction itself fails.
+    pub(super) fn append_group(&mut self, requests: &[Request]) -> Result<Vec<Result<Vec<Outcome>>>> {
+        self.catalog()?;
+        let keys = self.keys.as_ref();
+        let settings = self.settings;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(keys) = keys {
+            ensure_current_key(&tx, keys)?;
+        }
+        let mut head = sqlite::head(&tx)?;
+        let first_seq = head.seq;
+        let now = now_ms();
+        let alone = requests.len() == 1;
+        let mut results = Vec::with_capacity(requests.len());
+        for request in requests {
+            if alone {
+                // The transaction is the unit: a failure rolls it back as a whole.
+                results.push(Ok(append_request(&tx, keys, settings, request, &mut head, now)?));
+                continue;
+            }
+            tx.execute_batch("SAVEPOINT request")?;
+            let before = head;
+            match append_request(&tx, keys, settings, request, &mut head, now) {
+                Ok(outcomes) => {
+                    tx.execute_batch("RELEASE request")?;
+                    results.push(Ok(outcomes));
+                }
+                Err(e) => {
+                    tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
+                    head = before;
+                    results.push(Err(e));
+                }
+            }
+        }
+        finish_append(&tx, self.settings, first_seq, head)?;
+        tx.commit()?;
+        let purged = results.iter().flatten().flatten().any(|o| {
+            matches!(
+                o,
+                Outcome::Appended {
+                    event_type: "secret.purged",
+                    ..
+                }
+            )
+        });
+        if purged {
+            scrub_freed_pages(&self.conn);
+        }
+        Ok(results)
+    }
+}

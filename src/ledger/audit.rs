@@ -1,0 +1,131 @@
+//! The audit log as people and scripts read it: what happened, never a value.
+
+use super::*;
+
+/// One line of the audit log: what happened, never a value.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    pub event_id: uuid::Uuid,
+    pub recorded_at: Millis,
+    pub actor: String,
+    pub event_type: String,
+    pub secret_id: Option<SecretId>,
+    pub name: Option<String>,
+    pub scope: Option<Scope>,
+    pub version: Option<u32>,
+    pub changes: Vec<KeyChange>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// How one value key changed, with the new value's fingerprint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyChange {
+    pub key: String,
+    pub change: &'static str,
+    pub fingerprint: Option<String>,
+}
+
+pub(super) fn fingerprint_hex(fp: &crate::crypto::Fingerprint) -> String {
+    hex::encode(fp)
+}
+
+pub(super) fn describe(
+    stored: &StoredEvent,
+    event: &Event,
+    before: Option<&SecretMeta>,
+    after: Option<&SecretMeta>,
+) -> AuditEntry {
+    let mut changes = Vec::new();
+    if let Some(values) = event.values() {
+        let old = before.map(|m| &m.fingerprints);
+        for (key, fp) in &values.fingerprints {
+            let change = match old.and_then(|o| o.get(key)) {
+                None => "added",
+                Some(prev) if prev != fp => "changed",
+                Some(_) => continue,
+            };
+            changes.push(KeyChange {
+                key: key.clone(),
+                change,
+                fingerprint: Some(fingerprint_hex(fp)),
+            });
+        }
+        for key in old.into_iter().flat_map(|o| o.keys()) {
+            if !values.fingerprints.contains_key(key) {
+                changes.push(KeyChange {
+                    key: key.clone(),
+                    change: "removed",
+                    fingerprint: None,
+                });
+            }
+        }
+    }
+    let detail = match event {
+        Event::SecretRenamed { from, to } => Some(format!("renamed {from} → {to}")),
+        Event::KeyRotated { key_id } => Some(format!("master key is now {key_id}")),
+        Event::SecretPurged => Some("data key destroyed; every version is unreadable".into()),
+        Event::SinkAdded { name, url, role } => Some(format!("sink {name} added as {role}: {url}")),
+        Event::SinkRoleChanged { name, role } => Some(format!("sink {name} is now {role}")),
+        Event::SinkRemoved { name } => Some(format!("sink {name} removed")),
+        Event::LedgerRestored { target_seq } => Some(format!(
+            "restore to the state after seq {target_seq}; the compensating events follow"
+        )),
+        _ => None,
+    };
+    let labels = match event {
+        Event::SecretCreated { labels, .. } | Event::SecretUpdated { labels, .. } => Some(labels.clone()),
+        _ => None,
+    };
+    let meta = after.or(before);
+    AuditEntry {
+        seq: stored.seq,
+        event_id: stored.event_id,
+        recorded_at: stored.recorded_at,
+        actor: stored.actor.clone(),
+        event_type: stored.event_type.clone(),
+        secret_id: stored.secret_id,
+        name: meta.map(|m| m.name.clone()),
+        scope: meta.map(|m| m.scope),
+        version: meta.map(|m| m.version),
+        changes,
+        labels,
+        detail,
+    }
+}
+
+impl Ledger {
+    /// Visit audit entries for events after `catalog.seq`, folding them into `catalog` as it goes
+    /// (so a follower can call it again with the same catalog to get only new events).
+    pub fn audit(
+        &self,
+        catalog: &mut Catalog,
+        visit: &mut dyn FnMut(AuditEntry) -> Result<bool>,
+    ) -> Result<()> {
+        self.log().scan(catalog.seq + 1, u64::MAX, &mut |stored| {
+            let event = stored.decode()?;
+            let before = stored.secret_id.and_then(|id| catalog.secrets.get(&id).cloned());
+            catalog.apply(&stored, event.clone())?;
+            let after = stored.secret_id.and_then(|id| catalog.secrets.get(&id));
+            visit(describe(&stored, &event, before.as_ref(), after))
+        })
+    }
+
+    /// Every event of one secret (live, deleted or purged), as audit entries.
+    pub fn history(&self, actor: &str, name: &str) -> Result<Vec<AuditEntry>> {
+        let meta = resolve(self.catalog()?, actor, name, Want::Any)?;
+        let mut state: Option<SecretMeta> = None;
+        let mut entries = Vec::new();
+        sqlite::scan_secret(&self.conn, meta.id, u64::MAX, &mut |stored| {
+            let event = stored.decode()?;
+            let before = state.take();
+            state = catalog::apply(before.clone(), &stored, event.clone())?;
+            entries.push(describe(&stored, &event, before.as_ref(), state.as_ref()));
+            Ok(true)
+        })?;
+        Ok(entries)
+    }
+}

@@ -1,0 +1,385 @@
+//! The façade: commands are validated against the catalog, sealed, chained and appended in one
+//! write transaction together with the catalog rows they change; reads come from the log.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{self, namespace, Catalog, SecretMeta, SinkConfig, Status};
+use crate::crypto::{DataKey, FingerprintKey, MasterKey, SecretValues, SinkSealKey};
+use crate::error::{Error, Result};
+use crate::event::{Event, Millis, Scope, SealedValues, SinkRole, StoredEvent};
+use crate::log::{self, chain_next, sqlite, EventLog, Head, NewEvent};
+use crate::sink::SinkUrl;
+use crate::{validate, SecretId};
+
+mod append;
+mod audit;
+mod keys;
+mod persist;
+mod query;
+mod verify;
+
+pub use append::Request;
+use append::*;
+pub use audit::{AuditEntry, KeyChange};
+use persist::*;
+pub(crate) use persist::{load_meta, load_sinks, open_values_at};
+use query::*;
+pub use verify::Anchor;
+
+/// Per-ledger settings, fixed at `init`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerSettings {
+    /// Largest allowed value map, as the JSON object sinks store.
+    pub max_value_bytes: usize,
+    /// A catalog snapshot is stored every this many events.
+    pub snapshot_interval: u64,
+}
+
+impl Default for LedgerSettings {
+    fn default() -> Self {
+        LedgerSettings {
+            max_value_bytes: validate::DEFAULT_MAX_VALUE_BYTES,
+            snapshot_interval: 10_000,
+        }
+    }
+}
+
+/// A mutation request. Each successful command becomes exactly one event.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Command {
+    Create {
+        name: String,
+        scope: Scope,
+        labels: BTreeMap<String, String>,
+        values: SecretValues,
+    },
+    /// Keys and labels not named keep their current values.
+    Update {
+        name: String,
+        set_values: SecretValues,
+        remove_keys: Vec<String>,
+        set_labels: BTreeMap<String, String>,
+        remove_labels: Vec<String>,
+    },
+    /// Create the secret, or replace all its values and labels if a live one has that name.
+    Put {
+        name: String,
+        scope: Scope,
+        labels: BTreeMap<String, String>,
+        values: SecretValues,
+    },
+    Rename {
+        name: String,
+        new_name: String,
+    },
+    /// Soft delete: recoverable with `Undelete`.
+    Delete {
+        name: String,
+    },
+    Undelete {
+        name: String,
+    },
+    /// Crypto-shred: destroy the data key; no version can be read again.
+    Purge {
+        name: String,
+    },
+    /// Attach a sink. Its URL must not carry credentials.
+    AddSink {
+        name: String,
+        url: String,
+        role: SinkRole,
+    },
+    /// Change a sink's role (not to or from primary: see `PromoteSink`).
+    SetSinkRole {
+        name: String,
+        role: SinkRole,
+    },
+    /// Make a sink the primary; the old primary becomes a backup.
+    PromoteSink {
+        name: String,
+    },
+    /// Detach a sink (never the primary). Its backend is left as it is.
+    RemoveSink {
+        name: String,
+    },
+    /// Record that the commands after it restore the state after `target_seq` (so the audit
+    /// log says what a burst of compensating events was for).
+    RecordRestore {
+        target_seq: u64,
+        /// The head the restore was planned against: if the log moved on since, the plan is
+        /// stale and the whole transaction is refused.
+        planned_at: u64,
+    },
+}
+
+/// What a command did.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    Appended {
+        seq: u64,
+        event_type: &'static str,
+        secret: SecretMeta,
+    },
+    /// An update that changed nothing appends nothing.
+    Unchanged { secret: SecretMeta },
+    /// A sink was added, changed role, or removed.
+    SinkChanged {
+        seq: u64,
+        event_type: &'static str,
+        name: String,
+    },
+    /// Another ledger-level event (a restore's record).
+    Recorded { seq: u64, event_type: &'static str },
+}
+
+/// Which version of a secret to read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadPoint {
+    Latest,
+    Version(u32),
+    /// The state as of this time (unix ms).
+    At(Millis),
+}
+
+/// A secret's values at some point, with the metadata as of that point.
+#[derive(Debug, Clone)]
+pub struct SecretRead {
+    pub meta: SecretMeta,
+    pub version: u32,
+    /// Seq of the event that wrote these values.
+    pub seq: u64,
+    pub recorded_at: Millis,
+    pub values: SecretValues,
+}
+
+struct Keys {
+    master: MasterKey,
+    fingerprint: FingerprintKey,
+    sink_seal: SinkSealKey,
+}
+
+/// An open ledger.
+pub struct Ledger {
+    conn: Connection,
+    path: PathBuf,
+    settings: LedgerSettings,
+    keys: Option<Keys>,
+    /// Why the catalog could not be rebuilt (a damaged log); audit and verify still work.
+    catalog_unusable: Option<String>,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ledger")
+            .field("path", &self.path)
+            .field("unlocked", &self.keys.is_some())
+            .finish()
+    }
+}
+
+/// Current time in unix milliseconds.
+pub fn now_ms() -> Millis {
+    (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as Millis
+}
+
+/// Prefix of a reference to a secret by id (`id:<uuid>`), which no name can start with (`:` is
+/// not allowed in names): it picks one secret exactly, whatever it is called now.
+pub const ID_REF_PREFIX: &str = "id:";
+
+impl Ledger {
+    /// Create a new ledger at `path`, sealed under `master`. Refuses an existing file; on any
+    /// failure after creating it, removes it again, so nothing half-made is left behind.
+    pub fn init(path: &Path, master: MasterKey, settings: LedgerSettings) -> Result<Ledger> {
+        let mut conn = sqlite::create(path)?;
+        let settings = LedgerSettings {
+            snapshot_interval: settings.snapshot_interval.max(1),
+            ..settings
+        };
+        let keys = Keys {
+            master,
+            fingerprint: FingerprintKey::generate(),
+            sink_seal: SinkSealKey::generate(),
+        };
+        let written = (|| -> Result<()> {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            meta_set(&tx, "ledger_id", uuid::Uuid::now_v7().to_string())?;
+            meta_set(&tx, "created_at", now_ms())?;
+            meta_set(&tx, "key_check", keys.master.key_check().as_slice())?;
+            meta_set(
+                &tx,
+                "fingerprint_key",
+                keys.master.wrap_fingerprint_key(&keys.fingerprint),
+            )?;
+            meta_set(
+                &tx,
+                "sink_seal_key",
+                keys.master.wrap_sink_seal_key(&keys.sink_seal),
+            )?;
+            meta_set(&tx, "max_value_bytes", settings.max_value_bytes as i64)?;
+            meta_set(&tx, "snapshot_interval", settings.snapshot_interval as i64)?;
+            meta_set(&tx, "catalog_seq", 0i64)?;
+            tx.commit()?;
+            Ok(())
+        })();
+        if let Err(e) = written {
+            drop(conn);
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = path.as_os_str().to_owned();
+                p.push(suffix);
+                let _ = std::fs::remove_file(PathBuf::from(p));
+            }
+            return Err(e);
+        }
+        Ok(Ledger {
+            conn,
+            path: path.to_path_buf(),
+            settings,
+            keys: Some(keys),
+            catalog_unusable: None,
+        })
+    }
+
+    /// Open an existing ledger without a key: enough for `verify`, `log` and `history`.
+    /// Call [`Ledger::unlock`] before reading values or writing.
+    pub fn open(path: &Path) -> Result<Ledger> {
+        let conn = sqlite::open(path)?;
+        let settings = LedgerSettings {
+            max_value_bytes: meta_get_i64(&conn, "max_value_bytes")?
+                .ok_or_else(|| Error::Corrupt("ledger settings are missing".into()))?
+                as usize,
+            snapshot_interval: meta_get_i64(&conn, "snapshot_interval")?.unwrap_or(10_000).max(1) as u64,
+        };
+        let mut ledger = Ledger {
+            conn,
+            path: path.to_path_buf(),
+            settings,
+            keys: None,
+            catalog_unusable: None,
+        };
+        if let Err(e) = ledger.ensure_catalog() {
+            if e.class() != crate::ErrorClass::Integrity {
+                return Err(e);
+            }
+            tracing::warn!(error = %e, "the catalog cannot be rebuilt from this log");
+            ledger.catalog_unusable = Some(e.to_string());
+        }
+        Ok(ledger)
+    }
+
+    /// Open and unlock in one step.
+    pub fn open_with_key(path: &Path, master: MasterKey) -> Result<Ledger> {
+        let mut ledger = Ledger::open(path)?;
+        ledger.unlock(master)?;
+        Ok(ledger)
+    }
+
+    /// Check that `master` is this ledger's key and keep it for reads and writes.
+    pub fn unlock(&mut self, master: MasterKey) -> Result<()> {
+        let stored = meta_get_blob(&self.conn, "key_check")?;
+        if stored.as_slice() != master.key_check().as_slice() {
+            return Err(Error::WrongKey);
+        }
+        let fingerprint = master.unwrap_fingerprint_key(&meta_get_blob(&self.conn, "fingerprint_key")?)?;
+        let sink_seal = match meta_get_blob(&self.conn, "sink_seal_key") {
+            Ok(wrapped) => master.unwrap_sink_seal_key(&wrapped)?,
+            // Ledgers made before sinks existed get their sink key on first unlock.
+            Err(Error::Corrupt(_)) => {
+                let key = SinkSealKey::generate();
+                let tx = self
+                    .conn
+                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
+                meta_set(&tx, "sink_seal_key", master.wrap_sink_seal_key(&key))?;
+                tx.commit()?;
+                key
+            }
+            Err(e) => return Err(e),
+        };
+        self.keys = Some(Keys {
+            master,
+            fingerprint,
+            sink_seal,
+        });
+        Ok(())
+    }
+
+    /// Does `master` open this ledger? (Without keeping it.)
+    pub fn key_matches(&self, master: &MasterKey) -> Result<bool> {
+        Ok(meta_get_blob(&self.conn, "key_check")?.as_slice() == master.key_check().as_slice())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn settings(&self) -> LedgerSettings {
+        self.settings
+    }
+
+    pub fn ledger_id(&self) -> Result<String> {
+        String::from_utf8(meta_get_blob(&self.conn, "ledger_id")?)
+            .map_err(|_| Error::Corrupt("ledger_id is not text".into()))
+    }
+
+    fn keys(&self) -> Result<&Keys> {
+        need_keys(self.keys.as_ref())
+    }
+
+    /// The connection, for the projector and read modules of this crate.
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The key this ledger was unlocked with, for opening further connections to it in this
+    /// process (a [`LedgerHandle`](crate::LedgerHandle), the projector service).
+    pub fn master_key(&self) -> Result<&MasterKey> {
+        Ok(&self.keys()?.master)
+    }
+
+    /// Connect to an attached sink by name (needs the key: local sinks seal values with it).
+    pub fn open_sink(&self, name: &str) -> Result<(SinkConfig, std::sync::Arc<dyn crate::sink::Sink>)> {
+        let config = self.sink_config(name)?;
+        let sink = SinkUrl::parse(&config.url)?.open(&self.keys()?.sink_seal)?;
+        Ok((config, sink))
+    }
+
+    /// Open a sink by URL with this ledger's sink key (for replays into unattached sinks).
+    pub fn open_sink_url(&self, url: &str) -> Result<std::sync::Arc<dyn crate::sink::Sink>> {
+        SinkUrl::parse(url)?.open(&self.keys()?.sink_seal)
+    }
+
+    /// The attached sinks, by name.
+    pub fn sinks(&self) -> Result<BTreeMap<String, SinkConfig>> {
+        load_sinks(self.catalog()?)
+    }
+
+    pub fn sink_config(&self, name: &str) -> Result<SinkConfig> {
+        self.sinks()?.remove(name).ok_or_else(|| Error::SinkNotFound {
+            name: name.to_owned(),
+        })
+    }
+
+    /// The last event of the log.
+    pub fn head(&self) -> Result<Head> {
+        sqlite::head(&self.conn)
+    }
+
+    /// The log seen through [`EventLog`].
+    pub fn log(&self) -> sqlite::SqliteLog<'_> {
+        sqlite::SqliteLog(&self.conn)
+    }
+
+    /// The connection, for catalog queries; refused when the log could not be folded.
+    fn catalog(&self) -> Result<&Connection> {
+        match &self.catalog_unusable {
+            None => Ok(&self.conn),
+            Some(why) => Err(Error::Corrupt(format!(
+                "{why}; run `sledger verify` to find the damage"
+            ))),
+        }
+    }
+}

@@ -1,0 +1,129 @@
+//! Reads of the ledger itself: lookups by name, lists, values at any version or time, the
+//! catalog at any seq.
+
+use super::*;
+
+/// Fold `log` from `start` up to `to`.
+pub(super) fn fold_log(log: &dyn EventLog, mut catalog: Catalog, to: u64) -> Result<Catalog> {
+    if to > catalog.seq {
+        log.scan(catalog.seq + 1, to, &mut |e| {
+            catalog.apply(&e, e.decode()?)?;
+            Ok(true)
+        })?;
+    }
+    Ok(catalog)
+}
+
+impl Ledger {
+    /// Look a secret up by name: live ones only.
+    pub fn find(&self, actor: &str, name: &str) -> Result<SecretMeta> {
+        resolve(self.catalog()?, actor, name, Want::Live)
+    }
+
+    /// Secrets visible to `actor` with the given status, sorted by name.
+    pub fn list(&self, actor: &str, status: Status) -> Result<Vec<SecretMeta>> {
+        let mut stmt = self.catalog()?.prepare_cached(
+            "SELECT meta FROM catalog WHERE status = ?1 AND namespace IN ('workspace', ?2) ORDER BY name, namespace",
+        )?;
+        let rows = stmt.query_map(params![status.as_str(), namespace(Scope::Private, actor)], |r| {
+            r.get::<_, Vec<u8>>(0)
+        })?;
+        rows.map(|b| decode_meta(&b?)).collect()
+    }
+
+    /// A secret's values: the latest, a version, or as of a time. Needs the key.
+    pub fn read(&self, actor: &str, name: &str, at: ReadPoint) -> Result<SecretRead> {
+        let master = &self.keys()?.master;
+        let (meta, version, seq) = match at {
+            ReadPoint::Latest => {
+                let meta = resolve(self.catalog()?, actor, name, Want::Live)?;
+                (meta.clone(), meta.version, meta.value_seq)
+            }
+            ReadPoint::Version(wanted) => {
+                let current = resolve(self.catalog()?, actor, name, Want::Any)?;
+                let mut state: Option<SecretMeta> = None;
+                let mut hit = None;
+                sqlite::scan_secret(&self.conn, current.id, u64::MAX, &mut |e| {
+                    state = catalog::apply(state.take(), &e, e.decode()?)?;
+                    if let Some(m) = &state {
+                        if m.version == wanted && m.value_seq == e.seq {
+                            hit = Some(m.clone());
+                            return Ok(false);
+                        }
+                    }
+                    Ok(true)
+                })?;
+                let meta = hit.ok_or_else(|| {
+                    Error::NotFound(format!(
+                        "secret {name:?} has versions 1 to {}; there is no version {wanted}",
+                        current.version
+                    ))
+                })?;
+                (meta.clone(), wanted, meta.value_seq)
+            }
+            ReadPoint::At(time) => {
+                let meta = self.resolve_at(actor, name, time)?;
+                (meta.clone(), meta.version, meta.value_seq)
+            }
+        };
+        if meta.status == Status::Purged {
+            return Err(Error::Purged {
+                name: name.to_owned(),
+            });
+        }
+        let (values, recorded_at) = open_values_at(&self.conn, master, &meta, seq)?;
+        Ok(SecretRead {
+            meta,
+            version,
+            seq,
+            recorded_at,
+            values,
+        })
+    }
+
+    /// The live secret called `name` at `time`: by its name then, else by its current name.
+    pub(super) fn resolve_at(&self, actor: &str, name: &str, time: Millis) -> Result<SecretMeta> {
+        let seq = sqlite::seq_at_time(&self.conn, time)?;
+        let not_then = || Error::SecretNotFound {
+            name: name.to_owned(),
+            hint: " at that time".into(),
+        };
+        if seq == 0 {
+            return Err(not_then());
+        }
+        let then = self.catalog_at(seq)?;
+        let private = namespace(Scope::Private, actor);
+        let visible = |m: &&SecretMeta| {
+            m.status == Status::Live && (m.scope == Scope::Workspace || m.namespace() == private)
+        };
+        let by_old_name = then
+            .secrets
+            .values()
+            .filter(visible)
+            .filter(|m| m.name == name)
+            .min_by_key(|m| m.scope != Scope::Private);
+        if let Some(m) = by_old_name {
+            return Ok(m.clone());
+        }
+        let current = resolve(self.catalog()?, actor, name, Want::Any)?;
+        then.secrets
+            .get(&current.id)
+            .filter(|m| visible(m))
+            .cloned()
+            .ok_or_else(not_then)
+    }
+
+    /// The whole catalog as of `seq`: the nearest snapshot plus the events after it.
+    pub fn catalog_at(&self, seq: u64) -> Result<Catalog> {
+        let snapshot: Option<Vec<u8>> = self
+            .conn
+            .prepare_cached("SELECT state FROM snapshots WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1")?
+            .query_row([seq.min(i64::MAX as u64) as i64], |r| r.get(0))
+            .optional()?;
+        let start = match snapshot {
+            Some(bytes) => Catalog::from_snapshot(&bytes)?,
+            None => Catalog::default(),
+        };
+        fold_log(&self.log(), start, seq)
+    }
+}

@@ -1,0 +1,172 @@
+//! Integrity: the chain recomputed, derived state (catalog, snapshots) compared with the fold of
+//! the log or rebuilt from it, and anchors that catch a truncated or rewritten tail.
+
+use super::*;
+
+/// A saved chain head; checking it later catches a truncated or rewritten tail.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Anchor {
+    pub ledger_id: String,
+    pub seq: u64,
+    pub hash: String,
+}
+
+pub(super) fn derived_mismatch(what: String) -> Error {
+    Error::Corrupt(format!(
+        "{what} differs from the fold of the log, though the log itself verifies: the database was \
+         edited outside sledger. That data is derived: `sledger verify --rebuild-catalog` rebuilds it from the log"
+    ))
+}
+
+impl Ledger {
+    /// Rebuild the catalog from the log when its tables are missing or not at the head.
+    pub(super) fn ensure_catalog(&mut self) -> Result<()> {
+        let current = {
+            let tx = self.conn.transaction()?;
+            let has_table: i64 = tx.query_row(
+                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'catalog'",
+                [],
+                |r| r.get(0),
+            )?;
+            has_table == 1 && meta_get_i64(&tx, "catalog_seq")? == Some(sqlite::head(&tx)?.seq as i64)
+        };
+        if !current {
+            self.rebuild_catalog()?;
+        }
+        Ok(())
+    }
+
+    /// Drop the catalog and its snapshots and fold it again from the whole log. Returns the
+    /// number of secrets.
+    pub fn rebuild_catalog(&mut self) -> Result<usize> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute_batch("DROP TABLE IF EXISTS catalog; DROP TABLE IF EXISTS sinks; DELETE FROM snapshots;")?;
+        tx.execute_batch(sqlite::CATALOG_SQL)?;
+        tx.execute_batch(sqlite::SINKS_SQL)?;
+        let head = sqlite::head(&tx)?;
+        let catalog = fold_log(&sqlite::SqliteLog(&tx), Catalog::default(), head.seq)?;
+        for meta in catalog.secrets.values() {
+            store_meta(&tx, meta)?;
+        }
+        store_sinks(&tx, &catalog.sinks)?;
+        meta_set(&tx, "catalog_seq", head.seq as i64)?;
+        tx.commit()?;
+        tracing::info!(
+            secrets = catalog.secrets.len(),
+            seq = head.seq,
+            "catalog rebuilt from the log"
+        );
+        Ok(catalog.secrets.len())
+    }
+
+    /// Recompute the chain from seq 1, decode every event and fold them all; returns the head
+    /// or names the first bad seq. Reading and hashing run on a second thread.
+    pub fn verify(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<Head> {
+        let total = self.head()?.seq;
+        let snapshot_seqs: std::collections::BTreeSet<u64> = {
+            let mut stmt = self.conn.prepare("SELECT seq FROM snapshots")?;
+            let seqs = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+            seqs.map(|s| s.map(|s| s as u64))
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut catalog = Catalog::default();
+        let head = sqlite::verified_scan(&self.path, &mut |e, event| {
+            let seq = e.seq;
+            catalog.apply(&e, event).map_err(|err| Error::ChainBroken {
+                seq,
+                reason: err.to_string(),
+            })?;
+            if snapshot_seqs.contains(&seq) && !self.snapshot_matches(seq, &catalog)? {
+                return Err(derived_mismatch(format!("the snapshot at seq {seq}")));
+            }
+            if seq % log::PROGRESS_EVERY == 0 {
+                progress(seq, total.max(seq));
+            }
+            Ok(())
+        })?;
+        progress(head.seq, head.seq);
+        self.check_catalog_rows(&catalog)?;
+        Ok(head)
+    }
+
+    /// The catalog tables must hold exactly the fold of the log (when they are at the same seq).
+    pub(super) fn check_catalog_rows(&mut self, folded: &Catalog) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        if meta_get_i64(&tx, "catalog_seq")? != Some(folded.seq as i64) {
+            return Ok(()); // appended to since the scan; the next verify compares again
+        }
+        let mut stmt = tx.prepare("SELECT secret_id, meta FROM catalog")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
+        let mut seen = 0usize;
+        for row in rows {
+            let (id, meta) = row?;
+            let meta = decode_meta(&meta)?;
+            if id != meta.id.as_bytes() || folded.secrets.get(&meta.id) != Some(&meta) {
+                return Err(derived_mismatch(format!(
+                    "the catalog row of secret {:?}",
+                    meta.name
+                )));
+            }
+            seen += 1;
+        }
+        if seen != folded.secrets.len() {
+            return Err(derived_mismatch("the catalog (rows are missing)".into()));
+        }
+        drop(stmt);
+        // Projectors and reads trust the sinks table: a URL edited there would send values to
+        // whatever it names, so it must match the chain exactly.
+        if load_sinks(&tx)? != folded.sinks {
+            return Err(derived_mismatch(
+                "the sinks table (an attached sink's URL or role)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the stored snapshot at `seq` holds `folded`. Encoding the fold and comparing
+    /// bytes is several times cheaper than decoding the snapshot; a snapshot in an older
+    /// encoding is decoded and compared instead.
+    pub(super) fn snapshot_matches(&self, seq: u64, folded: &Catalog) -> Result<bool> {
+        let stored: Vec<u8> = self
+            .conn
+            .prepare_cached("SELECT state FROM snapshots WHERE seq = ?1")?
+            .query_row([seq as i64], |r| r.get(0))?;
+        Ok(stored == folded.to_snapshot() || Catalog::from_snapshot(&stored)? == *folded)
+    }
+
+    /// An anchor for `head`, to save and check later.
+    pub fn anchor(&self, head: Head) -> Result<Anchor> {
+        Ok(Anchor {
+            ledger_id: self.ledger_id()?,
+            seq: head.seq,
+            hash: hex::encode(head.hash),
+        })
+    }
+
+    /// Check a saved anchor: the event at its seq must still exist with the same hash.
+    pub fn check_anchor(&self, anchor: &Anchor) -> Result<()> {
+        let mismatch = |reason: String| Err(Error::AnchorMismatch { reason });
+        if anchor.ledger_id != self.ledger_id()? {
+            return mismatch(format!("it was saved from another ledger ({})", anchor.ledger_id));
+        }
+        let head = self.head()?;
+        if head.seq < anchor.seq {
+            return mismatch(format!(
+                "the log ends at seq {} but the anchor saw seq {}: the tail was truncated",
+                head.seq, anchor.seq
+            ));
+        }
+        let stored = sqlite::get(&self.conn, anchor.seq)?.ok_or_else(|| Error::AnchorMismatch {
+            reason: format!("event {} is gone", anchor.seq),
+        })?;
+        if hex::encode(stored.hash) != anchor.hash.to_ascii_lowercase() {
+            return mismatch(format!(
+                "event {} differs from the anchor: the log was rewritten",
+                anchor.seq
+            ));
+        }
+        Ok(())
+    }
+}
