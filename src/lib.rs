@@ -4,7 +4,11 @@
 //! SQLite. The log is the system of record: the catalog of current secrets is a pure fold of
 //! it, and sinks (issue: sinks) are projections of it.
 //!
-//! * [`Ledger`] is the façade: commands in, events appended, reads out.
+//! * [`Ledger`] is the façade: commands in, events appended, reads out; [`LedgerHandle`]
+//!   shares one between many tasks, with group commit.
+//! * [`store`] is the storage seam: everything the ledger persists, behind one trait.
+//! * [`replay::orchestrate`], [`project::service`], [`setup`] and [`adopt`] are the operations
+//!   every front end calls (backup, migrate, continuous projection, init, adoption).
 //! * [`event`] holds the event types, codec and hash chain; [`log`] the event log.
 //! * [`crypto`] is the only module that touches ciphers.
 //! * [`catalog`] folds events into current metadata, purely.
@@ -25,6 +29,7 @@ pub mod read;
 pub mod replay;
 pub mod setup;
 pub mod sink;
+pub mod store;
 pub mod validate;
 
 pub use catalog::{Catalog, SecretMeta, Status};

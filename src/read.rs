@@ -6,7 +6,6 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::event::SinkRole;
 use crate::ledger::{Ledger, ReadPoint, SecretRead};
-use crate::log::sqlite;
 
 /// Where a read may come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +92,9 @@ pub async fn read_latest(ledger: &Ledger, actor: &str, name: &str, from: ReadFro
         };
         match attempt.await {
             Ok(Some(record)) => {
-                let recorded_at = sqlite::get(ledger.conn(), record.seq)?
+                let recorded_at = ledger
+                    .store()
+                    .event(record.seq)?
                     .map(|e| e.recorded_at)
                     .unwrap_or_default();
                 let lagging = record.seq < meta.updated_seq;

@@ -15,14 +15,14 @@ pub(super) fn sink_event_name(event: &Event) -> String {
 /// Values must fit the ledger's limit and every attached sink's, checked before the append so
 /// that nothing is recorded that some sink cannot hold.
 pub(super) fn check_size(
-    tx: &Connection,
+    tx: &dyn Store,
     settings: LedgerSettings,
     name: &str,
     values: &SecretValues,
 ) -> Result<()> {
     validate::values(name, values, settings.max_value_bytes)?;
     let size = values.json_size();
-    for sink in load_sinks(tx)?.values() {
+    for sink in tx.sinks()?.values() {
         let limit = SinkUrl::parse(&sink.url)?.capabilities().max_value_bytes;
         if size > limit {
             return Err(Error::TooLargeForSink {
@@ -39,8 +39,8 @@ pub(super) fn check_size(
 /// The metadata of `meta` must fit every attached sink's tags, labels or description, checked
 /// before the append like the values' size: a secret some sink cannot hold is refused, never
 /// appended and then parked where the primary would not serve it.
-pub(super) fn check_metadata_fits(tx: &Connection, meta: &SecretMeta) -> Result<()> {
-    let sinks = load_sinks(tx)?;
+pub(super) fn check_metadata_fits(tx: &dyn Store, meta: &SecretMeta) -> Result<()> {
+    let sinks = tx.sinks()?;
     if sinks.is_empty() || meta.status != Status::Live {
         return Ok(());
     }
@@ -84,8 +84,8 @@ pub(super) fn validate_sink_name(name: &str) -> Result<()> {
 }
 
 /// Plan a sink command against the current sink registry.
-pub(super) fn plan_sink(tx: &Connection, command: Command) -> Result<Planned> {
-    let sinks = load_sinks(tx)?;
+pub(super) fn plan_sink(tx: &dyn Store, command: Command) -> Result<Planned> {
+    let sinks = tx.sinks()?;
     let get = |name: &str| {
         sinks.get(name).ok_or_else(|| Error::SinkNotFound {
             name: name.to_owned(),
@@ -186,7 +186,7 @@ pub struct Request {
 
 /// Plan, chain and insert one request's commands inside the write transaction; advances `head`.
 pub(super) fn append_request(
-    tx: &Connection,
+    tx: &dyn Store,
     keys: Option<&Keys>,
     settings: LedgerSettings,
     request: &Request,
@@ -211,12 +211,12 @@ pub(super) fn append_request(
                     event,
                 };
                 let row = chain_next(head, &new, now);
-                sqlite::insert(tx, &row)?;
+                tx.append(&row)?;
                 let event_type = new.event.event_type();
                 let after = catalog::apply(before, &row, new.event)?
                     .expect("a secret event always leaves the secret in the catalog");
                 check_metadata_fits(tx, &after)?;
-                store_meta(tx, &after)?;
+                tx.put_secret(&after)?;
                 tracing::debug!(seq = row.seq, event_type = %row.event_type, secret = %secret_id, "appended");
                 outcomes.push(Outcome::Appended {
                     seq: row.seq,
@@ -233,7 +233,7 @@ pub(super) fn append_request(
                         event,
                     };
                     let row = chain_next(head, &new, now);
-                    sqlite::insert(tx, &row)?;
+                    tx.append(&row)?;
                     let event_type = new.event.event_type();
                     if !event_type.starts_with("sink.") {
                         tracing::debug!(seq = row.seq, event_type, "appended");
@@ -244,13 +244,12 @@ pub(super) fn append_request(
                         continue;
                     }
                     let name = sink_event_name(&new.event);
-                    let mut sinks = load_sinks(tx)?;
+                    let mut sinks = tx.sinks()?;
                     catalog::apply_sink_event(&mut sinks, &row, new.event)?;
-                    store_sinks(tx, &sinks)?;
+                    tx.put_sinks(&sinks)?;
                     if event_type == "sink.added" {
                         // A sink re-added under an old name starts from scratch.
-                        tx.execute("DELETE FROM sink_state WHERE name = ?1", [&name])?;
-                        tx.execute("DELETE FROM parked WHERE sink = ?1", [&name])?;
+                        tx.forget_sink_progress(&name)?;
                     }
                     tracing::debug!(seq = row.seq, event_type, sink = %name, "appended");
                     outcomes.push(Outcome::SinkChanged {
@@ -289,7 +288,7 @@ pub(super) fn seal(
 /// The `secret.updated` event giving `meta` these full values and labels, or nothing if
 /// neither changed (compared by fingerprint, so no plaintext comparison is kept around).
 pub(super) fn replace_values(
-    tx: &Connection,
+    tx: &dyn Store,
     keys: Option<&Keys>,
     settings: LedgerSettings,
     meta: SecretMeta,
@@ -315,7 +314,7 @@ pub(super) fn replace_values(
 
 /// Validate one command against the catalog (inside the write transaction) and build its event.
 pub(super) fn plan(
-    tx: &Connection,
+    tx: &dyn Store,
     keys: Option<&Keys>,
     settings: LedgerSettings,
     actor: &str,
@@ -350,8 +349,7 @@ pub(super) fn plan(
             ensure_name_free(tx, &namespace(scope, actor), scope, &name)?;
             let id = SecretId::now_v7();
             let dek = DataKey::generate();
-            tx.prepare_cached("INSERT INTO secret_keys (secret_id, wrapped) VALUES (?1, ?2)")?
-                .execute(params![id.as_bytes().as_slice(), master.wrap_data_key(&dek, id)])?;
+            tx.put_wrapped_key(id, &master.wrap_data_key(&dek, id))?;
             let sealed = seal(need_keys(keys)?, &values, id, seq, &dek);
             Planned::Append {
                 secret_id: id,
@@ -473,8 +471,7 @@ pub(super) fn plan(
             if meta.status == Status::Purged {
                 return Err(Error::Purged { name });
             }
-            tx.prepare_cached("DELETE FROM secret_keys WHERE secret_id = ?1")?
-                .execute([meta.id.as_bytes().as_slice()])?;
+            tx.delete_wrapped_key(meta.id)?;
             Planned::Append {
                 secret_id: meta.id,
                 event: Event::SecretPurged,
@@ -526,13 +523,11 @@ impl Ledger {
         self.catalog()?;
         let keys = self.keys.as_ref();
         let settings = self.settings;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = Write::begin(&*self.store)?;
         if let Some(keys) = keys {
-            ensure_current_key(&tx, keys)?;
+            ensure_current_key(&*tx, keys)?;
         }
-        let mut head = sqlite::head(&tx)?;
+        let mut head = tx.head()?;
         let first_seq = head.seq;
         let now = now_ms();
         let alone = requests.len() == 1;
@@ -540,24 +535,24 @@ impl Ledger {
         for request in requests {
             if alone {
                 // The transaction is the unit: a failure rolls it back as a whole.
-                results.push(Ok(append_request(&tx, keys, settings, request, &mut head, now)?));
+                results.push(Ok(append_request(&*tx, keys, settings, request, &mut head, now)?));
                 continue;
             }
-            tx.execute_batch("SAVEPOINT request")?;
+            tx.savepoint()?;
             let before = head;
-            match append_request(&tx, keys, settings, request, &mut head, now) {
+            match append_request(&*tx, keys, settings, request, &mut head, now) {
                 Ok(outcomes) => {
-                    tx.execute_batch("RELEASE request")?;
+                    tx.release_savepoint()?;
                     results.push(Ok(outcomes));
                 }
                 Err(e) => {
-                    tx.execute_batch("ROLLBACK TO request; RELEASE request")?;
+                    tx.rollback_savepoint()?;
                     head = before;
                     results.push(Err(e));
                 }
             }
         }
-        finish_append(&tx, self.settings, first_seq, head)?;
+        finish_append(&*tx, self.settings, first_seq, head)?;
         tx.commit()?;
         let purged = results.iter().flatten().flatten().any(|o| {
             matches!(
@@ -569,7 +564,7 @@ impl Ledger {
             )
         });
         if purged {
-            scrub_freed_pages(&self.conn);
+            self.store.scrub();
         }
         Ok(results)
     }

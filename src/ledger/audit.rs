@@ -119,7 +119,7 @@ impl Ledger {
         let meta = resolve(self.catalog()?, actor, name, Want::Any)?;
         let mut state: Option<SecretMeta> = None;
         let mut entries = Vec::new();
-        sqlite::scan_secret(&self.conn, meta.id, u64::MAX, &mut |stored| {
+        self.store.scan_secret(meta.id, u64::MAX, &mut |stored| {
             let event = stored.decode()?;
             let before = state.take();
             state = catalog::apply(before.clone(), &stored, event.clone())?;

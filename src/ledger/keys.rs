@@ -15,31 +15,16 @@ impl Ledger {
         persist: &mut dyn FnMut(&MasterKey) -> Result<()>,
     ) -> Result<u64> {
         let keys = need_keys(self.keys.as_ref())?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        ensure_current_key(&tx, keys)?;
-        let mut rewrapped = 0u64;
-        {
-            let mut read = tx.prepare("SELECT secret_id, wrapped FROM secret_keys")?;
-            let mut write = tx.prepare("UPDATE secret_keys SET wrapped = ?2 WHERE secret_id = ?1")?;
-            let mut rows = read.query([])?;
-            while let Some(r) = rows.next()? {
-                let id = SecretId::from_slice(&r.get::<_, Vec<u8>>(0)?)
-                    .map_err(|_| Error::Corrupt("a secret_keys id is not a UUID".into()))?;
-                let dek = keys.master.unwrap_data_key(&r.get::<_, Vec<u8>>(1)?, id)?;
-                write.execute(params![id.as_bytes().as_slice(), new.wrap_data_key(&dek, id)])?;
-                rewrapped += 1;
-            }
-        }
-        meta_set(
-            &tx,
-            "fingerprint_key",
-            new.wrap_fingerprint_key(&keys.fingerprint),
-        )?;
-        meta_set(&tx, "sink_seal_key", new.wrap_sink_seal_key(&keys.sink_seal))?;
-        meta_set(&tx, "key_check", new.key_check().as_slice())?;
-        let mut head = sqlite::head(&tx)?;
+        let tx = Write::begin(&*self.store)?;
+        ensure_current_key(&*tx, keys)?;
+        let rewrapped = tx.rewrap_keys(&mut |id, wrapped| {
+            let dek = keys.master.unwrap_data_key(wrapped, id)?;
+            Ok(new.wrap_data_key(&dek, id))
+        })?;
+        tx.set_setting("fingerprint_key", &new.wrap_fingerprint_key(&keys.fingerprint))?;
+        tx.set_setting("sink_seal_key", &new.wrap_sink_seal_key(&keys.sink_seal))?;
+        tx.set_setting("key_check", new.key_check().as_slice())?;
+        let mut head = tx.head()?;
         let first_seq = head.seq;
         let row = chain_next(
             &mut head,
@@ -51,11 +36,11 @@ impl Ledger {
             },
             now_ms(),
         );
-        sqlite::insert(&tx, &row)?;
-        finish_append(&tx, self.settings, first_seq, head)?;
+        tx.append(&row)?;
+        finish_append(&*tx, self.settings, first_seq, head)?;
         persist(&new)?;
         tx.commit()?;
-        scrub_freed_pages(&self.conn);
+        self.store.scrub();
         if let Some(keys) = self.keys.as_mut() {
             keys.master = new;
         }

@@ -4,15 +4,16 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, namespace, Catalog, SecretMeta, SinkConfig, Status};
 use crate::crypto::{DataKey, FingerprintKey, MasterKey, SecretValues, SinkSealKey};
 use crate::error::{Error, Result};
 use crate::event::{Event, Millis, Scope, SealedValues, SinkRole, StoredEvent};
-use crate::log::{self, chain_next, sqlite, EventLog, Head, NewEvent};
+use crate::log::{self, chain_next, EventLog, Head, NewEvent};
 use crate::sink::SinkUrl;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{Read, Store, StoreLog, Write};
 use crate::{validate, SecretId};
 
 mod append;
@@ -25,8 +26,8 @@ mod verify;
 pub use append::Request;
 use append::*;
 pub use audit::{AuditEntry, KeyChange};
+pub(crate) use persist::open_values_at;
 use persist::*;
-pub(crate) use persist::{load_meta, load_sinks, open_values_at};
 use query::*;
 pub use verify::Anchor;
 
@@ -165,7 +166,7 @@ struct Keys {
 
 /// An open ledger.
 pub struct Ledger {
-    conn: Connection,
+    store: Box<dyn Store>,
     path: PathBuf,
     settings: LedgerSettings,
     keys: Option<Keys>,
@@ -195,7 +196,7 @@ impl Ledger {
     /// Create a new ledger at `path`, sealed under `master`. Refuses an existing file; on any
     /// failure after creating it, removes it again, so nothing half-made is left behind.
     pub fn init(path: &Path, master: MasterKey, settings: LedgerSettings) -> Result<Ledger> {
-        let mut conn = sqlite::create(path)?;
+        let store: Box<dyn Store> = Box::new(SqliteStore::create(path)?);
         let settings = LedgerSettings {
             snapshot_interval: settings.snapshot_interval.max(1),
             ..settings
@@ -206,28 +207,22 @@ impl Ledger {
             sink_seal: SinkSealKey::generate(),
         };
         let written = (|| -> Result<()> {
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            meta_set(&tx, "ledger_id", uuid::Uuid::now_v7().to_string())?;
-            meta_set(&tx, "created_at", now_ms())?;
-            meta_set(&tx, "key_check", keys.master.key_check().as_slice())?;
-            meta_set(
-                &tx,
+            let tx = Write::begin(&*store)?;
+            tx.set_setting("ledger_id", uuid::Uuid::now_v7().to_string().as_bytes())?;
+            tx.set_setting_int("created_at", now_ms())?;
+            tx.set_setting("key_check", keys.master.key_check().as_slice())?;
+            tx.set_setting(
                 "fingerprint_key",
-                keys.master.wrap_fingerprint_key(&keys.fingerprint),
+                &keys.master.wrap_fingerprint_key(&keys.fingerprint),
             )?;
-            meta_set(
-                &tx,
-                "sink_seal_key",
-                keys.master.wrap_sink_seal_key(&keys.sink_seal),
-            )?;
-            meta_set(&tx, "max_value_bytes", settings.max_value_bytes as i64)?;
-            meta_set(&tx, "snapshot_interval", settings.snapshot_interval as i64)?;
-            meta_set(&tx, "catalog_seq", 0i64)?;
-            tx.commit()?;
-            Ok(())
+            tx.set_setting("sink_seal_key", &keys.master.wrap_sink_seal_key(&keys.sink_seal))?;
+            tx.set_setting_int("max_value_bytes", settings.max_value_bytes as i64)?;
+            tx.set_setting_int("snapshot_interval", settings.snapshot_interval as i64)?;
+            tx.set_setting_int("catalog_seq", 0)?;
+            tx.commit()
         })();
         if let Err(e) = written {
-            drop(conn);
+            drop(store);
             for suffix in ["", "-wal", "-shm"] {
                 let mut p = path.as_os_str().to_owned();
                 p.push(suffix);
@@ -236,7 +231,7 @@ impl Ledger {
             return Err(e);
         }
         Ok(Ledger {
-            conn,
+            store,
             path: path.to_path_buf(),
             settings,
             keys: Some(keys),
@@ -247,15 +242,16 @@ impl Ledger {
     /// Open an existing ledger without a key: enough for `verify`, `log` and `history`.
     /// Call [`Ledger::unlock`] before reading values or writing.
     pub fn open(path: &Path) -> Result<Ledger> {
-        let conn = sqlite::open(path)?;
+        let store: Box<dyn Store> = Box::new(SqliteStore::open(path)?);
         let settings = LedgerSettings {
-            max_value_bytes: meta_get_i64(&conn, "max_value_bytes")?
+            max_value_bytes: store
+                .setting_int("max_value_bytes")?
                 .ok_or_else(|| Error::Corrupt("ledger settings are missing".into()))?
                 as usize,
-            snapshot_interval: meta_get_i64(&conn, "snapshot_interval")?.unwrap_or(10_000).max(1) as u64,
+            snapshot_interval: store.setting_int("snapshot_interval")?.unwrap_or(10_000).max(1) as u64,
         };
         let mut ledger = Ledger {
-            conn,
+            store,
             path: path.to_path_buf(),
             settings,
             keys: None,
@@ -280,24 +276,21 @@ impl Ledger {
 
     /// Check that `master` is this ledger's key and keep it for reads and writes.
     pub fn unlock(&mut self, master: MasterKey) -> Result<()> {
-        let stored = meta_get_blob(&self.conn, "key_check")?;
-        if stored.as_slice() != master.key_check().as_slice() {
+        if !self.key_matches(&master)? {
             return Err(Error::WrongKey);
         }
-        let fingerprint = master.unwrap_fingerprint_key(&meta_get_blob(&self.conn, "fingerprint_key")?)?;
-        let sink_seal = match meta_get_blob(&self.conn, "sink_seal_key") {
-            Ok(wrapped) => master.unwrap_sink_seal_key(&wrapped)?,
+        let fingerprint =
+            master.unwrap_fingerprint_key(&required_setting(&*self.store, "fingerprint_key")?)?;
+        let sink_seal = match self.store.setting("sink_seal_key")? {
+            Some(wrapped) => master.unwrap_sink_seal_key(&wrapped)?,
             // Ledgers made before sinks existed get their sink key on first unlock.
-            Err(Error::Corrupt(_)) => {
+            None => {
                 let key = SinkSealKey::generate();
-                let tx = self
-                    .conn
-                    .transaction_with_behavior(TransactionBehavior::Immediate)?;
-                meta_set(&tx, "sink_seal_key", master.wrap_sink_seal_key(&key))?;
+                let tx = Write::begin(&*self.store)?;
+                tx.set_setting("sink_seal_key", &master.wrap_sink_seal_key(&key))?;
                 tx.commit()?;
                 key
             }
-            Err(e) => return Err(e),
         };
         self.keys = Some(Keys {
             master,
@@ -309,7 +302,7 @@ impl Ledger {
 
     /// Does `master` open this ledger? (Without keeping it.)
     pub fn key_matches(&self, master: &MasterKey) -> Result<bool> {
-        Ok(meta_get_blob(&self.conn, "key_check")?.as_slice() == master.key_check().as_slice())
+        Ok(required_setting(&*self.store, "key_check")?.as_slice() == master.key_check().as_slice())
     }
 
     pub fn path(&self) -> &Path {
@@ -321,7 +314,7 @@ impl Ledger {
     }
 
     pub fn ledger_id(&self) -> Result<String> {
-        String::from_utf8(meta_get_blob(&self.conn, "ledger_id")?)
+        String::from_utf8(required_setting(&*self.store, "ledger_id")?)
             .map_err(|_| Error::Corrupt("ledger_id is not text".into()))
     }
 
@@ -329,9 +322,9 @@ impl Ledger {
         need_keys(self.keys.as_ref())
     }
 
-    /// The connection, for the projector and read modules of this crate.
-    pub(crate) fn conn(&self) -> &Connection {
-        &self.conn
+    /// The store, for the projector and read modules of this crate.
+    pub(crate) fn store(&self) -> &dyn Store {
+        &*self.store
     }
 
     /// The key this ledger was unlocked with, for opening further connections to it in this
@@ -354,7 +347,7 @@ impl Ledger {
 
     /// The attached sinks, by name.
     pub fn sinks(&self) -> Result<BTreeMap<String, SinkConfig>> {
-        load_sinks(self.catalog()?)
+        self.catalog()?.sinks()
     }
 
     pub fn sink_config(&self, name: &str) -> Result<SinkConfig> {
@@ -365,18 +358,18 @@ impl Ledger {
 
     /// The last event of the log.
     pub fn head(&self) -> Result<Head> {
-        sqlite::head(&self.conn)
+        self.store.head()
     }
 
     /// The log seen through [`EventLog`].
-    pub fn log(&self) -> sqlite::SqliteLog<'_> {
-        sqlite::SqliteLog(&self.conn)
+    pub fn log(&self) -> StoreLog<'_> {
+        StoreLog(&*self.store)
     }
 
-    /// The connection, for catalog queries; refused when the log could not be folded.
-    fn catalog(&self) -> Result<&Connection> {
+    /// The store, for catalog queries; refused when the log could not be folded.
+    fn catalog(&self) -> Result<&dyn Store> {
         match &self.catalog_unusable {
-            None => Ok(&self.conn),
+            None => Ok(&*self.store),
             Some(why) => Err(Error::Corrupt(format!(
                 "{why}; run `sledger verify` to find the damage"
             ))),

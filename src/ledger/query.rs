@@ -22,13 +22,8 @@ impl Ledger {
 
     /// Secrets visible to `actor` with the given status, sorted by name.
     pub fn list(&self, actor: &str, status: Status) -> Result<Vec<SecretMeta>> {
-        let mut stmt = self.catalog()?.prepare_cached(
-            "SELECT meta FROM catalog WHERE status = ?1 AND namespace IN ('workspace', ?2) ORDER BY name, namespace",
-        )?;
-        let rows = stmt.query_map(params![status.as_str(), namespace(Scope::Private, actor)], |r| {
-            r.get::<_, Vec<u8>>(0)
-        })?;
-        rows.map(|b| decode_meta(&b?)).collect()
+        self.catalog()?
+            .secrets_with_status(status, &["workspace", &namespace(Scope::Private, actor)])
     }
 
     /// A secret's values: the latest, a version, or as of a time. Needs the key.
@@ -43,7 +38,7 @@ impl Ledger {
                 let current = resolve(self.catalog()?, actor, name, Want::Any)?;
                 let mut state: Option<SecretMeta> = None;
                 let mut hit = None;
-                sqlite::scan_secret(&self.conn, current.id, u64::MAX, &mut |e| {
+                self.store.scan_secret(current.id, u64::MAX, &mut |e| {
                     state = catalog::apply(state.take(), &e, e.decode()?)?;
                     if let Some(m) = &state {
                         if m.version == wanted && m.value_seq == e.seq {
@@ -71,7 +66,7 @@ impl Ledger {
                 name: name.to_owned(),
             });
         }
-        let (values, recorded_at) = open_values_at(&self.conn, master, &meta, seq)?;
+        let (values, recorded_at) = open_values_at(&*self.store, master, &meta, seq)?;
         Ok(SecretRead {
             meta,
             version,
@@ -83,7 +78,7 @@ impl Ledger {
 
     /// The live secret called `name` at `time`: by its name then, else by its current name.
     pub(super) fn resolve_at(&self, actor: &str, name: &str, time: Millis) -> Result<SecretMeta> {
-        let seq = sqlite::seq_at_time(&self.conn, time)?;
+        let seq = self.store.seq_at_time(time)?;
         let not_then = || Error::SecretNotFound {
             name: name.to_owned(),
             hint: " at that time".into(),
@@ -115,13 +110,8 @@ impl Ledger {
 
     /// The whole catalog as of `seq`: the nearest snapshot plus the events after it.
     pub fn catalog_at(&self, seq: u64) -> Result<Catalog> {
-        let snapshot: Option<Vec<u8>> = self
-            .conn
-            .prepare_cached("SELECT state FROM snapshots WHERE seq <= ?1 ORDER BY seq DESC LIMIT 1")?
-            .query_row([seq.min(i64::MAX as u64) as i64], |r| r.get(0))
-            .optional()?;
-        let start = match snapshot {
-            Some(bytes) => Catalog::from_snapshot(&bytes)?,
+        let start = match self.store.snapshot_at_or_before(seq)? {
+            Some((_, bytes)) => Catalog::from_snapshot(&bytes)?,
             None => Catalog::default(),
         };
         fold_log(&self.log(), start, seq)

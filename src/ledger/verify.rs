@@ -22,13 +22,8 @@ impl Ledger {
     /// Rebuild the catalog from the log when its tables are missing or not at the head.
     pub(super) fn ensure_catalog(&mut self) -> Result<()> {
         let current = {
-            let tx = self.conn.transaction()?;
-            let has_table: i64 = tx.query_row(
-                "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = 'catalog'",
-                [],
-                |r| r.get(0),
-            )?;
-            has_table == 1 && meta_get_i64(&tx, "catalog_seq")? == Some(sqlite::head(&tx)?.seq as i64)
+            let read = Read::begin(&*self.store)?;
+            read.has_derived()? && read.setting_int("catalog_seq")? == Some(read.head()?.seq as i64)
         };
         if !current {
             self.rebuild_catalog()?;
@@ -39,19 +34,15 @@ impl Ledger {
     /// Drop the catalog and its snapshots and fold it again from the whole log. Returns the
     /// number of secrets.
     pub fn rebuild_catalog(&mut self) -> Result<usize> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute_batch("DROP TABLE IF EXISTS catalog; DROP TABLE IF EXISTS sinks; DELETE FROM snapshots;")?;
-        tx.execute_batch(sqlite::CATALOG_SQL)?;
-        tx.execute_batch(sqlite::SINKS_SQL)?;
-        let head = sqlite::head(&tx)?;
-        let catalog = fold_log(&sqlite::SqliteLog(&tx), Catalog::default(), head.seq)?;
+        let tx = Write::begin(&*self.store)?;
+        tx.reset_derived()?;
+        let head = tx.head()?;
+        let catalog = fold_log(&StoreLog(&*tx), Catalog::default(), head.seq)?;
         for meta in catalog.secrets.values() {
-            store_meta(&tx, meta)?;
+            tx.put_secret(meta)?;
         }
-        store_sinks(&tx, &catalog.sinks)?;
-        meta_set(&tx, "catalog_seq", head.seq as i64)?;
+        tx.put_sinks(&catalog.sinks)?;
+        tx.set_setting_int("catalog_seq", head.seq as i64)?;
         tx.commit()?;
         tracing::info!(
             secrets = catalog.secrets.len(),
@@ -65,14 +56,10 @@ impl Ledger {
     /// or names the first bad seq. Reading and hashing run on a second thread.
     pub fn verify(&mut self, progress: &mut dyn FnMut(u64, u64)) -> Result<Head> {
         let total = self.head()?.seq;
-        let snapshot_seqs: std::collections::BTreeSet<u64> = {
-            let mut stmt = self.conn.prepare("SELECT seq FROM snapshots")?;
-            let seqs = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-            seqs.map(|s| s.map(|s| s as u64))
-                .collect::<rusqlite::Result<_>>()?
-        };
+        let snapshot_seqs: std::collections::BTreeSet<u64> =
+            self.store.snapshot_seqs()?.into_iter().collect();
         let mut catalog = Catalog::default();
-        let head = sqlite::verified_scan(&self.path, &mut |e, event| {
+        let head = self.store.verified_scan(&mut |e, event| {
             let seq = e.seq;
             catalog.apply(&e, event).map_err(|err| Error::ChainBroken {
                 seq,
@@ -93,17 +80,13 @@ impl Ledger {
 
     /// The catalog tables must hold exactly the fold of the log (when they are at the same seq).
     pub(super) fn check_catalog_rows(&mut self, folded: &Catalog) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        if meta_get_i64(&tx, "catalog_seq")? != Some(folded.seq as i64) {
+        let read = Read::begin(&*self.store)?;
+        if read.setting_int("catalog_seq")? != Some(folded.seq as i64) {
             return Ok(()); // appended to since the scan; the next verify compares again
         }
-        let mut stmt = tx.prepare("SELECT secret_id, meta FROM catalog")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
         let mut seen = 0usize;
-        for row in rows {
-            let (id, meta) = row?;
-            let meta = decode_meta(&meta)?;
-            if id != meta.id.as_bytes() || folded.secrets.get(&meta.id) != Some(&meta) {
+        for (id, meta) in read.all_secrets()? {
+            if id != meta.id || folded.secrets.get(&meta.id) != Some(&meta) {
                 return Err(derived_mismatch(format!(
                     "the catalog row of secret {:?}",
                     meta.name
@@ -114,10 +97,9 @@ impl Ledger {
         if seen != folded.secrets.len() {
             return Err(derived_mismatch("the catalog (rows are missing)".into()));
         }
-        drop(stmt);
         // Projectors and reads trust the sinks table: a URL edited there would send values to
         // whatever it names, so it must match the chain exactly.
-        if load_sinks(&tx)? != folded.sinks {
+        if read.sinks()? != folded.sinks {
             return Err(derived_mismatch(
                 "the sinks table (an attached sink's URL or role)".into(),
             ));
@@ -129,10 +111,14 @@ impl Ledger {
     /// bytes is several times cheaper than decoding the snapshot; a snapshot in an older
     /// encoding is decoded and compared instead.
     pub(super) fn snapshot_matches(&self, seq: u64, folded: &Catalog) -> Result<bool> {
-        let stored: Vec<u8> = self
-            .conn
-            .prepare_cached("SELECT state FROM snapshots WHERE seq = ?1")?
-            .query_row([seq as i64], |r| r.get(0))?;
+        let stored = match self.store.snapshot_at_or_before(seq)? {
+            Some((at, stored)) if at == seq => stored,
+            _ => {
+                return Err(derived_mismatch(format!(
+                    "the snapshot at seq {seq} (it is gone)"
+                )))
+            }
+        };
         Ok(stored == folded.to_snapshot() || Catalog::from_snapshot(&stored)? == *folded)
     }
 
@@ -158,9 +144,12 @@ impl Ledger {
                 head.seq, anchor.seq
             ));
         }
-        let stored = sqlite::get(&self.conn, anchor.seq)?.ok_or_else(|| Error::AnchorMismatch {
-            reason: format!("event {} is gone", anchor.seq),
-        })?;
+        let stored = self
+            .store
+            .event(anchor.seq)?
+            .ok_or_else(|| Error::AnchorMismatch {
+                reason: format!("event {} is gone", anchor.seq),
+            })?;
         if hex::encode(stored.hash) != anchor.hash.to_ascii_lowercase() {
             return mismatch(format!(
                 "event {} differs from the anchor: the log was rewritten",

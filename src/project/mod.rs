@@ -15,14 +15,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use rusqlite::{params, OptionalExtension};
 use serde::Serialize;
 
 use crate::catalog::{self, SecretMeta, Status};
 use crate::error::{Error, Result};
 use crate::event::{Millis, SinkRole};
-use crate::ledger::{load_meta, now_ms, open_values_at, Ledger};
-use crate::log::sqlite;
+use crate::ledger::{now_ms, open_values_at, Ledger};
 use crate::sink::{DeleteMode, Sink, SinkRecord};
 use crate::SecretId;
 
@@ -105,95 +103,42 @@ pub struct SinkStatus {
     pub last_applied_at: Option<Millis>,
 }
 
-/// A parked secret of a sink.
-#[derive(Debug, Clone, Serialize)]
-pub struct Parked {
-    pub secret_id: SecretId,
-    pub seq: u64,
-    pub error: String,
-    pub parked_at: Millis,
-}
+pub use crate::store::Parked;
 
 impl Ledger {
     /// Every event ≤ the checkpoint has been applied to (or parked for) the sink.
     pub fn checkpoint(&self, sink: &str) -> Result<u64> {
-        let cp: Option<i64> = self
-            .conn()
-            .prepare_cached("SELECT checkpoint FROM sink_state WHERE name = ?1")?
-            .query_row([sink], |r| r.get(0))
-            .optional()?;
-        Ok(cp.unwrap_or(0) as u64)
+        Ok(self.store().sink_progress(sink)?.checkpoint)
     }
 
     /// Move a sink's checkpoint forward (never back: two projectors may race), if the sink is
     /// still the attachment made at `attached`. Returns whether it was.
     fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64) -> Result<bool> {
-        let changed = self
-            .conn()
-            .prepare_cached(
-                "INSERT INTO sink_state (name, checkpoint, last_applied_at)
-                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM sinks WHERE name = ?1 AND added_seq = ?4)
-                 ON CONFLICT (name) DO UPDATE SET checkpoint = max(checkpoint, excluded.checkpoint),
-                 last_applied_at = excluded.last_applied_at, last_error = NULL, last_error_at = NULL",
-            )?
-            .execute(params![sink, seq as i64, now_ms(), attached as i64])?;
-        Ok(changed > 0)
+        self.store().save_checkpoint(sink, attached, seq, now_ms())
     }
 
     fn record_sink_error(&self, sink: &str, error: &str) -> Result<()> {
-        self.conn()
-            .prepare_cached(
-                "INSERT INTO sink_state (name, last_error, last_error_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error, last_error_at = excluded.last_error_at",
-            )?
-            .execute(params![sink, error, now_ms()])?;
-        Ok(())
+        self.store().record_sink_error(sink, error, now_ms())
     }
 
-    fn park(&self, sink: &str, id: SecretId, seq: u64, error: &str) -> Result<()> {
-        self.conn()
-            .prepare_cached("INSERT OR REPLACE INTO parked (sink, secret_id, seq, error, parked_at) VALUES (?1, ?2, ?3, ?4, ?5)")?
-            .execute(params![sink, id.as_bytes().as_slice(), seq as i64, error, now_ms()])?;
-        Ok(())
+    fn park(&self, sink: &str, secret_id: SecretId, seq: u64, error: &str) -> Result<()> {
+        let parked = Parked {
+            secret_id,
+            seq,
+            error: error.to_owned(),
+            parked_at: now_ms(),
+        };
+        self.store().park(sink, &parked)
     }
 
     /// Forget a parked secret once a write at `seq` or later has reached the sink.
     fn unpark(&self, sink: &str, id: SecretId, seq: u64) -> Result<()> {
-        self.conn()
-            .prepare_cached("DELETE FROM parked WHERE sink = ?1 AND secret_id = ?2 AND seq <= ?3")?
-            .execute(params![
-                sink,
-                id.as_bytes().as_slice(),
-                seq.min(i64::MAX as u64) as i64
-            ])?;
-        Ok(())
+        self.store().unpark(sink, id, seq)
     }
 
     /// The secrets a sink refused permanently.
     pub fn parked(&self, sink: &str) -> Result<Vec<Parked>> {
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT secret_id, seq, error, parked_at FROM parked WHERE sink = ?1 ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([sink], |r| {
-            Ok((
-                r.get::<_, Vec<u8>>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        })?;
-        rows.map(|row| {
-            let (id, seq, error, parked_at) = row?;
-            let secret_id = SecretId::from_slice(&id)
-                .map_err(|_| Error::Corrupt("a parked secret id is not a UUID".into()))?;
-            Ok(Parked {
-                secret_id,
-                seq: seq as u64,
-                error,
-                parked_at,
-            })
-        })
-        .collect()
+        self.store().parked(sink)
     }
 
     /// Projection state of every attached sink.
@@ -201,19 +146,9 @@ impl Ledger {
         let head = self.head()?.seq;
         let mut out = Vec::new();
         for config in self.sinks()?.into_values() {
-            type State = (i64, Option<String>, Option<i64>, Option<i64>);
-            let state: Option<State> = self
-                .conn()
-                .prepare_cached("SELECT checkpoint, last_error, last_error_at, last_applied_at FROM sink_state WHERE name = ?1")?
-                .query_row([&config.name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-                .optional()?;
-            let (checkpoint, last_error, last_error_at, last_applied_at) =
-                state.unwrap_or((0, None, None, None));
-            let parked: i64 = self
-                .conn()
-                .prepare_cached("SELECT count(*) FROM parked WHERE sink = ?1")?
-                .query_row([&config.name], |r| r.get(0))?;
-            let checkpoint = checkpoint as u64;
+            let progress = self.store().sink_progress(&config.name)?;
+            let parked = self.store().parked(&config.name)?.len();
+            let checkpoint = progress.checkpoint;
             out.push(SinkStatus {
                 lag: if config.role.is_projected() {
                     head.saturating_sub(checkpoint)
@@ -226,9 +161,9 @@ impl Ledger {
                 checkpoint,
                 head,
                 parked: parked as u64,
-                last_error,
-                last_error_at,
-                last_applied_at,
+                last_error: progress.last_error,
+                last_error_at: progress.last_error_at,
+                last_applied_at: progress.last_applied_at,
             })
         }
         Ok(out)
@@ -236,14 +171,14 @@ impl Ledger {
 
     /// The state of secret `id` just after event `seq`.
     fn meta_at(&self, id: SecretId, seq: u64) -> Result<Option<SecretMeta>> {
-        if let Some(current) = load_meta(self.conn(), id)? {
+        if let Some(current) = self.store().secret(id)? {
             if current.updated_seq <= seq {
                 return Ok(Some(current));
             }
         }
         // The secret changed after `seq`: fold its own events up to there.
         let mut state = None;
-        sqlite::scan_secret(self.conn(), id, seq, &mut |e| {
+        self.store().scan_secret(id, seq, &mut |e| {
             state = catalog::apply(state.take(), &e, e.decode()?)?;
             Ok(true)
         })?;
@@ -269,7 +204,7 @@ impl Ledger {
                 seq,
                 how: DeleteMode::Purge,
             },
-            Status::Live => match open_values_at(self.conn(), self.master_key()?, &meta, meta.value_seq) {
+            Status::Live => match open_values_at(self.store(), self.master_key()?, &meta, meta.value_seq) {
                 Ok((values, _)) => Op::Put(SinkRecord {
                     id,
                     name: meta.name,
@@ -296,24 +231,10 @@ impl Ledger {
     pub fn compacted_ops(&self, after: u64, through: u64) -> Result<Vec<Op>> {
         // One read transaction for the batch: a consistent view, and one lock instead of three
         // per secret.
-        let snapshot = self.conn().unchecked_transaction()?;
-        let ops = self.compacted_ops_in(after, through)?;
-        snapshot.finish()?;
-        Ok(ops)
-    }
-
-    fn compacted_ops_in(&self, after: u64, through: u64) -> Result<Vec<Op>> {
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT secret_id, max(seq) AS last FROM events WHERE seq > ?1 AND seq <= ?2 AND secret_id IS NOT NULL
-             GROUP BY secret_id ORDER BY last",
-        )?;
-        let touched: Vec<Vec<u8>> = stmt
-            .query_map(params![after as i64, through as i64], |r| r.get(0))?
-            .collect::<rusqlite::Result<_>>()?;
+        let _snapshot = crate::store::Read::begin(self.store())?;
+        let touched = self.store().secrets_touched(after, through)?;
         let mut ops = Vec::with_capacity(touched.len());
         for id in touched {
-            let id = SecretId::from_slice(&id)
-                .map_err(|_| Error::Corrupt("an event's secret id is not a UUID".into()))?;
             ops.extend(self.op_at(id, through)?);
         }
         Ok(ops)

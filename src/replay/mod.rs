@@ -14,7 +14,6 @@ use serde::Serialize;
 use crate::error::{Error, Result};
 use crate::event::Millis;
 use crate::ledger::Ledger;
-use crate::log::sqlite;
 use crate::project::{apply_all, Op, ProjectOptions};
 use crate::sink::{DeleteMode, Sink};
 use crate::SecretId;
@@ -41,7 +40,7 @@ impl Ledger {
             Target::Seq(seq) => Err(Error::InvalidInput(format!(
                 "--seq {seq} is beyond the end of the log (the last event is {head})"
             ))),
-            Target::Time(at) => Ok(sqlite::seq_at_time(self.conn(), at)?),
+            Target::Time(at) => Ok(self.store().seq_at_time(at)?),
         }
     }
 

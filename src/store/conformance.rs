@@ -1,0 +1,441 @@
+//! The behaviour every [`Store`] must show, as one suite: SQLite runs it in `cargo test`, and
+//! a PostgreSQL store will have to pass it unchanged.
+//!
+//! `fresh()` gives a new, empty store with its schema in place, and a way to open a second
+//! connection to that same store (another process, or another server instance).
+
+use std::collections::BTreeMap;
+
+use super::{Parked, Read, Store, Write};
+use crate::catalog::{SecretMeta, SinkConfig, Status};
+use crate::event::{Event, Scope, SinkRole, StoredEvent};
+use crate::log::{chain_next, Head, NewEvent};
+use crate::SecretId;
+
+/// A new empty store, and a function opening another connection to it.
+pub type Fresh<'a> = &'a mut dyn FnMut() -> (Box<dyn Store>, Box<dyn Fn() -> Box<dyn Store>>);
+
+/// Run every check; panics with the name of the first that fails.
+pub fn run_all(fresh: Fresh<'_>) {
+    log_appends_read_back_in_order(fresh);
+    a_rolled_back_write_leaves_nothing(fresh);
+    savepoints_undo_only_their_part(fresh);
+    settings_round_trip(fresh);
+    catalog_rows_answer_every_lookup(fresh);
+    data_keys_are_put_destroyed_and_rewrapped(fresh);
+    sink_progress_only_moves_forward(fresh);
+    snapshots_and_derived_state(fresh);
+    other_connections_see_only_commits(fresh);
+}
+
+fn chain(store: &dyn Store, events: Vec<(Option<SecretId>, Event)>, now: i64) -> Vec<StoredEvent> {
+    let mut head = store.head().unwrap();
+    events
+        .into_iter()
+        .map(|(secret_id, event)| {
+            let row = chain_next(
+                &mut head,
+                &NewEvent {
+                    event_id: uuid::Uuid::now_v7(),
+                    actor: "tester".into(),
+                    secret_id,
+                    event,
+                },
+                now,
+            );
+            store.append(&row).unwrap();
+            row
+        })
+        .collect()
+}
+
+fn meta(id: SecretId, name: &str, scope: Scope, owner: &str, status: Status, seq: u64) -> SecretMeta {
+    SecretMeta {
+        id,
+        name: name.into(),
+        scope,
+        owner: owner.into(),
+        labels: BTreeMap::from([("env".to_owned(), "test".to_owned())]),
+        version: 1,
+        status,
+        created_at: 1,
+        created_by: owner.into(),
+        updated_at: 1,
+        updated_seq: seq,
+        value_seq: seq,
+        fingerprints: BTreeMap::new(),
+    }
+}
+
+fn scanned(store: &dyn Store, from: u64, to: u64) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    store
+        .scan(from, to, &mut |e| {
+            seqs.push(e.seq);
+            Ok(true)
+        })
+        .unwrap();
+    seqs
+}
+
+fn log_appends_read_back_in_order(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    assert_eq!(store.head().unwrap(), Head::EMPTY, "an empty store's head");
+    let (a, b) = (SecretId::now_v7(), SecretId::now_v7());
+    let tx = Write::begin(&*store).unwrap();
+    let rows = chain(
+        &*tx,
+        vec![
+            (Some(a), Event::SecretDeleted),
+            (Some(b), Event::SecretDeleted),
+            (None, Event::SinkRemoved { name: "x".into() }),
+            (Some(a), Event::SecretRestored),
+        ],
+        1_000,
+    );
+    tx.commit().unwrap();
+    let last = rows.last().unwrap();
+    assert_eq!(
+        store.head().unwrap(),
+        Head {
+            seq: 4,
+            hash: last.hash,
+            recorded_at: last.recorded_at
+        }
+    );
+    assert_eq!(
+        store.event(2).unwrap().as_ref(),
+        Some(&rows[1]),
+        "an event reads back as stored"
+    );
+    assert_eq!(store.event(5).unwrap(), None);
+    assert_eq!(scanned(&*store, 2, 3), vec![2, 3], "a range, in seq order");
+    assert_eq!(scanned(&*store, 1, u64::MAX), vec![1, 2, 3, 4]);
+    let mut first = Vec::new();
+    store
+        .scan(1, 4, &mut |e| {
+            first.push(e.seq);
+            Ok(false)
+        })
+        .unwrap();
+    assert_eq!(first, vec![1], "a visit that returns false stops the scan");
+    let mut of_a = Vec::new();
+    store
+        .scan_secret(a, 3, &mut |e| {
+            of_a.push(e.seq);
+            Ok(true)
+        })
+        .unwrap();
+    assert_eq!(of_a, vec![1], "one secret's events up to a seq");
+    assert_eq!(
+        store.secrets_touched(0, 4).unwrap(),
+        vec![b, a],
+        "ordered by each one's last event"
+    );
+    assert_eq!(store.secrets_touched(1, 2).unwrap(), vec![b]);
+    assert_eq!(store.seq_at_time(999).unwrap(), 0);
+    assert_eq!(store.seq_at_time(1_000).unwrap(), 4);
+}
+
+fn a_rolled_back_write_leaves_nothing(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    let id = SecretId::now_v7();
+    {
+        let tx = Write::begin(&*store).unwrap();
+        chain(&*tx, vec![(Some(id), Event::SecretDeleted)], 1);
+        tx.put_secret(&meta(id, "a", Scope::Workspace, "o", Status::Live, 1))
+            .unwrap();
+        tx.put_wrapped_key(id, b"wrapped").unwrap();
+        tx.set_setting("k", b"v").unwrap();
+        // Dropped without a commit.
+    }
+    assert_eq!(store.head().unwrap(), Head::EMPTY, "rolled back: no event");
+    assert_eq!(store.secret(id).unwrap(), None, "rolled back: no catalog row");
+    assert_eq!(store.wrapped_key(id).unwrap(), None, "rolled back: no data key");
+    assert_eq!(store.setting("k").unwrap(), None, "rolled back: no setting");
+}
+
+fn savepoints_undo_only_their_part(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    let (kept, undone) = (SecretId::now_v7(), SecretId::now_v7());
+    let tx = Write::begin(&*store).unwrap();
+    tx.savepoint().unwrap();
+    chain(&*tx, vec![(Some(kept), Event::SecretDeleted)], 1);
+    tx.release_savepoint().unwrap();
+    tx.savepoint().unwrap();
+    chain(&*tx, vec![(Some(undone), Event::SecretDeleted)], 1);
+    tx.put_wrapped_key(undone, b"w").unwrap();
+    tx.rollback_savepoint().unwrap();
+    assert_eq!(
+        tx.head().unwrap().seq,
+        1,
+        "the undone unit's event is gone inside the transaction"
+    );
+    chain(&*tx, vec![(Some(kept), Event::SecretRestored)], 2);
+    tx.commit().unwrap();
+    assert_eq!(scanned(&*store, 1, u64::MAX), vec![1, 2]);
+    assert_eq!(store.wrapped_key(undone).unwrap(), None);
+}
+
+fn settings_round_trip(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    let tx = Write::begin(&*store).unwrap();
+    tx.set_setting("bytes", &[0, 1, 2, 255]).unwrap();
+    tx.set_setting_int("number", 42).unwrap();
+    tx.set_setting_int("number", 43).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(store.setting("bytes").unwrap(), Some(vec![0, 1, 2, 255]));
+    assert_eq!(
+        store.setting_int("number").unwrap(),
+        Some(43),
+        "a setting is replaced"
+    );
+    assert_eq!(store.setting("missing").unwrap(), None);
+    assert_eq!(store.setting_int("missing").unwrap(), None);
+}
+
+fn catalog_rows_answer_every_lookup(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    let ids: Vec<SecretId> = (0..4).map(|_| SecretId::now_v7()).collect();
+    let rows = [
+        meta(ids[0], "db", Scope::Workspace, "alice", Status::Deleted, 1),
+        meta(ids[1], "db", Scope::Workspace, "alice", Status::Live, 2),
+        meta(ids[2], "db", Scope::Private, "bob", Status::Live, 3),
+        meta(ids[3], "api", Scope::Workspace, "alice", Status::Live, 4),
+    ];
+    let tx = Write::begin(&*store).unwrap();
+    for row in &rows {
+        tx.put_secret(row).unwrap();
+    }
+    tx.commit().unwrap();
+    assert_eq!(
+        store.secret(ids[2]).unwrap().as_ref(),
+        Some(&rows[2]),
+        "a row reads back whole"
+    );
+    let named: Vec<SecretId> = store
+        .secrets_named("db", &["workspace"])
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(
+        named,
+        vec![ids[1], ids[0]],
+        "newest change first, only the namespaces asked for"
+    );
+    assert_eq!(
+        store
+            .secrets_named("db", &["workspace", "private:bob"])
+            .unwrap()
+            .len(),
+        3
+    );
+    let live: Vec<String> = store
+        .secrets_with_status(Status::Live, &["workspace", "private:bob"])
+        .unwrap()
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    assert_eq!(live, vec!["api", "db", "db"], "ordered by name");
+    assert!(store.name_taken("workspace", "db").unwrap());
+    assert!(!store.name_taken("private:alice", "db").unwrap());
+    assert_eq!(store.secret_count().unwrap(), 4);
+    let mut all: Vec<SecretId> = store
+        .all_secrets()
+        .unwrap()
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    all.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(all, want);
+    // Replacing a row changes what every lookup sees.
+    let tx = Write::begin(&*store).unwrap();
+    tx.put_secret(&meta(ids[1], "db", Scope::Workspace, "alice", Status::Deleted, 5))
+        .unwrap();
+    tx.commit().unwrap();
+    assert!(
+        !store.name_taken("workspace", "db").unwrap(),
+        "a deleted secret frees its name"
+    );
+    assert_eq!(store.secret_count().unwrap(), 4);
+}
+
+fn data_keys_are_put_destroyed_and_rewrapped(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    let (a, b) = (SecretId::now_v7(), SecretId::now_v7());
+    let tx = Write::begin(&*store).unwrap();
+    tx.put_wrapped_key(a, b"key-a").unwrap();
+    tx.put_wrapped_key(b, b"key-b").unwrap();
+    tx.delete_wrapped_key(b).unwrap();
+    tx.delete_wrapped_key(SecretId::now_v7()).unwrap();
+    let rewrapped = tx
+        .rewrap_keys(&mut |id, wrapped| {
+            assert_eq!(id, a);
+            Ok([wrapped, b"+new"].concat())
+        })
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(rewrapped, 1);
+    assert_eq!(store.wrapped_key(a).unwrap(), Some(b"key-a+new".to_vec()));
+    assert_eq!(store.wrapped_key(b).unwrap(), None, "a destroyed key is gone");
+}
+
+fn sink(name: &str, added_seq: u64) -> SinkConfig {
+    SinkConfig {
+        name: name.into(),
+        url: format!("memory://{name}"),
+        role: SinkRole::Backup,
+        added_seq,
+    }
+}
+
+fn sink_progress_only_moves_forward(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    let tx = Write::begin(&*store).unwrap();
+    tx.put_sinks(&BTreeMap::from([
+        ("a".to_owned(), sink("a", 3)),
+        ("b".to_owned(), sink("b", 4)),
+    ]))
+    .unwrap();
+    tx.put_sinks(&BTreeMap::from([("a".to_owned(), sink("a", 3))]))
+        .unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        store.sinks().unwrap().keys().collect::<Vec<_>>(),
+        vec!["a"],
+        "the registry is replaced"
+    );
+
+    assert_eq!(store.sink_progress("a").unwrap().checkpoint, 0);
+    store.record_sink_error("a", "down", 10).unwrap();
+    assert_eq!(
+        store.sink_progress("a").unwrap().last_error.as_deref(),
+        Some("down")
+    );
+    assert!(store.save_checkpoint("a", 3, 7, 11).unwrap());
+    let progress = store.sink_progress("a").unwrap();
+    assert_eq!(
+        (progress.checkpoint, progress.last_error, progress.last_applied_at),
+        (7, None, Some(11))
+    );
+    assert!(store.save_checkpoint("a", 3, 5, 12).unwrap());
+    assert_eq!(
+        store.sink_progress("a").unwrap().checkpoint,
+        7,
+        "a checkpoint never moves back"
+    );
+    assert!(
+        !store.save_checkpoint("a", 9, 8, 12).unwrap(),
+        "another attachment's progress is refused"
+    );
+    assert!(
+        !store.save_checkpoint("gone", 1, 8, 12).unwrap(),
+        "a detached sink's progress is refused"
+    );
+
+    let park = |id, seq| Parked {
+        secret_id: id,
+        seq,
+        error: "too big".into(),
+        parked_at: 5,
+    };
+    let (x, y) = (SecretId::now_v7(), SecretId::now_v7());
+    store.park("a", &park(x, 9)).unwrap();
+    store.park("a", &park(y, 6)).unwrap();
+    store.park("a", &park(x, 8)).unwrap();
+    let parked: Vec<(SecretId, u64)> = store
+        .parked("a")
+        .unwrap()
+        .iter()
+        .map(|p| (p.secret_id, p.seq))
+        .collect();
+    assert_eq!(parked, vec![(y, 6), (x, 8)], "one entry per secret, by seq");
+    store.unpark("a", x, 7).unwrap();
+    assert_eq!(
+        store.parked("a").unwrap().len(),
+        2,
+        "an older write does not unpark a newer refusal"
+    );
+    store.unpark("a", x, 8).unwrap();
+    assert_eq!(store.parked("a").unwrap().len(), 1);
+    store.forget_sink_progress("a").unwrap();
+    assert_eq!(store.sink_progress("a").unwrap(), Default::default());
+    assert!(store.parked("a").unwrap().is_empty());
+}
+
+fn snapshots_and_derived_state(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    assert!(store.has_derived().unwrap());
+    let id = SecretId::now_v7();
+    let tx = Write::begin(&*store).unwrap();
+    chain(&*tx, vec![(Some(id), Event::SecretDeleted)], 1);
+    tx.put_snapshot(10, b"ten").unwrap();
+    tx.put_snapshot(20, b"twenty").unwrap();
+    tx.put_secret(&meta(id, "s", Scope::Workspace, "o", Status::Live, 1))
+        .unwrap();
+    tx.put_sinks(&BTreeMap::from([("a".to_owned(), sink("a", 1))]))
+        .unwrap();
+    tx.put_wrapped_key(id, b"k").unwrap();
+    tx.set_setting_int("kept", 1).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(store.snapshot_seqs().unwrap(), vec![10, 20]);
+    assert_eq!(
+        store.snapshot_at_or_before(15).unwrap(),
+        Some((10, b"ten".to_vec()))
+    );
+    assert_eq!(
+        store.snapshot_at_or_before(u64::MAX).unwrap(),
+        Some((20, b"twenty".to_vec()))
+    );
+    assert_eq!(store.snapshot_at_or_before(9).unwrap(), None);
+
+    let tx = Write::begin(&*store).unwrap();
+    tx.reset_derived().unwrap();
+    tx.commit().unwrap();
+    assert!(store.snapshot_seqs().unwrap().is_empty(), "snapshots are derived");
+    assert_eq!(store.secret_count().unwrap(), 0, "the catalog is derived");
+    assert!(store.sinks().unwrap().is_empty(), "the registry is derived");
+    assert_eq!(store.head().unwrap().seq, 1, "the log is not");
+    assert_eq!(
+        store.wrapped_key(id).unwrap(),
+        Some(b"k".to_vec()),
+        "data keys are not"
+    );
+    assert_eq!(store.setting_int("kept").unwrap(), Some(1), "settings are not");
+}
+
+fn other_connections_see_only_commits(fresh: Fresh<'_>) {
+    let (store, open_again) = fresh();
+    let other = open_again();
+    let tx = Write::begin(&*store).unwrap();
+    chain(&*tx, vec![(None, Event::SinkRemoved { name: "x".into() })], 1);
+    assert_eq!(
+        other.head().unwrap().seq,
+        0,
+        "an uncommitted append is invisible elsewhere"
+    );
+    tx.commit().unwrap();
+    assert_eq!(
+        other.head().unwrap().seq,
+        1,
+        "a commit is visible to the next read elsewhere"
+    );
+    {
+        let read = Read::begin(&*other).unwrap();
+        assert_eq!(read.head().unwrap().seq, 1);
+        let tx = Write::begin(&*store).unwrap();
+        chain(&*tx, vec![(None, Event::SinkRemoved { name: "y".into() })], 1);
+        tx.commit().unwrap();
+        assert_eq!(read.head().unwrap().seq, 1, "a read transaction keeps its state");
+    }
+    assert_eq!(other.head().unwrap().seq, 2);
+    // Appends from two connections chain one after the other.
+    let tx = Write::begin(&*other).unwrap();
+    let row = chain(&*tx, vec![(None, Event::SinkRemoved { name: "z".into() })], 1).remove(0);
+    tx.commit().unwrap();
+    assert_eq!(row.seq, 3);
+    assert_eq!(store.head().unwrap().hash, row.hash);
+}

@@ -1,0 +1,238 @@
+//! The storage seam (DESIGN.md §13): everything the ledger persists, behind one trait.
+//!
+//! [`Store`] covers the event log (append with its chain, ranges, head), the catalog rows,
+//! wrapped data keys, the sink registry, projection state (checkpoints, parked secrets, last
+//! errors), snapshots and settings. Its signatures carry no database types, so a second
+//! implementation (PostgreSQL) can stand beside [`sqlite::SqliteStore`]; both must pass
+//! [`conformance`]. The ledger's logic (validation, sealing, folding) stays above it.
+//!
+//! A store value is one connection: its calls run on the caller's thread, one at a time.
+//! Writes happen inside a write transaction ([`Write`]), which is exclusive among every
+//! connection and process using the same store, and sees the head as of its start.
+
+pub mod sqlite;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::catalog::{SecretMeta, SinkConfig, Status};
+use crate::error::Result;
+use crate::event::{Millis, StoredEvent};
+use crate::log::Head;
+use crate::SecretId;
+
+/// Visits events in seq order until it returns false.
+pub type Visit<'a> = &'a mut dyn FnMut(StoredEvent) -> Result<bool>;
+
+/// Re-wraps one data key: (secret id, wrapped key) → the key wrapped anew.
+pub type Rewrap<'a> = &'a mut dyn FnMut(SecretId, &[u8]) -> Result<Vec<u8>>;
+
+/// A sink's projection state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct SinkProgress {
+    /// Every event at or before it has been applied to (or parked for) the sink.
+    pub checkpoint: u64,
+    pub last_error: Option<String>,
+    pub last_error_at: Option<Millis>,
+    pub last_applied_at: Option<Millis>,
+}
+
+/// A secret a sink refused permanently.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Parked {
+    pub secret_id: SecretId,
+    pub seq: u64,
+    pub error: String,
+    pub parked_at: Millis,
+}
+
+/// Everything the ledger persists. See the module documentation for the threading and
+/// transaction contract; each method says what it guarantees.
+pub trait Store: Send {
+    // Transactions.
+
+    /// Start the write transaction. Blocks (up to the store's busy timeout) while another
+    /// connection writes; `Error::Busy` after that.
+    fn begin_write(&self) -> Result<()>;
+    /// Make the write transaction durable.
+    fn commit(&self) -> Result<()>;
+    /// Undo the write (or read) transaction; nothing if there is none.
+    fn rollback(&self);
+    /// Start a read transaction: the calls until [`Store::rollback`] see one consistent state.
+    fn begin_read(&self) -> Result<()>;
+    /// Open a nested unit inside the write transaction ...
+    fn savepoint(&self) -> Result<()>;
+    /// ... keep what it did ...
+    fn release_savepoint(&self) -> Result<()>;
+    /// ... or undo only what it did.
+    fn rollback_savepoint(&self) -> Result<()>;
+
+    // The event log: gap-free seqs from 1, append-only.
+
+    /// The last event, or [`Head::EMPTY`].
+    fn head(&self) -> Result<Head>;
+    /// Append the event after the head (inside the write transaction). Its seq must be
+    /// head + 1; the store does not compute the chain, the caller did.
+    fn append(&self, event: &StoredEvent) -> Result<()>;
+    fn event(&self, seq: u64) -> Result<Option<StoredEvent>>;
+    /// Events with `from <= seq <= to`, in seq order, exactly as stored.
+    fn scan(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<()>;
+    /// One secret's events with seq <= `to`, in seq order.
+    fn scan_secret(&self, id: SecretId, to: u64, visit: Visit<'_>) -> Result<()>;
+    /// The seq of the last event recorded at or before `at` (0 if none).
+    fn seq_at_time(&self, at: Millis) -> Result<u64>;
+    /// The secrets that events `after+1 ..= through` touch, ordered by the seq of each one's
+    /// last event there.
+    fn secrets_touched(&self, after: u64, through: u64) -> Result<Vec<SecretId>>;
+
+    // Settings: small named values fixed at init or changed by key rotation.
+
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    fn setting_int(&self, key: &str) -> Result<Option<i64>>;
+    fn set_setting(&self, key: &str, value: &[u8]) -> Result<()>;
+    fn set_setting_int(&self, key: &str, value: i64) -> Result<()>;
+
+    // The catalog: current metadata per secret, derived from the log.
+
+    /// Insert or replace a secret's row.
+    fn put_secret(&self, meta: &SecretMeta) -> Result<()>;
+    fn secret(&self, id: SecretId) -> Result<Option<SecretMeta>>;
+    /// Secrets called `name` in any of `namespaces`, newest change first.
+    fn secrets_named(&self, name: &str, namespaces: &[&str]) -> Result<Vec<SecretMeta>>;
+    /// Secrets with `status` in any of `namespaces`, ordered by name, then namespace.
+    fn secrets_with_status(&self, status: Status, namespaces: &[&str]) -> Result<Vec<SecretMeta>>;
+    /// Whether a live secret holds `name` in `namespace`.
+    fn name_taken(&self, namespace: &str, name: &str) -> Result<bool>;
+    /// Every row with the id it is filed under, in no particular order.
+    fn all_secrets(&self) -> Result<Vec<(SecretId, SecretMeta)>>;
+    fn secret_count(&self) -> Result<u64>;
+
+    // Data keys, wrapped by the master key; mutable, outside the chain.
+
+    fn wrapped_key(&self, id: SecretId) -> Result<Option<Vec<u8>>>;
+    fn put_wrapped_key(&self, id: SecretId, wrapped: &[u8]) -> Result<()>;
+    /// Destroy a data key (purge). Absent is fine.
+    fn delete_wrapped_key(&self, id: SecretId) -> Result<()>;
+    /// Replace every wrapped key by `rewrap(id, wrapped)`; returns how many.
+    fn rewrap_keys(&self, rewrap: Rewrap<'_>) -> Result<u64>;
+
+    // Sinks: the registry (derived from the log) and projection state.
+
+    fn sinks(&self) -> Result<BTreeMap<String, SinkConfig>>;
+    /// Replace the registry.
+    fn put_sinks(&self, sinks: &BTreeMap<String, SinkConfig>) -> Result<()>;
+    /// Forget a sink's checkpoint, errors and parked secrets (it was re-added).
+    fn forget_sink_progress(&self, sink: &str) -> Result<()>;
+    fn sink_progress(&self, sink: &str) -> Result<SinkProgress>;
+    /// Move a sink's checkpoint forward to `seq` (never back) and clear its last error, if the
+    /// sink is still the attachment added at `attached`. Returns whether it was.
+    fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64, at: Millis) -> Result<bool>;
+    fn record_sink_error(&self, sink: &str, error: &str, at: Millis) -> Result<()>;
+    /// Park (or park again) a secret the sink refused at `seq`.
+    fn park(&self, sink: &str, parked: &Parked) -> Result<()>;
+    /// Forget a parked secret once a write at `seq` or later reached the sink.
+    fn unpark(&self, sink: &str, id: SecretId, seq: u64) -> Result<()>;
+    /// The sink's parked secrets, by seq.
+    fn parked(&self, sink: &str) -> Result<Vec<Parked>>;
+
+    // Snapshots of the catalog (opaque bytes), and derived-state upkeep.
+
+    fn put_snapshot(&self, seq: u64, state: &[u8]) -> Result<()>;
+    /// The newest snapshot at or before `seq`: (its seq, its bytes).
+    fn snapshot_at_or_before(&self, seq: u64) -> Result<Option<(u64, Vec<u8>)>>;
+    fn snapshot_seqs(&self) -> Result<Vec<u64>>;
+    /// Drop the catalog rows, the sink registry and the snapshots (inside the write
+    /// transaction), to be folded again from the log.
+    fn reset_derived(&self) -> Result<()>;
+    /// Whether the derived rows exist at all (an older store may lack them).
+    fn has_derived(&self) -> Result<bool>;
+    /// After key material was destroyed: make sure no copy of it lingers in free space.
+    /// Best effort.
+    fn scrub(&self);
+
+    /// Read the whole log from seq 1, checking the hash chain, and hand each event, decoded,
+    /// to `visit`; returns the verified head, or the first bad seq as `Error::ChainBroken`.
+    /// (An implementation may read and hash on another connection and thread.)
+    fn verified_scan(
+        &self,
+        visit: &mut dyn FnMut(StoredEvent, crate::event::Event) -> Result<()>,
+    ) -> Result<Head>;
+}
+
+/// A write transaction that rolls back unless committed, like a database transaction object.
+pub struct Write<'a> {
+    store: &'a dyn Store,
+    finished: bool,
+}
+
+impl<'a> Write<'a> {
+    pub fn begin(store: &'a dyn Store) -> Result<Self> {
+        store.begin_write()?;
+        Ok(Write {
+            store,
+            finished: false,
+        })
+    }
+
+    pub fn commit(mut self) -> Result<()> {
+        self.finished = true;
+        self.store.commit()
+    }
+}
+
+impl Drop for Write<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.store.rollback();
+        }
+    }
+}
+
+impl<'a> std::ops::Deref for Write<'a> {
+    type Target = dyn Store + 'a;
+    fn deref(&self) -> &Self::Target {
+        self.store
+    }
+}
+
+/// A read transaction: one consistent state for every call until it is dropped.
+pub struct Read<'a> {
+    store: &'a dyn Store,
+}
+
+impl<'a> Read<'a> {
+    pub fn begin(store: &'a dyn Store) -> Result<Self> {
+        store.begin_read()?;
+        Ok(Read { store })
+    }
+}
+
+impl Drop for Read<'_> {
+    fn drop(&mut self) {
+        self.store.rollback();
+    }
+}
+
+impl<'a> std::ops::Deref for Read<'a> {
+    type Target = dyn Store + 'a;
+    fn deref(&self) -> &Self::Target {
+        self.store
+    }
+}
+
+/// A store's event log seen through [`EventLog`](crate::log::EventLog).
+pub struct StoreLog<'a>(pub &'a dyn Store);
+
+impl crate::log::EventLog for StoreLog<'_> {
+    fn head(&self) -> Result<Head> {
+        self.0.head()
+    }
+
+    fn scan(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<()> {
+        self.0.scan(from, to, visit)
+    }
+}

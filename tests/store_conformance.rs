@@ -1,0 +1,18 @@
+//! The storage seam's conformance suite against the SQLite store.
+
+use sledger::store::conformance;
+use sledger::store::sqlite::SqliteStore;
+use sledger::store::Store;
+
+#[test]
+fn sqlite_store_conforms() {
+    let dirs = std::cell::RefCell::new(Vec::new());
+    conformance::run_all(&mut || {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ledger.db");
+        let store: Box<dyn Store> = Box::new(SqliteStore::create(&path).unwrap());
+        dirs.borrow_mut().push(dir);
+        let again = move || -> Box<dyn Store> { Box::new(SqliteStore::open(&path).unwrap()) };
+        (store, Box::new(again))
+    });
+}
