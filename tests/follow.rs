@@ -88,3 +88,21 @@ fn a_hanging_sink_delays_only_itself_and_sigterm_stops_follow_within_two_seconds
     assert!(lag(&env, "hang") > 0);
     env.ok(&["verify"]);
 }
+
+/// A sink removed and added again under the same name but another URL, while `--follow`
+/// runs, gets its writes at the new URL (the projector does not keep the old backend).
+#[test]
+fn a_sink_added_again_elsewhere_is_projected_there() {
+    let env = Env::new();
+    env.ok(&["sink", "add", "bk", &env.sqlite_url("first.db")]);
+    let mut follow = env.spawn(&[], &["project", "--follow"]);
+    env.ok(&["secret", "create", "s1", "--value", "k=v"]);
+    wait_for("the first backup", || lag(&env, "bk") == 0);
+    env.ok(&["sink", "remove", "bk"]);
+    env.ok(&["sink", "add", "bk", &env.sqlite_url("second.db")]);
+    env.ok(&["secret", "create", "s2", "--value", "k=v"]);
+    wait_for("the second backup", || lag(&env, "bk") == 0);
+    assert!(env.differences("bk").is_empty(), "second.db holds every secret");
+    unsafe { libc::kill(follow.id() as i32, libc::SIGTERM) };
+    assert!(follow.wait().unwrap().success());
+}

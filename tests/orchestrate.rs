@@ -137,7 +137,7 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
     assert_eq!(held(&ledger, "c").await, 40);
 
     // backup --delete-secrets: the primary keeps nothing the backup verifiably holds.
-    let report = orchestrate::backup(&ledger, false, true, &|_, _, _| {}, &mut |_, _| {})
+    let report = orchestrate::backup(&ledger, false, true, &|_, _, _| {}, &mut |_| {})
         .await
         .unwrap();
     assert_eq!(report.emptied, Some(("b".to_owned(), 40)));

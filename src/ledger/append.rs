@@ -504,6 +504,8 @@ impl Ledger {
         }
         match self.append_group(&requests) {
             Ok(results) => results,
+            // The write lock never came: one by one, each would wait out the busy timeout again.
+            Err(Error::Busy) => requests.iter().map(|_| Err(Error::Busy)).collect(),
             Err(e) => {
                 tracing::debug!(error = %e, requests = requests.len(), "group commit failed; applying its requests one by one");
                 requests.into_iter().map(|r| self.execute_request(r)).collect()

@@ -17,10 +17,11 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::catalog::{self, SecretMeta, Status};
+use crate::catalog::{self, SecretMeta, SinkConfig, Status};
 use crate::error::{Error, Result};
 use crate::event::{Millis, SinkRole};
 use crate::ledger::{now_ms, open_values_at, Ledger};
+use crate::sink::layer::retry::within_deadline;
 use crate::sink::{DeleteMode, Sink, SinkRecord};
 use crate::SecretId;
 
@@ -279,10 +280,20 @@ pub async fn project(
     sink: &dyn Sink,
     opts: &ProjectOptions,
 ) -> Result<ProjectReport> {
+    project_attachment(ledger, &ledger.sink_config(name)?, sink, opts).await
+}
+
+/// [`project`] into `sink`, opened for the attachment `config` describes: if the sink is
+/// removed or re-added meanwhile, what this run applied does not become the new attachment's
+/// checkpoint.
+pub async fn project_attachment(
+    ledger: &Ledger,
+    config: &SinkConfig,
+    sink: &dyn Sink,
+    opts: &ProjectOptions,
+) -> Result<ProjectReport> {
     let mut report = ProjectReport::default();
-    // Progress belongs to this attachment of the sink: if it is removed or re-added meanwhile,
-    // what this run applied must not become the new attachment's checkpoint.
-    let attached = ledger.sink_config(name)?.added_seq;
+    let (name, attached) = (config.name.as_str(), config.added_seq);
     let mut parked: HashSet<SecretId> = ledger.parked(name)?.into_iter().map(|p| p.secret_id).collect();
     // One run projects what was written before it started: chasing the head instead would
     // never end while writers outpace a slow backend (a migration under load).
@@ -301,11 +312,13 @@ pub async fn project(
         let ops = ledger.compacted_ops(checkpoint, through)?;
         let results = match opts.deadline {
             None => apply_all(sink, &ops, opts).await,
-            // Retries give up at the deadline by themselves; the grace cuts only a backend that
-            // hangs. Abandoned writes may still land: the checkpoint stays before this batch.
+            // Retries give up at the deadline by themselves (the retry layer sees it); the grace
+            // cuts only a backend that hangs. Abandoned writes may still land: the checkpoint
+            // stays before this batch.
             Some(deadline) => {
                 let cutoff = tokio::time::Instant::from_std(deadline) + DEADLINE_GRACE;
-                match tokio::time::timeout_at(cutoff, apply_all(sink, &ops, opts)).await {
+                let applying = within_deadline(Some(deadline), apply_all(sink, &ops, opts));
+                match tokio::time::timeout_at(cutoff, applying).await {
                     Ok(results) => results,
                     Err(_) => {
                         let e = Error::sink(

@@ -13,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{project, ProjectOptions, ProjectReport};
+use super::{project_attachment, ProjectOptions, ProjectReport};
+use crate::catalog::SinkConfig;
 use crate::error::Result;
 use crate::sink::Sink;
 use crate::{Ledger, MasterKey};
@@ -95,6 +96,15 @@ pub async fn follow(
             Ok(names) => names,
             // The first look decides whether the service can run at all.
             Err(e) if first => return Err(e),
+            // The one sink asked for was removed or made a standby: nothing to project.
+            Err(e)
+                if matches!(
+                    e.class(),
+                    crate::ErrorClass::NotFound | crate::ErrorClass::Invalid
+                ) =>
+            {
+                Vec::new()
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot list the sinks; keeping the projectors running");
                 running.keys().cloned().collect()
@@ -199,8 +209,9 @@ impl Projector {
             // Watches the head between attempts.
             let mut ledger: Option<Ledger> = None;
             // The sink is kept between attempts, so its client keeps its connections and its
-            // credentials (a Vault token renewed before it expires); reopened after a failure.
-            let mut backend: Option<Arc<dyn Sink>> = None;
+            // credentials (a Vault token renewed before it expires); reopened after a failure,
+            // and when the attachment changes (removed and added again, maybe elsewhere).
+            let mut backend: Option<(SinkConfig, Arc<dyn Sink>)> = None;
             let mut failures = 0u32;
             loop {
                 if *stop.borrow() || *retired.borrow() {
@@ -215,10 +226,11 @@ impl Projector {
                         deadline: Some(Instant::now() + options.call_deadline),
                         ..options.project.clone()
                     };
+                    let config = ledger.sink_config(&sink)?;
                     let target = match &backend {
-                        Some(b) => b.clone(),
-                        None => match ledger.open_sink(&sink) {
-                            Ok((_, opened)) => backend.insert(opened).clone(),
+                        Some((opened_for, b)) if *opened_for == config => b.clone(),
+                        _ => match ledger.open_sink(&sink) {
+                            Ok((config, opened)) => backend.insert((config, opened)).1.clone(),
                             Err(e) => {
                                 // A sink that cannot even be opened shows in `sink status`.
                                 ledger.record_sink_error(&sink, &e.to_string())?;
@@ -226,7 +238,8 @@ impl Projector {
                             }
                         },
                     };
-                    let done = project(ledger, &sink, &*target, &opts).await?;
+                    let opened_for = &backend.as_ref().expect("opened above").0;
+                    let done = project_attachment(ledger, opened_for, &*target, &opts).await?;
                     let behind = ledger.head()?.seq > done.checkpoint;
                     Ok::<_, crate::Error>((done, behind))
                 };
@@ -266,6 +279,8 @@ impl Projector {
                 if ledger.is_none() {
                     ledger = Ledger::open(&path).ok();
                 }
+                // Without a connection to watch the head with, try again after a pause.
+                let pause = pause.or_else(|| ledger.is_none().then_some(Duration::from_secs(1)));
                 let started = ledger.as_ref().and_then(|l| l.head().ok()).map(|h| h.seq);
                 let until = pause.map(|p| tokio::time::Instant::now() + p);
                 loop {

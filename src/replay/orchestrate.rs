@@ -49,8 +49,26 @@ impl Mode {
     }
 }
 
+/// What a resync reports as it goes, for the caller to show.
+#[derive(Debug, Clone, Copy)]
+pub enum Resync<'a> {
+    /// The difference `sink` showed, before anything is written; `applying` says whether it
+    /// is about to be applied (not on a dry run, nor when there is none).
+    Found {
+        sink: &'a str,
+        differences: &'a [Difference],
+        applying: bool,
+    },
+    /// What applying it did, bringing `sink` to the state of `seq`.
+    Applied {
+        sink: &'a str,
+        seq: u64,
+        report: &'a ApplyReport,
+    },
+}
+
 /// What a reconcile found and did. When something is left different, [`reconcile`] returns
-/// [`Error::OutOfSync`] instead, after the caller's `found` callback saw the difference.
+/// [`Error::OutOfSync`] instead, after the caller's callback saw the difference.
 #[derive(Debug, Clone, Default)]
 pub struct Reconciled {
     pub differences: Vec<Difference>,
@@ -116,7 +134,7 @@ fn newer_error(sink: &str, differences: &[Difference]) -> Option<Error> {
 
 /// Resync `sink` (called `name`) to `desired`, keeping only the differences `only` accepts.
 /// `attached_to`: the ledger `name` is a sink of; its projectors wait while this writes.
-/// `found` sees the difference before anything is written (and on a dry run, only that).
+/// `report` sees the difference before anything is written, then what applying it did.
 #[allow(clippy::too_many_arguments)]
 pub async fn reconcile(
     attached_to: Option<&Ledger>,
@@ -126,7 +144,7 @@ pub async fn reconcile(
     mode: Mode,
     only: Option<&dyn Fn(&Difference) -> bool>,
     progress: Progress<'_>,
-    found: &mut dyn FnMut(&[Difference]),
+    report: &mut dyn FnMut(Resync<'_>),
 ) -> Result<Reconciled> {
     let mut differences = diff(desired, sink, &|d, t| progress(Phase::Comparing, d, t)).await?;
     if let Some(keep) = only {
@@ -137,8 +155,13 @@ pub async fn reconcile(
             return Err(e);
         }
     }
-    if mode == Mode::DryRun || differences.is_empty() {
-        found(&differences);
+    let applying = mode != Mode::DryRun && !differences.is_empty();
+    report(Resync::Found {
+        sink: name,
+        differences: &differences,
+        applying,
+    });
+    if !applying {
         return match newer_error(name, &differences) {
             Some(e) => Err(e),
             None => Ok(Reconciled {
@@ -151,15 +174,20 @@ pub async fn reconcile(
         Some(ledger) => lock_sink_writes(ledger, name, &ProjectOptions::default()).await?,
         None => None,
     };
-    let report = apply(desired, sink, &differences, &|d, t| {
+    let applied = apply(desired, sink, &differences, &|d, t| {
         progress(Phase::Writing, d, t)
     })
     .await?;
-    if report.refused > 0 {
+    report(Resync::Applied {
+        sink: name,
+        seq: desired.seq,
+        report: &applied,
+    });
+    if applied.refused > 0 {
         return Err(Error::OutOfSync(format!(
             "{name}: {} object(s) did not take the write: the sink keeps tombstones newer than the \
              target (those secrets were deleted later); replay into an empty sink",
-            report.refused
+            applied.refused
         )));
     }
     if let Some(e) = newer_error(name, &differences) {
@@ -167,7 +195,7 @@ pub async fn reconcile(
     }
     Ok(Reconciled {
         differences,
-        applied: Some(report),
+        applied: Some(applied),
     })
 }
 
@@ -214,13 +242,13 @@ pub struct BackupReport {
 
 /// Resync every backup sink to the head; with `delete_secrets`, then remove from the primary
 /// the secrets every backup verifiably holds (reads fall back to the backups; `restore` puts
-/// them back). `found` sees each backup's difference before it is applied.
+/// them back). `report` follows each backup's resync as it goes.
 pub async fn backup(
     ledger: &Ledger,
     dry_run: bool,
     delete_secrets: bool,
     progress: Progress<'_>,
-    found: &mut dyn FnMut(&str, &[Difference]),
+    report: &mut dyn FnMut(Resync<'_>),
 ) -> Result<BackupReport> {
     let backups: Vec<String> = ledger
         .sinks()?
@@ -234,7 +262,7 @@ pub async fn backup(
         ));
     }
     let desired = ledger.desired_at(ledger.head()?.seq)?;
-    let mut report = BackupReport::default();
+    let mut done_all = BackupReport::default();
     // Only what every backup holds once resynced may leave the primary.
     let mut everywhere: Option<HashSet<SecretId>> = None;
     for name in backups {
@@ -248,7 +276,7 @@ pub async fn backup(
             mode,
             None,
             progress,
-            &mut |d| found(&name, d),
+            report,
         )
         .await?;
         if delete_secrets && !dry_run {
@@ -258,29 +286,29 @@ pub async fn backup(
                 Some(before) => before.intersection(&held).copied().collect(),
             });
         }
-        report.backups.push((name, done));
+        done_all.backups.push((name, done));
     }
     if let Some(everywhere) = everywhere {
         let primary = project::primary(ledger)?.ok_or_else(no_primary)?;
         let (_, sink) = ledger.open_sink(&primary)?;
         let _projectors_wait = lock_sink_writes(ledger, &primary, &ProjectOptions::default()).await?;
         let removed = empty_sink(&*sink, desired.seq, &|id| everywhere.contains(&id)).await?;
-        report.emptied = Some((primary, removed));
+        done_all.emptied = Some((primary, removed));
     }
-    Ok(report)
+    Ok(done_all)
 }
 
 /// Repair the primary from the ledger (a wiped, damaged or lost primary): resync it to the
 /// head, only the named secrets if `secrets` names any (everything else it holds is left as
-/// it is). A primary whose sqlite file is gone is rebuilt from scratch. `found` sees the
-/// primary's name and the difference before anything is written.
+/// it is). A primary whose sqlite file is gone is rebuilt from scratch. `report` follows the
+/// resync as it goes.
 pub async fn repair_primary(
     ledger: &Ledger,
     actor: &str,
     secrets: &[String],
     dry_run: bool,
     progress: Progress<'_>,
-    found: &mut dyn FnMut(&str, &[Difference]),
+    report: &mut dyn FnMut(Resync<'_>),
 ) -> Result<Reconciled> {
     let primary = project::primary(ledger)?.ok_or_else(no_primary)?;
     if !dry_run {
@@ -303,7 +331,7 @@ pub async fn repair_primary(
         mode,
         only,
         progress,
-        &mut |d| found(&primary, d),
+        report,
     )
     .await
 }

@@ -8,7 +8,6 @@ use zeroize::Zeroizing;
 
 use crate::crypto::SecretValues;
 use crate::error::Result;
-use crate::SecretId;
 
 /// A backend's own secrets, outside sledger's objects. Read-only: nothing in the backend
 /// changes.
@@ -43,9 +42,11 @@ pub fn values_from_text(text: &str) -> SecretValues {
     values
 }
 
+#[cfg_attr(
+    not(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault")),
+    allow(dead_code)
+)]
 /// Whether `name` is one of sledger's objects under `prefix`.
 pub(crate) fn is_sledger_object(prefix: &str, name: &str) -> bool {
-    name.strip_prefix(prefix)
-        .and_then(|rest| SecretId::parse_str(rest).ok())
-        .is_some_and(|id| super::object_name(prefix, id) == name)
+    super::object_id(prefix, name).is_some()
 }

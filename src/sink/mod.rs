@@ -191,6 +191,10 @@ impl SinkRecord {
         }
     }
 
+    #[cfg_attr(
+        not(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault")),
+        allow(dead_code)
+    )]
     /// The record a backend object holds: `meta` from its metadata, at `seq`, and the values
     /// from its stored JSON. An object holding anything else is an error naming `object`
     /// (never quoting its text).
@@ -263,6 +267,21 @@ pub fn object_name(prefix: &str, id: SecretId) -> String {
     format!("{prefix}{id}")
 }
 
+#[cfg_attr(
+    not(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault")),
+    allow(dead_code)
+)]
+/// The secret whose object `name` is, if it is one of sledger's objects under `prefix`
+/// (exactly as [`object_name`] spells it).
+pub(crate) fn object_id(prefix: &str, name: &str) -> Option<SecretId> {
+    let id = SecretId::parse_str(name.strip_prefix(prefix)?).ok()?;
+    (object_name(prefix, id) == name).then_some(id)
+}
+
+#[cfg_attr(
+    not(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault")),
+    allow(dead_code)
+)]
 /// One async lock per object, for sinks whose write is more than one request (the values,
 /// then the metadata carrying the seq): writes to one object from this process take turns.
 #[derive(Default)]
@@ -270,6 +289,10 @@ pub(crate) struct ObjectLocks(
     std::sync::Mutex<std::collections::HashMap<SecretId, Arc<tokio::sync::Mutex<()>>>>,
 );
 
+#[cfg_attr(
+    not(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault")),
+    allow(dead_code)
+)]
 impl ObjectLocks {
     pub(crate) async fn lock(&self, id: SecretId) -> tokio::sync::OwnedMutexGuard<()> {
         let lock = self

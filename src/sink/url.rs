@@ -97,15 +97,18 @@ pub(crate) struct UrlParts<'a> {
 }
 
 impl UrlParts<'_> {
-    /// Remove and return parameter `key`.
+    /// Remove parameter `key`; given more than once, the last one counts.
     pub fn take(&mut self, key: &str) -> Option<String> {
-        let at = self.params.iter().position(|(k, _)| k == key)?;
-        Some(self.params.remove(at).1)
+        self.take_all(key).pop()
     }
 
-    /// Every value of a repeatable parameter.
+    /// Every value of a repeatable parameter, in order.
     pub fn take_all(&mut self, key: &str) -> Vec<String> {
-        std::iter::from_fn(|| self.take(key)).collect()
+        let (taken, rest) = std::mem::take(&mut self.params)
+            .into_iter()
+            .partition(|(k, _)| k == key);
+        self.params = rest;
+        taken.into_iter().map(|(_, v): (String, String)| v).collect()
     }
 
     /// A numeric parameter within `range`; `Err(())` if present but not such a number.

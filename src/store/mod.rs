@@ -178,9 +178,11 @@ impl<'a> Write<'a> {
         })
     }
 
+    /// Commit; if that fails, the transaction is rolled back (a failed COMMIT can leave it open).
     pub fn commit(mut self) -> Result<()> {
-        self.finished = true;
-        self.store.commit()
+        let committed = self.store.commit();
+        self.finished = committed.is_ok();
+        committed
     }
 }
 

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use sledger::replay::orchestrate::{self, MigratePlan, MigrateStep, MigrateTo, Mode, Phase, Reconciled};
+use sledger::replay::orchestrate::{self, MigratePlan, MigrateStep, MigrateTo, Mode, Phase, Resync};
 use sledger::replay::{self, ApplyReport, Desired, Difference, Target};
 use sledger::sink::{Sink, SinkUrl};
 use sledger::Ledger;
@@ -65,8 +65,34 @@ impl Bars {
 
 impl Drop for Bars {
     fn drop(&mut self) {
+        self.clear();
+    }
+}
+
+impl Bars {
+    fn clear(&self) {
         self.comparing.finish_and_clear();
         self.writing.finish_and_clear();
+    }
+
+    /// Print what a resync reports: the difference when nothing is applied (a dry run, or in
+    /// sync), and what applying did.
+    fn show<'a>(&'a self, ctx: &'a Context) -> impl FnMut(Resync<'_>) + 'a {
+        move |event| match event {
+            Resync::Found {
+                sink,
+                differences,
+                applying: false,
+            } => {
+                self.clear();
+                print_differences(ctx, sink, differences)
+            }
+            Resync::Found { .. } => {}
+            Resync::Applied { sink, seq, report } => {
+                self.clear();
+                print_applied(ctx, sink, seq, report)
+            }
+        }
     }
 }
 
@@ -128,7 +154,7 @@ async fn reconcile_sink(
     only: Option<&dyn Fn(&Difference) -> bool>,
 ) -> Result<()> {
     let bars = Bars::new(ctx);
-    let done = orchestrate::reconcile(
+    orchestrate::reconcile(
         attached_to,
         name,
         sink,
@@ -136,13 +162,9 @@ async fn reconcile_sink(
         mode,
         only,
         &bars.progress(),
-        &mut |d| print_differences(ctx, name, d),
+        &mut bars.show(ctx),
     )
     .await?;
-    drop(bars);
-    if let Some(report) = &done.applied {
-        print_applied(ctx, name, desired.seq, report);
-    }
     Ok(())
 }
 
@@ -212,19 +234,9 @@ pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
         args.dry_run,
         args.delete_secrets,
         &bars.progress(),
-        &mut |name, d| {
-            if args.dry_run || d.is_empty() {
-                print_differences(ctx, name, d)
-            }
-        },
+        &mut bars.show(ctx),
     ))?;
     drop(bars);
-    let head = ledger.head()?.seq;
-    for (name, Reconciled { applied, .. }) in &report.backups {
-        if let Some(applied) = applied {
-            print_applied(ctx, name, head, applied);
-        }
-    }
     if let Some((primary, removed)) = report.emptied {
         if ctx.json() {
             output::json_line(&json!({"sink": primary, "deleted": removed}));
@@ -240,22 +252,14 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
     if args.target.at.is_none() && args.target.seq.is_none() {
         // No point in time: repair the primary from the ledger (a wiped or damaged primary).
         let bars = Bars::new(ctx);
-        let mut primary = String::new();
-        let repaired = block_on(orchestrate::repair_primary(
+        block_on(orchestrate::repair_primary(
             &ledger,
             &ctx.actor,
             &args.secrets,
             args.dry_run,
             &bars.progress(),
-            &mut |name, d| {
-                primary = name.to_owned();
-                print_differences(ctx, name, d)
-            },
+            &mut bars.show(ctx),
         ))?;
-        drop(bars);
-        if let (Some(report), Some(head)) = (&repaired.applied, ledger.head().ok()) {
-            print_applied(ctx, &primary, head.seq, report);
-        }
         return Ok(());
     }
     let seq = target(&ledger, &args.target)?;

@@ -19,7 +19,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::OnceCell;
 
 use super::foreign::{is_sledger_object, values_from_text, ForeignSecrets};
-use super::{object_name, Capabilities, DeleteMode, ObjectLocks, RecordMeta, Sink, SinkEntry, SinkRecord};
+use super::{
+    object_id, object_name, Capabilities, DeleteMode, ObjectLocks, RecordMeta, Sink, SinkEntry, SinkRecord,
+};
 use crate::crypto::SecretValues;
 use crate::error::{Error, Result};
 use crate::SecretId;
@@ -411,13 +413,10 @@ impl Sink for AwsSink {
             let page = page.map_err(|e| self.failure("cannot list secrets", e))?;
             for entry in page.secret_list() {
                 let Some(name) = entry.name() else { continue };
-                let Some(id) = name
-                    .strip_prefix(&self.config.prefix)
-                    .and_then(|r| SecretId::parse_str(r).ok())
-                else {
+                let Some(id) = object_id(&self.config.prefix, name) else {
                     continue;
                 };
-                if name != object_name(&self.config.prefix, id) || entry.deleted_date().is_some() {
+                if entry.deleted_date().is_some() {
                     continue;
                 }
                 let (seq, deleted, meta) = Self::described(entry.description());

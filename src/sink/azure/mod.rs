@@ -34,7 +34,7 @@ use zeroize::Zeroizing;
 
 use super::foreign::{is_sledger_object, values_from_text, ForeignSecrets};
 use super::tagged::{TagLimits, Tagged};
-use super::{object_name, Capabilities, DeleteMode, ObjectLocks, Sink, SinkEntry, SinkRecord};
+use super::{object_id, object_name, Capabilities, DeleteMode, ObjectLocks, Sink, SinkEntry, SinkRecord};
 use crate::crypto::SecretValues;
 use crate::error::{Error, Result};
 use crate::SecretId;
@@ -442,10 +442,7 @@ impl Sink for AzureSink {
     async fn list(&self) -> Result<Vec<SinkEntry>> {
         let mut out = Vec::new();
         for (name, properties) in self.all_secrets().await? {
-            let Some(id) = name
-                .strip_prefix(&self.config.prefix)
-                .and_then(|r| SecretId::parse_str(r).ok())
-            else {
+            let Some(id) = object_id(&self.config.prefix, &name) else {
                 continue;
             };
             if name != object_name(&self.config.prefix, id) {

@@ -1,10 +1,11 @@
 //! Layers: decorators that every sink opened from a URL is wrapped in, one module each
-//! (OpenDAL's layers are the model). From the inside out: [`Pace`] (`max_rps`), [`Timeout`]
-//! (per request), [`Retry`] (temporary errors of writes). A backend does not retry on its own
+//! (OpenDAL's layers are the model). From the inside out: [`Timeout`] (per request, so time
+//! spent waiting for a `max_rps` slot does not count), [`Pace`] (`max_rps`), [`Retry`]
+//! (temporary errors of writes, within the caller's deadline: [`retry::within_deadline`]). A backend does not retry on its own
 //! where these layers cannot see it: the cloud clients are built with their retries off.
 
 mod pace;
-mod retry;
+pub mod retry;
 mod timeout;
 
 use std::sync::Arc;
@@ -38,11 +39,11 @@ impl Default for Layers {
 
 impl Layers {
     pub fn wrap(&self, sink: Arc<dyn Sink>) -> Arc<dyn Sink> {
+        let sink: Arc<dyn Sink> = Arc::new(Timeout::new(sink, self.timeout));
         let sink: Arc<dyn Sink> = match self.max_rps {
             Some(per_second) => Arc::new(Pace::new(sink, per_second)),
             None => sink,
         };
-        let sink = Arc::new(Timeout::new(sink, self.timeout));
         Arc::new(Retry::new(sink, self.retry.clone()))
     }
 }

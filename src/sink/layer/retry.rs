@@ -9,6 +9,22 @@ use async_trait::async_trait;
 use rand::Rng;
 
 use crate::error::Result;
+
+tokio::task_local! {
+    static DEADLINE: std::time::Instant;
+}
+
+/// Run `work` with a deadline the [`Retry`] layer honours: no retry starts after it, and no
+/// backoff sleeps past it (the projector's batches and `--wait` use this).
+pub async fn within_deadline<F: std::future::Future>(
+    deadline: Option<std::time::Instant>,
+    work: F,
+) -> F::Output {
+    match deadline {
+        Some(deadline) => DEADLINE.scope(deadline, work).await,
+        None => work.await,
+    }
+}
 use crate::sink::{Capabilities, DeleteMode, Sink, SinkEntry, SinkRecord};
 use crate::SecretId;
 
@@ -58,12 +74,16 @@ impl Retry {
         F: Fn() -> Fut + Send + Sync,
         Fut: std::future::Future<Output = Result<()>> + Send,
     {
+        let deadline = DEADLINE.try_with(|d| *d).ok();
         let mut attempt = 0;
         loop {
+            let left = deadline.map_or(Duration::MAX, |d| {
+                d.saturating_duration_since(std::time::Instant::now())
+            });
             match call().await {
-                Err(e) if e.is_temporary() && attempt + 1 < self.policy.max_attempts => {
+                Err(e) if e.is_temporary() && attempt + 1 < self.policy.max_attempts && !left.is_zero() => {
                     tracing::debug!(sink = self.inner.kind(), attempt, error = %e, "temporary sink error; backing off");
-                    tokio::time::sleep(self.policy.backoff(attempt)).await;
+                    tokio::time::sleep(self.policy.backoff(attempt).min(left)).await;
                     attempt += 1;
                 }
                 other => return other,

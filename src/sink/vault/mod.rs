@@ -28,7 +28,7 @@ mod session;
 use session::Session;
 
 use super::foreign::{is_sledger_object, ForeignSecrets};
-use super::{object_name, Capabilities, DeleteMode, ObjectLocks, Sink, SinkEntry, SinkRecord};
+use super::{object_id, object_name, Capabilities, DeleteMode, ObjectLocks, Sink, SinkEntry, SinkRecord};
 use crate::crypto::SecretValues;
 use crate::error::{Error, Result};
 use crate::event::Scope;
@@ -336,10 +336,7 @@ impl Sink for VaultSink {
         let mut out = Vec::new();
         for key in keys {
             let key = format!("{dir}{key}");
-            let Some(id) = key
-                .strip_prefix(&self.config.prefix)
-                .and_then(|rest| SecretId::parse_str(rest).ok())
-            else {
+            let Some(id) = object_id(&self.config.prefix, &key) else {
                 continue;
             };
             if key != self.path(id) {

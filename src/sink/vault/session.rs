@@ -60,6 +60,9 @@ pub(super) struct Session {
     current: Mutex<Option<Current>>,
 }
 
+/// How soon a failed renewal or login is tried again.
+const RETRY_REFRESH: Duration = Duration::from_secs(5);
+
 fn refresh_at(ttl_seconds: u64) -> Option<Instant> {
     (ttl_seconds > 0).then(|| Instant::now() + Duration::from_secs(ttl_seconds) * 2 / 3)
 }
@@ -75,9 +78,15 @@ impl Session {
     /// A client with a token that is valid now.
     pub async fn client(&self) -> Result<Arc<VaultClient>> {
         let mut current = self.current.lock().await;
-        match current.as_mut() {
-            Some(c) if c.refresh_at.is_none_or(|at| Instant::now() < at) => return Ok(c.client.clone()),
-            Some(c) if c.renewable => match vaultrs::token::renew_self(&*c.client, None).await {
+        let Some(c) = current.as_mut() else {
+            let fresh = self.log_in().await?;
+            return Ok(current.insert(fresh).client.clone());
+        };
+        if c.refresh_at.is_none_or(|at| Instant::now() < at) {
+            return Ok(c.client.clone());
+        }
+        if c.renewable {
+            match vaultrs::token::renew_self(&*c.client, None).await {
                 Ok(auth) if auth.lease_duration >= c.issued_ttl || !self.can_log_in() => {
                     tracing::debug!(ttl = auth.lease_duration, "vault token renewed");
                     c.refresh_at = refresh_at(auth.lease_duration);
@@ -86,19 +95,20 @@ impl Session {
                 }
                 // Capped by the max TTL: a fresh login lasts longer.
                 Ok(_) => {}
-                Err(e) => tracing::debug!(error = %e, "vault token renewal failed; logging in again"),
-            },
-            Some(c) if !self.can_log_in() => {
-                // Nothing to renew it with: use it until the server refuses it.
-                c.refresh_at = None;
-                return Ok(c.client.clone());
+                Err(e) => tracing::debug!(error = %e, "vault token renewal failed"),
             }
-            _ => {}
         }
-        let fresh = self.log_in().await?;
-        let client = fresh.client.clone();
-        *current = Some(fresh);
-        Ok(client)
+        // Log in again (AppRole), or look the token up again (VAULT_TOKEN: it may have been
+        // replaced, or the last lookup failed). If that fails too, keep the token there is,
+        // which may still be valid, and try again shortly: a blip must not stop renewal.
+        match self.log_in().await {
+            Ok(fresh) => Ok(current.insert(fresh).client.clone()),
+            Err(e) => {
+                tracing::debug!(error = %e, "vault login failed; keeping the current token for now");
+                c.refresh_at = Some(Instant::now() + RETRY_REFRESH);
+                Ok(c.client.clone())
+            }
+        }
     }
 
     fn can_log_in(&self) -> bool {
@@ -130,13 +140,11 @@ impl Session {
                 client.set_token(&auth.client_token);
                 (auth.lease_duration, auth.renewable)
             }
-            // A token that may not look itself up is used as it is.
             Credentials::Token => match vaultrs::token::lookup_self(&client).await {
                 Ok(token) => (token.ttl, token.renewable.unwrap_or(false)),
-                Err(e) => {
-                    tracing::debug!(error = %e, "cannot look up the vault token's TTL; not renewing it");
-                    (0, false)
-                }
+                // A token that may not look itself up is used as it is.
+                Err(ClientError::APIError { code: 403, .. }) => (0, false),
+                Err(e) => return Err(self.failure("cannot look up the token's TTL", e)),
             },
         };
         tracing::debug!(ttl, renewable, "vault client ready");
