@@ -67,14 +67,6 @@ impl LedgerHandle {
         Ok(Self::start(writer, master))
     }
 
-    /// Share an open, unlocked ledger: it becomes the writer's connection.
-    pub fn from_ledger(writer: Ledger, master: MasterKey) -> Result<LedgerHandle> {
-        if !writer.key_matches(&master)? {
-            return Err(Error::WrongKey);
-        }
-        Ok(Self::start(writer, master))
-    }
-
     fn start(mut writer: Ledger, master: MasterKey) -> LedgerHandle {
         let (send, receive) = mpsc::channel::<Write>();
         let head = writer.head().map(|h| h.seq).unwrap_or(0);

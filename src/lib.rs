@@ -7,7 +7,7 @@
 //! * [`Ledger`] is the façade: commands in, events appended, reads out; [`LedgerHandle`]
 //!   shares one between many tasks, with group commit.
 //! * [`store`] is the storage seam: everything the ledger persists, behind one trait.
-//! * [`replay::orchestrate`], [`project::service`], [`setup`] and [`adopt`] are the operations
+//! * [`replay::orchestrate`], [`project::service`], [`setup`] and [`import`] are the operations
 //!   every front end calls (backup, migrate, continuous projection, init, adoption).
 //! * [`event`] holds the event types, codec and hash chain; [`log`] the event log.
 //! * [`crypto`] is the only module that touches ciphers.
@@ -15,12 +15,12 @@
 //!
 //! The library never prints; it reports progress through callbacks.
 
-pub mod adopt;
 pub mod catalog;
 pub mod crypto;
 pub mod error;
 pub mod event;
 pub mod handle;
+pub mod import;
 pub mod keyfile;
 pub mod ledger;
 pub mod log;

@@ -1,4 +1,4 @@
-//! Reads with fallback (DESIGN.md §8): the primary, then the backups when the primary is
+//! Reads with fallback (ARCHITECTURE.md): the primary, then the backups when the primary is
 //! unreachable, misses the secret or errors, then the ledger itself, which is always consistent.
 
 use serde::Serialize;

@@ -99,11 +99,7 @@ pub fn init_embedded(
             if let Some(file) = key_file {
                 let _ = std::fs::remove_file(file);
             }
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = ledger_path.as_os_str().to_owned();
-                p.push(suffix);
-                let _ = std::fs::remove_file(PathBuf::from(p));
-            }
+            crate::store::sqlite::SqliteStore::remove_files(ledger_path);
             let _ = std::fs::remove_file(&sink_file);
             Err(e)
         }

@@ -54,8 +54,7 @@ pub(super) fn check_metadata_fits(tx: &dyn Store, meta: &SecretMeta) -> Result<(
         version: meta.version,
     };
     for sink in sinks.values() {
-        // Values were checked (with the error that says so) before they were sealed.
-        if let Err(limit) = SinkUrl::parse(&sink.url)?.capabilities().check_fits(&record, 0) {
+        if let Err(limit) = SinkUrl::parse(&sink.url)?.capabilities().check_metadata(&record) {
             return Err(Error::SinkLimit {
                 name: meta.name.clone(),
                 sink: sink.name.clone(),

@@ -223,11 +223,7 @@ impl Ledger {
         })();
         if let Err(e) = written {
             drop(store);
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = path.as_os_str().to_owned();
-                p.push(suffix);
-                let _ = std::fs::remove_file(PathBuf::from(p));
-            }
+            SqliteStore::remove_files(path);
             return Err(e);
         }
         Ok(Ledger {

@@ -1,4 +1,4 @@
-//! Projectors: bring a sink up to the ledger's head (DESIGN.md §7).
+//! Projectors: bring a sink up to the ledger's head (ARCHITECTURE.md).
 //!
 //! Events after the sink's checkpoint are read in batches; each batch is compacted to the
 //! final state of every secret it touches (so 1 000 updates of one secret cost one write),

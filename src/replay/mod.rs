@@ -1,4 +1,4 @@
-//! Replays (DESIGN.md §9): fold the log up to a target into the state a sink should hold,
+//! Replays (ARCHITECTURE.md): fold the log up to a target into the state a sink should hold,
 //! compare it with what the sink holds, and apply the difference.
 //!
 //! `replay --into`, `backup`, `diff`/`reconcile`, `migrate` and the repair form of `restore`

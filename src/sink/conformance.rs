@@ -1,4 +1,4 @@
-//! The behaviour every [`Sink`] must show, as one suite (DESIGN.md §10). A sink's tests call
+//! The behaviour every [`Sink`] must show, as one suite (ARCHITECTURE.md). A sink's tests call
 //! [`run_all`] with a function that opens a sink of that kind on one shared backend under a
 //! given prefix. The suite panics (like any test) on the first violation.
 

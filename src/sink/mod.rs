@@ -84,20 +84,10 @@ impl Capabilities {
         }
     }
 
-    /// Check that a secret with this metadata and a value map of `value_bytes` fits; the
-    /// error names the limit (the caller adds which sink).
-    pub fn check_fits(
-        &self,
-        meta: &RecordMeta,
-        value_bytes: usize,
-    ) -> std::result::Result<(), LimitExceeded> {
-        if value_bytes > self.max_value_bytes {
-            return Err(LimitExceeded {
-                what: "its values as JSON",
-                size: value_bytes,
-                limit: self.max_value_bytes,
-            });
-        }
+    /// Check that a secret with this metadata fits the backend's tags, labels or description
+    /// (values are checked against `max_value_bytes` before they are sealed); the error names
+    /// the limit (the caller adds which sink).
+    pub fn check_metadata(&self, meta: &RecordMeta) -> std::result::Result<(), LimitExceeded> {
         if self.max_meta_bytes == usize::MAX && self.max_field_bytes == usize::MAX {
             return Ok(());
         }

@@ -1,4 +1,4 @@
-//! The storage seam (DESIGN.md §13): everything the ledger persists, behind one trait.
+//! The storage seam (ARCHITECTURE.md): everything the ledger persists, behind one trait.
 //!
 //! [`Store`] covers the event log (append with its chain, ranges, head), the catalog rows,
 //! wrapped data keys, the sink registry, projection state (checkpoints, parked secrets, last

@@ -61,6 +61,15 @@ impl SqliteStore {
         })
     }
 
+    /// Remove a ledger file and its WAL companions (undoing a creation that failed half-way).
+    pub fn remove_files(path: &Path) {
+        for suffix in ["", "-wal", "-shm"] {
+            let mut file = path.as_os_str().to_owned();
+            file.push(suffix);
+            let _ = std::fs::remove_file(PathBuf::from(file));
+        }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -151,7 +151,6 @@ async fn reconcile_sink(
     sink: &dyn Sink,
     desired: &Desired,
     mode: Mode,
-    only: Option<&dyn Fn(&Difference) -> bool>,
 ) -> Result<()> {
     let bars = Bars::new(ctx);
     orchestrate::reconcile(
@@ -160,7 +159,7 @@ async fn reconcile_sink(
         sink,
         desired,
         mode,
-        only,
+        None,
         &bars.progress(),
         &mut bars.show(ctx),
     )
@@ -184,7 +183,6 @@ pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
         &*sink,
         &desired,
         mode,
-        None,
     ))
 }
 
@@ -222,7 +220,6 @@ pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
         &*sink,
         &desired,
         Mode::Apply,
-        None,
     ))
 }
 

@@ -1,0 +1,234 @@
+//! Bringing secrets in: records read from a file (`sledger import --file`: JSON, JSON lines
+//! or a dotenv file), and an existing estate a backend already holds (`import --from URL`:
+//! the secrets a Vault mount, an AWS, GCP or Azure backend holds outside sledger's own
+//! objects). Adopting an estate is all or nothing: part of it adopted silently would leave the
+//! rest unmanaged.
+
+use std::collections::BTreeMap;
+use std::io::BufRead;
+use std::path::Path;
+
+use serde::Deserialize;
+use zeroize::Zeroizing;
+
+use crate::crypto::SecretValues;
+use crate::error::{Error, Result};
+use crate::event::Scope;
+use crate::ledger::Command;
+use crate::sink::{redacted, SinkUrl};
+
+/// One secret to import.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Record {
+    pub name: String,
+    pub values: BTreeMap<String, Zeroizing<String>>,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub private: bool,
+}
+
+impl Record {
+    /// Create the secret, or replace its values and labels if it exists.
+    pub fn into_command(self) -> Command {
+        let mut values = SecretValues::new();
+        for (k, v) in &self.values {
+            values.insert(k.as_str(), v.as_str());
+        }
+        Command::Put {
+            name: self.name,
+            scope: if self.private {
+                Scope::Private
+            } else {
+                Scope::Workspace
+            },
+            labels: self.labels,
+            values,
+        }
+    }
+}
+
+/// How an import file is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// An array of {"name", "values", "labels"?, "private"?} objects.
+    Json,
+    /// One such object per line.
+    Jsonl,
+    /// KEY=VALUE lines: one secret, whose keys are the variables.
+    Dotenv,
+}
+
+impl Format {
+    /// The format a file's name suggests: `.json`, `.env` (or a file called `.env`), else JSON lines.
+    pub fn of(path: &Path) -> Format {
+        match path.extension().and_then(|e| e.to_str()) {
+            Some("json") => Format::Json,
+            Some("env") => Format::Dotenv,
+            _ if path.file_name().is_some_and(|n| n == ".env") => Format::Dotenv,
+            _ => Format::Jsonl,
+        }
+    }
+}
+
+fn bad_record(where_: String, e: &serde_json::Error) -> Error {
+    // Only the position: serde_json's message may quote the offending (secret) text.
+    Error::invalid(format!(
+        "{where_} is not a secret record {{\"name\", \"values\", \"labels\"?, \"private\"?}} (column {})",
+        e.column()
+    ))
+}
+
+/// Read the records of an import file. A dotenv file is one secret, called `dotenv_name`.
+pub fn read_file(path: &Path, format: Format, dotenv_name: Option<String>) -> Result<Vec<Record>> {
+    if format != Format::Dotenv && dotenv_name.is_some() {
+        return Err(Error::invalid(
+            "--name is for dotenv input (a .env file is one secret)",
+        ));
+    }
+    let cannot_read = |e| Error::io(format!("cannot read {}", path.display()), e);
+    let file =
+        std::fs::File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+    let reader = std::io::BufReader::new(file);
+    match format {
+        Format::Json => {
+            serde_json::from_reader(reader).map_err(|e| bad_record(format!("{}", path.display()), &e))
+        }
+        Format::Jsonl => {
+            let mut records = Vec::new();
+            for (i, line) in reader.lines().enumerate() {
+                let line = Zeroizing::new(line.map_err(cannot_read)?);
+                if line.trim().is_empty() {
+                    continue;
+                }
+                records.push(
+                    serde_json::from_str(&line).map_err(|e| bad_record(format!("line {}", i + 1), &e))?,
+                );
+            }
+            Ok(records)
+        }
+        Format::Dotenv => {
+            let name = dotenv_name
+                .ok_or_else(|| Error::invalid("a dotenv file is one secret: name it with --name NAME"))?;
+            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(cannot_read)?);
+            Ok(vec![Record {
+                name,
+                values: parse_dotenv(&text)?,
+                labels: BTreeMap::new(),
+                private: false,
+            }])
+        }
+    }
+}
+
+/// Read every secret under `prefix` ("" for all) of the backend at `url`, to adopt. Refuses
+/// (changing nothing) when there is none, when one has no text value to read, or when a name
+/// is not a valid sledger name. `progress(done, total)` follows the reads.
+pub async fn read_estate(
+    url: &str,
+    prefix: &str,
+    progress: &(dyn Fn(u64, u64) + Sync),
+) -> Result<Vec<Record>> {
+    let backend = SinkUrl::parse(url)?.open_foreign()?;
+    let names = backend.names(prefix).await?;
+    if names.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} holds no secrets{} outside sledger's own objects",
+            redacted(url),
+            if prefix.is_empty() {
+                String::new()
+            } else {
+                format!(" starting with {prefix:?}")
+            }
+        )));
+    }
+    let (mut estate, mut unreadable) = (Vec::new(), Vec::new());
+    for (done, name) in names.iter().enumerate() {
+        match backend.read(name).await? {
+            Some(values) => estate.push(Record {
+                name: name.clone(),
+                values: values
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), Zeroizing::new(v.to_owned())))
+                    .collect(),
+                labels: BTreeMap::new(),
+                private: false,
+            }),
+            None => unreadable.push(name.clone()),
+        }
+        progress(done as u64 + 1, names.len() as u64);
+    }
+    if !unreadable.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} secret(s) have no text value to read (binary, no enabled version, or deleted meanwhile): {}; \
+             narrow the import with --prefix",
+            unreadable.len(),
+            unreadable.join(", ")
+        )));
+    }
+    let invalid: Vec<String> = estate
+        .iter()
+        .filter_map(|r| {
+            crate::validate::secret_name(&r.name)
+                .err()
+                .map(|e| format!("{:?} ({e})", r.name))
+        })
+        .collect();
+    if !invalid.is_empty() {
+        return Err(Error::invalid(format!(
+            "{} name(s) are not valid sledger names: {}; narrow the import with --prefix",
+            invalid.len(),
+            invalid.join(", ")
+        )));
+    }
+    Ok(estate)
+}
+
+/// `KEY=VALUE` lines; blank lines and `#` comments skipped, an `export ` prefix allowed, values
+/// optionally in single quotes (literal) or double quotes (with \n, \", \\ escapes).
+pub fn parse_dotenv(text: &str) -> Result<BTreeMap<String, Zeroizing<String>>> {
+    let mut values = BTreeMap::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        // Only the line number: the line holds a value.
+        let (key, raw) = line
+            .split_once('=')
+            .ok_or_else(|| Error::invalid(format!("line {} is not KEY=VALUE", i + 1)))?;
+        let raw = raw.trim();
+        let value = if let Some(inner) = raw.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
+            inner.to_owned()
+        } else if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
+            let mut out = String::with_capacity(inner.len());
+            let mut chars = inner.chars();
+            while let Some(c) = chars.next() {
+                match (c, c == '\\') {
+                    (_, true) => match chars.next() {
+                        Some('n') => out.push('\n'),
+                        Some(other) => out.push(other),
+                        None => out.push('\\'),
+                    },
+                    (c, false) => out.push(c),
+                }
+            }
+            out
+        } else {
+            raw.to_owned()
+        };
+        if values
+            .insert(key.trim().to_owned(), Zeroizing::new(value))
+            .is_some()
+        {
+            return Err(Error::invalid(format!(
+                "line {}: {:?} is set twice",
+                i + 1,
+                key.trim()
+            )));
+        }
+    }
+    Ok(values)
+}
