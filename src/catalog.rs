@@ -126,7 +126,9 @@ fn update(m: &mut SecretMeta, stored: &StoredEvent, event: Event) -> Result<()> 
         | Event::LedgerRestored { .. }
         | Event::SinkAdded { .. }
         | Event::SinkRoleChanged { .. }
-        | Event::SinkRemoved { .. } => {
+        | Event::SinkRemoved { .. }
+        | Event::TokenIssued { .. }
+        | Event::TokenRevoked { .. } => {
             return Err(corrupt(
                 stored,
                 event_type,
@@ -166,6 +168,27 @@ pub fn apply(state: Option<SecretMeta>, stored: &StoredEvent, event: Event) -> R
             update(&mut m, stored, event)?;
             Ok(Some(m))
         }
+    }
+}
+
+impl SecretMeta {
+    /// The metadata as the CLI's `--format json` and the API show it: value keys, never
+    /// values or fingerprints.
+    pub fn to_json(&self) -> serde_json::Value {
+        use crate::event::format_millis;
+        serde_json::json!({
+            "name": self.name,
+            "id": self.id,
+            "scope": self.scope,
+            "owner": self.owner,
+            "version": self.version,
+            "status": self.status,
+            "labels": self.labels,
+            "keys": self.fingerprints.keys().collect::<Vec<_>>(),
+            "created_at": format_millis(self.created_at),
+            "updated_at": format_millis(self.updated_at),
+            "seq": self.updated_seq,
+        })
     }
 }
 
@@ -209,7 +232,10 @@ pub(crate) fn apply_sink_event(
                 return Err(corrupt(stored, event_type, "names a sink that does not exist"));
             }
         }
-        Event::KeyRotated { .. } | Event::LedgerRestored { .. } => {}
+        Event::KeyRotated { .. }
+        | Event::LedgerRestored { .. }
+        | Event::TokenIssued { .. }
+        | Event::TokenRevoked { .. } => {}
         _ => return Err(corrupt(stored, event_type, "has no secret id")),
     }
     Ok(())

@@ -317,12 +317,37 @@ impl FingerprintKey {
         fp
     }
 
+    /// What API tokens are hashed with (a key derived from this one, so token hashes and value
+    /// fingerprints never share a key).
+    pub fn token_hasher(&self) -> TokenHasher {
+        TokenHasher(Zeroizing::new(blake3::derive_key(
+            "sledger 2026 api token hash",
+            self.0 .0.as_ref(),
+        )))
+    }
+
     /// Fingerprints of every value in a map, by key.
     pub fn fingerprints(&self, values: &SecretValues) -> BTreeMap<String, Fingerprint> {
         values
             .iter()
             .map(|(k, v)| (k.to_owned(), self.fingerprint(v)))
             .collect()
+    }
+}
+
+/// Hashes API tokens into what the ledger stores. Debug never shows the key.
+#[derive(Clone)]
+pub struct TokenHasher(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for TokenHasher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenHasher(…)")
+    }
+}
+
+impl TokenHasher {
+    pub fn hash(&self, token: &str) -> [u8; 32] {
+        *blake3::keyed_hash(&self.0, token.as_bytes()).as_bytes()
     }
 }
 

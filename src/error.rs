@@ -32,6 +32,10 @@ pub enum ErrorClass {
     Internal,
     /// A sink differs from the ledger, or a replay left objects it must not roll back.
     OutOfSync,
+    /// No valid credentials were presented (server: missing, unknown, revoked or expired token).
+    Unauthenticated,
+    /// The caller is known but may not do this.
+    Denied,
 }
 
 /// Everything that can go wrong in the sledger library.
@@ -135,6 +139,18 @@ pub enum Error {
     #[error("{0}")]
     OutOfSync(String),
 
+    #[error("not authenticated: present a valid token (Authorization: Bearer …, SLEDGER_TOKEN or --token-file)")]
+    Unauthenticated,
+
+    #[error("{principal} may not {what}; ask an admin for a token whose role and patterns allow it")]
+    Denied { principal: String, what: String },
+
+    #[error("no token named {name:?}; `sledger token list` shows the tokens there are")]
+    TokenNotFound { name: String },
+
+    #[error("the access log cannot be written ({reason}); no value is served until it can")]
+    AccessLogUnavailable { reason: String },
+
     #[error("the ledger is closed for writes (the service is shutting down); retry against a running one")]
     Closed,
 
@@ -176,7 +192,11 @@ impl Error {
             | LedgerNotFound { .. }
             | Purged { .. }
             | SinkNotFound { .. }
+            | TokenNotFound { .. }
             | NotFound(_) => ErrorClass::NotFound,
+            Unauthenticated => ErrorClass::Unauthenticated,
+            Denied { .. } => ErrorClass::Denied,
+            AccessLogUnavailable { .. } => ErrorClass::Unavailable,
             Sink { temporary: true, .. } => ErrorClass::Unavailable,
             Sink { temporary: false, .. } => ErrorClass::Backend,
             AlreadyExists { .. } | WouldOverwrite { .. } => ErrorClass::AlreadyExists,

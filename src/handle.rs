@@ -12,6 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 
 use tokio::sync::{oneshot, watch};
 
+use crate::access_log::AccessRecord;
 use crate::error::{Error, Result};
 use crate::ledger::{Command, Ledger, Outcome, Request};
 use crate::MasterKey;
@@ -21,9 +22,17 @@ const MAX_GROUP: usize = 1024;
 /// Read connections kept open between reads.
 const MAX_IDLE_READERS: usize = 8;
 
-struct Write {
-    request: Request,
-    reply: oneshot::Sender<Result<Vec<Outcome>>>,
+/// A job for the writer thread.
+enum Write {
+    Request {
+        request: Request,
+        reply: oneshot::Sender<Result<Vec<Outcome>>>,
+    },
+    /// Access-log records, appended together with those of other callers.
+    Access {
+        records: Vec<AccessRecord>,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 struct Shared {
@@ -92,8 +101,35 @@ impl LedgerHandle {
                             Err(_) => break,
                         }
                     }
-                    let (requests, replies): (Vec<_>, Vec<_>) =
-                        group.into_iter().map(|w| (w.request, w.reply)).unzip();
+                    let mut requests = Vec::new();
+                    let mut replies = Vec::new();
+                    let mut access = Vec::new();
+                    let mut access_replies = Vec::new();
+                    for job in group {
+                        match job {
+                            Write::Request { request, reply } => {
+                                requests.push(request);
+                                replies.push(reply);
+                            }
+                            Write::Access { records, reply } => {
+                                access.extend(records);
+                                access_replies.push(reply);
+                            }
+                        }
+                    }
+                    if !access_replies.is_empty() {
+                        let recorded = writer.record_access(&access).map_err(|e| e.to_string());
+                        for reply in access_replies {
+                            let _ = reply.send(recorded.clone().map_err(|reason| {
+                                Error::AccessLogUnavailable {
+                                    reason: reason.clone(),
+                                }
+                            }));
+                        }
+                    }
+                    if requests.is_empty() {
+                        continue;
+                    }
                     let count = requests.len() as u64;
                     let results = writer.execute_group(requests);
                     if let Some(shared) = weak.upgrade() {
@@ -117,27 +153,45 @@ impl LedgerHandle {
         &self.shared.path
     }
 
+    /// The master key this handle opened the ledger with (for services that open their own
+    /// connections, like the projectors).
+    pub fn master_key(&self) -> &MasterKey {
+        &self.shared.master
+    }
+
     /// Apply `commands` as one all-or-nothing request on behalf of `actor`. Requests from
     /// other tasks may share its transaction, but never its outcome: a request that fails
     /// fails alone.
     pub async fn execute(&self, actor: &str, commands: Vec<Command>) -> Result<Vec<Outcome>> {
         let (reply, outcome) = oneshot::channel();
-        let write = Write {
+        self.submit(Write::Request {
             request: Request {
                 actor: actor.to_owned(),
                 commands,
             },
             reply,
-        };
+        })?;
+        outcome.await.map_err(|_| closed())?
+    }
+
+    /// Append `records` to the access log; returns once they are durable. Records from
+    /// concurrent callers share one transaction. If they cannot be written, the error is
+    /// [`Error::AccessLogUnavailable`], and the caller must not serve what it was recording.
+    pub async fn record_access(&self, records: Vec<AccessRecord>) -> Result<()> {
+        let (reply, outcome) = oneshot::channel();
+        self.submit(Write::Access { records, reply })?;
+        outcome.await.map_err(|_| closed())?
+    }
+
+    fn submit(&self, job: Write) -> Result<()> {
         self.shared
             .writes
             .lock()
             .expect("not poisoned")
             .as_ref()
             .ok_or_else(closed)?
-            .send(write)
-            .map_err(|_| closed())?;
-        outcome.await.map_err(|_| closed())?
+            .send(job)
+            .map_err(|_| closed())
     }
 
     /// Run `read` against a read connection on tokio's blocking pool.

@@ -15,11 +15,13 @@
 //!
 //! The library never prints; it reports progress through callbacks.
 
+pub mod access_log;
 pub mod catalog;
 pub mod crypto;
 pub mod error;
 pub mod event;
 pub mod handle;
+pub mod identity;
 pub mod import;
 pub mod keyfile;
 pub mod ledger;
@@ -27,6 +29,8 @@ pub mod log;
 pub mod project;
 pub mod read;
 pub mod replay;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod setup;
 pub mod sink;
 pub mod store;

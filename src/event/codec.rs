@@ -70,6 +70,20 @@ struct SinkRemovedV1<'a> {
     name: Cow<'a, str>,
 }
 
+#[derive(Serialize, Deserialize)]
+struct TokenIssuedV1<'a> {
+    name: Cow<'a, str>,
+    role: crate::identity::Role,
+    patterns: Cow<'a, [String]>,
+    expires_at: Option<i64>,
+    hash: [u8; 32],
+}
+
+#[derive(Serialize, Deserialize)]
+struct TokenRevokedV1<'a> {
+    name: Cow<'a, str>,
+}
+
 fn config() -> bincode::config::Configuration {
     bincode::config::standard()
 }
@@ -127,6 +141,22 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             role: *role,
         }),
         Event::SinkRemoved { name } => to_bytes(&SinkRemovedV1 {
+            name: Cow::Borrowed(name),
+        }),
+        Event::TokenIssued {
+            name,
+            role,
+            patterns,
+            expires_at,
+            hash,
+        } => to_bytes(&TokenIssuedV1 {
+            name: Cow::Borrowed(name),
+            role: *role,
+            patterns: Cow::Borrowed(patterns),
+            expires_at: *expires_at,
+            hash: *hash,
+        }),
+        Event::TokenRevoked { name } => to_bytes(&TokenRevokedV1 {
             name: Cow::Borrowed(name),
         }),
     };
@@ -191,6 +221,22 @@ pub fn decode(event_type: &str, event_version: u32, payload: &[u8]) -> Result<Ev
         ("sink.removed", 1) => {
             let p: SinkRemovedV1 = from_bytes(payload)?;
             Event::SinkRemoved {
+                name: p.name.into_owned(),
+            }
+        }
+        ("token.issued", 1) => {
+            let p: TokenIssuedV1 = from_bytes(payload)?;
+            Event::TokenIssued {
+                name: p.name.into_owned(),
+                role: p.role,
+                patterns: p.patterns.into_owned(),
+                expires_at: p.expires_at,
+                hash: p.hash,
+            }
+        }
+        ("token.revoked", 1) => {
+            let p: TokenRevokedV1 = from_bytes(payload)?;
+            Event::TokenRevoked {
                 name: p.name.into_owned(),
             }
         }

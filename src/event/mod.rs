@@ -16,6 +16,17 @@ use crate::SecretId;
 /// Unix milliseconds.
 pub type Millis = i64;
 
+/// Unix ms → RFC 3339 (UTC, always three fractional digits, so columns line up).
+pub fn format_millis(ms: Millis) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
 /// Who may see a secret: everyone using the ledger, or only its owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,6 +111,17 @@ pub enum Event {
     LedgerRestored {
         target_seq: u64,
     },
+    /// An API token was issued. Only its keyed hash is recorded, never the token.
+    TokenIssued {
+        name: String,
+        role: crate::identity::Role,
+        patterns: Vec<String>,
+        expires_at: Option<Millis>,
+        hash: [u8; 32],
+    },
+    TokenRevoked {
+        name: String,
+    },
 }
 
 /// What a sink is for.
@@ -170,6 +192,8 @@ impl Event {
             Event::SinkRoleChanged { .. } => "sink.role_changed",
             Event::SinkRemoved { .. } => "sink.removed",
             Event::LedgerRestored { .. } => "ledger.restored",
+            Event::TokenIssued { .. } => "token.issued",
+            Event::TokenRevoked { .. } => "token.revoked",
         }
     }
 
@@ -195,6 +219,8 @@ pub const EVENT_TYPES: &[&str] = &[
     "sink.role_changed",
     "sink.removed",
     "ledger.restored",
+    "token.issued",
+    "token.revoked",
 ];
 
 /// One row of the `events` table.

@@ -175,6 +175,17 @@ pub(super) enum Planned {
     Nothing(SecretMeta),
 }
 
+/// The token registry as of the store's head.
+pub(super) fn tokens(store: &dyn Store) -> Result<crate::identity::Tokens> {
+    let mut tokens = crate::identity::Tokens::default();
+    store.scan_types(crate::identity::TOKEN_EVENT_TYPES, 0, &mut |stored| {
+        let event = stored.decode()?;
+        tokens.apply(&stored, event);
+        Ok(true)
+    })?;
+    Ok(tokens)
+}
+
 /// One caller's commands, applied all-or-nothing (see [`Ledger::execute_group`]).
 #[derive(Debug, Clone)]
 pub struct Request {
@@ -325,6 +336,40 @@ pub(super) fn plan(
         | Command::SetSinkRole { .. }
         | Command::PromoteSink { .. }
         | Command::RemoveSink { .. } => plan_sink(tx, command)?,
+        Command::IssueToken {
+            name,
+            role,
+            patterns,
+            expires_at,
+            token,
+        } => {
+            crate::identity::validate_token_name(&name)?;
+            crate::identity::validate_patterns(&patterns)?;
+            let keys = need_keys(keys)?;
+            if expires_at.is_some_and(|at| at <= now_ms()) {
+                return Err(Error::invalid("the token's expiry is in the past; give a future --expires"));
+            }
+            if tokens(tx)?.get(&name).is_some_and(|t| t.revoked_at.is_none()) {
+                return Err(Error::AlreadyExists {
+                    name,
+                    scope: "token".into(),
+                });
+            }
+            Planned::Ledger(vec![Event::TokenIssued {
+                name,
+                role,
+                patterns,
+                expires_at,
+                hash: keys.fingerprint.token_hasher().hash(&token.0),
+            }])
+        }
+        Command::RevokeToken { name } => {
+            match tokens(tx)?.get(&name) {
+                Some(t) if t.revoked_at.is_none() => {}
+                _ => return Err(Error::TokenNotFound { name }),
+            }
+            Planned::Ledger(vec![Event::TokenRevoked { name }])
+        }
         Command::RecordRestore {
             target_seq,
             planned_at,

@@ -74,6 +74,20 @@ pub(super) fn describe(
         Event::LedgerRestored { target_seq } => Some(format!(
             "restore to the state after seq {target_seq}; the compensating events follow"
         )),
+        Event::TokenIssued {
+            name,
+            role,
+            patterns,
+            expires_at,
+            ..
+        } => Some(format!(
+            "token {name} issued: {role} on {}{}",
+            patterns.join(", "),
+            expires_at
+                .map(|at| format!(", expires {}", crate::event::format_millis(at)))
+                .unwrap_or_default()
+        )),
+        Event::TokenRevoked { name } => Some(format!("token {name} revoked")),
         _ => None,
     };
     let labels = match event {

@@ -16,6 +16,7 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::{Read, Store, StoreLog, Write};
 use crate::{validate, SecretId};
 
+mod access;
 mod append;
 mod audit;
 mod keys;
@@ -108,6 +109,16 @@ pub enum Command {
     RemoveSink {
         name: String,
     },
+    /// Issue an API token; only its keyed hash is recorded.
+    IssueToken {
+        name: String,
+        role: crate::identity::Role,
+        patterns: Vec<String>,
+        expires_at: Option<Millis>,
+        token: crate::identity::TokenSecret,
+    },
+    /// Revoke an API token: refused from its next request on.
+    RevokeToken { name: String },
     /// Record that the commands after it restore the state after `target_seq` (so the audit
     /// log says what a burst of compensating events was for).
     RecordRestore {

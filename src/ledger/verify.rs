@@ -75,6 +75,7 @@ impl Ledger {
         })?;
         progress(head.seq, head.seq);
         self.check_catalog_rows(&catalog)?;
+        self.verify_access_log()?;
         Ok(head)
     }
 

@@ -27,6 +27,7 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../schema/ledger/0002_keys_and_settings.sql")),
         M::up(CATALOG_SQL),
         M::up(SINKS_SQL),
+        M::up(include_str!("../../schema/ledger/0005_tokens_and_access_log.sql")),
     ])
 }
 
@@ -165,7 +166,7 @@ pub fn insert(conn: &Connection, e: &StoredEvent) -> Result<()> {
     Ok(())
 }
 
-const SELECT_EVENTS: &str = "SELECT seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash FROM events";
+pub(crate) const SELECT_EVENTS: &str = "SELECT seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash FROM events";
 
 /// Read a row without trusting its types: a tampered row is a broken chain, not a crash.
 fn read_row(r: &Row<'_>) -> Result<StoredEvent> {
@@ -215,7 +216,7 @@ fn read_row(r: &Row<'_>) -> Result<StoredEvent> {
     })
 }
 
-fn visit_rows(
+pub(crate) fn visit_rows(
     stmt: &mut rusqlite::CachedStatement<'_>,
     params: impl rusqlite::Params,
     visit: &mut dyn FnMut(StoredEvent) -> Result<bool>,

@@ -19,6 +19,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::access_log::AccessEntry;
 use crate::catalog::{SecretMeta, SinkConfig, Status};
 use crate::error::Result;
 use crate::event::{Millis, StoredEvent};
@@ -85,6 +86,8 @@ pub trait Store: Send {
     fn scan_secret(&self, id: SecretId, to: u64, visit: Visit<'_>) -> Result<()>;
     /// The seq of the last event recorded at or before `at` (0 if none).
     fn seq_at_time(&self, at: Millis) -> Result<u64>;
+    /// Events whose type is one of `types`, with seq > `after`, in seq order.
+    fn scan_types(&self, types: &[&str], after: u64, visit: Visit<'_>) -> Result<()>;
     /// The secrets that events `after+1 ..= through` touch, ordered by the seq of each one's
     /// last event there.
     fn secrets_touched(&self, after: u64, through: u64) -> Result<Vec<SecretId>>;
@@ -138,6 +141,16 @@ pub trait Store: Send {
     fn unpark(&self, sink: &str, id: SecretId, seq: u64) -> Result<()>;
     /// The sink's parked secrets, by seq.
     fn parked(&self, sink: &str) -> Result<Vec<Parked>>;
+
+    // The access log: a second chain, gap-free from 1, append-only.
+
+    /// The last row's (seq, hash), or (0, genesis) when empty.
+    fn access_head(&self) -> Result<(u64, [u8; 32])>;
+    /// Insert rows the caller chained after [`Store::access_head`] (inside the write
+    /// transaction).
+    fn append_access(&self, entries: &[AccessEntry]) -> Result<()>;
+    /// Rows with seq > `after`, in seq order, until `visit` returns false.
+    fn scan_access(&self, after: u64, visit: &mut dyn FnMut(AccessEntry) -> Result<bool>) -> Result<()>;
 
     // Snapshots of the catalog (opaque bytes), and derived-state upkeep.
 

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::{Parked, Rewrap, SinkProgress, Store, Visit};
+use crate::access_log::AccessEntry;
 use crate::catalog::{SecretMeta, SinkConfig, Status};
 use crate::error::{Error, Result};
 use crate::event::{Millis, StoredEvent};
@@ -142,6 +143,86 @@ impl Store for SqliteStore {
 
     fn seq_at_time(&self, at: Millis) -> Result<u64> {
         log::seq_at_time(&self.conn, at)
+    }
+
+    fn scan_types(&self, types: &[&str], after: u64, visit: Visit<'_>) -> Result<()> {
+        if types.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "{} WHERE event_type IN ({}) AND seq > ?1 ORDER BY seq",
+            log::SELECT_EVENTS,
+            placeholders(2, types.len())
+        ))?;
+        let mut args: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(types.len() + 1);
+        let after = after.min(i64::MAX as u64) as i64;
+        args.push(&after);
+        args.extend(types.iter().map(|t| t as &dyn rusqlite::ToSql));
+        log::visit_rows(&mut stmt, args.as_slice(), visit)
+    }
+
+    fn access_head(&self) -> Result<(u64, [u8; 32])> {
+        let row: Option<(i64, Vec<u8>)> = self
+            .conn
+            .query_row(
+                "SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        match row {
+            None => Ok((0, crate::event::GENESIS_HASH)),
+            Some((seq, hash)) => Ok((
+                seq as u64,
+                hash.try_into()
+                    .map_err(|_| Error::Corrupt(format!("access log row {seq} has a malformed hash")))?,
+            )),
+        }
+    }
+
+    fn append_access(&self, entries: &[AccessEntry]) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "INSERT INTO access_log (seq, recorded_at, record, prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for e in entries {
+            stmt.execute(params![
+                e.seq as i64,
+                e.record.at,
+                e.json,
+                e.prev_hash.as_slice(),
+                e.hash.as_slice()
+            ])?;
+        }
+        Ok(())
+    }
+
+    fn scan_access(&self, after: u64, visit: &mut dyn FnMut(AccessEntry) -> Result<bool>) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, record, prev_hash, hash FROM access_log WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let mut rows = stmt.query(params![after.min(i64::MAX as u64) as i64])?;
+        while let Some(r) = rows.next()? {
+            let seq: i64 = r.get(0)?;
+            let json: String = r.get(1)?;
+            let bad = |what: &str| Error::Corrupt(format!("access log row {seq}: {what}"));
+            let record = serde_json::from_str(&json).map_err(|_| bad("the record does not parse"))?;
+            let hash = |i| -> Result<[u8; 32]> {
+                r.get::<_, Vec<u8>>(i)?
+                    .try_into()
+                    .map_err(|_| bad("a malformed hash"))
+            };
+            let entry = AccessEntry {
+                seq: seq as u64,
+                record,
+                prev_hash: hash(2)?,
+                hash: hash(3)?,
+                json,
+            };
+            if !visit(entry)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn secrets_touched(&self, after: u64, through: u64) -> Result<Vec<SecretId>> {

@@ -26,17 +26,9 @@ use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 use sledger::event::Millis;
 use time::format_description::well_known::Rfc3339;
-use time::macros::format_description;
 use time::OffsetDateTime;
 
-/// Unix ms → RFC 3339 (UTC, always three fractional digits, so columns line up).
-pub fn time(ms: Millis) -> String {
-    let format = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z");
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| ms.to_string())
-}
+pub use sledger::event::format_millis as time;
 
 /// RFC 3339 → unix ms, with an error that shows the expected form.
 pub fn parse_time(flag: &str, text: &str) -> anyhow::Result<Millis> {

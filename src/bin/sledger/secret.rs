@@ -113,19 +113,7 @@ impl ClassifyKind for serde_json::Error {
 }
 
 pub fn meta_json(m: &SecretMeta) -> serde_json::Value {
-    json!({
-        "name": m.name,
-        "id": m.id,
-        "scope": m.scope,
-        "owner": m.owner,
-        "version": m.version,
-        "status": m.status,
-        "labels": m.labels,
-        "keys": m.fingerprints.keys().collect::<Vec<_>>(),
-        "created_at": output::time(m.created_at),
-        "updated_at": output::time(m.updated_at),
-        "seq": m.updated_seq,
-    })
+    m.to_json()
 }
 
 /// Report what a write did, and whether the primary has applied it.

@@ -1,0 +1,62 @@
+//! Tokens and the access log: the ledger's part of the server's identity model.
+
+use super::*;
+use crate::access_log::{self, AccessEntry, AccessRecord};
+use crate::identity::Tokens;
+
+impl Ledger {
+    /// The token registry (every token ever issued, revoked and expired ones included).
+    pub fn tokens(&self) -> Result<Tokens> {
+        append::tokens(&*self.store)
+    }
+
+    /// Fold the token events appended since `tokens` was last brought up to date.
+    pub fn refresh_tokens(&self, tokens: &mut Tokens) -> Result<()> {
+        self.store
+            .scan_types(crate::identity::TOKEN_EVENT_TYPES, tokens.seq, &mut |stored| {
+                let event = stored.decode()?;
+                tokens.apply(&stored, event);
+                Ok(true)
+            })
+    }
+
+    /// What a presented token is hashed with to look it up.
+    pub fn token_hasher(&self) -> Result<crate::crypto::TokenHasher> {
+        Ok(need_keys(self.keys.as_ref())?.fingerprint.token_hasher())
+    }
+
+    /// Append `records` to the access log in one transaction: durable when this returns.
+    pub fn record_access(&self, records: &[AccessRecord]) -> Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let tx = Write::begin(&*self.store)?;
+        let (seq, hash) = tx.access_head()?;
+        tx.append_access(&access_log::chain(seq, hash, records))?;
+        tx.commit()
+    }
+
+    /// Access-log rows with seq > `after`, in seq order, until `visit` returns false.
+    pub fn access_log(&self, after: u64, visit: &mut dyn FnMut(AccessEntry) -> Result<bool>) -> Result<()> {
+        self.store.scan_access(after, visit)
+    }
+
+    /// The access log's last seq (0 when empty).
+    pub fn access_head(&self) -> Result<u64> {
+        Ok(self.store.access_head()?.0)
+    }
+
+    /// Check the access log's chain from its first row; returns how many rows it holds.
+    pub fn verify_access_log(&self) -> Result<u64> {
+        let _snapshot = Read::begin(&*self.store)?;
+        let mut rows = Vec::new();
+        self.store.scan_access(0, &mut |e| {
+            rows.push(e);
+            Ok(true)
+        })?;
+        access_log::verify_chain(rows).map_err(|(seq, reason)| Error::ChainBroken {
+            seq,
+            reason: format!("access log: {reason}"),
+        })
+    }
+}

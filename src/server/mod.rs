@@ -1,0 +1,234 @@
+//! `sledger serve` (ARCHITECTURE.md, server): the HTTP API over one [`LedgerHandle`], with
+//! token authentication, roles on name patterns, a fail-closed access log, limits, metrics,
+//! and every sink's projector running in the same process.
+//!
+//! The routes live in [`routes`], each declared once in [`routes::ROUTES`] with the action it
+//! needs; the OpenAPI document at `/v1/openapi.json` is generated from that same table.
+
+mod auth;
+mod metrics;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::watch;
+
+use crate::error::{Error, ErrorClass, Result};
+use crate::project::service::{self, FollowOptions, ProjectorEvent};
+use crate::LedgerHandle;
+
+pub use auth::RateLimit;
+
+/// How to serve.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub listen: SocketAddr,
+    /// PEM certificate chain and private key; without them only loopback is served.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// Largest request body; larger ones get 413 and change nothing.
+    pub body_limit: usize,
+    /// Longest a request may take, from its headers to its response.
+    pub request_timeout: Duration,
+    /// Longest a client may take to send its request headers.
+    pub header_timeout: Duration,
+    /// Requests served at once; more wait.
+    pub max_in_flight: usize,
+    /// Requests per second (and burst) per token.
+    pub rate_limit: RateLimit,
+    /// The projectors that run in the server.
+    pub follow: FollowOptions,
+}
+
+impl ServeOptions {
+    pub fn new(listen: SocketAddr) -> Self {
+        ServeOptions {
+            listen,
+            tls: None,
+            body_limit: 1 << 20,
+            request_timeout: Duration::from_secs(30),
+            header_timeout: Duration::from_secs(10),
+            max_in_flight: 512,
+            rate_limit: RateLimit {
+                per_second: 1000.0,
+                burst: 2000.0,
+            },
+            follow: FollowOptions::default(),
+        }
+    }
+
+    /// Plain HTTP only on loopback: tokens and values would cross the network in clear text.
+    pub fn check(&self) -> Result<()> {
+        if self.tls.is_none() && !self.listen.ip().is_loopback() {
+            return Err(Error::invalid(format!(
+                "refusing to serve plain HTTP on {}: tokens and secret values would cross the network unencrypted; \
+                 pass --tls-cert and --tls-key, or listen on a loopback address (127.0.0.1:PORT)",
+                self.listen
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What the handlers share.
+pub(crate) struct AppState {
+    pub handle: LedgerHandle,
+    pub auth: auth::Auth,
+    pub metrics: metrics::Metrics,
+}
+
+/// Serve until `shutdown` resolves: stop accepting, finish requests in flight, let the
+/// projectors finish their batch, flush the access log (the writer thread drains its queue),
+/// and return.
+pub async fn serve(
+    handle: LedgerHandle,
+    options: ServeOptions,
+    ready: impl FnOnce(SocketAddr) + Send,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<()> {
+    options.check()?;
+    let state = Arc::new(AppState {
+        auth: auth::Auth::load(&handle, options.rate_limit).await?,
+        metrics: metrics::Metrics::default(),
+        handle: handle.clone(),
+    });
+    let app = routes::router(state.clone(), &options);
+
+    let (stop_projectors, stop) = watch::channel(false);
+    let projectors = {
+        let (path, master) = (handle.path().to_path_buf(), handle.master_key().clone());
+        let (wake, follow, state) = (handle.subscribe(), options.follow.clone(), state.clone());
+        tokio::spawn(async move {
+            service::follow(&path, &master, follow, Some(wake), stop, move |event| {
+                state.metrics.projector(&event);
+                if let ProjectorEvent::Failed { sink, error } = &event {
+                    tracing::warn!(sink = %sink, error = %error, "projector failed; retrying");
+                }
+            })
+            .await
+        })
+    };
+
+    let server_handle = axum_server::Handle::new();
+    let bind_error = |e: std::io::Error| Error::io(format!("cannot listen on {}", options.listen), e);
+    let listener = std::net::TcpListener::bind(options.listen).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
+    let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let served = {
+        let server_handle = server_handle.clone();
+        let (header_timeout, tls) = (options.header_timeout, options.tls.clone());
+        async move {
+            match &tls {
+                Some((cert, key)) => {
+                    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+                    let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                        .await
+                        .map_err(|e| {
+                            Error::invalid(format!(
+                                "cannot use --tls-cert {} / --tls-key {}: {e}",
+                                cert.display(),
+                                key.display()
+                            ))
+                        })?;
+                    let mut server = axum_server::from_tcp_rustls(listener, config).handle(server_handle);
+                    server
+                        .http_builder()
+                        .http1()
+                        .timer(hyper_util_timer())
+                        .header_read_timeout(header_timeout);
+                    server.serve(service).await
+                }
+                None => {
+                    let mut server = axum_server::from_tcp(listener).handle(server_handle);
+                    server
+                        .http_builder()
+                        .http1()
+                        .timer(hyper_util_timer())
+                        .header_read_timeout(header_timeout);
+                    server.serve(service).await
+                }
+            }
+            .map_err(|e| Error::io("the server stopped", e))
+        }
+    };
+    ready(local);
+    tracing::info!(address = %local, tls = options.tls.is_some(), "serving");
+    let graceful = {
+        let server_handle = server_handle.clone();
+        let grace = options.request_timeout;
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing requests in flight");
+            server_handle.graceful_shutdown(Some(grace));
+        }
+    };
+    let (result, ()) = tokio::join!(served, graceful);
+    let _ = stop_projectors.send(true);
+    match projectors.await {
+        Ok(Err(e)) => tracing::warn!(error = %e, "projectors stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "projector task failed"),
+        Ok(Ok(())) => {}
+    }
+    handle.close();
+    result
+}
+
+fn hyper_util_timer() -> hyper_util::rt::TokioTimer {
+    hyper_util::rt::TokioTimer::new()
+}
+
+/// The API's error body: `{"error": {"code", "message"}}`, with the status from the class.
+pub(crate) struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError(e)
+    }
+}
+
+/// The HTTP status and stable code for an error class.
+pub fn status_of(error: &Error) -> (StatusCode, &'static str) {
+    match error {
+        Error::ValueTooLarge { .. } | Error::TooLargeForSink { .. } | Error::SinkLimit { .. } => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "too_large")
+        }
+        Error::Sink { temporary: true, .. } => return (StatusCode::SERVICE_UNAVAILABLE, "sink_unavailable"),
+        Error::AccessLogUnavailable { .. } => return (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
+        _ => {}
+    }
+    match error.class() {
+        ErrorClass::Invalid => (StatusCode::BAD_REQUEST, "invalid"),
+        ErrorClass::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+        ErrorClass::AlreadyExists => (StatusCode::CONFLICT, "already_exists"),
+        ErrorClass::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+        ErrorClass::Denied => (StatusCode::FORBIDDEN, "forbidden"),
+        ErrorClass::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+        ErrorClass::Backend | ErrorClass::OutOfSync => (StatusCode::UNPROCESSABLE_ENTITY, "backend_refused"),
+        ErrorClass::Integrity | ErrorClass::Key | ErrorClass::Incompatible | ErrorClass::Internal => {
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
+        }
+    }
+}
+
+pub(crate) fn error_response(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(serde_json::json!({"error": {"code": code, "message": message}})),
+    )
+        .into_response()
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = status_of(&self.0);
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %self.0, "request failed");
+        }
+        error_response(status, code, &self.0.to_string())
+    }
+}

@@ -1,0 +1,1002 @@
+//! The routes: one table ([`ROUTES`]) names each route's method, path, operation and the
+//! action its caller's token must allow; the router, the authorization checks and the OpenAPI
+//! document all come from it.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Query, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use zeroize::Zeroizing;
+
+use super::auth::{self, Caller, Refusal};
+use super::{error_response, ApiError, AppState, ServeOptions};
+use crate::access_log::AccessOutcome;
+use crate::error::{Error, Result};
+use crate::event::{format_millis, Millis, Scope, SinkRole};
+use crate::identity::{Action, Role, TokenSecret};
+use crate::ledger::ID_REF_PREFIX;
+use crate::read::{read_latest, ReadFrom, Served};
+use crate::{Catalog, Command, Ledger, Outcome, ReadPoint, SecretValues, Status};
+
+/// One route of the API.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteSpec {
+    pub method: &'static str,
+    pub path: &'static str,
+    /// The name requests are recorded under in the access log and metrics.
+    pub operation: &'static str,
+    /// What the caller's token must allow; `None` for the public routes.
+    pub action: Option<Action>,
+    pub summary: &'static str,
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    operation: &'static str,
+    action: Option<Action>,
+    summary: &'static str,
+) -> RouteSpec {
+    RouteSpec {
+        method,
+        path,
+        operation,
+        action,
+        summary,
+    }
+}
+
+use Action::*;
+
+/// Every route the server has.
+pub const ROUTES: &[RouteSpec] = &[
+    route("GET", "/healthz", "healthz", None, "The process is up."),
+    route("GET", "/readyz", "readyz", None, "The ledger is open and the primary sink reachable."),
+    route("GET", "/metrics", "metrics", None, "Prometheus metrics."),
+    route("GET", "/v1/openapi.json", "openapi", None, "This document."),
+    route("GET", "/v1/secrets", "secret.list", Some(ReadMeta), "List secrets the token's patterns match (label=K=V, deleted=true)."),
+    route("POST", "/v1/secrets", "secret.create", Some(Mutate), "Create a secret: {name, scope, labels, values}."),
+    route("GET", "/v1/secrets/{*name}", "secret.get", Some(ReadValue), "Read a secret's values (latest, version=N or at=RFC3339)."),
+    route("PUT", "/v1/secrets/{*name}", "secret.put", Some(Mutate), "Create the secret or replace all its values and labels."),
+    route("PATCH", "/v1/secrets/{*name}", "secret.update", Some(Mutate), "Change some values or labels: {values, remove_keys, labels, remove_labels}."),
+    route("DELETE", "/v1/secrets/{*name}", "secret.delete", Some(Mutate), "Soft-delete a secret (undelete brings it back)."),
+    route("POST", "/v1/undelete/{*name}", "secret.undelete", Some(Mutate), "Bring a deleted secret back."),
+    route("POST", "/v1/rename/{*name}", "secret.rename", Some(Mutate), "Rename a secret: {new_name}."),
+    route("POST", "/v1/purge/{*name}", "secret.purge", Some(Mutate), "Destroy every version of a secret for good."),
+    route("GET", "/v1/history/{*name}", "secret.history", Some(ReadMeta), "A secret's events, never its values."),
+    route("GET", "/v1/log", "log.query", Some(Audit), "The audit log (type, actor, secret, after_seq, limit)."),
+    route("GET", "/v1/log/stream", "log.stream", Some(Audit), "The audit log as it grows, one JSON document per line."),
+    route("GET", "/v1/access-log", "access_log.query", Some(Audit), "The access log: reads, denials, failed authentications."),
+    route("POST", "/v1/verify", "verify", Some(Audit), "Check the event chain, the derived state and the access log's chain."),
+    route("GET", "/v1/sinks", "sink.list", Some(Audit), "Attached sinks and their projection state."),
+    route("POST", "/v1/sinks", "sink.add", Some(Administer), "Attach a sink: {name, url, role}."),
+    route("POST", "/v1/sinks/{name}/promote", "sink.promote", Some(Administer), "Make a sink the primary."),
+    route("PUT", "/v1/sinks/{name}/role", "sink.set_role", Some(Administer), "Change a sink's role: {role}."),
+    route("DELETE", "/v1/sinks/{name}", "sink.remove", Some(Administer), "Detach a sink."),
+    route("POST", "/v1/sinks/{name}/check", "sink.check", Some(Administer), "Check that a sink's backend answers."),
+    route("POST", "/v1/restore", "restore", Some(Administer), "Restore secrets to an earlier seq or time: {seq | at, secrets, dry_run}."),
+    route("GET", "/v1/tokens", "token.list", Some(Administer), "Every token issued (never the tokens themselves)."),
+    route("POST", "/v1/tokens", "token.create", Some(Administer), "Issue a token: {name, role, patterns, expires_in_seconds}; it is shown once."),
+    route("DELETE", "/v1/tokens/{name}", "token.revoke", Some(Administer), "Revoke a token from its next request on."),
+];
+
+fn spec(operation: &str) -> &'static RouteSpec {
+    ROUTES
+        .iter()
+        .find(|r| r.operation == operation)
+        .expect("every handler's operation is in ROUTES")
+}
+
+type Shared = State<Arc<AppState>>;
+type ApiResult<T = Response> = std::result::Result<T, ApiError>;
+
+/// The router with every route, the authentication and metrics middleware, and the limits.
+pub(crate) fn router(state: Arc<AppState>, options: &ServeOptions) -> Router {
+    let api = Router::new()
+        .route("/v1/secrets", get(list_secrets).post(create_secret))
+        .route(
+            "/v1/secrets/{*name}",
+            get(get_secret).put(put_secret).patch(update_secret).delete(delete_secret),
+        )
+        .route("/v1/undelete/{*name}", post(undelete_secret))
+        .route("/v1/rename/{*name}", post(rename_secret))
+        .route("/v1/purge/{*name}", post(purge_secret))
+        .route("/v1/history/{*name}", get(history))
+        .route("/v1/log", get(query_log))
+        .route("/v1/log/stream", get(stream_log))
+        .route("/v1/access-log", get(query_access_log))
+        .route("/v1/verify", post(verify))
+        .route("/v1/sinks", get(list_sinks).post(add_sink))
+        .route("/v1/sinks/{name}/promote", post(promote_sink))
+        .route("/v1/sinks/{name}/role", put(set_sink_role))
+        .route("/v1/sinks/{name}", delete(remove_sink))
+        .route("/v1/sinks/{name}/check", post(check_sink))
+        .route("/v1/restore", post(restore))
+        .route("/v1/tokens", get(list_tokens).post(create_token))
+        .route("/v1/tokens/{name}", delete(revoke_token))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(ready))
+        .route("/metrics", get(metrics))
+        .route("/v1/openapi.json", get(|| async { Json(openapi()) }))
+        .merge(api)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            options.request_timeout,
+        ))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(options.body_limit))
+        .layer(axum::extract::DefaultBodyLimit::max(options.body_limit))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(options.max_in_flight))
+        .with_state(state)
+}
+
+/// Count and time every request by its route template (never by its concrete path, which
+/// would put secret names in the metrics).
+async fn observe(State(state): Shared, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".into());
+    let method = request.method().to_string();
+    let started = Instant::now();
+    let response = next.run(request).await;
+    state.metrics.request(
+        &route,
+        &method,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
+    response
+}
+
+/// Every `/v1/` route but the OpenAPI document needs a valid token; a request without one gets
+/// 401 with no detail about what was wrong, and is recorded in the access log.
+async fn authenticate(
+    State(state): Shared,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let operation = operation_of(&request);
+    match state
+        .auth
+        .authenticate(&state.handle, request.headers(), client)
+        .await
+    {
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
+        Err(Refusal::Unauthenticated) => {
+            let record = auth::record("anonymous", client, operation, AccessOutcome::Unauthenticated, None);
+            if let Err(e) = state.handle.record_access(vec![record]).await {
+                tracing::error!(error = %e, "a failed authentication could not be recorded");
+            }
+            ApiError(Error::Unauthenticated).into_response()
+        }
+        Err(Refusal::RateLimited) => error_response(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "this token is over its request rate; slow down and retry",
+        ),
+        Err(Refusal::Failed(e)) => ApiError(e).into_response(),
+    }
+}
+
+fn operation_of(request: &Request) -> &'static str {
+    let path = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    ROUTES
+        .iter()
+        .find(|r| r.path == path && r.method == request.method().as_str())
+        .map(|r| r.operation)
+        .unwrap_or("unknown")
+}
+
+async fn allow(state: &AppState, caller: &Caller, operation: &str, name: Option<&str>) -> Result<()> {
+    let action = spec(operation).action.expect("API routes need an action");
+    auth::authorize(&state.handle, caller, operation, action, name).await
+}
+
+/// The real name behind `name` (which may be `id:<uuid>`), as `caller` sees it.
+async fn resolve(state: &AppState, caller: &Caller, name: &str) -> Result<String> {
+    if !name.starts_with(ID_REF_PREFIX) {
+        return Ok(name.to_owned());
+    }
+    let (actor, name) = (caller.principal(), name.to_owned());
+    state
+        .handle
+        .read(move |l| Ok(l.find(&actor, &name)?.name))
+        .await
+}
+
+/// Authorize `operation` on the secret `name` refers to; returns its real name.
+async fn allow_secret(state: &AppState, caller: &Caller, operation: &str, name: &str) -> Result<String> {
+    if !name.starts_with(ID_REF_PREFIX) {
+        // Checked before any lookup, so a refusal says nothing about whether the secret exists.
+        allow(state, caller, operation, Some(name)).await?;
+        return Ok(name.to_owned());
+    }
+    let resolved = resolve(state, caller, name).await?;
+    allow(state, caller, operation, Some(&resolved)).await?;
+    Ok(resolved)
+}
+
+/// Apply `commands` as the caller and render the outcomes as the CLI's JSON does.
+async fn execute(state: &AppState, caller: &Caller, verb: &str, commands: Vec<Command>) -> ApiResult {
+    let started = Instant::now();
+    let outcomes = state.handle.execute(&caller.principal(), commands).await?;
+    state.metrics.append(started.elapsed().as_secs_f64());
+    let rendered: Vec<Value> = outcomes.iter().map(|o| outcome_json(verb, o)).collect();
+    let status = if verb == "created" {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let body = match <[Value; 1]>::try_from(rendered) {
+        Ok([one]) => one,
+        Err(many) => Value::Array(many),
+    };
+    Ok((status, Json(body)).into_response())
+}
+
+fn outcome_json(verb: &str, outcome: &Outcome) -> Value {
+    match outcome {
+        Outcome::Appended { seq, secret, .. } => {
+            let mut v = secret.to_json();
+            v["result"] = json!(verb);
+            v["seq"] = json!(seq);
+            v
+        }
+        Outcome::Unchanged { secret } => {
+            let mut v = secret.to_json();
+            v["result"] = json!("unchanged");
+            v["seq"] = Value::Null;
+            v
+        }
+        Outcome::SinkChanged {
+            seq,
+            event_type,
+            name,
+        } => json!({"result": event_type, "sink": name, "seq": seq}),
+        Outcome::Recorded { seq, event_type } => json!({"result": event_type, "seq": seq}),
+    }
+}
+
+fn values_from(map: BTreeMap<String, Zeroizing<String>>) -> Result<SecretValues> {
+    let mut values = SecretValues::new();
+    for (k, v) in map {
+        values.insert(k, v.as_str());
+    }
+    Ok(values)
+}
+
+// Secrets.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSecret {
+    name: String,
+    #[serde(default = "workspace")]
+    scope: Scope,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    values: BTreeMap<String, Zeroizing<String>>,
+}
+
+fn workspace() -> Scope {
+    Scope::Workspace
+}
+
+async fn create_secret(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<NewSecret>,
+) -> ApiResult {
+    allow(&state, &caller, "secret.create", Some(&body.name)).await?;
+    let command = Command::Create {
+        name: body.name,
+        scope: body.scope,
+        labels: body.labels,
+        values: values_from(body.values)?,
+    };
+    execute(&state, &caller, "created", vec![command]).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutSecret {
+    #[serde(default = "workspace")]
+    scope: Scope,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    values: BTreeMap<String, Zeroizing<String>>,
+}
+
+async fn put_secret(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(body): Json<PutSecret>,
+) -> ApiResult {
+    let name = allow_secret(&state, &caller, "secret.put", &name).await?;
+    let command = Command::Put {
+        name,
+        scope: body.scope,
+        labels: body.labels,
+        values: values_from(body.values)?,
+    };
+    execute(&state, &caller, "put", vec![command]).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct UpdateSecret {
+    #[serde(default)]
+    values: BTreeMap<String, Zeroizing<String>>,
+    #[serde(default)]
+    remove_keys: Vec<String>,
+    #[serde(default)]
+    labels: BTreeMap<String, String>,
+    #[serde(default)]
+    remove_labels: Vec<String>,
+}
+
+async fn update_secret(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(body): Json<UpdateSecret>,
+) -> ApiResult {
+    let name = allow_secret(&state, &caller, "secret.update", &name).await?;
+    if body.values.is_empty() && body.remove_keys.is_empty() && body.labels.is_empty() && body.remove_labels.is_empty() {
+        return Err(Error::invalid("nothing to update: give values, remove_keys, labels or remove_labels").into());
+    }
+    let command = Command::Update {
+        name,
+        set_values: values_from(body.values)?,
+        remove_keys: body.remove_keys,
+        set_labels: body.labels,
+        remove_labels: body.remove_labels,
+    };
+    execute(&state, &caller, "updated", vec![command]).await
+}
+
+async fn delete_secret(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let name = allow_secret(&state, &caller, "secret.delete", &name).await?;
+    execute(&state, &caller, "deleted", vec![Command::Delete { name }]).await
+}
+
+async fn undelete_secret(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let name = allow_secret(&state, &caller, "secret.undelete", &name).await?;
+    execute(&state, &caller, "restored", vec![Command::Undelete { name }]).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenameBody {
+    new_name: String,
+}
+
+async fn rename_secret(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(body): Json<RenameBody>,
+) -> ApiResult {
+    let name = allow_secret(&state, &caller, "secret.rename", &name).await?;
+    allow(&state, &caller, "secret.rename", Some(&body.new_name)).await?;
+    let command = Command::Rename {
+        name,
+        new_name: body.new_name,
+    };
+    execute(&state, &caller, "renamed", vec![command]).await
+}
+
+async fn purge_secret(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let name = allow_secret(&state, &caller, "secret.purge", &name).await?;
+    execute(&state, &caller, "purged", vec![Command::Purge { name }]).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadQuery {
+    version: Option<u32>,
+    at: Option<String>,
+    from: Option<String>,
+}
+
+fn parse_time(field: &str, text: &str) -> Result<Millis> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|_| {
+        Error::invalid(format!(
+            "{field} {text:?} is not an RFC 3339 time; write it like 2026-11-28T12:00:00Z"
+        ))
+    })?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000) as Millis)
+}
+
+/// A value read: authorized on the secret's real name, served from the best source, and
+/// returned only once its access record is durable (fail-closed).
+async fn get_secret(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Query(query): Query<ReadQuery>,
+) -> ApiResult {
+    let name = allow_secret(&state, &caller, "secret.get", &name).await?;
+    let point = match (query.version, query.at.as_deref()) {
+        (Some(v), _) => Some(ReadPoint::Version(v)),
+        (None, Some(at)) => Some(ReadPoint::At(parse_time("at", at)?)),
+        (None, None) => None,
+    };
+    let from = match query.from.as_deref() {
+        None | Some("auto") => ReadFrom::Auto,
+        Some("primary") => ReadFrom::Primary,
+        Some("backup") => ReadFrom::Backup,
+        Some("ledger") => ReadFrom::Ledger,
+        Some(other) => {
+            return Err(Error::invalid(format!("from={other:?}: use auto, primary, backup or ledger")).into())
+        }
+    };
+    let actor = caller.principal();
+    let runtime = tokio::runtime::Handle::current();
+    let served = state
+        .handle
+        .read(move |l| match point {
+            Some(point) => Ok(Served::from_ledger(l.read(&actor, &name, point)?)),
+            None => runtime.block_on(read_latest(l, &actor, &name, from)),
+        })
+        .await?;
+    let read = &served.read;
+    let mut record = auth::record(
+        &caller.principal(),
+        caller.client,
+        "secret.get",
+        AccessOutcome::Served,
+        Some(&read.meta.name),
+    );
+    record.secret_id = Some(read.meta.id);
+    record.version = Some(read.version);
+    record.source = Some(match &served.source {
+        crate::read::Source::Sink { name, .. } => format!("sink:{name}"),
+        crate::read::Source::Ledger => "ledger".into(),
+    });
+    state.handle.record_access(vec![record]).await?;
+    let values: BTreeMap<&str, &str> = read.values.iter().collect();
+    Ok(Json(json!({
+        "name": read.meta.name,
+        "id": read.meta.id,
+        "scope": read.meta.scope,
+        "version": read.version,
+        "seq": read.seq,
+        "recorded_at": format_millis(read.recorded_at),
+        "labels": read.meta.labels,
+        "source": served.source,
+        "lagging": served.lagging,
+        "skipped": served.skipped.iter().map(|(s, why)| json!({"sink": s, "reason": why})).collect::<Vec<_>>(),
+        "values": values,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    label: Option<String>,
+    #[serde(default)]
+    deleted: bool,
+}
+
+async fn list_secrets(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<ListQuery>,
+) -> ApiResult {
+    allow(&state, &caller, "secret.list", None).await?;
+    let mut wanted = BTreeMap::new();
+    for pair in query.label.iter().flat_map(|l| l.split(',')) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| Error::invalid(format!("label filter {pair:?} is not KEY=VALUE")))?;
+        wanted.insert(k.to_owned(), v.to_owned());
+    }
+    let status = if query.deleted { Status::Deleted } else { Status::Live };
+    let actor = caller.principal();
+    let secrets = state.handle.read(move |l| l.list(&actor, status)).await?;
+    let shown: Vec<Value> = secrets
+        .iter()
+        .filter(|m| caller.token.covers(&m.name))
+        .filter(|m| wanted.iter().all(|(k, v)| m.labels.get(k) == Some(v)))
+        .map(|m| m.to_json())
+        .collect();
+    Ok(Json(shown).into_response())
+}
+
+async fn history(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let name = allow_secret(&state, &caller, "secret.history", &name).await?;
+    let actor = caller.principal();
+    let entries = state.handle.read(move |l| l.history(&actor, &name)).await?;
+    Ok(Json(entries).into_response())
+}
+
+// The logs.
+
+#[derive(Deserialize, Clone, Default)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    #[serde(rename = "type")]
+    event_type: Option<String>,
+    actor: Option<String>,
+    secret_id: Option<uuid::Uuid>,
+    #[serde(default)]
+    after_seq: u64,
+    limit: Option<usize>,
+}
+
+impl LogQuery {
+    fn keeps(&self, e: &crate::AuditEntry) -> bool {
+        e.seq > self.after_seq
+            && self.event_type.as_ref().is_none_or(|t| &e.event_type == t)
+            && self.actor.as_ref().is_none_or(|a| &e.actor == a)
+            && self.secret_id.is_none_or(|id| e.secret_id == Some(id))
+    }
+}
+
+async fn query_log(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult {
+    allow(&state, &caller, "log.query", None).await?;
+    let limit = query.limit.unwrap_or(1000).min(10_000);
+    let entries = state
+        .handle
+        .read(move |l| {
+            let mut shown = std::collections::VecDeque::new();
+            l.audit(&mut Catalog::default(), &mut |e| {
+                if query.keeps(&e) {
+                    if shown.len() == limit {
+                        shown.pop_front();
+                    }
+                    shown.push_back(e);
+                }
+                Ok(true)
+            })?;
+            Ok(Vec::from(shown))
+        })
+        .await?;
+    Ok(Json(entries).into_response())
+}
+
+/// The audit log from `after_seq` on, then each new event as it is appended (woken by the
+/// handle's commits, and every second for other processes' appends).
+async fn stream_log(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<LogQuery>,
+) -> ApiResult {
+    allow(&state, &caller, "log.stream", None).await?;
+    let handle = state.handle.clone();
+    let mut wake = handle.subscribe();
+    let stream = async_stream_lines(move |sender: tokio::sync::mpsc::Sender<String>| async move {
+        let mut catalog = Catalog::default();
+        loop {
+            let q = query.clone();
+            let (next, lines) = match handle
+                .read(move |l| {
+                    let mut lines = Vec::new();
+                    l.audit(&mut catalog, &mut |e| {
+                        if q.keeps(&e) {
+                            lines.push(serde_json::to_string(&e).expect("entries serialise") + "\n");
+                        }
+                        Ok(true)
+                    })?;
+                    Ok((catalog, lines))
+                })
+                .await
+            {
+                Ok(found) => found,
+                Err(_) => return,
+            };
+            catalog = next;
+            for line in lines {
+                if sender.send(line).await.is_err() {
+                    return;
+                }
+            }
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wake.changed()).await;
+        }
+    });
+    Ok(([("content-type", "application/x-ndjson")], Body::from_stream(stream)).into_response())
+}
+
+/// Lines produced by `produce` on a task of its own, as a response body stream that ends when
+/// the client goes away.
+fn async_stream_lines<F, Fut>(
+    produce: F,
+) -> impl futures::Stream<Item = std::result::Result<String, std::convert::Infallible>>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<String>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, mut receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(produce(sender));
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx).map(|line| line.map(Ok)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AccessQuery {
+    #[serde(default)]
+    after_seq: u64,
+    limit: Option<usize>,
+    principal: Option<String>,
+    outcome: Option<String>,
+}
+
+async fn query_access_log(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Query(query): Query<AccessQuery>,
+) -> ApiResult {
+    allow(&state, &caller, "access_log.query", None).await?;
+    let limit = query.limit.unwrap_or(1000).min(10_000);
+    let entries = state
+        .handle
+        .read(move |l| {
+            let mut shown = std::collections::VecDeque::new();
+            l.access_log(query.after_seq, &mut |e| {
+                let keep = query.principal.as_ref().is_none_or(|p| &e.record.principal == p)
+                    && query.outcome.as_ref().is_none_or(|o| e.record.outcome.as_str() == o);
+                if keep {
+                    if shown.len() == limit {
+                        shown.pop_front();
+                    }
+                    shown.push_back(e);
+                }
+                Ok(true)
+            })?;
+            Ok(Vec::from(shown))
+        })
+        .await?;
+    Ok(Json(entries).into_response())
+}
+
+async fn verify(State(state): Shared, Extension(caller): Extension<Caller>) -> ApiResult {
+    allow(&state, &caller, "verify", None).await?;
+    let (path, master) = (state.handle.path().to_path_buf(), state.handle.master_key().clone());
+    let (head, access) = state
+        .handle
+        .read(move |_| {
+            let mut ledger = Ledger::open_with_key(&path, master)?;
+            let head = ledger.verify(&mut |_, _| {})?;
+            Ok((head, ledger.access_head()?))
+        })
+        .await?;
+    Ok(Json(json!({
+        "ok": true,
+        "head_seq": head.seq,
+        "head_hash": hex::encode(head.hash),
+        "access_log_rows": access,
+    }))
+    .into_response())
+}
+
+// Sinks.
+
+async fn list_sinks(State(state): Shared, Extension(caller): Extension<Caller>) -> ApiResult {
+    allow(&state, &caller, "sink.list", None).await?;
+    let status = state.handle.read(|l| l.sink_status()).await?;
+    Ok(Json(status).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewSink {
+    name: String,
+    url: String,
+    #[serde(default = "backup")]
+    role: SinkRole,
+}
+
+fn backup() -> SinkRole {
+    SinkRole::Backup
+}
+
+async fn add_sink(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<NewSink>,
+) -> ApiResult {
+    allow(&state, &caller, "sink.add", None).await?;
+    crate::replay::orchestrate::prepare_backend(&crate::sink::SinkUrl::parse(&body.url)?)?;
+    let command = Command::AddSink {
+        name: body.name,
+        url: body.url,
+        role: body.role,
+    };
+    execute(&state, &caller, "added", vec![command]).await
+}
+
+async fn promote_sink(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    allow(&state, &caller, "sink.promote", None).await?;
+    execute(&state, &caller, "promoted", vec![Command::PromoteSink { name }]).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoleBody {
+    role: SinkRole,
+}
+
+async fn set_sink_role(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+    Json(body): Json<RoleBody>,
+) -> ApiResult {
+    allow(&state, &caller, "sink.set_role", None).await?;
+    execute(&state, &caller, "changed", vec![Command::SetSinkRole { name, role: body.role }]).await
+}
+
+async fn remove_sink(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    allow(&state, &caller, "sink.remove", None).await?;
+    execute(&state, &caller, "removed", vec![Command::RemoveSink { name }]).await
+}
+
+async fn check_sink(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    allow(&state, &caller, "sink.check", None).await?;
+    let runtime = tokio::runtime::Handle::current();
+    state
+        .handle
+        .read(move |l| {
+            let (_, sink) = l.open_sink(&name)?;
+            runtime.block_on(sink.health())
+        })
+        .await?;
+    Ok(Json(json!({"healthy": true})).into_response())
+}
+
+// Restore.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RestoreBody {
+    seq: Option<u64>,
+    at: Option<String>,
+    #[serde(default)]
+    secrets: Vec<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn restore(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<RestoreBody>,
+) -> ApiResult {
+    allow(&state, &caller, "restore", None).await?;
+    let target = match (body.seq, body.at.as_deref()) {
+        (Some(seq), None) => crate::replay::Target::Seq(seq),
+        (None, Some(at)) => crate::replay::Target::Time(parse_time("at", at)?),
+        _ => return Err(Error::invalid("give exactly one of seq and at").into()),
+    };
+    let actor = caller.principal();
+    let plan = state
+        .handle
+        .read(move |l| {
+            let seq = l.target_seq(target)?;
+            l.plan_restore(&actor, seq, &body.secrets)
+        })
+        .await?;
+    let summary = json!({
+        "target_seq": plan.target_seq,
+        "steps": plan.steps,
+        "purged": plan.purged,
+        "dry_run": body.dry_run,
+    });
+    if body.dry_run || plan.commands.is_empty() {
+        return Ok(Json(summary).into_response());
+    }
+    if plan.empties_everything {
+        return Err(Error::invalid(
+            "this restore would delete every live secret (the target is before the first one); name the secrets to restore",
+        )
+        .into());
+    }
+    let outcomes = state.handle.execute(&caller.principal(), plan.commands).await?;
+    let mut summary = summary;
+    summary["events"] = json!(outcomes.len());
+    Ok(Json(summary).into_response())
+}
+
+// Tokens.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewToken {
+    name: String,
+    role: Role,
+    patterns: Vec<String>,
+    expires_in_seconds: Option<u64>,
+}
+
+async fn create_token(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<NewToken>,
+) -> ApiResult {
+    allow(&state, &caller, "token.create", None).await?;
+    let expires_at = body
+        .expires_in_seconds
+        .map(|s| crate::ledger::now_ms().saturating_add((s as i64).saturating_mul(1000)));
+    let token = crate::identity::generate_token();
+    let command = Command::IssueToken {
+        name: body.name.clone(),
+        role: body.role,
+        patterns: body.patterns.clone(),
+        expires_at,
+        token: TokenSecret(token.clone()),
+    };
+    let outcomes = state.handle.execute(&caller.principal(), vec![command]).await?;
+    state.auth.refresh(&state.handle).await?;
+    let seq = outcomes.iter().find_map(|o| match o {
+        Outcome::Recorded { seq, .. } => Some(*seq),
+        _ => None,
+    });
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({
+            "name": body.name,
+            "role": body.role,
+            "patterns": body.patterns,
+            "expires_at": expires_at.map(format_millis),
+            "seq": seq,
+            "token": token.as_str(),
+        })),
+    )
+        .into_response())
+}
+
+async fn list_tokens(State(state): Shared, Extension(caller): Extension<Caller>) -> ApiResult {
+    allow(&state, &caller, "token.list", None).await?;
+    state.auth.refresh(&state.handle).await?;
+    let tokens: Vec<_> = state.auth.tokens().all().cloned().collect();
+    Ok(Json(tokens).into_response())
+}
+
+async fn revoke_token(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    allow(&state, &caller, "token.revoke", None).await?;
+    let outcome = execute(&state, &caller, "revoked", vec![Command::RevokeToken { name }]).await;
+    state.auth.refresh(&state.handle).await?;
+    outcome
+}
+
+// Operations.
+
+async fn ready(State(state): Shared) -> Response {
+    let runtime = tokio::runtime::Handle::current();
+    let checked = state
+        .handle
+        .read(move |l| {
+            l.head()?;
+            let primary = l.sinks()?.into_values().find(|s| s.role == SinkRole::Primary);
+            if let Some(primary) = primary {
+                let (_, sink) = l.open_sink(&primary.name)?;
+                runtime.block_on(sink.health())?;
+            }
+            Ok(())
+        })
+        .await;
+    match checked {
+        Ok(()) => (StatusCode::OK, "ready\n").into_response(),
+        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &e.to_string()),
+    }
+}
+
+async fn metrics(State(state): Shared) -> Response {
+    let sinks = state.handle.read(|l| l.sink_status()).await.unwrap_or_default();
+    let text = state.metrics.render(&sinks, state.handle.commit_stats());
+    (
+        [("content-type", "text/plain; version=0.0.4; charset=utf-8")],
+        text,
+    )
+        .into_response()
+}
+
+/// The OpenAPI 3.1 document, generated from [`ROUTES`].
+pub fn openapi() -> Value {
+    let mut paths = serde_json::Map::new();
+    for r in ROUTES {
+        let path = r.path.replace("{*name}", "{name}");
+        let mut parameters = Vec::new();
+        if path.contains("{name}") {
+            parameters.push(json!({
+                "name": "name", "in": "path", "required": true,
+                "description": "A secret name (may contain '/') or id:<uuid>; for sinks and tokens, their name.",
+                "schema": {"type": "string"}
+            }));
+        }
+        let mut responses = serde_json::Map::new();
+        responses.insert("200".into(), json!({"description": "OK"}));
+        if r.action.is_some() {
+            responses.insert("401".into(), json!({"description": "No valid token", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}));
+            responses.insert("403".into(), json!({"description": "The token's role or patterns do not allow this", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}));
+        }
+        let mut operation = json!({
+            "operationId": r.operation,
+            "summary": r.summary,
+            "parameters": parameters,
+            "responses": responses,
+            "x-sledger-action": r.action,
+        });
+        if r.action.is_some() {
+            operation["security"] = json!([{"bearer": []}]);
+        }
+        paths
+            .entry(path)
+            .or_insert_with(|| json!({}))
+            .as_object_mut()
+            .expect("path items are objects")
+            .insert(r.method.to_ascii_lowercase(), operation);
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "sledger", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "The sledger server: secrets, their audit log, sinks and replays."},
+        "paths": paths,
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": {"type": "object", "properties": {"error": {"type": "object", "properties": {
+                "code": {"type": "string"}, "message": {"type": "string"}}}}}}
+        }
+    })
+}
