@@ -33,7 +33,7 @@ fn migrations() -> Migrations<'static> {
 
 /// The newest schema version this build knows.
 pub fn schema_version() -> i64 {
-    4
+    5
 }
 
 fn configure(conn: &Connection) -> Result<()> {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use serde_json::json;
+use sledger::access_log::AccessEntry;
 use sledger::event::EVENT_TYPES;
 use sledger::{AuditEntry, Catalog};
 
@@ -66,7 +67,80 @@ pub fn render(ctx: &Context, entries: &[AuditEntry]) {
     outln!("{t}");
 }
 
+/// `log --access`: the access log, oldest first (the last N with --limit), optionally
+/// filtered by principal (--actor) and followed.
+fn access(ctx: &Context, args: &LogArgs, actor_filter: bool) -> Result<()> {
+    let ledger = ctx.open()?;
+    let principal = actor_filter.then(|| ctx.actor.clone());
+    let keep = |e: &AccessEntry| principal.as_ref().is_none_or(|p| &e.record.principal == p);
+    let print_row = |e: &AccessEntry| {
+        let r = &e.record;
+        vec![
+            e.seq.to_string(),
+            output::time(r.at),
+            r.principal.clone(),
+            r.action.clone(),
+            r.outcome.as_str().to_owned(),
+            r.secret.clone().unwrap_or_default(),
+            r.version.map(|v| v.to_string()).unwrap_or_default(),
+            r.source.clone().unwrap_or_default(),
+            r.client.clone().unwrap_or_default(),
+        ]
+    };
+    const ACCESS_HEADER: [&str; 9] = ["SEQ", "TIME", "PRINCIPAL", "ACTION", "OUTCOME", "SECRET", "VERSION", "SOURCE", "CLIENT"];
+    let limit = args.limit.unwrap_or(usize::MAX);
+    let mut shown: VecDeque<AccessEntry> = VecDeque::new();
+    let mut last = 0;
+    ledger.access_log(0, &mut |e| {
+        last = e.seq;
+        if keep(&e) && limit > 0 {
+            if shown.len() == limit {
+                shown.pop_front();
+            }
+            shown.push_back(e);
+        }
+        Ok(true)
+    })?;
+    let print = |e: &AccessEntry| {
+        if ctx.json() {
+            output::json_line(e);
+        } else {
+            outln!("{}", print_row(e).join("  "));
+        }
+        let _ = std::io::stdout().flush();
+    };
+    if !args.follow {
+        if ctx.json() {
+            shown.iter().for_each(print);
+        } else {
+            let mut t = output::table(&ACCESS_HEADER);
+            for e in &shown {
+                t.add_row(print_row(e));
+            }
+            outln!("{t}");
+        }
+        return Ok(());
+    }
+    if !ctx.json() {
+        outln!("{}", ACCESS_HEADER.join("  "));
+    }
+    shown.iter().for_each(print);
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        ledger.access_log(last, &mut |e| {
+            last = e.seq;
+            if keep(&e) {
+                print(&e);
+            }
+            Ok(true)
+        })?;
+    }
+}
+
 pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
+    if args.access {
+        return access(ctx, &args, actor_filter);
+    }
     if let Some(t) = &args.event_type {
         if !EVENT_TYPES.contains(&t.as_str()) {
             return Err(usage(format!(

@@ -11,7 +11,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "An event-sourced secrets ledger: every change encrypted, hash-chained and auditable",
     after_help = "Exit codes: 0 ok, 1 internal error, 2 usage or invalid input, 3 not found, \
 4 already exists, 5 integrity failure, 6 key failure, 7 unavailable/busy, 8 not a ledger or too new, \
-9 a backend refused, 10 a sink differs from the ledger."
+9 a backend refused, 10 a sink differs from the ledger, 11 not authenticated (server), 12 denied (server)."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -82,6 +82,62 @@ pub enum Commands {
     Diff(DiffArgs),
     /// Make a sink match the ledger's head (what `diff` reports, fixed)
     Reconcile(ReconcileArgs),
+    /// Serve the HTTP API (tokens, roles, an access log of every read), with every sink's
+    /// projector running; on first run, creates the embedded ledger and an admin token
+    Serve(ServeArgs),
+    /// Issue, list and revoke the API tokens `sledger serve` accepts
+    #[command(subcommand)]
+    Token(TokenCmd),
+}
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// Address to listen on; plain HTTP is refused on anything but loopback
+    #[arg(long, default_value = "127.0.0.1:8420", value_name = "ADDR:PORT")]
+    pub listen: std::net::SocketAddr,
+    /// PEM certificate chain for TLS
+    #[arg(long, value_name = "PATH", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS
+    #[arg(long, value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest request body in bytes; larger ones get 413
+    #[arg(long, default_value_t = 1 << 20, value_name = "BYTES")]
+    pub body_limit: usize,
+    /// Longest a request may take
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub request_timeout: std::time::Duration,
+    /// Longest a client may take to send its request headers
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub header_timeout: std::time::Duration,
+    /// Requests served at once; more wait
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub max_in_flight: usize,
+    /// Requests per second per token (bursts of twice that)
+    #[arg(long, default_value_t = 1000.0, value_name = "N")]
+    pub rate_limit: f64,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCmd {
+    /// Issue a token; it is printed once and only its keyed hash is kept
+    Create {
+        #[arg(long, value_name = "NAME")]
+        name: String,
+        /// admin, writer, reader or auditor
+        #[arg(long, value_name = "ROLE")]
+        role: String,
+        /// Secret names the token covers, with * wildcards (repeatable), e.g. 'prod/*'
+        #[arg(long = "pattern", value_name = "PATTERN", required = true)]
+        patterns: Vec<String>,
+        /// Expire after this long (e.g. 30d, 12h)
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+    },
+    /// Every token issued, revoked and expired ones included (never the tokens)
+    List,
+    /// Revoke a token: refused from its next request on
+    Revoke { name: String },
 }
 
 /// A point of the log: a time or a seq (default: the head).
@@ -230,6 +286,14 @@ pub struct InitArgs {
     pub max_value_bytes: usize,
 }
 
+impl Default for InitArgs {
+    fn default() -> Self {
+        InitArgs {
+            max_value_bytes: sledger::validate::DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
 /// Where values come from. Values given with --value end up in shell history and `ps`;
 /// prefer --value-file or --values-json - for real secrets.
 #[derive(Args, Default)]
@@ -339,6 +403,9 @@ pub struct LogArgs {
     /// Keep printing new events as they are appended (stop with Ctrl-C)
     #[arg(long)]
     pub follow: bool,
+    /// The access log instead: value reads, denied requests and failed authentications
+    #[arg(long, conflicts_with_all = ["secret", "event_type", "since", "until"])]
+    pub access: bool,
 }
 
 #[derive(Args)]

@@ -12,6 +12,8 @@ pub const UNAVAILABLE: i32 = 7;
 pub const INCOMPATIBLE: i32 = 8;
 pub const BACKEND: i32 = 9;
 pub const OUT_OF_SYNC: i32 = 10;
+pub const UNAUTHENTICATED: i32 = 11;
+pub const DENIED: i32 = 12;
 
 /// An error raised by the binary itself for bad command-line input.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +51,8 @@ pub fn report(err: &anyhow::Error) -> i32 {
             ErrorClass::Incompatible => INCOMPATIBLE,
             ErrorClass::Backend => BACKEND,
             ErrorClass::OutOfSync => OUT_OF_SYNC,
+            ErrorClass::Unauthenticated => UNAUTHENTICATED,
+            ErrorClass::Denied => DENIED,
             _ => INTERNAL,
         }
     } else {

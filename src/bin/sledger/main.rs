@@ -10,6 +10,7 @@ mod keys;
 mod output;
 mod replay;
 mod secret;
+mod serve;
 mod sinks;
 mod verify;
 
@@ -50,6 +51,8 @@ fn main() {
         Commands::Migrate(args) => replay::migrate(&ctx, args),
         Commands::Diff(args) => replay::diff(&ctx, args),
         Commands::Reconcile(args) => replay::reconcile(&ctx, args),
+        Commands::Serve(args) => serve::serve(&ctx, args),
+        Commands::Token(cmd) => serve::token(&ctx, cmd),
     };
     if let Err(err) = result {
         std::process::exit(exit::report(&err));

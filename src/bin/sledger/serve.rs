@@ -1,0 +1,149 @@
+//! `sledger serve` and `sledger token …`
+
+use anyhow::Result;
+use serde_json::json;
+use sledger::identity::{generate_token, Role, TokenSecret};
+use sledger::server::{serve as run_server, RateLimit, ServeOptions};
+use sledger::{Command, LedgerHandle, Outcome};
+
+use crate::cli::{ServeArgs, TokenCmd};
+use crate::context::Context;
+use crate::output::{self, outln};
+
+pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
+    let mut options = ServeOptions::new(args.listen);
+    options.tls = args.tls_cert.zip(args.tls_key);
+    options.body_limit = args.body_limit;
+    options.request_timeout = args.request_timeout;
+    options.header_timeout = args.header_timeout;
+    options.max_in_flight = args.max_in_flight;
+    options.rate_limit = RateLimit {
+        per_second: args.rate_limit,
+        burst: args.rate_limit * 2.0,
+    };
+    options.check()?;
+    if !ctx.ledger_path.exists() {
+        crate::keys::init(ctx, crate::cli::InitArgs::default())?;
+        issue(ctx, "admin", Role::Admin, vec!["*".into()], None)?;
+    }
+    let master = ctx.master_key()?;
+    if ctx.open_unlocked()?.tokens()?.all().next().is_none() {
+        eprintln!(
+            "note: no token has been issued, so every request will be refused; \
+             `sledger token create --name admin --role admin --pattern '*'` makes the first one"
+        );
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let json = ctx.json();
+    runtime.block_on(async move {
+        let handle = LedgerHandle::open(&ctx.ledger_path, master)?;
+        let shutdown = async {
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        let scheme = if options.tls.is_some() { "https" } else { "http" };
+        let ready = move |address: std::net::SocketAddr| {
+            if json {
+                output::json_line(&json!({"listening": format!("{scheme}://{address}")}));
+            } else {
+                outln!("listening on {scheme}://{address}");
+            }
+        };
+        run_server(handle, options, ready, shutdown).await
+    })?;
+    Ok(())
+}
+
+/// Issue a token locally (with the master key) and print it once.
+fn issue(
+    ctx: &Context,
+    name: &str,
+    role: Role,
+    patterns: Vec<String>,
+    expires: Option<std::time::Duration>,
+) -> Result<()> {
+    let mut ledger = ctx.open_unlocked()?;
+    let token = generate_token();
+    let expires_at = expires.map(|d| sledger::ledger::now_ms().saturating_add(d.as_millis() as i64));
+    let outcomes = ledger.execute(
+        &ctx.actor,
+        vec![Command::IssueToken {
+            name: name.to_owned(),
+            role,
+            patterns: patterns.clone(),
+            expires_at,
+            token: TokenSecret(token.clone()),
+        }],
+    )?;
+    let seq = outcomes.iter().find_map(|o| match o {
+        Outcome::Recorded { seq, .. } => Some(*seq),
+        _ => None,
+    });
+    if ctx.json() {
+        output::json_line(&json!({
+            "name": name, "role": role, "patterns": patterns, "seq": seq,
+            "expires_at": expires_at.map(output::time), "token": token.as_str(),
+        }));
+    } else {
+        eprintln!(
+            "token {name} ({role} on {}) issued; it is shown once, so store it now (e.g. in a 0600 file for --token-file):",
+            patterns.join(", ")
+        );
+        outln!("{}", token.as_str());
+    }
+    Ok(())
+}
+
+pub fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
+    match cmd {
+        TokenCmd::Create {
+            name,
+            role,
+            patterns,
+            expires,
+        } => issue(ctx, &name, role.parse()?, patterns, expires),
+        TokenCmd::List => {
+            let tokens = ctx.open_unlocked()?.tokens()?;
+            let now = sledger::ledger::now_ms();
+            if ctx.json() {
+                output::json_line(&tokens.all().collect::<Vec<_>>());
+                return Ok(());
+            }
+            let mut t = output::table(&["NAME", "ROLE", "PATTERNS", "ISSUED", "BY", "EXPIRES", "STATE"]);
+            for token in tokens.all() {
+                let state = match (token.revoked_at, token.is_active(now)) {
+                    (Some(at), _) => format!("revoked {}", output::time(at)),
+                    (None, false) => "expired".into(),
+                    (None, true) => "active".into(),
+                };
+                t.add_row(vec![
+                    token.name.clone(),
+                    token.role.to_string(),
+                    token.patterns.join(","),
+                    output::time(token.issued_at),
+                    token.issued_by.clone(),
+                    token.expires_at.map(output::time).unwrap_or_else(|| "never".into()),
+                    state,
+                ]);
+            }
+            outln!("{t}");
+            Ok(())
+        }
+        TokenCmd::Revoke { name } => {
+            let mut ledger = ctx.open_unlocked()?;
+            ledger.execute(&ctx.actor, vec![Command::RevokeToken { name: name.clone() }])?;
+            if ctx.json() {
+                output::json_line(&json!({"name": name, "result": "revoked"}));
+            } else {
+                outln!("revoked token {name}");
+            }
+            Ok(())
+        }
+    }
+}
