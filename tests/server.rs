@@ -1,0 +1,503 @@
+//! `sledger serve` over real HTTP on loopback: tokens and roles, the access log (fail-closed),
+//! limits, TLS, shutdown and a crash under load. Every request goes through the binary a user
+//! runs, with reqwest as the client.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Env;
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+
+/// A running `sledger serve`.
+struct Server {
+    child: Child,
+    base: String,
+    /// The admin token printed on first run (when the server created the ledger).
+    admin: Option<String>,
+}
+
+impl Server {
+    fn start(env: &Env, args: &[&str]) -> Server {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
+            .env("SLEDGER_LEDGER", &env.ledger)
+            .env("SLEDGER_ACTOR", "alice@test")
+            .env_remove("SLEDGER_MASTER_KEY")
+            .env_remove("SLEDGER_KEY_FILE")
+            .env_remove("SLEDGER_LOG")
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut admin = None;
+        let base = loop {
+            let line = lines
+                .next()
+                .expect("sledger serve exited before it listened")
+                .unwrap();
+            if line.starts_with("sledger_") {
+                admin = Some(line);
+            } else if let Some(url) = line.strip_prefix("listening on ") {
+                break url.to_owned();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Server { child, base, admin }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "serve did not exit within 10 s of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+async fn call(server: &Server, token: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+    let mut request = client()
+        .request(method, server.url(path))
+        .bearer_auth(token);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+}
+
+async fn issue(server: &Server, admin: &str, name: &str, role: &str, patterns: &[&str], expires: Option<u64>) -> String {
+    let (status, body) = call(
+        server,
+        admin,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": name, "role": role, "patterns": patterns, "expires_in_seconds": expires})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    body["token"].as_str().unwrap().to_owned()
+}
+
+async fn head_seq(server: &Server, admin: &str) -> u64 {
+    let (status, log) = call(server, admin, Method::GET, "/v1/log?limit=1", None).await;
+    assert_eq!(status, StatusCode::OK);
+    log.as_array().unwrap().last().map(|e| e["seq"].as_u64().unwrap()).unwrap_or(0)
+}
+
+async fn access_log(server: &Server, admin: &str) -> Vec<Value> {
+    let (status, rows) = call(server, admin, Method::GET, "/v1/access-log?limit=10000", None).await;
+    assert_eq!(status, StatusCode::OK, "{rows}");
+    rows.as_array().unwrap().clone()
+}
+
+/// Which roles may call each operation: the one table the matrix's expectations come from.
+fn allowed(role: &str, operation: &str) -> bool {
+    let reads_values = ["secret.get"];
+    let mutates = [
+        "secret.create",
+        "secret.put",
+        "secret.update",
+        "secret.delete",
+        "secret.undelete",
+        "secret.rename",
+        "secret.purge",
+    ];
+    let metadata = ["secret.list", "secret.history"];
+    let audit = ["log.query", "log.stream", "access_log.query", "verify", "sink.list"];
+    match role {
+        "admin" => true,
+        "writer" => reads_values.contains(&operation) || mutates.contains(&operation) || metadata.contains(&operation),
+        "reader" => reads_values.contains(&operation) || metadata.contains(&operation),
+        "auditor" => metadata.contains(&operation) || audit.contains(&operation),
+        _ => unreachable!(),
+    }
+}
+
+/// A request body that is valid for `operation` (the answer may still be a 404 or 409: the
+/// matrix only cares whether authorization let it through).
+fn body_for(operation: &str, name: &str, i: usize) -> Option<Value> {
+    Some(match operation {
+        "secret.create" => json!({"name": name, "values": {"k": "v"}}),
+        "secret.put" => json!({"values": {"k": format!("v{i}")}}),
+        "secret.update" => json!({"values": {"k": format!("u{i}")}}),
+        "secret.rename" => json!({"new_name": format!("{name}-renamed{i}")}),
+        "sink.add" => json!({"name": format!("m{i}"), "url": format!("sqlite:///tmp/sledger-matrix-{}-{i}.db", std::process::id()), "role": "standby"}),
+        "sink.set_role" => json!({"role": "replica"}),
+        "restore" => json!({"seq": 1, "dry_run": true}),
+        "token.create" => json!({"name": format!("t{i}"), "role": "reader", "patterns": ["x"]}),
+        _ => return None,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn authorization_matrix_every_route_every_role() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().expect("first run prints an admin token");
+    // The routes come from the server's own OpenAPI document, so a new route is covered too.
+    let (status, doc) = call(&server, &admin, Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut routes = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            if !op["x-sledger-action"].is_null() {
+                routes.push((method.to_uppercase(), path.clone(), op["operationId"].as_str().unwrap().to_owned()));
+            }
+        }
+    }
+    assert!(routes.len() >= 20, "{routes:?}");
+    let mut tokens = Vec::new();
+    for role in ["admin", "writer", "reader", "auditor"] {
+        tokens.push((role, issue(&server, &admin, &format!("{role}-team"), role, &["team/*"], None).await));
+    }
+    let mut i = 0;
+    for (role, token) in &tokens {
+        for (method, path, operation) in &routes {
+            for (name, matches) in [("team/s", true), ("other/s", false)] {
+                i += 1;
+                let secret = format!("{name}{i}");
+                // Each secret exists before the request, so allowed requests mostly succeed.
+                let (status, body) = call(&server, &admin, Method::POST, "/v1/secrets", Some(json!({"name": secret, "values": {"k": "v"}}))).await;
+                assert_eq!(status, StatusCode::CREATED, "{body}");
+                let concrete = path.replace("{name}", if path.starts_with("/v1/sinks") || path.starts_with("/v1/tokens") { "nosuch" } else { &secret });
+                let names_secret = path.contains("{name}") && !path.starts_with("/v1/sinks") && !path.starts_with("/v1/tokens")
+                    || operation == "secret.create";
+                let expected_allowed = allowed(role, operation) && (!names_secret || matches);
+                let before_head = head_seq(&server, &admin).await;
+                let before_access = access_log(&server, &admin).await.len();
+                let method = Method::from_bytes(method.as_bytes()).unwrap();
+                let request_body = if operation == "secret.create" {
+                    Some(json!({"name": format!("{secret}-new"), "values": {"k": "v"}}))
+                } else {
+                    body_for(operation, &secret, i)
+                };
+                let (status, body) = if operation == "log.stream" {
+                    let response = client().request(method, server.url(&concrete)).bearer_auth(token).send().await.unwrap();
+                    (response.status(), Value::Null)
+                } else {
+                    call(&server, token, method, &concrete, request_body).await
+                };
+                let what = format!("{role} {operation} {concrete}: {status} {body}");
+                if expected_allowed {
+                    assert!(status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED, "{what}");
+                    assert!(status.as_u16() < 500, "{what}");
+                } else {
+                    assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
+                    if operation != "log.stream" {
+                        assert_eq!(body["error"]["code"], "forbidden", "{what}");
+                    }
+                    assert_eq!(head_seq(&server, &admin).await, before_head, "a denied request appended: {what}");
+                    let log = access_log(&server, &admin).await;
+                    // The admin's own access-log query is not recorded; the denial is.
+                    let new: Vec<_> = log[before_access..].iter().filter(|r| r["outcome"] == "denied").collect();
+                    assert_eq!(new.len(), 1, "{what}: {new:?}");
+                    assert_eq!(new[0]["principal"], format!("token:{role}-team"), "{what}");
+                    assert_eq!(new[0]["action"], operation.as_str(), "{what}");
+                }
+            }
+        }
+    }
+    // A missing or unknown token: 401, no detail, recorded.
+    for token in ["", "sledger_not-a-real-token"] {
+        let (status, body) = call(&server, token, Method::GET, "/v1/secrets", None).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+        assert_eq!(body["error"]["code"], "unauthenticated");
+    }
+    let unauthenticated = access_log(&server, &admin).await.into_iter().filter(|r| r["outcome"] == "unauthenticated").count();
+    assert_eq!(unauthenticated, 2);
+    // Everything the server appended verifies, access log included.
+    let (status, verified) = call(&server, &admin, Method::POST, "/v1/verify", None).await;
+    assert_eq!(status, StatusCode::OK, "{verified}");
+    assert!(verified["access_log_rows"].as_u64().unwrap() > 50);
+    assert!(server.stop().success());
+    env.ok(&["verify"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn private_secrets_are_readable_only_by_their_owner() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let alice = issue(&server, &admin, "alice", "writer", &["*"], None).await;
+    let bob = issue(&server, &admin, "bob", "writer", &["*"], None).await;
+    let (status, body) = call(&server, &alice, Method::POST, "/v1/secrets", Some(json!({"name": "team/p", "scope": "private", "values": {"pw": "only-alice-knows"}}))).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["owner"], "token:alice");
+    let id = body["id"].as_str().unwrap().to_owned();
+    let (status, body) = call(&server, &alice, Method::GET, "/v1/secrets/team/p", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["values"]["pw"], "only-alice-knows");
+    for (who, token) in [("bob", &bob), ("admin", &admin)] {
+        for path in ["/v1/secrets/team/p".to_owned(), format!("/v1/secrets/id:{id}")] {
+            let (status, body) = call(&server, token, Method::GET, &path, None).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{who} {path}: {body}");
+            assert!(!body.to_string().contains("only-alice-knows"));
+        }
+    }
+    // Nor can they change it; lists do not show it.
+    let (status, _) = call(&server, &bob, Method::PATCH, "/v1/secrets/team/p", Some(json!({"values": {"pw": "x"}}))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (_, listed) = call(&server, &admin, Method::GET, "/v1/secrets", None).await;
+    assert!(listed.as_array().unwrap().is_empty(), "{listed}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revoked_and_expired_tokens_are_refused_on_the_next_request() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let short = issue(&server, &admin, "short", "reader", &["*"], Some(1)).await;
+    let revoked = issue(&server, &admin, "soon-revoked", "reader", &["*"], None).await;
+    let local = issue(&server, &admin, "revoked-locally", "reader", &["*"], None).await;
+    for token in [&short, &revoked, &local] {
+        let (status, _) = call(&server, token, Method::GET, "/v1/secrets", None).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (status, body) = call(&server, &admin, Method::DELETE, "/v1/tokens/soon-revoked", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = call(&server, &revoked, Method::GET, "/v1/secrets", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // Revoked by another process holding the key: refused on the very next request too.
+    env.ok(&["token", "revoke", "revoked-locally"]);
+    let (status, _) = call(&server, &local, Method::GET, "/v1/secrets", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (status, _) = call(&server, &short, Method::GET, "/v1/secrets", None).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    // The registry says what happened; no token is ever shown again.
+    let listed = env.ok(&["token", "list"]);
+    assert!(listed.contains("soon-revoked") && listed.contains("revoked ") && listed.contains("expired"), "{listed}");
+    for token in [&short, &revoked, &local, &admin] {
+        assert!(!listed.contains(token.as_str()));
+        assert!(!common::contains(&env.ledger_bytes(), token));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reads_fail_closed_when_the_access_log_cannot_be_written() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let (status, _) = call(&server, &admin, Method::POST, "/v1/secrets", Some(json!({"name": "db", "values": {"pw": "fail-closed-value"}}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+    raw.execute_batch("CREATE TRIGGER block_access BEFORE INSERT ON access_log BEGIN SELECT RAISE(ABORT, 'blocked by the test'); END;")
+        .unwrap();
+    let (status, body) = call(&server, &admin, Method::GET, "/v1/secrets/db", None).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "audit_unavailable");
+    assert!(!body.to_string().contains("fail-closed-value"));
+    // Writes still work.
+    let (status, body) = call(&server, &admin, Method::PATCH, "/v1/secrets/db", Some(json!({"values": {"pw": "next"}}))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    raw.execute_batch("DROP TRIGGER block_access").unwrap();
+    let (status, body) = call(&server, &admin, Method::GET, "/v1/secrets/db", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["values"]["pw"], "next");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn abuse_body_limit_slow_clients_and_rate_limits() {
+    let env = Env::empty();
+    let server = Server::start(&env, &["--header-timeout", "1s", "--rate-limit", "5"]);
+    let admin = server.admin.clone().unwrap();
+    let other = issue(&server, &admin, "other", "reader", &["*"], None).await;
+    // 2 MiB body: 413, nothing appended.
+    tokio::time::sleep(Duration::from_secs(1)).await; // let the admin's bucket refill
+    let before = head_seq(&server, &admin).await;
+    let big = "x".repeat(2 << 20);
+    let (status, _) = call(&server, &admin, Method::POST, "/v1/secrets", Some(json!({"name": "big", "values": {"v": big}}))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(head_seq(&server, &admin).await, before);
+    // A client that sends its headers one byte at a time is cut off.
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let slow = std::thread::spawn(move || {
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        for byte in b"GET /healthz HTTP/1.1\r\nHost: x\r\n".iter() {
+            if stream.write_all(&[*byte]).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(300));
+            if started.elapsed() > Duration::from_secs(4) {
+                break;
+            }
+        }
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        (started.elapsed(), rest)
+    });
+    let (took, answer) = tokio::task::spawn_blocking(move || slow.join().unwrap()).await.unwrap();
+    assert!(took < Duration::from_secs(8), "the slow client was served for {took:?}");
+    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "{}", String::from_utf8_lossy(&answer));
+    // A flood from one token is limited; another token is still served.
+    let mut limited = 0;
+    for _ in 0..40 {
+        let (status, _) = call(&server, &admin, Method::GET, "/v1/secrets", None).await;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            limited += 1;
+        }
+    }
+    assert!(limited >= 20, "only {limited} of 40 flooding requests were limited");
+    let (status, _) = call(&server, &other, Method::GET, "/v1/secrets", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_with_a_private_ca_and_plain_http_only_on_loopback() {
+    let env = Env::empty();
+    let cert = env.path("cert.pem");
+    let key = env.path("key.pem");
+    // A private CA, and a server certificate it signed.
+    let ca = env.path("ca.pem");
+    let extensions = env.path("leaf.ext");
+    std::fs::write(&extensions, "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    let dir = env.dir.path();
+    for args in [
+        vec!["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=sledger test CA", "-keyout", "ca.key", "-out", "ca.pem"],
+        vec!["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "leaf.csr"],
+        vec!["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", "leaf.ext", "-out", "cert.pem"],
+    ] {
+        let made = std::process::Command::new("openssl")
+            .args(&args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is needed for this test (apt-get install openssl)");
+        assert!(made.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&made.stderr));
+    }
+    // Plain HTTP beyond loopback is refused, saying why.
+    let refused = env.fails(&["serve", "--listen", "0.0.0.0:0"], 2);
+    assert!(refused.contains("--tls-cert"), "{refused}");
+    assert!(!env.ledger.exists(), "a refused serve created a ledger");
+
+    let server = Server::start(&env, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    let admin = server.admin.clone().unwrap();
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
+    let trusted = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
+    let response = trusted.get(server.url("/v1/secrets")).bearer_auth(&admin).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let untrusted = reqwest::Client::new().get(server.url("/healthz")).send().await;
+    let error = untrusted.expect_err("a client that does not trust the CA must fail");
+    let chain = format!("{error:?}");
+    assert!(chain.to_lowercase().contains("certificate"), "{chain}");
+    assert!(server.stop().success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_load_loses_no_acknowledged_write() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (url, token) = (server.url("/v1/secrets"), admin.clone());
+            tokio::spawn(async move {
+                let client = client();
+                let mut acknowledged = Vec::new();
+                for i in 0.. {
+                    let name = format!("w{w}/s{i}");
+                    let value = format!("value-{w}-{i}");
+                    let sent = client
+                        .post(&url)
+                        .bearer_auth(&token)
+                        .json(&json!({"name": name, "values": {"v": value}}))
+                        .send()
+                        .await;
+                    match sent {
+                        Ok(r) if r.status() == StatusCode::CREATED => acknowledged.push((name, value)),
+                        _ => break,
+                    }
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut server = server;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let mut acknowledged = Vec::new();
+    for w in writers {
+        acknowledged.extend(w.await.unwrap());
+    }
+    assert!(acknowledged.len() > 50, "only {} writes before the kill", acknowledged.len());
+    drop(server);
+    env.ok(&["verify"]);
+    let restarted = Server::start(&env, &[]);
+    for (name, value) in &acknowledged {
+        let (status, body) = call(&restarted, &admin, Method::GET, &format!("/v1/secrets/{name}?from=ledger"), None).await;
+        assert_eq!(status, StatusCode::OK, "{name}: {body}");
+        assert_eq!(body["values"]["v"], value.as_str());
+    }
+    // The primary converges: its projector runs in the restarted server.
+    let started = Instant::now();
+    loop {
+        let (_, sinks) = call(&restarted, &admin, Method::GET, "/v1/sinks", None).await;
+        if sinks[0]["lag"] == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "the primary never caught up: {sinks}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, body) = call(&restarted, &admin, Method::GET, &format!("/v1/secrets/{}", acknowledged[0].0), None).await;
+    assert_eq!(body["source"]["kind"], "sink");
+    assert!(restarted.stop().success());
+}
+
+#[test]
+fn tokens_from_the_cli_are_shown_once_and_listed_without_the_token() {
+    let env = Env::new();
+    let out = env.ok(&["token", "create", "--name", "ci-deploy", "--role", "reader", "--pattern", "prod/*", "--expires", "30d"]);
+    let token = out.trim();
+    assert!(token.starts_with("sledger_") && token.len() > 40, "{out}");
+    let listed = env.json(&["token", "list"]);
+    assert_eq!(listed[0]["name"], "ci-deploy");
+    assert_eq!(listed[0]["role"], "reader");
+    assert_eq!(listed[0]["patterns"], json!(["prod/*"]));
+    assert!(!listed.to_string().contains(token));
+    assert!(!common::contains(&env.ledger_bytes(), token));
+    env.fails(&["token", "create", "--name", "ci-deploy", "--role", "reader", "--pattern", "x"], 4);
+    env.fails(&["token", "create", "--name", "x", "--role", "root", "--pattern", "x"], 2);
+    env.fails(&["token", "revoke", "nosuch"], 3);
+    let log = env.ok(&["log", "--type", "token.issued"]);
+    assert!(log.contains("token ci-deploy issued: reader on prod/*"), "{log}");
+    env.ok(&["verify"]);
+}
