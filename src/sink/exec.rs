@@ -14,6 +14,10 @@
 //! Replies: `{"ok":true}` plus `"record":{…}|null` for get and `"entries":[{"id","seq"}]` for
 //! list; failures are `{"ok":false,"error":"…","temporary":true|false}`. The same rules as for
 //! every sink apply (see [`super::Sink`]). The program's stderr is discarded.
+//!
+//! The program starts with a cleared environment: `PATH`, `HOME` and `LANG`, plus only the
+//! variables its URL names (`env=NAME`, repeatable). A third-party plug-in never sees sledger's
+//! master key or any cloud credential it was not given.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -34,6 +38,12 @@ use crate::SecretId;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What every plug-in inherits; anything else it must be given by name (`env=NAME`).
+const ALWAYS_PASSED: &[&str] = &["PATH", "HOME", "LANG"];
+
+/// Never passed to a plug-in, even when named.
+const NEVER_PASSED: &[&str] = &[crate::crypto::MASTER_KEY_ENV];
+
 struct Worker {
     _child: Child,
     stdin: ChildStdin,
@@ -44,6 +54,7 @@ struct Worker {
 pub struct ExecSink {
     program: PathBuf,
     args: Vec<String>,
+    env: Vec<String>,
     prefix: String,
     max_concurrency: usize,
     idle: Mutex<Vec<Worker>>,
@@ -84,10 +95,11 @@ fn failure(message: impl Into<String>, temporary: bool) -> Error {
 }
 
 impl ExecSink {
-    pub fn new(program: &Path, args: &[String], prefix: &str, max_concurrency: usize) -> Self {
+    pub fn new(program: &Path, args: &[String], env: &[String], prefix: &str, max_concurrency: usize) -> Self {
         ExecSink {
             program: program.to_path_buf(),
             args: args.to_vec(),
+            env: env.to_vec(),
             prefix: prefix.to_owned(),
             max_concurrency,
             idle: Mutex::new(Vec::new()),
@@ -96,7 +108,14 @@ impl ExecSink {
     }
 
     fn spawn(&self) -> Result<Worker> {
-        let mut child = Command::new(&self.program)
+        let mut command = Command::new(&self.program);
+        command.env_clear();
+        for name in ALWAYS_PASSED.iter().copied().chain(self.env.iter().map(String::as_str)) {
+            if let Some(value) = std::env::var_os(name) {
+                command.env(name, value);
+            }
+        }
+        let mut child = command
             .args(&self.args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -237,9 +256,26 @@ impl Sink for ExecSink {
 
 /// `exec:///absolute/path/program?arg=A&arg=B`.
 pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> crate::Result<super::Backend> {
+    let env = parts.take_all("env");
+    for name in &env {
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(crate::Error::invalid(format!(
+                "env={name:?} is not an environment variable name (letters, digits and _)"
+            )));
+        }
+        if NEVER_PASSED.contains(&name.as_str()) {
+            return Err(crate::Error::invalid(format!(
+                "env={name} would hand the master key to a plug-in; it is never passed on"
+            )));
+        }
+    }
     Ok(super::Backend::Exec {
         program: parts.absolute_path("exec")?,
         args: parts.take_all("arg"),
+        env,
         prefix: parts.prefix.clone(),
         max_concurrency: parts.concurrency(16),
     })

@@ -206,6 +206,8 @@ pub enum Backend {
     Exec {
         program: PathBuf,
         args: Vec<String>,
+        /// Environment variables the plug-in gets besides PATH, HOME and LANG (names only).
+        env: Vec<String>,
         prefix: String,
         max_concurrency: usize,
     },
@@ -503,9 +505,10 @@ impl SinkUrl {
             Backend::Exec {
                 program,
                 args,
+                env,
                 prefix,
                 max_concurrency,
-            } => Arc::new(ExecSink::new(program, args, prefix, *max_concurrency)),
+            } => Arc::new(ExecSink::new(program, args, env, prefix, *max_concurrency)),
             #[cfg(feature = "vault")]
             Backend::Vault(config) => Arc::new(vault::VaultSink::new(config.clone())),
             #[cfg(feature = "aws")]

@@ -9,6 +9,9 @@ use sledger::{keyfile, Ledger, MasterKey};
 
 use crate::cli::{Format, Global};
 
+/// SLEDGER_MASTER_KEY as it was at start-up (see [`Context::take_env_key`]).
+static ENV_KEY: std::sync::OnceLock<Option<zeroize::Zeroizing<String>>> = std::sync::OnceLock::new();
+
 pub struct Context {
     pub ledger_path: PathBuf,
     pub key_file: PathBuf,
@@ -69,13 +72,23 @@ impl Context {
         self.format == Format::Json
     }
 
-    /// The master key from SLEDGER_MASTER_KEY, if set.
+    /// Take SLEDGER_MASTER_KEY out of the process environment, so that no child process of
+    /// any kind (plug-ins, credential helpers) inherits it. Called first thing in `main`, while
+    /// the process has one thread.
+    pub fn take_env_key() {
+        let text = std::env::var(MASTER_KEY_ENV).ok().map(zeroize::Zeroizing::new);
+        // SAFETY (for editions where this is unsafe): no other thread exists yet.
+        std::env::remove_var(MASTER_KEY_ENV);
+        let _ = ENV_KEY.set(text);
+    }
+
+    /// The master key from SLEDGER_MASTER_KEY, if it was set.
     pub fn env_key() -> Result<Option<MasterKey>> {
-        match std::env::var(MASTER_KEY_ENV) {
-            Ok(text) => Ok(Some(
-                MasterKey::from_base64(&text).context(format!("{MASTER_KEY_ENV} is unusable"))?,
+        match ENV_KEY.get().and_then(Option::as_ref) {
+            Some(text) => Ok(Some(
+                MasterKey::from_base64(text).context(format!("{MASTER_KEY_ENV} is unusable"))?,
             )),
-            Err(_) => Ok(None),
+            None => Ok(None),
         }
     }
 

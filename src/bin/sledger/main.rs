@@ -25,6 +25,7 @@ use cli::{Cli, Commands};
 use context::Context;
 
 fn main() {
+    Context::take_env_key();
     let matches = Cli::command().get_matches();
     let cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
