@@ -53,8 +53,30 @@ pub struct AccessRecord {
     pub client: Option<String>,
 }
 
+/// Which access-log rows a query wants.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
+    /// Only the last N matching rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+impl AccessFilter {
+    pub fn keeps(&self, e: &AccessEntry) -> bool {
+        self.principal.as_ref().is_none_or(|p| &e.record.principal == p)
+            && self.outcome.as_ref().is_none_or(|o| e.record.outcome.as_str() == o)
+    }
+}
+
 /// A stored access-log row.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AccessEntry {
     pub seq: u64,
     #[serde(flatten)]

@@ -215,6 +215,26 @@ pub fn generate_token() -> zeroize::Zeroizing<String> {
     zeroize::Zeroizing::new(format!("{TOKEN_PREFIX}{encoded}"))
 }
 
+/// A newly issued token as `token create --format json` and `POST /v1/tokens` show it: the
+/// only time the token itself is ever shown.
+pub fn token_doc(
+    name: &str,
+    role: Role,
+    patterns: &[String],
+    expires_at: Option<Millis>,
+    seq: Option<u64>,
+    token: &str,
+) -> serde_json::Value {
+    serde_json::json!({
+        "name": name,
+        "role": role,
+        "patterns": patterns,
+        "expires_at": expires_at.map(crate::event::format_millis),
+        "seq": seq,
+        "token": token,
+    })
+}
+
 /// The token registry, folded from `token.*` events.
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {

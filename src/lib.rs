@@ -42,7 +42,8 @@ pub use error::{Error, ErrorClass, Result};
 pub use event::{Event, Scope, StoredEvent};
 pub use handle::{CommitStats, LedgerHandle};
 pub use ledger::{
-    Anchor, AuditEntry, Command, KeyChange, Ledger, LedgerSettings, Outcome, ReadPoint, Request, SecretRead,
+    Anchor, AuditEntry, Command, KeyChange, Ledger, LedgerSettings, LogFilter, Outcome, ReadPoint, Request,
+    SecretRead,
 };
 
 /// A secret's immutable id (UUIDv7).

@@ -46,6 +46,25 @@ pub struct Served {
 }
 
 impl Served {
+    /// The read as the CLI's `--format json` and the API show it (values included).
+    pub fn to_json(&self) -> serde_json::Value {
+        let read = &self.read;
+        let values: std::collections::BTreeMap<&str, &str> = read.values.iter().collect();
+        serde_json::json!({
+            "name": read.meta.name,
+            "id": read.meta.id,
+            "scope": read.meta.scope,
+            "version": read.version,
+            "seq": read.seq,
+            "recorded_at": crate::event::format_millis(read.recorded_at),
+            "labels": read.meta.labels,
+            "source": self.source,
+            "lagging": self.lagging,
+            "skipped": self.skipped.iter().map(|(s, why)| serde_json::json!({"sink": s, "reason": why})).collect::<Vec<_>>(),
+            "values": values,
+        })
+    }
+
     /// A read the ledger itself served (historical reads always are).
     pub fn from_ledger(read: SecretRead) -> Self {
         Served {

@@ -4,81 +4,14 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
+use common::serve::Server;
 use common::Env;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-
-/// A running `sledger serve`.
-struct Server {
-    child: Child,
-    base: String,
-    /// The admin token printed on first run (when the server created the ledger).
-    admin: Option<String>,
-}
-
-impl Server {
-    fn start(env: &Env, args: &[&str]) -> Server {
-        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
-            .env("SLEDGER_LEDGER", &env.ledger)
-            .env("SLEDGER_ACTOR", "alice@test")
-            .env_remove("SLEDGER_MASTER_KEY")
-            .env_remove("SLEDGER_KEY_FILE")
-            .env_remove("SLEDGER_LOG")
-            .args(["serve", "--listen", "127.0.0.1:0"])
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let mut admin = None;
-        let base = loop {
-            let line = lines
-                .next()
-                .expect("sledger serve exited before it listened")
-                .unwrap();
-            if line.starts_with("sledger_") {
-                admin = Some(line);
-            } else if let Some(url) = line.strip_prefix("listening on ") {
-                break url.to_owned();
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        Server { child, base, admin }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(10),
-                "serve did not exit within 10 s of SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
@@ -159,6 +92,7 @@ fn body_for(operation: &str, name: &str, i: usize) -> Option<Value> {
         "sink.add" => json!({"name": format!("m{i}"), "url": format!("sqlite:///tmp/sledger-matrix-{}-{i}.db", std::process::id()), "role": "standby"}),
         "sink.set_role" => json!({"role": "replica"}),
         "restore" => json!({"seq": 1, "dry_run": true}),
+        "diff" => json!({"sink": "local"}),
         "token.create" => json!({"name": format!("t{i}"), "role": "reader", "patterns": ["x"]}),
         _ => return None,
     })
@@ -368,13 +302,12 @@ async fn abuse_body_limit_slow_clients_and_rate_limits() {
     assert!(took < Duration::from_secs(8), "the slow client was served for {took:?}");
     assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "{}", String::from_utf8_lossy(&answer));
     // A flood from one token is limited; another token is still served.
-    let mut limited = 0;
-    for _ in 0..40 {
-        let (status, _) = call(&server, &admin, Method::GET, "/v1/secrets", None).await;
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            limited += 1;
-        }
-    }
+    let flood = (0..40).map(|_| call(&server, &admin, Method::GET, "/v1/secrets", None));
+    let limited = futures::future::join_all(flood)
+        .await
+        .into_iter()
+        .filter(|(status, _)| *status == StatusCode::TOO_MANY_REQUESTS)
+        .count();
     assert!(limited >= 20, "only {limited} of 40 flooding requests were limited");
     let (status, _) = call(&server, &other, Method::GET, "/v1/secrets", None).await;
     assert_eq!(status, StatusCode::OK);

@@ -1,7 +1,7 @@
 //! Tokens and the access log: the ledger's part of the server's identity model.
 
 use super::*;
-use crate::access_log::{self, AccessEntry, AccessRecord};
+use crate::access_log::{self, AccessEntry, AccessFilter, AccessRecord};
 use crate::identity::Tokens;
 
 impl Ledger {
@@ -39,6 +39,22 @@ impl Ledger {
     /// Access-log rows with seq > `after`, in seq order, until `visit` returns false.
     pub fn access_log(&self, after: u64, visit: &mut dyn FnMut(AccessEntry) -> Result<bool>) -> Result<()> {
         self.store.scan_access(after, visit)
+    }
+
+    /// The access-log rows `filter` keeps (the last `limit` of them), oldest first.
+    pub fn query_access(&self, filter: &AccessFilter) -> Result<Vec<AccessEntry>> {
+        let limit = filter.limit.unwrap_or(usize::MAX);
+        let mut shown = std::collections::VecDeque::new();
+        self.store.scan_access(filter.after_seq.unwrap_or(0), &mut |e| {
+            if filter.keeps(&e) && limit > 0 {
+                if shown.len() == limit {
+                    shown.pop_front();
+                }
+                shown.push_back(e);
+            }
+            Ok(true)
+        })?;
+        Ok(shown.into())
     }
 
     /// The access log's last seq (0 when empty).

@@ -21,6 +21,15 @@ pub struct AuditEntry {
     pub detail: Option<String>,
 }
 
+impl AuditEntry {
+    /// The entry as `sledger log --format json` and the API show it: its fields plus `time`.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).expect("audit entries serialise");
+        v["time"] = serde_json::json!(crate::event::format_millis(self.recorded_at));
+        v
+    }
+}
+
 /// How one value key changed, with the new value's fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyChange {
@@ -111,7 +120,84 @@ pub(super) fn describe(
     }
 }
 
+/// Which audit entries a query wants (every field narrows it).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFilter {
+    /// Only this secret's events (a name as `actor` sees it, or `id:<uuid>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub event_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// Unix ms, inclusive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after_seq: Option<u64>,
+    /// Only the last N matching entries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// The filter's conditions on one entry, with its secret resolved to an id.
+pub struct LogMatcher {
+    filter: LogFilter,
+    secret_id: Option<SecretId>,
+}
+
+impl LogMatcher {
+    pub fn keeps(&self, e: &AuditEntry) -> bool {
+        let f = &self.filter;
+        self.secret_id.is_none_or(|id| e.secret_id == Some(id))
+            && f.actor.as_ref().is_none_or(|a| &e.actor == a)
+            && f.event_type.as_ref().is_none_or(|t| &e.event_type == t)
+            && f.since.is_none_or(|s| e.recorded_at >= s)
+            && f.until.is_none_or(|u| e.recorded_at <= u)
+            && f.after_seq.is_none_or(|a| e.seq > a)
+    }
+}
+
 impl Ledger {
+    /// Check `filter` (a known event type, a secret `actor` can see) and resolve its secret.
+    pub fn log_matcher(&self, actor: &str, filter: LogFilter) -> Result<LogMatcher> {
+        if let Some(t) = &filter.event_type {
+            if !crate::event::EVENT_TYPES.contains(&t.as_str()) {
+                return Err(Error::invalid(format!(
+                    "unknown event type {t:?}; known types: {}",
+                    crate::event::EVENT_TYPES.join(", ")
+                )));
+            }
+        }
+        let secret_id = match &filter.secret {
+            Some(name) => self.history(actor, name)?.first().and_then(|e| e.secret_id),
+            None => None,
+        };
+        Ok(LogMatcher { filter, secret_id })
+    }
+
+    /// The entries `filter` keeps (the last `limit` of them), oldest first, and the catalog
+    /// folded to the head, to follow the log from.
+    pub fn query_log(&self, actor: &str, filter: LogFilter) -> Result<(Vec<AuditEntry>, Catalog, LogMatcher)> {
+        let matcher = self.log_matcher(actor, filter)?;
+        let limit = matcher.filter.limit.unwrap_or(usize::MAX);
+        let mut shown = std::collections::VecDeque::new();
+        let mut catalog = Catalog::default();
+        self.audit(&mut catalog, &mut |e| {
+            if matcher.keeps(&e) && limit > 0 {
+                if shown.len() == limit {
+                    shown.pop_front();
+                }
+                shown.push_back(e);
+            }
+            Ok(true)
+        })?;
+        Ok((shown.into(), catalog, matcher))
+    }
+
     /// Visit audit entries for events after `catalog.seq`, folding them into `catalog` as it goes
     /// (so a follower can call it again with the same catalog to get only new events).
     pub fn audit(

@@ -26,7 +26,7 @@ mod verify;
 
 pub use append::Request;
 use append::*;
-pub use audit::{AuditEntry, KeyChange};
+pub use audit::{AuditEntry, KeyChange, LogFilter, LogMatcher};
 pub(crate) use persist::open_values_at;
 use persist::*;
 use query::*;
@@ -147,6 +147,32 @@ pub enum Outcome {
     },
     /// Another ledger-level event (a restore's record).
     Recorded { seq: u64, event_type: &'static str },
+}
+
+impl Outcome {
+    /// The outcome as the CLI's `--format json` and the API show it: the secret's metadata
+    /// with `result` (`verb`, or `unchanged`) and `seq`, or the sink or record it changed.
+    pub fn to_json(&self, verb: &str) -> serde_json::Value {
+        use serde_json::json;
+        match self {
+            Outcome::Appended { seq, secret, .. } => {
+                let mut v = secret.to_json();
+                v["result"] = json!(verb);
+                v["seq"] = json!(seq);
+                v
+            }
+            Outcome::Unchanged { secret } => {
+                let mut v = secret.to_json();
+                v["result"] = json!("unchanged");
+                v["seq"] = serde_json::Value::Null;
+                v
+            }
+            Outcome::SinkChanged { seq, event_type, name } => {
+                json!({"result": verb, "event_type": event_type, "sink": name, "seq": seq})
+            }
+            Outcome::Recorded { seq, event_type } => json!({"result": verb, "event_type": event_type, "seq": seq}),
+        }
+    }
 }
 
 /// Which version of a secret to read.

@@ -456,7 +456,7 @@ pub fn primary(ledger: &Ledger) -> Result<Option<String>> {
 }
 
 /// Whether the primary applied a write in time.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PrimaryWait {
     pub name: String,
     /// Events the primary has not applied yet.

@@ -20,6 +20,27 @@ pub struct RestoreStep {
     pub actions: Vec<&'static str>,
 }
 
+/// Refusing a restore that would delete every live secret (a target before the first one).
+pub fn empties_everything(seq: u64) -> Error {
+    Error::invalid(format!(
+        "no secret was live at seq {seq}, so restoring to it would delete every secret; pick a later \
+         point (`sledger log` shows the seqs), or name the secrets with --secret"
+    ))
+}
+
+impl RestorePlan {
+    /// What the plan does, as `restore --format json` and `POST /v1/restore` report it.
+    pub fn summary(&self, dry_run: bool) -> serde_json::Value {
+        serde_json::json!({
+            "target_seq": self.target_seq,
+            "steps": self.steps,
+            "purged": self.purged,
+            "not_yours": self.not_yours,
+            "dry_run": dry_run,
+        })
+    }
+}
+
 /// The compensating commands for a restore, and what cannot be restored.
 #[derive(Debug, Default)]
 pub struct RestorePlan {

@@ -9,6 +9,7 @@ mod auth;
 mod metrics;
 pub mod routes;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::error::{Error, ErrorClass, Result};
 use crate::project::service::{self, FollowOptions, ProjectorEvent};
+use crate::project::PrimaryWait;
 use crate::LedgerHandle;
 
 pub use auth::RateLimit;
@@ -79,6 +81,45 @@ pub(crate) struct AppState {
     pub handle: LedgerHandle,
     pub auth: auth::Auth,
     pub metrics: metrics::Metrics,
+    /// Each sink's checkpoint as its projector reports it, for writes that wait for the primary.
+    pub checkpoints: watch::Sender<BTreeMap<String, u64>>,
+}
+
+impl AppState {
+    /// Wait up to `wait` for the primary sink to apply the event at `seq` (its own event, not
+    /// whatever others appended since), then report the primary's state. `None` without a
+    /// primary.
+    pub async fn wait_for_primary(&self, seq: u64, wait: Duration) -> Result<Option<PrimaryWait>> {
+        let Some((name, checkpoint)) = self
+            .handle
+            .read(|l| match l.sinks()?.into_values().find(|s| s.role == crate::event::SinkRole::Primary) {
+                Some(primary) => Ok(Some((primary.name.clone(), l.checkpoint(&primary.name)?))),
+                None => Ok(None),
+            })
+            .await?
+        else {
+            return Ok(None);
+        };
+        if checkpoint < seq {
+            let mut reported = self.checkpoints.subscribe();
+            let applied = reported.wait_for(|c| c.get(&name).is_some_and(|c| *c >= seq));
+            let _ = tokio::time::timeout(wait, applied).await;
+        }
+        let primary = self
+            .handle
+            .read(move |l| {
+                let progress = l.checkpoint(&name)?;
+                let status = l.sink_status()?.into_iter().find(|s| s.name == name);
+                Ok(PrimaryWait {
+                    lag: if progress >= seq { 0 } else { seq - progress },
+                    parked: status.as_ref().map_or(0, |s| s.parked),
+                    error: if progress >= seq { None } else { status.and_then(|s| s.last_error) },
+                    name,
+                })
+            })
+            .await?;
+        Ok(Some(primary))
+    }
 }
 
 /// Serve until `shutdown` resolves: stop accepting, finish requests in flight, let the
@@ -95,6 +136,7 @@ pub async fn serve(
         auth: auth::Auth::load(&handle, options.rate_limit).await?,
         metrics: metrics::Metrics::default(),
         handle: handle.clone(),
+        checkpoints: watch::Sender::new(BTreeMap::new()),
     });
     let app = routes::router(state.clone(), &options);
 
@@ -105,8 +147,14 @@ pub async fn serve(
         tokio::spawn(async move {
             service::follow(&path, &master, follow, Some(wake), stop, move |event| {
                 state.metrics.projector(&event);
-                if let ProjectorEvent::Failed { sink, error } = &event {
-                    tracing::warn!(sink = %sink, error = %error, "projector failed; retrying");
+                match &event {
+                    ProjectorEvent::Failed { sink, error } => {
+                        tracing::warn!(sink = %sink, error = %error, "projector failed; retrying")
+                    }
+                    ProjectorEvent::Projected { sink, report } => state.checkpoints.send_modify(|c| {
+                        let at = c.entry(sink.clone()).or_default();
+                        *at = (*at).max(report.checkpoint);
+                    }),
                 }
             })
             .await
@@ -208,10 +256,13 @@ pub fn status_of(error: &Error) -> (StatusCode, &'static str) {
         ErrorClass::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
         ErrorClass::Denied => (StatusCode::FORBIDDEN, "forbidden"),
         ErrorClass::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
-        ErrorClass::Backend | ErrorClass::OutOfSync => (StatusCode::UNPROCESSABLE_ENTITY, "backend_refused"),
-        ErrorClass::Integrity | ErrorClass::Key | ErrorClass::Incompatible | ErrorClass::Internal => {
-            (StatusCode::INTERNAL_SERVER_ERROR, "internal")
-        }
+        ErrorClass::Backend => (StatusCode::UNPROCESSABLE_ENTITY, "backend_refused"),
+        ErrorClass::OutOfSync => (StatusCode::CONFLICT, "out_of_sync"),
+        // The codes tell a remote CLI which exit code to use, as a local one would.
+        ErrorClass::Integrity => (StatusCode::INTERNAL_SERVER_ERROR, "integrity"),
+        ErrorClass::Key => (StatusCode::INTERNAL_SERVER_ERROR, "key"),
+        ErrorClass::Incompatible => (StatusCode::INTERNAL_SERVER_ERROR, "incompatible"),
+        ErrorClass::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
     }
 }
 

@@ -22,11 +22,12 @@ use super::auth::{self, Caller, Refusal};
 use super::{error_response, ApiError, AppState, ServeOptions};
 use crate::access_log::AccessOutcome;
 use crate::error::{Error, Result};
-use crate::event::{format_millis, Millis, Scope, SinkRole};
+use crate::event::{Millis, Scope, SinkRole};
 use crate::identity::{Action, Role, TokenSecret};
 use crate::ledger::ID_REF_PREFIX;
 use crate::read::{read_latest, ReadFrom, Served};
-use crate::{Catalog, Command, Ledger, Outcome, ReadPoint, SecretValues, Status};
+use crate::access_log::AccessFilter;
+use crate::{Catalog, Command, Ledger, LogFilter, Outcome, ReadPoint, SecretValues, Status};
 
 /// One route of the API.
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +85,8 @@ pub const ROUTES: &[RouteSpec] = &[
     route("PUT", "/v1/sinks/{name}/role", "sink.set_role", Some(Administer), "Change a sink's role: {role}."),
     route("DELETE", "/v1/sinks/{name}", "sink.remove", Some(Administer), "Detach a sink."),
     route("POST", "/v1/sinks/{name}/check", "sink.check", Some(Administer), "Check that a sink's backend answers."),
+    route("POST", "/v1/sinks/{name}/retry", "sink.retry", Some(Administer), "Re-apply a sink's parked secrets."),
+    route("POST", "/v1/diff", "diff", Some(Administer), "What a sink lacks, holds stale or holds extra: {sink, seq | at}."),
     route("POST", "/v1/restore", "restore", Some(Administer), "Restore secrets to an earlier seq or time: {seq | at, secrets, dry_run}."),
     route("GET", "/v1/tokens", "token.list", Some(Administer), "Every token issued (never the tokens themselves)."),
     route("POST", "/v1/tokens", "token.create", Some(Administer), "Issue a token: {name, role, patterns, expires_in_seconds}; it is shown once."),
@@ -121,6 +124,8 @@ pub(crate) fn router(state: Arc<AppState>, options: &ServeOptions) -> Router {
         .route("/v1/sinks/{name}/role", put(set_sink_role))
         .route("/v1/sinks/{name}", delete(remove_sink))
         .route("/v1/sinks/{name}/check", post(check_sink))
+        .route("/v1/sinks/{name}/retry", post(retry_sink))
+        .route("/v1/diff", post(diff))
         .route("/v1/restore", post(restore))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", delete(revoke_token))
@@ -177,6 +182,15 @@ async fn authenticate(
         .await
     {
         Ok(caller) => {
+            // The role is checked here, before the body is even read; the name patterns, which
+            // may need the body or a lookup, in the handler.
+            if let Some(action) = ROUTES.iter().find(|r| r.operation == operation).and_then(|r| r.action) {
+                if !caller.token.role.allows(action) {
+                    if let Err(e) = auth::authorize(&state.handle, &caller, operation, action, None).await {
+                        return ApiError(e).into_response();
+                    }
+                }
+            }
             request.extensions_mut().insert(caller);
             next.run(request).await
         }
@@ -238,44 +252,71 @@ async fn allow_secret(state: &AppState, caller: &Caller, operation: &str, name: 
     Ok(resolved)
 }
 
-/// Apply `commands` as the caller and render the outcomes as the CLI's JSON does.
-async fn execute(state: &AppState, caller: &Caller, verb: &str, commands: Vec<Command>) -> ApiResult {
-    let started = Instant::now();
-    let outcomes = state.handle.execute(&caller.principal(), commands).await?;
-    state.metrics.append(started.elapsed().as_secs_f64());
-    let rendered: Vec<Value> = outcomes.iter().map(|o| outcome_json(verb, o)).collect();
-    let status = if verb == "created" {
+/// How long a write waits for the primary sink to apply it (`?wait_ms=`; 0 by default, and
+/// at most a minute).
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct WaitQuery {
+    #[serde(default)]
+    wait_ms: u64,
+}
+
+impl WaitQuery {
+    fn duration(self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.wait_ms.min(60_000))
+    }
+}
+
+/// Apply `commands` as the caller; the answer is the documents the CLI prints for them (one
+/// per secret changed, or per sink event), with the primary's state when asked to wait.
+async fn execute(state: &AppState, caller: &Caller, verb: &str, commands: Vec<Command>, wait: WaitQuery) -> ApiResult {
+    let docs = execute_docs(state, caller, verb, commands, wait).await?;
+    let status = if verb == "created" && !docs.is_empty() {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    let body = match <[Value; 1]>::try_from(rendered) {
+    let body = match <[Value; 1]>::try_from(docs) {
         Ok([one]) => one,
         Err(many) => Value::Array(many),
     };
     Ok((status, Json(body)).into_response())
 }
 
-fn outcome_json(verb: &str, outcome: &Outcome) -> Value {
+async fn execute_docs(
+    state: &AppState,
+    caller: &Caller,
+    verb: &str,
+    commands: Vec<Command>,
+    wait: WaitQuery,
+) -> Result<Vec<Value>> {
+    let started = Instant::now();
+    let outcomes = state.handle.execute(&caller.principal(), commands).await?;
+    state.metrics.append(started.elapsed().as_secs_f64());
+    let secrets = outcomes
+        .iter()
+        .any(|o| matches!(o, Outcome::Appended { .. } | Outcome::Unchanged { .. }));
+    let primary = match outcomes.iter().filter_map(appended_seq).max() {
+        Some(seq) if secrets && wait.wait_ms > 0 => state.wait_for_primary(seq, wait.duration()).await?,
+        _ => None,
+    };
+    Ok(outcomes
+        .iter()
+        .filter(|o| !secrets || matches!(o, Outcome::Appended { .. } | Outcome::Unchanged { .. }))
+        .map(|o| {
+            let mut doc = o.to_json(verb);
+            if let Some(p) = &primary {
+                doc["primary"] = json!(p);
+            }
+            doc
+        })
+        .collect())
+}
+
+fn appended_seq(outcome: &Outcome) -> Option<u64> {
     match outcome {
-        Outcome::Appended { seq, secret, .. } => {
-            let mut v = secret.to_json();
-            v["result"] = json!(verb);
-            v["seq"] = json!(seq);
-            v
-        }
-        Outcome::Unchanged { secret } => {
-            let mut v = secret.to_json();
-            v["result"] = json!("unchanged");
-            v["seq"] = Value::Null;
-            v
-        }
-        Outcome::SinkChanged {
-            seq,
-            event_type,
-            name,
-        } => json!({"result": event_type, "sink": name, "seq": seq}),
-        Outcome::Recorded { seq, event_type } => json!({"result": event_type, "seq": seq}),
+        Outcome::Appended { seq, .. } | Outcome::SinkChanged { seq, .. } | Outcome::Recorded { seq, .. } => Some(*seq),
+        Outcome::Unchanged { .. } => None,
     }
 }
 
@@ -307,6 +348,7 @@ fn workspace() -> Scope {
 async fn create_secret(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
+    Query(wait): Query<WaitQuery>,
     Json(body): Json<NewSecret>,
 ) -> ApiResult {
     allow(&state, &caller, "secret.create", Some(&body.name)).await?;
@@ -316,7 +358,7 @@ async fn create_secret(
         labels: body.labels,
         values: values_from(body.values)?,
     };
-    execute(&state, &caller, "created", vec![command]).await
+    execute(&state, &caller, "created", vec![command], wait).await
 }
 
 #[derive(Deserialize)]
@@ -332,6 +374,7 @@ struct PutSecret {
 async fn put_secret(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
+    Query(wait): Query<WaitQuery>,
     Path(name): Path<String>,
     Json(body): Json<PutSecret>,
 ) -> ApiResult {
@@ -342,7 +385,7 @@ async fn put_secret(
         labels: body.labels,
         values: values_from(body.values)?,
     };
-    execute(&state, &caller, "put", vec![command]).await
+    execute(&state, &caller, "put", vec![command], wait).await
 }
 
 #[derive(Deserialize, Default)]
@@ -361,6 +404,7 @@ struct UpdateSecret {
 async fn update_secret(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
+    Query(wait): Query<WaitQuery>,
     Path(name): Path<String>,
     Json(body): Json<UpdateSecret>,
 ) -> ApiResult {
@@ -375,25 +419,27 @@ async fn update_secret(
         set_labels: body.labels,
         remove_labels: body.remove_labels,
     };
-    execute(&state, &caller, "updated", vec![command]).await
+    execute(&state, &caller, "updated", vec![command], wait).await
 }
 
 async fn delete_secret(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
+    Query(wait): Query<WaitQuery>,
     Path(name): Path<String>,
 ) -> ApiResult {
     let name = allow_secret(&state, &caller, "secret.delete", &name).await?;
-    execute(&state, &caller, "deleted", vec![Command::Delete { name }]).await
+    execute(&state, &caller, "deleted", vec![Command::Delete { name }], wait).await
 }
 
 async fn undelete_secret(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
+    Query(wait): Query<WaitQuery>,
     Path(name): Path<String>,
 ) -> ApiResult {
     let name = allow_secret(&state, &caller, "secret.undelete", &name).await?;
-    execute(&state, &caller, "restored", vec![Command::Undelete { name }]).await
+    execute(&state, &caller, "restored", vec![Command::Undelete { name }], wait).await
 }
 
 #[derive(Deserialize)]
@@ -405,6 +451,7 @@ struct RenameBody {
 async fn rename_secret(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
+    Query(wait): Query<WaitQuery>,
     Path(name): Path<String>,
     Json(body): Json<RenameBody>,
 ) -> ApiResult {
@@ -414,16 +461,17 @@ async fn rename_secret(
         name,
         new_name: body.new_name,
     };
-    execute(&state, &caller, "renamed", vec![command]).await
+    execute(&state, &caller, "renamed", vec![command], wait).await
 }
 
 async fn purge_secret(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
+    Query(wait): Query<WaitQuery>,
     Path(name): Path<String>,
 ) -> ApiResult {
     let name = allow_secret(&state, &caller, "secret.purge", &name).await?;
-    execute(&state, &caller, "purged", vec![Command::Purge { name }]).await
+    execute(&state, &caller, "purged", vec![Command::Purge { name }], wait).await
 }
 
 #[derive(Deserialize)]
@@ -490,21 +538,7 @@ async fn get_secret(
         crate::read::Source::Ledger => "ledger".into(),
     });
     state.handle.record_access(vec![record]).await?;
-    let values: BTreeMap<&str, &str> = read.values.iter().collect();
-    Ok(Json(json!({
-        "name": read.meta.name,
-        "id": read.meta.id,
-        "scope": read.meta.scope,
-        "version": read.version,
-        "seq": read.seq,
-        "recorded_at": format_millis(read.recorded_at),
-        "labels": read.meta.labels,
-        "source": served.source,
-        "lagging": served.lagging,
-        "skipped": served.skipped.iter().map(|(s, why)| json!({"sink": s, "reason": why})).collect::<Vec<_>>(),
-        "values": values,
-    }))
-    .into_response())
+    Ok(Json(served.to_json()).into_response())
 }
 
 #[derive(Deserialize)]
@@ -548,87 +582,61 @@ async fn history(
     let name = allow_secret(&state, &caller, "secret.history", &name).await?;
     let actor = caller.principal();
     let entries = state.handle.read(move |l| l.history(&actor, &name)).await?;
-    Ok(Json(entries).into_response())
+    Ok(Json(entries.iter().map(|e| e.to_json()).collect::<Vec<_>>()).into_response())
 }
 
 // The logs.
 
-#[derive(Deserialize, Clone, Default)]
-#[serde(deny_unknown_fields)]
-struct LogQuery {
-    #[serde(rename = "type")]
-    event_type: Option<String>,
-    actor: Option<String>,
-    secret_id: Option<uuid::Uuid>,
-    #[serde(default)]
-    after_seq: u64,
-    limit: Option<usize>,
-}
-
-impl LogQuery {
-    fn keeps(&self, e: &crate::AuditEntry) -> bool {
-        e.seq > self.after_seq
-            && self.event_type.as_ref().is_none_or(|t| &e.event_type == t)
-            && self.actor.as_ref().is_none_or(|a| &e.actor == a)
-            && self.secret_id.is_none_or(|id| e.secret_id == Some(id))
-    }
-}
-
 async fn query_log(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Query(query): Query<LogQuery>,
+    Query(mut filter): Query<LogFilter>,
 ) -> ApiResult {
     allow(&state, &caller, "log.query", None).await?;
-    let limit = query.limit.unwrap_or(1000).min(10_000);
+    filter.limit = Some(filter.limit.unwrap_or(1000).min(10_000));
+    let actor = caller.principal();
     let entries = state
         .handle
-        .read(move |l| {
-            let mut shown = std::collections::VecDeque::new();
-            l.audit(&mut Catalog::default(), &mut |e| {
-                if query.keeps(&e) {
-                    if shown.len() == limit {
-                        shown.pop_front();
-                    }
-                    shown.push_back(e);
-                }
-                Ok(true)
-            })?;
-            Ok(Vec::from(shown))
-        })
+        .read(move |l| Ok(l.query_log(&actor, filter)?.0))
         .await?;
-    Ok(Json(entries).into_response())
+    Ok(Json(entries.iter().map(|e| e.to_json()).collect::<Vec<_>>()).into_response())
 }
 
 /// The audit log from `after_seq` on, then each new event as it is appended (woken by the
-/// handle's commits, and every second for other processes' appends).
+/// handle's commits, and every second for other processes' appends), one JSON document per
+/// line.
 async fn stream_log(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Query(query): Query<LogQuery>,
+    Query(filter): Query<LogFilter>,
 ) -> ApiResult {
     allow(&state, &caller, "log.stream", None).await?;
     let handle = state.handle.clone();
+    let actor = caller.principal();
+    let matcher = Arc::new(
+        handle
+            .read(move |l| l.log_matcher(&actor, LogFilter { limit: None, ..filter }))
+            .await?,
+    );
     let mut wake = handle.subscribe();
     let stream = async_stream_lines(move |sender: tokio::sync::mpsc::Sender<String>| async move {
         let mut catalog = Catalog::default();
         loop {
-            let q = query.clone();
-            let (next, lines) = match handle
+            let matcher = matcher.clone();
+            let Ok((next, lines)) = handle
                 .read(move |l| {
                     let mut lines = Vec::new();
                     l.audit(&mut catalog, &mut |e| {
-                        if q.keeps(&e) {
-                            lines.push(serde_json::to_string(&e).expect("entries serialise") + "\n");
+                        if matcher.keeps(&e) {
+                            lines.push(e.to_json().to_string() + "\n");
                         }
                         Ok(true)
                     })?;
                     Ok((catalog, lines))
                 })
                 .await
-            {
-                Ok(found) => found,
-                Err(_) => return,
+            else {
+                return;
             };
             catalog = next;
             for line in lines {
@@ -656,62 +664,51 @@ where
     futures::stream::poll_fn(move |cx| receiver.poll_recv(cx).map(|line| line.map(Ok)))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AccessQuery {
-    #[serde(default)]
-    after_seq: u64,
-    limit: Option<usize>,
-    principal: Option<String>,
-    outcome: Option<String>,
-}
-
 async fn query_access_log(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Query(query): Query<AccessQuery>,
+    Query(mut filter): Query<AccessFilter>,
 ) -> ApiResult {
     allow(&state, &caller, "access_log.query", None).await?;
-    let limit = query.limit.unwrap_or(1000).min(10_000);
-    let entries = state
-        .handle
-        .read(move |l| {
-            let mut shown = std::collections::VecDeque::new();
-            l.access_log(query.after_seq, &mut |e| {
-                let keep = query.principal.as_ref().is_none_or(|p| &e.record.principal == p)
-                    && query.outcome.as_ref().is_none_or(|o| e.record.outcome.as_str() == o);
-                if keep {
-                    if shown.len() == limit {
-                        shown.pop_front();
-                    }
-                    shown.push_back(e);
-                }
-                Ok(true)
-            })?;
-            Ok(Vec::from(shown))
-        })
-        .await?;
-    Ok(Json(entries).into_response())
+    filter.limit = Some(filter.limit.unwrap_or(1000).min(10_000));
+    let rows = state.handle.read(move |l| l.query_access(&filter)).await?;
+    Ok(Json(rows).into_response())
 }
 
-async fn verify(State(state): Shared, Extension(caller): Extension<Caller>) -> ApiResult {
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct VerifyBody {
+    anchor: Option<crate::Anchor>,
+}
+
+/// Check the chain, the derived state, the access log and (if given) an anchor: the same
+/// document `sledger verify --format json` prints.
+async fn verify(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    body: Option<Json<VerifyBody>>,
+) -> ApiResult {
     allow(&state, &caller, "verify", None).await?;
+    let anchor = body.and_then(|Json(b)| b.anchor);
     let (path, master) = (state.handle.path().to_path_buf(), state.handle.master_key().clone());
-    let (head, access) = state
+    let doc = state
         .handle
         .read(move |_| {
             let mut ledger = Ledger::open_with_key(&path, master)?;
             let head = ledger.verify(&mut |_, _| {})?;
-            Ok((head, ledger.access_head()?))
+            if let Some(anchor) = &anchor {
+                ledger.check_anchor(anchor)?;
+            }
+            Ok(json!({
+                "ok": true,
+                "events": head.seq,
+                "head": ledger.anchor(head)?,
+                "anchor_checked": anchor.is_some(),
+                "access_log_rows": ledger.access_head()?,
+            }))
         })
         .await?;
-    Ok(Json(json!({
-        "ok": true,
-        "head_seq": head.seq,
-        "head_hash": hex::encode(head.hash),
-        "access_log_rows": access,
-    }))
-    .into_response())
+    Ok(Json(doc).into_response())
 }
 
 // Sinks.
@@ -741,13 +738,22 @@ async fn add_sink(
     Json(body): Json<NewSink>,
 ) -> ApiResult {
     allow(&state, &caller, "sink.add", None).await?;
-    crate::replay::orchestrate::prepare_backend(&crate::sink::SinkUrl::parse(&body.url)?)?;
+    let url = crate::sink::SinkUrl::parse(&body.url)?;
+    if matches!(url.backend, crate::sink::Backend::Memory { .. }) {
+        return Err(Error::invalid("a memory:// sink would live only inside the server process; use sqlite:///PATH or a cloud sink").into());
+    }
+    let created = crate::replay::orchestrate::prepare_backend(&url)?;
     let command = Command::AddSink {
         name: body.name,
         url: body.url,
         role: body.role,
     };
-    execute(&state, &caller, "added", vec![command]).await
+    let added = execute(&state, &caller, "added", vec![command], WaitQuery::default()).await;
+    if let (Err(_), Some(path)) = (&added, created) {
+        // Refused (a taken name, say): leave no file behind for a sink that does not exist.
+        let _ = std::fs::remove_file(path);
+    }
+    added
 }
 
 async fn promote_sink(
@@ -756,7 +762,7 @@ async fn promote_sink(
     Path(name): Path<String>,
 ) -> ApiResult {
     allow(&state, &caller, "sink.promote", None).await?;
-    execute(&state, &caller, "promoted", vec![Command::PromoteSink { name }]).await
+    execute(&state, &caller, "promoted", vec![Command::PromoteSink { name }], WaitQuery::default()).await
 }
 
 #[derive(Deserialize)]
@@ -772,7 +778,7 @@ async fn set_sink_role(
     Json(body): Json<RoleBody>,
 ) -> ApiResult {
     allow(&state, &caller, "sink.set_role", None).await?;
-    execute(&state, &caller, "changed", vec![Command::SetSinkRole { name, role: body.role }]).await
+    execute(&state, &caller, "changed", vec![Command::SetSinkRole { name, role: body.role }], WaitQuery::default()).await
 }
 
 async fn remove_sink(
@@ -781,7 +787,7 @@ async fn remove_sink(
     Path(name): Path<String>,
 ) -> ApiResult {
     allow(&state, &caller, "sink.remove", None).await?;
-    execute(&state, &caller, "removed", vec![Command::RemoveSink { name }]).await
+    execute(&state, &caller, "removed", vec![Command::RemoveSink { name }], WaitQuery::default()).await
 }
 
 async fn check_sink(
@@ -801,6 +807,67 @@ async fn check_sink(
     Ok(Json(json!({"healthy": true})).into_response())
 }
 
+async fn retry_sink(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    allow(&state, &caller, "sink.retry", None).await?;
+    let runtime = tokio::runtime::Handle::current();
+    let doc = state
+        .handle
+        .read(move |l| {
+            let (_, sink) = l.open_sink(&name)?;
+            let (applied, still) = runtime.block_on(crate::project::retry_parked(l, &name, &*sink))?;
+            Ok(json!({"sink": name, "applied": applied, "still_parked": still}))
+        })
+        .await?;
+    Ok(Json(doc).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DiffBody {
+    sink: String,
+    seq: Option<u64>,
+    at: Option<String>,
+}
+
+fn target(seq: Option<u64>, at: Option<&str>) -> Result<crate::replay::Target> {
+    Ok(match (seq, at) {
+        (Some(_), Some(_)) => return Err(Error::invalid("give at most one of seq and at")),
+        (Some(seq), None) => crate::replay::Target::Seq(seq),
+        (None, Some(at)) => crate::replay::Target::Time(parse_time("at", at)?),
+        (None, None) => crate::replay::Target::Head,
+    })
+}
+
+/// What a sink lacks, holds stale, holds extra or holds changed, against a point of the log:
+/// the documents `sledger diff --format json` prints (an empty array when in sync).
+async fn diff(State(state): Shared, Extension(caller): Extension<Caller>, Json(body): Json<DiffBody>) -> ApiResult {
+    allow(&state, &caller, "diff", None).await?;
+    let target = target(body.seq, body.at.as_deref())?;
+    let runtime = tokio::runtime::Handle::current();
+    let docs = state
+        .handle
+        .read(move |l| {
+            let seq = l.target_seq(target)?;
+            let (_, sink) = l.open_sink(&body.sink)?;
+            let desired = l.desired_at(seq)?;
+            let differences = runtime.block_on(crate::replay::diff(&desired, &*sink, &|_, _| {}))?;
+            Ok(differences
+                .iter()
+                .map(|d| {
+                    let mut doc = serde_json::to_value(d).expect("differences serialise");
+                    doc["sink"] = json!(body.sink);
+                    doc
+                })
+                .collect::<Vec<_>>())
+        })
+        .await?;
+    Ok(Json(docs).into_response())
+}
+
 // Restore.
 
 #[derive(Deserialize)]
@@ -812,45 +879,41 @@ struct RestoreBody {
     secrets: Vec<String>,
     #[serde(default)]
     dry_run: bool,
+    #[serde(default)]
+    wait_ms: u64,
 }
 
+/// Roll secrets back to a point with compensating events (or plan it, with `dry_run`): the
+/// plan's summary, plus the write documents when it ran.
 async fn restore(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
     Json(body): Json<RestoreBody>,
 ) -> ApiResult {
     allow(&state, &caller, "restore", None).await?;
-    let target = match (body.seq, body.at.as_deref()) {
-        (Some(seq), None) => crate::replay::Target::Seq(seq),
-        (None, Some(at)) => crate::replay::Target::Time(parse_time("at", at)?),
-        _ => return Err(Error::invalid("give exactly one of seq and at").into()),
-    };
+    if body.seq.is_none() && body.at.is_none() {
+        return Err(Error::invalid("give seq or at: the point to restore to").into());
+    }
+    let target = target(body.seq, body.at.as_deref())?;
     let actor = caller.principal();
+    let only = body.secrets.clone();
     let plan = state
         .handle
         .read(move |l| {
             let seq = l.target_seq(target)?;
-            l.plan_restore(&actor, seq, &body.secrets)
+            l.plan_restore(&actor, seq, &only)
         })
         .await?;
-    let summary = json!({
-        "target_seq": plan.target_seq,
-        "steps": plan.steps,
-        "purged": plan.purged,
-        "dry_run": body.dry_run,
-    });
+    let mut summary = plan.summary(body.dry_run);
     if body.dry_run || plan.commands.is_empty() {
         return Ok(Json(summary).into_response());
     }
-    if plan.empties_everything {
-        return Err(Error::invalid(
-            "this restore would delete every live secret (the target is before the first one); name the secrets to restore",
-        )
-        .into());
+    if plan.empties_everything && body.secrets.is_empty() {
+        return Err(crate::replay::restore::empties_everything(plan.target_seq).into());
     }
-    let outcomes = state.handle.execute(&caller.principal(), plan.commands).await?;
-    let mut summary = summary;
-    summary["events"] = json!(outcomes.len());
+    let verb = format!("restored to seq {}:", plan.target_seq);
+    let wait = WaitQuery { wait_ms: body.wait_ms };
+    summary["outcomes"] = json!(execute_docs(&state, &caller, &verb, plan.commands, wait).await?);
     Ok(Json(summary).into_response())
 }
 
@@ -888,18 +951,8 @@ async fn create_token(
         Outcome::Recorded { seq, .. } => Some(*seq),
         _ => None,
     });
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({
-            "name": body.name,
-            "role": body.role,
-            "patterns": body.patterns,
-            "expires_at": expires_at.map(format_millis),
-            "seq": seq,
-            "token": token.as_str(),
-        })),
-    )
-        .into_response())
+    let doc = crate::identity::token_doc(&body.name, body.role, &body.patterns, expires_at, seq, &token);
+    Ok((StatusCode::CREATED, Json(doc)).into_response())
 }
 
 async fn list_tokens(State(state): Shared, Extension(caller): Extension<Caller>) -> ApiResult {
@@ -915,7 +968,7 @@ async fn revoke_token(
     Path(name): Path<String>,
 ) -> ApiResult {
     allow(&state, &caller, "token.revoke", None).await?;
-    let outcome = execute(&state, &caller, "revoked", vec![Command::RevokeToken { name }]).await;
+    let outcome = execute(&state, &caller, "revoked", vec![Command::RevokeToken { name }], WaitQuery::default()).await;
     state.auth.refresh(&state.handle).await?;
     outcome
 }

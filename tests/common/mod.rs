@@ -5,7 +5,9 @@ pub mod azure;
 pub mod drongo;
 pub mod moto;
 pub mod openbao;
+pub mod serve;
 pub mod servers;
+pub mod tour;
 
 use std::path::{Path, PathBuf};
 use std::process::Output;
@@ -17,6 +19,8 @@ pub struct Env {
     pub dir: TempDir,
     pub ledger: PathBuf,
     pub key: PathBuf,
+    /// A `sledger serve` URL and token: every command goes there (the remote CLI).
+    pub remote: Option<(String, String)>,
 }
 
 impl Env {
@@ -25,7 +29,12 @@ impl Env {
         let dir = tempfile::tempdir().unwrap();
         let ledger = dir.path().join("ledger.db");
         let key = dir.path().join("ledger.key");
-        Env { dir, ledger, key }
+        Env {
+            dir,
+            ledger,
+            key,
+            remote: None,
+        }
     }
 
     /// A temp dir with an initialised ledger.
@@ -53,7 +62,12 @@ impl Env {
             .env_remove("SLEDGER_KEY_FILE")
             .env_remove("SLEDGER_LOG")
             // A test that sets it for its own process must not lend it to the others' children.
-            .env_remove("VAULT_TOKEN");
+            .env_remove("VAULT_TOKEN")
+            .env_remove("SLEDGER_SERVER")
+            .env_remove("SLEDGER_TOKEN");
+        if let Some((server, token)) = &self.remote {
+            c.env("SLEDGER_SERVER", server).env("SLEDGER_TOKEN", token);
+        }
         c
     }
 

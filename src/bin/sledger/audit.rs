@@ -1,219 +1,190 @@
-//! `sledger log` and the audit table shared with `secret history`.
+//! `sledger log` (the audit log, or the access log with --access) and the audit table shared
+//! with `secret history`. Entries are rendered from their JSON documents, which a local ledger
+//! and a server produce alike.
 
-use std::collections::VecDeque;
 use std::io::Write;
 use std::time::Duration;
 
 use anyhow::Result;
-use serde_json::json;
-use sledger::access_log::AccessEntry;
-use sledger::event::EVENT_TYPES;
-use sledger::{AuditEntry, Catalog};
+use serde_json::Value;
+use sledger::access_log::AccessFilter;
+use sledger::LogFilter;
 
 use crate::cli::LogArgs;
 use crate::context::Context;
-use crate::exit::usage;
 use crate::output;
 use crate::output::outln;
 
-fn changes(e: &AuditEntry) -> String {
-    let mut parts: Vec<String> = e
-        .changes
-        .iter()
-        .map(|c| match (&c.fingerprint, c.change) {
-            (Some(fp), "added") => format!("+{} ({})", c.key, &fp[..12]),
-            (Some(fp), _) => format!("~{} ({})", c.key, &fp[..12]),
-            (None, _) => format!("-{}", c.key),
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn changes(e: &Value) -> String {
+    let mut parts: Vec<String> = e["changes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            let key = text(&c["key"]);
+            match (c["fingerprint"].as_str(), c["change"].as_str()) {
+                (Some(fp), Some("added")) => format!("+{key} ({})", &fp[..12.min(fp.len())]),
+                (Some(fp), _) => format!("~{key} ({})", &fp[..12.min(fp.len())]),
+                (None, _) => format!("-{key}"),
+            }
         })
         .collect();
-    if let Some(d) = &e.detail {
-        parts.push(d.clone());
+    if let Some(d) = e["detail"].as_str() {
+        parts.push(d.to_owned());
     }
     parts.join(" ")
 }
 
-fn entry_json(e: &AuditEntry) -> serde_json::Value {
-    let mut v = serde_json::to_value(e).expect("audit entries serialise");
-    v["time"] = json!(output::time(e.recorded_at));
-    v
-}
+const HEADER: [&str; 7] = ["SEQ", "TIME", "ACTOR", "EVENT", "SECRET", "VERSION", "CHANGES"];
 
-fn row(e: &AuditEntry) -> Vec<String> {
+fn row(e: &Value) -> Vec<String> {
     vec![
-        e.seq.to_string(),
-        output::time(e.recorded_at),
-        e.actor.clone(),
-        e.event_type.clone(),
-        e.name.clone().unwrap_or_default(),
-        e.version.map(|v| v.to_string()).unwrap_or_default(),
+        text(&e["seq"]),
+        text(&e["time"]),
+        text(&e["actor"]),
+        text(&e["event_type"]),
+        text(&e["name"]),
+        text(&e["version"]),
         changes(e),
     ]
 }
 
-const HEADER: [&str; 7] = ["SEQ", "TIME", "ACTOR", "EVENT", "SECRET", "VERSION", "CHANGES"];
+const ACCESS_HEADER: [&str; 9] = [
+    "SEQ", "TIME", "PRINCIPAL", "ACTION", "OUTCOME", "SECRET", "VERSION", "SOURCE", "CLIENT",
+];
 
-/// Print entries as a table (people) or JSON lines (scripts).
-pub fn render(ctx: &Context, entries: &[AuditEntry]) {
+fn access_row(e: &Value) -> Vec<String> {
+    ["seq", "at", "principal", "action", "outcome", "secret", "version", "source", "client"]
+        .iter()
+        .map(|field| match *field {
+            "at" => e["at"].as_i64().map(output::time).unwrap_or_default(),
+            field => text(&e[field]),
+        })
+        .collect()
+}
+
+/// Print documents as a table (people) or JSON lines (scripts).
+fn table(ctx: &Context, header: &[&str], row: fn(&Value) -> Vec<String>, docs: &[Value]) {
     if ctx.json() {
-        for e in entries {
-            output::json_line(&entry_json(e));
-        }
+        docs.iter().for_each(output::json_line);
         return;
     }
-    let mut t = output::table(&HEADER);
-    for e in entries {
-        t.add_row(row(e));
+    let mut t = output::table(header);
+    for d in docs {
+        t.add_row(row(d));
     }
     outln!("{t}");
 }
 
-/// `log --access`: the access log, oldest first (the last N with --limit), optionally
-/// filtered by principal (--actor) and followed.
-fn access(ctx: &Context, args: &LogArgs, actor_filter: bool) -> Result<()> {
-    let ledger = ctx.open()?;
-    let principal = actor_filter.then(|| ctx.actor.clone());
-    let keep = |e: &AccessEntry| principal.as_ref().is_none_or(|p| &e.record.principal == p);
-    let print_row = |e: &AccessEntry| {
-        let r = &e.record;
-        vec![
-            e.seq.to_string(),
-            output::time(r.at),
-            r.principal.clone(),
-            r.action.clone(),
-            r.outcome.as_str().to_owned(),
-            r.secret.clone().unwrap_or_default(),
-            r.version.map(|v| v.to_string()).unwrap_or_default(),
-            r.source.clone().unwrap_or_default(),
-            r.client.clone().unwrap_or_default(),
-        ]
-    };
-    const ACCESS_HEADER: [&str; 9] = ["SEQ", "TIME", "PRINCIPAL", "ACTION", "OUTCOME", "SECRET", "VERSION", "SOURCE", "CLIENT"];
-    let limit = args.limit.unwrap_or(usize::MAX);
-    let mut shown: VecDeque<AccessEntry> = VecDeque::new();
-    let mut last = 0;
-    ledger.access_log(0, &mut |e| {
-        last = e.seq;
-        if keep(&e) && limit > 0 {
-            if shown.len() == limit {
-                shown.pop_front();
-            }
-            shown.push_back(e);
-        }
-        Ok(true)
-    })?;
-    let print = |e: &AccessEntry| {
-        if ctx.json() {
-            output::json_line(e);
-        } else {
-            outln!("{}", print_row(e).join("  "));
-        }
-        let _ = std::io::stdout().flush();
-    };
-    if !args.follow {
-        if ctx.json() {
-            shown.iter().for_each(print);
-        } else {
-            let mut t = output::table(&ACCESS_HEADER);
-            for e in &shown {
-                t.add_row(print_row(e));
-            }
-            outln!("{t}");
-        }
-        return Ok(());
+/// Audit entries as a table or JSON lines.
+pub fn render(ctx: &Context, entries: &[Value]) {
+    table(ctx, &HEADER, row, entries);
+}
+
+/// One line per document as it comes (following).
+fn print_line(ctx: &Context, row: fn(&Value) -> Vec<String>, doc: &Value) {
+    if ctx.json() {
+        output::json_line(doc);
+    } else {
+        outln!("{}", row(doc).join("  "));
     }
-    if !ctx.json() {
-        outln!("{}", ACCESS_HEADER.join("  "));
-    }
-    shown.iter().for_each(print);
-    loop {
-        std::thread::sleep(Duration::from_millis(200));
-        ledger.access_log(last, &mut |e| {
-            last = e.seq;
-            if keep(&e) {
-                print(&e);
-            }
-            Ok(true)
-        })?;
-    }
+    let _ = std::io::stdout().flush();
 }
 
 pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
+    let time = |flag: &str, t: &Option<String>| t.as_deref().map(|t| output::parse_time(flag, t)).transpose();
     if args.access {
-        return access(ctx, &args, actor_filter);
+        let filter = AccessFilter {
+            principal: actor_filter.then(|| ctx.actor.clone()),
+            limit: args.limit,
+            ..Default::default()
+        };
+        return access(ctx, filter, args.follow);
     }
-    if let Some(t) = &args.event_type {
-        if !EVENT_TYPES.contains(&t.as_str()) {
-            return Err(usage(format!(
-                "unknown event type {t:?}; known types: {}",
-                EVENT_TYPES.join(", ")
-            )));
-        }
-    }
-    let since = args
-        .since
-        .as_deref()
-        .map(|t| output::parse_time("--since", t))
-        .transpose()?;
-    let until = args
-        .until
-        .as_deref()
-        .map(|t| output::parse_time("--until", t))
-        .transpose()?;
-    let ledger = ctx.open()?;
-    let secret = args
-        .secret
-        .as_deref()
-        .map(|name| ledger.history(&ctx.actor, name))
-        .transpose()?;
-    let secret_id = secret.and_then(|h| h.first().and_then(|e| e.secret_id));
-    let actor = actor_filter.then(|| ctx.actor.clone());
-    let keep = |e: &AuditEntry| {
-        secret_id.is_none_or(|id| e.secret_id == Some(id))
-            && actor.as_ref().is_none_or(|a| &e.actor == a)
-            && args.event_type.as_ref().is_none_or(|t| &e.event_type == t)
-            && since.is_none_or(|s| e.recorded_at >= s)
-            && until.is_none_or(|u| e.recorded_at <= u)
+    let filter = LogFilter {
+        secret: args.secret.clone(),
+        event_type: args.event_type.clone(),
+        actor: actor_filter.then(|| ctx.actor.clone()),
+        since: time("--since", &args.since)?,
+        until: time("--until", &args.until)?,
+        after_seq: None,
+        limit: args.limit,
     };
-
-    let mut catalog = Catalog::default();
-    let limit = args.limit.unwrap_or(usize::MAX);
-    let mut shown: VecDeque<AuditEntry> = VecDeque::new();
-    ledger.audit(&mut catalog, &mut |e| {
-        if keep(&e) {
-            if shown.len() == limit {
-                shown.pop_front();
-            }
-            if limit > 0 {
-                shown.push_back(e);
-            }
+    if let Some(remote) = &ctx.remote {
+        let shown = remote.log(&filter)?;
+        if !args.follow {
+            render(ctx, &shown);
+            return Ok(());
         }
-        Ok(true)
-    })?;
-    let shown: Vec<_> = shown.into();
+        if !ctx.json() {
+            outln!("{}", HEADER.join("  "));
+        }
+        shown.iter().for_each(|e| print_line(ctx, row, e));
+        let after = shown.last().and_then(|e| e["seq"].as_u64());
+        return remote.follow_log(&filter, after, &mut |e| print_line(ctx, row, &e));
+    }
+    let ledger = ctx.open()?;
+    let (shown, mut catalog, matcher) = ledger.query_log(&ctx.actor, filter)?;
+    let shown: Vec<Value> = shown.iter().map(|e| e.to_json()).collect();
     if !args.follow {
         render(ctx, &shown);
         return Ok(());
     }
     // Following: one line per event, flushed as it comes, until interrupted.
-    let print = |e: &AuditEntry| {
-        if ctx.json() {
-            output::json_line(&entry_json(e));
-        } else {
-            outln!("{}", row(e).join("  "));
-        }
-        let _ = std::io::stdout().flush();
-    };
     if !ctx.json() {
         outln!("{}", HEADER.join("  "));
     }
-    shown.iter().for_each(print);
+    shown.iter().for_each(|e| print_line(ctx, row, e));
     loop {
         std::thread::sleep(Duration::from_millis(200));
         ledger.audit(&mut catalog, &mut |e| {
-            if keep(&e) {
-                print(&e);
+            if matcher.keeps(&e) {
+                print_line(ctx, row, &e.to_json());
             }
             Ok(true)
         })?;
+    }
+}
+
+/// `log --access`: value reads, denied requests and failed authentications.
+fn access(ctx: &Context, filter: AccessFilter, follow: bool) -> Result<()> {
+    let to_docs = |rows: Vec<sledger::access_log::AccessEntry>| -> Vec<Value> {
+        rows.iter().map(|r| serde_json::to_value(r).expect("rows serialise")).collect()
+    };
+    let fetch = |after: Option<u64>, limit: Option<usize>| -> Result<Vec<Value>> {
+        let filter = AccessFilter {
+            after_seq: after,
+            limit,
+            ..filter.clone()
+        };
+        Ok(match &ctx.remote {
+            Some(remote) => remote.access_log(&filter)?,
+            None => to_docs(ctx.open()?.query_access(&filter)?),
+        })
+    };
+    let shown = fetch(None, filter.limit)?;
+    if !follow {
+        table(ctx, &ACCESS_HEADER, access_row, &shown);
+        return Ok(());
+    }
+    if !ctx.json() {
+        outln!("{}", ACCESS_HEADER.join("  "));
+    }
+    let mut last = shown.last().and_then(|e| e["seq"].as_u64());
+    shown.iter().for_each(|e| print_line(ctx, access_row, e));
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        for e in fetch(last, None)? {
+            last = e["seq"].as_u64().or(last);
+            print_line(ctx, access_row, &e);
+        }
     }
 }

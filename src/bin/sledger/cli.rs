@@ -38,6 +38,15 @@ pub struct Global {
     /// The write is durable in the ledger either way.
     #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub wait: std::time::Duration,
+    /// Talk to this `sledger serve` instead of opening a ledger (with SLEDGER_TOKEN or --token-file)
+    #[arg(long, global = true, env = "SLEDGER_SERVER", value_name = "URL")]
+    pub server: Option<String>,
+    /// A file (mode 0600) holding the token for --server
+    #[arg(long, global = true, env = "SLEDGER_TOKEN_FILE", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+    /// Trust this PEM CA certificate for --server (a private CA)
+    #[arg(long, global = true, env = "SLEDGER_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -8,9 +8,11 @@ use sledger::project::PrimaryWait;
 use sledger::{keyfile, Ledger, MasterKey};
 
 use crate::cli::{Format, Global};
+use crate::remote::{Remote, TOKEN_ENV};
 
-/// SLEDGER_MASTER_KEY as it was at start-up (see [`Context::take_env_key`]).
+/// SLEDGER_MASTER_KEY and SLEDGER_TOKEN as they were at start-up (see [`Context::take_env_key`]).
 static ENV_KEY: std::sync::OnceLock<Option<zeroize::Zeroizing<String>>> = std::sync::OnceLock::new();
+static ENV_TOKEN: std::sync::OnceLock<Option<zeroize::Zeroizing<String>>> = std::sync::OnceLock::new();
 
 pub struct Context {
     pub ledger_path: PathBuf,
@@ -18,6 +20,8 @@ pub struct Context {
     pub actor: String,
     pub format: Format,
     pub wait: std::time::Duration,
+    /// The server every command goes to, with `--server` / `SLEDGER_SERVER`.
+    pub remote: Option<Remote>,
 }
 
 /// Run a future to completion on a single-threaded runtime (the ledger's connection stays on
@@ -48,19 +52,39 @@ fn default_actor() -> String {
 }
 
 impl Context {
-    pub fn new(global: &Global) -> Self {
+    pub fn new(global: &Global) -> Result<Self> {
         let ledger_path = global.ledger.clone().unwrap_or_else(default_ledger_path);
         let key_file = global
             .key_file
             .clone()
             .unwrap_or_else(|| default_key_file(&ledger_path));
-        Context {
+        let remote = match &global.server {
+            Some(server) => Some(Remote::new(
+                server,
+                global.token_file.as_deref(),
+                ENV_TOKEN.get().cloned().flatten(),
+                global.ca_file.as_deref(),
+            )?),
+            None => None,
+        };
+        Ok(Context {
             key_file,
             ledger_path,
             actor: global.actor.clone().unwrap_or_else(default_actor),
             format: global.format,
             wait: global.wait,
+            remote,
+        })
+    }
+
+    /// Refuse a command the server does not offer yet, saying where to run it.
+    pub fn local_only(&self, command: &str) -> Result<()> {
+        if self.remote.is_some() {
+            return Err(crate::exit::usage(format!(
+                "`sledger {command}` is not available through --server yet; run it on the server's host against the ledger file"
+            )));
         }
+        Ok(())
     }
 
     /// After a write: give the primary sink up to `--wait` to apply it.
@@ -77,9 +101,12 @@ impl Context {
     /// the process has one thread.
     pub fn take_env_key() {
         let text = std::env::var(MASTER_KEY_ENV).ok().map(zeroize::Zeroizing::new);
-        // SAFETY (for editions where this is unsafe): no other thread exists yet.
+        let token = std::env::var(TOKEN_ENV).ok().map(zeroize::Zeroizing::new);
+        // No other thread exists yet, so changing the environment is sound.
         std::env::remove_var(MASTER_KEY_ENV);
+        std::env::remove_var(TOKEN_ENV);
         let _ = ENV_KEY.set(text);
+        let _ = ENV_TOKEN.set(token);
     }
 
     /// The master key from SLEDGER_MASTER_KEY, if it was set.

@@ -8,6 +8,7 @@ mod exit;
 mod import;
 mod keys;
 mod output;
+mod remote;
 mod replay;
 mod secret;
 mod serve;
@@ -36,23 +37,27 @@ fn main() {
         matches.value_source("actor"),
         Some(clap::parser::ValueSource::CommandLine)
     );
-    let ctx = Context::new(&cli.global);
+    let ctx = match Context::new(&cli.global) {
+        Ok(ctx) => ctx,
+        Err(err) => std::process::exit(exit::report(&err)),
+    };
+    let local = |name: &str| ctx.local_only(name);
     let result = match cli.command {
-        Commands::Init(args) => keys::init(&ctx, args),
+        Commands::Init(args) => local("init").and_then(|()| keys::init(&ctx, args)),
         Commands::Secret(cmd) => secret::run(&ctx, cmd),
         Commands::Log(args) => audit::run(&ctx, args, actor_from_command_line),
         Commands::Verify(args) => verify::run(&ctx, args),
-        Commands::Key(cmd) => keys::run(&ctx, cmd),
-        Commands::Import(args) => import::run(&ctx, args),
+        Commands::Key(cmd) => local("key").and_then(|()| keys::run(&ctx, cmd)),
+        Commands::Import(args) => local("import").and_then(|()| import::run(&ctx, args)),
         Commands::Sink(cmd) => sinks::run(&ctx, cmd),
-        Commands::Project(args) => sinks::project_cmd(&ctx, args),
-        Commands::Replay(args) => replay::replay(&ctx, args),
+        Commands::Project(args) => local("project").and_then(|()| sinks::project_cmd(&ctx, args)),
+        Commands::Replay(args) => local("replay").and_then(|()| replay::replay(&ctx, args)),
         Commands::Restore(args) => replay::restore(&ctx, args),
-        Commands::Backup(args) => replay::backup(&ctx, args),
-        Commands::Migrate(args) => replay::migrate(&ctx, args),
+        Commands::Backup(args) => local("backup").and_then(|()| replay::backup(&ctx, args)),
+        Commands::Migrate(args) => local("migrate").and_then(|()| replay::migrate(&ctx, args)),
         Commands::Diff(args) => replay::diff(&ctx, args),
-        Commands::Reconcile(args) => replay::reconcile(&ctx, args),
-        Commands::Serve(args) => serve::serve(&ctx, args),
+        Commands::Reconcile(args) => local("reconcile").and_then(|()| replay::reconcile(&ctx, args)),
+        Commands::Serve(args) => local("serve").and_then(|()| serve::serve(&ctx, args)),
         Commands::Token(cmd) => serve::token(&ctx, cmd),
     };
     if let Err(err) = result {

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
+use serde_json::{json, Value};
 use sledger::replay::orchestrate::{self, MigratePlan, MigrateStep, MigrateTo, Mode, Phase, Resync};
 use sledger::replay::{self, ApplyReport, Desired, Difference, Target};
 use sledger::sink::{Sink, SinkUrl};
@@ -11,9 +11,9 @@ use sledger::Ledger;
 
 use crate::cli::{BackupArgs, DiffArgs, MigrateArgs, ReconcileArgs, ReplayArgs, RestoreArgs, TargetArgs};
 use crate::context::{block_on, Context};
-use crate::exit::{out_of_sync, usage};
+use crate::exit::out_of_sync;
 use crate::output::{self, outln};
-use crate::secret::render_outcomes;
+use crate::secret::{outcome_docs, render_writes};
 use crate::sinks::refuse_memory;
 
 fn target(ledger: &Ledger, args: &TargetArgs) -> Result<u64> {
@@ -97,11 +97,20 @@ impl Bars {
 }
 
 fn print_differences(ctx: &Context, sink: &str, differences: &[Difference]) {
+    let docs: Vec<Value> = differences.iter().map(|d| difference_doc(sink, d)).collect();
+    render_differences(ctx, sink, &docs)
+}
+
+/// A difference as `diff --format json` and `POST /v1/diff` show it.
+fn difference_doc(sink: &str, d: &Difference) -> Value {
+    let mut doc = serde_json::to_value(d).expect("differences serialise");
+    doc["sink"] = json!(sink);
+    doc
+}
+
+fn render_differences(ctx: &Context, sink: &str, differences: &[Value]) {
     if ctx.json() {
-        for d in differences {
-            output::json_line(&json!({"sink": sink, "id": d.id, "name": d.name, "kind": d.kind,
-                "sink_seq": d.sink_seq, "target_seq": d.target_seq}));
-        }
+        differences.iter().for_each(output::json_line);
         return;
     }
     if differences.is_empty() {
@@ -110,13 +119,17 @@ fn print_differences(ctx: &Context, sink: &str, differences: &[Difference]) {
     }
     let mut t = output::table(&["KIND", "SECRET", "ID", "SINK SEQ", "LEDGER SEQ"]);
     for d in differences {
-        let seq = |s: Option<u64>| s.map(|s| s.to_string()).unwrap_or_else(|| "-".into());
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        };
         t.add_row(vec![
-            d.kind.as_str().to_owned(),
-            d.name.clone().unwrap_or_default(),
-            d.id.to_string(),
-            seq(d.sink_seq),
-            seq(d.target_seq),
+            text(&d["kind"]),
+            d["name"].as_str().unwrap_or_default().to_owned(),
+            text(&d["id"]),
+            text(&d["sink_seq"]),
+            text(&d["target_seq"]),
         ]);
     }
     outln!("{sink}: {} object(s) differ\n{t}", differences.len());
@@ -187,16 +200,28 @@ pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
 }
 
 pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
-    let ledger = ctx.open_unlocked()?;
-    let seq = target(&ledger, &args.target)?;
-    let (_, sink) = ledger.open_sink(&args.sink)?;
-    let desired = ledger.desired_at(seq)?;
-    let bars = Bars::new(ctx);
-    let differences = block_on(replay::diff(&desired, &*sink, &|d, t| {
-        bars.progress()(Phase::Comparing, d, t)
-    }))?;
-    drop(bars);
-    print_differences(ctx, &args.sink, &differences);
+    let differences = match &ctx.remote {
+        Some(remote) => {
+            let at = args.target.at.as_deref().map(|t| output::parse_time("--at", t)).transpose()?;
+            remote
+                .post(&["diff"], json!({"sink": args.sink, "seq": args.target.seq, "at": at.map(sledger::event::format_millis)}))?
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        }
+        None => {
+            let ledger = ctx.open_unlocked()?;
+            let seq = target(&ledger, &args.target)?;
+            let (_, sink) = ledger.open_sink(&args.sink)?;
+            let desired = ledger.desired_at(seq)?;
+            let bars = Bars::new(ctx);
+            let differences = block_on(replay::diff(&desired, &*sink, &|d, t| {
+                bars.progress()(Phase::Comparing, d, t)
+            }))?;
+            differences.iter().map(|d| difference_doc(&args.sink, d)).collect()
+        }
+    };
+    render_differences(ctx, &args.sink, &differences);
     if differences.is_empty() {
         Ok(())
     } else {
@@ -245,9 +270,10 @@ pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
 }
 
 pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
-    let mut ledger = ctx.open_unlocked()?;
     if args.target.at.is_none() && args.target.seq.is_none() {
         // No point in time: repair the primary from the ledger (a wiped or damaged primary).
+        ctx.local_only("restore without --at or --seq (repairing the primary)")?;
+        let ledger = ctx.open_unlocked()?;
         let bars = Bars::new(ctx);
         block_on(orchestrate::repair_primary(
             &ledger,
@@ -259,50 +285,61 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         ))?;
         return Ok(());
     }
-    let seq = target(&ledger, &args.target)?;
-    let plan = ledger.plan_restore(&ctx.actor, seq, &args.secrets)?;
-    if plan.empties_everything && !args.dry_run && args.secrets.is_empty() {
-        return Err(usage(format!(
-            "no secret was live at seq {seq}, so restoring to it would delete every secret; pick a later \
-             point (`sledger log` shows the seqs), or name the secrets with --secret"
-        )));
-    }
-    if !plan.purged.is_empty() {
+    let doc = match &ctx.remote {
+        Some(remote) => {
+            let at = args.target.at.as_deref().map(|t| output::parse_time("--at", t)).transpose()?;
+            remote.post(
+                &["restore"],
+                json!({"seq": args.target.seq, "at": at.map(sledger::event::format_millis),
+                       "secrets": args.secrets, "dry_run": args.dry_run, "wait_ms": ctx.wait.as_millis() as u64}),
+            )?
+        }
+        None => {
+            let mut ledger = ctx.open_unlocked()?;
+            let seq = target(&ledger, &args.target)?;
+            let plan = ledger.plan_restore(&ctx.actor, seq, &args.secrets)?;
+            let mut doc = plan.summary(args.dry_run);
+            if plan.empties_everything && !args.dry_run && args.secrets.is_empty() {
+                return Err(sledger::replay::restore::empties_everything(seq).into());
+            }
+            if !args.dry_run && !plan.commands.is_empty() {
+                let outcomes = ledger.execute(&ctx.actor, plan.commands)?;
+                let primary = ctx.wait_for_primary(&ledger)?;
+                doc["outcomes"] = json!(outcome_docs(&format!("restored to seq {seq}:"), &outcomes, primary.as_ref()));
+            }
+            doc
+        }
+    };
+    let seq = doc["target_seq"].as_u64().unwrap_or_default();
+    let purged: Vec<&str> = doc["purged"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if !purged.is_empty() {
         eprintln!(
             "note: purged since, cannot come back: {} (their values are destroyed); restoring the rest",
-            plan.purged.join(", ")
+            purged.join(", ")
         );
     }
-    if plan.not_yours > 0 {
-        eprintln!(
-            "note: {} private secret(s) of other owners left alone",
-            plan.not_yours
-        );
+    if doc["not_yours"].as_u64().unwrap_or(0) > 0 {
+        eprintln!("note: {} private secret(s) of other owners left alone", doc["not_yours"]);
     }
-    if args.dry_run || plan.commands.is_empty() {
-        if ctx.json() {
-            for s in &plan.steps {
-                output::json_line(&json!({"name": s.name, "actions": s.actions, "target_seq": seq}));
-            }
-        } else if plan.steps.is_empty() {
-            outln!("nothing to restore: the state matches seq {seq}");
-        } else {
-            let mut t = output::table(&["SECRET", "WOULD"]);
-            for s in &plan.steps {
-                t.add_row(vec![s.name.clone(), s.actions.join(", ")]);
-            }
-            outln!("{t}");
-        }
+    if let Some(outcomes) = doc["outcomes"].as_array() {
+        render_writes(ctx, &format!("restored to seq {seq}:"), outcomes);
         return Ok(());
     }
-    let outcomes = ledger.execute(&ctx.actor, plan.commands)?;
-    let primary = ctx.wait_for_primary(&ledger)?;
-    render_outcomes(
-        ctx,
-        &format!("restored to seq {seq}:"),
-        &outcomes,
-        primary.as_ref(),
-    );
+    let steps = doc["steps"].as_array().cloned().unwrap_or_default();
+    if ctx.json() {
+        for s in &steps {
+            output::json_line(&json!({"name": s["name"], "actions": s["actions"], "target_seq": seq}));
+        }
+    } else if steps.is_empty() {
+        outln!("nothing to restore: the state matches seq {seq}");
+    } else {
+        let mut t = output::table(&["SECRET", "WOULD"]);
+        for s in &steps {
+            let actions: Vec<&str> = s["actions"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            t.add_row(vec![s["name"].as_str().unwrap_or_default().to_owned(), actions.join(", ")]);
+        }
+        outln!("{t}");
+    }
     Ok(())
 }
 

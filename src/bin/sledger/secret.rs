@@ -5,9 +5,9 @@ use std::io::Read;
 use std::path::Path;
 
 use anyhow::{Context as _, Result};
-use serde_json::json;
+use serde_json::{json, Value};
 use sledger::read::{read_latest, ReadFrom, Served};
-use sledger::{Command, Outcome, ReadPoint, Scope, SecretMeta, SecretValues, Status};
+use sledger::{Command, Outcome, ReadPoint, Scope, SecretValues, Status};
 use zeroize::Zeroizing;
 
 use crate::cli::{FromArg, SecretCmd, ValueArgs};
@@ -112,13 +112,28 @@ impl ClassifyKind for serde_json::Error {
     }
 }
 
-pub fn meta_json(m: &SecretMeta) -> serde_json::Value {
-    m.to_json()
+/// The JSON documents of a write: each outcome, with the primary's state after it.
+pub fn outcome_docs(verb: &str, outcomes: &[Outcome], primary: Option<&PrimaryWait>) -> Vec<Value> {
+    outcomes
+        .iter()
+        .filter(|o| matches!(o, Outcome::Appended { .. } | Outcome::Unchanged { .. }))
+        .map(|o| {
+            let mut doc = o.to_json(verb);
+            if let Some(p) = primary {
+                doc["primary"] = json!(p);
+            }
+            doc
+        })
+        .collect()
 }
 
-/// Report what a write did, and whether the primary has applied it.
-pub fn render_outcomes(ctx: &Context, verb: &str, outcomes: &[Outcome], primary: Option<&PrimaryWait>) {
-    if let Some(p) = primary.filter(|p| p.lag > 0 && !ctx.json()) {
+/// Report what a write did, and whether the primary has applied it: one document per changed
+/// secret (the same for a local ledger and a server).
+pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) {
+    let primary: Option<PrimaryWait> = docs
+        .first()
+        .and_then(|d| serde_json::from_value(d["primary"].clone()).ok());
+    if let Some(p) = primary.as_ref().filter(|p| p.lag > 0 && !ctx.json()) {
         eprintln!(
             "note: the write is durable in the ledger, but primary sink {:?} is behind by {} event{}{}; \
              `sledger project` catches it up",
@@ -128,7 +143,7 @@ pub fn render_outcomes(ctx: &Context, verb: &str, outcomes: &[Outcome], primary:
             p.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
         );
     }
-    if let Some(p) = primary.filter(|p| p.parked > 0 && !ctx.json()) {
+    if let Some(p) = primary.as_ref().filter(|p| p.parked > 0 && !ctx.json()) {
         eprintln!(
             "note: primary sink {:?} refused {} secret{}: reads of {} fall back to other sources; \
              `sledger sink status` shows why, `sledger sink retry {}` re-applies them",
@@ -139,32 +154,16 @@ pub fn render_outcomes(ctx: &Context, verb: &str, outcomes: &[Outcome], primary:
             p.name
         );
     }
-    for o in outcomes {
-        let (secret, seq, changed) = match o {
-            Outcome::Appended { seq, secret, .. } => (secret, Some(*seq), true),
-            Outcome::Unchanged { secret } => (secret, None, false),
-            Outcome::SinkChanged { .. } | Outcome::Recorded { .. } => continue,
-        };
+    for doc in docs {
         if ctx.json() {
-            let mut v = meta_json(secret);
-            v["result"] = json!(if changed { verb } else { "unchanged" });
-            v["seq"] = json!(seq);
-            if let Some(p) = primary {
-                v["primary"] = json!({"name": p.name, "lag": p.lag, "parked": p.parked, "error": p.error});
-            }
-            output::json_line(&v);
-        } else if changed {
-            outln!(
-                "{verb} {} (version {}, seq {})",
-                secret.name,
-                secret.version,
-                seq.unwrap_or_default()
-            );
+            output::json_line(doc);
+        } else if doc["result"] != "unchanged" {
+            outln!("{verb} {} (version {}, seq {})", doc["name"].as_str().unwrap_or_default(), doc["version"], doc["seq"]);
         } else {
             outln!(
                 "{} unchanged (version {}): nothing to record",
-                secret.name,
-                secret.version
+                doc["name"].as_str().unwrap_or_default(),
+                doc["version"]
             );
         }
     }
@@ -172,10 +171,16 @@ pub fn render_outcomes(ctx: &Context, verb: &str, outcomes: &[Outcome], primary:
 
 pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
     let write = |verb: &str, command: Command| -> Result<()> {
-        let mut ledger = ctx.open_unlocked()?;
-        let outcomes = ledger.execute(&ctx.actor, vec![command])?;
-        let primary = ctx.wait_for_primary(&ledger)?;
-        render_outcomes(ctx, verb, &outcomes, primary.as_ref());
+        let docs = match &ctx.remote {
+            Some(remote) => remote.execute(command, ctx.wait)?,
+            None => {
+                let mut ledger = ctx.open_unlocked()?;
+                let outcomes = ledger.execute(&ctx.actor, vec![command])?;
+                let primary = ctx.wait_for_primary(&ledger)?;
+                outcome_docs(verb, &outcomes, primary.as_ref())
+            }
+        };
+        render_writes(ctx, verb, &docs);
         Ok(())
     };
     match cmd {
@@ -259,119 +264,140 @@ fn get(
     at: Option<&str>,
     from: Option<FromArg>,
 ) -> Result<()> {
-    let ledger = ctx.open_unlocked()?;
-    let served = match (version, at) {
-        (Some(v), _) => Served::from_ledger(ledger.read(&ctx.actor, name, ReadPoint::Version(v))?),
-        (None, Some(t)) => Served::from_ledger(ledger.read(
-            &ctx.actor,
-            name,
-            ReadPoint::At(output::parse_time("--at", t)?),
-        )?),
-        (None, None) => {
-            let from = match from {
-                None => ReadFrom::Auto,
-                Some(FromArg::Primary) => ReadFrom::Primary,
-                Some(FromArg::Backup) => ReadFrom::Backup,
-                Some(FromArg::Ledger) => ReadFrom::Ledger,
+    let from = match from {
+        None => ReadFrom::Auto,
+        Some(FromArg::Primary) => ReadFrom::Primary,
+        Some(FromArg::Backup) => ReadFrom::Backup,
+        Some(FromArg::Ledger) => ReadFrom::Ledger,
+    };
+    let point = match (version, at) {
+        (Some(v), _) => Some(ReadPoint::Version(v)),
+        (None, Some(t)) => Some(ReadPoint::At(output::parse_time("--at", t)?)),
+        (None, None) => None,
+    };
+    let doc = match &ctx.remote {
+        Some(remote) => remote.read(name, point, from)?,
+        None => {
+            let ledger = ctx.open_unlocked()?;
+            let served = match point {
+                Some(point) => Served::from_ledger(ledger.read(&ctx.actor, name, point)?),
+                None => block_on(read_latest(&ledger, &ctx.actor, name, from))?,
             };
-            block_on(read_latest(&ledger, &ctx.actor, name, from))?
+            for (sink, why) in &served.skipped {
+                tracing::info!(sink = %sink, reason = %why, "read fell through to the next source");
+            }
+            served.to_json()
         }
     };
-    for (sink, why) in &served.skipped {
-        tracing::info!(sink = %sink, reason = %why, "read fell through to the next source");
-    }
-    let read = &served.read;
+    let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     if let Some(k) = key {
-        let value = read.values.get(k).ok_or_else(|| {
+        let value = doc["values"].get(k).and_then(Value::as_str).ok_or_else(|| {
+            let keys: Vec<&str> = doc["values"]
+                .as_object()
+                .map(|m| m.keys().map(String::as_str).collect())
+                .unwrap_or_default();
             sledger::Error::NotFound(format!(
                 "secret {name:?} version {} has no key {k:?}; its keys are: {}",
-                read.version,
-                read.values.keys().collect::<Vec<_>>().join(", ")
+                doc["version"],
+                keys.join(", ")
             ))
         })?;
         if ctx.json() {
-            output::json_line(
-                &json!({"name": read.meta.name, "version": read.version, "key": k, "value": value,
-                "source": served.source, "lagging": served.lagging}),
-            );
+            output::json_line(&json!({"name": doc["name"], "version": doc["version"], "key": k, "value": value,
+                "source": doc["source"], "lagging": doc["lagging"]}));
         } else {
             outln!("{value}");
-            note_source(&served);
+            note_source(&doc);
         }
         return Ok(());
     }
     if ctx.json() {
-        let values: BTreeMap<&str, &str> = read.values.iter().collect();
-        output::json_line(&json!({
-            "name": read.meta.name,
-            "id": read.meta.id,
-            "scope": read.meta.scope,
-            "version": read.version,
-            "seq": read.seq,
-            "recorded_at": output::time(read.recorded_at),
-            "labels": read.meta.labels,
-            "source": served.source,
-            "lagging": served.lagging,
-            "skipped": served.skipped.iter().map(|(s, why)| json!({"sink": s, "reason": why})).collect::<Vec<_>>(),
-            "values": values,
-        }));
-    } else {
-        let lag = if served.lagging { ", behind the ledger" } else { "" };
-        outln!(
-            "{} (version {}, seq {}, {}; source: {}{lag})",
-            read.meta.name,
-            read.version,
-            read.seq,
-            output::time(read.recorded_at),
-            served.source
-        );
-        let mut t = output::table(&["KEY", "VALUE"]);
-        // Never wrap a value: a token broken across lines is a broken token when copied.
-        t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
-        for (k, v) in read.values.iter() {
-            t.add_row(vec![k, v]);
-        }
-        outln!("{t}");
-        note_source(&served);
+        output::json_line(&doc);
+        return Ok(());
     }
+    let lag = if doc["lagging"] == true { ", behind the ledger" } else { "" };
+    outln!(
+        "{} (version {}, seq {}, {}; source: {}{lag})",
+        text(&doc["name"]),
+        doc["version"],
+        doc["seq"],
+        text(&doc["recorded_at"]),
+        source_text(&doc["source"])
+    );
+    let mut t = output::table(&["KEY", "VALUE"]);
+    // Never wrap a value: a token broken across lines is a broken token when copied.
+    t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+    for (k, v) in doc["values"].as_object().into_iter().flatten() {
+        t.add_row(vec![k.as_str(), v.as_str().unwrap_or_default()]);
+    }
+    outln!("{t}");
+    note_source(&doc);
     Ok(())
 }
 
-/// Say on stderr when a read did not come from the first choice (stdout stays just the value).
-fn note_source(served: &Served) {
-    for (sink, why) in &served.skipped {
-        eprintln!("note: sink {sink:?} could not serve this read: {why}");
+/// "primary sink local", "ledger": where a read came from, as people read it.
+fn source_text(source: &Value) -> String {
+    match source["kind"].as_str() {
+        Some("sink") => format!(
+            "{} sink {}",
+            source["role"].as_str().unwrap_or_default(),
+            source["name"].as_str().unwrap_or_default()
+        ),
+        _ => "ledger".into(),
     }
-    if served.lagging {
+}
+
+/// Say on stderr when a read did not come from the first choice (stdout stays just the value).
+fn note_source(doc: &Value) {
+    for skipped in doc["skipped"].as_array().into_iter().flatten() {
+        eprintln!(
+            "note: sink {:?} could not serve this read: {}",
+            skipped["sink"].as_str().unwrap_or_default(),
+            skipped["reason"].as_str().unwrap_or_default()
+        );
+    }
+    if doc["lagging"] == true {
         eprintln!(
             "note: {} holds an older version than the ledger; `sledger project` catches it up",
-            served.source
+            source_text(&doc["source"])
         );
     }
 }
 
 fn list(ctx: &Context, labels: &[String], deleted: bool) -> Result<()> {
     let wanted = parse_labels("--label", labels)?;
-    let ledger = ctx.open()?;
-    let status = if deleted { Status::Deleted } else { Status::Live };
-    let secrets: Vec<_> = ledger
-        .list(&ctx.actor, status)?
-        .into_iter()
-        .filter(|m| wanted.iter().all(|(k, v)| m.labels.get(k) == Some(v)))
-        .collect();
+    let docs: Vec<Value> = match &ctx.remote {
+        Some(remote) => remote.list(&wanted, deleted)?,
+        None => {
+            let ledger = ctx.open()?;
+            let status = if deleted { Status::Deleted } else { Status::Live };
+            ledger
+                .list(&ctx.actor, status)?
+                .into_iter()
+                .filter(|m| wanted.iter().all(|(k, v)| m.labels.get(k) == Some(v)))
+                .map(|m| m.to_json())
+                .collect()
+        }
+    };
     if ctx.json() {
-        output::json_line(&secrets.iter().map(meta_json).collect::<Vec<_>>());
+        output::json_line(&docs);
         return Ok(());
     }
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
     let mut t = output::table(&["NAME", "SCOPE", "VERSION", "KEYS", "LABELS", "UPDATED"]);
-    for m in &secrets {
+    for m in &docs {
+        let keys: Vec<String> = m["keys"].as_array().into_iter().flatten().map(text).collect();
+        let labels: BTreeMap<String, String> = serde_json::from_value(m["labels"].clone()).unwrap_or_default();
         t.add_row(vec![
-            m.name.clone(),
-            m.scope.to_string(),
-            m.version.to_string(),
-            m.fingerprints.keys().cloned().collect::<Vec<_>>().join(","),
-            output::labels(&m.labels),
-            output::time(m.updated_at),
+            text(&m["name"]),
+            text(&m["scope"]),
+            text(&m["version"]),
+            keys.join(","),
+            output::labels(&labels),
+            text(&m["updated_at"]),
         ]);
     }
     outln!("{t}");
@@ -379,8 +405,10 @@ fn list(ctx: &Context, labels: &[String], deleted: bool) -> Result<()> {
 }
 
 fn history(ctx: &Context, name: &str) -> Result<()> {
-    let ledger = ctx.open()?;
-    let entries = ledger.history(&ctx.actor, name)?;
-    crate::audit::render(ctx, &entries);
+    let docs = match &ctx.remote {
+        Some(remote) => remote.history(name)?,
+        None => ctx.open()?.history(&ctx.actor, name)?.iter().map(|e| e.to_json()).collect(),
+    };
+    crate::audit::render(ctx, &docs);
     Ok(())
 }

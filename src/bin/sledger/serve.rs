@@ -1,8 +1,8 @@
 //! `sledger serve` and `sledger token …`
 
 use anyhow::Result;
-use serde_json::json;
-use sledger::identity::{generate_token, Role, TokenSecret};
+use serde_json::{json, Value};
+use sledger::identity::{generate_token, token_doc, Role, TokenSecret};
 use sledger::server::{serve as run_server, RateLimit, ServeOptions};
 use sledger::{Command, LedgerHandle, Outcome};
 
@@ -60,7 +60,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Issue a token locally (with the master key) and print it once.
+/// Issue a token (locally with the master key, or through the server) and print it once.
 fn issue(
     ctx: &Context,
     name: &str,
@@ -68,34 +68,40 @@ fn issue(
     patterns: Vec<String>,
     expires: Option<std::time::Duration>,
 ) -> Result<()> {
-    let mut ledger = ctx.open_unlocked()?;
-    let token = generate_token();
-    let expires_at = expires.map(|d| sledger::ledger::now_ms().saturating_add(d.as_millis() as i64));
-    let outcomes = ledger.execute(
-        &ctx.actor,
-        vec![Command::IssueToken {
-            name: name.to_owned(),
-            role,
-            patterns: patterns.clone(),
-            expires_at,
-            token: TokenSecret(token.clone()),
-        }],
-    )?;
-    let seq = outcomes.iter().find_map(|o| match o {
-        Outcome::Recorded { seq, .. } => Some(*seq),
-        _ => None,
-    });
+    let doc = match &ctx.remote {
+        Some(remote) => remote.post(
+            &["tokens"],
+            json!({"name": name, "role": role, "patterns": patterns, "expires_in_seconds": expires.map(|d| d.as_secs().max(1))}),
+        )?,
+        None => {
+            let mut ledger = ctx.open_unlocked()?;
+            let token = generate_token();
+            let expires_at = expires.map(|d| sledger::ledger::now_ms().saturating_add(d.as_millis() as i64));
+            let outcomes = ledger.execute(
+                &ctx.actor,
+                vec![Command::IssueToken {
+                    name: name.to_owned(),
+                    role,
+                    patterns: patterns.clone(),
+                    expires_at,
+                    token: TokenSecret(token.clone()),
+                }],
+            )?;
+            let seq = outcomes.iter().find_map(|o| match o {
+                Outcome::Recorded { seq, .. } => Some(*seq),
+                _ => None,
+            });
+            token_doc(name, role, &patterns, expires_at, seq, &token)
+        }
+    };
     if ctx.json() {
-        output::json_line(&json!({
-            "name": name, "role": role, "patterns": patterns, "seq": seq,
-            "expires_at": expires_at.map(output::time), "token": token.as_str(),
-        }));
+        output::json_line(&doc);
     } else {
         eprintln!(
             "token {name} ({role} on {}) issued; it is shown once, so store it now (e.g. in a 0600 file for --token-file):",
             patterns.join(", ")
         );
-        outln!("{}", token.as_str());
+        outln!("{}", doc["token"].as_str().unwrap_or_default());
     }
     Ok(())
 }
@@ -109,26 +115,38 @@ pub fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
             expires,
         } => issue(ctx, &name, role.parse()?, patterns, expires),
         TokenCmd::List => {
-            let tokens = ctx.open_unlocked()?.tokens()?;
-            let now = sledger::ledger::now_ms();
+            let tokens: Vec<Value> = match &ctx.remote {
+                Some(remote) => remote.get(&["tokens"])?.as_array().cloned().unwrap_or_default(),
+                None => ctx
+                    .open_unlocked()?
+                    .tokens()?
+                    .all()
+                    .map(|t| serde_json::to_value(t).expect("tokens serialise"))
+                    .collect(),
+            };
             if ctx.json() {
-                output::json_line(&tokens.all().collect::<Vec<_>>());
+                output::json_line(&tokens);
                 return Ok(());
             }
+            let now = sledger::ledger::now_ms();
+            let time = |v: &Value| v.as_i64().map(output::time);
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
             let mut t = output::table(&["NAME", "ROLE", "PATTERNS", "ISSUED", "BY", "EXPIRES", "STATE"]);
-            for token in tokens.all() {
-                let state = match (token.revoked_at, token.is_active(now)) {
-                    (Some(at), _) => format!("revoked {}", output::time(at)),
-                    (None, false) => "expired".into(),
-                    (None, true) => "active".into(),
+            for token in &tokens {
+                let expires = token["expires_at"].as_i64();
+                let state = match (time(&token["revoked_at"]), expires) {
+                    (Some(at), _) => format!("revoked {at}"),
+                    (None, Some(at)) if at <= now => "expired".into(),
+                    _ => "active".into(),
                 };
+                let patterns: Vec<String> = token["patterns"].as_array().into_iter().flatten().map(text).collect();
                 t.add_row(vec![
-                    token.name.clone(),
-                    token.role.to_string(),
-                    token.patterns.join(","),
-                    output::time(token.issued_at),
-                    token.issued_by.clone(),
-                    token.expires_at.map(output::time).unwrap_or_else(|| "never".into()),
+                    text(&token["name"]),
+                    text(&token["role"]),
+                    patterns.join(","),
+                    time(&token["issued_at"]).unwrap_or_default(),
+                    text(&token["issued_by"]),
+                    expires.map(output::time).unwrap_or_else(|| "never".into()),
                     state,
                 ]);
             }
@@ -136,8 +154,15 @@ pub fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
             Ok(())
         }
         TokenCmd::Revoke { name } => {
-            let mut ledger = ctx.open_unlocked()?;
-            ledger.execute(&ctx.actor, vec![Command::RevokeToken { name: name.clone() }])?;
+            match &ctx.remote {
+                Some(remote) => {
+                    remote.delete(&["tokens", &name])?;
+                }
+                None => {
+                    ctx.open_unlocked()?
+                        .execute(&ctx.actor, vec![Command::RevokeToken { name: name.clone() }])?;
+                }
+            }
             if ctx.json() {
                 output::json_line(&json!({"name": name, "result": "revoked"}));
             } else {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use serde_json::json;
+use serde_json::{json, Value};
 use sledger::event::SinkRole;
 use sledger::project::service::{self, FollowOptions, ProjectorEvent};
 use sledger::project::{self, ProjectOptions, ProjectReport};
@@ -34,9 +34,23 @@ pub fn prepare_backend(url: &SinkUrl) -> Result<Option<std::path::PathBuf>> {
     Ok(orchestrate::prepare_backend(url)?)
 }
 
-fn change(ctx: &Context, ledger: &mut Ledger, command: Command, verb: &str, name: &str) -> Result<()> {
-    let outcomes = ledger.execute(&ctx.actor, vec![command])?;
-    let changed = !outcomes.is_empty();
+/// Apply a sink command, locally or through the server, and say what changed.
+fn change(ctx: &Context, command: Command, verb: &str, name: &str) -> Result<()> {
+    let changed = match &ctx.remote {
+        Some(remote) => {
+            let answer = match &command {
+                Command::AddSink { name, url, role } => {
+                    remote.post(&["sinks"], json!({"name": name, "url": url, "role": role}))?
+                }
+                Command::PromoteSink { name } => remote.post(&["sinks", name, "promote"], json!({}))?,
+                Command::SetSinkRole { name, role } => remote.put(&["sinks", name, "role"], json!({"role": role}))?,
+                Command::RemoveSink { name } => remote.delete(&["sinks", name])?,
+                _ => unreachable!("only sink commands"),
+            };
+            answer.as_array().is_none_or(|a| !a.is_empty())
+        }
+        None => !ctx.open_unlocked()?.execute(&ctx.actor, vec![command])?.is_empty(),
+    };
     if ctx.json() {
         output::json_line(&json!({"sink": name, "result": if changed { verb } else { "unchanged" }}));
     } else if changed {
@@ -50,80 +64,87 @@ fn change(ctx: &Context, ledger: &mut Ledger, command: Command, verb: &str, name
 pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
     match cmd {
         SinkCmd::Add { name, url, role } => {
-            let mut ledger = ctx.open_unlocked()?;
-            let created = prepare_backend(&SinkUrl::parse(&url)?)?;
+            let parsed = SinkUrl::parse(&url)?;
+            refuse_memory(&parsed)?;
+            // Through a server, the server makes the backend ready.
+            let created = match ctx.remote {
+                Some(_) => None,
+                None => {
+                    ctx.open_unlocked()?;
+                    prepare_backend(&parsed)?
+                }
+            };
             let add = Command::AddSink {
                 name: name.clone(),
                 url,
                 role: role.into(),
             };
-            if let Err(e) = change(ctx, &mut ledger, add, "added", &name) {
+            if let Err(e) = change(ctx, add, "added", &name) {
                 // Refused (a taken name, say): leave no file behind for a sink that does not exist.
                 if let Some(path) = created {
                     let _ = std::fs::remove_file(path);
                 }
                 return Err(e);
             }
-            if !ctx.json() && SinkRole::from(role).is_projected() {
+            if !ctx.json() && SinkRole::from(role).is_projected() && ctx.remote.is_none() {
                 outln!("run `sledger project` to bring it up to date");
             }
             Ok(())
         }
-        SinkCmd::Promote { name } => {
-            let mut ledger = ctx.open_unlocked()?;
-            change(
-                ctx,
-                &mut ledger,
-                Command::PromoteSink { name: name.clone() },
-                "promoted to primary",
-                &name,
-            )
-        }
-        SinkCmd::SetRole { name, role } => {
-            let mut ledger = ctx.open_unlocked()?;
-            let verb = format!("is now {}", SinkRole::from(role));
-            change(
-                ctx,
-                &mut ledger,
-                Command::SetSinkRole {
-                    name: name.clone(),
-                    role: role.into(),
-                },
-                &verb,
-                &name,
-            )
-        }
-        SinkCmd::Remove { name } => {
-            let mut ledger = ctx.open_unlocked()?;
-            change(
-                ctx,
-                &mut ledger,
-                Command::RemoveSink { name: name.clone() },
-                "removed",
-                &name,
-            )
-        }
+        SinkCmd::Promote { name } => change(
+            ctx,
+            Command::PromoteSink { name: name.clone() },
+            "promoted to primary",
+            &name,
+        ),
+        SinkCmd::SetRole { name, role } => change(
+            ctx,
+            Command::SetSinkRole {
+                name: name.clone(),
+                role: role.into(),
+            },
+            &format!("is now {}", SinkRole::from(role)),
+            &name,
+        ),
+        SinkCmd::Remove { name } => change(ctx, Command::RemoveSink { name: name.clone() }, "removed", &name),
         SinkCmd::List => list(ctx),
         SinkCmd::Status => status(ctx),
         SinkCmd::Retry { name } => {
-            let ledger = ctx.open_unlocked()?;
-            let (fixed, still) = block_on(async {
-                let (_, sink) = ledger.open_sink(&name)?;
-                project::retry_parked(&ledger, &name, &*sink).await
-            })?;
+            let doc = match &ctx.remote {
+                Some(remote) => remote.post(&["sinks", &name, "retry"], json!({}))?,
+                None => {
+                    let ledger = ctx.open_unlocked()?;
+                    let (fixed, still) = block_on(async {
+                        let (_, sink) = ledger.open_sink(&name)?;
+                        project::retry_parked(&ledger, &name, &*sink).await
+                    })?;
+                    json!({"sink": name, "applied": fixed, "still_parked": still})
+                }
+            };
             if ctx.json() {
-                output::json_line(&json!({"sink": name, "applied": fixed, "still_parked": still}));
+                output::json_line(&doc);
             } else {
-                outln!("sink {name}: {fixed} parked events applied, {still} still parked");
+                outln!(
+                    "sink {name}: {} parked events applied, {} still parked",
+                    doc["applied"],
+                    doc["still_parked"]
+                );
             }
             Ok(())
         }
         SinkCmd::Check { name } => {
-            let ledger = ctx.open_unlocked()?;
-            block_on(async {
-                let (_, sink) = ledger.open_sink(&name)?;
-                sink.health().await
-            })?;
+            match &ctx.remote {
+                Some(remote) => {
+                    remote.post(&["sinks", &name, "check"], json!({}))?;
+                }
+                None => {
+                    let ledger = ctx.open_unlocked()?;
+                    block_on(async {
+                        let (_, sink) = ledger.open_sink(&name)?;
+                        sink.health().await
+                    })?;
+                }
+            }
             if ctx.json() {
                 output::json_line(&json!({"sink": name, "healthy": true}));
             } else {
@@ -134,48 +155,65 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
     }
 }
 
+/// Every sink's status, as `sink status --format json` and `GET /v1/sinks` show it.
+fn statuses(ctx: &Context) -> Result<Vec<Value>> {
+    Ok(match &ctx.remote {
+        Some(remote) => remote.get(&["sinks"])?.as_array().cloned().unwrap_or_default(),
+        None => ctx
+            .open()?
+            .sink_status()?
+            .iter()
+            .map(|s| serde_json::to_value(s).expect("statuses serialise"))
+            .collect(),
+    })
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
 fn list(ctx: &Context) -> Result<()> {
-    let sinks = ctx.open()?.sinks()?;
+    let sinks = statuses(ctx)?;
     if ctx.json() {
         let rows: Vec<_> = sinks
-            .values()
-            .map(|s| json!({"name": s.name, "role": s.role, "url": s.url}))
+            .iter()
+            .map(|s| json!({"name": s["name"], "role": s["role"], "url": s["url"]}))
             .collect();
         output::json_line(&rows);
         return Ok(());
     }
     let mut t = output::table(&["NAME", "ROLE", "URL"]);
-    for s in sinks.values() {
-        t.add_row(vec![s.name.clone(), s.role.to_string(), s.url.clone()]);
+    for s in &sinks {
+        t.add_row(vec![text(&s["name"]), text(&s["role"]), text(&s["url"])]);
     }
     outln!("{t}");
     Ok(())
 }
 
 fn status(ctx: &Context) -> Result<()> {
-    let statuses = ctx.open()?.sink_status()?;
+    let statuses = statuses(ctx)?;
     if ctx.json() {
         output::json_line(&statuses);
         return Ok(());
     }
     let mut t = output::table(&["NAME", "ROLE", "CHECKPOINT", "LAG", "PARKED", "LAST ERROR"]);
     for s in &statuses {
-        let error = match (&s.last_error, s.last_error_at) {
+        let error = match (s["last_error"].as_str(), s["last_error_at"].as_i64()) {
             (Some(e), Some(at)) => format!("{e} (at {})", output::time(at)),
-            (Some(e), None) => e.clone(),
+            (Some(e), None) => e.to_owned(),
             _ => String::new(),
         };
-        let lag = if s.role.is_projected() {
-            s.lag.to_string()
-        } else {
-            "-".into()
-        };
+        let lag = if s["role"] == "standby" { "-".into() } else { text(&s["lag"]) };
         t.add_row(vec![
-            s.name.clone(),
-            s.role.to_string(),
-            s.checkpoint.to_string(),
+            text(&s["name"]),
+            text(&s["role"]),
+            text(&s["checkpoint"]),
             lag,
-            s.parked.to_string(),
+            text(&s["parked"]),
             error,
         ]);
     }

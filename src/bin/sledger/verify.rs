@@ -2,7 +2,7 @@
 
 use anyhow::{Context as _, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::json;
+use serde_json::{json, Value};
 use sledger::Anchor;
 
 use crate::cli::VerifyArgs;
@@ -10,7 +10,18 @@ use crate::context::Context;
 use crate::output;
 use crate::output::outln;
 
-pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
+fn read_anchor(path: &std::path::Path) -> Result<Anchor> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read anchor {}", path.display()))?;
+    serde_json::from_str(&text).map_err(|_| {
+        crate::exit::usage(format!(
+            "{} is not an anchor file written by `sledger verify --save-anchor`",
+            path.display()
+        ))
+    })
+}
+
+/// Verify the local ledger file; the document the server's `POST /v1/verify` answers too.
+fn verify_local(ctx: &Context, args: &VerifyArgs, saved: Option<&Anchor>) -> Result<Value> {
     let mut ledger = ctx.open()?;
     if args.rebuild_catalog {
         let secrets = ledger.rebuild_catalog()?;
@@ -33,34 +44,44 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
     });
     bar.finish_and_clear();
     let head = verified?;
-    let anchor = ledger.anchor(head)?;
-    if let Some(path) = &args.anchor {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read anchor {}", path.display()))?;
-        let saved: Anchor = serde_json::from_str(&text).map_err(|_| {
-            crate::exit::usage(format!(
-                "{} is not an anchor file written by `sledger verify --save-anchor`",
-                path.display()
-            ))
-        })?;
-        ledger.check_anchor(&saved)?;
+    if let Some(saved) = saved {
+        ledger.check_anchor(saved)?;
     }
+    Ok(json!({
+        "ok": true,
+        "events": head.seq,
+        "head": ledger.anchor(head)?,
+        "anchor_checked": saved.is_some(),
+        "access_log_rows": ledger.access_head()?,
+    }))
+}
+
+pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
+    let saved = args.anchor.as_deref().map(read_anchor).transpose()?;
+    let doc = match &ctx.remote {
+        Some(remote) => {
+            if args.rebuild_catalog {
+                ctx.local_only("verify --rebuild-catalog")?;
+            }
+            remote.post(&["verify"], json!({"anchor": saved}))?
+        }
+        None => verify_local(ctx, &args, saved.as_ref())?,
+    };
     if let Some(path) = &args.save_anchor {
-        let text = serde_json::to_string_pretty(&anchor).expect("anchors serialise") + "\n";
+        let text = serde_json::to_string_pretty(&doc["head"]).expect("anchors serialise") + "\n";
         std::fs::write(path, text).with_context(|| format!("cannot write anchor {}", path.display()))?;
     }
     if ctx.json() {
-        output::json_line(
-            &json!({"ok": true, "events": head.seq, "head": anchor, "anchor_checked": args.anchor.is_some()}),
-        );
+        output::json_line(&doc);
     } else {
         outln!(
-            "ok: {} events, chain intact; head seq {} hash {}",
-            head.seq,
-            anchor.seq,
-            anchor.hash
+            "ok: {} events, chain intact; head seq {} hash {}; access log: {} records, chain intact",
+            doc["events"],
+            doc["head"]["seq"],
+            doc["head"]["hash"].as_str().unwrap_or_default(),
+            doc["access_log_rows"]
         );
-        if args.anchor.is_some() {
+        if doc["anchor_checked"] == true {
             outln!("anchor matches: nothing before it was truncated or rewritten");
         }
     }

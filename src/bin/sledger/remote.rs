@@ -1,0 +1,288 @@
+//! The remote CLI: with `--server URL` / `SLEDGER_SERVER` and a token, commands go to
+//! `sledger serve` instead of opening a ledger file. The server answers with the same JSON
+//! documents the local commands render, and its errors map back onto the same exit codes.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result};
+use reqwest::{Method, Url};
+use serde::Serialize;
+use serde_json::{json, Value};
+use sledger::access_log::AccessFilter;
+use sledger::read::ReadFrom;
+use sledger::{Command, LogFilter, ReadPoint};
+use zeroize::Zeroizing;
+
+use crate::exit;
+
+/// Where the token comes from when not from a file.
+pub const TOKEN_ENV: &str = "SLEDGER_TOKEN";
+
+/// An error the server answered with, carrying the exit code its class maps to.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct RemoteError {
+    pub exit: i32,
+    pub message: String,
+}
+
+/// The exit code for a server error code (the same classes as local errors).
+fn exit_code(code: &str) -> i32 {
+    match code {
+        "invalid" | "too_large" => exit::USAGE,
+        "not_found" => exit::NOT_FOUND,
+        "already_exists" => exit::ALREADY_EXISTS,
+        "integrity" => exit::INTEGRITY,
+        "key" => exit::KEY,
+        "unavailable" | "sink_unavailable" | "audit_unavailable" | "rate_limited" => exit::UNAVAILABLE,
+        "incompatible" => exit::INCOMPATIBLE,
+        "backend_refused" => exit::BACKEND,
+        "out_of_sync" => exit::OUT_OF_SYNC,
+        "unauthenticated" => exit::UNAUTHENTICATED,
+        "forbidden" => exit::DENIED,
+        _ => exit::INTERNAL,
+    }
+}
+
+pub struct Remote {
+    /// One runtime for every request, so the client's connections live across calls.
+    runtime: tokio::runtime::Runtime,
+    base: Url,
+    token: Zeroizing<String>,
+    client: reqwest::Client,
+}
+
+/// A token file must be readable by its owner only, as ssh demands of keys.
+fn read_token_file(path: &Path) -> Result<Zeroizing<String>> {
+    let meta = std::fs::metadata(path).with_context(|| format!("cannot read token file {}", path.display()))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(exit::usage(format!(
+            "token file {} is readable by others (mode {:o}); run `chmod 600 {}`",
+            path.display(),
+            meta.permissions().mode() & 0o777,
+            path.display()
+        )));
+    }
+    let text = Zeroizing::new(std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?);
+    Ok(Zeroizing::new(text.trim().to_owned()))
+}
+
+impl Remote {
+    pub fn new(server: &str, token_file: Option<&Path>, env_token: Option<Zeroizing<String>>, ca_file: Option<&Path>) -> Result<Remote> {
+        let mut base = Url::parse(server).map_err(|e| {
+            exit::usage(format!("--server {server:?} is not a URL ({e}); write it like https://sledger.example:8420"))
+        })?;
+        if !matches!(base.scheme(), "http" | "https") {
+            return Err(exit::usage(format!("--server {server:?} must be an http:// or https:// URL")));
+        }
+        if !base.username().is_empty() || base.password().is_some() {
+            return Err(exit::usage("--server must not carry credentials; pass the token with SLEDGER_TOKEN or --token-file"));
+        }
+        base.set_path("");
+        let token = match (token_file, env_token) {
+            (Some(path), _) => read_token_file(path)?,
+            (None, Some(token)) => token,
+            (None, None) => {
+                return Err(exit::usage(format!(
+                    "--server needs a token: set {TOKEN_ENV} or pass --token-file PATH (a 0600 file)"
+                )))
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the HTTP client's runtime")?;
+        let _inside = runtime.enter();
+        let mut client = reqwest::Client::builder().timeout(Duration::from_secs(300));
+        if let Some(path) = ca_file {
+            let pem = std::fs::read(path).with_context(|| format!("cannot read --ca-file {}", path.display()))?;
+            let ca = reqwest::Certificate::from_pem(&pem)
+                .map_err(|_| exit::usage(format!("--ca-file {} is not a PEM certificate", path.display())))?;
+            client = client.add_root_certificate(ca);
+        }
+        let client = client.build().context("cannot set up the HTTP client")?;
+        drop(_inside);
+        Ok(Remote {
+            runtime,
+            base,
+            token,
+            client,
+        })
+    }
+
+    /// `/v1/` + the path segments, each percent-encoded (a secret name keeps its slashes).
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        {
+            let mut path = url.path_segments_mut().expect("http URLs have paths");
+            path.clear().push("v1");
+            for segment in segments {
+                path.extend(segment.split('/'));
+            }
+        }
+        url
+    }
+
+    fn send(&self, method: Method, url: Url, query: &impl Serialize, body: Option<Value>) -> Result<reqwest::Response> {
+        let mut request = self
+            .client
+            .request(method, url)
+            .bearer_auth(self.token.as_str())
+            .query(query);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = self.runtime.block_on(async { request.send().await }).map_err(|e| {
+            let mut message = format!("cannot reach the server at {}: {e}", self.base);
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                message.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            RemoteError {
+                exit: exit::UNAVAILABLE,
+                message,
+            }
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body: Value = self.runtime.block_on(async { response.json().await }).unwrap_or(Value::Null);
+        let code = body["error"]["code"].as_str().unwrap_or("internal");
+        Err(RemoteError {
+            exit: exit_code(code),
+            message: body["error"]["message"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| format!("the server answered {status}")),
+        }
+        .into())
+    }
+
+    fn call(&self, method: Method, segments: &[&str], query: &impl Serialize, body: Option<Value>) -> Result<Value> {
+        let response = self.send(method, self.url(segments), query, body)?;
+        Ok(self.runtime.block_on(async { response.json().await }).context("the server's answer is not JSON")?)
+    }
+
+    /// One document, or each of an array's.
+    fn docs(value: Value) -> Vec<Value> {
+        match value {
+            Value::Array(docs) => docs,
+            doc => vec![doc],
+        }
+    }
+
+    /// Apply one command; the answer is one document per changed secret.
+    pub fn execute(&self, command: Command, wait: Duration) -> Result<Vec<Value>> {
+        let wait = [("wait_ms", wait.as_millis() as u64)];
+        let values = |v: &sledger::SecretValues| -> Value {
+            v.iter().map(|(k, v)| (k.to_owned(), Value::String(v.to_owned()))).collect::<serde_json::Map<_, _>>().into()
+        };
+        let (method, segments, body) = match command {
+            Command::Create { name, scope, labels, values: v } => (
+                Method::POST,
+                vec!["secrets".to_owned()],
+                json!({"name": name, "scope": scope, "labels": labels, "values": values(&v)}),
+            ),
+            Command::Put { name, scope, labels, values: v } => (
+                Method::PUT,
+                vec!["secrets".to_owned(), name],
+                json!({"scope": scope, "labels": labels, "values": values(&v)}),
+            ),
+            Command::Update { name, set_values, remove_keys, set_labels, remove_labels } => (
+                Method::PATCH,
+                vec!["secrets".to_owned(), name],
+                json!({"values": values(&set_values), "remove_keys": remove_keys, "labels": set_labels, "remove_labels": remove_labels}),
+            ),
+            Command::Rename { name, new_name } => (Method::POST, vec!["rename".to_owned(), name], json!({"new_name": new_name})),
+            Command::Delete { name } => (Method::DELETE, vec!["secrets".to_owned(), name], Value::Null),
+            Command::Undelete { name } => (Method::POST, vec!["undelete".to_owned(), name], Value::Null),
+            Command::Purge { name } => (Method::POST, vec!["purge".to_owned(), name], Value::Null),
+            _ => return Err(exit::usage("this command is not available through the server")),
+        };
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        let body = (!body.is_null()).then_some(body);
+        Ok(Self::docs(self.call(method, &segments, &wait, body)?))
+    }
+
+    pub fn read(&self, name: &str, point: Option<ReadPoint>, from: ReadFrom) -> Result<Value> {
+        let mut query: Vec<(&str, String)> = Vec::new();
+        match point {
+            Some(ReadPoint::Version(v)) => query.push(("version", v.to_string())),
+            Some(ReadPoint::At(ms)) => query.push(("at", sledger::event::format_millis(ms))),
+            Some(ReadPoint::Latest) | None => {}
+        }
+        let from = match from {
+            ReadFrom::Auto => None,
+            ReadFrom::Primary => Some("primary"),
+            ReadFrom::Backup => Some("backup"),
+            ReadFrom::Ledger => Some("ledger"),
+        };
+        if let Some(from) = from {
+            query.push(("from", from.to_owned()));
+        }
+        self.call(Method::GET, &["secrets", name], &query, None)
+    }
+
+    pub fn list(&self, labels: &BTreeMap<String, String>, deleted: bool) -> Result<Vec<Value>> {
+        let mut query: Vec<(&str, String)> = vec![("deleted", deleted.to_string())];
+        if !labels.is_empty() {
+            let filter: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            query.push(("label", filter.join(",")));
+        }
+        Ok(Self::docs(self.call(Method::GET, &["secrets"], &query, None)?))
+    }
+
+    pub fn history(&self, name: &str) -> Result<Vec<Value>> {
+        Ok(Self::docs(self.call(Method::GET, &["history", name], &(), None)?))
+    }
+
+    pub fn log(&self, filter: &LogFilter) -> Result<Vec<Value>> {
+        Ok(Self::docs(self.call(Method::GET, &["log"], filter, None)?))
+    }
+
+    /// Follow the audit log from `after`, calling `each` per entry, until the connection ends.
+    pub fn follow_log(&self, filter: &LogFilter, after: Option<u64>, each: &mut dyn FnMut(Value)) -> Result<()> {
+        let filter = LogFilter {
+            after_seq: after.or(filter.after_seq),
+            limit: None,
+            ..filter.clone()
+        };
+        let mut response = self.send(Method::GET, self.url(&["log", "stream"]), &filter, None)?;
+        let mut pending = Vec::new();
+        while let Some(chunk) = self.runtime.block_on(async { response.chunk().await }).context("the server's stream broke off")? {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Ok(doc) = serde_json::from_slice(&line) {
+                    each(doc);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub fn access_log(&self, filter: &AccessFilter) -> Result<Vec<Value>> {
+        Ok(Self::docs(self.call(Method::GET, &["access-log"], filter, None)?))
+    }
+
+    pub fn get(&self, segments: &[&str]) -> Result<Value> {
+        self.call(Method::GET, segments, &(), None)
+    }
+
+    pub fn post(&self, segments: &[&str], body: Value) -> Result<Value> {
+        self.call(Method::POST, segments, &(), Some(body))
+    }
+
+    pub fn put(&self, segments: &[&str], body: Value) -> Result<Value> {
+        self.call(Method::PUT, segments, &(), Some(body))
+    }
+
+    pub fn delete(&self, segments: &[&str]) -> Result<Value> {
+        self.call(Method::DELETE, segments, &(), None)
+    }
+}
