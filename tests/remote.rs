@@ -77,6 +77,9 @@ fn remote_outputs_and_exit_codes_match_the_local_ones() {
         vec!["sink", "list"],
         vec!["sink", "status"],
         vec!["restore", "--dry-run", "--seq", "4"],
+        vec!["backup", "--dry-run"],
+        vec!["reconcile", "bk"],
+        vec!["migrate", "--to", "bk", "--dry-run"],
     ] {
         for format in ["json", "human"] {
             let mut full = vec!["--format", format];
@@ -138,8 +141,14 @@ fn remote_outputs_and_exit_codes_match_the_local_ones() {
     assert!(access.iter().any(|r| r["principal"] == "token:ro" && r["outcome"] == "denied"));
     assert!(access.iter().any(|r| r["outcome"] == "unauthenticated"));
     assert_eq!(access, local.json_lines(&["log", "--access"]));
+    // A migration through the server: the backup becomes the primary, with no downtime.
+    let steps = env.ok(&["migrate", "--to", "bk"]);
+    assert!(steps.contains("4/5 bk is the primary") && steps.contains("5/5 done"), "{steps}");
+    let sinks = env.json(&["sink", "list"]);
+    assert!(sinks.as_array().unwrap().iter().any(|s| s["name"] == "bk" && s["role"] == "primary"), "{sinks}");
+    assert_eq!(env.ok(&["secret", "get", "app/db", "--key", "pw"]), "one\n");
     // Commands the server does not offer say so, and where to run them.
-    let refused = env.fails(&["backup"], 2);
+    let refused = env.fails(&["import", "--file", "x.jsonl"], 2);
     assert!(refused.contains("not available through --server"), "{refused}");
     assert!(server.stop().success());
 }

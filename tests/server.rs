@@ -92,7 +92,9 @@ fn body_for(operation: &str, name: &str, i: usize) -> Option<Value> {
         "sink.add" => json!({"name": format!("m{i}"), "url": format!("sqlite:///tmp/sledger-matrix-{}-{i}.db", std::process::id()), "role": "standby"}),
         "sink.set_role" => json!({"role": "replica"}),
         "restore" => json!({"seq": 1, "dry_run": true}),
-        "diff" => json!({"sink": "local"}),
+        "diff" | "reconcile" => json!({"sink": "local"}),
+        "backup" => json!({"dry_run": true}),
+        "migrate" => json!({"to": "local", "dry_run": true}),
         "token.create" => json!({"name": format!("t{i}"), "role": "reader", "patterns": ["x"]}),
         _ => return None,
     })

@@ -104,6 +104,15 @@ pub struct Difference {
     pub target_seq: Option<u64>,
 }
 
+impl Difference {
+    /// The difference as `diff --format json` and the API show it.
+    pub fn to_json(&self, sink: &str) -> serde_json::Value {
+        let mut doc = serde_json::to_value(self).expect("differences serialise");
+        doc["sink"] = serde_json::json!(sink);
+        doc
+    }
+}
+
 /// What applying a difference did.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct ApplyReport {

@@ -67,6 +67,34 @@ pub enum Resync<'a> {
     },
 }
 
+impl Resync<'_> {
+    /// The event as the API reports it (`event`: `found` or `applied`); the CLI prints the
+    /// same documents whether a replay ran in its own process or on a server.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            Resync::Found {
+                sink,
+                differences,
+                applying,
+            } => serde_json::json!({
+                "event": "found",
+                "sink": sink,
+                "applying": applying,
+                "differences": differences.iter().map(|d| d.to_json(sink)).collect::<Vec<_>>(),
+            }),
+            Resync::Applied { sink, seq, report } => serde_json::json!({
+                "event": "applied",
+                "sink": sink,
+                "target_seq": seq,
+                "written": report.written,
+                "deleted": report.deleted,
+                "skipped": report.skipped,
+                "refused": report.refused,
+            }),
+        }
+    }
+}
+
 /// What a reconcile found and did. When something is left different, [`reconcile`] returns
 /// [`Error::OutOfSync`] instead, after the caller's callback saw the difference.
 #[derive(Debug, Clone, Default)]
@@ -341,7 +369,8 @@ fn no_primary() -> Error {
 }
 
 /// A step of [`migrate`], reported as it completes.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
 pub enum MigrateStep {
     /// 1/5: the target was attached as a backup (or made one).
     Attached { name: String, was: Option<SinkRole> },
@@ -360,7 +389,8 @@ pub enum MigrateStep {
 }
 
 /// What `migrate --dry-run` would do.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "plan", rename_all = "snake_case")]
 pub enum MigratePlan {
     /// Attach `name` at `url`, then catch up, verify, promote.
     Attach { name: String, url: String },
@@ -377,7 +407,7 @@ pub enum MigratePlan {
 }
 
 /// Where to migrate.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct MigrateTo {
     /// An attached sink's name, or a URL (then `name` says what to attach it as).
     pub to: String,

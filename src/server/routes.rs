@@ -26,6 +26,7 @@ use crate::event::{Millis, Scope, SinkRole};
 use crate::identity::{Action, Role, TokenSecret};
 use crate::ledger::ID_REF_PREFIX;
 use crate::read::{read_latest, ReadFrom, Served};
+use crate::replay::orchestrate;
 use crate::access_log::AccessFilter;
 use crate::{Catalog, Command, Ledger, LogFilter, Outcome, ReadPoint, SecretValues, Status};
 
@@ -87,6 +88,9 @@ pub const ROUTES: &[RouteSpec] = &[
     route("POST", "/v1/sinks/{name}/check", "sink.check", Some(Administer), "Check that a sink's backend answers."),
     route("POST", "/v1/sinks/{name}/retry", "sink.retry", Some(Administer), "Re-apply a sink's parked secrets."),
     route("POST", "/v1/diff", "diff", Some(Administer), "What a sink lacks, holds stale or holds extra: {sink, seq | at}."),
+    route("POST", "/v1/reconcile", "reconcile", Some(Administer), "Make a sink match the ledger's head: {sink}."),
+    route("POST", "/v1/backup", "backup", Some(Administer), "Resync every backup sink: {dry_run, delete_secrets}."),
+    route("POST", "/v1/migrate", "migrate", Some(Administer), "Move the primary with no downtime: {to, name, delete_secrets, dry_run}."),
     route("POST", "/v1/restore", "restore", Some(Administer), "Restore secrets to an earlier seq or time: {seq | at, secrets, dry_run}."),
     route("GET", "/v1/tokens", "token.list", Some(Administer), "Every token issued (never the tokens themselves)."),
     route("POST", "/v1/tokens", "token.create", Some(Administer), "Issue a token: {name, role, patterns, expires_in_seconds}; it is shown once."),
@@ -125,10 +129,20 @@ pub(crate) fn router(state: Arc<AppState>, options: &ServeOptions) -> Router {
         .route("/v1/sinks/{name}", delete(remove_sink))
         .route("/v1/sinks/{name}/check", post(check_sink))
         .route("/v1/sinks/{name}/retry", post(retry_sink))
-        .route("/v1/diff", post(diff))
         .route("/v1/restore", post(restore))
         .route("/v1/tokens", get(list_tokens).post(create_token))
         .route("/v1/tokens/{name}", delete(revoke_token))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            options.request_timeout,
+        ));
+    // Replays walk whole sinks and may take minutes: no request timeout, like the CLI.
+    let replays = Router::new()
+        .route("/v1/diff", post(diff))
+        .route("/v1/reconcile", post(reconcile))
+        .route("/v1/backup", post(backup))
+        .route("/v1/migrate", post(migrate))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -136,11 +150,8 @@ pub(crate) fn router(state: Arc<AppState>, options: &ServeOptions) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/openapi.json", get(|| async { Json(openapi()) }))
         .merge(api)
+        .merge(replays)
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
-        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
-            options.request_timeout,
-        ))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(options.body_limit))
         .layer(axum::extract::DefaultBodyLimit::max(options.body_limit))
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(options.max_in_flight))
@@ -724,11 +735,11 @@ async fn list_sinks(State(state): Shared, Extension(caller): Extension<Caller>) 
 struct NewSink {
     name: String,
     url: String,
-    #[serde(default = "backup")]
+    #[serde(default = "backup_role")]
     role: SinkRole,
 }
 
-fn backup() -> SinkRole {
+fn backup_role() -> SinkRole {
     SinkRole::Backup
 }
 
@@ -739,7 +750,7 @@ async fn add_sink(
 ) -> ApiResult {
     allow(&state, &caller, "sink.add", None).await?;
     let url = crate::sink::SinkUrl::parse(&body.url)?;
-    if matches!(url.backend, crate::sink::Backend::Memory { .. }) {
+    if url.backend.is_memory() {
         return Err(Error::invalid("a memory:// sink would live only inside the server process; use sqlite:///PATH or a cloud sink").into());
     }
     let created = crate::replay::orchestrate::prepare_backend(&url)?;
@@ -855,17 +866,121 @@ async fn diff(State(state): Shared, Extension(caller): Extension<Caller>, Json(b
             let (_, sink) = l.open_sink(&body.sink)?;
             let desired = l.desired_at(seq)?;
             let differences = runtime.block_on(crate::replay::diff(&desired, &*sink, &|_, _| {}))?;
-            Ok(differences
-                .iter()
-                .map(|d| {
-                    let mut doc = serde_json::to_value(d).expect("differences serialise");
-                    doc["sink"] = json!(body.sink);
-                    doc
-                })
-                .collect::<Vec<_>>())
+            Ok(differences.iter().map(|d| d.to_json(&body.sink)).collect::<Vec<_>>())
         })
         .await?;
     Ok(Json(docs).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReconcileBody {
+    sink: String,
+}
+
+/// Make a sink match the ledger's head: the resync's documents (what it found, what it did).
+async fn reconcile(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<ReconcileBody>,
+) -> ApiResult {
+    allow(&state, &caller, "reconcile", None).await?;
+    let runtime = tokio::runtime::Handle::current();
+    let events = state
+        .handle
+        .read(move |l| {
+            let (_, sink) = l.open_sink(&body.sink)?;
+            let desired = l.desired_at(l.head()?.seq)?;
+            let mut events = Vec::new();
+            runtime.block_on(orchestrate::reconcile(
+                Some(l),
+                &body.sink,
+                &*sink,
+                &desired,
+                orchestrate::Mode::Apply,
+                None,
+                &|_, _, _| {},
+                &mut |e| events.push(e.to_json()),
+            ))?;
+            Ok(events)
+        })
+        .await?;
+    Ok(Json(json!({"events": events})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BackupBody {
+    #[serde(default)]
+    dry_run: bool,
+    #[serde(default)]
+    delete_secrets: bool,
+}
+
+/// Resync every backup sink (and with `delete_secrets`, empty the primary of what they hold).
+async fn backup(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<BackupBody>,
+) -> ApiResult {
+    allow(&state, &caller, "backup", None).await?;
+    let runtime = tokio::runtime::Handle::current();
+    let doc = state
+        .handle
+        .read(move |l| {
+            let mut events = Vec::new();
+            let report = runtime.block_on(orchestrate::backup(
+                l,
+                body.dry_run,
+                body.delete_secrets,
+                &|_, _, _| {},
+                &mut |e| events.push(e.to_json()),
+            ))?;
+            let emptied = report.emptied.map(|(sink, deleted)| json!({"sink": sink, "deleted": deleted}));
+            Ok(json!({"events": events, "emptied": emptied}))
+        })
+        .await?;
+    Ok(Json(doc).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateBody {
+    #[serde(flatten)]
+    to: orchestrate::MigrateTo,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Move the primary with no downtime (attach, catch up, verify, promote): the steps as they
+/// happened, or the plan with `dry_run`.
+async fn migrate(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<MigrateBody>,
+) -> ApiResult {
+    allow(&state, &caller, "migrate", None).await?;
+    if body.to.to.contains("://") && crate::sink::SinkUrl::parse(&body.to.to)?.backend.is_memory() {
+        return Err(Error::invalid("a memory:// sink would live only inside the server process").into());
+    }
+    let runtime = tokio::runtime::Handle::current();
+    let (path, master, actor) = (state.handle.path().to_path_buf(), state.handle.master_key().clone(), caller.principal());
+    let doc = state
+        .handle
+        .read(move |_| {
+            let mut ledger = Ledger::open_with_key(&path, master)?;
+            if body.dry_run {
+                let plan = runtime.block_on(orchestrate::plan_migration(&ledger, &body.to))?;
+                return Ok(json!({"plan": plan}));
+            }
+            let mut steps = Vec::new();
+            runtime.block_on(orchestrate::migrate(&mut ledger, &actor, &body.to, &|_, _, _| {}, &mut |step| {
+                steps.push(step)
+            }))?;
+            Ok(json!({"steps": steps}))
+        })
+        .await?;
+    Ok(Json(doc).into_response())
 }
 
 // Restore.

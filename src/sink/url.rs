@@ -221,6 +221,14 @@ pub enum Backend {
     Azure(azure::AzureConfig),
 }
 
+impl Backend {
+    /// A memory sink lives inside one process: useless to the next command or to a server's
+    /// clients.
+    pub fn is_memory(&self) -> bool {
+        matches!(self, Backend::Memory { .. })
+    }
+}
+
 fn bad_url(url: &str, why: impl fmt::Display) -> Error {
     Error::InvalidInput(format!("invalid sink URL {:?}: {why}", redacted(url)))
 }

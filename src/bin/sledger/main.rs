@@ -53,10 +53,10 @@ fn main() {
         Commands::Project(args) => local("project").and_then(|()| sinks::project_cmd(&ctx, args)),
         Commands::Replay(args) => local("replay").and_then(|()| replay::replay(&ctx, args)),
         Commands::Restore(args) => replay::restore(&ctx, args),
-        Commands::Backup(args) => local("backup").and_then(|()| replay::backup(&ctx, args)),
-        Commands::Migrate(args) => local("migrate").and_then(|()| replay::migrate(&ctx, args)),
+        Commands::Backup(args) => replay::backup(&ctx, args),
+        Commands::Migrate(args) => replay::migrate(&ctx, args),
         Commands::Diff(args) => replay::diff(&ctx, args),
-        Commands::Reconcile(args) => local("reconcile").and_then(|()| replay::reconcile(&ctx, args)),
+        Commands::Reconcile(args) => replay::reconcile(&ctx, args),
         Commands::Serve(args) => local("serve").and_then(|()| serve::serve(&ctx, args)),
         Commands::Token(cmd) => serve::token(&ctx, cmd),
     };

@@ -5,7 +5,7 @@ use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use sledger::replay::orchestrate::{self, MigratePlan, MigrateStep, MigrateTo, Mode, Phase, Resync};
-use sledger::replay::{self, ApplyReport, Desired, Difference, Target};
+use sledger::replay::{self, Desired, Target};
 use sledger::sink::{Sink, SinkUrl};
 use sledger::Ledger;
 
@@ -75,37 +75,26 @@ impl Bars {
         self.writing.finish_and_clear();
     }
 
-    /// Print what a resync reports: the difference when nothing is applied (a dry run, or in
-    /// sync), and what applying did.
+    /// Print what a resync reports as it goes.
     fn show<'a>(&'a self, ctx: &'a Context) -> impl FnMut(Resync<'_>) + 'a {
-        move |event| match event {
-            Resync::Found {
-                sink,
-                differences,
-                applying: false,
-            } => {
-                self.clear();
-                print_differences(ctx, sink, differences)
-            }
-            Resync::Found { .. } => {}
-            Resync::Applied { sink, seq, report } => {
-                self.clear();
-                print_applied(ctx, sink, seq, report)
-            }
+        move |event| {
+            self.clear();
+            show_resync(ctx, &event.to_json())
         }
     }
 }
 
-fn print_differences(ctx: &Context, sink: &str, differences: &[Difference]) {
-    let docs: Vec<Value> = differences.iter().map(|d| difference_doc(sink, d)).collect();
-    render_differences(ctx, sink, &docs)
-}
-
-/// A difference as `diff --format json` and `POST /v1/diff` show it.
-fn difference_doc(sink: &str, d: &Difference) -> Value {
-    let mut doc = serde_json::to_value(d).expect("differences serialise");
-    doc["sink"] = json!(sink);
-    doc
+/// Print one resync document (from this process or a server): the difference when nothing is
+/// applied (a dry run, or in sync), and what applying did.
+fn show_resync(ctx: &Context, event: &Value) {
+    let sink = event["sink"].as_str().unwrap_or_default();
+    match event["event"].as_str() {
+        Some("found") if event["applying"] == false => {
+            render_differences(ctx, sink, event["differences"].as_array().map(Vec::as_slice).unwrap_or_default())
+        }
+        Some("applied") => print_applied(ctx, sink, event),
+        _ => {}
+    }
 }
 
 fn render_differences(ctx: &Context, sink: &str, differences: &[Value]) {
@@ -135,25 +124,20 @@ fn render_differences(ctx: &Context, sink: &str, differences: &[Value]) {
     outln!("{sink}: {} object(s) differ\n{t}", differences.len());
 }
 
-fn print_applied(ctx: &Context, sink: &str, seq: u64, report: &ApplyReport) {
+fn print_applied(ctx: &Context, sink: &str, report: &Value) {
+    let count = |field: &str| report[field].as_u64().unwrap_or(0);
     if ctx.json() {
-        output::json_line(
-            &json!({"sink": sink, "target_seq": seq, "written": report.written,
-            "deleted": report.deleted, "skipped": report.skipped, "refused": report.refused}),
-        );
+        output::json_line(&json!({"sink": sink, "target_seq": report["target_seq"], "written": count("written"),
+            "deleted": count("deleted"), "skipped": count("skipped"), "refused": count("refused")}));
         return;
     }
-    let left = report.skipped + report.refused;
+    let left = count("skipped") + count("refused");
     let outcome = if left == 0 {
-        format!("now at the state of seq {seq}")
+        format!("now at the state of seq {}", report["target_seq"])
     } else {
         format!("{left} object(s) left as they are (see below)")
     };
-    outln!(
-        "{sink}: {} written, {} deleted, {outcome}",
-        report.written,
-        report.deleted
-    );
+    outln!("{sink}: {} written, {} deleted, {outcome}", count("written"), count("deleted"));
 }
 
 /// Resync a sink through the library and print what it found and did.
@@ -218,7 +202,7 @@ pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
             let differences = block_on(replay::diff(&desired, &*sink, &|d, t| {
                 bars.progress()(Phase::Comparing, d, t)
             }))?;
-            differences.iter().map(|d| difference_doc(&args.sink, d)).collect()
+            differences.iter().map(|d| d.to_json(&args.sink)).collect()
         }
     };
     render_differences(ctx, &args.sink, &differences);
@@ -235,6 +219,11 @@ pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
 }
 
 pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
+    if let Some(remote) = &ctx.remote {
+        let answer = remote.post(&["reconcile"], json!({"sink": args.sink}))?;
+        answer["events"].as_array().into_iter().flatten().for_each(|e| show_resync(ctx, e));
+        return Ok(());
+    }
     let ledger = ctx.open_unlocked()?;
     let (_, sink) = ledger.open_sink(&args.sink)?;
     let desired = ledger.desired_at(ledger.head()?.seq)?;
@@ -249,17 +238,28 @@ pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
 }
 
 pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
-    let ledger = ctx.open_unlocked()?;
-    let bars = Bars::new(ctx);
-    let report = block_on(orchestrate::backup(
-        &ledger,
-        args.dry_run,
-        args.delete_secrets,
-        &bars.progress(),
-        &mut bars.show(ctx),
-    ))?;
-    drop(bars);
-    if let Some((primary, removed)) = report.emptied {
+    let emptied = match &ctx.remote {
+        Some(remote) => {
+            let answer = remote.post(&["backup"], json!({"dry_run": args.dry_run, "delete_secrets": args.delete_secrets}))?;
+            answer["events"].as_array().into_iter().flatten().for_each(|e| show_resync(ctx, e));
+            answer["emptied"]["sink"]
+                .as_str()
+                .map(|sink| (sink.to_owned(), answer["emptied"]["deleted"].as_u64().unwrap_or(0)))
+        }
+        None => {
+            let ledger = ctx.open_unlocked()?;
+            let bars = Bars::new(ctx);
+            let report = block_on(orchestrate::backup(
+                &ledger,
+                args.dry_run,
+                args.delete_secrets,
+                &bars.progress(),
+                &mut bars.show(ctx),
+            ))?;
+            report.emptied
+        }
+    };
+    if let Some((primary, removed)) = emptied {
         if ctx.json() {
             output::json_line(&json!({"sink": primary, "deleted": removed}));
         } else {
@@ -344,7 +344,6 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
 }
 
 pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
-    let mut ledger = ctx.open_unlocked()?;
     let to = MigrateTo {
         to: args.to.clone(),
         name: args.name.clone(),
@@ -353,47 +352,63 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
     if args.to.contains("://") {
         refuse_memory(&SinkUrl::parse(&args.to)?)?;
     }
-    if args.dry_run {
-        match block_on(orchestrate::plan_migration(&ledger, &to))? {
-            MigratePlan::Attach { name, url } => {
-                outln!("would attach {name} ({url}) as backup, catch it up, verify, promote it")
+    if let Some(remote) = &ctx.remote {
+        let mut body = serde_json::to_value(&to).expect("migrations serialise");
+        body["dry_run"] = json!(args.dry_run);
+        let answer = remote.post(&["migrate"], body)?;
+        if args.dry_run {
+            print_plan(serde_json::from_value(answer["plan"].clone())?);
+        } else {
+            for step in answer["steps"].as_array().into_iter().flatten() {
+                print_step(serde_json::from_value(step.clone())?);
             }
-            MigratePlan::Promote {
-                name,
-                role,
-                differing,
-                old,
-            } => outln!(
-                "would make {name} a backup (now {role}), catch up {differing} differing object(s), verify, promote it{}",
-                old.map(|o| format!(", and make {o} a backup")).unwrap_or_default()
-            ),
-            MigratePlan::AlreadyPrimary { name } => outln!("{name} is the primary already; nothing to do"),
         }
         return Ok(());
     }
+    let mut ledger = ctx.open_unlocked()?;
+    if args.dry_run {
+        print_plan(block_on(orchestrate::plan_migration(&ledger, &to))?);
+        return Ok(());
+    }
     let bars = Bars::new(ctx);
-    block_on(orchestrate::migrate(
-        &mut ledger,
-        &ctx.actor,
-        &to,
-        &bars.progress(),
-        &mut |step| match step {
-            MigrateStep::Attached { name, was: None } => outln!("1/5 attached {name} as backup"),
-            MigrateStep::Attached { name, was: Some(_) } => outln!("1/5 {name} is now a backup"),
-            MigrateStep::CaughtUp { name, seq } => outln!("2/5 {name} caught up to seq {seq}"),
-            MigrateStep::Verified { name, fixed } => {
-                outln!("3/5 verified: {name} matches the ledger ({fixed} difference(s) fixed on the way)")
-            }
-            MigrateStep::Promoted { name, old } => outln!(
-                "4/5 {name} is the primary{}",
-                old.map(|o| format!("; {o} is a backup")).unwrap_or_default()
-            ),
-            MigrateStep::Emptied { old, removed } => {
-                outln!("5/5 {removed} secret(s) deleted from {old}, now a standby")
-            }
-            MigrateStep::Done => outln!("5/5 done"),
-            MigrateStep::AlreadyPrimary { name } => outln!("{name} is the primary already; nothing to do"),
-        },
-    ))?;
+    block_on(orchestrate::migrate(&mut ledger, &ctx.actor, &to, &bars.progress(), &mut print_step))?;
     Ok(())
+}
+
+fn print_plan(plan: MigratePlan) {
+    match plan {
+        MigratePlan::Attach { name, url } => {
+            outln!("would attach {name} ({url}) as backup, catch it up, verify, promote it")
+        }
+        MigratePlan::Promote {
+            name,
+            role,
+            differing,
+            old,
+        } => outln!(
+            "would make {name} a backup (now {role}), catch up {differing} differing object(s), verify, promote it{}",
+            old.map(|o| format!(", and make {o} a backup")).unwrap_or_default()
+        ),
+        MigratePlan::AlreadyPrimary { name } => outln!("{name} is the primary already; nothing to do"),
+    }
+}
+
+fn print_step(step: MigrateStep) {
+    match step {
+        MigrateStep::Attached { name, was: None } => outln!("1/5 attached {name} as backup"),
+        MigrateStep::Attached { name, was: Some(_) } => outln!("1/5 {name} is now a backup"),
+        MigrateStep::CaughtUp { name, seq } => outln!("2/5 {name} caught up to seq {seq}"),
+        MigrateStep::Verified { name, fixed } => {
+            outln!("3/5 verified: {name} matches the ledger ({fixed} difference(s) fixed on the way)")
+        }
+        MigrateStep::Promoted { name, old } => outln!(
+            "4/5 {name} is the primary{}",
+            old.map(|o| format!("; {o} is a backup")).unwrap_or_default()
+        ),
+        MigrateStep::Emptied { old, removed } => {
+            outln!("5/5 {removed} secret(s) deleted from {old}, now a standby")
+        }
+        MigrateStep::Done => outln!("5/5 done"),
+        MigrateStep::AlreadyPrimary { name } => outln!("{name} is the primary already; nothing to do"),
+    }
 }
