@@ -3,15 +3,17 @@
 # (../shared/peers/zenml/run.sh N: ZenML server + moto backup store, one sequential client)
 # and `cargo bench --bench server` (sledger serve, 1 and 16 clients), same N and value sizes.
 # Prints both sets of figures, then the README table with ratios.
-# Usage: benches/vs_zenml.sh [N]   (needs ../shared/peers/zenml/setup.sh run once)
+# Usage: benches/vs_zenml.sh [N, default 500]   (needs ../shared/peers/zenml/setup.sh run once)
 set -euo pipefail
-N="${1:-1000}"
+N="${1:-500}"
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 PEER="${ZPEER_DIR:-$HERE/../shared/peers/zenml}"
 OUT="$(mktemp -d)"
 cargo bench --bench server --no-run >/dev/null 2>&1
 echo "# ZenML (run.sh $N) ..." >&2
-"$PEER/run.sh" "$N" >"$OUT/zenml.txt" 2>"$OUT/zenml.err" || { cat "$OUT/zenml.err" >&2; exit 1; }
+# The peer's later phases (backup, outage) can fail on a slow run (its client resends a backup
+# that takes over 30 s); the figures it printed before that still count, so carry on.
+"$PEER/run.sh" "$N" >"$OUT/zenml.txt" 2>"$OUT/zenml.err" || echo "# ZenML's run.sh failed after $(wc -l <"$OUT/zenml.txt") figures; see $OUT/zenml.err" >&2
 echo "# sledger (cargo bench --bench server, N=$N) ..." >&2
 SLEDGER_BENCH_N="$N" cargo bench --bench server 2>/dev/null | grep '^sledger_' >"$OUT/sledger.txt"
 cat "$OUT/zenml.txt" "$OUT/sledger.txt"
@@ -26,4 +28,4 @@ for p in create read_by_name update; do
 done
 zr=$(fig zenml server_peak_rss); sr=$(fig sledger sledger_server_peak_rss)
 echo "| server peak RSS (MiB) | $zr | $sr | (same process) | $(awk -v a="$sr" -v b="$zr" 'BEGIN{printf "%.1f %%", 100*a/b}') |"
-rm -rf "$OUT"
+grep -q '^create_rate' "$OUT/zenml.txt" && rm -rf "$OUT"

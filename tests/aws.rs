@@ -99,3 +99,21 @@ async fn existing_aws_secrets_are_adopted() {
         .await
         .unwrap();
 }
+
+/// `SLEDGER_LOG=trace` turns on sledger's own tracing only: the AWS SDK, which traces request
+/// bodies (holding the SecretString) at trace level, stays quiet, so no value reaches stderr.
+#[test]
+fn trace_logging_never_shows_a_value_sent_to_aws() {
+    let moto = moto::start();
+    let env = Env::new();
+    aws(&env, &["sink", "add", "aws", &moto::url(&moto, "&prefix=trace/")]);
+    env.ok(&["--wait", "0", "secret", "create", "db", "--value", "pw=TRACE-sentinel-5d1c"]);
+    let mut vars = AWS_ENV.to_vec();
+    vars.push(("SLEDGER_LOG", "trace"));
+    let out = env.cmd().envs(vars.iter().copied()).args(["project"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("sledger"), "sledger's own trace output is on:\n{stderr}");
+    assert!(!stderr.contains("TRACE-sentinel-5d1c"), "a value reached stderr");
+    assert!(!stderr.contains("aws_smithy") && !stderr.contains("hyper"), "dependency tracing is on:\n{stderr}");
+}

@@ -45,3 +45,60 @@ fn exec_plugins_get_a_cleared_environment() {
     );
     assert!(refused.contains("never passed"), "{refused}");
 }
+
+/// A credential cannot reach the ledger through a URL parameter's value either: an endpoint
+/// with user info, or a plug-in argument naming a token or password. The refused URL is never
+/// echoed, and nothing is appended.
+#[test]
+fn credentials_in_parameter_values_are_refused() {
+    let env = Env::new();
+    let before = env.json_lines(&["log"]).len();
+    for url in [
+        "aws-sm://us-east-1?endpoint=https://AKIAEXAMPLE:wJalrXUtnFEMIK@127.0.0.1:9",
+        "vault://127.0.0.1:8200/secret?tls=off&namespace=x&endpoint=http://user:pw-in-url@h",
+        "exec:///bin/cat?arg=--token=tok-in-args-4471",
+        "exec:///bin/cat?arg=--password&arg=pw-after-flag",
+        "exec:///bin/cat?arg=-api-key=k-in-args",
+    ] {
+        let err = env.fails(&["sink", "add", "leaky", url], 2);
+        assert!(err.contains("credential"), "{url}: {err}");
+        for secret in ["wJalrXUtnFEMIK", "pw-in-url", "tok-in-args-4471", "k-in-args"] {
+            assert!(!err.contains(secret), "the error echoes a credential: {err}");
+        }
+    }
+    // Names of where credentials live are fine.
+    env.ok(&["sink", "add", "ok", "exec:///bin/cat?arg=--token-file=/run/secrets/t", "--role", "standby"]);
+    let log = env.ok(&["log"]);
+    for secret in ["wJalrXUtnFEMIK", "pw-in-url", "tok-in-args-4471", "k-in-args"] {
+        assert!(!log.contains(secret));
+    }
+    assert_eq!(env.json_lines(&["log"]).len(), before + 1);
+}
+
+/// A key file or token file others can read is refused, as ssh refuses such a private key,
+/// with the fix in the message.
+#[test]
+fn loose_key_files_are_refused() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "db", "--value", "pw=x"]);
+    std::fs::set_permissions(&env.key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = env.fails(&["secret", "get", "db"], 6);
+    assert!(err.contains("chmod 600"), "{err}");
+    std::fs::set_permissions(&env.key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    env.ok(&["secret", "get", "db"]);
+}
+
+/// The projector's lock file is never created through a symlink planted at its path.
+#[test]
+fn lock_files_do_not_follow_symlinks() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "db", "--value", "pw=x"]);
+    let target = env.path("elsewhere");
+    let lock = format!("{}.sink-local.lock", env.ledger.display());
+    let _ = std::fs::remove_file(&lock);
+    std::os::unix::fs::symlink(&target, &lock).unwrap();
+    env.ok(&["--wait", "0", "secret", "update", "db", "--value", "pw=y"]);
+    let out = env.run(&["project"]);
+    assert!(!out.status.success(), "projecting through a planted symlink succeeded");
+    assert!(!target.exists(), "the lock was created through the symlink");
+}

@@ -310,6 +310,7 @@ pub async fn project_attachment(
         }
         let through = head.min(checkpoint + opts.batch_events.max(1));
         let ops = ledger.compacted_ops(checkpoint, through)?;
+        tracing::debug!(sink = name, from = checkpoint, through, writes = ops.len(), "projecting a batch");
         let results = match opts.deadline {
             None => apply_all(sink, &ops, opts).await,
             // Retries give up at the deadline by themselves (the retry layer sees it); the grace
@@ -389,11 +390,14 @@ pub async fn lock_sink_writes(
 ) -> Result<Option<std::fs::File>> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = format!("{}.sink-{name}.lock", ledger.path().display());
+    // O_NOFOLLOW: a symlink planted at the lock's path must not make sledger open (and
+    // create) a file elsewhere.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
         .open(&path)
         .map_err(|e| Error::io(format!("cannot open {path}"), e))?;
     loop {

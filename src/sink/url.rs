@@ -275,6 +275,32 @@ pub fn redacted(url: &str) -> String {
     out
 }
 
+/// Whether a parameter value carries a credential: a URL with user info
+/// (`https://KEY:SECRET@host`), or a plug-in argument that names one (`--token=…`, `--password`).
+fn carries_credential(value: &str) -> bool {
+    if let Some((_, rest)) = value.split_once("://") {
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        if authority.contains('@') {
+            return true;
+        }
+    }
+    let Some(flag) = value.strip_prefix('-') else {
+        return false;
+    };
+    let name = flag
+        .trim_start_matches('-')
+        .split('=')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase()
+        .replace('-', "_");
+    ["token", "password", "passwd", "secret", "credential", "api_key", "apikey", "access_key"]
+        .iter()
+        .any(|word| name.contains(word))
+        && !name.ends_with("_env")
+        && !name.ends_with("_file")
+}
+
 const CREDENTIALS_HINT: &str = "credentials never go in a sink URL (it is recorded in the ledger); \
 they come from the backend's own chain (environment, profile, instance identity) or from \
 environment variables named in the sink configuration";
@@ -351,6 +377,12 @@ impl SinkUrl {
             return Err(bad_url(
                 url,
                 format!("the {k}= parameter would put a credential in the ledger; {CREDENTIALS_HINT}"),
+            ));
+        }
+        if let Some((k, _)) = params.iter().find(|(_, v)| carries_credential(v)) {
+            return Err(bad_url(
+                url,
+                format!("the {k}= parameter carries a credential (user:password@ or a --token=-like flag); {CREDENTIALS_HINT}"),
             ));
         }
         let mut parts = UrlParts {

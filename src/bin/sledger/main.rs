@@ -65,11 +65,18 @@ fn main() {
     }
 }
 
-/// Logs go to stderr, filtered by `SLEDGER_LOG` (e.g. `SLEDGER_LOG=debug`); off by default
-/// beyond warnings. The library never logs a value, so any level is safe.
+/// Logs go to stderr. `SLEDGER_LOG` (a level: `debug`, `trace`, …) sets sledger's own
+/// targets only, which never log a value. Dependencies stay at `warn` unless
+/// `SLEDGER_LOG_DEPENDENCIES` (a full filter) says otherwise: some of them (the AWS SDK at
+/// trace) log request bodies, which hold secret values, so that switch is documented as unsafe.
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("SLEDGER_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let level = std::env::var("SLEDGER_LOG")
+        .ok()
+        .and_then(|l| l.trim().parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
+    let dependencies = std::env::var("SLEDGER_LOG_DEPENDENCIES").unwrap_or_else(|_| "warn".into());
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("{dependencies},sledger={level}"))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,sledger={level}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -68,8 +68,25 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
         None => verify_local(ctx, &args, saved.as_ref())?,
     };
     if let Some(path) = &args.save_anchor {
+        // An anchor is public (a seq and a hash), so it is written 0644 on purpose; its worth is
+        // in being kept where whoever could rewrite the ledger cannot reach it.
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
         let text = serde_json::to_string_pretty(&doc["head"]).expect("anchors serialise") + "\n";
-        std::fs::write(path, text).with_context(|| format!("cannot write anchor {}", path.display()))?;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .with_context(|| format!("cannot write anchor {}", path.display()))?;
+        if !ctx.json() {
+            eprintln!(
+                "anchor written to {} (public; keep a copy off this host, where whoever could rewrite the ledger cannot reach it)",
+                path.display()
+            );
+        }
     }
     if ctx.json() {
         output::json_line(&doc);
