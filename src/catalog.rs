@@ -128,7 +128,8 @@ fn update(m: &mut SecretMeta, stored: &StoredEvent, event: Event) -> Result<()> 
         | Event::SinkRoleChanged { .. }
         | Event::SinkRemoved { .. }
         | Event::TokenIssued { .. }
-        | Event::TokenRevoked { .. } => {
+        | Event::TokenRevoked { .. }
+        | Event::MacsStarted => {
             return Err(corrupt(
                 stored,
                 event_type,
@@ -235,7 +236,8 @@ pub(crate) fn apply_sink_event(
         Event::KeyRotated { .. }
         | Event::LedgerRestored { .. }
         | Event::TokenIssued { .. }
-        | Event::TokenRevoked { .. } => {}
+        | Event::TokenRevoked { .. }
+        | Event::MacsStarted => {}
         _ => return Err(corrupt(stored, event_type, "has no secret id")),
     }
     Ok(())

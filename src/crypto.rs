@@ -331,6 +331,14 @@ impl FingerprintKey {
         fp
     }
 
+    /// The key event MACs are made with.
+    pub fn event_mac(&self) -> EventMac {
+        EventMac(Zeroizing::new(blake3::derive_key(
+            "sledger 2026 event mac",
+            self.0 .0.as_ref(),
+        )))
+    }
+
     /// What API tokens are hashed with (a key derived from this one, so token hashes and value
     /// fingerprints never share a key).
     pub fn token_hasher(&self) -> TokenHasher {
@@ -346,6 +354,38 @@ impl FingerprintKey {
             .iter()
             .map(|(k, v)| (k.to_owned(), self.fingerprint(v)))
             .collect()
+    }
+}
+
+/// MACs events (and the ledger's MAC bookkeeping) under a key derived from the fingerprint
+/// key, so only master-key holders can write an event the ledger accepts. Debug hides the key.
+#[derive(Clone)]
+pub struct EventMac(Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for EventMac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("EventMac(…)")
+    }
+}
+
+impl EventMac {
+    /// The MAC of an event, given its (unkeyed, chained) hash.
+    pub fn event(&self, hash: &[u8; 32]) -> [u8; 32] {
+        *blake3::keyed_hash(&self.0, hash).as_bytes()
+    }
+
+    /// The MAC of a named bookkeeping value (`mac_from`, the trusted point).
+    pub fn setting(&self, name: &str, value: &[u8]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(&self.0);
+        h.update(name.as_bytes());
+        h.update(&[0]);
+        h.update(value);
+        *h.finalize().as_bytes()
+    }
+
+    /// Constant-time comparison of two MACs.
+    pub fn matches(a: &[u8; 32], b: &[u8; 32]) -> bool {
+        blake3::Hash::from(*a) == blake3::Hash::from(*b)
     }
 }
 

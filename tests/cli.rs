@@ -270,6 +270,7 @@ fn key_rotation_keeps_old_events_readable() {
     // The old key no longer opens the ledger.
     let old = env.path("old.key");
     std::fs::write(&old, &old_key).unwrap();
+    std::fs::set_permissions(&old, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let err = env.fails(&["--key-file", old.to_str().unwrap(), "secret", "get", "db"], KEY);
     assert!(err.contains("this key does not open this ledger"), "{err}");
 }

@@ -13,6 +13,8 @@ fn load(version: &str) -> (Env, Value) {
     let env = Env::empty();
     std::fs::copy(dir.join("ledger.db"), &env.ledger).unwrap();
     std::fs::copy(dir.join("ledger.key"), &env.key).unwrap();
+    // git keeps no 0600 mode, and sledger refuses a key file others can read.
+    std::fs::set_permissions(&env.key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let expected =
         serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
     (env, expected)
@@ -81,10 +83,29 @@ fn v1_ledger_still_verifies_decodes_and_decrypts() {
         assert_eq!(out.status.code(), Some(3));
     }
 
-    // Writing to an old ledger appends to the same chain.
+    // Writing to an old ledger appends to the same chain: the event that starts MACs, then
+    // the write.
     env.ok(&["secret", "create", "new-in-old", "--value", "k=v"]);
     assert_eq!(
         env.json(&["verify"])["events"],
-        expected["head"]["seq"].as_u64().unwrap() + 1
+        expected["head"]["seq"].as_u64().unwrap() + 2
     );
+}
+
+/// A ledger from before event MACs: its first write by a key holder records where MACs start
+/// (`ledger.macs_started`), and `verify` says which seqs they cover.
+#[test]
+fn an_older_ledger_starts_macs_with_a_recorded_event() {
+    let (env, _) = load("v1");
+    let before = env.json(&["verify"]);
+    assert_eq!(before["macs"]["checked"], true);
+    assert_eq!(before["macs"]["from_seq"], Value::Null);
+    let head = before["events"].as_u64().unwrap();
+    env.ok(&["secret", "create", "after-upgrade", "--value", "k=v"]);
+    let started = env.json_lines(&["log", "--type", "ledger.macs_started"]);
+    assert_eq!(started.len(), 1);
+    assert_eq!(started[0]["seq"], head + 1);
+    let after = env.json(&["verify"]);
+    assert_eq!(after["macs"]["from_seq"], head + 1);
+    assert!(env.ok(&["verify"]).contains(&format!("from seq {}", head + 1)));
 }

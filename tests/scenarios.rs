@@ -193,6 +193,8 @@ fn run_scenario(dir: &Path) {
             let from = dir.join(fixture);
             std::fs::copy(from.join("ledger.db"), &run.env.ledger).unwrap();
             std::fs::copy(from.join("ledger.key"), &run.env.key).unwrap();
+            // git keeps no 0600 mode, and sledger refuses a key file others can read.
+            std::fs::set_permissions(&run.env.key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
         }
         None => {
             run.ok(&["init"]);
@@ -245,6 +247,7 @@ fn run_scenario(dir: &Path) {
                     dir: tempfile::tempdir().unwrap(),
                     ledger: run.env.ledger.clone(),
                     key: run.env.key.clone(),
+                    remote: None,
                 },
                 actor: run.actor.clone(),
                 marks: BTreeMap::new(),

@@ -174,20 +174,29 @@ fn truncated_or_rewritten_tail_is_caught_by_the_anchor() {
     env.ok(&["verify", "--save-anchor", anchor.to_str().unwrap()]);
     env.ok(&["verify", "--anchor", anchor.to_str().unwrap()]);
 
-    // Truncation: the remaining chain is internally valid, so only the anchor can tell.
+    // Truncation: the remaining chain is internally valid. A key holder notices on their own
+    // (the last event a key holder saw is gone); an auditor without the key needs the anchor.
     let copy = copy_of(&env);
     copy.raw()
         .execute("DELETE FROM events WHERE seq >= ?1", [events as i64 - 1])
         .unwrap();
-    copy.ok(&["verify"]);
-    let err = copy.fails(&["verify", "--anchor", anchor.to_str().unwrap()], INTEGRITY);
+    let err = copy.fails(&["verify"], INTEGRITY);
     assert!(err.contains("truncated"), "{err}");
+    let no_key = copy.path("no-key");
+    let auditor = |args: &[&str]| copy.cmd().env("SLEDGER_KEY_FILE", &no_key).args(args).output().unwrap();
+    assert!(auditor(&["verify"]).status.success());
+    let out = auditor(&["verify", "--anchor", anchor.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(INTEGRITY));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"));
 
-    // Rewriting: truncate, then append new events until the log is as long again.
+    // Rewriting: truncate, drop the trusted point too, then append new events until the log
+    // is as long again: only the anchor can tell.
     let copy = copy_of(&env);
-    copy.raw()
-        .execute("DELETE FROM events WHERE seq >= ?1", [events as i64 - 1])
+    let raw = copy.raw();
+    raw.execute("DELETE FROM events WHERE seq >= ?1", [events as i64 - 1])
         .unwrap();
+    raw.execute("DELETE FROM ledger_meta WHERE key = 'mac_trusted'", []).unwrap();
+    drop(raw);
     copy.ok(&["secret", "create", "x", "--value", "k=forged"]);
     copy.ok(&["secret", "create", "y", "--value", "k=forged"]);
     copy.ok(&["verify"]);
@@ -258,4 +267,121 @@ fn redirecting_a_sink_in_the_derived_table_is_caught() {
         "{list}"
     );
     env.ok(&["verify"]);
+}
+
+/// Append `event` after the head with a correct (unkeyed) chain, as someone who can write the
+/// file but has no master key can.
+fn forge(env: &Env, event: sledger::Event) -> u64 {
+    let raw = env.raw();
+    let (seq, hash, at): (i64, Vec<u8>, i64) = raw
+        .query_row("SELECT seq, hash, recorded_at FROM events ORDER BY seq DESC LIMIT 1", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    let (event_type, event_version, payload) = sledger::event::encode(&event);
+    let mut row = sledger::StoredEvent {
+        seq: seq as u64 + 1,
+        event_id: uuid::Uuid::now_v7(),
+        recorded_at: at,
+        actor: "alice@test".into(),
+        secret_id: None,
+        event_type: event_type.into(),
+        event_version,
+        payload,
+        prev_hash: hash.try_into().unwrap(),
+        hash: [0; 32],
+        mac: None,
+    };
+    row.hash = sledger::event::event_hash(&row);
+    raw.execute(
+        "INSERT INTO events (seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, NULL, ?5, ?6, ?7, ?8, ?9)",
+        rusqlite::params![
+            row.seq as i64,
+            row.event_id.as_bytes().as_slice(),
+            row.recorded_at,
+            row.actor,
+            row.event_type,
+            row.event_version,
+            row.payload,
+            row.prev_hash.as_slice(),
+            row.hash.as_slice()
+        ],
+    )
+    .unwrap();
+    row.seq
+}
+
+#[test]
+fn a_forged_event_is_rejected_by_the_next_write_and_by_verify() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "db", "--value", "pw=x"]);
+    let plugin = env.path("ran");
+    let forged = forge(
+        &env,
+        sledger::Event::SinkAdded {
+            name: "evil".into(),
+            url: format!("exec:///usr/bin/touch?arg={}", plugin.display()),
+            role: sledger::event::SinkRole::Backup,
+        },
+    );
+    // The chain itself is intact: without the key, only the structure can be checked.
+    let auditor = env.cmd().env("SLEDGER_KEY_FILE", env.path("no-key")).args(["verify"]).output().unwrap();
+    assert!(auditor.status.success(), "{}", String::from_utf8_lossy(&auditor.stderr));
+    assert!(String::from_utf8_lossy(&auditor.stdout).contains("not checked"));
+    // A key holder's next command refuses, before anything reaches a sink or a program.
+    let err = env.fails(&["secret", "create", "other", "--value", "k=v"], INTEGRITY);
+    assert!(err.contains(&format!("seq {forged}")) && err.contains("MAC"), "{err}");
+    env.fails(&["project"], INTEGRITY);
+    assert!(!plugin.exists(), "the forged sink's program ran");
+    let err = env.fails(&["verify"], INTEGRITY);
+    assert!(err.contains(&format!("seq {forged}")), "{err}");
+}
+
+#[test]
+fn a_rewritten_and_rechained_event_is_rejected() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=1"]);
+    env.ok(&["secret", "create", "b", "--value", "k=2"]);
+    env.ok(&["secret", "update", "a", "--value", "k=3"]);
+    // Fake the actor of event 2 and rebuild the chain from there, as an editor without the key.
+    let raw = env.raw();
+    let mut rows: Vec<sledger::StoredEvent> = Vec::new();
+    {
+        let mut stmt = raw
+            .prepare("SELECT seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash FROM events ORDER BY seq")
+            .unwrap();
+        let mut q = stmt.query([]).unwrap();
+        while let Some(r) = q.next().unwrap() {
+            let id: Option<Vec<u8>> = r.get(4).unwrap();
+            rows.push(sledger::StoredEvent {
+                seq: r.get::<_, i64>(0).unwrap() as u64,
+                event_id: uuid::Uuid::from_slice(&r.get::<_, Vec<u8>>(1).unwrap()).unwrap(),
+                recorded_at: r.get(2).unwrap(),
+                actor: r.get(3).unwrap(),
+                secret_id: id.map(|b| uuid::Uuid::from_slice(&b).unwrap()),
+                event_type: r.get(5).unwrap(),
+                event_version: r.get(6).unwrap(),
+                payload: r.get(7).unwrap(),
+                prev_hash: r.get::<_, Vec<u8>>(8).unwrap().try_into().unwrap(),
+                hash: r.get::<_, Vec<u8>>(9).unwrap().try_into().unwrap(),
+                mac: None,
+            });
+        }
+    }
+    rows[1].actor = "mallory@test".into();
+    for i in 1..rows.len() {
+        rows[i].prev_hash = rows[i - 1].hash;
+        rows[i].hash = sledger::event::event_hash(&rows[i]);
+        raw.execute(
+            "UPDATE events SET actor = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
+            rusqlite::params![rows[i].actor, rows[i].prev_hash.as_slice(), rows[i].hash.as_slice(), rows[i].seq as i64],
+        )
+        .unwrap();
+    }
+    drop(raw);
+    let err = env.fails(&["secret", "get", "a"], INTEGRITY);
+    assert!(err.contains("rewritten"), "{err}");
+    let err = env.fails(&["verify"], INTEGRITY);
+    assert!(err.contains("seq 2"), "{err}");
 }

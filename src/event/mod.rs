@@ -122,6 +122,9 @@ pub enum Event {
     TokenRevoked {
         name: String,
     },
+    /// From this event on, every event carries a MAC under a key only master-key holders have
+    /// (the upgrade of a ledger written before MACs existed).
+    MacsStarted,
 }
 
 /// What a sink is for.
@@ -194,6 +197,7 @@ impl Event {
             Event::LedgerRestored { .. } => "ledger.restored",
             Event::TokenIssued { .. } => "token.issued",
             Event::TokenRevoked { .. } => "token.revoked",
+            Event::MacsStarted => "ledger.macs_started",
         }
     }
 
@@ -221,6 +225,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "ledger.restored",
     "token.issued",
     "token.revoked",
+    "ledger.macs_started",
 ];
 
 /// One row of the `events` table.
@@ -236,6 +241,8 @@ pub struct StoredEvent {
     pub payload: Vec<u8>,
     pub prev_hash: [u8; 32],
     pub hash: [u8; 32],
+    /// The keyed MAC of `hash` (see `Ledger::verify`); `None` before a ledger's MACs started.
+    pub mac: Option<[u8; 32]>,
 }
 
 impl StoredEvent {

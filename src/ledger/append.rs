@@ -220,7 +220,8 @@ pub(super) fn append_request(
                     secret_id: Some(secret_id),
                     event,
                 };
-                let row = chain_next(head, &new, now);
+                let mut row = chain_next(head, &new, now);
+                seal_row(keys, &mut row);
                 tx.append(&row)?;
                 let event_type = new.event.event_type();
                 let after = catalog::apply(before, &row, new.event)?
@@ -242,7 +243,8 @@ pub(super) fn append_request(
                         secret_id: None,
                         event,
                     };
-                    let row = chain_next(head, &new, now);
+                    let mut row = chain_next(head, &new, now);
+                    seal_row(keys, &mut row);
                     tx.append(&row)?;
                     let event_type = new.event.event_type();
                     if !event_type.starts_with("sink.") {
@@ -272,6 +274,11 @@ pub(super) fn append_request(
         }
     }
     Ok(outcomes)
+}
+
+/// Give a row its MAC (every append by a key holder).
+pub(super) fn seal_row(keys: Option<&Keys>, row: &mut StoredEvent) {
+    row.mac = keys.map(|k| k.mac.event(&row.hash));
 }
 
 pub(super) fn need_keys(keys: Option<&Keys>) -> Result<&Keys> {
@@ -576,6 +583,21 @@ impl Ledger {
         let mut head = tx.head()?;
         let first_seq = head.seq;
         let now = now_ms();
+        // Only key holders append, and only after checking what others appended since.
+        let keys = need_keys(keys)?;
+        mac::check_since_trusted(&*tx, &keys.mac)?;
+        if let Some(event) = mac::start_if_needed(&*tx, &keys.mac, head)? {
+            let new = NewEvent {
+                event_id: uuid::Uuid::now_v7(),
+                actor: requests.first().map_or("sledger", |r| r.actor.as_str()).to_owned(),
+                secret_id: None,
+                event,
+            };
+            let mut row = chain_next(&mut head, &new, now);
+            seal_row(Some(keys), &mut row);
+            tx.append(&row)?;
+        }
+        let keys = Some(keys);
         let alone = requests.len() == 1;
         let mut results = Vec::with_capacity(requests.len());
         for request in requests {
@@ -598,6 +620,7 @@ impl Ledger {
                 }
             }
         }
+        mac::trust(&*tx, &keys.expect("checked above").mac, head)?;
         finish_append(&*tx, self.settings, first_seq, head)?;
         tx.commit()?;
         let purged = results.iter().flatten().flatten().any(|o| {

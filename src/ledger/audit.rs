@@ -97,6 +97,7 @@ pub(super) fn describe(
                 .unwrap_or_default()
         )),
         Event::TokenRevoked { name } => Some(format!("token {name} revoked")),
+        Event::MacsStarted => Some("every event from here on carries a MAC only master-key holders can make".into()),
         _ => None,
     };
     let labels = match event {

@@ -17,6 +17,22 @@ impl Ledger {
         let keys = need_keys(self.keys.as_ref())?;
         let tx = Write::begin(&*self.store)?;
         ensure_current_key(&*tx, keys)?;
+        mac::check_since_trusted(&*tx, &keys.mac)?;
+        if let Some(event) = mac::start_if_needed(&*tx, &keys.mac, tx.head()?)? {
+            let mut head = tx.head()?;
+            let mut row = chain_next(
+                &mut head,
+                &NewEvent {
+                    event_id: uuid::Uuid::now_v7(),
+                    actor: actor.to_owned(),
+                    secret_id: None,
+                    event,
+                },
+                now_ms(),
+            );
+            row.mac = Some(keys.mac.event(&row.hash));
+            tx.append(&row)?;
+        }
         let rewrapped = tx.rewrap_keys(&mut |id, wrapped| {
             let dek = keys.master.unwrap_data_key(wrapped, id)?;
             Ok(new.wrap_data_key(&dek, id))
@@ -26,7 +42,7 @@ impl Ledger {
         tx.set_setting("key_check", new.key_check().as_slice())?;
         let mut head = tx.head()?;
         let first_seq = head.seq;
-        let row = chain_next(
+        let mut row = chain_next(
             &mut head,
             &NewEvent {
                 event_id: uuid::Uuid::now_v7(),
@@ -36,7 +52,9 @@ impl Ledger {
             },
             now_ms(),
         );
+        row.mac = Some(keys.mac.event(&row.hash));
         tx.append(&row)?;
+        mac::trust(&*tx, &keys.mac, head)?;
         finish_append(&*tx, self.settings, first_seq, head)?;
         persist(&new)?;
         tx.commit()?;

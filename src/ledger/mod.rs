@@ -20,6 +20,7 @@ mod access;
 mod append;
 mod audit;
 mod keys;
+mod mac;
 mod persist;
 mod query;
 mod verify;
@@ -199,6 +200,7 @@ struct Keys {
     master: MasterKey,
     fingerprint: FingerprintKey,
     sink_seal: SinkSealKey,
+    mac: crate::crypto::EventMac,
 }
 
 /// An open ledger.
@@ -209,6 +211,8 @@ pub struct Ledger {
     keys: Option<Keys>,
     /// Why the catalog could not be rebuilt (a damaged log); audit and verify still work.
     catalog_unusable: Option<String>,
+    /// Sinks opened by [`Ledger::open_sink`], kept for reuse, by name (with their attachment).
+    opened_sinks: std::sync::Mutex<std::collections::HashMap<String, (SinkConfig, std::sync::Arc<dyn crate::sink::Sink>)>>,
 }
 
 impl std::fmt::Debug for Ledger {
@@ -238,9 +242,11 @@ impl Ledger {
             snapshot_interval: settings.snapshot_interval.max(1),
             ..settings
         };
+        let fingerprint = FingerprintKey::generate();
         let keys = Keys {
             master,
-            fingerprint: FingerprintKey::generate(),
+            mac: fingerprint.event_mac(),
+            fingerprint,
             sink_seal: SinkSealKey::generate(),
         };
         let written = (|| -> Result<()> {
@@ -269,6 +275,7 @@ impl Ledger {
             settings,
             keys: Some(keys),
             catalog_unusable: None,
+            opened_sinks: Default::default(),
         })
     }
 
@@ -289,6 +296,7 @@ impl Ledger {
             settings,
             keys: None,
             catalog_unusable: None,
+            opened_sinks: Default::default(),
         };
         if let Err(e) = ledger.ensure_catalog() {
             if e.class() != crate::ErrorClass::Integrity {
@@ -307,8 +315,19 @@ impl Ledger {
         Ok(ledger)
     }
 
-    /// Check that `master` is this ledger's key and keep it for reads and writes.
+    /// Check that `master` is this ledger's key and keep it for reads and writes, after checking
+    /// the MACs of what was appended since the last key holder's write.
     pub fn unlock(&mut self, master: MasterKey) -> Result<()> {
+        self.unlock_keys(master, true)
+    }
+
+    /// Unlock for [`Ledger::verify`], which checks every MAC itself and so reports the first
+    /// bad seq, not the first one after the trusted point.
+    pub fn unlock_to_verify(&mut self, master: MasterKey) -> Result<()> {
+        self.unlock_keys(master, false)
+    }
+
+    fn unlock_keys(&mut self, master: MasterKey, check_tail: bool) -> Result<()> {
         if !self.key_matches(&master)? {
             return Err(Error::WrongKey);
         }
@@ -325,11 +344,18 @@ impl Ledger {
                 key
             }
         };
-        self.keys = Some(Keys {
+        let keys = Keys {
+            mac: fingerprint.event_mac(),
             master,
             fingerprint,
             sink_seal,
-        });
+        };
+        // Whatever was appended since the last key holder's write must be a key holder's too.
+        if check_tail {
+            let _snapshot = Read::begin(&*self.store)?;
+            mac::check_since_trusted(&*self.store, &keys.mac)?;
+        }
+        self.keys = Some(keys);
         Ok(())
     }
 
@@ -367,9 +393,18 @@ impl Ledger {
     }
 
     /// Connect to an attached sink by name (needs the key: local sinks seal values with it).
+    /// A ledger keeps the sinks it opened (connections, plug-in processes, a sqlite sink's
+    /// thread) for the next call, as long as the attachment is the same.
     pub fn open_sink(&self, name: &str) -> Result<(SinkConfig, std::sync::Arc<dyn crate::sink::Sink>)> {
         let config = self.sink_config(name)?;
+        let mut opened = self.opened_sinks.lock().expect("not poisoned");
+        if let Some((attached, sink)) = opened.get(name) {
+            if *attached == config {
+                return Ok((config, sink.clone()));
+            }
+        }
         let sink = SinkUrl::parse(&config.url)?.open(&self.keys()?.sink_seal)?;
+        opened.insert(name.to_owned(), (config.clone(), sink.clone()));
         Ok((config, sink))
     }
 

@@ -59,8 +59,17 @@ impl Ledger {
         let snapshot_seqs: std::collections::BTreeSet<u64> =
             self.store.snapshot_seqs()?.into_iter().collect();
         let mut catalog = Catalog::default();
+        let macs = match self.keys.as_ref() {
+            Some(keys) => mac::mac_from(&*self.store, &keys.mac)?.map(|from| (keys.mac.clone(), from)),
+            None => None,
+        };
         let head = self.store.verified_scan(&mut |e, event| {
             let seq = e.seq;
+            if let Some((mac, from)) = &macs {
+                if seq >= *from {
+                    mac::check_event(mac, &e)?;
+                }
+            }
             catalog.apply(&e, event).map_err(|err| Error::ChainBroken {
                 seq,
                 reason: err.to_string(),
@@ -74,6 +83,10 @@ impl Ledger {
             Ok(())
         })?;
         progress(head.seq, head.seq);
+        if let Some(keys) = self.keys.as_ref() {
+            // Every MAC is good; the trusted point catches a truncated tail.
+            mac::check_since_trusted(&*self.store, &keys.mac)?;
+        }
         self.check_catalog_rows(&catalog)?;
         self.verify_access_log()?;
         Ok(head)

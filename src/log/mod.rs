@@ -61,6 +61,7 @@ pub fn chain_next(head: &mut Head, new: &NewEvent, now: Millis) -> StoredEvent {
         payload,
         prev_hash: head.hash,
         hash: [0; 32],
+        mac: None,
     };
     row.hash = row.computed_hash();
     *head = Head {

@@ -28,12 +28,13 @@ fn migrations() -> Migrations<'static> {
         M::up(CATALOG_SQL),
         M::up(SINKS_SQL),
         M::up(include_str!("../../schema/ledger/0005_tokens_and_access_log.sql")),
+        M::up(include_str!("../../schema/ledger/0006_event_macs.sql")),
     ])
 }
 
 /// The newest schema version this build knows.
 pub fn schema_version() -> i64 {
-    5
+    6
 }
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -148,8 +149,8 @@ pub fn head(conn: &Connection) -> Result<Head> {
 /// Insert one chained row (inside the caller's write transaction).
 pub fn insert(conn: &Connection, e: &StoredEvent) -> Result<()> {
     conn.prepare_cached(
-        "INSERT INTO events (seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        "INSERT INTO events (seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash, mac)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
     )?
     .execute(params![
         e.seq as i64,
@@ -162,11 +163,12 @@ pub fn insert(conn: &Connection, e: &StoredEvent) -> Result<()> {
         e.payload,
         e.prev_hash.as_slice(),
         e.hash.as_slice(),
+        e.mac.as_ref().map(|m| m.as_slice()),
     ])?;
     Ok(())
 }
 
-pub(crate) const SELECT_EVENTS: &str = "SELECT seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash FROM events";
+pub(crate) const SELECT_EVENTS: &str = "SELECT seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash, mac FROM events";
 
 /// Read a row without trusting its types: a tampered row is a broken chain, not a crash.
 fn read_row(r: &Row<'_>) -> Result<StoredEvent> {
@@ -213,6 +215,10 @@ fn read_row(r: &Row<'_>) -> Result<StoredEvent> {
         payload: bytes(7, "payload")?,
         prev_hash: fixed(8, "prev_hash")?,
         hash: fixed(9, "hash")?,
+        mac: match r.get_ref(10)? {
+            ValueRef::Null => None,
+            _ => Some(fixed(10, "mac")?),
+        },
     })
 }
 

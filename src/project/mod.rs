@@ -233,6 +233,7 @@ impl Ledger {
         // One read transaction for the batch: a consistent view, and one lock instead of three
         // per secret.
         let _snapshot = crate::store::Read::begin(self.store())?;
+        self.check_macs(after + 1, through)?;
         let touched = self.store().secrets_touched(after, through)?;
         let mut ops = Vec::with_capacity(touched.len());
         for id in touched {

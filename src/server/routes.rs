@@ -705,7 +705,8 @@ async fn verify(
     let doc = state
         .handle
         .read(move |_| {
-            let mut ledger = Ledger::open_with_key(&path, master)?;
+            let mut ledger = Ledger::open(&path)?;
+            ledger.unlock_to_verify(master)?;
             let head = ledger.verify(&mut |_, _| {})?;
             if let Some(anchor) = &anchor {
                 ledger.check_anchor(anchor)?;
@@ -716,6 +717,7 @@ async fn verify(
                 "head": ledger.anchor(head)?,
                 "anchor_checked": anchor.is_some(),
                 "access_log_rows": ledger.access_head()?,
+                "macs": {"checked": true, "from_seq": ledger.mac_from()?},
             }))
         })
         .await?;

@@ -134,6 +134,19 @@ impl Context {
         Ok(ledger)
     }
 
+    /// The master key from SLEDGER_MASTER_KEY or the key file, if there is one (not checked
+    /// against the ledger).
+    pub fn master_key_if_any(&self) -> Result<Option<MasterKey>> {
+        if let Some(key) = Self::env_key()? {
+            return Ok(Some(key));
+        }
+        match MasterKey::read_file(&self.key_file) {
+            Ok(key) => Ok(Some(key)),
+            Err(sledger::Error::KeyUnavailable(why)) if why.starts_with("no key file") => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The master key that opens this ledger (checked), for library calls that open their own
     /// connections.
     pub fn master_key(&self) -> Result<MasterKey> {

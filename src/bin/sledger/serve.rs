@@ -33,8 +33,11 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
              `sledger token create --name admin --role admin --pattern '*'` makes the first one"
         );
     }
+    // Reads and sink calls run on the blocking pool; a cap keeps a burst of clients from
+    // starting hundreds of threads (each with its own SQLite caches).
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(64)
         .build()?;
     let json = ctx.json();
     runtime.block_on(async move {

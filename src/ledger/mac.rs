@@ -1,0 +1,149 @@
+//! Event MACs (ARCHITECTURE.md, security): the unkeyed hash chain lets anyone check the log's
+//! structure; the MAC of each event's hash, under a key only master-key holders have, lets a
+//! key holder tell the events sledger wrote from events someone who could write the file
+//! forged (a `sink.added exec:///tmp/x`, a `secret.purged`, a faked actor) and rechained.
+//!
+//! Bookkeeping, in settings, each with its own MAC so it cannot be moved:
+//! - `mac_from`: the first seq that must carry a MAC (1 for ledgers made with MACs; for an
+//!   older ledger, the `ledger.macs_started` event its first write by a key holder appends).
+//! - `mac_trusted`: the head (seq and hash) as of the last append. Opening checks that the
+//!   event there still has that hash (so nothing before it was rewritten and rechained) and the
+//!   MACs of every event after it.
+
+use super::*;
+use crate::crypto::EventMac;
+
+const MAC_FROM: &str = "mac_from";
+const MAC_TRUSTED: &str = "mac_trusted";
+
+fn broken(seq: u64, reason: impl Into<String>) -> Error {
+    Error::ChainBroken {
+        seq,
+        reason: reason.into(),
+    }
+}
+
+/// `mac_from`, checked; `None` for a ledger whose MACs have not started.
+pub(super) fn mac_from(store: &dyn Store, mac: &EventMac) -> Result<Option<u64>> {
+    let Some(bytes) = store.setting(MAC_FROM)? else {
+        if store.setting(MAC_TRUSTED)?.is_some() {
+            return Err(Error::Corrupt(
+                "the ledger's mac_from setting was removed: events may have been forged since".into(),
+            ));
+        }
+        return Ok(None);
+    };
+    let (seq, tag) = split_tagged(&bytes, 8).ok_or_else(|| Error::Corrupt("mac_from is malformed".into()))?;
+    if !EventMac::matches(&mac.setting(MAC_FROM, seq), &tag) {
+        return Err(Error::Corrupt(
+            "mac_from does not carry a valid MAC: the ledger was edited outside sledger".into(),
+        ));
+    }
+    Ok(Some(u64::from_le_bytes(seq.try_into().expect("8 bytes"))))
+}
+
+fn split_tagged(bytes: &[u8], len: usize) -> Option<(&[u8], [u8; 32])> {
+    if bytes.len() != len + 32 {
+        return None;
+    }
+    let (value, tag) = bytes.split_at(len);
+    Some((value, tag.try_into().ok()?))
+}
+
+fn tagged(mac: &EventMac, name: &str, value: &[u8]) -> Vec<u8> {
+    let mut bytes = value.to_vec();
+    bytes.extend_from_slice(&mac.setting(name, value));
+    bytes
+}
+
+/// The event's MAC must match its hash (and so its contents and place in the chain).
+pub(super) fn check_event(mac: &EventMac, e: &StoredEvent) -> Result<()> {
+    match &e.mac {
+        Some(m) if EventMac::matches(m, &mac.event(&e.hash)) => Ok(()),
+        Some(_) => Err(broken(e.seq, "its MAC does not match: it was written or changed without the master key")),
+        None => Err(broken(e.seq, "it carries no MAC where every event must: it was written without the master key")),
+    }
+}
+
+/// Check the MACs of events `from ..= to` (those at or after `mac_from`).
+pub(super) fn check_range(store: &dyn Store, mac: &EventMac, from: u64, to: u64) -> Result<()> {
+    let Some(start) = mac_from(store, mac)? else {
+        return Ok(());
+    };
+    store.scan(from.max(start), to, &mut |e| {
+        check_event(mac, &e)?;
+        Ok(true)
+    })
+}
+
+/// Check everything appended since the last trusted point: the event at that point still has
+/// the hash it had (nothing before it was rewritten), and every event after it carries a valid
+/// MAC.
+pub(super) fn check_since_trusted(store: &dyn Store, mac: &EventMac) -> Result<()> {
+    let head = store.head()?;
+    let trusted = match store.setting(MAC_TRUSTED)? {
+        None => 0,
+        Some(bytes) => {
+            let (value, tag) =
+                split_tagged(&bytes, 40).ok_or_else(|| Error::Corrupt("mac_trusted is malformed".into()))?;
+            if !EventMac::matches(&mac.setting(MAC_TRUSTED, value), &tag) {
+                return Err(Error::Corrupt(
+                    "mac_trusted does not carry a valid MAC: the ledger was edited outside sledger".into(),
+                ));
+            }
+            let seq = u64::from_le_bytes(value[..8].try_into().expect("8 bytes"));
+            let event = store
+                .event(seq)?
+                .ok_or_else(|| broken(seq, "the last event a key holder saw is gone: the log was truncated"))?;
+            if event.hash[..] != value[8..] {
+                return Err(broken(
+                    seq,
+                    "it is not the event a key holder last saw: the log before it was rewritten and rechained",
+                ));
+            }
+            seq
+        }
+    };
+    check_range(store, mac, trusted + 1, head.seq)
+}
+
+/// Inside an append: make sure MACs have started (an older ledger's first write by a key
+/// holder starts them with a `ledger.macs_started` event, returned to be appended first).
+pub(super) fn start_if_needed(store: &dyn Store, mac: &EventMac, head: Head) -> Result<Option<Event>> {
+    if mac_from(store, mac)?.is_some() {
+        return Ok(None);
+    }
+    let from = head.seq + 1;
+    store.set_setting(MAC_FROM, &tagged(mac, MAC_FROM, &from.to_le_bytes()))?;
+    // A new ledger is MAC'd from its first event; an older one records where MACs start.
+    Ok((head.seq > 0).then_some(Event::MacsStarted))
+}
+
+/// Inside an append, after its events: the new head is the trusted point.
+pub(super) fn trust(store: &dyn Store, mac: &EventMac, head: Head) -> Result<()> {
+    let mut value = head.seq.to_le_bytes().to_vec();
+    value.extend_from_slice(&head.hash);
+    store.set_setting(MAC_TRUSTED, &tagged(mac, MAC_TRUSTED, &value))
+}
+
+impl Ledger {
+    /// Check the MACs of events `from ..= to`, if this ledger is unlocked (a projector checks
+    /// each batch before applying it, so a forged `secret.purged` never reaches a backend).
+    pub(crate) fn check_macs(&self, from: u64, to: u64) -> Result<()> {
+        match self.keys.as_ref() {
+            Some(keys) => check_range(&*self.store, &keys.mac, from, to),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether this ledger is unlocked (its MACs can be checked).
+    pub fn is_unlocked(&self) -> bool {
+        self.keys.is_some()
+    }
+
+    /// The first seq every event must carry a MAC from (`None`: an older ledger no key holder
+    /// has written to since MACs exist). Needs the master key.
+    pub fn mac_from(&self) -> Result<Option<u64>> {
+        mac_from(&*self.store, &need_keys(self.keys.as_ref())?.mac)
+    }
+}
