@@ -211,15 +211,27 @@ impl MasterKey {
     }
 
     /// Wrap the ledger's fingerprint key.
-    pub fn wrap_fingerprint_key(&self, key: &FingerprintKey) -> Vec<u8> {
-        self.wrap(&key.0, b"sledger fingerprint key")
+    /// Once a ledger's event MACs have started at `macs_from`, that seq is bound into the
+    /// wrapping too: removing or moving the ledger's record of it makes the key unopenable, so
+    /// MACs cannot be switched off by editing the file.
+    pub fn wrap_fingerprint_key(&self, key: &FingerprintKey, macs_from: Option<u64>) -> Vec<u8> {
+        self.wrap(&key.0, &fingerprint_aad(macs_from))
     }
 
-    /// Unwrap the ledger's fingerprint key.
-    pub fn unwrap_fingerprint_key(&self, wrapped: &[u8]) -> Result<FingerprintKey> {
-        self.unwrap(wrapped, b"sledger fingerprint key")
+    /// Unwrap the ledger's fingerprint key (see [`MasterKey::wrap_fingerprint_key`]).
+    pub fn unwrap_fingerprint_key(&self, wrapped: &[u8], macs_from: Option<u64>) -> Result<FingerprintKey> {
+        self.unwrap(wrapped, &fingerprint_aad(macs_from))
             .map(FingerprintKey)
     }
+}
+
+fn fingerprint_aad(macs_from: Option<u64>) -> Vec<u8> {
+    let mut aad = b"sledger fingerprint key".to_vec();
+    if let Some(seq) = macs_from {
+        aad.extend_from_slice(b" macs from ");
+        aad.extend_from_slice(&seq.to_le_bytes());
+    }
+    aad
 }
 
 /// Make a new directory entry durable (a synced file in an unsynced directory can vanish).

@@ -436,3 +436,30 @@ fn tokens_from_the_cli_are_shown_once_and_listed_without_the_token() {
     assert!(log.contains("token ci-deploy issued: reader on prod/*"), "{log}");
     env.ok(&["verify"]);
 }
+
+/// A version from before a rename is read under its name then: a token whose patterns do not
+/// cover that name gets 403, not the old value.
+#[tokio::test(flavor = "multi_thread")]
+async fn old_versions_stay_within_the_patterns_of_their_name_then() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let (status, _) = call(&server, &admin, Method::POST, "/v1/secrets", Some(json!({"name": "prod/root", "values": {"pw": "prod-only-value"}}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = call(&server, &admin, Method::POST, "/v1/rename/prod/root", Some(json!({"new_name": "team/x"}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = call(&server, &admin, Method::PATCH, "/v1/secrets/team/x", Some(json!({"values": {"pw": "team-value"}}))).await;
+    assert_eq!(status, StatusCode::OK);
+    let team = issue(&server, &admin, "team", "reader", &["team/*"], None).await;
+    let (status, body) = call(&server, &team, Method::GET, "/v1/secrets/team/x", None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["values"]["pw"], "team-value");
+    let (status, body) = call(&server, &team, Method::GET, "/v1/secrets/team/x?version=1", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert!(!body.to_string().contains("prod-only-value"));
+    // Token names are never reused: a new token cannot inherit a revoked one's private secrets.
+    let (status, _) = call(&server, &admin, Method::DELETE, "/v1/tokens/team", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = call(&server, &admin, Method::POST, "/v1/tokens", Some(json!({"name": "team", "role": "reader", "patterns": ["*"]}))).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+}

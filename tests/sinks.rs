@@ -391,3 +391,44 @@ fn project_follow_keeps_sinks_current_and_stops_on_sigterm() {
     assert!(out.status.success(), "{:?}", out.status);
     assert!(String::from_utf8_lossy(&out.stdout).contains("stopped"));
 }
+
+/// A write waits for, and reports, its own event: with eight writers at once no write says the
+/// primary is behind because of the others' events; `--wait 0` prints no note, and its JSON
+/// says whether the primary has applied the write.
+#[test]
+fn no_false_lag_notes_under_concurrent_writes() {
+    let env = Env::new();
+    std::thread::scope(|scope| {
+        let writers: Vec<_> = (0..8)
+            .map(|w| {
+                let env = &env;
+                scope.spawn(move || {
+                    let mut notes = Vec::new();
+                    for i in 0..8 {
+                        let out = env
+                            .cmd()
+                            .args(["secret", "create", &format!("w{w}/s{i}"), "--value", "k=v"])
+                            .output()
+                            .unwrap();
+                        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+                        if stderr.contains("behind") {
+                            notes.push(stderr);
+                        }
+                    }
+                    notes
+                })
+            })
+            .collect();
+        for writer in writers {
+            let notes = writer.join().unwrap();
+            assert!(notes.is_empty(), "false lag notes: {notes:?}");
+        }
+    });
+    let out = env.cmd().args(["--wait", "0", "secret", "create", "quiet", "--value", "k=v"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("note:"), "{}", String::from_utf8_lossy(&out.stderr));
+    let doc = env.json(&["--wait", "0", "secret", "create", "quiet2", "--value", "k=v"]);
+    assert!(doc["primary"]["applied"].is_boolean(), "{doc}");
+    assert_eq!(doc["primary"]["applied"] == true, doc["primary"]["lag"] == 0, "{doc}");
+}

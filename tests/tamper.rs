@@ -385,3 +385,25 @@ fn a_rewritten_and_rechained_event_is_rejected() {
     let err = env.fails(&["verify"], INTEGRITY);
     assert!(err.contains("seq 2"), "{err}");
 }
+
+/// MACs cannot be switched off by deleting their bookkeeping: where they start is bound into
+/// the sealed fingerprint key.
+#[test]
+fn deleting_the_mac_records_does_not_switch_macs_off() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "db", "--value", "pw=x"]);
+    let raw = env.raw();
+    raw.execute("DELETE FROM ledger_meta WHERE key IN ('mac_from', 'mac_trusted')", []).unwrap();
+    drop(raw);
+    forge(
+        &env,
+        sledger::Event::SinkAdded {
+            name: "evil".into(),
+            url: "exec:///bin/true".into(),
+            role: sledger::event::SinkRole::Backup,
+        },
+    );
+    let err = env.fails(&["secret", "get", "db"], INTEGRITY);
+    assert!(err.contains("MACs start"), "{err}");
+    env.fails(&["verify"], INTEGRITY);
+}

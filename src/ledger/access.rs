@@ -7,13 +7,25 @@ use crate::identity::Tokens;
 impl Ledger {
     /// The token registry (every token ever issued, revoked and expired ones included).
     pub fn tokens(&self) -> Result<Tokens> {
-        append::tokens(&*self.store)
+        let mut tokens = Tokens::default();
+        self.refresh_tokens(&mut tokens)?;
+        Ok(tokens)
     }
 
-    /// Fold the token events appended since `tokens` was last brought up to date.
+    /// Fold the token events appended since `tokens` was last brought up to date. Unlocked,
+    /// each must carry a key holder's MAC: a token forged into the file grants nothing.
     pub fn refresh_tokens(&self, tokens: &mut Tokens) -> Result<()> {
+        let mac = match self.keys.as_ref() {
+            Some(keys) => mac::mac_from(&*self.store, &keys.mac)?.map(|from| (keys.mac.clone(), from)),
+            None => None,
+        };
         self.store
             .scan_types(crate::identity::TOKEN_EVENT_TYPES, tokens.seq, &mut |stored| {
+                if let Some((mac, from)) = &mac {
+                    if stored.seq >= *from {
+                        mac::check_event(mac, &stored)?;
+                    }
+                }
                 let event = stored.decode()?;
                 tokens.apply(&stored, event);
                 Ok(true)

@@ -175,7 +175,8 @@ pub(super) enum Planned {
     Nothing(SecretMeta),
 }
 
-/// The token registry as of the store's head.
+/// The token registry as of the store's head (inside the write transaction, whose MAC check
+/// already covered every event).
 pub(super) fn tokens(store: &dyn Store) -> Result<crate::identity::Tokens> {
     let mut tokens = crate::identity::Tokens::default();
     store.scan_types(crate::identity::TOKEN_EVENT_TYPES, 0, &mut |stored| {
@@ -356,10 +357,12 @@ pub(super) fn plan(
             if expires_at.is_some_and(|at| at <= now_ms()) {
                 return Err(Error::invalid("the token's expiry is in the past; give a future --expires"));
             }
-            if tokens(tx)?.get(&name).is_some_and(|t| t.revoked_at.is_none()) {
+            // Never reused, even after revocation: the name is the principal that owns its
+            // private secrets and that the audit log names.
+            if tokens(tx)?.get(&name).is_some() {
                 return Err(Error::AlreadyExists {
                     name,
-                    scope: "token".into(),
+                    scope: "token (names are never reused)".into(),
                 });
             }
             Planned::Ledger(vec![Event::TokenIssued {
@@ -586,7 +589,7 @@ impl Ledger {
         // Only key holders append, and only after checking what others appended since.
         let keys = need_keys(keys)?;
         mac::check_since_trusted(&*tx, &keys.mac)?;
-        if let Some(event) = mac::start_if_needed(&*tx, &keys.mac, head)? {
+        if let Some(event) = mac::start_if_needed(&*tx, &keys.master, &keys.fingerprint, &keys.mac, head)? {
             let new = NewEvent {
                 event_id: uuid::Uuid::now_v7(),
                 actor: requests.first().map_or("sledger", |r| r.actor.as_str()).to_owned(),

@@ -23,6 +23,19 @@ fn broken(seq: u64, reason: impl Into<String>) -> Error {
     }
 }
 
+/// The seq `mac_from` records, unchecked (to unwrap the fingerprint key, which binds it).
+pub(super) fn recorded_start(store: &dyn Store) -> Result<Option<u64>> {
+    Ok(match store.setting(MAC_FROM)? {
+        None => None,
+        Some(bytes) => Some(u64::from_le_bytes(
+            bytes
+                .get(..8)
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| Error::Corrupt("mac_from is malformed".into()))?,
+        )),
+    })
+}
+
 /// `mac_from`, checked; `None` for a ledger whose MACs have not started.
 pub(super) fn mac_from(store: &dyn Store, mac: &EventMac) -> Result<Option<u64>> {
     let Some(bytes) = store.setting(MAC_FROM)? else {
@@ -108,13 +121,21 @@ pub(super) fn check_since_trusted(store: &dyn Store, mac: &EventMac) -> Result<(
 }
 
 /// Inside an append: make sure MACs have started (an older ledger's first write by a key
-/// holder starts them with a `ledger.macs_started` event, returned to be appended first).
-pub(super) fn start_if_needed(store: &dyn Store, mac: &EventMac, head: Head) -> Result<Option<Event>> {
+/// holder starts them with a `ledger.macs_started` event, returned to be appended first). The
+/// start is bound into the fingerprint key's wrapping, so it cannot be removed or moved.
+pub(super) fn start_if_needed(
+    store: &dyn Store,
+    master: &MasterKey,
+    fingerprint: &FingerprintKey,
+    mac: &EventMac,
+    head: Head,
+) -> Result<Option<Event>> {
     if mac_from(store, mac)?.is_some() {
         return Ok(None);
     }
     let from = head.seq + 1;
     store.set_setting(MAC_FROM, &tagged(mac, MAC_FROM, &from.to_le_bytes()))?;
+    store.set_setting("fingerprint_key", &master.wrap_fingerprint_key(fingerprint, Some(from)))?;
     // A new ledger is MAC'd from its first event; an older one records where MACs start.
     Ok((head.seq > 0).then_some(Event::MacsStarted))
 }

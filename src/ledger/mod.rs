@@ -151,6 +151,16 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// The seq of the event this outcome appended, if it appended one.
+    pub fn seq(&self) -> Option<u64> {
+        match self {
+            Outcome::Appended { seq, .. } | Outcome::SinkChanged { seq, .. } | Outcome::Recorded { seq, .. } => {
+                Some(*seq)
+            }
+            Outcome::Unchanged { .. } => None,
+        }
+    }
+
     /// The outcome as the CLI's `--format json` and the API show it: the secret's metadata
     /// with `result` (`verb`, or `unchanged`) and `seq`, or the sink or record it changed.
     pub fn to_json(&self, verb: &str) -> serde_json::Value {
@@ -256,7 +266,7 @@ impl Ledger {
             tx.set_setting("key_check", keys.master.key_check().as_slice())?;
             tx.set_setting(
                 "fingerprint_key",
-                &keys.master.wrap_fingerprint_key(&keys.fingerprint),
+                &keys.master.wrap_fingerprint_key(&keys.fingerprint, None),
             )?;
             tx.set_setting("sink_seal_key", &keys.master.wrap_sink_seal_key(&keys.sink_seal))?;
             tx.set_setting_int("max_value_bytes", settings.max_value_bytes as i64)?;
@@ -331,8 +341,15 @@ impl Ledger {
         if !self.key_matches(&master)? {
             return Err(Error::WrongKey);
         }
-        let fingerprint =
-            master.unwrap_fingerprint_key(&required_setting(&*self.store, "fingerprint_key")?)?;
+        let macs_from = mac::recorded_start(&*self.store)?;
+        let fingerprint = master
+            .unwrap_fingerprint_key(&required_setting(&*self.store, "fingerprint_key")?, macs_from)
+            .map_err(|_| {
+                Error::Corrupt(match macs_from {
+                    None => "the record of where event MACs start was removed from the ledger: events may have been forged since".into(),
+                    Some(seq) => format!("the record of where event MACs start (seq {seq}) was changed: events may have been forged"),
+                })
+            })?;
         let sink_seal = match self.store.setting("sink_seal_key")? {
             Some(wrapped) => master.unwrap_sink_seal_key(&wrapped)?,
             // Ledgers made before sinks existed get their sink key on first unlock.

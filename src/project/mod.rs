@@ -464,7 +464,10 @@ pub fn primary(ledger: &Ledger) -> Result<Option<String>> {
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PrimaryWait {
     pub name: String,
-    /// Events the primary has not applied yet.
+    /// Whether the primary has applied the write's own event.
+    pub applied: bool,
+    /// Events up to the write's own that the primary has not applied yet (never other
+    /// writers' later events).
     pub lag: u64,
     /// Secrets the primary refused (it will not serve them until `sink retry` applies them).
     pub parked: u64,
@@ -472,31 +475,28 @@ pub struct PrimaryWait {
     pub error: Option<String>,
 }
 
-/// After a write: give the primary sink up to `wait` to apply it (a zero wait only reports
-/// its lag). The write is durable in the ledger whatever happens here. `None` when there is
-/// no primary.
-pub async fn wait_for_primary(ledger: &Ledger, wait: Duration) -> Result<Option<PrimaryWait>> {
+/// After a write whose last event is `seq`: give the primary sink up to `wait` to apply it (a
+/// zero wait only reports whether it has). The write is durable in the ledger whatever happens
+/// here. `None` when there is no primary.
+pub async fn wait_for_primary(ledger: &Ledger, wait: Duration, seq: u64) -> Result<Option<PrimaryWait>> {
     let Some(name) = primary(ledger)? else {
         return Ok(None);
     };
-    let error = if wait.is_zero() {
-        None
-    } else {
+    let mut error = None;
+    if !wait.is_zero() && ledger.checkpoint(&name)? < seq {
         let opts = ProjectOptions {
             deadline: Some(Instant::now() + wait),
             ..Default::default()
         };
-        project_named(ledger, &name, &opts)
-            .await
-            .err()
-            .map(|e| e.to_string())
-    };
-    let lag = ledger.head()?.seq.saturating_sub(ledger.checkpoint(&name)?);
+        error = project_named(ledger, &name, &opts).await.err().map(|e| e.to_string());
+    }
+    let checkpoint = ledger.checkpoint(&name)?;
     let parked = ledger.parked(&name)?.len() as u64;
     Ok(Some(PrimaryWait {
-        name,
-        lag,
+        applied: checkpoint >= seq,
+        lag: seq.saturating_sub(checkpoint),
+        error: if checkpoint >= seq { None } else { error },
         parked,
-        error,
+        name,
     }))
 }

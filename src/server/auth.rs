@@ -117,16 +117,24 @@ impl Auth {
         Ok(Caller { token, client })
     }
 
+    /// Take one failed authentication from the client address's bucket (a tenth of a token's
+    /// rate); false when it is empty.
+    pub fn take_anonymous(&self, client: SocketAddr) -> bool {
+        self.take_scaled(&format!("\0ip:{}", client.ip()), 0.1)
+    }
+
     /// Take one request from the token's bucket; false when it is empty.
     fn take(&self, token: &str) -> bool {
+        self.take_scaled(token, 1.0)
+    }
+
+    fn take_scaled(&self, key: &str, scale: f64) -> bool {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("not poisoned");
-        let bucket = buckets.entry(token.to_owned()).or_insert(Bucket {
-            level: self.rate.burst,
-            at: now,
-        });
-        let refill = now.duration_since(bucket.at).as_secs_f64() * self.rate.per_second;
-        bucket.level = (bucket.level + refill).min(self.rate.burst);
+        let (rate, burst) = (self.rate.per_second * scale, (self.rate.burst * scale).max(1.0));
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket { level: burst, at: now });
+        let refill = now.duration_since(bucket.at).as_secs_f64() * rate;
+        bucket.level = (bucket.level + refill).min(burst);
         bucket.at = now;
         if bucket.level >= 1.0 {
             bucket.level -= 1.0;

@@ -111,7 +111,8 @@ impl AppState {
                 let progress = l.checkpoint(&name)?;
                 let status = l.sink_status()?.into_iter().find(|s| s.name == name);
                 Ok(PrimaryWait {
-                    lag: if progress >= seq { 0 } else { seq - progress },
+                    applied: progress >= seq,
+                    lag: seq.saturating_sub(progress),
                     parked: status.as_ref().map_or(0, |s| s.parked),
                     error: if progress >= seq { None } else { status.and_then(|s| s.last_error) },
                     name,

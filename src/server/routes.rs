@@ -206,6 +206,14 @@ async fn authenticate(
             next.run(request).await
         }
         Err(Refusal::Unauthenticated) => {
+            // Guessing is limited per client address, before it costs an access-log write.
+            if !state.auth.take_anonymous(client) {
+                return error_response(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limited",
+                    "too many failed authentications from this address; wait and retry",
+                );
+            }
             let record = auth::record("anonymous", client, operation, AccessOutcome::Unauthenticated, None);
             if let Err(e) = state.handle.record_access(vec![record]).await {
                 tracing::error!(error = %e, "a failed authentication could not be recorded");
@@ -307,7 +315,7 @@ async fn execute_docs(
     let secrets = outcomes
         .iter()
         .any(|o| matches!(o, Outcome::Appended { .. } | Outcome::Unchanged { .. }));
-    let primary = match outcomes.iter().filter_map(appended_seq).max() {
+    let primary = match outcomes.iter().filter_map(Outcome::seq).max() {
         Some(seq) if secrets && wait.wait_ms > 0 => state.wait_for_primary(seq, wait.duration()).await?,
         _ => None,
     };
@@ -322,13 +330,6 @@ async fn execute_docs(
             doc
         })
         .collect())
-}
-
-fn appended_seq(outcome: &Outcome) -> Option<u64> {
-    match outcome {
-        Outcome::Appended { seq, .. } | Outcome::SinkChanged { seq, .. } | Outcome::Recorded { seq, .. } => Some(*seq),
-        Outcome::Unchanged { .. } => None,
-    }
 }
 
 fn values_from(map: BTreeMap<String, Zeroizing<String>>) -> Result<SecretValues> {
@@ -535,6 +536,10 @@ async fn get_secret(
         })
         .await?;
     let read = &served.read;
+    if !caller.token.covers(&read.meta.name) {
+        // A version from before a rename may carry a name outside the token's patterns.
+        auth::authorize(&state.handle, &caller, "secret.get", Action::ReadValue, Some(&read.meta.name)).await?;
+    }
     let mut record = auth::record(
         &caller.principal(),
         caller.client,
@@ -630,9 +635,17 @@ async fn stream_log(
             .await?,
     );
     let mut wake = handle.subscribe();
+    let token = caller.token.name.clone();
+    let state = state.clone();
     let stream = async_stream_lines(move |sender: tokio::sync::mpsc::Sender<String>| async move {
         let mut catalog = Catalog::default();
         loop {
+            // A revoked or expired token stops receiving at once, like any other request.
+            if state.auth.refresh(&handle).await.is_err()
+                || !state.auth.tokens().get(&token).is_some_and(|t| t.is_active(crate::ledger::now_ms()))
+            {
+                return;
+            }
             let matcher = matcher.clone();
             let Ok((next, lines)) = handle
                 .read(move |l| {
@@ -1108,7 +1121,11 @@ async fn ready(State(state): Shared) -> Response {
         .await;
     match checked {
         Ok(()) => (StatusCode::OK, "ready\n").into_response(),
-        Err(e) => error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", &e.to_string()),
+        Err(e) => {
+            // The reason goes to the server's log, not to an unauthenticated client.
+            tracing::warn!(error = %e, "not ready");
+            error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the ledger or the primary sink is not available")
+        }
     }
 }
 

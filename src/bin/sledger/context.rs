@@ -87,9 +87,13 @@ impl Context {
         Ok(())
     }
 
-    /// After a write: give the primary sink up to `--wait` to apply it.
-    pub fn wait_for_primary(&self, ledger: &Ledger) -> Result<Option<PrimaryWait>> {
-        Ok(block_on(sledger::project::wait_for_primary(ledger, self.wait))?)
+    /// After a write: give the primary sink up to `--wait` to apply the write's own last
+    /// event (nothing to wait for when it appended none).
+    pub fn wait_for_primary(&self, ledger: &Ledger, outcomes: &[sledger::Outcome]) -> Result<Option<PrimaryWait>> {
+        let Some(seq) = outcomes.iter().filter_map(sledger::Outcome::seq).max() else {
+            return Ok(None);
+        };
+        Ok(block_on(sledger::project::wait_for_primary(ledger, self.wait, seq))?)
     }
 
     pub fn json(&self) -> bool {

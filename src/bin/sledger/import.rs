@@ -89,7 +89,11 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
         bar.inc(n);
     }
     bar.finish_and_clear();
-    let primary = ctx.wait_for_primary(&ledger)?;
+    let last = ledger.head()?.seq;
+    let primary = match appended {
+        0 => None,
+        _ => block_on(sledger::project::wait_for_primary(&ledger, ctx.wait, last))?,
+    };
     let lag = primary.as_ref().map(|p| p.lag).unwrap_or(0);
     if ctx.json() {
         output::json_line(&json!({"appended": appended, "unchanged": unchanged, "primary_lag": lag}));

@@ -78,6 +78,20 @@ impl Remote {
         if !matches!(base.scheme(), "http" | "https") {
             return Err(exit::usage(format!("--server {server:?} must be an http:// or https:// URL")));
         }
+        let loopback = match base.host_str() {
+            Some("localhost") => true,
+            Some(host) => host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        };
+        if base.scheme() == "http" && !loopback {
+            return Err(exit::usage(format!(
+                "--server {server:?} is plain http to another host: the token would cross the network unencrypted; use https://"
+            )));
+        }
         if !base.username().is_empty() || base.password().is_some() {
             return Err(exit::usage("--server must not carry credentials; pass the token with SLEDGER_TOKEN or --token-file"));
         }
@@ -114,6 +128,7 @@ impl Remote {
     }
 
     /// `/v1/` + the path segments, each percent-encoded (a secret name keeps its slashes).
+    /// (Names with `.` or `..` segments are refused before this: a URL normalises them away.)
     fn url(&self, segments: &[&str]) -> Url {
         let mut url = self.base.clone();
         {
@@ -164,6 +179,11 @@ impl Remote {
     }
 
     fn call(&self, method: Method, segments: &[&str], query: &impl Serialize, body: Option<Value>) -> Result<Value> {
+        if let Some(bad) = segments.iter().flat_map(|s| s.split('/')).find(|p| *p == "." || *p == "..") {
+            return Err(exit::usage(format!(
+                "a name with a {bad:?} path segment cannot be sent to a server (a URL would drop it); rename the secret locally"
+            )));
+        }
         let response = self.send(method, self.url(segments), query, body)?;
         Ok(self.runtime.block_on(async { response.json().await }).context("the server's answer is not JSON")?)
     }

@@ -304,7 +304,7 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
             }
             if !args.dry_run && !plan.commands.is_empty() {
                 let outcomes = ledger.execute(&ctx.actor, plan.commands)?;
-                let primary = ctx.wait_for_primary(&ledger)?;
+                let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
                 doc["outcomes"] = json!(outcome_docs(&format!("restored to seq {seq}:"), &outcomes, primary.as_ref()));
             }
             doc

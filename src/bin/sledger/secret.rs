@@ -133,7 +133,10 @@ pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) {
     let primary: Option<PrimaryWait> = docs
         .first()
         .and_then(|d| serde_json::from_value(d["primary"].clone()).ok());
-    if let Some(p) = primary.as_ref().filter(|p| p.lag > 0 && !ctx.json()) {
+    // Notes only when the write waited (`--wait 0` asked not to) and its own event is not
+    // applied; other writers' later events are not this write's business.
+    let notes = !ctx.json() && !ctx.wait.is_zero();
+    if let Some(p) = primary.as_ref().filter(|p| !p.applied && notes) {
         eprintln!(
             "note: the write is durable in the ledger, but primary sink {:?} is behind by {} event{}{}; \
              `sledger project` catches it up",
@@ -143,7 +146,7 @@ pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) {
             p.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
         );
     }
-    if let Some(p) = primary.as_ref().filter(|p| p.parked > 0 && !ctx.json()) {
+    if let Some(p) = primary.as_ref().filter(|p| p.parked > 0 && notes) {
         eprintln!(
             "note: primary sink {:?} refused {} secret{}: reads of {} fall back to other sources; \
              `sledger sink status` shows why, `sledger sink retry {}` re-applies them",
@@ -176,7 +179,7 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
             None => {
                 let mut ledger = ctx.open_unlocked()?;
                 let outcomes = ledger.execute(&ctx.actor, vec![command])?;
-                let primary = ctx.wait_for_primary(&ledger)?;
+                let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
                 outcome_docs(verb, &outcomes, primary.as_ref())
             }
         };
