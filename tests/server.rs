@@ -463,3 +463,24 @@ async fn old_versions_stay_within_the_patterns_of_their_name_then() {
     let (status, body) = call(&server, &admin, Method::POST, "/v1/tokens", Some(json!({"name": "team", "role": "reader", "patterns": ["*"]}))).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
+
+/// The audit log over HTTP leaves out other owners' private secrets (an auditor sees the
+/// workspace's events and its own private ones).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_hides_other_owners_private_secrets() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let alice = issue(&server, &admin, "alice", "writer", &["*"], None).await;
+    let auditor = issue(&server, &admin, "audit", "auditor", &["*"], None).await;
+    let (status, _) = call(&server, &alice, Method::POST, "/v1/secrets", Some(json!({"name": "alice/diary", "scope": "private", "values": {"k": "v"}}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, _) = call(&server, &alice, Method::POST, "/v1/secrets", Some(json!({"name": "shared/db", "values": {"k": "v"}}))).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (_, seen) = call(&server, &auditor, Method::GET, "/v1/log", None).await;
+    let text = seen.to_string();
+    assert!(text.contains("shared/db") && !text.contains("alice/diary"), "{text}");
+    let (_, own) = call(&server, &alice, Method::GET, "/v1/log?type=secret.created", None).await;
+    // (a writer may not read the log; the owner's view is the CLI's, with the key)
+    assert!(own["error"]["code"] == "forbidden", "{own}");
+}

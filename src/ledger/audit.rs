@@ -13,6 +13,9 @@ pub struct AuditEntry {
     pub secret_id: Option<SecretId>,
     pub name: Option<String>,
     pub scope: Option<Scope>,
+    /// The secret's owner (the principal a private secret belongs to).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     pub version: Option<u32>,
     pub changes: Vec<KeyChange>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -114,6 +117,7 @@ pub(super) fn describe(
         secret_id: stored.secret_id,
         name: meta.map(|m| m.name.clone()),
         scope: meta.map(|m| m.scope),
+        owner: meta.map(|m| m.owner.clone()),
         version: meta.map(|m| m.version),
         changes,
         labels,
@@ -142,6 +146,10 @@ pub struct LogFilter {
     /// Only the last N matching entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Who is looking: other owners' private secrets are left out (the server sets it to the
+    /// caller's principal; a local key holder sees everything).
+    #[serde(skip)]
+    pub viewer: Option<String>,
 }
 
 /// The filter's conditions on one entry, with its secret resolved to an id.
@@ -159,6 +167,7 @@ impl LogMatcher {
             && f.since.is_none_or(|s| e.recorded_at >= s)
             && f.until.is_none_or(|u| e.recorded_at <= u)
             && f.after_seq.is_none_or(|a| e.seq > a)
+            && f.viewer.as_ref().is_none_or(|v| e.scope != Some(Scope::Private) || e.owner.as_ref() == Some(v))
     }
 }
 

@@ -610,6 +610,7 @@ async fn query_log(
 ) -> ApiResult {
     allow(&state, &caller, "log.query", None).await?;
     filter.limit = Some(filter.limit.unwrap_or(1000).min(10_000));
+    filter.viewer = Some(caller.principal());
     let actor = caller.principal();
     let entries = state
         .handle
@@ -631,7 +632,10 @@ async fn stream_log(
     let actor = caller.principal();
     let matcher = Arc::new(
         handle
-            .read(move |l| l.log_matcher(&actor, LogFilter { limit: None, ..filter }))
+            .read(move |l| {
+                let viewer = Some(actor.clone());
+                l.log_matcher(&actor, LogFilter { limit: None, viewer, ..filter })
+            })
             .await?,
     );
     let mut wake = handle.subscribe();

@@ -117,6 +117,7 @@ pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
         until: time("--until", &args.until)?,
         after_seq: None,
         limit: args.limit,
+        viewer: None,
     };
     if let Some(remote) = &ctx.remote {
         let shown = remote.log(&filter)?;
