@@ -76,6 +76,44 @@ impl Served {
     }
 }
 
+impl Ledger {
+    /// Whether a sink's record of `meta`'s secret may be served: it must not claim a seq beyond
+    /// the ledger's head (the sink was written behind sledger's back, or the ledger was put back
+    /// from an older copy: sledger cannot tell which, and serves neither), and its values must
+    /// match the ledger's fingerprints of that version (a sink cannot lie about a value).
+    /// `Ok(Err(why))` when it may not.
+    pub fn check_sink_record(
+        &self,
+        meta: &crate::SecretMeta,
+        record: &crate::sink::SinkRecord,
+    ) -> Result<std::result::Result<(), String>> {
+        let head = self.head()?.seq;
+        if record.id != meta.id {
+            return Ok(Err("it answered with another secret's record".into()));
+        }
+        if record.seq > head {
+            return Ok(Err(format!(
+                "it holds seq {}, beyond the ledger's head {head}: the sink was written behind sledger's back, \
+                 or the ledger was restored from an older copy; `sledger diff` shows it, `sledger reconcile` rewrites the sink from the ledger",
+                record.seq
+            )));
+        }
+        let expected = if record.seq >= meta.value_seq {
+            meta.fingerprints.clone()
+        } else {
+            self.fingerprints_at(meta.id, record.seq)?
+        };
+        if self.fingerprints_of(&record.values)? != expected {
+            return Ok(Err(format!(
+                "drifted: its values differ from those the ledger recorded for seq {} (changed behind sledger's back); \
+                 `sledger reconcile` rewrites them",
+                record.seq
+            )));
+        }
+        Ok(Ok(()))
+    }
+}
+
 /// The latest values of a secret, from the best available source.
 pub async fn read_latest(ledger: &Ledger, actor: &str, name: &str, from: ReadFrom) -> Result<Served> {
     let meta = ledger.find(actor, name)?;
@@ -109,7 +147,17 @@ pub async fn read_latest(ledger: &Ledger, actor: &str, name: &str, from: ReadFro
             let (_, sink) = ledger.open_sink(&config.name)?;
             sink.get(meta.id).await
         };
-        match attempt.await {
+        let attempt = match attempt.await {
+            Ok(Some(record)) => match ledger.check_sink_record(&meta, &record)? {
+                Ok(()) => Ok(Some(record)),
+                Err(why) => {
+                    tracing::warn!(sink = %config.name, secret = %meta.id, reason = %why, "a sink's record was not served");
+                    Err(Error::sink("read", why, false))
+                }
+            },
+            other => other,
+        };
+        match attempt {
             Ok(Some(record)) => {
                 let recorded_at = ledger
                     .store()

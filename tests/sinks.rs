@@ -432,3 +432,51 @@ fn no_false_lag_notes_under_concurrent_writes() {
     assert!(doc["primary"]["applied"].is_boolean(), "{doc}");
     assert_eq!(doc["primary"]["applied"] == true, doc["primary"]["lag"] == 0, "{doc}");
 }
+
+/// A sink cannot lie: a value changed in the backend behind sledger's back, or a record
+/// claiming a seq beyond the ledger's head, is not served; the read falls through to the next
+/// source (here the backup) and says why.
+#[test]
+fn a_sink_that_lies_is_not_believed() {
+    let env = Env::new();
+    let dir = env.path("plugin-objects");
+    std::fs::create_dir_all(&dir).unwrap();
+    env.ok(&["sink", "add", "plug", &exec_url(&dir, &[])]);
+    env.ok(&["secret", "create", "db", "--value", "pw=genuine"]);
+    env.ok(&["project"]);
+    env.ok(&["sink", "promote", "plug"]);
+    let got = env.json(&["secret", "get", "db"]);
+    assert_eq!(got["source"]["name"], "plug", "{got}");
+    let object = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "json"))
+        .unwrap();
+    let stored: Value = serde_json::from_slice(&std::fs::read(&object).unwrap()).unwrap();
+
+    // A value planted in the backend.
+    let mut planted = stored.clone();
+    planted["record"]["values"]["pw"] = json!("planted");
+    std::fs::write(&object, planted.to_string()).unwrap();
+    let out = env.cmd().args(["--format", "json", "secret", "get", "db"]).output().unwrap();
+    assert!(out.status.success());
+    let got: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(got["values"]["pw"], "genuine", "{got}");
+    assert_eq!(got["source"], json!({"kind": "sink", "name": "local", "role": "backup"}));
+    assert!(got["skipped"][0]["reason"].as_str().unwrap().contains("drifted"), "{got}");
+    env.fails(&["secret", "get", "db", "--from", "primary"], 7);
+
+    // A record claiming a seq from the future.
+    let mut ahead = stored.clone();
+    ahead["seq"] = json!(1u64 << 62);
+    ahead["record"]["seq"] = json!(1u64 << 62);
+    std::fs::write(&object, ahead.to_string()).unwrap();
+    let got = env.json(&["secret", "get", "db"]);
+    assert_eq!(got["values"]["pw"], "genuine", "{got}");
+    assert!(got["skipped"][0]["reason"].as_str().unwrap().contains("beyond the ledger's head"), "{got}");
+    // Human output says so too, and never shows the epoch as a time.
+    let out = env.cmd().args(["secret", "get", "db"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("beyond the ledger's head"), "{stderr}");
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("1970-01-01"));
+}
