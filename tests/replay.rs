@@ -384,10 +384,10 @@ fn drift_behind_the_ledgers_back_is_found_and_reconciled() {
         sink.put(&record).await.unwrap();
     });
     drop((sink, ledger));
-    assert_eq!(
-        env.json(&["secret", "get", "s2", "--from", "primary"])["values"]["k"],
-        "tampered"
-    );
+    // Reads do not believe it: the primary's record fails the fingerprint check.
+    let err = env.fails(&["secret", "get", "s2", "--from", "primary"], 7);
+    assert!(err.contains("drifted"), "{err}");
+    assert_eq!(env.json(&["secret", "get", "s2"])["values"]["k"], "v2");
     let found = &env.differences("local")[..];
     assert_eq!(found.len(), 1, "{found:?}");
     let found = &found[0];
