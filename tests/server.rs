@@ -484,3 +484,27 @@ async fn the_log_hides_other_owners_private_secrets() {
     // (a writer may not read the log; the owner's view is the CLI's, with the key)
     assert!(own["error"]["code"] == "forbidden", "{own}");
 }
+
+/// `id:` references: a refusal names the reference, never the name behind it, and a deleted
+/// secret's history and undelete work by id.
+#[tokio::test(flavor = "multi_thread")]
+async fn id_references_reveal_no_names_and_reach_deleted_secrets() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let (_, created) = call(&server, &admin, Method::POST, "/v1/secrets", Some(json!({"name": "prod/hidden-name", "values": {"k": "v"}}))).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let team = issue(&server, &admin, "team", "reader", &["team/*"], None).await;
+    let (status, body) = call(&server, &team, Method::GET, &format!("/v1/secrets/id:{id}"), None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(!body.to_string().contains("hidden-name"), "{body}");
+    let denials = access_log(&server, &admin).await;
+    assert!(!denials.iter().any(|r| r["principal"] == "token:team" && r.to_string().contains("hidden-name")));
+    let (status, _) = call(&server, &admin, Method::DELETE, &format!("/v1/secrets/id:{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, history) = call(&server, &admin, Method::GET, &format!("/v1/history/id:{id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    assert_eq!(history.as_array().unwrap().len(), 2);
+    let (status, body) = call(&server, &admin, Method::POST, &format!("/v1/undelete/id:{id}"), None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}

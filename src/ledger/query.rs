@@ -38,6 +38,11 @@ impl Ledger {
         resolve(self.catalog()?, actor, name, Want::Live)
     }
 
+    /// Like [`Ledger::find`], but a deleted or purged secret is found too (live first).
+    pub fn find_any(&self, actor: &str, name: &str) -> Result<SecretMeta> {
+        resolve(self.catalog()?, actor, name, Want::Any)
+    }
+
     /// Secrets visible to `actor` with the given status, sorted by name.
     pub fn list(&self, actor: &str, status: Status) -> Result<Vec<SecretMeta>> {
         self.catalog()?

@@ -247,28 +247,22 @@ async fn allow(state: &AppState, caller: &Caller, operation: &str, name: Option<
     auth::authorize(&state.handle, caller, operation, action, name).await
 }
 
-/// The real name behind `name` (which may be `id:<uuid>`), as `caller` sees it.
-async fn resolve(state: &AppState, caller: &Caller, name: &str) -> Result<String> {
-    if !name.starts_with(ID_REF_PREFIX) {
-        return Ok(name.to_owned());
-    }
-    let (actor, name) = (caller.principal(), name.to_owned());
-    state
-        .handle
-        .read(move |l| Ok(l.find(&actor, &name)?.name))
-        .await
-}
-
-/// Authorize `operation` on the secret `name` refers to; returns its real name.
+/// Authorize `operation` on the secret `name` refers to (a name, or `id:<uuid>` of a secret in
+/// any state); returns the reference as given, for the command to resolve itself.
 async fn allow_secret(state: &AppState, caller: &Caller, operation: &str, name: &str) -> Result<String> {
     if !name.starts_with(ID_REF_PREFIX) {
         // Checked before any lookup, so a refusal says nothing about whether the secret exists.
         allow(state, caller, operation, Some(name)).await?;
         return Ok(name.to_owned());
     }
-    let resolved = resolve(state, caller, name).await?;
-    allow(state, caller, operation, Some(&resolved)).await?;
-    Ok(resolved)
+    let (actor, reference) = (caller.principal(), name.to_owned());
+    let resolved = state.handle.read(move |l| Ok(l.find_any(&actor, &reference)?.name)).await?;
+    let action = spec(operation).action.expect("API routes need an action");
+    if !caller.token.permits(action, Some(&resolved)) {
+        // Refused under the reference as given: a refusal must not reveal the name behind an id.
+        auth::authorize(&state.handle, caller, operation, action, Some(name)).await?;
+    }
+    Ok(name.to_owned())
 }
 
 /// How long a write waits for the primary sink to apply it (`?wait_ms=`; 0 by default, and
