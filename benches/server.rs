@@ -52,7 +52,11 @@ fn start(dir: &std::path::Path) -> (Child, String, String) {
 fn values() -> serde_json::Value {
     use rand::Rng;
     let mut rng = rand::thread_rng();
-    let hex = |rng: &mut rand::rngs::ThreadRng| (0..32).map(|_| format!("{:x}", rng.gen_range(0..16))).collect::<String>();
+    let hex = |rng: &mut rand::rngs::ThreadRng| {
+        (0..32)
+            .map(|_| format!("{:x}", rng.gen_range(0..16)))
+            .collect::<String>()
+    };
     json!({"user": hex(&mut rng), "password": hex(&mut rng), "token": hex(&mut rng)})
 }
 
@@ -64,8 +68,18 @@ enum Phase {
 }
 
 /// Run `n` requests of `phase` from `clients` concurrent clients; returns (rate/s, p50 ms, p99 ms).
-async fn phase(base: &str, token: &str, run: &str, phase: Phase, n: usize, clients: usize) -> (f64, f64, f64) {
-    let client = reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap();
+async fn phase(
+    base: &str,
+    token: &str,
+    run: &str,
+    phase: Phase,
+    n: usize,
+    clients: usize,
+) -> (f64, f64, f64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
@@ -93,7 +107,11 @@ async fn phase(base: &str, token: &str, run: &str, phase: Phase, n: usize, clien
                     let response = request.bearer_auth(&token).send().await.unwrap();
                     let status = response.status();
                     let body = response.bytes().await.unwrap();
-                    assert!(status.is_success(), "{status}: {}", String::from_utf8_lossy(&body));
+                    assert!(
+                        status.is_success(),
+                        "{status}: {}",
+                        String::from_utf8_lossy(&body)
+                    );
                     latencies.push(t.elapsed());
                 }
             })
@@ -113,15 +131,24 @@ fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` asks what to run
     }
-    let n: usize = std::env::var("SLEDGER_BENCH_N").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let n: usize = std::env::var("SLEDGER_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
     let (mut child, base, token) = start(dir.path());
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         // Ready when /readyz says so (ledger open, primary reachable).
         loop {
-            if reqwest::get(format!("{base}/readyz")).await.is_ok_and(|r| r.status().is_success()) {
+            if reqwest::get(format!("{base}/readyz"))
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -130,7 +157,11 @@ fn main() {
         println!("sledger_server_idle_rss {:.1} MiB", rss_mib(child.id(), "VmRSS"));
         for clients in [1, 16] {
             let run = format!("c{clients}");
-            for (name, p) in [("create", Phase::Create), ("read_by_name", Phase::Read), ("update", Phase::Update)] {
+            for (name, p) in [
+                ("create", Phase::Create),
+                ("read_by_name", Phase::Read),
+                ("update", Phase::Update),
+            ] {
                 let (rate, p50, p99) = phase(&base, &token, &run, p, n, clients).await;
                 println!("sledger_{name}_rate_c{clients} {rate:.1} secrets/s");
                 println!("sledger_{name}_p50_c{clients} {p50:.3} ms");

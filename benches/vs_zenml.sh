@@ -7,6 +7,7 @@
 set -euo pipefail
 N="${1:-500}"
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
+# The ZenML peer harness lives outside this repository; ZPEER_DIR says where.
 PEER="${ZPEER_DIR:-$HERE/../shared/peers/zenml}"
 OUT="$(mktemp -d)"
 cargo bench --bench server --no-run >/dev/null 2>&1

@@ -71,7 +71,10 @@ pub struct AccessFilter {
 impl AccessFilter {
     pub fn keeps(&self, e: &AccessEntry) -> bool {
         self.principal.as_ref().is_none_or(|p| &e.record.principal == p)
-            && self.outcome.as_ref().is_none_or(|o| e.record.outcome.as_str() == o)
+            && self
+                .outcome
+                .as_ref()
+                .is_none_or(|o| e.record.outcome.as_str() == o)
     }
 }
 

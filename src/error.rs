@@ -139,7 +139,9 @@ pub enum Error {
     #[error("{0}")]
     OutOfSync(String),
 
-    #[error("not authenticated: present a valid token (Authorization: Bearer …, SLEDGER_TOKEN or --token-file)")]
+    #[error(
+        "not authenticated: present a valid token (Authorization: Bearer …, SLEDGER_TOKEN or --token-file)"
+    )]
     Unauthenticated,
 
     #[error("{principal} may not {what}; ask an admin for a token whose role and patterns allow it")]

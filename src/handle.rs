@@ -120,11 +120,10 @@ impl LedgerHandle {
                     if !access_replies.is_empty() {
                         let recorded = writer.record_access(&access).map_err(|e| e.to_string());
                         for reply in access_replies {
-                            let _ = reply.send(recorded.clone().map_err(|reason| {
-                                Error::AccessLogUnavailable {
+                            let _ =
+                                reply.send(recorded.clone().map_err(|reason| Error::AccessLogUnavailable {
                                     reason: reason.clone(),
-                                }
-                            }));
+                                }));
                         }
                     }
                     if requests.is_empty() {

@@ -107,13 +107,32 @@ fn trace_logging_never_shows_a_value_sent_to_aws() {
     let moto = moto::start();
     let env = Env::new();
     aws(&env, &["sink", "add", "aws", &moto::url(&moto, "&prefix=trace/")]);
-    env.ok(&["--wait", "0", "secret", "create", "db", "--value", "pw=TRACE-sentinel-5d1c"]);
+    env.ok(&[
+        "--wait",
+        "0",
+        "secret",
+        "create",
+        "db",
+        "--value",
+        "pw=TRACE-sentinel-5d1c",
+    ]);
     let mut vars = AWS_ENV.to_vec();
     vars.push(("SLEDGER_LOG", "trace"));
-    let out = env.cmd().envs(vars.iter().copied()).args(["project"]).output().unwrap();
+    let out = env
+        .cmd()
+        .envs(vars.iter().copied())
+        .args(["project"])
+        .output()
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("sledger"), "sledger's own trace output is on:\n{stderr}");
+    assert!(
+        stderr.contains("sledger"),
+        "sledger's own trace output is on:\n{stderr}"
+    );
     assert!(!stderr.contains("TRACE-sentinel-5d1c"), "a value reached stderr");
-    assert!(!stderr.contains("aws_smithy") && !stderr.contains("hyper"), "dependency tracing is on:\n{stderr}");
+    assert!(
+        !stderr.contains("aws_smithy") && !stderr.contains("hyper"),
+        "dependency tracing is on:\n{stderr}"
+    );
 }

@@ -51,19 +51,33 @@ fn the_tour_list_and_history_through_the_server() {
 fn remote_outputs_and_exit_codes_match_the_local_ones() {
     let (env, server) = remote();
     let local = local_view(&env);
-    env.ok(&["secret", "create", "app/db", "--value", "pw=one", "--label", "env=prod"]);
+    env.ok(&[
+        "secret", "create", "app/db", "--value", "pw=one", "--label", "env=prod",
+    ]);
     env.ok(&["secret", "update", "app/db", "--value", "pw=two"]);
     env.ok(&["secret", "create", "app/api", "--value", "key=k1"]);
     env.ok(&["secret", "delete", "app/api"]);
     // Every event the server appended is the principal's, never a claimed actor.
     let log = env.json_lines(&["log"]);
-    assert!(log.iter().filter(|e| e["event_type"].as_str().unwrap().starts_with("secret.")).all(|e| e["actor"] == "token:admin"));
+    assert!(log
+        .iter()
+        .filter(|e| e["event_type"].as_str().unwrap().starts_with("secret."))
+        .all(|e| e["actor"] == "token:admin"));
     let backup = env.sqlite_url("backup.db");
     env.ok(&["sink", "add", "bk", &backup]);
     // The server's projector brings the new backup up to date by itself.
     let started = std::time::Instant::now();
-    while env.json(&["sink", "status"]).as_array().unwrap().iter().any(|s| s["lag"] != 0) {
-        assert!(started.elapsed() < std::time::Duration::from_secs(20), "the server did not project");
+    while env
+        .json(&["sink", "status"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["lag"] != 0)
+    {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the server did not project"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     // Same documents and tables, remote and local.
@@ -84,7 +98,11 @@ fn remote_outputs_and_exit_codes_match_the_local_ones() {
         for format in ["json", "human"] {
             let mut full = vec!["--format", format];
             full.extend(&args);
-            assert_eq!(env.ok(&full), local.ok(&full), "sledger {full:?} differs through the server");
+            assert_eq!(
+                env.ok(&full),
+                local.ok(&full),
+                "sledger {full:?} differs through the server"
+            );
         }
     }
     assert_eq!(env.ok(&["diff", "bk"]), local.ok(&["diff", "bk"]));
@@ -114,7 +132,16 @@ fn remote_outputs_and_exit_codes_match_the_local_ones() {
     env.ok(&["restore", "--seq", "3"]);
     assert_eq!(env.ok(&["secret", "get", "app/db", "--key", "pw"]), "one\n");
     // A reader token: values yes, changes no (exit 12), and no token at all is exit 11.
-    let issued = env.json(&["token", "create", "--name", "ro", "--role", "reader", "--pattern", "app/*"]);
+    let issued = env.json(&[
+        "token",
+        "create",
+        "--name",
+        "ro",
+        "--role",
+        "reader",
+        "--pattern",
+        "app/*",
+    ]);
     let token_file = env.path("ro.token");
     std::fs::write(&token_file, issued["token"].as_str().unwrap()).unwrap();
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
@@ -131,21 +158,48 @@ fn remote_outputs_and_exit_codes_match_the_local_ones() {
     assert_eq!(loose.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&loose.stderr).contains("chmod 600"));
     std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
-    assert_eq!(reader(&["secret", "get", "app/db", "--key", "pw"]).stdout, b"one\n");
-    assert_eq!(reader(&["secret", "update", "app/db", "--value", "pw=x"]).status.code(), Some(12));
-    let anonymous = env.cmd().env("SLEDGER_TOKEN", "sledger_wrong").args(["secret", "list"]).output().unwrap();
+    assert_eq!(
+        reader(&["secret", "get", "app/db", "--key", "pw"]).stdout,
+        b"one\n"
+    );
+    assert_eq!(
+        reader(&["secret", "update", "app/db", "--value", "pw=x"])
+            .status
+            .code(),
+        Some(12)
+    );
+    let anonymous = env
+        .cmd()
+        .env("SLEDGER_TOKEN", "sledger_wrong")
+        .args(["secret", "list"])
+        .output()
+        .unwrap();
     assert_eq!(anonymous.status.code(), Some(11));
     // The access log saw all of it, through either front end.
     let access = env.json_lines(&["log", "--access"]);
-    assert!(access.iter().any(|r| r["principal"] == "token:ro" && r["outcome"] == "served"));
-    assert!(access.iter().any(|r| r["principal"] == "token:ro" && r["outcome"] == "denied"));
+    assert!(access
+        .iter()
+        .any(|r| r["principal"] == "token:ro" && r["outcome"] == "served"));
+    assert!(access
+        .iter()
+        .any(|r| r["principal"] == "token:ro" && r["outcome"] == "denied"));
     assert!(access.iter().any(|r| r["outcome"] == "unauthenticated"));
     assert_eq!(access, local.json_lines(&["log", "--access"]));
     // A migration through the server: the backup becomes the primary, with no downtime.
     let steps = env.ok(&["migrate", "--to", "bk"]);
-    assert!(steps.contains("4/5 bk is the primary") && steps.contains("5/5 done"), "{steps}");
+    assert!(
+        steps.contains("4/5 bk is the primary") && steps.contains("5/5 done"),
+        "{steps}"
+    );
     let sinks = env.json(&["sink", "list"]);
-    assert!(sinks.as_array().unwrap().iter().any(|s| s["name"] == "bk" && s["role"] == "primary"), "{sinks}");
+    assert!(
+        sinks
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "bk" && s["role"] == "primary"),
+        "{sinks}"
+    );
     assert_eq!(env.ok(&["secret", "get", "app/db", "--key", "pw"]), "one\n");
     // Commands the server does not offer say so, and where to run them.
     let refused = env.fails(&["import", "--file", "x.jsonl"], 2);
@@ -157,26 +211,102 @@ fn remote_outputs_and_exit_codes_match_the_local_ones() {
 fn remote_cli_over_tls_needs_the_ca() {
     let mut env = Env::empty();
     let dir = env.dir.path().to_owned();
-    std::fs::write(dir.join("leaf.ext"), "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
     for args in [
-        vec!["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=sledger test CA", "-keyout", "ca.key", "-out", "ca.pem"],
-        vec!["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "leaf.csr"],
-        vec!["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", "leaf.ext", "-out", "cert.pem"],
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=sledger test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        vec![
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ],
     ] {
         let made = std::process::Command::new("openssl")
             .args(&args)
             .current_dir(&dir)
             .output()
             .expect("openssl is needed for this test (apt-get install openssl)");
-        assert!(made.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&made.stderr));
+        assert!(
+            made.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
     }
     let cert = dir.join("cert.pem");
     let key = dir.join("key.pem");
-    let server = Server::start(&env, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let server = Server::start(
+        &env,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
     env.remote = Some((server.base.clone(), server.admin.clone().unwrap()));
     let ca = dir.join("ca.pem");
-    env.ok(&["--ca-file", ca.to_str().unwrap(), "secret", "create", "tls/one", "--value", "k=v"]);
-    assert_eq!(env.ok(&["--ca-file", ca.to_str().unwrap(), "secret", "get", "tls/one", "--key", "k"]), "v\n");
+    env.ok(&[
+        "--ca-file",
+        ca.to_str().unwrap(),
+        "secret",
+        "create",
+        "tls/one",
+        "--value",
+        "k=v",
+    ]);
+    assert_eq!(
+        env.ok(&[
+            "--ca-file",
+            ca.to_str().unwrap(),
+            "secret",
+            "get",
+            "tls/one",
+            "--key",
+            "k"
+        ]),
+        "v\n"
+    );
     let untrusted = env.fails(&["secret", "list"], 7);
     assert!(untrusted.to_lowercase().contains("certificate"), "{untrusted}");
     assert!(server.stop().success());

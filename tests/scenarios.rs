@@ -194,7 +194,8 @@ fn run_scenario(dir: &Path) {
             std::fs::copy(from.join("ledger.db"), &run.env.ledger).unwrap();
             std::fs::copy(from.join("ledger.key"), &run.env.key).unwrap();
             // git keeps no 0600 mode, and sledger refuses a key file others can read.
-            std::fs::set_permissions(&run.env.key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            std::fs::set_permissions(&run.env.key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .unwrap();
         }
         None => {
             run.ok(&["init"]);

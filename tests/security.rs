@@ -19,7 +19,11 @@ fn exec_plugins_get_a_cleared_environment() {
     )
     .unwrap();
     std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let url = format!("exec://{}?arg={}&env=PLUGIN_SETTING", plugin.display(), dump.display());
+    let url = format!(
+        "exec://{}?arg={}&env=PLUGIN_SETTING",
+        plugin.display(),
+        dump.display()
+    );
     env.ok(&["sink", "add", "dump", &url, "--role", "replica"]);
     env.ok(&["secret", "create", "db", "--value", "pw=not-for-plugins"]);
     let master = std::fs::read_to_string(&env.key).unwrap();
@@ -40,7 +44,12 @@ fn exec_plugins_get_a_cleared_environment() {
     }
     // Naming the master key does not pass it either: such a URL is refused.
     let refused = env.fails(
-        &["sink", "add", "leak", &format!("exec://{}?env=SLEDGER_MASTER_KEY", plugin.display())],
+        &[
+            "sink",
+            "add",
+            "leak",
+            &format!("exec://{}?env=SLEDGER_MASTER_KEY", plugin.display()),
+        ],
         2,
     );
     assert!(refused.contains("never passed"), "{refused}");
@@ -67,7 +76,14 @@ fn credentials_in_parameter_values_are_refused() {
         }
     }
     // Names of where credentials live are fine.
-    env.ok(&["sink", "add", "ok", "exec:///bin/cat?arg=--token-file=/run/secrets/t", "--role", "standby"]);
+    env.ok(&[
+        "sink",
+        "add",
+        "ok",
+        "exec:///bin/cat?arg=--token-file=/run/secrets/t",
+        "--role",
+        "standby",
+    ]);
     let log = env.ok(&["log"]);
     for secret in ["wJalrXUtnFEMIK", "pw-in-url", "tok-in-args-4471", "k-in-args"] {
         assert!(!log.contains(secret));
@@ -99,6 +115,9 @@ fn lock_files_do_not_follow_symlinks() {
     std::os::unix::fs::symlink(&target, &lock).unwrap();
     env.ok(&["--wait", "0", "secret", "update", "db", "--value", "pw=y"]);
     let out = env.run(&["project"]);
-    assert!(!out.status.success(), "projecting through a planted symlink succeeded");
+    assert!(
+        !out.status.success(),
+        "projecting through a planted symlink succeeded"
+    );
     assert!(!target.exists(), "the lock was created through the symlink");
 }

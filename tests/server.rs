@@ -20,10 +20,14 @@ fn client() -> reqwest::Client {
         .unwrap()
 }
 
-async fn call(server: &Server, token: &str, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-    let mut request = client()
-        .request(method, server.url(path))
-        .bearer_auth(token);
+async fn call(
+    server: &Server,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (StatusCode, Value) {
+    let mut request = client().request(method, server.url(path)).bearer_auth(token);
     if let Some(body) = body {
         request = request.json(&body);
     }
@@ -33,7 +37,14 @@ async fn call(server: &Server, token: &str, method: Method, path: &str, body: Op
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
-async fn issue(server: &Server, admin: &str, name: &str, role: &str, patterns: &[&str], expires: Option<u64>) -> String {
+async fn issue(
+    server: &Server,
+    admin: &str,
+    name: &str,
+    role: &str,
+    patterns: &[&str],
+    expires: Option<u64>,
+) -> String {
     let (status, body) = call(
         server,
         admin,
@@ -49,7 +60,11 @@ async fn issue(server: &Server, admin: &str, name: &str, role: &str, patterns: &
 async fn head_seq(server: &Server, admin: &str) -> u64 {
     let (status, log) = call(server, admin, Method::GET, "/v1/log?limit=1", None).await;
     assert_eq!(status, StatusCode::OK);
-    log.as_array().unwrap().last().map(|e| e["seq"].as_u64().unwrap()).unwrap_or(0)
+    log.as_array()
+        .unwrap()
+        .last()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .unwrap_or(0)
 }
 
 async fn access_log(server: &Server, admin: &str) -> Vec<Value> {
@@ -71,10 +86,18 @@ fn allowed(role: &str, operation: &str) -> bool {
         "secret.purge",
     ];
     let metadata = ["secret.list", "secret.history"];
-    let audit = ["log.query", "log.stream", "access_log.query", "verify", "sink.list"];
+    let audit = [
+        "log.query",
+        "log.stream",
+        "access_log.query",
+        "verify",
+        "sink.list",
+    ];
     match role {
         "admin" => true,
-        "writer" => reads_values.contains(&operation) || mutates.contains(&operation) || metadata.contains(&operation),
+        "writer" => {
+            reads_values.contains(&operation) || mutates.contains(&operation) || metadata.contains(&operation)
+        }
         "reader" => reads_values.contains(&operation) || metadata.contains(&operation),
         "auditor" => metadata.contains(&operation) || audit.contains(&operation),
         _ => unreachable!(),
@@ -89,7 +112,9 @@ fn body_for(operation: &str, name: &str, i: usize) -> Option<Value> {
         "secret.put" => json!({"values": {"k": format!("v{i}")}}),
         "secret.update" => json!({"values": {"k": format!("u{i}")}}),
         "secret.rename" => json!({"new_name": format!("{name}-renamed{i}")}),
-        "sink.add" => json!({"name": format!("m{i}"), "url": format!("sqlite:///tmp/sledger-matrix-{}-{i}.db", std::process::id()), "role": "standby"}),
+        "sink.add" => {
+            json!({"name": format!("m{i}"), "url": format!("sqlite:///tmp/sledger-matrix-{}-{i}.db", std::process::id()), "role": "standby"})
+        }
         "sink.set_role" => json!({"role": "replica"}),
         "restore" => json!({"seq": 1, "dry_run": true}),
         "diff" | "reconcile" => json!({"sink": "local"}),
@@ -112,14 +137,21 @@ async fn authorization_matrix_every_route_every_role() {
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
             if !op["x-sledger-action"].is_null() {
-                routes.push((method.to_uppercase(), path.clone(), op["operationId"].as_str().unwrap().to_owned()));
+                routes.push((
+                    method.to_uppercase(),
+                    path.clone(),
+                    op["operationId"].as_str().unwrap().to_owned(),
+                ));
             }
         }
     }
     assert!(routes.len() >= 20, "{routes:?}");
     let mut tokens = Vec::new();
     for role in ["admin", "writer", "reader", "auditor"] {
-        tokens.push((role, issue(&server, &admin, &format!("{role}-team"), role, &["team/*"], None).await));
+        tokens.push((
+            role,
+            issue(&server, &admin, &format!("{role}-team"), role, &["team/*"], None).await,
+        ));
     }
     let mut i = 0;
     for (role, token) in &tokens {
@@ -128,10 +160,26 @@ async fn authorization_matrix_every_route_every_role() {
                 i += 1;
                 let secret = format!("{name}{i}");
                 // Each secret exists before the request, so allowed requests mostly succeed.
-                let (status, body) = call(&server, &admin, Method::POST, "/v1/secrets", Some(json!({"name": secret, "values": {"k": "v"}}))).await;
+                let (status, body) = call(
+                    &server,
+                    &admin,
+                    Method::POST,
+                    "/v1/secrets",
+                    Some(json!({"name": secret, "values": {"k": "v"}})),
+                )
+                .await;
                 assert_eq!(status, StatusCode::CREATED, "{body}");
-                let concrete = path.replace("{name}", if path.starts_with("/v1/sinks") || path.starts_with("/v1/tokens") { "nosuch" } else { &secret });
-                let names_secret = path.contains("{name}") && !path.starts_with("/v1/sinks") && !path.starts_with("/v1/tokens")
+                let concrete = path.replace(
+                    "{name}",
+                    if path.starts_with("/v1/sinks") || path.starts_with("/v1/tokens") {
+                        "nosuch"
+                    } else {
+                        &secret
+                    },
+                );
+                let names_secret = path.contains("{name}")
+                    && !path.starts_with("/v1/sinks")
+                    && !path.starts_with("/v1/tokens")
                     || operation == "secret.create";
                 let expected_allowed = allowed(role, operation) && (!names_secret || matches);
                 let before_head = head_seq(&server, &admin).await;
@@ -143,24 +191,39 @@ async fn authorization_matrix_every_route_every_role() {
                     body_for(operation, &secret, i)
                 };
                 let (status, body) = if operation == "log.stream" {
-                    let response = client().request(method, server.url(&concrete)).bearer_auth(token).send().await.unwrap();
+                    let response = client()
+                        .request(method, server.url(&concrete))
+                        .bearer_auth(token)
+                        .send()
+                        .await
+                        .unwrap();
                     (response.status(), Value::Null)
                 } else {
                     call(&server, token, method, &concrete, request_body).await
                 };
                 let what = format!("{role} {operation} {concrete}: {status} {body}");
                 if expected_allowed {
-                    assert!(status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED, "{what}");
+                    assert!(
+                        status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED,
+                        "{what}"
+                    );
                     assert!(status.as_u16() < 500, "{what}");
                 } else {
                     assert_eq!(status, StatusCode::FORBIDDEN, "{what}");
                     if operation != "log.stream" {
                         assert_eq!(body["error"]["code"], "forbidden", "{what}");
                     }
-                    assert_eq!(head_seq(&server, &admin).await, before_head, "a denied request appended: {what}");
+                    assert_eq!(
+                        head_seq(&server, &admin).await,
+                        before_head,
+                        "a denied request appended: {what}"
+                    );
                     let log = access_log(&server, &admin).await;
                     // The admin's own access-log query is not recorded; the denial is.
-                    let new: Vec<_> = log[before_access..].iter().filter(|r| r["outcome"] == "denied").collect();
+                    let new: Vec<_> = log[before_access..]
+                        .iter()
+                        .filter(|r| r["outcome"] == "denied")
+                        .collect();
                     assert_eq!(new.len(), 1, "{what}: {new:?}");
                     assert_eq!(new[0]["principal"], format!("token:{role}-team"), "{what}");
                     assert_eq!(new[0]["action"], operation.as_str(), "{what}");
@@ -174,7 +237,11 @@ async fn authorization_matrix_every_route_every_role() {
         assert_eq!(status, StatusCode::UNAUTHORIZED);
         assert_eq!(body["error"]["code"], "unauthenticated");
     }
-    let unauthenticated = access_log(&server, &admin).await.into_iter().filter(|r| r["outcome"] == "unauthenticated").count();
+    let unauthenticated = access_log(&server, &admin)
+        .await
+        .into_iter()
+        .filter(|r| r["outcome"] == "unauthenticated")
+        .count();
     assert_eq!(unauthenticated, 2);
     // Everything the server appended verifies, access log included.
     let (status, verified) = call(&server, &admin, Method::POST, "/v1/verify", None).await;
@@ -191,7 +258,14 @@ async fn private_secrets_are_readable_only_by_their_owner() {
     let admin = server.admin.clone().unwrap();
     let alice = issue(&server, &admin, "alice", "writer", &["*"], None).await;
     let bob = issue(&server, &admin, "bob", "writer", &["*"], None).await;
-    let (status, body) = call(&server, &alice, Method::POST, "/v1/secrets", Some(json!({"name": "team/p", "scope": "private", "values": {"pw": "only-alice-knows"}}))).await;
+    let (status, body) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/v1/secrets",
+        Some(json!({"name": "team/p", "scope": "private", "values": {"pw": "only-alice-knows"}})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
     assert_eq!(body["owner"], "token:alice");
     let id = body["id"].as_str().unwrap().to_owned();
@@ -206,7 +280,14 @@ async fn private_secrets_are_readable_only_by_their_owner() {
         }
     }
     // Nor can they change it; lists do not show it.
-    let (status, _) = call(&server, &bob, Method::PATCH, "/v1/secrets/team/p", Some(json!({"values": {"pw": "x"}}))).await;
+    let (status, _) = call(
+        &server,
+        &bob,
+        Method::PATCH,
+        "/v1/secrets/team/p",
+        Some(json!({"values": {"pw": "x"}})),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, listed) = call(&server, &admin, Method::GET, "/v1/secrets", None).await;
     assert!(listed.as_array().unwrap().is_empty(), "{listed}");
@@ -237,7 +318,10 @@ async fn revoked_and_expired_tokens_are_refused_on_the_next_request() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     // The registry says what happened; no token is ever shown again.
     let listed = env.ok(&["token", "list"]);
-    assert!(listed.contains("soon-revoked") && listed.contains("revoked ") && listed.contains("expired"), "{listed}");
+    assert!(
+        listed.contains("soon-revoked") && listed.contains("revoked ") && listed.contains("expired"),
+        "{listed}"
+    );
     for token in [&short, &revoked, &local, &admin] {
         assert!(!listed.contains(token.as_str()));
         assert!(!common::contains(&env.ledger_bytes(), token));
@@ -249,7 +333,14 @@ async fn reads_fail_closed_when_the_access_log_cannot_be_written() {
     let env = Env::empty();
     let server = Server::start(&env, &[]);
     let admin = server.admin.clone().unwrap();
-    let (status, _) = call(&server, &admin, Method::POST, "/v1/secrets", Some(json!({"name": "db", "values": {"pw": "fail-closed-value"}}))).await;
+    let (status, _) = call(
+        &server,
+        &admin,
+        Method::POST,
+        "/v1/secrets",
+        Some(json!({"name": "db", "values": {"pw": "fail-closed-value"}})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
     let raw = rusqlite::Connection::open(&env.ledger).unwrap();
     raw.execute_batch("CREATE TRIGGER block_access BEFORE INSERT ON access_log BEGIN SELECT RAISE(ABORT, 'blocked by the test'); END;")
@@ -259,7 +350,14 @@ async fn reads_fail_closed_when_the_access_log_cannot_be_written() {
     assert_eq!(body["error"]["code"], "audit_unavailable");
     assert!(!body.to_string().contains("fail-closed-value"));
     // Writes still work.
-    let (status, body) = call(&server, &admin, Method::PATCH, "/v1/secrets/db", Some(json!({"values": {"pw": "next"}}))).await;
+    let (status, body) = call(
+        &server,
+        &admin,
+        Method::PATCH,
+        "/v1/secrets/db",
+        Some(json!({"values": {"pw": "next"}})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     raw.execute_batch("DROP TRIGGER block_access").unwrap();
     let (status, body) = call(&server, &admin, Method::GET, "/v1/secrets/db", None).await;
@@ -277,7 +375,14 @@ async fn abuse_body_limit_slow_clients_and_rate_limits() {
     tokio::time::sleep(Duration::from_secs(1)).await; // let the admin's bucket refill
     let before = head_seq(&server, &admin).await;
     let big = "x".repeat(2 << 20);
-    let (status, _) = call(&server, &admin, Method::POST, "/v1/secrets", Some(json!({"name": "big", "values": {"v": big}}))).await;
+    let (status, _) = call(
+        &server,
+        &admin,
+        Method::POST,
+        "/v1/secrets",
+        Some(json!({"name": "big", "values": {"v": big}})),
+    )
+    .await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(head_seq(&server, &admin).await, before);
@@ -300,9 +405,18 @@ async fn abuse_body_limit_slow_clients_and_rate_limits() {
         let _ = stream.read_to_end(&mut rest);
         (started.elapsed(), rest)
     });
-    let (took, answer) = tokio::task::spawn_blocking(move || slow.join().unwrap()).await.unwrap();
-    assert!(took < Duration::from_secs(8), "the slow client was served for {took:?}");
-    assert!(!String::from_utf8_lossy(&answer).contains("200 OK"), "{}", String::from_utf8_lossy(&answer));
+    let (took, answer) = tokio::task::spawn_blocking(move || slow.join().unwrap())
+        .await
+        .unwrap();
+    assert!(
+        took < Duration::from_secs(8),
+        "the slow client was served for {took:?}"
+    );
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200 OK"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
     // A flood from one token is limited; another token is still served.
     let flood = (0..40).map(|_| call(&server, &admin, Method::GET, "/v1/secrets", None));
     let limited = futures::future::join_all(flood)
@@ -310,7 +424,10 @@ async fn abuse_body_limit_slow_clients_and_rate_limits() {
         .into_iter()
         .filter(|(status, _)| *status == StatusCode::TOO_MANY_REQUESTS)
         .count();
-    assert!(limited >= 20, "only {limited} of 40 flooding requests were limited");
+    assert!(
+        limited >= 20,
+        "only {limited} of 40 flooding requests were limited"
+    );
     let (status, _) = call(&server, &other, Method::GET, "/v1/secrets", None).await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -323,31 +440,96 @@ async fn tls_with_a_private_ca_and_plain_http_only_on_loopback() {
     // A private CA, and a server certificate it signed.
     let ca = env.path("ca.pem");
     let extensions = env.path("leaf.ext");
-    std::fs::write(&extensions, "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    std::fs::write(
+        &extensions,
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
     let dir = env.dir.path();
     for args in [
-        vec!["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=sledger test CA", "-keyout", "ca.key", "-out", "ca.pem"],
-        vec!["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-keyout", "key.pem", "-out", "leaf.csr"],
-        vec!["x509", "-req", "-in", "leaf.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-days", "1", "-extfile", "leaf.ext", "-out", "cert.pem"],
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=sledger test CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ],
+        vec![
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "leaf.csr",
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "cert.pem",
+        ],
     ] {
         let made = std::process::Command::new("openssl")
             .args(&args)
             .current_dir(dir)
             .output()
             .expect("openssl is needed for this test (apt-get install openssl)");
-        assert!(made.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&made.stderr));
+        assert!(
+            made.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&made.stderr)
+        );
     }
     // Plain HTTP beyond loopback is refused, saying why.
     let refused = env.fails(&["serve", "--listen", "0.0.0.0:0"], 2);
     assert!(refused.contains("--tls-cert"), "{refused}");
     assert!(!env.ledger.exists(), "a refused serve created a ledger");
 
-    let server = Server::start(&env, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let server = Server::start(
+        &env,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    );
     assert!(server.base.starts_with("https://"), "{}", server.base);
     let admin = server.admin.clone().unwrap();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
-    let trusted = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
-    let response = trusted.get(server.url("/v1/secrets")).bearer_auth(&admin).send().await.unwrap();
+    let trusted = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let response = trusted
+        .get(server.url("/v1/secrets"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let untrusted = reqwest::Client::new().get(server.url("/healthz")).send().await;
     let error = untrusted.expect_err("a client that does not trust the CA must fail");
@@ -393,12 +575,23 @@ async fn sigkill_under_load_loses_no_acknowledged_write() {
     for w in writers {
         acknowledged.extend(w.await.unwrap());
     }
-    assert!(acknowledged.len() > 50, "only {} writes before the kill", acknowledged.len());
+    assert!(
+        acknowledged.len() > 50,
+        "only {} writes before the kill",
+        acknowledged.len()
+    );
     drop(server);
     env.ok(&["verify"]);
     let restarted = Server::start(&env, &[]);
     for (name, value) in &acknowledged {
-        let (status, body) = call(&restarted, &admin, Method::GET, &format!("/v1/secrets/{name}?from=ledger"), None).await;
+        let (status, body) = call(
+            &restarted,
+            &admin,
+            Method::GET,
+            &format!("/v1/secrets/{name}?from=ledger"),
+            None,
+        )
+        .await;
         assert_eq!(status, StatusCode::OK, "{name}: {body}");
         assert_eq!(body["values"]["v"], value.as_str());
     }
@@ -409,10 +602,20 @@ async fn sigkill_under_load_loses_no_acknowledged_write() {
         if sinks[0]["lag"] == 0 {
             break;
         }
-        assert!(started.elapsed() < Duration::from_secs(30), "the primary never caught up: {sinks}");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the primary never caught up: {sinks}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (_, body) = call(&restarted, &admin, Method::GET, &format!("/v1/secrets/{}", acknowledged[0].0), None).await;
+    let (_, body) = call(
+        &restarted,
+        &admin,
+        Method::GET,
+        &format!("/v1/secrets/{}", acknowledged[0].0),
+        None,
+    )
+    .await;
     assert_eq!(body["source"]["kind"], "sink");
     assert!(restarted.stop().success());
 }
@@ -420,7 +623,18 @@ async fn sigkill_under_load_loses_no_acknowledged_write() {
 #[test]
 fn tokens_from_the_cli_are_shown_once_and_listed_without_the_token() {
     let env = Env::new();
-    let out = env.ok(&["token", "create", "--name", "ci-deploy", "--role", "reader", "--pattern", "prod/*", "--expires", "30d"]);
+    let out = env.ok(&[
+        "token",
+        "create",
+        "--name",
+        "ci-deploy",
+        "--role",
+        "reader",
+        "--pattern",
+        "prod/*",
+        "--expires",
+        "30d",
+    ]);
     let token = out.trim();
     assert!(token.starts_with("sledger_") && token.len() > 40, "{out}");
     let listed = env.json(&["token", "list"]);
@@ -429,8 +643,32 @@ fn tokens_from_the_cli_are_shown_once_and_listed_without_the_token() {
     assert_eq!(listed[0]["patterns"], json!(["prod/*"]));
     assert!(!listed.to_string().contains(token));
     assert!(!common::contains(&env.ledger_bytes(), token));
-    env.fails(&["token", "create", "--name", "ci-deploy", "--role", "reader", "--pattern", "x"], 4);
-    env.fails(&["token", "create", "--name", "x", "--role", "root", "--pattern", "x"], 2);
+    env.fails(
+        &[
+            "token",
+            "create",
+            "--name",
+            "ci-deploy",
+            "--role",
+            "reader",
+            "--pattern",
+            "x",
+        ],
+        4,
+    );
+    env.fails(
+        &[
+            "token",
+            "create",
+            "--name",
+            "x",
+            "--role",
+            "root",
+            "--pattern",
+            "x",
+        ],
+        2,
+    );
     env.fails(&["token", "revoke", "nosuch"], 3);
     let log = env.ok(&["log", "--type", "token.issued"]);
     assert!(log.contains("token ci-deploy issued: reader on prod/*"), "{log}");
@@ -444,11 +682,32 @@ async fn old_versions_stay_within_the_patterns_of_their_name_then() {
     let env = Env::empty();
     let server = Server::start(&env, &[]);
     let admin = server.admin.clone().unwrap();
-    let (status, _) = call(&server, &admin, Method::POST, "/v1/secrets", Some(json!({"name": "prod/root", "values": {"pw": "prod-only-value"}}))).await;
+    let (status, _) = call(
+        &server,
+        &admin,
+        Method::POST,
+        "/v1/secrets",
+        Some(json!({"name": "prod/root", "values": {"pw": "prod-only-value"}})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, _) = call(&server, &admin, Method::POST, "/v1/rename/prod/root", Some(json!({"new_name": "team/x"}))).await;
+    let (status, _) = call(
+        &server,
+        &admin,
+        Method::POST,
+        "/v1/rename/prod/root",
+        Some(json!({"new_name": "team/x"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, _) = call(&server, &admin, Method::PATCH, "/v1/secrets/team/x", Some(json!({"values": {"pw": "team-value"}}))).await;
+    let (status, _) = call(
+        &server,
+        &admin,
+        Method::PATCH,
+        "/v1/secrets/team/x",
+        Some(json!({"values": {"pw": "team-value"}})),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
     let team = issue(&server, &admin, "team", "reader", &["team/*"], None).await;
     let (status, body) = call(&server, &team, Method::GET, "/v1/secrets/team/x", None).await;
@@ -460,7 +719,14 @@ async fn old_versions_stay_within_the_patterns_of_their_name_then() {
     // Token names are never reused: a new token cannot inherit a revoked one's private secrets.
     let (status, _) = call(&server, &admin, Method::DELETE, "/v1/tokens/team", None).await;
     assert_eq!(status, StatusCode::OK);
-    let (status, body) = call(&server, &admin, Method::POST, "/v1/tokens", Some(json!({"name": "team", "role": "reader", "patterns": ["*"]}))).await;
+    let (status, body) = call(
+        &server,
+        &admin,
+        Method::POST,
+        "/v1/tokens",
+        Some(json!({"name": "team", "role": "reader", "patterns": ["*"]})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
 }
 
@@ -473,13 +739,30 @@ async fn the_log_hides_other_owners_private_secrets() {
     let admin = server.admin.clone().unwrap();
     let alice = issue(&server, &admin, "alice", "writer", &["*"], None).await;
     let auditor = issue(&server, &admin, "audit", "auditor", &["*"], None).await;
-    let (status, _) = call(&server, &alice, Method::POST, "/v1/secrets", Some(json!({"name": "alice/diary", "scope": "private", "values": {"k": "v"}}))).await;
+    let (status, _) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/v1/secrets",
+        Some(json!({"name": "alice/diary", "scope": "private", "values": {"k": "v"}})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
-    let (status, _) = call(&server, &alice, Method::POST, "/v1/secrets", Some(json!({"name": "shared/db", "values": {"k": "v"}}))).await;
+    let (status, _) = call(
+        &server,
+        &alice,
+        Method::POST,
+        "/v1/secrets",
+        Some(json!({"name": "shared/db", "values": {"k": "v"}})),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
     let (_, seen) = call(&server, &auditor, Method::GET, "/v1/log", None).await;
     let text = seen.to_string();
-    assert!(text.contains("shared/db") && !text.contains("alice/diary"), "{text}");
+    assert!(
+        text.contains("shared/db") && !text.contains("alice/diary"),
+        "{text}"
+    );
     let (_, own) = call(&server, &alice, Method::GET, "/v1/log?type=secret.created", None).await;
     // (a writer may not read the log; the owner's view is the CLI's, with the key)
     assert!(own["error"]["code"] == "forbidden", "{own}");
@@ -492,19 +775,49 @@ async fn id_references_reveal_no_names_and_reach_deleted_secrets() {
     let env = Env::empty();
     let server = Server::start(&env, &[]);
     let admin = server.admin.clone().unwrap();
-    let (_, created) = call(&server, &admin, Method::POST, "/v1/secrets", Some(json!({"name": "prod/hidden-name", "values": {"k": "v"}}))).await;
+    let (_, created) = call(
+        &server,
+        &admin,
+        Method::POST,
+        "/v1/secrets",
+        Some(json!({"name": "prod/hidden-name", "values": {"k": "v"}})),
+    )
+    .await;
     let id = created["id"].as_str().unwrap().to_owned();
     let team = issue(&server, &admin, "team", "reader", &["team/*"], None).await;
     let (status, body) = call(&server, &team, Method::GET, &format!("/v1/secrets/id:{id}"), None).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(!body.to_string().contains("hidden-name"), "{body}");
     let denials = access_log(&server, &admin).await;
-    assert!(!denials.iter().any(|r| r["principal"] == "token:team" && r.to_string().contains("hidden-name")));
-    let (status, _) = call(&server, &admin, Method::DELETE, &format!("/v1/secrets/id:{id}"), None).await;
+    assert!(!denials
+        .iter()
+        .any(|r| r["principal"] == "token:team" && r.to_string().contains("hidden-name")));
+    let (status, _) = call(
+        &server,
+        &admin,
+        Method::DELETE,
+        &format!("/v1/secrets/id:{id}"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK);
-    let (status, history) = call(&server, &admin, Method::GET, &format!("/v1/history/id:{id}"), None).await;
+    let (status, history) = call(
+        &server,
+        &admin,
+        Method::GET,
+        &format!("/v1/history/id:{id}"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{history}");
     assert_eq!(history.as_array().unwrap().len(), 2);
-    let (status, body) = call(&server, &admin, Method::POST, &format!("/v1/undelete/id:{id}"), None).await;
+    let (status, body) = call(
+        &server,
+        &admin,
+        Method::POST,
+        &format!("/v1/undelete/id:{id}"),
+        None,
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }

@@ -425,12 +425,24 @@ fn no_false_lag_notes_under_concurrent_writes() {
             assert!(notes.is_empty(), "false lag notes: {notes:?}");
         }
     });
-    let out = env.cmd().args(["--wait", "0", "secret", "create", "quiet", "--value", "k=v"]).output().unwrap();
+    let out = env
+        .cmd()
+        .args(["--wait", "0", "secret", "create", "quiet", "--value", "k=v"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert!(!String::from_utf8_lossy(&out.stderr).contains("note:"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains("note:"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let doc = env.json(&["--wait", "0", "secret", "create", "quiet2", "--value", "k=v"]);
     assert!(doc["primary"]["applied"].is_boolean(), "{doc}");
-    assert_eq!(doc["primary"]["applied"] == true, doc["primary"]["lag"] == 0, "{doc}");
+    assert_eq!(
+        doc["primary"]["applied"] == true,
+        doc["primary"]["lag"] == 0,
+        "{doc}"
+    );
 }
 
 /// A sink cannot lie: a value changed in the backend behind sledger's back, or a record
@@ -458,12 +470,22 @@ fn a_sink_that_lies_is_not_believed() {
     let mut planted = stored.clone();
     planted["record"]["values"]["pw"] = json!("planted");
     std::fs::write(&object, planted.to_string()).unwrap();
-    let out = env.cmd().args(["--format", "json", "secret", "get", "db"]).output().unwrap();
+    let out = env
+        .cmd()
+        .args(["--format", "json", "secret", "get", "db"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     let got: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(got["values"]["pw"], "genuine", "{got}");
-    assert_eq!(got["source"], json!({"kind": "sink", "name": "local", "role": "backup"}));
-    assert!(got["skipped"][0]["reason"].as_str().unwrap().contains("drifted"), "{got}");
+    assert_eq!(
+        got["source"],
+        json!({"kind": "sink", "name": "local", "role": "backup"})
+    );
+    assert!(
+        got["skipped"][0]["reason"].as_str().unwrap().contains("drifted"),
+        "{got}"
+    );
     env.fails(&["secret", "get", "db", "--from", "primary"], 7);
 
     // A record claiming a seq from the future.
@@ -473,7 +495,13 @@ fn a_sink_that_lies_is_not_believed() {
     std::fs::write(&object, ahead.to_string()).unwrap();
     let got = env.json(&["secret", "get", "db"]);
     assert_eq!(got["values"]["pw"], "genuine", "{got}");
-    assert!(got["skipped"][0]["reason"].as_str().unwrap().contains("beyond the ledger's head"), "{got}");
+    assert!(
+        got["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("beyond the ledger's head"),
+        "{got}"
+    );
     // Human output says so too, and never shows the epoch as a time.
     let out = env.cmd().args(["secret", "get", "db"]).output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -183,7 +183,13 @@ fn truncated_or_rewritten_tail_is_caught_by_the_anchor() {
     let err = copy.fails(&["verify"], INTEGRITY);
     assert!(err.contains("truncated"), "{err}");
     let no_key = copy.path("no-key");
-    let auditor = |args: &[&str]| copy.cmd().env("SLEDGER_KEY_FILE", &no_key).args(args).output().unwrap();
+    let auditor = |args: &[&str]| {
+        copy.cmd()
+            .env("SLEDGER_KEY_FILE", &no_key)
+            .args(args)
+            .output()
+            .unwrap()
+    };
     assert!(auditor(&["verify"]).status.success());
     let out = auditor(&["verify", "--anchor", anchor.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(INTEGRITY));
@@ -195,7 +201,8 @@ fn truncated_or_rewritten_tail_is_caught_by_the_anchor() {
     let raw = copy.raw();
     raw.execute("DELETE FROM events WHERE seq >= ?1", [events as i64 - 1])
         .unwrap();
-    raw.execute("DELETE FROM ledger_meta WHERE key = 'mac_trusted'", []).unwrap();
+    raw.execute("DELETE FROM ledger_meta WHERE key = 'mac_trusted'", [])
+        .unwrap();
     drop(raw);
     copy.ok(&["secret", "create", "x", "--value", "k=forged"]);
     copy.ok(&["secret", "create", "y", "--value", "k=forged"]);
@@ -274,9 +281,11 @@ fn redirecting_a_sink_in_the_derived_table_is_caught() {
 fn forge(env: &Env, event: sledger::Event) -> u64 {
     let raw = env.raw();
     let (seq, hash, at): (i64, Vec<u8>, i64) = raw
-        .query_row("SELECT seq, hash, recorded_at FROM events ORDER BY seq DESC LIMIT 1", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-        })
+        .query_row(
+            "SELECT seq, hash, recorded_at FROM events ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
         .unwrap();
     let (event_type, event_version, payload) = sledger::event::encode(&event);
     let mut row = sledger::StoredEvent {
@@ -326,12 +335,24 @@ fn a_forged_event_is_rejected_by_the_next_write_and_by_verify() {
         },
     );
     // The chain itself is intact: without the key, only the structure can be checked.
-    let auditor = env.cmd().env("SLEDGER_KEY_FILE", env.path("no-key")).args(["verify"]).output().unwrap();
-    assert!(auditor.status.success(), "{}", String::from_utf8_lossy(&auditor.stderr));
+    let auditor = env
+        .cmd()
+        .env("SLEDGER_KEY_FILE", env.path("no-key"))
+        .args(["verify"])
+        .output()
+        .unwrap();
+    assert!(
+        auditor.status.success(),
+        "{}",
+        String::from_utf8_lossy(&auditor.stderr)
+    );
     assert!(String::from_utf8_lossy(&auditor.stdout).contains("not checked"));
     // A key holder's next command refuses, before anything reaches a sink or a program.
     let err = env.fails(&["secret", "create", "other", "--value", "k=v"], INTEGRITY);
-    assert!(err.contains(&format!("seq {forged}")) && err.contains("MAC"), "{err}");
+    assert!(
+        err.contains(&format!("seq {forged}")) && err.contains("MAC"),
+        "{err}"
+    );
     env.fails(&["project"], INTEGRITY);
     assert!(!plugin.exists(), "the forged sink's program ran");
     let err = env.fails(&["verify"], INTEGRITY);
@@ -375,7 +396,12 @@ fn a_rewritten_and_rechained_event_is_rejected() {
         rows[i].hash = sledger::event::event_hash(&rows[i]);
         raw.execute(
             "UPDATE events SET actor = ?1, prev_hash = ?2, hash = ?3 WHERE seq = ?4",
-            rusqlite::params![rows[i].actor, rows[i].prev_hash.as_slice(), rows[i].hash.as_slice(), rows[i].seq as i64],
+            rusqlite::params![
+                rows[i].actor,
+                rows[i].prev_hash.as_slice(),
+                rows[i].hash.as_slice(),
+                rows[i].seq as i64
+            ],
         )
         .unwrap();
     }
@@ -393,7 +419,11 @@ fn deleting_the_mac_records_does_not_switch_macs_off() {
     let env = Env::new();
     env.ok(&["secret", "create", "db", "--value", "pw=x"]);
     let raw = env.raw();
-    raw.execute("DELETE FROM ledger_meta WHERE key IN ('mac_from', 'mac_trusted')", []).unwrap();
+    raw.execute(
+        "DELETE FROM ledger_meta WHERE key IN ('mac_from', 'mac_trusted')",
+        [],
+    )
+    .unwrap();
     drop(raw);
     forge(
         &env,

@@ -355,7 +355,9 @@ pub(super) fn plan(
             crate::identity::validate_patterns(&patterns)?;
             let keys = need_keys(keys)?;
             if expires_at.is_some_and(|at| at <= now_ms()) {
-                return Err(Error::invalid("the token's expiry is in the past; give a future --expires"));
+                return Err(Error::invalid(
+                    "the token's expiry is in the past; give a future --expires",
+                ));
             }
             // Never reused, even after revocation: the name is the principal that owns its
             // private secrets and that the audit log names.
@@ -592,7 +594,10 @@ impl Ledger {
         if let Some(event) = mac::start_if_needed(&*tx, &keys.master, &keys.fingerprint, &keys.mac, head)? {
             let new = NewEvent {
                 event_id: uuid::Uuid::now_v7(),
-                actor: requests.first().map_or("sledger", |r| r.actor.as_str()).to_owned(),
+                actor: requests
+                    .first()
+                    .map_or("sledger", |r| r.actor.as_str())
+                    .to_owned(),
                 secret_id: None,
                 event,
             };

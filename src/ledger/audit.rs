@@ -100,7 +100,9 @@ pub(super) fn describe(
                 .unwrap_or_default()
         )),
         Event::TokenRevoked { name } => Some(format!("token {name} revoked")),
-        Event::MacsStarted => Some("every event from here on carries a MAC only master-key holders can make".into()),
+        Event::MacsStarted => {
+            Some("every event from here on carries a MAC only master-key holders can make".into())
+        }
         _ => None,
     };
     let labels = match event {
@@ -167,7 +169,9 @@ impl LogMatcher {
             && f.since.is_none_or(|s| e.recorded_at >= s)
             && f.until.is_none_or(|u| e.recorded_at <= u)
             && f.after_seq.is_none_or(|a| e.seq > a)
-            && f.viewer.as_ref().is_none_or(|v| e.scope != Some(Scope::Private) || e.owner.as_ref() == Some(v))
+            && f.viewer
+                .as_ref()
+                .is_none_or(|v| e.scope != Some(Scope::Private) || e.owner.as_ref() == Some(v))
     }
 }
 
@@ -191,7 +195,11 @@ impl Ledger {
 
     /// The entries `filter` keeps (the last `limit` of them), oldest first, and the catalog
     /// folded to the head, to follow the log from.
-    pub fn query_log(&self, actor: &str, filter: LogFilter) -> Result<(Vec<AuditEntry>, Catalog, LogMatcher)> {
+    pub fn query_log(
+        &self,
+        actor: &str,
+        filter: LogFilter,
+    ) -> Result<(Vec<AuditEntry>, Catalog, LogMatcher)> {
         let matcher = self.log_matcher(actor, filter)?;
         let limit = matcher.filter.limit.unwrap_or(usize::MAX);
         let mut shown = std::collections::VecDeque::new();

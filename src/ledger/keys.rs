@@ -18,7 +18,9 @@ impl Ledger {
         let tx = Write::begin(&*self.store)?;
         ensure_current_key(&*tx, keys)?;
         mac::check_since_trusted(&*tx, &keys.mac)?;
-        if let Some(event) = mac::start_if_needed(&*tx, &keys.master, &keys.fingerprint, &keys.mac, tx.head()?)? {
+        if let Some(event) =
+            mac::start_if_needed(&*tx, &keys.master, &keys.fingerprint, &keys.mac, tx.head()?)?
+        {
             let mut head = tx.head()?;
             let mut row = chain_next(
                 &mut head,
@@ -38,7 +40,10 @@ impl Ledger {
             Ok(new.wrap_data_key(&dek, id))
         })?;
         let macs_from = mac::mac_from(&*tx, &keys.mac)?;
-        tx.set_setting("fingerprint_key", &new.wrap_fingerprint_key(&keys.fingerprint, macs_from))?;
+        tx.set_setting(
+            "fingerprint_key",
+            &new.wrap_fingerprint_key(&keys.fingerprint, macs_from),
+        )?;
         tx.set_setting("sink_seal_key", &new.wrap_sink_seal_key(&keys.sink_seal))?;
         tx.set_setting("key_check", new.key_check().as_slice())?;
         let mut head = tx.head()?;

@@ -73,8 +73,14 @@ fn tagged(mac: &EventMac, name: &str, value: &[u8]) -> Vec<u8> {
 pub(super) fn check_event(mac: &EventMac, e: &StoredEvent) -> Result<()> {
     match &e.mac {
         Some(m) if EventMac::matches(m, &mac.event(&e.hash)) => Ok(()),
-        Some(_) => Err(broken(e.seq, "its MAC does not match: it was written or changed without the master key")),
-        None => Err(broken(e.seq, "it carries no MAC where every event must: it was written without the master key")),
+        Some(_) => Err(broken(
+            e.seq,
+            "its MAC does not match: it was written or changed without the master key",
+        )),
+        None => Err(broken(
+            e.seq,
+            "it carries no MAC where every event must: it was written without the master key",
+        )),
     }
 }
 
@@ -105,9 +111,12 @@ pub(super) fn check_since_trusted(store: &dyn Store, mac: &EventMac) -> Result<(
                 ));
             }
             let seq = u64::from_le_bytes(value[..8].try_into().expect("8 bytes"));
-            let event = store
-                .event(seq)?
-                .ok_or_else(|| broken(seq, "the last event a key holder saw is gone: the log was truncated"))?;
+            let event = store.event(seq)?.ok_or_else(|| {
+                broken(
+                    seq,
+                    "the last event a key holder saw is gone: the log was truncated",
+                )
+            })?;
             if event.hash[..] != value[8..] {
                 return Err(broken(
                     seq,
@@ -135,7 +144,10 @@ pub(super) fn start_if_needed(
     }
     let from = head.seq + 1;
     store.set_setting(MAC_FROM, &tagged(mac, MAC_FROM, &from.to_le_bytes()))?;
-    store.set_setting("fingerprint_key", &master.wrap_fingerprint_key(fingerprint, Some(from)))?;
+    store.set_setting(
+        "fingerprint_key",
+        &master.wrap_fingerprint_key(fingerprint, Some(from)),
+    )?;
     // A new ledger is MAC'd from its first event; an older one records where MACs start.
     Ok((head.seq > 0).then_some(Event::MacsStarted))
 }

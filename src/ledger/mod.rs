@@ -119,7 +119,9 @@ pub enum Command {
         token: crate::identity::TokenSecret,
     },
     /// Revoke an API token: refused from its next request on.
-    RevokeToken { name: String },
+    RevokeToken {
+        name: String,
+    },
     /// Record that the commands after it restore the state after `target_seq` (so the audit
     /// log says what a burst of compensating events was for).
     RecordRestore {
@@ -154,9 +156,9 @@ impl Outcome {
     /// The seq of the event this outcome appended, if it appended one.
     pub fn seq(&self) -> Option<u64> {
         match self {
-            Outcome::Appended { seq, .. } | Outcome::SinkChanged { seq, .. } | Outcome::Recorded { seq, .. } => {
-                Some(*seq)
-            }
+            Outcome::Appended { seq, .. }
+            | Outcome::SinkChanged { seq, .. }
+            | Outcome::Recorded { seq, .. } => Some(*seq),
             Outcome::Unchanged { .. } => None,
         }
     }
@@ -178,10 +180,16 @@ impl Outcome {
                 v["seq"] = serde_json::Value::Null;
                 v
             }
-            Outcome::SinkChanged { seq, event_type, name } => {
+            Outcome::SinkChanged {
+                seq,
+                event_type,
+                name,
+            } => {
                 json!({"result": verb, "event_type": event_type, "sink": name, "seq": seq})
             }
-            Outcome::Recorded { seq, event_type } => json!({"result": verb, "event_type": event_type, "seq": seq}),
+            Outcome::Recorded { seq, event_type } => {
+                json!({"result": verb, "event_type": event_type, "seq": seq})
+            }
         }
     }
 }
@@ -222,7 +230,9 @@ pub struct Ledger {
     /// Why the catalog could not be rebuilt (a damaged log); audit and verify still work.
     catalog_unusable: Option<String>,
     /// Sinks opened by [`Ledger::open_sink`], kept for reuse, by name (with their attachment).
-    opened_sinks: std::sync::Mutex<std::collections::HashMap<String, (SinkConfig, std::sync::Arc<dyn crate::sink::Sink>)>>,
+    opened_sinks: std::sync::Mutex<
+        std::collections::HashMap<String, (SinkConfig, std::sync::Arc<dyn crate::sink::Sink>)>,
+    >,
 }
 
 impl std::fmt::Debug for Ledger {

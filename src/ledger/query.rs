@@ -18,7 +18,11 @@ impl Ledger {
     /// Look a secret up by name: live ones only.
     /// The fingerprints of the values a secret had as of `seq` (from the last event at or
     /// before it that carried values).
-    pub fn fingerprints_at(&self, id: SecretId, seq: u64) -> Result<BTreeMap<String, crate::crypto::Fingerprint>> {
+    pub fn fingerprints_at(
+        &self,
+        id: SecretId,
+        seq: u64,
+    ) -> Result<BTreeMap<String, crate::crypto::Fingerprint>> {
         let mut found = BTreeMap::new();
         self.store.scan_secret(id, seq, &mut |stored| {
             if let Some(values) = stored.decode()?.values() {
@@ -30,7 +34,10 @@ impl Ledger {
     }
 
     /// Fingerprints of `values` under this ledger's key.
-    pub fn fingerprints_of(&self, values: &SecretValues) -> Result<BTreeMap<String, crate::crypto::Fingerprint>> {
+    pub fn fingerprints_of(
+        &self,
+        values: &SecretValues,
+    ) -> Result<BTreeMap<String, crate::crypto::Fingerprint>> {
         Ok(need_keys(self.keys.as_ref())?.fingerprint.fingerprints(values))
     }
 

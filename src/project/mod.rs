@@ -311,7 +311,13 @@ pub async fn project_attachment(
         }
         let through = head.min(checkpoint + opts.batch_events.max(1));
         let ops = ledger.compacted_ops(checkpoint, through)?;
-        tracing::debug!(sink = name, from = checkpoint, through, writes = ops.len(), "projecting a batch");
+        tracing::debug!(
+            sink = name,
+            from = checkpoint,
+            through,
+            writes = ops.len(),
+            "projecting a batch"
+        );
         let results = match opts.deadline {
             None => apply_all(sink, &ops, opts).await,
             // Retries give up at the deadline by themselves (the retry layer sees it); the grace
@@ -488,7 +494,10 @@ pub async fn wait_for_primary(ledger: &Ledger, wait: Duration, seq: u64) -> Resu
             deadline: Some(Instant::now() + wait),
             ..Default::default()
         };
-        error = project_named(ledger, &name, &opts).await.err().map(|e| e.to_string());
+        error = project_named(ledger, &name, &opts)
+            .await
+            .err()
+            .map(|e| e.to_string());
     }
     let checkpoint = ledger.checkpoint(&name)?;
     let parked = ledger.parked(&name)?.len() as u64;

@@ -132,7 +132,10 @@ impl Auth {
         let now = Instant::now();
         let mut buckets = self.buckets.lock().expect("not poisoned");
         let (rate, burst) = (self.rate.per_second * scale, (self.rate.burst * scale).max(1.0));
-        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket { level: burst, at: now });
+        let bucket = buckets.entry(key.to_owned()).or_insert(Bucket {
+            level: burst,
+            at: now,
+        });
         let refill = now.duration_since(bucket.at).as_secs_f64() * rate;
         bucket.level = (bucket.level + refill).min(burst);
         bucket.at = now;

@@ -50,22 +50,59 @@ impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("sledger");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let latency =
+            Family::<RouteLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
         let append_seconds = latency_histogram();
         let (commit_groups, commit_requests) = (Gauge::default(), Gauge::default());
         let sink_lag = Family::<SinkLabels, Gauge>::default();
         let sink_parked = Family::<SinkLabels, Gauge>::default();
         let sink_failing = Family::<SinkLabels, Gauge>::default();
         let projector_errors = Family::<SinkLabels, Counter>::default();
-        registry.register("http_requests", "HTTP requests by route, method and status", requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency by route", latency.clone());
-        registry.register("append_duration_seconds", "Time from a write request to its durable append", append_seconds.clone());
-        registry.register("commit_groups", "Write transactions committed (group commit)", commit_groups.clone());
-        registry.register("commit_requests", "Write requests applied; requests / groups is the batch size", commit_requests.clone());
-        registry.register("sink_lag_events", "Events a sink has not applied yet", sink_lag.clone());
-        registry.register("sink_parked_secrets", "Secrets a sink refused permanently", sink_parked.clone());
-        registry.register("sink_failing", "1 when the sink's last projection attempt failed", sink_failing.clone());
-        registry.register("projector_errors", "Failed projection attempts", projector_errors.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests by route, method and status",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency by route",
+            latency.clone(),
+        );
+        registry.register(
+            "append_duration_seconds",
+            "Time from a write request to its durable append",
+            append_seconds.clone(),
+        );
+        registry.register(
+            "commit_groups",
+            "Write transactions committed (group commit)",
+            commit_groups.clone(),
+        );
+        registry.register(
+            "commit_requests",
+            "Write requests applied; requests / groups is the batch size",
+            commit_requests.clone(),
+        );
+        registry.register(
+            "sink_lag_events",
+            "Events a sink has not applied yet",
+            sink_lag.clone(),
+        );
+        registry.register(
+            "sink_parked_secrets",
+            "Secrets a sink refused permanently",
+            sink_parked.clone(),
+        );
+        registry.register(
+            "sink_failing",
+            "1 when the sink's last projection attempt failed",
+            sink_failing.clone(),
+        );
+        registry.register(
+            "projector_errors",
+            "Failed projection attempts",
+            projector_errors.clone(),
+        );
         Metrics {
             registry,
             requests,
@@ -91,7 +128,9 @@ impl Metrics {
             })
             .inc();
         self.latency
-            .get_or_create(&RouteLabels { route: route.to_owned() })
+            .get_or_create(&RouteLabels {
+                route: route.to_owned(),
+            })
             .observe(seconds);
     }
 

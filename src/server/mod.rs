@@ -92,9 +92,15 @@ impl AppState {
     pub async fn wait_for_primary(&self, seq: u64, wait: Duration) -> Result<Option<PrimaryWait>> {
         let Some((name, checkpoint)) = self
             .handle
-            .read(|l| match l.sinks()?.into_values().find(|s| s.role == crate::event::SinkRole::Primary) {
-                Some(primary) => Ok(Some((primary.name.clone(), l.checkpoint(&primary.name)?))),
-                None => Ok(None),
+            .read(|l| {
+                match l
+                    .sinks()?
+                    .into_values()
+                    .find(|s| s.role == crate::event::SinkRole::Primary)
+                {
+                    Some(primary) => Ok(Some((primary.name.clone(), l.checkpoint(&primary.name)?))),
+                    None => Ok(None),
+                }
             })
             .await?
         else {
@@ -114,7 +120,11 @@ impl AppState {
                     applied: progress >= seq,
                     lag: seq.saturating_sub(progress),
                     parked: status.as_ref().map_or(0, |s| s.parked),
-                    error: if progress >= seq { None } else { status.and_then(|s| s.last_error) },
+                    error: if progress >= seq {
+                        None
+                    } else {
+                        status.and_then(|s| s.last_error)
+                    },
                     name,
                 })
             })

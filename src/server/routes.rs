@@ -20,6 +20,7 @@ use zeroize::Zeroizing;
 
 use super::auth::{self, Caller, Refusal};
 use super::{error_response, ApiError, AppState, ServeOptions};
+use crate::access_log::AccessFilter;
 use crate::access_log::AccessOutcome;
 use crate::error::{Error, Result};
 use crate::event::{Millis, Scope, SinkRole};
@@ -27,7 +28,6 @@ use crate::identity::{Action, Role, TokenSecret};
 use crate::ledger::ID_REF_PREFIX;
 use crate::read::{read_latest, ReadFrom, Served};
 use crate::replay::orchestrate;
-use crate::access_log::AccessFilter;
 use crate::{Catalog, Command, Ledger, LogFilter, Outcome, ReadPoint, SecretValues, Status};
 
 /// One route of the API.
@@ -63,38 +63,218 @@ use Action::*;
 /// Every route the server has.
 pub const ROUTES: &[RouteSpec] = &[
     route("GET", "/healthz", "healthz", None, "The process is up."),
-    route("GET", "/readyz", "readyz", None, "The ledger is open and the primary sink reachable."),
+    route(
+        "GET",
+        "/readyz",
+        "readyz",
+        None,
+        "The ledger is open and the primary sink reachable.",
+    ),
     route("GET", "/metrics", "metrics", None, "Prometheus metrics."),
     route("GET", "/v1/openapi.json", "openapi", None, "This document."),
-    route("GET", "/v1/secrets", "secret.list", Some(ReadMeta), "List secrets the token's patterns match (label=K=V, deleted=true)."),
-    route("POST", "/v1/secrets", "secret.create", Some(Mutate), "Create a secret: {name, scope, labels, values}."),
-    route("GET", "/v1/secrets/{*name}", "secret.get", Some(ReadValue), "Read a secret's values (latest, version=N or at=RFC3339)."),
-    route("PUT", "/v1/secrets/{*name}", "secret.put", Some(Mutate), "Create the secret or replace all its values and labels."),
-    route("PATCH", "/v1/secrets/{*name}", "secret.update", Some(Mutate), "Change some values or labels: {values, remove_keys, labels, remove_labels}."),
-    route("DELETE", "/v1/secrets/{*name}", "secret.delete", Some(Mutate), "Soft-delete a secret (undelete brings it back)."),
-    route("POST", "/v1/undelete/{*name}", "secret.undelete", Some(Mutate), "Bring a deleted secret back."),
-    route("POST", "/v1/rename/{*name}", "secret.rename", Some(Mutate), "Rename a secret: {new_name}."),
-    route("POST", "/v1/purge/{*name}", "secret.purge", Some(Mutate), "Destroy every version of a secret for good."),
-    route("GET", "/v1/history/{*name}", "secret.history", Some(ReadMeta), "A secret's events, never its values."),
-    route("GET", "/v1/log", "log.query", Some(Audit), "The audit log (type, actor, secret, after_seq, limit)."),
-    route("GET", "/v1/log/stream", "log.stream", Some(Audit), "The audit log as it grows, one JSON document per line."),
-    route("GET", "/v1/access-log", "access_log.query", Some(Audit), "The access log: reads, denials, failed authentications."),
-    route("POST", "/v1/verify", "verify", Some(Audit), "Check the event chain, the derived state and the access log's chain."),
-    route("GET", "/v1/sinks", "sink.list", Some(Audit), "Attached sinks and their projection state."),
-    route("POST", "/v1/sinks", "sink.add", Some(Administer), "Attach a sink: {name, url, role}."),
-    route("POST", "/v1/sinks/{name}/promote", "sink.promote", Some(Administer), "Make a sink the primary."),
-    route("PUT", "/v1/sinks/{name}/role", "sink.set_role", Some(Administer), "Change a sink's role: {role}."),
-    route("DELETE", "/v1/sinks/{name}", "sink.remove", Some(Administer), "Detach a sink."),
-    route("POST", "/v1/sinks/{name}/check", "sink.check", Some(Administer), "Check that a sink's backend answers."),
-    route("POST", "/v1/sinks/{name}/retry", "sink.retry", Some(Administer), "Re-apply a sink's parked secrets."),
-    route("POST", "/v1/diff", "diff", Some(Administer), "What a sink lacks, holds stale or holds extra: {sink, seq | at}."),
-    route("POST", "/v1/reconcile", "reconcile", Some(Administer), "Make a sink match the ledger's head: {sink}."),
-    route("POST", "/v1/backup", "backup", Some(Administer), "Resync every backup sink: {dry_run, delete_secrets}."),
-    route("POST", "/v1/migrate", "migrate", Some(Administer), "Move the primary with no downtime: {to, name, delete_secrets, dry_run}."),
-    route("POST", "/v1/restore", "restore", Some(Administer), "Restore secrets to an earlier seq or time: {seq | at, secrets, dry_run}."),
-    route("GET", "/v1/tokens", "token.list", Some(Administer), "Every token issued (never the tokens themselves)."),
-    route("POST", "/v1/tokens", "token.create", Some(Administer), "Issue a token: {name, role, patterns, expires_in_seconds}; it is shown once."),
-    route("DELETE", "/v1/tokens/{name}", "token.revoke", Some(Administer), "Revoke a token from its next request on."),
+    route(
+        "GET",
+        "/v1/secrets",
+        "secret.list",
+        Some(ReadMeta),
+        "List secrets the token's patterns match (label=K=V, deleted=true).",
+    ),
+    route(
+        "POST",
+        "/v1/secrets",
+        "secret.create",
+        Some(Mutate),
+        "Create a secret: {name, scope, labels, values}.",
+    ),
+    route(
+        "GET",
+        "/v1/secrets/{*name}",
+        "secret.get",
+        Some(ReadValue),
+        "Read a secret's values (latest, version=N or at=RFC3339).",
+    ),
+    route(
+        "PUT",
+        "/v1/secrets/{*name}",
+        "secret.put",
+        Some(Mutate),
+        "Create the secret or replace all its values and labels.",
+    ),
+    route(
+        "PATCH",
+        "/v1/secrets/{*name}",
+        "secret.update",
+        Some(Mutate),
+        "Change some values or labels: {values, remove_keys, labels, remove_labels}.",
+    ),
+    route(
+        "DELETE",
+        "/v1/secrets/{*name}",
+        "secret.delete",
+        Some(Mutate),
+        "Soft-delete a secret (undelete brings it back).",
+    ),
+    route(
+        "POST",
+        "/v1/undelete/{*name}",
+        "secret.undelete",
+        Some(Mutate),
+        "Bring a deleted secret back.",
+    ),
+    route(
+        "POST",
+        "/v1/rename/{*name}",
+        "secret.rename",
+        Some(Mutate),
+        "Rename a secret: {new_name}.",
+    ),
+    route(
+        "POST",
+        "/v1/purge/{*name}",
+        "secret.purge",
+        Some(Mutate),
+        "Destroy every version of a secret for good.",
+    ),
+    route(
+        "GET",
+        "/v1/history/{*name}",
+        "secret.history",
+        Some(ReadMeta),
+        "A secret's events, never its values.",
+    ),
+    route(
+        "GET",
+        "/v1/log",
+        "log.query",
+        Some(Audit),
+        "The audit log (type, actor, secret, after_seq, limit).",
+    ),
+    route(
+        "GET",
+        "/v1/log/stream",
+        "log.stream",
+        Some(Audit),
+        "The audit log as it grows, one JSON document per line.",
+    ),
+    route(
+        "GET",
+        "/v1/access-log",
+        "access_log.query",
+        Some(Audit),
+        "The access log: reads, denials, failed authentications.",
+    ),
+    route(
+        "POST",
+        "/v1/verify",
+        "verify",
+        Some(Audit),
+        "Check the event chain, the derived state and the access log's chain.",
+    ),
+    route(
+        "GET",
+        "/v1/sinks",
+        "sink.list",
+        Some(Audit),
+        "Attached sinks and their projection state.",
+    ),
+    route(
+        "POST",
+        "/v1/sinks",
+        "sink.add",
+        Some(Administer),
+        "Attach a sink: {name, url, role}.",
+    ),
+    route(
+        "POST",
+        "/v1/sinks/{name}/promote",
+        "sink.promote",
+        Some(Administer),
+        "Make a sink the primary.",
+    ),
+    route(
+        "PUT",
+        "/v1/sinks/{name}/role",
+        "sink.set_role",
+        Some(Administer),
+        "Change a sink's role: {role}.",
+    ),
+    route(
+        "DELETE",
+        "/v1/sinks/{name}",
+        "sink.remove",
+        Some(Administer),
+        "Detach a sink.",
+    ),
+    route(
+        "POST",
+        "/v1/sinks/{name}/check",
+        "sink.check",
+        Some(Administer),
+        "Check that a sink's backend answers.",
+    ),
+    route(
+        "POST",
+        "/v1/sinks/{name}/retry",
+        "sink.retry",
+        Some(Administer),
+        "Re-apply a sink's parked secrets.",
+    ),
+    route(
+        "POST",
+        "/v1/diff",
+        "diff",
+        Some(Administer),
+        "What a sink lacks, holds stale or holds extra: {sink, seq | at}.",
+    ),
+    route(
+        "POST",
+        "/v1/reconcile",
+        "reconcile",
+        Some(Administer),
+        "Make a sink match the ledger's head: {sink}.",
+    ),
+    route(
+        "POST",
+        "/v1/backup",
+        "backup",
+        Some(Administer),
+        "Resync every backup sink: {dry_run, delete_secrets}.",
+    ),
+    route(
+        "POST",
+        "/v1/migrate",
+        "migrate",
+        Some(Administer),
+        "Move the primary with no downtime: {to, name, delete_secrets, dry_run}.",
+    ),
+    route(
+        "POST",
+        "/v1/restore",
+        "restore",
+        Some(Administer),
+        "Restore secrets to an earlier seq or time: {seq | at, secrets, dry_run}.",
+    ),
+    route(
+        "GET",
+        "/v1/tokens",
+        "token.list",
+        Some(Administer),
+        "Every token issued (never the tokens themselves).",
+    ),
+    route(
+        "POST",
+        "/v1/tokens",
+        "token.create",
+        Some(Administer),
+        "Issue a token: {name, role, patterns, expires_in_seconds}; it is shown once.",
+    ),
+    route(
+        "DELETE",
+        "/v1/tokens/{name}",
+        "token.revoke",
+        Some(Administer),
+        "Revoke a token from its next request on.",
+    ),
 ];
 
 fn spec(operation: &str) -> &'static RouteSpec {
@@ -113,7 +293,10 @@ pub(crate) fn router(state: Arc<AppState>, options: &ServeOptions) -> Router {
         .route("/v1/secrets", get(list_secrets).post(create_secret))
         .route(
             "/v1/secrets/{*name}",
-            get(get_secret).put(put_secret).patch(update_secret).delete(delete_secret),
+            get(get_secret)
+                .put(put_secret)
+                .patch(update_secret)
+                .delete(delete_secret),
         )
         .route("/v1/undelete/{*name}", post(undelete_secret))
         .route("/v1/rename/{*name}", post(rename_secret))
@@ -154,7 +337,9 @@ pub(crate) fn router(state: Arc<AppState>, options: &ServeOptions) -> Router {
         .layer(axum::middleware::from_fn_with_state(state.clone(), observe))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(options.body_limit))
         .layer(axum::extract::DefaultBodyLimit::max(options.body_limit))
-        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(options.max_in_flight))
+        .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
+            options.max_in_flight,
+        ))
         .with_state(state)
 }
 
@@ -195,7 +380,11 @@ async fn authenticate(
         Ok(caller) => {
             // The role is checked here, before the body is even read; the name patterns, which
             // may need the body or a lookup, in the handler.
-            if let Some(action) = ROUTES.iter().find(|r| r.operation == operation).and_then(|r| r.action) {
+            if let Some(action) = ROUTES
+                .iter()
+                .find(|r| r.operation == operation)
+                .and_then(|r| r.action)
+            {
                 if !caller.token.role.allows(action) {
                     if let Err(e) = auth::authorize(&state.handle, &caller, operation, action, None).await {
                         return ApiError(e).into_response();
@@ -214,7 +403,13 @@ async fn authenticate(
                     "too many failed authentications from this address; wait and retry",
                 );
             }
-            let record = auth::record("anonymous", client, operation, AccessOutcome::Unauthenticated, None);
+            let record = auth::record(
+                "anonymous",
+                client,
+                operation,
+                AccessOutcome::Unauthenticated,
+                None,
+            );
             if let Err(e) = state.handle.record_access(vec![record]).await {
                 tracing::error!(error = %e, "a failed authentication could not be recorded");
             }
@@ -256,7 +451,10 @@ async fn allow_secret(state: &AppState, caller: &Caller, operation: &str, name: 
         return Ok(name.to_owned());
     }
     let (actor, reference) = (caller.principal(), name.to_owned());
-    let resolved = state.handle.read(move |l| Ok(l.find_any(&actor, &reference)?.name)).await?;
+    let resolved = state
+        .handle
+        .read(move |l| Ok(l.find_any(&actor, &reference)?.name))
+        .await?;
     let action = spec(operation).action.expect("API routes need an action");
     if !caller.token.permits(action, Some(&resolved)) {
         // Refused under the reference as given: a refusal must not reveal the name behind an id.
@@ -282,7 +480,13 @@ impl WaitQuery {
 
 /// Apply `commands` as the caller; the answer is the documents the CLI prints for them (one
 /// per secret changed, or per sink event), with the primary's state when asked to wait.
-async fn execute(state: &AppState, caller: &Caller, verb: &str, commands: Vec<Command>, wait: WaitQuery) -> ApiResult {
+async fn execute(
+    state: &AppState,
+    caller: &Caller,
+    verb: &str,
+    commands: Vec<Command>,
+    wait: WaitQuery,
+) -> ApiResult {
     let docs = execute_docs(state, caller, verb, commands, wait).await?;
     let status = if verb == "created" && !docs.is_empty() {
         StatusCode::CREATED
@@ -415,8 +619,14 @@ async fn update_secret(
     Json(body): Json<UpdateSecret>,
 ) -> ApiResult {
     let name = allow_secret(&state, &caller, "secret.update", &name).await?;
-    if body.values.is_empty() && body.remove_keys.is_empty() && body.labels.is_empty() && body.remove_labels.is_empty() {
-        return Err(Error::invalid("nothing to update: give values, remove_keys, labels or remove_labels").into());
+    if body.values.is_empty()
+        && body.remove_keys.is_empty()
+        && body.labels.is_empty()
+        && body.remove_labels.is_empty()
+    {
+        return Err(
+            Error::invalid("nothing to update: give values, remove_keys, labels or remove_labels").into(),
+        );
     }
     let command = Command::Update {
         name,
@@ -445,7 +655,14 @@ async fn undelete_secret(
     Path(name): Path<String>,
 ) -> ApiResult {
     let name = allow_secret(&state, &caller, "secret.undelete", &name).await?;
-    execute(&state, &caller, "restored", vec![Command::Undelete { name }], wait).await
+    execute(
+        &state,
+        &caller,
+        "restored",
+        vec![Command::Undelete { name }],
+        wait,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -489,11 +706,12 @@ struct ReadQuery {
 }
 
 fn parse_time(field: &str, text: &str) -> Result<Millis> {
-    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|_| {
-        Error::invalid(format!(
-            "{field} {text:?} is not an RFC 3339 time; write it like 2026-11-28T12:00:00Z"
-        ))
-    })?;
+    let t =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|_| {
+            Error::invalid(format!(
+                "{field} {text:?} is not an RFC 3339 time; write it like 2026-11-28T12:00:00Z"
+            ))
+        })?;
     Ok((t.unix_timestamp_nanos() / 1_000_000) as Millis)
 }
 
@@ -532,7 +750,14 @@ async fn get_secret(
     let read = &served.read;
     if !caller.token.covers(&read.meta.name) {
         // A version from before a rename may carry a name outside the token's patterns.
-        auth::authorize(&state.handle, &caller, "secret.get", Action::ReadValue, Some(&read.meta.name)).await?;
+        auth::authorize(
+            &state.handle,
+            &caller,
+            "secret.get",
+            Action::ReadValue,
+            Some(&read.meta.name),
+        )
+        .await?;
     }
     let mut record = auth::record(
         &caller.principal(),
@@ -572,7 +797,11 @@ async fn list_secrets(
             .ok_or_else(|| Error::invalid(format!("label filter {pair:?} is not KEY=VALUE")))?;
         wanted.insert(k.to_owned(), v.to_owned());
     }
-    let status = if query.deleted { Status::Deleted } else { Status::Live };
+    let status = if query.deleted {
+        Status::Deleted
+    } else {
+        Status::Live
+    };
     let actor = caller.principal();
     let secrets = state.handle.read(move |l| l.list(&actor, status)).await?;
     let shown: Vec<Value> = secrets
@@ -628,7 +857,14 @@ async fn stream_log(
         handle
             .read(move |l| {
                 let viewer = Some(actor.clone());
-                l.log_matcher(&actor, LogFilter { limit: None, viewer, ..filter })
+                l.log_matcher(
+                    &actor,
+                    LogFilter {
+                        limit: None,
+                        viewer,
+                        ..filter
+                    },
+                )
             })
             .await?,
     );
@@ -640,7 +876,11 @@ async fn stream_log(
         loop {
             // A revoked or expired token stops receiving at once, like any other request.
             if state.auth.refresh(&handle).await.is_err()
-                || !state.auth.tokens().get(&token).is_some_and(|t| t.is_active(crate::ledger::now_ms()))
+                || !state
+                    .auth
+                    .tokens()
+                    .get(&token)
+                    .is_some_and(|t| t.is_active(crate::ledger::now_ms()))
             {
                 return;
             }
@@ -669,7 +909,11 @@ async fn stream_log(
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wake.changed()).await;
         }
     });
-    Ok(([("content-type", "application/x-ndjson")], Body::from_stream(stream)).into_response())
+    Ok((
+        [("content-type", "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 /// Lines produced by `produce` on a task of its own, as a response body stream that ends when
@@ -712,7 +956,10 @@ async fn verify(
 ) -> ApiResult {
     allow(&state, &caller, "verify", None).await?;
     let anchor = body.and_then(|Json(b)| b.anchor);
-    let (path, master) = (state.handle.path().to_path_buf(), state.handle.master_key().clone());
+    let (path, master) = (
+        state.handle.path().to_path_buf(),
+        state.handle.master_key().clone(),
+    );
     let doc = state
         .handle
         .read(move |_| {
@@ -764,7 +1011,10 @@ async fn add_sink(
     allow(&state, &caller, "sink.add", None).await?;
     let url = crate::sink::SinkUrl::parse(&body.url)?;
     if url.backend.is_memory() {
-        return Err(Error::invalid("a memory:// sink would live only inside the server process; use sqlite:///PATH or a cloud sink").into());
+        return Err(Error::invalid(
+            "a memory:// sink would live only inside the server process; use sqlite:///PATH or a cloud sink",
+        )
+        .into());
     }
     let created = crate::replay::orchestrate::prepare_backend(&url)?;
     let command = Command::AddSink {
@@ -786,7 +1036,14 @@ async fn promote_sink(
     Path(name): Path<String>,
 ) -> ApiResult {
     allow(&state, &caller, "sink.promote", None).await?;
-    execute(&state, &caller, "promoted", vec![Command::PromoteSink { name }], WaitQuery::default()).await
+    execute(
+        &state,
+        &caller,
+        "promoted",
+        vec![Command::PromoteSink { name }],
+        WaitQuery::default(),
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -802,7 +1059,17 @@ async fn set_sink_role(
     Json(body): Json<RoleBody>,
 ) -> ApiResult {
     allow(&state, &caller, "sink.set_role", None).await?;
-    execute(&state, &caller, "changed", vec![Command::SetSinkRole { name, role: body.role }], WaitQuery::default()).await
+    execute(
+        &state,
+        &caller,
+        "changed",
+        vec![Command::SetSinkRole {
+            name,
+            role: body.role,
+        }],
+        WaitQuery::default(),
+    )
+    .await
 }
 
 async fn remove_sink(
@@ -811,7 +1078,14 @@ async fn remove_sink(
     Path(name): Path<String>,
 ) -> ApiResult {
     allow(&state, &caller, "sink.remove", None).await?;
-    execute(&state, &caller, "removed", vec![Command::RemoveSink { name }], WaitQuery::default()).await
+    execute(
+        &state,
+        &caller,
+        "removed",
+        vec![Command::RemoveSink { name }],
+        WaitQuery::default(),
+    )
+    .await
 }
 
 async fn check_sink(
@@ -868,7 +1142,11 @@ fn target(seq: Option<u64>, at: Option<&str>) -> Result<crate::replay::Target> {
 
 /// What a sink lacks, holds stale, holds extra or holds changed, against a point of the log:
 /// the documents `sledger diff --format json` prints (an empty array when in sync).
-async fn diff(State(state): Shared, Extension(caller): Extension<Caller>, Json(body): Json<DiffBody>) -> ApiResult {
+async fn diff(
+    State(state): Shared,
+    Extension(caller): Extension<Caller>,
+    Json(body): Json<DiffBody>,
+) -> ApiResult {
     allow(&state, &caller, "diff", None).await?;
     let target = target(body.seq, body.at.as_deref())?;
     let runtime = tokio::runtime::Handle::current();
@@ -879,7 +1157,10 @@ async fn diff(State(state): Shared, Extension(caller): Extension<Caller>, Json(b
             let (_, sink) = l.open_sink(&body.sink)?;
             let desired = l.desired_at(seq)?;
             let differences = runtime.block_on(crate::replay::diff(&desired, &*sink, &|_, _| {}))?;
-            Ok(differences.iter().map(|d| d.to_json(&body.sink)).collect::<Vec<_>>())
+            Ok(differences
+                .iter()
+                .map(|d| d.to_json(&body.sink))
+                .collect::<Vec<_>>())
         })
         .await?;
     Ok(Json(docs).into_response())
@@ -949,7 +1230,9 @@ async fn backup(
                 &|_, _, _| {},
                 &mut |e| events.push(e.to_json()),
             ))?;
-            let emptied = report.emptied.map(|(sink, deleted)| json!({"sink": sink, "deleted": deleted}));
+            let emptied = report
+                .emptied
+                .map(|(sink, deleted)| json!({"sink": sink, "deleted": deleted}));
             Ok(json!({"events": events, "emptied": emptied}))
         })
         .await?;
@@ -977,7 +1260,11 @@ async fn migrate(
         return Err(Error::invalid("a memory:// sink would live only inside the server process").into());
     }
     let runtime = tokio::runtime::Handle::current();
-    let (path, master, actor) = (state.handle.path().to_path_buf(), state.handle.master_key().clone(), caller.principal());
+    let (path, master, actor) = (
+        state.handle.path().to_path_buf(),
+        state.handle.master_key().clone(),
+        caller.principal(),
+    );
     let doc = state
         .handle
         .read(move |_| {
@@ -987,9 +1274,13 @@ async fn migrate(
                 return Ok(json!({"plan": plan}));
             }
             let mut steps = Vec::new();
-            runtime.block_on(orchestrate::migrate(&mut ledger, &actor, &body.to, &|_, _, _| {}, &mut |step| {
-                steps.push(step)
-            }))?;
+            runtime.block_on(orchestrate::migrate(
+                &mut ledger,
+                &actor,
+                &body.to,
+                &|_, _, _| {},
+                &mut |step| steps.push(step),
+            ))?;
             Ok(json!({"steps": steps}))
         })
         .await?;
@@ -1040,7 +1331,9 @@ async fn restore(
         return Err(crate::replay::restore::empties_everything(plan.target_seq).into());
     }
     let verb = format!("restored to seq {}:", plan.target_seq);
-    let wait = WaitQuery { wait_ms: body.wait_ms };
+    let wait = WaitQuery {
+        wait_ms: body.wait_ms,
+    };
     summary["outcomes"] = json!(execute_docs(&state, &caller, &verb, plan.commands, wait).await?);
     Ok(Json(summary).into_response())
 }
@@ -1096,7 +1389,14 @@ async fn revoke_token(
     Path(name): Path<String>,
 ) -> ApiResult {
     allow(&state, &caller, "token.revoke", None).await?;
-    let outcome = execute(&state, &caller, "revoked", vec![Command::RevokeToken { name }], WaitQuery::default()).await;
+    let outcome = execute(
+        &state,
+        &caller,
+        "revoked",
+        vec![Command::RevokeToken { name }],
+        WaitQuery::default(),
+    )
+    .await;
     state.auth.refresh(&state.handle).await?;
     outcome
 }
@@ -1122,7 +1422,11 @@ async fn ready(State(state): Shared) -> Response {
         Err(e) => {
             // The reason goes to the server's log, not to an unauthenticated client.
             tracing::warn!(error = %e, "not ready");
-            error_response(StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the ledger or the primary sink is not available")
+            error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                "the ledger or the primary sink is not available",
+            )
         }
     }
 }

@@ -95,7 +95,13 @@ fn failure(message: impl Into<String>, temporary: bool) -> Error {
 }
 
 impl ExecSink {
-    pub fn new(program: &Path, args: &[String], env: &[String], prefix: &str, max_concurrency: usize) -> Self {
+    pub fn new(
+        program: &Path,
+        args: &[String],
+        env: &[String],
+        prefix: &str,
+        max_concurrency: usize,
+    ) -> Self {
         ExecSink {
             program: program.to_path_buf(),
             args: args.to_vec(),
@@ -110,7 +116,11 @@ impl ExecSink {
     fn spawn(&self) -> Result<Worker> {
         let mut command = Command::new(&self.program);
         command.env_clear();
-        for name in ALWAYS_PASSED.iter().copied().chain(self.env.iter().map(String::as_str)) {
+        for name in ALWAYS_PASSED
+            .iter()
+            .copied()
+            .chain(self.env.iter().map(String::as_str))
+        {
             if let Some(value) = std::env::var_os(name) {
                 command.env(name, value);
             }

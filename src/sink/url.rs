@@ -294,9 +294,18 @@ fn carries_credential(value: &str) -> bool {
         .unwrap_or("")
         .to_ascii_lowercase()
         .replace('-', "_");
-    ["token", "password", "passwd", "secret", "credential", "api_key", "apikey", "access_key"]
-        .iter()
-        .any(|word| name.contains(word))
+    [
+        "token",
+        "password",
+        "passwd",
+        "secret",
+        "credential",
+        "api_key",
+        "apikey",
+        "access_key",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
         && !name.ends_with("_env")
         && !name.ends_with("_file")
 }

@@ -58,17 +58,35 @@ fn row(e: &Value) -> Vec<String> {
 }
 
 const ACCESS_HEADER: [&str; 9] = [
-    "SEQ", "TIME", "PRINCIPAL", "ACTION", "OUTCOME", "SECRET", "VERSION", "SOURCE", "CLIENT",
+    "SEQ",
+    "TIME",
+    "PRINCIPAL",
+    "ACTION",
+    "OUTCOME",
+    "SECRET",
+    "VERSION",
+    "SOURCE",
+    "CLIENT",
 ];
 
 fn access_row(e: &Value) -> Vec<String> {
-    ["seq", "at", "principal", "action", "outcome", "secret", "version", "source", "client"]
-        .iter()
-        .map(|field| match *field {
-            "at" => e["at"].as_i64().map(output::time).unwrap_or_default(),
-            field => text(&e[field]),
-        })
-        .collect()
+    [
+        "seq",
+        "at",
+        "principal",
+        "action",
+        "outcome",
+        "secret",
+        "version",
+        "source",
+        "client",
+    ]
+    .iter()
+    .map(|field| match *field {
+        "at" => e["at"].as_i64().map(output::time).unwrap_or_default(),
+        field => text(&e[field]),
+    })
+    .collect()
 }
 
 /// Print documents as a table (people) or JSON lines (scripts).
@@ -158,7 +176,9 @@ pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
 /// `log --access`: value reads, denied requests and failed authentications.
 fn access(ctx: &Context, filter: AccessFilter, follow: bool) -> Result<()> {
     let to_docs = |rows: Vec<sledger::access_log::AccessEntry>| -> Vec<Value> {
-        rows.iter().map(|r| serde_json::to_value(r).expect("rows serialise")).collect()
+        rows.iter()
+            .map(|r| serde_json::to_value(r).expect("rows serialise"))
+            .collect()
     };
     let fetch = |after: Option<u64>, limit: Option<usize>| -> Result<Vec<Value>> {
         let filter = AccessFilter {

@@ -89,11 +89,17 @@ impl Context {
 
     /// After a write: give the primary sink up to `--wait` to apply the write's own last
     /// event (nothing to wait for when it appended none).
-    pub fn wait_for_primary(&self, ledger: &Ledger, outcomes: &[sledger::Outcome]) -> Result<Option<PrimaryWait>> {
+    pub fn wait_for_primary(
+        &self,
+        ledger: &Ledger,
+        outcomes: &[sledger::Outcome],
+    ) -> Result<Option<PrimaryWait>> {
         let Some(seq) = outcomes.iter().filter_map(sledger::Outcome::seq).max() else {
             return Ok(None);
         };
-        Ok(block_on(sledger::project::wait_for_primary(ledger, self.wait, seq))?)
+        Ok(block_on(sledger::project::wait_for_primary(
+            ledger, self.wait, seq,
+        ))?)
     }
 
     pub fn json(&self) -> bool {

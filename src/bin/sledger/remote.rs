@@ -57,7 +57,8 @@ pub struct Remote {
 
 /// A token file must be readable by its owner only, as ssh demands of keys.
 fn read_token_file(path: &Path) -> Result<Zeroizing<String>> {
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read token file {}", path.display()))?;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot read token file {}", path.display()))?;
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(exit::usage(format!(
             "token file {} is readable by others (mode {:o}); run `chmod 600 {}`",
@@ -66,17 +67,29 @@ fn read_token_file(path: &Path) -> Result<Zeroizing<String>> {
             path.display()
         )));
     }
-    let text = Zeroizing::new(std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?);
+    let text = Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read token file {}", path.display()))?,
+    );
     Ok(Zeroizing::new(text.trim().to_owned()))
 }
 
 impl Remote {
-    pub fn new(server: &str, token_file: Option<&Path>, env_token: Option<Zeroizing<String>>, ca_file: Option<&Path>) -> Result<Remote> {
+    pub fn new(
+        server: &str,
+        token_file: Option<&Path>,
+        env_token: Option<Zeroizing<String>>,
+        ca_file: Option<&Path>,
+    ) -> Result<Remote> {
         let mut base = Url::parse(server).map_err(|e| {
-            exit::usage(format!("--server {server:?} is not a URL ({e}); write it like https://sledger.example:8420"))
+            exit::usage(format!(
+                "--server {server:?} is not a URL ({e}); write it like https://sledger.example:8420"
+            ))
         })?;
         if !matches!(base.scheme(), "http" | "https") {
-            return Err(exit::usage(format!("--server {server:?} must be an http:// or https:// URL")));
+            return Err(exit::usage(format!(
+                "--server {server:?} must be an http:// or https:// URL"
+            )));
         }
         let loopback = match base.host_str() {
             Some("localhost") => true,
@@ -93,7 +106,9 @@ impl Remote {
             )));
         }
         if !base.username().is_empty() || base.password().is_some() {
-            return Err(exit::usage("--server must not carry credentials; pass the token with SLEDGER_TOKEN or --token-file"));
+            return Err(exit::usage(
+                "--server must not carry credentials; pass the token with SLEDGER_TOKEN or --token-file",
+            ));
         }
         base.set_path("");
         let token = match (token_file, env_token) {
@@ -112,7 +127,8 @@ impl Remote {
         let _inside = runtime.enter();
         let mut client = reqwest::Client::builder().timeout(Duration::from_secs(300));
         if let Some(path) = ca_file {
-            let pem = std::fs::read(path).with_context(|| format!("cannot read --ca-file {}", path.display()))?;
+            let pem =
+                std::fs::read(path).with_context(|| format!("cannot read --ca-file {}", path.display()))?;
             let ca = reqwest::Certificate::from_pem(&pem)
                 .map_err(|_| exit::usage(format!("--ca-file {} is not a PEM certificate", path.display())))?;
             client = client.add_root_certificate(ca);
@@ -141,7 +157,13 @@ impl Remote {
         url
     }
 
-    fn send(&self, method: Method, url: Url, query: &impl Serialize, body: Option<Value>) -> Result<reqwest::Response> {
+    fn send(
+        &self,
+        method: Method,
+        url: Url,
+        query: &impl Serialize,
+        body: Option<Value>,
+    ) -> Result<reqwest::Response> {
         let mut request = self
             .client
             .request(method, url)
@@ -150,23 +172,29 @@ impl Remote {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = self.runtime.block_on(async { request.send().await }).map_err(|e| {
-            let mut message = format!("cannot reach the server at {}: {e}", self.base);
-            let mut source = std::error::Error::source(&e);
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            RemoteError {
-                exit: exit::UNAVAILABLE,
-                message,
-            }
-        })?;
+        let response = self
+            .runtime
+            .block_on(async { request.send().await })
+            .map_err(|e| {
+                let mut message = format!("cannot reach the server at {}: {e}", self.base);
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    message.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                RemoteError {
+                    exit: exit::UNAVAILABLE,
+                    message,
+                }
+            })?;
         if response.status().is_success() {
             return Ok(response);
         }
         let status = response.status();
-        let body: Value = self.runtime.block_on(async { response.json().await }).unwrap_or(Value::Null);
+        let body: Value = self
+            .runtime
+            .block_on(async { response.json().await })
+            .unwrap_or(Value::Null);
         let code = body["error"]["code"].as_str().unwrap_or("internal");
         Err(RemoteError {
             exit: exit_code(code),
@@ -178,14 +206,27 @@ impl Remote {
         .into())
     }
 
-    fn call(&self, method: Method, segments: &[&str], query: &impl Serialize, body: Option<Value>) -> Result<Value> {
-        if let Some(bad) = segments.iter().flat_map(|s| s.split('/')).find(|p| *p == "." || *p == "..") {
+    fn call(
+        &self,
+        method: Method,
+        segments: &[&str],
+        query: &impl Serialize,
+        body: Option<Value>,
+    ) -> Result<Value> {
+        if let Some(bad) = segments
+            .iter()
+            .flat_map(|s| s.split('/'))
+            .find(|p| *p == "." || *p == "..")
+        {
             return Err(exit::usage(format!(
                 "a name with a {bad:?} path segment cannot be sent to a server (a URL would drop it); rename the secret locally"
             )));
         }
         let response = self.send(method, self.url(segments), query, body)?;
-        Ok(self.runtime.block_on(async { response.json().await }).context("the server's answer is not JSON")?)
+        Ok(self
+            .runtime
+            .block_on(async { response.json().await })
+            .context("the server's answer is not JSON")?)
     }
 
     /// One document, or each of an array's.
@@ -200,25 +241,48 @@ impl Remote {
     pub fn execute(&self, command: Command, wait: Duration) -> Result<Vec<Value>> {
         let wait = [("wait_ms", wait.as_millis() as u64)];
         let values = |v: &sledger::SecretValues| -> Value {
-            v.iter().map(|(k, v)| (k.to_owned(), Value::String(v.to_owned()))).collect::<serde_json::Map<_, _>>().into()
+            v.iter()
+                .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
+                .collect::<serde_json::Map<_, _>>()
+                .into()
         };
         let (method, segments, body) = match command {
-            Command::Create { name, scope, labels, values: v } => (
+            Command::Create {
+                name,
+                scope,
+                labels,
+                values: v,
+            } => (
                 Method::POST,
                 vec!["secrets".to_owned()],
                 json!({"name": name, "scope": scope, "labels": labels, "values": values(&v)}),
             ),
-            Command::Put { name, scope, labels, values: v } => (
+            Command::Put {
+                name,
+                scope,
+                labels,
+                values: v,
+            } => (
                 Method::PUT,
                 vec!["secrets".to_owned(), name],
                 json!({"scope": scope, "labels": labels, "values": values(&v)}),
             ),
-            Command::Update { name, set_values, remove_keys, set_labels, remove_labels } => (
+            Command::Update {
+                name,
+                set_values,
+                remove_keys,
+                set_labels,
+                remove_labels,
+            } => (
                 Method::PATCH,
                 vec!["secrets".to_owned(), name],
                 json!({"values": values(&set_values), "remove_keys": remove_keys, "labels": set_labels, "remove_labels": remove_labels}),
             ),
-            Command::Rename { name, new_name } => (Method::POST, vec!["rename".to_owned(), name], json!({"new_name": new_name})),
+            Command::Rename { name, new_name } => (
+                Method::POST,
+                vec!["rename".to_owned(), name],
+                json!({"new_name": new_name}),
+            ),
             Command::Delete { name } => (Method::DELETE, vec!["secrets".to_owned(), name], Value::Null),
             Command::Undelete { name } => (Method::POST, vec!["undelete".to_owned(), name], Value::Null),
             Command::Purge { name } => (Method::POST, vec!["purge".to_owned(), name], Value::Null),
@@ -258,7 +322,12 @@ impl Remote {
     }
 
     pub fn history(&self, name: &str) -> Result<Vec<Value>> {
-        Ok(Self::docs(self.call(Method::GET, &["history", name], &(), None)?))
+        Ok(Self::docs(self.call(
+            Method::GET,
+            &["history", name],
+            &(),
+            None,
+        )?))
     }
 
     pub fn log(&self, filter: &LogFilter) -> Result<Vec<Value>> {
@@ -266,7 +335,12 @@ impl Remote {
     }
 
     /// Follow the audit log from `after`, calling `each` per entry, until the connection ends.
-    pub fn follow_log(&self, filter: &LogFilter, after: Option<u64>, each: &mut dyn FnMut(Value)) -> Result<()> {
+    pub fn follow_log(
+        &self,
+        filter: &LogFilter,
+        after: Option<u64>,
+        each: &mut dyn FnMut(Value),
+    ) -> Result<()> {
         let filter = LogFilter {
             after_seq: after.or(filter.after_seq),
             limit: None,
@@ -274,7 +348,11 @@ impl Remote {
         };
         let mut response = self.send(Method::GET, self.url(&["log", "stream"]), &filter, None)?;
         let mut pending = Vec::new();
-        while let Some(chunk) = self.runtime.block_on(async { response.chunk().await }).context("the server's stream broke off")? {
+        while let Some(chunk) = self
+            .runtime
+            .block_on(async { response.chunk().await })
+            .context("the server's stream broke off")?
+        {
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = pending.drain(..=end).collect();
@@ -287,7 +365,12 @@ impl Remote {
     }
 
     pub fn access_log(&self, filter: &AccessFilter) -> Result<Vec<Value>> {
-        Ok(Self::docs(self.call(Method::GET, &["access-log"], filter, None)?))
+        Ok(Self::docs(self.call(
+            Method::GET,
+            &["access-log"],
+            filter,
+            None,
+        )?))
     }
 
     pub fn get(&self, segments: &[&str]) -> Result<Value> {

@@ -89,9 +89,14 @@ impl Bars {
 fn show_resync(ctx: &Context, event: &Value) {
     let sink = event["sink"].as_str().unwrap_or_default();
     match event["event"].as_str() {
-        Some("found") if event["applying"] == false => {
-            render_differences(ctx, sink, event["differences"].as_array().map(Vec::as_slice).unwrap_or_default())
-        }
+        Some("found") if event["applying"] == false => render_differences(
+            ctx,
+            sink,
+            event["differences"]
+                .as_array()
+                .map(Vec::as_slice)
+                .unwrap_or_default(),
+        ),
         Some("applied") => print_applied(ctx, sink, event),
         _ => {}
     }
@@ -127,8 +132,10 @@ fn render_differences(ctx: &Context, sink: &str, differences: &[Value]) {
 fn print_applied(ctx: &Context, sink: &str, report: &Value) {
     let count = |field: &str| report[field].as_u64().unwrap_or(0);
     if ctx.json() {
-        output::json_line(&json!({"sink": sink, "target_seq": report["target_seq"], "written": count("written"),
-            "deleted": count("deleted"), "skipped": count("skipped"), "refused": count("refused")}));
+        output::json_line(
+            &json!({"sink": sink, "target_seq": report["target_seq"], "written": count("written"),
+            "deleted": count("deleted"), "skipped": count("skipped"), "refused": count("refused")}),
+        );
         return;
     }
     let left = count("skipped") + count("refused");
@@ -137,7 +144,11 @@ fn print_applied(ctx: &Context, sink: &str, report: &Value) {
     } else {
         format!("{left} object(s) left as they are (see below)")
     };
-    outln!("{sink}: {} written, {} deleted, {outcome}", count("written"), count("deleted"));
+    outln!(
+        "{sink}: {} written, {} deleted, {outcome}",
+        count("written"),
+        count("deleted")
+    );
 }
 
 /// Resync a sink through the library and print what it found and did.
@@ -186,7 +197,12 @@ pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
 pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
     let differences = match &ctx.remote {
         Some(remote) => {
-            let at = args.target.at.as_deref().map(|t| output::parse_time("--at", t)).transpose()?;
+            let at = args
+                .target
+                .at
+                .as_deref()
+                .map(|t| output::parse_time("--at", t))
+                .transpose()?;
             remote
                 .post(&["diff"], json!({"sink": args.sink, "seq": args.target.seq, "at": at.map(sledger::event::format_millis)}))?
                 .as_array()
@@ -221,7 +237,11 @@ pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
 pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
     if let Some(remote) = &ctx.remote {
         let answer = remote.post(&["reconcile"], json!({"sink": args.sink}))?;
-        answer["events"].as_array().into_iter().flatten().for_each(|e| show_resync(ctx, e));
+        answer["events"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .for_each(|e| show_resync(ctx, e));
         return Ok(());
     }
     let ledger = ctx.open_unlocked()?;
@@ -240,11 +260,21 @@ pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
 pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
     let emptied = match &ctx.remote {
         Some(remote) => {
-            let answer = remote.post(&["backup"], json!({"dry_run": args.dry_run, "delete_secrets": args.delete_secrets}))?;
-            answer["events"].as_array().into_iter().flatten().for_each(|e| show_resync(ctx, e));
-            answer["emptied"]["sink"]
-                .as_str()
-                .map(|sink| (sink.to_owned(), answer["emptied"]["deleted"].as_u64().unwrap_or(0)))
+            let answer = remote.post(
+                &["backup"],
+                json!({"dry_run": args.dry_run, "delete_secrets": args.delete_secrets}),
+            )?;
+            answer["events"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .for_each(|e| show_resync(ctx, e));
+            answer["emptied"]["sink"].as_str().map(|sink| {
+                (
+                    sink.to_owned(),
+                    answer["emptied"]["deleted"].as_u64().unwrap_or(0),
+                )
+            })
         }
         None => {
             let ledger = ctx.open_unlocked()?;
@@ -287,7 +317,12 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
     }
     let doc = match &ctx.remote {
         Some(remote) => {
-            let at = args.target.at.as_deref().map(|t| output::parse_time("--at", t)).transpose()?;
+            let at = args
+                .target
+                .at
+                .as_deref()
+                .map(|t| output::parse_time("--at", t))
+                .transpose()?;
             remote.post(
                 &["restore"],
                 json!({"seq": args.target.seq, "at": at.map(sledger::event::format_millis),
@@ -305,13 +340,22 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
             if !args.dry_run && !plan.commands.is_empty() {
                 let outcomes = ledger.execute(&ctx.actor, plan.commands)?;
                 let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
-                doc["outcomes"] = json!(outcome_docs(&format!("restored to seq {seq}:"), &outcomes, primary.as_ref()));
+                doc["outcomes"] = json!(outcome_docs(
+                    &format!("restored to seq {seq}:"),
+                    &outcomes,
+                    primary.as_ref()
+                ));
             }
             doc
         }
     };
     let seq = doc["target_seq"].as_u64().unwrap_or_default();
-    let purged: Vec<&str> = doc["purged"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let purged: Vec<&str> = doc["purged"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
     if !purged.is_empty() {
         eprintln!(
             "note: purged since, cannot come back: {} (their values are destroyed); restoring the rest",
@@ -319,7 +363,10 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         );
     }
     if doc["not_yours"].as_u64().unwrap_or(0) > 0 {
-        eprintln!("note: {} private secret(s) of other owners left alone", doc["not_yours"]);
+        eprintln!(
+            "note: {} private secret(s) of other owners left alone",
+            doc["not_yours"]
+        );
     }
     if let Some(outcomes) = doc["outcomes"].as_array() {
         render_writes(ctx, &format!("restored to seq {seq}:"), outcomes);
@@ -335,8 +382,16 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
     } else {
         let mut t = output::table(&["SECRET", "WOULD"]);
         for s in &steps {
-            let actions: Vec<&str> = s["actions"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            t.add_row(vec![s["name"].as_str().unwrap_or_default().to_owned(), actions.join(", ")]);
+            let actions: Vec<&str> = s["actions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            t.add_row(vec![
+                s["name"].as_str().unwrap_or_default().to_owned(),
+                actions.join(", "),
+            ]);
         }
         outln!("{t}");
     }
@@ -371,7 +426,13 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
         return Ok(());
     }
     let bars = Bars::new(ctx);
-    block_on(orchestrate::migrate(&mut ledger, &ctx.actor, &to, &bars.progress(), &mut print_step))?;
+    block_on(orchestrate::migrate(
+        &mut ledger,
+        &ctx.actor,
+        &to,
+        &bars.progress(),
+        &mut print_step,
+    ))?;
     Ok(())
 }
 

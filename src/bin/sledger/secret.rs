@@ -161,7 +161,12 @@ pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) {
         if ctx.json() {
             output::json_line(doc);
         } else if doc["result"] != "unchanged" {
-            outln!("{verb} {} (version {}, seq {})", doc["name"].as_str().unwrap_or_default(), doc["version"], doc["seq"]);
+            outln!(
+                "{verb} {} (version {}, seq {})",
+                doc["name"].as_str().unwrap_or_default(),
+                doc["version"],
+                doc["seq"]
+            );
         } else {
             outln!(
                 "{} unchanged (version {}): nothing to record",
@@ -306,8 +311,10 @@ fn get(
             ))
         })?;
         if ctx.json() {
-            output::json_line(&json!({"name": doc["name"], "version": doc["version"], "key": k, "value": value,
-                "source": doc["source"], "lagging": doc["lagging"]}));
+            output::json_line(
+                &json!({"name": doc["name"], "version": doc["version"], "key": k, "value": value,
+                "source": doc["source"], "lagging": doc["lagging"]}),
+            );
         } else {
             outln!("{value}");
             note_source(&doc);
@@ -318,7 +325,11 @@ fn get(
         output::json_line(&doc);
         return Ok(());
     }
-    let lag = if doc["lagging"] == true { ", behind the ledger" } else { "" };
+    let lag = if doc["lagging"] == true {
+        ", behind the ledger"
+    } else {
+        ""
+    };
     outln!(
         "{} (version {}, seq {}, {}; source: {}{lag})",
         text(&doc["name"]),
@@ -393,7 +404,8 @@ fn list(ctx: &Context, labels: &[String], deleted: bool) -> Result<()> {
     let mut t = output::table(&["NAME", "SCOPE", "VERSION", "KEYS", "LABELS", "UPDATED"]);
     for m in &docs {
         let keys: Vec<String> = m["keys"].as_array().into_iter().flatten().map(text).collect();
-        let labels: BTreeMap<String, String> = serde_json::from_value(m["labels"].clone()).unwrap_or_default();
+        let labels: BTreeMap<String, String> =
+            serde_json::from_value(m["labels"].clone()).unwrap_or_default();
         t.add_row(vec![
             text(&m["name"]),
             text(&m["scope"]),
@@ -410,7 +422,12 @@ fn list(ctx: &Context, labels: &[String], deleted: bool) -> Result<()> {
 fn history(ctx: &Context, name: &str) -> Result<()> {
     let docs = match &ctx.remote {
         Some(remote) => remote.history(name)?,
-        None => ctx.open()?.history(&ctx.actor, name)?.iter().map(|e| e.to_json()).collect(),
+        None => ctx
+            .open()?
+            .history(&ctx.actor, name)?
+            .iter()
+            .map(|e| e.to_json())
+            .collect(),
     };
     crate::audit::render(ctx, &docs);
     Ok(())

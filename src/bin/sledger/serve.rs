@@ -142,7 +142,12 @@ pub fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
                     (None, Some(at)) if at <= now => "expired".into(),
                     _ => "active".into(),
                 };
-                let patterns: Vec<String> = token["patterns"].as_array().into_iter().flatten().map(text).collect();
+                let patterns: Vec<String> = token["patterns"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(text)
+                    .collect();
                 t.add_row(vec![
                     text(&token["name"]),
                     text(&token["role"]),

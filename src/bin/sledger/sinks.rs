@@ -43,13 +43,18 @@ fn change(ctx: &Context, command: Command, verb: &str, name: &str) -> Result<()>
                     remote.post(&["sinks"], json!({"name": name, "url": url, "role": role}))?
                 }
                 Command::PromoteSink { name } => remote.post(&["sinks", name, "promote"], json!({}))?,
-                Command::SetSinkRole { name, role } => remote.put(&["sinks", name, "role"], json!({"role": role}))?,
+                Command::SetSinkRole { name, role } => {
+                    remote.put(&["sinks", name, "role"], json!({"role": role}))?
+                }
                 Command::RemoveSink { name } => remote.delete(&["sinks", name])?,
                 _ => unreachable!("only sink commands"),
             };
             answer.as_array().is_none_or(|a| !a.is_empty())
         }
-        None => !ctx.open_unlocked()?.execute(&ctx.actor, vec![command])?.is_empty(),
+        None => !ctx
+            .open_unlocked()?
+            .execute(&ctx.actor, vec![command])?
+            .is_empty(),
     };
     if ctx.json() {
         output::json_line(&json!({"sink": name, "result": if changed { verb } else { "unchanged" }}));
@@ -207,7 +212,11 @@ fn status(ctx: &Context) -> Result<()> {
             (Some(e), None) => e.to_owned(),
             _ => String::new(),
         };
-        let lag = if s["role"] == "standby" { "-".into() } else { text(&s["lag"]) };
+        let lag = if s["role"] == "standby" {
+            "-".into()
+        } else {
+            text(&s["lag"])
+        };
         t.add_row(vec![
             text(&s["name"]),
             text(&s["role"]),

@@ -11,7 +11,8 @@ use crate::output;
 use crate::output::outln;
 
 fn read_anchor(path: &std::path::Path) -> Result<Anchor> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read anchor {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read anchor {}", path.display()))?;
     serde_json::from_str(&text).map_err(|_| {
         crate::exit::usage(format!(
             "{} is not an anchor file written by `sledger verify --save-anchor`",
@@ -64,7 +65,9 @@ fn verify_local(ctx: &Context, args: &VerifyArgs, saved: Option<&Anchor>) -> Res
 /// Which seqs the MAC check covered.
 pub fn macs(ledger: &sledger::Ledger) -> Result<Value> {
     Ok(match ledger.is_unlocked() {
-        false => json!({"checked": false, "why": "no master key: the chain and structure were checked, not who wrote the events"}),
+        false => {
+            json!({"checked": false, "why": "no master key: the chain and structure were checked, not who wrote the events"})
+        }
         true => json!({"checked": true, "from_seq": ledger.mac_from()?}),
     })
 }
@@ -115,8 +118,12 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
             outln!("anchor matches: nothing before it was truncated or rewritten");
         }
         match (doc["macs"]["checked"].as_bool(), doc["macs"]["from_seq"].as_u64()) {
-            (Some(true), Some(from)) => outln!("MACs: every event from seq {from} on was written by a master-key holder"),
-            (Some(true), None) => outln!("MACs: none yet (a ledger from before MACs; the next write starts them)"),
+            (Some(true), Some(from)) => {
+                outln!("MACs: every event from seq {from} on was written by a master-key holder")
+            }
+            (Some(true), None) => {
+                outln!("MACs: none yet (a ledger from before MACs; the next write starts them)")
+            }
             _ => outln!("MACs: not checked without the master key"),
         }
     }
