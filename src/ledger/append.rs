@@ -277,6 +277,26 @@ pub(super) fn append_request(
     Ok(outcomes)
 }
 
+/// Chain, MAC and append a ledger-level event (no secret) after `head`, which moves on.
+pub(super) fn append_ledger_event(
+    tx: &dyn Store,
+    keys: &Keys,
+    head: &mut Head,
+    actor: &str,
+    event: Event,
+    now: Millis,
+) -> Result<()> {
+    let new = NewEvent {
+        event_id: uuid::Uuid::now_v7(),
+        actor: actor.to_owned(),
+        secret_id: None,
+        event,
+    };
+    let mut row = chain_next(head, &new, now);
+    seal_row(Some(keys), &mut row);
+    tx.append(&row)
+}
+
 /// Give a row its MAC (every append by a key holder).
 pub(super) fn seal_row(keys: Option<&Keys>, row: &mut StoredEvent) {
     row.mac = keys.map(|k| k.mac.event(&row.hash));
@@ -592,18 +612,8 @@ impl Ledger {
         let keys = need_keys(keys)?;
         mac::check_since_trusted(&*tx, &keys.mac)?;
         if let Some(event) = mac::start_if_needed(&*tx, &keys.master, &keys.fingerprint, &keys.mac, head)? {
-            let new = NewEvent {
-                event_id: uuid::Uuid::now_v7(),
-                actor: requests
-                    .first()
-                    .map_or("sledger", |r| r.actor.as_str())
-                    .to_owned(),
-                secret_id: None,
-                event,
-            };
-            let mut row = chain_next(&mut head, &new, now);
-            seal_row(Some(keys), &mut row);
-            tx.append(&row)?;
+            let actor = requests.first().map_or("sledger", |r| r.actor.as_str());
+            append_ledger_event(&*tx, keys, &mut head, actor, event, now)?;
         }
         let keys = Some(keys);
         let alone = requests.len() == 1;

@@ -21,19 +21,7 @@ impl Ledger {
         if let Some(event) =
             mac::start_if_needed(&*tx, &keys.master, &keys.fingerprint, &keys.mac, tx.head()?)?
         {
-            let mut head = tx.head()?;
-            let mut row = chain_next(
-                &mut head,
-                &NewEvent {
-                    event_id: uuid::Uuid::now_v7(),
-                    actor: actor.to_owned(),
-                    secret_id: None,
-                    event,
-                },
-                now_ms(),
-            );
-            row.mac = Some(keys.mac.event(&row.hash));
-            tx.append(&row)?;
+            append_ledger_event(&*tx, keys, &mut tx.head()?, actor, event, now_ms())?;
         }
         let rewrapped = tx.rewrap_keys(&mut |id, wrapped| {
             let dek = keys.master.unwrap_data_key(wrapped, id)?;
@@ -48,18 +36,8 @@ impl Ledger {
         tx.set_setting("key_check", new.key_check().as_slice())?;
         let mut head = tx.head()?;
         let first_seq = head.seq;
-        let mut row = chain_next(
-            &mut head,
-            &NewEvent {
-                event_id: uuid::Uuid::now_v7(),
-                actor: actor.to_owned(),
-                secret_id: None,
-                event: Event::KeyRotated { key_id: new.key_id() },
-            },
-            now_ms(),
-        );
-        row.mac = Some(keys.mac.event(&row.hash));
-        tx.append(&row)?;
+        let event = Event::KeyRotated { key_id: new.key_id() };
+        append_ledger_event(&*tx, keys, &mut head, actor, event, now_ms())?;
         mac::trust(&*tx, &keys.mac, head)?;
         finish_append(&*tx, self.settings, first_seq, head)?;
         persist(&new)?;
