@@ -19,8 +19,12 @@ use crate::MasterKey;
 
 /// Most requests one group commit takes; more wait for the next one.
 const MAX_GROUP: usize = 1024;
-/// Read connections kept open between reads.
-const MAX_IDLE_READERS: usize = 8;
+/// Reads that run at once, each on its own connection; more wait their turn without holding
+/// a thread. Two per core keeps the cores busy while one read waits on the disk, and bounds
+/// the memory a burst of clients can pin (each connection has its own page cache).
+fn max_readers() -> usize {
+    std::thread::available_parallelism().map_or(4, |n| 2 * n.get())
+}
 
 /// A job for the writer thread.
 enum Write {
@@ -40,6 +44,7 @@ struct Shared {
     master: MasterKey,
     writes: Mutex<Option<mpsc::Sender<Write>>>,
     readers: Mutex<Vec<Ledger>>,
+    reading: Arc<tokio::sync::Semaphore>,
     head: watch::Sender<u64>,
     groups: AtomicU64,
     requests: AtomicU64,
@@ -84,6 +89,7 @@ impl LedgerHandle {
             master,
             writes: Mutex::new(Some(send)),
             readers: Mutex::new(Vec::new()),
+            reading: Arc::new(tokio::sync::Semaphore::new(max_readers())),
             head: watch::Sender::new(head),
             groups: AtomicU64::new(0),
             requests: AtomicU64::new(0),
@@ -199,18 +205,20 @@ impl LedgerHandle {
         T: Send + 'static,
         F: FnOnce(&Ledger) -> Result<T> + Send + 'static,
     {
+        // The permit moves into the task, so a caller that gives up does not free its turn
+        // while its read still runs.
+        let turn = self.shared.reading.clone().acquire_owned().await.map_err(|_| closed())?;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
+            let _turn = turn;
             let idle = shared.readers.lock().expect("not poisoned").pop();
             let reader = match idle {
                 Some(reader) => reader,
                 None => Ledger::open_with_key(&shared.path, shared.master.clone())?,
             };
             let result = read(&reader);
-            let mut idle = shared.readers.lock().expect("not poisoned");
-            if idle.len() < MAX_IDLE_READERS {
-                idle.push(reader);
-            }
+            // At most `max_readers` connections exist, since only that many reads run at once.
+            shared.readers.lock().expect("not poisoned").push(reader);
             result
         })
         .await
