@@ -129,7 +129,8 @@ fn update(m: &mut SecretMeta, stored: &StoredEvent, event: Event) -> Result<()> 
         | Event::SinkRemoved { .. }
         | Event::TokenIssued { .. }
         | Event::TokenRevoked { .. }
-        | Event::MacsStarted => {
+        | Event::MacsStarted
+        | Event::AnchorsReset => {
             return Err(corrupt(
                 stored,
                 event_type,
@@ -237,7 +238,8 @@ pub(crate) fn apply_sink_event(
         | Event::LedgerRestored { .. }
         | Event::TokenIssued { .. }
         | Event::TokenRevoked { .. }
-        | Event::MacsStarted => {}
+        | Event::MacsStarted
+        | Event::AnchorsReset => {}
         _ => return Err(corrupt(stored, event_type, "has no secret id")),
     }
     Ok(())

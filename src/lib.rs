@@ -35,6 +35,7 @@ pub mod setup;
 pub mod sink;
 pub mod store;
 pub mod validate;
+pub mod witness;
 
 pub use catalog::{Catalog, SecretMeta, Status};
 pub use crypto::{MasterKey, SecretValues};

@@ -1,6 +1,6 @@
 //! Tamper evidence: with the append-only triggers dropped, any single change to the stored
 //! events makes `sledger verify` fail and name the first bad seq; a truncated or rewritten
-//! tail is caught with `--anchor`.
+//! tail is caught with `--anchor`, and without one by the anchors the sinks witnessed.
 
 mod common;
 
@@ -196,7 +196,9 @@ fn truncated_or_rewritten_tail_is_caught_by_the_anchor() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("truncated"));
 
     // Rewriting: truncate, drop the trusted point too, then append new events until the log
-    // is as long again: only the anchor can tell.
+    // is as long again. The primary sink (shared with the original: its URL is in the ledger)
+    // witnessed the lost head, so the first write is refused until a key holder accepts the
+    // ledger; after that, only the anchor file can tell.
     let copy = copy_of(&env);
     let raw = copy.raw();
     raw.execute("DELETE FROM events WHERE seq >= ?1", [events as i64 - 1])
@@ -204,6 +206,9 @@ fn truncated_or_rewritten_tail_is_caught_by_the_anchor() {
     raw.execute("DELETE FROM ledger_meta WHERE key = 'mac_trusted'", [])
         .unwrap();
     drop(raw);
+    let err = copy.fails(&["secret", "create", "x", "--value", "k=forged"], INTEGRITY);
+    assert!(err.contains("sink local witnessed seq"), "{err}");
+    copy.ok(&["anchors", "reset", "--yes"]);
     copy.ok(&["secret", "create", "x", "--value", "k=forged"]);
     copy.ok(&["secret", "create", "y", "--value", "k=forged"]);
     copy.ok(&["verify"]);
@@ -436,4 +441,144 @@ fn deleting_the_mac_records_does_not_switch_macs_off() {
     let err = env.fails(&["secret", "get", "db"], INTEGRITY);
     assert!(err.contains("MACs start"), "{err}");
     env.fails(&["verify"], INTEGRITY);
+}
+
+/// Every event after `seq` gone, as someone with sqlite3 would cut the tail.
+fn truncate_after(env: &Env, seq: u64) {
+    let raw = env.raw();
+    raw.execute("DELETE FROM events WHERE seq > ?1", [seq as i64]).unwrap();
+    raw.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
+}
+
+fn head(env: &Env) -> u64 {
+    env.json(&["verify"])["events"].as_u64().unwrap()
+}
+
+#[test]
+fn a_ledger_put_back_from_an_older_copy_is_refused_until_accepted() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "kept", "--value", "k=1"]);
+    let backup = env.path("ledger.db.bak");
+    std::fs::copy(&env.ledger, &backup).unwrap();
+    for i in 0..10 {
+        env.ok(&["secret", "create", &format!("lost/{i}"), "--value", "k=1"]);
+    }
+    let witnessed = head(&env);
+    let anchors = env.json(&["anchors"]);
+    assert_eq!(anchors[0]["anchor"]["seq"], witnessed, "{anchors}");
+    assert_eq!(anchors[0]["verdict"]["status"], "matches", "{anchors}");
+
+    // The file backup goes back in place (WAL gone with it).
+    std::fs::copy(&backup, &env.ledger).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", env.ledger.display()));
+    }
+    let err = env.fails(&["secret", "create", "new", "--value", "k=1"], INTEGRITY);
+    assert!(
+        err.contains(&format!("sink local witnessed seq {witnessed}")) && err.contains("anchors reset --yes"),
+        "{err}"
+    );
+    let err = env.fails(&["verify"], INTEGRITY);
+    assert!(err.contains("sink local witnessed seq"), "{err}");
+    // Nothing was appended by the refused write, and `project` does not erase the evidence.
+    env.ok(&["project"]);
+    assert_eq!(env.json(&["anchors"])[0]["verdict"]["status"], "ahead");
+
+    env.fails(&["anchors", "reset"], 2);
+    env.ok(&["anchors", "reset", "--yes"]);
+    assert_eq!(env.json(&["anchors"])[0]["verdict"]["status"], "superseded");
+    env.ok(&["secret", "create", "new", "--value", "k=1"]);
+    env.ok(&["verify"]);
+    let anchors = env.json(&["anchors"]);
+    assert_eq!(anchors[0]["anchor"]["seq"], head(&env), "{anchors}");
+    assert_eq!(anchors[0]["verdict"]["status"], "matches", "{anchors}");
+    let log = env.json_lines(&["log", "--type", "anchors.reset"]);
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["actor"], "alice@test");
+}
+
+#[test]
+fn a_truncated_tail_is_named_by_its_witness_without_an_anchor_file() {
+    let env = Env::new();
+    for i in 0..5 {
+        env.ok(&["secret", "create", &format!("s{i}"), "--value", "k=1"]);
+    }
+    let witnessed = head(&env);
+    truncate_after(&env, witnessed - 2);
+    let err = env.fails(&["verify"], INTEGRITY);
+    assert!(
+        err.contains(&format!("sink local witnessed seq {witnessed}"))
+            && err.contains(&format!("this ledger ends at seq {}", witnessed - 2)),
+        "{err}"
+    );
+}
+
+/// The example plug-in's file for the anchor (its objects are plain JSON, so it can be edited).
+fn anchor_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let name = format!("{}.json", uuid::Uuid::max());
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(&name))
+        .unwrap_or_else(|| panic!("no anchor object in {}", dir.display()))
+}
+
+#[test]
+fn an_anchor_forged_without_the_master_key_is_not_believed() {
+    let env = Env::new();
+    let store = env.path("plugin");
+    env.ok(&["sink", "add", "plug", &common::exec_url(&store, &[])]);
+    for i in 0..3 {
+        env.ok(&["secret", "create", &format!("s{i}"), "--value", "k=1"]);
+    }
+    env.ok(&["project"]);
+    let status = |env: &Env| {
+        let anchors = env.json(&["anchors"]);
+        anchors
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["sink"] == "plug")
+            .unwrap()["verdict"]
+            .clone()
+    };
+    assert_eq!(status(&env)["status"], "matches");
+
+    // A higher seq written into the anchor without the key: its MAC no longer matches, so it
+    // is not taken for proof that the ledger lost events.
+    let path = anchor_file(&store);
+    let genuine = std::fs::read_to_string(&path).unwrap();
+    let forged = genuine.replace(&format!("\"seq\":\"{}\"", head(&env)), "\"seq\":\"999\"");
+    assert_ne!(forged, genuine, "the anchor's seq was not found in {genuine}");
+    std::fs::write(&path, &forged).unwrap();
+    let verdict = status(&env);
+    assert_eq!(verdict["status"], "invalid", "{verdict}");
+    assert!(verdict["reason"].as_str().unwrap().contains("MAC"), "{verdict}");
+    env.ok(&["verify"]);
+    env.ok(&["secret", "create", "after", "--value", "k=1"]);
+
+    // Another ledger's genuine anchor, copied in, is not believed either.
+    let other = Env::new();
+    let other_store = other.path("plugin");
+    other.ok(&["sink", "add", "plug", &common::exec_url(&other_store, &[])]);
+    other.ok(&["secret", "create", "x", "--value", "k=1"]);
+    other.ok(&["project"]);
+    std::fs::copy(anchor_file(&other_store), &path).unwrap();
+    assert_eq!(status(&env)["status"], "invalid");
+    env.ok(&["verify"]);
+
+    // The projector's next batch replaces it with a genuine one.
+    env.ok(&["secret", "create", "later", "--value", "k=1"]);
+    env.ok(&["project"]);
+    assert_eq!(status(&env)["status"], "matches");
+    // The anchor is never taken for a secret.
+    env.ok(&["diff", "plug"]);
+    let names: Vec<String> = env
+        .json(&["secret", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(!names.iter().any(|n| n.contains("anchor")), "{names:?}");
 }

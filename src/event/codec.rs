@@ -124,7 +124,11 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
             from: Cow::Borrowed(from),
             to: Cow::Borrowed(to),
         }),
-        Event::SecretDeleted | Event::SecretRestored | Event::SecretPurged | Event::MacsStarted => {
+        Event::SecretDeleted
+        | Event::SecretRestored
+        | Event::SecretPurged
+        | Event::MacsStarted
+        | Event::AnchorsReset => {
             to_bytes(&Empty {})
         }
         Event::KeyRotated { key_id } => to_bytes(&KeyRotatedV1 {
@@ -196,6 +200,7 @@ pub fn decode(event_type: &str, event_version: u32, payload: &[u8]) -> Result<Ev
         ("secret.restored", 1) => from_bytes::<Empty>(payload).map(|_| Event::SecretRestored)?,
         ("secret.purged", 1) => from_bytes::<Empty>(payload).map(|_| Event::SecretPurged)?,
         ("ledger.macs_started", 1) => from_bytes::<Empty>(payload).map(|_| Event::MacsStarted)?,
+        ("anchors.reset", 1) => from_bytes::<Empty>(payload).map(|_| Event::AnchorsReset)?,
         ("key.rotated", 1) => {
             let p: KeyRotatedV1 = from_bytes(payload)?;
             Event::KeyRotated { key_id: p.key_id }

@@ -125,6 +125,9 @@ pub enum Event {
     /// From this event on, every event carries a MAC under a key only master-key holders have
     /// (the upgrade of a ledger written before MACs existed).
     MacsStarted,
+    /// A key holder accepted this ledger as it is, though sinks witnessed a head it no longer
+    /// has (a rollback to an older copy): anchors written before this event are not believed.
+    AnchorsReset,
 }
 
 /// What a sink is for.
@@ -198,6 +201,7 @@ impl Event {
             Event::TokenIssued { .. } => "token.issued",
             Event::TokenRevoked { .. } => "token.revoked",
             Event::MacsStarted => "ledger.macs_started",
+            Event::AnchorsReset => "anchors.reset",
         }
     }
 
@@ -226,6 +230,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "token.issued",
     "token.revoked",
     "ledger.macs_started",
+    "anchors.reset",
 ];
 
 /// One row of the `events` table.

@@ -402,6 +402,7 @@ pub(super) fn plan(
             }
             Planned::Ledger(vec![Event::TokenRevoked { name }])
         }
+        Command::ResetAnchors => Planned::Ledger(vec![Event::AnchorsReset]),
         Command::RecordRestore {
             target_seq,
             planned_at,

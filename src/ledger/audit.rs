@@ -103,6 +103,10 @@ pub(super) fn describe(
         Event::MacsStarted => {
             Some("every event from here on carries a MAC only master-key holders can make".into())
         }
+        Event::AnchorsReset => Some(
+            "this ledger was accepted as it is: the head its sinks witnessed before now is no longer believed"
+                .into(),
+        ),
         _ => None,
     };
     let labels = match event {

@@ -24,6 +24,7 @@ mod mac;
 mod persist;
 mod query;
 mod verify;
+mod witness;
 
 pub use append::Request;
 use append::*;
@@ -32,6 +33,7 @@ pub(crate) use persist::open_values_at;
 use persist::*;
 use query::*;
 pub use verify::Anchor;
+pub use witness::{Verdict, WitnessedHead};
 
 /// Per-ledger settings, fixed at `init`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -122,6 +124,10 @@ pub enum Command {
     RevokeToken {
         name: String,
     },
+    /// Accept the ledger as it is although sinks witnessed a later head (it was put back from
+    /// an older copy): anchors written before this are no longer believed, and the next
+    /// projection into each sink overwrites its anchor.
+    ResetAnchors,
     /// Record that the commands after it restore the state after `target_seq` (so the audit
     /// log says what a burst of compensating events was for).
     RecordRestore {

@@ -38,6 +38,9 @@ pub struct ProjectOptions {
     pub deadline: Option<Instant>,
     /// Stop between batches once this is set (a signal handler's flag).
     pub stop: Option<Arc<AtomicBool>>,
+    /// Leave the ledger's head in the sink after each batch ([`crate::witness`]). Off only to
+    /// measure what the anchors cost.
+    pub anchors: bool,
 }
 
 impl Default for ProjectOptions {
@@ -47,6 +50,7 @@ impl Default for ProjectOptions {
             concurrency: None,
             deadline: None,
             stop: None,
+            anchors: true,
         }
     }
 }
@@ -299,6 +303,9 @@ pub async fn project_attachment(
     // One run projects what was written before it started: chasing the head instead would
     // never end while writers outpace a slow backend (a migration under load).
     let head = ledger.head()?.seq;
+    if opts.anchors && ledger.checkpoint(name)? < head {
+        crate::witness::refuse_to_overwrite(ledger, config, sink).await?;
+    }
     loop {
         let Some(_writing) = lock_sink_writes(ledger, name, opts).await? else {
             return Ok(report); // the deadline passed, or a stop, while another process wrote
@@ -369,6 +376,14 @@ pub async fn project_attachment(
         if let Some(e) = failed {
             ledger.record_sink_error(name, &e.to_string())?;
             return Err(e);
+        }
+        if opts.anchors {
+            // After the batch's records, so an anchor never claims more than the sink holds.
+            // A sink that takes the records but not the anchor still gets its secrets: the
+            // anchor is a witness, and a stale one only witnesses less.
+            if let Err(e) = sink.put(&ledger.anchor_record(through)?).await {
+                tracing::warn!(sink = name, error = %e, "the sink's anchor could not be written");
+            }
         }
         if !ledger.save_checkpoint(name, attached, through)? {
             return Err(Error::sink(

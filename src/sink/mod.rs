@@ -252,6 +252,12 @@ pub trait Sink: Send + Sync + fmt::Debug + 'static {
     async fn health(&self) -> Result<()>;
 }
 
+/// The id under which every sink keeps its anchor: the ledger head it witnessed
+/// ([`crate::witness`]). No secret can have it (secret ids are v4 or v7 UUIDs, whose version
+/// bits this id does not have), so the anchor shares the secrets' naming, storage and seq rules
+/// in every backend; the layers every opened sink is wrapped in leave it out of `list`.
+pub const ANCHOR_ID: SecretId = uuid::Uuid::max();
+
 /// The object name of a secret under a prefix.
 pub fn object_name(prefix: &str, id: SecretId) -> String {
     format!("{prefix}{id}")

@@ -267,6 +267,12 @@ pub fn cloud_sink_walkthrough(vars: &'static [(&'static str, &'static str)], sin
         .unwrap()
         .clone();
     assert_eq!(row["lag"], 0, "{row}");
+    // The backend keeps the anchor the projector left (the ledger's head, MAC'd) and gives it
+    // back; `diff` passing shows it is not listed as a secret.
+    let anchors = json(&["anchors"]);
+    let witness = anchors.as_array().unwrap().iter().find(|w| w["sink"] == sink).unwrap();
+    assert_eq!(witness["verdict"]["status"], "matches", "{witness}");
+    assert_eq!(witness["anchor"]["seq"], row["checkpoint"], "{witness}");
     run(&["diff", sink]);
     let got = json(&["secret", "get", "app/s1", "--from", "backup"]);
     assert_eq!(

@@ -66,6 +66,8 @@ pub enum Commands {
     Log(LogArgs),
     /// Recompute the hash chain and report the first bad event
     Verify(VerifyArgs),
+    /// The head each sink witnessed (its anchor), and whether this ledger still holds it
+    Anchors(AnchorsArgs),
     /// Master key management
     #[command(subcommand)]
     Key(KeyCmd),
@@ -97,6 +99,23 @@ pub enum Commands {
     /// Issue, list and revoke the API tokens `sledger serve` accepts
     #[command(subcommand)]
     Token(TokenCmd),
+}
+
+#[derive(Args)]
+pub struct AnchorsArgs {
+    #[command(subcommand)]
+    pub command: Option<AnchorsCmd>,
+}
+
+#[derive(Subcommand)]
+pub enum AnchorsCmd {
+    /// Accept this ledger as it is, though sinks witnessed a later head (an older copy put
+    /// back): recorded in the log; each sink's anchor is replaced on its next projection
+    Reset {
+        /// Confirm: the events the sinks saw beyond this ledger's head are given up
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Args)]

@@ -144,6 +144,17 @@ impl Context {
         Ok(ledger)
     }
 
+    /// Open the ledger to write: unlocked, and refused if it lost events its primary sink
+    /// witnessed (a truncated tail, an older copy put back). A primary that cannot be asked
+    /// is noted, not waited for.
+    pub fn open_to_write(&self) -> Result<Ledger> {
+        let ledger = self.open_unlocked()?;
+        if let Some(note) = block_on(sledger::witness::check_primary(&ledger))? {
+            eprintln!("note: {note}");
+        }
+        Ok(ledger)
+    }
+
     /// The master key from SLEDGER_MASTER_KEY or the key file, if there is one (not checked
     /// against the ledger).
     pub fn master_key_if_any(&self) -> Result<Option<MasterKey>> {

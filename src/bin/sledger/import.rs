@@ -51,7 +51,7 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
         (None, Some(url)) => read_foreign(ctx, url, args.prefix.as_deref().unwrap_or(""))?,
         (None, None) => unreachable!("clap requires --file or --from"),
     };
-    let mut ledger = ctx.open_unlocked()?;
+    let mut ledger = ctx.open_to_write()?;
     if args.dry_run {
         return dry_run(ctx, &ledger, &records);
     }

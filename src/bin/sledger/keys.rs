@@ -43,7 +43,7 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
     match cmd {
         KeyCmd::Rotate { new_key_file } => {
             let from_env = Context::env_key()?.is_some();
-            let mut ledger = ctx.open_unlocked()?;
+            let mut ledger = ctx.open_to_write()?;
             let (rewrapped, written_to) = match (from_env, new_key_file) {
                 (true, Some(path)) => {
                     let mut persist = |new: &MasterKey| new.write_new_file(&path);

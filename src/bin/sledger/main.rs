@@ -49,6 +49,7 @@ fn main() {
         Commands::Secret(cmd) => secret::run(&ctx, cmd),
         Commands::Log(args) => audit::run(&ctx, args, actor_from_command_line),
         Commands::Verify(args) => verify::run(&ctx, args),
+        Commands::Anchors(args) => local("anchors").and_then(|()| verify::anchors(&ctx, args)),
         Commands::Key(cmd) => local("key").and_then(|()| keys::run(&ctx, cmd)),
         Commands::Import(args) => local("import").and_then(|()| import::run(&ctx, args)),
         Commands::Sink(cmd) => sinks::run(&ctx, cmd),

@@ -176,7 +176,7 @@ async fn reconcile_sink(
 }
 
 pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
-    let ledger = ctx.open_unlocked()?;
+    let ledger = ctx.open_to_write()?;
     let seq = target(&ledger, &args.target)?;
     if args.into.contains("://") {
         refuse_memory(&SinkUrl::parse(&args.into)?)?;
@@ -244,7 +244,7 @@ pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
             .for_each(|e| show_resync(ctx, e));
         return Ok(());
     }
-    let ledger = ctx.open_unlocked()?;
+    let ledger = ctx.open_to_write()?;
     let (_, sink) = ledger.open_sink(&args.sink)?;
     let desired = ledger.desired_at(ledger.head()?.seq)?;
     block_on(reconcile_sink(
@@ -277,7 +277,7 @@ pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
             })
         }
         None => {
-            let ledger = ctx.open_unlocked()?;
+            let ledger = ctx.open_to_write()?;
             let bars = Bars::new(ctx);
             let report = block_on(orchestrate::backup(
                 &ledger,
@@ -330,7 +330,7 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
             )?
         }
         None => {
-            let mut ledger = ctx.open_unlocked()?;
+            let mut ledger = ctx.open_to_write()?;
             let seq = target(&ledger, &args.target)?;
             let plan = ledger.plan_restore(&ctx.actor, seq, &args.secrets)?;
             let mut doc = plan.summary(args.dry_run);
@@ -420,7 +420,7 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let mut ledger = ctx.open_unlocked()?;
+    let mut ledger = ctx.open_to_write()?;
     if args.dry_run {
         print_plan(block_on(orchestrate::plan_migration(&ledger, &to))?);
         return Ok(());

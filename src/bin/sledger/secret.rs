@@ -182,7 +182,7 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
         let docs = match &ctx.remote {
             Some(remote) => remote.execute(command, ctx.wait)?,
             None => {
-                let mut ledger = ctx.open_unlocked()?;
+                let mut ledger = ctx.open_to_write()?;
                 let outcomes = ledger.execute(&ctx.actor, vec![command])?;
                 let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
                 outcome_docs(verb, &outcomes, primary.as_ref())

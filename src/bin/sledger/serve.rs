@@ -27,7 +27,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
         issue(ctx, "admin", Role::Admin, vec!["*".into()], None)?;
     }
     let master = ctx.master_key()?;
-    if ctx.open_unlocked()?.tokens()?.all().next().is_none() {
+    if ctx.open_to_write()?.tokens()?.all().next().is_none() {
         eprintln!(
             "note: no token has been issued, so every request will be refused; \
              `sledger token create --name admin --role admin --pattern '*'` makes the first one"
@@ -77,7 +77,7 @@ fn issue(
             json!({"name": name, "role": role, "patterns": patterns, "expires_in_seconds": expires.map(|d| d.as_secs().max(1))}),
         )?,
         None => {
-            let mut ledger = ctx.open_unlocked()?;
+            let mut ledger = ctx.open_to_write()?;
             let token = generate_token();
             let expires_at = expires.map(|d| sledger::ledger::now_ms().saturating_add(d.as_millis() as i64));
             let outcomes = ledger.execute(
@@ -167,7 +167,7 @@ pub fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
                     remote.delete(&["tokens", &name])?;
                 }
                 None => {
-                    ctx.open_unlocked()?
+                    ctx.open_to_write()?
                         .execute(&ctx.actor, vec![Command::RevokeToken { name: name.clone() }])?;
                 }
             }

@@ -52,7 +52,7 @@ fn change(ctx: &Context, command: Command, verb: &str, name: &str) -> Result<()>
             answer.as_array().is_none_or(|a| !a.is_empty())
         }
         None => !ctx
-            .open_unlocked()?
+            .open_to_write()?
             .execute(&ctx.actor, vec![command])?
             .is_empty(),
     };
@@ -75,7 +75,7 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
             let created = match ctx.remote {
                 Some(_) => None,
                 None => {
-                    ctx.open_unlocked()?;
+                    ctx.open_to_write()?;
                     prepare_backend(&parsed)?
                 }
             };
@@ -118,7 +118,7 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
             let doc = match &ctx.remote {
                 Some(remote) => remote.post(&["sinks", &name, "retry"], json!({}))?,
                 None => {
-                    let ledger = ctx.open_unlocked()?;
+                    let ledger = ctx.open_to_write()?;
                     let (fixed, still) = block_on(async {
                         let (_, sink) = ledger.open_sink(&name)?;
                         project::retry_parked(&ledger, &name, &*sink).await

@@ -5,7 +5,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use sledger::Anchor;
 
-use crate::cli::VerifyArgs;
+use crate::cli::{AnchorsArgs, AnchorsCmd, VerifyArgs};
+use crate::context::block_on;
 use crate::context::Context;
 use crate::output;
 use crate::output::outln;
@@ -48,10 +49,30 @@ fn verify_local(ctx: &Context, args: &VerifyArgs, saved: Option<&Anchor>) -> Res
         bar.set_position(done);
     });
     bar.finish_and_clear();
-    let head = verified?;
+    let head = match verified {
+        Ok(head) => head,
+        Err(broken) => {
+            // A log cut short is still a log its sinks saw longer: name them too.
+            let witnessed = match ledger.is_unlocked() {
+                true => block_on(sledger::witness::read_all(&ledger))
+                    .ok()
+                    .and_then(|w| sledger::witness::refuse_rollback(&ledger, &w).err()),
+                false => None,
+            };
+            return Err(match witnessed {
+                Some(witnessed) => anyhow::Error::new(broken).context(witnessed.to_string()),
+                None => broken.into(),
+            });
+        }
+    };
     if let Some(saved) = saved {
         ledger.check_anchor(saved)?;
     }
+    // The sinks' anchors need the key to be believed; an auditor without it has --anchor.
+    let witnesses = match ledger.is_unlocked() {
+        true => Some(block_on(sledger::witness::check_all(&ledger))?),
+        false => None,
+    };
     Ok(json!({
         "ok": true,
         "events": head.seq,
@@ -59,7 +80,74 @@ fn verify_local(ctx: &Context, args: &VerifyArgs, saved: Option<&Anchor>) -> Res
         "anchor_checked": saved.is_some(),
         "access_log_rows": ledger.access_head()?,
         "macs": macs(&ledger)?,
+        "witnesses": witnesses,
     }))
+}
+
+/// One line per sink: what its anchor says.
+fn describe(w: &Value) -> String {
+    let seq = &w["anchor"]["seq"];
+    match w["verdict"]["status"].as_str() {
+        _ if !w["error"].is_null() => format!("not read: {}", w["error"].as_str().unwrap_or_default()),
+        None => "no anchor yet (written by its next projection)".into(),
+        Some("matches") => match w["verdict"]["behind"].as_u64() {
+            Some(0) => format!("seq {seq}: matches the head"),
+            behind => format!("seq {seq}: matches ({} events behind the head)", behind.unwrap_or_default()),
+        },
+        Some("ahead") => format!("seq {seq}: AHEAD of this ledger's head {}", w["verdict"]["head"]),
+        Some("diverged") => format!("seq {seq}: DIFFERS from this ledger's event {seq}"),
+        Some("superseded") => format!(
+            "seq {seq}: written before `anchors reset` (seq {}); replaced on its next projection",
+            w["verdict"]["reset_seq"]
+        ),
+        Some(_) => format!("not believed: {}", w["verdict"]["reason"].as_str().unwrap_or_default()),
+    }
+}
+
+/// `sledger anchors`: each sink's anchor; `anchors reset --yes`: accept the ledger as it is.
+pub fn anchors(ctx: &Context, args: AnchorsArgs) -> Result<()> {
+    let ledger = ctx.open_unlocked()?;
+    if let Some(AnchorsCmd::Reset { yes }) = args.command {
+        if !yes {
+            return Err(crate::exit::usage(
+                "`anchors reset` gives up the events the sinks saw beyond this ledger's head; \
+                 if you have the newer ledger file, put it back instead. Pass --yes to accept this ledger",
+            ));
+        }
+        let mut ledger = ledger;
+        let outcomes = ledger.execute(&ctx.actor, vec![sledger::Command::ResetAnchors])?;
+        let seq = outcomes.iter().find_map(sledger::Outcome::seq);
+        if ctx.json() {
+            output::json_line(&json!({"result": "reset", "seq": seq}));
+        } else {
+            outln!(
+                "anchors reset at seq {}: the sinks' earlier anchors are no longer believed; each is replaced on its next projection (`sledger project`)",
+                seq.unwrap_or_default()
+            );
+        }
+        return Ok(());
+    }
+    let witnesses = serde_json::to_value(block_on(sledger::witness::read_all(&ledger))?)?;
+    if ctx.json() {
+        output::json_line(&witnesses);
+        return Ok(());
+    }
+    let now = sledger::ledger::now_ms();
+    let mut table = output::table(&["SINK", "ROLE", "ANCHOR", "AGE"]);
+    for w in witnesses.as_array().into_iter().flatten() {
+        let age = w["anchor"]["at"]
+            .as_i64()
+            .map(|at| humantime::format_duration(std::time::Duration::from_secs(((now - at).max(0) / 1000) as u64)).to_string())
+            .unwrap_or_default();
+        table.add_row(vec![
+            w["sink"].as_str().unwrap_or_default().to_owned(),
+            w["role"].as_str().unwrap_or_default().to_owned(),
+            describe(w),
+            age,
+        ]);
+    }
+    outln!("{table}");
+    Ok(())
 }
 
 /// Which seqs the MAC check covered.
@@ -116,6 +204,14 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
         );
         if doc["anchor_checked"] == true {
             outln!("anchor matches: nothing before it was truncated or rewritten");
+        }
+        match doc["witnesses"].as_array() {
+            Some(witnesses) => {
+                for w in witnesses {
+                    outln!("witness {}: {}", w["sink"].as_str().unwrap_or_default(), describe(w));
+                }
+            }
+            None => outln!("witnesses: not checked without the master key (--anchor FILE checks a saved head)"),
         }
         match (doc["macs"]["checked"].as_bool(), doc["macs"]["from_seq"].as_u64()) {
             (Some(true), Some(from)) => {

@@ -1,10 +1,12 @@
 //! Layers: decorators that every sink opened from a URL is wrapped in, one module each
 //! (OpenDAL's layers are the model). From the inside out: [`Timeout`] (per request, so time
 //! spent waiting for a `max_rps` slot does not count), [`Pace`] (`max_rps`), [`Retry`]
-//! (temporary errors of writes, within the caller's deadline: [`retry::within_deadline`]). A backend does not retry on its own
+//! (temporary errors of writes, within the caller's deadline: [`retry::within_deadline`]),
+//! [`SecretsOnly`] (the sink's anchor is not a secret). A backend does not retry on its own
 //! where these layers cannot see it: the cloud clients are built with their retries off.
 
 mod pace;
+mod secrets_only;
 pub mod retry;
 mod timeout;
 
@@ -13,6 +15,7 @@ use std::time::Duration;
 
 pub use pace::Pace;
 pub use retry::{Retry, RetryPolicy};
+pub use secrets_only::SecretsOnly;
 pub use timeout::Timeout;
 
 use super::Sink;
@@ -44,6 +47,6 @@ impl Layers {
             Some(per_second) => Arc::new(Pace::new(sink, per_second)),
             None => sink,
         };
-        Arc::new(Retry::new(sink, self.retry.clone()))
+        Arc::new(SecretsOnly(Arc::new(Retry::new(sink, self.retry.clone()))))
     }
 }

@@ -1,0 +1,153 @@
+//! Witnessed anchors: every projection batch leaves the ledger's head, MAC'd under a key only
+//! master-key holders have, in the sink it moved ([`crate::sink::ANCHOR_ID`]). A sink in
+//! another account, cluster or project then remembers a head that whoever can write the ledger
+//! file cannot take back: a ledger whose tail was truncated, or that was put back from an older
+//! copy, no longer holds what its sinks witnessed, and opening it to write, or `verify`, says
+//! so. README (threat model) says who can still roll back unnoticed.
+
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::catalog::SinkConfig;
+use crate::error::{Error, Result};
+use crate::event::{format_millis, SinkRole};
+use crate::ledger::{Ledger, Verdict, WitnessedHead};
+use crate::sink::{Sink, SinkRecord, ANCHOR_ID};
+
+/// How long opening a ledger to write waits for the primary's anchor before going on without.
+const PRIMARY_READ_LIMIT: Duration = Duration::from_secs(5);
+
+/// One sink's anchor, read and judged.
+#[derive(Debug, Clone, Serialize)]
+pub struct SinkWitness {
+    pub sink: String,
+    pub role: SinkRole,
+    /// The head its anchor states (absent: no anchor yet, unreadable, or not an anchor at all).
+    pub anchor: Option<WitnessedHead>,
+    /// `None` when there is no anchor to judge (none written yet, or the sink is unreachable).
+    pub verdict: Option<Verdict>,
+    /// Why the anchor could not be read.
+    pub error: Option<String>,
+}
+
+async fn get_anchor(sink: &dyn Sink, limit: Option<Duration>) -> Result<Option<SinkRecord>> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, sink.get(ANCHOR_ID))
+            .await
+            .unwrap_or_else(|_| Err(Error::sink(sink.kind(), format!("no answer within {limit:?}"), true))),
+        None => sink.get(ANCHOR_ID).await,
+    }
+}
+
+/// What `config`'s sink answered for its anchor, judged.
+fn judged(ledger: &Ledger, config: &SinkConfig, answer: Result<Option<SinkRecord>>) -> Result<SinkWitness> {
+    let mut witness = SinkWitness {
+        sink: config.name.clone(),
+        role: config.role,
+        anchor: None,
+        verdict: None,
+        error: None,
+    };
+    match answer {
+        Err(e) => witness.error = Some(e.to_string()),
+        Ok(None) => {}
+        Ok(Some(record)) => {
+            let (anchor, verdict) = ledger.judge_anchor(&record)?;
+            witness.anchor = anchor;
+            witness.verdict = Some(verdict);
+        }
+    }
+    Ok(witness)
+}
+
+async fn read_one(ledger: &Ledger, config: &SinkConfig, limit: Option<Duration>) -> Result<SinkWitness> {
+    let answer = match ledger.open_sink(&config.name) {
+        Ok((_, sink)) => get_anchor(&*sink, limit).await,
+        Err(e) => Err(e),
+    };
+    judged(ledger, config, answer)
+}
+
+/// Before a projector writes anchors into `sink`: refuse if its anchor shows that this ledger
+/// lost events the sink saw, so that a ledger put back from an older copy cannot erase the
+/// evidence by overwriting the witness. An anchor that cannot be read does not stop the
+/// projection (the batch's own writes will say whether the sink is reachable).
+pub async fn refuse_to_overwrite(ledger: &Ledger, config: &SinkConfig, sink: &dyn Sink) -> Result<()> {
+    let witness = judged(ledger, config, get_anchor(sink, None).await)?;
+    refuse_rollback(ledger, std::slice::from_ref(&witness))
+}
+
+/// Every sink's anchor, refusing a ledger that lost or rewrote events one of them saw.
+pub async fn check_all(ledger: &Ledger) -> Result<Vec<SinkWitness>> {
+    let witnesses = read_all(ledger).await?;
+    refuse_rollback(ledger, &witnesses)?;
+    Ok(witnesses)
+}
+
+/// Every attached sink's anchor, read concurrently and judged (needs the master key).
+pub async fn read_all(ledger: &Ledger) -> Result<Vec<SinkWitness>> {
+    let sinks: Vec<SinkConfig> = ledger.sinks()?.into_values().collect();
+    let reads = sinks.iter().map(|config| read_one(ledger, config, None));
+    futures::future::join_all(reads).await.into_iter().collect()
+}
+
+/// Refuse a ledger that lost or rewrote events its sinks witnessed, naming each such sink,
+/// what it saw and the ledger's head, and the ways out.
+pub fn refuse_rollback(ledger: &Ledger, witnesses: &[SinkWitness]) -> Result<()> {
+    let head = ledger.head()?.seq;
+    let found: Vec<String> = witnesses
+        .iter()
+        .filter_map(|w| match (&w.anchor, &w.verdict) {
+            (Some(anchor), Some(verdict)) if verdict.is_rollback() => {
+                let what = match verdict {
+                    Verdict::Diverged => format!("but this ledger's event {} has another hash", anchor.seq),
+                    _ => format!("but this ledger ends at seq {head}"),
+                };
+                Some(format!(
+                    "sink {} witnessed seq {} (hash {}…, {}) {what}",
+                    w.sink,
+                    anchor.seq,
+                    &anchor.hash[..anchor.hash.len().min(12)],
+                    format_millis(anchor.at)
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(Error::AnchorMismatch {
+        reason: format!(
+            "{}: the ledger was truncated, rewritten or put back from an older copy since. \
+             Put the newer ledger file back if you have it; or accept this ledger as it is with \
+             `sledger anchors reset --yes` (recorded in the log; each sink's anchor is replaced on \
+             its next projection, and `sledger diff` then shows what the sinks hold that the \
+             ledger lost)",
+            found.join("; ")
+        ),
+    })
+}
+
+/// Before a write: read the primary's anchor (one `get`) and refuse a ledger that lost events
+/// the primary saw. Returns a note when the check could not be made (an unreachable primary,
+/// an anchor not believed).
+pub async fn check_primary(ledger: &Ledger) -> Result<Option<String>> {
+    let Some(primary) = ledger.sinks()?.into_values().find(|s| s.role == SinkRole::Primary) else {
+        return Ok(None);
+    };
+    let witness = read_one(ledger, &primary, Some(PRIMARY_READ_LIMIT)).await?;
+    refuse_rollback(ledger, std::slice::from_ref(&witness))?;
+    Ok(match (&witness.error, &witness.verdict) {
+        (Some(e), _) => Some(format!(
+            "the primary sink {}'s anchor could not be read ({e}), so whether this ledger lost events it saw was not checked",
+            primary.name
+        )),
+        (None, Some(Verdict::Invalid { reason })) => Some(format!(
+            "the anchor in the primary sink {} is not believed ({reason}); the next projection replaces it",
+            primary.name
+        )),
+        _ => None,
+    })
+}
