@@ -1,5 +1,5 @@
-//! Projection throughput: the whole log into a fresh sqlite sink (beside a raw rusqlite insert
-//! of the same number of rows), and into the exec plug-in with 1, 8 and 16 writes in flight
+//! Projection throughput: the whole log into a fresh sqlite sink, with and without the anchor
+//! each batch leaves in it (beside a raw rusqlite insert of the same number of rows), and into the exec plug-in with 1, 8 and 16 writes in flight
 //! (beside a one-at-a-time loop of puts), the plug-in sleeping per call to stand in for network
 //! latency.
 //!
@@ -86,9 +86,16 @@ fn sqlite_projection(c: &mut Criterion) {
         .warm_up_time(Duration::from_millis(1))
         .throughput(Throughput::Elements(n));
     let mut run = 0;
-    g.bench_function(
-        BenchmarkId::new("sledger_project_into_fresh_sqlite_sink", n),
-        |b| {
+    // With the anchors each batch leaves in the sink (the default), and without: what they cost.
+    for (label, anchors) in [
+        ("sledger_project_into_fresh_sqlite_sink", true),
+        ("sledger_project_into_fresh_sqlite_sink_no_anchors", false),
+    ] {
+        let opts = ProjectOptions {
+            anchors,
+            ..Default::default()
+        };
+        g.bench_function(BenchmarkId::new(label, n), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
@@ -99,7 +106,7 @@ fn sqlite_projection(c: &mut Criterion) {
                     add_sink(&mut ledger, &name, &format!("sqlite://{}", path.display()));
                     let start = Instant::now();
                     let report = rt
-                        .block_on(project::project_named(&ledger, &name, &ProjectOptions::default()))
+                        .block_on(project::project_named(&ledger, &name, &opts))
                         .unwrap();
                     total += start.elapsed();
                     assert_eq!(report.writes, n);
@@ -107,8 +114,8 @@ fn sqlite_projection(c: &mut Criterion) {
                 }
                 total
             })
-        },
-    );
+        });
+    }
     // Baseline: the same number of rows of about the same size, inserted by plain rusqlite in
     // 1 000-row transactions with the sink's pragmas.
     g.bench_function(BenchmarkId::new("raw_rusqlite_insert_batched", n), |b| {

@@ -207,7 +207,13 @@ impl LedgerHandle {
     {
         // The permit moves into the task, so a caller that gives up does not free its turn
         // while its read still runs.
-        let turn = self.shared.reading.clone().acquire_owned().await.map_err(|_| closed())?;
+        let turn = self
+            .shared
+            .reading
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| closed())?;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let _turn = turn;

@@ -15,9 +15,6 @@ use crate::event::{format_millis, SinkRole};
 use crate::ledger::{Ledger, Verdict, WitnessedHead};
 use crate::sink::{Sink, SinkRecord, ANCHOR_ID};
 
-/// How long opening a ledger to write waits for the primary's anchor before going on without.
-const PRIMARY_READ_LIMIT: Duration = Duration::from_secs(5);
-
 /// One sink's anchor, read and judged.
 #[derive(Debug, Clone, Serialize)]
 pub struct SinkWitness {
@@ -35,7 +32,10 @@ async fn get_anchor(sink: &dyn Sink, limit: Option<Duration>) -> Result<Option<S
     match limit {
         Some(limit) => tokio::time::timeout(limit, sink.get(ANCHOR_ID))
             .await
-            .unwrap_or_else(|_| Err(Error::sink(sink.kind(), format!("no answer within {limit:?}"), true))),
+            .unwrap_or_else(|_| {
+                let why = format!("it did not answer within {limit:?} (the deadline)");
+                Err(Error::sink(sink.kind(), why, true))
+            }),
         None => sink.get(ANCHOR_ID).await,
     }
 }
@@ -71,10 +71,23 @@ async fn read_one(ledger: &Ledger, config: &SinkConfig, limit: Option<Duration>)
 
 /// Before a projector writes anchors into `sink`: refuse if its anchor shows that this ledger
 /// lost events the sink saw, so that a ledger put back from an older copy cannot erase the
-/// evidence by overwriting the witness. An anchor that cannot be read does not stop the
-/// projection (the batch's own writes will say whether the sink is reachable).
-pub async fn refuse_to_overwrite(ledger: &Ledger, config: &SinkConfig, sink: &dyn Sink) -> Result<()> {
-    let witness = judged(ledger, config, get_anchor(sink, None).await)?;
+/// evidence by overwriting the witness. A sink that does not answer before the deadline
+/// fails the run as a temporary error; one that refuses the read does not stop it (its anchor
+/// is then a witness it cannot keep).
+pub async fn refuse_to_overwrite(
+    ledger: &Ledger,
+    config: &SinkConfig,
+    sink: &dyn Sink,
+    deadline: Option<std::time::Instant>,
+) -> Result<()> {
+    let limit = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+    let answer = get_anchor(sink, limit).await;
+    if let Err(e) = &answer {
+        if e.is_temporary() {
+            return answer.map(drop);
+        }
+    }
+    let witness = judged(ledger, config, answer)?;
     refuse_rollback(ledger, std::slice::from_ref(&witness))
 }
 
@@ -130,14 +143,19 @@ pub fn refuse_rollback(ledger: &Ledger, witnesses: &[SinkWitness]) -> Result<()>
     })
 }
 
-/// Before a write: read the primary's anchor (one `get`) and refuse a ledger that lost events
-/// the primary saw. Returns a note when the check could not be made (an unreachable primary,
-/// an anchor not believed).
-pub async fn check_primary(ledger: &Ledger) -> Result<Option<String>> {
-    let Some(primary) = ledger.sinks()?.into_values().find(|s| s.role == SinkRole::Primary) else {
+/// Before a write: read the primary's anchor (one `get`, given at most `limit`: a primary that
+/// hangs must not hold the write) and refuse a ledger that lost events the primary saw.
+/// Returns a note when the check could not be made (an unreachable primary, an anchor not
+/// believed).
+pub async fn check_primary(ledger: &Ledger, limit: Duration) -> Result<Option<String>> {
+    let Some(primary) = ledger
+        .sinks()?
+        .into_values()
+        .find(|s| s.role == SinkRole::Primary)
+    else {
         return Ok(None);
     };
-    let witness = read_one(ledger, &primary, Some(PRIMARY_READ_LIMIT)).await?;
+    let witness = read_one(ledger, &primary, Some(limit)).await?;
     refuse_rollback(ledger, std::slice::from_ref(&witness))?;
     Ok(match (&witness.error, &witness.verdict) {
         (Some(e), _) => Some(format!(

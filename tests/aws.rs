@@ -136,3 +136,138 @@ fn trace_logging_never_shows_a_value_sent_to_aws() {
         "dependency tracing is on:\n{stderr}"
     );
 }
+
+/// A backup in another AWS account: the backup sink's URL names a role there
+/// (`role_arn=`), assumed through STS on top of the default chain; moto keeps the accounts
+/// apart. The objects land in that account only, `sink status` says which account each sink
+/// writes to, and a migration onto the cross-account sink works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_in_another_account_through_an_assumed_role() {
+    let moto = moto::start();
+    for (k, v) in AWS_ENV {
+        std::env::set_var(k, v);
+    }
+    const ROLE: &str = "arn:aws:iam::222222222222:role/sledger-backup";
+    let primary = moto::url(&moto, "&prefix=main/");
+    let backup = moto::url(
+        &moto,
+        &format!("&prefix=dr/&role_arn={ROLE}&session_name=sledger-dr"),
+    );
+    let status = tokio::task::spawn_blocking(move || {
+        let env = Env::new();
+        aws(&env, &["sink", "add", "main", &primary]);
+        aws(&env, &["sink", "promote", "main"]);
+        aws(&env, &["sink", "add", "dr", &backup]);
+        for i in 0..3 {
+            aws(
+                &env,
+                &["secret", "create", &format!("app/s{i}"), "--value", "k=v"],
+            );
+        }
+        aws(&env, &["project"]);
+        aws(&env, &["diff", "dr"]);
+        let status: serde_json::Value =
+            serde_json::from_str(&aws(&env, &["--format", "json", "sink", "status"])).unwrap();
+        let checked = aws(&env, &["sink", "check", "dr"]);
+        assert!(checked.contains("account 222222222222"), "{checked}");
+        aws(&env, &["migrate", "--to", "dr"]);
+        aws(&env, &["diff", "dr"]);
+        status
+    })
+    .await
+    .unwrap();
+    let identity = |name: &str| {
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["identity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(identity("dr").contains("account 222222222222"), "{status}");
+    assert!(
+        identity("dr").contains("assumed-role/sledger-backup/sledger-dr"),
+        "{status}"
+    );
+    assert!(identity("main").contains("account 123456789012"), "{status}");
+
+    // What each account holds, seen with the SDK: as the role in 222222222222, and as the
+    // default identity.
+    let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(format!("http://127.0.0.1:{}", moto.port))
+        .load()
+        .await;
+    let assumed = aws_config::sts::AssumeRoleProvider::builder(ROLE)
+        .session_name("test")
+        .configure(&base)
+        .build()
+        .await;
+    let in_other_account = base
+        .clone()
+        .into_builder()
+        .credentials_provider(aws_sdk_secretsmanager::config::SharedCredentialsProvider::new(
+            assumed,
+        ))
+        .build();
+    let names = |config: aws_config::SdkConfig| async move {
+        let listed = aws_sdk_secretsmanager::Client::new(&config)
+            .list_secrets()
+            .max_results(100)
+            .send()
+            .await
+            .unwrap();
+        listed
+            .secret_list()
+            .iter()
+            .filter_map(|s| s.name().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+    let there = names(in_other_account).await;
+    let here = names(base).await;
+    assert_eq!(
+        there.iter().filter(|n| n.starts_with("dr/")).count(),
+        4,
+        "3 secrets and the anchor: {there:?}"
+    );
+    assert!(!there.iter().any(|n| n.starts_with("main/")), "{there:?}");
+    assert!(!here.iter().any(|n| n.starts_with("dr/")), "{here:?}");
+    assert_eq!(
+        here.iter().filter(|n| n.starts_with("main/")).count(),
+        4,
+        "{here:?}"
+    );
+}
+
+#[test]
+fn credential_parameters_name_sources_never_hold_secrets() {
+    let env = Env::new();
+    for (url, why) in [
+        ("aws-sm://us-east-1?secret_key=abc", "credential"),
+        (
+            "aws-sm://us-east-1?access_key_env=AKIAEXAMPLE%2Fx&secret_key_env=S",
+            "name of an environment variable",
+        ),
+        ("aws-sm://us-east-1?access_key_env=K", "go together"),
+        ("aws-sm://us-east-1?role_arn=222222222222", "IAM role ARN"),
+        ("aws-sm://us-east-1?external_id=x", "role_arn"),
+        (
+            "aws-sm://us-east-1?profile=p&access_key_env=K&secret_key_env=S",
+            "name one",
+        ),
+    ] {
+        let err = env.fails(&["sink", "add", "x", url], 2);
+        assert!(err.contains(why), "{url}: {err}");
+    }
+    // A pair named but not set: the sink says which variable, never a value.
+    env.ok(&[
+        "sink",
+        "add",
+        "x",
+        "aws-sm://us-east-1?endpoint=http://127.0.0.1:9&access_key_env=NOPE_KEY&secret_key_env=NOPE_SECRET",
+    ]);
+    let err = env.fails(&["sink", "check", "x"], 9);
+    assert!(err.contains("$NOPE_KEY") && err.contains("not set"), "{err}");
+}

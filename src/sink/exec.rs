@@ -42,8 +42,6 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 const ALWAYS_PASSED: &[&str] = &["PATH", "HOME", "LANG"];
 
 /// Never passed to a plug-in, even when named.
-const NEVER_PASSED: &[&str] = &[crate::crypto::MASTER_KEY_ENV];
-
 struct Worker {
     _child: Child,
     stdin: ChildStdin,
@@ -268,19 +266,7 @@ impl Sink for ExecSink {
 pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> crate::Result<super::Backend> {
     let env = parts.take_all("env");
     for name in &env {
-        let valid = !name.is_empty()
-            && !name.starts_with(|c: char| c.is_ascii_digit())
-            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !valid {
-            return Err(crate::Error::invalid(format!(
-                "env={name:?} is not an environment variable name (letters, digits and _)"
-            )));
-        }
-        if NEVER_PASSED.contains(&name.as_str()) {
-            return Err(crate::Error::invalid(format!(
-                "env={name} would hand the master key to a plug-in; it is never passed on"
-            )));
-        }
+        parts.check_env_name("env", name)?;
     }
     Ok(super::Backend::Exec {
         program: parts.absolute_path("exec")?,

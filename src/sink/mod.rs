@@ -250,6 +250,11 @@ pub trait Sink: Send + Sync + fmt::Debug + 'static {
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()>;
     async fn list(&self) -> Result<Vec<SinkEntry>>;
     async fn health(&self) -> Result<()>;
+    /// Who the backend sees this sink as (an AWS account and ARN, a Vault token's name), for
+    /// "which account does my backup really go to?"; `None` where there is no such notion.
+    async fn identity(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
 }
 
 /// The id under which every sink keeps its anchor: the ledger head it witnessed

@@ -131,6 +131,34 @@ impl UrlParts<'_> {
         }
     }
 
+    /// `KEY=NAME` naming the environment variable a credential is read from when the sink
+    /// connects: the URL (and so the ledger) records the name, never the value.
+    pub fn take_env_name(&mut self, key: &str) -> Result<Option<String>> {
+        match self.take(key) {
+            None => Ok(None),
+            Some(name) => self.check_env_name(key, &name).map(|()| Some(name)),
+        }
+    }
+
+    /// `name`, given as `key=`, must be an environment variable's name, and not one holding
+    /// sledger's own master key.
+    pub fn check_env_name(&self, key: &str, name: &str) -> Result<()> {
+        let valid = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err(self.bad(format!(
+                "{key}= takes the name of an environment variable (letters, digits and _), not a value"
+            )));
+        }
+        if name == crate::crypto::MASTER_KEY_ENV {
+            return Err(self.bad(format!(
+                "{key}={name} would hand sledger's master key to a backend; it is never passed on"
+            )));
+        }
+        Ok(())
+    }
+
     /// `endpoint=`: an http(s) URL.
     #[cfg(any(feature = "aws", feature = "gcp"))]
     pub fn take_endpoint(&mut self) -> Result<Option<String>> {

@@ -204,6 +204,16 @@ pub fn example_plugin() -> PathBuf {
     path
 }
 
+/// The files the example plug-in keeps for secrets in `dir` (not the sink's anchor).
+pub fn plugin_secret_files(dir: &Path) -> Vec<PathBuf> {
+    let anchor = uuid::Uuid::max().to_string();
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json") && !p.to_string_lossy().contains(&anchor))
+        .collect()
+}
+
 /// An exec sink URL on the example plug-in keeping its objects in `dir`, with extra plug-in args.
 pub fn exec_url(dir: &Path, extra: &[&str]) -> String {
     let mut url = format!(
@@ -270,7 +280,12 @@ pub fn cloud_sink_walkthrough(vars: &'static [(&'static str, &'static str)], sin
     // The backend keeps the anchor the projector left (the ledger's head, MAC'd) and gives it
     // back; `diff` passing shows it is not listed as a secret.
     let anchors = json(&["anchors"]);
-    let witness = anchors.as_array().unwrap().iter().find(|w| w["sink"] == sink).unwrap();
+    let witness = anchors
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["sink"] == sink)
+        .unwrap();
     assert_eq!(witness["verdict"]["status"], "matches", "{witness}");
     assert_eq!(witness["anchor"]["seq"], row["checkpoint"], "{witness}");
     run(&["diff", sink]);

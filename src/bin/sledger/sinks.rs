@@ -138,38 +138,48 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
             Ok(())
         }
         SinkCmd::Check { name } => {
-            match &ctx.remote {
-                Some(remote) => {
-                    remote.post(&["sinks", &name, "check"], json!({}))?;
-                }
+            let identity = match &ctx.remote {
+                Some(remote) => remote.post(&["sinks", &name, "check"], json!({}))?["identity"].clone(),
                 None => {
                     let ledger = ctx.open_unlocked()?;
-                    block_on(async {
-                        let (_, sink) = ledger.open_sink(&name)?;
-                        sink.health().await
-                    })?;
+                    json!(block_on(sledger::project::check_sink(&ledger, &name))?)
                 }
-            }
+            };
             if ctx.json() {
-                output::json_line(&json!({"sink": name, "healthy": true}));
+                output::json_line(&json!({"sink": name, "healthy": true, "identity": identity}));
             } else {
-                outln!("sink {name} is reachable");
+                match identity.as_str() {
+                    Some(identity) => outln!("sink {name} is reachable, as {identity}"),
+                    None => outln!("sink {name} is reachable"),
+                }
             }
             Ok(())
         }
     }
 }
 
-/// Every sink's status, as `sink status --format json` and `GET /v1/sinks` show it.
+/// Every sink's status, as `sink status --format json` and `GET /v1/sinks` show it; locally,
+/// with the key, also who each sink runs as (`identity`).
 fn statuses(ctx: &Context) -> Result<Vec<Value>> {
     Ok(match &ctx.remote {
         Some(remote) => remote.get(&["sinks"])?.as_array().cloned().unwrap_or_default(),
-        None => ctx
-            .open()?
-            .sink_status()?
-            .iter()
-            .map(|s| serde_json::to_value(s).expect("statuses serialise"))
-            .collect(),
+        None => {
+            let ledger = ctx.open()?;
+            // Opening the sinks needs the key; without it the status is the ledger's alone.
+            let identities = match ctx.open_unlocked() {
+                Ok(unlocked) => block_on(sledger::project::identities(&unlocked))?,
+                Err(_) => Default::default(),
+            };
+            ledger
+                .sink_status()?
+                .iter()
+                .map(|s| {
+                    let mut doc = serde_json::to_value(s).expect("statuses serialise");
+                    doc["identity"] = json!(identities.get(&s.name));
+                    doc
+                })
+                .collect()
+        }
     })
 }
 
@@ -205,7 +215,7 @@ fn status(ctx: &Context) -> Result<()> {
         output::json_line(&statuses);
         return Ok(());
     }
-    let mut t = output::table(&["NAME", "ROLE", "CHECKPOINT", "LAG", "PARKED", "LAST ERROR"]);
+    let mut t = output::table(&["NAME", "ROLE", "AS", "CHECKPOINT", "LAG", "PARKED", "LAST ERROR"]);
     for s in &statuses {
         let error = match (s["last_error"].as_str(), s["last_error_at"].as_i64()) {
             (Some(e), Some(at)) => format!("{e} (at {})", output::time(at)),
@@ -220,6 +230,7 @@ fn status(ctx: &Context) -> Result<()> {
         t.add_row(vec![
             text(&s["name"]),
             text(&s["role"]),
+            text(&s["identity"]),
             text(&s["checkpoint"]),
             lag,
             text(&s["parked"]),

@@ -92,7 +92,10 @@ fn describe(w: &Value) -> String {
         None => "no anchor yet (written by its next projection)".into(),
         Some("matches") => match w["verdict"]["behind"].as_u64() {
             Some(0) => format!("seq {seq}: matches the head"),
-            behind => format!("seq {seq}: matches ({} events behind the head)", behind.unwrap_or_default()),
+            behind => format!(
+                "seq {seq}: matches ({} events behind the head)",
+                behind.unwrap_or_default()
+            ),
         },
         Some("ahead") => format!("seq {seq}: AHEAD of this ledger's head {}", w["verdict"]["head"]),
         Some("diverged") => format!("seq {seq}: DIFFERS from this ledger's event {seq}"),
@@ -100,7 +103,10 @@ fn describe(w: &Value) -> String {
             "seq {seq}: written before `anchors reset` (seq {}); replaced on its next projection",
             w["verdict"]["reset_seq"]
         ),
-        Some(_) => format!("not believed: {}", w["verdict"]["reason"].as_str().unwrap_or_default()),
+        Some(_) => format!(
+            "not believed: {}",
+            w["verdict"]["reason"].as_str().unwrap_or_default()
+        ),
     }
 }
 
@@ -137,7 +143,10 @@ pub fn anchors(ctx: &Context, args: AnchorsArgs) -> Result<()> {
     for w in witnesses.as_array().into_iter().flatten() {
         let age = w["anchor"]["at"]
             .as_i64()
-            .map(|at| humantime::format_duration(std::time::Duration::from_secs(((now - at).max(0) / 1000) as u64)).to_string())
+            .map(|at| {
+                humantime::format_duration(std::time::Duration::from_secs(((now - at).max(0) / 1000) as u64))
+                    .to_string()
+            })
             .unwrap_or_default();
         table.add_row(vec![
             w["sink"].as_str().unwrap_or_default().to_owned(),
@@ -208,10 +217,16 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
         match doc["witnesses"].as_array() {
             Some(witnesses) => {
                 for w in witnesses {
-                    outln!("witness {}: {}", w["sink"].as_str().unwrap_or_default(), describe(w));
+                    outln!(
+                        "witness {}: {}",
+                        w["sink"].as_str().unwrap_or_default(),
+                        describe(w)
+                    );
                 }
             }
-            None => outln!("witnesses: not checked without the master key (--anchor FILE checks a saved head)"),
+            None => {
+                outln!("witnesses: not checked without the master key (--anchor FILE checks a saved head)")
+            }
         }
         match (doc["macs"]["checked"].as_bool(), doc["macs"]["from_seq"].as_u64()) {
             (Some(true), Some(from)) => {

@@ -8,7 +8,9 @@
 //! secret first); purge deletes without recovery and leaves a value-less tombstone secret, so
 //! a late write from another projector cannot bring the values back.
 //!
-//! Credentials come from the standard AWS chain (environment, profile, instance role).
+//! Credentials come from the standard AWS chain (environment, profile, instance role), unless
+//! the URL names others for this sink alone ([`AwsCredentials`]): a profile, a role to assume
+//! on top of the chain (another account's backup), or the variables holding a static key pair.
 
 use async_trait::async_trait;
 use aws_sdk_secretsmanager::config::http::HttpResponse;
@@ -41,6 +43,36 @@ pub struct AwsConfig {
     /// Days a soft-deleted secret stays recoverable (7 to 30).
     pub recovery_days: i64,
     pub max_concurrency: usize,
+    pub credentials: AwsCredentials,
+}
+
+/// Where one sink's credentials come from: references only (names, ARNs), never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct AwsCredentials {
+    /// `profile=`: a named profile of the shared config and credentials files.
+    pub profile: Option<String>,
+    /// `access_key_env=` and `secret_key_env=`: the variables holding a static key pair.
+    pub key_pair_env: Option<(String, String)>,
+    /// `role_arn=`: assumed through STS on top of the credentials above, refreshed before it
+    /// expires.
+    pub role_arn: Option<String>,
+    pub external_id: Option<String>,
+    pub session_name: Option<String>,
+}
+
+impl AwsCredentials {
+    /// The source, in words, for errors and status.
+    fn describe(&self) -> String {
+        let base = match (&self.profile, &self.key_pair_env) {
+            (Some(profile), _) => format!("profile {profile}"),
+            (None, Some((key, _))) => format!("the key pair in ${key}"),
+            (None, None) => "the default credential chain".to_owned(),
+        };
+        match &self.role_arn {
+            Some(role) => format!("role {role} assumed with {base}"),
+            None => base,
+        }
+    }
 }
 
 impl AwsConfig {
@@ -69,6 +101,7 @@ struct Described {
 
 pub struct AwsSink {
     config: AwsConfig,
+    sdk: OnceCell<aws_config::SdkConfig>,
     client: OnceCell<Client>,
     /// Writes to one object from this process go one at a time (value, then description).
     writing: ObjectLocks,
@@ -99,29 +132,77 @@ impl AwsSink {
     pub fn new(config: AwsConfig) -> Self {
         AwsSink {
             config,
+            sdk: OnceCell::new(),
             client: OnceCell::new(),
             writing: Default::default(),
         }
     }
 
-    async fn client(&self) -> &Client {
-        self.client
-            .get_or_init(|| async {
+    /// The SDK configuration with this sink's own credentials (each sink has its own: two
+    /// sinks in one process may write to different accounts).
+    async fn sdk(&self) -> Result<&aws_config::SdkConfig> {
+        self.sdk
+            .get_or_try_init(|| async {
+                let credentials = &self.config.credentials;
                 let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
                     .region(aws_config::Region::new(self.config.region.clone()));
                 if let Some(endpoint) = &self.config.endpoint {
                     loader = loader.endpoint_url(endpoint);
                 }
-                Client::new(&loader.load().await)
+                if let Some(profile) = &credentials.profile {
+                    loader = loader.profile_name(profile);
+                }
+                if let Some((key_var, secret_var)) = &credentials.key_pair_env {
+                    let read = |var: &str| {
+                        std::env::var(var).map_err(|_| {
+                            Error::sink(
+                                KIND,
+                                format!("${var}, named by this sink's URL, is not set ({})", self.where_()),
+                                false,
+                            )
+                        })
+                    };
+                    loader = loader.credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
+                        read(key_var)?,
+                        read(secret_var)?,
+                        None,
+                        None,
+                        "sledger-sink-url",
+                    ));
+                }
+                let base = loader.load().await;
+                let Some(role) = &credentials.role_arn else {
+                    return Ok(base);
+                };
+                let mut assume = aws_config::sts::AssumeRoleProvider::builder(role)
+                    .session_name(credentials.session_name.as_deref().unwrap_or("sledger"))
+                    .configure(&base);
+                if let Some(external_id) = &credentials.external_id {
+                    assume = assume.external_id(external_id);
+                }
+                let provider = assume.build().await;
+                Ok(base
+                    .into_builder()
+                    .credentials_provider(aws_sdk_secretsmanager::config::SharedCredentialsProvider::new(
+                        provider,
+                    ))
+                    .build())
             })
             .await
     }
 
+    async fn client(&self) -> Result<&Client> {
+        let sdk = self.sdk().await?;
+        Ok(self.client.get_or_init(|| async { Client::new(sdk) }).await)
+    }
+
     fn where_(&self) -> String {
-        self.config
+        let place = self
+            .config
             .endpoint
             .clone()
-            .unwrap_or_else(|| format!("region {}", self.config.region))
+            .unwrap_or_else(|| format!("region {}", self.config.region));
+        format!("{place}, as {}", self.config.credentials.describe())
     }
 
     fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(
@@ -154,7 +235,14 @@ impl AwsSink {
     }
 
     async fn stored(&self, name: &str) -> Result<Option<Stored>> {
-        match self.client().await.describe_secret().secret_id(name).send().await {
+        match self
+            .client()
+            .await?
+            .describe_secret()
+            .secret_id(name)
+            .send()
+            .await
+        {
             Ok(out) => {
                 let (seq, deleted, meta) = Self::described(out.description());
                 Ok(Some(Stored {
@@ -185,7 +273,7 @@ impl AwsSink {
             deleted: true,
         })
         .expect("serialises");
-        let client = self.client().await;
+        let client = self.client().await?;
         match client
             .create_secret()
             .name(name)
@@ -212,7 +300,7 @@ impl AwsSink {
     /// Cancel the scheduled deletion of `name`.
     async fn restore(&self, name: &str) -> Result<()> {
         self.client()
-            .await
+            .await?
             .restore_secret()
             .secret_id(name)
             .send()
@@ -223,7 +311,7 @@ impl AwsSink {
 
     async fn describe(&self, name: &str, described: &Described) -> Result<()> {
         self.client()
-            .await
+            .await?
             .update_secret()
             .secret_id(name)
             .description(serde_json::to_string(described).expect("serialises"))
@@ -234,7 +322,7 @@ impl AwsSink {
     }
 
     async fn force_delete(&self, name: &str) -> Result<()> {
-        let client = self.client().await;
+        let client = self.client().await?;
         match client
             .delete_secret()
             .secret_id(name)
@@ -269,7 +357,7 @@ impl Sink for AwsSink {
             deleted: false,
         };
         let token = request_token(record.id, record.seq, "p");
-        let client = self.client().await;
+        let client = self.client().await?;
         match self.stored(&name).await? {
             Some(s) if s.seq > record.seq => Ok(()),
             None => match client
@@ -323,7 +411,7 @@ impl Sink for AwsSink {
         };
         let out = match self
             .client()
-            .await
+            .await?
             .get_secret_value()
             .secret_id(&name)
             .send()
@@ -367,7 +455,7 @@ impl Sink for AwsSink {
                 Ok(())
             }
             Some(s) => {
-                let client = self.client().await;
+                let client = self.client().await?;
                 if s.scheduled_for_deletion {
                     // Deleted at an older seq (the writes since were compacted away): its
                     // description must move forward, and AWS changes only a live secret's.
@@ -397,7 +485,7 @@ impl Sink for AwsSink {
     }
 
     async fn list(&self) -> Result<Vec<SinkEntry>> {
-        let client = self.client().await;
+        let client = self.client().await?;
         let filter = Filter::builder()
             .key(FilterNameStringType::Name)
             .values(&self.config.prefix)
@@ -428,9 +516,23 @@ impl Sink for AwsSink {
         Ok(out)
     }
 
+    async fn identity(&self) -> Result<Option<String>> {
+        let sdk = self.sdk().await?;
+        let me = aws_sdk_sts::Client::new(sdk)
+            .get_caller_identity()
+            .send()
+            .await
+            .map_err(|e| self.failure("cannot tell who this sink runs as (sts:GetCallerIdentity)", e))?;
+        Ok(Some(format!(
+            "account {} as {}",
+            me.account().unwrap_or("?"),
+            me.arn().unwrap_or("?")
+        )))
+    }
+
     async fn health(&self) -> Result<()> {
         self.client()
-            .await
+            .await?
             .list_secrets()
             .max_results(1)
             .send()
@@ -443,7 +545,7 @@ impl Sink for AwsSink {
 #[async_trait]
 impl ForeignSecrets for AwsSink {
     async fn names(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut request = self.client().await.list_secrets().max_results(100);
+        let mut request = self.client().await?.list_secrets().max_results(100);
         if !prefix.is_empty() {
             request = request.filters(
                 Filter::builder()
@@ -472,7 +574,7 @@ impl ForeignSecrets for AwsSink {
     async fn read(&self, name: &str) -> Result<Option<SecretValues>> {
         match self
             .client()
-            .await
+            .await?
             .get_secret_value()
             .secret_id(name)
             .send()
@@ -488,6 +590,32 @@ impl ForeignSecrets for AwsSink {
 /// `aws-sm://REGION[?endpoint=URL][&recovery_days=N]`.
 pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Backend> {
     let endpoint = parts.take_endpoint()?;
+    let credentials = AwsCredentials {
+        profile: parts.take("profile"),
+        key_pair_env: match (
+            parts.take_env_name("access_key_env")?,
+            parts.take_env_name("secret_key_env")?,
+        ) {
+            (Some(key), Some(secret)) => Some((key, secret)),
+            (None, None) => None,
+            _ => return Err(parts.bad("access_key_env= and secret_key_env= go together")),
+        },
+        role_arn: parts.take("role_arn"),
+        external_id: parts.take("external_id"),
+        session_name: parts.take("session_name"),
+    };
+    if credentials.profile.is_some() && credentials.key_pair_env.is_some() {
+        return Err(parts.bad("profile= and access_key_env= are two credential sources; name one"));
+    }
+    match &credentials.role_arn {
+        Some(arn) if !(arn.starts_with("arn:") && arn.contains(":iam::") && arn.contains(":role/")) => {
+            return Err(parts.bad("role_arn must be an IAM role ARN: arn:aws:iam::ACCOUNT:role/NAME"));
+        }
+        None if credentials.external_id.is_some() || credentials.session_name.is_some() => {
+            return Err(parts.bad("external_id= and session_name= go with role_arn="));
+        }
+        _ => {}
+    }
     let recovery_days = parts
         .take_number("recovery_days", 7..=30i64)
         .map_err(|_| parts.bad("recovery_days must be a number from 7 to 30 (AWS's limits)"))?
@@ -501,5 +629,6 @@ pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Ba
         prefix: parts.prefix.clone(),
         recovery_days,
         max_concurrency: parts.concurrency(16),
+        credentials,
     }))
 }

@@ -6,8 +6,8 @@
 //! where these layers cannot see it: the cloud clients are built with their retries off.
 
 mod pace;
-mod secrets_only;
 pub mod retry;
+mod secrets_only;
 mod timeout;
 
 use std::sync::Arc;

@@ -77,4 +77,8 @@ impl Sink for Pace {
         self.pace().await;
         self.inner.health().await
     }
+    async fn identity(&self) -> Result<Option<String>> {
+        self.pace().await;
+        self.inner.identity().await
+    }
 }

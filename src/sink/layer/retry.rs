@@ -115,4 +115,7 @@ impl Sink for Retry {
     async fn health(&self) -> Result<()> {
         self.inner.health().await
     }
+    async fn identity(&self) -> Result<Option<String>> {
+        self.inner.identity().await
+    }
 }

@@ -38,4 +38,7 @@ impl Sink for SecretsOnly {
     async fn health(&self) -> Result<()> {
         self.0.health().await
     }
+    async fn identity(&self) -> Result<Option<String>> {
+        self.0.identity().await
+    }
 }

@@ -67,4 +67,7 @@ impl Sink for Timeout {
     async fn health(&self) -> Result<()> {
         self.within("a health check", self.inner.health()).await
     }
+    async fn identity(&self) -> Result<Option<String>> {
+        self.within("an identity check", self.inner.identity()).await
+    }
 }

@@ -7,9 +7,12 @@
 //! Soft delete deletes the latest version (recoverable with `vault kv undelete`); purge deletes
 //! the metadata and every version, then leaves a tombstone (metadata only, no versions).
 //!
-//! Credentials: `VAULT_TOKEN`, or AppRole with `VAULT_ROLE_ID` and `VAULT_SECRET_ID`
-//! (`VAULT_APPROLE_MOUNT`, default `approle`); tokens with a TTL are renewed, or logged in
-//! again, before they expire (`session`). TLS by default; `tls=off` for a dev server on
+//! Credentials: those the URL names for this sink alone ([`VaultCredentials`]: `token_env=`,
+//! `token_file=`, or AppRole with `approle_mount=`, `role_id_env=` and `secret_id_env=` or
+//! `secret_id_file=`), else `VAULT_TOKEN`, or AppRole with `VAULT_ROLE_ID` and
+//! `VAULT_SECRET_ID` (`VAULT_APPROLE_MOUNT`, default `approle`); tokens with a TTL are renewed,
+//! or logged in again, before they expire (`session`). `namespace=` is sent as
+//! `X-Vault-Namespace` (Vault Enterprise, OpenBao). TLS by default; `tls=off` for a dev server on
 //! loopback, `ca-file=/path/ca.pem` for a private CA.
 
 use std::collections::{BTreeMap, HashMap};
@@ -48,6 +51,46 @@ pub struct VaultConfig {
     pub prefix: String,
     pub ca_file: Option<PathBuf>,
     pub max_concurrency: usize,
+    pub namespace: Option<String>,
+    pub credentials: VaultCredentials,
+}
+
+/// Where one sink's credentials come from: variable names and file paths, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum VaultCredentials {
+    /// `VAULT_TOKEN`, or AppRole through `VAULT_ROLE_ID`/`VAULT_SECRET_ID`.
+    #[default]
+    Process,
+    TokenEnv(String),
+    /// A file holding the token; it must not be readable by others.
+    TokenFile(PathBuf),
+    AppRole {
+        mount: String,
+        role_id_env: String,
+        secret_id: SecretIdSource,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretIdSource {
+    Env(String),
+    File(PathBuf),
+}
+
+impl VaultCredentials {
+    /// The source, in words, for errors.
+    fn describe(&self) -> String {
+        match self {
+            VaultCredentials::Process => "VAULT_TOKEN or VAULT_ROLE_ID/VAULT_SECRET_ID".into(),
+            VaultCredentials::TokenEnv(var) => format!("the token in ${var}"),
+            VaultCredentials::TokenFile(path) => format!("the token in {}", path.display()),
+            VaultCredentials::AppRole {
+                mount, role_id_env, ..
+            } => {
+                format!("AppRole at {mount} with the role id in ${role_id_env}")
+            }
+        }
+    }
 }
 
 impl VaultConfig {
@@ -85,6 +128,24 @@ impl std::fmt::Debug for VaultSink {
 
 /// Map a client error: server-side trouble and network failures are worth retrying; a
 /// refusal (403, 400) is not.
+/// [`failure`], saying which server and which credentials.
+fn failure_at(config: &VaultConfig, what: &str, e: ClientError) -> Error {
+    match failure(what, e) {
+        Error::Sink {
+            message, temporary, ..
+        } => Error::sink(
+            KIND,
+            format!(
+                "{message} ({}, as {})",
+                config.address,
+                config.credentials.describe()
+            ),
+            temporary,
+        ),
+        other => other,
+    }
+}
+
 fn failure(what: &str, e: ClientError) -> Error {
     let temporary = match &e {
         ClientError::APIError { code, .. } => *code == 429 || *code >= 500,
@@ -138,12 +199,7 @@ impl VaultSink {
 
     /// A client failure, with the server's address so an outage says where.
     fn failure(&self, what: &str, e: ClientError) -> Error {
-        match failure(what, e) {
-            Error::Sink {
-                message, temporary, ..
-            } => Error::sink(KIND, format!("{message} ({})", self.config.address), temporary),
-            other => other,
-        }
+        failure_at(&self.config, what, e)
     }
 
     fn path(&self, id: SecretId) -> String {
@@ -351,6 +407,20 @@ impl Sink for VaultSink {
         Ok(out)
     }
 
+    async fn identity(&self) -> Result<Option<String>> {
+        let client = self.client().await?;
+        match vaultrs::token::lookup_self(&*client).await {
+            Ok(token) => Ok(Some(format!(
+                "token {} (policies: {})",
+                token.display_name,
+                token.policies.join(", ")
+            ))),
+            // A token that may not look itself up still works; it just cannot say who it is.
+            Err(ClientError::APIError { code: 403, .. }) => Ok(None),
+            Err(e) => Err(self.failure("cannot look up this sink's token", e)),
+        }
+    }
+
     async fn health(&self) -> Result<()> {
         let client = self.client().await?;
         let client = &*client;
@@ -438,11 +508,46 @@ pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Ba
     if host.is_empty() || mount.is_empty() {
         return Err(parts.bad("expected vault://HOST:PORT/MOUNT, e.g. vault://vault.internal:8200/secret"));
     }
+    let credentials = credentials_from_url(parts)?;
     Ok(super::Backend::Vault(VaultConfig {
         address: format!("{}://{host}", if tls { "https" } else { "http" }),
         mount: mount.to_owned(),
         prefix: parts.prefix.clone(),
         ca_file,
         max_concurrency: parts.concurrency(16),
+        namespace: parts.take("namespace"),
+        credentials,
     }))
+}
+
+fn credentials_from_url(parts: &mut super::url::UrlParts<'_>) -> Result<VaultCredentials> {
+    let token_env = parts.take_env_name("token_env")?;
+    let token_file = parts.take("token_file").map(PathBuf::from);
+    let approle_mount = parts.take("approle_mount");
+    let role_id_env = parts.take_env_name("role_id_env")?;
+    let secret_id_env = parts.take_env_name("secret_id_env")?;
+    let secret_id_file = parts.take("secret_id_file").map(PathBuf::from);
+    let approle = approle_mount.is_some()
+        || role_id_env.is_some()
+        || secret_id_env.is_some()
+        || secret_id_file.is_some();
+    let chosen = [token_env.is_some(), token_file.is_some(), approle];
+    if chosen.iter().filter(|c| **c).count() > 1 {
+        return Err(parts.bad("token_env=, token_file= and AppRole (role_id_env=, …) are different credential sources; name one"));
+    }
+    Ok(match (token_env, token_file) {
+        (Some(var), _) => VaultCredentials::TokenEnv(var),
+        (_, Some(path)) => VaultCredentials::TokenFile(path),
+        _ if approle => VaultCredentials::AppRole {
+            mount: approle_mount.unwrap_or_else(|| "approle".into()),
+            role_id_env: role_id_env
+                .ok_or_else(|| parts.bad("AppRole needs role_id_env= (the variable holding the role id)"))?,
+            secret_id: match (secret_id_env, secret_id_file) {
+                (Some(var), None) => SecretIdSource::Env(var),
+                (None, Some(path)) => SecretIdSource::File(path),
+                _ => return Err(parts.bad("AppRole needs one of secret_id_env= or secret_id_file=")),
+            },
+        },
+        _ => VaultCredentials::Process,
+    })
 }

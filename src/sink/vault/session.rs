@@ -12,12 +12,12 @@ use vaultrs::client::{Client as _, VaultClient, VaultClientSettingsBuilder};
 use vaultrs::error::ClientError;
 use zeroize::Zeroizing;
 
-use super::{VaultConfig, KIND};
+use super::{SecretIdSource, VaultConfig, VaultCredentials, KIND};
 use crate::error::{Error, Result};
 
-/// Where the credentials come from.
+/// The credentials themselves, read when the sink logs in.
 enum Credentials {
-    Token,
+    Token(Zeroizing<String>),
     AppRole {
         mount: String,
         role: String,
@@ -25,23 +25,68 @@ enum Credentials {
     },
 }
 
+fn unusable(why: String) -> Error {
+    Error::sink(KIND, why, false)
+}
+
+fn from_var(var: &str) -> Result<Zeroizing<String>> {
+    std::env::var(var)
+        .map(Zeroizing::new)
+        .map_err(|_| unusable(format!("${var}, named by this sink's URL, is not set")))
+}
+
+/// A credential file: refused if others may read it (as ssh refuses a loose key).
+fn from_file(path: &std::path::Path) -> Result<Zeroizing<String>> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(path).map_err(|e| unusable(format!("cannot read {}: {e}", path.display())))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(unusable(format!(
+            "{} may be read by others (mode {:o}); `chmod 600` it",
+            path.display(),
+            meta.mode() & 0o777
+        )));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| unusable(format!("cannot read {}: {e}", path.display())))?;
+    Ok(Zeroizing::new(text.trim().to_owned()))
+}
+
 impl Credentials {
-    fn from_env() -> Result<Credentials> {
-        if std::env::var("VAULT_TOKEN").is_ok() {
-            return Ok(Credentials::Token);
-        }
-        match (std::env::var("VAULT_ROLE_ID"), std::env::var("VAULT_SECRET_ID")) {
-            (Ok(role), Ok(secret)) => Ok(Credentials::AppRole {
-                mount: std::env::var("VAULT_APPROLE_MOUNT").unwrap_or_else(|_| "approle".into()),
-                role,
-                secret: Zeroizing::new(secret),
-            }),
-            _ => Err(Error::sink(
-                KIND,
-                "no credentials: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID for AppRole",
-                false,
-            )),
-        }
+    fn resolve(source: &VaultCredentials) -> Result<Credentials> {
+        Ok(match source {
+            VaultCredentials::TokenEnv(var) => Credentials::Token(from_var(var)?),
+            VaultCredentials::TokenFile(path) => Credentials::Token(from_file(path)?),
+            VaultCredentials::AppRole {
+                mount,
+                role_id_env,
+                secret_id,
+            } => Credentials::AppRole {
+                mount: mount.clone(),
+                role: from_var(role_id_env)?.to_string(),
+                secret: match secret_id {
+                    SecretIdSource::Env(var) => from_var(var)?,
+                    SecretIdSource::File(path) => from_file(path)?,
+                },
+            },
+            VaultCredentials::Process => {
+                if let Ok(token) = std::env::var("VAULT_TOKEN") {
+                    return Ok(Credentials::Token(Zeroizing::new(token)));
+                }
+                match (std::env::var("VAULT_ROLE_ID"), std::env::var("VAULT_SECRET_ID")) {
+                    (Ok(role), Ok(secret)) => Credentials::AppRole {
+                        mount: std::env::var("VAULT_APPROLE_MOUNT").unwrap_or_else(|_| "approle".into()),
+                        role,
+                        secret: Zeroizing::new(secret),
+                    },
+                    _ => return Err(unusable(
+                        "no credentials: set VAULT_TOKEN, or VAULT_ROLE_ID and VAULT_SECRET_ID for AppRole, \
+                             or name this sink's own with token_env=, token_file= or role_id_env=…"
+                            .into(),
+                    )),
+                }
+            }
+        })
     }
 }
 
@@ -112,17 +157,25 @@ impl Session {
     }
 
     fn can_log_in(&self) -> bool {
-        matches!(Credentials::from_env(), Ok(Credentials::AppRole { .. }))
+        matches!(
+            Credentials::resolve(&self.config.credentials),
+            Ok(Credentials::AppRole { .. })
+        )
     }
 
     async fn log_in(&self) -> Result<Current> {
-        let credentials = Credentials::from_env()?;
+        let credentials = Credentials::resolve(&self.config.credentials)?;
         let mut settings = VaultClientSettingsBuilder::default();
         settings.address(&self.config.address);
         if let Some(ca) = &self.config.ca_file {
             settings.ca_certs(vec![ca.display().to_string()]);
         }
-        settings.token(std::env::var("VAULT_TOKEN").unwrap_or_default());
+        if let Some(namespace) = &self.config.namespace {
+            settings.namespace(Some(namespace.clone()));
+        }
+        if let Credentials::Token(token) = &credentials {
+            settings.token(token.to_string());
+        }
         let settings = settings.build().map_err(|e| {
             Error::sink(
                 KIND,
@@ -140,7 +193,7 @@ impl Session {
                 client.set_token(&auth.client_token);
                 (auth.lease_duration, auth.renewable)
             }
-            Credentials::Token => match vaultrs::token::lookup_self(&client).await {
+            Credentials::Token(_) => match vaultrs::token::lookup_self(&client).await {
                 Ok(token) => (token.ttl, token.renewable.unwrap_or(false)),
                 // A token that may not look itself up is used as it is.
                 Err(ClientError::APIError { code: 403, .. }) => (0, false),
@@ -157,11 +210,6 @@ impl Session {
     }
 
     fn failure(&self, what: &str, e: ClientError) -> Error {
-        match super::failure(what, e) {
-            Error::Sink {
-                message, temporary, ..
-            } => Error::sink(KIND, format!("{message} ({})", self.config.address), temporary),
-            other => other,
-        }
+        super::failure_at(&self.config, what, e)
     }
 }
