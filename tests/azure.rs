@@ -152,3 +152,53 @@ async fn existing_azure_secrets_are_adopted() {
         .await
         .unwrap();
 }
+
+/// Two azure-kv sinks in one process, each signing in as its own service principal: the default
+/// one from the environment, the other from the URL (`tenant_id=`, `client_id=`,
+/// `client_secret_env=`). The fake's token endpoint checks each client id and secret; a sink
+/// naming a variable that holds the wrong secret is refused with the service's answer, naming
+/// where its secret came from and never the secret.
+#[test]
+fn azure_sinks_sign_in_as_their_own_service_principals() {
+    let vault = azure::start();
+    let env = Env::new();
+    let mut vars: Vec<(&str, &str)> = vault.env().to_vec();
+    vars.push(("BACKUP_SECRET", azure::OTHER_CLIENT_SECRET));
+    vars.push(("WRONG_SECRET", "not-the-backup-secret-xyzzy"));
+    let run = |args: &[&str]| common::ok_with(&env, &vars, args);
+    let principal = |secret_var: &str, prefix: &str| {
+        vault.url(&format!(
+            "&prefix={prefix}&tenant_id={}&client_id={}&client_secret_env={secret_var}",
+            azure::TENANT,
+            azure::OTHER_CLIENT_ID
+        ))
+    };
+    run(&["sink", "add", "main", &vault.url("&prefix=main-")]);
+    run(&["sink", "add", "dr", &principal("BACKUP_SECRET", "dr-")]);
+    for i in 0..3 {
+        run(&["secret", "create", &format!("s{i}"), "--value", "k=v"]);
+    }
+    run(&["project"]);
+    run(&["diff", "main"]);
+    run(&["diff", "dr"]);
+
+    run(&["sink", "add", "wrong", &principal("WRONG_SECRET", "wrong-")]);
+    let out = env
+        .cmd()
+        .envs(vars.iter().copied())
+        .args(["sink", "check", "wrong"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("AADSTS7000215") && err.contains("$WRONG_SECRET"),
+        "{err}"
+    );
+    assert!(!err.contains("xyzzy"), "the secret was echoed: {err}");
+    let err = env.fails(
+        &["sink", "add", "x", &vault.url("&client_id=c&client_secret_env=S")],
+        2,
+    );
+    assert!(err.contains("tenant_id"), "{err}");
+}

@@ -111,3 +111,88 @@ async fn existing_gcp_secrets_are_adopted() {
         .await
         .unwrap();
 }
+
+/// A service-account key file made for this test: a real RSA key, so the credentials the
+/// sink builds from it can sign their self-signed JWTs (drongo takes any bearer).
+fn service_account_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let key = dir.join("sa-key.pem");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "genpkey",
+            "-algorithm",
+            "RSA",
+            "-pkeyopt",
+            "rsa_keygen_bits:2048",
+            "-out",
+        ])
+        .arg(&key)
+        .output()
+        .expect("openssl makes the test's service-account key (apt-get install openssl)");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let json = serde_json::json!({
+        "type": "service_account",
+        "project_id": "backup-project",
+        "private_key_id": "0123456789abcdef",
+        "private_key": std::fs::read_to_string(&key).unwrap(),
+        "client_email": "sledger-backup@backup-project.iam.gserviceaccount.com",
+        "client_id": "1234567890",
+        "token_uri": "https://oauth2.googleapis.com/token",
+    });
+    let path = dir.join("sa.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+/// `credentials_file=` is read and used by that sink alone; a file that is not a credentials
+/// JSON is refused, naming the file and never quoting it.
+#[test]
+fn a_sink_with_its_own_credentials_file() {
+    let drongo = drongo::start();
+    let env = Env::new();
+    let file = service_account_file(env.dir.path());
+    let url = drongo::url(
+        &drongo,
+        &format!("&prefix=dr-&credentials_file={}", file.display()),
+    );
+    gcp(&env, &["sink", "add", "dr", &url]);
+    gcp(&env, &["secret", "create", "s", "--value", "k=v"]);
+    gcp(&env, &["project"]);
+    gcp(&env, &["diff", "dr"]);
+    let checked = gcp(&env, &["sink", "check", "dr"]);
+    assert!(
+        checked.contains("sledger-backup@backup-project.iam.gserviceaccount.com"),
+        "{checked}"
+    );
+
+    let bad = env.path("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"type": "service_account", "private_key": "SECRET-KEY-TEXT"}"#,
+    )
+    .unwrap();
+    let url = drongo::url(
+        &drongo,
+        &format!("&prefix=bad-&credentials_file={}", bad.display()),
+    );
+    gcp(&env, &["sink", "add", "bad", &url]);
+    let out = env
+        .cmd()
+        .envs(GCP_ENV)
+        .args(["sink", "check", "bad"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("bad.json") && err.contains("credentials"), "{err}");
+    assert!(!err.contains("SECRET-KEY-TEXT"), "the file was quoted: {err}");
+    let err = env.fails(
+        &[
+            "sink",
+            "add",
+            "rel",
+            &drongo::url(&drongo, "&credentials_file=sa.json"),
+        ],
+        2,
+    );
+    assert!(err.contains("absolute"), "{err}");
+}

@@ -8,9 +8,12 @@ use std::process::Command;
 
 use super::servers::{self, Server};
 
-const TENANT: &str = "sledger-test-tenant";
+pub const TENANT: &str = "sledger-test-tenant";
 const CLIENT_ID: &str = "sledger-test-client";
 const CLIENT_SECRET: &str = "sledger-test-client-secret";
+/// A second service principal the fake's token endpoint accepts, for a sink with its own.
+pub const OTHER_CLIENT_ID: &str = "sledger-backup-client";
+pub const OTHER_CLIENT_SECRET: &str = "sledger-backup-client-secret";
 
 pub struct FakeVault {
     pub server: Server,
@@ -138,7 +141,13 @@ fn serve(port: u16, dir: &Path) -> Server {
         .arg(port.to_string())
         .arg(dir.join("server.pem"))
         .arg(dir.join("server.key"))
-        .args([TENANT, CLIENT_ID, CLIENT_SECRET]);
+        .args([
+            TENANT,
+            CLIENT_ID,
+            CLIENT_SECRET,
+            OTHER_CLIENT_ID,
+            OTHER_CLIENT_SECRET,
+        ]);
     servers::start_when("the Key Vault fake", command, port, || {
         TcpStream::connect(("127.0.0.1", port)).is_ok()
     })

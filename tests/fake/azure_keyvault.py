@@ -8,7 +8,7 @@ sink depends on it:
 - Every Key Vault request without a valid bearer token gets 401 with the challenge
   ``Bearer authorization="https://login.microsoftonline.com/TENANT", resource="https://vault.azure.net"``;
   tokens come from ``POST /TENANT/oauth2/v2.0/token`` (client credentials) for the scope
-  ``https://vault.azure.net/.default`` and only for the client id and secret it was started with.
+  ``https://vault.azure.net/.default`` and only for the client ids and secrets it was started with.
 - Names must match ``[0-9A-Za-z-]{1,127}``; values hold at most 25 KiB; at most 15 tags of at
   most 256 characters.
 - Set creates a new version; get/patch work on the latest or a named version; delete moves a
@@ -108,13 +108,14 @@ class Handler(BaseHTTPRequestHandler):
         url = urlparse(self.path)
         query = parse_qs(url.query)
         raw = self.body()
-        tenant, client_id, client_secret = self.config
+        tenant, principals = self.config
         if method == "POST" and url.path == f"/{tenant}/oauth2/v2.0/token":
             form = parse_qs(raw.decode())
+            client_id = (form.get("client_id") or [None])[0]
             ok = (
                 form.get("grant_type") == ["client_credentials"]
-                and form.get("client_id") == [client_id]
-                and form.get("client_secret") == [client_secret]
+                and client_id in principals
+                and form.get("client_secret") == [principals[client_id]]
                 and form.get("scope") == ["https://vault.azure.net/.default"]
             )
             if not ok:
@@ -326,8 +327,10 @@ def not_found(name):
 
 
 def main():
-    port, cert, key, tenant, client_id, client_secret = sys.argv[1:7]
-    Handler.config = (tenant, client_id, client_secret)
+    # Then one or more service principals: CLIENT_ID CLIENT_SECRET [CLIENT_ID CLIENT_SECRET ...]
+    port, cert, key, tenant = sys.argv[1:5]
+    pairs = sys.argv[5:]
+    Handler.config = (tenant, dict(zip(pairs[0::2], pairs[1::2])))
     server = Server(("127.0.0.1", int(port)), Handler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.load_cert_chain(cert, key)

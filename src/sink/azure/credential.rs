@@ -11,15 +11,68 @@ use azure_core::error::ErrorKind;
 use azure_core::http::ClientOptions;
 use azure_identity::{
     ClientSecretCredential, ClientSecretCredentialOptions, DeveloperToolsCredential,
-    ManagedIdentityCredential, ManagedIdentityCredentialOptions, WorkloadIdentityCredential,
+    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
 };
 use tokio::sync::Mutex;
 
+use super::AzureCredentials;
+
 #[derive(Debug)]
 struct Chain {
-    sources: Vec<(&'static str, Arc<dyn TokenCredential>)>,
+    sources: Vec<(String, Arc<dyn TokenCredential>)>,
     /// The source that worked last, tried first next time.
     chosen: Mutex<Option<usize>>,
+    /// What to do when none gives a token.
+    hint: &'static str,
+}
+
+/// The credential of a sink: its own service principal or managed identity when its URL names
+/// one, else the default chain. Errors name the source, never a secret.
+pub(super) fn for_sink(
+    credentials: &AzureCredentials,
+    options: &ClientOptions,
+) -> crate::Result<Arc<dyn TokenCredential>> {
+    let unusable = |why: String| crate::Error::sink(super::KIND, why, false);
+    let (label, credential): (String, Arc<dyn TokenCredential>) = match credentials {
+        AzureCredentials::Chain => return Ok(chain(options)),
+        AzureCredentials::ServicePrincipal {
+            tenant_id,
+            client_id,
+            secret_env,
+        } => {
+            let secret = env(secret_env)
+                .ok_or_else(|| unusable(format!("${secret_env}, named by this sink's URL, is not set")))?;
+            let credential = ClientSecretCredential::new(
+                tenant_id,
+                client_id.clone(),
+                Secret::new(secret),
+                Some(ClientSecretCredentialOptions {
+                    client_options: options.clone(),
+                }),
+            )
+            .map_err(|e| unusable(format!("service principal {client_id}: {e}")))?;
+            (
+                format!(
+                    "service principal {client_id} in tenant {tenant_id} with the secret in ${secret_env}"
+                ),
+                credential,
+            )
+        }
+        AzureCredentials::ManagedIdentity { client_id } => {
+            let credential = ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                user_assigned_id: Some(UserAssignedId::ClientId(client_id.clone())),
+                client_options: options.clone(),
+                ..Default::default()
+            }))
+            .map_err(|e| unusable(format!("managed identity {client_id}: {e}")))?;
+            (format!("managed identity {client_id}"), credential)
+        }
+    };
+    Ok(Arc::new(Chain {
+        sources: vec![(label, credential)],
+        chosen: Mutex::new(None),
+        hint: "check the credentials this sink's URL names",
+    }))
 }
 
 fn env(name: &str) -> Option<String> {
@@ -28,7 +81,7 @@ fn env(name: &str) -> Option<String> {
 
 /// The chain, its HTTP calls made with `options` (a custom CA for the token endpoint too).
 pub(super) fn chain(options: &ClientOptions) -> Arc<dyn TokenCredential> {
-    let mut sources: Vec<(&'static str, Arc<dyn TokenCredential>)> = Vec::new();
+    let mut sources: Vec<(String, Arc<dyn TokenCredential>)> = Vec::new();
     if let (Some(tenant), Some(client), Some(secret)) = (
         env("AZURE_TENANT_ID"),
         env("AZURE_CLIENT_ID"),
@@ -43,26 +96,34 @@ pub(super) fn chain(options: &ClientOptions) -> Arc<dyn TokenCredential> {
             }),
         );
         if let Ok(credential) = built {
-            sources.push(("AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET", credential));
+            sources.push((
+                "AZURE_TENANT_ID/AZURE_CLIENT_ID/AZURE_CLIENT_SECRET".into(),
+                credential,
+            ));
         }
     }
     if env("AZURE_FEDERATED_TOKEN_FILE").is_some() {
         if let Ok(credential) = WorkloadIdentityCredential::new(None) {
-            sources.push(("workload identity (AZURE_FEDERATED_TOKEN_FILE)", credential));
+            sources.push((
+                "workload identity (AZURE_FEDERATED_TOKEN_FILE)".into(),
+                credential,
+            ));
         }
     }
     if let Ok(credential) = ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
         client_options: options.clone(),
         ..Default::default()
     })) {
-        sources.push(("managed identity", credential));
+        sources.push(("managed identity".into(), credential));
     }
     if let Ok(credential) = DeveloperToolsCredential::new(None) {
-        sources.push(("az login / azd auth login", credential));
+        sources.push(("az login / azd auth login".into(), credential));
     }
     Arc::new(Chain {
         sources,
         chosen: Mutex::new(None),
+        hint: "set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, run on Azure with a \
+               managed or workload identity, or `az login`",
     })
 }
 
@@ -92,11 +153,7 @@ impl TokenCredential for Chain {
         }
         Err(azure_core::Error::with_message(
             ErrorKind::Credential,
-            format!(
-                "set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, run on Azure with a \
-                 managed or workload identity, or `az login`; tried {}",
-                tried.join("; ")
-            ),
+            format!("{}; tried {}", self.hint, tried.join("; ")),
         ))
     }
 }

@@ -63,6 +63,23 @@ pub struct AzureConfig {
     pub ca_file: Option<PathBuf>,
     pub prefix: String,
     pub max_concurrency: usize,
+    pub credentials: AzureCredentials,
+}
+
+/// Where one sink's credentials come from: ids and variable names, never a secret.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AzureCredentials {
+    /// The chain of `credential`: environment, workload identity, managed identity, `az login`.
+    #[default]
+    Chain,
+    /// `tenant_id=`, `client_id=` and `client_secret_env=`: a service principal of its own.
+    ServicePrincipal {
+        tenant_id: String,
+        client_id: String,
+        secret_env: String,
+    },
+    /// `managed_identity_client_id=`: a user-assigned managed identity.
+    ManagedIdentity { client_id: String },
 }
 
 impl AzureConfig {
@@ -154,7 +171,7 @@ impl AzureSink {
         self.client
             .get_or_try_init(|| async {
                 let client_options = self.client_options()?;
-                let credential = credential::chain(&client_options);
+                let credential = credential::for_sink(&self.config.credentials, &client_options)?;
                 let options = SecretClientOptions {
                     client_options,
                     verify_challenge_resource: Some(!is_loopback(&self.config.vault_host)),
@@ -514,10 +531,36 @@ pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Ba
         "letters, digits and -",
         MAX_NAME_CHARS,
     )?;
+    let tenant_id = parts.take("tenant_id");
+    let client_id = parts.take("client_id");
+    let secret_env = parts.take_env_name("client_secret_env")?;
+    let managed = parts.take("managed_identity_client_id");
+    let credentials = match (tenant_id, client_id, secret_env, managed) {
+        (None, None, None, None) => AzureCredentials::Chain,
+        (None, None, None, Some(client_id)) => AzureCredentials::ManagedIdentity { client_id },
+        (Some(tenant_id), Some(client_id), Some(secret_env), None) => AzureCredentials::ServicePrincipal {
+            tenant_id,
+            client_id,
+            secret_env,
+        },
+        (_, _, _, Some(_)) => {
+            return Err(parts.bad(
+                "managed_identity_client_id= and a service principal (tenant_id=, client_id=, \
+                 client_secret_env=) are two credential sources; name one",
+            ))
+        }
+        _ => {
+            return Err(parts.bad(
+                "a service principal of the sink's own needs tenant_id=, client_id= and \
+                 client_secret_env= (the variable holding its secret)",
+            ))
+        }
+    };
     Ok(super::Backend::Azure(AzureConfig {
         vault_host: location.to_owned(),
         ca_file,
         prefix,
         max_concurrency: parts.concurrency(16),
+        credentials,
     }))
 }

@@ -14,7 +14,10 @@
 //! purge deletes the secret with all its versions and leaves a version-less tombstone secret,
 //! so a late write from another projector cannot bring the values back.
 //!
-//! Credentials: Application Default Credentials, or none when `endpoint=` names an emulator.
+//! Credentials: Application Default Credentials, or none when `endpoint=` names an emulator;
+//! or this sink's own: `credentials_file=/path/key.json` (a service account, external-account,
+//! impersonated or user credentials file) and/or `impersonate=SA_EMAIL` (service account
+//! impersonation on top of the file or of ADC), as `gcloud --impersonate-service-account` does.
 
 use std::collections::HashMap;
 
@@ -66,6 +69,39 @@ pub struct GcpConfig {
     pub prefix: String,
     pub old_versions: OldVersions,
     pub max_concurrency: usize,
+    /// A credentials JSON file for this sink alone.
+    pub credentials_file: Option<std::path::PathBuf>,
+    /// The service account this sink acts as, impersonated with the credentials above.
+    pub impersonate: Option<String>,
+}
+
+fn unusable_file(path: &std::path::Path, why: impl std::fmt::Display) -> Error {
+    Error::sink(KIND, format!("credentials_file {}: {why}", path.display()), false)
+}
+
+/// Credentials from a JSON file of one of the kinds `gcloud` writes or the console downloads;
+/// errors name the file and its kind, never its contents.
+fn credentials_from_file(path: &std::path::Path) -> Result<google_cloud_auth::credentials::Credentials> {
+    use google_cloud_auth::credentials::{external_account, impersonated, service_account, user_account};
+    let text = std::fs::read_to_string(path).map_err(|e| unusable_file(path, e))?;
+    let json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|_| unusable_file(path, "is not a JSON credentials file"))?;
+    let kind = json["type"].as_str().unwrap_or_default().to_owned();
+    let built = match kind.as_str() {
+        "service_account" => service_account::Builder::new(json).build(),
+        "external_account" => external_account::Builder::new(json).build(),
+        "impersonated_service_account" => impersonated::Builder::new(json).build(),
+        "authorized_user" => user_account::Builder::new(json).build(),
+        _ => {
+            return Err(unusable_file(
+                path,
+                "has no credentials type sledger knows (service_account, external_account, \
+                 impersonated_service_account, authorized_user)",
+            ))
+        }
+    };
+    // The builder's error says which field is missing or malformed, not what the file holds.
+    built.map_err(|e| unusable_file(path, format!("not usable as {kind} credentials ({e})")))
 }
 
 impl GcpConfig {
@@ -127,9 +163,10 @@ impl GcpSink {
                     // The projector retries with its own backoff and deadline.
                     .with_retry_policy(google_cloud_gax::retry_policy::NeverRetry);
                 if let Some(endpoint) = &self.config.endpoint {
-                    builder = builder
-                        .with_endpoint(endpoint)
-                        .with_credentials(google_cloud_auth::credentials::anonymous::Builder::new().build());
+                    builder = builder.with_endpoint(endpoint);
+                }
+                if let Some(credentials) = self.credentials()? {
+                    builder = builder.with_credentials(credentials);
                 }
                 builder.build().await.map_err(|e| {
                     Error::sink(
@@ -145,10 +182,44 @@ impl GcpSink {
             .await
     }
 
+    /// This sink's own credentials; `None` for Application Default Credentials.
+    fn credentials(&self) -> Result<Option<google_cloud_auth::credentials::Credentials>> {
+        use google_cloud_auth::credentials::{anonymous, impersonated, Builder};
+        let base = match &self.config.credentials_file {
+            Some(path) => Some(credentials_from_file(path)?),
+            // An emulator takes anonymous calls.
+            None if self.config.endpoint.is_some() => Some(anonymous::Builder::new().build()),
+            None => None,
+        };
+        let Some(target) = &self.config.impersonate else {
+            return Ok(base);
+        };
+        let source = match base {
+            Some(source) => source,
+            None => Builder::default().build().map_err(|e| {
+                Error::sink(
+                    KIND,
+                    format!("no Application Default Credentials to impersonate {target} with ({e})"),
+                    false,
+                )
+            })?,
+        };
+        impersonated::Builder::from_source_credentials(source)
+            .with_target_principal(target)
+            .build()
+            .map(Some)
+            .map_err(|e| Error::sink(KIND, format!("cannot impersonate {target} ({e})"), false))
+    }
+
     fn where_(&self) -> String {
-        match &self.config.endpoint {
+        let place = match &self.config.endpoint {
             Some(endpoint) => format!("project {} at {endpoint}", self.config.project),
             None => format!("project {}", self.config.project),
+        };
+        match (&self.config.credentials_file, &self.config.impersonate) {
+            (_, Some(target)) => format!("{place}, as {target}"),
+            (Some(path), None) => format!("{place}, with credentials_file {}", path.display()),
+            (None, None) => place,
         }
     }
 
@@ -509,6 +580,21 @@ impl Sink for GcpSink {
         Ok(out)
     }
 
+    /// The service account this sink acts as, as its URL or credentials file names it.
+    async fn identity(&self) -> Result<Option<String>> {
+        if let Some(target) = &self.config.impersonate {
+            return Ok(Some(format!("service account {target} (impersonated)")));
+        }
+        let Some(path) = &self.config.credentials_file else {
+            return Ok(None);
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| unusable_file(path, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        Ok(json["client_email"]
+            .as_str()
+            .map(|email| format!("service account {email} (from {})", path.display())))
+    }
+
     async fn health(&self) -> Result<()> {
         let client = self.client().await?;
         client
@@ -573,5 +659,12 @@ pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Ba
         prefix,
         old_versions,
         max_concurrency: parts.concurrency(16),
+        credentials_file: match parts.take("credentials_file") {
+            Some(path) if !path.starts_with('/') => {
+                return Err(parts.bad("credentials_file must be an absolute path"));
+            }
+            path => path.map(std::path::PathBuf::from),
+        },
+        impersonate: parts.take("impersonate"),
     }))
 }
