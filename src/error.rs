@@ -203,8 +203,9 @@ impl Error {
             Sink { temporary: false, .. } => ErrorClass::Backend,
             AlreadyExists { .. } | WouldOverwrite { .. } => ErrorClass::AlreadyExists,
             ChainBroken { .. } | AnchorMismatch { .. } | Corrupt(_) => ErrorClass::Integrity,
-            WrongKey | KeyUnavailable(_) | KeyRotated => ErrorClass::Key,
-            Busy | Closed | ChangedMeanwhile { .. } => ErrorClass::Unavailable,
+            WrongKey | KeyUnavailable(_) => ErrorClass::Key,
+            // Another process's rotation, finished by now: retrying with the new key works.
+            Busy | Closed | ChangedMeanwhile { .. } | KeyRotated => ErrorClass::Unavailable,
             NotALedger { .. } | NewerSchema { .. } => ErrorClass::Incompatible,
             Io { .. } | Database(_) | Migration(_) => ErrorClass::Internal,
             OutOfSync(_) => ErrorClass::OutOfSync,

@@ -715,3 +715,99 @@ fn import_from_needs_a_cloud_backend_and_a_choice() {
     let err = env.fails(&["import", "--all"], USAGE);
     assert!(err.contains("--from"), "{err}");
 }
+
+/// Control characters in a value, a key or a label (ESC sequences, NUL, newlines) are shown
+/// escaped in tables, so they cannot recolour or clear a terminal or fake a row; JSON output
+/// keeps them exact.
+#[test]
+fn control_characters_are_escaped_in_tables_and_exact_in_json() {
+    let env = Env::new();
+    env.ok(&[
+        "secret",
+        "create",
+        "x",
+        "--value",
+        "k=a\u{1b}[2Jred\u{7}",
+        "--label",
+        "env=p\nfake row",
+    ]);
+    for args in [
+        vec!["secret", "list"],
+        vec!["secret", "get", "x"],
+        vec!["secret", "history", "x"],
+        vec!["log"],
+    ] {
+        let out = env.ok(&args);
+        assert!(
+            !out.contains('\u{1b}') && !out.contains('\u{7}') && !out.contains("\nfake row"),
+            "{args:?} printed a raw control character:\n{out:?}"
+        );
+    }
+    assert!(env.ok(&["secret", "get", "x"]).contains("a\\u{1b}[2Jred"));
+    let got = env.json(&["secret", "get", "x"]);
+    assert_eq!(got["values"]["k"], "a\u{1b}[2Jred\u{7}");
+    assert_eq!(got["labels"]["env"], "p\nfake row");
+    // `--key` prints the value itself, for pipes and files.
+    assert_eq!(
+        env.ok(&["secret", "get", "x", "--key", "k"]),
+        "a\u{1b}[2Jred\u{7}\n"
+    );
+}
+
+/// With `--format json`, a failing command still prints one JSON document on stdout: the
+/// error's code and message (and the same exit code as without it).
+#[test]
+fn json_errors_are_documents_on_stdout() {
+    let env = Env::new();
+    let out = env.run(&["--format", "json", "secret", "get", "missing"]);
+    assert_eq!(out.status.code(), Some(3));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["code"], "not_found", "{doc}");
+    assert!(
+        doc["error"]["message"].as_str().unwrap().contains("missing"),
+        "{doc}"
+    );
+    let out = env.run(&[
+        "--format",
+        "json",
+        "secret",
+        "create",
+        "bad name!",
+        "--value",
+        "k=v",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(doc["error"]["code"], "invalid", "{doc}");
+    // Colour only on a terminal: none in captured stderr, even for log lines.
+    let out = env
+        .cmd()
+        .env("SLEDGER_LOG", "debug")
+        .args(["secret", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        !out.stderr.contains(&0x1b),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn a_key_given_twice_in_values_json_and_an_unbounded_value_limit_are_refused() {
+    let env = Env::new();
+    let file = env.path("values.json");
+    std::fs::write(&file, r#"{"a":"1","a":"2"}"#).unwrap();
+    let err = env.fails(
+        &["secret", "create", "dup", "--values-json", file.to_str().unwrap()],
+        2,
+    );
+    assert!(err.contains("\"a\"") && err.contains("more than once"), "{err}");
+    env.fails(&["secret", "get", "dup"], 3);
+    for bad in ["0", "99999999999"] {
+        let other = Env::empty();
+        let err = other.fails(&["init", "--max-value-bytes", bad], 2);
+        assert!(err.contains("16..=16777216"), "{err}");
+        assert!(!other.ledger.exists());
+    }
+}

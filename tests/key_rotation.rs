@@ -78,3 +78,42 @@ fn a_process_holding_a_rotated_key_cannot_write() {
     assert!(matches!(err, sledger::Error::KeyRotated), "{err}");
     env.ok(&["verify"]);
 }
+
+/// Writes racing key rotations by another process wait them out instead of failing (issue:
+/// 3 of 160 writes used to fail with exit 6 and "run the command again").
+#[test]
+fn writes_during_key_rotations_all_succeed() {
+    let env = std::sync::Arc::new(Env::new());
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let env = env.clone();
+            std::thread::spawn(move || {
+                for i in 0..15 {
+                    let out = env.run(&[
+                        "--wait",
+                        "0",
+                        "secret",
+                        "create",
+                        &format!("w{w}/{i}"),
+                        "--value",
+                        "k=v",
+                    ]);
+                    assert!(
+                        out.status.success(),
+                        "write w{w}/{i} failed ({:?}): {}",
+                        out.status.code(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            })
+        })
+        .collect();
+    for _ in 0..3 {
+        env.ok(&["key", "rotate"]);
+    }
+    for writer in writers {
+        writer.join().unwrap();
+    }
+    assert_eq!(env.json(&["secret", "list"]).as_array().unwrap().len(), 60);
+    env.ok(&["verify"]);
+}

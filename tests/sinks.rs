@@ -496,3 +496,38 @@ fn a_sink_that_lies_is_not_believed() {
     assert!(stderr.contains("beyond the ledger's head"), "{stderr}");
     assert!(!String::from_utf8_lossy(&out.stdout).contains("1970-01-01"));
 }
+
+/// `sink add` checks what it can without a network: an exec plug-in must be an executable
+/// file, a sqlite sink's directory must exist; each refusal says what to fix.
+#[test]
+fn sink_add_refuses_a_missing_plugin_or_directory() {
+    let env = Env::new();
+    let err = env.fails(&["sink", "add", "x", "exec:///nonexistent/plugin"], 2);
+    assert!(
+        err.contains("/nonexistent/plugin") && err.contains("executable"),
+        "{err}"
+    );
+    let not_executable = env.path("plain.txt");
+    std::fs::write(&not_executable, "").unwrap();
+    let err = env.fails(
+        &[
+            "sink",
+            "add",
+            "x",
+            &format!("exec://{}", not_executable.display()),
+        ],
+        2,
+    );
+    assert!(err.contains("chmod +x"), "{err}");
+    let missing_dir = env.path("no/such/dir/sink.db");
+    let err = env.fails(
+        &["sink", "add", "x", &format!("sqlite://{}", missing_dir.display())],
+        2,
+    );
+    assert!(err.contains("does not exist") && err.contains("mkdir"), "{err}");
+    assert_eq!(
+        env.json(&["sink", "list"]).as_array().unwrap().len(),
+        1,
+        "nothing was added"
+    );
+}

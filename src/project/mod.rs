@@ -106,6 +106,9 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
     pub last_error_at: Option<Millis>,
     pub last_applied_at: Option<Millis>,
+    /// Who the backend sees this sink as ([`statuses_with_identities`]); `None` where there is
+    /// no such notion or it was not asked.
+    pub identity: Option<String>,
 }
 
 pub use crate::store::Parked;
@@ -169,6 +172,7 @@ impl Ledger {
                 last_error: progress.last_error,
                 last_error_at: progress.last_error_at,
                 last_applied_at: progress.last_applied_at,
+                identity: None,
             })
         }
         Ok(out)
@@ -503,6 +507,16 @@ pub async fn identities(ledger: &Ledger) -> Result<std::collections::BTreeMap<St
         .into_iter()
         .flatten()
         .collect())
+}
+
+/// [`Ledger::sink_status`], with who each sink runs as (asked of the backends: needs the key).
+pub async fn statuses_with_identities(ledger: &Ledger) -> Result<Vec<SinkStatus>> {
+    let mut identities = identities(ledger).await?;
+    let mut statuses = ledger.sink_status()?;
+    for status in &mut statuses {
+        status.identity = identities.remove(&status.name);
+    }
+    Ok(statuses)
 }
 
 /// The primary's name, if there is one.

@@ -114,8 +114,31 @@ pub fn prepare_backend(url: &SinkUrl) -> Result<Option<PathBuf>> {
             Ok(None)
         }
         Backend::Sqlite { path, .. } => {
+            match path.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() && !dir.is_dir() => {
+                    return Err(Error::invalid(format!(
+                        "the sqlite sink's directory {} does not exist; create it first (mkdir -p)",
+                        dir.display()
+                    )));
+                }
+                _ => {}
+            }
             SqliteSink::create(path)?;
             Ok(Some(path.clone()))
+        }
+        Backend::Exec { program, .. } => {
+            use std::os::unix::fs::PermissionsExt;
+            match std::fs::metadata(program) {
+                Ok(meta) if meta.is_file() && meta.permissions().mode() & 0o111 != 0 => Ok(None),
+                Ok(_) => Err(Error::invalid(format!(
+                    "the exec plug-in {} is not an executable file; `chmod +x` it, or name the plug-in's program",
+                    program.display()
+                ))),
+                Err(e) => Err(Error::invalid(format!(
+                    "the exec plug-in {} cannot be used ({e}); give the absolute path of an executable",
+                    program.display()
+                ))),
+            }
         }
         _ => Ok(None),
     }

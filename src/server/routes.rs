@@ -989,7 +989,11 @@ async fn verify(
 
 async fn list_sinks(State(state): Shared, Extension(caller): Extension<Caller>) -> ApiResult {
     allow(&state, &caller, "sink.list", None).await?;
-    let status = state.handle.read(|l| l.sink_status()).await?;
+    let runtime = tokio::runtime::Handle::current();
+    let status = state
+        .handle
+        .read(move |l| runtime.block_on(crate::project::statuses_with_identities(l)))
+        .await?;
     Ok(Json(status).into_response())
 }
 

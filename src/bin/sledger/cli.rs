@@ -47,6 +47,16 @@ pub struct Global {
     /// Trust this PEM CA certificate for --server (a private CA)
     #[arg(long, global = true, env = "SLEDGER_CA_FILE", value_name = "PATH")]
     pub ca_file: Option<PathBuf>,
+    /// Colour in log lines on stderr: auto (a terminal, and NO_COLOR unset), always, never
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -309,8 +319,9 @@ pub struct ProjectArgs {
 
 #[derive(Args)]
 pub struct InitArgs {
-    /// Largest allowed secret, measured as its JSON object
-    #[arg(long, value_name = "BYTES", default_value_t = sledger::validate::DEFAULT_MAX_VALUE_BYTES)]
+    /// Largest allowed secret, measured as its JSON object (16 bytes to 16 MiB)
+    #[arg(long, value_name = "BYTES", default_value_t = sledger::validate::DEFAULT_MAX_VALUE_BYTES,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=16 * 1024 * 1024))]
     pub max_value_bytes: usize,
 }
 

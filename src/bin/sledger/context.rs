@@ -165,6 +165,36 @@ impl Context {
         Ok(ledger)
     }
 
+    /// Open to write and apply `commands` as the actor. A key rotation by another process in
+    /// the meantime is waited out rather than failed: the write is tried again with the
+    /// rotated key once its key file is in place (a rotation renames it over the old one just
+    /// after committing).
+    pub fn execute(&self, commands: Vec<sledger::Command>) -> Result<(Ledger, Vec<sledger::Outcome>)> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut rotated = false;
+        loop {
+            let attempt = self.open_to_write().and_then(|mut ledger| {
+                let outcomes = ledger.execute(&self.actor, commands.clone())?;
+                Ok((ledger, outcomes))
+            });
+            let cause = attempt
+                .as_ref()
+                .err()
+                .and_then(|e| e.downcast_ref::<sledger::Error>());
+            let waiting = match cause {
+                Some(sledger::Error::KeyRotated) => true,
+                // The rotation committed, and its key file is not renamed into place yet.
+                Some(sledger::Error::WrongKey) => rotated,
+                _ => false,
+            };
+            if !waiting || std::time::Instant::now() >= deadline {
+                return attempt;
+            }
+            rotated = true;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// The master key from SLEDGER_MASTER_KEY or the key file, if there is one (not checked
     /// against the ledger).
     pub fn master_key_if_any(&self) -> Result<Option<MasterKey>> {

@@ -33,10 +33,40 @@ pub fn out_of_sync(msg: impl Into<String>) -> anyhow::Error {
     OutOfSync(msg.into()).into()
 }
 
-/// Print `err` (with its causes) to stderr and return the exit code for it.
-pub fn report(err: &anyhow::Error) -> i32 {
+/// Print `err` (with its causes) to stderr, and with `--format json` also as
+/// `{"error":{"code","message"}}` on stdout (scripts read one document whatever happened);
+/// return the exit code for it.
+pub fn report(err: &anyhow::Error, json: bool) -> i32 {
     eprintln!("error: {err:#}");
-    let code = if err.downcast_ref::<UsageError>().is_some() {
+    let code = exit_code(err);
+    if json {
+        crate::output::json_line(&serde_json::json!({
+            "error": {"code": code_name(code), "exit": code, "message": format!("{err:#}")}
+        }));
+    }
+    code
+}
+
+/// The documented name of an exit code (README, exit codes).
+fn code_name(code: i32) -> &'static str {
+    match code {
+        USAGE => "invalid",
+        NOT_FOUND => "not_found",
+        ALREADY_EXISTS => "already_exists",
+        INTEGRITY => "integrity",
+        KEY => "key",
+        UNAVAILABLE => "unavailable",
+        INCOMPATIBLE => "incompatible",
+        BACKEND => "backend",
+        OUT_OF_SYNC => "out_of_sync",
+        UNAUTHENTICATED => "unauthenticated",
+        DENIED => "denied",
+        _ => "internal",
+    }
+}
+
+fn exit_code(err: &anyhow::Error) -> i32 {
+    if err.downcast_ref::<UsageError>().is_some() {
         USAGE
     } else if err.downcast_ref::<OutOfSync>().is_some() {
         OUT_OF_SYNC
@@ -59,6 +89,5 @@ pub fn report(err: &anyhow::Error) -> i32 {
         }
     } else {
         INTERNAL
-    };
-    code
+    }
 }

@@ -34,14 +34,14 @@ fn main() {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
-    init_tracing();
+    init_tracing(cli.global.color);
     let actor_from_command_line = matches!(
         matches.value_source("actor"),
         Some(clap::parser::ValueSource::CommandLine)
     );
     let ctx = match Context::new(&cli.global) {
         Ok(ctx) => ctx,
-        Err(err) => std::process::exit(exit::report(&err)),
+        Err(err) => std::process::exit(exit::report(&err, cli.global.format == cli::Format::Json)),
     };
     let local = |name: &str| ctx.local_only(name);
     let result = match cli.command {
@@ -64,7 +64,7 @@ fn main() {
         Commands::Token(cmd) => serve::token(&ctx, cmd),
     };
     if let Err(err) = result {
-        std::process::exit(exit::report(&err));
+        std::process::exit(exit::report(&err, ctx.json()));
     }
 }
 
@@ -72,7 +72,13 @@ fn main() {
 /// targets only, which never log a value. Dependencies stay at `warn` unless
 /// `SLEDGER_LOG_DEPENDENCIES` (a full filter) says otherwise: some of them (the AWS SDK at
 /// trace) log request bodies, which hold secret values, so that switch is documented as unsafe.
-fn init_tracing() {
+fn init_tracing(color: cli::Color) {
+    use std::io::IsTerminal as _;
+    let ansi = match color {
+        cli::Color::Always => true,
+        cli::Color::Never => false,
+        cli::Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+    };
     let level = std::env::var("SLEDGER_LOG")
         .ok()
         .and_then(|l| l.trim().parse::<tracing_subscriber::filter::LevelFilter>().ok())
@@ -83,5 +89,6 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(ansi)
         .init();
 }

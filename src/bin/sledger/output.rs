@@ -40,12 +40,50 @@ pub fn parse_time(flag: &str, text: &str) -> anyhow::Result<Millis> {
     Ok((t.unix_timestamp_nanos() / 1_000_000) as Millis)
 }
 
-pub fn table(header: &[&str]) -> Table {
+pub fn table(header: &[&str]) -> Rows {
     let mut t = Table::new();
     t.load_preset(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(header.iter().copied());
-    t
+    Rows(t)
+}
+
+/// A table for people: every cell has its control characters escaped ([`printable`]).
+pub struct Rows(Table);
+
+impl Rows {
+    pub fn add_row<S: AsRef<str>>(&mut self, cells: impl IntoIterator<Item = S>) {
+        self.0
+            .add_row(cells.into_iter().map(|c| printable(c.as_ref()).into_owned()));
+    }
+
+    /// Never wrap a cell (a token broken across lines is a broken token when copied).
+    pub fn without_wrapping(&mut self) {
+        self.0.set_content_arrangement(ContentArrangement::Disabled);
+    }
+}
+
+impl std::fmt::Display for Rows {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// `text` with control characters (ESC, NUL, newlines, tabs, C1) shown as escapes (`\u{1b}`,
+/// `\0`, `\n`), so a value or label cannot move the cursor, recolour or clear a terminal, or
+/// fake a table row, as `git` and `ls` quote them. JSON output stays exact.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    text.chars()
+        .map(|c| match c {
+            '\0' => "\\0".to_owned(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
 }
 
 /// One JSON document on one line.

@@ -80,7 +80,7 @@ fn collect_values(args: &ValueArgs) -> Result<SecretValues> {
     }
     if let Some(path) = &args.values_json {
         let text = read_source(path)?;
-        let map: BTreeMap<String, Zeroizing<String>> = serde_json::from_str(&text).map_err(|e| {
+        let pairs: JsonPairs = serde_json::from_str(&text).map_err(|e| {
             usage(format!(
                 "--values-json {} must be a JSON object of string values ({} at line {}, column {})",
                 path.display(),
@@ -89,11 +89,38 @@ fn collect_values(args: &ValueArgs) -> Result<SecretValues> {
                 e.column()
             ))
         })?;
-        for (k, v) in &map {
+        for (k, v) in &pairs.0 {
             add(k, v)?;
         }
     }
     Ok(values)
+}
+
+/// A JSON object of strings with every member kept, so that a key given twice is refused (as
+/// for `--value`) instead of silently keeping the last.
+struct JsonPairs(Vec<(String, Zeroizing<String>)>);
+
+impl<'de> serde::Deserialize<'de> for JsonPairs {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+        struct Members;
+        impl<'de> serde::de::Visitor<'de> for Members {
+            type Value = JsonPairs;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object of string values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<JsonPairs, A::Error> {
+                let mut pairs = Vec::new();
+                while let Some(pair) = map.next_entry::<String, Zeroizing<String>>()? {
+                    pairs.push(pair);
+                }
+                Ok(JsonPairs(pairs))
+            }
+        }
+        deserializer.deserialize_map(Members)
+    }
 }
 
 trait ClassifyKind {
@@ -182,8 +209,7 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
         let docs = match &ctx.remote {
             Some(remote) => remote.execute(command, ctx.wait)?,
             None => {
-                let mut ledger = ctx.open_to_write()?;
-                let outcomes = ledger.execute(&ctx.actor, vec![command])?;
+                let (ledger, outcomes) = ctx.execute(vec![command])?;
                 let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
                 outcome_docs(verb, &outcomes, primary.as_ref())
             }
@@ -339,8 +365,7 @@ fn get(
         source_text(&doc["source"])
     );
     let mut t = output::table(&["KEY", "VALUE"]);
-    // Never wrap a value: a token broken across lines is a broken token when copied.
-    t.set_content_arrangement(comfy_table::ContentArrangement::Disabled);
+    t.without_wrapping();
     for (k, v) in doc["values"].as_object().into_iter().flatten() {
         t.add_row(vec![k.as_str(), v.as_str().unwrap_or_default()]);
     }

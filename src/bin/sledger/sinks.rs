@@ -164,20 +164,14 @@ fn statuses(ctx: &Context) -> Result<Vec<Value>> {
     Ok(match &ctx.remote {
         Some(remote) => remote.get(&["sinks"])?.as_array().cloned().unwrap_or_default(),
         None => {
-            let ledger = ctx.open()?;
-            // Opening the sinks needs the key; without it the status is the ledger's alone.
-            let identities = match ctx.open_unlocked() {
-                Ok(unlocked) => block_on(sledger::project::identities(&unlocked))?,
-                Err(_) => Default::default(),
+            // Asking the backends who each sink is needs the key; without it, the ledger's view.
+            let statuses = match ctx.open_unlocked() {
+                Ok(ledger) => block_on(sledger::project::statuses_with_identities(&ledger))?,
+                Err(_) => ctx.open()?.sink_status()?,
             };
-            ledger
-                .sink_status()?
+            statuses
                 .iter()
-                .map(|s| {
-                    let mut doc = serde_json::to_value(s).expect("statuses serialise");
-                    doc["identity"] = json!(identities.get(&s.name));
-                    doc
-                })
+                .map(|s| serde_json::to_value(s).expect("statuses serialise"))
                 .collect()
         }
     })
