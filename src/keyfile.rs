@@ -36,18 +36,38 @@ fn replace(from: &Path, to: &Path) -> Result<()> {
 /// Unlock `ledger` with the key in `key_file`, completing an interrupted rotation if needed.
 pub fn unlock(ledger: &mut Ledger, key_file: &Path) -> Result<()> {
     let pending = pending_path(key_file);
-    match MasterKey::read_file(key_file) {
-        Ok(key) if ledger.key_matches(&key)? => return ledger.unlock(key),
-        Ok(_) => {}
-        Err(Error::KeyUnavailable(_)) if pending.exists() => {}
-        Err(e) => return Err(e),
-    }
-    if pending.exists() {
-        let new = MasterKey::read_file(&pending)?;
+    // A rotation in another process commits, then renames the pending file over the key
+    // file: between this process's reads the key may move from one to the other, so a key
+    // that does not match is looked for again before it is called wrong.
+    for attempt in 0..5 {
+        if attempt > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        match MasterKey::read_file(key_file) {
+            Ok(key) if ledger.key_matches(&key)? => match ledger.unlock(key) {
+                Err(Error::KeyRotated) => continue,
+                result => return result,
+            },
+            Ok(_) => {}
+            Err(Error::KeyUnavailable(_)) if pending.exists() => {}
+            Err(e) => return Err(e),
+        }
+        // Gone since: renamed into place meanwhile; read the key file again.
+        let Ok(new) = MasterKey::read_file(&pending) else {
+            continue;
+        };
         if ledger.key_matches(&new)? {
             tracing::info!("finishing an interrupted key rotation");
-            replace(&pending, key_file)?;
-            return ledger.unlock(new);
+            if let Err(e) = replace(&pending, key_file) {
+                // The rotating process renamed it first: the key file holds `new` now.
+                if pending.exists() {
+                    return Err(e);
+                }
+            }
+            match ledger.unlock(new) {
+                Err(Error::KeyRotated) => continue,
+                result => return result,
+            }
         }
     }
     Err(Error::WrongKey)
@@ -66,6 +86,11 @@ pub fn rotate(ledger: &mut Ledger, key_file: &Path, actor: &str) -> Result<u64> 
         new.write_new_file(&pending)
     };
     let rewrapped = ledger.rotate_key(actor, MasterKey::generate(), &mut persist)?;
-    replace(&pending, key_file)?;
+    if let Err(e) = replace(&pending, key_file) {
+        // Another process opening the ledger finished the rename first (see `unlock`).
+        if pending.exists() {
+            return Err(e);
+        }
+    }
     Ok(rewrapped)
 }

@@ -357,6 +357,15 @@ impl Ledger {
         if !self.key_matches(&master)? {
             return Err(Error::WrongKey);
         }
+        match self.unlock_matching(master.clone(), check_tail) {
+            // Another process rotated the key between the check and the reads: not damage,
+            // and opening again with the new key works.
+            Err(_) if !self.key_matches(&master)? => Err(Error::KeyRotated),
+            result => result,
+        }
+    }
+
+    fn unlock_matching(&mut self, master: MasterKey, check_tail: bool) -> Result<()> {
         let macs_from = mac::recorded_start(&*self.store)?;
         let fingerprint = master
             .unwrap_fingerprint_key(&required_setting(&*self.store, "fingerprint_key")?, macs_from)

@@ -69,7 +69,7 @@ fn main() {
 }
 
 /// Logs go to stderr. `SLEDGER_LOG` (a level: `debug`, `trace`, …) sets sledger's own
-/// targets only, which never log a value. Dependencies stay at `warn` unless
+/// targets only, which never log a value. Dependencies stay off unless
 /// `SLEDGER_LOG_DEPENDENCIES` (a full filter) says otherwise: some of them (the AWS SDK at
 /// trace) log request bodies, which hold secret values, so that switch is documented as unsafe.
 fn init_tracing(color: cli::Color) {
