@@ -27,15 +27,23 @@ pub struct Record {
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub private: bool,
+    /// The line of the file it was read from (JSON lines), for error messages; 0 if none.
+    #[serde(skip)]
+    pub line: usize,
 }
 
 impl Record {
-    /// Create the secret, or replace its values and labels if it exists.
-    pub fn into_command(self) -> Command {
+    fn secret_values(&self) -> SecretValues {
         let mut values = SecretValues::new();
         for (k, v) in &self.values {
             values.insert(k.as_str(), v.as_str());
         }
+        values
+    }
+
+    /// Create the secret, or replace its values and labels if it exists.
+    pub fn into_command(self) -> Command {
+        let values = self.secret_values();
         Command::Put {
             name: self.name,
             scope: if self.private {
@@ -80,6 +88,38 @@ fn bad_record(where_: String, e: &serde_json::Error) -> Error {
     ))
 }
 
+/// Check every record before the first is imported, and report each invalid one as
+/// `SOURCE:LINE: reason` (`SOURCE: record N: …` where there are no lines), all at once: an
+/// import either starts with input that can all be imported, or changes nothing.
+pub fn check(records: &[Record], source: &str, max_value_bytes: usize) -> Result<()> {
+    const SHOWN: usize = 50;
+    let mut problems = Vec::new();
+    for (i, record) in records.iter().enumerate() {
+        let checked = crate::validate::secret_name(&record.name)
+            .and_then(|()| crate::validate::labels(&record.labels))
+            .and_then(|()| crate::validate::values(&record.name, &record.secret_values(), max_value_bytes));
+        if let Err(e) = checked {
+            problems.push(match record.line {
+                0 => format!("{source}: record {}: {e}", i + 1),
+                line => format!("{source}:{line}: {e}"),
+            });
+        }
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let more = match problems.len().saturating_sub(SHOWN) {
+        0 => String::new(),
+        n => format!("\n… and {n} more"),
+    };
+    Err(Error::invalid(format!(
+        "{} of {} records cannot be imported, so nothing was; fix them and run the import again:\n{}{more}",
+        problems.len(),
+        records.len(),
+        problems[..problems.len().min(SHOWN)].join("\n")
+    )))
+}
+
 /// Read the records of an import file. A dotenv file is one secret, called `dotenv_name`.
 pub fn read_file(path: &Path, format: Format, dotenv_name: Option<String>) -> Result<Vec<Record>> {
     if format != Format::Dotenv && dotenv_name.is_some() {
@@ -102,9 +142,10 @@ pub fn read_file(path: &Path, format: Format, dotenv_name: Option<String>) -> Re
                 if line.trim().is_empty() {
                     continue;
                 }
-                records.push(
-                    serde_json::from_str(&line).map_err(|e| bad_record(format!("line {}", i + 1), &e))?,
-                );
+                let mut record: Record =
+                    serde_json::from_str(&line).map_err(|e| bad_record(format!("line {}", i + 1), &e))?;
+                record.line = i + 1;
+                records.push(record);
             }
             Ok(records)
         }
@@ -117,6 +158,7 @@ pub fn read_file(path: &Path, format: Format, dotenv_name: Option<String>) -> Re
                 values: parse_dotenv(&text)?,
                 labels: BTreeMap::new(),
                 private: false,
+                line: 0,
             }])
         }
     }
@@ -154,6 +196,7 @@ pub async fn read_estate(
                     .collect(),
                 labels: BTreeMap::new(),
                 private: false,
+                line: 0,
             }),
             None => unreadable.push(name.clone()),
         }

@@ -68,7 +68,7 @@ pub fn labels(labels: &BTreeMap<String, String>) -> Result<()> {
         if v.len() > 255 {
             return Err(Error::InvalidLabel {
                 key: k.clone(),
-                reason: format!("its value is {} characters long; the limit is 255", v.len()),
+                reason: format!("its value is {} bytes long (UTF-8); the limit is 255", v.len()),
             });
         }
     }

@@ -811,3 +811,37 @@ fn a_key_given_twice_in_values_json_and_an_unbounded_value_limit_are_refused() {
         assert!(!other.ledger.exists());
     }
 }
+
+/// An import with bad records anywhere in it names every one (`file:LINE: reason`) and
+/// imports nothing, however many batches come before them.
+#[test]
+fn an_import_with_bad_lines_names_them_all_and_imports_nothing() {
+    let env = Env::empty();
+    env.ok(&["init", "--max-value-bytes", "1000"]);
+    let file = env.path("in.jsonl");
+    let mut text = String::new();
+    for i in 0..3000 {
+        let line = match i {
+            1500 => json!({"name": "bad name", "values": {"k": "v"}}),
+            2200 => json!({"name": "big", "values": {"k": "x".repeat(2000)}}),
+            _ => json!({"name": format!("svc/{i}"), "values": {"k": "v"}}),
+        };
+        text.push_str(&format!("{line}\n"));
+    }
+    std::fs::write(&file, text).unwrap();
+    let err = env.fails(
+        &["import", "--file", file.to_str().unwrap(), "--batch-size", "1000"],
+        2,
+    );
+    let path = file.display().to_string();
+    assert!(err.contains("2 of 3000 records"), "{err}");
+    assert!(
+        err.contains(&format!("{path}:1501: invalid secret name \"bad name\"")),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{path}:2201: ")) && err.contains("1000"),
+        "{err}"
+    );
+    assert_eq!(env.json(&["secret", "list"]).as_array().unwrap().len(), 0);
+}

@@ -52,6 +52,10 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --file or --from"),
     };
     let mut ledger = ctx.open_to_write()?;
+    if let Some(path) = &args.file {
+        let limit = ledger.settings().max_value_bytes;
+        import::check(&records, &path.display().to_string(), limit)?;
+    }
     if args.dry_run {
         return dry_run(ctx, &ledger, &records);
     }
@@ -80,7 +84,15 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
             .map(Record::into_command)
             .collect();
         let n = batch.len() as u64;
-        for outcome in ledger.execute(&ctx.actor, batch)? {
+        let done = appended + unchanged;
+        let outcomes = ledger.execute(&ctx.actor, batch).map_err(|e| match done {
+            0 => anyhow::Error::new(e),
+            _ => anyhow::Error::new(e).context(format!(
+                "{done} secrets were imported by earlier batches and stay; once the cause is fixed, \
+                 running the same import again finishes it (secrets already imported are left unchanged)"
+            )),
+        })?;
+        for outcome in outcomes {
             match outcome {
                 Outcome::Appended { .. } => appended += 1,
                 _ => unchanged += 1,
