@@ -658,7 +658,7 @@ async fn undelete_secret(
     execute(
         &state,
         &caller,
-        "restored",
+        "undeleted",
         vec![Command::Undelete { name }],
         wait,
     )

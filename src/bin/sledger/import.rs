@@ -110,7 +110,11 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     if ctx.json() {
         output::json_line(&json!({"appended": appended, "unchanged": unchanged, "primary_lag": lag}));
     } else {
-        outln!("imported: {appended} events appended, {unchanged} secrets unchanged");
+        outln!(
+            "imported: {} appended, {} unchanged",
+            output::count(appended as u64, "event"),
+            output::count(unchanged as u64, "secret")
+        );
         if lag > 0 {
             eprintln!("note: the primary sink is {lag} events behind; `sledger project` catches it up");
         }

@@ -86,6 +86,12 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
+/// `1 event`, `2 events`.
+pub fn count(n: impl Into<u64>, noun: &str) -> String {
+    let n = n.into();
+    format!("{n} {noun}{}", if n == 1 { "" } else { "s" })
+}
+
 /// One JSON document on one line.
 pub fn json_line<T: Serialize + ?Sized>(value: &T) {
     outln!(

@@ -269,7 +269,7 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
             },
         ),
         SecretCmd::Delete { name } => write("deleted", Command::Delete { name }),
-        SecretCmd::Undelete { name } => write("restored", Command::Undelete { name }),
+        SecretCmd::Undelete { name } => write("undeleted", Command::Undelete { name }),
         SecretCmd::Purge { name, yes } => {
             if !yes {
                 return Err(usage(format!(

@@ -397,9 +397,9 @@ fn follow(ctx: &Context, only: Option<&str>, opts: ProjectOptions) -> Result<()>
                 &json!({"sink": sink, "events": report.events, "writes": report.writes, "checkpoint": report.checkpoint}),
             ),
             ProjectorEvent::Projected { sink, report } => outln!(
-                "{sink}: {} events, {} writes, checkpoint {}",
-                report.events,
-                report.writes,
+                "{sink}: {}, {}, checkpoint {}",
+                output::count(report.events, "event"),
+                output::count(report.writes, "write"),
                 report.checkpoint
             ),
             ProjectorEvent::Failed { sink, error } => eprintln!("{sink}: {error} (retrying)"),

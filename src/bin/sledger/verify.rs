@@ -93,8 +93,8 @@ fn describe(w: &Value) -> String {
         Some("matches") => match w["verdict"]["behind"].as_u64() {
             Some(0) => format!("seq {seq}: matches the head"),
             behind => format!(
-                "seq {seq}: matches ({} events behind the head)",
-                behind.unwrap_or_default()
+                "seq {seq}: matches ({} behind the head)",
+                output::count(behind.unwrap_or_default(), "event")
             ),
         },
         Some("ahead") => format!("seq {seq}: AHEAD of this ledger's head {}", w["verdict"]["head"]),
@@ -205,11 +205,11 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
         output::json_line(&doc);
     } else {
         outln!(
-            "ok: {} events, chain intact; head seq {} hash {}; access log: {} records, chain intact",
-            doc["events"],
+            "ok: {}, chain intact; head seq {} hash {}; access log: {}, chain intact",
+            output::count(doc["events"].as_u64().unwrap_or_default(), "event"),
             doc["head"]["seq"],
             doc["head"]["hash"].as_str().unwrap_or_default(),
-            doc["access_log_rows"]
+            output::count(doc["access_log_rows"].as_u64().unwrap_or_default(), "record")
         );
         if doc["anchor_checked"] == true {
             outln!("anchor matches: nothing before it was truncated or rewritten");
