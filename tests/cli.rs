@@ -845,3 +845,39 @@ fn an_import_with_bad_lines_names_them_all_and_imports_nothing() {
     );
     assert_eq!(env.json(&["secret", "list"]).as_array().unwrap().len(), 0);
 }
+
+/// `log --limit N` reads the log back from its head only as far as it needs, and shows
+/// exactly the last N entries the whole log shows, for every filter.
+#[test]
+fn log_limit_shows_the_same_entries_as_the_end_of_the_whole_log() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=1", "--label", "env=p"]);
+    env.ok(&["secret", "create", "b", "--value", "k=2"]);
+    env.ok(&["secret", "update", "a", "--value", "k=3", "--remove-label", "env"]);
+    env.ok(&["secret", "rename", "b", "c"]);
+    env.ok(&["--actor", "bob@test", "secret", "delete", "c"]);
+    env.ok(&["secret", "undelete", "c"]);
+    env.ok(&["secret", "create", "p", "--value", "k=1", "--private"]);
+    env.ok(&["secret", "purge", "a", "--yes"]);
+    env.ok(&["key", "rotate"]);
+    env.ok(&["secret", "create", "a", "--value", "k=new"]);
+    let whole = env.json_lines(&["log"]);
+    for filter in [
+        vec![],
+        vec!["--type", "secret.created"],
+        vec!["--secret", "c"],
+        vec!["--actor", "bob@test"],
+    ] {
+        let mut all = vec!["log"];
+        all.extend(&filter);
+        let expected = env.json_lines(&all);
+        for n in [1usize, 3, 100] {
+            let limit = n.to_string();
+            let mut args = all.clone();
+            args.extend(["--limit", limit.as_str()]);
+            let got = env.json_lines(&args);
+            assert_eq!(got, expected[expected.len().saturating_sub(n)..], "{args:?}");
+        }
+    }
+    assert_eq!(whole.len(), 11, "{whole:?}");
+}

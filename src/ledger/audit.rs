@@ -197,6 +197,54 @@ impl Ledger {
         Ok(LogMatcher { filter, secret_id })
     }
 
+    /// The entries `filter` keeps, oldest first. With a `limit`, the log is read back from the
+    /// head only until that many are found (each described from its own secret's history), so
+    /// `log --limit 20` costs twenty entries, not the whole log; without one, every entry.
+    pub fn log_entries(&self, actor: &str, filter: LogFilter) -> Result<Vec<AuditEntry>> {
+        let Some(limit) = filter.limit else {
+            return Ok(self.query_log(actor, filter)?.0);
+        };
+        let matcher = self.log_matcher(actor, filter)?;
+        let mut found = Vec::new();
+        if limit == 0 {
+            return Ok(found);
+        }
+        let f = &matcher.filter;
+        self.store.scan_back(u64::MAX, &mut |stored| {
+            // What the stored row says decides most filters before anything is decoded.
+            let maybe = matcher.secret_id.is_none_or(|id| stored.secret_id == Some(id))
+                && f.actor.as_ref().is_none_or(|a| &stored.actor == a)
+                && f.event_type.as_ref().is_none_or(|t| &stored.event_type == t)
+                && f.after_seq.is_none_or(|a| stored.seq > a);
+            if maybe {
+                let entry = self.describe_in_history(&stored)?;
+                if matcher.keeps(&entry) {
+                    found.push(entry);
+                }
+            }
+            Ok(found.len() < limit && f.after_seq.is_none_or(|a| stored.seq > a + 1))
+        })?;
+        found.reverse();
+        Ok(found)
+    }
+
+    /// One event as an audit entry, its secret's state before and after folded from that
+    /// secret's own events.
+    fn describe_in_history(&self, stored: &StoredEvent) -> Result<AuditEntry> {
+        let event = stored.decode()?;
+        let Some(id) = stored.secret_id else {
+            return Ok(describe(stored, &event, None, None));
+        };
+        let mut before: Option<SecretMeta> = None;
+        self.store.scan_secret(id, stored.seq - 1, &mut |earlier| {
+            let earlier_event = earlier.decode()?;
+            before = catalog::apply(before.take(), &earlier, earlier_event)?;
+            Ok(true)
+        })?;
+        let after = catalog::apply(before.clone(), stored, event.clone())?;
+        Ok(describe(stored, &event, before.as_ref(), after.as_ref()))
+    }
+
     /// The entries `filter` keeps (the last `limit` of them), oldest first, and the catalog
     /// folded to the head, to follow the log from.
     pub fn query_log(

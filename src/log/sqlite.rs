@@ -237,6 +237,16 @@ pub(crate) fn visit_rows(
 }
 
 /// Events of one secret, in seq order, up to `to`.
+/// Events with seq <= `to`, newest first, until `visit` says stop.
+pub fn scan_back(
+    conn: &Connection,
+    to: u64,
+    visit: &mut dyn FnMut(StoredEvent) -> Result<bool>,
+) -> Result<()> {
+    let mut stmt = conn.prepare_cached(&format!("{SELECT_EVENTS} WHERE seq <= ?1 ORDER BY seq DESC"))?;
+    visit_rows(&mut stmt, params![to.min(i64::MAX as u64) as i64], visit)
+}
+
 pub fn scan_secret(
     conn: &Connection,
     secret: SecretId,

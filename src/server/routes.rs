@@ -835,10 +835,7 @@ async fn query_log(
     filter.limit = Some(filter.limit.unwrap_or(1000).min(10_000));
     filter.viewer = Some(caller.principal());
     let actor = caller.principal();
-    let entries = state
-        .handle
-        .read(move |l| Ok(l.query_log(&actor, filter)?.0))
-        .await?;
+    let entries = state.handle.read(move |l| l.log_entries(&actor, filter)).await?;
     Ok(Json(entries.iter().map(|e| e.to_json()).collect::<Vec<_>>()).into_response())
 }
 

@@ -82,6 +82,8 @@ pub trait Store: Send {
     fn event(&self, seq: u64) -> Result<Option<StoredEvent>>;
     /// Events with `from <= seq <= to`, in seq order, exactly as stored.
     fn scan(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<()>;
+    /// Events with seq <= `to`, newest first (reading the log's tail without the rest).
+    fn scan_back(&self, to: u64, visit: Visit<'_>) -> Result<()>;
     /// One secret's events with seq <= `to`, in seq order.
     fn scan_secret(&self, id: SecretId, to: u64, visit: Visit<'_>) -> Result<()>;
     /// The seq of the last event recorded at or before `at` (0 if none).

@@ -137,6 +137,10 @@ impl Store for SqliteStore {
         log::SqliteLog(&self.conn).scan(from, to, visit)
     }
 
+    fn scan_back(&self, to: u64, visit: Visit<'_>) -> Result<()> {
+        log::scan_back(&self.conn, to, visit)
+    }
+
     fn scan_secret(&self, id: SecretId, to: u64, visit: Visit<'_>) -> Result<()> {
         log::scan_secret(&self.conn, id, to, visit)
     }

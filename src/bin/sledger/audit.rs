@@ -151,12 +151,17 @@ pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
         return remote.follow_log(&filter, after, &mut |e| print_line(ctx, row, &e));
     }
     let ledger = ctx.open()?;
-    let (shown, mut catalog, matcher) = ledger.query_log(&ctx.actor, filter)?;
-    let shown: Vec<Value> = shown.iter().map(|e| e.to_json()).collect();
     if !args.follow {
+        let shown: Vec<Value> = ledger
+            .log_entries(&ctx.actor, filter)?
+            .iter()
+            .map(|e| e.to_json())
+            .collect();
         render(ctx, &shown);
         return Ok(());
     }
+    let (shown, mut catalog, matcher) = ledger.query_log(&ctx.actor, filter)?;
+    let shown: Vec<Value> = shown.iter().map(|e| e.to_json()).collect();
     // Following: one line per event, flushed as it comes, until interrupted.
     if !ctx.json() {
         outln!("{}", HEADER.join("  "));
