@@ -881,3 +881,55 @@ fn log_limit_shows_the_same_entries_as_the_end_of_the_whole_log() {
     }
     assert_eq!(whole.len(), 11, "{whole:?}");
 }
+
+/// A ledger this user cannot use says why (the directory, or the file), instead of "not a
+/// sledger ledger" or SQLite's "unable to open database file" repeated; and an error's causes
+/// are each said once.
+#[test]
+fn a_ledger_in_a_read_only_directory_names_the_permission_problem() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let env = Env::new();
+    env.ok(&["secret", "create", "x", "--value", "k=v"]);
+    let dir = env.dir.path().to_path_buf();
+    let set = |path: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", env.ledger.display()));
+    }
+    set(&env.ledger, 0o666);
+    set(&dir, 0o555);
+    // Root may write anywhere: run as nobody then, as a user hitting this would be.
+    let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"));
+    command
+        .env("SLEDGER_LEDGER", &env.ledger)
+        .env("SLEDGER_KEY_FILE", env.path("absent.key"))
+        .args(["log"]);
+    if unsafe { libc::geteuid() } == 0 {
+        command.uid(65534).gid(65534);
+    }
+    let out = command.output().unwrap();
+    set(&dir, 0o700);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("is not writable by this user") && err.contains("-wal"),
+        "{err}"
+    );
+    assert!(!err.contains("not a sledger ledger"), "{err}");
+    assert_eq!(err.matches("permission denied").count(), 1, "{err}");
+}
+
+#[test]
+fn a_dry_run_replay_into_a_new_sqlite_file_creates_nothing() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "x", "--value", "k=v"]);
+    let target = env.path("replayed.db");
+    let url = format!("sqlite://{}", target.display());
+    let planned = env.ok(&["replay", "--into", &url, "--dry-run"]);
+    assert!(planned.contains("missing") && planned.contains('x'), "{planned}");
+    assert!(!target.exists(), "a dry run created {}", target.display());
+    env.ok(&["replay", "--into", &url]);
+    assert!(target.exists());
+}

@@ -76,6 +76,37 @@ pub fn create(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Whether this user may use the ledger at `path` as SQLite needs to (checked by path, with
+/// access(2): no descriptor of the ledger is opened, see `open`). Without this, SQLite's
+/// refusal surfaces as "unable to open database file" or as a file that is "not a ledger".
+fn check_access(path: &Path) -> Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let may = |p: &Path, mode: libc::c_int| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .is_ok_and(|c| unsafe { libc::access(c.as_ptr(), mode) } == 0)
+    };
+    let denied = |why: String| Error::io(why, std::io::Error::from(std::io::ErrorKind::PermissionDenied));
+    if !may(path, libc::R_OK | libc::W_OK) {
+        return Err(denied(format!(
+            "cannot open ledger {}: this user may not read and write it; run sledger as the user that owns it, or fix its permissions",
+            path.display()
+        )));
+    }
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    if !may(dir, libc::W_OK | libc::X_OK) {
+        return Err(denied(format!(
+            "cannot open ledger {}: its directory {} is not writable by this user, and SQLite keeps \
+             the ledger's -wal and -shm files beside it; make the directory writable, or move the ledger",
+            path.display(),
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// Open an existing ledger, checking that it is one and that this build can read it;
 /// older schemas are migrated forward.
 pub fn open(path: &Path) -> Result<Connection> {
@@ -100,6 +131,7 @@ pub fn open(path: &Path) -> Result<Connection> {
     if meta.len() < 100 {
         return Err(not_a_ledger("it is too short to be a database"));
     }
+    check_access(path)?;
     let mut conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,

@@ -145,8 +145,9 @@ pub fn prepare_backend(url: &SinkUrl) -> Result<Option<PathBuf>> {
 }
 
 /// A replay's target: an attached sink no projector writes (a standby), or a URL no projected
-/// sink writes, however it is spelled. Returns the sink and whether it is attached.
-pub fn replay_target(ledger: &Ledger, into: &str) -> Result<(Arc<dyn Sink>, bool)> {
+/// sink writes, however it is spelled. Returns the sink and whether it is attached. A dry run
+/// into a sqlite file that does not exist yet plans against an empty sink and creates nothing.
+pub fn replay_target(ledger: &Ledger, into: &str, dry_run: bool) -> Result<(Arc<dyn Sink>, bool)> {
     if !into.contains("://") {
         let (config, sink) = ledger.open_sink(into)?;
         if config.role.is_projected() {
@@ -168,6 +169,11 @@ pub fn replay_target(ledger: &Ledger, into: &str) -> Result<(Arc<dyn Sink>, bool
             "that URL writes the objects of sink {:?}, a {}: its projector would fight a replay",
             s.name, s.role
         )));
+    }
+    if let (true, Backend::Sqlite { path, prefix, .. }) = (dry_run, &url.backend) {
+        if !path.exists() {
+            return Ok((Arc::new(crate::sink::MemorySink::new(prefix)), false));
+        }
     }
     prepare_backend(&url)?;
     Ok((ledger.open_sink_url(into)?, false))

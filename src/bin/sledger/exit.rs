@@ -37,14 +37,33 @@ pub fn out_of_sync(msg: impl Into<String>) -> anyhow::Error {
 /// `{"error":{"code","message"}}` on stdout (scripts read one document whatever happened);
 /// return the exit code for it.
 pub fn report(err: &anyhow::Error, json: bool) -> i32 {
-    eprintln!("error: {err:#}");
+    let message = message(err);
+    eprintln!("error: {message}");
     let code = exit_code(err);
     if json {
         crate::output::json_line(&serde_json::json!({
-            "error": {"code": code_name(code), "exit": code, "message": format!("{err:#}")}
+            "error": {"code": code_name(code), "exit": code, "message": message}
         }));
     }
     code
+}
+
+/// The error and its causes, `: `-separated, each cause said once: wrappers that already
+/// include their source's text (SQLite's, the OS's) would otherwise repeat it two or three
+/// times.
+fn message(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }
 
 /// The documented name of an exit code (README, exit codes).

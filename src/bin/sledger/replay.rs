@@ -181,7 +181,7 @@ pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
     if args.into.contains("://") {
         refuse_memory(&SinkUrl::parse(&args.into)?)?;
     }
-    let (sink, attached) = orchestrate::replay_target(&ledger, &args.into)?;
+    let (sink, attached) = orchestrate::replay_target(&ledger, &args.into, args.dry_run)?;
     let desired = ledger.desired_at(seq)?;
     let mode = Mode::unless_dry_run(args.dry_run, Mode::AllOrNothing);
     block_on(reconcile_sink(
