@@ -232,46 +232,107 @@ pub async fn read_estate(
 /// optionally in single quotes (literal) or double quotes (with \n, \", \\ escapes).
 pub fn parse_dotenv(text: &str) -> Result<BTreeMap<String, Zeroizing<String>>> {
     let mut values = BTreeMap::new();
-    for (i, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
+    let mut lines = text.lines().enumerate();
+    while let Some((i, line)) = lines.next() {
+        let trimmed = line.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
             continue;
         }
-        let line = line.strip_prefix("export ").unwrap_or(line);
-        // Only the line number: the line holds a value.
-        let (key, raw) = line
-            .split_once('=')
-            .ok_or_else(|| Error::invalid(format!("line {} is not KEY=VALUE", i + 1)))?;
-        let raw = raw.trim();
-        let value = if let Some(inner) = raw.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) {
-            inner.to_owned()
-        } else if let Some(inner) = raw.strip_prefix('"').and_then(|r| r.strip_suffix('"')) {
-            let mut out = String::with_capacity(inner.len());
-            let mut chars = inner.chars();
-            while let Some(c) = chars.next() {
-                match (c, c == '\\') {
-                    (_, true) => match chars.next() {
-                        Some('n') => out.push('\n'),
-                        Some(other) => out.push(other),
-                        None => out.push('\\'),
-                    },
-                    (c, false) => out.push(c),
+        let entry = trimmed.strip_prefix("export ").unwrap_or(trimmed);
+        // Errors give the line number and the key at most: everything else may be a value.
+        let key_end = entry
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "_.-".contains(c)))
+            .unwrap_or(entry.len());
+        let (key, rest) = entry.split_at(key_end);
+        let Some(raw) = rest.trim_start().strip_prefix('=') else {
+            return Err(Error::invalid(format!(
+                "line {} is not KEY=VALUE (a key is letters, digits, _ . and -)",
+                i + 1
+            )));
+        };
+        if key.is_empty() || key.starts_with(|c: char| c.is_ascii_digit()) {
+            return Err(Error::invalid(format!(
+                "line {} does not start with a key (letters, digits, _ . and -, not a digit first)",
+                i + 1
+            )));
+        }
+        let raw = raw.trim_start();
+        let value = match raw.chars().next() {
+            Some(quote @ ('\'' | '"')) => {
+                // A quoted value may span lines (a PEM block): read on to its closing quote.
+                let mut body = Zeroizing::new(raw[1..].to_owned());
+                let close = loop {
+                    if let Some(end) = closing_quote(&body, quote) {
+                        break end;
+                    }
+                    let Some((_, next)) = lines.next() else {
+                        return Err(Error::invalid(format!(
+                            "line {}: the quoted value of {key} is never closed",
+                            i + 1
+                        )));
+                    };
+                    body.push('\n');
+                    body.push_str(next);
+                };
+                let after = body[close + 1..].trim();
+                if !(after.is_empty() || after.starts_with('#')) {
+                    return Err(Error::invalid(format!(
+                        "line {}: text follows the closing quote of {key}",
+                        i + 1
+                    )));
+                }
+                let inner = &body[..close];
+                match quote {
+                    '"' => unescape(inner),
+                    _ => inner.to_owned(),
                 }
             }
-            out
-        } else {
-            raw.to_owned()
+            // The lines after an unquoted block would be read as entries of their own, and a
+            // base64 line ending in `=` padding would become a key, stored and shown as such.
+            _ if raw.starts_with("-----BEGIN") => {
+                return Err(Error::invalid(format!(
+                    "line {}: the value of {key} is a multi-line block (-----BEGIN …); quote it: {key}=\"…\"",
+                    i + 1
+                )));
+            }
+            _ => raw.trim_end().to_owned(),
         };
-        if values
-            .insert(key.trim().to_owned(), Zeroizing::new(value))
-            .is_some()
-        {
-            return Err(Error::invalid(format!(
-                "line {}: {:?} is set twice",
-                i + 1,
-                key.trim()
-            )));
+        if values.insert(key.to_owned(), Zeroizing::new(value)).is_some() {
+            return Err(Error::invalid(format!("line {}: {key:?} is set twice", i + 1)));
         }
     }
     Ok(values)
+}
+
+/// Where the quote closing a value that opened with `quote` is (double quotes may be escaped).
+fn closing_quote(body: &str, quote: char) -> Option<usize> {
+    let mut escaped = false;
+    for (at, c) in body.char_indices() {
+        match c {
+            '\\' if quote == '"' && !escaped => escaped = true,
+            c if c == quote && !escaped => return Some(at),
+            _ => escaped = false,
+        }
+    }
+    None
+}
+
+/// `\n`, `\"` and `\\` in a double-quoted value.
+fn unescape(inner: &str) -> String {
+    let mut out = String::with_capacity(inner.len());
+    let mut chars = inner.chars();
+    while let Some(c) = chars.next() {
+        match (c, chars.clone().next()) {
+            ('\\', Some('n')) => {
+                out.push('\n');
+                chars.next();
+            }
+            ('\\', Some(next)) => {
+                out.push(next);
+                chars.next();
+            }
+            (c, _) => out.push(c),
+        }
+    }
+    out
 }

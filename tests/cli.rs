@@ -933,3 +933,39 @@ fn a_dry_run_replay_into_a_new_sqlite_file_creates_nothing() {
     env.ok(&["replay", "--into", &url]);
     assert!(target.exists());
 }
+
+/// Dotenv values may span lines when quoted (a PEM block); a value fragment that looks like
+/// `KEY=VALUE` (base64 padding) never becomes a key, and a quote left open is an error naming
+/// the line and the key only.
+#[test]
+fn dotenv_multi_line_values_and_fragments_that_look_like_keys() {
+    let env = Env::new();
+    let file = env.path("tls.env");
+    let pem = "-----BEGIN PRIVATE KEY-----\nMIIBVQIBADANBgkqhkiG9w0BAQEFAASCAT8wggE7AgEAAkEA==\nq83vEiGq==\n-----END PRIVATE KEY-----";
+    std::fs::write(
+        &file,
+        format!("NAME=web\nKEY=\"{pem}\"\nCERT='line one\nline two' # a comment\nAFTER=1\n"),
+    )
+    .unwrap();
+    env.ok(&["import", "--file", file.to_str().unwrap(), "--name", "tls"]);
+    let got = env.json(&["secret", "get", "tls"]);
+    assert_eq!(
+        got["values"],
+        json!({"NAME": "web", "KEY": pem, "CERT": "line one\nline two", "AFTER": "1"})
+    );
+    // An unquoted PEM: refused, so its base64 line with '=' padding is never taken for a key.
+    std::fs::write(&file, format!("KEY={pem}\n")).unwrap();
+    let err = env.fails(&["import", "--file", file.to_str().unwrap(), "--name", "bad"], 2);
+    assert!(
+        err.contains("line 1") && err.contains("quote it") && !err.contains("MIIB"),
+        "{err}"
+    );
+    std::fs::write(&file, "A=1\nKEY=\"never closed\nMIIB==\n").unwrap();
+    let err = env.fails(&["import", "--file", file.to_str().unwrap(), "--name", "bad"], 2);
+    assert!(
+        err.contains("line 2") && err.contains("KEY") && err.contains("never closed"),
+        "{err}"
+    );
+    assert!(!err.contains("MIIB"), "{err}");
+    env.fails(&["secret", "get", "bad"], 3);
+}

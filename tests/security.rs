@@ -121,3 +121,30 @@ fn lock_files_do_not_follow_symlinks() {
     );
     assert!(!target.exists(), "the lock was created through the symlink");
 }
+
+/// Plain-text transports to a backend are refused anywhere but loopback: Vault's `tls=off`,
+/// and an `endpoint=http://` for AWS or GCP. https, and loopback for dev servers and
+/// emulators, stay allowed.
+#[test]
+fn plain_http_to_a_backend_is_refused_off_loopback() {
+    let env = Env::new();
+    for url in [
+        "vault://vault.internal:8200/secret?tls=off",
+        "vault://10.0.0.5:8200/secret?tls=off",
+        "aws-sm://us-east-1?endpoint=http://vpce.example.com",
+        "gcp-sm://project?endpoint=http://10.1.2.3:8080",
+    ] {
+        let err = env.fails(&["sink", "add", "x", url], 2);
+        assert!(err.contains("loopback"), "{url}: {err}");
+    }
+    for url in [
+        "vault://127.0.0.1:8200/secret?tls=off",
+        "vault://[::1]:8200/other?tls=off",
+        "aws-sm://us-east-1?endpoint=http://localhost:5000&prefix=a-",
+        "aws-sm://us-east-1?endpoint=https://vpce.example.com&prefix=b-",
+        "gcp-sm://project?endpoint=http://127.0.0.1:8080",
+    ] {
+        let name = format!("ok{}", url.len());
+        env.ok(&["sink", "add", &name, url]);
+    }
+}

@@ -159,14 +159,19 @@ impl UrlParts<'_> {
         Ok(())
     }
 
-    /// `endpoint=`: an http(s) URL.
+    /// `endpoint=`: an https URL, or plain http to this machine only (an emulator): anywhere
+    /// else, credentials and values would cross the network in the clear.
     #[cfg(any(feature = "aws", feature = "gcp"))]
     pub fn take_endpoint(&mut self) -> Result<Option<String>> {
         match self.take("endpoint") {
-            Some(v) if !(v.starts_with("http://") || v.starts_with("https://")) => {
-                Err(self.bad("endpoint must be an http:// or https:// URL"))
-            }
-            other => Ok(other),
+            Some(v) if v.starts_with("https://") => Ok(Some(v)),
+            Some(v) => match v.strip_prefix("http://") {
+                Some(rest) if is_loopback(rest.split('/').next().unwrap_or(rest)) => Ok(Some(v)),
+                Some(_) => Err(self
+                    .bad("a plain http:// endpoint is allowed only on loopback (an emulator); use https://")),
+                None => Err(self.bad("endpoint must be an http:// or https:// URL")),
+            },
+            None => Ok(None),
         }
     }
 
@@ -255,6 +260,16 @@ impl Backend {
     pub fn is_memory(&self) -> bool {
         matches!(self, Backend::Memory { .. })
     }
+}
+
+/// Whether `host` (`HOST`, `HOST:PORT`, `[V6]:PORT`) is this machine: the only place a sink
+/// may be reached without TLS (a dev server, an emulator).
+pub(crate) fn is_loopback(host: &str) -> bool {
+    let host = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.split(':').next().unwrap_or(host),
+    };
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn bad_url(url: &str, why: impl fmt::Display) -> Error {

@@ -113,13 +113,6 @@ impl std::fmt::Debug for AzureSink {
 
 /// Whether the vault is on this machine: there the challenge's resource (`vault.azure.net`)
 /// cannot match the host, and a token sent to it does not leave the machine.
-fn is_loopback(host: &str) -> bool {
-    let host = match host.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or(v6),
-        None => host.split(':').next().unwrap_or(host),
-    };
-    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-}
 
 fn status_of(e: &azure_core::Error) -> Option<StatusCode> {
     e.http_status()
@@ -174,7 +167,7 @@ impl AzureSink {
                 let credential = credential::for_sink(&self.config.credentials, &client_options)?;
                 let options = SecretClientOptions {
                     client_options,
-                    verify_challenge_resource: Some(!is_loopback(&self.config.vault_host)),
+                    verify_challenge_resource: Some(!super::url::is_loopback(&self.config.vault_host)),
                     ..Default::default()
                 };
                 SecretClient::new(

@@ -508,6 +508,12 @@ pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Ba
     if host.is_empty() || mount.is_empty() {
         return Err(parts.bad("expected vault://HOST:PORT/MOUNT, e.g. vault://vault.internal:8200/secret"));
     }
+    if !tls && !super::url::is_loopback(host) {
+        return Err(parts.bad(
+            "tls=off is allowed only for a server on loopback (a dev server): anywhere else the \
+             token and the values would cross the network in the clear",
+        ));
+    }
     let credentials = credentials_from_url(parts)?;
     Ok(super::Backend::Vault(VaultConfig {
         address: format!("{}://{host}", if tls { "https" } else { "http" }),

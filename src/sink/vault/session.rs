@@ -167,6 +167,8 @@ impl Session {
         let credentials = Credentials::resolve(&self.config.credentials)?;
         let mut settings = VaultClientSettingsBuilder::default();
         settings.address(&self.config.address);
+        // Certificates are always checked: vaultrs would otherwise follow VAULT_SKIP_VERIFY.
+        settings.verify(true);
         if let Some(ca) = &self.config.ca_file {
             settings.ca_certs(vec![ca.display().to_string()]);
         }
