@@ -148,3 +148,40 @@ fn plain_http_to_a_backend_is_refused_off_loopback() {
         env.ok(&["sink", "add", &name, url]);
     }
 }
+
+/// A plug-in that answers a read with more than a record's worth of bytes, or with the
+/// record of another secret, gets an error, not unbounded memory or a wrong secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_reply_is_bounded_and_must_be_the_record_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("liar.py");
+    std::fs::write(
+        &plugin,
+        r#"#!/usr/bin/env python3
+import json, sys
+mode = sys.argv[1]
+for line in sys.stdin:
+    op = json.loads(line)["op"]
+    if op == "get" and mode == "huge":
+        sys.stdout.write('{"ok": true, "error": "' + "x" * (40 << 20) + '"}\n')
+    elif op == "get":
+        record = {"id": "01a22fcf-5c3b-73b3-be01-0928f0bc3aae", "name": "x", "scope": "workspace",
+                  "owner": "o", "labels": {}, "seq": 1, "version": 1, "values": {"k": "v"}}
+        sys.stdout.write(json.dumps({"ok": True, "record": record}) + "\n")
+    else:
+        sys.stdout.write(json.dumps({"ok": True, "entries": []}) + "\n")
+    sys.stdout.flush()
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&plugin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let key = sledger::crypto::SinkSealKey::generate();
+    let asked = sledger::SecretId::now_v7();
+    for (mode, expected) in [("huge", "longer than"), ("other", "with the record of")] {
+        let url = format!("exec://{}?arg={mode}", plugin.display());
+        let sink = sledger::sink::SinkUrl::parse(&url).unwrap().open(&key).unwrap();
+        let err = sink.get(asked).await.unwrap_err().to_string();
+        assert!(err.contains(expected), "{mode}: {err}");
+        assert!(err.len() < 1000, "{mode}: the error quotes the reply");
+    }
+}

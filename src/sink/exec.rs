@@ -26,7 +26,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::sync::{Mutex, Semaphore};
 use zeroize::Zeroizing;
@@ -37,6 +37,10 @@ use crate::error::{Error, Result};
 use crate::SecretId;
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest reply line read from a plug-in: one record (the ledger refuses values over 16 MiB)
+/// with room for its metadata. A `list` reply, one line for every object, may be longer.
+const MAX_REPLY_BYTES: u64 = 32 << 20;
+const MAX_LIST_REPLY_BYTES: u64 = 512 << 20;
 
 /// What every plug-in inherits; anything else it must be given by name (`env=NAME`).
 const ALWAYS_PASSED: &[&str] = &["PATH", "HOME", "LANG"];
@@ -147,6 +151,12 @@ impl ExecSink {
 
     /// Send one request and read its reply, on an idle worker (or a new one).
     async fn call(&self, request: Value) -> Result<Reply> {
+        self.call_within(request, MAX_REPLY_BYTES).await
+    }
+
+    /// One request and its reply line, read up to `max_reply` bytes: a plug-in that sends
+    /// more is broken (or hostile), not a reason to hold unbounded memory.
+    async fn call_within(&self, request: Value, max_reply: u64) -> Result<Reply> {
         let _slot = self.slots.acquire().await.expect("the semaphore is never closed");
         let worker = self.idle.lock().await.pop();
         let mut worker = match worker {
@@ -159,7 +169,7 @@ impl ExecSink {
             worker.stdin.write_all(&line).await?;
             worker.stdin.flush().await?;
             let mut reply = Zeroizing::new(String::new());
-            let n = worker.stdout.read_line(&mut reply).await?;
+            let n = (&mut worker.stdout).take(max_reply).read_line(&mut reply).await?;
             Ok::<_, std::io::Error>((n, reply))
         };
         let (n, reply) = match tokio::time::timeout(REQUEST_TIMEOUT, exchange).await {
@@ -184,6 +194,16 @@ impl ExecSink {
             return Err(failure(
                 format!("plug-in {} exited", self.program.display()),
                 true,
+            ));
+        }
+        if !reply.ends_with('\n') && n as u64 >= max_reply {
+            // The rest of the line is still unread: this worker is dropped (and killed).
+            return Err(failure(
+                format!(
+                    "plug-in {} sent a reply longer than {max_reply} bytes",
+                    self.program.display()
+                ),
+                false,
             ));
         }
         // Only the position of a parse error: the line may hold values.
@@ -234,13 +254,24 @@ impl Sink for ExecSink {
         let reply = self
             .call(json!({"op": "get", "object": object_name(&self.prefix, id)}))
             .await?;
-        Ok(reply.record.map(|w| {
-            let mut values = SecretValues::new();
-            for (k, v) in &w.values {
-                values.insert(k.as_str(), v.as_str());
-            }
-            SinkRecord::from_meta(w.meta, values)
-        }))
+        let Some(wire) = reply.record else {
+            return Ok(None);
+        };
+        if wire.meta.id != id {
+            return Err(failure(
+                format!(
+                    "plug-in {} answered a read of {id} with the record of {}",
+                    self.program.display(),
+                    wire.meta.id
+                ),
+                false,
+            ));
+        }
+        let mut values = SecretValues::new();
+        for (k, v) in &wire.values {
+            values.insert(k.as_str(), v.as_str());
+        }
+        Ok(Some(SinkRecord::from_meta(wire.meta, values)))
     }
 
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
@@ -250,7 +281,9 @@ impl Sink for ExecSink {
     }
 
     async fn list(&self) -> Result<Vec<SinkEntry>> {
-        let reply = self.call(json!({"op": "list", "prefix": self.prefix})).await?;
+        let reply = self
+            .call_within(json!({"op": "list", "prefix": self.prefix}), MAX_LIST_REPLY_BYTES)
+            .await?;
         let entries = reply
             .entries
             .ok_or_else(|| failure("list reply has no entries", false))?;
