@@ -15,6 +15,10 @@ echo "# ZenML (run.sh $N) ..." >&2
 # The peer's later phases (backup, outage) can fail on a slow run (its client resends a backup
 # that takes over 30 s); the figures it printed before that still count, so carry on.
 "$PEER/run.sh" "$N" >"$OUT/zenml.txt" 2>"$OUT/zenml.err" || echo "# ZenML's run.sh failed after $(wc -l <"$OUT/zenml.txt") figures; see $OUT/zenml.err" >&2
+# The peer's server and moto may still be exiting: measure sledger on an idle machine.
+for _ in $(seq 1 30); do pgrep -f "zen_server|moto_server|tcpproxy.py" >/dev/null || break; sleep 1; done
+# and with the peer's dirty pages written back, so sledger's fsyncs do not pay for them.
+sync
 echo "# sledger (cargo bench --bench server, N=$N) ..." >&2
 SLEDGER_BENCH_N="$N" cargo bench --bench server 2>/dev/null | grep '^sledger_' >"$OUT/sledger.txt"
 cat "$OUT/zenml.txt" "$OUT/sledger.txt"
