@@ -743,7 +743,9 @@ fn control_characters_are_escaped_in_tables_and_exact_in_json() {
             "{args:?} printed a raw control character:\n{out:?}"
         );
     }
-    assert!(env.ok(&["secret", "get", "x"]).contains("a\\u{1b}[2Jred"));
+    let shown = env.ok(&["secret", "get", "x"]);
+    assert!(shown.contains("a\\u{1b}[2Jred"), "{shown}");
+    assert!(shown.contains("labels: env=p\\nfake row"), "{shown}");
     let got = env.json(&["secret", "get", "x"]);
     assert_eq!(got["values"]["k"], "a\u{1b}[2Jred\u{7}");
     assert_eq!(got["labels"]["env"], "p\nfake row");

@@ -364,6 +364,13 @@ fn get(
         text(&doc["recorded_at"]),
         source_text(&doc["source"])
     );
+    if let Some(labels) = doc["labels"].as_object().filter(|l| !l.is_empty()) {
+        let shown: Vec<String> = labels
+            .iter()
+            .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+            .collect();
+        outln!("labels: {}", output::printable(&shown.join(", ")));
+    }
     let mut t = output::table(&["KEY", "VALUE"]);
     t.without_wrapping();
     for (k, v) in doc["values"].as_object().into_iter().flatten() {
