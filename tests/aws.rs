@@ -176,17 +176,7 @@ async fn a_backup_in_another_account_through_an_assumed_role() {
     })
     .await
     .unwrap();
-    let identity = |name: &str| {
-        status
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()["identity"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let identity = |name: &str| common::sink_identity(&status, name);
     assert!(identity("dr").contains("account 222222222222"), "{status}");
     assert!(
         identity("dr").contains("assumed-role/sledger-backup/sledger-dr"),

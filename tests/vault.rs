@@ -214,17 +214,7 @@ fn vault_sinks_with_their_own_tokens_side_by_side() {
     }
     let status: serde_json::Value =
         serde_json::from_str(&run(&["--format", "json", "sink", "status"])).unwrap();
-    let identity = |name: &str| {
-        status
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|s| s["name"] == name)
-            .unwrap()["identity"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned()
-    };
+    let identity = |name: &str| common::sink_identity(&status, name);
     assert!(identity("a").contains("team-a-writer"), "{status}");
     assert!(identity("b").contains("team-b-writer"), "{status}");
     let checked = run(&["sink", "check", "b"]);

@@ -262,6 +262,23 @@ impl Backend {
     }
 }
 
+/// The credential in the environment variable `var`, which a `kind` sink's URL names (as
+/// `token_env=`, `client_secret_env=`, …). Unset or empty is an error naming the variable.
+#[cfg_attr(
+    not(any(feature = "aws", feature = "azure", feature = "vault")),
+    allow(dead_code)
+)]
+pub(crate) fn credential_from_env(kind: &str, var: &str) -> Result<zeroize::Zeroizing<String>> {
+    match std::env::var(var) {
+        Ok(value) if !value.is_empty() => Ok(zeroize::Zeroizing::new(value)),
+        _ => Err(Error::sink(
+            kind,
+            format!("${var}, named by this sink's URL, is not set"),
+            false,
+        )),
+    }
+}
+
 /// Whether `host` (`HOST`, `HOST:PORT`, `[V6]:PORT`) is this machine: the only place a sink
 /// may be reached without TLS (a dev server, an emulator).
 pub(crate) fn is_loopback(host: &str) -> bool {

@@ -207,6 +207,19 @@ pub fn example_plugin() -> PathBuf {
     path
 }
 
+/// Who `sink status --format json` says the sink `name` runs as ("" if it does not say).
+pub fn sink_identity(status: &serde_json::Value, name: &str) -> String {
+    status
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no sink {name} in {status}"))["identity"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// The files the example plug-in keeps for secrets in `dir` (not the sink's anchor).
 pub fn plugin_secret_files(dir: &Path) -> Vec<PathBuf> {
     let anchor = uuid::Uuid::max().to_string();

@@ -153,15 +153,7 @@ impl AwsSink {
                     loader = loader.profile_name(profile);
                 }
                 if let Some((key_var, secret_var)) = &credentials.key_pair_env {
-                    let read = |var: &str| {
-                        std::env::var(var).map_err(|_| {
-                            Error::sink(
-                                KIND,
-                                format!("${var}, named by this sink's URL, is not set ({})", self.where_()),
-                                false,
-                            )
-                        })
-                    };
+                    let read = |var: &str| super::url::credential_from_env(KIND, var).map(|v| v.to_string());
                     loader = loader.credentials_provider(aws_sdk_secretsmanager::config::Credentials::new(
                         read(key_var)?,
                         read(secret_var)?,

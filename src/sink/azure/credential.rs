@@ -40,12 +40,11 @@ pub(super) fn for_sink(
             client_id,
             secret_env,
         } => {
-            let secret = env(secret_env)
-                .ok_or_else(|| unusable(format!("${secret_env}, named by this sink's URL, is not set")))?;
+            let secret = crate::sink::url::credential_from_env(super::KIND, secret_env)?;
             let credential = ClientSecretCredential::new(
                 tenant_id,
                 client_id.clone(),
-                Secret::new(secret),
+                Secret::new(secret.to_string()),
                 Some(ClientSecretCredentialOptions {
                     client_options: options.clone(),
                 }),

@@ -30,9 +30,7 @@ fn unusable(why: String) -> Error {
 }
 
 fn from_var(var: &str) -> Result<Zeroizing<String>> {
-    std::env::var(var)
-        .map(Zeroizing::new)
-        .map_err(|_| unusable(format!("${var}, named by this sink's URL, is not set")))
+    crate::sink::url::credential_from_env(KIND, var)
 }
 
 /// A credential file: refused if others may read it (as ssh refuses a loose key).
