@@ -194,6 +194,54 @@ impl SecretMeta {
     }
 }
 
+/// Which secrets a list wants, and where its page starts. Lists run in (name, namespace)
+/// order, so a page ends at a name and the next one starts after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListQuery {
+    pub status: Status,
+    /// Every label here must be on the secret with this value.
+    pub labels: BTreeMap<String, String>,
+    /// Only names starting with this.
+    pub prefix: Option<String>,
+    /// Only names after this one (the previous page's last name).
+    pub after: Option<String>,
+}
+
+impl ListQuery {
+    pub fn new(status: Status) -> Self {
+        ListQuery {
+            status,
+            labels: BTreeMap::new(),
+            prefix: None,
+            after: None,
+        }
+    }
+
+    /// Whether a secret found in name order from the query's start belongs to it: `None` once
+    /// names are past the prefix (nothing later can match), else whether its labels match.
+    pub fn admits(&self, meta: &SecretMeta) -> Option<bool> {
+        if self.prefix.as_ref().is_some_and(|p| !meta.name.starts_with(p.as_str())) {
+            return None;
+        }
+        Some(
+            meta.status == self.status
+                && self.after.as_ref().is_none_or(|a| meta.name > *a)
+                && self.labels.iter().all(|(k, v)| meta.labels.get(k) == Some(v)),
+        )
+    }
+
+    /// The first name a scan must look at: the prefix or the name after `after`, whichever
+    /// is later, and whether that bound is exclusive.
+    pub fn start(&self) -> (&str, bool) {
+        match (&self.prefix, &self.after) {
+            (Some(p), Some(a)) if p.as_str() > a.as_str() => (p, false),
+            (_, Some(a)) => (a, true),
+            (Some(p), None) => (p, false),
+            (None, None) => ("", false),
+        }
+    }
+}
+
 /// An attached sink, as the log describes it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SinkConfig {

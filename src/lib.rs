@@ -37,14 +37,14 @@ pub mod store;
 pub mod validate;
 pub mod witness;
 
-pub use catalog::{Catalog, SecretMeta, Status};
+pub use catalog::{Catalog, ListQuery, SecretMeta, Status};
 pub use crypto::{MasterKey, SecretValues};
 pub use error::{Error, ErrorClass, Result};
 pub use event::{Event, Scope, StoredEvent};
 pub use handle::{CommitStats, LedgerHandle};
 pub use ledger::{
     Anchor, AuditEntry, Command, KeyChange, Ledger, LedgerSettings, LogFilter, Outcome, ReadPoint, Request,
-    SecretRead,
+    SecretPage, SecretRead,
 };
 
 /// A secret's immutable id (UUIDv7).

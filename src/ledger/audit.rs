@@ -149,39 +149,114 @@ pub struct LogFilter {
     pub until: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_seq: Option<u64>,
-    /// Only the last N matching entries.
+    /// At most N entries: the first N from the start point (`after_seq` or `since`), or,
+    /// with neither, the last N (as `tail`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// The last N matching entries (read back from the end, still shown oldest first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<usize>,
     /// Who is looking: other owners' private secrets are left out (the server sets it to the
     /// caller's principal; a local key holder sees everything).
     #[serde(skip)]
     pub viewer: Option<String>,
 }
 
+impl LogFilter {
+    /// How many entries to read back from the end, if this is a tail read.
+    fn tail_count(&self) -> Option<usize> {
+        self.tail.or_else(|| {
+            (self.after_seq.is_none() && self.since.is_none())
+                .then_some(self.limit)
+                .flatten()
+        })
+    }
+}
+
 /// The filter's conditions on one entry, with its secret resolved to an id.
-pub struct LogMatcher {
+struct LogMatcher {
     filter: LogFilter,
     secret_id: Option<SecretId>,
 }
 
 impl LogMatcher {
-    pub fn keeps(&self, e: &AuditEntry) -> bool {
+    /// The conditions the store's indexes answer: the event's own columns.
+    fn query(&self, from: u64, to: u64, newest_first: bool) -> EventQuery {
+        EventQuery {
+            from,
+            to,
+            secret: self.secret_id,
+            actor: self.filter.actor.clone(),
+            event_type: self.filter.event_type.clone(),
+            newest_first,
+        }
+    }
+
+    /// The rest: the entry's times and whether the viewer may see its secret.
+    fn keeps(&self, e: &AuditEntry) -> bool {
         let f = &self.filter;
-        self.secret_id.is_none_or(|id| e.secret_id == Some(id))
-            && f.actor.as_ref().is_none_or(|a| &e.actor == a)
-            && f.event_type.as_ref().is_none_or(|t| &e.event_type == t)
-            && f.since.is_none_or(|s| e.recorded_at >= s)
+        f.since.is_none_or(|s| e.recorded_at >= s)
             && f.until.is_none_or(|u| e.recorded_at <= u)
-            && f.after_seq.is_none_or(|a| e.seq > a)
             && f.viewer
                 .as_ref()
                 .is_none_or(|v| e.scope != Some(Scope::Private) || e.owner.as_ref() == Some(v))
     }
 }
 
+/// Describes events one at a time, each secret's state before the event folded from that
+/// secret's own events. It remembers the last state it folded for recently seen secrets, so
+/// reading the log forward folds each secret's history once, in bounded memory.
+struct Describer<'a> {
+    store: &'a dyn Store,
+    /// Per secret: the seq of the last event folded, and the state after it.
+    recent: HashMap<SecretId, (u64, Option<SecretMeta>)>,
+}
+
+impl<'a> Describer<'a> {
+    /// How many secrets' states it keeps (about 2 KB each) before starting afresh.
+    const RECENT_SECRETS: usize = 16_384;
+
+    fn new(store: &'a dyn Store) -> Self {
+        Describer {
+            store,
+            recent: HashMap::new(),
+        }
+    }
+
+    fn describe(&mut self, stored: &StoredEvent) -> Result<AuditEntry> {
+        let event = stored.decode()?;
+        let Some(id) = stored.secret_id else {
+            return Ok(describe(stored, &event, None, None));
+        };
+        let (mut folded_to, mut before) = match self.recent.remove(&id) {
+            Some((seq, state)) if seq < stored.seq => (seq, state),
+            _ => (0, None),
+        };
+        if folded_to + 1 < stored.seq {
+            let query = EventQuery {
+                secret: Some(id),
+                ..EventQuery::range(folded_to + 1, stored.seq - 1)
+            };
+            self.store.scan_events(&query, &mut |earlier| {
+                let earlier_event = earlier.decode()?;
+                before = catalog::apply(before.take(), &earlier, earlier_event)?;
+                folded_to = earlier.seq;
+                Ok(true)
+            })?;
+        }
+        let after = catalog::apply(before.clone(), stored, event.clone())?;
+        let entry = describe(stored, &event, before.as_ref(), after.as_ref());
+        if self.recent.len() >= Self::RECENT_SECRETS {
+            self.recent.clear();
+        }
+        self.recent.insert(id, (stored.seq, after));
+        Ok(entry)
+    }
+}
+
 impl Ledger {
     /// Check `filter` (a known event type, a secret `actor` can see) and resolve its secret.
-    pub fn log_matcher(&self, actor: &str, filter: LogFilter) -> Result<LogMatcher> {
+    fn log_matcher(&self, actor: &str, filter: LogFilter) -> Result<LogMatcher> {
         if let Some(t) = &filter.event_type {
             if !crate::event::EVENT_TYPES.contains(&t.as_str()) {
                 return Err(Error::invalid(format!(
@@ -191,85 +266,90 @@ impl Ledger {
             }
         }
         let secret_id = match &filter.secret {
-            Some(name) => self.history(actor, name)?.first().and_then(|e| e.secret_id),
+            Some(name) => Some(self.find_any(actor, name)?.id),
             None => None,
         };
         Ok(LogMatcher { filter, secret_id })
     }
 
-    /// The entries `filter` keeps, oldest first. With a `limit`, the log is read back from the
-    /// head only until that many are found (each described from its own secret's history), so
-    /// `log --limit 20` costs twenty entries, not the whole log; without one, every entry.
-    pub fn log_entries(&self, actor: &str, filter: LogFilter) -> Result<Vec<AuditEntry>> {
-        let Some(limit) = filter.limit else {
-            return Ok(self.query_log(actor, filter)?.0);
-        };
-        let matcher = self.log_matcher(actor, filter)?;
-        let mut found = Vec::new();
-        if limit == 0 {
-            return Ok(found);
-        }
-        let f = &matcher.filter;
-        self.store.scan_back(u64::MAX, &mut |stored| {
-            // What the stored row says decides most filters before anything is decoded.
-            let maybe = matcher.secret_id.is_none_or(|id| stored.secret_id == Some(id))
-                && f.actor.as_ref().is_none_or(|a| &stored.actor == a)
-                && f.event_type.as_ref().is_none_or(|t| &stored.event_type == t)
-                && f.after_seq.is_none_or(|a| stored.seq > a);
-            if maybe {
-                let entry = self.describe_in_history(&stored)?;
-                if matcher.keeps(&entry) {
-                    found.push(entry);
-                }
-            }
-            Ok(found.len() < limit && f.after_seq.is_none_or(|a| stored.seq > a + 1))
-        })?;
-        found.reverse();
-        Ok(found)
-    }
-
-    /// One event as an audit entry, its secret's state before and after folded from that
-    /// secret's own events.
-    fn describe_in_history(&self, stored: &StoredEvent) -> Result<AuditEntry> {
-        let event = stored.decode()?;
-        let Some(id) = stored.secret_id else {
-            return Ok(describe(stored, &event, None, None));
-        };
-        let mut before: Option<SecretMeta> = None;
-        self.store.scan_secret(id, stored.seq - 1, &mut |earlier| {
-            let earlier_event = earlier.decode()?;
-            before = catalog::apply(before.take(), &earlier, earlier_event)?;
-            Ok(true)
-        })?;
-        let after = catalog::apply(before.clone(), stored, event.clone())?;
-        Ok(describe(stored, &event, before.as_ref(), after.as_ref()))
-    }
-
-    /// The entries `filter` keeps (the last `limit` of them), oldest first, and the catalog
-    /// folded to the head, to follow the log from.
-    pub fn query_log(
+    /// Hand the entries `filter` keeps to `visit`, oldest first, reading only what they need:
+    /// the seq range that `after_seq`, `since` and `until` bound (times become seqs by binary
+    /// search), through the index of the secret, actor or type filtered on, and only as far as
+    /// `limit` or `tail` asks. Memory stays flat however long the log. Returns the last seq
+    /// the read covered, to follow the log from.
+    pub fn scan_log(
         &self,
         actor: &str,
         filter: LogFilter,
-    ) -> Result<(Vec<AuditEntry>, Catalog, LogMatcher)> {
+        visit: &mut dyn FnMut(AuditEntry) -> Result<bool>,
+    ) -> Result<u64> {
         let matcher = self.log_matcher(actor, filter)?;
-        let limit = matcher.filter.limit.unwrap_or(usize::MAX);
-        let mut shown = std::collections::VecDeque::new();
-        let mut catalog = Catalog::default();
-        self.audit(&mut catalog, &mut |e| {
-            if matcher.keeps(&e) && limit > 0 {
-                if shown.len() == limit {
-                    shown.pop_front();
-                }
-                shown.push_back(e);
+        let f = &matcher.filter;
+        let head = self.store.head()?.seq;
+        let mut from = f.after_seq.map_or(1, |a| a.saturating_add(1));
+        if let Some(since) = f.since {
+            from = from.max(self.store.seq_at_time(since.saturating_sub(1))? + 1);
+        }
+        let to = match f.until {
+            Some(until) => self.store.seq_at_time(until)?,
+            None => head,
+        };
+        if from > to {
+            return Ok(to);
+        }
+        let mut describer = Describer::new(&*self.store);
+        if let Some(tail) = f.tail_count() {
+            let mut found = Vec::new();
+            if tail > 0 {
+                self.store.scan_events(&matcher.query(from, to, true), &mut |stored| {
+                    let entry = describer.describe(&stored)?;
+                    if matcher.keeps(&entry) {
+                        found.push(entry);
+                    }
+                    Ok(found.len() < tail)
+                })?;
             }
+            for entry in found.into_iter().rev() {
+                if !visit(entry)? {
+                    break;
+                }
+            }
+            return Ok(to);
+        }
+        let limit = f.limit.unwrap_or(usize::MAX);
+        let mut shown = 0;
+        let mut covered = to;
+        if limit > 0 {
+            self.store.scan_events(&matcher.query(from, to, false), &mut |stored| {
+                let entry = describer.describe(&stored)?;
+                if matcher.keeps(&entry) {
+                    shown += 1;
+                    if !visit(entry)? || shown == limit {
+                        covered = stored.seq;
+                        return Ok(false);
+                    }
+                }
+                Ok(true)
+            })?;
+        } else {
+            covered = from - 1;
+        }
+        Ok(covered)
+    }
+
+    /// The entries `filter` keeps, oldest first (see [`Ledger::scan_log`]).
+    pub fn log_entries(&self, actor: &str, filter: LogFilter) -> Result<Vec<AuditEntry>> {
+        let mut entries = Vec::new();
+        self.scan_log(actor, filter, &mut |e| {
+            entries.push(e);
             Ok(true)
         })?;
-        Ok((shown.into(), catalog, matcher))
+        Ok(entries)
     }
 
     /// Visit audit entries for events after `catalog.seq`, folding them into `catalog` as it goes
-    /// (so a follower can call it again with the same catalog to get only new events).
+    /// (so a caller can call it again with the same catalog to get only new events). This holds
+    /// every secret's state; [`Ledger::scan_log`] reads in flat memory.
     pub fn audit(
         &self,
         catalog: &mut Catalog,

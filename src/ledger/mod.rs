@@ -1,19 +1,19 @@
 //! The façade: commands are validated against the catalog, sealed, chained and appended in one
 //! write transaction together with the catalog rows they change; reads come from the log.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{self, namespace, Catalog, SecretMeta, SinkConfig, Status};
+use crate::catalog::{self, namespace, Catalog, ListQuery, SecretMeta, SinkConfig, Status};
 use crate::crypto::{DataKey, FingerprintKey, MasterKey, SecretValues, SinkSealKey};
 use crate::error::{Error, Result};
 use crate::event::{Event, Millis, Scope, SealedValues, SinkRole, StoredEvent};
 use crate::log::{self, chain_next, EventLog, Head, NewEvent};
 use crate::sink::SinkUrl;
 use crate::store::sqlite::SqliteStore;
-use crate::store::{Read, Store, StoreLog, Write};
+use crate::store::{EventQuery, Read, Store, StoreLog, Write};
 use crate::{validate, SecretId};
 
 mod access;
@@ -28,10 +28,11 @@ mod witness;
 
 pub use append::Request;
 use append::*;
-pub use audit::{AuditEntry, KeyChange, LogFilter, LogMatcher};
+pub use audit::{AuditEntry, KeyChange, LogFilter};
 pub(crate) use persist::open_values_at;
 use persist::*;
 use query::*;
+pub use query::SecretPage;
 pub use verify::Anchor;
 pub use witness::{Verdict, WitnessedHead};
 

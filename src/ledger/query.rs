@@ -14,8 +14,15 @@ pub(super) fn fold_log(log: &dyn EventLog, mut catalog: Catalog, to: u64) -> Res
     Ok(catalog)
 }
 
+/// One page of a list: its secrets in name order, and where the next page starts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SecretPage {
+    pub secrets: Vec<SecretMeta>,
+    /// Pass as [`ListQuery::after`] for the next page; `None` when this page is the last.
+    pub next_after: Option<String>,
+}
+
 impl Ledger {
-    /// Look a secret up by name: live ones only.
     /// The fingerprints of the values a secret had as of `seq` (from the last event at or
     /// before it that carried values).
     pub fn fingerprints_at(
@@ -52,8 +59,51 @@ impl Ledger {
 
     /// Secrets visible to `actor` with the given status, sorted by name.
     pub fn list(&self, actor: &str, status: Status) -> Result<Vec<SecretMeta>> {
-        self.catalog()?
-            .secrets_with_status(status, &["workspace", &namespace(Scope::Private, actor)])
+        let mut found = Vec::new();
+        self.scan_secrets(actor, &ListQuery::new(status), &mut |m| {
+            found.push(m);
+            Ok(true)
+        })?;
+        Ok(found)
+    }
+
+    /// The secrets visible to `actor` that `query` admits, in name order, handed to `visit`
+    /// as they are read (until it returns false): memory stays flat however many match.
+    pub fn scan_secrets(
+        &self,
+        actor: &str,
+        query: &ListQuery,
+        visit: &mut dyn FnMut(SecretMeta) -> Result<bool>,
+    ) -> Result<()> {
+        let private = namespace(Scope::Private, actor);
+        self.catalog()?.list_secrets(query, &["workspace", &private], visit)
+    }
+
+    /// One page of at most `limit` secrets that `query` admits and `keep` accepts (a filter of
+    /// the caller's, such as a token's scope). A page never ends between two secrets of the
+    /// same name (the workspace's and the caller's private one), so `next_after` resumes
+    /// exactly where it stopped; it is `None` on the last page.
+    pub fn list_page(
+        &self,
+        actor: &str,
+        query: &ListQuery,
+        limit: usize,
+        keep: &dyn Fn(&SecretMeta) -> bool,
+    ) -> Result<SecretPage> {
+        let mut page = SecretPage::default();
+        let mut last_name: Option<String> = None;
+        self.scan_secrets(actor, query, &mut |meta| {
+            if page.secrets.len() >= limit && last_name.as_deref() != Some(meta.name.as_str()) {
+                page.next_after = last_name.take();
+                return Ok(false);
+            }
+            last_name = Some(meta.name.clone());
+            if keep(&meta) {
+                page.secrets.push(meta);
+            }
+            Ok(true)
+        })?;
+        Ok(page)
     }
 
     /// A secret's values: the latest, a version, or as of a time. Needs the key.

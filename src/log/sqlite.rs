@@ -20,6 +20,8 @@ pub const APPLICATION_ID: i32 = 0x534c_4447;
 pub(crate) const CATALOG_SQL: &str = include_str!("../../schema/ledger/0003_catalog.sql");
 /// SQL of the sink tables (the derived `sinks` is re-created when the catalog is rebuilt).
 pub(crate) const SINKS_SQL: &str = include_str!("../../schema/ledger/0004_sinks.sql");
+/// SQL of the catalog's list indexes and label rows, re-run with [`CATALOG_SQL`].
+pub(crate) const LISTS_SQL: &str = include_str!("../../schema/ledger/0007_catalog_lists.sql");
 
 fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -29,12 +31,14 @@ fn migrations() -> Migrations<'static> {
         M::up(SINKS_SQL),
         M::up(include_str!("../../schema/ledger/0005_tokens_and_access_log.sql")),
         M::up(include_str!("../../schema/ledger/0006_event_macs.sql")),
+        M::up(LISTS_SQL),
+        M::up(include_str!("../../schema/ledger/0008_event_filters.sql")),
     ])
 }
 
 /// The newest schema version this build knows.
 pub fn schema_version() -> i64 {
-    6
+    8
 }
 
 fn configure(conn: &Connection) -> Result<()> {
@@ -268,17 +272,37 @@ pub(crate) fn visit_rows(
     Ok(())
 }
 
-/// Events of one secret, in seq order, up to `to`.
-/// Events with seq <= `to`, newest first, until `visit` says stop.
-pub fn scan_back(
+/// The events `query` selects (see [`crate::store::Store::scan_events`]).
+pub fn scan_events(
     conn: &Connection,
-    to: u64,
+    query: &crate::store::EventQuery,
     visit: &mut dyn FnMut(StoredEvent) -> Result<bool>,
 ) -> Result<()> {
-    let mut stmt = conn.prepare_cached(&format!("{SELECT_EVENTS} WHERE seq <= ?1 ORDER BY seq DESC"))?;
-    visit_rows(&mut stmt, params![to.min(i64::MAX as u64) as i64], visit)
+    let clamp = |seq: u64| seq.min(i64::MAX as u64) as i64;
+    let (from, to) = (clamp(query.from), clamp(query.to));
+    let secret = query.secret.as_ref().map(|id| id.as_bytes().as_slice());
+    let mut values: Vec<&dyn rusqlite::ToSql> = vec![&from, &to];
+    let mut sql = format!("{SELECT_EVENTS} WHERE seq >= ?1 AND seq <= ?2");
+    for (column, value) in [
+        ("secret_id", secret.as_ref().map(|s| s as &dyn rusqlite::ToSql)),
+        ("actor", query.actor.as_ref().map(|a| a as &dyn rusqlite::ToSql)),
+        ("event_type", query.event_type.as_ref().map(|t| t as &dyn rusqlite::ToSql)),
+    ] {
+        if let Some(value) = value {
+            values.push(value);
+            sql.push_str(&format!(" AND {column} = ?{}", values.len()));
+        }
+    }
+    sql.push_str(if query.newest_first {
+        " ORDER BY seq DESC"
+    } else {
+        " ORDER BY seq"
+    });
+    let mut stmt = conn.prepare_cached(&sql)?;
+    visit_rows(&mut stmt, values.as_slice(), visit)
 }
 
+/// Events of one secret, in seq order, up to `to`.
 pub fn scan_secret(
     conn: &Connection,
     secret: SecretId,

@@ -28,7 +28,7 @@ use crate::identity::{Action, Role, TokenSecret};
 use crate::ledger::ID_REF_PREFIX;
 use crate::read::{read_latest, ReadFrom, Served};
 use crate::replay::orchestrate;
-use crate::{Catalog, Command, Ledger, LogFilter, Outcome, ReadPoint, SecretValues, Status};
+use crate::{Command, Ledger, ListQuery, LogFilter, Outcome, ReadPoint, SecretValues, Status};
 
 /// One route of the API.
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +77,9 @@ pub const ROUTES: &[RouteSpec] = &[
         "/v1/secrets",
         "secret.list",
         Some(ReadMeta),
-        "List secrets the token's patterns match (label=K=V, deleted=true).",
+        "List secrets the token's patterns match, in name order, a page at a time (label=K=V, \
+         prefix=P, deleted=true, after=NAME, limit=N up to 1000); the sledger-next-after header \
+         names where the next page starts.",
     ),
     route(
         "POST",
@@ -147,7 +149,7 @@ pub const ROUTES: &[RouteSpec] = &[
         "/v1/log",
         "log.query",
         Some(Audit),
-        "The audit log (type, actor, secret, after_seq, limit).",
+        "The audit log (type, actor, secret, since, until; after_seq with limit for a forward page, or tail for the last N), at most 10 000 entries a request.",
     ),
     route(
         "GET",
@@ -778,39 +780,56 @@ async fn get_secret(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct ListQuery {
+struct ListParams {
     label: Option<String>,
     #[serde(default)]
     deleted: bool,
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
 }
+
+/// The largest page a list request gets, so one request never holds a million secrets.
+pub const MAX_LIST_PAGE: usize = 1000;
+
+/// The response header naming the last secret of a page that has a next one (pass it as
+/// `after=`).
+pub const NEXT_AFTER_HEADER: &str = "sledger-next-after";
 
 async fn list_secrets(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Query(query): Query<ListQuery>,
+    Query(params): Query<ListParams>,
 ) -> ApiResult {
     allow(&state, &caller, "secret.list", None).await?;
-    let mut wanted = BTreeMap::new();
-    for pair in query.label.iter().flat_map(|l| l.split(',')) {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| Error::invalid(format!("label filter {pair:?} is not KEY=VALUE")))?;
-        wanted.insert(k.to_owned(), v.to_owned());
-    }
-    let status = if query.deleted {
+    let mut query = ListQuery::new(if params.deleted {
         Status::Deleted
     } else {
         Status::Live
-    };
+    });
+    for pair in params.label.iter().flat_map(|l| l.split(',')) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| Error::invalid(format!("label filter {pair:?} is not KEY=VALUE")))?;
+        query.labels.insert(k.to_owned(), v.to_owned());
+    }
+    query.prefix = params.prefix;
+    query.after = params.after;
+    let limit = params.limit.unwrap_or(MAX_LIST_PAGE).clamp(1, MAX_LIST_PAGE);
     let actor = caller.principal();
-    let secrets = state.handle.read(move |l| l.list(&actor, status)).await?;
-    let shown: Vec<Value> = secrets
-        .iter()
-        .filter(|m| caller.token.covers(&m.name))
-        .filter(|m| wanted.iter().all(|(k, v)| m.labels.get(k) == Some(v)))
-        .map(|m| m.to_json())
-        .collect();
-    Ok(Json(shown).into_response())
+    let token = caller.token.clone();
+    let page = state
+        .handle
+        .read(move |l| l.list_page(&actor, &query, limit, &|m| token.covers(&m.name)))
+        .await?;
+    let shown: Vec<Value> = page.secrets.iter().map(|m| m.to_json()).collect();
+    let mut response = Json(shown).into_response();
+    if let Some(after) = page.next_after {
+        if let Ok(value) = axum::http::HeaderValue::from_str(&after) {
+            response.headers_mut().insert(NEXT_AFTER_HEADER, value);
+        }
+    }
+    Ok(response)
 }
 
 async fn history(
@@ -832,7 +851,11 @@ async fn query_log(
     Query(mut filter): Query<LogFilter>,
 ) -> ApiResult {
     allow(&state, &caller, "log.query", None).await?;
-    filter.limit = Some(filter.limit.unwrap_or(1000).min(10_000));
+    // One request reads at most 10 000 entries (1 000 unless asked): a tail, or a forward page.
+    match filter.tail {
+        Some(tail) => filter.tail = Some(tail.min(10_000)),
+        None => filter.limit = Some(filter.limit.unwrap_or(1000).min(10_000)),
+    }
     filter.viewer = Some(caller.principal());
     let actor = caller.principal();
     let entries = state.handle.read(move |l| l.log_entries(&actor, filter)).await?;
@@ -850,26 +873,35 @@ async fn stream_log(
     allow(&state, &caller, "log.stream", None).await?;
     let handle = state.handle.clone();
     let actor = caller.principal();
-    let matcher = Arc::new(
-        handle
-            .read(move |l| {
-                let viewer = Some(actor.clone());
-                l.log_matcher(
-                    &actor,
-                    LogFilter {
-                        limit: None,
-                        viewer,
-                        ..filter
-                    },
-                )
-            })
-            .await?,
-    );
+    // Read in pages from the start point (a forward read), so a stream from seq 0 of a long
+    // log never holds more than a page.
+    const PAGE: usize = 1000;
+    let mut filter = LogFilter {
+        after_seq: Some(filter.after_seq.unwrap_or(0)),
+        limit: Some(PAGE),
+        tail: None,
+        viewer: Some(actor.clone()),
+        ..filter
+    };
+    // A bad filter is refused now, not in the middle of the stream.
+    let checked = filter.clone();
+    let check_actor = actor.clone();
+    handle
+        .read(move |l| {
+            l.scan_log(
+                &check_actor,
+                LogFilter {
+                    limit: Some(0),
+                    ..checked
+                },
+                &mut |_| Ok(false),
+            )
+        })
+        .await?;
     let mut wake = handle.subscribe();
     let token = caller.token.name.clone();
     let state = state.clone();
     let stream = async_stream_lines(move |sender: tokio::sync::mpsc::Sender<String>| async move {
-        let mut catalog = Catalog::default();
         loop {
             // A revoked or expired token stops receiving at once, like any other request.
             if state.auth.refresh(&handle).await.is_err()
@@ -881,27 +913,29 @@ async fn stream_log(
             {
                 return;
             }
-            let matcher = matcher.clone();
-            let Ok((next, lines)) = handle
+            let (query, actor) = (filter.clone(), actor.clone());
+            let Ok((covered, lines)) = handle
                 .read(move |l| {
                     let mut lines = Vec::new();
-                    l.audit(&mut catalog, &mut |e| {
-                        if matcher.keeps(&e) {
-                            lines.push(e.to_json().to_string() + "\n");
-                        }
+                    let covered = l.scan_log(&actor, query, &mut |e| {
+                        lines.push(e.to_json().to_string() + "\n");
                         Ok(true)
                     })?;
-                    Ok((catalog, lines))
+                    Ok((covered, lines))
                 })
                 .await
             else {
                 return;
             };
-            catalog = next;
+            filter.after_seq = Some(covered.max(filter.after_seq.unwrap_or(0)));
+            let full_page = lines.len() == PAGE;
             for line in lines {
                 if sender.send(line).await.is_err() {
                     return;
                 }
+            }
+            if full_page {
+                continue;
             }
             let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wake.changed()).await;
         }

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use super::{Parked, Read, Store, Write};
-use crate::catalog::{SecretMeta, SinkConfig, Status};
+use crate::catalog::{ListQuery, SecretMeta, SinkConfig, Status};
 use crate::event::{Event, Scope, SinkRole, StoredEvent};
 use crate::log::{chain_next, Head, NewEvent};
 use crate::SecretId;
@@ -22,6 +22,7 @@ pub fn run_all(fresh: Fresh<'_>) {
     savepoints_undo_only_their_part(fresh);
     settings_round_trip(fresh);
     catalog_rows_answer_every_lookup(fresh);
+    lists_filter_by_label_prefix_and_start_in_order(fresh);
     data_keys_are_put_destroyed_and_rewrapped(fresh);
     sink_progress_only_moves_forward(fresh);
     snapshots_and_derived_state(fresh);
@@ -231,13 +232,16 @@ fn catalog_rows_answer_every_lookup(fresh: Fresh<'_>) {
             .len(),
         3
     );
-    let live: Vec<String> = store
-        .secrets_with_status(Status::Live, &["workspace", "private:bob"])
-        .unwrap()
+    let live: Vec<(String, String)> = listed(&*store, &ListQuery::new(Status::Live), &["workspace", "private:bob"])
         .into_iter()
-        .map(|m| m.name)
+        .map(|m| (m.name.clone(), m.namespace()))
         .collect();
-    assert_eq!(live, vec!["api", "db", "db"], "ordered by name");
+    assert_eq!(
+        live,
+        [("api", "workspace"), ("db", "private:bob"), ("db", "workspace")]
+            .map(|(n, ns)| (n.to_owned(), ns.to_owned())),
+        "ordered by name, then namespace"
+    );
     assert!(store.name_taken("workspace", "db").unwrap());
     assert!(!store.name_taken("private:alice", "db").unwrap());
     assert_eq!(store.secret_count().unwrap(), 4);
@@ -261,6 +265,90 @@ fn catalog_rows_answer_every_lookup(fresh: Fresh<'_>) {
         "a deleted secret frees its name"
     );
     assert_eq!(store.secret_count().unwrap(), 4);
+}
+
+fn listed(store: &dyn Store, query: &ListQuery, namespaces: &[&str]) -> Vec<SecretMeta> {
+    let mut found = Vec::new();
+    store
+        .list_secrets(query, namespaces, &mut |m| {
+            found.push(m);
+            Ok(true)
+        })
+        .unwrap();
+    found
+}
+
+fn lists_filter_by_label_prefix_and_start_in_order(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    let mut rows = Vec::new();
+    for (i, name) in ["app/b", "app/a", "web/x", "app/c", "zz"].iter().enumerate() {
+        let mut m = meta(SecretId::now_v7(), name, Scope::Workspace, "alice", Status::Live, i as u64 + 1);
+        m.labels = BTreeMap::from([("team".to_owned(), if i % 2 == 0 { "red" } else { "blue" }.to_owned())]);
+        rows.push(m);
+    }
+    rows[4].status = Status::Deleted;
+    let tx = Write::begin(&*store).unwrap();
+    for row in &rows {
+        tx.put_secret(row).unwrap();
+    }
+    tx.commit().unwrap();
+    let names = |query: &ListQuery| -> Vec<String> {
+        listed(&*store, query, &["workspace"]).into_iter().map(|m| m.name).collect()
+    };
+    let live = ListQuery::new(Status::Live);
+    assert_eq!(names(&live), ["app/a", "app/b", "app/c", "web/x"]);
+    let red = ListQuery {
+        labels: BTreeMap::from([("team".to_owned(), "red".to_owned())]),
+        ..live.clone()
+    };
+    assert_eq!(names(&red), ["app/b", "app/c", "web/x"], "a label narrows the list");
+    let two_labels = ListQuery {
+        labels: BTreeMap::from([
+            ("team".to_owned(), "red".to_owned()),
+            ("zone".to_owned(), "eu".to_owned()),
+        ]),
+        ..live.clone()
+    };
+    assert!(names(&two_labels).is_empty(), "every label must match");
+    let prefixed = ListQuery {
+        prefix: Some("app/".into()),
+        ..live.clone()
+    };
+    assert_eq!(names(&prefixed), ["app/a", "app/b", "app/c"]);
+    let resumed = ListQuery {
+        after: Some("app/b".into()),
+        ..prefixed.clone()
+    };
+    assert_eq!(names(&resumed), ["app/c"], "a page resumes after the last name");
+    assert_eq!(
+        names(&ListQuery {
+            after: Some("app/a".into()),
+            ..red.clone()
+        }),
+        ["app/b", "app/c", "web/x"]
+    );
+    let deleted = ListQuery::new(Status::Deleted);
+    assert_eq!(names(&deleted), ["zz"]);
+    // A changed row moves in every list: relabelled, renamed, deleted.
+    let mut moved = rows[0].clone();
+    moved.labels = BTreeMap::from([("team".to_owned(), "blue".to_owned())]);
+    moved.name = "web/a".into();
+    let tx = Write::begin(&*store).unwrap();
+    tx.put_secret(&moved).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(names(&red), ["app/c", "web/x"]);
+    assert_eq!(
+        names(&ListQuery {
+            labels: BTreeMap::from([("team".to_owned(), "blue".to_owned())]),
+            ..live.clone()
+        }),
+        ["app/a", "web/a"]
+    );
+    moved.status = Status::Deleted;
+    let tx = Write::begin(&*store).unwrap();
+    tx.put_secret(&moved).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(names(&deleted), ["web/a", "zz"]);
 }
 
 fn data_keys_are_put_destroyed_and_rewrapped(fresh: Fresh<'_>) {

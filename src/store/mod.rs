@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use serde::Serialize;
 
 use crate::access_log::AccessEntry;
-use crate::catalog::{SecretMeta, SinkConfig, Status};
+use crate::catalog::{ListQuery, SecretMeta, SinkConfig};
 use crate::error::Result;
 use crate::event::{Millis, StoredEvent};
 use crate::log::Head;
@@ -28,6 +28,36 @@ use crate::SecretId;
 
 /// Visits events in seq order until it returns false.
 pub type Visit<'a> = &'a mut dyn FnMut(StoredEvent) -> Result<bool>;
+
+/// Which events a filtered scan reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventQuery {
+    /// The first and last seq, inclusive.
+    pub from: u64,
+    pub to: u64,
+    pub secret: Option<SecretId>,
+    pub actor: Option<String>,
+    pub event_type: Option<String>,
+    /// Read from `to` down to `from` (the log's tail without the rest).
+    pub newest_first: bool,
+}
+
+impl EventQuery {
+    /// Every event with `from <= seq <= to`, oldest first.
+    pub fn range(from: u64, to: u64) -> Self {
+        EventQuery {
+            from,
+            to,
+            secret: None,
+            actor: None,
+            event_type: None,
+            newest_first: false,
+        }
+    }
+}
+
+/// Visits secrets in list order until it returns false.
+pub type ListVisit<'a> = &'a mut dyn FnMut(SecretMeta) -> Result<bool>;
 
 /// Re-wraps one data key: (secret id, wrapped key) → the key wrapped anew.
 pub type Rewrap<'a> = &'a mut dyn FnMut(SecretId, &[u8]) -> Result<Vec<u8>>;
@@ -82,8 +112,10 @@ pub trait Store: Send {
     fn event(&self, seq: u64) -> Result<Option<StoredEvent>>;
     /// Events with `from <= seq <= to`, in seq order, exactly as stored.
     fn scan(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<()>;
-    /// Events with seq <= `to`, newest first (reading the log's tail without the rest).
-    fn scan_back(&self, to: u64, visit: Visit<'_>) -> Result<()>;
+    /// The events `query` selects, in its direction, until `visit` returns false. Reads only
+    /// what it hands over: a seq range, through an index when it names a secret, an actor or a
+    /// type.
+    fn scan_events(&self, query: &EventQuery, visit: Visit<'_>) -> Result<()>;
     /// One secret's events with seq <= `to`, in seq order.
     fn scan_secret(&self, id: SecretId, to: u64, visit: Visit<'_>) -> Result<()>;
     /// The seq of the last event recorded at or before `at` (0 if none).
@@ -108,8 +140,10 @@ pub trait Store: Send {
     fn secret(&self, id: SecretId) -> Result<Option<SecretMeta>>;
     /// Secrets called `name` in any of `namespaces`, newest change first.
     fn secrets_named(&self, name: &str, namespaces: &[&str]) -> Result<Vec<SecretMeta>>;
-    /// Secrets with `status` in any of `namespaces`, ordered by name, then namespace.
-    fn secrets_with_status(&self, status: Status, namespaces: &[&str]) -> Result<Vec<SecretMeta>>;
+    /// Secrets `query` admits (see [`ListQuery::admits`]) in any of `namespaces`, in (name,
+    /// namespace) order from [`ListQuery::start`], until `visit` returns false. Reads only
+    /// what it hands over, through indexes (a label filter reads only that label's secrets).
+    fn list_secrets(&self, query: &ListQuery, namespaces: &[&str], visit: ListVisit<'_>) -> Result<()>;
     /// Whether a live secret holds `name` in `namespace`.
     fn name_taken(&self, namespace: &str, name: &str) -> Result<bool>;
     /// Every row with the id it is filed under, in no particular order.

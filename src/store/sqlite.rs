@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{Parked, Rewrap, SinkProgress, Store, Visit};
+use super::{EventQuery, ListVisit, Parked, Rewrap, SinkProgress, Store, Visit};
 use crate::access_log::AccessEntry;
-use crate::catalog::{SecretMeta, SinkConfig, Status};
+use crate::catalog::{ListQuery, SecretMeta, SinkConfig};
 use crate::error::{Error, Result};
 use crate::event::{Millis, StoredEvent};
 use crate::log::{sqlite as log, EventLog, Head};
@@ -137,8 +137,8 @@ impl Store for SqliteStore {
         log::SqliteLog(&self.conn).scan(from, to, visit)
     }
 
-    fn scan_back(&self, to: u64, visit: Visit<'_>) -> Result<()> {
-        log::scan_back(&self.conn, to, visit)
+    fn scan_events(&self, query: &EventQuery, visit: Visit<'_>) -> Result<()> {
+        log::scan_events(&self.conn, query, visit)
     }
 
     fn scan_secret(&self, id: SecretId, to: u64, visit: Visit<'_>) -> Result<()> {
@@ -282,6 +282,58 @@ impl Store for SqliteStore {
                 "INSERT OR REPLACE INTO catalog (secret_id, namespace, name, status, updated_seq, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
             )?
             .execute(params![m.id.as_bytes().as_slice(), m.namespace(), m.name, m.status.as_str(), m.updated_seq as i64, blob])?;
+        let id = m.id.as_bytes().as_slice();
+        self.conn
+            .prepare_cached("DELETE FROM catalog_labels WHERE secret_id = ?1")?
+            .execute([id])?;
+        let mut insert = self.conn.prepare_cached(
+            "INSERT INTO catalog_labels (key, value, status, name, namespace, secret_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        for (key, value) in &m.labels {
+            insert.execute(params![key, value, m.status.as_str(), m.name, m.namespace(), id])?;
+        }
+        Ok(())
+    }
+
+    fn list_secrets(&self, query: &ListQuery, namespaces: &[&str], visit: ListVisit<'_>) -> Result<()> {
+        let (start, exclusive) = query.start();
+        let after = if exclusive { ">" } else { ">=" };
+        let status = query.status.as_str();
+        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&status, &start];
+        // One label narrows the scan through its index; the others are checked per row.
+        let label = query.labels.iter().next();
+        let sql = match &label {
+            None => format!(
+                "SELECT meta FROM catalog WHERE status = ?1 AND name {after} ?2 AND namespace IN ({}) \
+                 ORDER BY name, namespace",
+                placeholders(3, namespaces.len())
+            ),
+            Some((key, value)) => {
+                values.push(key);
+                values.push(value);
+                format!(
+                    "SELECT c.meta FROM catalog_labels l JOIN catalog c ON c.secret_id = l.secret_id \
+                     WHERE l.status = ?1 AND l.name {after} ?2 AND l.key = ?3 AND l.value = ?4 \
+                     AND l.namespace IN ({}) ORDER BY l.name, l.namespace",
+                    placeholders(5, namespaces.len())
+                )
+            }
+        };
+        values.extend(namespaces.iter().map(|n| n as &dyn rusqlite::ToSql));
+        let mut stmt = self.conn.prepare_cached(&sql)?;
+        let mut rows = stmt.query(values.as_slice())?;
+        while let Some(row) = rows.next()? {
+            let meta = decode_meta(&row.get::<_, Vec<u8>>(0)?)?;
+            match query.admits(&meta) {
+                None => break,
+                Some(false) => continue,
+                Some(true) => {
+                    if !visit(meta)? {
+                        break;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -300,17 +352,6 @@ impl Store for SqliteStore {
             placeholders(2, namespaces.len())
         );
         let mut values: Vec<&dyn rusqlite::ToSql> = vec![&name];
-        values.extend(namespaces.iter().map(|n| n as &dyn rusqlite::ToSql));
-        self.decode_all(&sql, values.as_slice())
-    }
-
-    fn secrets_with_status(&self, status: Status, namespaces: &[&str]) -> Result<Vec<SecretMeta>> {
-        let sql = format!(
-            "SELECT meta FROM catalog WHERE status = ?1 AND namespace IN ({}) ORDER BY name, namespace",
-            placeholders(2, namespaces.len())
-        );
-        let status = status.as_str();
-        let mut values: Vec<&dyn rusqlite::ToSql> = vec![&status];
         values.extend(namespaces.iter().map(|n| n as &dyn rusqlite::ToSql));
         self.decode_all(&sql, values.as_slice())
     }
@@ -543,20 +584,22 @@ impl Store for SqliteStore {
 
     fn reset_derived(&self) -> Result<()> {
         self.conn.execute_batch(
-            "DROP TABLE IF EXISTS catalog; DROP TABLE IF EXISTS sinks; DELETE FROM snapshots;",
+            "DROP TABLE IF EXISTS catalog; DROP TABLE IF EXISTS catalog_labels; DROP TABLE IF EXISTS sinks; \
+             DELETE FROM snapshots;",
         )?;
         self.conn.execute_batch(log::CATALOG_SQL)?;
+        self.conn.execute_batch(log::LISTS_SQL)?;
         self.conn.execute_batch(log::SINKS_SQL)?;
         Ok(())
     }
 
     fn has_derived(&self) -> Result<bool> {
         let tables: i64 = self.conn.query_row(
-            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('catalog', 'sinks')",
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name IN ('catalog', 'catalog_labels', 'sinks')",
             [],
             |r| r.get(0),
         )?;
-        Ok(tables == 2)
+        Ok(tables == 3)
     }
 
     fn verified_scan(

@@ -133,46 +133,53 @@ pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
         actor: actor_filter.then(|| ctx.actor.clone()),
         since: time("--since", &args.since)?,
         until: time("--until", &args.until)?,
-        after_seq: None,
+        after_seq: args.after_seq,
         limit: args.limit,
+        tail: args.tail,
         viewer: None,
     };
-    if let Some(remote) = &ctx.remote {
-        let shown = remote.log(&filter)?;
-        if !args.follow {
-            render(ctx, &shown);
-            return Ok(());
+    let mut out = output::Stream::new(ctx.json(), output::StreamFormat::JsonLines, &HEADER);
+    let mut show = |e: &Value| {
+        if args.follow {
+            print_line(ctx, row, e);
+        } else {
+            out.push(e, row(e));
         }
-        if !ctx.json() {
-            outln!("{}", HEADER.join("  "));
-        }
-        shown.iter().for_each(|e| print_line(ctx, row, e));
-        let after = shown.last().and_then(|e| e["seq"].as_u64());
-        return remote.follow_log(&filter, after, &mut |e| print_line(ctx, row, &e));
-    }
-    let ledger = ctx.open()?;
-    if !args.follow {
-        let shown: Vec<Value> = ledger
-            .log_entries(&ctx.actor, filter)?
-            .iter()
-            .map(|e| e.to_json())
-            .collect();
-        render(ctx, &shown);
-        return Ok(());
-    }
-    let (shown, mut catalog, matcher) = ledger.query_log(&ctx.actor, filter)?;
-    let shown: Vec<Value> = shown.iter().map(|e| e.to_json()).collect();
-    // Following: one line per event, flushed as it comes, until interrupted.
-    if !ctx.json() {
+    };
+    if args.follow && !ctx.json() {
         outln!("{}", HEADER.join("  "));
     }
-    shown.iter().for_each(|e| print_line(ctx, row, e));
+    if let Some(remote) = &ctx.remote {
+        let last = remote.log(&filter, &mut show)?;
+        if !args.follow {
+            out.finish();
+            return Ok(());
+        }
+        return remote.follow_log(&filter, last, &mut |e| print_line(ctx, row, &e));
+    }
+    let ledger = ctx.open()?;
+    let mut covered = ledger.scan_log(&ctx.actor, filter.clone(), &mut |e| {
+        show(&e.to_json());
+        Ok(true)
+    })?;
+    if !args.follow {
+        out.finish();
+        return Ok(());
+    }
+    // Following: one line per event, flushed as it comes, until interrupted.
+    let following = LogFilter {
+        limit: None,
+        tail: None,
+        ..filter
+    };
     loop {
         std::thread::sleep(Duration::from_millis(200));
-        ledger.audit(&mut catalog, &mut |e| {
-            if matcher.keeps(&e) {
-                print_line(ctx, row, &e.to_json());
-            }
+        let next = LogFilter {
+            after_seq: Some(covered),
+            ..following.clone()
+        };
+        covered = ledger.scan_log(&ctx.actor, next, &mut |e| {
+            print_line(ctx, row, &e.to_json());
             Ok(true)
         })?;
     }

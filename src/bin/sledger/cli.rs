@@ -410,6 +410,15 @@ pub enum SecretCmd {
         /// List soft-deleted secrets instead of live ones
         #[arg(long)]
         deleted: bool,
+        /// Only names starting with this
+        #[arg(long, value_name = "PREFIX")]
+        prefix: Option<String>,
+        /// One page of at most N secrets (the next page: --after the last name shown)
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Start after this name (the last one of the previous page)
+        #[arg(long, value_name = "NAME")]
+        after: Option<String>,
     },
     /// Every change to one secret: versions, actors, keys changed, fingerprints
     History { name: String },
@@ -436,14 +445,20 @@ pub struct LogArgs {
     /// Only events at or before this RFC 3339 time
     #[arg(long, value_name = "TIME")]
     pub until: Option<String>,
-    /// Only the last N matching events
+    /// Only events after this seq (a range read: the next page after the last seq shown)
+    #[arg(long, value_name = "SEQ")]
+    pub after_seq: Option<u64>,
+    /// At most N events: the first N from --since or --after-seq, else the last N
     #[arg(long, value_name = "N")]
     pub limit: Option<usize>,
+    /// The last N matching events (read back from the end)
+    #[arg(long, value_name = "N", conflicts_with = "limit")]
+    pub tail: Option<usize>,
     /// Keep printing new events as they are appended (stop with Ctrl-C)
     #[arg(long)]
     pub follow: bool,
     /// The access log instead: value reads, denied requests and failed authentications
-    #[arg(long, conflicts_with_all = ["secret", "event_type", "since", "until"])]
+    #[arg(long, conflicts_with_all = ["secret", "event_type", "since", "until", "after_seq", "tail"])]
     pub access: bool,
 }
 

@@ -106,3 +106,113 @@ pub fn labels(l: &std::collections::BTreeMap<String, String>) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+/// How a [`Stream`] writes its rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum StreamFormat {
+    /// A table for people.
+    Table,
+    /// One JSON array, written element by element.
+    JsonArray,
+    /// One JSON document per line.
+    JsonLines,
+}
+
+/// Rows printed as they come, so a list of a million secrets holds one row in memory: JSON
+/// (scripts), or a table (people) whose column widths are set by its first
+/// [`Stream::SIZING_ROWS`] rows; a wider cell later pushes only its own row.
+pub struct Stream {
+    format: StreamFormat,
+    header: Vec<String>,
+    widths: Option<Vec<usize>>,
+    sizing: Vec<Vec<String>>,
+    written: usize,
+}
+
+impl Stream {
+    const SIZING_ROWS: usize = 200;
+
+    /// A table unless `json` (then `json_style`).
+    pub fn new(json: bool, json_style: StreamFormat, header: &[&str]) -> Self {
+        Stream {
+            format: if json { json_style } else { StreamFormat::Table },
+            header: header.iter().map(|h| h.to_string()).collect(),
+            widths: None,
+            sizing: Vec::new(),
+            written: 0,
+        }
+    }
+
+    /// One row: `doc` in JSON mode, else `cells`.
+    pub fn push<S: AsRef<str>>(&mut self, doc: &impl Serialize, cells: impl IntoIterator<Item = S>) {
+        if self.format != StreamFormat::Table {
+            let doc = serde_json::to_string(doc).expect("output always serialises");
+            match (self.format, self.written) {
+                (StreamFormat::JsonLines, _) => self.write(format_args!("{doc}\n")),
+                (_, 0) => self.write(format_args!("[{doc}")),
+                _ => self.write(format_args!(",{doc}")),
+            }
+        } else {
+            let row: Vec<String> = cells.into_iter().map(|c| printable(c.as_ref()).into_owned()).collect();
+            match &self.widths {
+                Some(widths) => {
+                    let line = Self::line(widths, &row);
+                    self.write(format_args!("{line}\n"));
+                }
+                None => {
+                    self.sizing.push(row);
+                    if self.sizing.len() == Self::SIZING_ROWS {
+                        self.flush_sizing();
+                    }
+                }
+            }
+        }
+        self.written += 1;
+    }
+
+    /// End the output (the closing bracket, or the rows still held for sizing).
+    pub fn finish(mut self) {
+        if self.format == StreamFormat::JsonArray {
+            self.write(format_args!("{}\n", if self.written == 0 { "[]" } else { "]" }));
+        } else if self.format == StreamFormat::Table && self.widths.is_none() {
+            self.flush_sizing();
+        }
+    }
+
+    fn flush_sizing(&mut self) {
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        for row in &self.sizing {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut text = Self::line(&widths, &self.header);
+        text.push('\n');
+        for row in std::mem::take(&mut self.sizing) {
+            text.push_str(&Self::line(&widths, &row));
+            text.push('\n');
+        }
+        self.write(format_args!("{text}"));
+        self.widths = Some(widths);
+    }
+
+    fn line(widths: &[usize], row: &[String]) -> String {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                line.push_str(cell);
+            } else {
+                let pad = widths[i].saturating_sub(cell.chars().count());
+                line.push_str(&format!("{cell}{:pad$}  ", ""));
+            }
+        }
+        line.trim_end().to_owned()
+    }
+
+    fn write(&self, text: std::fmt::Arguments<'_>) {
+        use std::io::Write as _;
+        if let Err(e) = std::io::stdout().write_fmt(text) {
+            stdout_failed(e);
+        }
+    }
+}

@@ -2,7 +2,6 @@
 //! `sledger serve` instead of opening a ledger file. The server answers with the same JSON
 //! documents the local commands render, and its errors map back onto the same exit codes.
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -13,7 +12,8 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use sledger::access_log::AccessFilter;
 use sledger::read::ReadFrom;
-use sledger::{Command, LogFilter, ReadPoint};
+use sledger::server::routes::NEXT_AFTER_HEADER;
+use sledger::{Command, ListQuery, LogFilter, ReadPoint, Status};
 use zeroize::Zeroizing;
 
 use crate::exit;
@@ -312,13 +312,27 @@ impl Remote {
         self.call(Method::GET, &["secrets", name], &query, None)
     }
 
-    pub fn list(&self, labels: &BTreeMap<String, String>, deleted: bool) -> Result<Vec<Value>> {
-        let mut query: Vec<(&str, String)> = vec![("deleted", deleted.to_string())];
-        if !labels.is_empty() {
-            let filter: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            query.push(("label", filter.join(",")));
+    /// One page of secrets (the server caps its size), and where the next one starts.
+    pub fn list(&self, query: &ListQuery, limit: Option<usize>) -> Result<(Vec<Value>, Option<String>)> {
+        let mut params: Vec<(&str, String)> = vec![("deleted", (query.status == Status::Deleted).to_string())];
+        if !query.labels.is_empty() {
+            let filter: Vec<String> = query.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            params.push(("label", filter.join(",")));
         }
-        Ok(Self::docs(self.call(Method::GET, &["secrets"], &query, None)?))
+        params.extend(query.prefix.clone().map(|p| ("prefix", p)));
+        params.extend(query.after.clone().map(|a| ("after", a)));
+        params.extend(limit.map(|l| ("limit", l.to_string())));
+        let response = self.send(Method::GET, self.url(&["secrets"]), &params, None)?;
+        let next = response
+            .headers()
+            .get(NEXT_AFTER_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let docs: Value = self
+            .runtime
+            .block_on(async { response.json().await })
+            .context("the server's answer is not JSON")?;
+        Ok((Self::docs(docs), next))
     }
 
     pub fn history(&self, name: &str) -> Result<Vec<Value>> {
@@ -330,8 +344,26 @@ impl Remote {
         )?))
     }
 
-    pub fn log(&self, filter: &LogFilter) -> Result<Vec<Value>> {
-        Ok(Self::docs(self.call(Method::GET, &["log"], filter, None)?))
+    /// The entries `filter` keeps, handed to `each` as pages arrive; without a limit or tail,
+    /// every one, a page at a time. Returns the last seq shown.
+    pub fn log(&self, filter: &LogFilter, each: &mut dyn FnMut(&Value)) -> Result<Option<u64>> {
+        const PAGE: usize = 1000;
+        let paging = filter.limit.is_none() && filter.tail.is_none();
+        let mut page = filter.clone();
+        if paging {
+            page.after_seq = Some(filter.after_seq.unwrap_or(0));
+            page.limit = Some(PAGE);
+        }
+        let mut last = None;
+        loop {
+            let docs = Self::docs(self.call(Method::GET, &["log"], &page, None)?);
+            docs.iter().for_each(&mut *each);
+            last = docs.last().and_then(|e| e["seq"].as_u64()).or(last);
+            if !paging || docs.len() < PAGE {
+                return Ok(last);
+            }
+            page.after_seq = last;
+        }
     }
 
     /// Follow the audit log from `after`, calling `each` per entry, until the connection ends.
@@ -344,6 +376,7 @@ impl Remote {
         let filter = LogFilter {
             after_seq: after.or(filter.after_seq),
             limit: None,
+            tail: None,
             ..filter.clone()
         };
         let mut response = self.send(Method::GET, self.url(&["log", "stream"]), &filter, None)?;

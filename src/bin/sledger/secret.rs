@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 use sledger::read::{read_latest, ReadFrom, Served};
-use sledger::{Command, Outcome, ReadPoint, Scope, SecretValues, Status};
+use sledger::{Command, ListQuery, Outcome, ReadPoint, Scope, SecretValues, Status};
 use zeroize::Zeroizing;
 
 use crate::cli::{FromArg, SecretCmd, ValueArgs};
@@ -285,7 +285,21 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
             at,
             from,
         } => get(ctx, &name, key.as_deref(), version, at.as_deref(), from),
-        SecretCmd::List { labels, deleted } => list(ctx, &labels, deleted),
+        SecretCmd::List {
+            labels,
+            deleted,
+            prefix,
+            limit,
+            after,
+        } => {
+            let query = ListQuery {
+                labels: parse_labels("--label", &labels)?,
+                prefix,
+                after,
+                ..ListQuery::new(if deleted { Status::Deleted } else { Status::Live })
+            };
+            list(ctx, query, limit)
+        }
         SecretCmd::History { name } => history(ctx, &name),
     }
 }
@@ -410,35 +424,18 @@ fn note_source(doc: &Value) {
     }
 }
 
-fn list(ctx: &Context, labels: &[String], deleted: bool) -> Result<()> {
-    let wanted = parse_labels("--label", labels)?;
-    let docs: Vec<Value> = match &ctx.remote {
-        Some(remote) => remote.list(&wanted, deleted)?,
-        None => {
-            let ledger = ctx.open()?;
-            let status = if deleted { Status::Deleted } else { Status::Live };
-            ledger
-                .list(&ctx.actor, status)?
-                .into_iter()
-                .filter(|m| wanted.iter().all(|(k, v)| m.labels.get(k) == Some(v)))
-                .map(|m| m.to_json())
-                .collect()
-        }
-    };
-    if ctx.json() {
-        output::json_line(&docs);
-        return Ok(());
-    }
-    let text = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    };
-    let mut t = output::table(&["NAME", "SCOPE", "VERSION", "KEYS", "LABELS", "UPDATED"]);
-    for m in &docs {
+/// Secrets streamed in name order as they are read, a page of `limit` when given (with a note
+/// naming where the next page starts), or every one.
+fn list(ctx: &Context, query: ListQuery, limit: Option<usize>) -> Result<()> {
+    let mut out = output::Stream::new(ctx.json(), output::StreamFormat::JsonArray, &["NAME", "SCOPE", "VERSION", "KEYS", "LABELS", "UPDATED"]);
+    let mut row = |m: &Value| {
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
         let keys: Vec<String> = m["keys"].as_array().into_iter().flatten().map(text).collect();
-        let labels: BTreeMap<String, String> =
-            serde_json::from_value(m["labels"].clone()).unwrap_or_default();
-        t.add_row(vec![
+        let labels: BTreeMap<String, String> = serde_json::from_value(m["labels"].clone()).unwrap_or_default();
+        out.push(m, [
             text(&m["name"]),
             text(&m["scope"]),
             text(&m["version"]),
@@ -446,8 +443,44 @@ fn list(ctx: &Context, labels: &[String], deleted: bool) -> Result<()> {
             output::labels(&labels),
             text(&m["updated_at"]),
         ]);
+    };
+    let next_after = match &ctx.remote {
+        Some(remote) => {
+            let mut query = query;
+            loop {
+                let (docs, next) = remote.list(&query, limit)?;
+                docs.iter().for_each(&mut row);
+                match next {
+                    Some(after) if limit.is_none() => query.after = Some(after),
+                    next => break next,
+                }
+            }
+        }
+        None => {
+            let ledger = ctx.open()?;
+            match limit {
+                Some(limit) => {
+                    let page = ledger.list_page(&ctx.actor, &query, limit, &|_| true)?;
+                    page.secrets.iter().for_each(|m| row(&m.to_json()));
+                    page.next_after
+                }
+                None => {
+                    ledger.scan_secrets(&ctx.actor, &query, &mut |m| {
+                        row(&m.to_json());
+                        Ok(true)
+                    })?;
+                    None
+                }
+            }
+        }
+    };
+    out.finish();
+    if let Some(after) = next_after {
+        eprintln!(
+            "note: more secrets follow; the next page: --after {}",
+            output::printable(&after)
+        );
     }
-    outln!("{t}");
     Ok(())
 }
 
