@@ -848,10 +848,11 @@ fn an_import_with_bad_lines_names_them_all_and_imports_nothing() {
     assert_eq!(env.json(&["secret", "list"]).as_array().unwrap().len(), 0);
 }
 
-/// `log --limit N` reads the log back from its head only as far as it needs, and shows
-/// exactly the last N entries the whole log shows, for every filter.
+/// `log --limit N` and `--tail N` read the log back from its head only as far as they need,
+/// and show exactly the last N entries the whole log shows, for every filter; `--after-seq S
+/// --limit N` shows the N entries after S, and `--since` starts where the time says.
 #[test]
-fn log_limit_shows_the_same_entries_as_the_end_of_the_whole_log() {
+fn log_limit_tail_and_ranges_show_the_same_entries_as_the_whole_log() {
     let env = Env::new();
     env.ok(&["secret", "create", "a", "--value", "k=1", "--label", "env=p"]);
     env.ok(&["secret", "create", "b", "--value", "k=2"]);
@@ -879,6 +880,24 @@ fn log_limit_shows_the_same_entries_as_the_end_of_the_whole_log() {
             args.extend(["--limit", limit.as_str()]);
             let got = env.json_lines(&args);
             assert_eq!(got, expected[expected.len().saturating_sub(n)..], "{args:?}");
+            let mut args = all.clone();
+            args.extend(["--tail", limit.as_str()]);
+            assert_eq!(env.json_lines(&args), expected[expected.len().saturating_sub(n)..], "{args:?}");
+            // Forward pages from every entry's seq cover the rest of the log in order.
+            for (i, entry) in expected.iter().enumerate() {
+                let after = entry["seq"].to_string();
+                let mut args = all.clone();
+                args.extend(["--after-seq", after.as_str(), "--limit", limit.as_str()]);
+                let rest = &expected[i + 1..];
+                assert_eq!(env.json_lines(&args), rest[..n.min(rest.len())], "{args:?}");
+            }
+        }
+        if let Some(entry) = expected.get(1) {
+            let since = entry["time"].as_str().unwrap();
+            let mut args = all.clone();
+            args.extend(["--since", since]);
+            let from_then: Vec<_> = expected.iter().filter(|e| e["time"].as_str().unwrap() >= since).cloned().collect();
+            assert_eq!(env.json_lines(&args), from_then, "{args:?}");
         }
     }
     assert_eq!(whole.len(), 11, "{whole:?}");
