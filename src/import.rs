@@ -88,79 +88,152 @@ fn bad_record(where_: String, e: &serde_json::Error) -> Error {
     ))
 }
 
-/// Check every record before the first is imported, and report each invalid one as
-/// `SOURCE:LINE: reason` (`SOURCE: record N: …` where there are no lines), all at once: an
-/// import either starts with input that can all be imported, or changes nothing.
-pub fn check(records: &[Record], source: &str, max_value_bytes: usize) -> Result<()> {
+/// Check every record of an import file before the first is imported, reading it once in
+/// flat memory, and report each invalid one as `SOURCE:LINE: reason` (`SOURCE: record N: …`
+/// where there are no lines), all at once: an import either starts with input that can all
+/// be imported, or changes nothing. Returns how many records there are.
+pub fn check_file(file: &ImportFile, max_value_bytes: usize) -> Result<u64> {
     const SHOWN: usize = 50;
-    let mut problems = Vec::new();
-    for (i, record) in records.iter().enumerate() {
+    let source = file.path.display().to_string();
+    let (mut problems, mut invalid, mut count) = (Vec::new(), 0u64, 0u64);
+    file.scan(&mut |record| {
+        count += 1;
         let checked = crate::validate::secret_name(&record.name)
             .and_then(|()| crate::validate::labels(&record.labels))
             .and_then(|()| crate::validate::values(&record.name, &record.secret_values(), max_value_bytes));
         if let Err(e) = checked {
-            problems.push(match record.line {
-                0 => format!("{source}: record {}: {e}", i + 1),
-                line => format!("{source}:{line}: {e}"),
-            });
+            invalid += 1;
+            if problems.len() < SHOWN {
+                problems.push(match record.line {
+                    0 => format!("{source}: record {count}: {e}"),
+                    line => format!("{source}:{line}: {e}"),
+                });
+            }
         }
+        Ok(true)
+    })?;
+    if invalid == 0 {
+        return Ok(count);
     }
-    if problems.is_empty() {
-        return Ok(());
-    }
-    let more = match problems.len().saturating_sub(SHOWN) {
+    let more = match invalid.saturating_sub(SHOWN as u64) {
         0 => String::new(),
         n => format!("\n… and {n} more"),
     };
     Err(Error::invalid(format!(
-        "{} of {} records cannot be imported, so nothing was; fix them and run the import again:\n{}{more}",
-        problems.len(),
-        records.len(),
-        problems[..problems.len().min(SHOWN)].join("\n")
+        "{invalid} of {count} records cannot be imported, so nothing was; fix them and run the import again:\n{}{more}",
+        problems.join("\n")
     )))
 }
 
-/// Read the records of an import file. A dotenv file is one secret, called `dotenv_name`.
-pub fn read_file(path: &Path, format: Format, dotenv_name: Option<String>) -> Result<Vec<Record>> {
-    if format != Format::Dotenv && dotenv_name.is_some() {
-        return Err(Error::invalid(
-            "--name is for dotenv input (a .env file is one secret)",
-        ));
+/// An import file: where it is, how it is written, and (dotenv) the secret it is.
+#[derive(Debug, Clone)]
+pub struct ImportFile {
+    pub path: std::path::PathBuf,
+    pub format: Format,
+    /// The one secret a dotenv file is.
+    pub dotenv_name: Option<String>,
+}
+
+impl ImportFile {
+    pub fn new(path: &Path, format: Format, dotenv_name: Option<String>) -> Result<Self> {
+        if format != Format::Dotenv && dotenv_name.is_some() {
+            return Err(Error::invalid(
+                "--name is for dotenv input (a .env file is one secret)",
+            ));
+        }
+        if format == Format::Dotenv && dotenv_name.is_none() {
+            return Err(Error::invalid("a dotenv file is one secret: name it with --name NAME"));
+        }
+        Ok(ImportFile {
+            path: path.to_path_buf(),
+            format,
+            dotenv_name,
+        })
     }
-    let cannot_read = |e| Error::io(format!("cannot read {}", path.display()), e);
-    let file =
-        std::fs::File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
-    let reader = std::io::BufReader::new(file);
-    match format {
-        Format::Json => {
-            serde_json::from_reader(reader).map_err(|e| bad_record(format!("{}", path.display()), &e))
-        }
-        Format::Jsonl => {
-            let mut records = Vec::new();
-            for (i, line) in reader.lines().enumerate() {
-                let line = Zeroizing::new(line.map_err(cannot_read)?);
-                if line.trim().is_empty() {
-                    continue;
+
+    /// Hand the file's records to `visit` one at a time, as they are parsed (a JSON array
+    /// element by element), until it returns false: memory stays flat in the file's size.
+    pub fn scan(&self, visit: &mut dyn FnMut(Record) -> Result<bool>) -> Result<()> {
+        let path = &self.path;
+        let cannot_read = |e| Error::io(format!("cannot read {}", path.display()), e);
+        let file =
+            std::fs::File::open(path).map_err(|e| Error::io(format!("cannot open {}", path.display()), e))?;
+        let reader = std::io::BufReader::new(file);
+        match self.format {
+            Format::Json => {
+                let mut each = EachRecord {
+                    visit,
+                    halted: false,
+                    error: None,
+                };
+                let mut de = serde_json::Deserializer::from_reader(reader);
+                let parsed = serde::Deserializer::deserialize_seq(&mut de, &mut each);
+                if let Some(e) = each.error.take() {
+                    return Err(e);
                 }
-                let mut record: Record =
-                    serde_json::from_str(&line).map_err(|e| bad_record(format!("line {}", i + 1), &e))?;
-                record.line = i + 1;
-                records.push(record);
+                if each.halted {
+                    return Ok(());
+                }
+                parsed
+                    .and_then(|()| de.end())
+                    .map_err(|e| bad_record(format!("{}", path.display()), &e))
             }
-            Ok(records)
+            Format::Jsonl => {
+                for (i, line) in reader.lines().enumerate() {
+                    let line = Zeroizing::new(line.map_err(cannot_read)?);
+                    if line.trim().is_empty() {
+                        continue;
+                    }
+                    let mut record: Record = serde_json::from_str(&line)
+                        .map_err(|e| bad_record(format!("line {}", i + 1), &e))?;
+                    record.line = i + 1;
+                    if !visit(record)? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+            Format::Dotenv => {
+                let text = Zeroizing::new(std::fs::read_to_string(path).map_err(cannot_read)?);
+                visit(Record {
+                    name: self.dotenv_name.clone().unwrap_or_default(),
+                    values: parse_dotenv(&text)?,
+                    labels: BTreeMap::new(),
+                    private: false,
+                    line: 0,
+                })?;
+                Ok(())
+            }
         }
-        Format::Dotenv => {
-            let name = dotenv_name
-                .ok_or_else(|| Error::invalid("a dotenv file is one secret: name it with --name NAME"))?;
-            let text = Zeroizing::new(std::fs::read_to_string(path).map_err(cannot_read)?);
-            Ok(vec![Record {
-                name,
-                values: parse_dotenv(&text)?,
-                labels: BTreeMap::new(),
-                private: false,
-                line: 0,
-            }])
+    }
+}
+
+/// Visits the elements of a JSON array of records as serde_json parses them.
+struct EachRecord<'a> {
+    visit: &'a mut dyn FnMut(Record) -> Result<bool>,
+    /// The visitor asked to stop ...
+    halted: bool,
+    /// ... or failed, with an error the parser must not reword.
+    error: Option<Error>,
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut EachRecord<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an array of secret records")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        while let Some(record) = seq.next_element::<Record>()? {
+            match (self.visit)(record) {
+                Ok(true) => continue,
+                Ok(false) => self.halted = true,
+                Err(e) => self.error = Some(e),
+            }
+            return Err(serde::de::Error::custom("stopped"));
         }
+        Ok(())
     }
 }
 

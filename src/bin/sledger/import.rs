@@ -5,7 +5,7 @@ use std::path::Path;
 use anyhow::Result;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
-use sledger::import::{self, Format, Record};
+use sledger::import::{self, Format, ImportFile, Record};
 use sledger::{Command, Outcome};
 
 use crate::cli::{ImportArgs, ImportFormat};
@@ -14,14 +14,14 @@ use crate::exit::usage;
 use crate::output;
 use crate::output::outln;
 
-fn read_records(args: &ImportArgs, path: &Path) -> Result<Vec<Record>> {
+fn import_file(args: &ImportArgs, path: &Path) -> Result<ImportFile> {
     let format = match args.input_format {
         Some(ImportFormat::Json) => Format::Json,
         Some(ImportFormat::Jsonl) => Format::Jsonl,
         Some(ImportFormat::Dotenv) => Format::Dotenv,
         None => Format::of(path),
     };
-    Ok(import::read_file(path, format, args.name.clone())?)
+    Ok(ImportFile::new(path, format, args.name.clone())?)
 }
 
 /// The secrets a backend holds outside sledger's objects, read one by one.
@@ -42,50 +42,34 @@ fn read_foreign(ctx: &Context, url: &str, prefix: &str) -> Result<Vec<Record>> {
     Ok(estate?)
 }
 
-pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
-    if args.batch_size == 0 {
-        return Err(usage("--batch-size must be at least 1"));
+/// Records appended in batches of all-or-nothing transactions, as they come.
+struct Batches<'a> {
+    ctx: &'a Context,
+    ledger: &'a mut sledger::Ledger,
+    size: usize,
+    pending: Vec<Command>,
+    appended: u64,
+    unchanged: u64,
+    bar: ProgressBar,
+}
+
+impl Batches<'_> {
+    fn push(&mut self, record: Record) -> Result<()> {
+        self.pending.push(record.into_command());
+        if self.pending.len() >= self.size {
+            self.flush()?;
+        }
+        Ok(())
     }
-    let records = match (&args.file, &args.from) {
-        (Some(path), _) => read_records(&args, path)?,
-        (None, Some(url)) => read_foreign(ctx, url, args.prefix.as_deref().unwrap_or(""))?,
-        (None, None) => unreachable!("clap requires --file or --from"),
-    };
-    let mut ledger = ctx.open_to_write()?;
-    if let Some(path) = &args.file {
-        let limit = ledger.settings().max_value_bytes;
-        import::check(&records, &path.display().to_string(), limit)?;
-    }
-    if args.dry_run {
-        return dry_run(ctx, &ledger, &records);
-    }
-    let bar = if ctx.json() {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(records.len() as u64)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("importing {bar:30} {pos}/{len} ({per_sec}, eta {eta})")
-            .expect("valid template"),
-    );
-    let (mut appended, mut unchanged) = (0usize, 0usize);
-    // An adoption is one transaction: half an estate adopted would leave the rest unmanaged
-    // without anyone noticing.
-    let batch_size = if args.from.is_some() {
-        usize::MAX
-    } else {
-        args.batch_size
-    };
-    let mut records = records.into_iter().peekable();
-    while records.peek().is_some() {
-        let batch: Vec<Command> = records
-            .by_ref()
-            .take(batch_size)
-            .map(Record::into_command)
-            .collect();
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
         let n = batch.len() as u64;
-        let done = appended + unchanged;
-        let outcomes = ledger.execute(&ctx.actor, batch).map_err(|e| match done {
+        let done = self.appended + self.unchanged;
+        let outcomes = self.ledger.execute(&self.ctx.actor, batch).map_err(|e| match done {
             0 => anyhow::Error::new(e),
             _ => anyhow::Error::new(e).context(format!(
                 "{done} secrets were imported by earlier batches and stay; once the cause is fixed, \
@@ -94,13 +78,78 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
         })?;
         for outcome in outcomes {
             match outcome {
-                Outcome::Appended { .. } => appended += 1,
-                _ => unchanged += 1,
+                Outcome::Appended { .. } => self.appended += 1,
+                _ => self.unchanged += 1,
             }
         }
-        bar.inc(n);
+        self.bar.inc(n);
+        Ok(())
     }
-    bar.finish_and_clear();
+}
+
+pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
+    if args.batch_size == 0 {
+        return Err(usage("--batch-size must be at least 1"));
+    }
+    let file = args.file.as_ref().map(|path| import_file(&args, path)).transpose()?;
+    let estate = match &args.from {
+        Some(url) => Some(read_foreign(ctx, url, args.prefix.as_deref().unwrap_or(""))?),
+        None => None,
+    };
+    let mut ledger = ctx.open_to_write()?;
+    // A file is checked whole, in a first streaming pass, before its first batch.
+    let total = match (&file, &estate) {
+        (Some(file), _) => import::check_file(file, ledger.settings().max_value_bytes)?,
+        (None, Some(estate)) => estate.len() as u64,
+        (None, None) => unreachable!("clap requires --file or --from"),
+    };
+    if args.dry_run {
+        return dry_run(ctx, &ledger, file.as_ref(), estate.unwrap_or_default());
+    }
+    let bar = if ctx.json() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("importing {bar:30} {pos}/{len} ({per_sec}, eta {eta})")
+            .expect("valid template"),
+    );
+    let mut batches = Batches {
+        ctx,
+        ledger: &mut ledger,
+        // An adoption is one transaction: half an estate adopted would leave the rest
+        // unmanaged without anyone noticing.
+        size: if estate.is_some() { usize::MAX } else { args.batch_size },
+        pending: Vec::new(),
+        appended: 0,
+        unchanged: 0,
+        bar,
+    };
+    match (file, estate) {
+        (Some(file), _) => {
+            let mut failed = None;
+            file.scan(&mut |record| match batches.push(record) {
+                Ok(()) => Ok(true),
+                Err(e) => {
+                    failed = Some(e);
+                    Ok(false)
+                }
+            })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        (None, Some(estate)) => {
+            for record in estate {
+                batches.push(record)?;
+            }
+        }
+        (None, None) => unreachable!("clap requires --file or --from"),
+    }
+    batches.flush()?;
+    batches.bar.finish_and_clear();
+    let (appended, unchanged) = (batches.appended, batches.unchanged);
     let last = ledger.head()?.seq;
     let primary = match appended {
         0 => None,
@@ -112,8 +161,8 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     } else {
         outln!(
             "imported: {} appended, {} unchanged",
-            output::count(appended as u64, "event"),
-            output::count(unchanged as u64, "secret")
+            output::count(appended, "event"),
+            output::count(unchanged, "secret")
         );
         if lag > 0 {
             eprintln!("note: the primary sink is {lag} events behind; `sledger project` catches it up");
@@ -124,8 +173,10 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
 
 /// What an import would do: each secret, new or already in the ledger (and then updated if
 /// its values differ).
-fn dry_run(ctx: &Context, ledger: &sledger::Ledger, records: &[Record]) -> Result<()> {
-    for record in records {
+fn dry_run(ctx: &Context, ledger: &sledger::Ledger, file: Option<&ImportFile>, estate: Vec<Record>) -> Result<()> {
+    let mut count = 0u64;
+    let mut show = |record: Record| {
+        count += 1;
         let known = ledger.find(&ctx.actor, &record.name).is_ok();
         let what = if known { "exists" } else { "new" };
         if ctx.json() {
@@ -137,9 +188,16 @@ fn dry_run(ctx: &Context, ledger: &sledger::Ledger, records: &[Record]) -> Resul
                 record.values.len()
             );
         }
+    };
+    match file {
+        Some(file) => file.scan(&mut |record| {
+            show(record);
+            Ok(true)
+        })?,
+        None => estate.into_iter().for_each(&mut show),
     }
     if !ctx.json() {
-        outln!("dry run: {} secret(s), nothing changed", records.len());
+        outln!("dry run: {count} secret(s), nothing changed");
     }
     Ok(())
 }
