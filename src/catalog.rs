@@ -194,6 +194,52 @@ impl SecretMeta {
     }
 }
 
+impl SecretMeta {
+    /// The row encoding (bincode), as the catalog table and snapshots hold it.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        bincode::serde::encode_to_vec(self, bincode::config::standard()).expect("metadata always encodes")
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+            .map(|(m, _)| m)
+            .map_err(|e| Error::Corrupt(format!("catalog row does not decode: {e}")))
+    }
+}
+
+/// A snapshot's bytes, written a secret at a time in id order, so storing or checking one
+/// never needs the whole catalog decoded: bincode of `(seq, secrets by id, sinks)`, which
+/// [`Catalog::from_snapshot`] reads.
+pub struct SnapshotEncoder {
+    bytes: Vec<u8>,
+}
+
+impl SnapshotEncoder {
+    /// A snapshot at `seq` of `secrets` secrets (exactly that many must be pushed).
+    pub fn new(seq: u64, secrets: usize) -> Self {
+        let mut snapshot = SnapshotEncoder { bytes: Vec::new() };
+        snapshot.encode(&seq);
+        snapshot.encode(&(secrets as u64));
+        snapshot
+    }
+
+    /// The next secret (ids in ascending order), its metadata as [`SecretMeta::to_bytes`].
+    pub fn push(&mut self, id: &SecretId, meta: &[u8]) {
+        self.encode(id);
+        self.bytes.extend_from_slice(meta);
+    }
+
+    pub fn finish(mut self, sinks: &BTreeMap<String, SinkConfig>) -> Vec<u8> {
+        self.encode(sinks);
+        self.bytes
+    }
+
+    fn encode<T: Serialize + ?Sized>(&mut self, value: &T) {
+        bincode::serde::encode_into_std_write(value, &mut self.bytes, bincode::config::standard())
+            .expect("a snapshot always encodes");
+    }
+}
+
 /// Which secrets a list wants, and where its page starts. Lists run in (name, namespace)
 /// order, so a page ends at a name and the next one starts after it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -334,11 +380,14 @@ impl Catalog {
         v
     }
 
-    /// Snapshot encoding (bincode).
+    /// Snapshot encoding (see [`SnapshotEncoder`]).
     pub fn to_snapshot(&self) -> Vec<u8> {
         let secrets: BTreeMap<&SecretId, &SecretMeta> = self.secrets.iter().collect();
-        bincode::serde::encode_to_vec((self.seq, secrets, &self.sinks), bincode::config::standard())
-            .expect("catalog always encodes")
+        let mut snapshot = SnapshotEncoder::new(self.seq, secrets.len());
+        for (id, meta) in secrets {
+            snapshot.push(id, &meta.to_bytes());
+        }
+        snapshot.finish(&self.sinks)
     }
 
     /// Decode a snapshot written by [`Catalog::to_snapshot`], or by sledger 0.1 before sinks

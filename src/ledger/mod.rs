@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::{self, namespace, Catalog, ListQuery, SecretMeta, SinkConfig, Status};
+use crate::catalog::{self, namespace, Catalog, ListQuery, SecretMeta, SinkConfig, SnapshotEncoder, Status};
 use crate::crypto::{DataKey, FingerprintKey, MasterKey, SecretValues, SinkSealKey};
 use crate::error::{Error, Result};
 use crate::event::{Event, Millis, Scope, SealedValues, SinkRole, StoredEvent};
@@ -31,7 +31,6 @@ use append::*;
 pub use audit::{AuditEntry, KeyChange, LogFilter};
 pub(crate) use persist::open_values_at;
 use persist::*;
-use query::*;
 pub use query::SecretPage;
 pub use verify::Anchor;
 pub use witness::{Verdict, WitnessedHead};

@@ -138,12 +138,13 @@ pub(super) fn finish_append(
     store.set_setting_int("catalog_seq", head.seq as i64)?;
     let every = settings.snapshot_interval;
     if first_seq / every != head.seq / every && snapshot_due(store, every, head.seq)? {
-        let snapshot = Catalog {
-            sinks: store.sinks()?,
-            seq: head.seq,
-            secrets: store.all_secrets()?.into_iter().collect(),
-        };
-        store.put_snapshot(head.seq, &snapshot.to_snapshot())?;
+        // Encoded row by row: a snapshot of a million secrets never holds them decoded.
+        let mut snapshot = SnapshotEncoder::new(head.seq, store.secret_count()? as usize);
+        store.scan_all_secrets(&mut |id, meta| {
+            snapshot.push(&id, &meta.to_bytes());
+            Ok(true)
+        })?;
+        store.put_snapshot(head.seq, &snapshot.finish(&store.sinks()?))?;
         tracing::debug!(seq = head.seq, "catalog snapshot stored");
     }
     Ok(())

@@ -4,7 +4,7 @@
 use super::*;
 
 /// Fold `log` from `start` up to `to`.
-pub(super) fn fold_log(log: &dyn EventLog, mut catalog: Catalog, to: u64) -> Result<Catalog> {
+fn fold_log(log: &dyn EventLog, mut catalog: Catalog, to: u64) -> Result<Catalog> {
     if to > catalog.seq {
         log.scan(catalog.seq + 1, to, &mut |e| {
             catalog.apply(&e, e.decode()?)?;

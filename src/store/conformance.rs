@@ -245,13 +245,15 @@ fn catalog_rows_answer_every_lookup(fresh: Fresh<'_>) {
     assert!(store.name_taken("workspace", "db").unwrap());
     assert!(!store.name_taken("private:alice", "db").unwrap());
     assert_eq!(store.secret_count().unwrap(), 4);
-    let mut all: Vec<SecretId> = store
-        .all_secrets()
-        .unwrap()
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    all.sort();
+    let mut all: Vec<SecretId> = Vec::new();
+    store
+        .scan_all_secrets(&mut |id, meta| {
+            assert_eq!(id, meta.id);
+            all.push(id);
+            Ok(true)
+        })
+        .unwrap();
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "rows come in id order");
     let mut want = ids.clone();
     want.sort();
     assert_eq!(all, want);

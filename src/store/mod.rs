@@ -146,8 +146,9 @@ pub trait Store: Send {
     fn list_secrets(&self, query: &ListQuery, namespaces: &[&str], visit: ListVisit<'_>) -> Result<()>;
     /// Whether a live secret holds `name` in `namespace`.
     fn name_taken(&self, namespace: &str, name: &str) -> Result<bool>;
-    /// Every row with the id it is filed under, in no particular order.
-    fn all_secrets(&self) -> Result<Vec<(SecretId, SecretMeta)>>;
+    /// Every row with the id it is filed under, in ascending id order, until `visit` returns
+    /// false.
+    fn scan_all_secrets(&self, visit: &mut dyn FnMut(SecretId, SecretMeta) -> Result<bool>) -> Result<()>;
     fn secret_count(&self) -> Result<u64>;
 
     // Data keys, wrapped by the master key; mutable, outside the chain.

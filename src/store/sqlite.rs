@@ -28,9 +28,7 @@ impl std::fmt::Debug for SqliteStore {
 }
 
 fn decode_meta(bytes: &[u8]) -> Result<SecretMeta> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(m, _)| m)
-        .map_err(|e| Error::Corrupt(format!("catalog row does not decode: {e}")))
+    SecretMeta::from_bytes(bytes)
 }
 
 fn secret_id(bytes: &[u8], what: &str) -> Result<SecretId> {
@@ -275,8 +273,7 @@ impl Store for SqliteStore {
     }
 
     fn put_secret(&self, m: &SecretMeta) -> Result<()> {
-        let blob =
-            bincode::serde::encode_to_vec(m, bincode::config::standard()).expect("metadata always encodes");
+        let blob = m.to_bytes();
         self.conn
             .prepare_cached(
                 "INSERT OR REPLACE INTO catalog (secret_id, namespace, name, status, updated_seq, meta) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
@@ -365,14 +362,18 @@ impl Store for SqliteStore {
             .is_some())
     }
 
-    fn all_secrets(&self) -> Result<Vec<(SecretId, SecretMeta)>> {
-        let mut stmt = self.conn.prepare_cached("SELECT secret_id, meta FROM catalog")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, Vec<u8>>(0)?, r.get::<_, Vec<u8>>(1)?)))?;
-        rows.map(|row| {
-            let (id, meta) = row?;
-            Ok((secret_id(&id, "a catalog row's id")?, decode_meta(&meta)?))
-        })
-        .collect()
+    fn scan_all_secrets(&self, visit: &mut dyn FnMut(SecretId, SecretMeta) -> Result<bool>) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT secret_id, meta FROM catalog ORDER BY secret_id")?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let id = secret_id(&row.get::<_, Vec<u8>>(0)?, "a catalog row's id")?;
+            if !visit(id, decode_meta(&row.get::<_, Vec<u8>>(1)?)?)? {
+                break;
+            }
+        }
+        Ok(())
     }
 
     fn secret_count(&self) -> Result<u64> {
