@@ -266,7 +266,11 @@ impl ListQuery {
     /// Whether a secret found in name order from the query's start belongs to it: `None` once
     /// names are past the prefix (nothing later can match), else whether its labels match.
     pub fn admits(&self, meta: &SecretMeta) -> Option<bool> {
-        if self.prefix.as_ref().is_some_and(|p| !meta.name.starts_with(p.as_str())) {
+        if self
+            .prefix
+            .as_ref()
+            .is_some_and(|p| !meta.name.starts_with(p.as_str()))
+        {
             return None;
         }
         Some(

@@ -142,7 +142,9 @@ impl ImportFile {
             ));
         }
         if format == Format::Dotenv && dotenv_name.is_none() {
-            return Err(Error::invalid("a dotenv file is one secret: name it with --name NAME"));
+            return Err(Error::invalid(
+                "a dotenv file is one secret: name it with --name NAME",
+            ));
         }
         Ok(ImportFile {
             path: path.to_path_buf(),
@@ -184,8 +186,8 @@ impl ImportFile {
                     if line.trim().is_empty() {
                         continue;
                     }
-                    let mut record: Record = serde_json::from_str(&line)
-                        .map_err(|e| bad_record(format!("line {}", i + 1), &e))?;
+                    let mut record: Record =
+                        serde_json::from_str(&line).map_err(|e| bad_record(format!("line {}", i + 1), &e))?;
                     record.line = i + 1;
                     if !visit(record)? {
                         break;

@@ -882,7 +882,11 @@ fn log_limit_tail_and_ranges_show_the_same_entries_as_the_whole_log() {
             assert_eq!(got, expected[expected.len().saturating_sub(n)..], "{args:?}");
             let mut args = all.clone();
             args.extend(["--tail", limit.as_str()]);
-            assert_eq!(env.json_lines(&args), expected[expected.len().saturating_sub(n)..], "{args:?}");
+            assert_eq!(
+                env.json_lines(&args),
+                expected[expected.len().saturating_sub(n)..],
+                "{args:?}"
+            );
             // Forward pages from every entry's seq cover the rest of the log in order.
             for (i, entry) in expected.iter().enumerate() {
                 let after = entry["seq"].to_string();
@@ -896,7 +900,11 @@ fn log_limit_tail_and_ranges_show_the_same_entries_as_the_whole_log() {
             let since = entry["time"].as_str().unwrap();
             let mut args = all.clone();
             args.extend(["--since", since]);
-            let from_then: Vec<_> = expected.iter().filter(|e| e["time"].as_str().unwrap() >= since).cloned().collect();
+            let from_then: Vec<_> = expected
+                .iter()
+                .filter(|e| e["time"].as_str().unwrap() >= since)
+                .cloned()
+                .collect();
             assert_eq!(env.json_lines(&args), from_then, "{args:?}");
         }
     }

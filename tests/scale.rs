@@ -4,7 +4,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sledger::{Command, Ledger, LedgerSettings, ListQuery, LogFilter, MasterKey, Scope, SecretValues, Status};
+use sledger::{
+    Command, Ledger, LedgerSettings, ListQuery, LogFilter, MasterKey, Scope, SecretValues, Status,
+};
 
 fn create(name: &str, scope: Scope, team: usize) -> Command {
     let mut values = SecretValues::new();
@@ -31,7 +33,11 @@ fn load(ledger: &mut Ledger, count: usize) {
         let commands = batch
             .iter()
             .map(|i| {
-                let scope = if i % 97 == 0 { Scope::Private } else { Scope::Workspace };
+                let scope = if i % 97 == 0 {
+                    Scope::Private
+                } else {
+                    Scope::Workspace
+                };
                 create(&format!("s/{i:05}"), scope, i % 7)
             })
             .collect();
@@ -47,15 +53,21 @@ fn list_pages_are_complete_and_ordered_while_writes_happen_between_them() {
     let dir = tempfile::tempdir().unwrap();
     let mut ledger = new_ledger(&dir);
     load(&mut ledger, 10_000);
-    for (round, labels) in [BTreeMap::new(), BTreeMap::from([("team".to_owned(), "t3".to_owned())])]
-        .into_iter()
-        .enumerate()
+    for (round, labels) in [
+        BTreeMap::new(),
+        BTreeMap::from([("team".to_owned(), "t3".to_owned())]),
+    ]
+    .into_iter()
+    .enumerate()
     {
         let query = ListQuery {
             labels: labels.clone(),
             ..ListQuery::new(Status::Live)
         };
-        let before: BTreeSet<String> = ledger.list("alice", Status::Live).unwrap().into_iter()
+        let before: BTreeSet<String> = ledger
+            .list("alice", Status::Live)
+            .unwrap()
+            .into_iter()
             .filter(|m| labels.iter().all(|(k, v)| m.labels.get(k) == Some(v)))
             .map(|m| m.name)
             .collect();
@@ -65,7 +77,10 @@ fn list_pages_are_complete_and_ordered_while_writes_happen_between_them() {
         let mut page_number = 0;
         loop {
             let page = ledger.list_page("alice", &cursor, 97, &|_| true).unwrap();
-            assert!(page.secrets.len() <= 98, "a page exceeds its size only to keep one name whole");
+            assert!(
+                page.secrets.len() <= 98,
+                "a page exceeds its size only to keep one name whole"
+            );
             seen.extend(page.secrets.iter().map(|m| (m.name.clone(), m.namespace())));
             let Some(after) = page.next_after else { break };
             // Writes between pages: a new secret before the cursor (not listed: the cursor has
@@ -103,10 +118,15 @@ fn list_pages_are_complete_and_ordered_while_writes_happen_between_them() {
         );
         let listed: BTreeSet<&String> = names.iter().copied().collect();
         for name in before.iter().filter(|n| !touched.contains(*n)) {
-            assert!(listed.contains(name), "{name} was there the whole time but was not listed");
+            assert!(
+                listed.contains(name),
+                "{name} was there the whole time but was not listed"
+            );
         }
         assert!(
-            !names.iter().any(|n| n.starts_with("s/0000") && n.ends_with(&format!("-new{round}"))),
+            !names
+                .iter()
+                .any(|n| n.starts_with("s/0000") && n.ends_with(&format!("-new{round}"))),
             "a secret created before the cursor appeared in a later page"
         );
         assert!(page_number > 10, "the list spanned many pages");
@@ -150,7 +170,12 @@ fn the_streamed_log_equals_the_whole_catalog_fold() {
         })
         .unwrap();
     let streamed = |filter: LogFilter| -> Vec<serde_json::Value> {
-        ledger.log_entries("alice", filter).unwrap().iter().map(|e| e.to_json()).collect()
+        ledger
+            .log_entries("alice", filter)
+            .unwrap()
+            .iter()
+            .map(|e| e.to_json())
+            .collect()
     };
     assert_eq!(streamed(LogFilter::default()), folded, "the whole log");
     let matching = |keep: &dyn Fn(&serde_json::Value) -> bool| -> Vec<serde_json::Value> {
@@ -160,7 +185,10 @@ fn the_streamed_log_equals_the_whole_catalog_fold() {
         event_type: Some("secret.renamed".into()),
         ..Default::default()
     };
-    assert_eq!(streamed(by_type), matching(&|e| e["event_type"] == "secret.renamed"));
+    assert_eq!(
+        streamed(by_type),
+        matching(&|e| e["event_type"] == "secret.renamed")
+    );
     let by_actor = LogFilter {
         actor: Some("bob".into()),
         ..Default::default()

@@ -301,13 +301,14 @@ impl Ledger {
         if let Some(tail) = f.tail_count() {
             let mut found = Vec::new();
             if tail > 0 {
-                self.store.scan_events(&matcher.query(from, to, true), &mut |stored| {
-                    let entry = describer.describe(&stored)?;
-                    if matcher.keeps(&entry) {
-                        found.push(entry);
-                    }
-                    Ok(found.len() < tail)
-                })?;
+                self.store
+                    .scan_events(&matcher.query(from, to, true), &mut |stored| {
+                        let entry = describer.describe(&stored)?;
+                        if matcher.keeps(&entry) {
+                            found.push(entry);
+                        }
+                        Ok(found.len() < tail)
+                    })?;
             }
             for entry in found.into_iter().rev() {
                 if !visit(entry)? {
@@ -320,17 +321,18 @@ impl Ledger {
         let mut shown = 0;
         let mut covered = to;
         if limit > 0 {
-            self.store.scan_events(&matcher.query(from, to, false), &mut |stored| {
-                let entry = describer.describe(&stored)?;
-                if matcher.keeps(&entry) {
-                    shown += 1;
-                    if !visit(entry)? || shown == limit {
-                        covered = stored.seq;
-                        return Ok(false);
+            self.store
+                .scan_events(&matcher.query(from, to, false), &mut |stored| {
+                    let entry = describer.describe(&stored)?;
+                    if matcher.keeps(&entry) {
+                        shown += 1;
+                        if !visit(entry)? || shown == limit {
+                            covered = stored.seq;
+                            return Ok(false);
+                        }
                     }
-                }
-                Ok(true)
-            })?;
+                    Ok(true)
+                })?;
         } else {
             covered = from - 1;
         }

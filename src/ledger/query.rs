@@ -78,7 +78,8 @@ impl Ledger {
         visit: &mut dyn FnMut(SecretMeta) -> Result<bool>,
     ) -> Result<()> {
         let private = namespace(Scope::Private, actor);
-        self.catalog()?.list_secrets(query, &["workspace", &private], visit)
+        self.catalog()?
+            .list_secrets(query, &["workspace", &private], visit)
     }
 
     /// One page of at most `limit` secrets that `query` admits and `keep` accepts (a filter of
@@ -177,8 +178,12 @@ impl Ledger {
         };
         // Who held the name then: a secret called that now, or one a rename (before or after
         // then) took it from or gave it to; any other secret has had its first name all along.
-        let mut candidates: BTreeSet<SecretId> =
-            self.catalog()?.secrets_named(name, &namespaces)?.iter().map(|m| m.id).collect();
+        let mut candidates: BTreeSet<SecretId> = self
+            .catalog()?
+            .secrets_named(name, &namespaces)?
+            .iter()
+            .map(|m| m.id)
+            .collect();
         let renames = EventQuery {
             event_type: Some("secret.renamed".into()),
             ..EventQuery::range(1, u64::MAX)
@@ -209,7 +214,7 @@ impl Ledger {
     }
 
     /// One secret's state after event `seq`, folded from its own events.
-    fn state_at(&self, id: SecretId, seq: u64) -> Result<Option<SecretMeta>> {
+    pub(crate) fn state_at(&self, id: SecretId, seq: u64) -> Result<Option<SecretMeta>> {
         let mut state = None;
         self.store.scan_secret(id, seq, &mut |e| {
             state = catalog::apply(state.take(), &e, e.decode()?)?;

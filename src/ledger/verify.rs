@@ -32,7 +32,11 @@ impl CompactFold {
     fn apply(&mut self, stored: &StoredEvent, event: Event) -> Result<()> {
         match stored.secret_id {
             Some(id) => {
-                let state = self.secrets.get(&id).map(|b| SecretMeta::from_bytes(b)).transpose()?;
+                let state = self
+                    .secrets
+                    .get(&id)
+                    .map(|b| SecretMeta::from_bytes(b))
+                    .transpose()?;
                 if let Some(next) = catalog::apply(state, stored, event)? {
                     self.secrets.insert(id, next.to_bytes().into_boxed_slice());
                 }
@@ -138,16 +142,14 @@ impl Ledger {
         }
         // Both in id order: one merge, nothing else held.
         let mut expected = folded.secrets.iter();
-        read.scan_all_secrets(&mut |id, meta| {
-            match expected.next() {
-                Some((want_id, want)) if *want_id == id && id == meta.id && **want == *meta.to_bytes() => {
-                    Ok(true)
-                }
-                _ => Err(derived_mismatch(format!(
-                    "the catalog row of secret {:?}",
-                    meta.name
-                ))),
+        read.scan_all_secrets(&mut |id, meta| match expected.next() {
+            Some((want_id, want)) if *want_id == id && id == meta.id && **want == *meta.to_bytes() => {
+                Ok(true)
             }
+            _ => Err(derived_mismatch(format!(
+                "the catalog row of secret {:?}",
+                meta.name
+            ))),
         })?;
         if expected.next().is_some() {
             return Err(derived_mismatch("the catalog (rows are missing)".into()));
@@ -181,9 +183,10 @@ impl Ledger {
         Ok(decoded.seq == folded.seq
             && decoded.sinks == folded.sinks
             && decoded.secrets.len() == folded.secrets.len()
-            && folded.secrets.iter().all(|(id, bytes)| {
-                decoded.secrets.get(id).is_some_and(|m| *m.to_bytes() == **bytes)
-            }))
+            && folded
+                .secrets
+                .iter()
+                .all(|(id, bytes)| decoded.secrets.get(id).is_some_and(|m| *m.to_bytes() == **bytes)))
     }
 
     /// An anchor for `head`, to save and check later.

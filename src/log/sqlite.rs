@@ -286,7 +286,10 @@ pub fn scan_events(
     for (column, value) in [
         ("secret_id", secret.as_ref().map(|s| s as &dyn rusqlite::ToSql)),
         ("actor", query.actor.as_ref().map(|a| a as &dyn rusqlite::ToSql)),
-        ("event_type", query.event_type.as_ref().map(|t| t as &dyn rusqlite::ToSql)),
+        (
+            "event_type",
+            query.event_type.as_ref().map(|t| t as &dyn rusqlite::ToSql),
+        ),
     ] {
         if let Some(value) = value {
             values.push(value);

@@ -2,11 +2,11 @@
 //! Nothing is rewritten: history keeps both the bad change and its undoing, and the audit log
 //! shows who restored what to when. The projectors then carry the result to the sinks.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde::Serialize;
 
-use crate::catalog::{SecretMeta, Status};
+use crate::catalog::{ListQuery, SecretMeta, Status};
 use crate::error::{Error, Result};
 use crate::event::Scope;
 use crate::ledger::{open_values_at, Command, Ledger, ID_REF_PREFIX};
@@ -65,8 +65,18 @@ impl Ledger {
     /// `actor` can see, or only those named in `only` (by their name then or now).
     pub fn plan_restore(&self, actor: &str, seq: u64, only: &[String]) -> Result<RestorePlan> {
         let head = self.head()?.seq;
-        let then = self.catalog_at(seq)?.secrets;
-        let now = self.catalog_at(head)?.secrets;
+        // Only secrets an event after the target touched can differ from it: each is folded
+        // alone, so a restore reads what changed, not the whole catalog twice.
+        let touched = self.store().secrets_touched(seq, head)?;
+        let (mut then, mut now) = (HashMap::new(), HashMap::new());
+        for id in &touched {
+            if let Some(m) = self.store().secret(*id)? {
+                now.insert(*id, m);
+            }
+            if let Some(m) = self.state_at(*id, seq)? {
+                then.insert(*id, m);
+            }
+        }
         let wanted = |m: &SecretMeta| only.is_empty() || only.contains(&m.name);
         let mut plan = RestorePlan {
             target_seq: seq,
@@ -77,9 +87,7 @@ impl Ledger {
         // onto names others still hold all work: every target name is free by the last step.
         let (mut deletes, mut to_temporary, mut undeletes, mut to_final, mut updates) =
             (vec![], vec![], vec![], vec![], vec![]);
-        let mut current: Vec<&SecretMeta> = now.values().collect();
-        current.sort_by_key(|m| m.updated_seq);
-        for current in current {
+        for current in touched.iter().filter_map(|id| now.get(id)) {
             let past = then.get(&current.id);
             if !(wanted(current) || past.is_some_and(wanted)) {
                 continue;
@@ -159,13 +167,24 @@ impl Ledger {
                 });
             }
         }
-        let live = |m: &&SecretMeta| m.status == Status::Live;
-        plan.empties_everything = !then.values().any(|m| live(&m)) && now.values().any(|m| live(&m));
-        if let Some(missing) = only.iter().find(|n| !matched.contains(*n)) {
-            return Err(Error::SecretNotFound {
-                name: missing.clone(),
-                hint: "; no secret had this name then or has it now".into(),
-            });
+        let live = |m: &SecretMeta| m.status == Status::Live;
+        // A secret no event touched since is live then exactly when it is live now.
+        let mut untouched_live = false;
+        if !then.values().any(live) && now.values().any(live) {
+            self.scan_secrets(actor, &ListQuery::new(Status::Live), &mut |m| {
+                untouched_live = !now.contains_key(&m.id);
+                Ok(!untouched_live)
+            })?;
+            plan.empties_everything = !untouched_live;
+        }
+        for name in only.iter().filter(|n| !matched.contains(*n)) {
+            // An untouched secret has had the same name all along: there is nothing to restore.
+            if self.find_any(actor, name).is_err() {
+                return Err(Error::SecretNotFound {
+                    name: name.clone(),
+                    hint: "; no secret had this name then or has it now".into(),
+                });
+            }
         }
         // Deletes and temporary names free the names undeletes and final renames need.
         let changes: Vec<Command> = deletes

@@ -232,10 +232,14 @@ fn catalog_rows_answer_every_lookup(fresh: Fresh<'_>) {
             .len(),
         3
     );
-    let live: Vec<(String, String)> = listed(&*store, &ListQuery::new(Status::Live), &["workspace", "private:bob"])
-        .into_iter()
-        .map(|m| (m.name.clone(), m.namespace()))
-        .collect();
+    let live: Vec<(String, String)> = listed(
+        &*store,
+        &ListQuery::new(Status::Live),
+        &["workspace", "private:bob"],
+    )
+    .into_iter()
+    .map(|m| (m.name.clone(), m.namespace()))
+    .collect();
     assert_eq!(
         live,
         [("api", "workspace"), ("db", "private:bob"), ("db", "workspace")]
@@ -284,8 +288,18 @@ fn lists_filter_by_label_prefix_and_start_in_order(fresh: Fresh<'_>) {
     let (store, _) = fresh();
     let mut rows = Vec::new();
     for (i, name) in ["app/b", "app/a", "web/x", "app/c", "zz"].iter().enumerate() {
-        let mut m = meta(SecretId::now_v7(), name, Scope::Workspace, "alice", Status::Live, i as u64 + 1);
-        m.labels = BTreeMap::from([("team".to_owned(), if i % 2 == 0 { "red" } else { "blue" }.to_owned())]);
+        let mut m = meta(
+            SecretId::now_v7(),
+            name,
+            Scope::Workspace,
+            "alice",
+            Status::Live,
+            i as u64 + 1,
+        );
+        m.labels = BTreeMap::from([(
+            "team".to_owned(),
+            if i % 2 == 0 { "red" } else { "blue" }.to_owned(),
+        )]);
         rows.push(m);
     }
     rows[4].status = Status::Deleted;
@@ -295,7 +309,10 @@ fn lists_filter_by_label_prefix_and_start_in_order(fresh: Fresh<'_>) {
     }
     tx.commit().unwrap();
     let names = |query: &ListQuery| -> Vec<String> {
-        listed(&*store, query, &["workspace"]).into_iter().map(|m| m.name).collect()
+        listed(&*store, query, &["workspace"])
+            .into_iter()
+            .map(|m| m.name)
+            .collect()
     };
     let live = ListQuery::new(Status::Live);
     assert_eq!(names(&live), ["app/a", "app/b", "app/c", "web/x"]);

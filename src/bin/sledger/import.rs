@@ -69,13 +69,16 @@ impl Batches<'_> {
         let batch = std::mem::take(&mut self.pending);
         let n = batch.len() as u64;
         let done = self.appended + self.unchanged;
-        let outcomes = self.ledger.execute(&self.ctx.actor, batch).map_err(|e| match done {
-            0 => anyhow::Error::new(e),
-            _ => anyhow::Error::new(e).context(format!(
-                "{done} secrets were imported by earlier batches and stay; once the cause is fixed, \
+        let outcomes = self
+            .ledger
+            .execute(&self.ctx.actor, batch)
+            .map_err(|e| match done {
+                0 => anyhow::Error::new(e),
+                _ => anyhow::Error::new(e).context(format!(
+                    "{done} secrets were imported by earlier batches and stay; once the cause is fixed, \
                  running the same import again finishes it (secrets already imported are left unchanged)"
-            )),
-        })?;
+                )),
+            })?;
         for outcome in outcomes {
             match outcome {
                 Outcome::Appended { .. } => self.appended += 1,
@@ -91,7 +94,11 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     if args.batch_size == 0 {
         return Err(usage("--batch-size must be at least 1"));
     }
-    let file = args.file.as_ref().map(|path| import_file(&args, path)).transpose()?;
+    let file = args
+        .file
+        .as_ref()
+        .map(|path| import_file(&args, path))
+        .transpose()?;
     let estate = match &args.from {
         Some(url) => Some(read_foreign(ctx, url, args.prefix.as_deref().unwrap_or(""))?),
         None => None,
@@ -120,7 +127,11 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
         ledger: &mut ledger,
         // An adoption is one transaction: half an estate adopted would leave the rest
         // unmanaged without anyone noticing.
-        size: if estate.is_some() { usize::MAX } else { args.batch_size },
+        size: if estate.is_some() {
+            usize::MAX
+        } else {
+            args.batch_size
+        },
         pending: Vec::new(),
         appended: 0,
         unchanged: 0,
@@ -173,7 +184,12 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
 
 /// What an import would do: each secret, new or already in the ledger (and then updated if
 /// its values differ).
-fn dry_run(ctx: &Context, ledger: &sledger::Ledger, file: Option<&ImportFile>, estate: Vec<Record>) -> Result<()> {
+fn dry_run(
+    ctx: &Context,
+    ledger: &sledger::Ledger,
+    file: Option<&ImportFile>,
+    estate: Vec<Record>,
+) -> Result<()> {
     let mut count = 0u64;
     let mut show = |record: Record| {
         count += 1;

@@ -153,7 +153,10 @@ impl Stream {
                 _ => self.write(format_args!(",{doc}")),
             }
         } else {
-            let row: Vec<String> = cells.into_iter().map(|c| printable(c.as_ref()).into_owned()).collect();
+            let row: Vec<String> = cells
+                .into_iter()
+                .map(|c| printable(c.as_ref()).into_owned())
+                .collect();
             match &self.widths {
                 Some(widths) => {
                     let line = Self::line(widths, &row);

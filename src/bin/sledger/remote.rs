@@ -314,7 +314,8 @@ impl Remote {
 
     /// One page of secrets (the server caps its size), and where the next one starts.
     pub fn list(&self, query: &ListQuery, limit: Option<usize>) -> Result<(Vec<Value>, Option<String>)> {
-        let mut params: Vec<(&str, String)> = vec![("deleted", (query.status == Status::Deleted).to_string())];
+        let mut params: Vec<(&str, String)> =
+            vec![("deleted", (query.status == Status::Deleted).to_string())];
         if !query.labels.is_empty() {
             let filter: Vec<String> = query.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             params.push(("label", filter.join(",")));

@@ -427,22 +427,30 @@ fn note_source(doc: &Value) {
 /// Secrets streamed in name order as they are read, a page of `limit` when given (with a note
 /// naming where the next page starts), or every one.
 fn list(ctx: &Context, query: ListQuery, limit: Option<usize>) -> Result<()> {
-    let mut out = output::Stream::new(ctx.json(), output::StreamFormat::JsonArray, &["NAME", "SCOPE", "VERSION", "KEYS", "LABELS", "UPDATED"]);
+    let mut out = output::Stream::new(
+        ctx.json(),
+        output::StreamFormat::JsonArray,
+        &["NAME", "SCOPE", "VERSION", "KEYS", "LABELS", "UPDATED"],
+    );
     let mut row = |m: &Value| {
         let text = |v: &Value| match v {
             Value::String(s) => s.clone(),
             other => other.to_string(),
         };
         let keys: Vec<String> = m["keys"].as_array().into_iter().flatten().map(text).collect();
-        let labels: BTreeMap<String, String> = serde_json::from_value(m["labels"].clone()).unwrap_or_default();
-        out.push(m, [
-            text(&m["name"]),
-            text(&m["scope"]),
-            text(&m["version"]),
-            keys.join(","),
-            output::labels(&labels),
-            text(&m["updated_at"]),
-        ]);
+        let labels: BTreeMap<String, String> =
+            serde_json::from_value(m["labels"].clone()).unwrap_or_default();
+        out.push(
+            m,
+            [
+                text(&m["name"]),
+                text(&m["scope"]),
+                text(&m["version"]),
+                keys.join(","),
+                output::labels(&labels),
+                text(&m["updated_at"]),
+            ],
+        );
     };
     let next_after = match &ctx.remote {
         Some(remote) => {
