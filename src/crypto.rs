@@ -51,9 +51,14 @@ pub struct MasterKey(Key32);
 pub struct DataKey(Key32);
 
 /// The key that seals values at rest in local sinks (the sqlite sink); made once per ledger
-/// and wrapped by the master key, so sink files never hold plaintext.
+/// and wrapped by the master key, so sink files never hold plaintext. Unwrapped, it keeps
+/// its wrapped form: a sqlite sink stores that too, so the sink opens with the master key
+/// alone once the ledger is lost (`sledger recover`).
 #[derive(Clone)]
-pub struct SinkSealKey(DataKey);
+pub struct SinkSealKey {
+    key: DataKey,
+    wrapped: Option<Vec<u8>>,
+}
 
 /// The key for audit fingerprints; made once per ledger and wrapped by the master key.
 #[derive(Clone)]
@@ -201,13 +206,16 @@ impl MasterKey {
 
     /// Wrap the ledger's sink seal key.
     pub fn wrap_sink_seal_key(&self, key: &SinkSealKey) -> Vec<u8> {
-        self.wrap(&key.0 .0, b"sledger sink seal key")
+        self.wrap(&key.key.0, b"sledger sink seal key")
     }
 
     /// Unwrap the ledger's sink seal key.
     pub fn unwrap_sink_seal_key(&self, wrapped: &[u8]) -> Result<SinkSealKey> {
         self.unwrap(wrapped, b"sledger sink seal key")
-            .map(|k| SinkSealKey(DataKey(k)))
+            .map(|k| SinkSealKey {
+                key: DataKey(k),
+                wrapped: Some(wrapped.to_vec()),
+            })
     }
 
     /// Wrap the ledger's fingerprint key.
@@ -312,17 +320,25 @@ impl DataKey {
 
 impl SinkSealKey {
     pub fn generate() -> Self {
-        SinkSealKey(DataKey::generate())
+        SinkSealKey {
+            key: DataKey::generate(),
+            wrapped: None,
+        }
+    }
+
+    /// The key as the master key wrapped it, when it came from there.
+    pub fn wrapped(&self) -> Option<&[u8]> {
+        self.wrapped.as_deref()
     }
 
     /// Seal a record's values, bound to its secret and seq.
     pub fn seal(&self, values: &SecretValues, secret: SecretId, seq: u64) -> Vec<u8> {
-        self.0.seal(values, secret, seq)
+        self.key.seal(values, secret, seq)
     }
 
     /// Open values sealed by [`SinkSealKey::seal`].
     pub fn open(&self, sealed: &[u8], secret: SecretId, seq: u64) -> Result<SecretValues> {
-        self.0.open(sealed, secret, seq)
+        self.key.open(sealed, secret, seq)
     }
 }
 

@@ -998,3 +998,70 @@ fn dotenv_multi_line_values_and_fragments_that_look_like_keys() {
     assert!(!err.contains("MIIB"), "{err}");
     env.fails(&["secret", "get", "bad"], 3);
 }
+
+/// `ledger backup` copies the ledger while another process keeps appending: the copy is one
+/// consistent instant (it opens with the key and verifies, MACs included), is private to its
+/// owner, and a path that exists is refused and left as it was.
+#[test]
+fn ledger_backup_copies_a_ledger_being_written_and_verifies_it() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let env = Env::new();
+    env.ok(&["secret", "create", "seed", "--value", "k=v1"]);
+    let copy = env.path("copy.db");
+    let key = env.key.to_str().unwrap().to_owned();
+    let stop = AtomicBool::new(false);
+    let written = std::thread::scope(|scope| {
+        let writer = scope.spawn(|| {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                env.ok(&[
+                    "secret",
+                    "create",
+                    &format!("w/{n}"),
+                    "--value",
+                    "k=v",
+                    "--wait",
+                    "0",
+                ]);
+                n += 1;
+            }
+            n
+        });
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let out = env.ok(&["ledger", "backup", "--to", copy.to_str().unwrap()]);
+        assert!(out.contains("verified"), "{out}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap()
+    });
+    assert!(written > 2, "the writer ran during the backup ({written} writes)");
+    let mode = std::fs::metadata(&copy).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the copy holds wrapped keys: owner only");
+    let on_copy = |args: &[&str]| {
+        let mut all = vec!["--ledger", copy.to_str().unwrap(), "--key-file", key.as_str()];
+        all.extend_from_slice(args);
+        env.ok(&all)
+    };
+    on_copy(&["verify"]);
+    assert_eq!(
+        on_copy(&["secret", "get", "seed", "--key", "k", "--from", "ledger"]),
+        "v1\n"
+    );
+    let copied = on_copy(&["--format", "json", "log", "--tail", "1"]);
+    let copied_head: serde_json::Value = serde_json::from_str(copied.trim()).unwrap();
+    let whole = env.json_lines(&["log"]);
+    let at_copy = &whole[copied_head["seq"].as_u64().unwrap() as usize - 1];
+    assert_eq!(
+        at_copy["event_id"], copied_head["event_id"],
+        "the copy is a prefix of the ledger"
+    );
+    assert!(
+        whole.len() as u64 > copied_head["seq"].as_u64().unwrap(),
+        "writes went on after the copy"
+    );
+    // A second backup onto the copy is refused, and the copy is untouched.
+    let before = std::fs::read(&copy).unwrap();
+    env.fails(&["ledger", "backup", "--to", copy.to_str().unwrap()], EXISTS);
+    assert_eq!(std::fs::read(&copy).unwrap(), before);
+}

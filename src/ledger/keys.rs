@@ -32,7 +32,8 @@ impl Ledger {
             "fingerprint_key",
             &new.wrap_fingerprint_key(&keys.fingerprint, macs_from),
         )?;
-        tx.set_setting("sink_seal_key", &new.wrap_sink_seal_key(&keys.sink_seal))?;
+        let sink_seal = new.unwrap_sink_seal_key(&new.wrap_sink_seal_key(&keys.sink_seal))?;
+        tx.set_setting("sink_seal_key", sink_seal.wrapped().expect("just unwrapped"))?;
         tx.set_setting("key_check", new.key_check().as_slice())?;
         let mut head = tx.head()?;
         let first_seq = head.seq;
@@ -45,6 +46,7 @@ impl Ledger {
         self.store.scrub();
         if let Some(keys) = self.keys.as_mut() {
             keys.master = new;
+            keys.sink_seal = sink_seal;
         }
         Ok(rewrapped)
     }

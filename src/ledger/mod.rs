@@ -269,11 +269,13 @@ impl Ledger {
             ..settings
         };
         let fingerprint = FingerprintKey::generate();
+        // Unwrapped again so the key carries the form sqlite sinks keep beside their data.
+        let sink_seal = master.unwrap_sink_seal_key(&master.wrap_sink_seal_key(&SinkSealKey::generate()))?;
         let keys = Keys {
             master,
             mac: fingerprint.event_mac(),
             fingerprint,
-            sink_seal: SinkSealKey::generate(),
+            sink_seal,
         };
         let written = (|| -> Result<()> {
             let tx = Write::begin(&*store)?;
@@ -284,7 +286,10 @@ impl Ledger {
                 "fingerprint_key",
                 &keys.master.wrap_fingerprint_key(&keys.fingerprint, None),
             )?;
-            tx.set_setting("sink_seal_key", &keys.master.wrap_sink_seal_key(&keys.sink_seal))?;
+            tx.set_setting(
+                "sink_seal_key",
+                keys.sink_seal.wrapped().expect("unwrapped above"),
+            )?;
             tx.set_setting_int("max_value_bytes", settings.max_value_bytes as i64)?;
             tx.set_setting_int("snapshot_interval", settings.snapshot_interval as i64)?;
             tx.set_setting_int("catalog_seq", 0)?;
@@ -379,11 +384,11 @@ impl Ledger {
             Some(wrapped) => master.unwrap_sink_seal_key(&wrapped)?,
             // Ledgers made before sinks existed get their sink key on first unlock.
             None => {
-                let key = SinkSealKey::generate();
+                let wrapped = master.wrap_sink_seal_key(&SinkSealKey::generate());
                 let tx = Write::begin(&*self.store)?;
-                tx.set_setting("sink_seal_key", &master.wrap_sink_seal_key(&key))?;
+                tx.set_setting("sink_seal_key", &wrapped)?;
                 tx.commit()?;
-                key
+                master.unwrap_sink_seal_key(&wrapped)?
             }
         };
         let keys = Keys {

@@ -189,6 +189,20 @@ impl Ledger {
                 .all(|(id, bytes)| decoded.secrets.get(id).is_some_and(|m| *m.to_bytes() == **bytes)))
     }
 
+    /// Copy the ledger, online and consistent, into a new file at `path` (writers keep going
+    /// meanwhile), then open the copy with this ledger's key and verify it whole: a backup
+    /// that would not open or verify is removed, never left to be trusted. Returns the
+    /// copy's verified head.
+    pub fn backup_to(&self, path: &Path, progress: &mut dyn FnMut(u64, u64)) -> Result<Head> {
+        let master = self.master_key()?.clone();
+        self.store.backup_to(path)?;
+        let verified = Ledger::open_with_key(path, master).and_then(|mut copy| copy.verify(progress));
+        if verified.is_err() {
+            SqliteStore::remove_files(path);
+        }
+        verified
+    }
+
     /// An anchor for `head`, to save and check later.
     pub fn anchor(&self, head: Head) -> Result<Anchor> {
         Ok(Anchor {

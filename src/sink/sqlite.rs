@@ -25,9 +25,10 @@ const APPLICATION_ID: i32 = 0x534c_534b;
 const MAX_GROUP: usize = 1000;
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(include_str!(
-        "../../schema/sink_sqlite/0001_objects.sql"
-    ))])
+    Migrations::new(vec![
+        M::up(include_str!("../../schema/sink_sqlite/0001_objects.sql")),
+        M::up(include_str!("../../schema/sink_sqlite/0002_sink_meta.sql")),
+    ])
 }
 
 /// A sink in a local SQLite file.
@@ -239,6 +240,29 @@ impl SqliteSink {
         Ok(())
     }
 
+    /// The seal key a sink file keeps, unwrapped with `master`: a sink whose ledger is lost
+    /// opens with the master key alone.
+    pub fn seal_key(path: &Path, master: &crate::crypto::MasterKey) -> Result<SinkSealKey> {
+        Self::check_file(path)?;
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| db_error(path, e))?;
+        let wrapped: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM sink_meta WHERE key = 'seal_key'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .ok()
+            .flatten();
+        let wrapped = wrapped.ok_or_else(|| {
+            Error::invalid(format!(
+                "{} does not keep its seal key (it was last written by an older sledger): its values \
+                 open only with the ledger's copy of that key",
+                path.display()
+            ))
+        })?;
+        master.unwrap_sink_seal_key(&wrapped).map_err(|_| Error::WrongKey)
+    }
+
     /// Open an existing sink file. A missing file is an unavailable sink, never silently a new
     /// empty one (that would look like a sink that lost everything).
     pub fn open(path: &Path, prefix: &str, key: SinkSealKey, max_concurrency: usize) -> Result<Self> {
@@ -260,6 +284,15 @@ impl SqliteSink {
                 .map_err(|e| db_error(path, e))?;
         }
         migrations().to_latest(&mut conn).map_err(Error::Migration)?;
+        if let Some(wrapped) = key.wrapped() {
+            // Kept current (a key rotation re-wraps it) without a write when it already is.
+            conn.execute(
+                "INSERT INTO sink_meta (key, value) VALUES ('seal_key', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value != excluded.value",
+                [wrapped],
+            )
+            .map_err(|e| db_error(path, e))?;
+        }
         let (jobs, queue) = mpsc::channel();
         let thread_path = path.to_path_buf();
         std::thread::Builder::new()

@@ -16,6 +16,7 @@ pub mod sqlite;
 pub mod conformance;
 
 use std::collections::BTreeMap;
+use std::path::Path;
 
 use serde::Serialize;
 
@@ -203,6 +204,10 @@ pub trait Store: Send {
     /// After key material was destroyed: make sure no copy of it lingers in free space.
     /// Best effort.
     fn scrub(&self);
+
+    /// Write a consistent copy of everything the store holds, as it is at one instant, into a
+    /// new SQLite ledger file at `path` (mode 0600), while other connections keep writing.
+    fn backup_to(&self, path: &Path) -> Result<()>;
 
     /// Read the whole log from seq 1, checking the hash chain, and hand each event, decoded,
     /// to `visit`; returns the verified head, or the first bad seq as `Error::ChainBroken`.

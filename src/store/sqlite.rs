@@ -610,6 +610,30 @@ impl Store for SqliteStore {
         log::verified_scan(&self.path, visit)
     }
 
+    /// `VACUUM INTO` reads inside one transaction (WAL readers never block writers), so the
+    /// copy is the store at one instant; it must go into an empty file, created here 0600.
+    fn backup_to(&self, path: &Path) -> Result<()> {
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        opts.open(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::AlreadyExists => Error::WouldOverwrite {
+                what: "ledger backup",
+                path: path.to_path_buf(),
+            },
+            _ => Error::io(format!("cannot create {}", path.display()), e),
+        })?;
+        let target = path
+            .to_str()
+            .ok_or_else(|| Error::invalid(format!("{} is not a UTF-8 path", path.display())))?;
+        if let Err(e) = self.conn.execute("VACUUM INTO ?1", [target]) {
+            Self::remove_files(path);
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
     /// Move WAL frames into the database, whose freed pages `secure_delete` zeroes, so old
     /// wrapped keys do not linger on disk. Best effort: a concurrent reader can keep frames
     /// alive until it finishes.

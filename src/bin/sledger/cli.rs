@@ -81,6 +81,9 @@ pub enum Commands {
     /// Master key management
     #[command(subcommand)]
     Key(KeyCmd),
+    /// The ledger file itself: online backups
+    #[command(subcommand)]
+    Ledger(LedgerCmd),
     /// Bulk-load secrets from a file or adopt a backend's existing secrets, in batched
     /// all-or-nothing transactions
     Import(ImportArgs),
@@ -315,6 +318,17 @@ pub struct ProjectArgs {
     /// moves once the whole batch is applied
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_events: u64,
+}
+
+#[derive(Subcommand)]
+pub enum LedgerCmd {
+    /// Copy the ledger to a new file while writers keep going (one consistent instant), then
+    /// open the copy with the key and verify it; keep it, and the key, somewhere else
+    Backup {
+        /// The new file (refused if it exists)
+        #[arg(long, value_name = "PATH")]
+        to: PathBuf,
+    },
 }
 
 #[derive(Args)]
