@@ -201,7 +201,9 @@ impl SecretMeta {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
-        bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        // Bounded like every decoder of stored bytes: a forged length prefix must not abort
+        // the process on allocation.
+        bincode::serde::decode_from_slice(bytes, bincode::config::standard().with_limit::<{ 16 << 20 }>())
             .map(|(m, _)| m)
             .map_err(|e| Error::Corrupt(format!("catalog row does not decode: {e}")))
     }
@@ -401,7 +403,10 @@ impl Catalog {
         type Snapshot = (u64, HashMap<SecretId, SecretMeta>, BTreeMap<String, SinkConfig>);
         type SnapshotBeforeSinks = (u64, HashMap<SecretId, SecretMeta>);
         fn whole<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Option<T> {
-            bincode::serde::decode_from_slice::<T, _>(bytes, bincode::config::standard())
+            // A million secrets decode in well under this; a forged length prefix claiming
+            // more fails instead of aborting the process on allocation.
+            let bounded = bincode::config::standard().with_limit::<{ 16 << 30 }>();
+            bincode::serde::decode_from_slice::<T, _>(bytes, bounded)
                 .ok()
                 .and_then(|(value, used)| (used == bytes.len()).then_some(value))
         }

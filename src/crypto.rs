@@ -311,9 +311,11 @@ impl DataKey {
                 "sealed values of secret {secret} at seq {seq} do not decrypt"
             ))
         })?);
-        let (map, _): (BTreeMap<String, Zeroizing<String>>, usize) =
-            bincode::serde::decode_from_slice(&plain, bincode::config::standard())
-                .map_err(|_| Error::Corrupt(format!("sealed values at seq {seq} do not decode")))?;
+        let (map, _): (BTreeMap<String, Zeroizing<String>>, usize) = bincode::serde::decode_from_slice(
+            &plain,
+            bincode::config::standard().with_limit::<{ 256 << 20 }>(),
+        )
+        .map_err(|_| Error::Corrupt(format!("sealed values at seq {seq} do not decode")))?;
         Ok(SecretValues(map))
     }
 }

@@ -20,6 +20,8 @@ pub mod catalog;
 pub mod crypto;
 pub mod error;
 pub mod event;
+#[cfg(test)]
+mod fuzz;
 pub mod handle;
 pub mod identity;
 pub mod import;

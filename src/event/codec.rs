@@ -92,8 +92,14 @@ fn to_bytes<T: Serialize>(v: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(v, config()).expect("event payloads always encode")
 }
 
+/// The most a payload may claim to need when decoded. A length prefix is read before its
+/// bytes: without a bound, a forged payload of a few bytes claiming an exabyte-long vector
+/// aborts the process on allocation (found by `fuzz::event_payloads_never_panic`).
+const MAX_DECODED_PAYLOAD: usize = 256 << 20;
+
 fn from_bytes<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, String> {
-    let (v, read) = bincode::serde::decode_from_slice(bytes, config()).map_err(|e| e.to_string())?;
+    let bounded = config().with_limit::<MAX_DECODED_PAYLOAD>();
+    let (v, read) = bincode::serde::decode_from_slice(bytes, bounded).map_err(|e| e.to_string())?;
     if read != bytes.len() {
         return Err(format!("{} trailing bytes", bytes.len() - read));
     }

@@ -80,7 +80,7 @@ struct WireRecord {
 }
 
 #[derive(Deserialize)]
-struct Reply {
+pub(crate) struct Reply {
     ok: bool,
     #[serde(default)]
     error: Option<String>,
@@ -94,6 +94,21 @@ struct Reply {
 
 fn failure(message: impl Into<String>, temporary: bool) -> Error {
     Error::sink("exec", message, temporary)
+}
+
+/// One reply line as the protocol defines it. The error gives only the position of a parse
+/// error: the line may hold values.
+pub(crate) fn parse_reply(program: &Path, line: &str) -> Result<Reply> {
+    serde_json::from_str(line).map_err(|e| {
+        failure(
+            format!(
+                "plug-in {} sent a reply that is not protocol JSON (column {})",
+                program.display(),
+                e.column()
+            ),
+            false,
+        )
+    })
 }
 
 impl ExecSink {
@@ -206,17 +221,7 @@ impl ExecSink {
                 false,
             ));
         }
-        // Only the position of a parse error: the line may hold values.
-        let reply: Reply = serde_json::from_str(&reply).map_err(|e| {
-            failure(
-                format!(
-                    "plug-in {} sent a reply that is not protocol JSON (column {})",
-                    self.program.display(),
-                    e.column()
-                ),
-                false,
-            )
-        })?;
+        let reply = parse_reply(&self.program, &reply)?;
         self.idle.lock().await.push(worker);
         if !reply.ok {
             return Err(failure(

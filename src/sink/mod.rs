@@ -13,6 +13,8 @@ pub mod aws;
 pub mod azure;
 mod exec;
 mod foreign;
+#[cfg(test)]
+mod fuzz;
 #[cfg(feature = "gcp")]
 pub mod gcp;
 pub mod layer;

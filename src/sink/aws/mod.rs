@@ -219,7 +219,7 @@ impl AwsSink {
         Error::sink(KIND, format!("{what}: {detail} ({})", self.where_()), temporary)
     }
 
-    fn described(description: Option<&str>) -> (u64, bool, Option<RecordMeta>) {
+    pub(crate) fn described(description: Option<&str>) -> (u64, bool, Option<RecordMeta>) {
         match description.and_then(|d| serde_json::from_str::<Described>(d).ok()) {
             Some(d) => (d.seq, d.deleted, d.meta),
             None => (0, false, None),

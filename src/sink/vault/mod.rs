@@ -320,26 +320,7 @@ impl Sink for VaultSink {
                 Err(e) if is_not_found(&e) => return Ok(None),
                 Err(e) => return Err(self.failure(&format!("cannot read {path}"), e)),
             };
-        let mut values = SecretValues::new();
-        for (k, v) in &data {
-            values.insert(k.as_str(), v.as_str());
-        }
-        let field = |k: &str| stored.custom.get(k).cloned().unwrap_or_default();
-        let broken =
-            |what: &str| Error::sink(KIND, format!("{path} has unreadable metadata ({what})"), false);
-        Ok(Some(SinkRecord {
-            id,
-            name: field("name"),
-            scope: match field("scope").as_str() {
-                "private" => Scope::Private,
-                _ => Scope::Workspace,
-            },
-            owner: field("owner"),
-            labels: serde_json::from_str(&field("labels")).map_err(|_| broken("labels"))?,
-            seq: stored.seq,
-            version: field("version").parse().map_err(|_| broken("version"))?,
-            values,
-        }))
+        record_from(&path, id, stored.seq, &stored.custom, &data).map(Some)
     }
 
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
@@ -496,6 +477,36 @@ impl ForeignSecrets for VaultSink {
 }
 
 /// `vault://HOST:PORT/MOUNT[?tls=off][&ca-file=PATH]`.
+/// The record a KV entry holds: its values, and the metadata sledger keeps in the entry's
+/// custom metadata (anything else there is refused, never quoted).
+pub(crate) fn record_from(
+    path: &str,
+    id: SecretId,
+    seq: u64,
+    custom: &HashMap<String, String>,
+    data: &BTreeMap<String, Zeroizing<String>>,
+) -> Result<SinkRecord> {
+    let mut values = SecretValues::new();
+    for (k, v) in data {
+        values.insert(k.as_str(), v.as_str());
+    }
+    let field = |k: &str| custom.get(k).cloned().unwrap_or_default();
+    let broken = |what: &str| Error::sink(KIND, format!("{path} has unreadable metadata ({what})"), false);
+    Ok(SinkRecord {
+        id,
+        name: field("name"),
+        scope: match field("scope").as_str() {
+            "private" => Scope::Private,
+            _ => Scope::Workspace,
+        },
+        owner: field("owner"),
+        labels: serde_json::from_str(&field("labels")).map_err(|_| broken("labels"))?,
+        seq,
+        version: field("version").parse().map_err(|_| broken("version"))?,
+        values,
+    })
+}
+
 pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Backend> {
     let tls = match parts.take("tls").as_deref() {
         None | Some("on") => true,
