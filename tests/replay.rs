@@ -108,7 +108,12 @@ fn restore_at_t2_gives_exactly_the_state_at_t2() {
     let before = env.json(&["verify"])["events"].clone();
     env.ok(&["restore", "--at", &t2]);
     assert_eq!(env.json(&["verify"])["events"], before);
-    env.ok(&["diff", "local"]);
+    assert_eq!(env.ok(&["diff", "local"]), "local: in sync\n");
+    // Scripts get an answer too, not silence.
+    assert_eq!(
+        env.json(&["diff", "local"]),
+        serde_json::json!({"sink": "local", "in_sync": true})
+    );
 }
 
 #[test]

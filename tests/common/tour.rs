@@ -82,7 +82,11 @@ pub fn create_get_update_round_trip(env: &Env) {
 
 pub fn rename_delete_undelete_purge(env: &Env) {
     env.ok(&["secret", "create", "old", "--value", "k=v1"]);
-    env.ok(&["secret", "rename", "old", "new"]);
+    let said = env.ok(&["secret", "rename", "old", "new"]);
+    assert!(
+        said.starts_with("renamed old → new "),
+        "a rename names both names: {said}"
+    );
     env.fails(&["secret", "get", "old"], NOT_FOUND);
     assert_eq!(env.ok(&["secret", "get", "new", "--key", "k"]), "v1\n");
 

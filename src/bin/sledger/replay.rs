@@ -104,6 +104,10 @@ fn show_resync(ctx: &Context, event: &Value) {
 
 fn render_differences(ctx: &Context, sink: &str, differences: &[Value]) {
     if ctx.json() {
+        // In sync is an answer too: a script reading no output cannot tell it from a crash.
+        if differences.is_empty() {
+            output::json_line(&serde_json::json!({"sink": sink, "in_sync": true}));
+        }
         differences.iter().for_each(output::json_line);
         return;
     }

@@ -205,7 +205,8 @@ pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) {
 }
 
 pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
-    let write = |verb: &str, command: Command| -> Result<()> {
+    // `said` is the verb people read (a rename names both names); scripts get `verb`.
+    let write_saying = |verb: &str, said: &str, command: Command| -> Result<()> {
         let docs = match &ctx.remote {
             Some(remote) => remote.execute(command, ctx.wait)?,
             None => {
@@ -214,9 +215,10 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
                 outcome_docs(verb, &outcomes, primary.as_ref())
             }
         };
-        render_writes(ctx, verb, &docs);
+        render_writes(ctx, said, &docs);
         Ok(())
     };
+    let write = |verb: &str, command: Command| write_saying(verb, verb, command);
     match cmd {
         SecretCmd::Create {
             name,
@@ -261,8 +263,9 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
                 },
             )
         }
-        SecretCmd::Rename { old, new } => write(
+        SecretCmd::Rename { old, new } => write_saying(
             "renamed",
+            &format!("renamed {} →", output::printable(&old)),
             Command::Rename {
                 name: old,
                 new_name: new,
