@@ -130,7 +130,8 @@ fn update(m: &mut SecretMeta, stored: &StoredEvent, event: Event) -> Result<()> 
         | Event::TokenIssued { .. }
         | Event::TokenRevoked { .. }
         | Event::MacsStarted
-        | Event::AnchorsReset => {
+        | Event::AnchorsReset
+        | Event::LedgerRecovered { .. } => {
             return Err(corrupt(
                 stored,
                 event_type,
@@ -339,7 +340,8 @@ pub(crate) fn apply_sink_event(
         | Event::TokenIssued { .. }
         | Event::TokenRevoked { .. }
         | Event::MacsStarted
-        | Event::AnchorsReset => {}
+        | Event::AnchorsReset
+        | Event::LedgerRecovered { .. } => {}
         _ => return Err(corrupt(stored, event_type, "has no secret id")),
     }
     Ok(())

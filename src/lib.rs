@@ -30,6 +30,7 @@ pub mod ledger;
 pub mod log;
 pub mod project;
 pub mod read;
+pub mod recover;
 pub mod replay;
 #[cfg(feature = "server")]
 pub mod server;

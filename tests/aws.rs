@@ -261,3 +261,10 @@ fn credential_parameters_name_sources_never_hold_secrets() {
     let err = env.fails(&["sink", "check", "x"], 9);
     assert!(err.contains("$NOPE_KEY") && err.contains("not set"), "{err}");
 }
+
+/// A lost ledger rebuilt from its AWS backup (moto).
+#[test]
+fn a_lost_ledger_is_recovered_from_its_aws_backup() {
+    let moto = moto::start();
+    common::recover_walkthrough(&AWS_ENV, Some(&moto::url(&moto, "")));
+}

@@ -1065,3 +1065,40 @@ fn ledger_backup_copies_a_ledger_being_written_and_verifies_it() {
     env.fails(&["ledger", "backup", "--to", copy.to_str().unwrap()], EXISTS);
     assert_eq!(std::fs::read(&copy).unwrap(), before);
 }
+
+/// A lost ledger rebuilt from its own sqlite sink, which opens with the master key alone.
+#[test]
+fn a_lost_ledger_is_recovered_from_its_sqlite_sink() {
+    common::recover_walkthrough(&[], None);
+}
+
+/// `recover` refuses to overwrite a ledger, and a sink file whose seal key this master key
+/// does not open, changing nothing.
+#[test]
+fn recover_refuses_an_existing_ledger_and_a_foreign_key() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=v"]);
+    let sink = env.sqlite_url("ledger.sink.db");
+    env.fails(&["recover", "--from", &sink], EXISTS);
+    let other = Env::empty();
+    std::fs::write(&other.key, std::fs::read(&env.key).unwrap()).unwrap();
+    let foreign = Env::new();
+    let out = other
+        .cmd()
+        .args([
+            "--key-file",
+            foreign.key.to_str().unwrap(),
+            "recover",
+            "--from",
+            &sink,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(6),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!other.ledger.exists(), "nothing was created");
+}

@@ -48,6 +48,11 @@ struct KeyRotatedV1 {
 }
 
 #[derive(Serialize, Deserialize)]
+struct LedgerRecoveredV1<'a> {
+    source: Cow<'a, str>,
+}
+
+#[derive(Serialize, Deserialize)]
 struct LedgerRestoredV1 {
     target_seq: u64,
 }
@@ -141,6 +146,9 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
         Event::LedgerRestored { target_seq } => to_bytes(&LedgerRestoredV1 {
             target_seq: *target_seq,
         }),
+        Event::LedgerRecovered { source } => to_bytes(&LedgerRecoveredV1 {
+            source: Cow::Borrowed(source),
+        }),
         Event::SinkAdded { name, url, role } => to_bytes(&SinkAddedV1 {
             name: Cow::Borrowed(name),
             url: Cow::Borrowed(url),
@@ -208,6 +216,12 @@ pub fn decode(event_type: &str, event_version: u32, payload: &[u8]) -> Result<Ev
         ("key.rotated", 1) => {
             let p: KeyRotatedV1 = from_bytes(payload)?;
             Event::KeyRotated { key_id: p.key_id }
+        }
+        ("ledger.recovered", 1) => {
+            let p: LedgerRecoveredV1 = from_bytes(payload)?;
+            Event::LedgerRecovered {
+                source: p.source.into_owned(),
+            }
         }
         ("ledger.restored", 1) => {
             let p: LedgerRestoredV1 = from_bytes(payload)?;

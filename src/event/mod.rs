@@ -128,6 +128,13 @@ pub enum Event {
     /// A key holder accepted this ledger as it is, though sinks witnessed a head it no longer
     /// has (a rollback to an older copy): anchors written before this event are not believed.
     AnchorsReset,
+    /// This ledger was rebuilt from the current state a sink held (`sledger recover`) after
+    /// the ledger it projected was lost: the history before this event is not available, and
+    /// heads that sinks witnessed before it are not believed.
+    LedgerRecovered {
+        /// The sink URL it was rebuilt from (credentials never appear in sink URLs).
+        source: String,
+    },
 }
 
 /// What a sink is for.
@@ -202,6 +209,7 @@ impl Event {
             Event::TokenRevoked { .. } => "token.revoked",
             Event::MacsStarted => "ledger.macs_started",
             Event::AnchorsReset => "anchors.reset",
+            Event::LedgerRecovered { .. } => "ledger.recovered",
         }
     }
 
@@ -231,6 +239,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "token.revoked",
     "ledger.macs_started",
     "anchors.reset",
+    "ledger.recovered",
 ];
 
 /// One row of the `events` table.

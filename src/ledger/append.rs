@@ -403,6 +403,45 @@ pub(super) fn plan(
             Planned::Ledger(vec![Event::TokenRevoked { name }])
         }
         Command::ResetAnchors => Planned::Ledger(vec![Event::AnchorsReset]),
+        Command::RecordRecovery { source } => {
+            if seq != 1 {
+                return Err(Error::invalid(
+                    "a recovery is recorded only as a new ledger's first event",
+                ));
+            }
+            Planned::Ledger(vec![Event::LedgerRecovered { source }])
+        }
+        Command::Recover {
+            id,
+            name,
+            scope,
+            owner,
+            labels,
+            values,
+        } => {
+            validate::secret_name(&name)?;
+            validate::labels(&labels)?;
+            check_size(tx, settings, &name, &values)?;
+            if tx.secret(id)?.is_some() {
+                return Err(Error::invalid(format!("secret {id} is already in this ledger")));
+            }
+            ensure_name_free(tx, &namespace(scope, &owner), scope, &name)?;
+            let master = &need_keys(keys)?.master;
+            let dek = DataKey::generate();
+            tx.put_wrapped_key(id, &master.wrap_data_key(&dek, id))?;
+            let sealed = seal(need_keys(keys)?, &values, id, seq, &dek);
+            Planned::Append {
+                secret_id: id,
+                event: Event::SecretCreated {
+                    name,
+                    scope,
+                    owner,
+                    labels,
+                    values: sealed,
+                },
+                before: None,
+            }
+        }
         Command::RecordRestore {
             target_seq,
             planned_at,

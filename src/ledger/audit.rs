@@ -103,6 +103,9 @@ pub(super) fn describe(
         Event::MacsStarted => {
             Some("every event from here on carries a MAC only master-key holders can make".into())
         }
+        Event::LedgerRecovered { source } => Some(format!(
+            "rebuilt from what sink {source} held: the history before this event is not available"
+        )),
         Event::AnchorsReset => Some(
             "this ledger was accepted as it is: the head its sinks witnessed before now is no longer believed"
                 .into(),
@@ -228,7 +231,7 @@ impl<'a> Describer<'a> {
         let Some(id) = stored.secret_id else {
             return Ok(describe(stored, &event, None, None));
         };
-        let (mut folded_to, mut before) = match self.recent.remove(&id) {
+        let (folded_to, mut before) = match self.recent.remove(&id) {
             Some((seq, state)) if seq < stored.seq => (seq, state),
             _ => (0, None),
         };
@@ -240,7 +243,6 @@ impl<'a> Describer<'a> {
             self.store.scan_events(&query, &mut |earlier| {
                 let earlier_event = earlier.decode()?;
                 before = catalog::apply(before.take(), &earlier, earlier_event)?;
-                folded_to = earlier.seq;
                 Ok(true)
             })?;
         }

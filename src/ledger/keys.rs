@@ -3,6 +3,25 @@
 use super::*;
 
 impl Ledger {
+    /// Make `key` (unwrapped from a sink that kept it) this new, still empty ledger's sink
+    /// seal key: a recovered ledger goes on opening the objects its sqlite sink already holds.
+    pub(crate) fn adopt_sink_seal_key(&mut self, key: SinkSealKey) -> Result<()> {
+        let wrapped = key
+            .wrapped()
+            .ok_or_else(|| Error::invalid("a sink seal key must come wrapped by the master key"))?
+            .to_vec();
+        let tx = Write::begin(&*self.store)?;
+        if tx.head()?.seq != 0 {
+            return Err(Error::invalid("only an empty ledger can adopt a sink's seal key"));
+        }
+        tx.set_setting("sink_seal_key", &wrapped)?;
+        tx.commit()?;
+        if let Some(keys) = self.keys.as_mut() {
+            keys.sink_seal = key;
+        }
+        Ok(())
+    }
+
     /// Re-wrap every data key and the ledger's own keys under `new`, and record `key.rotated`.
     /// Old events stay readable: their values are sealed by data keys, which do not change.
     ///

@@ -128,6 +128,21 @@ pub enum Command {
     /// an older copy): anchors written before this are no longer believed, and the next
     /// projection into each sink overwrites its anchor.
     ResetAnchors,
+    /// Record, as a new ledger's first event, that it is being rebuilt from what the sink at
+    /// `source` holds (`sledger recover`).
+    RecordRecovery {
+        source: String,
+    },
+    /// Bring back a secret a sink holds, under its own id and owner (recovery): the sink's
+    /// object then stays the same object.
+    Recover {
+        id: SecretId,
+        name: String,
+        scope: Scope,
+        owner: String,
+        labels: BTreeMap<String, String>,
+        values: SecretValues,
+    },
     /// Record that the commands after it restore the state after `target_seq` (so the audit
     /// log says what a burst of compensating events was for).
     RecordRestore {

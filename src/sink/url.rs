@@ -593,6 +593,14 @@ impl SinkUrl {
         }
     }
 
+    /// The file of a sqlite sink, whose values only its seal key opens.
+    pub fn sqlite_path(&self) -> Option<&std::path::Path> {
+        match &self.backend {
+            Backend::Sqlite { path, .. } => Some(path),
+            _ => None,
+        }
+    }
+
     /// Connect. `seal_key` seals values at rest in sinks that store them locally (sqlite).
     pub fn open(&self, seal_key: &SinkSealKey) -> Result<Arc<dyn Sink>> {
         let sink: Arc<dyn Sink> = match &self.backend {

@@ -84,6 +84,10 @@ pub enum Commands {
     /// The ledger file itself: online backups
     #[command(subcommand)]
     Ledger(LedgerCmd),
+    /// Rebuild a lost ledger (at --ledger, which must not exist) from what a sink holds: every
+    /// live secret's current values, name, scope, owner and labels, under its own id. A sqlite
+    /// sink needs the lost ledger's master key
+    Recover(RecoverArgs),
     /// Bulk-load secrets from a file or adopt a backend's existing secrets, in batched
     /// all-or-nothing transactions
     Import(ImportArgs),
@@ -318,6 +322,17 @@ pub struct ProjectArgs {
     /// moves once the whole batch is applied
     #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
     pub batch_events: u64,
+}
+
+#[derive(Args)]
+pub struct RecoverArgs {
+    /// The sink to read, as its URL (e.g. sqlite:///var/lib/sledger/ledger.sink.db)
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// The new ledger's primary sink (default: a new sqlite file beside the ledger); the
+    /// source is attached as a standby and never written
+    #[arg(long, value_name = "URL")]
+    pub primary: Option<String>,
 }
 
 #[derive(Subcommand)]

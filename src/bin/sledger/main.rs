@@ -52,6 +52,7 @@ fn main() {
         Commands::Anchors(args) => local("anchors").and_then(|()| verify::anchors(&ctx, args)),
         Commands::Key(cmd) => local("key").and_then(|()| keys::run(&ctx, cmd)),
         Commands::Ledger(cmd) => local("ledger").and_then(|()| verify::ledger(&ctx, cmd)),
+        Commands::Recover(args) => local("recover").and_then(|()| verify::recover(&ctx, args)),
         Commands::Import(args) => local("import").and_then(|()| import::run(&ctx, args)),
         Commands::Sink(cmd) => sinks::run(&ctx, cmd),
         Commands::Project(args) => local("project").and_then(|()| sinks::project_cmd(&ctx, args)),

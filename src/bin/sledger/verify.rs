@@ -5,7 +5,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use sledger::Anchor;
 
-use crate::cli::{AnchorsArgs, AnchorsCmd, LedgerCmd, VerifyArgs};
+use crate::cli::{AnchorsArgs, AnchorsCmd, LedgerCmd, RecoverArgs, VerifyArgs};
 use crate::context::block_on;
 use crate::context::Context;
 use crate::output;
@@ -237,6 +237,69 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
             }
             _ => outln!("MACs: not checked without the master key"),
         }
+    }
+    Ok(())
+}
+
+/// `sledger recover --from URL`: a new ledger from a sink's current state, then one
+/// projection so the sink holds this ledger's records (and anchor).
+pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
+    let (from, name) = (args.from.as_str(), sledger::setup::DEFAULT_SINK);
+    let bar = if ctx.json() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(0)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("reading {bar:30} {pos}/{len} objects ({eta})").expect("valid template"),
+    );
+    // The lost ledger's key, from where a key always comes; there is no ledger to check it on.
+    let master = ctx.master_key_if_any()?.ok_or_else(|| {
+        crate::exit::usage(
+            "recover needs the lost ledger's master key: --key-file PATH or SLEDGER_MASTER_KEY",
+        )
+    })?;
+    let recovered = block_on(sledger::recover::recover(
+        &ctx.ledger_path,
+        master,
+        from,
+        args.primary.as_deref(),
+        &ctx.actor,
+        &|done, total| {
+            bar.set_length(total);
+            bar.set_position(done);
+        },
+    ));
+    bar.finish_and_clear();
+    let recovered = recovered?;
+    let projected = block_on(sledger::project::project_named(
+        &recovered.ledger,
+        name,
+        &Default::default(),
+    ));
+    let head = recovered.ledger.head()?.seq;
+    if ctx.json() {
+        output::json_line(&json!({
+            "ledger": ctx.ledger_path,
+            "secrets": recovered.secrets,
+            "gone": recovered.gone,
+            "seq": head,
+            "projected": projected.is_ok(),
+        }));
+    } else {
+        outln!(
+            "recovered {} from {} into {} (its first event records the source; earlier history is not available)",
+            output::count(recovered.secrets, "secret"),
+            sledger::sink::redacted(from),
+            ctx.ledger_path.display()
+        );
+        outln!(
+            "the source is attached as standby sink {:?} and was not changed; the primary is sink {name:?}",
+            sledger::recover::SOURCE_SINK
+        );
+    }
+    if let Err(e) = projected {
+        eprintln!("note: the sink {name} is not caught up yet ({e}); `sledger project` finishes it");
     }
     Ok(())
 }
