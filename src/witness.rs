@@ -134,7 +134,9 @@ pub fn refuse_rollback(ledger: &Ledger, witnesses: &[SinkWitness]) -> Result<()>
     Err(Error::AnchorMismatch {
         reason: format!(
             "{}: the ledger was truncated, rewritten or put back from an older copy since. \
-             Put the newer ledger file back if you have it; or accept this ledger as it is with \
+             Put the newer ledger file back if you have it (a `sledger ledger backup` copy); or \
+             rebuild the ledger from that sink's current state with `sledger recover --from URL` \
+             into a new ledger file; or accept this ledger as it is with \
              `sledger anchors reset --yes` (recorded in the log; each sink's anchor is replaced on \
              its next projection, and `sledger diff` then shows what the sinks hold that the \
              ledger lost)",
