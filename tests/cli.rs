@@ -1102,3 +1102,58 @@ fn recover_refuses_an_existing_ledger_and_a_foreign_key() {
     );
     assert!(!other.ledger.exists(), "nothing was created");
 }
+
+/// Delete `r/c`, create a new `r/c`, then want the old one back: `undelete` says how, and
+/// `undelete --as NEW` brings it back under another name in one transaction.
+#[test]
+fn a_deleted_secret_whose_name_was_reused_comes_back_under_another() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "r/c", "--value", "k=old"]);
+    env.ok(&["secret", "delete", "r/c"]);
+    env.ok(&["secret", "create", "r/c", "--value", "k=new"]);
+    let err = env.fails(&["secret", "undelete", "r/c"], EXISTS);
+    assert!(err.contains("undelete r/c --as NEW"), "{err}");
+    let said = env.ok(&["secret", "undelete", "r/c", "--as", "r/c-old"]);
+    assert!(said.starts_with("undeleted r/c as r/c-old "), "{said}");
+    assert_eq!(env.ok(&["secret", "get", "r/c-old", "--key", "k"]), "old\n");
+    assert_eq!(env.ok(&["secret", "get", "r/c", "--key", "k"]), "new\n");
+    env.fails(&["secret", "undelete", "nothing", "--as", "x"], NOT_FOUND);
+    // The log shows the rename and the undelete of the old secret.
+    let history = env.json_lines(&["secret", "history", "r/c-old"]);
+    let kinds: Vec<&str> = history
+        .iter()
+        .map(|e| e["event_type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "secret.created",
+            "secret.deleted",
+            "secret.renamed",
+            "secret.restored"
+        ]
+    );
+}
+
+/// `--value-file` drops one trailing newline (documented); `--value-file-raw` keeps the file
+/// exactly.
+#[test]
+fn value_file_raw_keeps_the_trailing_newline() {
+    let env = Env::new();
+    let file = env.path("pw.txt");
+    std::fs::write(&file, "pw\n").unwrap();
+    let raw = format!("raw={}", file.display());
+    let trimmed = format!("trimmed={}", file.display());
+    env.ok(&[
+        "secret",
+        "create",
+        "f",
+        "--value-file-raw",
+        &raw,
+        "--value-file",
+        &trimmed,
+    ]);
+    let values = &env.json(&["secret", "get", "f"])["values"];
+    assert_eq!(values["raw"], "pw\n");
+    assert_eq!(values["trimmed"], "pw");
+}

@@ -551,7 +551,10 @@ pub(super) fn plan(
         }
         Command::Rename { name, new_name } => {
             validate::secret_name(&new_name)?;
-            let meta = resolve(tx, actor, &name, Want::Live)?;
+            // A deleted secret can be renamed too (when no live one has the name): that is how
+            // one whose name was taken since comes back under another (`undelete --as`).
+            let meta = resolve(tx, actor, &name, Want::Live)
+                .or_else(|live| resolve(tx, actor, &name, Want::Deleted).map_err(|_| live))?;
             if new_name == meta.name {
                 return Ok(Planned::Nothing(meta));
             }

@@ -369,9 +369,14 @@ pub struct ValueArgs {
     /// A value, KEY=VALUE (repeatable)
     #[arg(long = "value", value_name = "KEY=VALUE")]
     pub values: Vec<String>,
-    /// A value read from a file, KEY=PATH; PATH - reads stdin (repeatable)
+    /// A value read from a file, KEY=PATH; PATH - reads stdin (repeatable). One trailing
+    /// newline (from `echo` or an editor) is dropped
     #[arg(long = "value-file", value_name = "KEY=PATH")]
     pub value_files: Vec<String>,
+    /// A value read from a file exactly as it is, trailing newline included, KEY=PATH
+    /// (repeatable)
+    #[arg(long = "value-file-raw", value_name = "KEY=PATH")]
+    pub raw_value_files: Vec<String>,
     /// A JSON object of string values, from FILE or - for stdin
     #[arg(long, value_name = "FILE")]
     pub values_json: Option<PathBuf>,
@@ -423,7 +428,12 @@ pub enum SecretCmd {
     /// Soft-delete a secret (recoverable with undelete)
     Delete { name: String },
     /// Bring back a soft-deleted secret
-    Undelete { name: String },
+    Undelete {
+        name: String,
+        /// Bring it back under this name (its own is taken by a secret created since)
+        #[arg(long = "as", value_name = "NEW")]
+        as_name: Option<String>,
+    },
     /// Crypto-shred a secret: every version becomes undecryptable, for good
     Purge {
         name: String,

@@ -78,6 +78,10 @@ fn collect_values(args: &ValueArgs) -> Result<SecretValues> {
         }
         add(k, &text)?;
     }
+    for pair in &args.raw_value_files {
+        let (k, path) = split_pair("--value-file-raw", pair)?;
+        add(k, &read_source(Path::new(path))?)?;
+    }
     if let Some(path) = &args.values_json {
         let text = read_source(path)?;
         let pairs: JsonPairs = serde_json::from_str(&text).map_err(|e| {
@@ -272,7 +276,22 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
             },
         ),
         SecretCmd::Delete { name } => write("deleted", Command::Delete { name }),
-        SecretCmd::Undelete { name } => write("undeleted", Command::Undelete { name }),
+        SecretCmd::Undelete { name, as_name: None } => {
+            let hint = format!(
+                "its name is taken; `sledger secret undelete {} --as NEW` brings it back under another",
+                output::printable(&name)
+            );
+            write("undeleted", Command::Undelete { name }).map_err(|e| {
+                match e.downcast_ref::<sledger::Error>() {
+                    Some(sledger::Error::AlreadyExists { .. }) => e.context(hint),
+                    _ => e,
+                }
+            })
+        }
+        SecretCmd::Undelete {
+            name,
+            as_name: Some(new_name),
+        } => undelete_as(ctx, &name, new_name),
         SecretCmd::Purge { name, yes } => {
             if !yes {
                 return Err(usage(format!(
@@ -425,6 +444,51 @@ fn note_source(doc: &Value) {
             source_text(&doc["source"])
         );
     }
+}
+
+/// `undelete NAME --as NEW`: the deleted secret called NAME (the caller's private one first,
+/// then the most recently changed) renamed and brought back, in one transaction.
+fn undelete_as(ctx: &Context, name: &str, new_name: String) -> Result<()> {
+    if ctx.remote.is_some() {
+        return Err(usage(
+            "undelete --as works on a local ledger; through a server, rename the secret by its id (id:UUID) first",
+        ));
+    }
+    let query = ListQuery {
+        prefix: Some(name.to_owned()),
+        ..ListQuery::new(Status::Deleted)
+    };
+    let mut deleted = Vec::new();
+    ctx.open()?.scan_secrets(&ctx.actor, &query, &mut |m| {
+        // Names run in order from the prefix: the exact name comes first, then longer ones.
+        let exact = m.name == name;
+        if exact {
+            deleted.push(m);
+        }
+        Ok(exact)
+    })?;
+    let Some(meta) = deleted
+        .into_iter()
+        .min_by_key(|m| (m.scope != Scope::Private, std::cmp::Reverse(m.updated_seq)))
+    else {
+        return Err(sledger::Error::SecretNotFound {
+            name: name.to_owned(),
+            hint: " among deleted secrets; `sledger secret list --deleted` shows them".into(),
+        }
+        .into());
+    };
+    let by_id = format!("{}{}", sledger::ledger::ID_REF_PREFIX, meta.id);
+    let (ledger, outcomes) = ctx.execute(vec![
+        Command::Rename {
+            name: by_id.clone(),
+            new_name,
+        },
+        Command::Undelete { name: by_id },
+    ])?;
+    let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
+    let docs = outcome_docs("undeleted", &outcomes[1..], primary.as_ref());
+    render_writes(ctx, &format!("undeleted {} as", output::printable(name)), &docs);
+    Ok(())
 }
 
 /// Secrets streamed in name order as they are read, a page of `limit` when given (with a note
