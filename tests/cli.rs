@@ -1157,3 +1157,42 @@ fn value_file_raw_keeps_the_trailing_newline() {
     assert_eq!(values["raw"], "pw\n");
     assert_eq!(values["trimmed"], "pw");
 }
+
+/// Shell completions and a man page, generated from the same command definitions; neither
+/// needs a ledger.
+#[test]
+fn completions_and_the_man_page_are_generated() {
+    let env = Env::empty();
+    for shell in ["bash", "zsh", "fish"] {
+        let script = env.ok(&["completions", shell]);
+        assert!(
+            script.contains("recover") && script.contains("secret"),
+            "{shell}: {script}"
+        );
+    }
+    let man = env.ok(&["man"]);
+    assert!(man.contains(".TH sledger"), "{man}");
+    assert!(!env.ledger.exists());
+}
+
+/// `verify --save-anchor` replaces this ledger's older anchor, but not another ledger's
+/// anchor or a file that is not an anchor, unless --force.
+#[test]
+fn save_anchor_refuses_to_overwrite_what_is_not_this_ledgers_anchor() {
+    let env = Env::new();
+    let anchor = env.path("anchor.json");
+    let path = anchor.to_str().unwrap();
+    env.ok(&["verify", "--save-anchor", path]);
+    env.ok(&["secret", "create", "a", "--value", "k=v"]);
+    env.ok(&["verify", "--save-anchor", path]);
+    env.ok(&["verify", "--anchor", path]);
+    let other = Env::new();
+    let err = other.fails(&["verify", "--save-anchor", path], EXISTS);
+    assert!(err.contains("--force"), "{err}");
+    env.ok(&["verify", "--anchor", path]);
+    let notes = env.path("notes.txt");
+    std::fs::write(&notes, "keep me").unwrap();
+    env.fails(&["verify", "--save-anchor", notes.to_str().unwrap()], EXISTS);
+    assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me");
+    other.ok(&["verify", "--save-anchor", path, "--force"]);
+}

@@ -113,6 +113,13 @@ pub enum Commands {
     /// Serve the HTTP API (tokens, roles, an access log of every read), with every sink's
     /// projector running; on first run, creates the embedded ledger and an admin token
     Serve(ServeArgs),
+    /// Print a shell completion script: `sledger completions bash > /etc/bash_completion.d/sledger`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff): `sledger man | man -l -`
+    Man,
     /// Issue, list and revoke the API tokens `sledger serve` accepts
     #[command(subcommand)]
     Token(TokenCmd),
@@ -506,6 +513,9 @@ pub struct VerifyArgs {
     /// Save the verified head (seq, hash) to FILE, to check later with --anchor
     #[arg(long, value_name = "FILE")]
     pub save_anchor: Option<PathBuf>,
+    /// Let --save-anchor replace a file that is not this ledger's anchor
+    #[arg(long, requires = "save_anchor")]
+    pub force: bool,
     /// Also check a saved anchor: catches a truncated or rewritten tail
     #[arg(long, value_name = "FILE")]
     pub anchor: Option<PathBuf>,

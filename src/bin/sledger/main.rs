@@ -35,6 +35,27 @@ fn main() {
         Err(e) => e.exit(),
     };
     init_tracing(cli.global.color);
+    // Neither needs a ledger, a key or a server.
+    match &cli.command {
+        Commands::Completions { .. } | Commands::Man => {
+            // Rendered whole first: writing straight to a closed pipe (`| head`) would panic.
+            let mut text = Vec::new();
+            match &cli.command {
+                Commands::Completions { shell } => {
+                    clap_complete::generate(*shell, &mut Cli::command(), "sledger", &mut text)
+                }
+                _ => clap_mangen::Man::new(Cli::command())
+                    .render(&mut text)
+                    .expect("writing to memory cannot fail"),
+            }
+            use std::io::Write as _;
+            if let Err(e) = std::io::stdout().write_all(&text) {
+                output::stdout_failed(e);
+            }
+            return;
+        }
+        _ => {}
+    }
     let actor_from_command_line = matches!(
         matches.value_source("actor"),
         Some(clap::parser::ValueSource::CommandLine)
@@ -64,6 +85,7 @@ fn main() {
         Commands::Reconcile(args) => replay::reconcile(&ctx, args),
         Commands::Serve(args) => local("serve").and_then(|()| serve::serve(&ctx, args)),
         Commands::Token(cmd) => serve::token(&ctx, cmd),
+        Commands::Completions { .. } | Commands::Man => unreachable!("handled before the context"),
     };
     if let Err(err) = result {
         std::process::exit(exit::report(&err, ctx.json()));

@@ -181,6 +181,20 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
         None => verify_local(ctx, &args, saved.as_ref())?,
     };
     if let Some(path) = &args.save_anchor {
+        // Replacing this ledger's older anchor is the point; anything else there was kept on
+        // purpose (another ledger's anchor, or not an anchor at all).
+        if path.exists() && !args.force {
+            let ours = read_anchor(path)
+                .map(|old| Some(old.ledger_id.as_str()) == doc["head"]["ledger_id"].as_str())
+                .unwrap_or(false);
+            if !ours {
+                return Err(sledger::Error::WouldOverwrite {
+                    what: "file, not an anchor of this ledger (--force replaces it),",
+                    path: path.clone(),
+                }
+                .into());
+            }
+        }
         // An anchor is public (a seq and a hash), so it is written 0644 on purpose; its worth is
         // in being kept where whoever could rewrite the ledger cannot reach it.
         use std::io::Write as _;
