@@ -1196,3 +1196,33 @@ fn save_anchor_refuses_to_overwrite_what_is_not_this_ledgers_anchor() {
     assert_eq!(std::fs::read_to_string(&notes).unwrap(), "keep me");
     other.ok(&["verify", "--save-anchor", path, "--force"]);
 }
+
+/// A label-only update shows in `log` and `history` (people and scripts), not as an empty
+/// CHANGES column.
+#[test]
+fn label_changes_show_in_the_log() {
+    let env = Env::new();
+    env.ok(&[
+        "secret", "create", "s", "--value", "k=v", "--label", "team=a", "--label", "env=p",
+    ]);
+    env.ok(&[
+        "secret",
+        "update",
+        "s",
+        "--label",
+        "team=b",
+        "--label",
+        "zone=eu",
+        "--remove-label",
+        "env",
+    ]);
+    let history = env.ok(&["secret", "history", "s"]);
+    let last = history.lines().last().unwrap();
+    for part in ["~label team=b", "+label zone=eu", "-label env"] {
+        assert!(last.contains(part), "{part} missing: {last}");
+    }
+    let entry = env.json_lines(&["log", "--tail", "1"]).pop().unwrap();
+    let changes = entry["label_changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 3, "{entry}");
+    assert!(changes.contains(&serde_json::json!({"key": "env", "change": "removed", "value": null})));
+}

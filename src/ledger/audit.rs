@@ -20,6 +20,9 @@ pub struct AuditEntry {
     pub changes: Vec<KeyChange>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub labels: Option<BTreeMap<String, String>>,
+    /// How the labels changed (a label-only update shows here and nowhere else).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub label_changes: Vec<LabelChange>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
 }
@@ -39,6 +42,49 @@ pub struct KeyChange {
     pub key: String,
     pub change: &'static str,
     pub fingerprint: Option<String>,
+}
+
+/// How one label changed: its new value, or `None` when removed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LabelChange {
+    pub key: String,
+    pub change: &'static str,
+    pub value: Option<String>,
+}
+
+/// The label changes from `before` to `after` (a created secret's labels are all added).
+fn label_changes(
+    before: Option<&BTreeMap<String, String>>,
+    after: &BTreeMap<String, String>,
+) -> Vec<LabelChange> {
+    let empty = BTreeMap::new();
+    let before = before.unwrap_or(&empty);
+    let mut changes: Vec<LabelChange> = after
+        .iter()
+        .filter_map(|(key, value)| {
+            let change = match before.get(key) {
+                None => "added",
+                Some(old) if old != value => "changed",
+                Some(_) => return None,
+            };
+            Some(LabelChange {
+                key: key.clone(),
+                change,
+                value: Some(value.clone()),
+            })
+        })
+        .collect();
+    changes.extend(
+        before
+            .keys()
+            .filter(|k| !after.contains_key(*k))
+            .map(|key| LabelChange {
+                key: key.clone(),
+                change: "removed",
+                value: None,
+            }),
+    );
+    changes
 }
 
 pub(super) fn fingerprint_hex(fp: &crate::crypto::Fingerprint) -> String {
@@ -116,6 +162,10 @@ pub(super) fn describe(
         Event::SecretCreated { labels, .. } | Event::SecretUpdated { labels, .. } => Some(labels.clone()),
         _ => None,
     };
+    let label_changes = labels
+        .as_ref()
+        .map(|after| label_changes(before.map(|m| &m.labels), after))
+        .unwrap_or_default();
     let meta = after.or(before);
     AuditEntry {
         seq: stored.seq,
@@ -130,6 +180,7 @@ pub(super) fn describe(
         version: meta.map(|m| m.version),
         changes,
         labels,
+        label_changes,
         detail,
     }
 }

@@ -28,7 +28,7 @@ mod witness;
 
 pub use append::Request;
 use append::*;
-pub use audit::{AuditEntry, KeyChange, LogFilter};
+pub use audit::{AuditEntry, KeyChange, LabelChange, LogFilter};
 pub(crate) use persist::open_values_at;
 use persist::*;
 pub use query::SecretPage;

@@ -37,6 +37,14 @@ fn changes(e: &Value) -> String {
             }
         })
         .collect();
+    for c in e["label_changes"].as_array().into_iter().flatten() {
+        let key = text(&c["key"]);
+        parts.push(match (c["change"].as_str(), c["value"].as_str()) {
+            (Some("added"), Some(v)) => format!("+label {key}={v}"),
+            (_, Some(v)) => format!("~label {key}={v}"),
+            (_, None) => format!("-label {key}"),
+        });
+    }
     if let Some(d) = e["detail"].as_str() {
         parts.push(d.to_owned());
     }
@@ -104,7 +112,9 @@ fn table(ctx: &Context, header: &[&str], row: fn(&Value) -> Vec<String>, docs: &
 
 /// Audit entries as a table or JSON lines.
 pub fn render(ctx: &Context, entries: &[Value]) {
-    table(ctx, &HEADER, row, entries);
+    let mut out = output::Stream::new(ctx.json(), output::StreamFormat::JsonLines, &HEADER);
+    entries.iter().for_each(|e| out.push(e, row(e)));
+    out.finish();
 }
 
 /// One line per document as it comes (following).
