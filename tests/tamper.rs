@@ -267,6 +267,16 @@ fn redirecting_a_sink_in_the_derived_table_is_caught() {
     raw.execute("UPDATE sinks SET url = ?1 WHERE name = 'local'", [&evil])
         .unwrap();
     drop(raw);
+    // Writes, projection and reads go by the log's sink events, never by that table: nothing
+    // reaches the URL written there.
+    env.ok(&["secret", "create", "b", "--value", "k=two"]);
+    env.ok(&["project"]);
+    assert_eq!(
+        env.ok(&["secret", "get", "b", "--key", "k", "--from", "primary"]),
+        "two\n"
+    );
+    assert!(!env.path("evil.db").exists(), "a value went to the edited URL");
+    assert!(env.json(&["sink", "list"]).to_string().contains("ledger.sink.db"));
     let err = env.fails(&["verify"], INTEGRITY);
     assert!(
         err.contains("sinks table") && err.contains("--rebuild-catalog"),
@@ -279,6 +289,31 @@ fn redirecting_a_sink_in_the_derived_table_is_caught() {
         "{list}"
     );
     env.ok(&["verify"]);
+}
+
+/// A data key deleted by hand from `secret_keys` (outside the chain) is corruption, not a
+/// purge: reads fail with exit 5, and `reconcile` deletes nothing from the sink.
+#[test]
+fn a_data_key_deleted_by_hand_is_corruption_not_a_purge() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=one"]);
+    env.ok(&["secret", "create", "b", "--value", "k=two"]);
+    let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+    raw.execute("DELETE FROM secret_keys", []).unwrap();
+    drop(raw);
+    let err = env.fails(&["secret", "get", "a", "--from", "ledger"], INTEGRITY);
+    assert!(err.contains("no purge"), "{err}");
+    env.fails(&["reconcile", "local"], INTEGRITY);
+    env.fails(&["replay", "--into", &env.sqlite_url("copy.db")], INTEGRITY);
+    // The sink still holds both secrets.
+    assert_eq!(
+        env.ok(&["secret", "get", "a", "--key", "k", "--from", "primary"]),
+        "one\n"
+    );
+    assert_eq!(
+        env.ok(&["secret", "get", "b", "--key", "k", "--from", "primary"]),
+        "two\n"
+    );
 }
 
 /// Append `event` after the head with a correct (unkeyed) chain, as someone who can write the

@@ -22,7 +22,7 @@ pub(super) fn check_size(
 ) -> Result<()> {
     validate::values(name, values, settings.max_value_bytes)?;
     let size = values.json_size();
-    for sink in tx.sinks()?.values() {
+    for sink in sinks_from_log(tx)?.values() {
         let limit = SinkUrl::parse(&sink.url)?.capabilities().max_value_bytes;
         if size > limit {
             return Err(Error::TooLargeForSink {
@@ -40,7 +40,7 @@ pub(super) fn check_size(
 /// before the append like the values' size: a secret some sink cannot hold is refused, never
 /// appended and then parked where the primary would not serve it.
 pub(super) fn check_metadata_fits(tx: &dyn Store, meta: &SecretMeta) -> Result<()> {
-    let sinks = tx.sinks()?;
+    let sinks = sinks_from_log(tx)?;
     if sinks.is_empty() || meta.status != Status::Live {
         return Ok(());
     }
@@ -84,7 +84,7 @@ pub(super) fn validate_sink_name(name: &str) -> Result<()> {
 
 /// Plan a sink command against the current sink registry.
 pub(super) fn plan_sink(tx: &dyn Store, command: Command) -> Result<Planned> {
-    let sinks = tx.sinks()?;
+    let sinks = sinks_from_log(tx)?;
     let get = |name: &str| {
         sinks.get(name).ok_or_else(|| Error::SinkNotFound {
             name: name.to_owned(),
@@ -257,9 +257,8 @@ pub(super) fn append_request(
                         continue;
                     }
                     let name = sink_event_name(&new.event);
-                    let mut sinks = tx.sinks()?;
-                    catalog::apply_sink_event(&mut sinks, &row, new.event)?;
-                    tx.put_sinks(&sinks)?;
+                    // The fold includes the row just appended (same transaction).
+                    tx.put_sinks(&sinks_from_log(tx)?)?;
                     if event_type == "sink.added" {
                         // A sink re-added under an old name starts from scratch.
                         tx.forget_sink_progress(&name)?;

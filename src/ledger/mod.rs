@@ -477,7 +477,7 @@ impl Ledger {
 
     /// The attached sinks, by name.
     pub fn sinks(&self) -> Result<BTreeMap<String, SinkConfig>> {
-        self.catalog()?.sinks()
+        sinks_from_log(&*self.store)
     }
 
     pub fn sink_config(&self, name: &str) -> Result<SinkConfig> {

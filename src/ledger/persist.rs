@@ -92,10 +92,44 @@ pub(super) fn ensure_name_free(store: &dyn Store, ns: &str, scope: Scope, name: 
     Ok(())
 }
 
+/// The attached sinks, folded from the log's sink events (found through the type index: a
+/// handful of events). The `sinks` table is not trusted for this: it is outside the chain, and
+/// a URL edited there would send values wherever it names.
+pub(super) fn sinks_from_log(store: &dyn Store) -> Result<BTreeMap<String, SinkConfig>> {
+    let mut sinks = BTreeMap::new();
+    store.scan_types(
+        &["sink.added", "sink.role_changed", "sink.removed"],
+        0,
+        &mut |e| {
+            catalog::apply_sink_event(&mut sinks, &e, e.decode()?)?;
+            Ok(true)
+        },
+    )?;
+    Ok(sinks)
+}
+
+/// A secret's data key. A key that is gone is a purge only if the log records one: the
+/// `secret_keys` table is outside the chain, and a key deleted there by hand must not pass
+/// for a purge (whose next replay would delete the secret from every backend).
 pub(super) fn load_dek(store: &dyn Store, master: &MasterKey, meta: &SecretMeta) -> Result<DataKey> {
-    let wrapped = store.wrapped_key(meta.id)?.ok_or_else(|| Error::Purged {
-        name: meta.name.clone(),
-    })?;
+    let Some(wrapped) = store.wrapped_key(meta.id)? else {
+        let mut purged = false;
+        store.scan_secret(meta.id, u64::MAX, &mut |e| {
+            purged |= e.event_type == "secret.purged";
+            Ok(!purged)
+        })?;
+        return Err(match purged {
+            true => Error::Purged {
+                name: meta.name.clone(),
+            },
+            false => Error::Corrupt(format!(
+                "the data key of secret {:?} is missing, though the log records no purge of it: the \
+                 ledger file was edited outside sledger. Its values cannot be read, and nothing is \
+                 deleted from any sink; restore the ledger from a backup (`sledger ledger backup`)",
+                meta.name
+            )),
+        });
+    };
     master.unwrap_data_key(&wrapped, meta.id)
 }
 
@@ -144,7 +178,7 @@ pub(super) fn finish_append(
             snapshot.push(&id, &meta.to_bytes());
             Ok(true)
         })?;
-        store.put_snapshot(head.seq, &snapshot.finish(&store.sinks()?))?;
+        store.put_snapshot(head.seq, &snapshot.finish(&sinks_from_log(store)?))?;
         tracing::debug!(seq = head.seq, "catalog snapshot stored");
     }
     Ok(())
