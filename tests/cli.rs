@@ -1226,3 +1226,47 @@ fn label_changes_show_in_the_log() {
     assert_eq!(changes.len(), 3, "{entry}");
     assert!(changes.contains(&serde_json::json!({"key": "env", "change": "removed", "value": null})));
 }
+
+/// `replay --at` a point before a purge says that the purged secret cannot come back (as
+/// `restore` does), instead of leaving it out silently.
+#[test]
+fn replay_before_a_purge_names_what_cannot_come_back() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "kept", "--value", "k=1"]);
+    env.ok(&["secret", "create", "shredded", "--value", "k=2"]);
+    let before = env.json_lines(&["log", "--tail", "1"])[0]["seq"].to_string();
+    env.ok(&["secret", "purge", "shredded", "--yes"]);
+    let out = env
+        .cmd()
+        .args(["replay", "--into", &env.sqlite_url("then.db"), "--seq", &before])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("purged since") && err.contains("shredded"), "{err}");
+}
+
+/// Help a newcomer can use: global options under their own heading, positional arguments
+/// described, examples in the long help, and a secret's many keys abbreviated in tables.
+#[test]
+fn help_and_tables_stay_readable() {
+    let env = Env::new();
+    let help = env.ok(&["--help"]);
+    assert!(help.contains("Global options"), "{help}");
+    let get = env.ok(&["secret", "get", "--help"]);
+    assert!(
+        get.contains("The secret's name") && get.contains("Examples:"),
+        "{get}"
+    );
+    let values: Vec<String> = (0..60).map(|i| format!("key{i:02}=v")).collect();
+    let mut args = vec!["secret", "create", "wide"];
+    for v in &values {
+        args.extend(["--value", v.as_str()]);
+    }
+    env.ok(&args);
+    let table = env.ok(&["secret", "list"]);
+    let row = table.lines().find(|l| l.starts_with("wide")).unwrap();
+    assert!(row.contains("… +") && row.chars().count() < 160, "{row}");
+    let doc = &env.json(&["secret", "list"])[0];
+    assert_eq!(doc["keys"].as_array().unwrap().len(), 60, "JSON keeps every key");
+}

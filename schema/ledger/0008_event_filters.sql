@@ -1,4 +1,3 @@
--- `sledger log --type T` and `--actor A` read only the events they print. Never edit this file
--- once released. (A secret's events already have `events_by_secret`.)
-CREATE INDEX IF NOT EXISTS events_by_type ON events (event_type, seq);
+-- `sledger log --actor A` reads only the events it prints. Never edit this file once released.
+-- (A secret's events have `events_by_secret` (0001), a type's `events_by_type` (0005).)
 CREATE INDEX IF NOT EXISTS events_by_actor ON events (actor, seq);

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
+use crate::catalog::Status;
 use crate::error::{Error, Result};
 use crate::event::Millis;
 use crate::ledger::Ledger;
@@ -49,10 +50,29 @@ impl Ledger {
     pub fn desired_at(&self, seq: u64) -> Result<Desired> {
         let catalog = self.catalog_at(seq)?;
         let mut objects = HashMap::with_capacity(catalog.secrets.len());
+        let mut purged_since = Vec::new();
         for meta in catalog.secrets.into_values() {
-            objects.insert(meta.id, self.op_for(meta)?);
+            let (id, live, name) = (meta.id, meta.status == Status::Live, meta.name.clone());
+            let op = self.op_for(meta)?;
+            if live
+                && matches!(
+                    op,
+                    Op::Delete {
+                        how: DeleteMode::Purge,
+                        ..
+                    }
+                )
+            {
+                purged_since.push(name);
+            }
+            objects.insert(id, op);
         }
-        Ok(Desired { seq, objects })
+        purged_since.sort();
+        Ok(Desired {
+            seq,
+            objects,
+            purged_since,
+        })
     }
 }
 
@@ -61,6 +81,9 @@ impl Ledger {
 pub struct Desired {
     pub seq: u64,
     pub objects: HashMap<SecretId, Op>,
+    /// Secrets live at the target but purged since: their values are gone, so the target
+    /// cannot hold them (a replay says so).
+    pub purged_since: Vec<String>,
 }
 
 /// How one object differs from the target.

@@ -280,6 +280,7 @@ async fn empty_sink(
     let nothing = Desired {
         seq: through,
         objects: Default::default(),
+        purged_since: Vec::new(),
     };
     Ok(apply(&nothing, sink, &doomed, &|_, _| {}).await?.deleted)
 }

@@ -21,15 +21,34 @@ pub struct Cli {
 }
 
 #[derive(Args, Clone)]
+#[command(next_help_heading = "Global options")]
 pub struct Global {
     /// The ledger file [default: $XDG_DATA_HOME/sledger/ledger.db]
-    #[arg(long, global = true, env = "SLEDGER_LEDGER", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLEDGER_LEDGER",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
     pub ledger: Option<PathBuf>,
     /// The master key file [default: the ledger path with extension .key]; SLEDGER_MASTER_KEY (base64) wins over it
-    #[arg(long, global = true, env = "SLEDGER_KEY_FILE", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLEDGER_KEY_FILE",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
     pub key_file: Option<PathBuf>,
     /// Who is acting, recorded in every event [default: user@host]. On `log`, a filter.
-    #[arg(long, global = true, env = "SLEDGER_ACTOR", value_name = "NAME")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLEDGER_ACTOR",
+        value_name = "NAME",
+        hide_env_values = true
+    )]
     pub actor: Option<String>,
     /// Output for people (tables) or scripts (JSON)
     #[arg(long, global = true, value_enum, default_value_t = Format::Human)]
@@ -39,13 +58,31 @@ pub struct Global {
     #[arg(long, global = true, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub wait: std::time::Duration,
     /// Talk to this `sledger serve` instead of opening a ledger (with SLEDGER_TOKEN or --token-file)
-    #[arg(long, global = true, env = "SLEDGER_SERVER", value_name = "URL")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLEDGER_SERVER",
+        value_name = "URL",
+        hide_env_values = true
+    )]
     pub server: Option<String>,
     /// A file (mode 0600) holding the token for --server
-    #[arg(long, global = true, env = "SLEDGER_TOKEN_FILE", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLEDGER_TOKEN_FILE",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
     pub token_file: Option<PathBuf>,
     /// Trust this PEM CA certificate for --server (a private CA)
-    #[arg(long, global = true, env = "SLEDGER_CA_FILE", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        env = "SLEDGER_CA_FILE",
+        value_name = "PATH",
+        hide_env_values = true
+    )]
     pub ca_file: Option<PathBuf>,
     /// Colour in log lines on stderr: auto (a terminal, and NO_COLOR unset), always, never
     #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
@@ -73,6 +110,9 @@ pub enum Commands {
     #[command(subcommand)]
     Secret(SecretCmd),
     /// The audit log: every event, never a value
+    #[command(
+        after_long_help = "Examples:\n  sledger log --tail 20\n  sledger log --since 2026-11-01T00:00:00Z --type secret.updated --limit 20\n  sledger log --secret db/prod\n  sledger log --after-seq 1200 --limit 100     # the next page: --after-seq LAST\n  sledger log --follow --format json"
+    )]
     Log(LogArgs),
     /// Recompute the hash chain and report the first bad event
     Verify(VerifyArgs),
@@ -87,6 +127,9 @@ pub enum Commands {
     /// Rebuild a lost ledger (at --ledger, which must not exist) from what a sink holds: every
     /// live secret's current values, name, scope, owner and labels, under its own id. A sqlite
     /// sink needs the lost ledger's master key
+    #[command(
+        after_long_help = "Examples:\n  sledger --ledger /srv/new.db --key-file /safe/ledger.key recover --from sqlite:///srv/old.sink.db\n  sledger --ledger /srv/new.db recover --from 'aws-sm://eu-west-1?prefix=prod/' --primary sqlite:///srv/new.sink.db"
+    )]
     Recover(RecoverArgs),
     /// Bulk-load secrets from a file or adopt a backend's existing secrets, in batched
     /// all-or-nothing transactions
@@ -100,6 +143,9 @@ pub enum Commands {
     Replay(ReplayArgs),
     /// Roll the current state back to a past point with compensating events; without --at or
     /// --seq, repair the primary sink from the ledger
+    #[command(
+        after_long_help = "Examples:\n  sledger restore --at 2026-11-28T12:00:00Z --dry-run   # what rolling back would change\n  sledger restore --at 2026-11-28T12:00:00Z\n  sledger restore --seq 1200 --secret db/prod\n  sledger restore                                        # repair a wiped primary from the ledger"
+    )]
     Restore(RestoreArgs),
     /// Resync every backup sink to the ledger (creates, updates, deletes of stray objects)
     Backup(BackupArgs),
@@ -392,7 +438,11 @@ pub struct ValueArgs {
 #[derive(Subcommand)]
 pub enum SecretCmd {
     /// Create a secret
+    #[command(
+        after_long_help = "Examples:\n  sledger secret create db/prod --value user=admin --value-file password=./pw.txt --label env=prod\n  echo '{\"token\":\"abc\"}' | sledger secret create api/token --values-json -\n  sledger secret create my-laptop --private --value k=v"
+    )]
     Create {
+        /// The new secret's name (letters, digits and _ . @ / + = -)
         name: String,
         #[command(flatten)]
         values: ValueArgs,
@@ -404,11 +454,16 @@ pub enum SecretCmd {
         private: bool,
     },
     /// Print a secret's values (latest, a version, or as of a time)
+    #[command(
+        after_long_help = "Examples:\n  sledger secret get db/prod\n  sledger secret get db/prod --key password      # just the value, for $(…)\n  sledger secret get db/prod --version 1\n  sledger secret get db/prod --at 2026-11-28T12:00:00Z"
+    )]
     Get {
+        /// The secret's name (or id:UUID)
         name: String,
         /// Print only this key's value, raw
         #[arg(long, value_name = "K")]
         key: Option<String>,
+        /// A past version (1 is the first)
         #[arg(long, value_name = "N", conflicts_with = "at")]
         version: Option<u32>,
         /// RFC 3339 time, e.g. 2026-11-28T12:00:00Z
@@ -420,22 +475,35 @@ pub enum SecretCmd {
     },
     /// Change some values or labels; keys not named keep their values
     Update {
+        /// The secret's name (or id:UUID)
         name: String,
         #[command(flatten)]
         values: ValueArgs,
+        /// Remove this value key (repeatable)
         #[arg(long = "remove-key", value_name = "K")]
         remove_keys: Vec<String>,
+        /// Set a label, K=V (repeatable)
         #[arg(long = "label", value_name = "K=V")]
         labels: Vec<String>,
+        /// Remove a label (repeatable)
         #[arg(long = "remove-label", value_name = "K")]
         remove_labels: Vec<String>,
     },
     /// Rename a secret (its id, and so its sink objects, stay the same)
-    Rename { old: String, new: String },
+    Rename {
+        /// Its name now
+        old: String,
+        /// Its new name
+        new: String,
+    },
     /// Soft-delete a secret (recoverable with undelete)
-    Delete { name: String },
+    Delete {
+        /// The secret's name (or id:UUID)
+        name: String,
+    },
     /// Bring back a soft-deleted secret
     Undelete {
+        /// The deleted secret's name
         name: String,
         /// Bring it back under this name (its own is taken by a secret created since)
         #[arg(long = "as", value_name = "NEW")]
@@ -443,12 +511,16 @@ pub enum SecretCmd {
     },
     /// Crypto-shred a secret: every version becomes undecryptable, for good
     Purge {
+        /// The secret's name (or id:UUID)
         name: String,
         /// Confirm that this cannot be undone
         #[arg(long)]
         yes: bool,
     },
     /// List secrets (metadata only)
+    #[command(
+        after_long_help = "Examples:\n  sledger secret list --label env=prod\n  sledger secret list --prefix db/ --limit 100\n  sledger secret list --limit 100 --after db/prod   # the next page"
+    )]
     List {
         /// Only secrets with this label, K=V (repeatable; all must match)
         #[arg(long = "label", value_name = "K=V")]
@@ -467,7 +539,10 @@ pub enum SecretCmd {
         after: Option<String>,
     },
     /// Every change to one secret: versions, actors, keys changed, fingerprints
-    History { name: String },
+    History {
+        /// The secret's name (or id:UUID)
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -86,6 +86,24 @@ pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
         .into()
 }
 
+/// `items` joined with commas in at most about `width` characters: those that fit, then
+/// `… +N` for the rest (a secret with 4 000 keys must not make every row of a table 24 000
+/// characters wide; `--format json` lists them all).
+pub fn abbreviated(items: &[String], width: usize) -> String {
+    let mut shown = String::new();
+    for (i, item) in items.iter().enumerate() {
+        let extra = item.chars().count() + usize::from(i > 0);
+        if shown.chars().count() + extra > width && i > 0 {
+            return format!("{shown},… +{}", items.len() - i);
+        }
+        if i > 0 {
+            shown.push(',');
+        }
+        shown.push_str(item);
+    }
+    shown
+}
+
 /// `1 event`, `2 events`.
 pub fn count(n: impl Into<u64>, noun: &str) -> String {
     let n = n.into();

@@ -187,6 +187,17 @@ pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
     }
     let (sink, attached) = orchestrate::replay_target(&ledger, &args.into, args.dry_run)?;
     let desired = ledger.desired_at(seq)?;
+    if !desired.purged_since.is_empty() && !ctx.json() {
+        eprintln!(
+            "note: purged since, cannot come back: {} (their values are destroyed); replaying the rest",
+            desired
+                .purged_since
+                .iter()
+                .map(|n| output::printable(n))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let mode = Mode::unless_dry_run(args.dry_run, Mode::AllOrNothing);
     block_on(reconcile_sink(
         ctx,

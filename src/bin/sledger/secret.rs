@@ -513,7 +513,7 @@ fn list(ctx: &Context, query: ListQuery, limit: Option<usize>) -> Result<()> {
                 text(&m["name"]),
                 text(&m["scope"]),
                 text(&m["version"]),
-                keys.join(","),
+                output::abbreviated(&keys, 40),
                 output::labels(&labels),
                 text(&m["updated_at"]),
             ],
