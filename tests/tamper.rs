@@ -618,3 +618,24 @@ fn an_anchor_forged_without_the_master_key_is_not_believed() {
         .collect();
     assert!(!names.iter().any(|n| n.contains("anchor")), "{names:?}");
 }
+
+/// A checkpoint raised by hand (the `sink_state` table is outside the chain) is not believed:
+/// the projector starts over instead of skipping events, so a new secret still reaches the
+/// sink.
+#[test]
+fn a_raised_checkpoint_does_not_make_the_projector_skip_events() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=one"]);
+    let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+    raw.execute("UPDATE sink_state SET checkpoint = 1000 WHERE name = 'local'", [])
+        .unwrap();
+    drop(raw);
+    env.ok(&["secret", "create", "b", "--value", "k=two", "--wait", "0"]);
+    env.ok(&["project"]);
+    assert_eq!(
+        env.ok(&["secret", "get", "b", "--key", "k", "--from", "primary"]),
+        "two\n"
+    );
+    let status = env.json(&["sink", "status"]);
+    assert_eq!(status[0]["checkpoint"], 3, "{status}");
+}

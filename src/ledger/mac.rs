@@ -169,6 +169,16 @@ impl Ledger {
         }
     }
 
+    /// The MAC stored beside a sink's checkpoint: it binds the checkpoint to the sink and the
+    /// attachment made at `attached`. Needs the master key.
+    pub(crate) fn checkpoint_mac(&self, sink: &str, attached: u64, checkpoint: u64) -> Result<[u8; 32]> {
+        let mac = &need_keys(self.keys.as_ref())?.mac;
+        Ok(mac.setting(
+            "sink checkpoint",
+            format!("{sink}\0{attached}\0{checkpoint}").as_bytes(),
+        ))
+    }
+
     /// Whether this ledger is unlocked (its MACs can be checked).
     pub fn is_unlocked(&self) -> bool {
         self.keys.is_some()

@@ -33,12 +33,13 @@ fn migrations() -> Migrations<'static> {
         M::up(include_str!("../../schema/ledger/0006_event_macs.sql")),
         M::up(LISTS_SQL),
         M::up(include_str!("../../schema/ledger/0008_event_filters.sql")),
+        M::up(include_str!("../../schema/ledger/0009_checkpoint_macs.sql")),
     ])
 }
 
 /// The newest schema version this build knows.
 pub fn schema_version() -> i64 {
-    8
+    9
 }
 
 fn configure(conn: &Connection) -> Result<()> {

@@ -114,15 +114,40 @@ pub struct SinkStatus {
 pub use crate::store::Parked;
 
 impl Ledger {
-    /// Every event ≤ the checkpoint has been applied to (or parked for) the sink.
+    /// Every event ≤ the checkpoint has been applied to (or parked for) the sink. With the key,
+    /// a checkpoint is believed only with the MAC stored beside it: one raised by hand (the
+    /// table is outside the chain) would make the projector skip events, so without a valid
+    /// MAC projection starts over from the beginning, which idempotent sink writes make safe.
     pub fn checkpoint(&self, sink: &str) -> Result<u64> {
-        Ok(self.store().sink_progress(sink)?.checkpoint)
+        let progress = self.store().sink_progress(sink)?;
+        if progress.checkpoint == 0 || !self.is_unlocked() {
+            return Ok(progress.checkpoint);
+        }
+        let attached = self.sink_config(sink)?.added_seq;
+        let expected = self.checkpoint_mac(sink, attached, progress.checkpoint)?;
+        let believed = progress
+            .checkpoint_mac
+            .as_deref()
+            .and_then(|m| <[u8; 32]>::try_from(m).ok())
+            .is_some_and(|m| crate::crypto::EventMac::matches(&m, &expected));
+        if believed {
+            return Ok(progress.checkpoint);
+        }
+        tracing::warn!(
+            sink,
+            checkpoint = progress.checkpoint,
+            "the sink's checkpoint has no valid MAC (edited outside sledger, or written before checkpoints had one): projecting it from the beginning"
+        );
+        // Forgotten, so the next checkpoint saved (with its MAC) is not held below the bad one.
+        self.store().forget_sink_progress(sink)?;
+        Ok(0)
     }
 
     /// Move a sink's checkpoint forward (never back: two projectors may race), if the sink is
     /// still the attachment made at `attached`. Returns whether it was.
     fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64) -> Result<bool> {
-        self.store().save_checkpoint(sink, attached, seq, now_ms())
+        let mac = self.checkpoint_mac(sink, attached, seq)?;
+        self.store().save_checkpoint(sink, attached, seq, &mac, now_ms())
     }
 
     fn record_sink_error(&self, sink: &str, error: &str) -> Result<()> {

@@ -71,6 +71,9 @@ pub struct SinkProgress {
     pub last_error: Option<String>,
     pub last_error_at: Option<Millis>,
     pub last_applied_at: Option<Millis>,
+    /// The MAC the ledger stored with the checkpoint (see `Ledger::checkpoint`).
+    #[serde(skip)]
+    pub checkpoint_mac: Option<Vec<u8>>,
 }
 
 /// A secret a sink refused permanently.
@@ -170,8 +173,9 @@ pub trait Store: Send {
     fn forget_sink_progress(&self, sink: &str) -> Result<()>;
     fn sink_progress(&self, sink: &str) -> Result<SinkProgress>;
     /// Move a sink's checkpoint forward to `seq` (never back) and clear its last error, if the
-    /// sink is still the attachment added at `attached`. Returns whether it was.
-    fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64, at: Millis) -> Result<bool>;
+    /// sink is still the attachment added at `attached`; `mac` moves with it (kept beside the
+    /// checkpoint it was made for). Returns whether it was.
+    fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64, mac: &[u8], at: Millis) -> Result<bool>;
     fn record_sink_error(&self, sink: &str, error: &str, at: Millis) -> Result<()>;
     /// Park (or park again) a secret the sink refused at `seq`.
     fn park(&self, sink: &str, parked: &Parked) -> Result<()>;

@@ -468,33 +468,38 @@ impl Store for SqliteStore {
     }
 
     fn sink_progress(&self, sink: &str) -> Result<SinkProgress> {
-        type Row = (i64, Option<String>, Option<i64>, Option<i64>);
+        type Row = (i64, Option<String>, Option<i64>, Option<i64>, Option<Vec<u8>>);
         let row: Option<Row> = self
             .conn
-            .prepare_cached("SELECT checkpoint, last_error, last_error_at, last_applied_at FROM sink_state WHERE name = ?1")?
-            .query_row([sink], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .prepare_cached(
+                "SELECT checkpoint, last_error, last_error_at, last_applied_at, checkpoint_mac FROM sink_state WHERE name = ?1",
+            )?
+            .query_row([sink], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
             .optional()?;
         Ok(row.map_or_else(
             SinkProgress::default,
-            |(checkpoint, last_error, last_error_at, last_applied_at)| SinkProgress {
+            |(checkpoint, last_error, last_error_at, last_applied_at, checkpoint_mac)| SinkProgress {
                 checkpoint: checkpoint as u64,
                 last_error,
                 last_error_at,
                 last_applied_at,
+                checkpoint_mac,
             },
         ))
     }
 
-    fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64, at: Millis) -> Result<bool> {
+    fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64, mac: &[u8], at: Millis) -> Result<bool> {
         let changed = self
             .conn
             .prepare_cached(
-                "INSERT INTO sink_state (name, checkpoint, last_applied_at)
-                 SELECT ?1, ?2, ?3 WHERE EXISTS (SELECT 1 FROM sinks WHERE name = ?1 AND added_seq = ?4)
-                 ON CONFLICT (name) DO UPDATE SET checkpoint = max(checkpoint, excluded.checkpoint),
+                "INSERT INTO sink_state (name, checkpoint, checkpoint_mac, last_applied_at)
+                 SELECT ?1, ?2, ?5, ?3 WHERE EXISTS (SELECT 1 FROM sinks WHERE name = ?1 AND added_seq = ?4)
+                 ON CONFLICT (name) DO UPDATE SET
+                 checkpoint_mac = CASE WHEN excluded.checkpoint >= checkpoint THEN excluded.checkpoint_mac ELSE checkpoint_mac END,
+                 checkpoint = max(checkpoint, excluded.checkpoint),
                  last_applied_at = excluded.last_applied_at, last_error = NULL, last_error_at = NULL",
             )?
-            .execute(params![sink, seq as i64, at, attached as i64])?;
+            .execute(params![sink, seq as i64, at, attached as i64, mac])?;
         Ok(changed > 0)
     }
 
