@@ -9,6 +9,8 @@
 
 use std::path::Path;
 
+use futures::StreamExt;
+
 use crate::crypto::{MasterKey, SinkSealKey};
 use crate::error::{Error, Result};
 use crate::event::SinkRole;
@@ -98,10 +100,17 @@ pub async fn recover(
         ledger.execute(actor, vec![Command::RecordRecovery { source }])?;
         let (mut secrets, mut gone) = (0u64, 0u64);
         let total = entries.len() as u64;
+        // Reads go as many at once as the backend takes (a cloud sink answers each in a round
+        // trip); appends are batched.
+        let in_flight = sink.capabilities().max_concurrency.max(1);
         for chunk in entries.chunks(BATCH) {
             let mut batch = Vec::with_capacity(chunk.len());
-            for entry in chunk {
-                match sink.get(entry.id).await? {
+            let records: Vec<_> = futures::stream::iter(chunk.iter().map(|e| sink.get(e.id)))
+                .buffered(in_flight)
+                .collect()
+                .await;
+            for record in records {
+                match record? {
                     Some(record) => batch.push(Command::Recover {
                         id: record.id,
                         name: record.name,
