@@ -212,15 +212,22 @@ impl SecretMeta {
 
 /// A snapshot's bytes, written a secret at a time in id order, so storing or checking one
 /// never needs the whole catalog decoded: bincode of `(seq, secrets by id, sinks)`, which
-/// [`Catalog::from_snapshot`] reads.
-pub struct SnapshotEncoder {
-    bytes: Vec<u8>,
+/// [`Catalog::from_snapshot`] reads. It writes into a buffer, or straight into a hasher.
+pub struct SnapshotEncoder<W = Vec<u8>> {
+    out: W,
 }
 
-impl SnapshotEncoder {
+impl SnapshotEncoder<Vec<u8>> {
     /// A snapshot at `seq` of `secrets` secrets (exactly that many must be pushed).
     pub fn new(seq: u64, secrets: usize) -> Self {
-        let mut snapshot = SnapshotEncoder { bytes: Vec::new() };
+        Self::writing_to(Vec::new(), seq, secrets)
+    }
+}
+
+impl<W: std::io::Write> SnapshotEncoder<W> {
+    /// [`SnapshotEncoder::new`], writing into `out`.
+    pub fn writing_to(out: W, seq: u64, secrets: usize) -> Self {
+        let mut snapshot = SnapshotEncoder { out };
         snapshot.encode(&seq);
         snapshot.encode(&(secrets as u64));
         snapshot
@@ -229,16 +236,16 @@ impl SnapshotEncoder {
     /// The next secret (ids in ascending order), its metadata as [`SecretMeta::to_bytes`].
     pub fn push(&mut self, id: &SecretId, meta: &[u8]) {
         self.encode(id);
-        self.bytes.extend_from_slice(meta);
+        self.out.write_all(meta).expect("a snapshot's sink never fails");
     }
 
-    pub fn finish(mut self, sinks: &BTreeMap<String, SinkConfig>) -> Vec<u8> {
+    pub fn finish(mut self, sinks: &BTreeMap<String, SinkConfig>) -> W {
         self.encode(sinks);
-        self.bytes
+        self.out
     }
 
     fn encode<T: Serialize + ?Sized>(&mut self, value: &T) {
-        bincode::serde::encode_into_std_write(value, &mut self.bytes, bincode::config::standard())
+        bincode::serde::encode_into_std_write(value, &mut self.out, bincode::config::standard())
             .expect("a snapshot always encodes");
     }
 }

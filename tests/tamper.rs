@@ -639,3 +639,53 @@ fn a_raised_checkpoint_does_not_make_the_projector_skip_events() {
     let status = env.json(&["sink", "status"]);
     assert_eq!(status[0]["checkpoint"], 3, "{status}");
 }
+
+/// A snapshot edited in the file (derived state, outside the chain) fails `verify`, which
+/// compares each stored snapshot with the fold of the log (by digest, reading it in pieces).
+#[test]
+fn an_edited_snapshot_is_caught_by_verify() {
+    use sledger::{Command, Ledger, LedgerSettings, MasterKey, Scope, SecretValues};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let master = MasterKey::generate();
+    let settings = LedgerSettings {
+        snapshot_interval: 2,
+        ..Default::default()
+    };
+    Ledger::init(&path, master.clone(), settings).unwrap();
+    let mut ledger = Ledger::open_with_key(&path, master.clone()).unwrap();
+    for i in 0..8 {
+        let mut values = SecretValues::new();
+        values.insert("k", "v");
+        let create = Command::Create {
+            name: format!("s{i}"),
+            scope: Scope::Workspace,
+            labels: Default::default(),
+            values,
+        };
+        ledger.execute("alice", vec![create]).unwrap();
+    }
+    ledger.verify(&mut |_, _| {}).unwrap();
+    drop(ledger);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let (seq, mut state): (i64, Vec<u8>) = raw
+        .query_row(
+            "SELECT seq, state FROM snapshots ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the ledger took a snapshot");
+    let middle = state.len() / 2;
+    state[middle] ^= 0x01;
+    raw.execute_batch("DROP TRIGGER IF EXISTS snapshots_are_append_only_update")
+        .unwrap();
+    raw.execute(
+        "UPDATE snapshots SET state = ?1 WHERE seq = ?2",
+        rusqlite::params![state, seq],
+    )
+    .unwrap();
+    drop(raw);
+    let mut ledger = Ledger::open_with_key(&path, master).unwrap();
+    let err = ledger.verify(&mut |_, _| {}).unwrap_err();
+    assert!(matches!(err, sledger::Error::Corrupt(_)), "{err}");
+}

@@ -47,12 +47,13 @@ impl CompactFold {
         Ok(())
     }
 
-    fn to_snapshot(&self) -> Vec<u8> {
-        let mut snapshot = SnapshotEncoder::new(self.seq, self.secrets.len());
+    /// The digest of this fold's snapshot encoding, hashed as it is encoded (never held).
+    fn snapshot_digest(&self) -> [u8; 32] {
+        let mut snapshot = SnapshotEncoder::writing_to(blake3::Hasher::new(), self.seq, self.secrets.len());
         for (id, meta) in &self.secrets {
             snapshot.push(id, meta);
         }
-        snapshot.finish(&self.sinks)
+        *snapshot.finish(&self.sinks).finalize().as_bytes()
     }
 }
 
@@ -164,21 +165,21 @@ impl Ledger {
         Ok(())
     }
 
-    /// Whether the stored snapshot at `seq` holds `folded`. Encoding the fold and comparing
-    /// bytes is several times cheaper than decoding the snapshot; a snapshot in an older
-    /// encoding is decoded and compared instead.
+    /// Whether the stored snapshot at `seq` holds `folded`: the digest of the stored bytes
+    /// (read in pieces) against that of the fold's encoding (hashed as it is encoded), so
+    /// neither is held whole; a snapshot in an older encoding is decoded and compared instead.
     fn snapshot_matches(&self, seq: u64, folded: &CompactFold) -> Result<bool> {
-        let stored = match self.store.snapshot_at_or_before(seq)? {
-            Some((at, stored)) if at == seq => stored,
-            _ => {
-                return Err(derived_mismatch(format!(
-                    "the snapshot at seq {seq} (it is gone)"
-                )))
-            }
+        let Some(stored) = self.store.snapshot_digest(seq)? else {
+            return Err(derived_mismatch(format!(
+                "the snapshot at seq {seq} (it is gone)"
+            )));
         };
-        if stored == folded.to_snapshot() {
+        if stored == folded.snapshot_digest() {
             return Ok(true);
         }
+        let Some((_, stored)) = self.store.snapshot_at_or_before(seq)? else {
+            return Ok(false);
+        };
         let decoded = Catalog::from_snapshot(&stored)?;
         Ok(decoded.seq == folded.seq
             && decoded.sinks == folded.sinks

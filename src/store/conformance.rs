@@ -493,6 +493,16 @@ fn snapshots_and_derived_state(fresh: Fresh<'_>) {
     tx.commit().unwrap();
     assert_eq!(store.snapshot_seqs().unwrap(), vec![10, 20]);
     assert_eq!(
+        store.snapshot_digest(20).unwrap(),
+        Some(*blake3::hash(b"twenty").as_bytes()),
+        "a snapshot's digest is that of its bytes"
+    );
+    assert_eq!(
+        store.snapshot_digest(15).unwrap(),
+        None,
+        "only a snapshot at exactly that seq"
+    );
+    assert_eq!(
         store.snapshot_at_or_before(15).unwrap(),
         Some((10, b"ten".to_vec()))
     );

@@ -200,6 +200,9 @@ pub trait Store: Send {
     /// The newest snapshot at or before `seq`: (its seq, its bytes).
     fn snapshot_at_or_before(&self, seq: u64) -> Result<Option<(u64, Vec<u8>)>>;
     fn snapshot_seqs(&self) -> Result<Vec<u64>>;
+    /// The blake3 digest of the snapshot stored at exactly `seq`, read a piece at a time (a
+    /// snapshot of a million secrets is hundreds of megabytes).
+    fn snapshot_digest(&self, seq: u64) -> Result<Option<[u8; 32]>>;
     /// Drop the catalog rows, the sink registry and the snapshots (inside the write
     /// transaction), to be folded again from the log.
     fn reset_derived(&self) -> Result<()>;

@@ -578,6 +578,25 @@ impl Store for SqliteStore {
             .optional()?)
     }
 
+    fn snapshot_digest(&self, seq: u64) -> Result<Option<[u8; 32]>> {
+        // `seq` is the table's rowid: the blob is read in place, never copied whole.
+        let blob = match self
+            .conn
+            .blob_open(rusqlite::MAIN_DB, "snapshots", "state", seq as i64, true)
+        {
+            Ok(blob) => blob,
+            Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::Unknown => {
+                return Ok(None)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut blob = std::io::BufReader::with_capacity(1 << 20, blob);
+        std::io::copy(&mut blob, &mut hasher)
+            .map_err(|e| Error::io("cannot read a snapshot".to_owned(), e))?;
+        Ok(Some(*hasher.finalize().as_bytes()))
+    }
+
     fn snapshot_seqs(&self) -> Result<Vec<u64>> {
         let mut stmt = self
             .conn
