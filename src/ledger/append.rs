@@ -350,6 +350,48 @@ pub(super) fn replace_values(
 }
 
 /// Validate one command against the catalog (inside the write transaction) and build its event.
+/// A secret to create: a new one (`create`), or one brought back under its own id and owner
+/// (`recover`).
+struct NewSecret {
+    id: SecretId,
+    name: String,
+    scope: Scope,
+    owner: String,
+    labels: BTreeMap<String, String>,
+    values: SecretValues,
+}
+
+impl NewSecret {
+    /// Check it, make and wrap its data key, and seal its values for event `seq`.
+    fn plan(
+        self,
+        tx: &dyn Store,
+        keys: Option<&Keys>,
+        settings: LedgerSettings,
+        seq: u64,
+    ) -> Result<Planned> {
+        validate::secret_name(&self.name)?;
+        validate::labels(&self.labels)?;
+        check_size(tx, settings, &self.name, &self.values)?;
+        let keys = need_keys(keys)?;
+        ensure_name_free(tx, &namespace(self.scope, &self.owner), self.scope, &self.name)?;
+        let dek = DataKey::generate();
+        tx.put_wrapped_key(self.id, &keys.master.wrap_data_key(&dek, self.id))?;
+        let sealed = seal(keys, &self.values, self.id, seq, &dek);
+        Ok(Planned::Append {
+            secret_id: self.id,
+            event: Event::SecretCreated {
+                name: self.name,
+                scope: self.scope,
+                owner: self.owner,
+                labels: self.labels,
+                values: sealed,
+            },
+            before: None,
+        })
+    }
+}
+
 pub(super) fn plan(
     tx: &dyn Store,
     keys: Option<&Keys>,
@@ -418,28 +460,18 @@ pub(super) fn plan(
             labels,
             values,
         } => {
-            validate::secret_name(&name)?;
-            validate::labels(&labels)?;
-            check_size(tx, settings, &name, &values)?;
             if tx.secret(id)?.is_some() {
                 return Err(Error::invalid(format!("secret {id} is already in this ledger")));
             }
-            ensure_name_free(tx, &namespace(scope, &owner), scope, &name)?;
-            let master = &need_keys(keys)?.master;
-            let dek = DataKey::generate();
-            tx.put_wrapped_key(id, &master.wrap_data_key(&dek, id))?;
-            let sealed = seal(need_keys(keys)?, &values, id, seq, &dek);
-            Planned::Append {
-                secret_id: id,
-                event: Event::SecretCreated {
-                    name,
-                    scope,
-                    owner,
-                    labels,
-                    values: sealed,
-                },
-                before: None,
-            }
+            let secret = NewSecret {
+                id,
+                name,
+                scope,
+                owner,
+                labels,
+                values,
+            };
+            secret.plan(tx, keys, settings, seq)?
         }
         Command::RecordRestore {
             target_seq,
@@ -457,26 +489,16 @@ pub(super) fn plan(
             labels,
             values,
         } => {
-            validate::secret_name(&name)?;
-            validate::labels(&labels)?;
-            check_size(tx, settings, &name, &values)?;
-            let master = &need_keys(keys)?.master;
-            ensure_name_free(tx, &namespace(scope, actor), scope, &name)?;
-            let id = SecretId::now_v7();
-            let dek = DataKey::generate();
-            tx.put_wrapped_key(id, &master.wrap_data_key(&dek, id))?;
-            let sealed = seal(need_keys(keys)?, &values, id, seq, &dek);
-            Planned::Append {
-                secret_id: id,
-                event: Event::SecretCreated {
-                    name,
-                    scope,
-                    owner: actor.to_owned(),
-                    labels,
-                    values: sealed,
-                },
-                before: None,
-            }
+            let owner = actor.to_owned();
+            let secret = NewSecret {
+                id: SecretId::now_v7(),
+                name,
+                scope,
+                owner,
+                labels,
+                values,
+            };
+            secret.plan(tx, keys, settings, seq)?
         }
         Command::Update {
             name,
