@@ -144,23 +144,7 @@ impl MasterKey {
 
     /// Write the key to a new file with mode 0600; never overwrites.
     pub fn write_new_file(&self, path: &Path) -> Result<()> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.mode(0o600);
-        }
-        let mut file = opts.open(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::AlreadyExists {
-                Error::WouldOverwrite {
-                    what: "key file",
-                    path: path.to_path_buf(),
-                }
-            } else {
-                Error::io(format!("cannot create key file {}", path.display()), e)
-            }
-        })?;
+        let mut file = crate::private_file::create(path, "key file")?;
         let text = self.to_base64();
         file.write_all(text.as_bytes())
             .and_then(|_| file.write_all(b"\n"))

@@ -28,6 +28,7 @@ pub mod import;
 pub mod keyfile;
 pub mod ledger;
 pub mod log;
+pub(crate) mod private_file;
 pub mod project;
 pub mod read;
 pub mod recover;

@@ -22,7 +22,9 @@ pub(super) fn check_size(
 ) -> Result<()> {
     validate::values(name, values, settings.max_value_bytes)?;
     let size = values.json_size();
-    for sink in sinks_from_log(tx)?.values() {
+    // The registry table, not the log's fold: this runs for every command of a group commit,
+    // and only decides a limit (sinks are opened, and values sent, by the log's fold).
+    for sink in tx.sinks()?.values() {
         let limit = SinkUrl::parse(&sink.url)?.capabilities().max_value_bytes;
         if size > limit {
             return Err(Error::TooLargeForSink {
@@ -40,7 +42,8 @@ pub(super) fn check_size(
 /// before the append like the values' size: a secret some sink cannot hold is refused, never
 /// appended and then parked where the primary would not serve it.
 pub(super) fn check_metadata_fits(tx: &dyn Store, meta: &SecretMeta) -> Result<()> {
-    let sinks = sinks_from_log(tx)?;
+    // The registry table, as in `check_size`.
+    let sinks = tx.sinks()?;
     if sinks.is_empty() || meta.status != Status::Live {
         return Ok(());
     }

@@ -57,23 +57,7 @@ fn configure(conn: &Connection) -> Result<()> {
 
 /// Create a new ledger file (mode 0600) with the current schema. Refuses an existing file.
 pub fn create(path: &Path) -> Result<Connection> {
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    opts.open(path).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AlreadyExists {
-            Error::WouldOverwrite {
-                what: "ledger",
-                path: path.to_path_buf(),
-            }
-        } else {
-            Error::io(format!("cannot create ledger {}", path.display()), e)
-        }
-    })?;
+    crate::private_file::create(path, "ledger")?;
     let mut conn = Connection::open(path)?;
     configure(&conn)?;
     conn.pragma_update(None, "application_id", APPLICATION_ID)?;

@@ -201,17 +201,7 @@ fn db_error(path: &Path, e: rusqlite::Error) -> Error {
 impl SqliteSink {
     /// Create a new sink file (mode 0600). Refuses an existing file.
     pub fn create(path: &Path) -> Result<()> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        opts.open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::WouldOverwrite {
-                what: "sink file",
-                path: path.to_path_buf(),
-            },
-            _ => Error::io(format!("cannot create sink file {}", path.display()), e),
-        })?;
+        crate::private_file::create(path, "sink file")?;
         let mut conn = Connection::open(path).map_err(|e| db_error(path, e))?;
         conn.pragma_update(None, "application_id", APPLICATION_ID)
             .map_err(|e| db_error(path, e))?;

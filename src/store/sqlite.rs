@@ -637,17 +637,7 @@ impl Store for SqliteStore {
     /// `VACUUM INTO` reads inside one transaction (WAL readers never block writers), so the
     /// copy is the store at one instant; it must go into an empty file, created here 0600.
     fn backup_to(&self, path: &Path) -> Result<()> {
-        let mut opts = std::fs::OpenOptions::new();
-        opts.write(true).create_new(true);
-        #[cfg(unix)]
-        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-        opts.open(path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::AlreadyExists => Error::WouldOverwrite {
-                what: "ledger backup",
-                path: path.to_path_buf(),
-            },
-            _ => Error::io(format!("cannot create {}", path.display()), e),
-        })?;
+        crate::private_file::create(path, "ledger backup")?;
         let target = path
             .to_str()
             .ok_or_else(|| Error::invalid(format!("{} is not a UTF-8 path", path.display())))?;
