@@ -172,6 +172,10 @@ pub enum Error {
     #[error("ledger database error: {0}")]
     Database(#[source] rusqlite::Error),
 
+    /// The PostgreSQL ledger database failed or could not be reached (never carries a value).
+    #[error("ledger database: {message}")]
+    LedgerDatabase { message: String, temporary: bool },
+
     #[error("ledger schema migration failed: {0}")]
     Migration(#[source] rusqlite_migration::Error),
 }
@@ -207,7 +211,8 @@ impl Error {
             // Another process's rotation, finished by now: retrying with the new key works.
             Busy | Closed | ChangedMeanwhile { .. } | KeyRotated => ErrorClass::Unavailable,
             NotALedger { .. } | NewerSchema { .. } => ErrorClass::Incompatible,
-            Io { .. } | Database(_) | Migration(_) => ErrorClass::Internal,
+            LedgerDatabase { temporary: true, .. } => ErrorClass::Unavailable,
+            Io { .. } | Database(_) | Migration(_) | LedgerDatabase { .. } => ErrorClass::Internal,
             OutOfSync(_) => ErrorClass::OutOfSync,
         }
     }

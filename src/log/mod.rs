@@ -85,6 +85,11 @@ impl Default for ChainCheck {
 }
 
 impl ChainCheck {
+    /// A check that continues a log already checked up to `head`.
+    pub fn after(head: Head) -> Self {
+        ChainCheck { head }
+    }
+
     /// Check the next event: no gap, linked to its predecessor, hash matching its contents.
     pub fn check(&mut self, e: &StoredEvent) -> Result<()> {
         let broken = |seq: u64, reason: String| Err(Error::ChainBroken { seq, reason });

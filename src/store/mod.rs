@@ -10,7 +10,13 @@
 //! Writes happen inside a write transaction ([`Write`]), which is exclusive among every
 //! connection and process using the same store, and sees the head as of its start.
 
+pub mod copy;
+mod location;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod sqlite;
+
+pub use location::Location;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -76,6 +82,13 @@ pub struct SinkProgress {
     pub checkpoint_mac: Option<Vec<u8>>,
 }
 
+/// A setting's value: bytes or a number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Setting {
+    Bytes(Vec<u8>),
+    Int(i64),
+}
+
 /// A secret a sink refused permanently.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Parked {
@@ -136,6 +149,8 @@ pub trait Store: Send {
     fn setting_int(&self, key: &str) -> Result<Option<i64>>;
     fn set_setting(&self, key: &str, value: &[u8]) -> Result<()>;
     fn set_setting_int(&self, key: &str, value: i64) -> Result<()>;
+    /// Every setting, by key.
+    fn settings(&self) -> Result<Vec<(String, Setting)>>;
 
     // The catalog: current metadata per secret, derived from the log.
 
@@ -161,6 +176,8 @@ pub trait Store: Send {
     fn put_wrapped_key(&self, id: SecretId, wrapped: &[u8]) -> Result<()>;
     /// Destroy a data key (purge). Absent is fine.
     fn delete_wrapped_key(&self, id: SecretId) -> Result<()>;
+    /// Every wrapped key, in id order, until `visit` returns false.
+    fn scan_wrapped_keys(&self, visit: &mut dyn FnMut(SecretId, Vec<u8>) -> Result<bool>) -> Result<()>;
     /// Replace every wrapped key by `rewrap(id, wrapped)`; returns how many.
     fn rewrap_keys(&self, rewrap: Rewrap<'_>) -> Result<u64>;
 

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{params, Connection, OptionalExtension};
 
-use super::{EventQuery, ListVisit, Parked, Rewrap, SinkProgress, Store, Visit};
+use super::{EventQuery, ListVisit, Parked, Rewrap, Setting, SinkProgress, Store, Visit};
 use crate::access_log::AccessEntry;
 use crate::catalog::{ListQuery, SecretMeta, SinkConfig};
 use crate::error::{Error, Result};
@@ -272,6 +272,29 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    fn settings(&self) -> Result<Vec<(String, Setting)>> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, value FROM ledger_meta ORDER BY key")?;
+        let mut rows = stmt.query([])?;
+        let mut settings = Vec::new();
+        while let Some(r) = rows.next()? {
+            let value = match r.get_ref(1)? {
+                rusqlite::types::ValueRef::Integer(n) => Setting::Int(n),
+                rusqlite::types::ValueRef::Blob(b) | rusqlite::types::ValueRef::Text(b) => {
+                    Setting::Bytes(b.to_vec())
+                }
+                _ => {
+                    return Err(Error::Corrupt(
+                        "a ledger setting is neither bytes nor a number".into(),
+                    ))
+                }
+            };
+            settings.push((r.get(0)?, value));
+        }
+        Ok(settings)
+    }
+
     fn put_secret(&self, m: &SecretMeta) -> Result<()> {
         let blob = m.to_bytes();
         self.conn
@@ -402,6 +425,22 @@ impl Store for SqliteStore {
         self.conn
             .prepare_cached("DELETE FROM secret_keys WHERE secret_id = ?1")?
             .execute([id.as_bytes().as_slice()])?;
+        Ok(())
+    }
+
+    fn scan_wrapped_keys(&self, visit: &mut dyn FnMut(SecretId, Vec<u8>) -> Result<bool>) -> Result<()> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT secret_id, wrapped FROM secret_keys ORDER BY secret_id")?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            if !visit(
+                secret_id(&r.get::<_, Vec<u8>>(0)?, "a secret_keys id")?,
+                r.get(1)?,
+            )? {
+                break;
+            }
+        }
         Ok(())
     }
 

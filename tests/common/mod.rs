@@ -5,6 +5,7 @@ pub mod azure;
 pub mod drongo;
 pub mod moto;
 pub mod openbao;
+pub mod pg;
 pub mod serve;
 pub mod servers;
 pub mod tour;

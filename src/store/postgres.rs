@@ -1,0 +1,1186 @@
+//! The PostgreSQL store (DESIGN §13): the ledger's tables in a schema `sledger` of a database
+//! named by a `postgres://` URL, schema in `schema/postgres/`.
+//!
+//! - Write transactions take one transaction-scoped advisory lock before anything else, so the
+//!   head read inside one is the head its commit extends, across connections and servers:
+//!   seqs stay gap-free and the chain linear, like SQLite's `BEGIN IMMEDIATE`.
+//! - A commit whose reply is lost (the connection dropped at COMMIT) is resolved by looking up
+//!   the event ids it appended on a new connection: it is reported as done if it landed, and
+//!   as a temporary failure (safe to retry) if it did not.
+//! - Scans read pages of rows and hand them over between queries, so a visitor may call the
+//!   store again and no result set is held open.
+//! - Credentials never come from the URL (a URL with a password is refused): `PGPASSWORD`, or
+//!   the password file (`PGPASSFILE`, else `~/.pgpass`, ignored unless owner-only) as libpq
+//!   reads them. TLS is rustls with the system's roots (`sslmode=require` insists on it).
+
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use postgres::error::SqlState;
+use postgres::types::ToSql;
+use postgres::{Client, Row, Statement};
+
+use super::{EventQuery, ListVisit, Parked, Rewrap, Setting, SinkProgress, Store, Visit};
+use crate::access_log::AccessEntry;
+use crate::catalog::{ListQuery, SecretMeta, SinkConfig};
+use crate::error::{Error, Result};
+use crate::event::{Millis, StoredEvent};
+use crate::log::{ChainCheck, Head};
+use crate::SecretId;
+
+const SCHEMA: &[&str] = &[include_str!("../../schema/postgres/0001_ledger.sql")];
+
+/// The advisory lock every write transaction holds ("SLDG" and "LOG!").
+const WRITE_LOCK: i64 = 0x534c_4447_4c4f_4721;
+
+/// Rows read per query of a scan.
+const PAGE: i64 = 1000;
+
+const SELECT_EVENTS: &str = "SELECT seq, event_id, recorded_at, actor, secret_id, event_type, \
+     event_version, payload, prev_hash, hash, mac FROM events";
+
+type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
+
+/// A `postgres://` ledger URL, checked: no password in it, every option one the driver knows.
+#[derive(Clone)]
+pub struct PgUrl {
+    url: String,
+    config: postgres::Config,
+}
+
+impl PartialEq for PgUrl {
+    fn eq(&self, other: &Self) -> bool {
+        self.url == other.url
+    }
+}
+
+impl Eq for PgUrl {}
+
+impl std::fmt::Debug for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl std::fmt::Display for PgUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
+impl PgUrl {
+    pub fn parse(url: &str) -> Result<PgUrl> {
+        let config = postgres::Config::from_str(url).map_err(|e| {
+            Error::invalid(format!(
+                "ledger URL is not a valid PostgreSQL URL ({e}); the form is postgres://USER@HOST:PORT/DATABASE?sslmode=require"
+            ))
+        })?;
+        if config.get_password().is_some() {
+            return Err(Error::invalid(
+                "a ledger URL must not carry a password (it would be recorded and shown); remove it and set \
+                 PGPASSWORD or use a password file (~/.pgpass or PGPASSFILE)",
+            ));
+        }
+        Ok(PgUrl {
+            url: url.to_owned(),
+            config,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.url
+    }
+
+    /// The driver's configuration with the defaults and the password libpq would use.
+    fn config(&self) -> Result<postgres::Config> {
+        let mut config = self.config.clone();
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        if config.get_user().is_none() {
+            let user = env("PGUSER").or_else(|| env("USER")).ok_or_else(|| {
+                Error::invalid(
+                    "the ledger URL names no user; put one in it (postgres://USER@HOST/DB) or set PGUSER",
+                )
+            })?;
+            config.user(&user);
+        }
+        if config.get_hosts().is_empty() {
+            config.host(&env("PGHOST").unwrap_or_else(|| "localhost".into()));
+        }
+        if config.get_ports().is_empty() {
+            if let Some(port) = env("PGPORT").and_then(|p| p.parse().ok()) {
+                config.port(port);
+            }
+        }
+        if config.get_dbname().is_none() {
+            if let Some(db) = env("PGDATABASE") {
+                config.dbname(&db);
+            }
+        }
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(std::time::Duration::from_secs(10));
+        }
+        config.application_name("sledger");
+        if let Some(password) = env("PGPASSWORD").or_else(|| password_file_entry(&config)) {
+            config.password(password);
+        }
+        Ok(config)
+    }
+
+    fn connect(&self) -> Result<Client> {
+        let config = self.config()?;
+        let client = config
+            .connect(tls()?)
+            .map_err(|e| self.failure("cannot connect", e))?;
+        Ok(client)
+    }
+
+    fn failure(&self, doing: &str, e: postgres::Error) -> Error {
+        let mut error = map_error(e);
+        if let Error::LedgerDatabase { message, .. } = &mut error {
+            *message = format!("{doing} {}: {message}", self.url);
+        }
+        error
+    }
+}
+
+fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| Error::invalid(format!("TLS setup: {e}")))?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
+/// The password for `config` from the password file, as libpq reads it: `PGPASSFILE`, else
+/// `~/.pgpass`; lines `host:port:database:user:password`, `*` matching anything, `\` escaping;
+/// a file others may read is ignored (with a warning), as libpq does.
+fn password_file_entry(config: &postgres::Config) -> Option<String> {
+    let path = std::env::var_os("PGPASSFILE")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")))?;
+    let meta = std::fs::metadata(&path).ok()?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if meta.permissions().mode() & 0o077 != 0 {
+            tracing::warn!(file = %path.display(), "password file ignored: others may read it (chmod 0600 it)");
+            return None;
+        }
+    }
+    let text = std::fs::read_to_string(&path).ok()?;
+    let host = match config.get_hosts().first() {
+        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        _ => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
+    let user = config.get_user().unwrap_or_default();
+    let db = config.get_dbname().unwrap_or(user);
+    let wanted = [host.as_str(), port.as_str(), db, user];
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let fields = split_pgpass(line);
+            let matches = fields.len() == 5
+                && fields[..4]
+                    .iter()
+                    .zip(wanted)
+                    .all(|(field, want)| field == "*" || field == want);
+            matches.then(|| fields[4].clone())
+        })
+}
+
+fn split_pgpass(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => fields.last_mut().unwrap().extend(chars.next()),
+            ':' if fields.len() < 5 => fields.push(String::new()),
+            c => fields.last_mut().unwrap().push(c),
+        }
+    }
+    fields
+}
+
+/// PostgreSQL's errors as the library's: lock waits and serialization failures are `Busy`,
+/// a lost connection is temporary, everything else internal.
+fn map_error(e: postgres::Error) -> Error {
+    if let Some(code) = e.code() {
+        if [
+            SqlState::LOCK_NOT_AVAILABLE,
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+        ]
+        .contains(code)
+        {
+            return Error::Busy;
+        }
+    }
+    let temporary = e.is_closed()
+        || e.code().is_some_and(|c| {
+            [
+                SqlState::ADMIN_SHUTDOWN,
+                SqlState::CRASH_SHUTDOWN,
+                SqlState::CANNOT_CONNECT_NOW,
+                SqlState::TOO_MANY_CONNECTIONS,
+            ]
+            .contains(c)
+        })
+        || (e.code().is_none() && e.as_db_error().is_none());
+    let message = match e.as_db_error() {
+        Some(db) => db.message().to_owned(),
+        None => e.to_string(),
+    };
+    Error::LedgerDatabase { message, temporary }
+}
+
+impl From<postgres::Error> for Error {
+    fn from(e: postgres::Error) -> Self {
+        map_error(e)
+    }
+}
+
+fn clamp(seq: u64) -> i64 {
+    seq.min(i64::MAX as u64) as i64
+}
+
+fn secret_id(bytes: &[u8], what: &str) -> Result<SecretId> {
+    SecretId::from_slice(bytes).map_err(|_| Error::Corrupt(format!("{what} is not a UUID")))
+}
+
+fn read_event(r: &Row) -> Result<StoredEvent> {
+    let seq = r.try_get::<_, i64>(0)? as u64;
+    let broken = |what: &str| Error::ChainBroken {
+        seq,
+        reason: format!("{what} is malformed"),
+    };
+    let fixed =
+        |bytes: Vec<u8>, what: &str| -> Result<[u8; 32]> { bytes.try_into().map_err(|_| broken(what)) };
+    let event_id: Vec<u8> = r.try_get(1)?;
+    let secret: Option<Vec<u8>> = r.try_get(4)?;
+    Ok(StoredEvent {
+        seq,
+        event_id: uuid::Uuid::from_slice(&event_id).map_err(|_| broken("event_id"))?,
+        recorded_at: r.try_get(2)?,
+        actor: r.try_get(3)?,
+        secret_id: secret
+            .map(|s| SecretId::from_slice(&s).map_err(|_| broken("secret_id")))
+            .transpose()?,
+        event_type: r.try_get(5)?,
+        event_version: u32::try_from(r.try_get::<_, i32>(6)?).map_err(|_| broken("event_version"))?,
+        payload: r.try_get(7)?,
+        prev_hash: fixed(r.try_get(8)?, "prev_hash")?,
+        hash: fixed(r.try_get(9)?, "hash")?,
+        mac: r
+            .try_get::<_, Option<Vec<u8>>>(10)?
+            .map(|m| fixed(m, "mac"))
+            .transpose()?,
+    })
+}
+
+/// A ledger's store in a PostgreSQL database: one connection, reconnected when it was lost
+/// (between transactions; a transaction in flight fails with a temporary error).
+pub struct PgStore {
+    url: PgUrl,
+    client: RefCell<Client>,
+    statements: RefCell<HashMap<String, Statement>>,
+    /// Event ids appended in the open write transaction, to resolve a lost COMMIT.
+    appended: RefCell<Vec<uuid::Uuid>>,
+    in_transaction: std::cell::Cell<bool>,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").field("url", &self.url).finish()
+    }
+}
+
+impl PgStore {
+    /// Create the ledger's schema in the database; refuses a database that already holds one.
+    pub fn create(url: &PgUrl) -> Result<PgStore> {
+        let mut client = url.connect()?;
+        let exists: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'sledger')",
+                &[],
+            )?
+            .get(0);
+        if exists {
+            return Err(Error::WouldOverwrite {
+                what: "ledger",
+                path: PathBuf::from(url.as_str()),
+            });
+        }
+        let mut tx = client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
+        for step in SCHEMA {
+            tx.batch_execute(step)
+                .map_err(|e| url.failure("cannot create the ledger schema in", e))?;
+        }
+        tx.commit()?;
+        PgStore::with_client(url, client)
+    }
+
+    /// Open the ledger in the database, checking that there is one this build can read.
+    pub fn open(url: &PgUrl) -> Result<PgStore> {
+        let mut client = url.connect()?;
+        let exists: bool = client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'sledger')",
+                &[],
+            )?
+            .get(0);
+        if !exists {
+            return Err(Error::LedgerNotFound {
+                path: PathBuf::from(url.as_str()),
+            });
+        }
+        let found: i32 = client
+            .query_one("SELECT max(version) FROM sledger.schema_version", &[])
+            .map_err(|_| Error::NotALedger {
+                path: PathBuf::from(url.as_str()),
+                reason: "its schema `sledger` has no schema_version table".into(),
+            })?
+            .try_get::<_, Option<i32>>(0)?
+            .unwrap_or(0);
+        if found as usize > SCHEMA.len() {
+            return Err(Error::NewerSchema {
+                path: PathBuf::from(url.as_str()),
+                found: found.into(),
+                supported: SCHEMA.len() as i64,
+            });
+        }
+        PgStore::with_client(url, client)
+    }
+
+    fn with_client(url: &PgUrl, mut client: Client) -> Result<PgStore> {
+        configure(&mut client)?;
+        Ok(PgStore {
+            url: url.clone(),
+            client: RefCell::new(client),
+            statements: RefCell::new(HashMap::new()),
+            appended: RefCell::new(Vec::new()),
+            in_transaction: std::cell::Cell::new(false),
+        })
+    }
+
+    pub fn url(&self) -> &PgUrl {
+        &self.url
+    }
+
+    /// Drop the ledger's schema (undoing a creation that failed half-way).
+    pub fn remove(url: &PgUrl) {
+        if let Ok(mut client) = url.connect() {
+            let _ = client.batch_execute("DROP SCHEMA IF EXISTS sledger CASCADE");
+        }
+    }
+
+    /// A fresh connection where the old one was lost; only between transactions.
+    fn ensure_connected(&self) -> Result<()> {
+        if self.client.borrow().is_closed() && !self.in_transaction.get() {
+            let mut client = self.url.connect()?;
+            configure(&mut client)?;
+            *self.client.borrow_mut() = client;
+            self.statements.borrow_mut().clear();
+        }
+        Ok(())
+    }
+
+    fn statement(&self, sql: &str) -> Result<Statement> {
+        if let Some(s) = self.statements.borrow().get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = self.client.borrow_mut().prepare(sql)?;
+        self.statements
+            .borrow_mut()
+            .insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        if !self.in_transaction.get() {
+            self.ensure_connected()?;
+        }
+        let statement = self.statement(sql)?;
+        Ok(self.client.borrow_mut().query(&statement, params)?)
+    }
+
+    fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        if !self.in_transaction.get() {
+            self.ensure_connected()?;
+        }
+        let statement = self.statement(sql)?;
+        Ok(self.client.borrow_mut().execute(&statement, params)?)
+    }
+
+    fn batch(&self, sql: &str) -> Result<()> {
+        Ok(self.client.borrow_mut().batch_execute(sql)?)
+    }
+
+    /// Events a query selects, a page at a time, in its direction. `filter` adds conditions
+    /// on parameters from `$3` on.
+    fn scan_pages(
+        &self,
+        (mut from, mut to): (u64, u64),
+        filter: &str,
+        extra: &[&(dyn ToSql + Sync)],
+        newest_first: bool,
+        visit: Visit<'_>,
+    ) -> Result<()> {
+        let order = if newest_first { "DESC" } else { "ASC" };
+        let sql = format!(
+            "{SELECT_EVENTS} WHERE seq >= $1 AND seq <= $2{filter} ORDER BY seq {order} LIMIT {PAGE}"
+        );
+        while from <= to {
+            let (lo, hi) = (clamp(from), clamp(to));
+            let mut params: Params<'_> = vec![&lo, &hi];
+            params.extend_from_slice(extra);
+            let rows = self.query(&sql, &params)?;
+            let full = rows.len() as i64 == PAGE;
+            for row in &rows {
+                let event = read_event(row)?;
+                let seq = event.seq;
+                if !visit(event)? {
+                    return Ok(());
+                }
+                if newest_first {
+                    to = seq.saturating_sub(1);
+                } else {
+                    from = seq + 1;
+                }
+            }
+            if !full || (newest_first && to == 0) {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn meta_rows(&self, rows: &[Row]) -> Result<Vec<SecretMeta>> {
+        rows.iter()
+            .map(|r| SecretMeta::from_bytes(&r.try_get::<_, Vec<u8>>(0)?))
+            .collect()
+    }
+
+    fn upsert_setting(&self, key: &str, value: Option<&[u8]>, int_value: Option<i64>) -> Result<()> {
+        self.execute(
+            "INSERT INTO ledger_meta (key, value, int_value) VALUES ($1, $2, $3)
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value, int_value = excluded.int_value",
+            &[&key, &value, &int_value],
+        )?;
+        Ok(())
+    }
+}
+
+fn configure(client: &mut Client) -> Result<()> {
+    // Lock waits end like SQLite's busy timeout; the schema is sledger's own.
+    client.batch_execute("SET search_path TO sledger; SET lock_timeout = '10s'")?;
+    Ok(())
+}
+
+impl Store for PgStore {
+    fn begin_write(&self) -> Result<()> {
+        self.ensure_connected()?;
+        self.appended.borrow_mut().clear();
+        self.batch(&format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+        ))
+        .inspect_err(|_| {
+            let _ = self.batch("ROLLBACK");
+        })?;
+        self.in_transaction.set(true);
+        Ok(())
+    }
+
+    fn commit(&self) -> Result<()> {
+        self.in_transaction.set(false);
+        let appended = std::mem::take(&mut *self.appended.borrow_mut());
+        let committed = self.batch("COMMIT");
+        let Err(e) = committed else { return Ok(()) };
+        if !e.is_temporary() {
+            return Err(e);
+        }
+        // The reply to COMMIT was lost: whether it landed is in the database.
+        let Some(first) = appended.first() else {
+            return Err(e);
+        };
+        let mut client = self.url.connect()?;
+        configure(&mut client)?;
+        let found = client.query_opt(
+            "SELECT seq FROM events WHERE event_id = $1",
+            &[&first.as_bytes().as_slice()],
+        )?;
+        *self.client.borrow_mut() = client;
+        self.statements.borrow_mut().clear();
+        match found {
+            Some(_) => {
+                tracing::info!("the commit's reply was lost, but its events are in the log");
+                Ok(())
+            }
+            None => Err(e),
+        }
+    }
+
+    fn rollback(&self) {
+        self.in_transaction.set(false);
+        self.appended.borrow_mut().clear();
+        if !self.client.borrow().is_closed() {
+            if let Err(e) = self.batch("ROLLBACK") {
+                tracing::debug!(error = %e, "rollback failed");
+            }
+        }
+    }
+
+    fn begin_read(&self) -> Result<()> {
+        self.ensure_connected()?;
+        self.batch("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")?;
+        self.in_transaction.set(true);
+        Ok(())
+    }
+
+    fn savepoint(&self) -> Result<()> {
+        self.batch("SAVEPOINT unit")
+    }
+
+    fn release_savepoint(&self) -> Result<()> {
+        self.batch("RELEASE SAVEPOINT unit")
+    }
+
+    fn rollback_savepoint(&self) -> Result<()> {
+        self.batch("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit")
+    }
+
+    fn head(&self) -> Result<Head> {
+        let rows = self.query(
+            "SELECT seq, hash, recorded_at FROM events ORDER BY seq DESC LIMIT 1",
+            &[],
+        )?;
+        let Some(row) = rows.first() else {
+            return Ok(Head::EMPTY);
+        };
+        let seq = row.try_get::<_, i64>(0)? as u64;
+        Ok(Head {
+            seq,
+            hash: row
+                .try_get::<_, Vec<u8>>(1)?
+                .try_into()
+                .map_err(|_| Error::ChainBroken {
+                    seq,
+                    reason: "the stored hash is not 32 bytes".into(),
+                })?,
+            recorded_at: row.try_get(2)?,
+        })
+    }
+
+    fn append(&self, e: &StoredEvent) -> Result<()> {
+        self.execute(
+            "INSERT INTO events (seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash, mac)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[
+                &(e.seq as i64),
+                &e.event_id.as_bytes().as_slice(),
+                &e.recorded_at,
+                &e.actor,
+                &e.secret_id.as_ref().map(|id| id.as_bytes().as_slice()),
+                &e.event_type,
+                &(e.event_version as i32),
+                &e.payload,
+                &e.prev_hash.as_slice(),
+                &e.hash.as_slice(),
+                &e.mac.as_ref().map(|m| m.as_slice()),
+            ],
+        )?;
+        self.appended.borrow_mut().push(e.event_id);
+        Ok(())
+    }
+
+    fn event(&self, seq: u64) -> Result<Option<StoredEvent>> {
+        let rows = self.query(&format!("{SELECT_EVENTS} WHERE seq = $1"), &[&clamp(seq)])?;
+        rows.first().map(read_event).transpose()
+    }
+
+    fn scan(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<()> {
+        self.scan_pages((from, to), "", &[], false, visit)
+    }
+
+    fn scan_events(&self, query: &EventQuery, visit: Visit<'_>) -> Result<()> {
+        let secret = query.secret.as_ref().map(|id| id.as_bytes().to_vec());
+        let mut filter = String::new();
+        let mut extra: Params<'_> = Vec::new();
+        for (column, value) in [
+            ("secret_id", secret.as_ref().map(|s| s as &(dyn ToSql + Sync))),
+            ("actor", query.actor.as_ref().map(|a| a as &(dyn ToSql + Sync))),
+            (
+                "event_type",
+                query.event_type.as_ref().map(|t| t as &(dyn ToSql + Sync)),
+            ),
+        ] {
+            if let Some(value) = value {
+                extra.push(value);
+                filter.push_str(&format!(" AND {column} = ${}", extra.len() + 2));
+            }
+        }
+        self.scan_pages((query.from, query.to), &filter, &extra, query.newest_first, visit)
+    }
+
+    fn scan_secret(&self, id: SecretId, to: u64, visit: Visit<'_>) -> Result<()> {
+        let id = id.as_bytes().as_slice();
+        self.scan_pages((1, to), " AND secret_id = $3", &[&id], false, visit)
+    }
+
+    fn seq_at_time(&self, at: Millis) -> Result<u64> {
+        // recorded_at never decreases along seq, so the last event at or before `at` is the
+        // one with the greatest seq among them: found through the primary key.
+        let rows = self.query(
+            "SELECT seq FROM events WHERE recorded_at <= $1 ORDER BY seq DESC LIMIT 1",
+            &[&at],
+        )?;
+        Ok(rows
+            .first()
+            .map(|r| r.try_get::<_, i64>(0))
+            .transpose()?
+            .unwrap_or(0) as u64)
+    }
+
+    fn scan_types(&self, types: &[&str], after: u64, visit: Visit<'_>) -> Result<()> {
+        if types.is_empty() {
+            return Ok(());
+        }
+        self.scan_pages(
+            (after.saturating_add(1), u64::MAX),
+            " AND event_type = ANY($3)",
+            &[&types],
+            false,
+            visit,
+        )
+    }
+
+    fn secrets_touched(&self, after: u64, through: u64) -> Result<Vec<SecretId>> {
+        let rows = self.query(
+            "SELECT secret_id, max(seq) AS last FROM events WHERE seq > $1 AND seq <= $2 AND secret_id IS NOT NULL
+             GROUP BY secret_id ORDER BY last",
+            &[&clamp(after), &clamp(through)],
+        )?;
+        rows.iter()
+            .map(|r| secret_id(&r.try_get::<_, Vec<u8>>(0)?, "an event's secret id"))
+            .collect()
+    }
+
+    fn setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let rows = self.query("SELECT value, int_value FROM ledger_meta WHERE key = $1", &[&key])?;
+        Ok(rows.first().map(|r| {
+            r.get::<_, Option<Vec<u8>>>(0)
+                .unwrap_or_else(|| r.get::<_, Option<i64>>(1).unwrap_or(0).to_string().into_bytes())
+        }))
+    }
+
+    fn setting_int(&self, key: &str) -> Result<Option<i64>> {
+        let rows = self.query("SELECT int_value FROM ledger_meta WHERE key = $1", &[&key])?;
+        rows.first()
+            .map(|r| {
+                r.try_get::<_, Option<i64>>(0)?
+                    .ok_or_else(|| Error::Corrupt(format!("setting {key} is not a number")))
+            })
+            .transpose()
+    }
+
+    fn set_setting(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.upsert_setting(key, Some(value), None)
+    }
+
+    fn set_setting_int(&self, key: &str, value: i64) -> Result<()> {
+        self.upsert_setting(key, None, Some(value))
+    }
+
+    fn settings(&self) -> Result<Vec<(String, Setting)>> {
+        let rows = self.query("SELECT key, value, int_value FROM ledger_meta ORDER BY key", &[])?;
+        rows.iter()
+            .map(|r| {
+                let value = match (
+                    r.try_get::<_, Option<Vec<u8>>>(1)?,
+                    r.try_get::<_, Option<i64>>(2)?,
+                ) {
+                    (Some(bytes), _) => Setting::Bytes(bytes),
+                    (None, Some(number)) => Setting::Int(number),
+                    (None, None) => return Err(Error::Corrupt("a ledger setting has no value".into())),
+                };
+                Ok((r.try_get(0)?, value))
+            })
+            .collect()
+    }
+
+    fn put_secret(&self, m: &SecretMeta) -> Result<()> {
+        let id = m.id.as_bytes().as_slice();
+        let (namespace, status) = (m.namespace(), m.status.as_str());
+        self.execute(
+            "INSERT INTO catalog (secret_id, namespace, name, status, updated_seq, meta) VALUES ($1, $2, $3, $4, $5, $6)
+             ON CONFLICT (secret_id) DO UPDATE SET namespace = excluded.namespace, name = excluded.name,
+             status = excluded.status, updated_seq = excluded.updated_seq, meta = excluded.meta",
+            &[&id, &namespace, &m.name, &status, &(m.updated_seq as i64), &m.to_bytes()],
+        )?;
+        self.execute("DELETE FROM catalog_labels WHERE secret_id = $1", &[&id])?;
+        for (key, value) in &m.labels {
+            self.execute(
+                "INSERT INTO catalog_labels (key, value, status, name, namespace, secret_id) VALUES ($1, $2, $3, $4, $5, $6)",
+                &[key, value, &status, &m.name, &namespace, &id],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn secret(&self, id: SecretId) -> Result<Option<SecretMeta>> {
+        let rows = self.query(
+            "SELECT meta FROM catalog WHERE secret_id = $1",
+            &[&id.as_bytes().as_slice()],
+        )?;
+        Ok(self.meta_rows(&rows)?.pop())
+    }
+
+    fn secrets_named(&self, name: &str, namespaces: &[&str]) -> Result<Vec<SecretMeta>> {
+        let rows = self.query(
+            "SELECT meta FROM catalog WHERE name = $1 AND namespace = ANY($2) ORDER BY updated_seq DESC",
+            &[&name, &namespaces],
+        )?;
+        self.meta_rows(&rows)
+    }
+
+    fn list_secrets(&self, query: &ListQuery, namespaces: &[&str], visit: ListVisit<'_>) -> Result<()> {
+        let (start, exclusive) = query.start();
+        let status = query.status.as_str();
+        // One label narrows the scan through its rows; the others are checked per row.
+        let label = query.labels.iter().next();
+        let page = |after_name: &str, after_namespace: Option<&str>| -> Result<Vec<Row>> {
+            let mut params: Params<'_> = vec![&status, &namespaces];
+            let (table, join) = match &label {
+                None => ("c", ""),
+                Some((key, value)) => {
+                    params.push(key);
+                    params.push(value);
+                    (
+                        "l",
+                        "JOIN catalog_labels l ON l.secret_id = c.secret_id AND l.key = $3 AND l.value = $4",
+                    )
+                }
+            };
+            params.push(&after_name);
+            let name = params.len();
+            let position = match &after_namespace {
+                Some(namespace) => {
+                    params.push(namespace);
+                    format!("({table}.name, {table}.namespace) > (${name}, ${})", name + 1)
+                }
+                None if exclusive => format!("{table}.name > ${name}"),
+                None => format!("{table}.name >= ${name}"),
+            };
+            let sql = format!(
+                "SELECT c.meta, {table}.name, {table}.namespace FROM catalog c {join} \
+                 WHERE {table}.status = $1 AND {table}.namespace = ANY($2) AND {position} \
+                 ORDER BY {table}.name, {table}.namespace LIMIT {PAGE}"
+            );
+            self.query(&sql, &params)
+        };
+        let (mut name, mut namespace) = (start.to_owned(), None::<String>);
+        loop {
+            let rows = page(&name, namespace.as_deref())?;
+            for row in &rows {
+                let meta = SecretMeta::from_bytes(&row.try_get::<_, Vec<u8>>(0)?)?;
+                match query.admits(&meta) {
+                    None => return Ok(()),
+                    Some(false) => {}
+                    Some(true) => {
+                        if !visit(meta)? {
+                            return Ok(());
+                        }
+                    }
+                }
+                name = row.try_get(1)?;
+                namespace = Some(row.try_get(2)?);
+            }
+            if (rows.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    fn name_taken(&self, namespace: &str, name: &str) -> Result<bool> {
+        Ok(!self
+            .query(
+                "SELECT 1 FROM catalog WHERE namespace = $1 AND name = $2 AND status = 'live'",
+                &[&namespace, &name],
+            )?
+            .is_empty())
+    }
+
+    fn scan_all_secrets(&self, visit: &mut dyn FnMut(SecretId, SecretMeta) -> Result<bool>) -> Result<()> {
+        let mut after: Vec<u8> = Vec::new();
+        loop {
+            let rows = self.query(
+                &format!("SELECT secret_id, meta FROM catalog WHERE secret_id > $1 ORDER BY secret_id LIMIT {PAGE}"),
+                &[&after],
+            )?;
+            for row in &rows {
+                after = row.try_get(0)?;
+                let id = secret_id(&after, "a catalog row's id")?;
+                if !visit(id, SecretMeta::from_bytes(&row.try_get::<_, Vec<u8>>(1)?)?)? {
+                    return Ok(());
+                }
+            }
+            if (rows.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    fn secret_count(&self) -> Result<u64> {
+        let rows = self.query("SELECT count(*) FROM catalog", &[])?;
+        Ok(rows[0].try_get::<_, i64>(0)? as u64)
+    }
+
+    fn wrapped_key(&self, id: SecretId) -> Result<Option<Vec<u8>>> {
+        let rows = self.query(
+            "SELECT wrapped FROM secret_keys WHERE secret_id = $1",
+            &[&id.as_bytes().as_slice()],
+        )?;
+        Ok(rows.first().map(|r| r.try_get(0)).transpose()?)
+    }
+
+    fn put_wrapped_key(&self, id: SecretId, wrapped: &[u8]) -> Result<()> {
+        self.execute(
+            "INSERT INTO secret_keys (secret_id, wrapped) VALUES ($1, $2)",
+            &[&id.as_bytes().as_slice(), &wrapped],
+        )?;
+        Ok(())
+    }
+
+    fn delete_wrapped_key(&self, id: SecretId) -> Result<()> {
+        self.execute(
+            "DELETE FROM secret_keys WHERE secret_id = $1",
+            &[&id.as_bytes().as_slice()],
+        )?;
+        Ok(())
+    }
+
+    fn scan_wrapped_keys(&self, visit: &mut dyn FnMut(SecretId, Vec<u8>) -> Result<bool>) -> Result<()> {
+        let mut after: Vec<u8> = Vec::new();
+        loop {
+            let rows = self.query(
+                &format!("SELECT secret_id, wrapped FROM secret_keys WHERE secret_id > $1 ORDER BY secret_id LIMIT {PAGE}"),
+                &[&after],
+            )?;
+            for row in &rows {
+                after = row.try_get(0)?;
+                if !visit(secret_id(&after, "a secret_keys id")?, row.try_get(1)?)? {
+                    return Ok(());
+                }
+            }
+            if (rows.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    fn rewrap_keys(&self, rewrap: Rewrap<'_>) -> Result<u64> {
+        let mut count = 0;
+        self.scan_wrapped_keys(&mut |id, wrapped| {
+            let wrapped = rewrap(id, &wrapped)?;
+            self.execute(
+                "UPDATE secret_keys SET wrapped = $2 WHERE secret_id = $1",
+                &[&id.as_bytes().as_slice(), &wrapped],
+            )?;
+            count += 1;
+            Ok(true)
+        })?;
+        Ok(count)
+    }
+
+    fn sinks(&self) -> Result<BTreeMap<String, SinkConfig>> {
+        let rows = self.query("SELECT name, url, role, added_seq FROM sinks ORDER BY name", &[])?;
+        let mut sinks = BTreeMap::new();
+        for r in &rows {
+            let name: String = r.try_get(0)?;
+            let role: String = r.try_get(2)?;
+            sinks.insert(
+                name.clone(),
+                SinkConfig {
+                    name,
+                    url: r.try_get(1)?,
+                    role: role.parse().map_err(Error::Corrupt)?,
+                    added_seq: r.try_get::<_, i64>(3)? as u64,
+                },
+            );
+        }
+        Ok(sinks)
+    }
+
+    fn put_sinks(&self, sinks: &BTreeMap<String, SinkConfig>) -> Result<()> {
+        self.execute("DELETE FROM sinks", &[])?;
+        for s in sinks.values() {
+            self.execute(
+                "INSERT INTO sinks (name, url, role, added_seq) VALUES ($1, $2, $3, $4)",
+                &[&s.name, &s.url, &s.role.as_str(), &(s.added_seq as i64)],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn forget_sink_progress(&self, sink: &str) -> Result<()> {
+        self.execute("DELETE FROM sink_state WHERE name = $1", &[&sink])?;
+        self.execute("DELETE FROM parked WHERE sink = $1", &[&sink])?;
+        Ok(())
+    }
+
+    fn sink_progress(&self, sink: &str) -> Result<SinkProgress> {
+        let rows = self.query(
+            "SELECT checkpoint, last_error, last_error_at, last_applied_at, checkpoint_mac FROM sink_state WHERE name = $1",
+            &[&sink],
+        )?;
+        let Some(r) = rows.first() else {
+            return Ok(SinkProgress::default());
+        };
+        Ok(SinkProgress {
+            checkpoint: r.try_get::<_, i64>(0)? as u64,
+            last_error: r.try_get(1)?,
+            last_error_at: r.try_get(2)?,
+            last_applied_at: r.try_get(3)?,
+            checkpoint_mac: r.try_get(4)?,
+        })
+    }
+
+    fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64, mac: &[u8], at: Millis) -> Result<bool> {
+        let changed = self.execute(
+            "INSERT INTO sink_state AS s (name, checkpoint, checkpoint_mac, last_applied_at)
+             SELECT $1, $2, $5, $3 WHERE EXISTS (SELECT 1 FROM sinks WHERE name = $1 AND added_seq = $4)
+             ON CONFLICT (name) DO UPDATE SET
+             checkpoint_mac = CASE WHEN excluded.checkpoint >= s.checkpoint THEN excluded.checkpoint_mac ELSE s.checkpoint_mac END,
+             checkpoint = greatest(s.checkpoint, excluded.checkpoint),
+             last_applied_at = excluded.last_applied_at, last_error = NULL, last_error_at = NULL",
+            &[&sink, &clamp(seq), &at, &clamp(attached), &mac],
+        )?;
+        Ok(changed > 0)
+    }
+
+    fn record_sink_error(&self, sink: &str, error: &str, at: Millis) -> Result<()> {
+        self.execute(
+            "INSERT INTO sink_state (name, last_error, last_error_at) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET last_error = excluded.last_error, last_error_at = excluded.last_error_at",
+            &[&sink, &error, &at],
+        )?;
+        Ok(())
+    }
+
+    fn park(&self, sink: &str, parked: &Parked) -> Result<()> {
+        self.execute(
+            "INSERT INTO parked (sink, secret_id, seq, error, parked_at) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (sink, secret_id) DO UPDATE SET seq = excluded.seq, error = excluded.error, parked_at = excluded.parked_at",
+            &[
+                &sink,
+                &parked.secret_id.as_bytes().as_slice(),
+                &clamp(parked.seq),
+                &parked.error,
+                &parked.parked_at,
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn unpark(&self, sink: &str, id: SecretId, seq: u64) -> Result<()> {
+        self.execute(
+            "DELETE FROM parked WHERE sink = $1 AND secret_id = $2 AND seq <= $3",
+            &[&sink, &id.as_bytes().as_slice(), &clamp(seq)],
+        )?;
+        Ok(())
+    }
+
+    fn parked(&self, sink: &str) -> Result<Vec<Parked>> {
+        let rows = self.query(
+            "SELECT secret_id, seq, error, parked_at FROM parked WHERE sink = $1 ORDER BY seq",
+            &[&sink],
+        )?;
+        rows.iter()
+            .map(|r| {
+                Ok(Parked {
+                    secret_id: secret_id(&r.try_get::<_, Vec<u8>>(0)?, "a parked secret id")?,
+                    seq: r.try_get::<_, i64>(1)? as u64,
+                    error: r.try_get(2)?,
+                    parked_at: r.try_get(3)?,
+                })
+            })
+            .collect()
+    }
+
+    fn access_head(&self) -> Result<(u64, [u8; 32])> {
+        let rows = self.query("SELECT seq, hash FROM access_log ORDER BY seq DESC LIMIT 1", &[])?;
+        let Some(r) = rows.first() else {
+            return Ok((0, crate::event::GENESIS_HASH));
+        };
+        let seq = r.try_get::<_, i64>(0)?;
+        Ok((
+            seq as u64,
+            r.try_get::<_, Vec<u8>>(1)?
+                .try_into()
+                .map_err(|_| Error::Corrupt(format!("access log row {seq} has a malformed hash")))?,
+        ))
+    }
+
+    fn append_access(&self, entries: &[AccessEntry]) -> Result<()> {
+        for e in entries {
+            self.execute(
+                "INSERT INTO access_log (seq, recorded_at, record, prev_hash, hash) VALUES ($1, $2, $3, $4, $5)",
+                &[
+                    &(e.seq as i64),
+                    &e.record.at,
+                    &e.json,
+                    &e.prev_hash.as_slice(),
+                    &e.hash.as_slice(),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn scan_access(&self, mut after: u64, visit: &mut dyn FnMut(AccessEntry) -> Result<bool>) -> Result<()> {
+        loop {
+            let rows = self.query(
+                &format!("SELECT seq, record, prev_hash, hash FROM access_log WHERE seq > $1 ORDER BY seq LIMIT {PAGE}"),
+                &[&clamp(after)],
+            )?;
+            for r in &rows {
+                let seq: i64 = r.try_get(0)?;
+                let json: String = r.try_get(1)?;
+                let bad = |what: &str| Error::Corrupt(format!("access log row {seq}: {what}"));
+                let hash = |i| -> Result<[u8; 32]> {
+                    r.try_get::<_, Vec<u8>>(i)?
+                        .try_into()
+                        .map_err(|_| bad("a malformed hash"))
+                };
+                let entry = AccessEntry {
+                    seq: seq as u64,
+                    record: serde_json::from_str(&json).map_err(|_| bad("the record does not parse"))?,
+                    prev_hash: hash(2)?,
+                    hash: hash(3)?,
+                    json,
+                };
+                after = seq as u64;
+                if !visit(entry)? {
+                    return Ok(());
+                }
+            }
+            if (rows.len() as i64) < PAGE {
+                return Ok(());
+            }
+        }
+    }
+
+    fn put_snapshot(&self, seq: u64, state: &[u8]) -> Result<()> {
+        self.execute(
+            "INSERT INTO snapshots (seq, state) VALUES ($1, $2)",
+            &[&clamp(seq), &state],
+        )?;
+        Ok(())
+    }
+
+    fn snapshot_at_or_before(&self, seq: u64) -> Result<Option<(u64, Vec<u8>)>> {
+        let rows = self.query(
+            "SELECT seq, state FROM snapshots WHERE seq <= $1 ORDER BY seq DESC LIMIT 1",
+            &[&clamp(seq)],
+        )?;
+        rows.first()
+            .map(|r| Ok((r.try_get::<_, i64>(0)? as u64, r.try_get(1)?)))
+            .transpose()
+    }
+
+    fn snapshot_seqs(&self) -> Result<Vec<u64>> {
+        let rows = self.query("SELECT seq FROM snapshots ORDER BY seq", &[])?;
+        rows.iter().map(|r| Ok(r.try_get::<_, i64>(0)? as u64)).collect()
+    }
+
+    fn snapshot_digest(&self, seq: u64) -> Result<Option<[u8; 32]>> {
+        // Stored uncompressed (schema), so each piece is read without the whole value.
+        const PIECE: i32 = 4 << 20;
+        let seq = clamp(seq);
+        let rows = self.query("SELECT length(state) FROM snapshots WHERE seq = $1", &[&seq])?;
+        let Some(length) = rows.first().map(|r| r.try_get::<_, i32>(0)).transpose()? else {
+            return Ok(None);
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut offset = 1;
+        while offset <= length {
+            let rows = self.query(
+                "SELECT substring(state FROM $2 FOR $3) FROM snapshots WHERE seq = $1",
+                &[&seq, &offset, &PIECE],
+            )?;
+            let piece: Vec<u8> = rows
+                .first()
+                .ok_or_else(|| Error::Corrupt(format!("snapshot {seq} vanished while read")))?
+                .try_get(0)?;
+            hasher.update(&piece);
+            offset += PIECE;
+        }
+        Ok(Some(*hasher.finalize().as_bytes()))
+    }
+
+    fn reset_derived(&self) -> Result<()> {
+        self.batch("TRUNCATE catalog, catalog_labels, sinks, snapshots")
+    }
+
+    fn has_derived(&self) -> Result<bool> {
+        // The first schema has every derived table.
+        Ok(true)
+    }
+
+    /// PostgreSQL reuses the space of deleted rows after its own vacuum; nothing to force here
+    /// (VACUUM cannot run inside the caller's transaction).
+    fn scrub(&self) {}
+
+    fn backup_to(&self, path: &Path) -> Result<()> {
+        super::copy::backup(self, path)
+    }
+
+    /// One repeatable-read transaction on a second connection: the head it checks against and
+    /// the rows it reads are the same snapshot, whatever this connection is doing.
+    fn verified_scan(
+        &self,
+        visit: &mut dyn FnMut(StoredEvent, crate::event::Event) -> Result<()>,
+    ) -> Result<Head> {
+        let reader = PgStore::open(&self.url)?;
+        reader.begin_read()?;
+        let total = reader.head()?.seq;
+        let rows = reader.query("SELECT count(*) FROM events", &[])?;
+        let stored = rows[0].try_get::<_, i64>(0)? as u64;
+        let mut chain = ChainCheck::default();
+        let mut failed = Ok(());
+        reader.scan(1, u64::MAX, &mut |stored| {
+            let checked = chain.check(&stored).and_then(|()| {
+                let seq = stored.seq;
+                let event = stored.decode().map_err(|err| Error::ChainBroken {
+                    seq,
+                    reason: err.to_string(),
+                })?;
+                visit(stored, event)
+            });
+            let go_on = checked.is_ok();
+            failed = checked;
+            Ok(go_on)
+        })?;
+        reader.rollback();
+        failed?;
+        let head = chain.finish(total)?;
+        if stored != total {
+            return Err(Error::ChainBroken {
+                seq: 1,
+                reason: format!(
+                    "{stored} events are stored but the chain from 1 to {total} holds only {total}"
+                ),
+            });
+        }
+        Ok(head)
+    }
+}
