@@ -6,7 +6,6 @@
 //! connections, so no SQLite call ever runs on a tokio worker thread. Other processes may keep
 //! using the same ledger file: appends serialize through SQLite's write lock as before.
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
@@ -15,6 +14,7 @@ use tokio::sync::{oneshot, watch};
 use crate::access_log::AccessRecord;
 use crate::error::{Error, Result};
 use crate::ledger::{Command, Ledger, Outcome, Request};
+use crate::store::Location;
 use crate::MasterKey;
 
 /// Most requests one group commit takes; more wait for the next one.
@@ -40,7 +40,7 @@ enum Write {
 }
 
 struct Shared {
-    path: PathBuf,
+    location: Location,
     master: MasterKey,
     writes: Mutex<Option<mpsc::Sender<Write>>>,
     readers: Mutex<Vec<Ledger>>,
@@ -60,7 +60,7 @@ pub struct LedgerHandle {
 impl std::fmt::Debug for LedgerHandle {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("LedgerHandle")
-            .field("path", &self.shared.path)
+            .field("location", &self.shared.location)
             .finish()
     }
 }
@@ -75,9 +75,9 @@ pub struct CommitStats {
 }
 
 impl LedgerHandle {
-    /// Open the ledger at `path` with its master key and start the writer thread.
-    pub fn open(path: &Path, master: MasterKey) -> Result<LedgerHandle> {
-        let writer = Ledger::open_with_key(path, master.clone())?;
+    /// Open the ledger at `location` with its master key and start the writer thread.
+    pub fn open(location: impl Into<Location>, master: MasterKey) -> Result<LedgerHandle> {
+        let writer = Ledger::open_with_key(location, master.clone())?;
         Ok(Self::start(writer, master))
     }
 
@@ -85,7 +85,7 @@ impl LedgerHandle {
         let (send, receive) = mpsc::channel::<Write>();
         let head = writer.head().map(|h| h.seq).unwrap_or(0);
         let shared = Arc::new(Shared {
-            path: writer.path().to_path_buf(),
+            location: writer.location().clone(),
             master,
             writes: Mutex::new(Some(send)),
             readers: Mutex::new(Vec::new()),
@@ -154,8 +154,8 @@ impl LedgerHandle {
         LedgerHandle { shared }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.shared.path
+    pub fn location(&self) -> &Location {
+        &self.shared.location
     }
 
     /// The master key this handle opened the ledger with (for services that open their own
@@ -220,7 +220,7 @@ impl LedgerHandle {
             let idle = shared.readers.lock().expect("not poisoned").pop();
             let reader = match idle {
                 Some(reader) => reader,
-                None => Ledger::open_with_key(&shared.path, shared.master.clone())?,
+                None => Ledger::open_with_key(shared.location.clone(), shared.master.clone())?,
             };
             let result = read(&reader);
             // At most `max_readers` connections exist, since only that many reads run at once.

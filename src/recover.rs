@@ -7,8 +7,6 @@
 //! seqs, which the new log (numbered from 1 again) does not reach, and a sink never lets a
 //! lower seq overwrite a higher one. A new primary takes the recovered secrets instead.
 
-use std::path::Path;
-
 use futures::StreamExt;
 
 use crate::crypto::{MasterKey, SinkSealKey};
@@ -16,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::event::SinkRole;
 use crate::ledger::{Command, Ledger, LedgerSettings};
 use crate::sink::{redacted, SinkUrl, SqliteSink};
-use crate::store::sqlite::SqliteStore;
+use crate::store::Location;
 
 /// What [`recover`] brought back.
 #[derive(Debug)]
@@ -34,7 +32,7 @@ const BATCH: usize = 256;
 /// The name the source gets in the recovered ledger (a standby).
 pub const SOURCE_SINK: &str = "recovered-from";
 
-/// Build a new ledger at `path` from the sink at `source_url` (attached as standby
+/// Build a new ledger at `location` from the sink at `source_url` (attached as standby
 /// [`SOURCE_SINK`]), with `primary_url` as its primary sink, or, without one, a new sqlite
 /// sink beside the ledger (as `init` makes). A sqlite source opens with `master` alone (it
 /// keeps its seal key wrapped by it), so `master` must be the lost ledger's key there; a cloud
@@ -42,14 +40,14 @@ pub const SOURCE_SINK: &str = "recovered-from";
 /// cannot be read or holds nothing; what a recovery that fails half-way made is removed.
 /// `progress(done, total)` follows the reads.
 pub async fn recover(
-    path: &Path,
+    location: &Location,
     master: MasterKey,
     source_url: &str,
     primary_url: Option<&str>,
     actor: &str,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<Recovered> {
-    if path.exists() {
+    if let Some(path) = location.as_path().filter(|p| p.exists()) {
         return Err(Error::WouldOverwrite {
             what: "ledger",
             path: path.to_path_buf(),
@@ -58,7 +56,7 @@ pub async fn recover(
     let primary = match primary_url {
         Some(url) => url.to_owned(),
         None => {
-            let file = crate::setup::default_sink_file(path)?;
+            let file = crate::setup::default_sink_file(location)?;
             if file.exists() {
                 return Err(Error::invalid(format!(
                     "{} exists: name the new primary sink with --primary URL (the source stays as it is)",
@@ -83,7 +81,7 @@ pub async fn recover(
         )));
     }
     let created = crate::replay::orchestrate::prepare_backend(&primary_parsed)?;
-    let mut ledger = match Ledger::init(path, master, LedgerSettings::default()) {
+    let mut ledger = match Ledger::init(location.clone(), master, LedgerSettings::default()) {
         Ok(ledger) => ledger,
         Err(e) => {
             if let Some(file) = &created {
@@ -154,7 +152,7 @@ pub async fn recover(
         }),
         Err(e) => {
             drop(ledger);
-            SqliteStore::remove_files(path);
+            location.remove_created();
             if let Some(file) = created {
                 let _ = std::fs::remove_file(file);
             }

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::event::SinkRole;
 use crate::ledger::{Command, Ledger, LedgerSettings};
-use crate::sink::{SinkUrl, SqliteSink};
+use crate::sink::SinkUrl;
+use crate::store::Location;
 use crate::MasterKey;
 
 /// The name of the embedded default's primary sink.
@@ -22,18 +23,40 @@ pub enum NewKey {
     Given(MasterKey),
 }
 
-/// What [`init_embedded`] made.
+/// What [`init`] made.
 #[derive(Debug)]
 pub struct Initialized {
     pub ledger: Ledger,
-    /// The primary sink's file.
-    pub sink_file: PathBuf,
+    /// The primary sink's URL.
+    pub primary: String,
+    /// The primary sink's file, when `init` made one.
+    pub sink_file: Option<PathBuf>,
 }
 
-/// The primary sink file of the ledger at `ledger_path`: `ledger.db` → `ledger.sink.db`.
-pub fn default_sink_file(ledger_path: &Path) -> Result<PathBuf> {
-    std::path::absolute(ledger_path.with_extension("sink.db"))
-        .map_err(|e| Error::io(format!("cannot resolve {}", ledger_path.display()), e))
+/// The primary sink file of the ledger file `ledger`: `ledger.db` → `ledger.sink.db`. A
+/// ledger in a database has no file to put one beside: it needs `primary` named.
+pub fn default_sink_file(ledger: &Location) -> Result<PathBuf> {
+    let path = ledger.as_path().ok_or_else(|| {
+        Error::invalid(
+            "a ledger in PostgreSQL has no directory to keep its primary sink in: name one with --primary URL \
+             (sqlite:///srv/sledger/primary.db, or a cloud secret store)",
+        )
+    })?;
+    std::path::absolute(path.with_extension("sink.db"))
+        .map_err(|e| Error::io(format!("cannot resolve {}", path.display()), e))
+}
+
+/// Create the directory `path` goes in (owner-only), if it is missing.
+fn make_parent_dir(path: &Path) -> Result<()> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) else {
+        return Ok(());
+    };
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))
 }
 
 fn refuse_existing(path: &Path, what: &'static str) -> Result<()> {
@@ -46,32 +69,40 @@ fn refuse_existing(path: &Path, what: &'static str) -> Result<()> {
     Ok(())
 }
 
-/// Create a ledger on the embedded default. Refuses to overwrite a ledger, key file or sink
-/// file; on any failure removes what it made, so nothing half-made is left behind. Adding the
-/// primary is an event like any other, so "who set up the primary" is in the audit log.
-pub fn init_embedded(
-    ledger_path: &Path,
+/// Create a ledger at `location` with `primary` as its primary sink, or, without one, a local
+/// sqlite sink beside the ledger file (the embedded default). Refuses to overwrite a ledger,
+/// key file or sink file; on any failure removes what it made, so nothing half-made is left
+/// behind. Adding the primary is an event like any other, so "who set up the primary" is in
+/// the audit log.
+pub fn init(
+    location: &Location,
     key: NewKey,
     actor: &str,
     settings: LedgerSettings,
+    primary: Option<&str>,
 ) -> Result<Initialized> {
-    refuse_existing(ledger_path, "ledger")?;
+    if let Some(path) = location.as_path() {
+        refuse_existing(path, "ledger")?;
+    }
     if let NewKey::File(file) = &key {
         refuse_existing(file, "key file")?;
     }
-    let sink_file = default_sink_file(ledger_path)?;
-    refuse_existing(&sink_file, "sink file")?;
-    if let Some(dir) = ledger_path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty() && !d.exists())
-    {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.recursive(true);
-        #[cfg(unix)]
-        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-        builder
-            .create(dir)
-            .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
+    let (primary, sink_file) = match primary {
+        Some(url) => {
+            SinkUrl::parse(url)?;
+            (url.to_owned(), None)
+        }
+        None => {
+            let file = default_sink_file(location)?;
+            refuse_existing(&file, "sink file")?;
+            (SinkUrl::sqlite_url(&file), Some(file))
+        }
+    };
+    if let Some(path) = location.as_path() {
+        make_parent_dir(path)?;
+    }
+    if let NewKey::File(file) = &key {
+        make_parent_dir(file)?;
     }
     let (master, key_file) = match key {
         NewKey::Given(master) => (master, None),
@@ -81,27 +112,41 @@ pub fn init_embedded(
             (master, Some(file))
         }
     };
-    let made = Ledger::init(ledger_path, master, settings).and_then(|mut ledger| {
-        SqliteSink::create(&sink_file)?;
-        ledger.execute(
-            actor,
-            vec![Command::AddSink {
-                name: DEFAULT_SINK.into(),
-                url: SinkUrl::sqlite_url(&sink_file),
-                role: SinkRole::Primary,
-            }],
-        )?;
-        Ok(ledger)
-    });
-    match made {
-        Ok(ledger) => Ok(Initialized { ledger, sink_file }),
-        Err(e) => {
-            if let Some(file) = key_file {
-                let _ = std::fs::remove_file(file);
-            }
-            crate::store::sqlite::SqliteStore::remove_files(ledger_path);
-            let _ = std::fs::remove_file(&sink_file);
-            Err(e)
+    let remove_key_file = || {
+        if let Some(file) = &key_file {
+            let _ = std::fs::remove_file(file);
         }
+    };
+    // Ledger::init removes what it made if it fails itself.
+    let mut ledger = Ledger::init(location.clone(), master, settings).inspect_err(|_| remove_key_file())?;
+    let mut made_sink = None;
+    let attached = SinkUrl::parse(&primary)
+        .and_then(|url| {
+            made_sink = crate::replay::orchestrate::prepare_backend(&url)?;
+            Ok(())
+        })
+        .and_then(|()| {
+            ledger.execute(
+                actor,
+                vec![Command::AddSink {
+                    name: DEFAULT_SINK.into(),
+                    url: primary.clone(),
+                    role: SinkRole::Primary,
+                }],
+            )
+        });
+    if let Err(e) = attached {
+        drop(ledger);
+        remove_key_file();
+        location.remove_created();
+        if let Some(file) = made_sink {
+            let _ = std::fs::remove_file(file);
+        }
+        return Err(e);
     }
+    Ok(Initialized {
+        ledger,
+        primary,
+        sink_file,
+    })
 }

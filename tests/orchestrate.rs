@@ -69,11 +69,18 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
             ..Default::default()
         };
         tokio::spawn(async move {
-            service::follow(&path, &master, options, Some(wake), stopped, move |event| {
-                if let ProjectorEvent::Failed { sink, error } = event {
-                    failures.lock().unwrap().push(format!("{sink}: {error}"));
-                }
-            })
+            service::follow(
+                &path.into(),
+                &master,
+                options,
+                Some(wake),
+                stopped,
+                move |event| {
+                    if let ProjectorEvent::Failed { sink, error } = event {
+                        failures.lock().unwrap().push(format!("{sink}: {error}"));
+                    }
+                },
+            )
             .await
         })
     };

@@ -2,7 +2,7 @@
 //! write transaction together with the catalog rows they change; reads come from the log.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -12,8 +12,7 @@ use crate::error::{Error, Result};
 use crate::event::{Event, Millis, Scope, SealedValues, SinkRole, StoredEvent};
 use crate::log::{self, chain_next, EventLog, Head, NewEvent};
 use crate::sink::SinkUrl;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{EventQuery, Read, Store, StoreLog, Write};
+use crate::store::{EventQuery, Location, Read, Store, StoreLog, Write};
 use crate::{validate, SecretId};
 
 mod access;
@@ -245,7 +244,7 @@ struct Keys {
 /// An open ledger.
 pub struct Ledger {
     store: Box<dyn Store>,
-    path: PathBuf,
+    location: Location,
     settings: LedgerSettings,
     keys: Option<Keys>,
     /// Why the catalog could not be rebuilt (a damaged log); audit and verify still work.
@@ -259,7 +258,7 @@ pub struct Ledger {
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Ledger")
-            .field("path", &self.path)
+            .field("location", &self.location)
             .field("unlocked", &self.keys.is_some())
             .finish()
     }
@@ -275,10 +274,15 @@ pub fn now_ms() -> Millis {
 pub const ID_REF_PREFIX: &str = "id:";
 
 impl Ledger {
-    /// Create a new ledger at `path`, sealed under `master`. Refuses an existing file; on any
-    /// failure after creating it, removes it again, so nothing half-made is left behind.
-    pub fn init(path: &Path, master: MasterKey, settings: LedgerSettings) -> Result<Ledger> {
-        let store: Box<dyn Store> = Box::new(SqliteStore::create(path)?);
+    /// Create a new ledger at `location`, sealed under `master`. Refuses an existing one; on
+    /// any failure after creating it, removes it again, so nothing half-made is left behind.
+    pub fn init(
+        location: impl Into<Location>,
+        master: MasterKey,
+        settings: LedgerSettings,
+    ) -> Result<Ledger> {
+        let location = location.into();
+        let store = location.create()?;
         let settings = LedgerSettings {
             snapshot_interval: settings.snapshot_interval.max(1),
             ..settings
@@ -312,12 +316,12 @@ impl Ledger {
         })();
         if let Err(e) = written {
             drop(store);
-            SqliteStore::remove_files(path);
+            location.remove_created();
             return Err(e);
         }
         Ok(Ledger {
             store,
-            path: path.to_path_buf(),
+            location,
             settings,
             keys: Some(keys),
             catalog_unusable: None,
@@ -327,8 +331,9 @@ impl Ledger {
 
     /// Open an existing ledger without a key: enough for `verify`, `log` and `history`.
     /// Call [`Ledger::unlock`] before reading values or writing.
-    pub fn open(path: &Path) -> Result<Ledger> {
-        let store: Box<dyn Store> = Box::new(SqliteStore::open(path)?);
+    pub fn open(location: impl Into<Location>) -> Result<Ledger> {
+        let location = location.into();
+        let store = location.open()?;
         let settings = LedgerSettings {
             max_value_bytes: store
                 .setting_int("max_value_bytes")?
@@ -338,7 +343,7 @@ impl Ledger {
         };
         let mut ledger = Ledger {
             store,
-            path: path.to_path_buf(),
+            location,
             settings,
             keys: None,
             catalog_unusable: None,
@@ -355,8 +360,8 @@ impl Ledger {
     }
 
     /// Open and unlock in one step.
-    pub fn open_with_key(path: &Path, master: MasterKey) -> Result<Ledger> {
-        let mut ledger = Ledger::open(path)?;
+    pub fn open_with_key(location: impl Into<Location>, master: MasterKey) -> Result<Ledger> {
+        let mut ledger = Ledger::open(location)?;
         ledger.unlock(master)?;
         Ok(ledger)
     }
@@ -426,8 +431,8 @@ impl Ledger {
         Ok(required_setting(&*self.store, "key_check")?.as_slice() == master.key_check().as_slice())
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     pub fn settings(&self) -> LedgerSettings {

@@ -81,8 +81,13 @@ impl Ledger {
             folded.apply(&e, e.decode()?)?;
             Ok(true)
         })?;
-        for meta in folded.secrets.values() {
-            tx.put_secret(&SecretMeta::from_bytes(meta)?)?;
+        let metas: Vec<SecretMeta> = folded
+            .secrets
+            .values()
+            .map(|meta| SecretMeta::from_bytes(meta))
+            .collect::<Result<_>>()?;
+        for chunk in metas.chunks(10_000) {
+            tx.put_secrets(chunk)?;
         }
         tx.put_sinks(&folded.sinks)?;
         tx.set_setting_int("catalog_seq", head.seq as i64)?;
@@ -190,7 +195,7 @@ impl Ledger {
                 .all(|(id, bytes)| decoded.secrets.get(id).is_some_and(|m| *m.to_bytes() == **bytes)))
     }
 
-    /// Copy the ledger, online and consistent, into a new file at `path` (writers keep going
+    /// Copy the ledger, online and consistent, into a new SQLite file at `path` (writers keep going
     /// meanwhile), then open the copy with this ledger's key and verify it whole: a backup
     /// that would not open or verify is removed, never left to be trusted. Returns the
     /// copy's verified head.
@@ -199,7 +204,7 @@ impl Ledger {
         self.store.backup_to(path)?;
         let verified = Ledger::open_with_key(path, master).and_then(|mut copy| copy.verify(progress));
         if verified.is_err() {
-            SqliteStore::remove_files(path);
+            Location::from(path).remove_created();
         }
         verified
     }

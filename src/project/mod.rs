@@ -150,6 +150,14 @@ impl Ledger {
         self.store().save_checkpoint(sink, attached, seq, &mac, now_ms())
     }
 
+    fn try_lock_sink_writes(&self, sink: &str) -> Result<bool> {
+        self.store().try_lock_sink_writes(sink)
+    }
+
+    fn unlock_sink_writes(&self, sink: &str) {
+        self.store().unlock_sink_writes(sink)
+    }
+
     fn record_sink_error(&self, sink: &str, error: &str) -> Result<()> {
         self.store().record_sink_error(sink, error, now_ms())
     }
@@ -434,36 +442,37 @@ pub async fn project_attachment(
 /// Sinks refuse writes older than what they hold, but a backend without a conditional write
 /// of the seq (AWS, Azure, Vault's metadata) can still let an older write from another
 /// process land in the same instant as a newer one. So one process at a time applies a
-/// sink's batches: it holds an exclusive lock on a file beside the ledger, waited for until
-/// the deadline (`None` if it passed, or a stop came, first). Replays into an attached sink
-/// hold it too while they write.
-pub async fn lock_sink_writes(
-    ledger: &Ledger,
+/// sink's batches: it holds the store's write lock for that sink (a file lock beside an SQLite
+/// ledger, a session advisory lock in PostgreSQL), waited for until the deadline (`None` if it
+/// passed, or a stop came, first). Replays into an attached sink hold it too while they write.
+pub async fn lock_sink_writes<'a>(
+    ledger: &'a Ledger,
     name: &str,
     opts: &ProjectOptions,
-) -> Result<Option<std::fs::File>> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let path = format!("{}.sink-{name}.lock", ledger.path().display());
-    // O_NOFOLLOW: a symlink planted at the lock's path must not make sledger open (and
-    // create) a file elsewhere.
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(&path)
-        .map_err(|e| Error::io(format!("cannot open {path}"), e))?;
+) -> Result<Option<SinkWriting<'a>>> {
     loop {
-        match file.try_lock() {
-            Ok(()) => return Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => {}
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(format!("cannot lock {path}"), e)),
+        if ledger.try_lock_sink_writes(name)? {
+            return Ok(Some(SinkWriting {
+                ledger,
+                name: name.to_owned(),
+            }));
         }
         if stopped(opts) || opts.deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(None);
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The right to write one sink, released when dropped (see [`lock_sink_writes`]).
+pub struct SinkWriting<'a> {
+    ledger: &'a Ledger,
+    name: String,
+}
+
+impl Drop for SinkWriting<'_> {
+    fn drop(&mut self) {
+        self.ledger.unlock_sink_writes(&self.name);
     }
 }
 

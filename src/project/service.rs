@@ -7,7 +7,6 @@
 //! backend hangs.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,6 +16,7 @@ use super::{project_attachment, ProjectOptions, ProjectReport};
 use crate::catalog::SinkConfig;
 use crate::error::Result;
 use crate::sink::Sink;
+use crate::store::Location;
 use crate::{Ledger, MasterKey};
 
 /// How long a stop waits for projectors to let go before returning without them.
@@ -69,12 +69,12 @@ struct Running {
     retire: watch::Sender<bool>,
 }
 
-/// Run a projector for every projected sink of the ledger at `path` until `stop` turns true.
+/// Run a projector for every projected sink of the ledger at `location` until `stop` turns true.
 /// Sinks added while it runs get a projector; removed or demoted ones lose theirs. `wake`
 /// (a [`LedgerHandle::subscribe`](crate::LedgerHandle::subscribe) receiver) wakes projectors
 /// as soon as an append commits.
 pub async fn follow(
-    path: &Path,
+    location: &Location,
     master: &MasterKey,
     options: FollowOptions,
     wake: Option<watch::Receiver<u64>>,
@@ -87,8 +87,8 @@ pub async fn follow(
     let mut first = true;
     while !*stop.borrow() {
         let projected = {
-            let (path, master, only) = (path.to_path_buf(), master.clone(), only.clone());
-            tokio::task::spawn_blocking(move || projected_sinks(&path, master, only.as_deref()))
+            let (location, master, only) = (location.clone(), master.clone(), only.clone());
+            tokio::task::spawn_blocking(move || projected_sinks(location, master, only.as_deref()))
                 .await
                 .expect("listing sinks does not panic")
         };
@@ -122,7 +122,7 @@ pub async fn follow(
             if let std::collections::btree_map::Entry::Vacant(slot) = running.entry(name.clone()) {
                 let (retire, retired) = watch::channel(false);
                 let projector = Projector {
-                    path: path.to_path_buf(),
+                    location: location.clone(),
                     master: master.clone(),
                     sink: name.clone(),
                     options: options.clone(),
@@ -160,8 +160,8 @@ pub async fn follow(
 }
 
 /// The sinks a projector writes (all roles but standby), or just `only`.
-fn projected_sinks(path: &Path, master: MasterKey, only: Option<&str>) -> Result<Vec<String>> {
-    let ledger = Ledger::open_with_key(path, master)?;
+fn projected_sinks(location: Location, master: MasterKey, only: Option<&str>) -> Result<Vec<String>> {
+    let ledger = Ledger::open_with_key(location, master)?;
     if let Some(only) = only {
         let config = ledger.sink_config(only)?;
         if !config.role.is_projected() {
@@ -179,7 +179,7 @@ fn projected_sinks(path: &Path, master: MasterKey, only: Option<&str>) -> Result
 }
 
 struct Projector {
-    path: PathBuf,
+    location: Location,
     master: MasterKey,
     sink: String,
     options: FollowOptions,
@@ -196,7 +196,7 @@ impl Projector {
             .build()
             .expect("a tokio runtime can be built");
         let Projector {
-            path,
+            location,
             master,
             sink,
             options,
@@ -220,7 +220,7 @@ impl Projector {
                 let attempt = async {
                     // A connection per attempt: nothing of one attempt (a statement, a
                     // transaction a dropped future left open) outlives it.
-                    let ledger = Ledger::open_with_key(&path, master.clone())?;
+                    let ledger = Ledger::open_with_key(location.clone(), master.clone())?;
                     let ledger = &ledger;
                     let opts = ProjectOptions {
                         deadline: Some(Instant::now() + options.call_deadline),
@@ -277,7 +277,7 @@ impl Projector {
                 // Wait for new appends (signalled, or seen by polling the head), for the end
                 // of the pause after a failure, or for a stop.
                 if ledger.is_none() {
-                    ledger = Ledger::open(&path).ok();
+                    ledger = Ledger::open(location.clone()).ok();
                 }
                 // Without a connection to watch the head with, try again after a pause.
                 let pause = pause.or_else(|| ledger.is_none().then_some(Duration::from_secs(1)));

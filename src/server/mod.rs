@@ -153,10 +153,10 @@ pub async fn serve(
 
     let (stop_projectors, stop) = watch::channel(false);
     let projectors = {
-        let (path, master) = (handle.path().to_path_buf(), handle.master_key().clone());
+        let (location, master) = (handle.location().clone(), handle.master_key().clone());
         let (wake, follow, state) = (handle.subscribe(), options.follow.clone(), state.clone());
         tokio::spawn(async move {
-            service::follow(&path, &master, follow, Some(wake), stop, move |event| {
+            service::follow(&location, &master, follow, Some(wake), stop, move |event| {
                 state.metrics.projector(&event);
                 match &event {
                     ProjectorEvent::Failed { sink, error } => {

@@ -987,14 +987,11 @@ async fn verify(
 ) -> ApiResult {
     allow(&state, &caller, "verify", None).await?;
     let anchor = body.and_then(|Json(b)| b.anchor);
-    let (path, master) = (
-        state.handle.path().to_path_buf(),
-        state.handle.master_key().clone(),
-    );
+    let (location, master) = (state.handle.location().clone(), state.handle.master_key().clone());
     let doc = state
         .handle
         .read(move |_| {
-            let mut ledger = Ledger::open(&path)?;
+            let mut ledger = Ledger::open(location)?;
             ledger.unlock_to_verify(master)?;
             let head = ledger.verify(&mut |_, _| {})?;
             if let Some(anchor) = &anchor {
@@ -1295,15 +1292,15 @@ async fn migrate(
         return Err(Error::invalid("a memory:// sink would live only inside the server process").into());
     }
     let runtime = tokio::runtime::Handle::current();
-    let (path, master, actor) = (
-        state.handle.path().to_path_buf(),
+    let (location, master, actor) = (
+        state.handle.location().clone(),
         state.handle.master_key().clone(),
         caller.principal(),
     );
     let doc = state
         .handle
         .read(move |_| {
-            let mut ledger = Ledger::open_with_key(&path, master)?;
+            let mut ledger = Ledger::open_with_key(location, master)?;
             if body.dry_run {
                 let plan = runtime.block_on(orchestrate::plan_migration(&ledger, &body.to))?;
                 return Ok(json!({"plan": plan}));

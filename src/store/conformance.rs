@@ -24,9 +24,26 @@ pub fn run_all(fresh: Fresh<'_>) {
     catalog_rows_answer_every_lookup(fresh);
     lists_filter_by_label_prefix_and_start_in_order(fresh);
     data_keys_are_put_destroyed_and_rewrapped(fresh);
+    many_rows_at_once_equal_one_at_a_time(fresh);
     sink_progress_only_moves_forward(fresh);
     snapshots_and_derived_state(fresh);
     other_connections_see_only_commits(fresh);
+    settings_are_listed(fresh);
+}
+
+fn settings_are_listed(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    let tx = Write::begin(&*store).unwrap();
+    tx.set_setting("b", b"bytes").unwrap();
+    tx.set_setting_int("a", 7).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        store.settings().unwrap(),
+        vec![
+            ("a".to_owned(), super::Setting::Int(7)),
+            ("b".to_owned(), super::Setting::Bytes(b"bytes".to_vec()))
+        ]
+    );
 }
 
 fn chain(store: &dyn Store, events: Vec<(Option<SecretId>, Event)>, now: i64) -> Vec<StoredEvent> {
@@ -388,6 +405,51 @@ fn data_keys_are_put_destroyed_and_rewrapped(fresh: Fresh<'_>) {
     assert_eq!(rewrapped, 1);
     assert_eq!(store.wrapped_key(a).unwrap(), Some(b"key-a+new".to_vec()));
     assert_eq!(store.wrapped_key(b).unwrap(), None, "a destroyed key is gone");
+
+    let (c, d) = (SecretId::now_v7(), SecretId::now_v7());
+    let tx = Write::begin(&*store).unwrap();
+    tx.put_wrapped_keys(&[(c, b"key-c".to_vec()), (d, b"key-d".to_vec())])
+        .unwrap();
+    tx.commit().unwrap();
+    let mut all = Vec::new();
+    store
+        .scan_wrapped_keys(&mut |id, wrapped| {
+            all.push((id, wrapped));
+            Ok(true)
+        })
+        .unwrap();
+    let mut want = vec![
+        (a, b"key-a+new".to_vec()),
+        (c, b"key-c".to_vec()),
+        (d, b"key-d".to_vec()),
+    ];
+    want.sort();
+    assert_eq!(all, want, "keys put many at once, scanned in id order");
+}
+
+fn many_rows_at_once_equal_one_at_a_time(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    let (a, b) = (SecretId::now_v7(), SecretId::now_v7());
+    let first = meta(a, "one", Scope::Workspace, "alice", Status::Live, 1);
+    let mut renamed = first.clone();
+    renamed.name = "two".into();
+    renamed.labels.insert("tier".into(), "gold".into());
+    let other = meta(b, "one", Scope::Workspace, "bob", Status::Live, 2);
+    let tx = Write::begin(&*store).unwrap();
+    tx.put_secrets(&[first, renamed.clone()]).unwrap();
+    tx.put_secrets(&[other.clone()]).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        store.secret(a).unwrap(),
+        Some(renamed.clone()),
+        "the last row of an id wins"
+    );
+    assert_eq!(store.secret(b).unwrap(), Some(other));
+    let gold = ListQuery {
+        labels: BTreeMap::from([("tier".to_owned(), "gold".to_owned())]),
+        ..ListQuery::new(Status::Live)
+    };
+    assert_eq!(listed(&*store, &gold, &["workspace"]), vec![renamed]);
 }
 
 fn sink(name: &str, added_seq: u64) -> SinkConfig {

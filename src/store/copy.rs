@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{Read, Setting, Store, Write};
+use super::{Location, Read, Setting, Store, Write};
 use crate::error::{Error, Result};
 use crate::log::{ChainCheck, Head};
 use crate::SecretId;
@@ -33,6 +33,12 @@ pub struct CopyReport {
 /// `progress(copied, total)` is called after each batch.
 pub fn copy(from: &dyn Store, to: &dyn Store, progress: &mut dyn FnMut(u64, u64)) -> Result<CopyReport> {
     let resumed = resume_point(from, to)?;
+    if resumed == Head::EMPTY {
+        // The ledger's identity first, so a copy cut short can be resumed.
+        let tx = Write::begin(to)?;
+        copy_settings(from, &*tx)?;
+        tx.commit()?;
+    }
     let mut chain = ChainCheck::after(resumed);
     // The bulk, a batch per transaction, while writers may go on appending to `from`.
     let mut done = resumed.seq;
@@ -66,6 +72,30 @@ pub fn copy(from: &dyn Store, to: &dyn Store, progress: &mut dyn FnMut(u64, u64)
         head_hash: hex::encode(copied.hash),
         events_copied: copied.seq - resumed.seq,
     })
+}
+
+/// `sledger ledger copy`: copy the ledger at `from` into `to` (created if there is none,
+/// continued if it holds an earlier copy of the same ledger), then check the copy's chain from
+/// seq 1 as a new reader of it would.
+pub fn copy_ledger(from: &Location, to: &Location, progress: &mut dyn FnMut(u64, u64)) -> Result<CopyReport> {
+    if from == to {
+        return Err(Error::invalid("--from and --to name the same ledger"));
+    }
+    let source = from.open()?;
+    let target = match to.open() {
+        Ok(target) => target,
+        Err(Error::LedgerNotFound { .. }) => to.create()?,
+        Err(e) => return Err(e),
+    };
+    let report = copy(&*source, &*target, progress)?;
+    let checked = target.verified_scan(&mut |_, _| Ok(()))?;
+    if checked.seq != report.head || hex::encode(checked.hash) != report.head_hash {
+        return Err(Error::Corrupt(format!(
+            "the copy at {to} does not verify to the source's head {}",
+            report.head
+        )));
+    }
+    Ok(report)
 }
 
 /// A consistent copy of `from`, as it is at one instant, into a new SQLite ledger file.
@@ -125,7 +155,7 @@ fn append_range(
     events.iter().try_for_each(|e| to.append(e))
 }
 
-fn copy_outside_chain(from: &dyn Store, to: &dyn Store) -> Result<()> {
+fn copy_settings(from: &dyn Store, to: &dyn Store) -> Result<()> {
     for (key, value) in from.settings()? {
         match value {
             Setting::Bytes(bytes) => to.set_setting(&key, &bytes)?,
@@ -133,16 +163,24 @@ fn copy_outside_chain(from: &dyn Store, to: &dyn Store) -> Result<()> {
         }
     }
     // The target folds its catalog from the log on first open.
-    to.set_setting_int("catalog_seq", 0)?;
+    to.set_setting_int("catalog_seq", 0)
+}
+
+fn copy_outside_chain(from: &dyn Store, to: &dyn Store) -> Result<()> {
+    copy_settings(from, to)?;
 
     let mut keys: BTreeMap<SecretId, Vec<u8>> = BTreeMap::new();
     from.scan_wrapped_keys(&mut |id, wrapped| {
         keys.insert(id, wrapped);
         Ok(true)
     })?;
+    // Keys the target holds already (as the source does) stay; others go (purged or
+    // re-wrapped since the last copy); the rest are added.
     let mut stale = Vec::new();
     to.scan_wrapped_keys(&mut |id, wrapped| {
-        if keys.get(&id) != Some(&wrapped) {
+        if keys.get(&id) == Some(&wrapped) {
+            keys.remove(&id);
+        } else {
             stale.push(id);
         }
         Ok(true)
@@ -150,10 +188,9 @@ fn copy_outside_chain(from: &dyn Store, to: &dyn Store) -> Result<()> {
     for id in stale {
         to.delete_wrapped_key(id)?;
     }
-    for (id, wrapped) in &keys {
-        if to.wrapped_key(*id)?.is_none() {
-            to.put_wrapped_key(*id, wrapped)?;
-        }
+    let missing: Vec<(SecretId, Vec<u8>)> = keys.into_iter().collect();
+    for chunk in missing.chunks(10_000) {
+        to.put_wrapped_keys(chunk)?;
     }
 
     let (access_there, _) = to.access_head()?;

@@ -156,6 +156,11 @@ pub trait Store: Send {
 
     /// Insert or replace a secret's row.
     fn put_secret(&self, meta: &SecretMeta) -> Result<()>;
+    /// Insert or replace many rows (a catalog rebuilt from the log); a store may do it in
+    /// fewer round trips than one [`Store::put_secret`] each.
+    fn put_secrets(&self, metas: &[SecretMeta]) -> Result<()> {
+        metas.iter().try_for_each(|meta| self.put_secret(meta))
+    }
     fn secret(&self, id: SecretId) -> Result<Option<SecretMeta>>;
     /// Secrets called `name` in any of `namespaces`, newest change first.
     fn secrets_named(&self, name: &str, namespaces: &[&str]) -> Result<Vec<SecretMeta>>;
@@ -174,6 +179,11 @@ pub trait Store: Send {
 
     fn wrapped_key(&self, id: SecretId) -> Result<Option<Vec<u8>>>;
     fn put_wrapped_key(&self, id: SecretId, wrapped: &[u8]) -> Result<()>;
+    /// Insert many new wrapped keys (see [`Store::put_secrets`]).
+    fn put_wrapped_keys(&self, keys: &[(SecretId, Vec<u8>)]) -> Result<()> {
+        keys.iter()
+            .try_for_each(|(id, wrapped)| self.put_wrapped_key(*id, wrapped))
+    }
     /// Destroy a data key (purge). Absent is fine.
     fn delete_wrapped_key(&self, id: SecretId) -> Result<()>;
     /// Every wrapped key, in id order, until `visit` returns false.
@@ -200,6 +210,14 @@ pub trait Store: Send {
     fn unpark(&self, sink: &str, id: SecretId, seq: u64) -> Result<()>;
     /// The sink's parked secrets, by seq.
     fn parked(&self, sink: &str) -> Result<Vec<Parked>>;
+
+    // Sink writers: one at a time per sink, across connections, processes and servers.
+
+    /// Take the right to write sink `name` if no other connection holds it; returns whether
+    /// it did. Held until [`Store::unlock_sink_writes`], or until this connection ends: a
+    /// process that dies releases it.
+    fn try_lock_sink_writes(&self, name: &str) -> Result<bool>;
+    fn unlock_sink_writes(&self, name: &str);
 
     // The access log: a second chain, gap-free from 1, append-only.
 

@@ -18,9 +18,9 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
-use postgres::error::SqlState;
-use postgres::types::ToSql;
-use postgres::{Client, Row, Statement};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Row, Statement, ToStatement};
 
 use super::{EventQuery, ListVisit, Parked, Rewrap, Setting, SinkProgress, Store, Visit};
 use crate::access_log::AccessEntry;
@@ -35,6 +35,10 @@ const SCHEMA: &[&str] = &[include_str!("../../schema/postgres/0001_ledger.sql")]
 /// The advisory lock every write transaction holds ("SLDG" and "LOG!").
 const WRITE_LOCK: i64 = 0x534c_4447_4c4f_4721;
 
+/// The first key of the session advisory locks that make one writer per sink ("SLDH"); the
+/// second is the hash of the sink's name.
+const SINK_LOCKS: i32 = 0x534c_4448;
+
 /// Rows read per query of a scan.
 const PAGE: i64 = 1000;
 
@@ -47,7 +51,7 @@ type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 #[derive(Clone)]
 pub struct PgUrl {
     url: String,
-    config: postgres::Config,
+    config: tokio_postgres::Config,
 }
 
 impl PartialEq for PgUrl {
@@ -72,7 +76,7 @@ impl std::fmt::Display for PgUrl {
 
 impl PgUrl {
     pub fn parse(url: &str) -> Result<PgUrl> {
-        let config = postgres::Config::from_str(url).map_err(|e| {
+        let config = tokio_postgres::Config::from_str(url).map_err(|e| {
             Error::invalid(format!(
                 "ledger URL is not a valid PostgreSQL URL ({e}); the form is postgres://USER@HOST:PORT/DATABASE?sslmode=require"
             ))
@@ -94,7 +98,7 @@ impl PgUrl {
     }
 
     /// The driver's configuration with the defaults and the password libpq would use.
-    fn config(&self) -> Result<postgres::Config> {
+    fn config(&self) -> Result<tokio_postgres::Config> {
         let mut config = self.config.clone();
         let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
         if config.get_user().is_none() {
@@ -129,14 +133,10 @@ impl PgUrl {
     }
 
     fn connect(&self) -> Result<Client> {
-        let config = self.config()?;
-        let client = config
-            .connect(tls()?)
-            .map_err(|e| self.failure("cannot connect", e))?;
-        Ok(client)
+        Client::connect(self.config()?, tls()?).map_err(|e| self.failure("cannot connect to", e))
     }
 
-    fn failure(&self, doing: &str, e: postgres::Error) -> Error {
+    fn failure(&self, doing: &str, e: tokio_postgres::Error) -> Error {
         let mut error = map_error(e);
         if let Error::LedgerDatabase { message, .. } = &mut error {
             *message = format!("{doing} {}: {message}", self.url);
@@ -163,7 +163,7 @@ fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
 /// The password for `config` from the password file, as libpq reads it: `PGPASSFILE`, else
 /// `~/.pgpass`; lines `host:port:database:user:password`, `*` matching anything, `\` escaping;
 /// a file others may read is ignored (with a warning), as libpq does.
-fn password_file_entry(config: &postgres::Config) -> Option<String> {
+fn password_file_entry(config: &tokio_postgres::Config) -> Option<String> {
     let path = std::env::var_os("PGPASSFILE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")))?;
@@ -177,7 +177,7 @@ fn password_file_entry(config: &postgres::Config) -> Option<String> {
     }
     let text = std::fs::read_to_string(&path).ok()?;
     let host = match config.get_hosts().first() {
-        Some(postgres::config::Host::Tcp(h)) => h.clone(),
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
         _ => "localhost".into(),
     };
     let port = config.get_ports().first().copied().unwrap_or(5432).to_string();
@@ -210,9 +210,96 @@ fn split_pgpass(line: &str) -> Vec<String> {
     fields
 }
 
+/// The runtime that drives every PostgreSQL connection's socket. Store calls block their own
+/// thread on a reply (like SQLite's calls), so they work from any thread, in an async runtime
+/// or not; the connections never run on the caller's runtime.
+fn background() -> &'static tokio::runtime::Runtime {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    RUNTIME.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("sledger-postgres")
+            .enable_all()
+            .build()
+            .expect("a tokio runtime can be built")
+    })
+}
+
+/// Wait for a request on this thread; its connection runs on [`background`].
+fn wait<F: std::future::Future>(request: F) -> F::Output {
+    futures::executor::block_on(request)
+}
+
+/// A connection with blocking calls (see [`background`]).
+struct Client(tokio_postgres::Client);
+
+type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
+
+impl Client {
+    fn connect(
+        config: tokio_postgres::Config,
+        tls: tokio_postgres_rustls::MakeRustlsConnect,
+    ) -> PgResult<Client> {
+        let connecting = background().spawn(async move {
+            let (client, connection) = config.connect(tls).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "a PostgreSQL connection ended");
+                }
+            });
+            Ok(Client(client))
+        });
+        wait(connecting).expect("connecting does not panic")
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    fn batch_execute(&self, sql: &str) -> PgResult<()> {
+        wait(self.0.batch_execute(sql))
+    }
+
+    fn prepare(&self, sql: &str) -> PgResult<Statement> {
+        wait(self.0.prepare(sql))
+    }
+
+    fn query<T: ?Sized + ToStatement>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> PgResult<Vec<Row>> {
+        wait(self.0.query(statement, params))
+    }
+
+    fn query_one<T: ?Sized + ToStatement>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> PgResult<Row> {
+        wait(self.0.query_one(statement, params))
+    }
+
+    fn query_opt<T: ?Sized + ToStatement>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> PgResult<Option<Row>> {
+        wait(self.0.query_opt(statement, params))
+    }
+
+    fn execute<T: ?Sized + ToStatement>(
+        &self,
+        statement: &T,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> PgResult<u64> {
+        wait(self.0.execute(statement, params))
+    }
+}
+
 /// PostgreSQL's errors as the library's: lock waits and serialization failures are `Busy`,
 /// a lost connection is temporary, everything else internal.
-fn map_error(e: postgres::Error) -> Error {
+fn map_error(e: tokio_postgres::Error) -> Error {
     if let Some(code) = e.code() {
         if [
             SqlState::LOCK_NOT_AVAILABLE,
@@ -242,8 +329,8 @@ fn map_error(e: postgres::Error) -> Error {
     Error::LedgerDatabase { message, temporary }
 }
 
-impl From<postgres::Error> for Error {
-    fn from(e: postgres::Error) -> Self {
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Self {
         map_error(e)
     }
 }
@@ -294,6 +381,9 @@ pub struct PgStore {
     statements: RefCell<HashMap<String, Statement>>,
     /// Event ids appended in the open write transaction, to resolve a lost COMMIT.
     appended: RefCell<Vec<uuid::Uuid>>,
+    /// Appended events not sent yet: they go as one statement before the transaction's next
+    /// statement (or its COMMIT), not one round trip each.
+    pending: RefCell<Vec<StoredEvent>>,
     in_transaction: std::cell::Cell<bool>,
 }
 
@@ -306,7 +396,7 @@ impl std::fmt::Debug for PgStore {
 impl PgStore {
     /// Create the ledger's schema in the database; refuses a database that already holds one.
     pub fn create(url: &PgUrl) -> Result<PgStore> {
-        let mut client = url.connect()?;
+        let client = url.connect()?;
         let exists: bool = client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'sledger')",
@@ -319,19 +409,21 @@ impl PgStore {
                 path: PathBuf::from(url.as_str()),
             });
         }
-        let mut tx = client.transaction()?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK])?;
-        for step in SCHEMA {
-            tx.batch_execute(step)
-                .map_err(|e| url.failure("cannot create the ledger schema in", e))?;
+        let created = (|| {
+            client.batch_execute(&format!("BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})"))?;
+            SCHEMA.iter().try_for_each(|step| client.batch_execute(step))?;
+            client.batch_execute("COMMIT")
+        })();
+        if let Err(e) = created {
+            let _ = client.batch_execute("ROLLBACK");
+            return Err(url.failure("cannot create the ledger schema in", e));
         }
-        tx.commit()?;
         PgStore::with_client(url, client)
     }
 
     /// Open the ledger in the database, checking that there is one this build can read.
     pub fn open(url: &PgUrl) -> Result<PgStore> {
-        let mut client = url.connect()?;
+        let client = url.connect()?;
         let exists: bool = client
             .query_one(
                 "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'sledger')",
@@ -361,13 +453,14 @@ impl PgStore {
         PgStore::with_client(url, client)
     }
 
-    fn with_client(url: &PgUrl, mut client: Client) -> Result<PgStore> {
-        configure(&mut client)?;
+    fn with_client(url: &PgUrl, client: Client) -> Result<PgStore> {
+        configure(&client)?;
         Ok(PgStore {
             url: url.clone(),
             client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
             appended: RefCell::new(Vec::new()),
+            pending: RefCell::new(Vec::new()),
             in_transaction: std::cell::Cell::new(false),
         })
     }
@@ -378,7 +471,7 @@ impl PgStore {
 
     /// Drop the ledger's schema (undoing a creation that failed half-way).
     pub fn remove(url: &PgUrl) {
-        if let Ok(mut client) = url.connect() {
+        if let Ok(client) = url.connect() {
             let _ = client.batch_execute("DROP SCHEMA IF EXISTS sledger CASCADE");
         }
     }
@@ -386,8 +479,8 @@ impl PgStore {
     /// A fresh connection where the old one was lost; only between transactions.
     fn ensure_connected(&self) -> Result<()> {
         if self.client.borrow().is_closed() && !self.in_transaction.get() {
-            let mut client = self.url.connect()?;
-            configure(&mut client)?;
+            let client = self.url.connect()?;
+            configure(&client)?;
             *self.client.borrow_mut() = client;
             self.statements.borrow_mut().clear();
         }
@@ -398,7 +491,7 @@ impl PgStore {
         if let Some(s) = self.statements.borrow().get(sql) {
             return Ok(s.clone());
         }
-        let statement = self.client.borrow_mut().prepare(sql)?;
+        let statement = self.client.borrow().prepare(sql)?;
         self.statements
             .borrow_mut()
             .insert(sql.to_owned(), statement.clone());
@@ -409,20 +502,58 @@ impl PgStore {
         if !self.in_transaction.get() {
             self.ensure_connected()?;
         }
+        self.send_appends()?;
         let statement = self.statement(sql)?;
-        Ok(self.client.borrow_mut().query(&statement, params)?)
+        Ok(self.client.borrow().query(&statement, params)?)
     }
 
     fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         if !self.in_transaction.get() {
             self.ensure_connected()?;
         }
+        self.send_appends()?;
         let statement = self.statement(sql)?;
-        Ok(self.client.borrow_mut().execute(&statement, params)?)
+        Ok(self.client.borrow().execute(&statement, params)?)
     }
 
     fn batch(&self, sql: &str) -> Result<()> {
-        Ok(self.client.borrow_mut().batch_execute(sql)?)
+        self.send_appends()?;
+        Ok(self.client.borrow().batch_execute(sql)?)
+    }
+
+    /// Insert the pending appends, in seq order, with one statement.
+    fn send_appends(&self) -> Result<()> {
+        let pending = std::mem::take(&mut *self.pending.borrow_mut());
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let column = |f: &dyn Fn(&StoredEvent) -> Vec<u8>| pending.iter().map(f).collect::<Vec<_>>();
+        let seqs: Vec<i64> = pending.iter().map(|e| e.seq as i64).collect();
+        let ids = column(&|e| e.event_id.as_bytes().to_vec());
+        let times: Vec<i64> = pending.iter().map(|e| e.recorded_at).collect();
+        let actors: Vec<&str> = pending.iter().map(|e| e.actor.as_str()).collect();
+        let secrets: Vec<Option<Vec<u8>>> = pending
+            .iter()
+            .map(|e| e.secret_id.map(|id| id.as_bytes().to_vec()))
+            .collect();
+        let types: Vec<&str> = pending.iter().map(|e| e.event_type.as_str()).collect();
+        let versions: Vec<i32> = pending.iter().map(|e| e.event_version as i32).collect();
+        let payloads: Vec<&[u8]> = pending.iter().map(|e| e.payload.as_slice()).collect();
+        let prev = column(&|e| e.prev_hash.to_vec());
+        let hashes = column(&|e| e.hash.to_vec());
+        let macs: Vec<Option<Vec<u8>>> = pending.iter().map(|e| e.mac.map(|m| m.to_vec())).collect();
+        let statement = self.statement(
+            "INSERT INTO events (seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash, mac)
+             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::text[], $5::bytea[], $6::text[],
+                                  $7::integer[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[])",
+        )?;
+        self.client.borrow().execute(
+            &statement,
+            &[
+                &seqs, &ids, &times, &actors, &secrets, &types, &versions, &payloads, &prev, &hashes, &macs,
+            ],
+        )?;
+        Ok(())
     }
 
     /// Events a query selects, a page at a time, in its direction. `filter` adds conditions
@@ -480,7 +611,7 @@ impl PgStore {
     }
 }
 
-fn configure(client: &mut Client) -> Result<()> {
+fn configure(client: &Client) -> Result<()> {
     // Lock waits end like SQLite's busy timeout; the schema is sledger's own.
     client.batch_execute("SET search_path TO sledger; SET lock_timeout = '10s'")?;
     Ok(())
@@ -512,8 +643,8 @@ impl Store for PgStore {
         let Some(first) = appended.first() else {
             return Err(e);
         };
-        let mut client = self.url.connect()?;
-        configure(&mut client)?;
+        let client = self.url.connect()?;
+        configure(&client)?;
         let found = client.query_opt(
             "SELECT seq FROM events WHERE event_id = $1",
             &[&first.as_bytes().as_slice()],
@@ -532,6 +663,7 @@ impl Store for PgStore {
     fn rollback(&self) {
         self.in_transaction.set(false);
         self.appended.borrow_mut().clear();
+        self.pending.borrow_mut().clear();
         if !self.client.borrow().is_closed() {
             if let Err(e) = self.batch("ROLLBACK") {
                 tracing::debug!(error = %e, "rollback failed");
@@ -581,24 +713,8 @@ impl Store for PgStore {
     }
 
     fn append(&self, e: &StoredEvent) -> Result<()> {
-        self.execute(
-            "INSERT INTO events (seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash, mac)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
-            &[
-                &(e.seq as i64),
-                &e.event_id.as_bytes().as_slice(),
-                &e.recorded_at,
-                &e.actor,
-                &e.secret_id.as_ref().map(|id| id.as_bytes().as_slice()),
-                &e.event_type,
-                &(e.event_version as i32),
-                &e.payload,
-                &e.prev_hash.as_slice(),
-                &e.hash.as_slice(),
-                &e.mac.as_ref().map(|m| m.as_slice()),
-            ],
-        )?;
         self.appended.borrow_mut().push(e.event_id);
+        self.pending.borrow_mut().push(e.clone());
         Ok(())
     }
 
@@ -736,6 +852,60 @@ impl Store for PgStore {
         Ok(())
     }
 
+    fn put_secrets(&self, metas: &[SecretMeta]) -> Result<()> {
+        // One row per id (the last), so one statement never touches a row twice.
+        let mut last: HashMap<SecretId, usize> = HashMap::new();
+        for (i, meta) in metas.iter().enumerate() {
+            last.insert(meta.id, i);
+        }
+        let rows: Vec<&SecretMeta> = metas
+            .iter()
+            .enumerate()
+            .filter(|(i, meta)| last[&meta.id] == *i)
+            .map(|(_, meta)| meta)
+            .collect();
+        let ids: Vec<&[u8]> = rows.iter().map(|m| m.id.as_bytes().as_slice()).collect();
+        let namespaces: Vec<String> = rows.iter().map(|m| m.namespace()).collect();
+        let names: Vec<&str> = rows.iter().map(|m| m.name.as_str()).collect();
+        let statuses: Vec<&str> = rows.iter().map(|m| m.status.as_str()).collect();
+        let seqs: Vec<i64> = rows.iter().map(|m| m.updated_seq as i64).collect();
+        let blobs: Vec<Vec<u8>> = rows.iter().map(|m| m.to_bytes().to_vec()).collect();
+        self.execute(
+            "INSERT INTO catalog (secret_id, namespace, name, status, updated_seq, meta)
+             SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])
+             ON CONFLICT (secret_id) DO UPDATE SET namespace = excluded.namespace, name = excluded.name,
+             status = excluded.status, updated_seq = excluded.updated_seq, meta = excluded.meta",
+            &[&ids, &namespaces, &names, &statuses, &seqs, &blobs],
+        )?;
+        self.execute("DELETE FROM catalog_labels WHERE secret_id = ANY($1)", &[&ids])?;
+        let labelled = rows
+            .iter()
+            .zip(&namespaces)
+            .flat_map(|(m, ns)| m.labels.iter().map(move |(k, v)| (*m, ns, k, v)));
+        let (mut keys, mut values, mut statuses, mut names, mut spaces, mut owners) = (
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+            Vec::new(),
+        );
+        for (meta, namespace, key, value) in labelled {
+            keys.push(key.as_str());
+            values.push(value.as_str());
+            statuses.push(meta.status.as_str());
+            names.push(meta.name.as_str());
+            spaces.push(namespace.as_str());
+            owners.push(meta.id.as_bytes().as_slice());
+        }
+        self.execute(
+            "INSERT INTO catalog_labels (key, value, status, name, namespace, secret_id)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])",
+            &[&keys, &values, &statuses, &names, &spaces, &owners],
+        )?;
+        Ok(())
+    }
+
     fn secret(&self, id: SecretId) -> Result<Option<SecretMeta>> {
         let rows = self.query(
             "SELECT meta FROM catalog WHERE secret_id = $1",
@@ -856,6 +1026,16 @@ impl Store for PgStore {
         self.execute(
             "INSERT INTO secret_keys (secret_id, wrapped) VALUES ($1, $2)",
             &[&id.as_bytes().as_slice(), &wrapped],
+        )?;
+        Ok(())
+    }
+
+    fn put_wrapped_keys(&self, keys: &[(SecretId, Vec<u8>)]) -> Result<()> {
+        let ids: Vec<&[u8]> = keys.iter().map(|(id, _)| id.as_bytes().as_slice()).collect();
+        let wrapped: Vec<&[u8]> = keys.iter().map(|(_, w)| w.as_slice()).collect();
+        self.execute(
+            "INSERT INTO secret_keys (secret_id, wrapped) SELECT * FROM unnest($1::bytea[], $2::bytea[])",
+            &[&ids, &wrapped],
         )?;
         Ok(())
     }
@@ -1076,6 +1256,25 @@ impl Store for PgStore {
             if (rows.len() as i64) < PAGE {
                 return Ok(());
             }
+        }
+    }
+
+    /// A session advisory lock: when the process holding it dies, PostgreSQL ends its session
+    /// and another server's projector takes the sink over.
+    fn try_lock_sink_writes(&self, name: &str) -> Result<bool> {
+        let rows = self.query(
+            "SELECT pg_try_advisory_lock($1, hashtext($2))",
+            &[&SINK_LOCKS, &name],
+        )?;
+        Ok(rows[0].try_get(0)?)
+    }
+
+    fn unlock_sink_writes(&self, name: &str) {
+        if let Err(e) = self.query(
+            "SELECT pg_advisory_unlock($1, hashtext($2))",
+            &[&SINK_LOCKS, &name],
+        ) {
+            tracing::debug!(error = %e, "releasing a sink's write lock failed (the session's end releases it)");
         }
     }
 

@@ -19,6 +19,8 @@ use crate::SecretId;
 pub struct SqliteStore {
     conn: Connection,
     path: PathBuf,
+    /// Sink write locks held: an exclusive lock on a file beside the ledger for each.
+    sink_locks: std::cell::RefCell<std::collections::HashMap<String, std::fs::File>>,
 }
 
 impl std::fmt::Debug for SqliteStore {
@@ -49,6 +51,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: log::create(path)?,
             path: path.to_path_buf(),
+            sink_locks: Default::default(),
         })
     }
 
@@ -57,6 +60,7 @@ impl SqliteStore {
         Ok(SqliteStore {
             conn: log::open(path)?,
             path: path.to_path_buf(),
+            sink_locks: Default::default(),
         })
     }
 
@@ -598,6 +602,33 @@ impl Store for SqliteStore {
             })
         })
         .collect()
+    }
+
+    fn try_lock_sink_writes(&self, name: &str) -> Result<bool> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = format!("{}.sink-{name}.lock", self.path.display());
+        // O_NOFOLLOW: a symlink planted at the lock's path must not make sledger open (and
+        // create) a file elsewhere.
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&path)
+            .map_err(|e| Error::io(format!("cannot open {path}"), e))?;
+        match file.try_lock() {
+            Ok(()) => {
+                self.sink_locks.borrow_mut().insert(name.to_owned(), file);
+                Ok(true)
+            }
+            Err(std::fs::TryLockError::WouldBlock) => Ok(false),
+            Err(std::fs::TryLockError::Error(e)) => Err(Error::io(format!("cannot lock {path}"), e)),
+        }
+    }
+
+    fn unlock_sink_writes(&self, name: &str) {
+        self.sink_locks.borrow_mut().remove(name);
     }
 
     fn put_snapshot(&self, seq: u64, state: &[u8]) -> Result<()> {

@@ -69,7 +69,16 @@ impl Env {
         if let Some((server, token)) = &self.remote {
             c.env("SLEDGER_SERVER", server).env("SLEDGER_TOKEN", token);
         }
+        if self.in_postgres() {
+            // A ledger in a database has no file to keep its key beside.
+            c.env("SLEDGER_KEY_FILE", &self.key);
+        }
         c
+    }
+
+    /// Whether the ledger is a postgres:// URL rather than a file.
+    pub fn in_postgres(&self) -> bool {
+        self.ledger.to_str().is_some_and(|l| l.starts_with("postgres://"))
     }
 
     /// `sledger ARGS` started in the background like [`Env::cmd`], with `vars` set and its

@@ -23,15 +23,16 @@ pub struct Cli {
 #[derive(Args, Clone)]
 #[command(next_help_heading = "Global options")]
 pub struct Global {
-    /// The ledger file [default: $XDG_DATA_HOME/sledger/ledger.db]
+    /// The ledger: a file, or a PostgreSQL database as postgres://USER@HOST:PORT/DB (its
+    /// password from PGPASSWORD or ~/.pgpass, never the URL) [default: $XDG_DATA_HOME/sledger/ledger.db]
     #[arg(
         long,
         global = true,
         env = "SLEDGER_LEDGER",
-        value_name = "PATH",
+        value_name = "PATH|URL",
         hide_env_values = true
     )]
-    pub ledger: Option<PathBuf>,
+    pub ledger: Option<String>,
     /// The master key file [default: the ledger path with extension .key]; SLEDGER_MASTER_KEY (base64) wins over it
     #[arg(
         long,
@@ -397,6 +398,20 @@ pub enum LedgerCmd {
         #[arg(long, value_name = "PATH")]
         to: PathBuf,
     },
+    /// Copy the whole log into another store (a file, or postgres://…), checking the chain on
+    /// both sides; resumes a copy that was cut short. This is how a ledger moves to PostgreSQL
+    #[command(
+        after_long_help = "Examples:\n  sledger ledger copy --from ~/.local/share/sledger/ledger.db --to postgres://sledger@db.internal/sledger\n  sledger ledger copy --from postgres://sledger@db.internal/sledger --to /backup/ledger.db"
+    )]
+    Copy {
+        /// The ledger to copy [default: --ledger]
+        #[arg(long, value_name = "PATH|URL")]
+        from: Option<String>,
+        /// Where to copy it: a new file or a database without a ledger (or an earlier,
+        /// unfinished copy of the same ledger)
+        #[arg(long, value_name = "PATH|URL")]
+        to: String,
+    },
 }
 
 #[derive(Args)]
@@ -405,12 +420,17 @@ pub struct InitArgs {
     #[arg(long, value_name = "BYTES", default_value_t = sledger::validate::DEFAULT_MAX_VALUE_BYTES,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(16..=16 * 1024 * 1024))]
     pub max_value_bytes: usize,
+    /// The primary sink's URL [default: a sqlite file beside the ledger file; a ledger in
+    /// PostgreSQL must name one]
+    #[arg(long, value_name = "URL")]
+    pub primary: Option<String>,
 }
 
 impl Default for InitArgs {
     fn default() -> Self {
         InitArgs {
             max_value_bytes: sledger::validate::DEFAULT_MAX_VALUE_BYTES,
+            primary: None,
         }
     }
 }

@@ -1,10 +1,11 @@
 //! Resolving the global options: which ledger, which key, who is acting.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use sledger::crypto::MASTER_KEY_ENV;
 use sledger::project::PrimaryWait;
+use sledger::store::Location;
 use sledger::{keyfile, Ledger, MasterKey};
 
 use crate::cli::{Format, Global};
@@ -15,7 +16,7 @@ static ENV_KEY: std::sync::OnceLock<Option<zeroize::Zeroizing<String>>> = std::s
 static ENV_TOKEN: std::sync::OnceLock<Option<zeroize::Zeroizing<String>>> = std::sync::OnceLock::new();
 
 pub struct Context {
-    pub ledger_path: PathBuf,
+    pub ledger: Location,
     pub key_file: PathBuf,
     pub actor: String,
     pub format: Format,
@@ -47,9 +48,32 @@ fn default_ledger_path() -> PathBuf {
         .join("ledger.db")
 }
 
-/// `ledger.db` → `ledger.key`, beside it.
-fn default_key_file(ledger: &Path) -> PathBuf {
-    ledger.with_extension("key")
+/// `ledger.db` → `ledger.key`, beside it; a ledger in PostgreSQL has its key in the data
+/// directory, named after the server and database.
+fn default_key_file(ledger: &Location) -> PathBuf {
+    match ledger.as_path() {
+        Some(path) => path.with_extension("key"),
+        None => {
+            let name: String = ledger
+                .to_string()
+                .split("://")
+                .nth(1)
+                .unwrap_or_default()
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            default_ledger_path().with_file_name(format!("postgres-{name}.key"))
+        }
+    }
 }
 
 fn default_actor() -> String {
@@ -59,11 +83,14 @@ fn default_actor() -> String {
 
 impl Context {
     pub fn new(global: &Global) -> Result<Self> {
-        let ledger_path = global.ledger.clone().unwrap_or_else(default_ledger_path);
+        let ledger = match &global.ledger {
+            Some(text) => Location::parse(text)?,
+            None => Location::File(default_ledger_path()),
+        };
         let key_file = global
             .key_file
             .clone()
-            .unwrap_or_else(|| default_key_file(&ledger_path));
+            .unwrap_or_else(|| default_key_file(&ledger));
         let remote = match &global.server {
             Some(server) => Some(Remote::new(
                 server,
@@ -75,7 +102,7 @@ impl Context {
         };
         Ok(Context {
             key_file,
-            ledger_path,
+            ledger,
             actor: global.actor.clone().unwrap_or_else(default_actor),
             format: global.format,
             wait: global.wait,
@@ -137,7 +164,7 @@ impl Context {
 
     /// Open the ledger without its key (audit and verify need none).
     pub fn open(&self) -> Result<Ledger> {
-        Ok(Ledger::open(&self.ledger_path)?)
+        Ok(Ledger::open(self.ledger.clone())?)
     }
 
     /// Open the ledger and unlock it with the master key.

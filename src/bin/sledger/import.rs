@@ -3,7 +3,7 @@
 use std::path::Path;
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::json;
 use sledger::import::{self, Format, ImportFile, Record};
 use sledger::{Command, Outcome};
@@ -26,18 +26,8 @@ fn import_file(args: &ImportArgs, path: &Path) -> Result<ImportFile> {
 
 /// The secrets a backend holds outside sledger's objects, read one by one.
 fn read_foreign(ctx: &Context, url: &str, prefix: &str) -> Result<Vec<Record>> {
-    let bar = if ctx.json() {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("reading {bar:30} {pos}/{len} ({eta})").expect("valid template"),
-    );
-    let estate = block_on(import::read_estate(url, prefix, &|done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    }));
+    let bar = output::progress_bar(ctx, "reading");
+    let estate = block_on(import::read_estate(url, prefix, &output::advance(&bar)));
     bar.finish_and_clear();
     Ok(estate?)
 }
@@ -113,15 +103,8 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     if args.dry_run {
         return dry_run(ctx, &ledger, file.as_ref(), estate.unwrap_or_default());
     }
-    let bar = if ctx.json() {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(total)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("importing {bar:30} {pos}/{len} ({per_sec}, eta {eta})")
-            .expect("valid template"),
-    );
+    let bar = output::progress_bar(ctx, "importing");
+    bar.set_length(total);
     let mut batches = Batches {
         ctx,
         ledger: &mut ledger,

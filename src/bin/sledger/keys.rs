@@ -3,7 +3,7 @@
 use anyhow::Result;
 use serde_json::json;
 use sledger::crypto::MASTER_KEY_ENV;
-use sledger::setup::{init_embedded, NewKey};
+use sledger::setup::{self, NewKey};
 use sledger::{keyfile, LedgerSettings, MasterKey};
 
 use crate::cli::{InitArgs, KeyCmd};
@@ -23,17 +23,22 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
         max_value_bytes: args.max_value_bytes,
         ..LedgerSettings::default()
     };
-    let sink_file = init_embedded(&ctx.ledger_path, key, &ctx.actor, settings)?.sink_file;
+    let made = setup::init(&ctx.ledger, key, &ctx.actor, settings, args.primary.as_deref())?;
     let key_source = if key_from_env {
         format!("${MASTER_KEY_ENV}")
     } else {
         ctx.key_file.display().to_string()
     };
     if ctx.json() {
-        output::json_line(&json!({"ledger": ctx.ledger_path, "key": key_source, "primary_sink": sink_file}));
+        output::json_line(
+            &json!({"ledger": ctx.ledger.to_string(), "key": key_source, "primary_sink": made.sink_file, "primary": sledger::sink::redacted(&made.primary)}),
+        );
     } else {
-        outln!("created ledger {}", ctx.ledger_path.display());
-        outln!("primary sink: local (sqlite, {})", sink_file.display());
+        outln!("created ledger {}", ctx.ledger);
+        match &made.sink_file {
+            Some(file) => outln!("primary sink: local (sqlite, {})", file.display()),
+            None => outln!("primary sink: local ({})", sledger::sink::redacted(&made.primary)),
+        }
         outln!("master key: {key_source} (keep it safe and backed up: without it no value can be decrypted)");
     }
     Ok(())

@@ -237,3 +237,22 @@ impl Stream {
         }
     }
 }
+
+/// A progress bar for people (hidden for scripts, and by indicatif when not on a terminal):
+/// `WHAT [=====>    ] 12/40 (3/s, eta 9s)`.
+pub fn progress_bar(ctx: &crate::context::Context, what: &str) -> indicatif::ProgressBar {
+    if ctx.json() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let template = format!("{what:>12} {{bar:30}} {{pos}}/{{len}} ({{per_sec}}, eta {{eta}})");
+    indicatif::ProgressBar::new(0)
+        .with_style(indicatif::ProgressStyle::with_template(&template).expect("valid template"))
+}
+
+/// The `progress(done, total)` callback the library takes, moving `bar`.
+pub fn advance(bar: &indicatif::ProgressBar) -> impl Fn(u64, u64) + Sync + '_ {
+    move |done, total| {
+        bar.set_length(total);
+        bar.set_position(done);
+    }
+}

@@ -2,7 +2,7 @@
 //! against sinks (the engine is `sledger::replay`).
 
 use anyhow::Result;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde_json::{json, Value};
 use sledger::replay::orchestrate::{self, MigratePlan, MigrateStep, MigrateTo, Mode, Phase, Resync};
 use sledger::replay::{self, Desired, Target};
@@ -25,15 +25,6 @@ fn target(ledger: &Ledger, args: &TargetArgs) -> Result<u64> {
     Ok(ledger.target_seq(target)?)
 }
 
-/// A progress bar for people (hidden for scripts, and by indicatif when not on a terminal).
-fn bar(ctx: &Context, what: &str) -> ProgressBar {
-    if ctx.json() {
-        return ProgressBar::hidden();
-    }
-    let template = format!("{what:>12} {{bar:30}} {{pos}}/{{len}} ({{per_sec}}, eta {{eta}})");
-    ProgressBar::new(0).with_style(ProgressStyle::with_template(&template).expect("valid template"))
-}
-
 /// Progress bars for the two phases of a replay (people only).
 struct Bars {
     comparing: ProgressBar,
@@ -43,8 +34,8 @@ struct Bars {
 impl Bars {
     fn new(ctx: &Context) -> Bars {
         Bars {
-            comparing: bar(ctx, "comparing"),
-            writing: bar(ctx, "writing"),
+            comparing: output::progress_bar(ctx, "comparing"),
+            writing: output::progress_bar(ctx, "writing"),
         }
     }
 

@@ -22,7 +22,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
         burst: args.rate_limit * 2.0,
     };
     options.check()?;
-    if !ctx.ledger_path.exists() {
+    if !ctx.ledger.exists() {
         crate::keys::init(ctx, crate::cli::InitArgs::default())?;
         issue(ctx, "admin", Role::Admin, vec!["*".into()], None)?;
     }
@@ -41,7 +41,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
         .build()?;
     let json = ctx.json();
     runtime.block_on(async move {
-        let handle = LedgerHandle::open(&ctx.ledger_path, master)?;
+        let handle = LedgerHandle::open(ctx.ledger.clone(), master)?;
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
                 .expect("SIGTERM handler");

@@ -392,7 +392,7 @@ fn follow(ctx: &Context, only: Option<&str>, opts: ProjectOptions) -> Result<()>
             }
             let _ = stop.send(true);
         });
-        service::follow(&ctx.ledger_path, &master, options, None, stopped, move |event| match event {
+        service::follow(&ctx.ledger, &master, options, None, stopped, move |event| match event {
             ProjectorEvent::Projected { sink, report } if json => output::json_line(
                 &json!({"sink": sink, "events": report.events, "writes": report.writes, "checkpoint": report.checkpoint}),
             ),

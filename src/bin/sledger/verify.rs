@@ -1,7 +1,6 @@
 //! `sledger verify`
 
 use anyhow::{Context as _, Result};
-use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use sledger::Anchor;
 
@@ -35,19 +34,8 @@ fn verify_local(ctx: &Context, args: &VerifyArgs, saved: Option<&Anchor>) -> Res
             outln!("catalog rebuilt from the log: {secrets} secrets");
         }
     }
-    let bar = if ctx.json() {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("verifying {bar:30} {pos}/{len} events ({per_sec}, eta {eta})")
-            .expect("valid template"),
-    );
-    let verified = ledger.verify(&mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    });
+    let bar = output::progress_bar(ctx, "verifying");
+    let verified = ledger.verify(&mut output::advance(&bar));
     bar.finish_and_clear();
     let head = match verified {
         Ok(head) => head,
@@ -259,14 +247,7 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
 /// projection so the sink holds this ledger's records (and anchor).
 pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
     let (from, name) = (args.from.as_str(), sledger::setup::DEFAULT_SINK);
-    let bar = if ctx.json() {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
-    };
-    bar.set_style(
-        ProgressStyle::with_template("reading {bar:30} {pos}/{len} objects ({eta})").expect("valid template"),
-    );
+    let bar = output::progress_bar(ctx, "reading");
     // The lost ledger's key, from where a key always comes; there is no ledger to check it on.
     let master = ctx.master_key_if_any()?.ok_or_else(|| {
         crate::exit::usage(
@@ -274,15 +255,12 @@ pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
         )
     })?;
     let recovered = block_on(sledger::recover::recover(
-        &ctx.ledger_path,
+        &ctx.ledger,
         master,
         from,
         args.primary.as_deref(),
         &ctx.actor,
-        &|done, total| {
-            bar.set_length(total);
-            bar.set_position(done);
-        },
+        &output::advance(&bar),
     ));
     bar.finish_and_clear();
     let recovered = recovered?;
@@ -294,7 +272,7 @@ pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
     let head = recovered.ledger.head()?.seq;
     if ctx.json() {
         output::json_line(&json!({
-            "ledger": ctx.ledger_path,
+            "ledger": ctx.ledger.to_string(),
             "secrets": recovered.secrets,
             "gone": recovered.gone,
             "seq": head,
@@ -305,7 +283,7 @@ pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
             "recovered {} from {} into {} (its first event records the source; earlier history is not available)",
             output::count(recovered.secrets, "secret"),
             sledger::sink::redacted(from),
-            ctx.ledger_path.display()
+            ctx.ledger
         );
         outln!(
             "the source is attached as standby sink {:?} and was not changed; the primary is sink {name:?}",
@@ -320,21 +298,13 @@ pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
 
 /// `sledger ledger backup --to PATH`: an online copy, verified with the key before it counts.
 pub fn ledger(ctx: &Context, cmd: LedgerCmd) -> Result<()> {
-    let LedgerCmd::Backup { to } = cmd;
-    let ledger = ctx.open_unlocked()?;
-    let bar = if ctx.json() {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(0)
+    let to = match cmd {
+        LedgerCmd::Backup { to } => to,
+        LedgerCmd::Copy { from, to } => return copy(ctx, from, to),
     };
-    bar.set_style(
-        ProgressStyle::with_template("verifying the copy {bar:30} {pos}/{len} events ({eta})")
-            .expect("valid template"),
-    );
-    let head = ledger.backup_to(&to, &mut |done, total| {
-        bar.set_length(total);
-        bar.set_position(done);
-    });
+    let ledger = ctx.open_unlocked()?;
+    let bar = output::progress_bar(ctx, "verifying");
+    let head = ledger.backup_to(&to, &mut output::advance(&bar));
     bar.finish_and_clear();
     let head = head?;
     let hash = hex::encode(head.hash);
@@ -349,6 +319,34 @@ pub fn ledger(ctx: &Context, cmd: LedgerCmd) -> Result<()> {
             &hash[..16]
         );
         eprintln!("note: the backup opens only with this ledger's master key; keep the key apart from it");
+    }
+    Ok(())
+}
+
+fn copy(ctx: &Context, from: Option<String>, to: String) -> Result<()> {
+    let from = match from {
+        Some(from) => sledger::store::Location::parse(&from)?,
+        None => ctx.ledger.clone(),
+    };
+    let to = sledger::store::Location::parse(&to)?;
+    let bar = output::progress_bar(ctx, "copying");
+    let report = sledger::store::copy::copy_ledger(&from, &to, &mut output::advance(&bar));
+    bar.finish_and_clear();
+    let report = report?;
+    if ctx.json() {
+        output::json_line(&json!({"from": from.to_string(), "to": to.to_string(), "copy": report}));
+    } else {
+        outln!(
+            "copied {} from {from} to {to}{}: both end at seq {} (head {}), chain verified",
+            output::count(report.events_copied, "event"),
+            if report.resumed_from > 0 {
+                format!(" (resumed after seq {})", report.resumed_from)
+            } else {
+                String::new()
+            },
+            report.head,
+            &report.head_hash[..16]
+        );
     }
     Ok(())
 }
