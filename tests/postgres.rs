@@ -5,10 +5,17 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use common::pg::Postgres;
+use common::pg::{Cut, CuttingProxy, Postgres};
+use common::serve::Server;
 use common::{tour, Env};
-use sledger::{keyfile, Command, Ledger, Scope, SecretValues};
+use reqwest::StatusCode;
+use serde_json::json;
+use sledger::store::Location;
+use sledger::{keyfile, Command, Ledger, LedgerSettings, LogFilter, MasterKey, Scope, SecretValues};
 
 /// An env whose ledger is database `db` of `server`, initialised with a sqlite primary.
 fn pg_env(server: &Postgres, db: &str) -> Env {
@@ -142,4 +149,315 @@ fn bad_postgres_ledger_urls_are_refused_clearly() {
         down.contains("cannot connect to postgres://postgres@127.0.0.1:1/sledger"),
         "{down}"
     );
+}
+
+/// Checkpoints of every sink, per `sledger sink status`.
+fn checkpoints(env: &Env) -> BTreeMap<String, u64> {
+    let status = env.json(&["sink", "status"]);
+    status
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_owned(),
+                s["checkpoint"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Two `sledger serve` on one database, 16 clients writing through both, a sqlite and an exec
+/// sink attached. The server that holds a sink's write lock is SIGKILLed mid-projection: the
+/// other takes the sinks over, every acknowledged write is in the log and in both sinks, the
+/// log verifies, and no checkpoint ever moved back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_servers_share_one_database_and_survive_losing_one() {
+    let pg = Postgres::start();
+    let env = pg_env(&pg, "shared");
+    env.ok(&[
+        "sink",
+        "add",
+        "plugin",
+        &common::exec_url(&env.path("plugin"), &[]),
+        "--role",
+        "backup",
+    ]);
+    let token = env.json(&[
+        "token",
+        "create",
+        "--name",
+        "writer",
+        "--role",
+        "admin",
+        "--pattern",
+        "*",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = env.key.to_str().unwrap().to_owned();
+    let mut first = Some(Server::start(&env, &["--key-file", &key]));
+    let second = Server::start(&env, &["--key-file", &key]);
+    let bases = [first.as_ref().unwrap().base.clone(), second.base.clone()];
+
+    // Checkpoints sampled all along.
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (env_ledger, env_key, sampling) = (env.ledger.clone(), env.key.clone(), sampling.clone());
+        std::thread::spawn(move || {
+            let watcher = Env {
+                ledger: env_ledger,
+                key: env_key,
+                ..Env::empty()
+            };
+            let mut seen: BTreeMap<String, u64> = BTreeMap::new();
+            while sampling.load(Ordering::Relaxed) {
+                for (sink, checkpoint) in checkpoints(&watcher) {
+                    let before = seen.insert(sink.clone(), checkpoint).unwrap_or(0);
+                    assert!(
+                        checkpoint >= before,
+                        "{sink}'s checkpoint moved back: {before} → {checkpoint}"
+                    );
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        })
+    };
+
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let acknowledged = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let writers: Vec<_> = (0..16)
+        .map(|w| {
+            let (client, token, bases, acknowledged) =
+                (client.clone(), token.clone(), bases.clone(), acknowledged.clone());
+            tokio::spawn(async move {
+                for i in 0..30 {
+                    let name = format!("w{w:02}/s{i:02}");
+                    // Alternate servers; one that is gone refuses, and the client moves on.
+                    for attempt in 0..4 {
+                        let base = &bases[(w + i + attempt) % 2];
+                        let sent = client
+                            .post(format!("{base}/v1/secrets"))
+                            .bearer_auth(&token)
+                            .json(&json!({"name": name, "values": {"k": format!("v{i}")}}))
+                            .send()
+                            .await;
+                        match sent {
+                            Ok(r) if r.status() == StatusCode::CREATED => {
+                                acknowledged.lock().unwrap().push(name.clone());
+                                break;
+                            }
+                            // Created by a request whose reply was lost with its server.
+                            Ok(r) if r.status() == StatusCode::CONFLICT => break,
+                            Ok(r) => assert!(r.status().is_server_error(), "{name}: {}", r.status()),
+                            Err(_) => {}
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+
+    // Let projection get going, then kill the server that is writing a sink.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let killed = first.take().unwrap();
+    let pid = killed.child.id();
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let killed_at = Instant::now();
+    drop(killed);
+    for writer in writers {
+        writer.await.unwrap();
+    }
+
+    // The survivor brings both sinks to the head within 10 s of the last write.
+    let written = Instant::now();
+    loop {
+        let status = env.json(&["sink", "status"]);
+        let settled = status.as_array().unwrap().iter().all(|s| s["lag"] == 0);
+        if settled {
+            break;
+        }
+        assert!(
+            written.elapsed() < Duration::from_secs(10),
+            "sinks did not converge within 10 s ({:?} after the kill): {status}",
+            killed_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sampling.store(false, Ordering::Relaxed);
+    sampler.join().unwrap();
+
+    let acknowledged = acknowledged.lock().unwrap().clone();
+    assert!(
+        acknowledged.len() > 300,
+        "too few writes succeeded: {}",
+        acknowledged.len()
+    );
+    let listed: std::collections::BTreeSet<String> = env
+        .json(&["secret", "list", "--limit", "1000"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap().to_owned())
+        .collect();
+    for name in &acknowledged {
+        assert!(
+            listed.contains(name),
+            "acknowledged write {name} is not in the log"
+        );
+    }
+    let log = env.json_lines(&["log", "--type", "secret.created", "--limit", "1000"]);
+    assert_eq!(log.len(), listed.len(), "one event per secret, none twice");
+    for sink in ["local", "plugin"] {
+        assert!(env.differences(sink).is_empty(), "{sink} differs from the ledger");
+    }
+    assert_eq!(env.json(&["verify"])["ok"], true);
+    second.stop();
+}
+
+fn create(name: &str) -> Command {
+    let mut values = SecretValues::new();
+    values.insert("k", "v");
+    Command::Create {
+        name: name.into(),
+        scope: Scope::Workspace,
+        labels: BTreeMap::new(),
+        values,
+    }
+}
+
+/// The connection is cut between COMMIT and its reply: the ledger looks the append up by its
+/// event id on a new connection and reports it done, once. Cut before the COMMIT reaches the
+/// server, the write is reported as a temporary failure and is not in the log.
+#[test]
+fn a_commit_whose_reply_is_lost_is_resolved_by_event_id() {
+    let server = Postgres::start();
+    let direct = Location::parse(&server.database("lost")).unwrap();
+    let proxy = CuttingProxy::start(server.port);
+    let proxied = Location::parse(&format!("postgres://postgres@127.0.0.1:{}/lost", proxy.port)).unwrap();
+    let master = MasterKey::generate();
+    let mut ledger = Ledger::init(proxied, master.clone(), LedgerSettings::default()).unwrap();
+
+    proxy.arm(Cut::AfterCommit);
+    let outcomes = ledger.execute("alice", vec![create("landed")]).unwrap();
+    assert_eq!(proxy.cuts(), 1, "the proxy cut the connection at COMMIT");
+    assert!(outcomes[0].seq().is_some(), "reported as done: {outcomes:?}");
+
+    proxy.arm(Cut::BeforeCommit);
+    let lost = ledger.execute("alice", vec![create("never")]).unwrap_err();
+    assert_eq!(proxy.cuts(), 2);
+    assert!(lost.is_temporary(), "{lost}");
+
+    // The connection was replaced: the same handle writes again.
+    ledger.execute("alice", vec![create("after")]).unwrap();
+    let check = Ledger::open_with_key(direct, master).unwrap();
+    let created: Vec<String> = check
+        .log_entries("alice", LogFilter::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.event_type == "secret.created")
+        .map(|e| e.name.unwrap_or_default())
+        .collect();
+    assert_eq!(
+        created,
+        ["landed", "after"],
+        "each landed write once, the lost one never"
+    );
+}
+
+/// PostgreSQL restarts (fast shutdown) while clients write through two servers: the servers
+/// reconnect by themselves, clients see only 503s (temporary) which they retry, and every
+/// acknowledged write is in the log once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_survive_a_database_restart() {
+    let mut pg = Postgres::start();
+    let env = pg_env(&pg, "restarted");
+    let token = env.json(&[
+        "token",
+        "create",
+        "--name",
+        "writer",
+        "--role",
+        "admin",
+        "--pattern",
+        "*",
+    ])["token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let key = env.key.to_str().unwrap().to_owned();
+    let servers = [
+        Server::start(&env, &["--key-file", &key]),
+        Server::start(&env, &["--key-file", &key]),
+    ];
+    let bases: Vec<String> = servers.iter().map(|s| s.base.clone()).collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let unavailable = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let writers: Vec<_> = (0..8)
+        .map(|w| {
+            let (client, token, bases, unavailable) =
+                (client.clone(), token.clone(), bases.clone(), unavailable.clone());
+            tokio::spawn(async move {
+                let mut acknowledged = Vec::new();
+                for i in 0..25 {
+                    let name = format!("w{w}/s{i:02}");
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    loop {
+                        let status = client
+                            .post(format!("{}/v1/secrets", bases[(w + i) % 2]))
+                            .bearer_auth(&token)
+                            .json(&json!({"name": name, "values": {"k": "v"}}))
+                            .send()
+                            .await
+                            .unwrap()
+                            .status();
+                        if status == StatusCode::CREATED {
+                            acknowledged.push(name.clone());
+                            break;
+                        }
+                        assert_eq!(
+                            status,
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "{name}: only temporary errors"
+                        );
+                        unavailable.fetch_add(1, Ordering::Relaxed);
+                        assert!(Instant::now() < deadline, "{name} never got through");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                acknowledged
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    tokio::task::block_in_place(|| pg.restart());
+    let mut acknowledged = Vec::new();
+    for writer in writers {
+        acknowledged.extend(writer.await.unwrap());
+    }
+    assert_eq!(acknowledged.len(), 200);
+    assert!(
+        unavailable.load(Ordering::Relaxed) > 0,
+        "the restart went unnoticed: the test did not test anything"
+    );
+    let log = env.json_lines(&["log", "--type", "secret.created", "--limit", "1000"]);
+    let mut created: Vec<String> = log
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    created.sort();
+    acknowledged.sort();
+    assert_eq!(
+        created, acknowledged,
+        "every acknowledged write once, nothing else"
+    );
+    assert_eq!(env.json(&["verify"])["ok"], true);
 }

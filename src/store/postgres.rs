@@ -39,6 +39,9 @@ const WRITE_LOCK: i64 = 0x534c_4447_4c4f_4721;
 /// second is the hash of the sink's name.
 const SINK_LOCKS: i32 = 0x534c_4448;
 
+/// How long a commit whose reply was lost waits for the database to say whether it landed.
+const RESOLVE_COMMIT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Rows read per query of a scan.
 const PAGE: i64 = 1000;
 
@@ -437,9 +440,12 @@ impl PgStore {
         }
         let found: i32 = client
             .query_one("SELECT max(version) FROM sledger.schema_version", &[])
-            .map_err(|_| Error::NotALedger {
-                path: PathBuf::from(url.as_str()),
-                reason: "its schema `sledger` has no schema_version table".into(),
+            .map_err(|e| match e.code() {
+                Some(&SqlState::UNDEFINED_TABLE) => Error::NotALedger {
+                    path: PathBuf::from(url.as_str()),
+                    reason: "its schema `sledger` has no schema_version table".into(),
+                },
+                _ => url.failure("cannot read the ledger schema in", e),
             })?
             .try_get::<_, Option<i32>>(0)?
             .unwrap_or(0);
@@ -639,24 +645,44 @@ impl Store for PgStore {
         if !e.is_temporary() {
             return Err(e);
         }
-        // The reply to COMMIT was lost: whether it landed is in the database.
+        // The reply to COMMIT was lost: whether it landed is in the database, once it answers
+        // again (a restart takes a few seconds).
         let Some(first) = appended.first() else {
             return Err(e);
         };
-        let client = self.url.connect()?;
-        configure(&client)?;
-        let found = client.query_opt(
-            "SELECT seq FROM events WHERE event_id = $1",
-            &[&first.as_bytes().as_slice()],
-        )?;
-        *self.client.borrow_mut() = client;
-        self.statements.borrow_mut().clear();
-        match found {
-            Some(_) => {
-                tracing::info!("the commit's reply was lost, but its events are in the log");
-                Ok(())
+        let give_up = std::time::Instant::now() + RESOLVE_COMMIT_FOR;
+        let found = loop {
+            let looked = self.url.connect().and_then(|client| {
+                configure(&client)?;
+                let found = client.query_opt(
+                    "SELECT seq FROM events WHERE event_id = $1",
+                    &[&first.as_bytes().as_slice()],
+                )?;
+                *self.client.borrow_mut() = client;
+                self.statements.borrow_mut().clear();
+                Ok(found.is_some())
+            });
+            match looked {
+                Ok(found) => break found,
+                Err(_) if std::time::Instant::now() < give_up => {
+                    std::thread::sleep(std::time::Duration::from_millis(250))
+                }
+                Err(_) => {
+                    return Err(Error::LedgerDatabase {
+                        message: format!(
+                            "the reply to a commit was lost and the database did not answer for {}s: whether the write landed is unknown; `sledger log --tail 5` shows it if it did",
+                            RESOLVE_COMMIT_FOR.as_secs()
+                        ),
+                        temporary: false,
+                    })
+                }
             }
-            None => Err(e),
+        };
+        if found {
+            tracing::info!("the reply to a commit was lost, but its events are in the log");
+            Ok(())
+        } else {
+            Err(e)
         }
     }
 

@@ -94,11 +94,12 @@ impl Postgres {
             dir,
             bin,
         };
-        postgres.run();
+        postgres.run(false);
         postgres
     }
 
-    fn run(&mut self) {
+    /// Start the server; on a port another process took meanwhile, try another unless `keep_port`.
+    fn run(&mut self, keep_port: bool) {
         let user = server_user();
         for _ in 0..5 {
             let child = as_server_user(&mut Command::new(self.bin.join("postgres")), user)
@@ -128,7 +129,11 @@ impl Postgres {
                 std::thread::sleep(Duration::from_millis(50));
             }
             self.stop();
-            self.port = free_port();
+            if keep_port {
+                std::thread::sleep(Duration::from_millis(500));
+            } else {
+                self.port = free_port();
+            }
         }
         panic!("PostgreSQL did not come up (see {})", self.dir.path().display());
     }
@@ -143,7 +148,7 @@ impl Postgres {
     /// Fast shutdown, then start again on the same port (clients must reconnect).
     pub fn restart(&mut self) {
         self.stop();
-        self.run();
+        self.run(true);
     }
 
     pub fn stop(&mut self) {
@@ -187,5 +192,106 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// What a [`CuttingProxy`] does to the next COMMIT it sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// Pass everything.
+    Nothing,
+    /// Forward the COMMIT, then drop the connection before its reply comes back.
+    AfterCommit,
+    /// Drop the connection instead of forwarding the COMMIT.
+    BeforeCommit,
+}
+
+/// A TCP proxy in front of a PostgreSQL that, when armed, cuts one connection at its next
+/// COMMIT (a simple-protocol `Q` message): the "unknown commit outcome" a client must resolve.
+pub struct CuttingProxy {
+    pub port: u16,
+    mode: std::sync::Arc<std::sync::Mutex<Cut>>,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CuttingProxy {
+    pub fn start(upstream: u16) -> CuttingProxy {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let mode = std::sync::Arc::new(std::sync::Mutex::new(Cut::Nothing));
+        let cuts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (modes, counted) = (mode.clone(), cuts.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { continue };
+                let Ok(mut server) = std::net::TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                let (mut client_reader, mut server_writer) =
+                    (client.try_clone().unwrap(), server.try_clone().unwrap());
+                // Set before a COMMIT is forwarded that must lose its reply.
+                let replies_dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let dropping = replies_dropped.clone();
+                std::thread::spawn(move || {
+                    let mut buf = vec![0u8; 1 << 16];
+                    loop {
+                        match server.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(_) if dropping.load(Ordering::SeqCst) => break,
+                            Ok(n) => {
+                                if client.write_all(&buf[..n]).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                });
+                let (modes, counted) = (modes.clone(), counted.clone());
+                std::thread::spawn(move || {
+                    const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+                    let mut buf = vec![0u8; 1 << 16];
+                    loop {
+                        let n = match client_reader.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        let chunk = &buf[..n];
+                        let is_commit = chunk.windows(COMMIT.len()).any(|w| w == COMMIT);
+                        let cut = if is_commit {
+                            std::mem::replace(&mut *modes.lock().unwrap(), Cut::Nothing)
+                        } else {
+                            Cut::Nothing
+                        };
+                        if cut != Cut::Nothing {
+                            replies_dropped.store(true, Ordering::SeqCst);
+                            counted.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if cut != Cut::BeforeCommit && server_writer.write_all(chunk).is_err() {
+                            break;
+                        }
+                        if cut != Cut::Nothing {
+                            // Let the server act on what it got, then cut both ways.
+                            std::thread::sleep(Duration::from_millis(300));
+                            let _ = server_writer.shutdown(std::net::Shutdown::Both);
+                            let _ = client_reader.shutdown(std::net::Shutdown::Both);
+                            break;
+                        }
+                    }
+                });
+            }
+        });
+        CuttingProxy { port, mode, cuts }
+    }
+
+    /// Cut the next COMMIT this way.
+    pub fn arm(&self, cut: Cut) {
+        *self.mode.lock().unwrap() = cut;
+    }
+
+    /// How many connections were cut so far.
+    pub fn cuts(&self) -> usize {
+        self.cuts.load(std::sync::atomic::Ordering::SeqCst)
     }
 }
