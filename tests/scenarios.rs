@@ -52,7 +52,7 @@ impl Run {
     }
 
     fn ledger(&self) -> Ledger {
-        let mut ledger = Ledger::open(&self.env.ledger).unwrap();
+        let mut ledger = Ledger::open(self.env.location()).unwrap();
         keyfile::unlock(&mut ledger, &self.env.key).unwrap();
         ledger
     }
@@ -175,14 +175,19 @@ impl Run {
     }
 }
 
-fn run_scenario(dir: &Path) {
+/// Run the scenario in `dir` on a ledger file, or in `database` (a PostgreSQL URL).
+fn run_scenario(dir: &Path, database: Option<String>) {
     let read = |f: &str| {
         std::fs::read_to_string(dir.join(f)).unwrap_or_else(|e| panic!("{}/{f}: {e}", dir.display()))
     };
     let scenario: toml::Table = toml::from_str(&read("scenario.toml")).unwrap();
     let text = |k: &str| scenario.get(k).and_then(|v| v.as_str()).map(str::to_owned);
     let expected: Value = serde_json::from_str(&read("expected.json")).unwrap();
-    let env = Env::empty();
+    let mut env = Env::empty();
+    let file = env.ledger.clone();
+    if let Some(url) = &database {
+        env.ledger = url.into();
+    }
     let mut run = Run {
         env,
         actor: text("actor").unwrap_or_else(|| "alice@test".into()),
@@ -191,11 +196,18 @@ fn run_scenario(dir: &Path) {
     match text("ledger") {
         Some(fixture) => {
             let from = dir.join(fixture);
-            std::fs::copy(from.join("ledger.db"), &run.env.ledger).unwrap();
+            std::fs::copy(from.join("ledger.db"), &file).unwrap();
             std::fs::copy(from.join("ledger.key"), &run.env.key).unwrap();
             // git keeps no 0600 mode, and sledger refuses a key file others can read.
             std::fs::set_permissions(&run.env.key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
                 .unwrap();
+            if let Some(url) = &database {
+                run.ok(&["ledger", "copy", "--from", file.to_str().unwrap(), "--to", url]);
+            }
+        }
+        None if database.is_some() => {
+            let primary = run.env.sqlite_url("ledger.sink.db");
+            run.ok(&["init", "--primary", &primary]);
         }
         None => {
             run.ok(&["init"]);
@@ -293,8 +305,7 @@ fn run_scenario(dir: &Path) {
     run.ok(&["verify"]);
 }
 
-#[test]
-fn every_golden_scenario_replays_to_its_expected_state() {
+fn scenario_dirs() -> Vec<std::path::PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("replay/scenarios");
     let mut dirs: Vec<_> = std::fs::read_dir(&root)
         .unwrap()
@@ -307,7 +318,22 @@ fn every_golden_scenario_replays_to_its_expected_state() {
         "expected at least six scenarios in {}",
         root.display()
     );
-    for dir in dirs {
-        run_scenario(&dir);
+    dirs
+}
+
+#[test]
+fn every_golden_scenario_replays_to_its_expected_state() {
+    for dir in scenario_dirs() {
+        run_scenario(&dir, None);
+    }
+}
+
+/// The same scenarios with the ledger in PostgreSQL (a fixture ledger is moved there with
+/// `sledger ledger copy`).
+#[test]
+fn every_golden_scenario_replays_on_a_postgres_ledger() {
+    let server = common::pg::Postgres::start();
+    for (i, dir) in scenario_dirs().iter().enumerate() {
+        run_scenario(dir, Some(server.database(&format!("scenario{i}"))));
     }
 }

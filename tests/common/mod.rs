@@ -76,6 +76,11 @@ impl Env {
         c
     }
 
+    /// The ledger as the library names it: a file or a database.
+    pub fn location(&self) -> sledger::store::Location {
+        sledger::store::Location::parse(self.ledger.to_str().unwrap()).unwrap()
+    }
+
     /// Whether the ledger is a postgres:// URL rather than a file.
     pub fn in_postgres(&self) -> bool {
         self.ledger.to_str().is_some_and(|l| l.starts_with("postgres://"))
