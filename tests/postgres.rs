@@ -272,6 +272,15 @@ async fn two_servers_share_one_database_and_survive_losing_one() {
     for writer in writers {
         writer.await.unwrap();
     }
+    let last = client
+        .post(second.url("/v1/secrets"))
+        .bearer_auth(&token)
+        .json(&json!({"name": "last", "values": {"k": "v"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(last.status(), StatusCode::CREATED);
+    acknowledged.lock().unwrap().push("last".into());
 
     // The survivor brings both sinks to the head within 10 s of the last write.
     let written = Instant::now();
@@ -290,6 +299,16 @@ async fn two_servers_share_one_database_and_survive_losing_one() {
     }
     sampling.store(false, Ordering::Relaxed);
     sampler.join().unwrap();
+    // The survivor projects every sink now, and says so.
+    let survivor = format!(":{}", second.child.id());
+    for status in env.json(&["sink", "status"]).as_array().unwrap() {
+        let by = status["projected_by"].as_str().unwrap_or_default();
+        assert!(
+            by.ends_with(&survivor),
+            "{} projected by {by:?}, not the survivor",
+            status["name"]
+        );
+    }
 
     let acknowledged = acknowledged.lock().unwrap().clone();
     assert!(

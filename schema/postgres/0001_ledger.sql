@@ -96,7 +96,8 @@ CREATE TABLE sink_state (
     checkpoint_mac  bytea  NULL,
     last_error      text   NULL,
     last_error_at   bigint NULL,
-    last_applied_at bigint NULL
+    last_applied_at bigint NULL,
+    projected_by    text   NULL   -- the instance (host:pid) that applied the last batch
 );
 
 CREATE TABLE parked (

@@ -34,12 +34,13 @@ fn migrations() -> Migrations<'static> {
         M::up(LISTS_SQL),
         M::up(include_str!("../../schema/ledger/0008_event_filters.sql")),
         M::up(include_str!("../../schema/ledger/0009_checkpoint_macs.sql")),
+        M::up(include_str!("../../schema/ledger/0010_projected_by.sql")),
     ])
 }
 
 /// The newest schema version this build knows.
 pub fn schema_version() -> i64 {
-    9
+    10
 }
 
 fn configure(conn: &Connection) -> Result<()> {

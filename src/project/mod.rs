@@ -106,12 +106,31 @@ pub struct SinkStatus {
     pub last_error: Option<String>,
     pub last_error_at: Option<Millis>,
     pub last_applied_at: Option<Millis>,
+    /// The instance (host:pid) that applied the last batch: with several servers on one
+    /// ledger, the one projecting this sink.
+    pub projected_by: Option<String>,
     /// Who the backend sees this sink as ([`statuses_with_identities`]); `None` where there is
     /// no such notion or it was not asked.
     pub identity: Option<String>,
 }
 
 pub use crate::store::Parked;
+
+/// This process as `sink status` names a projector: host:pid.
+pub fn instance() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        let mut host = [0u8; 256];
+        let named = unsafe { libc::gethostname(host.as_mut_ptr().cast(), host.len()) } == 0;
+        let end = host.iter().position(|&b| b == 0).unwrap_or(host.len());
+        let host = if named {
+            String::from_utf8_lossy(&host[..end]).into_owned()
+        } else {
+            "localhost".into()
+        };
+        format!("{host}:{}", std::process::id())
+    })
+}
 
 impl Ledger {
     /// Every event ≤ the checkpoint has been applied to (or parked for) the sink. With the key,
@@ -147,7 +166,8 @@ impl Ledger {
     /// still the attachment made at `attached`. Returns whether it was.
     fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64) -> Result<bool> {
         let mac = self.checkpoint_mac(sink, attached, seq)?;
-        self.store().save_checkpoint(sink, attached, seq, &mac, now_ms())
+        self.store()
+            .save_checkpoint(sink, attached, seq, &mac, now_ms(), instance())
     }
 
     fn try_lock_sink_writes(&self, sink: &str) -> Result<bool> {
@@ -205,6 +225,7 @@ impl Ledger {
                 last_error: progress.last_error,
                 last_error_at: progress.last_error_at,
                 last_applied_at: progress.last_applied_at,
+                projected_by: progress.projected_by,
                 identity: None,
             })
         }

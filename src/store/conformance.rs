@@ -484,14 +484,15 @@ fn sink_progress_only_moves_forward(fresh: Fresh<'_>) {
         store.sink_progress("a").unwrap().last_error.as_deref(),
         Some("down")
     );
-    assert!(store.save_checkpoint("a", 3, 7, b"mac7", 11).unwrap());
+    assert!(store.save_checkpoint("a", 3, 7, b"mac7", 11, "host-a:1").unwrap());
     let progress = store.sink_progress("a").unwrap();
     assert_eq!(
         (progress.checkpoint, progress.last_error, progress.last_applied_at),
         (7, None, Some(11))
     );
     assert_eq!(progress.checkpoint_mac.as_deref(), Some(&b"mac7"[..]));
-    assert!(store.save_checkpoint("a", 3, 5, b"mac5", 12).unwrap());
+    assert_eq!(progress.projected_by.as_deref(), Some("host-a:1"));
+    assert!(store.save_checkpoint("a", 3, 5, b"mac5", 12, "host-b:2").unwrap());
     let progress = store.sink_progress("a").unwrap();
     assert_eq!(progress.checkpoint, 7, "a checkpoint never moves back");
     assert_eq!(
@@ -500,11 +501,13 @@ fn sink_progress_only_moves_forward(fresh: Fresh<'_>) {
         "its MAC stays the one made for it"
     );
     assert!(
-        !store.save_checkpoint("a", 9, 8, b"mac8", 12).unwrap(),
+        !store.save_checkpoint("a", 9, 8, b"mac8", 12, "host-a:1").unwrap(),
         "another attachment's progress is refused"
     );
     assert!(
-        !store.save_checkpoint("gone", 1, 8, b"mac8", 12).unwrap(),
+        !store
+            .save_checkpoint("gone", 1, 8, b"mac8", 12, "host-a:1")
+            .unwrap(),
         "a detached sink's progress is refused"
     );
 

@@ -208,7 +208,8 @@ fn copy_outside_chain(from: &dyn Store, to: &dyn Store) -> Result<()> {
         let progress = from.sink_progress(&sink.name)?;
         if let Some(mac) = &progress.checkpoint_mac {
             let at = progress.last_applied_at.unwrap_or_default();
-            to.save_checkpoint(&sink.name, sink.added_seq, progress.checkpoint, mac, at)?;
+            let by = progress.projected_by.as_deref().unwrap_or_default();
+            to.save_checkpoint(&sink.name, sink.added_seq, progress.checkpoint, mac, at, by)?;
         }
         for parked in from.parked(&sink.name)? {
             to.park(&sink.name, &parked)?;

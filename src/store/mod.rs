@@ -80,6 +80,8 @@ pub struct SinkProgress {
     /// The MAC the ledger stored with the checkpoint (see `Ledger::checkpoint`).
     #[serde(skip)]
     pub checkpoint_mac: Option<Vec<u8>>,
+    /// The instance (host:pid) that applied the last batch.
+    pub projected_by: Option<String>,
 }
 
 /// A setting's value: bytes or a number.
@@ -201,8 +203,17 @@ pub trait Store: Send {
     fn sink_progress(&self, sink: &str) -> Result<SinkProgress>;
     /// Move a sink's checkpoint forward to `seq` (never back) and clear its last error, if the
     /// sink is still the attachment added at `attached`; `mac` moves with it (kept beside the
-    /// checkpoint it was made for). Returns whether it was.
-    fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64, mac: &[u8], at: Millis) -> Result<bool>;
+    /// checkpoint it was made for), recording `by` as the instance that applied it. Returns
+    /// whether it was.
+    fn save_checkpoint(
+        &self,
+        sink: &str,
+        attached: u64,
+        seq: u64,
+        mac: &[u8],
+        at: Millis,
+        by: &str,
+    ) -> Result<bool>;
     fn record_sink_error(&self, sink: &str, error: &str, at: Millis) -> Result<()>;
     /// Park (or park again) a secret the sink refused at `seq`.
     fn park(&self, sink: &str, parked: &Parked) -> Result<()>;

@@ -1145,7 +1145,7 @@ impl Store for PgStore {
 
     fn sink_progress(&self, sink: &str) -> Result<SinkProgress> {
         let rows = self.query(
-            "SELECT checkpoint, last_error, last_error_at, last_applied_at, checkpoint_mac FROM sink_state WHERE name = $1",
+            "SELECT checkpoint, last_error, last_error_at, last_applied_at, checkpoint_mac, projected_by FROM sink_state WHERE name = $1",
             &[&sink],
         )?;
         let Some(r) = rows.first() else {
@@ -1157,18 +1157,28 @@ impl Store for PgStore {
             last_error_at: r.try_get(2)?,
             last_applied_at: r.try_get(3)?,
             checkpoint_mac: r.try_get(4)?,
+            projected_by: r.try_get(5)?,
         })
     }
 
-    fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64, mac: &[u8], at: Millis) -> Result<bool> {
+    fn save_checkpoint(
+        &self,
+        sink: &str,
+        attached: u64,
+        seq: u64,
+        mac: &[u8],
+        at: Millis,
+        by: &str,
+    ) -> Result<bool> {
         let changed = self.execute(
-            "INSERT INTO sink_state AS s (name, checkpoint, checkpoint_mac, last_applied_at)
-             SELECT $1, $2, $5, $3 WHERE EXISTS (SELECT 1 FROM sinks WHERE name = $1 AND added_seq = $4)
+            "INSERT INTO sink_state AS s (name, checkpoint, checkpoint_mac, last_applied_at, projected_by)
+             SELECT $1, $2, $5, $3, $6 WHERE EXISTS (SELECT 1 FROM sinks WHERE name = $1 AND added_seq = $4)
              ON CONFLICT (name) DO UPDATE SET
              checkpoint_mac = CASE WHEN excluded.checkpoint >= s.checkpoint THEN excluded.checkpoint_mac ELSE s.checkpoint_mac END,
              checkpoint = greatest(s.checkpoint, excluded.checkpoint),
-             last_applied_at = excluded.last_applied_at, last_error = NULL, last_error_at = NULL",
-            &[&sink, &clamp(seq), &at, &clamp(attached), &mac],
+             last_applied_at = excluded.last_applied_at, projected_by = excluded.projected_by,
+             last_error = NULL, last_error_at = NULL",
+            &[&sink, &clamp(seq), &at, &clamp(attached), &mac, &by],
         )?;
         Ok(changed > 0)
     }

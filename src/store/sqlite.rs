@@ -511,38 +511,57 @@ impl Store for SqliteStore {
     }
 
     fn sink_progress(&self, sink: &str) -> Result<SinkProgress> {
-        type Row = (i64, Option<String>, Option<i64>, Option<i64>, Option<Vec<u8>>);
+        type Row = (
+            i64,
+            Option<String>,
+            Option<i64>,
+            Option<i64>,
+            Option<Vec<u8>>,
+            Option<String>,
+        );
         let row: Option<Row> = self
             .conn
             .prepare_cached(
-                "SELECT checkpoint, last_error, last_error_at, last_applied_at, checkpoint_mac FROM sink_state WHERE name = ?1",
+                "SELECT checkpoint, last_error, last_error_at, last_applied_at, checkpoint_mac, projected_by FROM sink_state WHERE name = ?1",
             )?
-            .query_row([sink], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))
+            .query_row([sink], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))
             .optional()?;
         Ok(row.map_or_else(
             SinkProgress::default,
-            |(checkpoint, last_error, last_error_at, last_applied_at, checkpoint_mac)| SinkProgress {
-                checkpoint: checkpoint as u64,
-                last_error,
-                last_error_at,
-                last_applied_at,
-                checkpoint_mac,
+            |(checkpoint, last_error, last_error_at, last_applied_at, checkpoint_mac, projected_by)| {
+                SinkProgress {
+                    checkpoint: checkpoint as u64,
+                    last_error,
+                    last_error_at,
+                    last_applied_at,
+                    checkpoint_mac,
+                    projected_by,
+                }
             },
         ))
     }
 
-    fn save_checkpoint(&self, sink: &str, attached: u64, seq: u64, mac: &[u8], at: Millis) -> Result<bool> {
+    fn save_checkpoint(
+        &self,
+        sink: &str,
+        attached: u64,
+        seq: u64,
+        mac: &[u8],
+        at: Millis,
+        by: &str,
+    ) -> Result<bool> {
         let changed = self
             .conn
             .prepare_cached(
-                "INSERT INTO sink_state (name, checkpoint, checkpoint_mac, last_applied_at)
-                 SELECT ?1, ?2, ?5, ?3 WHERE EXISTS (SELECT 1 FROM sinks WHERE name = ?1 AND added_seq = ?4)
+                "INSERT INTO sink_state (name, checkpoint, checkpoint_mac, last_applied_at, projected_by)
+                 SELECT ?1, ?2, ?5, ?3, ?6 WHERE EXISTS (SELECT 1 FROM sinks WHERE name = ?1 AND added_seq = ?4)
                  ON CONFLICT (name) DO UPDATE SET
                  checkpoint_mac = CASE WHEN excluded.checkpoint >= checkpoint THEN excluded.checkpoint_mac ELSE checkpoint_mac END,
                  checkpoint = max(checkpoint, excluded.checkpoint),
-                 last_applied_at = excluded.last_applied_at, last_error = NULL, last_error_at = NULL",
+                 last_applied_at = excluded.last_applied_at, projected_by = excluded.projected_by,
+                 last_error = NULL, last_error_at = NULL",
             )?
-            .execute(params![sink, seq as i64, at, attached as i64, mac])?;
+            .execute(params![sink, seq as i64, at, attached as i64, mac, by])?;
         Ok(changed > 0)
     }
 

@@ -209,7 +209,16 @@ fn status(ctx: &Context) -> Result<()> {
         output::json_line(&statuses);
         return Ok(());
     }
-    let mut t = output::table(&["NAME", "ROLE", "AS", "CHECKPOINT", "LAG", "PARKED", "LAST ERROR"]);
+    let mut t = output::table(&[
+        "NAME",
+        "ROLE",
+        "AS",
+        "CHECKPOINT",
+        "LAG",
+        "PARKED",
+        "PROJECTED BY",
+        "LAST ERROR",
+    ]);
     for s in &statuses {
         let error = match (s["last_error"].as_str(), s["last_error_at"].as_i64()) {
             (Some(e), Some(at)) => format!("{e} (at {})", output::time(at)),
@@ -228,6 +237,7 @@ fn status(ctx: &Context) -> Result<()> {
             text(&s["checkpoint"]),
             lag,
             text(&s["parked"]),
+            text(&s["projected_by"]),
             error,
         ]);
     }
