@@ -480,3 +480,43 @@ async fn writes_survive_a_database_restart() {
     );
     assert_eq!(env.json(&["verify"])["ok"], true);
 }
+
+/// A projector that would poll only every ten minutes applies a write made by another process
+/// at once: PostgreSQL's LISTEN/NOTIFY wakes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_by_other_processes_wake_projectors() {
+    use sledger::project::service::{self, FollowOptions, ProjectorEvent};
+    let pg = Postgres::start();
+    let env = pg_env(&pg, "woken");
+    let (location, master) = (env.location(), sledger::MasterKey::read_file(&env.key).unwrap());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (projected, mut checkpoints) = tokio::sync::mpsc::unbounded_channel();
+    let options = FollowOptions {
+        poll: Duration::from_secs(600),
+        ..Default::default()
+    };
+    let follower = tokio::spawn(async move {
+        service::follow(&location, &master, options, None, stopped, move |event| {
+            if let ProjectorEvent::Projected { report, .. } = event {
+                let _ = projected.send(report.checkpoint);
+            }
+        })
+        .await
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let written = Instant::now();
+    tokio::task::block_in_place(|| env.ok(&["secret", "create", "woken", "--value", "k=v", "--wait", "0"]));
+    let head = env.json(&["log", "--tail", "1"])["seq"].as_u64().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(checkpoint) = checkpoints.recv().await {
+            if checkpoint >= head {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("the write was not projected within 10 s though the projector polls every 600 s");
+    eprintln!("projected {:?} after the write", written.elapsed());
+    stop.send(true).unwrap();
+    follower.await.unwrap().unwrap();
+}

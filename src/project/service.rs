@@ -82,6 +82,11 @@ pub async fn follow(
     report: impl Fn(ProjectorEvent) + Send + Sync + 'static,
 ) -> Result<()> {
     let report: Report = Arc::new(report);
+    // Appends from every process and server, where the store signals them.
+    let wake = match location.watch_appends()? {
+        Some(appended) => Some(appended),
+        None => wake,
+    };
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     let only = options.only.clone();
     let mut first = true;

@@ -79,6 +79,18 @@ impl Location {
     }
 }
 
+impl Location {
+    /// A counter that moves when an append commits, from any connection or process, where
+    /// the store can signal it (PostgreSQL's LISTEN/NOTIFY); `None` where followers must poll.
+    pub fn watch_appends(&self) -> Result<Option<tokio::sync::watch::Receiver<u64>>> {
+        match self {
+            Location::File(_) => Ok(None),
+            #[cfg(feature = "postgres")]
+            Location::Postgres(url) => super::postgres::watch_appends(url).map(Some),
+        }
+    }
+}
+
 impl std::fmt::Display for Location {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

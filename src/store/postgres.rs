@@ -39,6 +39,9 @@ const WRITE_LOCK: i64 = 0x534c_4447_4c4f_4721;
 /// second is the hash of the sink's name.
 const SINK_LOCKS: i32 = 0x534c_4448;
 
+/// The channel every commit that appended notifies (LISTEN/NOTIFY).
+const APPENDED_CHANNEL: &str = "sledger_appended";
+
 /// How long a commit whose reply was lost waits for the database to say whether it landed.
 const RESOLVE_COMMIT_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -297,6 +300,56 @@ impl Client {
         params: &[&(dyn ToSql + Sync)],
     ) -> PgResult<u64> {
         wait(self.0.execute(statement, params))
+    }
+}
+
+/// A counter that moves whenever any connection commits an append to the ledger at `url`
+/// (and when the listening connection was lost and found again, since appends may have gone
+/// unheard meanwhile). The listener runs on [`background`] until every receiver is dropped.
+pub fn watch_appends(url: &PgUrl) -> Result<tokio::sync::watch::Receiver<u64>> {
+    let (config, tls) = (url.config()?, tls()?);
+    let (signal, appended) = tokio::sync::watch::channel(0u64);
+    background().spawn(async move {
+        while !signal.is_closed() {
+            if let Err(e) = listen(&config, tls.clone(), &signal).await {
+                tracing::debug!(error = %e, "the append listener lost its connection");
+            }
+            signal.send_modify(|n| *n += 1);
+            tokio::select! {
+                _ = signal.closed() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            }
+        }
+    });
+    Ok(appended)
+}
+
+async fn listen(
+    config: &tokio_postgres::Config,
+    tls: tokio_postgres_rustls::MakeRustlsConnect,
+    signal: &tokio::sync::watch::Sender<u64>,
+) -> PgResult<()> {
+    use futures::StreamExt;
+    let (client, mut connection) = config.connect(tls).await?;
+    let mut messages = futures::stream::poll_fn(move |cx| connection.poll_message(cx));
+    let listen = format!("LISTEN {APPENDED_CHANNEL}");
+    let listening = client.batch_execute(&listen);
+    tokio::pin!(listening);
+    let mut listened = false;
+    loop {
+        tokio::select! {
+            done = &mut listening, if !listened => {
+                done?;
+                listened = true;
+            }
+            message = messages.next() => match message {
+                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => signal.send_modify(|n| *n += 1),
+                Some(Ok(_)) => {}
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
+            },
+            _ = signal.closed() => return Ok(()),
+        }
     }
 }
 
@@ -640,7 +693,13 @@ impl Store for PgStore {
     fn commit(&self) -> Result<()> {
         self.in_transaction.set(false);
         let appended = std::mem::take(&mut *self.appended.borrow_mut());
-        let committed = self.batch("COMMIT");
+        // Delivered to every listener when (and only if) the transaction commits.
+        let notified = if appended.is_empty() {
+            Ok(())
+        } else {
+            self.batch(&format!("NOTIFY {APPENDED_CHANNEL}"))
+        };
+        let committed = notified.and_then(|()| self.batch("COMMIT"));
         let Err(e) = committed else { return Ok(()) };
         if !e.is_temporary() {
             return Err(e);

@@ -182,8 +182,18 @@ pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
         tail: None,
         ..filter
     };
+    let mut appended = ctx.ledger.watch_appends()?;
     loop {
-        std::thread::sleep(Duration::from_millis(200));
+        match appended.as_mut() {
+            // Woken by the next append (or once in a while, to notice a lost listener).
+            Some(appended) => {
+                let _ = crate::context::block_on(tokio::time::timeout(
+                    Duration::from_secs(5),
+                    appended.changed(),
+                ));
+            }
+            None => std::thread::sleep(Duration::from_millis(200)),
+        }
         let next = LogFilter {
             after_seq: Some(covered),
             ..following.clone()
