@@ -101,6 +101,24 @@ fn ledger_copy_moves_a_log_to_postgres_and_back() {
     ]);
     assert_eq!(got["values"]["v"], "value-99999");
 
+    // A backup of the database ledger at one instant, into a file, verified with the key.
+    let snapshot = env.path("snapshot.db");
+    let backed = env.json(&[
+        "--ledger",
+        &pg,
+        "--key-file",
+        key,
+        "ledger",
+        "backup",
+        "--to",
+        snapshot.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        (backed["seq"].as_u64(), backed["verified"].as_bool()),
+        (Some(head), Some(true)),
+        "{backed}"
+    );
+
     let back = env.path("back.db");
     let back = back.to_str().unwrap();
     env.ok(&["ledger", "copy", "--from", &pg, "--to", back]);

@@ -1,0 +1,308 @@
+//! The ledger in PostgreSQL (DESIGN §13), in one run on a PostgreSQL cluster of its own
+//! (durable: `fsync` and `synchronous_commit` on, as installed):
+//!
+//! 1. creates through `LedgerHandle`'s group commit (1, 16 and 64 writers), each a durable
+//!    append (event, catalog row, labels, data key under the write lock), beside a raw batched
+//!    INSERT of the same event rows into the same server: once in the transaction sizes the
+//!    group commit used, once in 1 000-row transactions;
+//! 2. creates/s through two `sledger serve` on one database at 16 clients;
+//! 3. failover: SIGKILL the server that applied the last batch; the time until the other has
+//!    applied a write made after the kill.
+//!
+//! `cargo bench --bench postgres` prints Markdown tables for the README.
+
+#[allow(dead_code)]
+#[path = "../tests/common/pg.rs"]
+mod pg;
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+use sledger::store::Location;
+use sledger::{Command, Ledger, LedgerHandle, LedgerSettings, MasterKey, Scope, SecretValues};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+fn create(name: String) -> Command {
+    let mut values = SecretValues::new();
+    values.insert("password", "correct horse battery staple");
+    values.insert("user", "svc");
+    Command::Create {
+        name,
+        scope: Scope::Workspace,
+        labels: BTreeMap::from([("env".to_owned(), "bench".to_owned())]),
+        values,
+    }
+}
+
+/// Creates/s through the handle with `writers` tasks, and the mean requests per commit.
+fn through_handle(location: Location, master: MasterKey, writers: usize, creates: usize) -> (f64, f64) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let handle = LedgerHandle::open(location, master).unwrap();
+        let per_writer = creates / writers;
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..writers)
+            .map(|w| {
+                let handle = handle.clone();
+                tokio::spawn(async move {
+                    for i in 0..per_writer {
+                        handle
+                            .execute("bench", vec![create(format!("w{w}/{i}"))])
+                            .await
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let elapsed = start.elapsed();
+        let stats = handle.commit_stats();
+        handle.close();
+        (
+            (per_writer * writers) as f64 / elapsed.as_secs_f64(),
+            stats.requests as f64 / stats.groups.max(1) as f64,
+        )
+    })
+}
+
+/// Rows/s inserting `database`'s event rows again, raw, into a copy of the table, `batch` rows
+/// per transaction (one multi-row INSERT each, as sledger's store sends them).
+fn raw_insert(url: &str, batch: usize) -> f64 {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
+        tokio::spawn(connection);
+        client
+            .batch_execute(
+                "DROP TABLE IF EXISTS raw_events; CREATE TABLE raw_events (LIKE sledger.events INCLUDING ALL)",
+            )
+            .await
+            .unwrap();
+        let rows = client
+            .query(
+                "SELECT seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash, mac
+                 FROM sledger.events ORDER BY seq",
+                &[],
+            )
+            .await
+            .unwrap();
+        let insert = client
+            .prepare(
+                "INSERT INTO raw_events SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::text[], $5::bytea[],
+                 $6::text[], $7::integer[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[])",
+            )
+            .await
+            .unwrap();
+        let start = Instant::now();
+        for chunk in rows.chunks(batch.max(1)) {
+            let column = |i: usize| chunk.iter().map(|r| r.get::<_, Option<Vec<u8>>>(i)).collect::<Vec<_>>();
+            let ints = |i: usize| chunk.iter().map(|r| r.get::<_, i64>(i)).collect::<Vec<_>>();
+            let texts = |i: usize| chunk.iter().map(|r| r.get::<_, String>(i)).collect::<Vec<_>>();
+            let versions: Vec<i32> = chunk.iter().map(|r| r.get(6)).collect();
+            client
+                .execute(
+                    &insert,
+                    &[
+                        &ints(0),
+                        &column(1),
+                        &ints(2),
+                        &texts(3),
+                        &column(4),
+                        &texts(5),
+                        &versions,
+                        &column(7),
+                        &column(8),
+                        &column(9),
+                        &column(10),
+                    ],
+                )
+                .await
+                .unwrap();
+        }
+        rows.len() as f64 / start.elapsed().as_secs_f64()
+    })
+}
+
+fn sledger(url: &str, key: &std::path::Path) -> Process {
+    let mut command = Process::new(env!("CARGO_BIN_EXE_sledger"));
+    command
+        .env("SLEDGER_LEDGER", url)
+        .env("SLEDGER_KEY_FILE", key)
+        .env_remove("SLEDGER_MASTER_KEY")
+        .env("SLEDGER_ACTOR", "bench");
+    command
+}
+
+fn serve(url: &str, key: &std::path::Path) -> (Child, String) {
+    let mut child = sledger(url, key)
+        .args(["serve", "--listen", "127.0.0.1:0", "--rate-limit", "1000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines.next().expect("serve exited").unwrap();
+        if let Some(url) = line.strip_prefix("listening on ") {
+            break url.to_owned();
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, base)
+}
+
+fn main() {
+    // `cargo test --benches` runs this with --bench absent: keep that a quick smoke run.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let creates = if quick { 256 } else { 20_000 };
+    let server = pg::Postgres::start();
+    let dir = tempfile::tempdir().unwrap();
+
+    println!("| writers | sledger creates/s (durable, group commit) | requests per commit | raw INSERT of the same rows, same transactions | sledger ÷ raw | raw INSERT, 1 000-row transactions |");
+    println!("|---|---|---|---|---|---|");
+    for (i, writers) in [1, 16, 64].into_iter().enumerate() {
+        let url = server.database(&format!("handle{i}"));
+        let location = Location::parse(&url).unwrap();
+        let master = MasterKey::generate();
+        Ledger::init(location.clone(), master.clone(), LedgerSettings::default()).unwrap();
+        let (per_second, per_commit) = through_handle(location, master, writers, creates);
+        let raw = raw_insert(&url, per_commit.round() as usize);
+        let raw_1000 = raw_insert(&url, 1000);
+        println!(
+            "| {writers} | {per_second:.0} | {per_commit:.1} | {raw:.0} rows/s | {:.0} % | {raw_1000:.0} rows/s |",
+            per_second / raw * 100.0
+        );
+    }
+
+    // Two servers, one database.
+    let url = server.database("servers");
+    let key = dir.path().join("ledger.key");
+    let primary = format!("sqlite://{}", dir.path().join("primary.db").display());
+    let ok = |command: &mut Process| {
+        let out = command.output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+    ok(sledger(&url, &key).args(["init", "--primary", &primary]));
+    let token: serde_json::Value = serde_json::from_str(&ok(sledger(&url, &key).args([
+        "--format",
+        "json",
+        "token",
+        "create",
+        "--name",
+        "bench",
+        "--role",
+        "admin",
+        "--pattern",
+        "*",
+    ])))
+    .unwrap();
+    let token = token["token"].as_str().unwrap().to_owned();
+    let mut servers = [serve(&url, &key), serve(&url, &key)];
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let run_for = if quick {
+        Duration::from_secs(2)
+    } else {
+        Duration::from_secs(20)
+    };
+    let bases: Vec<String> = servers.iter().map(|(_, base)| base.clone()).collect();
+    let created = runtime.block_on(async {
+        let start = Instant::now();
+        let tasks: Vec<_> = (0..16)
+            .map(|c| {
+                let (client, token, bases) = (client.clone(), token.clone(), bases.clone());
+                tokio::spawn(async move {
+                    let mut done = 0u64;
+                    while start.elapsed() < run_for {
+                        let response = client
+                            .post(format!("{}/v1/secrets", bases[c % 2]))
+                            .bearer_auth(&token)
+                            .json(&serde_json::json!({"name": format!("c{c}/{done}"), "values": {"password": "correct horse battery staple", "user": "svc"}}))
+                            .send()
+                            .await
+                            .unwrap();
+                        assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+                        done += 1;
+                    }
+                    done
+                })
+            })
+            .collect();
+        let mut total = 0;
+        for task in tasks {
+            total += task.await.unwrap();
+        }
+        total as f64 / start.elapsed().as_secs_f64()
+    });
+
+    // Failover: kill whoever applied the primary's last batch, write through the other, and
+    // time until that write is in the primary sink.
+    let location = Location::parse(&url).unwrap();
+    let master = MasterKey::read_file(&key).unwrap();
+    let status = |ledger: &Ledger| {
+        ledger
+            .sink_status()
+            .unwrap()
+            .into_iter()
+            .find(|s| s.name == "local")
+            .unwrap()
+    };
+    let settle = |ledger: &Ledger| {
+        let until = Instant::now() + Duration::from_secs(120);
+        while status(ledger).lag > 0 && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let ledger = Ledger::open_with_key(location, master).unwrap();
+    settle(&ledger);
+    let leader = status(&ledger).projected_by.unwrap_or_default();
+    let killed = servers
+        .iter()
+        .position(|(child, _)| leader.ends_with(&format!(":{}", child.id())))
+        .unwrap_or(0);
+    unsafe { libc::kill(servers[killed].0.id() as i32, libc::SIGKILL) };
+    let killed_at = Instant::now();
+    let survivor = &servers[1 - killed].1;
+    runtime.block_on(async {
+        let response = client
+            .post(format!("{survivor}/v1/secrets"))
+            .bearer_auth(&token)
+            .json(&serde_json::json!({"name": "after-failover", "values": {"k": "v"}}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), reqwest::StatusCode::CREATED);
+    });
+    settle(&ledger);
+    let failover = killed_at.elapsed();
+    for (child, _) in &mut servers {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    println!();
+    println!("| two `sledger serve` on one PostgreSQL, 16 clients | figure |");
+    println!("|---|---|");
+    println!("| creates/s through both (each acknowledged after its durable commit) | {created:.0} |");
+    println!(
+        "| failover: SIGKILL of the server that applied the last batch → a write through the other is in the primary sink | {:.0} ms |",
+        failover.as_secs_f64() * 1000.0
+    );
+}
