@@ -176,6 +176,10 @@ pub enum Error {
     #[error("ledger database: {message}")]
     LedgerDatabase { message: String, temporary: bool },
 
+    /// An error a `sledger serve` answered with (through [`crate::client::Client`]).
+    #[error("{message}")]
+    Remote { class: ErrorClass, message: String },
+
     #[error("ledger schema migration failed: {0}")]
     Migration(#[source] rusqlite_migration::Error),
 }
@@ -214,6 +218,7 @@ impl Error {
             LedgerDatabase { temporary: true, .. } => ErrorClass::Unavailable,
             Io { .. } | Database(_) | Migration(_) | LedgerDatabase { .. } => ErrorClass::Internal,
             OutOfSync(_) => ErrorClass::OutOfSync,
+            Remote { class, .. } => *class,
         }
     }
 

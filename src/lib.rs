@@ -17,6 +17,8 @@
 
 pub mod access_log;
 pub mod catalog;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod crypto;
 pub mod error;
 pub mod event;

@@ -165,7 +165,7 @@ pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
             out.finish();
             return Ok(());
         }
-        return remote.follow_log(&filter, last, &mut |e| print_line(ctx, row, &e));
+        return Ok(remote.follow_log(&filter, last, &mut |e| print_line(ctx, row, &e))?);
     }
     let ledger = ctx.open()?;
     let mut covered = ledger.scan_log(&ctx.actor, filter.clone(), &mut |e| {

@@ -9,7 +9,7 @@ use sledger::store::Location;
 use sledger::{keyfile, Ledger, MasterKey};
 
 use crate::cli::{Format, Global};
-use crate::remote::{Remote, TOKEN_ENV};
+use sledger::client::{Client as Remote, TOKEN_ENV};
 
 /// SLEDGER_MASTER_KEY and SLEDGER_TOKEN as they were at start-up (see [`Context::take_env_key`]).
 static ENV_KEY: std::sync::OnceLock<Option<zeroize::Zeroizing<String>>> = std::sync::OnceLock::new();

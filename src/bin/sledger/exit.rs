@@ -89,8 +89,6 @@ fn exit_code(err: &anyhow::Error) -> i32 {
         USAGE
     } else if err.downcast_ref::<OutOfSync>().is_some() {
         OUT_OF_SYNC
-    } else if let Some(remote) = err.downcast_ref::<crate::remote::RemoteError>() {
-        remote.exit
     } else if let Some(e) = err.chain().find_map(|c| c.downcast_ref::<sledger::Error>()) {
         match e.class() {
             ErrorClass::Invalid => USAGE,

@@ -8,7 +8,6 @@ mod exit;
 mod import;
 mod keys;
 mod output;
-mod remote;
 mod replay;
 mod secret;
 mod serve;

@@ -1,53 +1,56 @@
-//! The remote CLI: with `--server URL` / `SLEDGER_SERVER` and a token, commands go to
-//! `sledger serve` instead of opening a ledger file. The server answers with the same JSON
-//! documents the local commands render, and its errors map back onto the same exit codes.
+//! A client of `sledger serve` (what the CLI uses with `--server URL`): the same commands and
+//! reads as a local ledger, answered with the same JSON documents the local commands render;
+//! the server's errors come back as [`Error::Remote`] with the class the server named, so they
+//! map onto the same exit codes.
+//!
+//! Blocking: each call runs on the client's own single-threaded runtime (like
+//! `reqwest::blocking`), so it must not be called from inside an async runtime.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context as _, Result};
 use reqwest::{Method, Url};
 use serde::Serialize;
 use serde_json::{json, Value};
-use sledger::access_log::AccessFilter;
-use sledger::read::ReadFrom;
-use sledger::server::routes::NEXT_AFTER_HEADER;
-use sledger::{Command, ListQuery, LogFilter, ReadPoint, Status};
 use zeroize::Zeroizing;
 
-use crate::exit;
+use crate::access_log::AccessFilter;
+use crate::error::{Error, ErrorClass, Result};
+use crate::read::ReadFrom;
+use crate::server::routes::NEXT_AFTER_HEADER;
+use crate::{Command, ListQuery, LogFilter, ReadPoint, Status};
 
 /// Where the token comes from when not from a file.
 pub const TOKEN_ENV: &str = "SLEDGER_TOKEN";
 
-/// An error the server answered with, carrying the exit code its class maps to.
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct RemoteError {
-    pub exit: i32,
-    pub message: String,
-}
-
-/// The exit code for a server error code (the same classes as local errors).
-fn exit_code(code: &str) -> i32 {
+/// The class of a server error code (the same classes as local errors).
+fn class_of(code: &str) -> ErrorClass {
     match code {
-        "invalid" | "too_large" => exit::USAGE,
-        "not_found" => exit::NOT_FOUND,
-        "already_exists" => exit::ALREADY_EXISTS,
-        "integrity" => exit::INTEGRITY,
-        "key" => exit::KEY,
-        "unavailable" | "sink_unavailable" | "audit_unavailable" | "rate_limited" => exit::UNAVAILABLE,
-        "incompatible" => exit::INCOMPATIBLE,
-        "backend_refused" => exit::BACKEND,
-        "out_of_sync" => exit::OUT_OF_SYNC,
-        "unauthenticated" => exit::UNAUTHENTICATED,
-        "forbidden" => exit::DENIED,
-        _ => exit::INTERNAL,
+        "invalid" | "too_large" => ErrorClass::Invalid,
+        "not_found" => ErrorClass::NotFound,
+        "already_exists" => ErrorClass::AlreadyExists,
+        "integrity" => ErrorClass::Integrity,
+        "key" => ErrorClass::Key,
+        "unavailable" | "sink_unavailable" | "audit_unavailable" | "rate_limited" => ErrorClass::Unavailable,
+        "incompatible" => ErrorClass::Incompatible,
+        "backend_refused" => ErrorClass::Backend,
+        "out_of_sync" => ErrorClass::OutOfSync,
+        "unauthenticated" => ErrorClass::Unauthenticated,
+        "forbidden" => ErrorClass::Denied,
+        _ => ErrorClass::Internal,
     }
 }
 
-pub struct Remote {
+fn not_json(e: reqwest::Error) -> Error {
+    Error::Remote {
+        class: ErrorClass::Internal,
+        message: format!("the server's answer is not JSON: {e}"),
+    }
+}
+
+/// A connection to one `sledger serve`, with its token.
+pub struct Client {
     /// One runtime for every request, so the client's connections live across calls.
     runtime: tokio::runtime::Runtime,
     base: Url,
@@ -57,37 +60,37 @@ pub struct Remote {
 
 /// A token file must be readable by its owner only, as ssh demands of keys.
 fn read_token_file(path: &Path) -> Result<Zeroizing<String>> {
-    let meta =
-        std::fs::metadata(path).with_context(|| format!("cannot read token file {}", path.display()))?;
+    let unreadable = |e| Error::io(format!("cannot read token file {}", path.display()), e);
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
     if meta.permissions().mode() & 0o077 != 0 {
-        return Err(exit::usage(format!(
+        return Err(Error::invalid(format!(
             "token file {} is readable by others (mode {:o}); run `chmod 600 {}`",
             path.display(),
             meta.permissions().mode() & 0o777,
             path.display()
         )));
     }
-    let text = Zeroizing::new(
-        std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read token file {}", path.display()))?,
-    );
+    let text = Zeroizing::new(std::fs::read_to_string(path).map_err(unreadable)?);
     Ok(Zeroizing::new(text.trim().to_owned()))
 }
 
-impl Remote {
+impl Client {
+    /// A client of the server at `server` (https://, or http:// to a loopback address only),
+    /// with the token from `token_file` (owner-only) or else `env_token`; `ca_file` adds a CA
+    /// to trust.
     pub fn new(
         server: &str,
         token_file: Option<&Path>,
         env_token: Option<Zeroizing<String>>,
         ca_file: Option<&Path>,
-    ) -> Result<Remote> {
+    ) -> Result<Client> {
         let mut base = Url::parse(server).map_err(|e| {
-            exit::usage(format!(
+            Error::invalid(format!(
                 "--server {server:?} is not a URL ({e}); write it like https://sledger.example:8420"
             ))
         })?;
         if !matches!(base.scheme(), "http" | "https") {
-            return Err(exit::usage(format!(
+            return Err(Error::invalid(format!(
                 "--server {server:?} must be an http:// or https:// URL"
             )));
         }
@@ -101,12 +104,12 @@ impl Remote {
             None => false,
         };
         if base.scheme() == "http" && !loopback {
-            return Err(exit::usage(format!(
+            return Err(Error::invalid(format!(
                 "--server {server:?} is plain http to another host: the token would cross the network unencrypted; use https://"
             )));
         }
         if !base.username().is_empty() || base.password().is_some() {
-            return Err(exit::usage(
+            return Err(Error::invalid(
                 "--server must not carry credentials; pass the token with SLEDGER_TOKEN or --token-file",
             ));
         }
@@ -115,7 +118,7 @@ impl Remote {
             (Some(path), _) => read_token_file(path)?,
             (None, Some(token)) => token,
             (None, None) => {
-                return Err(exit::usage(format!(
+                return Err(Error::invalid(format!(
                     "--server needs a token: set {TOKEN_ENV} or pass --token-file PATH (a 0600 file)"
                 )))
             }
@@ -123,19 +126,23 @@ impl Remote {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .context("cannot start the HTTP client's runtime")?;
+            .map_err(|e| Error::io("cannot start the HTTP client's runtime", e))?;
         let _inside = runtime.enter();
         let mut client = reqwest::Client::builder().timeout(Duration::from_secs(300));
         if let Some(path) = ca_file {
-            let pem =
-                std::fs::read(path).with_context(|| format!("cannot read --ca-file {}", path.display()))?;
-            let ca = reqwest::Certificate::from_pem(&pem)
-                .map_err(|_| exit::usage(format!("--ca-file {} is not a PEM certificate", path.display())))?;
+            let pem = std::fs::read(path)
+                .map_err(|e| Error::io(format!("cannot read --ca-file {}", path.display()), e))?;
+            let ca = reqwest::Certificate::from_pem(&pem).map_err(|_| {
+                Error::invalid(format!("--ca-file {} is not a PEM certificate", path.display()))
+            })?;
             client = client.add_root_certificate(ca);
         }
-        let client = client.build().context("cannot set up the HTTP client")?;
+        let client = client.build().map_err(|e| Error::Remote {
+            class: ErrorClass::Internal,
+            message: format!("cannot set up the HTTP client: {e}"),
+        })?;
         drop(_inside);
-        Ok(Remote {
+        Ok(Client {
             runtime,
             base,
             token,
@@ -182,8 +189,8 @@ impl Remote {
                     message.push_str(&format!(": {cause}"));
                     source = cause.source();
                 }
-                RemoteError {
-                    exit: exit::UNAVAILABLE,
+                Error::Remote {
+                    class: ErrorClass::Unavailable,
                     message,
                 }
             })?;
@@ -196,14 +203,13 @@ impl Remote {
             .block_on(async { response.json().await })
             .unwrap_or(Value::Null);
         let code = body["error"]["code"].as_str().unwrap_or("internal");
-        Err(RemoteError {
-            exit: exit_code(code),
+        Err(Error::Remote {
+            class: class_of(code),
             message: body["error"]["message"]
                 .as_str()
                 .map(str::to_owned)
                 .unwrap_or_else(|| format!("the server answered {status}")),
-        }
-        .into())
+        })
     }
 
     fn call(
@@ -218,7 +224,7 @@ impl Remote {
             .flat_map(|s| s.split('/'))
             .find(|p| *p == "." || *p == "..")
         {
-            return Err(exit::usage(format!(
+            return Err(Error::invalid(format!(
                 "a name with a {bad:?} path segment cannot be sent to a server (a URL would drop it); rename the secret locally"
             )));
         }
@@ -226,7 +232,7 @@ impl Remote {
         Ok(self
             .runtime
             .block_on(async { response.json().await })
-            .context("the server's answer is not JSON")?)
+            .map_err(not_json)?)
     }
 
     /// One document, or each of an array's.
@@ -240,7 +246,7 @@ impl Remote {
     /// Apply one command; the answer is one document per changed secret.
     pub fn execute(&self, command: Command, wait: Duration) -> Result<Vec<Value>> {
         let wait = [("wait_ms", wait.as_millis() as u64)];
-        let values = |v: &sledger::SecretValues| -> Value {
+        let values = |v: &crate::SecretValues| -> Value {
             v.iter()
                 .map(|(k, v)| (k.to_owned(), Value::String(v.to_owned())))
                 .collect::<serde_json::Map<_, _>>()
@@ -286,7 +292,7 @@ impl Remote {
             Command::Delete { name } => (Method::DELETE, vec!["secrets".to_owned(), name], Value::Null),
             Command::Undelete { name } => (Method::POST, vec!["undelete".to_owned(), name], Value::Null),
             Command::Purge { name } => (Method::POST, vec!["purge".to_owned(), name], Value::Null),
-            _ => return Err(exit::usage("this command is not available through the server")),
+            _ => return Err(Error::invalid("this command is not available through the server")),
         };
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
         let body = (!body.is_null()).then_some(body);
@@ -297,7 +303,7 @@ impl Remote {
         let mut query: Vec<(&str, String)> = Vec::new();
         match point {
             Some(ReadPoint::Version(v)) => query.push(("version", v.to_string())),
-            Some(ReadPoint::At(ms)) => query.push(("at", sledger::event::format_millis(ms))),
+            Some(ReadPoint::At(ms)) => query.push(("at", crate::event::format_millis(ms))),
             Some(ReadPoint::Latest) | None => {}
         }
         let from = match from {
@@ -332,7 +338,7 @@ impl Remote {
         let docs: Value = self
             .runtime
             .block_on(async { response.json().await })
-            .context("the server's answer is not JSON")?;
+            .map_err(not_json)?;
         Ok((Self::docs(docs), next))
     }
 
@@ -385,7 +391,10 @@ impl Remote {
         while let Some(chunk) = self
             .runtime
             .block_on(async { response.chunk().await })
-            .context("the server's stream broke off")?
+            .map_err(|e| Error::Remote {
+                class: ErrorClass::Unavailable,
+                message: format!("the server's stream broke off: {e}"),
+            })?
         {
             pending.extend_from_slice(&chunk);
             while let Some(end) = pending.iter().position(|b| *b == b'\n') {
