@@ -123,6 +123,7 @@ fn update(m: &mut SecretMeta, stored: &StoredEvent, event: Event) -> Result<()> 
             return Err(corrupt(stored, event_type, "creates a secret that exists"))
         }
         Event::KeyRotated { .. }
+        | Event::KeyMigrated { .. }
         | Event::LedgerRestored { .. }
         | Event::SinkAdded { .. }
         | Event::SinkRoleChanged { .. }
@@ -343,6 +344,7 @@ pub(crate) fn apply_sink_event(
             }
         }
         Event::KeyRotated { .. }
+        | Event::KeyMigrated { .. }
         | Event::LedgerRestored { .. }
         | Event::TokenIssued { .. }
         | Event::TokenRevoked { .. }

@@ -16,6 +16,7 @@
 //! The library never prints; it reports progress through callbacks.
 
 pub mod access_log;
+mod blocking;
 pub mod catalog;
 #[cfg(feature = "client")]
 pub mod client;
@@ -28,6 +29,7 @@ pub mod handle;
 pub mod identity;
 pub mod import;
 pub mod keyfile;
+pub mod keys;
 pub mod ledger;
 pub mod log;
 pub(crate) mod private_file;

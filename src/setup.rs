@@ -19,8 +19,10 @@ pub const DEFAULT_SINK: &str = "local";
 pub enum NewKey {
     /// Generate one and write it to this file (mode 0600); it must not exist yet.
     File(PathBuf),
-    /// Use this one (from the environment, a KMS …); nothing is written.
+    /// Use this one (from the environment); nothing is written.
     Given(MasterKey),
+    /// Generate one and keep it only as this KMS key wraps it, in the ledger.
+    Kms(Box<dyn crate::keys::KeyWrapper>),
 }
 
 /// What [`init`] made.
@@ -104,12 +106,13 @@ pub fn init(
     if let NewKey::File(file) = &key {
         make_parent_dir(file)?;
     }
-    let (master, key_file) = match key {
-        NewKey::Given(master) => (master, None),
+    let (master, key_file, kms) = match key {
+        NewKey::Given(master) => (master, None, None),
+        NewKey::Kms(kms) => (MasterKey::generate(), None, Some(kms)),
         NewKey::File(file) => {
             let master = MasterKey::generate();
             master.write_new_file(&file)?;
-            (master, Some(file))
+            (master, Some(file), None)
         }
     };
     let remove_key_file = || {
@@ -120,7 +123,12 @@ pub fn init(
     // Ledger::init removes what it made if it fails itself.
     let mut ledger = Ledger::init(location.clone(), master, settings).inspect_err(|_| remove_key_file())?;
     let mut made_sink = None;
-    let attached = SinkUrl::parse(&primary)
+    let attached = kms
+        .map_or(Ok(()), |kms| {
+            let wrapped = kms.wrap(ledger.master_key()?, &ledger.ledger_id()?)?;
+            ledger.hold_key_in(kms.uri(), &wrapped)
+        })
+        .and_then(|()| SinkUrl::parse(&primary))
         .and_then(|url| {
             made_sink = crate::replay::orchestrate::prepare_backend(&url)?;
             Ok(())

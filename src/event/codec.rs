@@ -48,6 +48,11 @@ struct KeyRotatedV1 {
 }
 
 #[derive(Serialize, Deserialize)]
+struct KeyMigratedV1<'a> {
+    provider: Cow<'a, str>,
+}
+
+#[derive(Serialize, Deserialize)]
 struct LedgerRecoveredV1<'a> {
     source: Cow<'a, str>,
 }
@@ -146,6 +151,9 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
         Event::LedgerRestored { target_seq } => to_bytes(&LedgerRestoredV1 {
             target_seq: *target_seq,
         }),
+        Event::KeyMigrated { provider } => to_bytes(&KeyMigratedV1 {
+            provider: Cow::Borrowed(provider),
+        }),
         Event::LedgerRecovered { source } => to_bytes(&LedgerRecoveredV1 {
             source: Cow::Borrowed(source),
         }),
@@ -216,6 +224,12 @@ pub fn decode(event_type: &str, event_version: u32, payload: &[u8]) -> Result<Ev
         ("key.rotated", 1) => {
             let p: KeyRotatedV1 = from_bytes(payload)?;
             Event::KeyRotated { key_id: p.key_id }
+        }
+        ("key.migrated", 1) => {
+            let p: KeyMigratedV1 = from_bytes(payload)?;
+            Event::KeyMigrated {
+                provider: p.provider.into_owned(),
+            }
         }
         ("ledger.recovered", 1) => {
             let p: LedgerRecoveredV1 = from_bytes(payload)?;

@@ -93,6 +93,10 @@ pub enum Event {
     KeyRotated {
         key_id: String,
     },
+    /// The master key moved to another provider (a file or a KMS key, by URI: no secret).
+    KeyMigrated {
+        provider: String,
+    },
     /// A sink was attached. Its URL never carries credentials (refused at parse time).
     SinkAdded {
         name: String,
@@ -201,6 +205,7 @@ impl Event {
             Event::SecretRestored => "secret.restored",
             Event::SecretPurged => "secret.purged",
             Event::KeyRotated { .. } => "key.rotated",
+            Event::KeyMigrated { .. } => "key.migrated",
             Event::SinkAdded { .. } => "sink.added",
             Event::SinkRoleChanged { .. } => "sink.role_changed",
             Event::SinkRemoved { .. } => "sink.removed",
@@ -231,6 +236,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "secret.restored",
     "secret.purged",
     "key.rotated",
+    "key.migrated",
     "sink.added",
     "sink.role_changed",
     "sink.removed",

@@ -125,6 +125,7 @@ pub(super) fn describe(
     let detail = match event {
         Event::SecretRenamed { from, to } => Some(format!("renamed {from} → {to}")),
         Event::KeyRotated { key_id } => Some(format!("master key is now {key_id}")),
+        Event::KeyMigrated { provider } => Some(format!("master key now held by {provider}")),
         Event::SecretPurged => Some("data key destroyed; every version is unreadable".into()),
         Event::SinkAdded { name, url, role } => Some(format!("sink {name} added as {role}: {url}")),
         Event::SinkRoleChanged { name, role } => Some(format!("sink {name} is now {role}")),

@@ -1,8 +1,76 @@
-//! Master-key rotation: every data key and the ledger's own keys re-wrapped under a new key.
+//! Master-key rotation (every data key and the ledger's own keys re-wrapped under a new key)
+//! and where the master key is held (a file or the environment, or wrapped by a KMS).
 
 use super::*;
 
+/// Settings: the URI of the KMS that holds the master key (empty: none), and the master key as
+/// it wrapped it.
+const KEY_PROVIDER: &str = "master_key_provider";
+const KEY_WRAPPED: &str = "master_key_wrapped";
+
 impl Ledger {
+    /// The KMS that holds this ledger's master key (its URI) and the key as that KMS wrapped
+    /// it; `None` when the key is kept in a file or the environment.
+    pub fn key_provider(&self) -> Result<Option<(String, Vec<u8>)>> {
+        let Some(uri) = self.store.setting(KEY_PROVIDER)?.filter(|u| !u.is_empty()) else {
+            return Ok(None);
+        };
+        let uri = String::from_utf8(uri).map_err(|_| Error::Corrupt("the master key's provider is not text".into()))?;
+        let wrapped = self
+            .store
+            .setting(KEY_WRAPPED)?
+            .filter(|w| !w.is_empty())
+            .ok_or_else(|| Error::Corrupt(format!("the ledger says {uri} holds its master key, but keeps no wrapped key")))?;
+        Ok(Some((uri, wrapped)))
+    }
+
+    /// Record, in a new ledger (no event yet), that the KMS `provider` holds its master key,
+    /// wrapped as `wrapped`.
+    pub fn hold_key_in(&mut self, provider: &str, wrapped: &[u8]) -> Result<()> {
+        let tx = Write::begin(&*self.store)?;
+        if tx.head()?.seq != 0 {
+            return Err(Error::invalid("only a new ledger takes its key provider without `key migrate`"));
+        }
+        tx.set_setting(KEY_PROVIDER, provider.as_bytes())?;
+        tx.set_setting(KEY_WRAPPED, wrapped)?;
+        tx.commit()
+    }
+
+    /// Move the master key (unchanged) to `provider`: a KMS, with the key as it wrapped it, or
+    /// a file or the environment (`wrapped` is `None`; `provider` says which, with no secret).
+    /// One transaction holds the change and its `key.migrated` event.
+    pub fn migrate_key(&mut self, actor: &str, provider: &str, wrapped: Option<&[u8]>) -> Result<()> {
+        let keys = need_keys(self.keys.as_ref())?;
+        let tx = Write::begin(&*self.store)?;
+        ensure_current_key(&*tx, keys)?;
+        mac::check_since_trusted(&*tx, &keys.mac)?;
+        let mut head = tx.head()?;
+        let first_seq = head.seq;
+        let event = Event::KeyMigrated {
+            provider: provider.to_owned(),
+        };
+        append_ledger_event(&*tx, keys, &mut head, actor, event, now_ms())?;
+        match wrapped {
+            Some(wrapped) => {
+                tx.set_setting(KEY_PROVIDER, provider.as_bytes())?;
+                tx.set_setting(KEY_WRAPPED, wrapped)?;
+            }
+            None => {
+                tx.set_setting(KEY_PROVIDER, b"")?;
+                tx.set_setting(KEY_WRAPPED, b"")?;
+            }
+        }
+        mac::trust(&*tx, &keys.mac, head)?;
+        finish_append(&*tx, self.settings, first_seq, head)?;
+        tx.commit()
+    }
+
+    /// [`Ledger::rotate_key`] for a key a KMS holds: `wrapped` is `new` as the KMS wrapped it,
+    /// stored in the same transaction.
+    pub fn rotate_key_in_kms(&mut self, actor: &str, new: MasterKey, wrapped: &[u8]) -> Result<u64> {
+        self.rotate(actor, new, &mut |_| Ok(()), Some(wrapped))
+    }
+
     /// Make `key` (unwrapped from a sink that kept it) this new, still empty ledger's sink
     /// seal key: a recovered ledger goes on opening the objects its sqlite sink already holds.
     pub(crate) fn adopt_sink_seal_key(&mut self, key: SinkSealKey) -> Result<()> {
@@ -33,6 +101,16 @@ impl Ledger {
         new: MasterKey,
         persist: &mut dyn FnMut(&MasterKey) -> Result<()>,
     ) -> Result<u64> {
+        self.rotate(actor, new, persist, None)
+    }
+
+    fn rotate(
+        &mut self,
+        actor: &str,
+        new: MasterKey,
+        persist: &mut dyn FnMut(&MasterKey) -> Result<()>,
+        wrapped_by_kms: Option<&[u8]>,
+    ) -> Result<u64> {
         let keys = need_keys(self.keys.as_ref())?;
         let tx = Write::begin(&*self.store)?;
         ensure_current_key(&*tx, keys)?;
@@ -54,6 +132,9 @@ impl Ledger {
         let sink_seal = new.unwrap_sink_seal_key(&new.wrap_sink_seal_key(&keys.sink_seal))?;
         tx.set_setting("sink_seal_key", sink_seal.wrapped().expect("just unwrapped"))?;
         tx.set_setting("key_check", new.key_check().as_slice())?;
+        if let Some(wrapped) = wrapped_by_kms {
+            tx.set_setting(KEY_WRAPPED, wrapped)?;
+        }
         let mut head = tx.head()?;
         let first_seq = head.seq;
         let event = Event::KeyRotated { key_id: new.key_id() };

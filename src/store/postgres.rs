@@ -220,15 +220,7 @@ fn split_pgpass(line: &str) -> Vec<String> {
 /// thread on a reply (like SQLite's calls), so they work from any thread, in an async runtime
 /// or not; the connections never run on the caller's runtime.
 fn background() -> &'static tokio::runtime::Runtime {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RUNTIME.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("sledger-postgres")
-            .enable_all()
-            .build()
-            .expect("a tokio runtime can be built")
-    })
+    crate::blocking::runtime()
 }
 
 /// Wait for a request on this thread; its connection runs on [`background`].
@@ -246,7 +238,7 @@ impl Client {
         config: tokio_postgres::Config,
         tls: tokio_postgres_rustls::MakeRustlsConnect,
     ) -> PgResult<Client> {
-        let connecting = background().spawn(async move {
+        crate::blocking::run(async move {
             let (client, connection) = config.connect(tls).await?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
@@ -254,8 +246,7 @@ impl Client {
                 }
             });
             Ok(Client(client))
-        });
-        wait(connecting).expect("connecting does not panic")
+        })
     }
 
     fn is_closed(&self) -> bool {

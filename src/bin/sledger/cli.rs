@@ -42,6 +42,17 @@ pub struct Global {
         hide_env_values = true
     )]
     pub key_file: Option<PathBuf>,
+    /// Where the master key is held: file:///PATH, env:VAR, or a KMS key
+    /// (vault-transit://HOST:PORT/MOUNT/KEY, aws-kms://REGION/KEY); a ledger records its KMS
+    /// key, so this is needed at init and to reach the same key another way
+    #[arg(
+        long,
+        global = true,
+        env = "SLEDGER_MASTER_KEY_URI",
+        value_name = "URI",
+        hide_env_values = true
+    )]
+    pub master_key: Option<String>,
     /// Who is acting, recorded in every event [default: user@host]. On `log`, a filter.
     #[arg(
         long,
@@ -626,6 +637,16 @@ pub enum KeyCmd {
         /// Where to write the new key when the current one comes from SLEDGER_MASTER_KEY
         #[arg(long, value_name = "PATH")]
         new_key_file: Option<PathBuf>,
+    },
+    /// Move the master key (unchanged) into a KMS, between KMS keys, or out into a key file;
+    /// crash-safe, and recorded in the log
+    #[command(
+        after_long_help = "Examples:\n  sledger key migrate --to 'vault-transit://vault.internal:8200/transit/sledger'\n  sledger key migrate --to aws-kms://eu-west-1/alias/sledger\n  sledger key migrate --to file:///safe/ledger.key"
+    )]
+    Migrate {
+        /// The new holder: a KMS key URI, or file:///PATH (a new file)
+        #[arg(long, value_name = "URI")]
+        to: String,
     },
 }
 

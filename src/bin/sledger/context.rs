@@ -6,7 +6,8 @@ use anyhow::{Context as _, Result};
 use sledger::crypto::MASTER_KEY_ENV;
 use sledger::project::PrimaryWait;
 use sledger::store::Location;
-use sledger::{keyfile, Ledger, MasterKey};
+use sledger::keys::KeySource;
+use sledger::{Ledger, MasterKey};
 
 use crate::cli::{Format, Global};
 use sledger::client::{Client as Remote, TOKEN_ENV};
@@ -18,6 +19,8 @@ static ENV_TOKEN: std::sync::OnceLock<Option<zeroize::Zeroizing<String>>> = std:
 pub struct Context {
     pub ledger: Location,
     pub key_file: PathBuf,
+    /// `--master-key` naming a KMS key (a file or variable there sets `key_file` or the key).
+    pub kms: Option<String>,
     pub actor: String,
     pub format: Format,
     pub wait: std::time::Duration,
@@ -87,10 +90,23 @@ impl Context {
             Some(text) => Location::parse(text)?,
             None => Location::File(default_ledger_path()),
         };
-        let key_file = global
+        let mut key_file = global
             .key_file
             .clone()
             .unwrap_or_else(|| default_key_file(&ledger));
+        let mut kms = None;
+        match global.master_key.as_deref().map(KeySource::parse).transpose()? {
+            Some(KeySource::File(path)) => key_file = path,
+            // Read (and removed from the environment) at start-up, before any thread exists.
+            Some(KeySource::Env(var)) if var == MASTER_KEY_ENV => {}
+            Some(KeySource::Env(var)) => {
+                return Err(crate::exit::usage(format!(
+                    "--master-key env:{var}: the key is read from {MASTER_KEY_ENV} only (taken out of the environment before anything starts); set that instead"
+                )))
+            }
+            Some(KeySource::Kms(_)) => kms = global.master_key.clone(),
+            None => {}
+        }
         let remote = match &global.server {
             Some(server) => Some(Remote::new(
                 server,
@@ -102,6 +118,7 @@ impl Context {
         };
         Ok(Context {
             key_file,
+            kms,
             ledger,
             actor: global.actor.clone().unwrap_or_else(default_actor),
             format: global.format,
@@ -172,7 +189,7 @@ impl Context {
         let mut ledger = self.open()?;
         match Self::env_key()? {
             Some(key) => ledger.unlock(key)?,
-            None => keyfile::unlock(&mut ledger, &self.key_file)?,
+            None => sledger::keys::unlock(&mut ledger, &self.key_file, self.kms.as_deref())?,
         }
         Ok(ledger)
     }

@@ -13,22 +13,16 @@ use crate::output;
 use crate::output::outln;
 
 pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
-    let from_env = Context::env_key()?;
-    let key_from_env = from_env.is_some();
-    let key = match from_env {
-        Some(key) => NewKey::Given(key),
-        None => NewKey::File(ctx.key_file.clone()),
+    let (key, key_source) = match (Context::env_key()?, &ctx.kms) {
+        (Some(key), _) => (NewKey::Given(key), format!("${MASTER_KEY_ENV}")),
+        (None, Some(uri)) => (NewKey::Kms(sledger::keys::kms(uri)?), format!("{uri} (wrapped in the ledger)")),
+        (None, None) => (NewKey::File(ctx.key_file.clone()), ctx.key_file.display().to_string()),
     };
     let settings = LedgerSettings {
         max_value_bytes: args.max_value_bytes,
         ..LedgerSettings::default()
     };
     let made = setup::init(&ctx.ledger, key, &ctx.actor, settings, args.primary.as_deref())?;
-    let key_source = if key_from_env {
-        format!("${MASTER_KEY_ENV}")
-    } else {
-        ctx.key_file.display().to_string()
-    };
     if ctx.json() {
         output::json_line(
             &json!({"ledger": ctx.ledger.to_string(), "key": key_source, "primary_sink": made.sink_file, "primary": sledger::sink::redacted(&made.primary)}),
@@ -46,6 +40,33 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
 
 pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
     match cmd {
+        KeyCmd::Migrate { to } => {
+            let mut ledger = ctx.open_to_write()?;
+            let migrated = sledger::keys::migrate(&mut ledger, &ctx.actor, &to, &ctx.key_file)?;
+            if ctx.json() {
+                output::json_line(&migrated);
+            } else {
+                outln!("the master key is now held by {} (recorded in the log)", migrated.to);
+                if let Some(file) = &migrated.removed_key_file {
+                    outln!("removed the key file {}: the KMS holds the key now", file.display());
+                }
+            }
+            Ok(())
+        }
+        KeyCmd::Rotate { .. } if Context::env_key()?.is_none() && ctx.open()?.key_provider()?.is_some() => {
+            let mut ledger = ctx.open_to_write()?;
+            let (uri, _) = ledger.key_provider()?.expect("checked above");
+            let kms = sledger::keys::kms(ctx.kms.as_deref().unwrap_or(&uri))?;
+            let new = MasterKey::generate();
+            let wrapped = kms.wrap(&new, &ledger.ledger_id()?)?;
+            let rewrapped = ledger.rotate_key_in_kms(&ctx.actor, new, &wrapped)?;
+            if ctx.json() {
+                output::json_line(&json!({"rotated": true, "data_keys": rewrapped, "key": uri}));
+            } else {
+                outln!("master key rotated: {rewrapped} data keys re-wrapped; the new key is wrapped by {uri}");
+            }
+            Ok(())
+        }
         KeyCmd::Rotate { new_key_file } => {
             let from_env = Context::env_key()?.is_some();
             let mut ledger = ctx.open_to_write()?;

@@ -25,7 +25,11 @@ fn read_anchor(path: &std::path::Path) -> Result<Anchor> {
 fn verify_local(ctx: &Context, args: &VerifyArgs, saved: Option<&Anchor>) -> Result<Value> {
     // With the key, the MACs are checked too; without it, the structure only (an auditor).
     let mut ledger = ctx.open()?;
-    if let Some(key) = ctx.master_key_if_any()? {
+    let key = match ctx.master_key_if_any()? {
+        Some(key) => Some(key),
+        None => sledger::keys::recorded_key(&ledger, ctx.kms.as_deref())?,
+    };
+    if let Some(key) = key {
         ledger.unlock_to_verify(key)?;
     }
     if args.rebuild_catalog {

@@ -140,7 +140,7 @@ impl AwsSink {
 
     /// The SDK configuration with this sink's own credentials (each sink has its own: two
     /// sinks in one process may write to different accounts).
-    async fn sdk(&self) -> Result<&aws_config::SdkConfig> {
+    pub(crate) async fn sdk(&self) -> Result<&aws_config::SdkConfig> {
         self.sdk
             .get_or_try_init(|| async {
                 let credentials = &self.config.credentials;

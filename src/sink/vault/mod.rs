@@ -193,7 +193,7 @@ impl VaultSink {
     }
 
     /// A client whose token is valid now (see `session`).
-    async fn client(&self) -> Result<Arc<VaultClient>> {
+    pub(crate) async fn client(&self) -> Result<Arc<VaultClient>> {
         self.session.client().await
     }
 

@@ -1,0 +1,205 @@
+//! Where the master key comes from (DESIGN §14), named by a URI (`--master-key` /
+//! `SLEDGER_MASTER_KEY_URI`):
+//!
+//! - `file:///path`: a key file (mode 0600), as `init` writes it;
+//! - `env:VAR`: base64 in an environment variable;
+//! - a KMS that wraps it: `vault-transit://HOST:PORT/MOUNT/KEY` (Vault/OpenBao Transit) and
+//!   `aws-kms://REGION/KEY_ID_OR_ALIAS` (AWS KMS).
+//!
+//! With a KMS the ledger keeps the master key only as the KMS wrapped it (settings
+//! `master_key_provider` and `master_key_wrapped`), bound to the ledger's id (Transit's
+//! context, KMS's encryption context), so a wrapped key copied into another ledger opens
+//! nothing. It is unwrapped once per process; a long-running server keeps the key it unwrapped.
+
+#[cfg(feature = "aws")]
+mod aws_kms;
+#[cfg(feature = "vault")]
+mod vault_transit;
+
+use std::path::{Path, PathBuf};
+
+use crate::crypto::MasterKey;
+use crate::error::{Error, Result};
+use crate::ledger::Ledger;
+
+/// The environment variable `--master-key` reads.
+pub const MASTER_KEY_URI_ENV: &str = "SLEDGER_MASTER_KEY_URI";
+
+/// A KMS key that wraps and unwraps master keys. Calls block the caller (they run on the
+/// library's I/O runtime), so they work inside an async runtime or outside one.
+pub trait KeyWrapper: Send + Sync {
+    /// The URI this key was named by (recorded in the ledger; never a secret).
+    fn uri(&self) -> &str;
+    /// `key` encrypted under the KMS key, bound to `ledger_id`.
+    fn wrap(&self, key: &MasterKey, ledger_id: &str) -> Result<Vec<u8>>;
+    /// The key [`KeyWrapper::wrap`] wrapped for `ledger_id`. A KMS that cannot be reached is a
+    /// temporary error (exit 7); one that refuses (access denied, disabled key, another
+    /// ledger's wrap) is [`Error::KeyUnavailable`] (exit 6) naming the key and the refusal.
+    fn unwrap(&self, wrapped: &[u8], ledger_id: &str) -> Result<MasterKey>;
+}
+
+impl std::fmt::Debug for dyn KeyWrapper {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.uri())
+    }
+}
+
+/// A parsed `--master-key` URI.
+pub enum KeySource {
+    File(PathBuf),
+    Env(String),
+    Kms(Box<dyn KeyWrapper>),
+}
+
+impl KeySource {
+    pub fn parse(uri: &str) -> Result<KeySource> {
+        if let Some(path) = uri.strip_prefix("file://") {
+            if !path.starts_with('/') {
+                return Err(Error::invalid(format!(
+                    "{uri:?}: a file:// key URI takes an absolute path, like file:///etc/sledger/ledger.key"
+                )));
+            }
+            return Ok(KeySource::File(PathBuf::from(path)));
+        }
+        if let Some(var) = uri.strip_prefix("env:") {
+            if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(Error::invalid(format!("{uri:?}: name a variable, like env:SLEDGER_MASTER_KEY")));
+            }
+            return Ok(KeySource::Env(var.to_owned()));
+        }
+        let scheme = uri.split("://").next().unwrap_or_default();
+        match scheme {
+            #[cfg(feature = "vault")]
+            "vault-transit" => Ok(KeySource::Kms(Box::new(vault_transit::TransitKey::parse(uri)?))),
+            #[cfg(feature = "aws")]
+            "aws-kms" => Ok(KeySource::Kms(Box::new(aws_kms::KmsKey::parse(uri)?))),
+            "gcp-kms" | "azure-kv-key" => Err(Error::invalid(format!(
+                "{scheme}:// master keys are not supported yet; use vault-transit://, aws-kms://, a key file or SLEDGER_MASTER_KEY"
+            ))),
+            _ => Err(Error::invalid(format!(
+                "{uri:?} is not a master-key URI: use file:///PATH, env:VAR, vault-transit://HOST:PORT/MOUNT/KEY or aws-kms://REGION/KEY"
+            ))),
+        }
+    }
+}
+
+/// The KMS named by `uri` (a file or variable is not one).
+pub fn kms(uri: &str) -> Result<Box<dyn KeyWrapper>> {
+    match KeySource::parse(uri)? {
+        KeySource::Kms(kms) => Ok(kms),
+        _ => Err(Error::invalid(format!("{uri:?} names a key file or variable, not a KMS key"))),
+    }
+}
+
+/// The master key as the KMS `ledger` records unwraps it (or `kms_override`, the same key
+/// reached another way); `None` when no KMS holds it.
+pub fn recorded_key(ledger: &Ledger, kms_override: Option<&str>) -> Result<Option<MasterKey>> {
+    let Some((recorded, wrapped)) = ledger.key_provider()? else {
+        return Ok(None);
+    };
+    let kms = kms(kms_override.unwrap_or(&recorded))?;
+    kms.unwrap(&wrapped, &ledger.ledger_id()?).map(Some)
+}
+
+/// Unlock `ledger`: with the KMS it records, else with the key file (finishing an interrupted
+/// rotation, see [`crate::keyfile`]).
+pub fn unlock(ledger: &mut Ledger, key_file: &Path, kms_override: Option<&str>) -> Result<()> {
+    match recorded_key(ledger, kms_override)? {
+        Some(master) => ledger.unlock(master),
+        None => crate::keyfile::unlock(ledger, key_file),
+    }
+}
+
+/// What [`migrate`] did.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Migrated {
+    /// Where the master key is held now.
+    pub to: String,
+    /// The key file that held the key in the clear, removed once a KMS held it.
+    pub removed_key_file: Option<PathBuf>,
+}
+
+/// `sledger key migrate --to URI`: move the (unchanged) master key of an unlocked `ledger` into
+/// a KMS, or out of one into a new key file. Crash-safe: the wrapped key and its `key.migrated`
+/// event commit together; a key file is written before that commit (moving out of a KMS) or
+/// removed after it (moving in: `key_file`, if it holds this key), so at every instant the
+/// ledger opens with the old holder or the new one.
+pub fn migrate(ledger: &mut Ledger, actor: &str, to: &str, key_file: &Path) -> Result<Migrated> {
+    let master = ledger.master_key()?.clone();
+    let in_kms = ledger.key_provider()?.is_some();
+    match KeySource::parse(to)? {
+        KeySource::Kms(kms) => {
+            let ledger_id = ledger.ledger_id()?;
+            let wrapped = kms.wrap(&master, &ledger_id)?;
+            // A key that may encrypt but not decrypt would lock the ledger: try it first.
+            kms.unwrap(&wrapped, &ledger_id)?;
+            ledger.migrate_key(actor, kms.uri(), Some(&wrapped))?;
+            let holds_this_key = !in_kms
+                && MasterKey::read_file(key_file).is_ok_and(|k| k.key_id() == master.key_id());
+            let removed_key_file = holds_this_key
+                .then(|| std::fs::remove_file(key_file).map(|()| key_file.to_path_buf()))
+                .transpose()
+                .map_err(|e| {
+                    Error::io(
+                        format!(
+                            "the KMS holds the master key now, but its old key file {} could not be removed; remove it",
+                            key_file.display()
+                        ),
+                        e,
+                    )
+                })?;
+            Ok(Migrated {
+                to: kms.uri().to_owned(),
+                removed_key_file,
+            })
+        }
+        KeySource::File(path) => {
+            if !in_kms {
+                return Err(Error::invalid(
+                    "the master key is not held by a KMS: it is already a key file (or SLEDGER_MASTER_KEY); migrate to a vault-transit:// or aws-kms:// key",
+                ));
+            }
+            master.write_new_file(&path)?;
+            ledger.migrate_key(actor, to, None).inspect_err(|_| {
+                let _ = std::fs::remove_file(&path);
+            })?;
+            Ok(Migrated {
+                to: to.to_owned(),
+                removed_key_file: None,
+            })
+        }
+        KeySource::Env(_) => Err(Error::invalid(
+            "a master key migrates to a KMS or to a key file (file:///PATH); to keep it in the environment, migrate to a file and export it from there",
+        )),
+    }
+}
+
+/// A refusal by the KMS: the key named, the reason as the KMS gave it.
+pub(crate) fn refused(uri: &str, reason: impl std::fmt::Display) -> Error {
+    Error::KeyUnavailable(format!("the KMS key {uri} refused: {reason}"))
+}
+
+/// A KMS that did not answer.
+pub(crate) fn unreachable(kind: &str, uri: &str, reason: impl std::fmt::Display) -> Error {
+    Error::Sink {
+        kind: kind.to_owned(),
+        message: format!("the KMS key {uri} cannot be reached: {reason}"),
+        temporary: true,
+    }
+}
+
+/// The master key's raw bytes, for a KMS to encrypt.
+fn raw(key: &MasterKey) -> zeroize::Zeroizing<Vec<u8>> {
+    use base64::Engine;
+    zeroize::Zeroizing::new(
+        base64::engine::general_purpose::STANDARD
+            .decode(key.to_base64().as_bytes())
+            .expect("a key's base64 decodes"),
+    )
+}
+
+fn from_raw(bytes: &[u8], uri: &str) -> Result<MasterKey> {
+    use base64::Engine;
+    let text = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(bytes));
+    MasterKey::from_base64(&text).map_err(|_| refused(uri, "what it unwrapped is not a sledger master key"))
+}

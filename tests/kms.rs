@@ -1,0 +1,153 @@
+//! Master keys held by a KMS (issue: KMS keys), against real servers: Vault/OpenBao Transit on
+//! the OpenBao dev server, AWS KMS on moto. Each goes through the same walk: init, use, rotate,
+//! migrate out to a key file and back in, refusals, and another ledger's wrapped key.
+
+mod common;
+
+use std::process::Output;
+
+use common::servers::Server;
+use common::{moto, ok_with, openbao, Env};
+
+const KEY: i32 = 6;
+const UNAVAILABLE: i32 = 7;
+
+fn run_with(env: &Env, vars: &[(&str, &str)], args: &[&str]) -> Output {
+    env.cmd().envs(vars.iter().copied()).args(args).output().unwrap()
+}
+
+fn fails_with(env: &Env, vars: &[(&str, &str)], args: &[&str], code: i32) -> String {
+    let out = run_with(env, vars, args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "sledger {args:?}: {stderr}");
+    stderr
+}
+
+fn key_files(env: &Env) -> Vec<String> {
+    std::fs::read_dir(env.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".key"))
+        .collect()
+}
+
+fn get(env: &Env, vars: &[(&str, &str)], extra: &[&str]) -> serde_json::Value {
+    let mut args = extra.to_vec();
+    args.extend(["--format", "json", "secret", "get", "db", "--from", "ledger"]);
+    serde_json::from_str(&ok_with(env, vars, &args)).unwrap()
+}
+
+/// The walk every provider goes through. `uri` is a usable key, `refusing` one the KMS refuses
+/// (missing or disabled), `unreachable` one nobody answers for.
+fn walkthrough(vars: &[(&str, &str)], uri: &str, refusing: &str, unreachable: &str) {
+    let env = Env::empty();
+    ok_with(&env, vars, &["--master-key", uri, "init"]);
+    assert!(key_files(&env).is_empty(), "a KMS-held key is never on disk: {:?}", key_files(&env));
+
+    // Each command is a new process; the ledger records its KMS key.
+    ok_with(&env, vars, &["secret", "create", "db", "--value", "password=s3cr3t"]);
+    assert_eq!(get(&env, vars, &[])["values"]["password"], "s3cr3t");
+    ok_with(&env, vars, &["key", "rotate"]);
+    ok_with(&env, vars, &["secret", "update", "db", "--value", "password=n3w"]);
+    assert_eq!(get(&env, vars, &[])["values"]["password"], "n3w");
+    assert!(key_files(&env).is_empty());
+
+    // Out into a key file, and back into the KMS.
+    let file = env.path("moved.key");
+    let file_uri = format!("file://{}", file.display());
+    ok_with(&env, vars, &["key", "migrate", "--to", &file_uri]);
+    assert!(file.exists());
+    let with_file = ["--key-file", file.to_str().unwrap()];
+    assert_eq!(get(&env, vars, &with_file)["values"]["password"], "n3w");
+    let back: serde_json::Value =
+        serde_json::from_str(&ok_with(&env, vars, &["--key-file", file.to_str().unwrap(), "--format", "json", "key", "migrate", "--to", uri]))
+            .unwrap();
+    assert_eq!(back["removed_key_file"], file.to_str().unwrap(), "{back}");
+    assert!(key_files(&env).is_empty(), "the key file is gone once the KMS holds the key");
+    assert_eq!(get(&env, vars, &[])["values"]["password"], "n3w");
+    let migrations = env.json_lines(&["log", "--type", "key.migrated"]);
+    assert_eq!(migrations.len(), 2, "each migration is in the log: {migrations:?}");
+    let verified: serde_json::Value = serde_json::from_str(&ok_with(&env, vars, &["--format", "json", "verify"])).unwrap();
+    assert_eq!(verified["ok"], true, "{verified}");
+
+    // A key the KMS refuses: exit 6, naming it; the ledger is untouched.
+    let head = env.json_lines(&["log", "--tail", "1"])[0]["seq"].clone();
+    let refused = fails_with(&env, vars, &["--master-key", refusing, "secret", "update", "db", "--value", "password=x"], KEY);
+    assert!(refused.contains(refusing.split('?').next().unwrap()), "{refused}");
+    assert!(!refused.contains("n3w"));
+    let down = fails_with(&env, vars, &["--master-key", unreachable, "secret", "get", "db"], UNAVAILABLE);
+    assert!(down.contains("cannot be reached") && down.contains("127.0.0.1:1"), "{down}");
+    assert_eq!(env.json_lines(&["log", "--tail", "1"])[0]["seq"], head);
+
+    // Another ledger's wrapped key (copied in by someone with write access) opens nothing.
+    let other = Env::empty();
+    ok_with(&other, vars, &["--master-key", uri, "init"]);
+    ok_with(&other, vars, &["secret", "create", "db", "--value", "password=other"]);
+    let stolen: (Vec<u8>, Vec<u8>) = env
+        .raw()
+        .query_row(
+            "SELECT (SELECT value FROM ledger_meta WHERE key = 'master_key_provider'),
+                    (SELECT value FROM ledger_meta WHERE key = 'master_key_wrapped')",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    other
+        .raw()
+        .execute(
+            "UPDATE ledger_meta SET value = ?1 WHERE key = 'master_key_wrapped'",
+            [&stolen.1],
+        )
+        .unwrap();
+    let refused = fails_with(&other, vars, &["secret", "get", "db", "--from", "ledger"], KEY);
+    assert!(!refused.contains("other"), "{refused}");
+}
+
+#[test]
+fn vault_transit_holds_the_master_key() {
+    let server: Server = openbao::start();
+    openbao::admin(&server, &["secrets", "enable", "transit"], None);
+    openbao::admin(&server, &["write", "-f", "transit/keys/sledger", "derived=true"], None);
+    let uri = format!("vault-transit://127.0.0.1:{}/transit/sledger?tls=off", server.port);
+    let refusing = format!("vault-transit://127.0.0.1:{}/transit/missing?tls=off", server.port);
+    walkthrough(&openbao::VAULT_ENV, &uri, &refusing, "vault-transit://127.0.0.1:1/transit/sledger?tls=off");
+}
+
+/// A moto KMS API call (moto checks no signature); its JSON answer.
+fn kms_call(server: &Server, target: &str, body: serde_json::Value) -> serde_json::Value {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/", server.port))
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header("X-Amz-Target", format!("TrentService.{target}"))
+            .header(
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success(), "{target}: {}", response.status());
+        response.json().await.unwrap()
+    })
+}
+
+#[test]
+fn aws_kms_holds_the_master_key() {
+    let server = moto::start();
+    let key = kms_call(&server, "CreateKey", serde_json::json!({}))["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let disabled = kms_call(&server, "CreateKey", serde_json::json!({}))["KeyMetadata"]["KeyId"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    kms_call(&server, "DisableKey", serde_json::json!({"KeyId": disabled}));
+    let endpoint = format!("?endpoint=http://127.0.0.1:{}", server.port);
+    let uri = format!("aws-kms://us-east-1/{key}{endpoint}");
+    let refusing = format!("aws-kms://us-east-1/{disabled}{endpoint}");
+    walkthrough(&moto::AWS_ENV, &uri, &refusing, &format!("aws-kms://us-east-1/{key}?endpoint=http://127.0.0.1:1"));
+}
