@@ -42,10 +42,18 @@ fn get(env: &Env, vars: &[(&str, &str)], extra: &[&str]) -> serde_json::Value {
 fn walkthrough(vars: &[(&str, &str)], uri: &str, refusing: &str, unreachable: &str) {
     let env = Env::empty();
     ok_with(&env, vars, &["--master-key", uri, "init"]);
-    assert!(key_files(&env).is_empty(), "a KMS-held key is never on disk: {:?}", key_files(&env));
+    assert!(
+        key_files(&env).is_empty(),
+        "a KMS-held key is never on disk: {:?}",
+        key_files(&env)
+    );
 
     // Each command is a new process; the ledger records its KMS key.
-    ok_with(&env, vars, &["secret", "create", "db", "--value", "password=s3cr3t"]);
+    ok_with(
+        &env,
+        vars,
+        &["secret", "create", "db", "--value", "password=s3cr3t"],
+    );
     assert_eq!(get(&env, vars, &[])["values"]["password"], "s3cr3t");
     ok_with(&env, vars, &["key", "rotate"]);
     ok_with(&env, vars, &["secret", "update", "db", "--value", "password=n3w"]);
@@ -59,30 +67,75 @@ fn walkthrough(vars: &[(&str, &str)], uri: &str, refusing: &str, unreachable: &s
     assert!(file.exists());
     let with_file = ["--key-file", file.to_str().unwrap()];
     assert_eq!(get(&env, vars, &with_file)["values"]["password"], "n3w");
-    let back: serde_json::Value =
-        serde_json::from_str(&ok_with(&env, vars, &["--key-file", file.to_str().unwrap(), "--format", "json", "key", "migrate", "--to", uri]))
-            .unwrap();
+    let back: serde_json::Value = serde_json::from_str(&ok_with(
+        &env,
+        vars,
+        &[
+            "--key-file",
+            file.to_str().unwrap(),
+            "--format",
+            "json",
+            "key",
+            "migrate",
+            "--to",
+            uri,
+        ],
+    ))
+    .unwrap();
     assert_eq!(back["removed_key_file"], file.to_str().unwrap(), "{back}");
-    assert!(key_files(&env).is_empty(), "the key file is gone once the KMS holds the key");
+    assert!(
+        key_files(&env).is_empty(),
+        "the key file is gone once the KMS holds the key"
+    );
     assert_eq!(get(&env, vars, &[])["values"]["password"], "n3w");
     let migrations = env.json_lines(&["log", "--type", "key.migrated"]);
-    assert_eq!(migrations.len(), 2, "each migration is in the log: {migrations:?}");
-    let verified: serde_json::Value = serde_json::from_str(&ok_with(&env, vars, &["--format", "json", "verify"])).unwrap();
+    assert_eq!(
+        migrations.len(),
+        2,
+        "each migration is in the log: {migrations:?}"
+    );
+    let verified: serde_json::Value =
+        serde_json::from_str(&ok_with(&env, vars, &["--format", "json", "verify"])).unwrap();
     assert_eq!(verified["ok"], true, "{verified}");
 
     // A key the KMS refuses: exit 6, naming it; the ledger is untouched.
     let head = env.json_lines(&["log", "--tail", "1"])[0]["seq"].clone();
-    let refused = fails_with(&env, vars, &["--master-key", refusing, "secret", "update", "db", "--value", "password=x"], KEY);
+    let refused = fails_with(
+        &env,
+        vars,
+        &[
+            "--master-key",
+            refusing,
+            "secret",
+            "update",
+            "db",
+            "--value",
+            "password=x",
+        ],
+        KEY,
+    );
     assert!(refused.contains(refusing.split('?').next().unwrap()), "{refused}");
     assert!(!refused.contains("n3w"));
-    let down = fails_with(&env, vars, &["--master-key", unreachable, "secret", "get", "db"], UNAVAILABLE);
-    assert!(down.contains("cannot be reached") && down.contains("127.0.0.1:1"), "{down}");
+    let down = fails_with(
+        &env,
+        vars,
+        &["--master-key", unreachable, "secret", "get", "db"],
+        UNAVAILABLE,
+    );
+    assert!(
+        down.contains("cannot be reached") && down.contains("127.0.0.1:1"),
+        "{down}"
+    );
     assert_eq!(env.json_lines(&["log", "--tail", "1"])[0]["seq"], head);
 
     // Another ledger's wrapped key (copied in by someone with write access) opens nothing.
     let other = Env::empty();
     ok_with(&other, vars, &["--master-key", uri, "init"]);
-    ok_with(&other, vars, &["secret", "create", "db", "--value", "password=other"]);
+    ok_with(
+        &other,
+        vars,
+        &["secret", "create", "db", "--value", "password=other"],
+    );
     let stolen: (Vec<u8>, Vec<u8>) = env
         .raw()
         .query_row(
@@ -107,15 +160,33 @@ fn walkthrough(vars: &[(&str, &str)], uri: &str, refusing: &str, unreachable: &s
 fn vault_transit_holds_the_master_key() {
     let server: Server = openbao::start();
     openbao::admin(&server, &["secrets", "enable", "transit"], None);
-    openbao::admin(&server, &["write", "-f", "transit/keys/sledger", "derived=true"], None);
-    let uri = format!("vault-transit://127.0.0.1:{}/transit/sledger?tls=off", server.port);
-    let refusing = format!("vault-transit://127.0.0.1:{}/transit/missing?tls=off", server.port);
-    walkthrough(&openbao::VAULT_ENV, &uri, &refusing, "vault-transit://127.0.0.1:1/transit/sledger?tls=off");
+    openbao::admin(
+        &server,
+        &["write", "-f", "transit/keys/sledger", "derived=true"],
+        None,
+    );
+    let uri = format!(
+        "vault-transit://127.0.0.1:{}/transit/sledger?tls=off",
+        server.port
+    );
+    let refusing = format!(
+        "vault-transit://127.0.0.1:{}/transit/missing?tls=off",
+        server.port
+    );
+    walkthrough(
+        &openbao::VAULT_ENV,
+        &uri,
+        &refusing,
+        "vault-transit://127.0.0.1:1/transit/sledger?tls=off",
+    );
 }
 
 /// A moto KMS API call (moto checks no signature); its JSON answer.
 fn kms_call(server: &Server, target: &str, body: serde_json::Value) -> serde_json::Value {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     runtime.block_on(async {
         let response = reqwest::Client::new()
             .post(format!("http://127.0.0.1:{}/", server.port))
@@ -149,5 +220,77 @@ fn aws_kms_holds_the_master_key() {
     let endpoint = format!("?endpoint=http://127.0.0.1:{}", server.port);
     let uri = format!("aws-kms://us-east-1/{key}{endpoint}");
     let refusing = format!("aws-kms://us-east-1/{disabled}{endpoint}");
-    walkthrough(&moto::AWS_ENV, &uri, &refusing, &format!("aws-kms://us-east-1/{key}?endpoint=http://127.0.0.1:1"));
+    walkthrough(
+        &moto::AWS_ENV,
+        &uri,
+        &refusing,
+        &format!("aws-kms://us-east-1/{key}?endpoint=http://127.0.0.1:1"),
+    );
+}
+
+/// SIGKILL at random moments of `key migrate`, ten times, back and forth between a key file
+/// and Transit: afterwards the ledger always opens, with the old holder or the new one.
+#[test]
+fn a_killed_key_migration_always_leaves_a_ledger_that_opens() {
+    use rand::Rng;
+    let server: Server = openbao::start();
+    openbao::admin(&server, &["secrets", "enable", "transit"], None);
+    openbao::admin(
+        &server,
+        &["write", "-f", "transit/keys/sledger", "derived=true"],
+        None,
+    );
+    let uri = format!(
+        "vault-transit://127.0.0.1:{}/transit/sledger?tls=off",
+        server.port
+    );
+    let vars = openbao::VAULT_ENV;
+    let env = Env::new();
+    ok_with(
+        &env,
+        &vars,
+        &["secret", "create", "db", "--value", "password=s3cr3t"],
+    );
+    let mut key_file = env.key.clone();
+    let mut rng = rand::thread_rng();
+    for round in 0..10 {
+        let in_kms = sledger::Ledger::open(env.location())
+            .unwrap()
+            .key_provider()
+            .unwrap()
+            .is_some();
+        let next_file = env.path(&format!("round{round}.key"));
+        let to = if in_kms {
+            format!("file://{}", next_file.display())
+        } else {
+            uri.clone()
+        };
+        let mut child = env.spawn(
+            &vars,
+            &[
+                "--key-file",
+                key_file.to_str().unwrap(),
+                "key",
+                "migrate",
+                "--to",
+                &to,
+            ],
+        );
+        std::thread::sleep(std::time::Duration::from_millis(rng.gen_range(0..150)));
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        let now_in_kms = sledger::Ledger::open(env.location())
+            .unwrap()
+            .key_provider()
+            .unwrap()
+            .is_some();
+        if in_kms && !now_in_kms {
+            key_file = next_file;
+        }
+        let got = get(&env, &vars, &["--key-file", key_file.to_str().unwrap()]);
+        assert_eq!(
+            got["values"]["password"], "s3cr3t",
+            "round {round}: the ledger opens"
+        );
+    }
 }

@@ -26,14 +26,23 @@ pub struct KmsKey {
 
 impl KmsKey {
     pub fn parse(uri: &str) -> Result<KmsKey> {
-        let bad = |why: &str| Error::invalid(format!("{uri:?}: {why}; the form is aws-kms://REGION/KEY_ID_OR_ALIAS"));
-        let rest = uri.strip_prefix("aws-kms://").ok_or_else(|| bad("not an aws-kms URI"))?;
+        let bad = |why: &str| {
+            Error::invalid(format!(
+                "{uri:?}: {why}; the form is aws-kms://REGION/KEY_ID_OR_ALIAS"
+            ))
+        };
+        let rest = uri
+            .strip_prefix("aws-kms://")
+            .ok_or_else(|| bad("not an aws-kms URI"))?;
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (region, key) = location.split_once('/').ok_or_else(|| bad("it names no key"))?;
         if key.is_empty() {
             return Err(bad("it names no key"));
         }
-        let sink = format!("aws-sm://{region}{}{query}", if query.is_empty() { "" } else { "?" });
+        let sink = format!(
+            "aws-sm://{region}{}{query}",
+            if query.is_empty() { "" } else { "?" }
+        );
         let Backend::Aws(config) = SinkUrl::parse(&sink)?.backend else {
             return Err(bad("not an AWS region"));
         };
@@ -44,12 +53,22 @@ impl KmsKey {
         })
     }
 
-    fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(&self, e: aws_sdk_kms::error::SdkError<E>) -> Error {
+    fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(
+        &self,
+        e: aws_sdk_kms::error::SdkError<E>,
+    ) -> Error {
         use aws_sdk_kms::error::SdkError;
         match &e {
             SdkError::ServiceError(service) => {
                 let err = service.err();
-                refused(&self.uri, format!("{}: {}", err.code().unwrap_or("refused"), err.message().unwrap_or_default()))
+                refused(
+                    &self.uri,
+                    format!(
+                        "{}: {}",
+                        err.code().unwrap_or("refused"),
+                        err.message().unwrap_or_default()
+                    ),
+                )
             }
             _ => unreachable(KIND, &self.uri, aws_sdk_kms::error::DisplayErrorContext(&e)),
         }
@@ -66,7 +85,8 @@ impl KeyWrapper for KmsKey {
     }
 
     fn wrap(&self, key: &MasterKey, ledger_id: &str) -> Result<Vec<u8>> {
-        let (aws, key_id, plaintext, ledger) = (self.aws.clone(), self.key.clone(), raw(key), ledger_id.to_owned());
+        let (aws, key_id, plaintext, ledger) =
+            (self.aws.clone(), self.key.clone(), raw(key), ledger_id.to_owned());
         let answer = crate::blocking::run(async move {
             let client = KmsKey::client(&aws).await?;
             Ok::<_, Error>(
@@ -87,8 +107,12 @@ impl KeyWrapper for KmsKey {
     }
 
     fn unwrap(&self, wrapped: &[u8], ledger_id: &str) -> Result<MasterKey> {
-        let (aws, key_id, ciphertext, ledger) =
-            (self.aws.clone(), self.key.clone(), wrapped.to_vec(), ledger_id.to_owned());
+        let (aws, key_id, ciphertext, ledger) = (
+            self.aws.clone(),
+            self.key.clone(),
+            wrapped.to_vec(),
+            ledger_id.to_owned(),
+        );
         let answer = crate::blocking::run(async move {
             let client = KmsKey::client(&aws).await?;
             Ok::<_, Error>(

@@ -63,7 +63,9 @@ impl KeySource {
         }
         if let Some(var) = uri.strip_prefix("env:") {
             if var.is_empty() || !var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-                return Err(Error::invalid(format!("{uri:?}: name a variable, like env:SLEDGER_MASTER_KEY")));
+                return Err(Error::invalid(format!(
+                    "{uri:?}: name a variable, like env:SLEDGER_MASTER_KEY"
+                )));
             }
             return Ok(KeySource::Env(var.to_owned()));
         }
@@ -87,7 +89,9 @@ impl KeySource {
 pub fn kms(uri: &str) -> Result<Box<dyn KeyWrapper>> {
     match KeySource::parse(uri)? {
         KeySource::Kms(kms) => Ok(kms),
-        _ => Err(Error::invalid(format!("{uri:?} names a key file or variable, not a KMS key"))),
+        _ => Err(Error::invalid(format!(
+            "{uri:?} names a key file or variable, not a KMS key"
+        ))),
     }
 }
 

@@ -26,8 +26,14 @@ pub struct TransitKey {
 
 impl TransitKey {
     pub fn parse(uri: &str) -> Result<TransitKey> {
-        let bad = |why: &str| Error::invalid(format!("{uri:?}: {why}; the form is vault-transit://HOST:PORT/MOUNT/KEY"));
-        let rest = uri.strip_prefix("vault-transit://").ok_or_else(|| bad("not a vault-transit URI"))?;
+        let bad = |why: &str| {
+            Error::invalid(format!(
+                "{uri:?}: {why}; the form is vault-transit://HOST:PORT/MOUNT/KEY"
+            ))
+        };
+        let rest = uri
+            .strip_prefix("vault-transit://")
+            .ok_or_else(|| bad("not a vault-transit URI"))?;
         let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
         let (path, key) = location.rsplit_once('/').ok_or_else(|| bad("it names no key"))?;
         let (_, mount) = path.split_once('/').ok_or_else(|| bad("it names no mount"))?;
@@ -76,27 +82,50 @@ impl KeyWrapper for TransitKey {
     }
 
     fn wrap(&self, key: &MasterKey, ledger_id: &str) -> Result<Vec<u8>> {
-        let (vault, mount, name, uri) = (self.vault.clone(), self.mount.clone(), self.key.clone(), self.uri.clone());
-        let (plaintext, context) = (zeroize::Zeroizing::new(base64(&raw(key))), base64(ledger_id.as_bytes()));
+        let (vault, mount, name, uri) = (
+            self.vault.clone(),
+            self.mount.clone(),
+            self.key.clone(),
+            self.uri.clone(),
+        );
+        let (plaintext, context) = (
+            zeroize::Zeroizing::new(base64(&raw(key))),
+            base64(ledger_id.as_bytes()),
+        );
         let answer = crate::blocking::run(async move {
             let client = client(&vault, &uri).await?;
             let mut request = EncryptDataRequest::builder();
             request.context(context);
-            Ok::<_, Error>(vaultrs::transit::data::encrypt(&*client, &mount, &name, &plaintext, Some(&mut request)).await)
+            Ok::<_, Error>(
+                vaultrs::transit::data::encrypt(&*client, &mount, &name, &plaintext, Some(&mut request))
+                    .await,
+            )
         })?;
         Ok(answer.map_err(|e| self.failure(e))?.ciphertext.into_bytes())
     }
 
     fn unwrap(&self, wrapped: &[u8], ledger_id: &str) -> Result<MasterKey> {
-        let ciphertext = String::from_utf8(wrapped.to_vec())
-            .map_err(|_| refused(&self.uri, "the wrapped key in the ledger is not a Transit ciphertext"))?;
-        let (vault, mount, name, uri) = (self.vault.clone(), self.mount.clone(), self.key.clone(), self.uri.clone());
+        let ciphertext = String::from_utf8(wrapped.to_vec()).map_err(|_| {
+            refused(
+                &self.uri,
+                "the wrapped key in the ledger is not a Transit ciphertext",
+            )
+        })?;
+        let (vault, mount, name, uri) = (
+            self.vault.clone(),
+            self.mount.clone(),
+            self.key.clone(),
+            self.uri.clone(),
+        );
         let context = base64(ledger_id.as_bytes());
         let answer = crate::blocking::run(async move {
             let client = client(&vault, &uri).await?;
             let mut request = DecryptDataRequest::builder();
             request.context(context);
-            Ok::<_, Error>(vaultrs::transit::data::decrypt(&*client, &mount, &name, &ciphertext, Some(&mut request)).await)
+            Ok::<_, Error>(
+                vaultrs::transit::data::decrypt(&*client, &mount, &name, &ciphertext, Some(&mut request))
+                    .await,
+            )
         })?;
         let plaintext = zeroize::Zeroizing::new(answer.map_err(|e| self.failure(e))?.plaintext);
         let bytes = zeroize::Zeroizing::new(

@@ -15,12 +15,17 @@ impl Ledger {
         let Some(uri) = self.store.setting(KEY_PROVIDER)?.filter(|u| !u.is_empty()) else {
             return Ok(None);
         };
-        let uri = String::from_utf8(uri).map_err(|_| Error::Corrupt("the master key's provider is not text".into()))?;
+        let uri = String::from_utf8(uri)
+            .map_err(|_| Error::Corrupt("the master key's provider is not text".into()))?;
         let wrapped = self
             .store
             .setting(KEY_WRAPPED)?
             .filter(|w| !w.is_empty())
-            .ok_or_else(|| Error::Corrupt(format!("the ledger says {uri} holds its master key, but keeps no wrapped key")))?;
+            .ok_or_else(|| {
+                Error::Corrupt(format!(
+                    "the ledger says {uri} holds its master key, but keeps no wrapped key"
+                ))
+            })?;
         Ok(Some((uri, wrapped)))
     }
 
@@ -29,7 +34,9 @@ impl Ledger {
     pub fn hold_key_in(&mut self, provider: &str, wrapped: &[u8]) -> Result<()> {
         let tx = Write::begin(&*self.store)?;
         if tx.head()?.seq != 0 {
-            return Err(Error::invalid("only a new ledger takes its key provider without `key migrate`"));
+            return Err(Error::invalid(
+                "only a new ledger takes its key provider without `key migrate`",
+            ));
         }
         tx.set_setting(KEY_PROVIDER, provider.as_bytes())?;
         tx.set_setting(KEY_WRAPPED, wrapped)?;

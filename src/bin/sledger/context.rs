@@ -4,9 +4,9 @@ use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use sledger::crypto::MASTER_KEY_ENV;
+use sledger::keys::KeySource;
 use sledger::project::PrimaryWait;
 use sledger::store::Location;
-use sledger::keys::KeySource;
 use sledger::{Ledger, MasterKey};
 
 use crate::cli::{Format, Global};

@@ -15,8 +15,14 @@ use crate::output::outln;
 pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
     let (key, key_source) = match (Context::env_key()?, &ctx.kms) {
         (Some(key), _) => (NewKey::Given(key), format!("${MASTER_KEY_ENV}")),
-        (None, Some(uri)) => (NewKey::Kms(sledger::keys::kms(uri)?), format!("{uri} (wrapped in the ledger)")),
-        (None, None) => (NewKey::File(ctx.key_file.clone()), ctx.key_file.display().to_string()),
+        (None, Some(uri)) => (
+            NewKey::Kms(sledger::keys::kms(uri)?),
+            format!("{uri} (wrapped in the ledger)"),
+        ),
+        (None, None) => (
+            NewKey::File(ctx.key_file.clone()),
+            ctx.key_file.display().to_string(),
+        ),
     };
     let settings = LedgerSettings {
         max_value_bytes: args.max_value_bytes,
@@ -46,9 +52,15 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
             if ctx.json() {
                 output::json_line(&migrated);
             } else {
-                outln!("the master key is now held by {} (recorded in the log)", migrated.to);
+                outln!(
+                    "the master key is now held by {} (recorded in the log)",
+                    migrated.to
+                );
                 if let Some(file) = &migrated.removed_key_file {
-                    outln!("removed the key file {}: the KMS holds the key now", file.display());
+                    outln!(
+                        "removed the key file {}: the KMS holds the key now",
+                        file.display()
+                    );
                 }
             }
             Ok(())
@@ -63,7 +75,9 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
             if ctx.json() {
                 output::json_line(&json!({"rotated": true, "data_keys": rewrapped, "key": uri}));
             } else {
-                outln!("master key rotated: {rewrapped} data keys re-wrapped; the new key is wrapped by {uri}");
+                outln!(
+                    "master key rotated: {rewrapped} data keys re-wrapped; the new key is wrapped by {uri}"
+                );
             }
             Ok(())
         }
