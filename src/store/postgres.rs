@@ -216,19 +216,14 @@ fn split_pgpass(line: &str) -> Vec<String> {
     fields
 }
 
-/// The runtime that drives every PostgreSQL connection's socket. Store calls block their own
-/// thread on a reply (like SQLite's calls), so they work from any thread, in an async runtime
-/// or not; the connections never run on the caller's runtime.
-fn background() -> &'static tokio::runtime::Runtime {
-    crate::blocking::runtime()
-}
-
-/// Wait for a request on this thread; its connection runs on [`background`].
+/// Wait for a request on this thread. Store calls block their own thread on a reply (like
+/// SQLite's calls), so they work from any thread, in an async runtime or not; the connection
+/// itself runs on the library's I/O runtime ([`crate::blocking`]), never the caller's.
 fn wait<F: std::future::Future>(request: F) -> F::Output {
     futures::executor::block_on(request)
 }
 
-/// A connection with blocking calls (see [`background`]).
+/// A connection with blocking calls (see [`wait`]).
 struct Client(tokio_postgres::Client);
 
 type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
@@ -296,11 +291,12 @@ impl Client {
 
 /// A counter that moves whenever any connection commits an append to the ledger at `url`
 /// (and when the listening connection was lost and found again, since appends may have gone
-/// unheard meanwhile). The listener runs on [`background`] until every receiver is dropped.
+/// unheard meanwhile). The listener runs on the library's I/O runtime until every receiver
+/// is dropped.
 pub fn watch_appends(url: &PgUrl) -> Result<tokio::sync::watch::Receiver<u64>> {
     let (config, tls) = (url.config()?, tls()?);
     let (signal, appended) = tokio::sync::watch::channel(0u64);
-    background().spawn(async move {
+    crate::blocking::runtime().spawn(async move {
         while !signal.is_closed() {
             if let Err(e) = listen(&config, tls.clone(), &signal).await {
                 tracing::debug!(error = %e, "the append listener lost its connection");
