@@ -114,6 +114,25 @@ pub fn unlock(ledger: &mut Ledger, key_file: &Path, kms_override: Option<&str>) 
     }
 }
 
+/// `sledger key rotate` for a ledger whose master key a KMS holds: a new master key, wrapped by
+/// that KMS (or `kms_override`, the same key reached another way) and committed with the
+/// rewrap. Returns the KMS URI and how many data keys were re-wrapped; `None` when no KMS
+/// holds the key (rotate the key file instead, [`crate::keyfile::rotate`]).
+pub fn rotate_in_kms(
+    ledger: &mut Ledger,
+    actor: &str,
+    kms_override: Option<&str>,
+) -> Result<Option<(String, u64)>> {
+    let Some((recorded, _)) = ledger.key_provider()? else {
+        return Ok(None);
+    };
+    let kms = kms(kms_override.unwrap_or(&recorded))?;
+    let new = MasterKey::generate();
+    let wrapped = kms.wrap(&new, &ledger.ledger_id()?)?;
+    let rewrapped = ledger.rotate_key_in_kms(actor, new, &wrapped)?;
+    Ok(Some((recorded, rewrapped)))
+}
+
 /// What [`migrate`] did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Migrated {

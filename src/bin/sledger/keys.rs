@@ -65,25 +65,21 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
             }
             Ok(())
         }
-        KeyCmd::Rotate { .. } if Context::env_key()?.is_none() && ctx.open()?.key_provider()?.is_some() => {
-            let mut ledger = ctx.open_to_write()?;
-            let (uri, _) = ledger.key_provider()?.expect("checked above");
-            let kms = sledger::keys::kms(ctx.kms.as_deref().unwrap_or(&uri))?;
-            let new = MasterKey::generate();
-            let wrapped = kms.wrap(&new, &ledger.ledger_id()?)?;
-            let rewrapped = ledger.rotate_key_in_kms(&ctx.actor, new, &wrapped)?;
-            if ctx.json() {
-                output::json_line(&json!({"rotated": true, "data_keys": rewrapped, "key": uri}));
-            } else {
-                outln!(
-                    "master key rotated: {rewrapped} data keys re-wrapped; the new key is wrapped by {uri}"
-                );
-            }
-            Ok(())
-        }
         KeyCmd::Rotate { new_key_file } => {
             let from_env = Context::env_key()?.is_some();
             let mut ledger = ctx.open_to_write()?;
+            if !from_env {
+                if let Some((uri, rewrapped)) =
+                    sledger::keys::rotate_in_kms(&mut ledger, &ctx.actor, ctx.kms.as_deref())?
+                {
+                    if ctx.json() {
+                        output::json_line(&json!({"rotated": true, "data_keys": rewrapped, "key": uri}));
+                    } else {
+                        outln!("master key rotated: {rewrapped} data keys re-wrapped; the new key is wrapped by {uri}");
+                    }
+                    return Ok(());
+                }
+            }
             let (rewrapped, written_to) = match (from_env, new_key_file) {
                 (true, Some(path)) => {
                     let mut persist = |new: &MasterKey| new.write_new_file(&path);
