@@ -156,8 +156,8 @@ fn walkthrough(vars: &[(&str, &str)], uri: &str, refusing: &str, unreachable: &s
     assert!(!refused.contains("other"), "{refused}");
 }
 
-#[test]
-fn vault_transit_holds_the_master_key() {
+/// An OpenBao dev server with Transit enabled and a derived key `sledger`; that key's URI.
+fn transit() -> (Server, String) {
     let server: Server = openbao::start();
     openbao::admin(&server, &["secrets", "enable", "transit"], None);
     openbao::admin(
@@ -169,6 +169,12 @@ fn vault_transit_holds_the_master_key() {
         "vault-transit://127.0.0.1:{}/transit/sledger?tls=off",
         server.port
     );
+    (server, uri)
+}
+
+#[test]
+fn vault_transit_holds_the_master_key() {
+    let (server, uri) = transit();
     let refusing = format!(
         "vault-transit://127.0.0.1:{}/transit/missing?tls=off",
         server.port
@@ -233,17 +239,7 @@ fn aws_kms_holds_the_master_key() {
 #[test]
 fn a_killed_key_migration_always_leaves_a_ledger_that_opens() {
     use rand::Rng;
-    let server: Server = openbao::start();
-    openbao::admin(&server, &["secrets", "enable", "transit"], None);
-    openbao::admin(
-        &server,
-        &["write", "-f", "transit/keys/sledger", "derived=true"],
-        None,
-    );
-    let uri = format!(
-        "vault-transit://127.0.0.1:{}/transit/sledger?tls=off",
-        server.port
-    );
+    let (_server, uri) = transit();
     let vars = openbao::VAULT_ENV;
     let env = Env::new();
     ok_with(

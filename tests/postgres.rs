@@ -169,6 +169,21 @@ fn bad_postgres_ledger_urls_are_refused_clearly() {
     );
 }
 
+/// A new admin token for every secret (the servers under test take writes with it).
+fn admin_token(env: &Env) -> String {
+    let issued = env.json(&[
+        "token",
+        "create",
+        "--name",
+        "writer",
+        "--role",
+        "admin",
+        "--pattern",
+        "*",
+    ]);
+    issued["token"].as_str().unwrap().to_owned()
+}
+
 /// Checkpoints of every sink, per `sledger sink status`.
 fn checkpoints(env: &Env) -> BTreeMap<String, u64> {
     let status = env.json(&["sink", "status"]);
@@ -201,19 +216,7 @@ async fn two_servers_share_one_database_and_survive_losing_one() {
         "--role",
         "backup",
     ]);
-    let token = env.json(&[
-        "token",
-        "create",
-        "--name",
-        "writer",
-        "--role",
-        "admin",
-        "--pattern",
-        "*",
-    ])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = admin_token(&env);
     let key = env.key.to_str().unwrap().to_owned();
     let mut first = Some(Server::start(&env, &["--key-file", &key]));
     let second = Server::start(&env, &["--key-file", &key]);
@@ -413,19 +416,7 @@ fn a_commit_whose_reply_is_lost_is_resolved_by_event_id() {
 async fn writes_survive_a_database_restart() {
     let mut pg = Postgres::start();
     let env = pg_env(&pg, "restarted");
-    let token = env.json(&[
-        "token",
-        "create",
-        "--name",
-        "writer",
-        "--role",
-        "admin",
-        "--pattern",
-        "*",
-    ])["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let token = admin_token(&env);
     let key = env.key.to_str().unwrap().to_owned();
     let servers = [
         Server::start(&env, &["--key-file", &key]),

@@ -273,6 +273,15 @@ impl StoredEvent {
         })
     }
 
+    /// [`StoredEvent::decode`] for a reader checking the chain: an event that does not decode
+    /// breaks the log at its seq.
+    pub fn decode_in_chain(&self) -> crate::Result<Event> {
+        self.decode().map_err(|err| crate::Error::ChainBroken {
+            seq: self.seq,
+            reason: err.to_string(),
+        })
+    }
+
     /// The hash this row should have, given its own columns.
     pub fn computed_hash(&self) -> [u8; 32] {
         event_hash(self)

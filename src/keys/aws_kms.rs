@@ -6,10 +6,10 @@
 
 use std::sync::Arc;
 
-use aws_sdk_kms::error::ProvideErrorMetadata;
+use aws_sdk_kms::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_kms::primitives::Blob;
 
-use super::{from_raw, raw, refused, unreachable, KeyWrapper};
+use super::{from_raw, raw, refused, sink_url, split_uri, unreachable, KeyWrapper};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::sink::aws::AwsSink;
@@ -31,19 +31,12 @@ impl KmsKey {
                 "{uri:?}: {why}; the form is aws-kms://REGION/KEY_ID_OR_ALIAS"
             ))
         };
-        let rest = uri
-            .strip_prefix("aws-kms://")
-            .ok_or_else(|| bad("not an aws-kms URI"))?;
-        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (location, query) = split_uri(uri, "aws-kms").ok_or_else(|| bad("not an aws-kms URI"))?;
         let (region, key) = location.split_once('/').ok_or_else(|| bad("it names no key"))?;
         if key.is_empty() {
             return Err(bad("it names no key"));
         }
-        let sink = format!(
-            "aws-sm://{region}{}{query}",
-            if query.is_empty() { "" } else { "?" }
-        );
-        let Backend::Aws(config) = SinkUrl::parse(&sink)?.backend else {
+        let Backend::Aws(config) = SinkUrl::parse(&sink_url("aws-sm", region, query))?.backend else {
             return Err(bad("not an AWS region"));
         };
         Ok(KmsKey {
@@ -53,11 +46,7 @@ impl KmsKey {
         })
     }
 
-    fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(
-        &self,
-        e: aws_sdk_kms::error::SdkError<E>,
-    ) -> Error {
-        use aws_sdk_kms::error::SdkError;
+    fn failure<E: ProvideErrorMetadata + std::error::Error + 'static>(&self, e: SdkError<E>) -> Error {
         match &e {
             SdkError::ServiceError(service) => {
                 let err = service.err();
@@ -74,8 +63,23 @@ impl KmsKey {
         }
     }
 
-    async fn client(aws: &AwsSink) -> Result<aws_sdk_kms::Client> {
-        Ok(aws_sdk_kms::Client::new(aws.sdk().await?))
+    /// Run one KMS request (given a client with this key's credentials, and the key's id) on
+    /// the library's I/O runtime.
+    fn call<T, E, Fut>(
+        &self,
+        request: impl FnOnce(aws_sdk_kms::Client, String) -> Fut + Send + 'static,
+    ) -> Result<T>
+    where
+        Fut: std::future::Future<Output = std::result::Result<T, SdkError<E>>> + Send,
+        T: Send + 'static,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let (aws, key_id) = (self.aws.clone(), self.key.clone());
+        crate::blocking::run(async move {
+            let client = aws_sdk_kms::Client::new(aws.sdk().await?);
+            Ok::<_, Error>(request(client, key_id).await)
+        })?
+        .map_err(|e| self.failure(e))
     }
 }
 
@@ -85,21 +89,16 @@ impl KeyWrapper for KmsKey {
     }
 
     fn wrap(&self, key: &MasterKey, ledger_id: &str) -> Result<Vec<u8>> {
-        let (aws, key_id, plaintext, ledger) =
-            (self.aws.clone(), self.key.clone(), raw(key), ledger_id.to_owned());
-        let answer = crate::blocking::run(async move {
-            let client = KmsKey::client(&aws).await?;
-            Ok::<_, Error>(
-                client
-                    .encrypt()
-                    .key_id(key_id)
-                    .plaintext(Blob::new(plaintext.to_vec()))
-                    .encryption_context(CONTEXT_KEY, ledger)
-                    .send()
-                    .await,
-            )
+        let (plaintext, ledger) = (raw(key), ledger_id.to_owned());
+        let answer = self.call(move |client, key_id| async move {
+            client
+                .encrypt()
+                .key_id(key_id)
+                .plaintext(Blob::new(plaintext.to_vec()))
+                .encryption_context(CONTEXT_KEY, ledger)
+                .send()
+                .await
         })?;
-        let answer = answer.map_err(|e| self.failure(e))?;
         answer
             .ciphertext_blob
             .map(Blob::into_inner)
@@ -107,25 +106,16 @@ impl KeyWrapper for KmsKey {
     }
 
     fn unwrap(&self, wrapped: &[u8], ledger_id: &str) -> Result<MasterKey> {
-        let (aws, key_id, ciphertext, ledger) = (
-            self.aws.clone(),
-            self.key.clone(),
-            wrapped.to_vec(),
-            ledger_id.to_owned(),
-        );
-        let answer = crate::blocking::run(async move {
-            let client = KmsKey::client(&aws).await?;
-            Ok::<_, Error>(
-                client
-                    .decrypt()
-                    .key_id(key_id)
-                    .ciphertext_blob(Blob::new(ciphertext))
-                    .encryption_context(CONTEXT_KEY, ledger)
-                    .send()
-                    .await,
-            )
+        let (ciphertext, ledger) = (wrapped.to_vec(), ledger_id.to_owned());
+        let answer = self.call(move |client, key_id| async move {
+            client
+                .decrypt()
+                .key_id(key_id)
+                .ciphertext_blob(Blob::new(ciphertext))
+                .encryption_context(CONTEXT_KEY, ledger)
+                .send()
+                .await
         })?;
-        let answer = answer.map_err(|e| self.failure(e))?;
         let plaintext = zeroize::Zeroizing::new(
             answer
                 .plaintext

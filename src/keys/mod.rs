@@ -211,6 +211,21 @@ pub(crate) fn unreachable(kind: &str, uri: &str, reason: impl std::fmt::Display)
     }
 }
 
+/// `SCHEME://LOCATION?QUERY` as (location, query) for a KMS URI of `scheme`.
+fn split_uri<'a>(uri: &'a str, scheme: &str) -> Option<(&'a str, &'a str)> {
+    let rest = uri.strip_prefix(scheme)?.strip_prefix("://")?;
+    Some(rest.split_once('?').unwrap_or((rest, "")))
+}
+
+/// The URL of the sink whose server, TLS and credential options a KMS URI shares (and so its
+/// credential-refusal rules).
+fn sink_url(scheme: &str, location: &str, query: &str) -> String {
+    match query {
+        "" => format!("{scheme}://{location}"),
+        query => format!("{scheme}://{location}?{query}"),
+    }
+}
+
 /// The master key's raw bytes, for a KMS to encrypt.
 fn raw(key: &MasterKey) -> zeroize::Zeroizing<Vec<u8>> {
     use base64::Engine;

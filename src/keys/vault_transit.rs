@@ -7,9 +7,10 @@ use std::sync::Arc;
 
 use base64::Engine;
 use vaultrs::api::transit::requests::{DecryptDataRequest, EncryptDataRequest};
+use vaultrs::client::VaultClient;
 use vaultrs::error::ClientError;
 
-use super::{from_raw, raw, refused, unreachable, KeyWrapper};
+use super::{from_raw, raw, refused, sink_url, split_uri, unreachable, KeyWrapper};
 use crate::crypto::MasterKey;
 use crate::error::{Error, Result};
 use crate::sink::vault::VaultSink;
@@ -31,18 +32,15 @@ impl TransitKey {
                 "{uri:?}: {why}; the form is vault-transit://HOST:PORT/MOUNT/KEY"
             ))
         };
-        let rest = uri
-            .strip_prefix("vault-transit://")
-            .ok_or_else(|| bad("not a vault-transit URI"))?;
-        let (location, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let (location, query) =
+            split_uri(uri, "vault-transit").ok_or_else(|| bad("not a vault-transit URI"))?;
         let (path, key) = location.rsplit_once('/').ok_or_else(|| bad("it names no key"))?;
         let (_, mount) = path.split_once('/').ok_or_else(|| bad("it names no mount"))?;
         if key.is_empty() || mount.is_empty() {
             return Err(bad("it names no mount or no key"));
         }
         // The server, TLS and credentials as a vault sink at that mount would have them.
-        let sink = format!("vault://{path}{}{query}", if query.is_empty() { "" } else { "?" });
-        let Backend::Vault(config) = SinkUrl::parse(&sink)?.backend else {
+        let Backend::Vault(config) = SinkUrl::parse(&sink_url("vault", path, query))?.backend else {
             return Err(bad("not a Vault address"));
         };
         Ok(TransitKey {
@@ -51,6 +49,33 @@ impl TransitKey {
             key: key.to_owned(),
             vault: Arc::new(VaultSink::new(config)),
         })
+    }
+
+    /// Run one Transit request (given a logged-in client, the mount and the key's name) on the
+    /// library's I/O runtime. A server that is away, even for the login, is the KMS being
+    /// unreachable.
+    fn call<T, Fut>(
+        &self,
+        request: impl FnOnce(Arc<VaultClient>, String, String) -> Fut + Send + 'static,
+    ) -> Result<T>
+    where
+        Fut: std::future::Future<Output = std::result::Result<T, ClientError>> + Send,
+        T: Send + 'static,
+    {
+        let (vault, mount, name, uri) = (
+            self.vault.clone(),
+            self.mount.clone(),
+            self.key.clone(),
+            self.uri.clone(),
+        );
+        crate::blocking::run(async move {
+            let client = vault.client().await.map_err(|e| match e.is_temporary() {
+                true => unreachable(KIND, &uri, e),
+                false => e,
+            })?;
+            Ok::<_, Error>(request(client, mount, name).await)
+        })?
+        .map_err(|e| self.failure(e))
     }
 
     fn failure(&self, e: ClientError) -> Error {
@@ -67,41 +92,20 @@ fn base64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
-/// A client for `key`'s server; one that cannot log in because the server is away is the KMS
-/// being unreachable.
-async fn client(vault: &VaultSink, uri: &str) -> Result<Arc<vaultrs::client::VaultClient>> {
-    vault.client().await.map_err(|e| match e.is_temporary() {
-        true => unreachable(KIND, uri, e),
-        false => e,
-    })
-}
-
 impl KeyWrapper for TransitKey {
     fn uri(&self) -> &str {
         &self.uri
     }
 
     fn wrap(&self, key: &MasterKey, ledger_id: &str) -> Result<Vec<u8>> {
-        let (vault, mount, name, uri) = (
-            self.vault.clone(),
-            self.mount.clone(),
-            self.key.clone(),
-            self.uri.clone(),
-        );
-        let (plaintext, context) = (
-            zeroize::Zeroizing::new(base64(&raw(key))),
-            base64(ledger_id.as_bytes()),
-        );
-        let answer = crate::blocking::run(async move {
-            let client = client(&vault, &uri).await?;
+        let plaintext = zeroize::Zeroizing::new(base64(&raw(key)));
+        let context = base64(ledger_id.as_bytes());
+        let answer = self.call(move |client, mount, name| async move {
             let mut request = EncryptDataRequest::builder();
             request.context(context);
-            Ok::<_, Error>(
-                vaultrs::transit::data::encrypt(&*client, &mount, &name, &plaintext, Some(&mut request))
-                    .await,
-            )
+            vaultrs::transit::data::encrypt(&*client, &mount, &name, &plaintext, Some(&mut request)).await
         })?;
-        Ok(answer.map_err(|e| self.failure(e))?.ciphertext.into_bytes())
+        Ok(answer.ciphertext.into_bytes())
     }
 
     fn unwrap(&self, wrapped: &[u8], ledger_id: &str) -> Result<MasterKey> {
@@ -111,23 +115,13 @@ impl KeyWrapper for TransitKey {
                 "the wrapped key in the ledger is not a Transit ciphertext",
             )
         })?;
-        let (vault, mount, name, uri) = (
-            self.vault.clone(),
-            self.mount.clone(),
-            self.key.clone(),
-            self.uri.clone(),
-        );
         let context = base64(ledger_id.as_bytes());
-        let answer = crate::blocking::run(async move {
-            let client = client(&vault, &uri).await?;
+        let answer = self.call(move |client, mount, name| async move {
             let mut request = DecryptDataRequest::builder();
             request.context(context);
-            Ok::<_, Error>(
-                vaultrs::transit::data::decrypt(&*client, &mount, &name, &ciphertext, Some(&mut request))
-                    .await,
-            )
+            vaultrs::transit::data::decrypt(&*client, &mount, &name, &ciphertext, Some(&mut request)).await
         })?;
-        let plaintext = zeroize::Zeroizing::new(answer.map_err(|e| self.failure(e))?.plaintext);
+        let plaintext = zeroize::Zeroizing::new(answer.plaintext);
         let bytes = zeroize::Zeroizing::new(
             base64::engine::general_purpose::STANDARD
                 .decode(plaintext.as_bytes())

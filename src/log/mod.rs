@@ -148,10 +148,7 @@ pub fn verify(log: &dyn EventLog, progress: &mut dyn FnMut(u64, u64)) -> Result<
     let mut chain = ChainCheck::default();
     log.scan(1, u64::MAX, &mut |e| {
         chain.check(&e)?;
-        e.decode().map_err(|err| Error::ChainBroken {
-            seq: e.seq,
-            reason: err.to_string(),
-        })?;
+        e.decode_in_chain()?;
         if e.seq % PROGRESS_EVERY == 0 {
             progress(e.seq, total);
         }

@@ -421,11 +421,7 @@ pub fn verified_scan(path: &Path, visit: &mut dyn FnMut(StoredEvent, Event) -> R
         let mut consumed: Result<()> = Ok(());
         for batch in rx.iter() {
             let decoded = batch.into_iter().try_for_each(|stored| {
-                let seq = stored.seq;
-                let event = stored.decode().map_err(|err| Error::ChainBroken {
-                    seq,
-                    reason: err.to_string(),
-                })?;
+                let event = stored.decode_in_chain()?;
                 visit(stored, event)
             });
             if let Err(e) = decoded {

@@ -272,20 +272,21 @@ impl Client {
         wait(self.0.query_one(statement, params))
     }
 
-    fn query_opt<T: ?Sized + ToStatement>(
-        &self,
-        statement: &T,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> PgResult<Option<Row>> {
-        wait(self.0.query_opt(statement, params))
-    }
-
     fn execute<T: ?Sized + ToStatement>(
         &self,
         statement: &T,
         params: &[&(dyn ToSql + Sync)],
     ) -> PgResult<u64> {
         wait(self.0.execute(statement, params))
+    }
+
+    /// Whether the database holds a sledger ledger's schema.
+    fn has_ledger(&self) -> PgResult<bool> {
+        self.query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'sledger')",
+            &[],
+        )?
+        .try_get(0)
     }
 }
 
@@ -440,13 +441,7 @@ impl PgStore {
     /// Create the ledger's schema in the database; refuses a database that already holds one.
     pub fn create(url: &PgUrl) -> Result<PgStore> {
         let client = url.connect()?;
-        let exists: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'sledger')",
-                &[],
-            )?
-            .get(0);
-        if exists {
+        if client.has_ledger()? {
             return Err(Error::WouldOverwrite {
                 what: "ledger",
                 path: PathBuf::from(url.as_str()),
@@ -467,13 +462,7 @@ impl PgStore {
     /// Open the ledger in the database, checking that there is one this build can read.
     pub fn open(url: &PgUrl) -> Result<PgStore> {
         let client = url.connect()?;
-        let exists: bool = client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = 'sledger')",
-                &[],
-            )?
-            .get(0);
-        if !exists {
+        if !client.has_ledger()? {
             return Err(Error::LedgerNotFound {
                 path: PathBuf::from(url.as_str()),
             });
@@ -700,10 +689,12 @@ impl Store for PgStore {
         let found = loop {
             let looked = self.url.connect().and_then(|client| {
                 configure(&client)?;
-                let found = client.query_opt(
-                    "SELECT seq FROM events WHERE event_id = $1",
-                    &[&first.as_bytes().as_slice()],
-                )?;
+                let found = client
+                    .query(
+                        "SELECT seq FROM events WHERE event_id = $1",
+                        &[&first.as_bytes().as_slice()],
+                    )?
+                    .pop();
                 *self.client.borrow_mut() = client;
                 self.statements.borrow_mut().clear();
                 Ok(found.is_some())
@@ -1440,11 +1431,7 @@ impl Store for PgStore {
         let mut failed = Ok(());
         reader.scan(1, u64::MAX, &mut |stored| {
             let checked = chain.check(&stored).and_then(|()| {
-                let seq = stored.seq;
-                let event = stored.decode().map_err(|err| Error::ChainBroken {
-                    seq,
-                    reason: err.to_string(),
-                })?;
+                let event = stored.decode_in_chain()?;
                 visit(stored, event)
             });
             let go_on = checked.is_ok();
