@@ -12,64 +12,6 @@ pub(super) fn sink_event_name(event: &Event) -> String {
     }
 }
 
-/// Values must fit the ledger's limit and every attached sink's, checked before the append so
-/// that nothing is recorded that some sink cannot hold.
-pub(super) fn check_size(
-    tx: &dyn Store,
-    settings: LedgerSettings,
-    name: &str,
-    values: &SecretValues,
-) -> Result<()> {
-    validate::values(name, values, settings.max_value_bytes)?;
-    let size = values.json_size();
-    // The registry table, not the log's fold: this runs for every command of a group commit,
-    // and only decides a limit (sinks are opened, and values sent, by the log's fold).
-    for sink in tx.sinks()?.values() {
-        let limit = SinkUrl::parse(&sink.url)?.capabilities().max_value_bytes;
-        if size > limit {
-            return Err(Error::TooLargeForSink {
-                name: name.to_owned(),
-                size,
-                limit,
-                sink: sink.name.clone(),
-            });
-        }
-    }
-    Ok(())
-}
-
-/// The metadata of `meta` must fit every attached sink's tags, labels or description, checked
-/// before the append like the values' size: a secret some sink cannot hold is refused, never
-/// appended and then parked where the primary would not serve it.
-pub(super) fn check_metadata_fits(tx: &dyn Store, meta: &SecretMeta) -> Result<()> {
-    // The registry table, as in `check_size`.
-    let sinks = tx.sinks()?;
-    if sinks.is_empty() || meta.status != Status::Live {
-        return Ok(());
-    }
-    let record = crate::sink::RecordMeta {
-        id: meta.id,
-        name: meta.name.clone(),
-        scope: meta.scope,
-        owner: meta.owner.clone(),
-        labels: meta.labels.clone(),
-        seq: meta.updated_seq,
-        version: meta.version,
-    };
-    for sink in sinks.values() {
-        if let Err(limit) = SinkUrl::parse(&sink.url)?.capabilities().check_metadata(&record) {
-            return Err(Error::SinkLimit {
-                name: meta.name.clone(),
-                sink: sink.name.clone(),
-                what: limit.what,
-                size: limit.size,
-                limit: limit.limit,
-            });
-        }
-    }
-    Ok(())
-}
-
 pub(super) fn validate_sink_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
@@ -83,87 +25,6 @@ pub(super) fn validate_sink_name(name: &str) -> Result<()> {
             "invalid sink name {name:?}: use 1-64 lowercase letters, digits, - and _, starting with a letter or digit"
         )))
     }
-}
-
-/// Plan a sink command against the current sink registry.
-pub(super) fn plan_sink(tx: &dyn Store, command: Command) -> Result<Planned> {
-    let sinks = sinks_from_log(tx)?;
-    let get = |name: &str| {
-        sinks.get(name).ok_or_else(|| Error::SinkNotFound {
-            name: name.to_owned(),
-        })
-    };
-    let primary = sinks
-        .values()
-        .find(|s| s.role == SinkRole::Primary)
-        .map(|s| s.name.clone());
-    let role_change = |name: &str, role| Event::SinkRoleChanged {
-        name: name.to_owned(),
-        role,
-    };
-    Ok(match command {
-        Command::AddSink { name, url, role } => {
-            validate_sink_name(&name)?;
-            let parsed = SinkUrl::parse(&url)?;
-            if sinks.contains_key(&name) {
-                return Err(Error::AlreadyExists {
-                    name,
-                    scope: "sink".into(),
-                });
-            }
-            if let Some(same) = sinks
-                .values()
-                .find(|s| SinkUrl::parse(&s.url).is_ok_and(|u| u.same_objects(&parsed)))
-            {
-                return Err(Error::invalid(format!(
-                    "sink {:?} already writes to {url}; two sinks on one backend and prefix would fight",
-                    same.name
-                )));
-            }
-            if let (SinkRole::Primary, Some(p)) = (role, &primary) {
-                return Err(Error::invalid(format!(
-                    "sink {p:?} is the primary; add this one as a backup, then `sledger sink promote {name}`"
-                )));
-            }
-            Planned::Ledger(vec![Event::SinkAdded { name, url, role }])
-        }
-        Command::SetSinkRole { name, role } => {
-            let current = get(&name)?;
-            if current.role == role {
-                Planned::Ledger(vec![])
-            } else if role == SinkRole::Primary && primary.is_some() {
-                return Err(Error::invalid(format!(
-                    "to make {name:?} the primary, use `sledger sink promote {name}`"
-                )));
-            } else if current.role == SinkRole::Primary {
-                return Err(Error::invalid(format!(
-                    "{name:?} is the primary; promote another sink first (`sledger sink promote OTHER`)"
-                )));
-            } else {
-                Planned::Ledger(vec![role_change(&name, role)])
-            }
-        }
-        Command::PromoteSink { name } => {
-            get(&name)?;
-            match primary {
-                Some(p) if p == name => Planned::Ledger(vec![]),
-                Some(p) => Planned::Ledger(vec![
-                    role_change(&p, SinkRole::Backup),
-                    role_change(&name, SinkRole::Primary),
-                ]),
-                None => Planned::Ledger(vec![role_change(&name, SinkRole::Primary)]),
-            }
-        }
-        Command::RemoveSink { name } => {
-            if get(&name)?.role == SinkRole::Primary {
-                return Err(Error::invalid(format!(
-                    "{name:?} is the primary and serves reads; promote another sink before removing it"
-                )));
-            }
-            Planned::Ledger(vec![Event::SinkRemoved { name }])
-        }
-        _ => unreachable!("plan_sink is only called with sink commands"),
-    })
 }
 
 /// The result of planning one command inside the write transaction.
@@ -198,85 +59,556 @@ pub struct Request {
     pub commands: Vec<Command>,
 }
 
-/// Plan, chain and insert one request's commands inside the write transaction; advances `head`.
-pub(super) fn append_request(
-    tx: &dyn Store,
-    keys: Option<&Keys>,
-    settings: LedgerSettings,
-    request: &Request,
-    head: &mut Head,
-    now: Millis,
-) -> Result<Vec<Outcome>> {
-    let actor = request.actor.as_str();
-    let mut outcomes = Vec::with_capacity(request.commands.len());
-    for command in request.commands.iter().cloned() {
-        let seq = head.seq + 1;
-        match plan(tx, keys, settings, actor, command, seq)? {
-            Planned::Nothing(meta) => outcomes.push(Outcome::Unchanged { secret: meta }),
-            Planned::Append {
-                secret_id,
-                event,
-                before,
-            } => {
-                let new = NewEvent {
-                    event_id: uuid::Uuid::now_v7(),
-                    actor: actor.to_owned(),
-                    secret_id: Some(secret_id),
-                    event,
-                };
-                let mut row = chain_next(head, &new, now);
-                seal_row(keys, &mut row);
-                tx.append(&row)?;
-                let event_type = new.event.event_type();
-                let after = catalog::apply(before, &row, new.event)?
-                    .expect("a secret event always leaves the secret in the catalog");
-                check_metadata_fits(tx, &after)?;
-                tx.put_secret(&after)?;
-                tracing::debug!(seq = row.seq, event_type = %row.event_type, secret = %secret_id, "appended");
-                outcomes.push(Outcome::Appended {
-                    seq: row.seq,
-                    event_type,
-                    secret: after,
+/// One write transaction's planning: the store and keys, and what it reads once for all the
+/// commands of a group commit (which a store across a network would otherwise answer with a
+/// round trip per command).
+pub(super) struct Planner<'a> {
+    pub(super) tx: &'a dyn Store,
+    pub(super) keys: Option<&'a Keys>,
+    pub(super) settings: LedgerSettings,
+    /// The attached sinks' limits, from the registry table: they only decide limits (sinks are
+    /// opened, and values sent, by the log's fold). Forgotten when a sink event is appended or
+    /// a request is rolled back.
+    sinks: RefCell<Option<Rc<Vec<(String, Capabilities)>>>>,
+    /// Whether each (namespace, name) the group's creates want was taken at the start, read in
+    /// one query. An answer is used once, and dropped as soon as an event of the transaction
+    /// touches its name; after that the catalog is asked.
+    names: RefCell<HashMap<(String, String), bool>>,
+}
+
+impl<'a> Planner<'a> {
+    pub(super) fn new(tx: &'a dyn Store, keys: Option<&'a Keys>, settings: LedgerSettings) -> Self {
+        Planner {
+            tx,
+            keys,
+            settings,
+            sinks: RefCell::new(None),
+            names: RefCell::new(HashMap::new()),
+        }
+    }
+
+    /// Read, in one query, whether the names `requests` create are taken.
+    pub(super) fn read_names(&self, requests: &[Request]) -> Result<()> {
+        let wanted: Vec<(String, String)> = requests
+            .iter()
+            .flat_map(|r| {
+                r.commands.iter().filter_map(|c| match c {
+                    Command::Create { name, scope, .. } => Some((namespace(*scope, &r.actor), name.clone())),
+                    _ => None,
+                })
+            })
+            .collect();
+        if wanted.len() < 2 {
+            return Ok(());
+        }
+        let taken = self.tx.names_taken(&wanted)?;
+        self.names.borrow_mut().extend(wanted.into_iter().zip(taken));
+        Ok(())
+    }
+
+    fn ensure_name_free(&self, ns: &str, scope: Scope, name: &str) -> Result<()> {
+        let key = (ns.to_owned(), name.to_owned());
+        let read = self.names.borrow_mut().remove(&key);
+        let taken = match read {
+            Some(taken) => taken,
+            None => self.tx.name_taken(ns, name)?,
+        };
+        if taken {
+            return Err(Error::AlreadyExists {
+                name: name.to_owned(),
+                scope: scope.to_string(),
+            });
+        }
+        Ok(())
+    }
+
+    /// A secret's row changed: what was read about its old and new names no longer holds.
+    fn forget_names(&self, metas: &[&SecretMeta]) {
+        let mut names = self.names.borrow_mut();
+        for meta in metas {
+            names.remove(&(meta.namespace(), meta.name.clone()));
+        }
+    }
+
+    /// A request was rolled back: the sinks it may have changed are read again.
+    pub(super) fn rolled_back(&self) {
+        self.sinks.take();
+    }
+
+    fn attached(&self) -> Result<Rc<Vec<(String, Capabilities)>>> {
+        if let Some(sinks) = &*self.sinks.borrow() {
+            return Ok(sinks.clone());
+        }
+        let sinks = self
+            .tx
+            .sinks()?
+            .into_values()
+            .map(|sink| Ok((sink.name, SinkUrl::parse(&sink.url)?.capabilities())))
+            .collect::<Result<Vec<_>>>()?;
+        let sinks = Rc::new(sinks);
+        *self.sinks.borrow_mut() = Some(sinks.clone());
+        Ok(sinks)
+    }
+
+    /// Values must fit the ledger's limit and every attached sink's, checked before the append so
+    /// that nothing is recorded that some sink cannot hold.
+    fn check_size(&self, name: &str, values: &SecretValues) -> Result<()> {
+        validate::values(name, values, self.settings.max_value_bytes)?;
+        let size = values.json_size();
+        for (sink, capabilities) in self.attached()?.iter() {
+            let limit = capabilities.max_value_bytes;
+            if size > limit {
+                return Err(Error::TooLargeForSink {
+                    name: name.to_owned(),
+                    size,
+                    limit,
+                    sink: sink.clone(),
                 });
             }
-            Planned::Ledger(events) => {
-                for event in events {
+        }
+        Ok(())
+    }
+
+    /// The metadata of `meta` must fit every attached sink's tags, labels or description, checked
+    /// before the append like the values' size: a secret some sink cannot hold is refused, never
+    /// appended and then parked where the primary would not serve it.
+    fn check_metadata_fits(&self, meta: &SecretMeta) -> Result<()> {
+        let sinks = self.attached()?;
+        if sinks.is_empty() || meta.status != Status::Live {
+            return Ok(());
+        }
+        let record = crate::sink::RecordMeta {
+            id: meta.id,
+            name: meta.name.clone(),
+            scope: meta.scope,
+            owner: meta.owner.clone(),
+            labels: meta.labels.clone(),
+            seq: meta.updated_seq,
+            version: meta.version,
+        };
+        for (sink, capabilities) in sinks.iter() {
+            if let Err(limit) = capabilities.check_metadata(&record) {
+                return Err(Error::SinkLimit {
+                    name: meta.name.clone(),
+                    sink: sink.clone(),
+                    what: limit.what,
+                    size: limit.size,
+                    limit: limit.limit,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Plan a sink command against the current sink registry.
+    fn plan_sink(&self, command: Command) -> Result<Planned> {
+        let sinks = sinks_from_log(self.tx)?;
+        let get = |name: &str| {
+            sinks.get(name).ok_or_else(|| Error::SinkNotFound {
+                name: name.to_owned(),
+            })
+        };
+        let primary = sinks
+            .values()
+            .find(|s| s.role == SinkRole::Primary)
+            .map(|s| s.name.clone());
+        let role_change = |name: &str, role| Event::SinkRoleChanged {
+            name: name.to_owned(),
+            role,
+        };
+        Ok(match command {
+            Command::AddSink { name, url, role } => {
+                validate_sink_name(&name)?;
+                let parsed = SinkUrl::parse(&url)?;
+                if sinks.contains_key(&name) {
+                    return Err(Error::AlreadyExists {
+                        name,
+                        scope: "sink".into(),
+                    });
+                }
+                if let Some(same) = sinks
+                    .values()
+                    .find(|s| SinkUrl::parse(&s.url).is_ok_and(|u| u.same_objects(&parsed)))
+                {
+                    return Err(Error::invalid(format!(
+                        "sink {:?} already writes to {url}; two sinks on one backend and prefix would fight",
+                        same.name
+                    )));
+                }
+                if let (SinkRole::Primary, Some(p)) = (role, &primary) {
+                    return Err(Error::invalid(format!(
+                        "sink {p:?} is the primary; add this one as a backup, then `sledger sink promote {name}`"
+                    )));
+                }
+                Planned::Ledger(vec![Event::SinkAdded { name, url, role }])
+            }
+            Command::SetSinkRole { name, role } => {
+                let current = get(&name)?;
+                if current.role == role {
+                    Planned::Ledger(vec![])
+                } else if role == SinkRole::Primary && primary.is_some() {
+                    return Err(Error::invalid(format!(
+                        "to make {name:?} the primary, use `sledger sink promote {name}`"
+                    )));
+                } else if current.role == SinkRole::Primary {
+                    return Err(Error::invalid(format!(
+                        "{name:?} is the primary; promote another sink first (`sledger sink promote OTHER`)"
+                    )));
+                } else {
+                    Planned::Ledger(vec![role_change(&name, role)])
+                }
+            }
+            Command::PromoteSink { name } => {
+                get(&name)?;
+                match primary {
+                    Some(p) if p == name => Planned::Ledger(vec![]),
+                    Some(p) => Planned::Ledger(vec![
+                        role_change(&p, SinkRole::Backup),
+                        role_change(&name, SinkRole::Primary),
+                    ]),
+                    None => Planned::Ledger(vec![role_change(&name, SinkRole::Primary)]),
+                }
+            }
+            Command::RemoveSink { name } => {
+                if get(&name)?.role == SinkRole::Primary {
+                    return Err(Error::invalid(format!(
+                        "{name:?} is the primary and serves reads; promote another sink before removing it"
+                    )));
+                }
+                Planned::Ledger(vec![Event::SinkRemoved { name }])
+            }
+            _ => unreachable!("plan_sink is only called with sink commands"),
+        })
+    }
+
+    /// Plan, chain and insert one request's commands inside the write transaction; advances `head`.
+    pub(super) fn append_request(
+        &self,
+        request: &Request,
+        head: &mut Head,
+        now: Millis,
+    ) -> Result<Vec<Outcome>> {
+        let actor = request.actor.as_str();
+        let mut outcomes = Vec::with_capacity(request.commands.len());
+        for command in request.commands.iter().cloned() {
+            let seq = head.seq + 1;
+            match self.plan(actor, command, seq)? {
+                Planned::Nothing(meta) => outcomes.push(Outcome::Unchanged { secret: meta }),
+                Planned::Append {
+                    secret_id,
+                    event,
+                    before,
+                } => {
                     let new = NewEvent {
                         event_id: uuid::Uuid::now_v7(),
                         actor: actor.to_owned(),
-                        secret_id: None,
+                        secret_id: Some(secret_id),
                         event,
                     };
                     let mut row = chain_next(head, &new, now);
-                    seal_row(keys, &mut row);
-                    tx.append(&row)?;
+                    seal_row(self.keys, &mut row);
+                    self.tx.append(&row)?;
                     let event_type = new.event.event_type();
-                    if !event_type.starts_with("sink.") {
-                        tracing::debug!(seq = row.seq, event_type, "appended");
-                        outcomes.push(Outcome::Recorded {
-                            seq: row.seq,
-                            event_type,
-                        });
-                        continue;
+                    if let Some(before) = &before {
+                        self.forget_names(&[before]);
                     }
-                    let name = sink_event_name(&new.event);
-                    // The fold includes the row just appended (same transaction).
-                    tx.put_sinks(&sinks_from_log(tx)?)?;
-                    if event_type == "sink.added" {
-                        // A sink re-added under an old name starts from scratch.
-                        tx.forget_sink_progress(&name)?;
-                    }
-                    tracing::debug!(seq = row.seq, event_type, sink = %name, "appended");
-                    outcomes.push(Outcome::SinkChanged {
+                    let after = catalog::apply(before, &row, new.event)?
+                        .expect("a secret event always leaves the secret in the catalog");
+                    self.forget_names(&[&after]);
+                    self.check_metadata_fits(&after)?;
+                    self.tx.put_secret(&after)?;
+                    tracing::debug!(seq = row.seq, event_type = %row.event_type, secret = %secret_id, "appended");
+                    outcomes.push(Outcome::Appended {
                         seq: row.seq,
                         event_type,
-                        name,
+                        secret: after,
                     });
+                }
+                Planned::Ledger(events) => {
+                    for event in events {
+                        let new = NewEvent {
+                            event_id: uuid::Uuid::now_v7(),
+                            actor: actor.to_owned(),
+                            secret_id: None,
+                            event,
+                        };
+                        let mut row = chain_next(head, &new, now);
+                        seal_row(self.keys, &mut row);
+                        self.tx.append(&row)?;
+                        let event_type = new.event.event_type();
+                        if !event_type.starts_with("sink.") {
+                            tracing::debug!(seq = row.seq, event_type, "appended");
+                            outcomes.push(Outcome::Recorded {
+                                seq: row.seq,
+                                event_type,
+                            });
+                            continue;
+                        }
+                        let name = sink_event_name(&new.event);
+                        // The fold includes the row just appended (same transaction).
+                        self.tx.put_sinks(&sinks_from_log(self.tx)?)?;
+                        self.sinks.take();
+                        if event_type == "sink.added" {
+                            // A sink re-added under an old name starts from scratch.
+                            self.tx.forget_sink_progress(&name)?;
+                        }
+                        tracing::debug!(seq = row.seq, event_type, sink = %name, "appended");
+                        outcomes.push(Outcome::SinkChanged {
+                            seq: row.seq,
+                            event_type,
+                            name,
+                        });
+                    }
                 }
             }
         }
+        Ok(outcomes)
     }
-    Ok(outcomes)
+
+    /// The `secret.updated` event giving `meta` these full values and labels, or nothing if
+    /// neither changed (compared by fingerprint, so no plaintext comparison is kept around).
+    fn replace_values(
+        &self,
+        meta: SecretMeta,
+        labels: BTreeMap<String, String>,
+        values: SecretValues,
+        seq: u64,
+    ) -> Result<Planned> {
+        self.check_size(&meta.name, &values)?;
+        let keys = need_keys(self.keys)?;
+        if labels == meta.labels && keys.fingerprint.fingerprints(&values) == meta.fingerprints {
+            return Ok(Planned::Nothing(meta));
+        }
+        let dek = load_dek(self.tx, &keys.master, &meta)?;
+        Ok(Planned::Append {
+            secret_id: meta.id,
+            event: Event::SecretUpdated {
+                labels,
+                values: seal(keys, &values, meta.id, seq, &dek),
+            },
+            before: Some(meta),
+        })
+    }
+
+    /// Validate one command against the catalog (inside the write transaction) and build its event.
+    fn plan(&self, actor: &str, command: Command, seq: u64) -> Result<Planned> {
+        Ok(match command {
+            Command::AddSink { .. }
+            | Command::SetSinkRole { .. }
+            | Command::PromoteSink { .. }
+            | Command::RemoveSink { .. } => self.plan_sink(command)?,
+            Command::IssueToken {
+                name,
+                role,
+                patterns,
+                expires_at,
+                token,
+            } => {
+                crate::identity::validate_token_name(&name)?;
+                crate::identity::validate_patterns(&patterns)?;
+                let keys = need_keys(self.keys)?;
+                if expires_at.is_some_and(|at| at <= now_ms()) {
+                    return Err(Error::invalid(
+                        "the token's expiry is in the past; give a future --expires",
+                    ));
+                }
+                // Never reused, even after revocation: the name is the principal that owns its
+                // private secrets and that the audit log names.
+                if tokens(self.tx)?.get(&name).is_some() {
+                    return Err(Error::AlreadyExists {
+                        name,
+                        scope: "token (names are never reused)".into(),
+                    });
+                }
+                Planned::Ledger(vec![Event::TokenIssued {
+                    name,
+                    role,
+                    patterns,
+                    expires_at,
+                    hash: keys.fingerprint.token_hasher().hash(&token.0),
+                }])
+            }
+            Command::RevokeToken { name } => {
+                match tokens(self.tx)?.get(&name) {
+                    Some(t) if t.revoked_at.is_none() => {}
+                    _ => return Err(Error::TokenNotFound { name }),
+                }
+                Planned::Ledger(vec![Event::TokenRevoked { name }])
+            }
+            Command::ResetAnchors => Planned::Ledger(vec![Event::AnchorsReset]),
+            Command::RecordRecovery { source } => {
+                if seq != 1 {
+                    return Err(Error::invalid(
+                        "a recovery is recorded only as a new ledger's first event",
+                    ));
+                }
+                Planned::Ledger(vec![Event::LedgerRecovered { source }])
+            }
+            Command::Recover {
+                id,
+                name,
+                scope,
+                owner,
+                labels,
+                values,
+            } => {
+                if self.tx.secret(id)?.is_some() {
+                    return Err(Error::invalid(format!("secret {id} is already in this ledger")));
+                }
+                let secret = NewSecret {
+                    id,
+                    name,
+                    scope,
+                    owner,
+                    labels,
+                    values,
+                };
+                secret.plan(self, seq)?
+            }
+            Command::RecordRestore {
+                target_seq,
+                planned_at,
+            } => {
+                // `seq` is the seq this event gets, so the head is the one before it.
+                if planned_at + 1 != seq {
+                    return Err(Error::ChangedMeanwhile { what: "restore" });
+                }
+                Planned::Ledger(vec![Event::LedgerRestored { target_seq }])
+            }
+            Command::Create {
+                name,
+                scope,
+                labels,
+                values,
+            } => {
+                let owner = actor.to_owned();
+                let secret = NewSecret {
+                    id: SecretId::now_v7(),
+                    name,
+                    scope,
+                    owner,
+                    labels,
+                    values,
+                };
+                secret.plan(self, seq)?
+            }
+            Command::Update {
+                name,
+                set_values,
+                remove_keys,
+                set_labels,
+                remove_labels,
+            } => {
+                let meta = resolve(self.tx, actor, &name, Want::Live)?;
+                let master = &need_keys(self.keys)?.master;
+                for key in set_values.keys() {
+                    validate::value_key(key)?;
+                }
+                validate::labels(&set_labels)?;
+                let (mut values, _) = open_values_at(self.tx, master, &meta, meta.value_seq)?;
+                for key in &remove_keys {
+                    if set_values.contains_key(key) {
+                        return Err(Error::invalid(format!(
+                            "key {key:?} is both set and removed; do one or the other"
+                        )));
+                    }
+                    if !values.remove(key) {
+                        return Err(Error::invalid(format!(
+                            "secret {name:?} has no key {key:?} to remove"
+                        )));
+                    }
+                }
+                for (k, v) in set_values.iter() {
+                    values.insert(k, v);
+                }
+                let mut labels = meta.labels.clone();
+                for key in &remove_labels {
+                    if labels.remove(key).is_none() {
+                        return Err(Error::invalid(format!(
+                            "secret {name:?} has no label {key:?} to remove"
+                        )));
+                    }
+                }
+                labels.extend(set_labels);
+                self.replace_values(meta, labels, values, seq)?
+            }
+            Command::Put {
+                name,
+                scope,
+                labels,
+                values,
+            } => {
+                let ns = namespace(scope, actor);
+                let existing = named(self.tx, actor, &name)?
+                    .into_iter()
+                    .find(|m| m.status == Status::Live && m.namespace() == ns);
+                match existing {
+                    None => self.plan(
+                        actor,
+                        Command::Create {
+                            name,
+                            scope,
+                            labels,
+                            values,
+                        },
+                        seq,
+                    )?,
+                    Some(meta) => {
+                        validate::labels(&labels)?;
+                        self.replace_values(meta, labels, values, seq)?
+                    }
+                }
+            }
+            Command::Rename { name, new_name } => {
+                validate::secret_name(&new_name)?;
+                // A deleted secret can be renamed too (when no live one has the name): that is how
+                // one whose name was taken since comes back under another (`undelete --as`).
+                let meta = resolve(self.tx, actor, &name, Want::Live)
+                    .or_else(|live| resolve(self.tx, actor, &name, Want::Deleted).map_err(|_| live))?;
+                if new_name == meta.name {
+                    return Ok(Planned::Nothing(meta));
+                }
+                self.ensure_name_free(&meta.namespace(), meta.scope, &new_name)?;
+                Planned::Append {
+                    secret_id: meta.id,
+                    event: Event::SecretRenamed {
+                        from: meta.name.clone(),
+                        to: new_name,
+                    },
+                    before: Some(meta),
+                }
+            }
+            Command::Delete { name } => {
+                let meta = resolve(self.tx, actor, &name, Want::Live)?;
+                Planned::Append {
+                    secret_id: meta.id,
+                    event: Event::SecretDeleted,
+                    before: Some(meta),
+                }
+            }
+            Command::Undelete { name } => {
+                let meta = resolve(self.tx, actor, &name, Want::Deleted)?;
+                self.ensure_name_free(&meta.namespace(), meta.scope, &meta.name)?;
+                Planned::Append {
+                    secret_id: meta.id,
+                    event: Event::SecretRestored,
+                    before: Some(meta),
+                }
+            }
+            Command::Purge { name } => {
+                let meta = resolve(self.tx, actor, &name, Want::Any)?;
+                if meta.status == Status::Purged {
+                    return Err(Error::Purged { name });
+                }
+                self.tx.delete_wrapped_key(meta.id)?;
+                Planned::Append {
+                    secret_id: meta.id,
+                    event: Event::SecretPurged,
+                    before: Some(meta),
+                }
+            }
+        })
+    }
 }
 
 /// Chain, MAC and append a ledger-level event (no secret) after `head`, which moves on.
@@ -325,34 +657,6 @@ pub(super) fn seal(
     }
 }
 
-/// The `secret.updated` event giving `meta` these full values and labels, or nothing if
-/// neither changed (compared by fingerprint, so no plaintext comparison is kept around).
-pub(super) fn replace_values(
-    tx: &dyn Store,
-    keys: Option<&Keys>,
-    settings: LedgerSettings,
-    meta: SecretMeta,
-    labels: BTreeMap<String, String>,
-    values: SecretValues,
-    seq: u64,
-) -> Result<Planned> {
-    check_size(tx, settings, &meta.name, &values)?;
-    let keys = need_keys(keys)?;
-    if labels == meta.labels && keys.fingerprint.fingerprints(&values) == meta.fingerprints {
-        return Ok(Planned::Nothing(meta));
-    }
-    let dek = load_dek(tx, &keys.master, &meta)?;
-    Ok(Planned::Append {
-        secret_id: meta.id,
-        event: Event::SecretUpdated {
-            labels,
-            values: seal(keys, &values, meta.id, seq, &dek),
-        },
-        before: Some(meta),
-    })
-}
-
-/// Validate one command against the catalog (inside the write transaction) and build its event.
 /// A secret to create: a new one (`create`), or one brought back under its own id and owner
 /// (`recover`).
 struct NewSecret {
@@ -366,20 +670,16 @@ struct NewSecret {
 
 impl NewSecret {
     /// Check it, make and wrap its data key, and seal its values for event `seq`.
-    fn plan(
-        self,
-        tx: &dyn Store,
-        keys: Option<&Keys>,
-        settings: LedgerSettings,
-        seq: u64,
-    ) -> Result<Planned> {
+    fn plan(self, planner: &Planner<'_>, seq: u64) -> Result<Planned> {
         validate::secret_name(&self.name)?;
         validate::labels(&self.labels)?;
-        check_size(tx, settings, &self.name, &self.values)?;
-        let keys = need_keys(keys)?;
-        ensure_name_free(tx, &namespace(self.scope, &self.owner), self.scope, &self.name)?;
+        planner.check_size(&self.name, &self.values)?;
+        let keys = need_keys(planner.keys)?;
+        planner.ensure_name_free(&namespace(self.scope, &self.owner), self.scope, &self.name)?;
         let dek = DataKey::generate();
-        tx.put_wrapped_key(self.id, &keys.master.wrap_data_key(&dek, self.id))?;
+        planner
+            .tx
+            .put_wrapped_key(self.id, &keys.master.wrap_data_key(&dek, self.id))?;
         let sealed = seal(keys, &self.values, self.id, seq, &dek);
         Ok(Planned::Append {
             secret_id: self.id,
@@ -393,235 +693,6 @@ impl NewSecret {
             before: None,
         })
     }
-}
-
-pub(super) fn plan(
-    tx: &dyn Store,
-    keys: Option<&Keys>,
-    settings: LedgerSettings,
-    actor: &str,
-    command: Command,
-    seq: u64,
-) -> Result<Planned> {
-    Ok(match command {
-        Command::AddSink { .. }
-        | Command::SetSinkRole { .. }
-        | Command::PromoteSink { .. }
-        | Command::RemoveSink { .. } => plan_sink(tx, command)?,
-        Command::IssueToken {
-            name,
-            role,
-            patterns,
-            expires_at,
-            token,
-        } => {
-            crate::identity::validate_token_name(&name)?;
-            crate::identity::validate_patterns(&patterns)?;
-            let keys = need_keys(keys)?;
-            if expires_at.is_some_and(|at| at <= now_ms()) {
-                return Err(Error::invalid(
-                    "the token's expiry is in the past; give a future --expires",
-                ));
-            }
-            // Never reused, even after revocation: the name is the principal that owns its
-            // private secrets and that the audit log names.
-            if tokens(tx)?.get(&name).is_some() {
-                return Err(Error::AlreadyExists {
-                    name,
-                    scope: "token (names are never reused)".into(),
-                });
-            }
-            Planned::Ledger(vec![Event::TokenIssued {
-                name,
-                role,
-                patterns,
-                expires_at,
-                hash: keys.fingerprint.token_hasher().hash(&token.0),
-            }])
-        }
-        Command::RevokeToken { name } => {
-            match tokens(tx)?.get(&name) {
-                Some(t) if t.revoked_at.is_none() => {}
-                _ => return Err(Error::TokenNotFound { name }),
-            }
-            Planned::Ledger(vec![Event::TokenRevoked { name }])
-        }
-        Command::ResetAnchors => Planned::Ledger(vec![Event::AnchorsReset]),
-        Command::RecordRecovery { source } => {
-            if seq != 1 {
-                return Err(Error::invalid(
-                    "a recovery is recorded only as a new ledger's first event",
-                ));
-            }
-            Planned::Ledger(vec![Event::LedgerRecovered { source }])
-        }
-        Command::Recover {
-            id,
-            name,
-            scope,
-            owner,
-            labels,
-            values,
-        } => {
-            if tx.secret(id)?.is_some() {
-                return Err(Error::invalid(format!("secret {id} is already in this ledger")));
-            }
-            let secret = NewSecret {
-                id,
-                name,
-                scope,
-                owner,
-                labels,
-                values,
-            };
-            secret.plan(tx, keys, settings, seq)?
-        }
-        Command::RecordRestore {
-            target_seq,
-            planned_at,
-        } => {
-            // `seq` is the seq this event gets, so the head is the one before it.
-            if planned_at + 1 != seq {
-                return Err(Error::ChangedMeanwhile { what: "restore" });
-            }
-            Planned::Ledger(vec![Event::LedgerRestored { target_seq }])
-        }
-        Command::Create {
-            name,
-            scope,
-            labels,
-            values,
-        } => {
-            let owner = actor.to_owned();
-            let secret = NewSecret {
-                id: SecretId::now_v7(),
-                name,
-                scope,
-                owner,
-                labels,
-                values,
-            };
-            secret.plan(tx, keys, settings, seq)?
-        }
-        Command::Update {
-            name,
-            set_values,
-            remove_keys,
-            set_labels,
-            remove_labels,
-        } => {
-            let meta = resolve(tx, actor, &name, Want::Live)?;
-            let master = &need_keys(keys)?.master;
-            for key in set_values.keys() {
-                validate::value_key(key)?;
-            }
-            validate::labels(&set_labels)?;
-            let (mut values, _) = open_values_at(tx, master, &meta, meta.value_seq)?;
-            for key in &remove_keys {
-                if set_values.contains_key(key) {
-                    return Err(Error::invalid(format!(
-                        "key {key:?} is both set and removed; do one or the other"
-                    )));
-                }
-                if !values.remove(key) {
-                    return Err(Error::invalid(format!(
-                        "secret {name:?} has no key {key:?} to remove"
-                    )));
-                }
-            }
-            for (k, v) in set_values.iter() {
-                values.insert(k, v);
-            }
-            let mut labels = meta.labels.clone();
-            for key in &remove_labels {
-                if labels.remove(key).is_none() {
-                    return Err(Error::invalid(format!(
-                        "secret {name:?} has no label {key:?} to remove"
-                    )));
-                }
-            }
-            labels.extend(set_labels);
-            replace_values(tx, keys, settings, meta, labels, values, seq)?
-        }
-        Command::Put {
-            name,
-            scope,
-            labels,
-            values,
-        } => {
-            let ns = namespace(scope, actor);
-            let existing = named(tx, actor, &name)?
-                .into_iter()
-                .find(|m| m.status == Status::Live && m.namespace() == ns);
-            match existing {
-                None => plan(
-                    tx,
-                    keys,
-                    settings,
-                    actor,
-                    Command::Create {
-                        name,
-                        scope,
-                        labels,
-                        values,
-                    },
-                    seq,
-                )?,
-                Some(meta) => {
-                    validate::labels(&labels)?;
-                    replace_values(tx, keys, settings, meta, labels, values, seq)?
-                }
-            }
-        }
-        Command::Rename { name, new_name } => {
-            validate::secret_name(&new_name)?;
-            // A deleted secret can be renamed too (when no live one has the name): that is how
-            // one whose name was taken since comes back under another (`undelete --as`).
-            let meta = resolve(tx, actor, &name, Want::Live)
-                .or_else(|live| resolve(tx, actor, &name, Want::Deleted).map_err(|_| live))?;
-            if new_name == meta.name {
-                return Ok(Planned::Nothing(meta));
-            }
-            ensure_name_free(tx, &meta.namespace(), meta.scope, &new_name)?;
-            Planned::Append {
-                secret_id: meta.id,
-                event: Event::SecretRenamed {
-                    from: meta.name.clone(),
-                    to: new_name,
-                },
-                before: Some(meta),
-            }
-        }
-        Command::Delete { name } => {
-            let meta = resolve(tx, actor, &name, Want::Live)?;
-            Planned::Append {
-                secret_id: meta.id,
-                event: Event::SecretDeleted,
-                before: Some(meta),
-            }
-        }
-        Command::Undelete { name } => {
-            let meta = resolve(tx, actor, &name, Want::Deleted)?;
-            ensure_name_free(tx, &meta.namespace(), meta.scope, &meta.name)?;
-            Planned::Append {
-                secret_id: meta.id,
-                event: Event::SecretRestored,
-                before: Some(meta),
-            }
-        }
-        Command::Purge { name } => {
-            let meta = resolve(tx, actor, &name, Want::Any)?;
-            if meta.status == Status::Purged {
-                return Err(Error::Purged { name });
-            }
-            tx.delete_wrapped_key(meta.id)?;
-            Planned::Append {
-                secret_id: meta.id,
-                event: Event::SecretPurged,
-                before: Some(meta),
-            }
-        }
-    })
 }
 
 impl Ledger {
@@ -682,30 +753,32 @@ impl Ledger {
             let actor = requests.first().map_or("sledger", |r| r.actor.as_str());
             append_ledger_event(&*tx, keys, &mut head, actor, event, now)?;
         }
-        let keys = Some(keys);
+        let planner = Planner::new(&*tx, Some(keys), settings);
+        planner.read_names(requests)?;
         let alone = requests.len() == 1;
         let mut results = Vec::with_capacity(requests.len());
         for request in requests {
             if alone {
                 // The transaction is the unit: a failure rolls it back as a whole.
-                results.push(Ok(append_request(&*tx, keys, settings, request, &mut head, now)?));
+                results.push(Ok(planner.append_request(request, &mut head, now)?));
                 continue;
             }
             tx.savepoint()?;
             let before = head;
-            match append_request(&*tx, keys, settings, request, &mut head, now) {
+            match planner.append_request(request, &mut head, now) {
                 Ok(outcomes) => {
                     tx.release_savepoint()?;
                     results.push(Ok(outcomes));
                 }
                 Err(e) => {
                     tx.rollback_savepoint()?;
+                    planner.rolled_back();
                     head = before;
                     results.push(Err(e));
                 }
             }
         }
-        mac::trust(&*tx, &keys.expect("checked above").mac, head)?;
+        mac::trust(&*tx, &keys.mac, head)?;
         finish_append(&*tx, self.settings, first_seq, head)?;
         tx.commit()?;
         let purged = results.iter().flatten().flatten().any(|o| {

@@ -1,8 +1,10 @@
 //! The façade: commands are validated against the catalog, sealed, chained and appended in one
 //! write transaction together with the catalog rows they change; reads come from the log.
 
+use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
+use std::rc::Rc;
 
 use serde::{Deserialize, Serialize};
 
@@ -11,7 +13,7 @@ use crate::crypto::{DataKey, FingerprintKey, MasterKey, SecretValues, SinkSealKe
 use crate::error::{Error, Result};
 use crate::event::{Event, Millis, Scope, SealedValues, SinkRole, StoredEvent};
 use crate::log::{self, chain_next, EventLog, Head, NewEvent};
-use crate::sink::SinkUrl;
+use crate::sink::{Capabilities, SinkUrl};
 use crate::store::{EventQuery, Location, Read, Store, StoreLog, Write};
 use crate::{validate, SecretId};
 

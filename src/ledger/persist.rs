@@ -82,16 +82,6 @@ pub(super) fn resolve(store: &dyn Store, actor: &str, name: &str, want: Want) ->
     })
 }
 
-pub(super) fn ensure_name_free(store: &dyn Store, ns: &str, scope: Scope, name: &str) -> Result<()> {
-    if store.name_taken(ns, name)? {
-        return Err(Error::AlreadyExists {
-            name: name.to_owned(),
-            scope: scope.to_string(),
-        });
-    }
-    Ok(())
-}
-
 /// The attached sinks, folded from the log's sink events (found through the type index: a
 /// handful of events). The `sinks` table is not trusted for this: it is outside the chain, and
 /// a URL edited there would send values wherever it names.

@@ -29,6 +29,68 @@ pub fn run_all(fresh: Fresh<'_>) {
     snapshots_and_derived_state(fresh);
     other_connections_see_only_commits(fresh);
     settings_are_listed(fresh);
+    a_write_transaction_reads_its_own_writes(fresh);
+    a_failed_write_never_commits(fresh);
+}
+
+fn a_write_transaction_reads_its_own_writes(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    let id = SecretId::now_v7();
+    let tx = Write::begin(&*store).unwrap();
+    tx.set_setting("k", b"before").unwrap();
+    assert_eq!(tx.setting("k").unwrap(), Some(b"before".to_vec()));
+    tx.put_secret(&meta(id, "db", Scope::Workspace, "alice", Status::Live, 1))
+        .unwrap();
+    let asked = |names: &[(&str, &str)]| -> Vec<(String, String)> {
+        names
+            .iter()
+            .map(|(ns, n)| (ns.to_string(), n.to_string()))
+            .collect()
+    };
+    assert!(tx.name_taken("workspace", "db").unwrap());
+    assert_eq!(
+        tx.names_taken(&asked(&[
+            ("workspace", "db"),
+            ("private:alice", "db"),
+            ("workspace", "api")
+        ]))
+        .unwrap(),
+        [true, false, false],
+        "one answer per name, in order"
+    );
+    tx.savepoint().unwrap();
+    tx.set_setting("k", b"inside").unwrap();
+    chain(&*tx, vec![(Some(id), Event::SecretDeleted)], 1);
+    assert_eq!(tx.setting("k").unwrap(), Some(b"inside".to_vec()));
+    assert_eq!(tx.head().unwrap().seq, 1);
+    tx.rollback_savepoint().unwrap();
+    assert_eq!(
+        tx.setting("k").unwrap(),
+        Some(b"before".to_vec()),
+        "a rolled-back unit's setting is undone inside the transaction"
+    );
+    assert_eq!(tx.head().unwrap(), Head::EMPTY);
+    tx.commit().unwrap();
+    assert_eq!(store.setting("k").unwrap(), Some(b"before".to_vec()));
+    assert_eq!(store.head().unwrap(), Head::EMPTY);
+}
+
+fn a_failed_write_never_commits(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    let id = SecretId::now_v7();
+    let tx = Write::begin(&*store).unwrap();
+    tx.set_setting("k", b"v").unwrap();
+    // A data key is written once: the second write fails, now or at the commit.
+    let written = tx
+        .put_wrapped_key(id, b"first")
+        .and_then(|()| tx.put_wrapped_key(id, b"second"));
+    let committed = written.and_then(|()| tx.commit());
+    assert!(
+        committed.is_err(),
+        "a transaction with a failed write does not commit"
+    );
+    assert_eq!(store.wrapped_key(id).unwrap(), None);
+    assert_eq!(store.setting("k").unwrap(), None, "nothing of it committed");
 }
 
 fn settings_are_listed(fresh: Fresh<'_>) {

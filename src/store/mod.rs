@@ -172,6 +172,11 @@ pub trait Store: Send {
     fn list_secrets(&self, query: &ListQuery, namespaces: &[&str], visit: ListVisit<'_>) -> Result<()>;
     /// Whether a live secret holds `name` in `namespace`.
     fn name_taken(&self, namespace: &str, name: &str) -> Result<bool>;
+    /// [`Store::name_taken`] for each (namespace, name), in order; a store may answer in fewer
+    /// round trips than one each.
+    fn names_taken(&self, names: &[(String, String)]) -> Result<Vec<bool>> {
+        names.iter().map(|(ns, name)| self.name_taken(ns, name)).collect()
+    }
     /// Every row with the id it is filed under, in ascending id order, until `visit` returns
     /// false.
     fn scan_all_secrets(&self, visit: &mut dyn FnMut(SecretId, SecretMeta) -> Result<bool>) -> Result<()>;

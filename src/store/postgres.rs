@@ -13,7 +13,7 @@
 //!   the password file (`PGPASSFILE`, else `~/.pgpass`, ignored unless owner-only) as libpq
 //!   reads them. TLS is rustls with the system's roots (`sslmode=require` insists on it).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -48,10 +48,45 @@ const RESOLVE_COMMIT_FOR: std::time::Duration = std::time::Duration::from_secs(3
 /// Rows read per query of a scan.
 const PAGE: i64 = 1000;
 
+const HEAD: &str = "SELECT seq, hash, recorded_at FROM events ORDER BY seq DESC LIMIT 1";
+
+const SETTINGS: &str = "SELECT key, value, int_value FROM ledger_meta ORDER BY key";
+
 const SELECT_EVENTS: &str = "SELECT seq, event_id, recorded_at, actor, secret_id, event_type, \
      event_version, payload, prev_hash, hash, mac FROM events";
 
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
+
+/// Parameters a deferred write owns until it is sent.
+type OwnedParams = Vec<Box<dyn ToSql + Sync + Send>>;
+
+/// A write of the open transaction, sent later (see `PgStore::deferred`).
+enum Deferred {
+    /// Transaction control, in the simple protocol.
+    Command(String),
+    Statement(Statement, OwnedParams),
+}
+
+impl Deferred {
+    async fn send(&self, client: &tokio_postgres::Client) -> PgResult<()> {
+        match self {
+            Deferred::Command(sql) => client.batch_execute(sql).await,
+            Deferred::Statement(statement, params) => {
+                let params: Params<'_> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+                client.execute(statement, &params).await.map(drop)
+            }
+        }
+    }
+}
+
+/// What a write transaction reads once and keeps: while it holds the write lock nobody else
+/// moves the head or changes a setting, so each costs one round trip per transaction, not one
+/// per call.
+#[derive(Clone, Default)]
+struct Held {
+    /// Loaded together on first use.
+    loaded: Option<(Head, BTreeMap<String, Setting>)>,
+}
 
 /// A `postgres://` ledger URL, checked: no password in it, every option one the driver knows.
 #[derive(Clone)]
@@ -272,14 +307,6 @@ impl Client {
         wait(self.0.query_one(statement, params))
     }
 
-    fn execute<T: ?Sized + ToStatement>(
-        &self,
-        statement: &T,
-        params: &[&(dyn ToSql + Sync)],
-    ) -> PgResult<u64> {
-        wait(self.0.execute(statement, params))
-    }
-
     /// Whether the database holds a sledger ledger's schema.
     fn has_ledger(&self) -> PgResult<bool> {
         self.query_one(
@@ -417,6 +444,40 @@ fn read_event(r: &Row) -> Result<StoredEvent> {
     })
 }
 
+fn read_head(rows: &[Row]) -> Result<Head> {
+    let Some(row) = rows.first() else {
+        return Ok(Head::EMPTY);
+    };
+    let seq = row.try_get::<_, i64>(0)? as u64;
+    Ok(Head {
+        seq,
+        hash: row
+            .try_get::<_, Vec<u8>>(1)?
+            .try_into()
+            .map_err(|_| Error::ChainBroken {
+                seq,
+                reason: "the stored hash is not 32 bytes".into(),
+            })?,
+        recorded_at: row.try_get(2)?,
+    })
+}
+
+fn read_settings(rows: &[Row]) -> Result<Vec<(String, Setting)>> {
+    rows.iter()
+        .map(|r| {
+            let value = match (
+                r.try_get::<_, Option<Vec<u8>>>(1)?,
+                r.try_get::<_, Option<i64>>(2)?,
+            ) {
+                (Some(bytes), _) => Setting::Bytes(bytes),
+                (None, Some(number)) => Setting::Int(number),
+                (None, None) => return Err(Error::Corrupt("a ledger setting has no value".into())),
+            };
+            Ok((r.try_get(0)?, value))
+        })
+        .collect()
+}
+
 /// A ledger's store in a PostgreSQL database: one connection, reconnected when it was lost
 /// (between transactions; a transaction in flight fails with a temporary error).
 pub struct PgStore {
@@ -425,10 +486,19 @@ pub struct PgStore {
     statements: RefCell<HashMap<String, Statement>>,
     /// Event ids appended in the open write transaction, to resolve a lost COMMIT.
     appended: RefCell<Vec<uuid::Uuid>>,
-    /// Appended events not sent yet: they go as one statement before the transaction's next
-    /// statement (or its COMMIT), not one round trip each.
+    /// Appended events not queued yet: they become one statement, queued before the next write.
     pending: RefCell<Vec<StoredEvent>>,
-    in_transaction: std::cell::Cell<bool>,
+    /// Writes of the open write transaction not sent yet. They go in one pipeline with the next
+    /// statement whose answer is needed, or with the COMMIT, so a request's writes cost no round
+    /// trips of their own.
+    deferred: RefCell<Vec<Deferred>>,
+    /// A deferred write failed: the transaction can only roll back.
+    failed: Cell<bool>,
+    /// Set for the length of a write transaction; with its copy (and how many events were
+    /// appended) at the savepoint.
+    held: RefCell<Option<Held>>,
+    held_at_savepoint: RefCell<Option<(Held, usize)>>,
+    in_transaction: Cell<bool>,
 }
 
 impl std::fmt::Debug for PgStore {
@@ -496,7 +566,11 @@ impl PgStore {
             statements: RefCell::new(HashMap::new()),
             appended: RefCell::new(Vec::new()),
             pending: RefCell::new(Vec::new()),
-            in_transaction: std::cell::Cell::new(false),
+            deferred: RefCell::new(Vec::new()),
+            failed: Cell::new(false),
+            held: RefCell::new(None),
+            held_at_savepoint: RefCell::new(None),
+            in_transaction: Cell::new(false),
         })
     }
 
@@ -537,58 +611,133 @@ impl PgStore {
         if !self.in_transaction.get() {
             self.ensure_connected()?;
         }
-        self.send_appends()?;
         let statement = self.statement(sql)?;
-        Ok(self.client.borrow().query(&statement, params)?)
+        self.pipelined(async |client| client.query(&statement, params).await)
     }
 
     fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
         if !self.in_transaction.get() {
             self.ensure_connected()?;
         }
-        self.send_appends()?;
         let statement = self.statement(sql)?;
-        Ok(self.client.borrow().execute(&statement, params)?)
+        self.pipelined(async |client| client.execute(&statement, params).await)
     }
 
     fn batch(&self, sql: &str) -> Result<()> {
-        self.send_appends()?;
-        Ok(self.client.borrow().batch_execute(sql)?)
+        self.pipelined(async |client| client.batch_execute(sql).await)
     }
 
-    /// Insert the pending appends, in seq order, with one statement.
-    fn send_appends(&self) -> Result<()> {
+    /// A write whose answer nobody needs: deferred inside a write transaction, sent now outside.
+    fn write(&self, sql: &str, params: OwnedParams) -> Result<()> {
+        if self.held.borrow().is_none() {
+            let params: Params<'_> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
+            return self.execute(sql, &params).map(drop);
+        }
+        let statement = self.statement(sql)?;
+        self.defer(Deferred::Statement(statement, params))
+    }
+
+    /// Queue a write of the write transaction (or send it now outside one).
+    fn defer(&self, write: Deferred) -> Result<()> {
+        match (&write, self.held.borrow().is_some()) {
+            (_, true) => {}
+            (Deferred::Command(sql), false) => return self.batch(sql),
+            (Deferred::Statement(..), false) => unreachable!("statements are deferred only by `write`"),
+        }
+        self.usable()?;
+        self.queue_appends()?;
+        self.deferred.borrow_mut().push(write);
+        Ok(())
+    }
+
+    /// Refuse to go on in a transaction one of whose deferred writes failed.
+    fn usable(&self) -> Result<()> {
+        if self.failed.get() {
+            return Err(Error::LedgerDatabase {
+                message: "an earlier write of this transaction failed; it was rolled back".into(),
+                temporary: false,
+            });
+        }
+        Ok(())
+    }
+
+    /// Send the deferred writes and then `request` in one pipeline: one round trip for all.
+    /// A deferred write that failed is the error, and fails the transaction (see `usable`).
+    fn pipelined<T>(&self, request: impl AsyncFnOnce(&tokio_postgres::Client) -> PgResult<T>) -> Result<T> {
+        self.usable()?;
+        self.queue_appends()?;
+        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        let client = self.client.borrow();
+        let (written, answer) = wait(async {
+            // Each request is sent when first polled, and these are polled in order.
+            let writes = futures::future::join_all(deferred.iter().map(|d| d.send(&client.0)));
+            futures::join!(writes, request(&client.0))
+        });
+        if let Some(e) = written.into_iter().find_map(PgResult::err) {
+            self.failed.set(true);
+            return Err(e.into());
+        }
+        Ok(answer?)
+    }
+
+    /// Turn the pending appends into one deferred statement, in seq order.
+    fn queue_appends(&self) -> Result<()> {
         let pending = std::mem::take(&mut *self.pending.borrow_mut());
         if pending.is_empty() {
             return Ok(());
         }
         let column = |f: &dyn Fn(&StoredEvent) -> Vec<u8>| pending.iter().map(f).collect::<Vec<_>>();
-        let seqs: Vec<i64> = pending.iter().map(|e| e.seq as i64).collect();
-        let ids = column(&|e| e.event_id.as_bytes().to_vec());
-        let times: Vec<i64> = pending.iter().map(|e| e.recorded_at).collect();
-        let actors: Vec<&str> = pending.iter().map(|e| e.actor.as_str()).collect();
-        let secrets: Vec<Option<Vec<u8>>> = pending
-            .iter()
-            .map(|e| e.secret_id.map(|id| id.as_bytes().to_vec()))
-            .collect();
-        let types: Vec<&str> = pending.iter().map(|e| e.event_type.as_str()).collect();
-        let versions: Vec<i32> = pending.iter().map(|e| e.event_version as i32).collect();
-        let payloads: Vec<&[u8]> = pending.iter().map(|e| e.payload.as_slice()).collect();
-        let prev = column(&|e| e.prev_hash.to_vec());
-        let hashes = column(&|e| e.hash.to_vec());
-        let macs: Vec<Option<Vec<u8>>> = pending.iter().map(|e| e.mac.map(|m| m.to_vec())).collect();
+        let params: OwnedParams = vec![
+            Box::new(pending.iter().map(|e| e.seq as i64).collect::<Vec<_>>()),
+            Box::new(column(&|e| e.event_id.as_bytes().to_vec())),
+            Box::new(pending.iter().map(|e| e.recorded_at).collect::<Vec<_>>()),
+            Box::new(pending.iter().map(|e| e.actor.clone()).collect::<Vec<_>>()),
+            Box::new(
+                pending
+                    .iter()
+                    .map(|e| e.secret_id.map(|id| id.as_bytes().to_vec()))
+                    .collect::<Vec<_>>(),
+            ),
+            Box::new(pending.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>()),
+            Box::new(pending.iter().map(|e| e.event_version as i32).collect::<Vec<_>>()),
+            Box::new(column(&|e| e.payload.clone())),
+            Box::new(column(&|e| e.prev_hash.to_vec())),
+            Box::new(column(&|e| e.hash.to_vec())),
+            Box::new(
+                pending
+                    .iter()
+                    .map(|e| e.mac.map(|m| m.to_vec()))
+                    .collect::<Vec<_>>(),
+            ),
+        ];
         let statement = self.statement(
             "INSERT INTO events (seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash, mac)
              SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::text[], $5::bytea[], $6::text[],
                                   $7::integer[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[])",
         )?;
-        self.client.borrow().execute(
-            &statement,
-            &[
-                &seqs, &ids, &times, &actors, &secrets, &types, &versions, &payloads, &prev, &hashes, &macs,
-            ],
-        )?;
+        self.deferred
+            .borrow_mut()
+            .push(Deferred::Statement(statement, params));
         Ok(())
+    }
+
+    /// The write transaction's head and settings, read once (see [`Held`]); `None` outside one.
+    fn held<T>(&self, read: impl FnOnce(&mut (Head, BTreeMap<String, Setting>)) -> T) -> Result<Option<T>> {
+        if self.held.borrow().as_ref().is_some_and(|h| h.loaded.is_none()) {
+            let (head, settings) = self.pipelined(async |client| {
+                futures::try_join!(client.query(HEAD, &[]), client.query(SETTINGS, &[]),)
+            })?;
+            let loaded = (read_head(&head)?, read_settings(&settings)?.into_iter().collect());
+            if let Some(held) = self.held.borrow_mut().as_mut() {
+                held.loaded = Some(loaded);
+            }
+        }
+        Ok(self
+            .held
+            .borrow_mut()
+            .as_mut()
+            .and_then(|h| h.loaded.as_mut())
+            .map(read))
     }
 
     /// Events a query selects, a page at a time, in its direction. `filter` adds conditions
@@ -636,19 +785,41 @@ impl PgStore {
             .collect()
     }
 
-    fn upsert_setting(&self, key: &str, value: Option<&[u8]>, int_value: Option<i64>) -> Result<()> {
-        self.execute(
+    fn setting_value(&self, key: &str) -> Result<Option<Setting>> {
+        if let Some(value) = self.held(|(_, settings)| settings.get(key).cloned())? {
+            return Ok(value);
+        }
+        let rows = self.query(
+            "SELECT key, value, int_value FROM ledger_meta WHERE key = $1",
+            &[&key],
+        )?;
+        Ok(read_settings(&rows)?.pop().map(|(_, value)| value))
+    }
+
+    fn upsert_setting(&self, key: &str, value: Setting) -> Result<()> {
+        let (bytes, number) = match &value {
+            Setting::Bytes(bytes) => (Some(bytes.clone()), None),
+            Setting::Int(number) => (None, Some(*number)),
+        };
+        self.write(
             "INSERT INTO ledger_meta (key, value, int_value) VALUES ($1, $2, $3)
              ON CONFLICT (key) DO UPDATE SET value = excluded.value, int_value = excluded.int_value",
-            &[&key, &value, &int_value],
+            vec![Box::new(key.to_owned()), Box::new(bytes), Box::new(number)],
         )?;
+        if let Some((_, settings)) = self.held.borrow_mut().as_mut().and_then(|h| h.loaded.as_mut()) {
+            settings.insert(key.to_owned(), value);
+        }
         Ok(())
     }
 }
 
 fn configure(client: &Client) -> Result<()> {
-    // Lock waits end like SQLite's busy timeout; the schema is sledger's own.
-    client.batch_execute("SET search_path TO sledger; SET lock_timeout = '10s'")?;
+    // Lock waits end like SQLite's busy timeout; the schema is sledger's own. Each statement is
+    // planned for its parameters: a generic plan made while a table was nearly empty (a new
+    // ledger) would scan it whole for ever after, since the plan is kept until the next ANALYZE.
+    client.batch_execute(
+        "SET search_path TO sledger; SET lock_timeout = '10s'; SET plan_cache_mode = force_custom_plan",
+    )?;
     Ok(())
 }
 
@@ -656,27 +827,33 @@ impl Store for PgStore {
     fn begin_write(&self) -> Result<()> {
         self.ensure_connected()?;
         self.appended.borrow_mut().clear();
-        self.batch(&format!(
-            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
-        ))
-        .inspect_err(|_| {
-            let _ = self.batch("ROLLBACK");
-        })?;
+        self.failed.set(false);
         self.in_transaction.set(true);
-        Ok(())
+        *self.held.borrow_mut() = Some(Held::default());
+        // Sent with the transaction's first read: the head and settings (see `held`).
+        self.defer(Deferred::Command(format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
+        )))
     }
 
     fn commit(&self) -> Result<()> {
+        if let Err(e) = self.usable() {
+            self.rollback();
+            return Err(e);
+        }
+        self.held.take();
+        self.held_at_savepoint.take();
         self.in_transaction.set(false);
         let appended = std::mem::take(&mut *self.appended.borrow_mut());
-        // Delivered to every listener when (and only if) the transaction commits.
-        let notified = if appended.is_empty() {
-            Ok(())
+        // The notice reaches every listener when (and only if) the transaction commits.
+        let committed = if appended.is_empty() {
+            self.batch("COMMIT")
         } else {
-            self.batch(&format!("NOTIFY {APPENDED_CHANNEL}"))
+            self.batch(&format!("NOTIFY {APPENDED_CHANNEL}; COMMIT"))
         };
-        let committed = notified.and_then(|()| self.batch("COMMIT"));
         let Err(e) = committed else { return Ok(()) };
+        self.failed.set(false);
+        self.deferred.borrow_mut().clear();
         if !e.is_temporary() {
             return Err(e);
         }
@@ -727,6 +904,10 @@ impl Store for PgStore {
         self.in_transaction.set(false);
         self.appended.borrow_mut().clear();
         self.pending.borrow_mut().clear();
+        self.deferred.borrow_mut().clear();
+        self.failed.set(false);
+        self.held.take();
+        self.held_at_savepoint.take();
         if !self.client.borrow().is_closed() {
             if let Err(e) = self.batch("ROLLBACK") {
                 tracing::debug!(error = %e, "rollback failed");
@@ -742,40 +923,44 @@ impl Store for PgStore {
     }
 
     fn savepoint(&self) -> Result<()> {
-        self.batch("SAVEPOINT unit")
+        let held = self.held.borrow().clone().unwrap_or_default();
+        *self.held_at_savepoint.borrow_mut() = Some((held, self.appended.borrow().len()));
+        self.defer(Deferred::Command("SAVEPOINT unit".into()))
     }
 
     fn release_savepoint(&self) -> Result<()> {
-        self.batch("RELEASE SAVEPOINT unit")
+        self.held_at_savepoint.take();
+        self.defer(Deferred::Command("RELEASE SAVEPOINT unit".into()))
     }
 
     fn rollback_savepoint(&self) -> Result<()> {
-        self.batch("ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit")
+        self.usable()?;
+        if let Some((held, appended)) = self.held_at_savepoint.take() {
+            if let Some(now) = self.held.borrow_mut().as_mut() {
+                *now = held;
+            }
+            self.appended.borrow_mut().truncate(appended);
+        }
+        self.defer(Deferred::Command(
+            "ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit".into(),
+        ))
     }
 
     fn head(&self) -> Result<Head> {
-        let rows = self.query(
-            "SELECT seq, hash, recorded_at FROM events ORDER BY seq DESC LIMIT 1",
-            &[],
-        )?;
-        let Some(row) = rows.first() else {
-            return Ok(Head::EMPTY);
-        };
-        let seq = row.try_get::<_, i64>(0)? as u64;
-        Ok(Head {
-            seq,
-            hash: row
-                .try_get::<_, Vec<u8>>(1)?
-                .try_into()
-                .map_err(|_| Error::ChainBroken {
-                    seq,
-                    reason: "the stored hash is not 32 bytes".into(),
-                })?,
-            recorded_at: row.try_get(2)?,
-        })
+        if let Some(head) = self.held(|(head, _)| *head)? {
+            return Ok(head);
+        }
+        read_head(&self.query(HEAD, &[])?)
     }
 
     fn append(&self, e: &StoredEvent) -> Result<()> {
+        self.held(|(head, _)| {
+            *head = Head {
+                seq: e.seq,
+                hash: e.hash,
+                recorded_at: e.recorded_at,
+            }
+        })?;
         self.appended.borrow_mut().push(e.event_id);
         self.pending.borrow_mut().push(e.clone());
         Ok(())
@@ -854,65 +1039,38 @@ impl Store for PgStore {
     }
 
     fn setting(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let rows = self.query("SELECT value, int_value FROM ledger_meta WHERE key = $1", &[&key])?;
-        Ok(rows.first().map(|r| {
-            r.get::<_, Option<Vec<u8>>>(0)
-                .unwrap_or_else(|| r.get::<_, Option<i64>>(1).unwrap_or(0).to_string().into_bytes())
+        Ok(self.setting_value(key)?.map(|value| match value {
+            Setting::Bytes(bytes) => bytes,
+            Setting::Int(number) => number.to_string().into_bytes(),
         }))
     }
 
     fn setting_int(&self, key: &str) -> Result<Option<i64>> {
-        let rows = self.query("SELECT int_value FROM ledger_meta WHERE key = $1", &[&key])?;
-        rows.first()
-            .map(|r| {
-                r.try_get::<_, Option<i64>>(0)?
-                    .ok_or_else(|| Error::Corrupt(format!("setting {key} is not a number")))
+        self.setting_value(key)?
+            .map(|value| match value {
+                Setting::Int(number) => Ok(number),
+                Setting::Bytes(_) => Err(Error::Corrupt(format!("setting {key} is not a number"))),
             })
             .transpose()
     }
 
     fn set_setting(&self, key: &str, value: &[u8]) -> Result<()> {
-        self.upsert_setting(key, Some(value), None)
+        self.upsert_setting(key, Setting::Bytes(value.to_vec()))
     }
 
     fn set_setting_int(&self, key: &str, value: i64) -> Result<()> {
-        self.upsert_setting(key, None, Some(value))
+        self.upsert_setting(key, Setting::Int(value))
     }
 
     fn settings(&self) -> Result<Vec<(String, Setting)>> {
-        let rows = self.query("SELECT key, value, int_value FROM ledger_meta ORDER BY key", &[])?;
-        rows.iter()
-            .map(|r| {
-                let value = match (
-                    r.try_get::<_, Option<Vec<u8>>>(1)?,
-                    r.try_get::<_, Option<i64>>(2)?,
-                ) {
-                    (Some(bytes), _) => Setting::Bytes(bytes),
-                    (None, Some(number)) => Setting::Int(number),
-                    (None, None) => return Err(Error::Corrupt("a ledger setting has no value".into())),
-                };
-                Ok((r.try_get(0)?, value))
-            })
-            .collect()
+        if let Some(settings) = self.held(|(_, settings)| settings.clone().into_iter().collect())? {
+            return Ok(settings);
+        }
+        read_settings(&self.query(SETTINGS, &[])?)
     }
 
     fn put_secret(&self, m: &SecretMeta) -> Result<()> {
-        let id = m.id.as_bytes().as_slice();
-        let (namespace, status) = (m.namespace(), m.status.as_str());
-        self.execute(
-            "INSERT INTO catalog (secret_id, namespace, name, status, updated_seq, meta) VALUES ($1, $2, $3, $4, $5, $6)
-             ON CONFLICT (secret_id) DO UPDATE SET namespace = excluded.namespace, name = excluded.name,
-             status = excluded.status, updated_seq = excluded.updated_seq, meta = excluded.meta",
-            &[&id, &namespace, &m.name, &status, &(m.updated_seq as i64), &m.to_bytes()],
-        )?;
-        self.execute("DELETE FROM catalog_labels WHERE secret_id = $1", &[&id])?;
-        for (key, value) in &m.labels {
-            self.execute(
-                "INSERT INTO catalog_labels (key, value, status, name, namespace, secret_id) VALUES ($1, $2, $3, $4, $5, $6)",
-                &[key, value, &status, &m.name, &namespace, &id],
-            )?;
-        }
-        Ok(())
+        self.put_secrets(std::slice::from_ref(m))
     }
 
     fn put_secrets(&self, metas: &[SecretMeta]) -> Result<()> {
@@ -927,25 +1085,13 @@ impl Store for PgStore {
             .filter(|(i, meta)| last[&meta.id] == *i)
             .map(|(_, meta)| meta)
             .collect();
-        let ids: Vec<&[u8]> = rows.iter().map(|m| m.id.as_bytes().as_slice()).collect();
+        let ids: Vec<Vec<u8>> = rows.iter().map(|m| m.id.as_bytes().to_vec()).collect();
         let namespaces: Vec<String> = rows.iter().map(|m| m.namespace()).collect();
-        let names: Vec<&str> = rows.iter().map(|m| m.name.as_str()).collect();
-        let statuses: Vec<&str> = rows.iter().map(|m| m.status.as_str()).collect();
+        let names: Vec<String> = rows.iter().map(|m| m.name.clone()).collect();
+        let statuses: Vec<&'static str> = rows.iter().map(|m| m.status.as_str()).collect();
         let seqs: Vec<i64> = rows.iter().map(|m| m.updated_seq as i64).collect();
         let blobs: Vec<Vec<u8>> = rows.iter().map(|m| m.to_bytes().to_vec()).collect();
-        self.execute(
-            "INSERT INTO catalog (secret_id, namespace, name, status, updated_seq, meta)
-             SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])
-             ON CONFLICT (secret_id) DO UPDATE SET namespace = excluded.namespace, name = excluded.name,
-             status = excluded.status, updated_seq = excluded.updated_seq, meta = excluded.meta",
-            &[&ids, &namespaces, &names, &statuses, &seqs, &blobs],
-        )?;
-        self.execute("DELETE FROM catalog_labels WHERE secret_id = ANY($1)", &[&ids])?;
-        let labelled = rows
-            .iter()
-            .zip(&namespaces)
-            .flat_map(|(m, ns)| m.labels.iter().map(move |(k, v)| (*m, ns, k, v)));
-        let (mut keys, mut values, mut statuses, mut names, mut spaces, mut owners) = (
+        let (mut keys, mut values, mut label_statuses, mut label_names, mut spaces, mut owners) = (
             Vec::new(),
             Vec::new(),
             Vec::new(),
@@ -953,20 +1099,49 @@ impl Store for PgStore {
             Vec::new(),
             Vec::new(),
         );
-        for (meta, namespace, key, value) in labelled {
-            keys.push(key.as_str());
-            values.push(value.as_str());
-            statuses.push(meta.status.as_str());
-            names.push(meta.name.as_str());
-            spaces.push(namespace.as_str());
-            owners.push(meta.id.as_bytes().as_slice());
+        for ((meta, namespace), id) in rows.iter().zip(&namespaces).zip(&ids) {
+            for (key, value) in &meta.labels {
+                keys.push(key.clone());
+                values.push(value.clone());
+                label_statuses.push(meta.status.as_str());
+                label_names.push(meta.name.clone());
+                spaces.push(namespace.clone());
+                owners.push(id.clone());
+            }
         }
-        self.execute(
+        self.write(
+            "INSERT INTO catalog (secret_id, namespace, name, status, updated_seq, meta)
+             SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])
+             ON CONFLICT (secret_id) DO UPDATE SET namespace = excluded.namespace, name = excluded.name,
+             status = excluded.status, updated_seq = excluded.updated_seq, meta = excluded.meta",
+            vec![
+                Box::new(ids.clone()),
+                Box::new(namespaces),
+                Box::new(names),
+                Box::new(statuses),
+                Box::new(seqs),
+                Box::new(blobs),
+            ],
+        )?;
+        self.write(
+            "DELETE FROM catalog_labels WHERE secret_id = ANY($1)",
+            vec![Box::new(ids)],
+        )?;
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.write(
             "INSERT INTO catalog_labels (key, value, status, name, namespace, secret_id)
              SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])",
-            &[&keys, &values, &statuses, &names, &spaces, &owners],
-        )?;
-        Ok(())
+            vec![
+                Box::new(keys),
+                Box::new(values),
+                Box::new(label_statuses),
+                Box::new(label_names),
+                Box::new(spaces),
+                Box::new(owners),
+            ],
+        )
     }
 
     fn secret(&self, id: SecretId) -> Result<Option<SecretMeta>> {
@@ -1052,6 +1227,23 @@ impl Store for PgStore {
             .is_empty())
     }
 
+    fn names_taken(&self, names: &[(String, String)]) -> Result<Vec<bool>> {
+        let (namespaces, names): (Vec<&str>, Vec<&str>) = names
+            .iter()
+            .map(|(ns, name)| (ns.as_str(), name.as_str()))
+            .unzip();
+        let mut taken = vec![false; names.len()];
+        let rows = self.query(
+            "SELECT n.i FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS n(ns, name, i)
+             WHERE EXISTS (SELECT 1 FROM catalog c WHERE c.namespace = n.ns AND c.name = n.name AND c.status = 'live')",
+            &[&namespaces, &names],
+        )?;
+        for row in &rows {
+            taken[row.try_get::<_, i64>(0)? as usize - 1] = true;
+        }
+        Ok(taken)
+    }
+
     fn scan_all_secrets(&self, visit: &mut dyn FnMut(SecretId, SecretMeta) -> Result<bool>) -> Result<()> {
         let mut after: Vec<u8> = Vec::new();
         loop {
@@ -1086,29 +1278,23 @@ impl Store for PgStore {
     }
 
     fn put_wrapped_key(&self, id: SecretId, wrapped: &[u8]) -> Result<()> {
-        self.execute(
-            "INSERT INTO secret_keys (secret_id, wrapped) VALUES ($1, $2)",
-            &[&id.as_bytes().as_slice(), &wrapped],
-        )?;
-        Ok(())
+        self.put_wrapped_keys(&[(id, wrapped.to_vec())])
     }
 
     fn put_wrapped_keys(&self, keys: &[(SecretId, Vec<u8>)]) -> Result<()> {
-        let ids: Vec<&[u8]> = keys.iter().map(|(id, _)| id.as_bytes().as_slice()).collect();
-        let wrapped: Vec<&[u8]> = keys.iter().map(|(_, w)| w.as_slice()).collect();
-        self.execute(
+        let ids: Vec<Vec<u8>> = keys.iter().map(|(id, _)| id.as_bytes().to_vec()).collect();
+        let wrapped: Vec<Vec<u8>> = keys.iter().map(|(_, w)| w.clone()).collect();
+        self.write(
             "INSERT INTO secret_keys (secret_id, wrapped) SELECT * FROM unnest($1::bytea[], $2::bytea[])",
-            &[&ids, &wrapped],
-        )?;
-        Ok(())
+            vec![Box::new(ids), Box::new(wrapped)],
+        )
     }
 
     fn delete_wrapped_key(&self, id: SecretId) -> Result<()> {
-        self.execute(
+        self.write(
             "DELETE FROM secret_keys WHERE secret_id = $1",
-            &[&id.as_bytes().as_slice()],
-        )?;
-        Ok(())
+            vec![Box::new(id.as_bytes().to_vec())],
+        )
     }
 
     fn scan_wrapped_keys(&self, visit: &mut dyn FnMut(SecretId, Vec<u8>) -> Result<bool>) -> Result<()> {
@@ -1134,9 +1320,9 @@ impl Store for PgStore {
         let mut count = 0;
         self.scan_wrapped_keys(&mut |id, wrapped| {
             let wrapped = rewrap(id, &wrapped)?;
-            self.execute(
+            self.write(
                 "UPDATE secret_keys SET wrapped = $2 WHERE secret_id = $1",
-                &[&id.as_bytes().as_slice(), &wrapped],
+                vec![Box::new(id.as_bytes().to_vec()), Box::new(wrapped)],
             )?;
             count += 1;
             Ok(true)
@@ -1164,20 +1350,30 @@ impl Store for PgStore {
     }
 
     fn put_sinks(&self, sinks: &BTreeMap<String, SinkConfig>) -> Result<()> {
-        self.execute("DELETE FROM sinks", &[])?;
+        self.write("DELETE FROM sinks", vec![])?;
         for s in sinks.values() {
-            self.execute(
+            self.write(
                 "INSERT INTO sinks (name, url, role, added_seq) VALUES ($1, $2, $3, $4)",
-                &[&s.name, &s.url, &s.role.as_str(), &(s.added_seq as i64)],
+                vec![
+                    Box::new(s.name.clone()),
+                    Box::new(s.url.clone()),
+                    Box::new(s.role.as_str()),
+                    Box::new(s.added_seq as i64),
+                ],
             )?;
         }
         Ok(())
     }
 
     fn forget_sink_progress(&self, sink: &str) -> Result<()> {
-        self.execute("DELETE FROM sink_state WHERE name = $1", &[&sink])?;
-        self.execute("DELETE FROM parked WHERE sink = $1", &[&sink])?;
-        Ok(())
+        self.write(
+            "DELETE FROM sink_state WHERE name = $1",
+            vec![Box::new(sink.to_owned())],
+        )?;
+        self.write(
+            "DELETE FROM parked WHERE sink = $1",
+            vec![Box::new(sink.to_owned())],
+        )
     }
 
     fn sink_progress(&self, sink: &str) -> Result<SinkProgress> {

@@ -207,7 +207,7 @@ pub enum Cut {
 }
 
 /// A TCP proxy in front of a PostgreSQL that, when armed, cuts one connection at its next
-/// COMMIT (a simple-protocol `Q` message): the "unknown commit outcome" a client must resolve.
+/// COMMIT (a simple-protocol `Q` message ending in one): the "unknown commit outcome" a client must resolve.
 pub struct CuttingProxy {
     pub port: u16,
     mode: std::sync::Arc<std::sync::Mutex<Cut>>,
@@ -250,7 +250,9 @@ impl CuttingProxy {
                 });
                 let (modes, counted) = (modes.clone(), counted.clone());
                 std::thread::spawn(move || {
-                    const COMMIT: &[u8] = b"Q\0\0\0\x0bCOMMIT\0";
+                    // The end of a simple-protocol query whose last statement is COMMIT (the
+                    // store sends its NOTIFY in the same message).
+                    const COMMIT: &[u8] = b"COMMIT\0";
                     let mut buf = vec![0u8; 1 << 16];
                     loop {
                         let n = match client_reader.read(&mut buf) {
