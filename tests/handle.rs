@@ -1,9 +1,12 @@
 //! The concurrent ledger handle: group commit gives every caller its own result.
 
+mod common;
+
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
 use sledger::ledger::Request;
+use sledger::store::Location;
 use sledger::{
     Command, Error, Ledger, LedgerHandle, LedgerSettings, MasterKey, Outcome, ReadPoint, Scope, SecretValues,
 };
@@ -53,7 +56,21 @@ fn new_ledger(dir: &tempfile::TempDir) -> (std::path::PathBuf, MasterKey) {
 fn a_failing_request_in_a_group_fails_alone() {
     let dir = tempfile::tempdir().unwrap();
     let (path, master) = new_ledger(&dir);
-    let mut ledger = Ledger::open_with_key(&path, master).unwrap();
+    group_with_a_failing_request(Ledger::open_with_key(&path, master).unwrap());
+}
+
+/// The same on PostgreSQL, whose store holds a group's writes and sends them merged: a request
+/// rolled back before they were sent, and one rolled back after, each undo only their own.
+#[test]
+fn a_failing_request_in_a_group_fails_alone_on_postgres() {
+    let server = common::pg::Postgres::start();
+    let location = Location::parse(&server.database("group")).unwrap();
+    let master = MasterKey::generate();
+    let ledger = Ledger::init(location, master, LedgerSettings::default()).unwrap();
+    group_with_a_failing_request(ledger);
+}
+
+fn group_with_a_failing_request(mut ledger: Ledger) {
     let request = |commands| Request {
         actor: "alice".into(),
         commands,

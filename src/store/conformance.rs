@@ -80,15 +80,15 @@ fn a_failed_write_never_commits(fresh: Fresh<'_>) {
     let id = SecretId::now_v7();
     let tx = Write::begin(&*store).unwrap();
     tx.set_setting("k", b"v").unwrap();
-    // A data key is written once: the second write fails, now or at the commit.
-    let written = tx
-        .put_wrapped_key(id, b"first")
-        .and_then(|()| tx.put_wrapped_key(id, b"second"));
-    let committed = written.and_then(|()| tx.commit());
+    tx.put_wrapped_key(id, b"wrapped").unwrap();
+    let appended = chain(&*tx, vec![(Some(id), Event::SecretDeleted)], 1);
+    // A seq is appended once: this write fails, when made or at the commit.
+    let committed = tx.append(&appended[0]).and_then(|()| tx.commit());
     assert!(
         committed.is_err(),
         "a transaction with a failed write does not commit"
     );
+    assert_eq!(store.head().unwrap(), Head::EMPTY);
     assert_eq!(store.wrapped_key(id).unwrap(), None);
     assert_eq!(store.setting("k").unwrap(), None, "nothing of it committed");
 }

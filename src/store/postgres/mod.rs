@@ -30,7 +30,11 @@ use crate::event::{Millis, StoredEvent};
 use crate::log::{ChainCheck, Head};
 use crate::SecretId;
 
-const SCHEMA: &[&str] = &[include_str!("../../schema/postgres/0001_ledger.sql")];
+mod writes;
+
+use writes::{OwnedParams, Wire, Write};
+
+const SCHEMA: &[&str] = &[include_str!("../../../schema/postgres/0001_ledger.sql")];
 
 /// The advisory lock every write transaction holds ("SLDG" and "LOG!").
 const WRITE_LOCK: i64 = 0x534c_4447_4c4f_4721;
@@ -57,10 +61,7 @@ const SELECT_EVENTS: &str = "SELECT seq, event_id, recorded_at, actor, secret_id
 
 type Params<'a> = Vec<&'a (dyn ToSql + Sync)>;
 
-/// Parameters a deferred write owns until it is sent.
-type OwnedParams = Vec<Box<dyn ToSql + Sync + Send>>;
-
-/// A write of the open transaction, sent later (see `PgStore::deferred`).
+/// A held write prepared to go over the wire (see [`writes`]).
 enum Deferred {
     /// Transaction control, in the simple protocol.
     Command(String),
@@ -77,6 +78,15 @@ impl Deferred {
             }
         }
     }
+}
+
+/// Where the write transaction's savepoint is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Savepoint {
+    None,
+    /// Not sent yet: it stands before this many held writes. Undoing it drops them unsent.
+    Held(usize),
+    Sent,
 }
 
 /// What a write transaction reads once and keeps: while it holds the write lock nobody else
@@ -486,13 +496,12 @@ pub struct PgStore {
     statements: RefCell<HashMap<String, Statement>>,
     /// Event ids appended in the open write transaction, to resolve a lost COMMIT.
     appended: RefCell<Vec<uuid::Uuid>>,
-    /// Appended events not queued yet: they become one statement, queued before the next write.
-    pending: RefCell<Vec<StoredEvent>>,
-    /// Writes of the open write transaction not sent yet. They go in one pipeline with the next
-    /// statement whose answer is needed, or with the COMMIT, so a request's writes cost no round
-    /// trips of their own.
-    deferred: RefCell<Vec<Deferred>>,
-    /// A deferred write failed: the transaction can only roll back.
+    /// Writes of the open write transaction not sent yet. They go, merged (see [`writes`]), in
+    /// one pipeline with the next statement whose answer is needed or with the COMMIT, so a
+    /// request's writes cost no round trips of their own.
+    unsent: RefCell<Vec<Write>>,
+    savepoint: Cell<Savepoint>,
+    /// A held write failed when sent: the transaction can only roll back.
     failed: Cell<bool>,
     /// Set for the length of a write transaction; with its copy (and how many events were
     /// appended) at the savepoint.
@@ -565,8 +574,8 @@ impl PgStore {
             client: RefCell::new(client),
             statements: RefCell::new(HashMap::new()),
             appended: RefCell::new(Vec::new()),
-            pending: RefCell::new(Vec::new()),
-            deferred: RefCell::new(Vec::new()),
+            unsent: RefCell::new(Vec::new()),
+            savepoint: Cell::new(Savepoint::None),
             failed: Cell::new(false),
             held: RefCell::new(None),
             held_at_savepoint: RefCell::new(None),
@@ -627,30 +636,24 @@ impl PgStore {
         self.pipelined(async |client| client.batch_execute(sql).await)
     }
 
-    /// A write whose answer nobody needs: deferred inside a write transaction, sent now outside.
-    fn write(&self, sql: &str, params: OwnedParams) -> Result<()> {
-        if self.held.borrow().is_none() {
-            let params: Params<'_> = params.iter().map(|p| &**p as &(dyn ToSql + Sync)).collect();
-            return self.execute(sql, &params).map(drop);
-        }
-        let statement = self.statement(sql)?;
-        self.defer(Deferred::Statement(statement, params))
+    /// A statement whose answer nobody needs: held inside a write transaction, sent now outside.
+    fn write(&self, sql: &'static str, params: OwnedParams) -> Result<()> {
+        self.hold(vec![Write::Statement(sql, params)])
     }
 
-    /// Queue a write of the write transaction (or send it now outside one).
-    fn defer(&self, write: Deferred) -> Result<()> {
-        match (&write, self.held.borrow().is_some()) {
-            (_, true) => {}
-            (Deferred::Command(sql), false) => return self.batch(sql),
-            (Deferred::Statement(..), false) => unreachable!("statements are deferred only by `write`"),
+    /// Hold writes of the write transaction (or send them now outside one).
+    fn hold(&self, writes: Vec<Write>) -> Result<()> {
+        if self.held.borrow().is_none() {
+            self.ensure_connected()?;
+            self.unsent.borrow_mut().extend(writes);
+            return self.pipelined(async |_| Ok(()));
         }
         self.usable()?;
-        self.queue_appends()?;
-        self.deferred.borrow_mut().push(write);
+        self.unsent.borrow_mut().extend(writes);
         Ok(())
     }
 
-    /// Refuse to go on in a transaction one of whose deferred writes failed.
+    /// Refuse to go on in a transaction one of whose held writes failed.
     fn usable(&self) -> Result<()> {
         if self.failed.get() {
             return Err(Error::LedgerDatabase {
@@ -661,16 +664,15 @@ impl PgStore {
         Ok(())
     }
 
-    /// Send the deferred writes and then `request` in one pipeline: one round trip for all.
-    /// A deferred write that failed is the error, and fails the transaction (see `usable`).
+    /// Send the held writes and then `request` in one pipeline: one round trip for all.
+    /// A held write that failed is the error, and fails the transaction (see `usable`).
     fn pipelined<T>(&self, request: impl AsyncFnOnce(&tokio_postgres::Client) -> PgResult<T>) -> Result<T> {
         self.usable()?;
-        self.queue_appends()?;
-        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        let held = self.prepare_unsent()?;
         let client = self.client.borrow();
         let (written, answer) = wait(async {
             // Each request is sent when first polled, and these are polled in order.
-            let writes = futures::future::join_all(deferred.iter().map(|d| d.send(&client.0)));
+            let writes = futures::future::join_all(held.iter().map(|d| d.send(&client.0)));
             futures::join!(writes, request(&client.0))
         });
         if let Some(e) = written.into_iter().find_map(PgResult::err) {
@@ -680,45 +682,26 @@ impl PgStore {
         Ok(answer?)
     }
 
-    /// Turn the pending appends into one deferred statement, in seq order.
-    fn queue_appends(&self) -> Result<()> {
-        let pending = std::mem::take(&mut *self.pending.borrow_mut());
-        if pending.is_empty() {
-            return Ok(());
+    /// The held writes, merged and prepared, in order. A savepoint not sent yet goes out in its
+    /// place, since what follows it may still be undone.
+    fn prepare_unsent(&self) -> Result<Vec<Deferred>> {
+        let mut unsent = std::mem::take(&mut *self.unsent.borrow_mut());
+        if unsent.is_empty() {
+            return Ok(Vec::new());
         }
-        let column = |f: &dyn Fn(&StoredEvent) -> Vec<u8>| pending.iter().map(f).collect::<Vec<_>>();
-        let params: OwnedParams = vec![
-            Box::new(pending.iter().map(|e| e.seq as i64).collect::<Vec<_>>()),
-            Box::new(column(&|e| e.event_id.as_bytes().to_vec())),
-            Box::new(pending.iter().map(|e| e.recorded_at).collect::<Vec<_>>()),
-            Box::new(pending.iter().map(|e| e.actor.clone()).collect::<Vec<_>>()),
-            Box::new(
-                pending
-                    .iter()
-                    .map(|e| e.secret_id.map(|id| id.as_bytes().to_vec()))
-                    .collect::<Vec<_>>(),
-            ),
-            Box::new(pending.iter().map(|e| e.event_type.clone()).collect::<Vec<_>>()),
-            Box::new(pending.iter().map(|e| e.event_version as i32).collect::<Vec<_>>()),
-            Box::new(column(&|e| e.payload.clone())),
-            Box::new(column(&|e| e.prev_hash.to_vec())),
-            Box::new(column(&|e| e.hash.to_vec())),
-            Box::new(
-                pending
-                    .iter()
-                    .map(|e| e.mac.map(|m| m.to_vec()))
-                    .collect::<Vec<_>>(),
-            ),
-        ];
-        let statement = self.statement(
-            "INSERT INTO events (seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash, mac)
-             SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::text[], $5::bytea[], $6::text[],
-                                  $7::integer[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[])",
-        )?;
-        self.deferred
-            .borrow_mut()
-            .push(Deferred::Statement(statement, params));
-        Ok(())
+        if let Savepoint::Held(at) = self.savepoint.get() {
+            unsent.insert(at, Write::Command("SAVEPOINT unit".into()));
+            self.savepoint.set(Savepoint::Sent);
+        }
+        writes::merge(unsent)
+            .into_iter()
+            .map(|wire| {
+                Ok(match wire {
+                    Wire::Command(sql) => Deferred::Command(sql),
+                    Wire::Statement(sql, params) => Deferred::Statement(self.statement(sql)?, params),
+                })
+            })
+            .collect()
     }
 
     /// The write transaction's head and settings, read once (see [`Held`]); `None` outside one.
@@ -797,15 +780,7 @@ impl PgStore {
     }
 
     fn upsert_setting(&self, key: &str, value: Setting) -> Result<()> {
-        let (bytes, number) = match &value {
-            Setting::Bytes(bytes) => (Some(bytes.clone()), None),
-            Setting::Int(number) => (None, Some(*number)),
-        };
-        self.write(
-            "INSERT INTO ledger_meta (key, value, int_value) VALUES ($1, $2, $3)
-             ON CONFLICT (key) DO UPDATE SET value = excluded.value, int_value = excluded.int_value",
-            vec![Box::new(key.to_owned()), Box::new(bytes), Box::new(number)],
-        )?;
+        self.hold(vec![Write::Setting(key.to_owned(), value.clone())])?;
         if let Some((_, settings)) = self.held.borrow_mut().as_mut().and_then(|h| h.loaded.as_mut()) {
             settings.insert(key.to_owned(), value);
         }
@@ -829,11 +804,12 @@ impl Store for PgStore {
         self.appended.borrow_mut().clear();
         self.failed.set(false);
         self.in_transaction.set(true);
+        self.savepoint.set(Savepoint::None);
         *self.held.borrow_mut() = Some(Held::default());
         // Sent with the transaction's first read: the head and settings (see `held`).
-        self.defer(Deferred::Command(format!(
+        self.hold(vec![Write::Command(format!(
             "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITE_LOCK})"
-        )))
+        ))])
     }
 
     fn commit(&self) -> Result<()> {
@@ -843,6 +819,7 @@ impl Store for PgStore {
         }
         self.held.take();
         self.held_at_savepoint.take();
+        self.savepoint.set(Savepoint::None);
         self.in_transaction.set(false);
         let appended = std::mem::take(&mut *self.appended.borrow_mut());
         // The notice reaches every listener when (and only if) the transaction commits.
@@ -853,7 +830,7 @@ impl Store for PgStore {
         };
         let Err(e) = committed else { return Ok(()) };
         self.failed.set(false);
-        self.deferred.borrow_mut().clear();
+        self.unsent.borrow_mut().clear();
         if !e.is_temporary() {
             return Err(e);
         }
@@ -903,8 +880,8 @@ impl Store for PgStore {
     fn rollback(&self) {
         self.in_transaction.set(false);
         self.appended.borrow_mut().clear();
-        self.pending.borrow_mut().clear();
-        self.deferred.borrow_mut().clear();
+        self.unsent.borrow_mut().clear();
+        self.savepoint.set(Savepoint::None);
         self.failed.set(false);
         self.held.take();
         self.held_at_savepoint.take();
@@ -923,14 +900,20 @@ impl Store for PgStore {
     }
 
     fn savepoint(&self) -> Result<()> {
+        self.usable()?;
         let held = self.held.borrow().clone().unwrap_or_default();
         *self.held_at_savepoint.borrow_mut() = Some((held, self.appended.borrow().len()));
-        self.defer(Deferred::Command("SAVEPOINT unit".into()))
+        self.savepoint.set(Savepoint::Held(self.unsent.borrow().len()));
+        Ok(())
     }
 
     fn release_savepoint(&self) -> Result<()> {
         self.held_at_savepoint.take();
-        self.defer(Deferred::Command("RELEASE SAVEPOINT unit".into()))
+        match self.savepoint.replace(Savepoint::None) {
+            // Never sent: its writes simply stay held.
+            Savepoint::Held(_) | Savepoint::None => Ok(()),
+            Savepoint::Sent => self.hold(vec![Write::Command("RELEASE SAVEPOINT unit".into())]),
+        }
     }
 
     fn rollback_savepoint(&self) -> Result<()> {
@@ -941,9 +924,17 @@ impl Store for PgStore {
             }
             self.appended.borrow_mut().truncate(appended);
         }
-        self.defer(Deferred::Command(
-            "ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit".into(),
-        ))
+        match self.savepoint.replace(Savepoint::None) {
+            // The database never saw what it undoes.
+            Savepoint::Held(at) => {
+                self.unsent.borrow_mut().truncate(at);
+                Ok(())
+            }
+            Savepoint::None => Ok(()),
+            Savepoint::Sent => self.hold(vec![Write::Command(
+                "ROLLBACK TO SAVEPOINT unit; RELEASE SAVEPOINT unit".into(),
+            )]),
+        }
     }
 
     fn head(&self) -> Result<Head> {
@@ -962,8 +953,7 @@ impl Store for PgStore {
             }
         })?;
         self.appended.borrow_mut().push(e.event_id);
-        self.pending.borrow_mut().push(e.clone());
-        Ok(())
+        self.hold(vec![Write::Event(e.clone())])
     }
 
     fn event(&self, seq: u64) -> Result<Option<StoredEvent>> {
@@ -1074,74 +1064,7 @@ impl Store for PgStore {
     }
 
     fn put_secrets(&self, metas: &[SecretMeta]) -> Result<()> {
-        // One row per id (the last), so one statement never touches a row twice.
-        let mut last: HashMap<SecretId, usize> = HashMap::new();
-        for (i, meta) in metas.iter().enumerate() {
-            last.insert(meta.id, i);
-        }
-        let rows: Vec<&SecretMeta> = metas
-            .iter()
-            .enumerate()
-            .filter(|(i, meta)| last[&meta.id] == *i)
-            .map(|(_, meta)| meta)
-            .collect();
-        let ids: Vec<Vec<u8>> = rows.iter().map(|m| m.id.as_bytes().to_vec()).collect();
-        let namespaces: Vec<String> = rows.iter().map(|m| m.namespace()).collect();
-        let names: Vec<String> = rows.iter().map(|m| m.name.clone()).collect();
-        let statuses: Vec<&'static str> = rows.iter().map(|m| m.status.as_str()).collect();
-        let seqs: Vec<i64> = rows.iter().map(|m| m.updated_seq as i64).collect();
-        let blobs: Vec<Vec<u8>> = rows.iter().map(|m| m.to_bytes().to_vec()).collect();
-        let (mut keys, mut values, mut label_statuses, mut label_names, mut spaces, mut owners) = (
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-            Vec::new(),
-        );
-        for ((meta, namespace), id) in rows.iter().zip(&namespaces).zip(&ids) {
-            for (key, value) in &meta.labels {
-                keys.push(key.clone());
-                values.push(value.clone());
-                label_statuses.push(meta.status.as_str());
-                label_names.push(meta.name.clone());
-                spaces.push(namespace.clone());
-                owners.push(id.clone());
-            }
-        }
-        self.write(
-            "INSERT INTO catalog (secret_id, namespace, name, status, updated_seq, meta)
-             SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])
-             ON CONFLICT (secret_id) DO UPDATE SET namespace = excluded.namespace, name = excluded.name,
-             status = excluded.status, updated_seq = excluded.updated_seq, meta = excluded.meta",
-            vec![
-                Box::new(ids.clone()),
-                Box::new(namespaces),
-                Box::new(names),
-                Box::new(statuses),
-                Box::new(seqs),
-                Box::new(blobs),
-            ],
-        )?;
-        self.write(
-            "DELETE FROM catalog_labels WHERE secret_id = ANY($1)",
-            vec![Box::new(ids)],
-        )?;
-        if keys.is_empty() {
-            return Ok(());
-        }
-        self.write(
-            "INSERT INTO catalog_labels (key, value, status, name, namespace, secret_id)
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bytea[])",
-            vec![
-                Box::new(keys),
-                Box::new(values),
-                Box::new(label_statuses),
-                Box::new(label_names),
-                Box::new(spaces),
-                Box::new(owners),
-            ],
-        )
+        self.hold(metas.iter().cloned().map(Write::Secret).collect())
     }
 
     fn secret(&self, id: SecretId) -> Result<Option<SecretMeta>> {
@@ -1282,19 +1205,15 @@ impl Store for PgStore {
     }
 
     fn put_wrapped_keys(&self, keys: &[(SecretId, Vec<u8>)]) -> Result<()> {
-        let ids: Vec<Vec<u8>> = keys.iter().map(|(id, _)| id.as_bytes().to_vec()).collect();
-        let wrapped: Vec<Vec<u8>> = keys.iter().map(|(_, w)| w.clone()).collect();
-        self.write(
-            "INSERT INTO secret_keys (secret_id, wrapped) SELECT * FROM unnest($1::bytea[], $2::bytea[])",
-            vec![Box::new(ids), Box::new(wrapped)],
+        self.hold(
+            keys.iter()
+                .map(|(id, wrapped)| Write::PutKey(*id, wrapped.clone()))
+                .collect(),
         )
     }
 
     fn delete_wrapped_key(&self, id: SecretId) -> Result<()> {
-        self.write(
-            "DELETE FROM secret_keys WHERE secret_id = $1",
-            vec![Box::new(id.as_bytes().to_vec())],
-        )
+        self.hold(vec![Write::DeleteKey(id)])
     }
 
     fn scan_wrapped_keys(&self, visit: &mut dyn FnMut(SecretId, Vec<u8>) -> Result<bool>) -> Result<()> {
