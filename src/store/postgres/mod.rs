@@ -56,6 +56,8 @@ const HEAD: &str = "SELECT seq, hash, recorded_at FROM events ORDER BY seq DESC 
 
 const SETTINGS: &str = "SELECT key, value, int_value FROM ledger_meta ORDER BY key";
 
+const SINKS: &str = "SELECT name, url, role, added_seq FROM sinks ORDER BY name";
+
 const SELECT_EVENTS: &str = "SELECT seq, event_id, recorded_at, actor, secret_id, event_type, \
      event_version, payload, prev_hash, hash, mac FROM events";
 
@@ -95,7 +97,14 @@ enum Savepoint {
 #[derive(Clone, Default)]
 struct Held {
     /// Loaded together on first use.
-    loaded: Option<(Head, BTreeMap<String, Setting>)>,
+    loaded: Option<Loaded>,
+}
+
+#[derive(Clone)]
+struct Loaded {
+    head: Head,
+    settings: BTreeMap<String, Setting>,
+    sinks: BTreeMap<String, SinkConfig>,
 }
 
 /// A `postgres://` ledger URL, checked: no password in it, every option one the driver knows.
@@ -472,6 +481,24 @@ fn read_head(rows: &[Row]) -> Result<Head> {
     })
 }
 
+fn read_sinks(rows: &[Row]) -> Result<BTreeMap<String, SinkConfig>> {
+    let mut sinks = BTreeMap::new();
+    for r in rows {
+        let name: String = r.try_get(0)?;
+        let role: String = r.try_get(2)?;
+        sinks.insert(
+            name.clone(),
+            SinkConfig {
+                name,
+                url: r.try_get(1)?,
+                role: role.parse().map_err(Error::Corrupt)?,
+                added_seq: r.try_get::<_, i64>(3)? as u64,
+            },
+        );
+    }
+    Ok(sinks)
+}
+
 fn read_settings(rows: &[Row]) -> Result<Vec<(String, Setting)>> {
     rows.iter()
         .map(|r| {
@@ -705,12 +732,25 @@ impl PgStore {
     }
 
     /// The write transaction's head and settings, read once (see [`Held`]); `None` outside one.
-    fn held<T>(&self, read: impl FnOnce(&mut (Head, BTreeMap<String, Setting>)) -> T) -> Result<Option<T>> {
+    fn held<T>(&self, read: impl FnOnce(&mut Loaded) -> T) -> Result<Option<T>> {
         if self.held.borrow().as_ref().is_some_and(|h| h.loaded.is_none()) {
-            let (head, settings) = self.pipelined(async |client| {
-                futures::try_join!(client.query(HEAD, &[]), client.query(SETTINGS, &[]),)
+            let (head, settings, sinks) = (
+                self.statement(HEAD)?,
+                self.statement(SETTINGS)?,
+                self.statement(SINKS)?,
+            );
+            let (head, settings, sinks) = self.pipelined(async |client| {
+                futures::try_join!(
+                    client.query(&head, &[]),
+                    client.query(&settings, &[]),
+                    client.query(&sinks, &[])
+                )
             })?;
-            let loaded = (read_head(&head)?, read_settings(&settings)?.into_iter().collect());
+            let loaded = Loaded {
+                head: read_head(&head)?,
+                settings: read_settings(&settings)?.into_iter().collect(),
+                sinks: read_sinks(&sinks)?,
+            };
             if let Some(held) = self.held.borrow_mut().as_mut() {
                 held.loaded = Some(loaded);
             }
@@ -769,7 +809,7 @@ impl PgStore {
     }
 
     fn setting_value(&self, key: &str) -> Result<Option<Setting>> {
-        if let Some(value) = self.held(|(_, settings)| settings.get(key).cloned())? {
+        if let Some(value) = self.held(|loaded| loaded.settings.get(key).cloned())? {
             return Ok(value);
         }
         let rows = self.query(
@@ -781,8 +821,8 @@ impl PgStore {
 
     fn upsert_setting(&self, key: &str, value: Setting) -> Result<()> {
         self.hold(vec![Write::Setting(key.to_owned(), value.clone())])?;
-        if let Some((_, settings)) = self.held.borrow_mut().as_mut().and_then(|h| h.loaded.as_mut()) {
-            settings.insert(key.to_owned(), value);
+        if let Some(loaded) = self.held.borrow_mut().as_mut().and_then(|h| h.loaded.as_mut()) {
+            loaded.settings.insert(key.to_owned(), value);
         }
         Ok(())
     }
@@ -938,15 +978,15 @@ impl Store for PgStore {
     }
 
     fn head(&self) -> Result<Head> {
-        if let Some(head) = self.held(|(head, _)| *head)? {
+        if let Some(head) = self.held(|loaded| loaded.head)? {
             return Ok(head);
         }
         read_head(&self.query(HEAD, &[])?)
     }
 
     fn append(&self, e: &StoredEvent) -> Result<()> {
-        self.held(|(head, _)| {
-            *head = Head {
+        self.held(|loaded| {
+            loaded.head = Head {
                 seq: e.seq,
                 hash: e.hash,
                 recorded_at: e.recorded_at,
@@ -1053,7 +1093,7 @@ impl Store for PgStore {
     }
 
     fn settings(&self) -> Result<Vec<(String, Setting)>> {
-        if let Some(settings) = self.held(|(_, settings)| settings.clone().into_iter().collect())? {
+        if let Some(settings) = self.held(|loaded| loaded.settings.clone().into_iter().collect())? {
             return Ok(settings);
         }
         read_settings(&self.query(SETTINGS, &[])?)
@@ -1250,25 +1290,16 @@ impl Store for PgStore {
     }
 
     fn sinks(&self) -> Result<BTreeMap<String, SinkConfig>> {
-        let rows = self.query("SELECT name, url, role, added_seq FROM sinks ORDER BY name", &[])?;
-        let mut sinks = BTreeMap::new();
-        for r in &rows {
-            let name: String = r.try_get(0)?;
-            let role: String = r.try_get(2)?;
-            sinks.insert(
-                name.clone(),
-                SinkConfig {
-                    name,
-                    url: r.try_get(1)?,
-                    role: role.parse().map_err(Error::Corrupt)?,
-                    added_seq: r.try_get::<_, i64>(3)? as u64,
-                },
-            );
+        if let Some(sinks) = self.held(|loaded| loaded.sinks.clone())? {
+            return Ok(sinks);
         }
-        Ok(sinks)
+        read_sinks(&self.query(SINKS, &[])?)
     }
 
     fn put_sinks(&self, sinks: &BTreeMap<String, SinkConfig>) -> Result<()> {
+        if let Some(loaded) = self.held.borrow_mut().as_mut().and_then(|h| h.loaded.as_mut()) {
+            loaded.sinks = sinks.clone();
+        }
         self.write("DELETE FROM sinks", vec![])?;
         for s in sinks.values() {
             self.write(
@@ -1515,6 +1546,9 @@ impl Store for PgStore {
     }
 
     fn reset_derived(&self) -> Result<()> {
+        if let Some(held) = self.held.borrow_mut().as_mut() {
+            held.loaded = None;
+        }
         self.batch("TRUNCATE catalog, catalog_labels, sinks, snapshots")
     }
 
