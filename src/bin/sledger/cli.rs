@@ -43,7 +43,8 @@ pub struct Global {
     )]
     pub key_file: Option<PathBuf>,
     /// Where the master key is held: file:///PATH, env:VAR, or a KMS key
-    /// (vault-transit://HOST:PORT/MOUNT/KEY, aws-kms://REGION/KEY); a ledger records its KMS
+    /// (vault-transit://HOST:PORT/MOUNT/KEY, aws-kms://REGION/KEY,
+    /// gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K); a ledger records its KMS
     /// key, so this is needed at init and to reach the same key another way
     #[arg(
         long,

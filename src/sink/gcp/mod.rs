@@ -182,8 +182,13 @@ impl GcpSink {
             .await
     }
 
+    /// The emulator or private endpoint `endpoint=` names.
+    pub(crate) fn endpoint(&self) -> Option<&str> {
+        self.config.endpoint.as_deref()
+    }
+
     /// This sink's own credentials; `None` for Application Default Credentials.
-    fn credentials(&self) -> Result<Option<google_cloud_auth::credentials::Credentials>> {
+    pub(crate) fn credentials(&self) -> Result<Option<google_cloud_auth::credentials::Credentials>> {
         use google_cloud_auth::credentials::{anonymous, impersonated, Builder};
         let base = match &self.config.credentials_file {
             Some(path) => Some(credentials_from_file(path)?),
