@@ -1,5 +1,6 @@
 //! Master keys held by a KMS (issue: KMS keys), against real servers: Vault/OpenBao Transit on
-//! the OpenBao dev server, AWS KMS on moto, Google Cloud KMS on drongo. Each goes through the same walk: init, use, rotate,
+//! the OpenBao dev server, AWS KMS on moto, Google Cloud KMS on drongo, Azure Key Vault keys on the
+//! in-repo fake. Each goes through the same walk: init, use, rotate,
 //! migrate out to a key file and back in, refusals, and another ledger's wrapped key.
 
 mod common;
@@ -7,7 +8,7 @@ mod common;
 use std::process::Output;
 
 use common::servers::Server;
-use common::{drongo, moto, ok_with, openbao, Env};
+use common::{azure, drongo, moto, ok_with, openbao, Env};
 
 const KEY: i32 = 6;
 const UNAVAILABLE: i32 = 7;
@@ -332,6 +333,24 @@ fn gcp_kms_holds_the_master_key() {
         &[],
         &key("master", server.port),
         &key("missing", server.port),
+        &key("master", 1),
+    );
+}
+
+#[test]
+fn azure_key_vault_holds_the_master_key() {
+    let vault = azure::start();
+    vault.create_key("master");
+    let key = |name: &str, port: u16| {
+        format!(
+            "azure-kv-key://127.0.0.1:{port}/keys/{name}?ca-file={}",
+            vault.ca.display()
+        )
+    };
+    walkthrough(
+        vault.env(),
+        &key("master", vault.port()),
+        &key("missing", vault.port()),
         &key("master", 1),
     );
 }

@@ -4,8 +4,9 @@
 //! - `file:///path`: a key file (mode 0600), as `init` writes it;
 //! - `env:VAR`: base64 in an environment variable;
 //! - a KMS that wraps it: `vault-transit://HOST:PORT/MOUNT/KEY` (Vault/OpenBao Transit),
-//!   `aws-kms://REGION/KEY_ID_OR_ALIAS` (AWS KMS) and
-//!   `gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K` (Google Cloud KMS).
+//!   `aws-kms://REGION/KEY_ID_OR_ALIAS` (AWS KMS),
+//!   `gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K` (Google Cloud KMS) and
+//!   `azure-kv-key://VAULT_HOST/keys/NAME[/VERSION]` (Azure Key Vault or Managed HSM).
 //!
 //! With a KMS the ledger keeps the master key only as the KMS wrapped it (settings
 //! `master_key_provider` and `master_key_wrapped`), bound to the ledger's id (Transit's
@@ -14,6 +15,8 @@
 
 #[cfg(feature = "aws")]
 mod aws_kms;
+#[cfg(feature = "azure")]
+mod azure_key;
 #[cfg(feature = "gcp")]
 mod gcp_kms;
 #[cfg(feature = "vault")]
@@ -80,11 +83,10 @@ impl KeySource {
             "aws-kms" => Ok(KeySource::Kms(Box::new(aws_kms::KmsKey::parse(uri)?))),
             #[cfg(feature = "gcp")]
             "gcp-kms" => Ok(KeySource::Kms(Box::new(gcp_kms::CloudKmsKey::parse(uri)?))),
-            "azure-kv-key" => Err(Error::invalid(format!(
-                "{scheme}:// master keys are not supported yet; use vault-transit://, aws-kms://, gcp-kms://, a key file or SLEDGER_MASTER_KEY"
-            ))),
+            #[cfg(feature = "azure")]
+            "azure-kv-key" => Ok(KeySource::Kms(Box::new(azure_key::VaultKey::parse(uri)?))),
             _ => Err(Error::invalid(format!(
-                "{uri:?} is not a master-key URI: use file:///PATH, env:VAR, vault-transit://HOST:PORT/MOUNT/KEY, aws-kms://REGION/KEY or gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K"
+                "{uri:?} is not a master-key URI (of a KMS this build supports): use file:///PATH, env:VAR, vault-transit://HOST:PORT/MOUNT/KEY, aws-kms://REGION/KEY, gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K or azure-kv-key://VAULT_HOST/keys/NAME"
             ))),
         }
     }
@@ -184,7 +186,7 @@ pub fn migrate(ledger: &mut Ledger, actor: &str, to: &str, key_file: &Path) -> R
         KeySource::File(path) => {
             if !in_kms {
                 return Err(Error::invalid(
-                    "the master key is not held by a KMS: it is already a key file (or SLEDGER_MASTER_KEY); migrate to a vault-transit://, aws-kms:// or gcp-kms:// key",
+                    "the master key is not held by a KMS: it is already a key file (or SLEDGER_MASTER_KEY); migrate to a vault-transit://, aws-kms://, gcp-kms:// or azure-kv-key:// key",
                 ));
             }
             master.write_new_file(&path)?;

@@ -48,6 +48,45 @@ impl FakeVault {
         ]))
     }
 
+    /// Create a key in the fake (as `az keyvault key create` would), signed in as the test's
+    /// service principal.
+    pub fn create_key(&self, name: &str) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
+            let http = reqwest::Client::builder()
+                .add_root_certificate(ca)
+                .build()
+                .unwrap();
+            let base = format!("https://127.0.0.1:{}", self.port());
+            let token: serde_json::Value = http
+                .post(format!("{base}/{TENANT}/oauth2/v2.0/token"))
+                .form(&[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", CLIENT_ID),
+                    ("client_secret", CLIENT_SECRET),
+                    ("scope", "https://vault.azure.net/.default"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            let created = http
+                .post(format!("{base}/keys/{name}/create?api-version=7.5"))
+                .bearer_auth(token["access_token"].as_str().unwrap())
+                .json(&serde_json::json!({"kty": "RSA", "key_size": 2048}))
+                .send()
+                .await
+                .unwrap();
+            assert!(created.status().is_success(), "{}", created.status());
+        });
+    }
+
     pub fn kill(&mut self) {
         self.server.kill();
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """A fake of the Azure Key Vault secrets REST API (and of the Entra ID token endpoint), for
-the azure-kv sink's tests: no Key Vault emulator exists.
+the azure-kv sink's tests, with the keys API's create, wrapkey and unwrapkey for master keys
+held in Key Vault (azure-kv-key://): no Key Vault emulator exists.
 
 It speaks HTTPS with the certificate it is given and behaves like the real service where the
 sink depends on it:
@@ -22,6 +23,9 @@ Usage: azure_keyvault.py PORT CERT KEY TENANT CLIENT_ID CLIENT_SECRET
 State is in memory.
 """
 
+import base64
+import hashlib
+import hmac
 import json
 import re
 import secrets
@@ -45,6 +49,15 @@ LIVE = {}  # name -> list of versions (dicts), newest last
 DELETED = {}  # name -> (versions, deleted_date)
 SETTLING = {}  # name -> monotonic time its deletion, purge or recovery finishes
 TOKENS = set()
+KEYS = {}  # key name -> {version: secret}
+
+
+def b64url_decode(text):
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def b64url_encode(data):
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
 def now():
@@ -152,6 +165,8 @@ class Handler(BaseHTTPRequestHandler):
     def route(self, method, parts, query, raw):
         if parts == ["secrets"] and method == "GET":
             return self.list_secrets(query)
+        if len(parts) in (3, 4) and parts[0] == "keys" and method == "POST":
+            return self.key_operation(parts[1], parts[2] if len(parts) == 4 else "", parts[-1], json.loads(raw or b"{}"))
         if len(parts) in (2, 3) and parts[0] == "secrets":
             name, version = parts[1], (parts[2] if len(parts) == 3 else "")
             if not NAME.match(name):
@@ -181,6 +196,46 @@ class Handler(BaseHTTPRequestHandler):
                 settle(name)
                 return 204, None
         return error(400, "BadParameter", f"no such operation: {method} /{'/'.join(parts)}")
+
+    def key_operation(self, name, version, operation, body):
+        """Keys: ``create`` one (a new version each time), then ``wrapkey`` / ``unwrapkey`` with it.
+        The real service wraps with RSA-OAEP-256 under the key's private half; this fake, held to
+        the standard library, seals with a keyed stream (SHA-256 counter mode) and an HMAC tag
+        under a random secret per version. Callers see opaque bytes either way."""
+        if not NAME.match(name):
+            return error(400, "BadParameter", f"The key name '{name}' is invalid")
+        if operation == "create" and not version:
+            version = uuid.uuid4().hex
+            KEYS.setdefault(name, {})[version] = secrets.token_bytes(32)
+            return 200, {"key": {"kid": f"{self.base()}/keys/{name}/{version}", "kty": "RSA"}, "attributes": {"enabled": True}}
+        versions = KEYS.get(name)
+        if not versions or (version and version not in versions):
+            return error(404, "KeyNotFound", f"A key with (name/id) {name} was not found in this key vault.")
+        version = version or max(versions)
+        secret = versions[version]
+        if body.get("alg") != "RSA-OAEP-256":
+            return error(400, "BadParameter", f"unsupported algorithm {body.get('alg')!r}")
+        value = b64url_decode(body.get("value") or "")
+        def stream(nonce, length):
+            out = b""
+            counter = 0
+            while len(out) < length:
+                out += hashlib.sha256(secret + nonce + counter.to_bytes(8, "big")).digest()
+                counter += 1
+            return out[:length]
+        if operation == "wrapkey":
+            nonce = secrets.token_bytes(16)
+            sealed = bytes(a ^ b for a, b in zip(value, stream(nonce, len(value))))
+            tag = hmac.new(secret, nonce + sealed, hashlib.sha256).digest()[:16]
+            result = nonce + sealed + tag
+        elif operation == "unwrapkey":
+            nonce, sealed, tag = value[:16], value[16:-16], value[-16:]
+            if len(value) < 32 or not hmac.compare_digest(tag, hmac.new(secret, nonce + sealed, hashlib.sha256).digest()[:16]):
+                return error(400, "BadParameter", "The parameter is incorrect: decryption failed.")
+            result = bytes(a ^ b for a, b in zip(sealed, stream(nonce, len(sealed))))
+        else:
+            return error(400, "BadParameter", f"no such key operation: {operation}")
+        return 200, {"kid": f"{self.base()}/keys/{name}/{version}", "value": b64url_encode(result)}
 
     def bundle(self, name, version, with_value=True):
         out = {

@@ -44,7 +44,8 @@ pub struct Global {
     pub key_file: Option<PathBuf>,
     /// Where the master key is held: file:///PATH, env:VAR, or a KMS key
     /// (vault-transit://HOST:PORT/MOUNT/KEY, aws-kms://REGION/KEY,
-    /// gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K); a ledger records its KMS
+    /// gcp-kms://projects/P/locations/L/keyRings/R/cryptoKeys/K,
+    /// azure-kv-key://VAULT_HOST/keys/NAME); a ledger records its KMS
     /// key, so this is needed at init and to reach the same key another way
     #[arg(
         long,

@@ -160,6 +160,30 @@ impl AzureSink {
         Ok(options)
     }
 
+    /// A Key Vault keys client for the same vault, with this sink's TLS and credentials (a
+    /// master key held in Key Vault: `azure-kv-key://`).
+    pub(crate) fn key_client(&self) -> Result<azure_security_keyvault_keys::KeyClient> {
+        let client_options = self.client_options()?;
+        let credential = credential::for_sink(&self.config.credentials, &client_options)?;
+        let options = azure_security_keyvault_keys::KeyClientOptions {
+            client_options,
+            verify_challenge_resource: Some(!super::url::is_loopback(&self.config.vault_host)),
+            ..Default::default()
+        };
+        azure_security_keyvault_keys::KeyClient::new(
+            &format!("https://{}/", self.config.vault_host),
+            credential,
+            Some(options),
+        )
+        .map_err(|e| {
+            Error::sink(
+                KIND,
+                format!("cannot set up the Key Vault keys client: {e}"),
+                false,
+            )
+        })
+    }
+
     async fn client(&self) -> Result<&SecretClient> {
         self.client
             .get_or_try_init(|| async {
