@@ -25,7 +25,6 @@ State is in memory.
 
 import base64
 import hashlib
-import hmac
 import json
 import re
 import secrets
@@ -49,7 +48,73 @@ LIVE = {}  # name -> list of versions (dicts), newest last
 DELETED = {}  # name -> (versions, deleted_date)
 SETTLING = {}  # name -> monotonic time its deletion, purge or recovery finishes
 TOKENS = set()
-KEYS = {}  # key name -> {version: secret}
+KEYS = {}  # key name -> {version: (n, e, d)}
+
+
+def probable_prime(bits):
+    """A random prime of `bits` bits (Miller-Rabin, 40 rounds)."""
+    while True:
+        candidate = secrets.randbits(bits) | (1 << (bits - 1)) | 1
+        if all(candidate % p for p in (3, 5, 7, 11, 13, 17, 19, 23, 29, 31, 37)):
+            r, m = 0, candidate - 1
+            while m % 2 == 0:
+                r, m = r + 1, m // 2
+            for _ in range(40):
+                x = pow(secrets.randbelow(candidate - 3) + 2, m, candidate)
+                if x in (1, candidate - 1):
+                    continue
+                for _ in range(r - 1):
+                    x = pow(x, 2, candidate)
+                    if x == candidate - 1:
+                        break
+                else:
+                    break
+            else:
+                return candidate
+
+
+def rsa_key(bits=2048):
+    """(n, e, d) of a new RSA key."""
+    e = 65537
+    while True:
+        p, q = probable_prime(bits // 2), probable_prime(bits // 2)
+        phi = (p - 1) * (q - 1)
+        if p != q and phi % e:
+            return p * q, e, pow(e, -1, phi)
+
+
+def mgf1(seed, length):
+    out = b""
+    for counter in range((length + 31) // 32):
+        out += hashlib.sha256(seed + counter.to_bytes(4, "big")).digest()
+    return out[:length]
+
+
+def oaep_encrypt(n, e, message):
+    """RSAES-OAEP (RFC 8017) with SHA-256 and MGF1-SHA-256, an empty label."""
+    k = (n.bit_length() + 7) // 8
+    lhash = hashlib.sha256(b"").digest()
+    block = lhash + b"\0" * (k - len(message) - 66) + b"\1" + message
+    seed = secrets.token_bytes(32)
+    masked_block = bytes(a ^ b for a, b in zip(block, mgf1(seed, k - 33)))
+    masked_seed = bytes(a ^ b for a, b in zip(seed, mgf1(masked_block, 32)))
+    encoded = int.from_bytes(b"\0" + masked_seed + masked_block, "big")
+    return pow(encoded, e, n).to_bytes(k, "big")
+
+
+def oaep_decrypt(n, d, ciphertext):
+    """The message `oaep_encrypt` sealed, or None if it does not decode."""
+    k = (n.bit_length() + 7) // 8
+    if len(ciphertext) != k or int.from_bytes(ciphertext, "big") >= n:
+        return None
+    encoded = pow(int.from_bytes(ciphertext, "big"), d, n).to_bytes(k, "big")
+    masked_seed, masked_block = encoded[1:33], encoded[33:]
+    seed = bytes(a ^ b for a, b in zip(masked_seed, mgf1(masked_block, 32)))
+    block = bytes(a ^ b for a, b in zip(masked_block, mgf1(seed, k - 33)))
+    rest = block[32:].lstrip(b"\0")
+    if encoded[0] != 0 or block[:32] != hashlib.sha256(b"").digest() or not rest.startswith(b"\1"):
+        return None
+    return rest[1:]
 
 
 def b64url_decode(text):
@@ -198,41 +263,28 @@ class Handler(BaseHTTPRequestHandler):
         return error(400, "BadParameter", f"no such operation: {method} /{'/'.join(parts)}")
 
     def key_operation(self, name, version, operation, body):
-        """Keys: ``create`` one (a new version each time), then ``wrapkey`` / ``unwrapkey`` with it.
-        The real service wraps with RSA-OAEP-256 under the key's private half; this fake, held to
-        the standard library, seals with a keyed stream (SHA-256 counter mode) and an HMAC tag
-        under a random secret per version. Callers see opaque bytes either way."""
+        """Keys: ``create`` an RSA key (a new version each time), then ``wrapkey`` /
+        ``unwrapkey`` with RSA-OAEP-256 under it, as the service does."""
         if not NAME.match(name):
             return error(400, "BadParameter", f"The key name '{name}' is invalid")
         if operation == "create" and not version:
             version = uuid.uuid4().hex
-            KEYS.setdefault(name, {})[version] = secrets.token_bytes(32)
+            KEYS.setdefault(name, {})[version] = rsa_key()
             return 200, {"key": {"kid": f"{self.base()}/keys/{name}/{version}", "kty": "RSA"}, "attributes": {"enabled": True}}
         versions = KEYS.get(name)
         if not versions or (version and version not in versions):
             return error(404, "KeyNotFound", f"A key with (name/id) {name} was not found in this key vault.")
         version = version or max(versions)
-        secret = versions[version]
+        n, e, d = versions[version]
         if body.get("alg") != "RSA-OAEP-256":
             return error(400, "BadParameter", f"unsupported algorithm {body.get('alg')!r}")
         value = b64url_decode(body.get("value") or "")
-        def stream(nonce, length):
-            out = b""
-            counter = 0
-            while len(out) < length:
-                out += hashlib.sha256(secret + nonce + counter.to_bytes(8, "big")).digest()
-                counter += 1
-            return out[:length]
         if operation == "wrapkey":
-            nonce = secrets.token_bytes(16)
-            sealed = bytes(a ^ b for a, b in zip(value, stream(nonce, len(value))))
-            tag = hmac.new(secret, nonce + sealed, hashlib.sha256).digest()[:16]
-            result = nonce + sealed + tag
+            result = oaep_encrypt(n, e, value)
         elif operation == "unwrapkey":
-            nonce, sealed, tag = value[:16], value[16:-16], value[-16:]
-            if len(value) < 32 or not hmac.compare_digest(tag, hmac.new(secret, nonce + sealed, hashlib.sha256).digest()[:16]):
+            result = oaep_decrypt(n, d, value)
+            if result is None:
                 return error(400, "BadParameter", "The parameter is incorrect: decryption failed.")
-            result = bytes(a ^ b for a, b in zip(sealed, stream(nonce, len(sealed))))
         else:
             return error(400, "BadParameter", f"no such key operation: {operation}")
         return 200, {"kid": f"{self.base()}/keys/{name}/{version}", "value": b64url_encode(result)}
