@@ -188,28 +188,39 @@ fn vault_transit_holds_the_master_key() {
     );
 }
 
-/// A moto KMS API call (moto checks no signature); its JSON answer.
-fn kms_call(server: &Server, target: &str, body: serde_json::Value) -> serde_json::Value {
+/// POST `body` to a local test server with `headers`; its JSON answer, which must be a success.
+fn post(url: String, headers: &[(&str, String)], body: serde_json::Value) -> serde_json::Value {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{}/", server.port))
-            .header("Content-Type", "application/x-amz-json-1.1")
-            .header("X-Amz-Target", format!("TrentService.{target}"))
-            .header(
-                "Authorization",
-                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=0",
-            )
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success(), "{target}: {}", response.status());
-        response.json().await.unwrap()
+        let mut request = reqwest::Client::new().post(&url).body(body.to_string());
+        for (name, value) in headers {
+            request = request.header(*name, value);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "{url}: {status} {text}");
+        serde_json::from_str(&text).unwrap()
     })
+}
+
+/// A moto KMS API call (moto checks no signature); its JSON answer.
+fn kms_call(server: &Server, target: &str, body: serde_json::Value) -> serde_json::Value {
+    post(
+        format!("http://127.0.0.1:{}/", server.port),
+        &[
+            ("Content-Type", "application/x-amz-json-1.1".into()),
+            ("X-Amz-Target", format!("TrentService.{target}")),
+            (
+                "Authorization",
+                "AWS4-HMAC-SHA256 Credential=testing/20260101/us-east-1/kms/aws4_request, SignedHeaders=host, Signature=0".into(),
+            ),
+        ],
+        body,
+    )
 }
 
 #[test]
@@ -294,22 +305,11 @@ fn a_killed_key_migration_always_leaves_a_ledger_that_opens() {
 
 /// A drongo REST call (drongo takes anonymous calls); its JSON answer.
 fn drongo_call(server: &Server, path: &str, body: serde_json::Value) -> serde_json::Value {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let response = reqwest::Client::new()
-            .post(format!("http://127.0.0.1:{}/v1/{path}", server.port))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = response.status();
-        let text = response.text().await.unwrap();
-        assert!(status.is_success(), "{path}: {status} {text}");
-        serde_json::from_str(&text).unwrap()
-    })
+    post(
+        format!("http://127.0.0.1:{}/v1/{path}", server.port),
+        &[("Content-Type", "application/json".into())],
+        body,
+    )
 }
 
 #[test]
@@ -335,6 +335,29 @@ fn gcp_kms_holds_the_master_key() {
         &key("missing", server.port),
         &key("master", 1),
     );
+
+    // From one KMS key to another.
+    drongo_call(
+        &server,
+        &format!("{location}/keyRings/ledgers/cryptoKeys?cryptoKeyId=second"),
+        serde_json::json!({"purpose": "ENCRYPT_DECRYPT"}),
+    );
+    let env = Env::empty();
+    ok_with(&env, &[], &["--master-key", &key("master", server.port), "init"]);
+    ok_with(
+        &env,
+        &[],
+        &["secret", "create", "db", "--value", "password=moved"],
+    );
+    ok_with(
+        &env,
+        &[],
+        &["key", "migrate", "--to", &key("second", server.port)],
+    );
+    assert_eq!(get(&env, &[], &[])["values"]["password"], "moved");
+    let recorded = ok_with(&env, &[], &["--format", "json", "log", "--type", "key.migrated"]);
+    assert!(recorded.contains("cryptoKeys/second"), "{recorded}");
+    assert!(key_files(&env).is_empty());
 }
 
 #[test]
