@@ -38,14 +38,28 @@ pub fn unlock(ledger: &mut Ledger, key_file: &Path) -> Result<()> {
     let pending = pending_path(key_file);
     // A rotation in another process commits, then renames the pending file over the key
     // file: between this process's reads the key may move from one to the other, so a key
-    // that does not match is looked for again before it is called wrong.
-    for attempt in 0..5 {
+    // that does not match is looked for again before it is called wrong. Rotations may follow
+    // each other: the looking goes on while the ledger's key keeps changing (up to a bound).
+    let mut seen = None;
+    let mut unchanged = 0;
+    for attempt in 0..200 {
         if attempt > 0 {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        let current = ledger.key_check()?;
+        if seen.as_ref() == Some(&current) {
+            unchanged += 1;
+            if unchanged >= 5 {
+                break;
+            }
+        } else {
+            seen = Some(current);
+            unchanged = 0;
+        }
         match MasterKey::read_file(key_file) {
+            // A key that matched a moment ago and no longer does was rotated meanwhile.
             Ok(key) if ledger.key_matches(&key)? => match ledger.unlock(key) {
-                Err(Error::KeyRotated) => continue,
+                Err(Error::KeyRotated | Error::WrongKey) => continue,
                 result => return result,
             },
             Ok(_) => {}
@@ -65,7 +79,7 @@ pub fn unlock(ledger: &mut Ledger, key_file: &Path) -> Result<()> {
                 }
             }
             match ledger.unlock(new) {
-                Err(Error::KeyRotated) => continue,
+                Err(Error::KeyRotated | Error::WrongKey) => continue,
                 result => return result,
             }
         }

@@ -430,7 +430,12 @@ impl Ledger {
 
     /// Does `master` open this ledger? (Without keeping it.)
     pub fn key_matches(&self, master: &MasterKey) -> Result<bool> {
-        Ok(required_setting(&*self.store, "key_check")?.as_slice() == master.key_check().as_slice())
+        Ok(self.key_check()?.as_slice() == master.key_check().as_slice())
+    }
+
+    /// What identifies the current master key (not secret: a MAC of a constant under it).
+    pub(crate) fn key_check(&self) -> Result<Vec<u8>> {
+        required_setting(&*self.store, "key_check")
     }
 
     pub fn location(&self) -> &Location {
