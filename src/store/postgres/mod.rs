@@ -763,6 +763,14 @@ impl PgStore {
             .map(read))
     }
 
+    /// Keep what the write transaction read in step with a write of its own (nothing to do if
+    /// it has not read it yet: it will read the write).
+    fn update_loaded(&self, update: impl FnOnce(&mut Loaded)) {
+        if let Some(loaded) = self.held.borrow_mut().as_mut().and_then(|h| h.loaded.as_mut()) {
+            update(loaded);
+        }
+    }
+
     /// Events a query selects, a page at a time, in its direction. `filter` adds conditions
     /// on parameters from `$3` on.
     fn scan_pages(
@@ -821,9 +829,9 @@ impl PgStore {
 
     fn upsert_setting(&self, key: &str, value: Setting) -> Result<()> {
         self.hold(vec![Write::Setting(key.to_owned(), value.clone())])?;
-        if let Some(loaded) = self.held.borrow_mut().as_mut().and_then(|h| h.loaded.as_mut()) {
+        self.update_loaded(|loaded| {
             loaded.settings.insert(key.to_owned(), value);
-        }
+        });
         Ok(())
     }
 }
@@ -985,13 +993,13 @@ impl Store for PgStore {
     }
 
     fn append(&self, e: &StoredEvent) -> Result<()> {
-        self.held(|loaded| {
+        self.update_loaded(|loaded| {
             loaded.head = Head {
                 seq: e.seq,
                 hash: e.hash,
                 recorded_at: e.recorded_at,
             }
-        })?;
+        });
         self.appended.borrow_mut().push(e.event_id);
         self.hold(vec![Write::Event(e.clone())])
     }
@@ -1297,9 +1305,7 @@ impl Store for PgStore {
     }
 
     fn put_sinks(&self, sinks: &BTreeMap<String, SinkConfig>) -> Result<()> {
-        if let Some(loaded) = self.held.borrow_mut().as_mut().and_then(|h| h.loaded.as_mut()) {
-            loaded.sinks = sinks.clone();
-        }
+        self.update_loaded(|loaded| loaded.sinks = sinks.clone());
         self.write("DELETE FROM sinks", vec![])?;
         for s in sinks.values() {
             self.write(

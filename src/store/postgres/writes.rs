@@ -168,7 +168,7 @@ fn events(events: &[StoredEvent]) -> OwnedParams {
 
 /// The statements that make the catalog hold `metas` (one per secret): their rows, and their
 /// labels in place of any they had.
-pub(super) fn catalog_rows(metas: &[&SecretMeta]) -> Vec<(&'static str, OwnedParams)> {
+fn catalog_rows(metas: &[&SecretMeta]) -> Vec<(&'static str, OwnedParams)> {
     let ids = ids(metas.iter().map(|m| &m.id));
     let namespaces: Vec<String> = metas.iter().map(|m| m.namespace()).collect();
     let mut rows = vec![
