@@ -268,3 +268,94 @@ fn a_lost_ledger_is_recovered_from_its_aws_backup() {
     let moto = moto::start();
     common::recover_walkthrough(&AWS_ENV, Some(&moto::url(&moto, "")));
 }
+
+/// Objects under the sink's prefix that sledger never wrote are drifted, never read as `{}` or
+/// as absent: a secret whose value was replaced by a binary one, and one whose Description
+/// (sledger's metadata) was overwritten. Reads skip them and say why, `diff` reports both as
+/// drifted, and `reconcile` rewrites them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binary_value_or_foreign_description_in_aws_is_drifted() {
+    let moto = moto::start();
+    for (k, v) in AWS_ENV {
+        std::env::set_var(k, v);
+    }
+    let env = Env::new();
+    env.ok(&["sink", "add", "aws", &moto::url(&moto, "&prefix=drift/")]);
+    env.ok(&["secret", "create", "bin", "--value", "pw=genuine-1"]);
+    env.ok(&["secret", "create", "desc", "--value", "pw=genuine-2"]);
+    env.ok(&["project"]);
+    env.ok(&["sink", "promote", "aws"]);
+
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(format!("http://127.0.0.1:{}", moto.port))
+        .load()
+        .await;
+    let client = aws_sdk_secretsmanager::Client::new(&config);
+    let object = |name: &str| {
+        let id = env.json(&["secret", "get", name])["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        format!("drift/{id}")
+    };
+    let (bin, desc) = (object("bin"), object("desc"));
+    let listed = client.list_secrets().send().await.unwrap();
+    let names: Vec<_> = listed.secret_list().iter().filter_map(|s| s.name()).collect();
+    assert!(
+        names.contains(&bin.as_str()) && names.contains(&desc.as_str()),
+        "{names:?}"
+    );
+    client
+        .put_secret_value()
+        .secret_id(&bin)
+        .secret_binary(aws_sdk_secretsmanager::primitives::Blob::new(
+            b"\x00\x01".to_vec(),
+        ))
+        .send()
+        .await
+        .unwrap();
+    client
+        .update_secret()
+        .secret_id(&desc)
+        .description("edited by hand")
+        .send()
+        .await
+        .unwrap();
+
+    for (name, value, why) in [
+        ("bin", "genuine-1", "binary value"),
+        ("desc", "genuine-2", "Description"),
+    ] {
+        let got = env.json(&["secret", "get", name]);
+        assert_eq!(got["values"]["pw"], value, "{got}");
+        assert_eq!(got["source"]["name"], "local", "{got}");
+        let reason = got["skipped"][0]["reason"].as_str().unwrap();
+        assert!(reason.contains("drifted") && reason.contains(why), "{got}");
+        let err = env.fails(&["secret", "get", name, "--from", "primary"], 7);
+        assert!(err.contains("drifted"), "{err}");
+    }
+    let kinds: Vec<_> = env
+        .differences("aws")
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().unwrap().to_owned(),
+                d["kind"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("bin".to_owned(), "drifted".to_owned()),
+            ("desc".to_owned(), "drifted".to_owned())
+        ]
+    );
+    env.ok(&["reconcile", "aws"]);
+    let left = env.differences("aws");
+    assert!(left.is_empty(), "{left:?}");
+    for (name, value) in [("bin", "genuine-1"), ("desc", "genuine-2")] {
+        let got = env.json(&["secret", "get", name, "--from", "primary"]);
+        assert_eq!(got["values"]["pw"], value, "{got}");
+    }
+}

@@ -268,3 +268,52 @@ fn vault_sinks_with_their_own_tokens_side_by_side() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(!err.contains(&tokens[0]), "the token was echoed: {err}");
 }
+
+/// A KV entry whose custom metadata names a scope sledger does not know is drifted: never read
+/// as a workspace secret. Reads skip it, `diff` reports it, `reconcile` rewrites it.
+#[test]
+fn an_unknown_scope_in_vault_metadata_is_drifted() {
+    let bao = openbao::start();
+    let env = common::Env::new();
+    let vault = |args: &[&str]| common::ok_with(&env, &VAULT_ENV, args);
+    vault(&["sink", "add", "kv", &openbao::url(&bao, "&prefix=drift/")]);
+    vault(&["secret", "create", "db", "--value", "pw=genuine"]);
+    vault(&["project"]);
+    vault(&["sink", "promote", "kv"]);
+    let got: serde_json::Value =
+        serde_json::from_str(&vault(&["--format", "json", "secret", "get", "db"])).unwrap();
+    assert_eq!(got["source"]["name"], "kv", "{got}");
+    let path = format!("drift/{}", got["id"].as_str().unwrap());
+    openbao::admin(
+        &bao,
+        &[
+            "kv",
+            "metadata",
+            "patch",
+            "-mount=secret",
+            "-custom-metadata=scope=root",
+            &path,
+        ],
+        None,
+    );
+
+    let got: serde_json::Value =
+        serde_json::from_str(&vault(&["--format", "json", "secret", "get", "db"])).unwrap();
+    assert_eq!(got["values"]["pw"], "genuine", "{got}");
+    assert_eq!(got["source"]["name"], "local", "{got}");
+    let reason = got["skipped"][0]["reason"].as_str().unwrap();
+    assert!(reason.contains("drifted") && reason.contains("scope"), "{got}");
+    let kinds: Vec<_> = env
+        .differences_with(&VAULT_ENV, "kv")
+        .iter()
+        .map(|d| d["kind"].clone())
+        .collect();
+    assert_eq!(kinds, ["drifted"]);
+    vault(&["reconcile", "kv"]);
+    assert!(env.differences_with(&VAULT_ENV, "kv").is_empty());
+    let got: serde_json::Value = serde_json::from_str(&vault(&[
+        "--format", "json", "secret", "get", "db", "--from", "primary",
+    ]))
+    .unwrap();
+    assert_eq!(got["values"]["pw"], "genuine", "{got}");
+}

@@ -94,7 +94,8 @@ pub enum DiffKind {
     Missing,
     /// The sink holds an older state.
     Stale,
-    /// The sink holds the right seq with other content: changed behind the ledger's back.
+    /// The sink holds the right seq with other content, or an object whose value or metadata
+    /// sledger never wrote: changed behind the ledger's back.
     Drifted,
     /// The sink holds an object the target state does not have (deleted, purged, not yet
     /// created, or unknown to this ledger).
@@ -173,6 +174,8 @@ pub async fn diff(
         );
         let kind = match (present, sink_seq) {
             (true, None) => Some(DiffKind::Missing),
+            // Its metadata is unreadable (see `SinkEntry`).
+            (_, Some(0)) => Some(DiffKind::Drifted),
             // Purged since the target: no state of it may stay anywhere, however new.
             (false, Some(_)) if purge => Some(DiffKind::Extra),
             (_, Some(s)) if s > want_seq => Some(DiffKind::Newer),
@@ -200,7 +203,9 @@ pub async fn diff(
                 id,
                 name: None,
                 // Created after the target (or planted with a seq from the future).
-                kind: if seq > desired.seq {
+                kind: if seq == 0 {
+                    DiffKind::Drifted
+                } else if seq > desired.seq {
                     DiffKind::Newer
                 } else {
                     DiffKind::Extra

@@ -221,7 +221,8 @@ impl SinkRecord {
     }
 }
 
-/// What `list` reports: which secret, at which seq.
+/// What `list` reports: which secret, at which seq. Seq 0 (never an event's) stands for an
+/// object whose metadata is unreadable: it is listed so that `diff` reports it as drifted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SinkEntry {
     pub id: SecretId,
@@ -317,5 +318,20 @@ impl Error {
             message: message.into(),
             temporary,
         }
+    }
+
+    /// An object under the sink's prefix whose value or metadata sledger never wrote (a binary
+    /// value, unreadable metadata, a scope sledger does not know): it was changed behind
+    /// sledger's back. Reads skip it and `diff` reports it as drifted; it is never read as an
+    /// empty or default record.
+    pub(crate) fn drifted(kind: &str, object: &str, what: &str) -> Error {
+        Error::sink(
+            kind,
+            format!(
+                "{object} is drifted: {what}, which sledger never writes (changed behind its back); \
+                 `sledger reconcile` rewrites it from the ledger"
+            ),
+            false,
+        )
     }
 }

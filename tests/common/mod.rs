@@ -144,8 +144,14 @@ impl Env {
     /// What `sledger diff SINK` reports, one JSON object per differing object (exit 0 when
     /// there is none, and then one `{"sink", "in_sync": true}` document; 10 otherwise).
     pub fn differences(&self, sink: &str) -> Vec<serde_json::Value> {
+        self.differences_with(&[], sink)
+    }
+
+    /// `differences` with `vars` set (a sink's credentials).
+    pub fn differences_with(&self, vars: &[(&str, &str)], sink: &str) -> Vec<serde_json::Value> {
         let out = self
             .cmd()
+            .envs(vars.iter().copied())
             .args(["--format", "json", "diff", sink])
             .output()
             .unwrap();

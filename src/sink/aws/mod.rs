@@ -93,7 +93,7 @@ impl AwsConfig {
 
 /// What the Description carries.
 #[derive(Serialize, Deserialize)]
-struct Described {
+pub(crate) struct Described {
     seq: u64,
     deleted: bool,
     meta: Option<RecordMeta>,
@@ -118,6 +118,8 @@ impl std::fmt::Debug for AwsSink {
 
 /// The state of one AWS secret as far as sledger is concerned.
 struct Stored {
+    /// Its Description is not one sledger wrote.
+    unreadable: bool,
     seq: u64,
     deleted: bool,
     scheduled_for_deletion: bool,
@@ -219,11 +221,12 @@ impl AwsSink {
         Error::sink(KIND, format!("{what}: {detail} ({})", self.where_()), temporary)
     }
 
-    pub(crate) fn described(description: Option<&str>) -> (u64, bool, Option<RecordMeta>) {
-        match description.and_then(|d| serde_json::from_str::<Described>(d).ok()) {
-            Some(d) => (d.seq, d.deleted, d.meta),
-            None => (0, false, None),
-        }
+    /// What a Description says; `None` when sledger did not write it (every secret sledger
+    /// creates has one from the start, so that is an edit behind its back).
+    pub(crate) fn described(description: Option<&str>) -> Option<Described> {
+        description
+            .and_then(|d| serde_json::from_str::<Described>(d).ok())
+            .filter(|d| d.deleted || d.meta.is_some())
     }
 
     async fn stored(&self, name: &str) -> Result<Option<Stored>> {
@@ -236,12 +239,13 @@ impl AwsSink {
             .await
         {
             Ok(out) => {
-                let (seq, deleted, meta) = Self::described(out.description());
+                let described = Self::described(out.description());
                 Ok(Some(Stored {
-                    seq,
-                    deleted,
+                    unreadable: described.is_none(),
+                    seq: described.as_ref().map_or(0, |d| d.seq),
+                    deleted: described.as_ref().is_some_and(|d| d.deleted),
                     scheduled_for_deletion: out.deleted_date().is_some(),
-                    meta,
+                    meta: described.and_then(|d| d.meta),
                 }))
             }
             Err(e) if e.code() == Some("ResourceNotFoundException") => Ok(None),
@@ -369,6 +373,14 @@ impl Sink for AwsSink {
                 if s.scheduled_for_deletion {
                     self.restore(&name).await?;
                 }
+                // Rewriting the seq it holds (reconcile after drift): the seq's token would
+                // make AWS answer with the version already made under it and leave the
+                // drifted one current.
+                let token = if s.seq == record.seq {
+                    uuid::Uuid::now_v7().simple().to_string()
+                } else {
+                    token
+                };
                 client
                     .put_secret_value()
                     .secret_id(&name)
@@ -395,11 +407,15 @@ impl Sink for AwsSink {
         let Some(stored) = self.stored(&name).await? else {
             return Ok(None);
         };
-        let Some(meta) = stored
-            .meta
-            .filter(|_| !stored.deleted && !stored.scheduled_for_deletion)
-        else {
+        if stored.scheduled_for_deletion || stored.deleted {
             return Ok(None);
+        }
+        let Some(meta) = stored.meta.filter(|_| !stored.unreadable) else {
+            return Err(Error::drifted(
+                KIND,
+                &name,
+                "its Description is not sledger's metadata",
+            ));
         };
         let out = match self
             .client()
@@ -413,7 +429,9 @@ impl Sink for AwsSink {
             Err(e) if e.code() == Some("ResourceNotFoundException") => return Ok(None),
             Err(e) => return Err(self.failure(&format!("cannot read {name}"), e)),
         };
-        let text = out.secret_string().unwrap_or("{}");
+        let Some(text) = out.secret_string() else {
+            return Err(Error::drifted(KIND, &name, "it holds a binary value"));
+        };
         SinkRecord::from_stored(KIND, &name, meta, stored.seq, text.as_bytes()).map(Some)
     }
 
@@ -499,9 +517,10 @@ impl Sink for AwsSink {
                 if entry.deleted_date().is_some() {
                     continue;
                 }
-                let (seq, deleted, meta) = Self::described(entry.description());
-                if !deleted && meta.is_some() {
-                    out.push(SinkEntry { id, seq });
+                match Self::described(entry.description()) {
+                    Some(d) if !d.deleted => out.push(SinkEntry { id, seq: d.seq }),
+                    Some(_) => {}
+                    None => out.push(SinkEntry { id, seq: 0 }),
                 }
             }
         }

@@ -408,12 +408,11 @@ impl Sink for AzureSink {
         let Some(secret) = self.secret(&name).await? else {
             return Ok(None);
         };
-        let tagged = TAGS.decode(&secret.tags.unwrap_or_default());
-        let Some(meta) = tagged.meta.filter(|_| !tagged.deleted) else {
+        let Some((seq, meta)) = TAGS.live_meta(&name, TAGS.decode(&secret.tags.unwrap_or_default()))? else {
             return Ok(None);
         };
         let text = Zeroizing::new(secret.value.unwrap_or_default());
-        SinkRecord::from_stored(KIND, &name, meta, tagged.seq, text.as_bytes()).map(Some)
+        SinkRecord::from_stored(KIND, &name, meta, seq, text.as_bytes()).map(Some)
     }
 
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
@@ -482,9 +481,8 @@ impl Sink for AzureSink {
             if name != object_name(&self.config.prefix, id) {
                 continue;
             }
-            let tagged = TAGS.decode(&properties.tags.unwrap_or_default());
-            if !tagged.deleted && tagged.meta.is_some() {
-                out.push(SinkEntry { id, seq: tagged.seq });
+            if let Some(seq) = TAGS.listed_seq(&TAGS.decode(&properties.tags.unwrap_or_default())) {
+                out.push(SinkEntry { id, seq });
             }
         }
         Ok(out)

@@ -492,7 +492,7 @@ impl Sink for GcpSink {
         let Some(stored) = self.stored(&name).await? else {
             return Ok(None);
         };
-        let Some(meta) = stored.tagged.meta.filter(|_| !stored.tagged.deleted) else {
+        let Some((seq, meta)) = LABELS.live_meta(&name, stored.tagged)? else {
             return Ok(None);
         };
         let Some((served, data)) = self.latest(&name).await? else {
@@ -509,14 +509,7 @@ impl Sink for GcpSink {
                 false,
             ));
         }
-        SinkRecord::from_stored(
-            KIND,
-            &format!("{name}'s latest version"),
-            meta,
-            stored.tagged.seq,
-            &data,
-        )
-        .map(Some)
+        SinkRecord::from_stored(KIND, &format!("{name}'s latest version"), meta, seq, &data).map(Some)
     }
 
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
@@ -577,9 +570,8 @@ impl Sink for GcpSink {
             if name != object_name(&self.config.prefix, id) {
                 continue;
             }
-            let tagged = LABELS.decode(&labels);
-            if !tagged.deleted && tagged.meta.is_some() {
-                out.push(SinkEntry { id, seq: tagged.seq });
+            if let Some(seq) = LABELS.listed_seq(&LABELS.decode(&labels)) {
+                out.push(SinkEntry { id, seq });
             }
         }
         Ok(out)

@@ -491,13 +491,26 @@ pub(crate) fn record_from(
         values.insert(k.as_str(), v.as_str());
     }
     let field = |k: &str| custom.get(k).cloned().unwrap_or_default();
-    let broken = |what: &str| Error::sink(KIND, format!("{path} has unreadable metadata ({what})"), false);
+    let broken = |what: &str| {
+        Error::drifted(
+            KIND,
+            path,
+            &format!("its custom metadata holds an unreadable {what}"),
+        )
+    };
     Ok(SinkRecord {
         id,
         name: field("name"),
         scope: match field("scope").as_str() {
             "private" => Scope::Private,
-            _ => Scope::Workspace,
+            "workspace" => Scope::Workspace,
+            _ => {
+                return Err(Error::drifted(
+                    KIND,
+                    path,
+                    "its custom metadata holds a scope sledger does not know",
+                ))
+            }
         },
         owner: field("owner"),
         labels: serde_json::from_str(&field("labels")).map_err(|_| broken("labels"))?,
