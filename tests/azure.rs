@@ -202,3 +202,25 @@ fn azure_sinks_sign_in_as_their_own_service_principals() {
     );
     assert!(err.contains("tenant_id"), "{err}");
 }
+
+/// A squatter on the vault's (loopback) port cannot choose the audience of the token sledger
+/// sends it: whatever resource the 401 challenge names, tokens are asked for the Key Vault
+/// scope only, and the sink keeps working.
+#[test]
+fn the_challenge_cannot_choose_the_token_audience() {
+    let vault = azure::start();
+    vault.set_challenge_resource("https://management.azure.com");
+    let env = Env::new();
+    let vars = vault.env();
+    common::ok_with(&env, vars, &["sink", "add", "azure", &vault.url("")]);
+    common::ok_with(&env, vars, &["secret", "create", "a", "--value", "k=1"]);
+    common::ok_with(&env, vars, &["project"]);
+    let scopes = vault.token_scopes();
+    assert!(!scopes.is_empty());
+    assert!(
+        scopes.iter().all(|s| s == "https://vault.azure.net/.default"),
+        "{scopes:?}"
+    );
+    let status = common::ok_with(&env, vars, &["--format", "json", "sink", "status"]);
+    assert!(!status.contains("\"error\""), "{status}");
+}

