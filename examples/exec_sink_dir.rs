@@ -153,6 +153,14 @@ fn handle(o: &Options, req: &Value) -> Result<Value, String> {
             write_atomically(&path, &tombstone)?;
             Ok(json!({"ok": true}))
         }
+        "erase" => {
+            let path = object_path(&o.dir, &object()?)?;
+            let _guard = lock(&path)?;
+            match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
+                _ => Ok(json!({"ok": true})),
+            }
+        }
         "list" => {
             let prefix = req["prefix"].as_str().ok_or("missing prefix")?;
             let mut entries = Vec::new();

@@ -94,6 +94,11 @@ pub enum Error {
     #[error("the anchor does not match: {reason}")]
     AnchorMismatch { reason: String },
 
+    /// A sink keeps state the ledger never wrote, beyond its head, which shadows the ledger's
+    /// writes (see `DiffKind::Ahead`).
+    #[error("sink {sink:?} did not take the write: {reason}")]
+    SinkAhead { sink: String, reason: String },
+
     #[error("corrupt ledger data: {0}")]
     Corrupt(String),
 
@@ -210,7 +215,9 @@ impl Error {
             Sink { temporary: true, .. } => ErrorClass::Unavailable,
             Sink { temporary: false, .. } => ErrorClass::Backend,
             AlreadyExists { .. } | WouldOverwrite { .. } => ErrorClass::AlreadyExists,
-            ChainBroken { .. } | AnchorMismatch { .. } | Corrupt(_) => ErrorClass::Integrity,
+            ChainBroken { .. } | AnchorMismatch { .. } | SinkAhead { .. } | Corrupt(_) => {
+                ErrorClass::Integrity
+            }
             WrongKey | KeyUnavailable(_) => ErrorClass::Key,
             // Another process's rotation, finished by now: retrying with the new key works.
             Busy | Closed | ChangedMeanwhile { .. } | KeyRotated => ErrorClass::Unavailable,

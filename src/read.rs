@@ -94,7 +94,8 @@ impl Ledger {
         if record.seq > head {
             return Ok(Err(format!(
                 "it holds seq {}, beyond the ledger's head {head}: the sink was written behind sledger's back, \
-                 or the ledger was restored from an older copy; `sledger diff` shows it, `sledger reconcile` rewrites the sink from the ledger",
+                 or the ledger was restored from an older copy; `sledger diff` shows it as ahead, \
+                 `sledger reconcile --force-ledger` overwrites it with the ledger's state",
                 record.seq
             )));
         }

@@ -359,3 +359,66 @@ async fn a_binary_value_or_foreign_description_in_aws_is_drifted() {
         assert_eq!(got["values"]["pw"], value, "{got}");
     }
 }
+
+/// A record planted in AWS with a seq from the future (someone with write access to the
+/// account) is not served, `diff` calls it `ahead`, the next write it would shadow fails with
+/// exit 5 instead of reporting success, and `reconcile --force-ledger` overwrites it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_planted_ahead_in_aws_shadows_no_write_silently() {
+    let moto = moto::start();
+    for (k, v) in AWS_ENV {
+        std::env::set_var(k, v);
+    }
+    let env = Env::new();
+    env.ok(&["sink", "add", "aws", &moto::url(&moto, "&prefix=ahead/")]);
+    env.ok(&["secret", "create", "db", "--value", "pw=genuine"]);
+    env.ok(&["project"]);
+    env.ok(&["sink", "promote", "aws"]);
+    let id = env.json(&["secret", "get", "db"])["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let object = format!("ahead/{id}");
+
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(format!("http://127.0.0.1:{}", moto.port))
+        .load()
+        .await;
+    let client = aws_sdk_secretsmanager::Client::new(&config);
+    let described = client.describe_secret().secret_id(&object).send().await.unwrap();
+    let mut description: serde_json::Value = serde_json::from_str(described.description().unwrap()).unwrap();
+    description["seq"] = serde_json::json!(1u64 << 62);
+    client
+        .put_secret_value()
+        .secret_id(&object)
+        .secret_string(r#"{"pw":"planted"}"#)
+        .send()
+        .await
+        .unwrap();
+    client
+        .update_secret()
+        .secret_id(&object)
+        .description(description.to_string())
+        .send()
+        .await
+        .unwrap();
+
+    let got = env.json(&["secret", "get", "db"]);
+    assert_eq!(got["values"]["pw"], "genuine", "{got}");
+    assert_eq!(got["source"]["name"], "local", "{got}");
+    let kinds: Vec<_> = env.differences("aws").iter().map(|d| d["kind"].clone()).collect();
+    assert_eq!(kinds, ["ahead"]);
+    let err = env.fails(&["secret", "update", "db", "--value", "pw=rotated"], 5);
+    assert!(
+        err.contains("did not take the write")
+            && err.contains(&format!("{}", 1u64 << 62))
+            && err.contains("reconcile aws --force-ledger")
+            && !err.contains("planted"),
+        "{err}"
+    );
+    env.fails(&["reconcile", "aws"], 10);
+    env.ok(&["reconcile", "aws", "--force-ledger"]);
+    assert!(env.differences("aws").is_empty());
+    let got = env.json(&["secret", "get", "db", "--from", "primary"]);
+    assert_eq!(got["values"]["pw"], "rotated", "{got}");
+}

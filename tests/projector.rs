@@ -48,6 +48,9 @@ impl Sink for Counting {
         self.deletes.fetch_add(1, Ordering::SeqCst);
         self.inner.delete(id, seq, how).await
     }
+    async fn erase(&self, id: SecretId) -> sledger::Result<()> {
+        self.inner.erase(id).await
+    }
     async fn list(&self) -> sledger::Result<Vec<SinkEntry>> {
         self.inner.list().await
     }
@@ -390,6 +393,9 @@ impl Sink for Overlapping {
     }
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> sledger::Result<()> {
         self.inner.delete(id, seq, how).await
+    }
+    async fn erase(&self, id: SecretId) -> sledger::Result<()> {
+        self.inner.erase(id).await
     }
     async fn list(&self) -> sledger::Result<Vec<SinkEntry>> {
         self.inner.list().await

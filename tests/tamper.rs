@@ -689,3 +689,66 @@ fn an_edited_snapshot_is_caught_by_verify() {
     let err = ledger.verify(&mut |_, _| {}).unwrap_err();
     assert!(matches!(err, sledger::Error::Corrupt(_)), "{err}");
 }
+
+/// After a ledger put back from an older copy is accepted (`anchors reset --yes`), the sink
+/// still holds what the lost events wrote, at seqs beyond the ledger's head. sledger says so
+/// everywhere: reads skip that record (with an honest time), `diff` calls it `ahead`, a write it
+/// would shadow fails with exit 5 instead of reporting success, plain `reconcile` refuses, and
+/// `reconcile --force-ledger` makes the ledger the truth again.
+#[test]
+fn a_sink_ahead_of_an_accepted_older_ledger_shadows_no_write_silently() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "kept", "--value", "k=1"]);
+    let backup = env.path("ledger.db.bak");
+    std::fs::copy(&env.ledger, &backup).unwrap();
+    for v in 2..=4 {
+        env.ok(&["secret", "update", "kept", "--value", &format!("k={v}")]);
+    }
+    std::fs::copy(&backup, &env.ledger).unwrap();
+    for suffix in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", env.ledger.display()));
+    }
+    env.ok(&["anchors", "reset", "--yes"]);
+
+    let got = env.json(&["secret", "get", "kept"]);
+    assert_eq!(got["values"]["k"], "1", "{got}");
+    assert_eq!(got["source"]["kind"], "ledger", "{got}");
+    assert!(
+        got["skipped"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("beyond the ledger's head"),
+        "{got}"
+    );
+    assert!(!got["recorded_at"].as_str().unwrap().starts_with("1970"), "{got}");
+    let kinds: Vec<_> = env
+        .differences("local")
+        .iter()
+        .map(|d| d["kind"].clone())
+        .collect();
+    assert_eq!(kinds, ["ahead"]);
+
+    let err = env.fails(&["secret", "update", "kept", "--value", "k=5"], INTEGRITY);
+    assert!(
+        err.contains("did not take the write") && err.contains("reconcile local --force-ledger"),
+        "{err}"
+    );
+    // The write is in the ledger, and reads serve it, never the shadowing record.
+    assert_eq!(env.ok(&["secret", "get", "kept", "--key", "k"]), "5\n");
+
+    let err = env.fails(&["reconcile", "local"], 10);
+    assert!(
+        err.contains("beyond the ledger's head") && err.contains("--force-ledger"),
+        "{err}"
+    );
+    let out = env.ok(&["reconcile", "local", "--force-ledger"]);
+    assert!(out.contains("1 ahead of the ledger erased"), "{out}");
+    env.ok(&["diff", "local"]);
+    let got = env.json(&["secret", "get", "kept", "--from", "primary"]);
+    assert_eq!(got["values"]["k"], "5", "{got}");
+    env.ok(&["secret", "update", "kept", "--value", "k=6"]);
+    assert_eq!(
+        env.ok(&["secret", "get", "kept", "--key", "k", "--from", "primary"]),
+        "6\n"
+    );
+}

@@ -20,7 +20,7 @@ use serde::Serialize;
 use crate::catalog::{self, SecretMeta, SinkConfig, Status};
 use crate::error::{Error, Result};
 use crate::event::{Millis, SinkRole};
-use crate::ledger::{now_ms, open_values_at, Ledger};
+use crate::ledger::{now_ms, open_values_at, Ledger, Outcome};
 use crate::sink::layer::retry::within_deadline;
 use crate::sink::{DeleteMode, Sink, SinkRecord};
 use crate::SecretId;
@@ -596,12 +596,45 @@ pub struct PrimaryWait {
     pub parked: u64,
     /// Why it did not catch up, if it did not.
     pub error: Option<String>,
+    /// Written secrets the primary did not take although it applied the write: it keeps a
+    /// record beyond the ledger's head. One line per secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub shadowed: Vec<String>,
+}
+
+/// The secrets among `written` (a write's outcomes) that `sink`, which has applied the write,
+/// did not take: it keeps a record claiming a seq beyond the ledger's head, which shadows
+/// every write until `reconcile --force-ledger`. One read per written secret; a read that
+/// fails judges nothing (other writers' races and outages are not shadowing).
+pub async fn shadowed_writes(ledger: &Ledger, sink: &dyn Sink, written: &[Outcome]) -> Result<Vec<String>> {
+    let mut held = Vec::new();
+    for outcome in written {
+        if let Outcome::Appended { secret, .. } = outcome {
+            if let Ok(Some(record)) = sink.get(secret.id).await {
+                held.push((&secret.name, record.seq));
+            }
+        }
+    }
+    // Read after the records: another writer's later event, projected meanwhile, is then
+    // within the head.
+    let head = ledger.head()?.seq;
+    Ok(held
+        .into_iter()
+        .filter(|(_, seq)| *seq > head)
+        .map(|(name, seq)| format!("it keeps seq {seq} of {name:?}, beyond the ledger's head {head}"))
+        .collect())
 }
 
 /// After a write whose last event is `seq`: give the primary sink up to `wait` to apply it (a
-/// zero wait only reports whether it has). The write is durable in the ledger whatever happens
-/// here. `None` when there is no primary.
-pub async fn wait_for_primary(ledger: &Ledger, wait: Duration, seq: u64) -> Result<Option<PrimaryWait>> {
+/// zero wait only reports whether it has), then check that it took the `written` secrets
+/// ([`shadowed_writes`]). The write is durable in the ledger whatever happens here. `None`
+/// when there is no primary.
+pub async fn wait_for_primary(
+    ledger: &Ledger,
+    wait: Duration,
+    seq: u64,
+    written: &[Outcome],
+) -> Result<Option<PrimaryWait>> {
     let Some(name) = primary(ledger)? else {
         return Ok(None);
     };
@@ -618,11 +651,17 @@ pub async fn wait_for_primary(ledger: &Ledger, wait: Duration, seq: u64) -> Resu
     }
     let checkpoint = ledger.checkpoint(&name)?;
     let parked = ledger.parked(&name)?.len() as u64;
+    let shadowed = if checkpoint >= seq {
+        shadowed_writes(ledger, &*ledger.open_sink(&name)?.1, written).await?
+    } else {
+        Vec::new()
+    };
     Ok(Some(PrimaryWait {
         applied: checkpoint >= seq,
         lag: seq.saturating_sub(checkpoint),
         error: if checkpoint >= seq { None } else { error },
         parked,
+        shadowed,
         name,
     }))
 }

@@ -70,6 +70,7 @@ impl Ledger {
         purged_since.sort();
         Ok(Desired {
             seq,
+            head: self.head()?.seq,
             objects,
             purged_since,
         })
@@ -80,6 +81,9 @@ impl Ledger {
 #[derive(Debug)]
 pub struct Desired {
     pub seq: u64,
+    /// The ledger's head when the target was folded: a sink claiming a seq beyond it is
+    /// [`DiffKind::Ahead`].
+    pub head: u64,
     pub objects: HashMap<SecretId, Op>,
     /// Secrets live at the target but purged since: their values are gone, so the target
     /// cannot hold them (a replay says so).
@@ -103,6 +107,10 @@ pub enum DiffKind {
     /// The sink holds a state newer than the target; replays never roll a sink back in place
     /// (that is what `restore` is for), so this is reported, not fixed.
     Newer,
+    /// The sink claims a seq beyond the ledger's head: it was written behind sledger's back,
+    /// or the ledger was put back from an older copy. sledger cannot tell which: reads do not
+    /// serve it, and only `reconcile --force-ledger` overwrites it.
+    Ahead,
 }
 
 impl DiffKind {
@@ -113,6 +121,7 @@ impl DiffKind {
             DiffKind::Drifted => "drifted",
             DiffKind::Extra => "extra",
             DiffKind::Newer => "newer",
+            DiffKind::Ahead => "ahead",
         }
     }
 }
@@ -142,6 +151,8 @@ impl Difference {
 pub struct ApplyReport {
     pub written: u64,
     pub deleted: u64,
+    /// Objects ahead of the ledger that were erased before the ledger's state was written.
+    pub erased: u64,
     /// Objects left as they are (newer than the target).
     pub skipped: u64,
     /// Writes the sink accepted but did not take: it keeps a tombstone newer than the target
@@ -178,6 +189,7 @@ pub async fn diff(
             (_, Some(0)) => Some(DiffKind::Drifted),
             // Purged since the target: no state of it may stay anywhere, however new.
             (false, Some(_)) if purge => Some(DiffKind::Extra),
+            (_, Some(s)) if s > desired.head => Some(DiffKind::Ahead),
             (_, Some(s)) if s > want_seq => Some(DiffKind::Newer),
             (true, Some(s)) if s < want_seq => Some(DiffKind::Stale),
             (true, Some(_)) => {
@@ -205,6 +217,8 @@ pub async fn diff(
                 // Created after the target (or planted with a seq from the future).
                 kind: if seq == 0 {
                     DiffKind::Drifted
+                } else if seq > desired.head {
+                    DiffKind::Ahead
                 } else if seq > desired.seq {
                     DiffKind::Newer
                 } else {
@@ -249,13 +263,15 @@ pub async fn diff(
 }
 
 /// Make `sink` match `desired` where `differences` say it does not (objects newer than the
-/// target are left alone and counted as skipped). Writes go with the sink's concurrency and
-/// the projector's retries; the first write that still fails is returned as the error, after
-/// every other write was tried.
+/// target are left alone and counted as skipped, and so are objects ahead of the ledger unless
+/// `overwrite_ahead`: then they are erased, and the target's state written in their place).
+/// Writes go with the sink's concurrency and the projector's retries; the first write that
+/// still fails is returned as the error, after every other write was tried.
 pub async fn apply(
     desired: &Desired,
     sink: &dyn Sink,
     differences: &[Difference],
+    overwrite_ahead: bool,
     progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<ApplyReport> {
     let mut report = ApplyReport::default();
@@ -263,6 +279,19 @@ pub async fn apply(
     let mut removals = Vec::new();
     let mut ops: Vec<&Op> = Vec::with_capacity(differences.len());
     for d in differences {
+        if d.kind == DiffKind::Ahead {
+            if !overwrite_ahead {
+                report.skipped += 1;
+                continue;
+            }
+            tracing::warn!(secret = %d.id, sink_seq = ?d.sink_seq, "erasing an object ahead of the ledger");
+            sink.erase(d.id).await?;
+            report.erased += 1;
+            if let Some(op) = desired.objects.get(&d.id) {
+                ops.push(op);
+            }
+            continue;
+        }
         match (d.kind, desired.objects.get(&d.id)) {
             (DiffKind::Newer, _) => report.skipped += 1,
             (_, Some(op)) => ops.push(op),

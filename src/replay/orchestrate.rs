@@ -37,6 +37,10 @@ pub enum Mode {
     /// Like `Apply`, but change nothing if any object is newer than the target (a replay
     /// would otherwise leave the sink half rolled back).
     AllOrNothing,
+    /// Like `Apply`, and objects claiming a seq beyond the ledger's head are erased and
+    /// written again from the ledger (`reconcile --force-ledger`): the user has decided that
+    /// the ledger, not the sink, is right.
+    ForceLedger,
 }
 
 impl Mode {
@@ -88,6 +92,7 @@ impl Resync<'_> {
                 "target_seq": seq,
                 "written": report.written,
                 "deleted": report.deleted,
+                "erased": report.erased,
                 "skipped": report.skipped,
                 "refused": report.refused,
             }),
@@ -179,8 +184,18 @@ pub fn replay_target(ledger: &Ledger, into: &str, dry_run: bool) -> Result<(Arc<
     Ok((ledger.open_sink_url(into)?, false))
 }
 
-fn newer_error(sink: &str, differences: &[Difference]) -> Option<Error> {
-    let newer = differences.iter().filter(|d| d.kind == DiffKind::Newer).count();
+fn newer_error(sink: &str, differences: &[Difference], mode: Mode) -> Option<Error> {
+    let count = |kind| differences.iter().filter(|d| d.kind == kind).count();
+    let (newer, ahead) = (count(DiffKind::Newer), count(DiffKind::Ahead));
+    if ahead > 0 && mode != Mode::ForceLedger {
+        return Some(Error::OutOfSync(format!(
+            "{sink} holds {ahead} object(s) at a seq beyond the ledger's head, left as they are: they \
+             were written behind sledger's back, or this ledger was put back from an older copy, and \
+             sledger cannot tell which. If the ledger is right, `sledger reconcile {sink} --force-ledger` \
+             overwrites them with its state; if the sink is, put the newer ledger back or \
+             `sledger recover --from` the sink"
+        )));
+    }
     (newer > 0).then(|| {
         Error::OutOfSync(format!(
             "{sink} holds {newer} object(s) newer than the target, left as they are: a replay never \
@@ -208,7 +223,7 @@ pub async fn reconcile(
         differences.retain(|d| keep(d));
     }
     if mode == Mode::AllOrNothing {
-        if let Some(e) = newer_error(name, &differences) {
+        if let Some(e) = newer_error(name, &differences, mode) {
             return Err(e);
         }
     }
@@ -219,7 +234,7 @@ pub async fn reconcile(
         applying,
     });
     if !applying {
-        return match newer_error(name, &differences) {
+        return match newer_error(name, &differences, mode) {
             Some(e) => Err(e),
             None => Ok(Reconciled {
                 differences,
@@ -231,7 +246,7 @@ pub async fn reconcile(
         Some(ledger) => lock_sink_writes(ledger, name, &ProjectOptions::default()).await?,
         None => None,
     };
-    let applied = apply(desired, sink, &differences, &|d, t| {
+    let applied = apply(desired, sink, &differences, mode == Mode::ForceLedger, &|d, t| {
         progress(Phase::Writing, d, t)
     })
     .await?;
@@ -247,7 +262,7 @@ pub async fn reconcile(
             applied.refused
         )));
     }
-    if let Some(e) = newer_error(name, &differences) {
+    if let Some(e) = newer_error(name, &differences, mode) {
         return Err(e);
     }
     Ok(Reconciled {
@@ -279,10 +294,11 @@ async fn empty_sink(
     // Against an empty target every difference is a purge at the seq the object holds.
     let nothing = Desired {
         seq: through,
+        head: through,
         objects: Default::default(),
         purged_since: Vec::new(),
     };
-    Ok(apply(&nothing, sink, &doomed, &|_, _| {}).await?.deleted)
+    Ok(apply(&nothing, sink, &doomed, false, &|_, _| {}).await?.deleted)
 }
 
 async fn held_ids(sink: &dyn Sink) -> Result<HashSet<SecretId>> {

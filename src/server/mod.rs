@@ -87,9 +87,15 @@ pub(crate) struct AppState {
 
 impl AppState {
     /// Wait up to `wait` for the primary sink to apply the event at `seq` (its own event, not
-    /// whatever others appended since), then report the primary's state. `None` without a
+    /// whatever others appended since), then report the primary's state, with the `written`
+    /// secrets it did not take ([`crate::project::shadowed_writes`]). `None` without a
     /// primary.
-    pub async fn wait_for_primary(&self, seq: u64, wait: Duration) -> Result<Option<PrimaryWait>> {
+    pub async fn wait_for_primary(
+        &self,
+        seq: u64,
+        wait: Duration,
+        written: Vec<crate::ledger::Outcome>,
+    ) -> Result<Option<PrimaryWait>> {
         let Some((name, checkpoint)) = self
             .handle
             .read(|l| {
@@ -111,12 +117,20 @@ impl AppState {
             let applied = reported.wait_for(|c| c.get(&name).is_some_and(|c| *c >= seq));
             let _ = tokio::time::timeout(wait, applied).await;
         }
+        let runtime = tokio::runtime::Handle::current();
         let primary = self
             .handle
             .read(move |l| {
                 let progress = l.checkpoint(&name)?;
                 let status = l.sink_status()?.into_iter().find(|s| s.name == name);
+                let shadowed = if progress >= seq {
+                    let (_, sink) = l.open_sink(&name)?;
+                    runtime.block_on(crate::project::shadowed_writes(l, &*sink, &written))?
+                } else {
+                    Vec::new()
+                };
                 Ok(PrimaryWait {
+                    shadowed,
                     applied: progress >= seq,
                     lag: seq.saturating_sub(progress),
                     parked: status.as_ref().map_or(0, |s| s.parked),

@@ -516,7 +516,11 @@ async fn execute_docs(
         .iter()
         .any(|o| matches!(o, Outcome::Appended { .. } | Outcome::Unchanged { .. }));
     let primary = match outcomes.iter().filter_map(Outcome::seq).max() {
-        Some(seq) if secrets && wait.wait_ms > 0 => state.wait_for_primary(seq, wait.duration()).await?,
+        Some(seq) if secrets && wait.wait_ms > 0 => {
+            state
+                .wait_for_primary(seq, wait.duration(), outcomes.clone())
+                .await?
+        }
         _ => None,
     };
     Ok(outcomes
@@ -1202,6 +1206,8 @@ async fn diff(
 #[serde(deny_unknown_fields)]
 struct ReconcileBody {
     sink: String,
+    #[serde(default)]
+    force_ledger: bool,
 }
 
 /// Make a sink match the ledger's head: the resync's documents (what it found, what it did).
@@ -1223,7 +1229,11 @@ async fn reconcile(
                 &body.sink,
                 &*sink,
                 &desired,
-                orchestrate::Mode::Apply,
+                if body.force_ledger {
+                    orchestrate::Mode::ForceLedger
+                } else {
+                    orchestrate::Mode::Apply
+                },
                 None,
                 &|_, _, _| {},
                 &mut |e| events.push(e.to_json()),

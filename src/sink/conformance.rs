@@ -47,11 +47,37 @@ pub async fn run_all(base: &str, open: &OpenSink<'_>) {
     size_limit(&*open(&format!("{base}f-")).unwrap()).await;
     unicode(&*open(&format!("{base}g-")).unwrap()).await;
     concurrent_puts(open(&format!("{base}h-")).unwrap()).await;
+    erase_lowers_the_seq(&*open(&format!("{base}k-")).unwrap()).await;
     open(&format!("{base}i-"))
         .unwrap()
         .health()
         .await
         .expect("health of a working sink");
+}
+
+/// `erase` removes an object and its tombstone whatever seq they hold: afterwards a put with
+/// a lower seq lands (the one way a seq goes down), and erasing an absent object is `Ok`.
+pub async fn erase_lowers_the_seq(sink: &dyn Sink) {
+    let (live, purged) = (SecretId::now_v7(), SecretId::now_v7());
+    sink.erase(live).await.expect("erasing an absent object");
+    sink.put(&record(live, 1 << 62, "planted")).await.unwrap();
+    sink.put(&record(purged, 3, "x")).await.unwrap();
+    sink.delete(purged, 1 << 62, DeleteMode::Purge).await.unwrap();
+    for id in [live, purged] {
+        sink.erase(id).await.unwrap();
+        let genuine = record(id, 5, "genuine");
+        sink.put(&genuine).await.unwrap();
+        assert_eq!(
+            sink.get(id).await.unwrap(),
+            Some(genuine),
+            "a put after erase lands whatever seq was held"
+        );
+    }
+    let mut listed = sink.list().await.unwrap();
+    listed.sort();
+    let mut expected = vec![SinkEntry { id: live, seq: 5 }, SinkEntry { id: purged, seq: 5 }];
+    expected.sort();
+    assert_eq!(listed, expected);
 }
 
 pub async fn put_get_update(sink: &dyn Sink) {

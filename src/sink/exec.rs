@@ -285,6 +285,12 @@ impl Sink for ExecSink {
             .map(|_| ())
     }
 
+    async fn erase(&self, id: SecretId) -> Result<()> {
+        self.call(json!({"op": "erase", "object": object_name(&self.prefix, id)}))
+            .await
+            .map(|_| ())
+    }
+
     async fn list(&self) -> Result<Vec<SinkEntry>> {
         let reply = self
             .call_within(json!({"op": "list", "prefix": self.prefix}), MAX_LIST_REPLY_BYTES)

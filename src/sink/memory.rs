@@ -118,6 +118,11 @@ impl Sink for MemorySink {
             .and_then(|o| o.record.clone()))
     }
 
+    async fn erase(&self, id: SecretId) -> Result<()> {
+        self.lock().remove(&object_name(&self.prefix, id));
+        Ok(())
+    }
+
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
         let mut store = self.lock();
         let object = store.entry(object_name(&self.prefix, id)).or_insert(Object {

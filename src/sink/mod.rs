@@ -251,6 +251,12 @@ pub trait Sink: Send + Sync + fmt::Debug + 'static {
     async fn put(&self, record: &SinkRecord) -> Result<()>;
     async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>>;
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()>;
+    /// Remove the object and any tombstone of it, whatever seq it holds, so that the next
+    /// `put` lands whatever its seq: the one write that may lower a seq. Only
+    /// `reconcile --force-ledger` calls it, for an object claiming a seq beyond the ledger's
+    /// head (planted behind sledger's back, or written by a ledger since lost). Erasing an
+    /// absent object is `Ok`.
+    async fn erase(&self, id: SecretId) -> Result<()>;
     async fn list(&self) -> Result<Vec<SinkEntry>>;
     async fn health(&self) -> Result<()>;
     /// Who the backend sees this sink as (an AWS account and ARN, a Vault token's name), for

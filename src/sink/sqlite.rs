@@ -70,6 +70,9 @@ enum Write {
         seq: u64,
         how: DeleteMode,
     },
+    Erase {
+        name: String,
+    },
 }
 
 impl Write {
@@ -98,6 +101,9 @@ impl Write {
                      ON CONFLICT (name) DO UPDATE SET seq = max(objects.seq, excluded.seq), deleted = 1, meta = '{}', sealed = x''",
                 )?
                 .execute(params![name, id.as_bytes().as_slice(), *seq as i64]),
+            Write::Erase { name } => c
+                .prepare_cached("DELETE FROM objects WHERE name = ?1")?
+                .execute([name]),
         }
         .map(|_| ())
     }
@@ -141,7 +147,7 @@ fn commit_group(conn: &Connection, path: &Path, group: Vec<(Write, oneshot::Send
             Write::Delete {
                 how: DeleteMode::Purge,
                 ..
-            }
+            } | Write::Erase { .. }
         )
     });
     let applied = (|| {
@@ -351,14 +357,14 @@ impl Sink for SqliteSink {
 
     async fn get(&self, id: SecretId) -> Result<Option<SinkRecord>> {
         let name = object_name(&self.prefix, id);
-        let row: Option<(String, Vec<u8>)> = self
+        let row: Option<(i64, String, Vec<u8>)> = self
             .read(move |c| {
-                c.prepare_cached("SELECT meta, sealed FROM objects WHERE name = ?1 AND deleted = 0")?
-                    .query_row([name], |r| Ok((r.get(0)?, r.get(1)?)))
+                c.prepare_cached("SELECT seq, meta, sealed FROM objects WHERE name = ?1 AND deleted = 0")?
+                    .query_row([name], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
                     .optional()
             })
             .await?;
-        let Some((meta, sealed)) = row else {
+        let Some((seq, meta, sealed)) = row else {
             return Ok(None);
         };
         let meta: RecordMeta = serde_json::from_str(&meta).map_err(|e| {
@@ -368,6 +374,14 @@ impl Sink for SqliteSink {
                 false,
             )
         })?;
+        if seq as u64 != meta.seq {
+            // The column writes compare against: raised, it shadows every later write.
+            return Err(Error::drifted(
+                "sqlite",
+                &format!("object of {id}"),
+                &format!("its seq column says {seq}, its record {}", meta.seq),
+            ));
+        }
         let values = self.key.open(&sealed, id, meta.seq).map_err(|_| {
             Error::sink(
                 "sqlite",
@@ -384,6 +398,13 @@ impl Sink for SqliteSink {
             id,
             seq,
             how,
+        })
+        .await
+    }
+
+    async fn erase(&self, id: SecretId) -> Result<()> {
+        self.write(Write::Erase {
+            name: object_name(&self.prefix, id),
         })
         .await
     }

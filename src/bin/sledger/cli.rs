@@ -327,6 +327,11 @@ pub struct DiffArgs {
 pub struct ReconcileArgs {
     /// An attached sink
     pub sink: String,
+    /// Also overwrite objects that claim a seq beyond the ledger's head (`diff` shows them as
+    /// `ahead`: planted in the backend, or written by a newer copy of this ledger that was
+    /// lost). They are erased and written again from this ledger
+    #[arg(long)]
+    pub force_ledger: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]

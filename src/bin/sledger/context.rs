@@ -148,7 +148,7 @@ impl Context {
             return Ok(None);
         };
         Ok(block_on(sledger::project::wait_for_primary(
-            ledger, self.wait, seq,
+            ledger, self.wait, seq, outcomes,
         ))?)
     }
 

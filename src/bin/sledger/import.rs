@@ -147,7 +147,7 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     let last = ledger.head()?.seq;
     let primary = match appended {
         0 => None,
-        _ => block_on(sledger::project::wait_for_primary(&ledger, ctx.wait, last))?,
+        _ => block_on(sledger::project::wait_for_primary(&ledger, ctx.wait, last, &[]))?,
     };
     let lag = primary.as_ref().map(|p| p.lag).unwrap_or(0);
     if ctx.json() {

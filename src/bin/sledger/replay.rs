@@ -129,7 +129,8 @@ fn print_applied(ctx: &Context, sink: &str, report: &Value) {
     if ctx.json() {
         output::json_line(
             &json!({"sink": sink, "target_seq": report["target_seq"], "written": count("written"),
-            "deleted": count("deleted"), "skipped": count("skipped"), "refused": count("refused")}),
+            "deleted": count("deleted"), "erased": count("erased"), "skipped": count("skipped"),
+            "refused": count("refused")}),
         );
         return;
     }
@@ -139,8 +140,12 @@ fn print_applied(ctx: &Context, sink: &str, report: &Value) {
     } else {
         format!("{left} object(s) left as they are (see below)")
     };
+    let erased = match count("erased") {
+        0 => String::new(),
+        n => format!("{n} ahead of the ledger erased and rewritten, "),
+    };
     outln!(
-        "{sink}: {} written, {} deleted, {outcome}",
+        "{sink}: {erased}{} written, {} deleted, {outcome}",
         count("written"),
         count("deleted")
     );
@@ -242,7 +247,10 @@ pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
 
 pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
     if let Some(remote) = &ctx.remote {
-        let answer = remote.post(&["reconcile"], json!({"sink": args.sink}))?;
+        let answer = remote.post(
+            &["reconcile"],
+            json!({"sink": args.sink, "force_ledger": args.force_ledger}),
+        )?;
         answer["events"]
             .as_array()
             .into_iter()
@@ -259,7 +267,11 @@ pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
         &args.sink,
         &*sink,
         &desired,
-        Mode::Apply,
+        if args.force_ledger {
+            Mode::ForceLedger
+        } else {
+            Mode::Apply
+        },
     ))
 }
 
@@ -375,8 +387,7 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         );
     }
     if let Some(outcomes) = doc["outcomes"].as_array() {
-        render_writes(ctx, &format!("restored to seq {seq}:"), outcomes);
-        return Ok(());
+        return render_writes(ctx, &format!("restored to seq {seq}:"), outcomes);
     }
     let steps = doc["steps"].as_array().cloned().unwrap_or_default();
     if ctx.json() {

@@ -159,8 +159,9 @@ pub fn outcome_docs(verb: &str, outcomes: &[Outcome], primary: Option<&PrimaryWa
 }
 
 /// Report what a write did, and whether the primary has applied it: one document per changed
-/// secret (the same for a local ledger and a server).
-pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) {
+/// secret (the same for a local ledger and a server). A write the primary applied but did not
+/// take (it keeps a record beyond the ledger's head) is an error, after the documents.
+pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) -> Result<()> {
     let primary: Option<PrimaryWait> = docs
         .first()
         .and_then(|d| serde_json::from_value(d["primary"].clone()).ok());
@@ -206,6 +207,22 @@ pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) {
             );
         }
     }
+    match primary.filter(|p| !p.shadowed.is_empty()) {
+        None => Ok(()),
+        Some(p) => Err(sledger::Error::SinkAhead {
+            reason: format!(
+                "{}. It was written behind sledger's back, or this ledger was put back from an older \
+                 copy. The write is recorded in the ledger and the other sinks, and reads skip the \
+                 sink's copy; `sledger diff {}` shows what it holds, `sledger reconcile {} \
+                 --force-ledger` overwrites it with the ledger's state",
+                p.shadowed.join("; "),
+                p.name,
+                p.name
+            ),
+            sink: p.name.clone(),
+        }
+        .into()),
+    }
 }
 
 pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
@@ -219,8 +236,7 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
                 outcome_docs(verb, &outcomes, primary.as_ref())
             }
         };
-        render_writes(ctx, said, &docs);
-        Ok(())
+        render_writes(ctx, said, &docs)
     };
     let write = |verb: &str, command: Command| write_saying(verb, verb, command);
     match cmd {
@@ -487,8 +503,7 @@ fn undelete_as(ctx: &Context, name: &str, new_name: String) -> Result<()> {
     ])?;
     let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
     let docs = outcome_docs("undeleted", &outcomes[1..], primary.as_ref());
-    render_writes(ctx, &format!("undeleted {} as", output::printable(name)), &docs);
-    Ok(())
+    render_writes(ctx, &format!("undeleted {} as", output::printable(name)), &docs)
 }
 
 /// Secrets streamed in name order as they are read, a page of `limit` when given (with a note

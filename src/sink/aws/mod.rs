@@ -494,6 +494,12 @@ impl Sink for AwsSink {
         }
     }
 
+    async fn erase(&self, id: SecretId) -> Result<()> {
+        let name = object_name(&self.config.prefix, id);
+        let _one_writer = self.writing.lock(id).await;
+        self.force_delete(&name).await
+    }
+
     async fn list(&self) -> Result<Vec<SinkEntry>> {
         let client = self.client().await?;
         let filter = Filter::builder()

@@ -495,6 +495,12 @@ impl Sink for AzureSink {
         }
     }
 
+    async fn erase(&self, id: SecretId) -> Result<()> {
+        let name = object_name(&self.config.prefix, id);
+        let _one_writer = self.writing.lock(id).await;
+        self.remove(&name, true).await
+    }
+
     async fn list(&self) -> Result<Vec<SinkEntry>> {
         let mut out = Vec::new();
         for (name, properties) in self.all_secrets().await? {

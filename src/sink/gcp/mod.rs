@@ -413,6 +413,21 @@ impl GcpSink {
         Ok(out)
     }
 
+    /// Delete the secret with every version and its labels.
+    async fn remove(&self, name: &str) -> Result<()> {
+        let client = self.client().await?;
+        match client
+            .delete_secret()
+            .set_name(self.secret_path(name))
+            .send()
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if is(&e, Code::NotFound, 404) => Ok(()),
+            Err(e) => Err(self.failure(&format!("cannot purge {name}"), e)),
+        }
+    }
+
     async fn retire(&self, version: &str, how: OldVersions) -> Result<()> {
         let client = self.client().await?;
         let done = match how {
@@ -516,20 +531,10 @@ impl Sink for GcpSink {
         let name = object_name(&self.config.prefix, id);
         let _one_writer = self.writing.lock(id).await;
         let stored = self.stored(&name).await?;
-        let client = self.client().await?;
         if how == DeleteMode::Purge {
             let seq = stored.as_ref().map_or(seq, |s| s.tagged.seq.max(seq));
             if stored.is_some() {
-                match client
-                    .delete_secret()
-                    .set_name(self.secret_path(&name))
-                    .send()
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e) if is(&e, Code::NotFound, 404) => {}
-                    Err(e) => return Err(self.failure(&format!("cannot purge {name}"), e)),
-                }
+                self.remove(&name).await?;
             }
             self.create(&name, LABELS.encode(seq, true, None)?).await?;
             // If someone else's create won, make sure it says deleted at our seq or later.
@@ -559,6 +564,12 @@ impl Sink for GcpSink {
                     .await
             }
         }
+    }
+
+    async fn erase(&self, id: SecretId) -> Result<()> {
+        let name = object_name(&self.config.prefix, id);
+        let _one_writer = self.writing.lock(id).await;
+        self.remove(&name).await
     }
 
     async fn list(&self) -> Result<Vec<SinkEntry>> {

@@ -69,6 +69,10 @@ impl Sink for Pace {
         self.pace().await;
         self.inner.delete(id, seq, how).await
     }
+    async fn erase(&self, id: SecretId) -> Result<()> {
+        self.pace().await;
+        self.inner.erase(id).await
+    }
     async fn list(&self) -> Result<Vec<SinkEntry>> {
         self.pace().await;
         self.inner.list().await

@@ -109,6 +109,9 @@ impl Sink for Retry {
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
         self.retrying(|| self.inner.delete(id, seq, how)).await
     }
+    async fn erase(&self, id: SecretId) -> Result<()> {
+        self.retrying(|| self.inner.erase(id)).await
+    }
     async fn list(&self) -> Result<Vec<SinkEntry>> {
         self.inner.list().await
     }

@@ -30,6 +30,9 @@ impl Sink for SecretsOnly {
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
         self.0.delete(id, seq, how).await
     }
+    async fn erase(&self, id: SecretId) -> Result<()> {
+        self.0.erase(id).await
+    }
     async fn list(&self) -> Result<Vec<SinkEntry>> {
         let mut entries = self.0.list().await?;
         entries.retain(|e| e.id != ANCHOR_ID);

@@ -53,6 +53,9 @@ impl Sink for Timeout {
     async fn delete(&self, id: SecretId, seq: u64, how: DeleteMode) -> Result<()> {
         self.within("a delete", self.inner.delete(id, seq, how)).await
     }
+    async fn erase(&self, id: SecretId) -> Result<()> {
+        self.within("an erase", self.inner.erase(id)).await
+    }
     async fn list(&self) -> Result<Vec<SinkEntry>> {
         // A listing pages through every object: it gets ten requests' time.
         match tokio::time::timeout(self.limit * 10, self.inner.list()).await {

@@ -356,6 +356,17 @@ impl Sink for VaultSink {
         }
     }
 
+    async fn erase(&self, id: SecretId) -> Result<()> {
+        let path = self.path(id);
+        let _one_writer = self.writing.lock(id).await;
+        let client = self.client().await?;
+        match kv2::delete_metadata(&*client, &self.config.mount, &path).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Ok(()),
+            Err(e) => Err(self.failure(&format!("cannot erase {path}"), e)),
+        }
+    }
+
     async fn list(&self) -> Result<Vec<SinkEntry>> {
         // A prefix with `/` lives in a folder: list that folder.
         let dir = self
