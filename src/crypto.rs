@@ -21,8 +21,17 @@ use crate::error::{Error, Result};
 use crate::SecretId;
 
 const NONCE_LEN: usize = 24;
-const KEY_CHECK_CONTEXT: &[u8] = b"sledger master key check v1";
+/// The key check of ledgers made before subkeys: a keyed hash under the master key itself.
+const LEGACY_KEY_CHECK_CONTEXT: &[u8] = b"sledger master key check v1";
+const KEY_CHECK_CONTEXT: &str = "sledger 2026-11 master key check";
 const KEY_ID_CONTEXT: &str = "sledger key id v1";
+/// The master key is never used as a key itself: each use has its own subkey.
+const WRAPPING_CONTEXT: &str = "sledger 2026-11 master key: wrapping";
+/// Wrapped under the wrapping subkey: a version byte, then nonce and ciphertext of a 32-byte
+/// key. Wrappings from before subkeys (under the master key itself) are a byte shorter, and
+/// still open, until `key rotate` wraps everything again.
+const WRAPPED_V2: u8 = 2;
+const LEGACY_WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
 
 /// Environment variable holding a base64 master key; it takes precedence over a key file.
 pub const MASTER_KEY_ENV: &str = "SLEDGER_MASTER_KEY";
@@ -155,7 +164,20 @@ impl MasterKey {
 
     /// A value stored in the ledger to recognise this key without revealing it.
     pub(crate) fn key_check(&self) -> [u8; 32] {
-        *blake3::keyed_hash(&self.0 .0, KEY_CHECK_CONTEXT).as_bytes()
+        blake3::derive_key(KEY_CHECK_CONTEXT, self.0 .0.as_ref())
+    }
+
+    /// Whether `stored` (a ledger's key check) was made by this key, now or before subkeys.
+    pub(crate) fn checks(&self, stored: &[u8]) -> bool {
+        let legacy = blake3::keyed_hash(&self.0 .0, LEGACY_KEY_CHECK_CONTEXT);
+        stored == self.key_check().as_slice() || stored == legacy.as_bytes().as_slice()
+    }
+
+    fn wrapping_key(&self) -> Key32 {
+        Key32(Zeroizing::new(blake3::derive_key(
+            WRAPPING_CONTEXT,
+            self.0 .0.as_ref(),
+        )))
     }
 
     /// A short public identifier of this key, recorded in `key.rotated` events.
@@ -165,11 +187,19 @@ impl MasterKey {
     }
 
     fn wrap(&self, key: &Key32, aad: &[u8]) -> Vec<u8> {
-        seal_bytes(&self.0, key.0.as_ref(), aad)
+        let mut wrapped = vec![WRAPPED_V2];
+        wrapped.extend(seal_bytes(&self.wrapping_key(), key.0.as_ref(), aad));
+        wrapped
     }
 
     fn unwrap(&self, wrapped: &[u8], aad: &[u8]) -> Result<Key32> {
-        let plain = Zeroizing::new(open_bytes(&self.0, wrapped, aad).map_err(|_| Error::WrongKey)?);
+        let opened = match wrapped.split_first() {
+            Some((&WRAPPED_V2, sealed)) if wrapped.len() == LEGACY_WRAPPED_LEN + 1 => {
+                open_bytes(&self.wrapping_key(), sealed, aad)
+            }
+            _ => open_bytes(&self.0, wrapped, aad),
+        };
+        let plain = Zeroizing::new(opened.map_err(|_| Error::WrongKey)?);
         if plain.len() != 32 {
             return Err(Error::Corrupt("a wrapped key has the wrong length".into()));
         }
@@ -495,6 +525,37 @@ impl fmt::Debug for SecretValues {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The master key wraps through its own subkey, never as a key itself; what was wrapped,
+    /// and the key check made, before subkeys still open and match.
+    #[test]
+    fn the_master_key_works_through_subkeys_and_still_opens_older_wrappings() {
+        let master = MasterKey::generate();
+        let (dek, id) = (DataKey::generate(), SecretId::now_v7());
+        let wrapped = master.wrap_data_key(&dek, id);
+        assert_eq!((wrapped[0], wrapped.len()), (WRAPPED_V2, LEGACY_WRAPPED_LEN + 1));
+        assert!(
+            open_bytes(&master.0, &wrapped[1..], &dek_aad(id)).is_err(),
+            "not under the master key itself"
+        );
+        let unwrapped = master.unwrap_data_key(&wrapped, id).unwrap();
+        assert_eq!(unwrapped.0 .0.as_ref(), dek.0 .0.as_ref());
+
+        let legacy = seal_bytes(&master.0, dek.0 .0.as_ref(), &dek_aad(id));
+        assert_eq!(legacy.len(), LEGACY_WRAPPED_LEN);
+        let unwrapped = master.unwrap_data_key(&legacy, id).unwrap();
+        assert_eq!(unwrapped.0 .0.as_ref(), dek.0 .0.as_ref());
+        assert!(matches!(
+            MasterKey::generate().unwrap_data_key(&wrapped, id),
+            Err(Error::WrongKey)
+        ));
+
+        let legacy_check = blake3::keyed_hash(&master.0 .0, LEGACY_KEY_CHECK_CONTEXT);
+        assert!(master.checks(legacy_check.as_bytes()));
+        assert!(master.checks(&master.key_check()));
+        assert_ne!(master.key_check(), *legacy_check.as_bytes());
+        assert!(!MasterKey::generate().checks(&master.key_check()));
+    }
 
     #[test]
     fn sealed_values_are_bound_to_secret_and_seq() {

@@ -430,7 +430,7 @@ impl Ledger {
 
     /// Does `master` open this ledger? (Without keeping it.)
     pub fn key_matches(&self, master: &MasterKey) -> Result<bool> {
-        Ok(self.key_check()?.as_slice() == master.key_check().as_slice())
+        Ok(master.checks(&self.key_check()?))
     }
 
     /// What identifies the current master key (not secret: a MAC of a constant under it).

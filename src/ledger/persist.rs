@@ -14,7 +14,7 @@ pub(super) fn required_setting(store: &dyn Store, key: &str) -> Result<Vec<u8>> 
 /// Refuse to write with a master key another process has since rotated away: data keys
 /// wrapped under it would be unreadable with the ledger's real key.
 pub(super) fn ensure_current_key(store: &dyn Store, keys: &Keys) -> Result<()> {
-    if required_setting(store, "key_check")?.as_slice() != keys.master.key_check().as_slice() {
+    if !keys.master.checks(&required_setting(store, "key_check")?) {
         return Err(Error::KeyRotated);
     }
     Ok(())
