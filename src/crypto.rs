@@ -31,6 +31,8 @@ const WRAPPING_CONTEXT: &str = "sledger 2026-11 master key: wrapping";
 /// key. Wrappings from before subkeys (under the master key itself) are a byte shorter, and
 /// still open, until `key rotate` wraps everything again.
 const WRAPPED_V2: u8 = 2;
+/// Mixes a secret's data key with a rotation's epoch key (see [`ValueEpochs`]).
+const VALUE_EPOCH_CONTEXT: &str = "sledger 2026-11 value key of an epoch";
 const LEGACY_WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
 
 /// Environment variable holding a base64 master key; it takes precedence over a key file.
@@ -234,27 +236,108 @@ impl MasterKey {
 
     /// Wrap the ledger's fingerprint key.
     /// Once a ledger's event MACs have started at `macs_from`, that seq is bound into the
-    /// wrapping too: removing or moving the ledger's record of it makes the key unopenable, so
-    /// MACs cannot be switched off by editing the file.
-    pub fn wrap_fingerprint_key(&self, key: &FingerprintKey, macs_from: Option<u64>) -> Vec<u8> {
-        self.wrap(&key.0, &fingerprint_aad(macs_from))
+    /// wrapping too, and so are the value epochs of its key rotations (`epochs`, as stored):
+    /// removing or changing the ledger's record of either makes the key unopenable, so MACs
+    /// cannot be switched off, nor values sealed again under keys an old master key opens,
+    /// by editing the file.
+    pub fn wrap_fingerprint_key(
+        &self,
+        key: &FingerprintKey,
+        macs_from: Option<u64>,
+        epochs: &[u8],
+    ) -> Vec<u8> {
+        self.wrap(&key.0, &fingerprint_aad(macs_from, epochs))
     }
 
     /// Unwrap the ledger's fingerprint key (see [`MasterKey::wrap_fingerprint_key`]).
-    pub fn unwrap_fingerprint_key(&self, wrapped: &[u8], macs_from: Option<u64>) -> Result<FingerprintKey> {
-        self.unwrap(wrapped, &fingerprint_aad(macs_from))
+    pub fn unwrap_fingerprint_key(
+        &self,
+        wrapped: &[u8],
+        macs_from: Option<u64>,
+        epochs: &[u8],
+    ) -> Result<FingerprintKey> {
+        self.unwrap(wrapped, &fingerprint_aad(macs_from, epochs))
             .map(FingerprintKey)
     }
 }
 
-fn fingerprint_aad(macs_from: Option<u64>) -> Vec<u8> {
+fn fingerprint_aad(macs_from: Option<u64>, epochs: &[u8]) -> Vec<u8> {
     let mut aad = b"sledger fingerprint key".to_vec();
     if let Some(seq) = macs_from {
         aad.extend_from_slice(b" macs from ");
         aad.extend_from_slice(&seq.to_le_bytes());
     }
+    if !epochs.is_empty() {
+        aad.extend_from_slice(b" value epochs ");
+        aad.extend_from_slice(blake3::hash(epochs).as_bytes());
+    }
     aad
 }
+
+/// The epochs of a ledger's key rotations. A secret keeps one data key for its whole life,
+/// but from each `key rotate` on its values are sealed under that key mixed with the
+/// rotation's fresh epoch key, wrapped only by the new master key: so an old master key (with
+/// a copy of the ledger from before the rotation, which holds the data keys wrapped by it)
+/// opens the history sealed before the rotation, never a version written after it.
+#[derive(Clone, Default)]
+pub struct ValueEpochs(Vec<(u64, Key32)>);
+
+const EPOCH_RECORD_LEN: usize = 8 + 1 + LEGACY_WRAPPED_LEN;
+
+fn epoch_aad(from: u64) -> Vec<u8> {
+    let mut aad = b"sledger value epoch from ".to_vec();
+    aad.extend_from_slice(&from.to_le_bytes());
+    aad
+}
+
+impl ValueEpochs {
+    /// The epochs as a ledger stores them (each epoch key wrapped by `master`).
+    pub fn load(master: &MasterKey, stored: &[u8]) -> Result<Self> {
+        if stored.len() % EPOCH_RECORD_LEN != 0 {
+            return Err(Error::Corrupt("the ledger's value epochs are damaged".into()));
+        }
+        stored
+            .chunks(EPOCH_RECORD_LEN)
+            .map(|record| {
+                let from = u64::from_le_bytes(record[..8].try_into().expect("8 bytes"));
+                Ok((from, master.unwrap(&record[8..], &epoch_aad(from))?))
+            })
+            .collect::<Result<_>>()
+            .map(ValueEpochs)
+    }
+
+    /// The epochs wrapped by `master`, to store.
+    pub fn stored(&self, master: &MasterKey) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() * EPOCH_RECORD_LEN);
+        for (from, key) in &self.0 {
+            out.extend_from_slice(&from.to_le_bytes());
+            out.extend(master.wrap(key, &epoch_aad(*from)));
+        }
+        out
+    }
+
+    /// These epochs and a fresh one, for values sealed at `from` and later.
+    pub fn and_new_from(&self, from: u64) -> Self {
+        let mut epochs = self.0.clone();
+        epochs.push((from, Key32::random()));
+        ValueEpochs(epochs)
+    }
+
+    /// The key that seals (and opens) a secret's values at `seq`, given its data key.
+    pub fn key_for(&self, dek: &DataKey, seq: u64) -> DataKey {
+        match self.0.iter().rev().find(|(from, _)| *from <= seq) {
+            None => dek.clone(),
+            Some((_, epoch)) => {
+                let mut mixed = blake3::Hasher::new_derive_key(VALUE_EPOCH_CONTEXT);
+                mixed.update(dek.0 .0.as_ref());
+                mixed.update(epoch.0.as_ref());
+                DataKey(Key32(Zeroizing::new(*mixed.finalize().as_bytes())))
+            }
+        }
+    }
+}
+
+redacted_debug!(ValueEpochs);
 
 /// Make a new directory entry durable (a synced file in an unsynced directory can vanish).
 pub(crate) fn sync_parent_dir(path: &Path) -> Result<()> {

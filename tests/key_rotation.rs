@@ -117,3 +117,77 @@ fn writes_during_key_rotations_all_succeed() {
     assert_eq!(env.json(&["secret", "list"]).as_array().unwrap().len(), 60);
     env.ok(&["verify"]);
 }
+
+/// What a leaked old master key still opens after `key rotate`: the history sealed before the
+/// rotation, never a version written after it. The attacker here has the old key, a copy of
+/// the ledger from before the rotation (which holds every data key wrapped by that key) and
+/// the current ledger file: they graft the old copy's key material onto the current file and
+/// open it with the old key. Version 1 opens; version 2, written after the rotation, does not.
+#[test]
+fn a_leaked_old_key_opens_only_the_history_before_the_rotation() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "db", "--value", "pw=before"]);
+    let old_copy = env.path("before-rotation.db");
+    env.ok(&["ledger", "backup", "--to", old_copy.to_str().unwrap()]);
+    let old_key = env.path("old.key");
+    std::fs::copy(&env.key, &old_key).unwrap();
+    env.ok(&["key", "rotate"]);
+    env.ok(&["secret", "update", "db", "--value", "pw=after"]);
+    assert_eq!(env.ok(&["secret", "get", "db", "--key", "pw"]), "after\n");
+
+    let grafted = env.path("grafted.db");
+    env.ok(&["ledger", "backup", "--to", grafted.to_str().unwrap()]);
+    let raw = rusqlite::Connection::open(&grafted).unwrap();
+    raw.execute("ATTACH ?1 AS old", [old_copy.to_str().unwrap()])
+        .unwrap();
+    raw.execute_batch(
+        "DELETE FROM main.secret_keys;
+         INSERT INTO main.secret_keys SELECT * FROM old.secret_keys;
+         DELETE FROM main.ledger_meta WHERE key IN ('key_check', 'fingerprint_key', 'sink_seal_key', 'value_epochs');
+         INSERT INTO main.ledger_meta SELECT * FROM old.ledger_meta
+             WHERE key IN ('key_check', 'fingerprint_key', 'sink_seal_key');",
+    )
+    .unwrap();
+    drop(raw);
+    let with_old_key = |args: &[&str]| {
+        let mut all = vec![
+            "--ledger",
+            grafted.to_str().unwrap(),
+            "--key-file",
+            old_key.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        env.cmd().args(&all).output().unwrap()
+    };
+    let before = with_old_key(&["secret", "get", "db", "--version", "1", "--key", "pw"]);
+    assert_eq!(
+        String::from_utf8_lossy(&before.stdout),
+        "before\n",
+        "{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+    let after = with_old_key(&["secret", "get", "db", "--version", "2", "--key", "pw"]);
+    assert!(
+        !after.status.success(),
+        "the old key opened a version written after the rotation"
+    );
+    assert!(!String::from_utf8_lossy(&after.stdout).contains("after"));
+}
+
+/// The record of the rotations' value epochs cannot be removed to have later values sealed
+/// again under keys an old master key opens: the ledger then refuses to open (exit 5).
+#[test]
+fn removing_the_value_epochs_is_caught() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "db", "--value", "pw=v1"]);
+    env.ok(&["key", "rotate"]);
+    let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+    assert_eq!(
+        raw.execute("DELETE FROM ledger_meta WHERE key = 'value_epochs'", [])
+            .unwrap(),
+        1
+    );
+    drop(raw);
+    let err = env.fails(&["secret", "update", "db", "--value", "pw=v2"], 5);
+    assert!(err.contains("value epochs"), "{err}");
+}

@@ -500,12 +500,12 @@ impl<'a> Planner<'a> {
                 remove_labels,
             } => {
                 let meta = resolve(self.tx, actor, &name, Want::Live)?;
-                let master = &need_keys(self.keys)?.master;
+                let keys = need_keys(self.keys)?.values();
                 for key in set_values.keys() {
                     validate::value_key(key)?;
                 }
                 validate::labels(&set_labels)?;
-                let (mut values, _) = open_values_at(self.tx, master, &meta, meta.value_seq)?;
+                let (mut values, _) = open_values_at(self.tx, keys, &meta, meta.value_seq)?;
                 for key in &remove_keys {
                     if set_values.contains_key(key) {
                         return Err(Error::invalid(format!(
@@ -652,7 +652,7 @@ pub(super) fn seal(
     dek: &DataKey,
 ) -> SealedValues {
     SealedValues {
-        ciphertext: dek.seal(values, id, seq),
+        ciphertext: keys.epochs.key_for(dek, seq).seal(values, id, seq),
         fingerprints: keys.fingerprint.fingerprints(values),
     }
 }

@@ -97,8 +97,10 @@ impl Ledger {
         Ok(())
     }
 
-    /// Re-wrap every data key and the ledger's own keys under `new`, and record `key.rotated`.
-    /// Old events stay readable: their values are sealed by data keys, which do not change.
+    /// Re-wrap every data key and the ledger's own keys under `new`, start a new value epoch
+    /// ([`ValueEpochs`]: values written from now on are sealed under keys only `new` opens),
+    /// and record `key.rotated`. Old events stay readable: their values are sealed by data
+    /// keys (and epochs) that do not change.
     ///
     /// `persist` is called with the new key while the write lock is held and before the commit:
     /// it must store the key durably (see [`crate::keyfile::rotate`]); if it fails, nothing changes.
@@ -131,10 +133,16 @@ impl Ledger {
             let dek = keys.master.unwrap_data_key(wrapped, id)?;
             Ok(new.wrap_data_key(&dek, id))
         })?;
+        let mut head = tx.head()?;
+        let first_seq = head.seq;
+        // Values from the rotation's own event on (it carries none) are in the new epoch.
+        let epochs = keys.epochs.and_new_from(head.seq + 1);
+        let stored_epochs = epochs.stored(&new);
+        tx.set_setting(VALUE_EPOCHS, &stored_epochs)?;
         let macs_from = mac::mac_from(&*tx, &keys.mac)?;
         tx.set_setting(
             "fingerprint_key",
-            &new.wrap_fingerprint_key(&keys.fingerprint, macs_from),
+            &new.wrap_fingerprint_key(&keys.fingerprint, macs_from, &stored_epochs),
         )?;
         let sink_seal = new.unwrap_sink_seal_key(&new.wrap_sink_seal_key(&keys.sink_seal))?;
         tx.set_setting("sink_seal_key", sink_seal.wrapped().expect("just unwrapped"))?;
@@ -142,8 +150,6 @@ impl Ledger {
         if let Some(wrapped) = wrapped_by_kms {
             tx.set_setting(KEY_WRAPPED, wrapped)?;
         }
-        let mut head = tx.head()?;
-        let first_seq = head.seq;
         let event = Event::KeyRotated { key_id: new.key_id() };
         append_ledger_event(&*tx, keys, &mut head, actor, event, now_ms())?;
         mac::trust(&*tx, &keys.mac, head)?;
@@ -154,6 +160,7 @@ impl Ledger {
         if let Some(keys) = self.keys.as_mut() {
             keys.master = new;
             keys.sink_seal = sink_seal;
+            keys.epochs = epochs;
         }
         Ok(rewrapped)
     }

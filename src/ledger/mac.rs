@@ -152,9 +152,10 @@ pub(super) fn start_if_needed(
     }
     let from = head.seq + 1;
     store.set_setting(MAC_FROM, &tagged(mac, MAC_FROM, &from.to_le_bytes()))?;
+    let epochs = store.setting(super::VALUE_EPOCHS)?.unwrap_or_default();
     store.set_setting(
         "fingerprint_key",
-        &master.wrap_fingerprint_key(fingerprint, Some(from)),
+        &master.wrap_fingerprint_key(fingerprint, Some(from), &epochs),
     )?;
     // A new ledger is MAC'd from its first event; an older one records where MACs start.
     Ok((head.seq > 0).then_some(Event::MacsStarted))

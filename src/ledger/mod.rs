@@ -9,7 +9,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, namespace, Catalog, ListQuery, SecretMeta, SinkConfig, SnapshotEncoder, Status};
-use crate::crypto::{DataKey, FingerprintKey, MasterKey, SecretValues, SinkSealKey};
+use crate::crypto::{DataKey, FingerprintKey, MasterKey, SecretValues, SinkSealKey, ValueEpochs};
 use crate::error::{Error, Result};
 use crate::event::{Event, Millis, Scope, SealedValues, SinkRole, StoredEvent};
 use crate::log::{self, chain_next, EventLog, Head, NewEvent};
@@ -241,7 +241,28 @@ struct Keys {
     fingerprint: FingerprintKey,
     sink_seal: SinkSealKey,
     mac: crate::crypto::EventMac,
+    epochs: ValueEpochs,
 }
+
+impl Keys {
+    fn values(&self) -> ValueKeys<'_> {
+        ValueKeys {
+            master: &self.master,
+            epochs: &self.epochs,
+        }
+    }
+}
+
+/// What opens a secret's values: the master key (which unwraps its data key) and the epochs
+/// of the key rotations since.
+#[derive(Clone, Copy)]
+pub(crate) struct ValueKeys<'a> {
+    pub master: &'a MasterKey,
+    pub epochs: &'a ValueEpochs,
+}
+
+/// The setting holding the value epochs of the ledger's key rotations.
+pub(crate) const VALUE_EPOCHS: &str = "value_epochs";
 
 /// An open ledger.
 pub struct Ledger {
@@ -297,6 +318,7 @@ impl Ledger {
             mac: fingerprint.event_mac(),
             fingerprint,
             sink_seal,
+            epochs: ValueEpochs::default(),
         };
         let written = (|| -> Result<()> {
             let tx = Write::begin(&*store)?;
@@ -305,7 +327,7 @@ impl Ledger {
             tx.set_setting("key_check", keys.master.key_check().as_slice())?;
             tx.set_setting(
                 "fingerprint_key",
-                &keys.master.wrap_fingerprint_key(&keys.fingerprint, None),
+                &keys.master.wrap_fingerprint_key(&keys.fingerprint, None, &[]),
             )?;
             tx.set_setting(
                 "sink_seal_key",
@@ -394,14 +416,23 @@ impl Ledger {
 
     fn unlock_matching(&mut self, master: MasterKey, check_tail: bool) -> Result<()> {
         let macs_from = mac::recorded_start(&*self.store)?;
+        let stored_epochs = self.store.setting(VALUE_EPOCHS)?.unwrap_or_default();
         let fingerprint = master
-            .unwrap_fingerprint_key(&required_setting(&*self.store, "fingerprint_key")?, macs_from)
+            .unwrap_fingerprint_key(
+                &required_setting(&*self.store, "fingerprint_key")?,
+                macs_from,
+                &stored_epochs,
+            )
             .map_err(|_| {
                 Error::Corrupt(match macs_from {
                     None => "the record of where event MACs start was removed from the ledger: events may have been forged since".into(),
-                    Some(seq) => format!("the record of where event MACs start (seq {seq}) was changed: events may have been forged"),
+                    Some(seq) => format!(
+                        "the record of where event MACs start (seq {seq}), or of the key rotations' value epochs, \
+                         was changed: events may have been forged"
+                    ),
                 })
             })?;
+        let epochs = ValueEpochs::load(&master, &stored_epochs)?;
         let sink_seal = match self.store.setting("sink_seal_key")? {
             Some(wrapped) => master.unwrap_sink_seal_key(&wrapped)?,
             // Ledgers made before sinks existed get their sink key on first unlock.
@@ -418,6 +449,7 @@ impl Ledger {
             master,
             fingerprint,
             sink_seal,
+            epochs,
         };
         // Whatever was appended since the last key holder's write must be a key holder's too.
         if check_tail {
@@ -464,6 +496,11 @@ impl Ledger {
     /// process (a [`LedgerHandle`](crate::LedgerHandle), the projector service).
     pub fn master_key(&self) -> Result<&MasterKey> {
         Ok(&self.keys()?.master)
+    }
+
+    /// What opens secrets' values (needs the key).
+    pub(crate) fn value_keys(&self) -> Result<ValueKeys<'_>> {
+        Ok(self.keys()?.values())
     }
 
     /// Connect to an attached sink by name (needs the key: local sinks seal values with it).

@@ -126,11 +126,11 @@ pub(super) fn load_dek(store: &dyn Store, master: &MasterKey, meta: &SecretMeta)
 /// Decrypt the values carried by the event at `seq` for `meta`'s secret.
 pub(crate) fn open_values_at(
     store: &dyn Store,
-    master: &MasterKey,
+    keys: ValueKeys<'_>,
     meta: &SecretMeta,
     seq: u64,
 ) -> Result<(SecretValues, Millis)> {
-    let dek = load_dek(store, master, meta)?;
+    let dek = keys.epochs.key_for(&load_dek(store, keys.master, meta)?, seq);
     let stored = store
         .event(seq)?
         .ok_or_else(|| Error::Corrupt(format!("event {seq} is missing")))?;

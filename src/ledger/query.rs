@@ -111,7 +111,7 @@ impl Ledger {
 
     /// A secret's values: the latest, a version, or as of a time. Needs the key.
     pub fn read(&self, actor: &str, name: &str, at: ReadPoint) -> Result<SecretRead> {
-        let master = &self.keys()?.master;
+        let keys = self.value_keys()?;
         let (meta, version, seq) = match at {
             ReadPoint::Latest => {
                 let meta = resolve(self.catalog()?, actor, name, Want::Live)?;
@@ -149,7 +149,7 @@ impl Ledger {
                 name: name.to_owned(),
             });
         }
-        let (values, recorded_at) = open_values_at(&*self.store, master, &meta, seq)?;
+        let (values, recorded_at) = open_values_at(&*self.store, keys, &meta, seq)?;
         Ok(SecretRead {
             meta,
             version,

@@ -267,7 +267,7 @@ impl Ledger {
                 seq,
                 how: DeleteMode::Purge,
             },
-            Status::Live => match open_values_at(self.store(), self.master_key()?, &meta, meta.value_seq) {
+            Status::Live => match open_values_at(self.store(), self.value_keys()?, &meta, meta.value_seq) {
                 Ok((values, _)) => Op::Put(SinkRecord {
                     id,
                     name: meta.name,

@@ -135,7 +135,7 @@ impl Ledger {
                     }
                     if past.fingerprints != current.fingerprints || past.labels != current.labels {
                         let (values, _) =
-                            open_values_at(self.store(), self.master_key()?, past, past.value_seq)?;
+                            open_values_at(self.store(), self.value_keys()?, past, past.value_seq)?;
                         updates.push(Command::Update {
                             name: target,
                             remove_keys: current

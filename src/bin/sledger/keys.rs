@@ -66,6 +66,15 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
             Ok(())
         }
         KeyCmd::Rotate { new_key_file } => {
+            // Said on stderr whatever the format: it is about copies this command cannot see.
+            let note_backups = || {
+                eprintln!(
+                    "note: ledger backups made before this rotation open only with the old key: keep \
+                     it, stored away from them, for as long as you keep them, or replace them with a \
+                     new `sledger ledger backup`. Versions written from now on are sealed under keys \
+                     the old key does not open"
+                )
+            };
             let from_env = Context::env_key()?.is_some();
             let mut ledger = ctx.open_to_write()?;
             if !from_env {
@@ -77,6 +86,7 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
                     } else {
                         outln!("master key rotated: {rewrapped} data keys re-wrapped; the new key is wrapped by {uri}");
                     }
+                    note_backups();
                     return Ok(());
                 }
             }
@@ -109,6 +119,7 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
                     outln!("set {MASTER_KEY_ENV} to the new key before the next command");
                 }
             }
+            note_backups();
             Ok(())
         }
     }
