@@ -426,6 +426,15 @@ impl SinkSealKey {
     }
 
     /// The key as the master key wrapped it, when it came from there.
+    /// The same key without its wrapped form: a sink opened with it does not record it (to
+    /// read what an old key sealed without making the sink file name that key again).
+    pub(crate) fn unrecorded(&self) -> SinkSealKey {
+        SinkSealKey {
+            key: self.key.clone(),
+            wrapped: None,
+        }
+    }
+
     pub fn wrapped(&self) -> Option<&[u8]> {
         self.wrapped.as_deref()
     }

@@ -191,3 +191,47 @@ fn removing_the_value_epochs_is_caught() {
     let err = env.fails(&["secret", "update", "db", "--value", "pw=v2"], 5);
     assert!(err.contains("value epochs"), "{err}");
 }
+
+/// `key rotate` also replaces the sqlite sinks' seal key and seals what they hold again: the
+/// old key, with a copy of a sink file from before (whose recorded seal key it opens), opens
+/// nothing the sink holds after the rotation, not even values written before it. The sink
+/// goes on serving, in sync, under the new key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_seals_the_sqlite_sinks_again() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "db", "--value", "pw=before"]);
+    let sink_file = env.path("ledger.sink.db");
+    let old_sink_copy = env.path("sink-before-rotation.db");
+    std::fs::copy(&sink_file, &old_sink_copy).unwrap();
+    let wal = |path: &std::path::Path| std::path::PathBuf::from(format!("{}-wal", path.display()));
+    if wal(&sink_file).exists() {
+        std::fs::copy(wal(&sink_file), wal(&old_sink_copy)).unwrap();
+    }
+    let old_key = MasterKey::read_file(&env.key).unwrap();
+    let id: sledger::SecretId = env.json(&["secret", "get", "db"])["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+
+    let out = env.json(&["key", "rotate"]);
+    assert!(out["sink_objects_resealed"].as_u64().unwrap() >= 1, "{out}");
+    let got = env.json(&["secret", "get", "db", "--from", "primary"]);
+    assert_eq!(got["values"]["pw"], "before", "{got}");
+    env.ok(&["diff", "local"]);
+    env.ok(&["secret", "update", "db", "--value", "pw=after"]);
+
+    // The sink file records the new seal key, wrapped by the new master key only.
+    assert!(matches!(
+        sledger::sink::SqliteSink::seal_key(&sink_file, &old_key),
+        Err(sledger::Error::WrongKey)
+    ));
+    let old_seal = sledger::sink::SqliteSink::seal_key(&old_sink_copy, &old_key).unwrap();
+    let url = sledger::sink::SinkUrl::parse(&format!("sqlite://{}", sink_file.display())).unwrap();
+    let sink = url.open(&old_seal).unwrap();
+    let read = sink.get(id).await;
+    assert!(
+        read.is_err(),
+        "the old key opened what the sink holds after the rotation: {read:?}"
+    );
+}

@@ -140,6 +140,55 @@ pub fn rotate_in_kms(
     Ok(Some((recorded, rewrapped)))
 }
 
+/// What [`reseal_sinks`] did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct Resealed {
+    /// Objects sealed again under the new sink seal key.
+    pub objects: u64,
+    /// Sinks holding objects the replaced key did not open (an earlier run was interrupted,
+    /// or they were damaged): `reconcile` rewrites those from the ledger.
+    pub to_reconcile: Vec<String>,
+}
+
+/// After [`Ledger::rotate_key`] (or a rotation in a KMS) in this process: seal every object of
+/// every attached sqlite sink again, at its own seq, under the ledger's new sink seal key, so
+/// that the replaced master key opens nothing those sinks hold. The sinks' projectors wait
+/// meanwhile. Nothing to do without such a rotation.
+pub async fn reseal_sinks(ledger: &Ledger) -> Result<Resealed> {
+    use crate::sink::{SinkUrl, ANCHOR_ID};
+    let mut done = Resealed::default();
+    let Some(previous) = ledger.previous_sink_seal()?.map(|k| k.unrecorded()) else {
+        return Ok(done);
+    };
+    for config in ledger.sinks()?.into_values() {
+        let url = SinkUrl::parse(&config.url)?;
+        if url.sqlite_path().is_none() {
+            continue;
+        }
+        let _projectors_wait =
+            crate::project::lock_sink_writes(ledger, &config.name, &Default::default()).await?;
+        let sealed_before = url.open(&previous)?;
+        let (_, sink) = ledger.open_sink(&config.name)?;
+        let ids = sealed_before.list().await?.into_iter().map(|e| e.id);
+        let mut unreadable = false;
+        for id in ids.chain([ANCHOR_ID]) {
+            match sealed_before.get(id).await {
+                Ok(Some(record)) => {
+                    sink.put(&record).await?;
+                    done.objects += 1;
+                }
+                Ok(None) => {}
+                Err(e) if e.is_temporary() => return Err(e),
+                Err(_) => unreadable = true,
+            }
+        }
+        if unreadable {
+            done.to_reconcile.push(config.name);
+        }
+    }
+    Ok(done)
+}
+
 /// What [`migrate`] did.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Migrated {

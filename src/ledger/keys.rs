@@ -144,7 +144,9 @@ impl Ledger {
             "fingerprint_key",
             &new.wrap_fingerprint_key(&keys.fingerprint, macs_from, &stored_epochs),
         )?;
-        let sink_seal = new.unwrap_sink_seal_key(&new.wrap_sink_seal_key(&keys.sink_seal))?;
+        // A fresh seal key too: the old master key opens the old one (from any copy of the
+        // ledger or of a sqlite sink made before now). `keys::reseal_sinks` moves the sinks.
+        let sink_seal = new.unwrap_sink_seal_key(&new.wrap_sink_seal_key(&SinkSealKey::generate()))?;
         tx.set_setting("sink_seal_key", sink_seal.wrapped().expect("just unwrapped"))?;
         tx.set_setting("key_check", new.key_check().as_slice())?;
         if let Some(wrapped) = wrapped_by_kms {
@@ -159,9 +161,11 @@ impl Ledger {
         self.store.scrub();
         if let Some(keys) = self.keys.as_mut() {
             keys.master = new;
-            keys.sink_seal = sink_seal;
+            keys.previous_sink_seal = Some(std::mem::replace(&mut keys.sink_seal, sink_seal));
             keys.epochs = epochs;
         }
+        // Sinks opened so far seal with the replaced key.
+        self.opened_sinks.lock().expect("not poisoned").clear();
         Ok(rewrapped)
     }
 }

@@ -242,6 +242,9 @@ struct Keys {
     sink_seal: SinkSealKey,
     mac: crate::crypto::EventMac,
     epochs: ValueEpochs,
+    /// The sink seal key a rotation in this process replaced: it still opens what the sqlite
+    /// sinks hold until [`crate::keys::reseal_sinks`] seals it again.
+    previous_sink_seal: Option<SinkSealKey>,
 }
 
 impl Keys {
@@ -319,6 +322,7 @@ impl Ledger {
             fingerprint,
             sink_seal,
             epochs: ValueEpochs::default(),
+            previous_sink_seal: None,
         };
         let written = (|| -> Result<()> {
             let tx = Write::begin(&*store)?;
@@ -450,6 +454,7 @@ impl Ledger {
             fingerprint,
             sink_seal,
             epochs,
+            previous_sink_seal: None,
         };
         // Whatever was appended since the last key holder's write must be a key holder's too.
         if check_tail {
@@ -501,6 +506,11 @@ impl Ledger {
     /// What opens secrets' values (needs the key).
     pub(crate) fn value_keys(&self) -> Result<ValueKeys<'_>> {
         Ok(self.keys()?.values())
+    }
+
+    /// The sink seal key a key rotation in this process replaced, if one did.
+    pub(crate) fn previous_sink_seal(&self) -> Result<Option<&SinkSealKey>> {
+        Ok(self.keys()?.previous_sink_seal.as_ref())
     }
 
     /// Connect to an attached sink by name (needs the key: local sinks seal values with it).

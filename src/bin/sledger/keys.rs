@@ -7,7 +7,7 @@ use sledger::setup::{self, NewKey};
 use sledger::{keyfile, LedgerSettings, MasterKey};
 
 use crate::cli::{InitArgs, KeyCmd};
-use crate::context::Context;
+use crate::context::{block_on, Context};
 use crate::exit::usage;
 use crate::output;
 use crate::output::outln;
@@ -66,7 +66,18 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
             Ok(())
         }
         KeyCmd::Rotate { new_key_file } => {
-            // Said on stderr whatever the format: it is about copies this command cannot see.
+            // The sqlite sinks move to the new seal key; said on stderr whatever the format
+            // (about copies this command cannot see, and repairs it could not make).
+            let reseal = |ledger: &sledger::Ledger| -> Result<sledger::keys::Resealed> {
+                let resealed = block_on(sledger::keys::reseal_sinks(ledger))?;
+                for sink in &resealed.to_reconcile {
+                    eprintln!(
+                        "note: sqlite sink {sink} holds objects the replaced key did not open; \
+                         `sledger reconcile {sink}` rewrites them from the ledger"
+                    );
+                }
+                Ok(resealed)
+            };
             let note_backups = || {
                 eprintln!(
                     "note: ledger backups made before this rotation open only with the old key: keep \
@@ -81,10 +92,16 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
                 if let Some((uri, rewrapped)) =
                     sledger::keys::rotate_in_kms(&mut ledger, &ctx.actor, ctx.kms.as_deref())?
                 {
+                    let resealed = reseal(&ledger)?;
                     if ctx.json() {
-                        output::json_line(&json!({"rotated": true, "data_keys": rewrapped, "key": uri}));
+                        output::json_line(&json!({"rotated": true, "data_keys": rewrapped,
+                            "sink_objects_resealed": resealed.objects, "key": uri}));
                     } else {
-                        outln!("master key rotated: {rewrapped} data keys re-wrapped; the new key is wrapped by {uri}");
+                        outln!(
+                            "master key rotated: {rewrapped} data keys re-wrapped, {} sqlite sink objects sealed again; \
+                             the new key is wrapped by {uri}",
+                            resealed.objects
+                        );
                     }
                     note_backups();
                     return Ok(());
@@ -108,11 +125,14 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
                 }
                 (false, None) => (keyfile::rotate(&mut ledger, &ctx.key_file, &ctx.actor)?, ctx.key_file.clone()),
             };
+            let resealed = reseal(&ledger)?;
             if ctx.json() {
-                output::json_line(&json!({"rotated": true, "data_keys": rewrapped, "key_file": written_to}));
+                output::json_line(&json!({"rotated": true, "data_keys": rewrapped,
+                    "sink_objects_resealed": resealed.objects, "key_file": written_to}));
             } else {
                 outln!(
-                    "master key rotated: {rewrapped} data keys re-wrapped; new key in {}",
+                    "master key rotated: {rewrapped} data keys re-wrapped, {} sqlite sink objects sealed again; new key in {}",
+                    resealed.objects,
                     written_to.display()
                 );
                 if from_env {
