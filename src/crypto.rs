@@ -31,8 +31,10 @@ const WRAPPING_CONTEXT: &str = "sledger 2026-11 master key: wrapping";
 /// key. Wrappings from before subkeys (under the master key itself) are a byte shorter, and
 /// still open, until `key rotate` wraps everything again.
 const WRAPPED_V2: u8 = 2;
-/// Mixes a secret's data key with a rotation's epoch key (see [`ValueEpochs`]).
+/// Mixes a secret's data key with a rotation's epoch key (see [`KeyEpochs`]).
 const VALUE_EPOCH_CONTEXT: &str = "sledger 2026-11 value key of an epoch";
+/// Mixes the event-MAC key with a rotation's epoch key.
+const EVENT_MAC_EPOCH_CONTEXT: &str = "sledger 2026-11 event mac of an epoch";
 const LEGACY_WRAPPED_LEN: usize = NONCE_LEN + 32 + 16;
 
 /// Environment variable holding a base64 master key; it takes precedence over a key file.
@@ -278,9 +280,10 @@ fn fingerprint_aad(macs_from: Option<u64>, epochs: &[u8]) -> Vec<u8> {
 /// but from each `key rotate` on its values are sealed under that key mixed with the
 /// rotation's fresh epoch key, wrapped only by the new master key: so an old master key (with
 /// a copy of the ledger from before the rotation, which holds the data keys wrapped by it)
-/// opens the history sealed before the rotation, never a version written after it.
+/// opens the history sealed before the rotation, never a version written after it. Event
+/// MACs move to each epoch the same way ([`EventMac::with_epochs`]).
 #[derive(Clone, Default)]
-pub struct ValueEpochs(Vec<(u64, Key32)>);
+pub struct KeyEpochs(Vec<(u64, Key32)>);
 
 const EPOCH_RECORD_LEN: usize = 8 + 1 + LEGACY_WRAPPED_LEN;
 
@@ -290,7 +293,7 @@ fn epoch_aad(from: u64) -> Vec<u8> {
     aad
 }
 
-impl ValueEpochs {
+impl KeyEpochs {
     /// The epochs as a ledger stores them (each epoch key wrapped by `master`).
     pub fn load(master: &MasterKey, stored: &[u8]) -> Result<Self> {
         if stored.len() % EPOCH_RECORD_LEN != 0 {
@@ -303,7 +306,7 @@ impl ValueEpochs {
                 Ok((from, master.unwrap(&record[8..], &epoch_aad(from))?))
             })
             .collect::<Result<_>>()
-            .map(ValueEpochs)
+            .map(KeyEpochs)
     }
 
     /// The epochs wrapped by `master`, to store.
@@ -320,7 +323,7 @@ impl ValueEpochs {
     pub fn and_new_from(&self, from: u64) -> Self {
         let mut epochs = self.0.clone();
         epochs.push((from, Key32::random()));
-        ValueEpochs(epochs)
+        KeyEpochs(epochs)
     }
 
     /// The key that seals (and opens) a secret's values at `seq`, given its data key.
@@ -337,7 +340,7 @@ impl ValueEpochs {
     }
 }
 
-redacted_debug!(ValueEpochs);
+redacted_debug!(KeyEpochs);
 
 /// Make a new directory entry durable (a synced file in an unsynced directory can vanish).
 pub(crate) fn sync_parent_dir(path: &Path) -> Result<()> {
@@ -425,7 +428,6 @@ impl SinkSealKey {
         }
     }
 
-    /// The key as the master key wrapped it, when it came from there.
     /// The same key without its wrapped form: a sink opened with it does not record it (to
     /// read what an old key sealed without making the sink file name that key again).
     pub(crate) fn unrecorded(&self) -> SinkSealKey {
@@ -435,6 +437,7 @@ impl SinkSealKey {
         }
     }
 
+    /// The key as the master key wrapped it, when it came from there.
     pub fn wrapped(&self) -> Option<&[u8]> {
         self.wrapped.as_deref()
     }
@@ -469,10 +472,10 @@ impl FingerprintKey {
 
     /// The key event MACs are made with.
     pub fn event_mac(&self) -> EventMac {
-        EventMac(Zeroizing::new(blake3::derive_key(
-            "sledger 2026 event mac",
-            self.0 .0.as_ref(),
-        )))
+        EventMac {
+            key: Zeroizing::new(blake3::derive_key("sledger 2026 event mac", self.0 .0.as_ref())),
+            epochs: Vec::new(),
+        }
     }
 
     /// What API tokens are hashed with (a key derived from this one, so token hashes and value
@@ -496,7 +499,13 @@ impl FingerprintKey {
 /// MACs events (and the ledger's MAC bookkeeping) under a key derived from the fingerprint
 /// key, so only master-key holders can write an event the ledger accepts. Debug hides the key.
 #[derive(Clone)]
-pub struct EventMac(Zeroizing<[u8; 32]>);
+pub struct EventMac {
+    key: Zeroizing<[u8; 32]>,
+    /// From each key rotation on, events are MAC'd under this key mixed with the rotation's
+    /// epoch key: an old master key (with a copy of the ledger that opens the fingerprint
+    /// key) cannot MAC an event the ledger accepts after the rotation.
+    epochs: Vec<(u64, Zeroizing<[u8; 32]>)>,
+}
 
 impl std::fmt::Debug for EventMac {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -505,14 +514,35 @@ impl std::fmt::Debug for EventMac {
 }
 
 impl EventMac {
-    /// The MAC of an event, given its (unkeyed, chained) hash.
-    pub fn event(&self, hash: &[u8; 32]) -> [u8; 32] {
-        *blake3::keyed_hash(&self.0, hash).as_bytes()
+    /// These MAC keys, with the epochs of `epochs` for the events from each rotation on.
+    pub fn with_epochs(&self, epochs: &KeyEpochs) -> EventMac {
+        EventMac {
+            key: self.key.clone(),
+            epochs: epochs
+                .0
+                .iter()
+                .map(|(from, epoch)| {
+                    let mut mixed = blake3::Hasher::new_derive_key(EVENT_MAC_EPOCH_CONTEXT);
+                    mixed.update(self.key.as_ref());
+                    mixed.update(epoch.0.as_ref());
+                    (*from, Zeroizing::new(*mixed.finalize().as_bytes()))
+                })
+                .collect(),
+        }
+    }
+
+    /// The MAC of the event at `seq`, given its (unkeyed, chained) hash.
+    pub fn event(&self, seq: u64, hash: &[u8; 32]) -> [u8; 32] {
+        let key = match self.epochs.iter().rev().find(|(from, _)| *from <= seq) {
+            Some((_, key)) => key,
+            None => &self.key,
+        };
+        *blake3::keyed_hash(key, hash).as_bytes()
     }
 
     /// The MAC of a named bookkeeping value (`mac_from`, the trusted point).
     pub fn setting(&self, name: &str, value: &[u8]) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_keyed(&self.0);
+        let mut h = blake3::Hasher::new_keyed(&self.key);
         h.update(name.as_bytes());
         h.update(&[0]);
         h.update(value);

@@ -235,3 +235,64 @@ async fn rotation_seals_the_sqlite_sinks_again() {
         "the old key opened what the sink holds after the rotation: {read:?}"
     );
 }
+
+/// Event MACs move to a new epoch at each rotation too: an event forged with a leaked old key
+/// (through a ledger whose key material was grafted back from a copy made before the rotation)
+/// is refused by `verify` with the current key, and never projected.
+#[test]
+fn an_event_forged_with_a_leaked_old_key_after_the_rotation_is_refused() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "db", "--value", "pw=v1"]);
+    let old_copy = env.path("before-rotation.db");
+    env.ok(&["ledger", "backup", "--to", old_copy.to_str().unwrap()]);
+    let old_key = env.path("old.key");
+    std::fs::copy(&env.key, &old_key).unwrap();
+    env.ok(&["key", "rotate"]);
+    env.ok(&["secret", "update", "db", "--value", "pw=v2"]);
+
+    // The attacker: old key material in, a forged write with the old key, genuine material back.
+    let key_material = "('key_check', 'fingerprint_key', 'sink_seal_key', 'value_epochs')";
+    let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+    raw.execute_batch(&format!(
+        "CREATE TABLE saved_meta AS SELECT * FROM ledger_meta WHERE key IN {key_material};
+         CREATE TABLE saved_keys AS SELECT * FROM secret_keys;"
+    ))
+    .unwrap();
+    raw.execute("ATTACH ?1 AS old", [old_copy.to_str().unwrap()])
+        .unwrap();
+    raw.execute_batch(&format!(
+        "DELETE FROM main.ledger_meta WHERE key IN {key_material};
+         INSERT INTO main.ledger_meta SELECT * FROM old.ledger_meta WHERE key IN {key_material};
+         DELETE FROM main.secret_keys;
+         INSERT INTO main.secret_keys SELECT * FROM old.secret_keys;
+         DETACH old;"
+    ))
+    .unwrap();
+    drop(raw);
+    let forged = env
+        .cmd()
+        .args(["--key-file", old_key.to_str().unwrap(), "--wait", "0"])
+        .args(["secret", "create", "forged", "--value", "k=1"])
+        .output()
+        .unwrap();
+    assert!(
+        forged.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forged.stderr)
+    );
+    let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+    raw.execute_batch(&format!(
+        "DELETE FROM ledger_meta WHERE key IN {key_material};
+         INSERT INTO ledger_meta SELECT * FROM saved_meta;
+         INSERT OR REPLACE INTO secret_keys SELECT * FROM saved_keys;
+         DROP TABLE saved_meta; DROP TABLE saved_keys;"
+    ))
+    .unwrap();
+    drop(raw);
+
+    let err = env.fails(&["verify"], 5);
+    assert!(err.contains("MAC"), "{err}");
+    let err = env.fails(&["project"], 5);
+    assert!(err.contains("MAC"), "{err}");
+    env.fails(&["secret", "get", "forged", "--from", "primary"], 7);
+}

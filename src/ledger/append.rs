@@ -633,7 +633,7 @@ pub(super) fn append_ledger_event(
 
 /// Give a row its MAC (every append by a key holder).
 pub(super) fn seal_row(keys: Option<&Keys>, row: &mut StoredEvent) {
-    row.mac = keys.map(|k| k.mac.event(&row.hash));
+    row.mac = keys.map(|k| k.mac.event(row.seq, &row.hash));
 }
 
 pub(super) fn need_keys(keys: Option<&Keys>) -> Result<&Keys> {

@@ -98,7 +98,7 @@ impl Ledger {
     }
 
     /// Re-wrap every data key and the ledger's own keys under `new`, start a new value epoch
-    /// ([`ValueEpochs`]: values written from now on are sealed under keys only `new` opens),
+    /// ([`KeyEpochs`]: values written from now on are sealed under keys only `new` opens),
     /// and record `key.rotated`. Old events stay readable: their values are sealed by data
     /// keys (and epochs) that do not change.
     ///
@@ -135,8 +135,9 @@ impl Ledger {
         })?;
         let mut head = tx.head()?;
         let first_seq = head.seq;
-        // Values from the rotation's own event on (it carries none) are in the new epoch.
-        let epochs = keys.epochs.and_new_from(head.seq + 1);
+        // The epoch starts after the rotation's own event, which is MAC'd (and carries no
+        // values) under the epoch before.
+        let epochs = keys.epochs.and_new_from(head.seq + 2);
         let stored_epochs = epochs.stored(&new);
         tx.set_setting(VALUE_EPOCHS, &stored_epochs)?;
         let macs_from = mac::mac_from(&*tx, &keys.mac)?;
@@ -162,6 +163,7 @@ impl Ledger {
         if let Some(keys) = self.keys.as_mut() {
             keys.master = new;
             keys.previous_sink_seal = Some(std::mem::replace(&mut keys.sink_seal, sink_seal));
+            keys.mac = keys.fingerprint.event_mac().with_epochs(&epochs);
             keys.epochs = epochs;
         }
         // Sinks opened so far seal with the replaced key.

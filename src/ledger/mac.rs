@@ -72,7 +72,7 @@ fn tagged(mac: &EventMac, name: &str, value: &[u8]) -> Vec<u8> {
 /// The event's MAC must match its hash (and so its contents and place in the chain).
 pub(super) fn check_event(mac: &EventMac, e: &StoredEvent) -> Result<()> {
     match &e.mac {
-        Some(m) if EventMac::matches(m, &mac.event(&e.hash)) => Ok(()),
+        Some(m) if EventMac::matches(m, &mac.event(e.seq, &e.hash)) => Ok(()),
         Some(_) => Err(broken(
             e.seq,
             "its MAC does not match: it was written or changed without the master key",

@@ -9,7 +9,7 @@ use std::rc::Rc;
 use serde::{Deserialize, Serialize};
 
 use crate::catalog::{self, namespace, Catalog, ListQuery, SecretMeta, SinkConfig, SnapshotEncoder, Status};
-use crate::crypto::{DataKey, FingerprintKey, MasterKey, SecretValues, SinkSealKey, ValueEpochs};
+use crate::crypto::{DataKey, FingerprintKey, KeyEpochs, MasterKey, SecretValues, SinkSealKey};
 use crate::error::{Error, Result};
 use crate::event::{Event, Millis, Scope, SealedValues, SinkRole, StoredEvent};
 use crate::log::{self, chain_next, EventLog, Head, NewEvent};
@@ -241,7 +241,7 @@ struct Keys {
     fingerprint: FingerprintKey,
     sink_seal: SinkSealKey,
     mac: crate::crypto::EventMac,
-    epochs: ValueEpochs,
+    epochs: KeyEpochs,
     /// The sink seal key a rotation in this process replaced: it still opens what the sqlite
     /// sinks hold until [`crate::keys::reseal_sinks`] seals it again.
     previous_sink_seal: Option<SinkSealKey>,
@@ -261,7 +261,7 @@ impl Keys {
 #[derive(Clone, Copy)]
 pub(crate) struct ValueKeys<'a> {
     pub master: &'a MasterKey,
-    pub epochs: &'a ValueEpochs,
+    pub epochs: &'a KeyEpochs,
 }
 
 /// The setting holding the value epochs of the ledger's key rotations.
@@ -321,7 +321,7 @@ impl Ledger {
             mac: fingerprint.event_mac(),
             fingerprint,
             sink_seal,
-            epochs: ValueEpochs::default(),
+            epochs: KeyEpochs::default(),
             previous_sink_seal: None,
         };
         let written = (|| -> Result<()> {
@@ -436,7 +436,7 @@ impl Ledger {
                     ),
                 })
             })?;
-        let epochs = ValueEpochs::load(&master, &stored_epochs)?;
+        let epochs = KeyEpochs::load(&master, &stored_epochs)?;
         let sink_seal = match self.store.setting("sink_seal_key")? {
             Some(wrapped) => master.unwrap_sink_seal_key(&wrapped)?,
             // Ledgers made before sinks existed get their sink key on first unlock.
@@ -449,7 +449,7 @@ impl Ledger {
             }
         };
         let keys = Keys {
-            mac: fingerprint.event_mac(),
+            mac: fingerprint.event_mac().with_epochs(&epochs),
             master,
             fingerprint,
             sink_seal,
