@@ -233,6 +233,9 @@ fn the_database_itself_refuses_updates_and_deletes() {
     assert!(err.to_string().contains("append-only"), "{err}");
 }
 
+/// An edited catalog row is never used: reads and writes resolve a name through the catalog,
+/// and refuse a row the secret's own events do not fold into (exit 5), before any value is
+/// served or merged. `verify` names it, and `--rebuild-catalog` repairs it.
 #[test]
 fn editing_the_derived_catalog_is_caught_and_repairable() {
     let env = Env::new();
@@ -247,6 +250,15 @@ fn editing_the_derived_catalog_is_caught_and_repairable() {
     )
     .unwrap();
     drop(raw);
+    for args in [
+        &["secret", "get", "a"][..],
+        &["secret", "get", "a", "--from", "ledger"],
+        &["secret", "update", "a", "--value", "other=1"],
+    ] {
+        let err = env.fails(args, INTEGRITY);
+        assert!(err.contains("catalog row"), "{args:?}: {err}");
+        assert!(!err.contains("bee"));
+    }
     let err = env.fails(&["verify"], INTEGRITY);
     assert!(
         err.contains("catalog row") && err.contains("--rebuild-catalog"),

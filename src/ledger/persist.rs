@@ -44,6 +44,33 @@ pub(super) enum Want {
     Any,
 }
 
+/// One secret's state after event `seq`, folded from its own events (through the secret index).
+pub(super) fn fold_secret(store: &dyn Store, id: SecretId, seq: u64) -> Result<Option<SecretMeta>> {
+    let mut state = None;
+    store.scan_secret(id, seq, &mut |e| {
+        state = catalog::apply(state.take(), &e, e.decode()?)?;
+        Ok(true)
+    })?;
+    Ok(state)
+}
+
+/// A catalog row found for `name` (as `actor` looked it up) is used only if it is that name's,
+/// visible to `actor`, and the secret's own events fold into it. The catalog is derived and
+/// carries no MAC, so a row edited outside sledger (a name pointed at another secret, the
+/// value seq moved back to an older version) would otherwise make a read serve, or an update
+/// merge into, the wrong values. Costs one scan of the secret's events.
+fn folded_row(store: &dyn Store, actor: &str, name: &str, row: &SecretMeta) -> Result<SecretMeta> {
+    let named_so = name.starts_with(ID_REF_PREFIX) || row.name == name;
+    let visible = row.scope == Scope::Workspace || row.owner == actor;
+    match fold_secret(store, row.id, u64::MAX)? {
+        Some(folded) if folded == *row && named_so && visible => Ok(folded),
+        _ => Err(super::verify::derived_mismatch(format!(
+            "the catalog row found for {name:?} (secret {})",
+            row.id
+        ))),
+    }
+}
+
 /// Resolve a name for `actor`: the actor's private secret wins over a workspace one.
 pub(super) fn resolve(store: &dyn Store, actor: &str, name: &str, want: Want) -> Result<SecretMeta> {
     let mut found = named(store, actor, name)?;
@@ -66,7 +93,7 @@ pub(super) fn resolve(store: &dyn Store, actor: &str, name: &str, want: Want) ->
         Want::Any => true,
     };
     if let Some(m) = found.iter().find(accepts) {
-        return Ok(m.clone());
+        return folded_row(store, actor, name, m);
     }
     let hint = match (want, found.first().map(|m| m.status)) {
         (Want::Live, Some(Status::Deleted)) => {

@@ -215,12 +215,7 @@ impl Ledger {
 
     /// One secret's state after event `seq`, folded from its own events.
     pub(crate) fn state_at(&self, id: SecretId, seq: u64) -> Result<Option<SecretMeta>> {
-        let mut state = None;
-        self.store.scan_secret(id, seq, &mut |e| {
-            state = catalog::apply(state.take(), &e, e.decode()?)?;
-            Ok(true)
-        })?;
-        Ok(state)
+        fold_secret(&*self.store, id, seq)
     }
 
     /// The whole catalog as of `seq`: the nearest snapshot plus the events after it.
