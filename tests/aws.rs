@@ -76,11 +76,7 @@ async fn existing_aws_secrets_are_adopted() {
     for (k, v) in AWS_ENV {
         std::env::set_var(k, v);
     }
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(format!("http://127.0.0.1:{}", moto.port))
-        .load()
-        .await;
-    let client = aws_sdk_secretsmanager::Client::new(&config);
+    let client = moto::secrets_manager(&moto).await;
     for (name, text) in [
         ("app/db", common::FOREIGN_DB),
         ("app/token", common::FOREIGN_TOKEN),
@@ -286,11 +282,7 @@ async fn a_binary_value_or_foreign_description_in_aws_is_drifted() {
     env.ok(&["project"]);
     env.ok(&["sink", "promote", "aws"]);
 
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(format!("http://127.0.0.1:{}", moto.port))
-        .load()
-        .await;
-    let client = aws_sdk_secretsmanager::Client::new(&config);
+    let client = moto::secrets_manager(&moto).await;
     let object = |name: &str| {
         let id = env.json(&["secret", "get", name])["id"]
             .as_str()
@@ -380,11 +372,7 @@ async fn a_record_planted_ahead_in_aws_shadows_no_write_silently() {
         .to_owned();
     let object = format!("ahead/{id}");
 
-    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(format!("http://127.0.0.1:{}", moto.port))
-        .load()
-        .await;
-    let client = aws_sdk_secretsmanager::Client::new(&config);
+    let client = moto::secrets_manager(&moto).await;
     let described = client.describe_secret().secret_id(&object).send().await.unwrap();
     let mut description: serde_json::Value = serde_json::from_str(described.description().unwrap()).unwrap();
     description["seq"] = serde_json::json!(1u64 << 62);

@@ -51,17 +51,7 @@ impl FakeVault {
     /// Create a key in the fake (as `az keyvault key create` would), signed in as the test's
     /// service principal.
     pub fn create_key(&self, name: &str) {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async {
-            let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
-            let http = reqwest::Client::builder()
-                .add_root_certificate(ca)
-                .build()
-                .unwrap();
-            let base = format!("https://127.0.0.1:{}", self.port());
+        self.with_client(|http, base| async move {
             let token: serde_json::Value = http
                 .post(format!("{base}/{TENANT}/oauth2/v2.0/token"))
                 .form(&[
@@ -105,23 +95,30 @@ impl FakeVault {
         &self,
         request: impl FnOnce(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     ) -> serde_json::Value {
+        self.with_client(|http, base| async move {
+            let response = request(&http, &base).send().await.unwrap();
+            assert!(response.status().is_success(), "{}", response.status());
+            response.json().await.unwrap_or_default()
+        })
+    }
+
+    /// Run `calls` with an HTTP client that trusts the fake's CA, and the fake's base URL.
+    fn with_client<F: std::future::Future>(
+        &self,
+        calls: impl FnOnce(reqwest::Client, String) -> F,
+    ) -> F::Output {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
-        runtime.block_on(async {
-            let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
-            let http = reqwest::Client::builder()
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
+        let http = runtime.block_on(async {
+            reqwest::Client::builder()
                 .add_root_certificate(ca)
                 .build()
-                .unwrap();
-            let response = request(&http, &format!("https://127.0.0.1:{}", self.port()))
-                .send()
-                .await
-                .unwrap();
-            assert!(response.status().is_success(), "{}", response.status());
-            response.json().await.unwrap_or_default()
-        })
+                .unwrap()
+        });
+        runtime.block_on(calls(http, format!("https://127.0.0.1:{}", self.port())))
     }
 
     pub fn kill(&mut self) {

@@ -19,6 +19,17 @@ pub fn url(server: &Server, extra: &str) -> String {
     )
 }
 
+/// An AWS SDK client of moto's Secrets Manager, for a test to seed or tamper with what a sink
+/// holds (with [`AWS_ENV`] set in the test's process).
+#[cfg(feature = "aws")]
+pub async fn secrets_manager(server: &Server) -> aws_sdk_secretsmanager::Client {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(format!("http://127.0.0.1:{}", server.port))
+        .load()
+        .await;
+    aws_sdk_secretsmanager::Client::new(&config)
+}
+
 pub fn start() -> Server {
     start_on(servers::free_port_pair())
 }
