@@ -99,8 +99,10 @@ impl Ledger {
 
     /// Re-wrap every data key and the ledger's own keys under `new`, start a new value epoch
     /// ([`KeyEpochs`]: values written from now on are sealed under keys only `new` opens),
-    /// and record `key.rotated`. Old events stay readable: their values are sealed by data
-    /// keys (and epochs) that do not change.
+    /// replace the sink seal key, and record `key.rotated`. Old events stay readable: their
+    /// values are sealed by data keys (and epochs) that do not change. Call
+    /// [`crate::keys::reseal_sinks`] next: until it runs, the sqlite sinks hold objects only
+    /// the replaced seal key opens (reads skip them, `reconcile` rewrites them).
     ///
     /// `persist` is called with the new key while the write lock is held and before the commit:
     /// it must store the key durably (see [`crate::keyfile::rotate`]); if it fails, nothing changes.
