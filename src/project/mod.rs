@@ -602,6 +602,25 @@ pub struct PrimaryWait {
     pub shadowed: Vec<String>,
 }
 
+impl PrimaryWait {
+    /// The error a write reports when the primary did not take it (see `shadowed`), after
+    /// what it did is shown: it is in the ledger, but the primary keeps something else.
+    pub fn shadowing(&self) -> Option<Error> {
+        (!self.shadowed.is_empty()).then(|| Error::SinkAhead {
+            reason: format!(
+                "{}. It was written behind sledger's back, or this ledger was put back from an older \
+                 copy. The write is recorded in the ledger and the other sinks, and reads skip the \
+                 sink's copy; `sledger diff {}` shows what it holds, `sledger reconcile {} \
+                 --force-ledger` overwrites it with the ledger's state",
+                self.shadowed.join("; "),
+                self.name,
+                self.name
+            ),
+            sink: self.name.clone(),
+        })
+    }
+}
+
 /// The secrets among `written` (a write's outcomes) that `sink`, which has applied the write,
 /// did not take: it keeps a record claiming a seq beyond the ledger's head, which shadows
 /// every write until `reconcile --force-ledger`. One read per written secret; a read that

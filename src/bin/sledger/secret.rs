@@ -207,21 +207,9 @@ pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) -> Result<()> {
             );
         }
     }
-    match primary.filter(|p| !p.shadowed.is_empty()) {
+    match primary.and_then(|p| p.shadowing()) {
         None => Ok(()),
-        Some(p) => Err(sledger::Error::SinkAhead {
-            reason: format!(
-                "{}. It was written behind sledger's back, or this ledger was put back from an older \
-                 copy. The write is recorded in the ledger and the other sinks, and reads skip the \
-                 sink's copy; `sledger diff {}` shows what it holds, `sledger reconcile {} \
-                 --force-ledger` overwrites it with the ledger's state",
-                p.shadowed.join("; "),
-                p.name,
-                p.name
-            ),
-            sink: p.name.clone(),
-        }
-        .into()),
+        Some(e) => Err(e.into()),
     }
 }
 

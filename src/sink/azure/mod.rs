@@ -21,6 +21,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use azure_core::credentials::TokenCredential;
 use azure_core::error::ErrorKind;
 use azure_core::http::{ClientOptions, RetryOptions, StatusCode, Transport};
 use azure_security_keyvault_secrets::models::{
@@ -175,18 +176,27 @@ impl AzureSink {
         Ok(options)
     }
 
-    /// A Key Vault keys client for the same vault, with this sink's TLS and credentials (a
-    /// master key held in Key Vault: `azure-kv-key://`).
-    pub(crate) fn key_client(&self) -> Result<azure_security_keyvault_keys::KeyClient> {
+    /// What every client of this vault is made with: the HTTP options, the credential (its
+    /// tokens scoped to the vault's cloud), and whether the challenge's resource is checked
+    /// (not on loopback, where it cannot match the host).
+    fn connection(&self) -> Result<(ClientOptions, Arc<dyn TokenCredential>, Option<bool>)> {
         let client_options = self.client_options()?;
         let credential = credential::for_sink(
             &self.config.credentials,
             &client_options,
             token_scope(&self.config.vault_host),
         )?;
+        let verify_challenge = Some(!super::url::is_loopback(&self.config.vault_host));
+        Ok((client_options, credential, verify_challenge))
+    }
+
+    /// A Key Vault keys client for the same vault, with this sink's TLS and credentials (a
+    /// master key held in Key Vault: `azure-kv-key://`).
+    pub(crate) fn key_client(&self) -> Result<azure_security_keyvault_keys::KeyClient> {
+        let (client_options, credential, verify_challenge_resource) = self.connection()?;
         let options = azure_security_keyvault_keys::KeyClientOptions {
             client_options,
-            verify_challenge_resource: Some(!super::url::is_loopback(&self.config.vault_host)),
+            verify_challenge_resource,
             ..Default::default()
         };
         azure_security_keyvault_keys::KeyClient::new(
@@ -206,15 +216,10 @@ impl AzureSink {
     async fn client(&self) -> Result<&SecretClient> {
         self.client
             .get_or_try_init(|| async {
-                let client_options = self.client_options()?;
-                let credential = credential::for_sink(
-                    &self.config.credentials,
-                    &client_options,
-                    token_scope(&self.config.vault_host),
-                )?;
+                let (client_options, credential, verify_challenge_resource) = self.connection()?;
                 let options = SecretClientOptions {
                     client_options,
-                    verify_challenge_resource: Some(!super::url::is_loopback(&self.config.vault_host)),
+                    verify_challenge_resource,
                     ..Default::default()
                 };
                 SecretClient::new(
