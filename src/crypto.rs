@@ -533,11 +533,24 @@ impl EventMac {
 
     /// The MAC of the event at `seq`, given its (unkeyed, chained) hash.
     pub fn event(&self, seq: u64, hash: &[u8; 32]) -> [u8; 32] {
-        let key = match self.epochs.iter().rev().find(|(from, _)| *from <= seq) {
+        *blake3::keyed_hash(self.key_at(seq), hash).as_bytes()
+    }
+
+    /// The MAC of the catalog snapshot taken at `seq`, given the digest of its encoding: under
+    /// the same key as that event, so a key rotated out cannot forge a later snapshot either.
+    pub fn snapshot(&self, seq: u64, digest: &[u8; 32]) -> [u8; 32] {
+        let mut h = blake3::Hasher::new_keyed(self.key_at(seq));
+        h.update(b"snapshot\0");
+        h.update(&seq.to_le_bytes());
+        h.update(digest);
+        *h.finalize().as_bytes()
+    }
+
+    fn key_at(&self, seq: u64) -> &[u8; 32] {
+        match self.epochs.iter().rev().find(|(from, _)| *from <= seq) {
             Some((_, key)) => key,
             None => &self.key,
-        };
-        *blake3::keyed_hash(key, hash).as_bytes()
+        }
     }
 
     /// The MAC of a named bookkeeping value (`mac_from`, the trusted point).

@@ -652,14 +652,10 @@ fn a_raised_checkpoint_does_not_make_the_projector_skip_events() {
     assert_eq!(status[0]["checkpoint"], 3, "{status}");
 }
 
-/// A snapshot edited in the file (derived state, outside the chain) fails `verify`, which
-/// compares each stored snapshot with the fold of the log (by digest, reading it in pieces).
-#[test]
-fn an_edited_snapshot_is_caught_by_verify() {
-    use sledger::{Command, Ledger, LedgerSettings, MasterKey, Scope, SecretValues};
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("ledger.db");
-    let master = MasterKey::generate();
+/// A ledger with a snapshot every 2 events and 8 secrets (`s0` … `s7`), closed; its path.
+fn snapshotted_ledger(dir: &std::path::Path, master: &sledger::MasterKey) -> std::path::PathBuf {
+    use sledger::{Command, Ledger, LedgerSettings, Scope, SecretValues};
+    let path = dir.join("ledger.db");
     let settings = LedgerSettings {
         snapshot_interval: 2,
         ..Default::default()
@@ -678,28 +674,77 @@ fn an_edited_snapshot_is_caught_by_verify() {
         ledger.execute("alice", vec![create]).unwrap();
     }
     ledger.verify(&mut |_, _| {}).unwrap();
-    drop(ledger);
-    let raw = rusqlite::Connection::open(&path).unwrap();
-    let (seq, mut state): (i64, Vec<u8>) = raw
+    path
+}
+
+/// Replace the state of the latest snapshot, as someone who can write the file would; returns
+/// that snapshot's seq and its stored bytes before the edit.
+fn replace_latest_snapshot(path: &std::path::Path, edit: impl FnOnce(Vec<u8>) -> Vec<u8>) -> (u64, Vec<u8>) {
+    let raw = rusqlite::Connection::open(path).unwrap();
+    let (seq, state): (i64, Vec<u8>) = raw
         .query_row(
             "SELECT seq, state FROM snapshots ORDER BY seq DESC LIMIT 1",
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )
         .expect("the ledger took a snapshot");
-    let middle = state.len() / 2;
-    state[middle] ^= 0x01;
     raw.execute_batch("DROP TRIGGER IF EXISTS snapshots_are_append_only_update")
         .unwrap();
     raw.execute(
         "UPDATE snapshots SET state = ?1 WHERE seq = ?2",
-        rusqlite::params![state, seq],
+        rusqlite::params![edit(state.clone()), seq],
     )
     .unwrap();
-    drop(raw);
-    let mut ledger = Ledger::open_with_key(&path, master).unwrap();
+    (seq as u64, state)
+}
+
+/// A snapshot edited in the file (derived state, outside the chain) fails `verify`, which
+/// compares each stored snapshot with the fold of the log (by digest, reading it in pieces),
+/// and a point-in-time replay refuses it: its MAC no longer matches.
+#[test]
+fn an_edited_snapshot_is_caught_by_verify_and_by_a_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = sledger::MasterKey::generate();
+    let path = snapshotted_ledger(dir.path(), &master);
+    let (seq, _) = replace_latest_snapshot(&path, |mut state| {
+        let middle = state.len() / 2;
+        state[middle] ^= 0x01;
+        state
+    });
+    let mut ledger = sledger::Ledger::open_with_key(&path, master).unwrap();
+    let err = ledger.desired_at(seq).unwrap_err();
+    assert!(matches!(err, sledger::Error::Corrupt(_)), "{err}");
+    assert!(err.to_string().contains(&format!("snapshot at seq {seq}")), "{err}");
     let err = ledger.verify(&mut |_, _| {}).unwrap_err();
     assert!(matches!(err, sledger::Error::Corrupt(_)), "{err}");
+}
+
+/// A snapshot forged whole, as a well-formed encoding of a catalog without `s0` (which has no
+/// MAC, like the snapshots sledger stored before they carried one). Trusting it would make a
+/// point-in-time restore delete `s0` from the sink. It is not trusted: the replay folds the
+/// log instead, and `verify` names it.
+#[test]
+fn a_forged_snapshot_never_reaches_a_replay() {
+    let dir = tempfile::tempdir().unwrap();
+    let master = sledger::MasterKey::generate();
+    let path = snapshotted_ledger(dir.path(), &master);
+    let (seq, _) = replace_latest_snapshot(&path, |state| state);
+    let mut ledger = sledger::Ledger::open_with_key(&path, master.clone()).unwrap();
+    let mut forged = ledger.catalog_at(seq).unwrap();
+    let s0 = forged.secrets.values().find(|m| m.name == "s0").expect("s0 exists").id;
+    forged.secrets.remove(&s0);
+    drop(ledger);
+    replace_latest_snapshot(&path, |_| forged.to_snapshot());
+
+    let mut ledger = sledger::Ledger::open_with_key(&path, master).unwrap();
+    let desired = ledger.desired_at(seq).unwrap();
+    assert!(
+        matches!(desired.objects.get(&s0), Some(sledger::project::Op::Put(_))),
+        "s0 must be put: {:?}",
+        desired.objects.get(&s0).map(|_| "not a put")
+    );
+    let err = ledger.verify(&mut |_, _| {}).unwrap_err();
+    assert!(err.to_string().contains(&format!("snapshot at seq {seq}")), "{err}");
 }
 
 /// After a ledger put back from an older copy is accepted (`anchors reset --yes`), the sink

@@ -779,7 +779,7 @@ impl Ledger {
             }
         }
         mac::trust(&*tx, &keys.mac, head)?;
-        finish_append(&*tx, self.settings, first_seq, head)?;
+        finish_append(&*tx, &keys.mac, self.settings, first_seq, head)?;
         tx.commit()?;
         let purged = results.iter().flatten().flatten().any(|o| {
             matches!(

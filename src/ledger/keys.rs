@@ -68,7 +68,7 @@ impl Ledger {
             }
         }
         mac::trust(&*tx, &keys.mac, head)?;
-        finish_append(&*tx, self.settings, first_seq, head)?;
+        finish_append(&*tx, &keys.mac, self.settings, first_seq, head)?;
         tx.commit()
     }
 
@@ -158,7 +158,7 @@ impl Ledger {
         let event = Event::KeyRotated { key_id: new.key_id() };
         append_ledger_event(&*tx, keys, &mut head, actor, event, now_ms())?;
         mac::trust(&*tx, &keys.mac, head)?;
-        finish_append(&*tx, self.settings, first_seq, head)?;
+        finish_append(&*tx, &keys.mac, self.settings, first_seq, head)?;
         persist(&new)?;
         tx.commit()?;
         self.store.scrub();

@@ -9,8 +9,11 @@
 //! - `mac_trusted`: the head (seq and hash) as of the last append. Opening checks that the
 //!   event there still has that hash (so nothing before it was rewritten and rechained) and the
 //!   MACs of every event after it.
+//!
+//! Catalog snapshots carry a MAC as well, at the end of their stored bytes.
 
 use super::*;
+use super::verify::derived_mismatch;
 use crate::crypto::EventMac;
 
 const MAC_FROM: &str = "mac_from";
@@ -159,6 +162,48 @@ pub(super) fn start_if_needed(
     )?;
     // A new ledger is MAC'd from its first event; an older one records where MACs start.
     Ok((head.seq > 0).then_some(Event::MacsStarted))
+}
+
+/// A stored snapshot ends with the MAC of its encoding and this marker. A forged snapshot is
+/// outside the chain, so without it nothing would stop one from making a point-in-time restore
+/// delete or rename secrets in a sink.
+pub(super) const SNAPSHOT_MARKER: &[u8; 8] = b"sledgMAC";
+
+/// `encoding` (of the catalog at `seq`) as it is stored: followed by its MAC and the marker.
+pub(super) fn seal_snapshot(mac: &EventMac, seq: u64, mut encoding: Vec<u8>) -> Vec<u8> {
+    let tag = mac.snapshot(seq, blake3::hash(&encoding).as_bytes());
+    encoding.extend_from_slice(&tag);
+    encoding.extend_from_slice(SNAPSHOT_MARKER);
+    encoding
+}
+
+/// A stored snapshot's encoding and MAC (`None`: stored before snapshots carried one).
+pub(super) fn split_snapshot(stored: &[u8]) -> (&[u8], Option<[u8; 32]>) {
+    match stored.strip_suffix(SNAPSHOT_MARKER) {
+        Some(rest) if rest.len() >= 32 => {
+            let (encoding, tag) = rest.split_at(rest.len() - 32);
+            (encoding, Some(tag.try_into().expect("32 bytes")))
+        }
+        _ => (stored, None),
+    }
+}
+
+/// The catalog a stored snapshot (at `seq`) holds, if its MAC shows a key holder wrote it;
+/// `None` for one stored before snapshots carried a MAC, which is never trusted (the caller
+/// folds the log instead). One whose MAC does not match was forged or edited: an error.
+pub(super) fn open_snapshot(mac: &EventMac, seq: u64, stored: &[u8]) -> Result<Option<Catalog>> {
+    let (encoding, Some(tag)) = split_snapshot(stored) else {
+        return Ok(None);
+    };
+    let forged = || derived_mismatch(format!("the snapshot at seq {seq} (its MAC does not match)"));
+    if !EventMac::matches(&mac.snapshot(seq, blake3::hash(encoding).as_bytes()), &tag) {
+        return Err(forged());
+    }
+    let catalog = Catalog::from_snapshot(encoding)?;
+    if catalog.seq != seq {
+        return Err(forged());
+    }
+    Ok(Some(catalog))
 }
 
 /// Inside an append, after its events: the new head is the trusted point.

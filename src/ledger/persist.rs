@@ -176,9 +176,11 @@ pub(super) fn snapshot_due(store: &dyn Store, every: u64, head: u64) -> Result<b
     Ok(head - last >= every.max(store.secret_count()?))
 }
 
-/// Bookkeeping shared by every append transaction: catalog position and snapshots.
+/// Bookkeeping shared by every append transaction: catalog position and snapshots (MAC'd
+/// under `mac`).
 pub(super) fn finish_append(
     store: &dyn Store,
+    mac: &crate::crypto::EventMac,
     settings: LedgerSettings,
     first_seq: u64,
     head: Head,
@@ -195,7 +197,8 @@ pub(super) fn finish_append(
             snapshot.push(&id, &meta.to_bytes());
             Ok(true)
         })?;
-        store.put_snapshot(head.seq, &snapshot.finish(&sinks_from_log(store)?))?;
+        let encoding = snapshot.finish(&sinks_from_log(store)?);
+        store.put_snapshot(head.seq, &mac::seal_snapshot(mac, head.seq, encoding))?;
         tracing::debug!(seq = head.seq, "catalog snapshot stored");
     }
     Ok(())

@@ -218,11 +218,12 @@ impl Ledger {
         fold_secret(&*self.store, id, seq)
     }
 
-    /// The whole catalog as of `seq`: the nearest snapshot plus the events after it.
+    /// The whole catalog as of `seq`: the nearest snapshot plus the events after it. Only a
+    /// snapshot whose MAC checks is used, so a locked ledger folds the log from the start.
     pub fn catalog_at(&self, seq: u64) -> Result<Catalog> {
-        let start = match self.store.snapshot_at_or_before(seq)? {
-            Some((_, bytes)) => Catalog::from_snapshot(&bytes)?,
-            None => Catalog::default(),
+        let start = match (self.store.snapshot_at_or_before(seq)?, self.keys.as_ref()) {
+            (Some((at, stored)), Some(keys)) => mac::open_snapshot(&keys.mac, at, &stored)?.unwrap_or_default(),
+            _ => Catalog::default(),
         };
         fold_log(&self.log(), start, seq)
     }

@@ -2,6 +2,7 @@
 //! the log or rebuilt from it, and anchors that catch a truncated or rewritten tail.
 
 use super::*;
+use crate::crypto::EventMac;
 
 /// A saved chain head; checking it later catches a truncated or rewritten tail.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,13 +48,20 @@ impl CompactFold {
         Ok(())
     }
 
-    /// The digest of this fold's snapshot encoding, hashed as it is encoded (never held).
-    fn snapshot_digest(&self) -> [u8; 32] {
+    /// The digest of this fold's snapshot as it would be stored (with its MAC, given the MAC
+    /// key), hashed as it is encoded (never held).
+    fn snapshot_digest(&self, mac: Option<&EventMac>) -> [u8; 32] {
         let mut snapshot = SnapshotEncoder::writing_to(blake3::Hasher::new(), self.seq, self.secrets.len());
         for (id, meta) in &self.secrets {
             snapshot.push(id, meta);
         }
-        *snapshot.finish(&self.sinks).finalize().as_bytes()
+        let mut stored = snapshot.finish(&self.sinks);
+        if let Some(mac) = mac {
+            let tag = mac.snapshot(self.seq, stored.finalize().as_bytes());
+            stored.update(&tag);
+            stored.update(mac::SNAPSHOT_MARKER);
+        }
+        *stored.finalize().as_bytes()
     }
 }
 
@@ -171,21 +179,30 @@ impl Ledger {
     }
 
     /// Whether the stored snapshot at `seq` holds `folded`: the digest of the stored bytes
-    /// (read in pieces) against that of the fold's encoding (hashed as it is encoded), so
-    /// neither is held whole; a snapshot in an older encoding is decoded and compared instead.
+    /// (read in pieces) against that of the fold's encoding and MAC (hashed as it is encoded),
+    /// so neither is held whole. A snapshot in an older encoding, or from before snapshots
+    /// carried a MAC, is decoded and compared instead; one whose MAC is wrong never matches.
     fn snapshot_matches(&self, seq: u64, folded: &CompactFold) -> Result<bool> {
         let Some(stored) = self.store.snapshot_digest(seq)? else {
             return Err(derived_mismatch(format!(
                 "the snapshot at seq {seq} (it is gone)"
             )));
         };
-        if stored == folded.snapshot_digest() {
+        let mac = self.keys.as_ref().map(|keys| &keys.mac);
+        if stored == folded.snapshot_digest(mac) {
             return Ok(true);
         }
         let Some((_, stored)) = self.store.snapshot_at_or_before(seq)? else {
             return Ok(false);
         };
-        let decoded = Catalog::from_snapshot(&stored)?;
+        let decoded = match mac {
+            Some(mac) => match mac::open_snapshot(mac, seq, &stored) {
+                Ok(Some(catalog)) => catalog,
+                Ok(None) => Catalog::from_snapshot(&stored)?,
+                Err(_) => return Ok(false),
+            },
+            None => Catalog::from_snapshot(mac::split_snapshot(&stored).0)?,
+        };
         Ok(decoded.seq == folded.seq
             && decoded.sinks == folded.sinks
             && decoded.secrets.len() == folded.secrets.len()
