@@ -132,7 +132,8 @@ fn update(m: &mut SecretMeta, stored: &StoredEvent, event: Event) -> Result<()> 
         | Event::TokenRevoked { .. }
         | Event::MacsStarted
         | Event::AnchorsReset
-        | Event::LedgerRecovered { .. } => {
+        | Event::LedgerRecovered { .. }
+        | Event::SinkForced { .. } => {
             return Err(corrupt(
                 stored,
                 event_type,
@@ -350,7 +351,8 @@ pub(crate) fn apply_sink_event(
         | Event::TokenRevoked { .. }
         | Event::MacsStarted
         | Event::AnchorsReset
-        | Event::LedgerRecovered { .. } => {}
+        | Event::LedgerRecovered { .. }
+        | Event::SinkForced { .. } => {}
         _ => return Err(corrupt(stored, event_type, "has no secret id")),
     }
     Ok(())

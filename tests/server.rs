@@ -821,3 +821,25 @@ async fn id_references_reveal_no_names_and_reach_deleted_secrets() {
     .await;
     assert_eq!(status, StatusCode::OK, "{body}");
 }
+
+/// `force_ledger` makes a sink match the ledger even where it holds objects beyond the
+/// ledger's head, overwriting them: the log records that decision and the token that made
+/// it, before anything is written. A caller without the right records nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn forcing_a_sink_to_the_ledger_is_in_the_log_with_its_caller() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let reader = issue(&server, &admin, "auditor", "reader", &["*"], None).await;
+    let force = json!({"sink": "local", "force_ledger": true});
+    let (status, _) = call(&server, &reader, Method::POST, "/v1/reconcile", Some(force.clone())).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = call(&server, &admin, Method::POST, "/v1/reconcile", Some(force)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, log) = call(&server, &admin, Method::GET, "/v1/log?type=sink.forced", None).await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    let log = log.as_array().unwrap();
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["actor"], "token:admin", "{log:?}");
+    assert!(log[0]["detail"].as_str().unwrap().contains("sink local"), "{log:?}");
+}

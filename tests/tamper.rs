@@ -751,7 +751,7 @@ fn a_forged_snapshot_never_reaches_a_replay() {
 /// still holds what the lost events wrote, at seqs beyond the ledger's head. sledger says so
 /// everywhere: reads skip that record (with an honest time), `diff` calls it `ahead`, a write it
 /// would shadow fails with exit 5 instead of reporting success, plain `reconcile` refuses, and
-/// `reconcile --force-ledger` makes the ledger the truth again.
+/// `reconcile --force-ledger` makes the ledger the truth again, recorded in the log.
 #[test]
 fn a_sink_ahead_of_an_accepted_older_ledger_shadows_no_write_silently() {
     let env = Env::new();
@@ -800,6 +800,11 @@ fn a_sink_ahead_of_an_accepted_older_ledger_shadows_no_write_silently() {
     );
     let out = env.ok(&["reconcile", "local", "--force-ledger"]);
     assert!(out.contains("1 ahead of the ledger erased"), "{out}");
+    // Overwriting what a sink holds is the user's decision: the log says who made it.
+    let log = env.json_lines(&["log", "--type", "sink.forced"]);
+    assert_eq!(log.len(), 1, "{log:?}");
+    assert_eq!(log[0]["actor"], "alice@test");
+    assert!(log[0]["detail"].as_str().unwrap().contains("sink local"), "{log:?}");
     env.ok(&["diff", "local"]);
     let got = env.json(&["secret", "get", "kept", "--from", "primary"]);
     assert_eq!(got["values"]["k"], "5", "{got}");

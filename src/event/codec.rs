@@ -58,6 +58,11 @@ struct LedgerRecoveredV1<'a> {
 }
 
 #[derive(Serialize, Deserialize)]
+struct SinkForcedV1<'a> {
+    name: Cow<'a, str>,
+}
+
+#[derive(Serialize, Deserialize)]
 struct LedgerRestoredV1 {
     target_seq: u64,
 }
@@ -157,6 +162,9 @@ pub fn encode(event: &Event) -> (&'static str, u32, Vec<u8>) {
         Event::LedgerRecovered { source } => to_bytes(&LedgerRecoveredV1 {
             source: Cow::Borrowed(source),
         }),
+        Event::SinkForced { name } => to_bytes(&SinkForcedV1 {
+            name: Cow::Borrowed(name),
+        }),
         Event::SinkAdded { name, url, role } => to_bytes(&SinkAddedV1 {
             name: Cow::Borrowed(name),
             url: Cow::Borrowed(url),
@@ -235,6 +243,12 @@ pub fn decode(event_type: &str, event_version: u32, payload: &[u8]) -> Result<Ev
             let p: LedgerRecoveredV1 = from_bytes(payload)?;
             Event::LedgerRecovered {
                 source: p.source.into_owned(),
+            }
+        }
+        ("sink.forced", 1) => {
+            let p: SinkForcedV1 = from_bytes(payload)?;
+            Event::SinkForced {
+                name: p.name.into_owned(),
             }
         }
         ("ledger.restored", 1) => {

@@ -139,6 +139,11 @@ pub enum Event {
         /// The sink URL it was rebuilt from (credentials never appear in sink URLs).
         source: String,
     },
+    /// A key holder made the ledger the truth for sink `name` (`reconcile --force-ledger`):
+    /// what it held beyond the ledger's head is erased and written again from the ledger.
+    SinkForced {
+        name: String,
+    },
 }
 
 /// What a sink is for.
@@ -215,6 +220,7 @@ impl Event {
             Event::MacsStarted => "ledger.macs_started",
             Event::AnchorsReset => "anchors.reset",
             Event::LedgerRecovered { .. } => "ledger.recovered",
+            Event::SinkForced { .. } => "sink.forced",
         }
     }
 
@@ -246,6 +252,7 @@ pub const EVENT_TYPES: &[&str] = &[
     "ledger.macs_started",
     "anchors.reset",
     "ledger.recovered",
+    "sink.forced",
 ];
 
 /// One row of the `events` table.

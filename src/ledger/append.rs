@@ -436,6 +436,12 @@ impl<'a> Planner<'a> {
                 Planned::Ledger(vec![Event::TokenRevoked { name }])
             }
             Command::ResetAnchors => Planned::Ledger(vec![Event::AnchorsReset]),
+            Command::ForceSink { name } => {
+                if !self.tx.sinks()?.contains_key(&name) {
+                    return Err(Error::SinkNotFound { name });
+                }
+                Planned::Ledger(vec![Event::SinkForced { name }])
+            }
             Command::RecordRecovery { source } => {
                 if seq != 1 {
                     return Err(Error::invalid(

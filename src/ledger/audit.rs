@@ -153,6 +153,9 @@ pub(super) fn describe(
         Event::LedgerRecovered { source } => Some(format!(
             "rebuilt from what sink {source} held: the history before this event is not available"
         )),
+        Event::SinkForced { name } => Some(format!(
+            "sink {name} made to match the ledger (`reconcile --force-ledger`): what it held beyond the ledger's head is overwritten"
+        )),
         Event::AnchorsReset => Some(
             "this ledger was accepted as it is: the head its sinks witnessed before now is no longer believed"
                 .into(),

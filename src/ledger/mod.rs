@@ -129,6 +129,11 @@ pub enum Command {
     /// an older copy): anchors written before this are no longer believed, and the next
     /// projection into each sink overwrites its anchor.
     ResetAnchors,
+    /// Record that sink `name` is about to be made to match the ledger although it holds
+    /// objects beyond the ledger's head (`reconcile --force-ledger`).
+    ForceSink {
+        name: String,
+    },
     /// Record, as a new ledger's first event, that it is being rebuilt from what the sink at
     /// `source` holds (`sledger recover`).
     RecordRecovery {

@@ -1217,12 +1217,19 @@ async fn reconcile(
     Json(body): Json<ReconcileBody>,
 ) -> ApiResult {
     allow(&state, &caller, "reconcile", None).await?;
+    // Folded before the decision is recorded: what the sink holds beyond this head is ahead.
+    let desired = state.handle.read(|l| l.desired_at(l.head()?.seq)).await?;
+    if body.force_ledger {
+        let force = Command::ForceSink {
+            name: body.sink.clone(),
+        };
+        state.handle.execute(&caller.principal(), vec![force]).await?;
+    }
     let runtime = tokio::runtime::Handle::current();
     let events = state
         .handle
         .read(move |l| {
             let (_, sink) = l.open_sink(&body.sink)?;
-            let desired = l.desired_at(l.head()?.seq)?;
             let mut events = Vec::new();
             runtime.block_on(orchestrate::reconcile(
                 Some(l),

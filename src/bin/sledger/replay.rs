@@ -258,9 +258,16 @@ pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
             .for_each(|e| show_resync(ctx, e));
         return Ok(());
     }
-    let ledger = ctx.open_to_write()?;
+    let mut ledger = ctx.open_to_write()?;
     let (_, sink) = ledger.open_sink(&args.sink)?;
+    // Folded before the decision is recorded: what the sink holds beyond this head is ahead.
     let desired = ledger.desired_at(ledger.head()?.seq)?;
+    if args.force_ledger {
+        let force = sledger::Command::ForceSink {
+            name: args.sink.clone(),
+        };
+        ledger.execute(&ctx.actor, vec![force])?;
+    }
     block_on(reconcile_sink(
         ctx,
         Some(&ledger),
