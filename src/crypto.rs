@@ -555,17 +555,28 @@ impl EventMac {
 
     /// The MAC of a named bookkeeping value (`mac_from`, the trusted point).
     pub fn setting(&self, name: &str, value: &[u8]) -> [u8; 32] {
-        let mut h = blake3::Hasher::new_keyed(&self.key);
-        h.update(name.as_bytes());
-        h.update(&[0]);
-        h.update(value);
-        *h.finalize().as_bytes()
+        named_mac(&self.key, name, value)
+    }
+
+    /// The MAC of a named bookkeeping value that vouches for the log up to `seq` (a sink's
+    /// checkpoint): under that seq's epoch key, so a key rotated out cannot vouch for a seq
+    /// after the rotation.
+    pub fn setting_at(&self, seq: u64, name: &str, value: &[u8]) -> [u8; 32] {
+        named_mac(self.key_at(seq), name, value)
     }
 
     /// Constant-time comparison of two MACs.
     pub fn matches(a: &[u8; 32], b: &[u8; 32]) -> bool {
         blake3::Hash::from(*a) == blake3::Hash::from(*b)
     }
+}
+
+fn named_mac(key: &[u8; 32], name: &str, value: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_keyed(key);
+    h.update(name.as_bytes());
+    h.update(&[0]);
+    h.update(value);
+    *h.finalize().as_bytes()
 }
 
 /// Hashes API tokens into what the ledger stores. Debug never shows the key.

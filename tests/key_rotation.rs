@@ -296,3 +296,50 @@ fn an_event_forged_with_a_leaked_old_key_after_the_rotation_is_refused() {
     assert!(err.contains("MAC"), "{err}");
     env.fails(&["secret", "get", "forged", "--from", "primary"], 7);
 }
+
+/// A sink's checkpoint carries a MAC under the key of its seq's epoch. Someone with a leaked
+/// old key (which, with a copy of the ledger from before the rotation, derives the old MAC
+/// keys) and write access to the file cannot raise a checkpoint past the rotation, which
+/// would make the projector skip the values written since: it is not believed.
+#[test]
+fn a_checkpoint_raised_with_a_leaked_old_key_after_the_rotation_is_not_believed() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "db", "--value", "pw=v1"]);
+    let old_copy = env.path("before-rotation.db");
+    env.ok(&["ledger", "backup", "--to", old_copy.to_str().unwrap()]);
+    let old_key = MasterKey::read_file(&env.key).unwrap();
+    env.ok(&["key", "rotate"]);
+    env.ok(&["secret", "update", "db", "--value", "pw=v2", "--wait", "0"]);
+
+    // The attacker's MAC key: the fingerprint key of the old copy, unwrapped with the old key.
+    let old = rusqlite::Connection::open(&old_copy).unwrap();
+    let setting = |key: &str| -> Vec<u8> {
+        old.query_row("SELECT value FROM ledger_meta WHERE key = ?1", [key], |r| r.get(0))
+            .unwrap()
+    };
+    let mac_from = u64::from_le_bytes(setting("mac_from")[..8].try_into().unwrap());
+    let mac = old_key
+        .unwrap_fingerprint_key(&setting("fingerprint_key"), Some(mac_from), &[])
+        .unwrap()
+        .event_mac();
+    let attached = env.json_lines(&["log", "--type", "sink.added"])[0]["seq"]
+        .as_u64()
+        .unwrap();
+    let head = env.json_lines(&["log"]).last().unwrap()["seq"].as_u64().unwrap();
+    let forged = mac.setting("sink checkpoint", format!("local\0{attached}\0{head}").as_bytes());
+    let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+    let raised = raw
+        .execute(
+            "UPDATE sink_state SET checkpoint = ?1, checkpoint_mac = ?2 WHERE name = 'local'",
+            rusqlite::params![head as i64, forged.as_slice()],
+        )
+        .unwrap();
+    assert_eq!(raised, 1);
+    drop(raw);
+
+    env.ok(&["project"]);
+    assert_eq!(
+        env.ok(&["secret", "get", "db", "--key", "pw", "--from", "primary"]),
+        "v2\n"
+    );
+}

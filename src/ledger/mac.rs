@@ -224,10 +224,12 @@ impl Ledger {
     }
 
     /// The MAC stored beside a sink's checkpoint: it binds the checkpoint to the sink and the
-    /// attachment made at `attached`. Needs the master key.
+    /// attachment made at `attached`, under the key of the checkpoint's epoch (an old master
+    /// key cannot raise a checkpoint past its rotation). Needs the master key.
     pub(crate) fn checkpoint_mac(&self, sink: &str, attached: u64, checkpoint: u64) -> Result<[u8; 32]> {
         let mac = &need_keys(self.keys.as_ref())?.mac;
-        Ok(mac.setting(
+        Ok(mac.setting_at(
+            checkpoint,
             "sink checkpoint",
             format!("{sink}\0{attached}\0{checkpoint}").as_bytes(),
         ))
