@@ -1270,3 +1270,51 @@ fn help_and_tables_stay_readable() {
     let doc = &env.json(&["secret", "list"])[0];
     assert_eq!(doc["keys"].as_array().unwrap().len(), 60, "JSON keeps every key");
 }
+
+/// Tables fit the terminal (`COLUMNS` here, which is what `ls` reads too): long labels and
+/// changes are cut with `…`, names never are, and piped output is never cut. Columns line up
+/// by display width, so a label with wide characters does not shift the next column.
+#[test]
+fn tables_fit_the_terminal_and_line_up_by_display_width() {
+    use unicode_width::UnicodeWidthStr;
+    let env = Env::new();
+    let long = format!("note={}", "x".repeat(200));
+    for (name, label) in [
+        ("svc/wide", "team=開発チーム"),
+        ("svc/narrow", "team=ops"),
+        ("svc/long-labelled-secret", long.as_str()),
+    ] {
+        env.ok(&["secret", "create", name, "--value", "k=v", "--label", label]);
+    }
+    let in_columns = |columns: &str, args: &[&str]| {
+        let out = env.cmd().env("COLUMNS", columns).args(args).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
+    };
+
+    let table = in_columns("100", &["secret", "list"]);
+    assert!(table.lines().all(|l| l.width() <= 100), "{table}");
+    assert!(table.contains("svc/long-labelled-secret") && table.contains("note=xxx"), "{table}");
+    assert!(table.contains('…') && !table.contains(&long), "{table}");
+    let header = table.lines().next().unwrap();
+    let updated = header[..header.find("UPDATED").unwrap()].width();
+    for row in table.lines().skip(1) {
+        let (mut column, mut rest) = (0, row);
+        while column < updated {
+            let c = rest.chars().next().unwrap_or_else(|| panic!("short row {row:?}"));
+            column += unicode_width::UnicodeWidthChar::width(c).unwrap();
+            rest = &rest[c.len_utf8()..];
+        }
+        assert!(
+            column == updated && rest.starts_with(|c: char| c.is_ascii_digit()),
+            "UPDATED is not at display column {updated} in {row:?}\n{table}"
+        );
+    }
+
+    let log = in_columns("120", &["log"]);
+    assert!(log.lines().all(|l| l.width() <= 120), "{log}");
+    assert!(log.contains("svc/long-labelled-secret"), "{log}");
+
+    let piped = env.ok(&["secret", "list"]);
+    assert!(piped.contains(&long), "piped output is never cut: {piped}");
+}

@@ -62,6 +62,8 @@ impl Env {
             .env_remove("SLEDGER_MASTER_KEY")
             .env_remove("SLEDGER_KEY_FILE")
             .env_remove("SLEDGER_LOG")
+            // Tables fit it when set; a test that wants that sets it on its own command.
+            .env_remove("COLUMNS")
             // A test that sets it for its own process must not lend it to the others' children.
             .env_remove("VAULT_TOKEN")
             .env_remove("SLEDGER_SERVER")

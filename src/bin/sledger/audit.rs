@@ -110,9 +110,14 @@ fn table(ctx: &Context, header: &[&str], row: fn(&Value) -> Vec<String>, docs: &
     outln!("{t}");
 }
 
+/// A stream of audit entries: a table or JSON lines.
+fn events(ctx: &Context) -> output::Stream {
+    output::Stream::new(ctx.json(), output::StreamFormat::JsonLines, &HEADER).cutting(&["CHANGES"])
+}
+
 /// Audit entries as a table or JSON lines.
 pub fn render(ctx: &Context, entries: &[Value]) {
-    let mut out = output::Stream::new(ctx.json(), output::StreamFormat::JsonLines, &HEADER);
+    let mut out = events(ctx);
     entries.iter().for_each(|e| out.push(e, row(e)));
     out.finish();
 }
@@ -148,7 +153,7 @@ pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
         tail: args.tail,
         viewer: None,
     };
-    let mut out = output::Stream::new(ctx.json(), output::StreamFormat::JsonLines, &HEADER);
+    let mut out = events(ctx);
     let mut show = |e: &Value| {
         if args.follow {
             print_line(ctx, row, e);

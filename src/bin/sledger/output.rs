@@ -24,6 +24,7 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
 
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
+use unicode_width::UnicodeWidthStr;
 use sledger::event::Millis;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -45,7 +46,39 @@ pub fn table(header: &[&str]) -> Rows {
     t.load_preset(presets::NOTHING)
         .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(header.iter().copied());
+    if let Some(width) = terminal_width() {
+        t.set_width(width.min(u16::MAX as usize) as u16);
+    }
     Rows(t)
+}
+
+/// The width tables must fit in: `COLUMNS` when set (as `ls` honours it), else the terminal's
+/// when stdout is one; `None` (no limit) when piped.
+pub fn terminal_width() -> Option<usize> {
+    std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+        .filter(|&c| c > 0)
+        .or_else(|| Table::new().width().map(usize::from))
+}
+
+/// `text` cut to `width` display columns, ending in `…` when cut.
+fn cut(text: &str, width: usize) -> std::borrow::Cow<'_, str> {
+    if text.width() <= width {
+        return text.into();
+    }
+    let mut kept = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        kept.push(c);
+        used += w;
+    }
+    kept.push('…');
+    kept.into()
 }
 
 /// A table for people: every cell has its control characters escaped ([`printable`]).
@@ -137,11 +170,15 @@ pub enum StreamFormat {
 }
 
 /// Rows printed as they come, so a list of a million secrets holds one row in memory: JSON
-/// (scripts), or a table (people) whose column widths are set by its first
-/// [`Stream::SIZING_ROWS`] rows; a wider cell later pushes only its own row.
+/// (scripts), or a table (people) whose column widths (in display columns) are set by its
+/// first [`Stream::SIZING_ROWS`] rows; a wider cell later pushes only its own row. On a
+/// terminal, the columns [`Stream::cutting`] names are narrowed until the table fits, and
+/// their cells cut with `…`.
 pub struct Stream {
     format: StreamFormat,
     header: Vec<String>,
+    /// Columns that may be narrowed, the first first.
+    cuttable: Vec<usize>,
     widths: Option<Vec<usize>>,
     sizing: Vec<Vec<String>>,
     written: usize,
@@ -155,10 +192,21 @@ impl Stream {
         Stream {
             format: if json { json_style } else { StreamFormat::Table },
             header: header.iter().map(|h| h.to_string()).collect(),
+            cuttable: Vec::new(),
             widths: None,
             sizing: Vec::new(),
             written: 0,
         }
+    }
+
+    /// Let these columns be narrowed (in this order) to fit the terminal; never a column a
+    /// user copies from, such as a name.
+    pub fn cutting(mut self, columns: &[&str]) -> Self {
+        self.cuttable = columns
+            .iter()
+            .filter_map(|c| self.header.iter().position(|h| h == c))
+            .collect();
+        self
     }
 
     /// One row: `doc` in JSON mode, else `cells`.
@@ -177,7 +225,7 @@ impl Stream {
                 .collect();
             match &self.widths {
                 Some(widths) => {
-                    let line = Self::line(widths, &row);
+                    let line = self.line(widths, &row);
                     self.write(format_args!("{line}\n"));
                 }
                 None => {
@@ -201,29 +249,49 @@ impl Stream {
     }
 
     fn flush_sizing(&mut self) {
-        let mut widths: Vec<usize> = self.header.iter().map(|h| h.chars().count()).collect();
+        let mut widths: Vec<usize> = self.header.iter().map(|h| h.width()).collect();
         for row in &self.sizing {
             for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
+                *w = (*w).max(cell.width());
             }
         }
-        let mut text = Self::line(&widths, &self.header);
+        if let Some(limit) = terminal_width() {
+            self.fit(&mut widths, limit);
+        }
+        let mut text = self.line(&widths, &self.header);
         text.push('\n');
         for row in std::mem::take(&mut self.sizing) {
-            text.push_str(&Self::line(&widths, &row));
+            text.push_str(&self.line(&widths, &row));
             text.push('\n');
         }
         self.write(format_args!("{text}"));
         self.widths = Some(widths);
     }
 
-    fn line(widths: &[usize], row: &[String]) -> String {
+    /// Narrow the cuttable columns (never below their header, nor 8 columns) until the table
+    /// fits in `limit` columns, or they can go no narrower.
+    fn fit(&self, widths: &mut [usize], limit: usize) {
+        let total = widths.iter().sum::<usize>() + 2 * widths.len().saturating_sub(1);
+        let mut excess = total.saturating_sub(limit);
+        for &column in &self.cuttable {
+            let floor = self.header[column].width().max(8);
+            let narrower = excess.min(widths[column].saturating_sub(floor));
+            widths[column] -= narrower;
+            excess -= narrower;
+        }
+    }
+
+    fn line(&self, widths: &[usize], row: &[String]) -> String {
         let mut line = String::new();
         for (i, cell) in row.iter().enumerate() {
+            let cell = match self.cuttable.contains(&i) {
+                true => cut(cell, widths[i]),
+                false => cell.into(),
+            };
             if i + 1 == row.len() {
-                line.push_str(cell);
+                line.push_str(&cell);
             } else {
-                let pad = widths[i].saturating_sub(cell.chars().count());
+                let pad = widths[i].saturating_sub(cell.width());
                 line.push_str(&format!("{cell}{:pad$}  ", ""));
             }
         }

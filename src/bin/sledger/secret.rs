@@ -501,7 +501,8 @@ fn list(ctx: &Context, query: ListQuery, limit: Option<usize>) -> Result<()> {
         ctx.json(),
         output::StreamFormat::JsonArray,
         &["NAME", "SCOPE", "VERSION", "KEYS", "LABELS", "UPDATED"],
-    );
+    )
+    .cutting(&["LABELS", "KEYS"]);
     let mut row = |m: &Value| {
         let text = |v: &Value| match v {
             Value::String(s) => s.clone(),
