@@ -531,3 +531,24 @@ fn sink_add_refuses_a_missing_plugin_or_directory() {
         "nothing was added"
     );
 }
+
+/// A command that wrote to the default sqlite sink closes it before it exits: the sink's file
+/// holds every write, and no WAL is left behind for the next process to read whole (before,
+/// the process exited while the sink's thread was still closing the connection).
+#[test]
+fn a_sqlite_sink_is_closed_whole_when_a_command_exits() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "db", "--value", "pw=1"]);
+    env.ok(&["secret", "get", "db"]);
+    let sink = env.path("ledger.sink.db");
+    let wal = env.path("ledger.sink.db-wal");
+    assert!(sink.is_file(), "the default sink is {}", sink.display());
+    assert!(!wal.exists(), "the sink's WAL was left behind");
+    let copy = env.path("sink-copy.db");
+    std::fs::copy(&sink, &copy).unwrap();
+    let objects: i64 = rusqlite::Connection::open(&copy)
+        .unwrap()
+        .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(objects, 2, "the sink's file alone holds the secret and the ledger's anchor");
+}

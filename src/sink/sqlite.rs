@@ -34,6 +34,8 @@ fn migrations() -> Migrations<'static> {
 /// A sink in a local SQLite file.
 pub struct SqliteSink {
     jobs: mpsc::Sender<Job>,
+    /// Joined on drop (see `Drop`).
+    thread: Option<std::thread::JoinHandle<()>>,
     path: PathBuf,
     prefix: String,
     key: SinkSealKey,
@@ -106,6 +108,20 @@ impl Write {
                 .execute([name]),
         }
         .map(|_| ())
+    }
+}
+
+/// The connection is closed before the sink is gone. A process that exits right after (every
+/// CLI command) would otherwise kill its thread mid-close: the WAL would stay behind, never
+/// checkpointed into the file, and every later open would read all of it (up to the 4 MB
+/// autocheckpoint) to rebuild its index.
+impl Drop for SqliteSink {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread's loop, which drops (closes) the connection.
+        drop(std::mem::replace(&mut self.jobs, mpsc::channel().0));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
@@ -291,12 +307,13 @@ impl SqliteSink {
         }
         let (jobs, queue) = mpsc::channel();
         let thread_path = path.to_path_buf();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("sqlite-sink".into())
             .spawn(move || serve(conn, thread_path, queue))
             .map_err(|e| unavailable(path, e))?;
         Ok(SqliteSink {
             jobs,
+            thread: Some(thread),
             path: path.to_path_buf(),
             prefix: prefix.to_owned(),
             key,
