@@ -546,6 +546,12 @@ impl EventMac {
         *h.finalize().as_bytes()
     }
 
+    /// Whether `a` and `b` fall in the same key epoch (no rotation's epoch starts between them).
+    pub fn same_epoch(&self, a: u64, b: u64) -> bool {
+        let epoch = |seq: u64| self.epochs.iter().filter(|(from, _)| *from <= seq).count();
+        epoch(a) == epoch(b)
+    }
+
     fn key_at(&self, seq: u64) -> &[u8; 32] {
         match self.epochs.iter().rev().find(|(from, _)| *from <= seq) {
             Some((_, key)) => key,

@@ -343,3 +343,101 @@ fn a_checkpoint_raised_with_a_leaked_old_key_after_the_rotation_is_not_believed(
         "v2\n"
     );
 }
+
+/// A replay starts only from a snapshot of its own key epoch. Someone with a leaked old key (and
+/// so, with a copy from before the rotation, the old MAC key) and write access to the file can
+/// MAC a snapshot from before the rotation, without a secret, and remove the snapshots taken
+/// since. The replay at the head does not start from it: `s0` is still put.
+#[test]
+fn a_snapshot_forged_with_a_leaked_old_key_is_not_used_after_the_rotation() {
+    use sledger::{Command, LedgerSettings, Scope, SecretValues};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ledger.db");
+    let old_key = MasterKey::generate();
+    let settings = LedgerSettings {
+        snapshot_interval: 2,
+        ..Default::default()
+    };
+    Ledger::init(&path, old_key.clone(), settings).unwrap();
+    let create = |ledger: &mut Ledger, i: usize| {
+        let mut values = SecretValues::new();
+        values.insert("k", "v");
+        let create = Command::Create {
+            name: format!("s{i}"),
+            scope: Scope::Workspace,
+            labels: Default::default(),
+            values,
+        };
+        ledger.execute("alice", vec![create]).unwrap();
+    };
+    let mut ledger = Ledger::open_with_key(&path, old_key.clone()).unwrap();
+    (0..8).for_each(|i| create(&mut ledger, i));
+    drop(ledger);
+    let old_copy = dir.path().join("before-rotation.db");
+    std::fs::copy(&path, &old_copy).unwrap();
+    let mut ledger = Ledger::open_with_key(&path, old_key.clone()).unwrap();
+    ledger
+        .rotate_key("alice", MasterKey::generate(), &mut |_| Ok(()))
+        .unwrap();
+    for round in 0..20 {
+        let mut values = SecretValues::new();
+        values.insert("k", format!("v{round}"));
+        let update = Command::Update {
+            name: "s1".into(),
+            set_values: values,
+            remove_keys: Vec::new(),
+            set_labels: Default::default(),
+            remove_labels: Vec::new(),
+        };
+        ledger.execute("alice", vec![update]).unwrap();
+    }
+    let head = ledger.head().unwrap().seq;
+
+    // The attacker: the old MAC key, a snapshot from before the rotation without s0, MAC'd.
+    let old = rusqlite::Connection::open(&old_copy).unwrap();
+    let setting = |key: &str| -> Vec<u8> {
+        old.query_row("SELECT value FROM ledger_meta WHERE key = ?1", [key], |r| r.get(0))
+            .unwrap()
+    };
+    let mac_from = u64::from_le_bytes(setting("mac_from")[..8].try_into().unwrap());
+    let old_mac = old_key
+        .unwrap_fingerprint_key(&setting("fingerprint_key"), Some(mac_from), &[])
+        .unwrap()
+        .event_mac();
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let before: i64 = raw
+        .query_row("SELECT max(seq) FROM snapshots", [], |r| r.get(0))
+        .unwrap();
+    let rotated: i64 = old
+        .query_row("SELECT max(seq) FROM events", [], |r| r.get(0))
+        .unwrap();
+    let at: i64 = raw
+        .query_row("SELECT max(seq) FROM snapshots WHERE seq <= ?1", [rotated], |r| r.get(0))
+        .unwrap();
+    assert!(before > rotated, "snapshots were taken after the rotation: {before} {rotated} {head}");
+    let mut forged = ledger.catalog_at(at as u64).unwrap();
+    let s0 = forged.secrets.values().find(|m| m.name == "s0").unwrap().id;
+    forged.secrets.remove(&s0);
+    let mut state = forged.to_snapshot();
+    let tag = old_mac.snapshot(at as u64, blake3::hash(&state).as_bytes());
+    state.extend_from_slice(&tag);
+    state.extend_from_slice(b"sledgMAC");
+    raw.execute_batch(
+        "DROP TRIGGER IF EXISTS snapshots_are_append_only_update;
+         DROP TRIGGER IF EXISTS snapshots_are_append_only_delete;",
+    )
+    .unwrap();
+    raw.execute("DELETE FROM snapshots WHERE seq > ?1", [at]).unwrap();
+    raw.execute(
+        "UPDATE snapshots SET state = ?1 WHERE seq = ?2",
+        rusqlite::params![state, at],
+    )
+    .unwrap();
+    drop(raw);
+
+    let desired = ledger.desired_at(head).unwrap();
+    assert!(
+        matches!(desired.objects.get(&s0), Some(sledger::project::Op::Put(_))),
+        "s0 must be put"
+    );
+}

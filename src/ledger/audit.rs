@@ -154,7 +154,7 @@ pub(super) fn describe(
             "rebuilt from what sink {source} held: the history before this event is not available"
         )),
         Event::SinkForced { name } => Some(format!(
-            "sink {name} made to match the ledger (`reconcile --force-ledger`): what it held beyond the ledger's head is overwritten"
+            "sink {name} to be made to match the ledger (`reconcile --force-ledger`): what it holds beyond the ledger's head is erased and written again"
         )),
         Event::AnchorsReset => Some(
             "this ledger was accepted as it is: the head its sinks witnessed before now is no longer believed"

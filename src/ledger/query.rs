@@ -219,10 +219,14 @@ impl Ledger {
     }
 
     /// The whole catalog as of `seq`: the nearest snapshot plus the events after it. Only a
-    /// snapshot whose MAC checks is used, so a locked ledger folds the log from the start.
+    /// snapshot whose MAC checks is used, so a locked ledger folds the log from the start. So
+    /// is one from an epoch before `seq`'s: a key rotated out could MAC a snapshot from its own
+    /// epoch, and whoever held it could remove the later ones.
     pub fn catalog_at(&self, seq: u64) -> Result<Catalog> {
         let start = match (self.store.snapshot_at_or_before(seq)?, self.keys.as_ref()) {
-            (Some((at, stored)), Some(keys)) => mac::open_snapshot(&keys.mac, at, &stored)?.unwrap_or_default(),
+            (Some((at, stored)), Some(keys)) if keys.mac.same_epoch(at, seq) => {
+                mac::open_snapshot(&keys.mac, at, &stored)?.unwrap_or_default()
+            }
             _ => Catalog::default(),
         };
         fold_log(&self.log(), start, seq)

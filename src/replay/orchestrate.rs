@@ -246,6 +246,9 @@ pub async fn reconcile(
         Some(ledger) => lock_sink_writes(ledger, name, &ProjectOptions::default()).await?,
         None => None,
     };
+    if let (Mode::ForceLedger, Some(ledger)) = (mode, attached_to) {
+        differences = without_projected_since(ledger, differences)?;
+    }
     let applied = apply(desired, sink, &differences, mode == Mode::ForceLedger, &|d, t| {
         progress(Phase::Writing, d, t)
     })
@@ -269,6 +272,27 @@ pub async fn reconcile(
         differences,
         applied: Some(applied),
     })
+}
+
+/// `differences` without the objects a projector wrote after the target was folded: they too
+/// claim seqs beyond its head, but the ledger holds their events (the event at that seq is
+/// that secret's), so forcing the ledger's state must not erase them.
+fn without_projected_since(ledger: &Ledger, differences: Vec<Difference>) -> Result<Vec<Difference>> {
+    let head = ledger.head()?.seq;
+    let mut kept = Vec::with_capacity(differences.len());
+    for d in differences {
+        let projected_since = match (d.kind, d.sink_seq) {
+            (DiffKind::Ahead, Some(seq)) if seq <= head => ledger
+                .store()
+                .event(seq)?
+                .is_some_and(|e| e.secret_id == Some(d.id)),
+            _ => false,
+        };
+        if !projected_since {
+            kept.push(d);
+        }
+    }
+    Ok(kept)
 }
 
 /// Remove from `sink`, for good, the objects at or before seq `through` that `verified_elsewhere`

@@ -52,8 +52,8 @@ pub fn table(header: &[&str]) -> Rows {
     Rows(t)
 }
 
-/// The width tables must fit in: `COLUMNS` when set (as `ls` honours it), else the terminal's
-/// when stdout is one; `None` (no limit) when piped.
+/// The width tables must fit in: `COLUMNS` when set (as `ls` honours it, piped or not), else
+/// the terminal's when stdout is one; `None` (no limit) when piped without `COLUMNS`.
 pub fn terminal_width() -> Option<usize> {
     std::env::var("COLUMNS")
         .ok()
@@ -67,15 +67,15 @@ fn cut(text: &str, width: usize) -> std::borrow::Cow<'_, str> {
     if text.width() <= width {
         return text.into();
     }
+    // Measured as a whole each time: a sequence (an emoji and its selector) can be wider
+    // than its characters' widths added up.
     let mut kept = String::new();
-    let mut used = 0;
     for c in text.chars() {
-        let w = unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
-        if used + w + 1 > width {
+        kept.push(c);
+        if kept.width() + 1 > width {
+            kept.pop();
             break;
         }
-        kept.push(c);
-        used += w;
     }
     kept.push('…');
     kept.into()
