@@ -252,6 +252,31 @@ impl<W: std::io::Write> SnapshotEncoder<W> {
     }
 }
 
+/// Where each secret's metadata lies in a snapshot's encoding ([`SnapshotEncoder`]), in the
+/// order written (by id), read one entry at a time: a snapshot of a million secrets is never
+/// decoded whole.
+pub fn snapshot_entries(encoding: &[u8]) -> Result<Vec<(SecretId, std::ops::Range<usize>)>> {
+    /// The next value at `*at`, and where its bytes lie.
+    fn take<T: serde::de::DeserializeOwned>(encoding: &[u8], at: &mut usize) -> Result<(T, std::ops::Range<usize>)> {
+        let config = bincode::config::standard().with_limit::<{ 16 << 20 }>();
+        let (value, used) = bincode::serde::decode_from_slice::<T, _>(encoding.get(*at..).unwrap_or_default(), config)
+            .map_err(|_| Error::Corrupt("a snapshot does not decode".into()))?;
+        let start = *at;
+        *at += used;
+        Ok((value, start..*at))
+    }
+    let mut at = 0;
+    let _seq: u64 = take(encoding, &mut at)?.0;
+    let count: u64 = take(encoding, &mut at)?.0;
+    let mut entries = Vec::with_capacity(count.min(1 << 20) as usize);
+    for _ in 0..count {
+        let id: SecretId = take(encoding, &mut at)?.0;
+        let meta = take::<SecretMeta>(encoding, &mut at)?.1;
+        entries.push((id, meta));
+    }
+    Ok(entries)
+}
+
 /// Which secrets a list wants, and where its page starts. Lists run in (name, namespace)
 /// order, so a page ends at a name and the next one starts after it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -747,6 +747,46 @@ fn a_forged_snapshot_never_reaches_a_replay() {
     assert!(err.to_string().contains(&format!("snapshot at seq {seq}")), "{err}");
 }
 
+/// A catalog row edited in the file (it carries no MAC) is never sealed into a snapshot: the
+/// snapshots a key holder takes later are folded from the log. Here `s0`'s row is removed, the
+/// key holder writes on until a new snapshot is taken, and a replay of the head still puts `s0`.
+#[test]
+fn an_edited_catalog_row_is_not_sealed_into_the_next_snapshot() {
+    use sledger::{Command, SecretValues};
+    let dir = tempfile::tempdir().unwrap();
+    let master = sledger::MasterKey::generate();
+    let path = snapshotted_ledger(dir.path(), &master);
+    let raw = rusqlite::Connection::open(&path).unwrap();
+    let snapshots = |raw: &rusqlite::Connection| -> i64 {
+        raw.query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0)).unwrap()
+    };
+    let before = snapshots(&raw);
+    assert_eq!(raw.execute("DELETE FROM catalog WHERE name = 's0'", []).unwrap(), 1);
+
+    let mut ledger = sledger::Ledger::open_with_key(&path, master).unwrap();
+    for round in 0..20 {
+        let mut values = SecretValues::new();
+        values.insert("k", format!("v{round}"));
+        let update = Command::Update {
+            name: "s1".into(),
+            set_values: values,
+            remove_keys: Vec::new(),
+            set_labels: Default::default(),
+            remove_labels: Vec::new(),
+        };
+        ledger.execute("alice", vec![update]).unwrap();
+    }
+    assert!(snapshots(&raw) > before, "a snapshot was taken since the edit");
+    let head = ledger.head().unwrap().seq;
+    let desired = ledger.desired_at(head).unwrap();
+    let puts = desired
+        .objects
+        .values()
+        .filter(|op| matches!(op, sledger::project::Op::Put(_)))
+        .count();
+    assert_eq!(puts, 8, "every secret, s0 too, is put");
+}
+
 /// After a ledger put back from an older copy is accepted (`anchors reset --yes`), the sink
 /// still holds what the lost events wrote, at seqs beyond the ledger's head. sledger says so
 /// everywhere: reads skip that record (with an honest time), `diff` calls it `ahead`, a write it

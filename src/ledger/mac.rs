@@ -192,18 +192,29 @@ pub(super) fn split_snapshot(stored: &[u8]) -> (&[u8], Option<[u8; 32]>) {
 /// `None` for one stored before snapshots carried a MAC, which is never trusted (the caller
 /// folds the log instead). One whose MAC does not match was forged or edited: an error.
 pub(super) fn open_snapshot(mac: &EventMac, seq: u64, stored: &[u8]) -> Result<Option<Catalog>> {
+    let Some(encoding) = verified_snapshot(mac, seq, stored)? else {
+        return Ok(None);
+    };
+    let catalog = Catalog::from_snapshot(encoding)?;
+    if catalog.seq != seq {
+        return Err(forged_snapshot(seq));
+    }
+    Ok(Some(catalog))
+}
+
+/// [`open_snapshot`], not decoded: the encoding, if its MAC matches.
+pub(super) fn verified_snapshot<'a>(mac: &EventMac, seq: u64, stored: &'a [u8]) -> Result<Option<&'a [u8]>> {
     let (encoding, Some(tag)) = split_snapshot(stored) else {
         return Ok(None);
     };
-    let forged = || derived_mismatch(format!("the snapshot at seq {seq} (its MAC does not match)"));
     if !EventMac::matches(&mac.snapshot(seq, blake3::hash(encoding).as_bytes()), &tag) {
-        return Err(forged());
+        return Err(forged_snapshot(seq));
     }
-    let catalog = Catalog::from_snapshot(encoding)?;
-    if catalog.seq != seq {
-        return Err(forged());
-    }
-    Ok(Some(catalog))
+    Ok(Some(encoding))
+}
+
+fn forged_snapshot(seq: u64) -> Error {
+    derived_mismatch(format!("the snapshot at seq {seq} (its MAC does not match)"))
 }
 
 /// Inside an append, after its events: the new head is the trusted point.

@@ -191,15 +191,73 @@ pub(super) fn finish_append(
     store.set_setting_int("catalog_seq", head.seq as i64)?;
     let every = settings.snapshot_interval;
     if first_seq / every != head.seq / every && snapshot_due(store, every, head.seq)? {
-        // Encoded row by row: a snapshot of a million secrets never holds them decoded.
-        let mut snapshot = SnapshotEncoder::new(head.seq, store.secret_count()? as usize);
-        store.scan_all_secrets(&mut |id, meta| {
-            snapshot.push(&id, &meta.to_bytes());
-            Ok(true)
-        })?;
-        let encoding = snapshot.finish(&sinks_from_log(store)?);
+        let encoding = derived_snapshot(store, mac, head.seq)?;
         store.put_snapshot(head.seq, &mac::seal_snapshot(mac, head.seq, encoding))?;
         tracing::debug!(seq = head.seq, "catalog snapshot stored");
     }
     Ok(())
+}
+
+/// The encoding of the catalog at `head`, derived from the log alone and never from the
+/// catalog table, which carries no MAC (an edited row sealed into a snapshot would reach a
+/// replay): the previous snapshot this key vouches for, of `head`'s epoch, with each secret
+/// that has events since folded on from its state there (or, without one, the whole log
+/// folded). Secrets are held encoded, one entry per secret changed, never the whole catalog
+/// decoded.
+fn derived_snapshot(store: &dyn Store, mac: &crate::crypto::EventMac, head: u64) -> Result<Vec<u8>> {
+    let stored = store
+        .snapshot_at_or_before(head)?
+        .filter(|(at, _)| mac.same_epoch(*at, head));
+    let (from, encoding) = match &stored {
+        Some((at, bytes)) => match mac::verified_snapshot(mac, *at, bytes)? {
+            Some(encoding) => (*at, encoding),
+            None => (0, &[][..]),
+        },
+        None => (0, &[][..]),
+    };
+    let unchanged = match from {
+        0 => Vec::new(),
+        _ => catalog::snapshot_entries(encoding)?,
+    };
+    let mut changed: BTreeMap<SecretId, Box<[u8]>> = BTreeMap::new();
+    store.scan(from + 1, head, &mut |e| {
+        let Some(id) = e.secret_id else {
+            return Ok(true);
+        };
+        let state = match changed.get(&id) {
+            Some(bytes) => Some(SecretMeta::from_bytes(bytes)?),
+            None => match unchanged.binary_search_by_key(&id, |(id, _)| *id) {
+                Ok(i) => Some(SecretMeta::from_bytes(&encoding[unchanged[i].1.clone()])?),
+                Err(_) => None,
+            },
+        };
+        if let Some(next) = catalog::apply(state, &e, e.decode()?)? {
+            changed.insert(id, next.to_bytes().into_boxed_slice());
+        }
+        Ok(true)
+    })?;
+    let unchanged: Vec<_> = unchanged
+        .into_iter()
+        .filter(|(id, _)| !changed.contains_key(id))
+        .collect();
+    let count = unchanged.len() + changed.len();
+    let mut unchanged = unchanged.into_iter().peekable();
+    let mut snapshot = SnapshotEncoder::new(head, count);
+    let mut changed = changed.into_iter().peekable();
+    loop {
+        let next_changed = match (unchanged.peek(), changed.peek()) {
+            (None, None) => break,
+            (Some(_), None) => false,
+            (None, Some(_)) => true,
+            (Some((a, _)), Some((b, _))) => b < a,
+        };
+        if next_changed {
+            let (id, meta) = changed.next().expect("peeked");
+            snapshot.push(&id, &meta);
+        } else {
+            let (id, range) = unchanged.next().expect("peeked");
+            snapshot.push(&id, &encoding[range]);
+        }
+    }
+    Ok(snapshot.finish(&sinks_from_log(store)?))
 }
