@@ -297,6 +297,21 @@ fn an_event_forged_with_a_leaked_old_key_after_the_rotation_is_refused() {
     env.fails(&["secret", "get", "forged", "--from", "primary"], 7);
 }
 
+/// The event-MAC key someone with a leaked old master key has: that of a copy of the ledger
+/// made before the rotation (its fingerprint key, unwrapped with the old key).
+fn leaked_event_mac(old_copy: &std::path::Path, old_key: &MasterKey) -> sledger::crypto::EventMac {
+    let old = rusqlite::Connection::open(old_copy).unwrap();
+    let setting = |key: &str| -> Vec<u8> {
+        old.query_row("SELECT value FROM ledger_meta WHERE key = ?1", [key], |r| r.get(0))
+            .unwrap()
+    };
+    let mac_from = u64::from_le_bytes(setting("mac_from")[..8].try_into().unwrap());
+    old_key
+        .unwrap_fingerprint_key(&setting("fingerprint_key"), Some(mac_from), &[])
+        .unwrap()
+        .event_mac()
+}
+
 /// A sink's checkpoint carries a MAC under the key of its seq's epoch. Someone with a leaked
 /// old key (which, with a copy of the ledger from before the rotation, derives the old MAC
 /// keys) and write access to the file cannot raise a checkpoint past the rotation, which
@@ -311,17 +326,7 @@ fn a_checkpoint_raised_with_a_leaked_old_key_after_the_rotation_is_not_believed(
     env.ok(&["key", "rotate"]);
     env.ok(&["secret", "update", "db", "--value", "pw=v2", "--wait", "0"]);
 
-    // The attacker's MAC key: the fingerprint key of the old copy, unwrapped with the old key.
-    let old = rusqlite::Connection::open(&old_copy).unwrap();
-    let setting = |key: &str| -> Vec<u8> {
-        old.query_row("SELECT value FROM ledger_meta WHERE key = ?1", [key], |r| r.get(0))
-            .unwrap()
-    };
-    let mac_from = u64::from_le_bytes(setting("mac_from")[..8].try_into().unwrap());
-    let mac = old_key
-        .unwrap_fingerprint_key(&setting("fingerprint_key"), Some(mac_from), &[])
-        .unwrap()
-        .event_mac();
+    let mac = leaked_event_mac(&old_copy, &old_key);
     let attached = env.json_lines(&["log", "--type", "sink.added"])[0]["seq"]
         .as_u64()
         .unwrap();
@@ -379,31 +384,12 @@ fn a_snapshot_forged_with_a_leaked_old_key_is_not_used_after_the_rotation() {
     ledger
         .rotate_key("alice", MasterKey::generate(), &mut |_| Ok(()))
         .unwrap();
-    for round in 0..20 {
-        let mut values = SecretValues::new();
-        values.insert("k", format!("v{round}"));
-        let update = Command::Update {
-            name: "s1".into(),
-            set_values: values,
-            remove_keys: Vec::new(),
-            set_labels: Default::default(),
-            remove_labels: Vec::new(),
-        };
-        ledger.execute("alice", vec![update]).unwrap();
-    }
+    common::update_rounds(&mut ledger, "s1", 20);
     let head = ledger.head().unwrap().seq;
 
     // The attacker: the old MAC key, a snapshot from before the rotation without s0, MAC'd.
+    let old_mac = leaked_event_mac(&old_copy, &old_key);
     let old = rusqlite::Connection::open(&old_copy).unwrap();
-    let setting = |key: &str| -> Vec<u8> {
-        old.query_row("SELECT value FROM ledger_meta WHERE key = ?1", [key], |r| r.get(0))
-            .unwrap()
-    };
-    let mac_from = u64::from_le_bytes(setting("mac_from")[..8].try_into().unwrap());
-    let old_mac = old_key
-        .unwrap_fingerprint_key(&setting("fingerprint_key"), Some(mac_from), &[])
-        .unwrap()
-        .event_mac();
     let raw = rusqlite::Connection::open(&path).unwrap();
     let before: i64 = raw
         .query_row("SELECT max(seq) FROM snapshots", [], |r| r.get(0))

@@ -752,7 +752,6 @@ fn a_forged_snapshot_never_reaches_a_replay() {
 /// key holder writes on until a new snapshot is taken, and a replay of the head still puts `s0`.
 #[test]
 fn an_edited_catalog_row_is_not_sealed_into_the_next_snapshot() {
-    use sledger::{Command, SecretValues};
     let dir = tempfile::tempdir().unwrap();
     let master = sledger::MasterKey::generate();
     let path = snapshotted_ledger(dir.path(), &master);
@@ -764,18 +763,7 @@ fn an_edited_catalog_row_is_not_sealed_into_the_next_snapshot() {
     assert_eq!(raw.execute("DELETE FROM catalog WHERE name = 's0'", []).unwrap(), 1);
 
     let mut ledger = sledger::Ledger::open_with_key(&path, master).unwrap();
-    for round in 0..20 {
-        let mut values = SecretValues::new();
-        values.insert("k", format!("v{round}"));
-        let update = Command::Update {
-            name: "s1".into(),
-            set_values: values,
-            remove_keys: Vec::new(),
-            set_labels: Default::default(),
-            remove_labels: Vec::new(),
-        };
-        ledger.execute("alice", vec![update]).unwrap();
-    }
+    common::update_rounds(&mut ledger, "s1", 20);
     assert!(snapshots(&raw) > before, "a snapshot was taken since the edit");
     let head = ledger.head().unwrap().seq;
     let desired = ledger.desired_at(head).unwrap();

@@ -602,3 +602,19 @@ pub fn recover_walkthrough(vars: &[(&str, &str)], source: Option<&str>) {
         "the source is kept, as a standby nothing writes: {sinks}"
     );
 }
+
+/// Update `name` (through the library, as `alice`) `rounds` times, with a new value each time.
+pub fn update_rounds(ledger: &mut sledger::Ledger, name: &str, rounds: usize) {
+    for round in 0..rounds {
+        let mut values = sledger::SecretValues::new();
+        values.insert("k", format!("v{round}"));
+        let update = sledger::Command::Update {
+            name: name.into(),
+            set_values: values,
+            remove_keys: Vec::new(),
+            set_labels: Default::default(),
+            remove_labels: Vec::new(),
+        };
+        ledger.execute("alice", vec![update]).unwrap();
+    }
+}
