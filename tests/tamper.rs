@@ -729,7 +729,7 @@ fn a_forged_snapshot_never_reaches_a_replay() {
     let master = sledger::MasterKey::generate();
     let path = snapshotted_ledger(dir.path(), &master);
     let (seq, _) = replace_latest_snapshot(&path, |state| state);
-    let mut ledger = sledger::Ledger::open_with_key(&path, master.clone()).unwrap();
+    let ledger = sledger::Ledger::open_with_key(&path, master.clone()).unwrap();
     let mut forged = ledger.catalog_at(seq).unwrap();
     let s0 = forged.secrets.values().find(|m| m.name == "s0").expect("s0 exists").id;
     forged.secrets.remove(&s0);
