@@ -257,10 +257,14 @@ impl<W: std::io::Write> SnapshotEncoder<W> {
 /// decoded whole.
 pub fn snapshot_entries(encoding: &[u8]) -> Result<Vec<(SecretId, std::ops::Range<usize>)>> {
     /// The next value at `*at`, and where its bytes lie.
-    fn take<T: serde::de::DeserializeOwned>(encoding: &[u8], at: &mut usize) -> Result<(T, std::ops::Range<usize>)> {
+    fn take<T: serde::de::DeserializeOwned>(
+        encoding: &[u8],
+        at: &mut usize,
+    ) -> Result<(T, std::ops::Range<usize>)> {
         let config = bincode::config::standard().with_limit::<{ 16 << 20 }>();
-        let (value, used) = bincode::serde::decode_from_slice::<T, _>(encoding.get(*at..).unwrap_or_default(), config)
-            .map_err(|_| Error::Corrupt("a snapshot does not decode".into()))?;
+        let (value, used) =
+            bincode::serde::decode_from_slice::<T, _>(encoding.get(*at..).unwrap_or_default(), config)
+                .map_err(|_| Error::Corrupt("a snapshot does not decode".into()))?;
         let start = *at;
         *at += used;
         Ok((value, start..*at))

@@ -1294,7 +1294,10 @@ fn tables_fit_the_terminal_and_line_up_by_display_width() {
 
     let table = in_columns("100", &["secret", "list"]);
     assert!(table.lines().all(|l| l.width() <= 100), "{table}");
-    assert!(table.contains("svc/long-labelled-secret") && table.contains("note=xxx"), "{table}");
+    assert!(
+        table.contains("svc/long-labelled-secret") && table.contains("note=xxx"),
+        "{table}"
+    );
     assert!(table.contains('…') && !table.contains(&long), "{table}");
     let header = table.lines().next().unwrap();
     let updated = header[..header.find("UPDATED").unwrap()].width();

@@ -302,8 +302,10 @@ fn an_event_forged_with_a_leaked_old_key_after_the_rotation_is_refused() {
 fn leaked_event_mac(old_copy: &std::path::Path, old_key: &MasterKey) -> sledger::crypto::EventMac {
     let old = rusqlite::Connection::open(old_copy).unwrap();
     let setting = |key: &str| -> Vec<u8> {
-        old.query_row("SELECT value FROM ledger_meta WHERE key = ?1", [key], |r| r.get(0))
-            .unwrap()
+        old.query_row("SELECT value FROM ledger_meta WHERE key = ?1", [key], |r| {
+            r.get(0)
+        })
+        .unwrap()
     };
     let mac_from = u64::from_le_bytes(setting("mac_from")[..8].try_into().unwrap());
     old_key
@@ -398,9 +400,14 @@ fn a_snapshot_forged_with_a_leaked_old_key_is_not_used_after_the_rotation() {
         .query_row("SELECT max(seq) FROM events", [], |r| r.get(0))
         .unwrap();
     let at: i64 = raw
-        .query_row("SELECT max(seq) FROM snapshots WHERE seq <= ?1", [rotated], |r| r.get(0))
+        .query_row("SELECT max(seq) FROM snapshots WHERE seq <= ?1", [rotated], |r| {
+            r.get(0)
+        })
         .unwrap();
-    assert!(before > rotated, "snapshots were taken after the rotation: {before} {rotated} {head}");
+    assert!(
+        before > rotated,
+        "snapshots were taken after the rotation: {before} {rotated} {head}"
+    );
     let mut forged = ledger.catalog_at(at as u64).unwrap();
     let s0 = forged.secrets.values().find(|m| m.name == "s0").unwrap().id;
     forged.secrets.remove(&s0);

@@ -832,7 +832,14 @@ async fn forcing_a_sink_to_the_ledger_is_in_the_log_with_its_caller() {
     let admin = server.admin.clone().unwrap();
     let reader = issue(&server, &admin, "auditor", "reader", &["*"], None).await;
     let force = json!({"sink": "local", "force_ledger": true});
-    let (status, _) = call(&server, &reader, Method::POST, "/v1/reconcile", Some(force.clone())).await;
+    let (status, _) = call(
+        &server,
+        &reader,
+        Method::POST,
+        "/v1/reconcile",
+        Some(force.clone()),
+    )
+    .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, body) = call(&server, &admin, Method::POST, "/v1/reconcile", Some(force)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -841,5 +848,8 @@ async fn forcing_a_sink_to_the_ledger_is_in_the_log_with_its_caller() {
     let log = log.as_array().unwrap();
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0]["actor"], "token:admin", "{log:?}");
-    assert!(log[0]["detail"].as_str().unwrap().contains("sink local"), "{log:?}");
+    assert!(
+        log[0]["detail"].as_str().unwrap().contains("sink local"),
+        "{log:?}"
+    );
 }

@@ -550,5 +550,8 @@ fn a_sqlite_sink_is_closed_whole_when_a_command_exits() {
         .unwrap()
         .query_row("SELECT count(*) FROM objects", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(objects, 2, "the sink's file alone holds the secret and the ledger's anchor");
+    assert_eq!(
+        objects, 2,
+        "the sink's file alone holds the secret and the ledger's anchor"
+    );
 }

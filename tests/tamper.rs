@@ -714,7 +714,10 @@ fn an_edited_snapshot_is_caught_by_verify_and_by_a_replay() {
     let mut ledger = sledger::Ledger::open_with_key(&path, master).unwrap();
     let err = ledger.desired_at(seq).unwrap_err();
     assert!(matches!(err, sledger::Error::Corrupt(_)), "{err}");
-    assert!(err.to_string().contains(&format!("snapshot at seq {seq}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("snapshot at seq {seq}")),
+        "{err}"
+    );
     let err = ledger.verify(&mut |_, _| {}).unwrap_err();
     assert!(matches!(err, sledger::Error::Corrupt(_)), "{err}");
 }
@@ -731,7 +734,12 @@ fn a_forged_snapshot_never_reaches_a_replay() {
     let (seq, _) = replace_latest_snapshot(&path, |state| state);
     let ledger = sledger::Ledger::open_with_key(&path, master.clone()).unwrap();
     let mut forged = ledger.catalog_at(seq).unwrap();
-    let s0 = forged.secrets.values().find(|m| m.name == "s0").expect("s0 exists").id;
+    let s0 = forged
+        .secrets
+        .values()
+        .find(|m| m.name == "s0")
+        .expect("s0 exists")
+        .id;
     forged.secrets.remove(&s0);
     drop(ledger);
     replace_latest_snapshot(&path, |_| forged.to_snapshot());
@@ -744,7 +752,10 @@ fn a_forged_snapshot_never_reaches_a_replay() {
         desired.objects.get(&s0).map(|_| "not a put")
     );
     let err = ledger.verify(&mut |_, _| {}).unwrap_err();
-    assert!(err.to_string().contains(&format!("snapshot at seq {seq}")), "{err}");
+    assert!(
+        err.to_string().contains(&format!("snapshot at seq {seq}")),
+        "{err}"
+    );
 }
 
 /// A catalog row edited in the file (it carries no MAC) is never sealed into a snapshot: the
@@ -757,10 +768,14 @@ fn an_edited_catalog_row_is_not_sealed_into_the_next_snapshot() {
     let path = snapshotted_ledger(dir.path(), &master);
     let raw = rusqlite::Connection::open(&path).unwrap();
     let snapshots = |raw: &rusqlite::Connection| -> i64 {
-        raw.query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0)).unwrap()
+        raw.query_row("SELECT count(*) FROM snapshots", [], |r| r.get(0))
+            .unwrap()
     };
     let before = snapshots(&raw);
-    assert_eq!(raw.execute("DELETE FROM catalog WHERE name = 's0'", []).unwrap(), 1);
+    assert_eq!(
+        raw.execute("DELETE FROM catalog WHERE name = 's0'", []).unwrap(),
+        1
+    );
 
     let mut ledger = sledger::Ledger::open_with_key(&path, master).unwrap();
     common::update_rounds(&mut ledger, "s1", 20);
@@ -832,7 +847,10 @@ fn a_sink_ahead_of_an_accepted_older_ledger_shadows_no_write_silently() {
     let log = env.json_lines(&["log", "--type", "sink.forced"]);
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0]["actor"], "alice@test");
-    assert!(log[0]["detail"].as_str().unwrap().contains("sink local"), "{log:?}");
+    assert!(
+        log[0]["detail"].as_str().unwrap().contains("sink local"),
+        "{log:?}"
+    );
     env.ok(&["diff", "local"]);
     let got = env.json(&["secret", "get", "kept", "--from", "primary"]);
     assert_eq!(got["values"]["k"], "5", "{got}");

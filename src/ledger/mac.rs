@@ -12,8 +12,8 @@
 //!
 //! Catalog snapshots carry a MAC as well, at the end of their stored bytes.
 
-use super::*;
 use super::verify::derived_mismatch;
+use super::*;
 use crate::crypto::EventMac;
 
 const MAC_FROM: &str = "mac_from";

@@ -24,10 +24,10 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
 
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
-use unicode_width::UnicodeWidthStr;
 use sledger::event::Millis;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
+use unicode_width::UnicodeWidthStr;
 
 pub use sledger::event::format_millis as time;
 
