@@ -67,16 +67,18 @@ fn cut(text: &str, width: usize) -> std::borrow::Cow<'_, str> {
     if text.width() <= width {
         return text.into();
     }
-    // Measured as a whole each time: a sequence (an emoji and its selector) can be wider
-    // than its characters' widths added up.
     let mut kept = String::new();
+    let mut used = 0;
     for c in text.chars() {
-        kept.push(c);
-        if kept.width() + 1 > width {
-            kept.pop();
+        used += unicode_width::UnicodeWidthChar::width(c).unwrap_or(0);
+        if used + 1 > width {
             break;
         }
+        kept.push(c);
     }
+    // A sequence (an emoji and its selector) can be wider than its characters added up: the
+    // whole is measured once, and shortened while it does not fit.
+    while kept.width() + 1 > width && kept.pop().is_some() {}
     kept.push('…');
     kept.into()
 }
