@@ -114,9 +114,11 @@ pub enum Error {
     #[error("no master key: {0}")]
     KeyUnavailable(String),
 
-    #[error("{kind} sink: {message}")]
+    #[error("{kind} sink{}: {message}", .sink.as_ref().map(|name| format!(" {name:?}")).unwrap_or_default())]
     Sink {
         kind: String,
+        /// The attached sink's name, where the call went through one (`Ledger::open_sink`).
+        sink: Option<String>,
         message: String,
         temporary: bool,
     },

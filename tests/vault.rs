@@ -235,20 +235,26 @@ fn vault_sinks_with_their_own_tokens_side_by_side() {
         .args(["--format", "json", "project", "--sink", "wrong"])
         .output()
         .unwrap();
-    // The JSON line names the sink and carries its error; stderr repeats the error.
-    let err = String::from_utf8_lossy(&out.stdout);
-    assert!(err.contains(r#""sink":"wrong""#), "{err}");
-    assert!(!out.status.success(), "{err}");
+    // The JSON line names the sink and carries its error; the error text itself (on stderr
+    // too) names the sink, so two vault sinks' refusals cannot be told apart only by context.
+    let doc = String::from_utf8_lossy(&out.stdout);
+    assert!(doc.contains(r#""sink":"wrong""#), "{doc}");
+    assert!(!out.status.success(), "{doc}");
+    let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("wrong") && err.contains("$TOKEN_A") && err.contains("403"),
+        err.contains(r#"vault sink "wrong""#) && err.contains("$TOKEN_A") && err.contains("403"),
         "{err}"
     );
 
-    // A variable that is not set is named; a token value in the URL is refused outright.
+    // A variable that is not set is named, with the sink; a token value in the URL is refused
+    // outright.
     let out = env.cmd().args(["sink", "check", "a"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success() && err.contains("$TOKEN_A") && err.contains("not set"),
+        !out.status.success()
+            && err.contains(r#"vault sink "a""#)
+            && err.contains("$TOKEN_A")
+            && err.contains("not set"),
         "{err}"
     );
     let out = env

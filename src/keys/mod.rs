@@ -260,11 +260,11 @@ pub(crate) fn refused(uri: &str, reason: impl std::fmt::Display) -> Error {
 
 /// A KMS that did not answer.
 pub(crate) fn unreachable(kind: &str, uri: &str, reason: impl std::fmt::Display) -> Error {
-    Error::Sink {
-        kind: kind.to_owned(),
-        message: format!("the KMS key {uri} cannot be reached: {reason}"),
-        temporary: true,
-    }
+    Error::sink(
+        kind,
+        format!("the KMS key {uri} cannot be reached: {reason}"),
+        true,
+    )
 }
 
 /// `SCHEME://LOCATION?QUERY` as (location, query) for a KMS URI of `scheme`.

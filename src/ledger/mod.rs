@@ -529,7 +529,11 @@ impl Ledger {
                 return Ok((config, sink.clone()));
             }
         }
-        let sink = SinkUrl::parse(&config.url)?.open(&self.keys()?.sink_seal)?;
+        let sink = SinkUrl::parse(&config.url)
+            .and_then(|url| url.open(&self.keys()?.sink_seal))
+            .map_err(|e| e.in_sink(name))?;
+        let sink: std::sync::Arc<dyn crate::sink::Sink> =
+            std::sync::Arc::new(crate::sink::layer::Named::new(sink, name));
         opened.insert(name.to_owned(), (config.clone(), sink.clone()));
         Ok((config, sink))
     }

@@ -321,8 +321,27 @@ impl Error {
     pub fn sink(kind: &str, message: impl Into<String>, temporary: bool) -> Error {
         Error::Sink {
             kind: kind.to_owned(),
+            sink: None,
             message: message.into(),
             temporary,
+        }
+    }
+
+    /// This error with the name of the attached sink it came from, if it is a sink's.
+    pub(crate) fn in_sink(self, name: &str) -> Error {
+        match self {
+            Error::Sink {
+                kind,
+                sink: None,
+                message,
+                temporary,
+            } => Error::Sink {
+                kind,
+                sink: Some(name.to_owned()),
+                message,
+                temporary,
+            },
+            other => other,
         }
     }
 

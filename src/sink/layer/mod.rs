@@ -2,9 +2,11 @@
 //! (OpenDAL's layers are the model). From the inside out: [`Timeout`] (per request, so time
 //! spent waiting for a `max_rps` slot does not count), [`Pace`] (`max_rps`), [`Retry`]
 //! (temporary errors of writes, within the caller's deadline: [`retry::within_deadline`]),
-//! [`SecretsOnly`] (the sink's anchor is not a secret). A backend does not retry on its own
+//! [`SecretsOnly`] (the sink's anchor is not a secret); an attached sink also in [`Named`] (its
+//! name in its errors). A backend does not retry on its own
 //! where these layers cannot see it: the cloud clients are built with their retries off.
 
+mod named;
 mod pace;
 pub mod retry;
 mod secrets_only;
@@ -13,6 +15,7 @@ mod timeout;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub use named::Named;
 pub use pace::Pace;
 pub use retry::{Retry, RetryPolicy};
 pub use secrets_only::SecretsOnly;
