@@ -528,7 +528,10 @@ fn a_ledger_put_back_from_an_older_copy_is_refused_until_accepted() {
     );
     let err = env.fails(&["verify"], INTEGRITY);
     assert!(err.contains("sink local witnessed seq"), "{err}");
-    // Nothing was appended by the refused write, and `project` does not erase the evidence.
+    // The refused write appended nothing. (`project` has nothing to write here, the copy's
+    // checkpoint being its head; the test after this one makes projection reach the anchor.)
+    let tail = env.json_lines(&["log", "--tail", "1"]);
+    assert_eq!(tail[0]["seq"].as_u64(), Some(witnessed - 10), "{tail:?}");
     env.ok(&["project"]);
     assert_eq!(env.json(&["anchors"])[0]["verdict"]["status"], "ahead");
 
@@ -543,6 +546,88 @@ fn a_ledger_put_back_from_an_older_copy_is_refused_until_accepted() {
     let log = env.json_lines(&["log", "--type", "anchors.reset"]);
     assert_eq!(log.len(), 1, "{log:?}");
     assert_eq!(log[0]["actor"], "alice@test");
+}
+
+/// Someone who controls this machine puts back an older copy of the ledger **and** of the local
+/// primary sink: writes go on, since the primary's anchor agrees. The backup, another trust
+/// domain (here a plug-in), still holds the newer anchor: `verify` names it, projection refuses
+/// to overwrite it, and once the rolled-back ledger reaches that seq with other events its
+/// hash tells them apart.
+#[test]
+fn a_backup_witness_catches_a_rollback_of_the_ledger_and_its_primary() {
+    let env = Env::new();
+    let store = env.path("plugin");
+    env.ok(&["sink", "add", "offsite", &common::exec_url(&store, &[])]);
+    env.ok(&["secret", "create", "kept", "--value", "k=1"]);
+    env.ok(&["project"]);
+    // Written and applied by the primary, not yet projected to the backup: the copy's
+    // checkpoint for "offsite" is then behind its head, so a projection would have work to do.
+    env.ok(&["secret", "create", "pending", "--value", "k=1"]);
+    let sink_file = env.path("ledger.sink.db");
+    let copies = [
+        (env.ledger.clone(), env.path("ledger.db.bak")),
+        (sink_file.clone(), env.path("ledger.sink.db.bak")),
+    ];
+    for (file, copy) in &copies {
+        std::fs::copy(file, copy).unwrap();
+    }
+    for i in 0..10 {
+        env.ok(&["secret", "create", &format!("lost/{i}"), "--value", "k=1"]);
+    }
+    env.ok(&["project"]);
+    let witnessed = head(&env);
+    for (file, copy) in &copies {
+        std::fs::copy(copy, file).unwrap();
+        for suffix in ["-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+        }
+    }
+    let verdict = |env: &Env, sink: &str| {
+        let anchors = env.json(&["anchors"]);
+        anchors
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["sink"] == sink)
+            .unwrap_or_else(|| panic!("no anchor of {sink}: {anchors}"))
+            .clone()
+    };
+
+    // The primary agrees with the rolled-back ledger, so a write goes through …
+    env.ok(&["secret", "create", "after", "--value", "k=1"]);
+    assert_eq!(verdict(&env, "local")["verdict"]["status"], "matches");
+    // … but the backup saw more, and says so.
+    let err = env.fails(&["verify"], INTEGRITY);
+    assert!(
+        err.contains(&format!("sink offsite witnessed seq {witnessed}")),
+        "{err}"
+    );
+    let offsite = verdict(&env, "offsite");
+    assert_eq!(offsite["verdict"]["status"], "ahead", "{offsite}");
+
+    // Projecting the rolled-back ledger into that backup would overwrite the evidence: refused,
+    // and the anchor stays.
+    let err = env.fails(&["project", "--sink", "offsite"], INTEGRITY);
+    assert!(err.contains("offsite"), "{err}");
+    let offsite = verdict(&env, "offsite");
+    assert_eq!(offsite["anchor"]["seq"], witnessed, "{offsite}");
+    assert_eq!(offsite["verdict"]["status"], "ahead", "{offsite}");
+
+    // The rolled-back ledger grows past the witnessed seq with other events: the anchor's hash
+    // is not its event's.
+    for i in 0..10 {
+        env.ok(&["secret", "create", &format!("other/{i}"), "--value", "k=1"]);
+    }
+    let seq = env.json_lines(&["log", "--tail", "1"])[0]["seq"]
+        .as_u64()
+        .unwrap();
+    assert!(seq > witnessed, "{seq} {witnessed}");
+    assert_eq!(verdict(&env, "offsite")["verdict"]["status"], "diverged");
+    let err = env.fails(&["verify"], INTEGRITY);
+    assert!(
+        err.contains(&format!("sink offsite witnessed seq {witnessed}")) && err.contains("another hash"),
+        "{err}"
+    );
 }
 
 #[test]
