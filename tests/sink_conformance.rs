@@ -2,16 +2,14 @@
 
 mod common;
 
-use std::sync::Arc;
-
 use sledger::crypto::SinkSealKey;
-use sledger::sink::{conformance, MemorySink, Sink, SinkUrl, SqliteSink};
+use sledger::sink::{conformance, SinkUrl, SqliteSink};
 
 #[tokio::test]
 async fn memory_sink_conforms() {
-    let backend = MemorySink::new("unused-");
+    let key = SinkSealKey::generate();
     conformance::run_all("mem", &|prefix| {
-        Ok(Arc::new(backend.with_prefix(prefix)) as Arc<dyn Sink>)
+        SinkUrl::parse(&format!("memory://conformance?prefix={prefix}"))?.open(&key)
     })
     .await;
 }
@@ -23,7 +21,7 @@ async fn sqlite_sink_conforms() {
     SqliteSink::create(&path).unwrap();
     let key = SinkSealKey::generate();
     conformance::run_all("sq", &|prefix| {
-        Ok(Arc::new(SqliteSink::open(&path, prefix, key.clone(), 4)?) as Arc<dyn Sink>)
+        SinkUrl::parse(&format!("sqlite://{}?prefix={prefix}", path.display()))?.open(&key)
     })
     .await;
     // Values are sealed at rest: no plaintext in the file.

@@ -704,16 +704,10 @@ fn an_anchor_forged_without_the_master_key_is_not_believed() {
     env.ok(&["secret", "create", "later", "--value", "k=1"]);
     env.ok(&["project"]);
     assert_eq!(status(&env)["status"], "matches");
-    // The anchor is never taken for a secret.
+    // The anchor is never taken for a secret: `diff` lists the sink's objects, and would
+    // report one the ledger does not have (the conformance suite checks `list` directly).
+    assert!(anchor_file(&store).exists());
     env.ok(&["diff", "plug"]);
-    let names: Vec<String> = env
-        .json(&["secret", "list"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["name"].as_str().unwrap().to_owned())
-        .collect();
-    assert!(!names.iter().any(|n| n.contains("anchor")), "{names:?}");
 }
 
 /// A checkpoint raised by hand (the `sink_state` table is outside the chain) is not believed:

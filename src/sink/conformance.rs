@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::{DeleteMode, Sink, SinkEntry, SinkRecord};
+use super::{DeleteMode, Sink, SinkEntry, SinkRecord, ANCHOR_ID};
 use crate::crypto::SecretValues;
 use crate::error::Result;
 use crate::event::Scope;
@@ -48,6 +48,7 @@ pub async fn run_all(base: &str, open: &OpenSink<'_>) {
     unicode(&*open(&format!("{base}g-")).unwrap()).await;
     concurrent_puts(open(&format!("{base}h-")).unwrap()).await;
     erase_lowers_the_seq(&*open(&format!("{base}k-")).unwrap()).await;
+    the_anchor_is_kept_but_never_listed(&*open(&format!("{base}l-")).unwrap()).await;
     open(&format!("{base}i-"))
         .unwrap()
         .health()
@@ -205,6 +206,32 @@ pub async fn list_is_exact(sink: &dyn Sink) {
         sorted_list(sink).await,
         expected,
         "list returns every live object with its seq"
+    );
+}
+
+/// The anchor a projector leaves ([`ANCHOR_ID`], its seq a time in milliseconds) is stored
+/// and read back like any object, and replaced by a newer one, but a sink opened from a URL
+/// (wrapped in its layers) never lists it: `diff`, `reconcile`, replays and `import --from`
+/// see secrets only.
+pub async fn the_anchor_is_kept_but_never_listed(sink: &dyn Sink) {
+    let at = 1_764_000_000_000u64;
+    let mut anchor = record(ANCHOR_ID, at, "mac");
+    anchor.name = "sledger-anchor".into();
+    sink.put(&anchor).await.unwrap();
+    let id = SecretId::now_v7();
+    sink.put(&record(id, 3, "x")).await.unwrap();
+    assert_eq!(
+        sink.get(ANCHOR_ID).await.unwrap().map(|r| (r.seq, r.values)),
+        Some((at, anchor.values.clone())),
+        "the anchor reads back as written"
+    );
+    anchor.seq = at + 1;
+    sink.put(&anchor).await.unwrap();
+    assert_eq!(sink.get(ANCHOR_ID).await.unwrap().map(|r| r.seq), Some(at + 1));
+    assert_eq!(
+        sorted_list(sink).await,
+        vec![SinkEntry { id, seq: 3 }],
+        "the anchor is not listed as a secret"
     );
 }
 
