@@ -181,6 +181,23 @@ fn azure_sinks_sign_in_as_their_own_service_principals() {
     run(&["project"]);
     run(&["diff", "main"]);
     run(&["diff", "dr"]);
+    // Each sink says whom Entra ID issued its token to: the default chain's principal (from
+    // the environment) and the backup's own.
+    let status: serde_json::Value =
+        serde_json::from_str(&run(&["--format", "json", "sink", "status"])).unwrap();
+    let identity = |name: &str| common::sink_identity(&status, name);
+    let as_app = |client: &str| format!("application {client} (object ");
+    assert!(identity("main").contains(&as_app(azure::CLIENT_ID)), "{status}");
+    assert!(
+        identity("dr").contains(&as_app(azure::OTHER_CLIENT_ID)),
+        "{status}"
+    );
+    assert!(
+        identity("dr").ends_with(&format!("in tenant {}", azure::TENANT)),
+        "{status}"
+    );
+    let checked = run(&["sink", "check", "dr"]);
+    assert!(checked.contains(&as_app(azure::OTHER_CLIENT_ID)), "{checked}");
 
     run(&["sink", "add", "wrong", &principal("WRONG_SECRET", "wrong-")]);
     let out = env

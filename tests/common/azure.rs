@@ -9,7 +9,7 @@ use std::process::Command;
 use super::servers::{self, Server};
 
 pub const TENANT: &str = "sledger-test-tenant";
-const CLIENT_ID: &str = "sledger-test-client";
+pub const CLIENT_ID: &str = "sledger-test-client";
 const CLIENT_SECRET: &str = "sledger-test-client-secret";
 /// A second service principal the fake's token endpoint accepts, for a sink with its own.
 pub const OTHER_CLIENT_ID: &str = "sledger-backup-client";

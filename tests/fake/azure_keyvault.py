@@ -214,7 +214,19 @@ class Handler(BaseHTTPRequestHandler):
                     401,
                     {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."},
                 )
-            token = secrets.token_urlsafe(24)
+            # Shaped like Entra ID's: a JWT whose claims say whom it was issued to (unsigned
+            # here; Key Vault, this fake, knows its tokens by value).
+            claims = {
+                "aud": form["scope"][0].removesuffix("/.default"),
+                "appid": client_id,
+                "oid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tenant}/{client_id}")),
+                "tid": tenant,
+                "idtyp": "app",
+            }
+            token = ".".join(
+                b64url_encode(json.dumps(part).encode())
+                for part in ({"alg": "RS256", "typ": "JWT"}, claims)
+            ) + "." + secrets.token_urlsafe(24)
             with LOCK:
                 TOKENS[token] = form["scope"][0]
             return self.send(

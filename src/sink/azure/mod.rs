@@ -112,6 +112,36 @@ impl std::fmt::Debug for AzureSink {
     }
 }
 
+/// Who an Entra ID access token (a JWT) was issued to, from its claims: `appid` (v1 tokens) or
+/// `azp` (v2) for an application, `upn` or `unique_name` for a user, with `oid` and `tid`.
+/// `None` for a token that is not a JWT.
+fn token_identity(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?,
+    )
+    .ok()?;
+    let claim = |name: &str| claims[name].as_str().filter(|v| !v.is_empty());
+    let who = match (
+        claim("upn").or(claim("unique_name")),
+        claim("appid").or(claim("azp")),
+    ) {
+        (Some(user), _) => format!("user {user}"),
+        (None, Some(app)) => format!("application {app}"),
+        (None, None) => return None,
+    };
+    let object = claim("oid")
+        .map(|oid| format!(" (object {oid})"))
+        .unwrap_or_default();
+    let tenant = claim("tid")
+        .map(|tid| format!(" in tenant {tid}"))
+        .unwrap_or_default();
+    Some(format!("{who}{object}{tenant}"))
+}
+
 /// The scope of the tokens a vault at `vault_host` is sent: its DNS suffix's Key Vault
 /// resource (`NAME.vault.azure.net` → `https://vault.azure.net/.default`, and likewise in the
 /// sovereign clouds); a vault on loopback (a test double) is taken for the public cloud's.
@@ -522,6 +552,18 @@ impl Sink for AzureSink {
         Ok(out)
     }
 
+    /// Whom Entra ID issued this sink's token to, from the token's claims: an application
+    /// (its client id and object id) or a user, and the tenant. The claims are read, not
+    /// verified: Key Vault judges the token; this only says which identity the sink runs as.
+    async fn identity(&self) -> Result<Option<String>> {
+        let (_, credential, _) = self.connection()?;
+        let token = credential
+            .get_token(&[], None)
+            .await
+            .map_err(|e| self.failure("no token for the identity check", e))?;
+        Ok(token_identity(token.token.secret()))
+    }
+
     async fn health(&self) -> Result<()> {
         let client = self.client().await?;
         let mut pager = client
@@ -616,6 +658,38 @@ pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Ba
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn identity_comes_from_the_tokens_claims() {
+        use base64::Engine as _;
+        let jwt = |claims: serde_json::Value| {
+            let part = |v: &serde_json::Value| {
+                base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+            };
+            format!(
+                "{}.{}.sig",
+                part(&serde_json::json!({"alg": "RS256"})),
+                part(&claims)
+            )
+        };
+        assert_eq!(
+            super::token_identity(&jwt(
+                serde_json::json!({"appid": "app-1", "oid": "o-1", "tid": "t-1"})
+            )),
+            Some("application app-1 (object o-1) in tenant t-1".into())
+        );
+        assert_eq!(
+            super::token_identity(&jwt(
+                serde_json::json!({"upn": "ada@example.com", "azp": "cli", "tid": "t-1"})
+            )),
+            Some("user ada@example.com in tenant t-1".into())
+        );
+        assert_eq!(super::token_identity("opaque-token"), None);
+        assert_eq!(
+            super::token_identity(&jwt(serde_json::json!({"tid": "t-1"}))),
+            None
+        );
+    }
+
     #[test]
     fn tokens_are_scoped_to_the_vaults_cloud() {
         for (host, scope) in [
