@@ -220,6 +220,92 @@ fn azure_sinks_sign_in_as_their_own_service_principals() {
     assert!(err.contains("tenant_id"), "{err}");
 }
 
+/// `client_certificate=`: a sink signs in as its own service principal with a certificate
+/// (a client assertion signed with its key, which the fake checks against the registered
+/// certificate). An unregistered certificate is refused by the token endpoint, naming the sink;
+/// a key file others may read is refused before it is used.
+#[test]
+fn an_azure_sink_signs_in_with_a_client_certificate() {
+    const CERT_CLIENT: &str = "sledger-cert-client";
+    let vault = azure::start();
+    let env = Env::new();
+    let vars = vault.env();
+    let run = |args: &[&str]| common::ok_with(&env, vars, args);
+    let registered = azure::certificate(env.dir.path(), "registered");
+    vault.register_certificate(CERT_CLIENT, &registered);
+    let with_certificate = |path: &std::path::Path, prefix: &str| {
+        vault.url(&format!(
+            "&prefix={prefix}&tenant_id={}&client_id={CERT_CLIENT}&client_certificate={}",
+            azure::TENANT,
+            path.display()
+        ))
+    };
+    run(&["sink", "add", "dr", &with_certificate(&registered, "dr-")]);
+    for i in 0..3 {
+        run(&["secret", "create", &format!("s{i}"), "--value", "k=v"]);
+    }
+    run(&["project"]);
+    run(&["diff", "dr"]);
+    let checked = run(&["sink", "check", "dr"]);
+    assert!(
+        checked.contains(&format!("application {CERT_CLIENT} (object ")),
+        "{checked}"
+    );
+
+    // A certificate the app registration does not have.
+    let stranger = azure::certificate(env.dir.path(), "stranger");
+    run(&["sink", "add", "stranger", &with_certificate(&stranger, "st-")]);
+    let out = env
+        .cmd()
+        .envs(vars.iter().copied())
+        .args(["sink", "check", "stranger"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains(r#"azure-kv sink "stranger""#)
+            && err.contains("AADSTS700027")
+            && err.contains("stranger.pem"),
+        "{err}"
+    );
+    assert!(!err.contains("PRIVATE KEY"), "{err}");
+
+    // A key file others may read.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&registered, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env
+        .cmd()
+        .envs(vars.iter().copied())
+        .args(["sink", "check", "dr"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("chmod 600"), "{err}");
+
+    // One credential per service principal, and an absolute path.
+    let err = env.fails(
+        &[
+            "sink",
+            "add",
+            "x",
+            &vault.url("&tenant_id=t&client_id=c&client_secret_env=S&client_certificate=/k.pem"),
+        ],
+        2,
+    );
+    assert!(err.contains("name one"), "{err}");
+    let err = env.fails(
+        &[
+            "sink",
+            "add",
+            "x",
+            &vault.url("&tenant_id=t&client_id=c&client_certificate=k.pem"),
+        ],
+        2,
+    );
+    assert!(err.contains("absolute path"), "{err}");
+}
+
 /// A squatter on the vault's (loopback) port cannot choose the audience of the token sledger
 /// sends it: whatever resource the 401 challenge names, tokens are asked for the Key Vault
 /// scope only, and the sink keeps working.

@@ -85,6 +85,26 @@ impl FakeVault {
         });
     }
 
+    /// Record `certificate` (a PEM file from [`certificate`]) as the credential of service
+    /// principal `client_id`, as uploading it to the app registration would.
+    pub fn register_certificate(&self, client_id: &str, certificate: &Path) {
+        let pem = std::fs::read_to_string(certificate).unwrap();
+        let modulus = openssl_output(
+            certificate.parent().unwrap(),
+            &["x509", "-noout", "-modulus", "-in"],
+            certificate,
+        );
+        let modulus = modulus.trim().strip_prefix("Modulus=").unwrap().to_owned();
+        self.control(|http, base| {
+            http.post(format!("{base}/fake/certificate"))
+                .json(&serde_json::json!({
+                    "client_id": client_id,
+                    "certificate": pem,
+                    "modulus": modulus,
+                }))
+        });
+    }
+
     /// Every scope a token was asked for so far.
     pub fn token_scopes(&self) -> Vec<String> {
         serde_json::from_value(self.control(|http, base| http.get(format!("{base}/fake/scopes")))).unwrap()
@@ -144,6 +164,56 @@ fn openssl(dir: &Path, args: &[&str]) {
         "openssl {args:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `args` then `file`, run in `dir`; what openssl printed.
+fn openssl_output(dir: &Path, args: &[&str], file: &Path) -> String {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .arg(file)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A service principal's credential as `az ad sp create-for-rbac --create-cert` makes it: an
+/// RSA key and a self-signed certificate in one PEM file `dir/name.pem`, mode 0600.
+pub fn certificate(dir: &Path, name: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let (key, cert) = (format!("{name}.key"), format!("{name}.crt"));
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &cert,
+            "-days",
+            "2",
+            "-subj",
+            "/CN=sledger test principal",
+        ],
+    );
+    let path = dir.join(format!("{name}.pem"));
+    let pem = [
+        std::fs::read(dir.join(&cert)).unwrap(),
+        std::fs::read(dir.join(&key)).unwrap(),
+    ]
+    .concat();
+    std::fs::write(&path, pem).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
 }
 
 /// A CA and a certificate for 127.0.0.1 signed by it.

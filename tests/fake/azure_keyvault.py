@@ -57,6 +57,12 @@ CHALLENGE = {"resource": "https://vault.azure.net"}
 # Every scope a token was asked for (``GET /fake/scopes``).
 SCOPES = []
 KEYS = {}  # key name -> {version: (n, e, d)}
+# Service principals that sign in with a certificate (``POST /fake/certificate``): client id ->
+# (RSA modulus, SHA-1 thumbprint of the certificate, base64url), as Entra ID keeps them.
+CERTIFICATES = {}
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+# DigestInfo of SHA-256, for checking an RS256 (PKCS #1 v1.5) signature.
+SHA256_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
 
 
 def probable_prime(bits):
@@ -133,6 +139,36 @@ def b64url_encode(data):
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+def pem_der(pem):
+    """The DER bytes of the first certificate in a PEM text."""
+    body = pem.split("-----BEGIN CERTIFICATE-----")[1].split("-----END CERTIFICATE-----")[0]
+    return base64.b64decode("".join(body.split()))
+
+
+def assertion_valid(assertion, client_id, audience):
+    """Whether a client assertion is a JWT for ``audience`` from ``client_id``, unexpired, naming
+    the registered certificate by thumbprint and signed (RS256) by its key."""
+    n, thumbprint = CERTIFICATES[client_id]
+    try:
+        head, body, signature = assertion.split(".")
+        header = json.loads(b64url_decode(head))
+        claims = json.loads(b64url_decode(body))
+        s = int.from_bytes(b64url_decode(signature), "big")
+    except (ValueError, KeyError):
+        return False
+    size = (n.bit_length() + 7) // 8
+    digest = hashlib.sha256(f"{head}.{body}".encode()).digest()
+    expected = b"\x00\x01" + b"\xff" * (size - len(SHA256_INFO) - len(digest) - 3) + b"\x00" + SHA256_INFO + digest
+    return (
+        header.get("alg") == "RS256"
+        and header.get("x5t") == thumbprint
+        and claims.get("aud") == audience
+        and claims.get("iss") == client_id == claims.get("sub")
+        and claims.get("exp", 0) > now()
+        and pow(s, 65537, n).to_bytes(size, "big") == expected
+    )
+
+
 def now():
     return int(time.time())
 
@@ -201,19 +237,28 @@ class Handler(BaseHTTPRequestHandler):
         if method == "POST" and url.path == f"/{tenant}/oauth2/v2.0/token":
             form = parse_qs(raw.decode())
             client_id = (form.get("client_id") or [None])[0]
+            if form.get("client_assertion_type") == [JWT_BEARER]:
+                proven = client_id in CERTIFICATES and assertion_valid(
+                    (form.get("client_assertion") or [""])[0],
+                    client_id,
+                    f"{self.base()}/{tenant}/oauth2/v2.0/token",
+                )
+            else:
+                proven = client_id in principals and form.get("client_secret") == [principals[client_id]]
             ok = (
                 form.get("grant_type") == ["client_credentials"]
-                and client_id in principals
-                and form.get("client_secret") == [principals[client_id]]
+                and proven
                 and len(form.get("scope") or []) == 1
             )
             with LOCK:
                 SCOPES.append((form.get("scope") or [None])[0])
             if not ok:
-                return self.send(
-                    401,
-                    {"error": "invalid_client", "error_description": "AADSTS7000215: Invalid client secret provided."},
+                why = (
+                    "AADSTS700027: Client assertion failed signature validation."
+                    if form.get("client_assertion_type") == [JWT_BEARER]
+                    else "AADSTS7000215: Invalid client secret provided."
                 )
+                return self.send(401, {"error": "invalid_client", "error_description": why})
             # Shaped like Entra ID's: a JWT whose claims say whom it was issued to (unsigned
             # here; Key Vault, this fake, knows its tokens by value).
             claims = {
@@ -237,6 +282,12 @@ class Handler(BaseHTTPRequestHandler):
             return self.send(200, {"status": "ok"})
         if url.path == "/fake/challenge" and method == "POST":
             CHALLENGE["resource"] = raw.decode()
+            return self.send(204)
+        if url.path == "/fake/certificate" and method == "POST":
+            registered = json.loads(raw)
+            thumbprint = b64url_encode(hashlib.sha1(pem_der(registered["certificate"])).digest())
+            with LOCK:
+                CERTIFICATES[registered["client_id"]] = (int(registered["modulus"], 16), thumbprint)
             return self.send(204)
         if url.path == "/fake/scopes":
             with LOCK:

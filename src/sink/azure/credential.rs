@@ -10,8 +10,9 @@ use azure_core::credentials::{AccessToken, Secret, TokenCredential, TokenRequest
 use azure_core::error::ErrorKind;
 use azure_core::http::ClientOptions;
 use azure_identity::{
-    ClientSecretCredential, ClientSecretCredentialOptions, DeveloperToolsCredential,
-    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
+    ClientAssertionCredential, ClientAssertionCredentialOptions, ClientSecretCredential,
+    ClientSecretCredentialOptions, DeveloperToolsCredential, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId, WorkloadIdentityCredential,
 };
 use tokio::sync::Mutex;
 
@@ -61,6 +62,29 @@ pub(super) fn for_sink(
                 ),
                 credential,
             )
+        }
+        AzureCredentials::CertificatePrincipal {
+            tenant_id,
+            client_id,
+            certificate,
+        } => {
+            let assertion =
+                super::certificate::CertificateAssertion::load(tenant_id, client_id, certificate)?;
+            let label = format!(
+                "service principal {client_id} in tenant {tenant_id} with the certificate {} (thumbprint {})",
+                certificate.display(),
+                assertion.thumbprint_hex()
+            );
+            let credential = ClientAssertionCredential::new(
+                tenant_id.clone(),
+                client_id.clone(),
+                assertion,
+                Some(ClientAssertionCredentialOptions {
+                    client_options: options.clone(),
+                }),
+            )
+            .map_err(|e| unusable(format!("service principal {client_id}: {e}")))?;
+            (label, credential)
         }
         AzureCredentials::ManagedIdentity { client_id } => {
             let credential = ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {

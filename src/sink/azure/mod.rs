@@ -14,6 +14,7 @@
 //! from `AZURE_TENANT_ID` + `AZURE_CLIENT_ID` + `AZURE_CLIENT_SECRET`; workload identity
 //! (`AZURE_FEDERATED_TOKEN_FILE`, set by AKS); managed identity; `az login` / `azd auth login`.
 
+mod certificate;
 mod credential;
 
 use std::collections::HashMap;
@@ -78,6 +79,13 @@ pub enum AzureCredentials {
         tenant_id: String,
         client_id: String,
         secret_env: String,
+    },
+    /// `tenant_id=`, `client_id=` and `client_certificate=`: a service principal of its own that
+    /// signs in with a certificate (a PEM file with its private key, mode 0600).
+    CertificatePrincipal {
+        tenant_id: String,
+        client_id: String,
+        certificate: PathBuf,
     },
     /// `managed_identity_client_id=`: a user-assigned managed identity.
     ManagedIdentity { client_id: String },
@@ -625,25 +633,45 @@ pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Ba
     let tenant_id = parts.take("tenant_id");
     let client_id = parts.take("client_id");
     let secret_env = parts.take_env_name("client_secret_env")?;
+    let certificate = parts.take("client_certificate").map(PathBuf::from);
+    if certificate.as_ref().is_some_and(|path| !path.is_absolute()) {
+        return Err(parts.bad("client_certificate= must be an absolute path to a PEM file"));
+    }
     let managed = parts.take("managed_identity_client_id");
-    let credentials = match (tenant_id, client_id, secret_env, managed) {
-        (None, None, None, None) => AzureCredentials::Chain,
-        (None, None, None, Some(client_id)) => AzureCredentials::ManagedIdentity { client_id },
-        (Some(tenant_id), Some(client_id), Some(secret_env), None) => AzureCredentials::ServicePrincipal {
-            tenant_id,
-            client_id,
-            secret_env,
-        },
-        (_, _, _, Some(_)) => {
+    let credentials = match (tenant_id, client_id, secret_env, certificate, managed) {
+        (None, None, None, None, None) => AzureCredentials::Chain,
+        (None, None, None, None, Some(client_id)) => AzureCredentials::ManagedIdentity { client_id },
+        (Some(tenant_id), Some(client_id), Some(secret_env), None, None) => {
+            AzureCredentials::ServicePrincipal {
+                tenant_id,
+                client_id,
+                secret_env,
+            }
+        }
+        (Some(tenant_id), Some(client_id), None, Some(certificate), None) => {
+            AzureCredentials::CertificatePrincipal {
+                tenant_id,
+                client_id,
+                certificate,
+            }
+        }
+        (_, _, Some(_), Some(_), _) => {
+            return Err(parts.bad(
+                "client_secret_env= and client_certificate= are two credentials for one service \
+                 principal; name one",
+            ))
+        }
+        (_, _, _, _, Some(_)) => {
             return Err(parts.bad(
                 "managed_identity_client_id= and a service principal (tenant_id=, client_id=, \
-                 client_secret_env=) are two credential sources; name one",
+                 client_secret_env= or client_certificate=) are two credential sources; name one",
             ))
         }
         _ => {
             return Err(parts.bad(
-                "a service principal of the sink's own needs tenant_id=, client_id= and \
-                 client_secret_env= (the variable holding its secret)",
+                "a service principal of the sink's own needs tenant_id=, client_id= and either \
+                 client_secret_env= (the variable holding its secret) or client_certificate= (a \
+                 PEM file with its certificate and key)",
             ))
         }
     };
