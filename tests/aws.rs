@@ -180,39 +180,29 @@ async fn a_backup_in_another_account_through_an_assumed_role() {
     );
     assert!(identity("main").contains("account 123456789012"), "{status}");
 
-    // What each account holds, seen with the SDK: as the role in 222222222222, and as the
-    // default identity.
-    let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .endpoint_url(format!("http://127.0.0.1:{}", moto.port))
-        .load()
-        .await;
-    let assumed = aws_config::sts::AssumeRoleProvider::builder(ROLE)
-        .session_name("test")
-        .configure(&base)
-        .build()
-        .await;
-    let in_other_account = base
-        .clone()
-        .into_builder()
-        .credentials_provider(aws_sdk_secretsmanager::config::SharedCredentialsProvider::new(
-            assumed,
-        ))
-        .build();
-    let names = |config: aws_config::SdkConfig| async move {
-        let listed = aws_sdk_secretsmanager::Client::new(&config)
-            .list_secrets()
-            .max_results(100)
-            .send()
-            .await
-            .unwrap();
-        listed
-            .secret_list()
-            .iter()
-            .filter_map(|s| s.name().map(str::to_owned))
-            .collect::<Vec<_>>()
-    };
-    let there = names(in_other_account).await;
-    let here = names(base).await;
+    // What each account holds, seen by another client (boto3): as the role in 222222222222,
+    // and as the default identity.
+    let listed: serde_json::Value = serde_json::from_str(&moto::boto3(
+        &moto,
+        &format!(
+            r#"
+import json, os, boto3
+endpoint = "http://127.0.0.1:" + os.environ["MOTO_PORT"]
+def names(**credentials):
+    client = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1", **credentials)
+    return [s["Name"] for s in client.list_secrets(MaxResults=100)["SecretList"]]
+role = boto3.client("sts", endpoint_url=endpoint, region_name="us-east-1").assume_role(RoleArn="{ROLE}", RoleSessionName="check")
+c = role["Credentials"]
+print(json.dumps({{
+    "there": names(aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"], aws_session_token=c["SessionToken"]),
+    "here": names(),
+}}))
+"#
+        ),
+    ))
+    .unwrap();
+    let names = |key: &str| -> Vec<String> { serde_json::from_value(listed[key].clone()).unwrap() };
+    let (there, here) = (names("there"), names("here"));
     assert_eq!(
         there.iter().filter(|n| n.starts_with("dr/")).count(),
         4,

@@ -30,6 +30,34 @@ pub async fn secrets_manager(server: &Server) -> aws_sdk_secretsmanager::Client 
     aws_sdk_secretsmanager::Client::new(&config)
 }
 
+/// Run a Python `script` with boto3 (which moto brings) against moto, with [`AWS_ENV`] and the
+/// server's port in `$MOTO_PORT`; what it printed. The interpreter is the one beside the
+/// `moto_server` the tests run (their venv), else `python3`.
+pub fn boto3(server: &Server, script: &str) -> String {
+    let beside = servers::tool("moto_server", MOTO, "SLEDGER_MOTO_SERVER").with_file_name("python");
+    let python = [beside, "python3".into()]
+        .into_iter()
+        .find(|python| {
+            Command::new(python)
+                .args(["-c", "import boto3"])
+                .output()
+                .is_ok_and(|out| out.status.success())
+        })
+        .expect("boto3 comes with moto[server]: `pip install moto[server]` puts it beside moto_server");
+    let out = Command::new(python)
+        .args(["-c", script])
+        .envs(AWS_ENV)
+        .env("MOTO_PORT", server.port.to_string())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "boto3: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 pub fn start() -> Server {
     start_on(servers::free_port_pair())
 }
