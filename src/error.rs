@@ -115,6 +115,7 @@ pub enum Error {
     KeyUnavailable(String),
 
     #[error("{kind} sink{}: {message}", .sink.as_ref().map(|name| format!(" {name:?}")).unwrap_or_default())]
+    #[non_exhaustive]
     Sink {
         kind: String,
         /// The attached sink's name, where the call went through one (`Ledger::open_sink`).

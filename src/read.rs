@@ -184,7 +184,7 @@ pub async fn read_latest(ledger: &Ledger, actor: &str, name: &str, from: ReadFro
                 });
             }
             Ok(None) => skipped.push((config.name.clone(), "does not hold this secret".to_owned())),
-            Err(e) => skipped.push((config.name.clone(), e.to_string())),
+            Err(e) => skipped.push((config.name.clone(), e.without_sink_name())),
         }
         if from != ReadFrom::Auto {
             let (sink, why) = skipped.pop().expect("just pushed");

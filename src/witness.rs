@@ -50,7 +50,7 @@ fn judged(ledger: &Ledger, config: &SinkConfig, answer: Result<Option<SinkRecord
         error: None,
     };
     match answer {
-        Err(e) => witness.error = Some(e.to_string()),
+        Err(e) => witness.error = Some(e.without_sink_name()),
         Ok(None) => {}
         Ok(Some(record)) => {
             let (anchor, verdict) = ledger.judge_anchor(&record)?;

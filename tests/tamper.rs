@@ -608,7 +608,10 @@ fn a_backup_witness_catches_a_rollback_of_the_ledger_and_its_primary() {
     // Projecting the rolled-back ledger into that backup would overwrite the evidence: refused,
     // and the anchor stays.
     let err = env.fails(&["project", "--sink", "offsite"], INTEGRITY);
-    assert!(err.contains("offsite"), "{err}");
+    assert!(
+        err.contains(&format!("sink offsite witnessed seq {witnessed}")),
+        "{err}"
+    );
     let offsite = verdict(&env, "offsite");
     assert_eq!(offsite["anchor"]["seq"], witnessed, "{offsite}");
     assert_eq!(offsite["verdict"]["status"], "ahead", "{offsite}");

@@ -3,7 +3,8 @@
 //! bound inside the wrap: what is wrapped is the master key followed by a key derived from the
 //! ledger id, checked on unwrap. The wrapped bytes start with the key version that made them, so a
 //! key rotated in Key Vault still unwraps older wraps. TLS (`ca-file=`) and the credential
-//! options (`tenant_id=`, `client_id=`, `client_secret_env=`, `managed_identity_client_id=`)
+//! options (`tenant_id=`, `client_id=`, `client_secret_env=` or `client_certificate=`,
+//! `managed_identity_client_id=`)
 //! are the azure-kv sink's, and so are its credential-refusal rules.
 
 use std::sync::Arc;

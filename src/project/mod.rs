@@ -550,10 +550,10 @@ pub async fn identities(ledger: &Ledger) -> Result<std::collections::BTreeMap<St
         let answer = match ledger.open_sink(name) {
             Ok((_, sink)) => match tokio::time::timeout(LIMIT, sink.identity()).await {
                 Ok(Ok(identity)) => identity,
-                Ok(Err(e)) => Some(format!("unknown ({e})")),
+                Ok(Err(e)) => Some(format!("unknown ({})", e.without_sink_name())),
                 Err(_) => Some(format!("unknown (no answer within {LIMIT:?})")),
             },
-            Err(e) => Some(format!("unknown ({e})")),
+            Err(e) => Some(format!("unknown ({})", e.without_sink_name())),
         };
         answer.map(|identity| (name.clone(), identity))
     });

@@ -327,6 +327,15 @@ impl Error {
         }
     }
 
+    /// The message without the sink's name, for where the sink is already named around it
+    /// (a status row, "sink X could not serve this read: …").
+    pub fn without_sink_name(&self) -> String {
+        match self {
+            Error::Sink { kind, message, .. } => format!("{kind} sink: {message}"),
+            other => other.to_string(),
+        }
+    }
+
     /// This error with the name of the attached sink it came from, if it is a sink's.
     pub(crate) fn in_sink(self, name: &str) -> Error {
         match self {

@@ -46,6 +46,8 @@ pub fn boto3(server: &Server, script: &str) -> String {
         .expect("boto3 comes with moto[server]: `pip install moto[server]` puts it beside moto_server");
     let out = Command::new(python)
         .args(["-c", script])
+        .env_remove("AWS_PROFILE")
+        .env_remove("AWS_SESSION_TOKEN")
         .envs(AWS_ENV)
         .env("MOTO_PORT", server.port.to_string())
         .output()

@@ -164,6 +164,7 @@ def assertion_valid(assertion, client_id, audience):
         and header.get("x5t") == thumbprint
         and claims.get("aud") == audience
         and claims.get("iss") == client_id == claims.get("sub")
+        and claims.get("nbf", float("inf")) <= now() + 60
         and claims.get("exp", 0) > now()
         and pow(s, 65537, n).to_bytes(size, "big") == expected
     )

@@ -412,7 +412,9 @@ fn follow(ctx: &Context, only: Option<&str>, opts: ProjectOptions) -> Result<()>
                 output::count(report.writes, "write"),
                 report.checkpoint
             ),
-            ProjectorEvent::Failed { sink, error } => eprintln!("{sink}: {error} (retrying)"),
+            ProjectorEvent::Failed { sink, error } => {
+                eprintln!("{sink}: {} (retrying)", error.without_sink_name())
+            }
         })
         .await
     })?;

@@ -6,8 +6,9 @@
 use std::path::Path;
 
 use async_trait::async_trait;
+use azure_core::cloud::CloudConfiguration;
 use azure_core::error::ErrorKind;
-use azure_core::http::ClientMethodOptions;
+use azure_core::http::{ClientMethodOptions, ClientOptions, Url};
 use azure_identity::ClientAssertion;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -41,7 +42,12 @@ impl std::fmt::Debug for CertificateAssertion {
 impl CertificateAssertion {
     /// Read `path`: a PEM file holding the certificate and its RSA private key (unencrypted),
     /// readable by its owner only, as ssh wants of a key. Errors name the file, never its text.
-    pub(super) fn load(tenant_id: &str, client_id: &str, path: &Path) -> Result<CertificateAssertion> {
+    pub(super) fn load(
+        tenant_id: &str,
+        client_id: &str,
+        path: &Path,
+        options: &ClientOptions,
+    ) -> Result<CertificateAssertion> {
         use std::os::unix::fs::MetadataExt;
         let unusable = |why: String| Error::sink(super::KIND, format!("{}: {why}", path.display()), false);
         let meta = std::fs::metadata(path).map_err(|e| unusable(format!("cannot read it ({e})")))?;
@@ -58,25 +64,20 @@ impl CertificateAssertion {
             .next()
             .and_then(|c| c.ok())
             .ok_or_else(|| unusable("it holds no certificate (-----BEGIN CERTIFICATE-----)".into()))?;
-        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
+        let key = zeroize::Zeroizing::new(PrivateKeyDer::from_pem_slice(&pem).map_err(|_| {
             unusable("it holds no unencrypted private key (-----BEGIN PRIVATE KEY-----)".into())
-        })?;
+        })?);
         let signer = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key)
             .ok()
             .and_then(|key| key.choose_scheme(&[rustls::SignatureScheme::RSA_PKCS1_SHA256]))
             .ok_or_else(|| {
                 unusable("its private key is not an RSA key, which Entra ID needs (RS256)".into())
             })?;
-        let authority = std::env::var("AZURE_AUTHORITY_HOST")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .unwrap_or_else(|| "https://login.microsoftonline.com".into());
         Ok(CertificateAssertion {
             client_id: client_id.to_owned(),
-            audience: format!(
-                "{}/{tenant_id}/oauth2/v2.0/token",
-                authority.trim_end_matches('/')
-            ),
+            audience: token_endpoint(tenant_id, options)
+                .map_err(|e| unusable(format!("no token endpoint for tenant {tenant_id}: {e}")))?
+                .to_string(),
             thumbprint: URL_SAFE_NO_PAD.encode(sha1::Sha1::digest(certificate.as_ref())),
             signer,
         })
@@ -89,6 +90,21 @@ impl CertificateAssertion {
             .map(hex::encode_upper)
             .unwrap_or_default()
     }
+}
+
+/// The token endpoint azure_identity posts the assertion to, which is what its `aud` must name:
+/// worked out as that crate does (the client options' cloud, else `AZURE_AUTHORITY_HOST`, else
+/// the public cloud; the path joined onto the authority's root).
+fn token_endpoint(tenant_id: &str, options: &ClientOptions) -> azure_core::Result<Url> {
+    let authority = match options.cloud.as_deref() {
+        None => std::env::var("AZURE_AUTHORITY_HOST")
+            .unwrap_or_else(|_| "https://login.microsoftonline.com".into()),
+        Some(CloudConfiguration::Custom(custom)) => custom.authority_host.clone(),
+        Some(CloudConfiguration::AzureGovernment) => "https://login.microsoftonline.us".into(),
+        Some(CloudConfiguration::AzureChina) => "https://login.chinacloudapi.cn".into(),
+        Some(_) => "https://login.microsoftonline.com".into(),
+    };
+    Ok(Url::parse(&authority)?.join(&format!("/{tenant_id}/oauth2/v2.0/token"))?)
 }
 
 #[async_trait]
@@ -119,5 +135,51 @@ impl ClientAssertion for CertificateAssertion {
             )
         })?;
         Ok(format!("{signed}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+    use azure_core::http::{ClientMethodOptions, ClientOptions};
+    use azure_identity::{ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions};
+
+    #[derive(Debug)]
+    struct Unused;
+
+    #[async_trait::async_trait]
+    impl ClientAssertion for Unused {
+        async fn secret(&self, _: Option<ClientMethodOptions<'_>>) -> azure_core::Result<String> {
+            unreachable!("no token is asked for")
+        }
+    }
+
+    /// The assertion's audience is the endpoint the credential posts it to, also for an
+    /// authority with a path, a default port and capitals (which the URL join normalises).
+    #[test]
+    fn the_audience_is_the_credentials_own_endpoint() {
+        let mut custom = CustomConfiguration::default();
+        custom.authority_host = "https://Login.Example:443/adfs/".into();
+        let options = ClientOptions {
+            cloud: Some(Arc::new(CloudConfiguration::Custom(custom))),
+            ..Default::default()
+        };
+        let ours = super::token_endpoint("tenant-1", &options).unwrap();
+        assert_eq!(ours.as_str(), "https://login.example/tenant-1/oauth2/v2.0/token");
+        let credential = ClientAssertionCredential::new(
+            "tenant-1".into(),
+            "client-1".into(),
+            Unused,
+            Some(ClientAssertionCredentialOptions {
+                client_options: options,
+            }),
+        )
+        .unwrap();
+        assert!(
+            format!("{credential:?}").contains(&format!("{ours:?}")),
+            "{credential:?}"
+        );
     }
 }

@@ -69,7 +69,7 @@ pub(super) fn for_sink(
             certificate,
         } => {
             let assertion =
-                super::certificate::CertificateAssertion::load(tenant_id, client_id, certificate)?;
+                super::certificate::CertificateAssertion::load(tenant_id, client_id, certificate, options)?;
             let label = format!(
                 "service principal {client_id} in tenant {tenant_id} with the certificate {} (thumbprint {})",
                 certificate.display(),

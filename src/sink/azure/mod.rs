@@ -13,6 +13,8 @@
 //! Credentials, tried in order (like the SDKs' DefaultAzureCredential): a service principal
 //! from `AZURE_TENANT_ID` + `AZURE_CLIENT_ID` + `AZURE_CLIENT_SECRET`; workload identity
 //! (`AZURE_FEDERATED_TOKEN_FILE`, set by AKS); managed identity; `az login` / `azd auth login`.
+//! Or those the URL names for this sink alone ([`AzureCredentials`]): its own service principal
+//! with a secret in a named variable or a certificate file, or a user-assigned managed identity.
 
 mod certificate;
 mod credential;
@@ -108,6 +110,8 @@ impl AzureConfig {
 pub struct AzureSink {
     config: AzureConfig,
     client: OnceCell<SecretClient>,
+    /// Made once: each one reads its certificate file or asks `az` again, and keeps its tokens.
+    credential: std::sync::Mutex<Option<Arc<dyn TokenCredential>>>,
     writing: ObjectLocks,
 }
 
@@ -120,9 +124,10 @@ impl std::fmt::Debug for AzureSink {
     }
 }
 
-/// Who an Entra ID access token (a JWT) was issued to, from its claims: `appid` (v1 tokens) or
-/// `azp` (v2) for an application, `upn` or `unique_name` for a user, with `oid` and `tid`.
-/// `None` for a token that is not a JWT.
+/// Who an Entra ID access token (a JWT) was issued to, from its claims: a user (`upn`,
+/// `unique_name` or `preferred_username`) unless `idtyp` says "app", else the application
+/// (`appid` in v1 tokens, `azp` in v2), with `oid` and `tid`. `None` for a token that is not a
+/// JWT.
 fn token_identity(token: &str) -> Option<String> {
     use base64::Engine as _;
     let payload = token.split('.').nth(1)?;
@@ -133,10 +138,11 @@ fn token_identity(token: &str) -> Option<String> {
     )
     .ok()?;
     let claim = |name: &str| claims[name].as_str().filter(|v| !v.is_empty());
-    let who = match (
-        claim("upn").or(claim("unique_name")),
-        claim("appid").or(claim("azp")),
-    ) {
+    let user = claim("upn")
+        .or(claim("unique_name"))
+        .or(claim("preferred_username"))
+        .filter(|_| claim("idtyp") != Some("app"));
+    let who = match (user, claim("appid").or(claim("azp"))) {
         (Some(user), _) => format!("user {user}"),
         (None, Some(app)) => format!("application {app}"),
         (None, None) => return None,
@@ -177,6 +183,7 @@ impl AzureSink {
         AzureSink {
             config,
             client: OnceCell::new(),
+            credential: Default::default(),
             writing: Default::default(),
         }
     }
@@ -219,11 +226,17 @@ impl AzureSink {
     /// (not on loopback, where it cannot match the host).
     fn connection(&self) -> Result<(ClientOptions, Arc<dyn TokenCredential>, Option<bool>)> {
         let client_options = self.client_options()?;
-        let credential = credential::for_sink(
-            &self.config.credentials,
-            &client_options,
-            token_scope(&self.config.vault_host),
-        )?;
+        let mut cached = self.credential.lock().expect("not poisoned");
+        let credential = match &*cached {
+            Some(credential) => credential.clone(),
+            None => cached
+                .insert(credential::for_sink(
+                    &self.config.credentials,
+                    &client_options,
+                    token_scope(&self.config.vault_host),
+                )?)
+                .clone(),
+        };
         let verify_challenge = Some(!super::url::is_loopback(&self.config.vault_host));
         Ok((client_options, credential, verify_challenge))
     }
@@ -710,6 +723,12 @@ mod tests {
                 serde_json::json!({"upn": "ada@example.com", "azp": "cli", "tid": "t-1"})
             )),
             Some("user ada@example.com in tenant t-1".into())
+        );
+        assert_eq!(
+            super::token_identity(&jwt(
+                serde_json::json!({"preferred_username": "ada", "azp": "cli"})
+            )),
+            Some("user ada".into())
         );
         assert_eq!(super::token_identity("opaque-token"), None);
         assert_eq!(
