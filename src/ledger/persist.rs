@@ -208,13 +208,11 @@ fn derived_snapshot(store: &dyn Store, mac: &crate::crypto::EventMac, head: u64)
     let stored = store
         .snapshot_at_or_before(head)?
         .filter(|(at, _)| mac.same_epoch(*at, head));
-    let (from, encoding) = match &stored {
-        Some((at, bytes)) => match mac::verified_snapshot(mac, *at, bytes)? {
-            Some(encoding) => (*at, encoding),
-            None => (0, &[][..]),
-        },
-        None => (0, &[][..]),
+    let verified = match &stored {
+        Some((at, bytes)) => mac::verified_snapshot(mac, *at, bytes)?.map(|encoding| (*at, encoding)),
+        None => None,
     };
+    let (from, encoding) = verified.unwrap_or((0, &[][..]));
     let unchanged = match from {
         0 => Vec::new(),
         _ => catalog::snapshot_entries(encoding)?,
