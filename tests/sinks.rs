@@ -139,7 +139,15 @@ fn a_failing_exec_plugin_primary_falls_back_and_recovers() {
         "local",
         "the backup serves"
     );
-    env.ok(&["--wait", "200ms", "secret", "update", "x", "--value", "k=2"]);
+    // The write does not wait on the primary's anchor either: it goes on, and says what it
+    // could not check.
+    let out = env.run(&["--wait", "200ms", "secret", "update", "x", "--value", "k=2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("the primary sink plug's anchor could not be read") && err.contains("was not checked"),
+        "{err}"
+    );
     assert!(status(&env)["plug"]["last_error"]
         .as_str()
         .unwrap()
