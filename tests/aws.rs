@@ -217,6 +217,79 @@ print(json.dumps({{
     );
 }
 
+/// `profile=NAME` is the sink's credentials even when the environment holds keys (as
+/// `aws --profile` is): the default chain would take the environment's first, which may be
+/// another sink's account. The profile here gets its keys from a `credential_process`, which
+/// leaves a mark when it runs.
+#[test]
+fn a_profile_named_in_the_url_wins_over_the_environment() {
+    use std::os::unix::fs::PermissionsExt;
+    let moto = moto::start();
+    let env = Env::new();
+    let marker = env.path("profile-used");
+    let process = env.path("credentials.sh");
+    std::fs::write(
+        &process,
+        format!(
+            "#!/bin/sh\ntouch {}\necho '{{\"Version\": 1, \"AccessKeyId\": \"AKIDPROFILE\", \"SecretAccessKey\": \"from-the-profile\"}}'\n",
+            marker.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&process, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let config = env.path("aws-config");
+    std::fs::write(
+        &config,
+        format!(
+            "[profile backup]\nregion = us-east-1\ncredential_process = {}\n",
+            process.display()
+        ),
+    )
+    .unwrap();
+    let no_credentials_file = env.path("aws-credentials");
+    std::fs::write(&no_credentials_file, "").unwrap();
+    let (config, no_credentials_file) = (
+        config.display().to_string(),
+        no_credentials_file.display().to_string(),
+    );
+    let mut vars = AWS_ENV.to_vec();
+    vars.push(("AWS_CONFIG_FILE", &config));
+    vars.push(("AWS_SHARED_CREDENTIALS_FILE", &no_credentials_file));
+    let run = |args: &[&str]| common::ok_with(&env, &vars, args);
+
+    run(&[
+        "sink",
+        "add",
+        "dr",
+        &moto::url(&moto, "&prefix=dr/&profile=backup"),
+    ]);
+    run(&["secret", "create", "a", "--value", "k=v"]);
+    run(&["project"]);
+    run(&["diff", "dr"]);
+    assert!(
+        marker.exists(),
+        "the profile's credential_process never ran: the environment's keys were used"
+    );
+
+    run(&[
+        "sink",
+        "add",
+        "nowhere",
+        &moto::url(&moto, "&prefix=nw/&profile=missing"),
+    ]);
+    let out = env
+        .cmd()
+        .envs(vars.iter().copied())
+        .args(["sink", "check", "nowhere"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(r#"aws-sm sink "nowhere""#),
+        "{err}"
+    );
+}
+
 #[test]
 fn credential_parameters_name_sources_never_hold_secrets() {
     let env = Env::new();

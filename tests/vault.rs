@@ -221,6 +221,32 @@ fn vault_sinks_with_their_own_tokens_side_by_side() {
     let checked = run(&["sink", "check", "b"]);
     assert!(checked.contains("as token token-team-b-writer"), "{checked}");
 
+    // The same token from a file (token_file=): used when only its owner may read the file,
+    // refused, naming the file and the fix, when others may.
+    use std::os::unix::fs::PermissionsExt;
+    let token_file = env.path("team-b.token");
+    std::fs::write(&token_file, format!("{}\n", tokens[1])).unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let from_file = format!(
+        "vault://127.0.0.1:{}/team-b?tls=off&prefix=file-&token_file={}",
+        bao.port,
+        token_file.display()
+    );
+    run(&["sink", "add", "b-file", &from_file]);
+    run(&["project", "--sink", "b-file"]);
+    run(&["diff", "b-file"]);
+    let checked = run(&["sink", "check", "b-file"]);
+    assert!(checked.contains("as token token-team-b-writer"), "{checked}");
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = env.cmd().args(["sink", "check", "b-file"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("team-b.token") && err.contains("chmod 600"),
+        "{err}"
+    );
+    assert!(!err.contains(&tokens[1]), "the token was echoed: {err}");
+    run(&["sink", "remove", "b-file"]);
+
     // Team A's token on team B's mount: refused, naming the sink and the token's source.
     run(&[
         "sink",

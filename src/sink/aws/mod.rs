@@ -152,7 +152,14 @@ impl AwsSink {
                     loader = loader.endpoint_url(endpoint);
                 }
                 if let Some(profile) = &credentials.profile {
-                    loader = loader.profile_name(profile);
+                    // The named profile is this sink's credentials, as `aws --profile` makes it:
+                    // the default chain would try the environment's keys first, and those may
+                    // well be another sink's account.
+                    loader = loader.profile_name(profile).credentials_provider(
+                        aws_config::profile::ProfileFileCredentialsProvider::builder()
+                            .profile_name(profile)
+                            .build(),
+                    );
                 }
                 if let Some((key_var, secret_var)) = &credentials.key_pair_env {
                     let read = |var: &str| super::url::credential_from_env(KIND, var).map(|v| v.to_string());
