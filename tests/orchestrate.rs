@@ -23,10 +23,16 @@ fn create(name: &str) -> Command {
     }
 }
 
-async fn caught_up(ledger: &Ledger, sink: &str) {
+async fn caught_up(ledger: &Ledger, sink: &str, failures: &Mutex<Vec<String>>) {
     let until = Instant::now() + Duration::from_secs(30);
     while ledger.checkpoint(sink).unwrap() < ledger.head().unwrap().seq {
-        assert!(Instant::now() < until, "the service did not catch {sink} up");
+        assert!(
+            Instant::now() < until,
+            "the service did not catch {sink} up: checkpoint {}, head {}, failures {:?}",
+            ledger.checkpoint(sink).unwrap(),
+            ledger.head().unwrap().seq,
+            failures.lock().unwrap()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -90,7 +96,7 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
             .await
             .unwrap();
     }
-    caught_up(&ledger, "a").await;
+    caught_up(&ledger, "a", &failures).await;
     assert_eq!(held(&ledger, "a").await, 20);
 
     // Migrate to `b` while writes keep flowing; the old primary is emptied at the end.
@@ -124,7 +130,7 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
         "{steps:?}"
     );
     assert_eq!(ledger.sink_config("a").unwrap().role, SinkRole::Standby);
-    caught_up(&ledger, "b").await;
+    caught_up(&ledger, "b", &failures).await;
     assert_eq!(held(&ledger, "b").await, 40);
 
     // A backup attached now is picked up by the running service.
@@ -140,7 +146,7 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
         )
         .await
         .unwrap();
-    caught_up(&ledger, "c").await;
+    caught_up(&ledger, "c", &failures).await;
     assert_eq!(held(&ledger, "c").await, 40);
 
     // backup --delete-secrets: the primary keeps nothing the backup verifiably holds.

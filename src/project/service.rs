@@ -254,9 +254,12 @@ impl Projector {
                     _ = stop.changed() => return,
                     _ = retired.changed() => return,
                 };
+                // The head this projector has caught up to; an append after it wakes the wait.
+                let mut caught_up_to = None;
                 let pause = match outcome {
                     Ok((done, behind)) => {
                         failures = 0;
+                        caught_up_to = Some(done.checkpoint);
                         if done.events > 0 {
                             report(ProjectorEvent::Projected {
                                 sink: sink.clone(),
@@ -286,7 +289,6 @@ impl Projector {
                 }
                 // Without a connection to watch the head with, try again after a pause.
                 let pause = pause.or_else(|| ledger.is_none().then_some(Duration::from_secs(1)));
-                let started = ledger.as_ref().and_then(|l| l.head().ok()).map(|h| h.seq);
                 let until = pause.map(|p| tokio::time::Instant::now() + p);
                 loop {
                     let woken = async {
@@ -311,8 +313,10 @@ impl Projector {
                         Some(until) if tokio::time::Instant::now() >= until => break,
                         Some(_) => {}
                         None => {
+                            // Compared with the checkpoint reached, not a head read now: an
+                            // append that landed since the attempt is not missed.
                             let now = ledger.as_ref().and_then(|l| l.head().ok()).map(|h| h.seq);
-                            if now != started {
+                            if now != caught_up_to {
                                 break;
                             }
                         }

@@ -274,25 +274,29 @@ pub async fn reconcile(
     })
 }
 
-/// `differences` without the objects a projector wrote after the target was folded: they too
-/// claim seqs beyond its head, but the ledger holds their events (the event at that seq is
-/// that secret's), so forcing the ledger's state must not erase them.
+/// `differences` without the objects a projector wrote after the target was folded.
 fn without_projected_since(ledger: &Ledger, differences: Vec<Difference>) -> Result<Vec<Difference>> {
-    let head = ledger.head()?.seq;
     let mut kept = Vec::with_capacity(differences.len());
     for d in differences {
-        let projected_since = match (d.kind, d.sink_seq) {
-            (DiffKind::Ahead, Some(seq)) if seq <= head => ledger
-                .store()
-                .event(seq)?
-                .is_some_and(|e| e.secret_id == Some(d.id)),
-            _ => false,
-        };
-        if !projected_since {
+        if !projected_since(ledger, &d)? {
             kept.push(d);
         }
     }
     Ok(kept)
+}
+
+/// Whether `d` is a state a projector (the server's, `project --follow`) wrote after the
+/// target was folded: it claims a seq beyond the target, or beyond the head the target saw,
+/// but the ledger holds that event and it is this secret's. Such an object is ahead, not
+/// wrong, so neither forcing the ledger's state nor a catch-up may treat it as a difference.
+fn projected_since(ledger: &Ledger, d: &Difference) -> Result<bool> {
+    match (d.kind, d.sink_seq) {
+        (DiffKind::Ahead | DiffKind::Newer, Some(seq)) if seq <= ledger.head()?.seq => Ok(ledger
+            .store()
+            .event(seq)?
+            .is_some_and(|e| e.secret_id == Some(d.id))),
+        _ => Ok(false),
+    }
 }
 
 /// Remove from `sink`, for good, the objects at or before seq `through` that `verified_elsewhere`
@@ -600,21 +604,22 @@ pub async fn migrate(
     });
     let (_, sink) = ledger.open_sink(&name)?;
     let desired = ledger.desired_at(checkpoint)?;
+    // A projector running meanwhile may already have written states after the checkpoint.
+    // An error reading the log keeps the difference, so it is reported rather than ignored.
+    let not_projected = |d: &Difference| !projected_since(ledger, d).unwrap_or(false);
     let done = reconcile(
         Some(ledger),
         &name,
         &*sink,
         &desired,
         Mode::Apply,
-        None,
+        Some(&not_projected),
         progress,
         &mut |_| {},
     )
     .await?;
     let mut left = diff(&desired, &*sink, &|_, _| {}).await?;
-    // A projector running meanwhile (the server's, `project --follow`) may already have
-    // written states after the checkpoint: ahead is not behind.
-    left.retain(|d| d.kind != DiffKind::Newer);
+    left.retain(not_projected);
     if !left.is_empty() {
         return Err(Error::OutOfSync(format!(
             "{name} still differs from the ledger in {} object(s) after catching up; not promoted",
