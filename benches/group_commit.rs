@@ -125,7 +125,12 @@ fn main() {
         ms(baseline.p50),
         ms(baseline.p99)
     );
-    for writers in [1, 4, 16, 64] {
+    // GROUP_COMMIT_WRITERS=16 runs one row alone (to profile it).
+    let rows: Vec<usize> = match std::env::var("GROUP_COMMIT_WRITERS") {
+        Ok(n) => vec![n.parse().expect("GROUP_COMMIT_WRITERS is a number")],
+        Err(_) => vec![1, 4, 16, 64],
+    };
+    for writers in rows {
         let f = through_handle(writers, creates);
         println!(
             "| {writers} through `LedgerHandle` | {:.0} | {} | {} | {:.1}× |",

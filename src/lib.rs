@@ -16,6 +16,13 @@
 //! The library never prints; it reports progress through callbacks.
 
 pub mod access_log;
+#[cfg(any(
+    feature = "postgres",
+    feature = "aws",
+    feature = "gcp",
+    feature = "azure",
+    feature = "vault"
+))]
 mod blocking;
 pub mod catalog;
 #[cfg(feature = "client")]

@@ -254,11 +254,13 @@ pub fn migrate(ledger: &mut Ledger, actor: &str, to: &str, key_file: &Path) -> R
 }
 
 /// A refusal by the KMS: the key named, the reason as the KMS gave it.
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault"))]
 pub(crate) fn refused(uri: &str, reason: impl std::fmt::Display) -> Error {
     Error::KeyUnavailable(format!("the KMS key {uri} refused: {reason}"))
 }
 
 /// A KMS that did not answer.
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault"))]
 pub(crate) fn unreachable(kind: &str, uri: &str, reason: impl std::fmt::Display) -> Error {
     Error::sink(
         kind,
@@ -268,6 +270,7 @@ pub(crate) fn unreachable(kind: &str, uri: &str, reason: impl std::fmt::Display)
 }
 
 /// `SCHEME://LOCATION?QUERY` as (location, query) for a KMS URI of `scheme`.
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault"))]
 fn split_uri<'a>(uri: &'a str, scheme: &str) -> Option<(&'a str, &'a str)> {
     let rest = uri.strip_prefix(scheme)?.strip_prefix("://")?;
     Some(rest.split_once('?').unwrap_or((rest, "")))
@@ -275,6 +278,7 @@ fn split_uri<'a>(uri: &'a str, scheme: &str) -> Option<(&'a str, &'a str)> {
 
 /// The URL of the sink whose server, TLS and credential options a KMS URI shares (and so its
 /// credential-refusal rules).
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault"))]
 fn sink_url(scheme: &str, location: &str, query: &str) -> String {
     match query {
         "" => format!("{scheme}://{location}"),
@@ -283,6 +287,7 @@ fn sink_url(scheme: &str, location: &str, query: &str) -> String {
 }
 
 /// The master key's raw bytes, for a KMS to encrypt.
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault"))]
 fn raw(key: &MasterKey) -> zeroize::Zeroizing<Vec<u8>> {
     use base64::Engine;
     zeroize::Zeroizing::new(
@@ -292,6 +297,7 @@ fn raw(key: &MasterKey) -> zeroize::Zeroizing<Vec<u8>> {
     )
 }
 
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault"))]
 fn from_raw(bytes: &[u8], uri: &str) -> Result<MasterKey> {
     use base64::Engine;
     let text = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(bytes));

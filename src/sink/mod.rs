@@ -184,7 +184,7 @@ impl SinkRecord {
     }
 
     #[cfg_attr(
-        not(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault")),
+        not(any(feature = "aws", feature = "gcp", feature = "azure")),
         allow(dead_code)
     )]
     /// The record a backend object holds: `meta` from its metadata, at `seq`, and the values

@@ -133,6 +133,7 @@ impl UrlParts<'_> {
 
     /// `KEY=NAME` naming the environment variable a credential is read from when the sink
     /// connects: the URL (and so the ledger) records the name, never the value.
+    #[cfg(any(feature = "aws", feature = "azure", feature = "vault"))]
     pub fn take_env_name(&mut self, key: &str) -> Result<Option<String>> {
         match self.take(key) {
             None => Ok(None),
@@ -279,8 +280,31 @@ pub(crate) fn credential_from_env(kind: &str, var: &str) -> Result<zeroize::Zero
     }
 }
 
+/// The contents of a credential file a sink URL names (`token_file=`, `client_certificate=`),
+/// refused if group or others may read it, as ssh refuses a loose key. Errors name the file,
+/// never its text.
+#[cfg(any(feature = "azure", feature = "vault"))]
+pub(crate) fn private_credential_file(
+    kind: &str,
+    path: &std::path::Path,
+) -> Result<zeroize::Zeroizing<Vec<u8>>> {
+    use std::os::unix::fs::MetadataExt;
+    let unusable = |why: String| Error::sink(kind, format!("{}: {why}", path.display()), false);
+    let meta = std::fs::metadata(path).map_err(|e| unusable(format!("cannot read it ({e})")))?;
+    if meta.mode() & 0o077 != 0 {
+        return Err(unusable(format!(
+            "it holds a credential and may be read by others (mode {:o}); `chmod 600` it",
+            meta.mode() & 0o777
+        )));
+    }
+    std::fs::read(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(|e| unusable(format!("cannot read it ({e})")))
+}
+
 /// Whether `host` (`HOST`, `HOST:PORT`, `[V6]:PORT`) is this machine: the only place a sink
 /// may be reached without TLS (a dev server, an emulator).
+#[cfg(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault"))]
 pub(crate) fn is_loopback(host: &str) -> bool {
     let host = match host.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(v6),

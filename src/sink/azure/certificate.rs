@@ -48,18 +48,8 @@ impl CertificateAssertion {
         path: &Path,
         options: &ClientOptions,
     ) -> Result<CertificateAssertion> {
-        use std::os::unix::fs::MetadataExt;
         let unusable = |why: String| Error::sink(super::KIND, format!("{}: {why}", path.display()), false);
-        let meta = std::fs::metadata(path).map_err(|e| unusable(format!("cannot read it ({e})")))?;
-        if meta.mode() & 0o077 != 0 {
-            return Err(unusable(format!(
-                "it holds a private key and may be read by others (mode {:o}); `chmod 600` it",
-                meta.mode() & 0o777
-            )));
-        }
-        let pem = zeroize::Zeroizing::new(
-            std::fs::read(path).map_err(|e| unusable(format!("cannot read it ({e})")))?,
-        );
+        let pem = crate::sink::url::private_credential_file(super::KIND, path)?;
         let certificate = CertificateDer::pem_slice_iter(&pem)
             .next()
             .and_then(|c| c.ok())

@@ -83,7 +83,7 @@ pub enum AzureCredentials {
         secret_env: String,
     },
     /// `tenant_id=`, `client_id=` and `client_certificate=`: a service principal of its own that
-    /// signs in with a certificate (a PEM file with its private key, mode 0600).
+    /// signs in with a certificate (a PEM file with its private key, readable by its owner only).
     CertificatePrincipal {
         tenant_id: String,
         client_id: String,

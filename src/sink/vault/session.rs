@@ -35,18 +35,9 @@ fn from_var(var: &str) -> Result<Zeroizing<String>> {
 
 /// A credential file: refused if others may read it (as ssh refuses a loose key).
 fn from_file(path: &std::path::Path) -> Result<Zeroizing<String>> {
-    use std::os::unix::fs::MetadataExt;
-    let meta =
-        std::fs::metadata(path).map_err(|e| unusable(format!("cannot read {}: {e}", path.display())))?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(unusable(format!(
-            "{} may be read by others (mode {:o}); `chmod 600` it",
-            path.display(),
-            meta.mode() & 0o777
-        )));
-    }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| unusable(format!("cannot read {}: {e}", path.display())))?;
+    let bytes = crate::sink::url::private_credential_file(KIND, path)?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| unusable(format!("{}: it is not UTF-8 text", path.display())))?;
     Ok(Zeroizing::new(text.trim().to_owned()))
 }
 
