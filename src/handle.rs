@@ -37,13 +37,20 @@ enum Write {
         records: Vec<AccessRecord>,
         reply: oneshot::Sender<Result<()>>,
     },
+    /// The master key another process rotated to, used from the next write on.
+    Rekey {
+        master: MasterKey,
+        reply: oneshot::Sender<Result<()>>,
+    },
 }
 
 struct Shared {
     location: Location,
-    master: MasterKey,
+    master: Mutex<MasterKey>,
+    /// Bumped by each rekey: a read connection opened under an older key is not reused.
+    key_generation: AtomicU64,
     writes: Mutex<Option<mpsc::Sender<Write>>>,
-    readers: Mutex<Vec<Ledger>>,
+    readers: Mutex<Vec<(u64, Ledger)>>,
     reading: Arc<tokio::sync::Semaphore>,
     head: watch::Sender<u64>,
     groups: AtomicU64,
@@ -86,7 +93,8 @@ impl LedgerHandle {
         let head = writer.head().map(|h| h.seq).unwrap_or(0);
         let shared = Arc::new(Shared {
             location: writer.location().clone(),
-            master,
+            master: Mutex::new(master),
+            key_generation: AtomicU64::new(0),
             writes: Mutex::new(Some(send)),
             readers: Mutex::new(Vec::new()),
             reading: Arc::new(tokio::sync::Semaphore::new(max_readers())),
@@ -120,6 +128,9 @@ impl LedgerHandle {
                             Write::Access { records, reply } => {
                                 access.extend(records);
                                 access_replies.push(reply);
+                            }
+                            Write::Rekey { master, reply } => {
+                                let _ = reply.send(rekey(&mut writer, master, weak.upgrade().as_deref()));
                             }
                         }
                     }
@@ -158,10 +169,21 @@ impl LedgerHandle {
         &self.shared.location
     }
 
-    /// The master key this handle opened the ledger with (for services that open their own
-    /// connections, like the projectors).
-    pub fn master_key(&self) -> &MasterKey {
-        &self.shared.master
+    /// The master key this handle uses (for services that open their own connections, like
+    /// the projectors): the one it opened the ledger with, or the one [`rekey`](Self::rekey)
+    /// gave it since.
+    pub fn master_key(&self) -> MasterKey {
+        self.shared.master.lock().expect("not poisoned").clone()
+    }
+
+    /// Use `master` from now on: the key `sledger key rotate` in another process rotated the
+    /// ledger to. Until then this handle's writes fail with [`Error::KeyRotated`] and its reads
+    /// cannot open new data keys. Refused with [`Error::WrongKey`] unless `master` is the
+    /// ledger's key now.
+    pub async fn rekey(&self, master: MasterKey) -> Result<()> {
+        let (reply, outcome) = oneshot::channel();
+        self.submit(Write::Rekey { master, reply })?;
+        outcome.await.map_err(|_| closed())?
     }
 
     /// Apply `commands` as one all-or-nothing request on behalf of `actor`. Requests from
@@ -217,14 +239,22 @@ impl LedgerHandle {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             let _turn = turn;
+            let generation = shared.key_generation.load(Ordering::Acquire);
             let idle = shared.readers.lock().expect("not poisoned").pop();
             let reader = match idle {
-                Some(reader) => reader,
-                None => Ledger::open_with_key(shared.location.clone(), shared.master.clone())?,
+                Some((opened_in, reader)) if opened_in == generation => reader,
+                _ => {
+                    let master = shared.master.lock().expect("not poisoned").clone();
+                    Ledger::open_with_key(shared.location.clone(), master)?
+                }
             };
             let result = read(&reader);
             // At most `max_readers` connections exist, since only that many reads run at once.
-            shared.readers.lock().expect("not poisoned").push(reader);
+            shared
+                .readers
+                .lock()
+                .expect("not poisoned")
+                .push((generation, reader));
             result
         })
         .await
@@ -252,6 +282,18 @@ impl LedgerHandle {
             let _ = thread.join();
         }
     }
+}
+
+/// On the writer thread: unlock the write connection with `master`; only if that works, make
+/// it the key of every connection opened from now on.
+fn rekey(writer: &mut Ledger, master: MasterKey, shared: Option<&Shared>) -> Result<()> {
+    writer.unlock(master.clone())?;
+    if let Some(shared) = shared {
+        *shared.master.lock().expect("not poisoned") = master;
+        shared.key_generation.fetch_add(1, Ordering::AcqRel);
+        shared.readers.lock().expect("not poisoned").clear();
+    }
+    Ok(())
 }
 
 fn closed() -> Error {

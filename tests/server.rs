@@ -328,6 +328,89 @@ async fn revoked_and_expired_tokens_are_refused_on_the_next_request() {
     }
 }
 
+/// `sledger key rotate` run beside a server: the server finds the new key where it found the
+/// old one and goes on serving reads, writes and projection with it, without a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_follows_a_key_rotation_made_beside_it() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let create = |name: &str, value: &str| json!({"name": name, "scope": "workspace", "labels": {}, "values": {"p": value}});
+    let (status, body) = call(
+        &server,
+        &admin,
+        Method::POST,
+        "/v1/secrets",
+        Some(create("before", "1")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    for rotation in 0..2 {
+        env.ok(&["key", "rotate"]);
+        // Each request is answered (503 while the server has not loaded the new key yet), and
+        // within a few seconds it reads and writes with the new key.
+        let until = Instant::now() + Duration::from_secs(20);
+        let name = format!("after-{rotation}");
+        loop {
+            let (status, body) = call(
+                &server,
+                &admin,
+                Method::POST,
+                "/v1/secrets",
+                Some(create(&name, "2")),
+            )
+            .await;
+            if status == StatusCode::CREATED {
+                break;
+            }
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+            assert!(
+                Instant::now() < until,
+                "the server never took the rotated key: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        for (secret, value) in [("before", "1"), (name.as_str(), "2")] {
+            let (status, body) = call(
+                &server,
+                &admin,
+                Method::GET,
+                &format!("/v1/secrets/{secret}?from=ledger"),
+                None,
+            )
+            .await;
+            assert_eq!(
+                (status, &body["values"]["p"]),
+                (StatusCode::OK, &json!(value)),
+                "{body}"
+            );
+        }
+    }
+    // The projector went on with the new key too: the primary holds the last write.
+    let until = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (status, body) = call(
+            &server,
+            &admin,
+            Method::GET,
+            "/v1/secrets/after-1?from=primary",
+            None,
+        )
+        .await;
+        if status == StatusCode::OK {
+            assert_eq!(body["values"]["p"], json!("2"), "{body}");
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the primary never got the write made after the rotation: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.stop().success());
+    env.ok(&["verify"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn reads_fail_closed_when_the_access_log_cannot_be_written() {
     let env = Env::empty();

@@ -22,9 +22,30 @@ use tokio::sync::watch;
 use crate::error::{Error, ErrorClass, Result};
 use crate::project::service::{self, FollowOptions, ProjectorEvent};
 use crate::project::PrimaryWait;
-use crate::LedgerHandle;
+use crate::{Ledger, LedgerHandle, MasterKey};
 
 pub use auth::RateLimit;
+
+/// How often the server looks whether `sledger key rotate`, run beside it, replaced the
+/// ledger's master key.
+const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where the server finds the master key again after another process rotated it: the key
+/// file or KMS it started from. Called on a blocking thread.
+#[derive(Clone)]
+pub struct KeyReloader(Arc<dyn Fn() -> Result<MasterKey> + Send + Sync>);
+
+impl KeyReloader {
+    pub fn new(reload: impl Fn() -> Result<MasterKey> + Send + Sync + 'static) -> Self {
+        KeyReloader(Arc::new(reload))
+    }
+}
+
+impl std::fmt::Debug for KeyReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyReloader")
+    }
+}
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -44,6 +65,9 @@ pub struct ServeOptions {
     pub rate_limit: RateLimit,
     /// The projectors that run in the server.
     pub follow: FollowOptions,
+    /// Where to find the master key after a rotation by another process. Without it, a
+    /// rotated key is reported in the log and the server must be restarted with the new one.
+    pub reload_key: Option<KeyReloader>,
 }
 
 impl ServeOptions {
@@ -60,6 +84,7 @@ impl ServeOptions {
                 burst: 2000.0,
             },
             follow: FollowOptions::default(),
+            reload_key: None,
         }
     }
 
@@ -166,25 +191,12 @@ pub async fn serve(
     let app = routes::router(state.clone(), &options);
 
     let (stop_projectors, stop) = watch::channel(false);
-    let projectors = {
-        let (location, master) = (handle.location().clone(), handle.master_key().clone());
-        let (wake, follow, state) = (handle.subscribe(), options.follow.clone(), state.clone());
-        tokio::spawn(async move {
-            service::follow(&location, &master, follow, Some(wake), stop, move |event| {
-                state.metrics.projector(&event);
-                match &event {
-                    ProjectorEvent::Failed { sink, error } => {
-                        tracing::warn!(sink = %sink, error = %error, "projector failed; retrying")
-                    }
-                    ProjectorEvent::Projected { sink, report } => state.checkpoints.send_modify(|c| {
-                        let at = c.entry(sink.clone()).or_default();
-                        *at = (*at).max(report.checkpoint);
-                    }),
-                }
-            })
-            .await
-        })
-    };
+    let projectors = tokio::spawn(project(
+        state.clone(),
+        options.follow.clone(),
+        options.reload_key.clone(),
+        stop,
+    ));
 
     let server_handle = axum_server::Handle::new();
     let bind_error = |e: std::io::Error| Error::io(format!("cannot listen on {}", options.listen), e);
@@ -249,6 +261,98 @@ pub async fn serve(
     }
     handle.close();
     result
+}
+
+/// Run every sink's projector until `stop`, and follow a rotation of the master key by another
+/// process: the handle and the projectors go on with the new key (they would otherwise fail
+/// every write and every projection until a restart).
+async fn project(
+    state: Arc<AppState>,
+    follow: FollowOptions,
+    reload_key: Option<KeyReloader>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<()> {
+    let location = state.handle.location().clone();
+    loop {
+        let (stop_these, these_stop) = watch::channel(false);
+        let (reporting, master) = (state.clone(), state.handle.master_key());
+        let running = service::follow(
+            &location,
+            &master,
+            follow.clone(),
+            Some(state.handle.subscribe()),
+            these_stop,
+            move |event| {
+                reporting.metrics.projector(&event);
+                match &event {
+                    ProjectorEvent::Failed { sink, error } => {
+                        tracing::warn!(sink = %sink, error = %error, "projector failed; retrying")
+                    }
+                    ProjectorEvent::Projected { sink, report } => reporting.checkpoints.send_modify(|c| {
+                        let at = c.entry(sink.clone()).or_default();
+                        *at = (*at).max(report.checkpoint);
+                    }),
+                }
+            },
+        );
+        tokio::pin!(running);
+        loop {
+            tokio::select! {
+                result = &mut running => return result,
+                _ = stop.changed() => {
+                    let _ = stop_these.send(true);
+                    return running.await;
+                }
+                _ = tokio::time::sleep(KEY_CHECK_INTERVAL) => {
+                    if follow_key_rotation(&state.handle, reload_key.as_ref()).await {
+                        break;
+                    }
+                }
+            }
+        }
+        // Projectors opened with the replaced key: start them again with the new one.
+        let _ = stop_these.send(true);
+        running.await?;
+    }
+}
+
+/// Whether the ledger's master key was rotated since the handle was given its key, and the
+/// handle now has the new one.
+async fn follow_key_rotation(handle: &LedgerHandle, reload_key: Option<&KeyReloader>) -> bool {
+    let (location, current) = (handle.location().clone(), handle.master_key());
+    let still_current = tokio::task::spawn_blocking(move || Ledger::open(location)?.key_matches(&current))
+        .await
+        .expect("a key check does not panic");
+    if !matches!(still_current, Ok(false)) {
+        return false;
+    }
+    let Some(reload) = reload_key.cloned() else {
+        tracing::error!(
+            "the master key was rotated by another process: restart the server with the new key \
+             (writes fail until then)"
+        );
+        return false;
+    };
+    let new = match tokio::task::spawn_blocking(move || (reload.0)())
+        .await
+        .expect("loading a key does not panic")
+    {
+        Ok(new) => new,
+        Err(e) => {
+            tracing::warn!(error = %e, "the master key was rotated; its new key cannot be loaded yet");
+            return false;
+        }
+    };
+    match handle.rekey(new).await {
+        Ok(()) => {
+            tracing::info!("the master key was rotated by another process: now serving with the new key");
+            true
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "the master key was rotated; the key loaded does not open the ledger yet");
+            false
+        }
+    }
 }
 
 fn hyper_util_timer() -> hyper_util::rt::TokioTimer {

@@ -991,7 +991,7 @@ async fn verify(
 ) -> ApiResult {
     allow(&state, &caller, "verify", None).await?;
     let anchor = body.and_then(|Json(b)| b.anchor);
-    let (location, master) = (state.handle.location().clone(), state.handle.master_key().clone());
+    let (location, master) = (state.handle.location().clone(), state.handle.master_key());
     let doc = state
         .handle
         .read(move |_| {
@@ -1311,7 +1311,7 @@ async fn migrate(
     let runtime = tokio::runtime::Handle::current();
     let (location, master, actor) = (
         state.handle.location().clone(),
-        state.handle.master_key().clone(),
+        state.handle.master_key(),
         caller.principal(),
     );
     let doc = state

@@ -254,6 +254,20 @@ impl Context {
 
     /// The master key that opens this ledger (checked), for library calls that open their own
     /// connections.
+    /// How a server finds the master key again after `key rotate` replaced it: as
+    /// [`Context::open_unlocked`] does.
+    pub fn key_reloader(&self) -> sledger::server::KeyReloader {
+        let (ledger, key_file, kms) = (self.ledger.clone(), self.key_file.clone(), self.kms.clone());
+        sledger::server::KeyReloader::new(move || {
+            let mut opened = Ledger::open(ledger.clone())?;
+            match Self::env_key().ok().flatten() {
+                Some(key) => opened.unlock(key)?,
+                None => sledger::keys::unlock(&mut opened, &key_file, kms.as_deref())?,
+            }
+            Ok(opened.master_key()?.clone())
+        })
+    }
+
     pub fn master_key(&self) -> Result<MasterKey> {
         Ok(self.open_unlocked()?.master_key()?.clone())
     }

@@ -21,6 +21,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
         per_second: args.rate_limit,
         burst: args.rate_limit * 2.0,
     };
+    options.reload_key = Some(ctx.key_reloader());
     options.check()?;
     if !ctx.ledger.exists() {
         crate::keys::init(ctx, crate::cli::InitArgs::default())?;
