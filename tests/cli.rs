@@ -1005,12 +1005,21 @@ fn dotenv_multi_line_values_and_fragments_that_look_like_keys() {
 #[test]
 fn ledger_backup_copies_a_ledger_being_written_and_verifies_it() {
     use std::os::unix::fs::PermissionsExt;
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let env = Env::new();
     env.ok(&["secret", "create", "seed", "--value", "k=v1"]);
     let copy = env.path("copy.db");
     let key = env.key.to_str().unwrap().to_owned();
     let stop = AtomicBool::new(false);
+    let done = AtomicUsize::new(0);
+    // Writes before and after the backup are counted, not timed: a loaded machine is slow.
+    let writes_reach = |at_least: usize| {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while done.load(Ordering::Relaxed) < at_least {
+            assert!(std::time::Instant::now() < until, "the writer stalled");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    };
     let written = std::thread::scope(|scope| {
         let writer = scope.spawn(|| {
             let mut n = 0;
@@ -1025,13 +1034,14 @@ fn ledger_backup_copies_a_ledger_being_written_and_verifies_it() {
                     "0",
                 ]);
                 n += 1;
+                done.store(n, Ordering::Relaxed);
             }
             n
         });
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        writes_reach(3);
         let out = env.ok(&["ledger", "backup", "--to", copy.to_str().unwrap()]);
         assert!(out.contains("verified"), "{out}");
-        std::thread::sleep(std::time::Duration::from_millis(300));
+        writes_reach(done.load(Ordering::Relaxed) + 2);
         stop.store(true, Ordering::Relaxed);
         writer.join().unwrap()
     });

@@ -161,7 +161,7 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
     assert_eq!(read.values.get("password"), Some("s39"));
 
     stop.send(true).unwrap();
-    tokio::time::timeout(Duration::from_secs(3), service)
+    tokio::time::timeout(Duration::from_secs(10), service)
         .await
         .expect("the service stops within its grace")
         .unwrap()

@@ -298,9 +298,10 @@ async fn revoked_and_expired_tokens_are_refused_on_the_next_request() {
     let env = Env::empty();
     let server = Server::start(&env, &[]);
     let admin = server.admin.clone().unwrap();
-    let short = issue(&server, &admin, "short", "reader", &["*"], Some(1)).await;
     let revoked = issue(&server, &admin, "soon-revoked", "reader", &["*"], None).await;
     let local = issue(&server, &admin, "revoked-locally", "reader", &["*"], None).await;
+    // Issued last and used at once, so a slow machine does not expire it before its first use.
+    let short = issue(&server, &admin, "short", "reader", &["*"], Some(3)).await;
     for token in [&short, &revoked, &local] {
         let (status, _) = call(&server, token, Method::GET, "/v1/secrets", None).await;
         assert_eq!(status, StatusCode::OK);
@@ -313,9 +314,19 @@ async fn revoked_and_expired_tokens_are_refused_on_the_next_request() {
     env.ok(&["token", "revoke", "revoked-locally"]);
     let (status, _) = call(&server, &local, Method::GET, "/v1/secrets", None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let (status, _) = call(&server, &short, Method::GET, "/v1/secrets", None).await;
-    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let expired_by = Instant::now() + Duration::from_secs(15);
+    loop {
+        let (status, _) = call(&server, &short, Method::GET, "/v1/secrets", None).await;
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert_eq!(status, StatusCode::OK);
+        assert!(
+            Instant::now() < expired_by,
+            "a 3-second token still works after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // The registry says what happened; no token is ever shown again.
     let listed = env.ok(&["token", "list"]);
     assert!(
@@ -501,11 +512,13 @@ async fn abuse_body_limit_slow_clients_and_rate_limits() {
         String::from_utf8_lossy(&answer)
     );
     // A flood from one token is limited; another token is still served.
-    let flood = (0..40).map(|_| call(&server, &admin, Method::GET, "/v1/secrets", None));
+    // One client, so the 40 requests reach the limiter together (bursts of 10, 5 more a second).
+    let flooding = client();
+    let flood = (0..40).map(|_| flooding.get(server.url("/v1/secrets")).bearer_auth(&admin).send());
     let limited = futures::future::join_all(flood)
         .await
         .into_iter()
-        .filter(|(status, _)| *status == StatusCode::TOO_MANY_REQUESTS)
+        .filter(|r| r.as_ref().unwrap().status() == StatusCode::TOO_MANY_REQUESTS)
         .count();
     assert!(
         limited >= 20,

@@ -86,8 +86,8 @@ fn approle_tokens_are_renewed_and_replaced_while_projecting() {
             "write",
             "auth/approle/role/sledger",
             "token_policies=sledger",
-            "token_ttl=2s",
-            "token_max_ttl=3s",
+            "token_ttl=6s",
+            "token_max_ttl=9s",
         ],
         None,
     );
@@ -125,7 +125,8 @@ fn approle_tokens_are_renewed_and_replaced_while_projecting() {
         .unwrap();
     let started = std::time::Instant::now();
     let mut written = 0;
-    while started.elapsed() < std::time::Duration::from_secs(8) {
+    // Several token lifetimes (a new login at least every 9 s).
+    while started.elapsed() < std::time::Duration::from_secs(20) {
         env.ok(&["secret", "create", &format!("s{written}"), "--value", "k=v"]);
         written += 1;
         std::thread::sleep(std::time::Duration::from_millis(500));

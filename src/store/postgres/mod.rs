@@ -375,6 +375,9 @@ async fn listen(
             done = &mut listening, if !listened => {
                 done?;
                 listened = true;
+                // An append committed while LISTEN was on its way was not heard: whoever
+                // waits looks at the head again, now that no later one can be missed.
+                signal.send_modify(|n| *n += 1);
             }
             message = messages.next() => match message {
                 Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => signal.send_modify(|n| *n += 1),
