@@ -261,7 +261,12 @@ impl Context {
         sledger::server::KeyReloader::new(move || {
             let mut opened = Ledger::open(ledger.clone())?;
             match Self::env_key().ok().flatten() {
-                Some(key) => opened.unlock(key)?,
+                Some(key) => opened.unlock(key).map_err(|_| {
+                    sledger::Error::KeyUnavailable(format!(
+                        "{MASTER_KEY_ENV} holds the key the ledger was rotated away from; \
+                         restart the server with the new one"
+                    ))
+                })?,
                 None => sledger::keys::unlock(&mut opened, &key_file, kms.as_deref())?,
             }
             Ok(opened.master_key()?.clone())
