@@ -252,8 +252,6 @@ impl Context {
         }
     }
 
-    /// The master key that opens this ledger (checked), for library calls that open their own
-    /// connections.
     /// How a server finds the master key again after `key rotate` replaced it: as
     /// [`Context::open_unlocked`] does.
     pub fn key_reloader(&self) -> sledger::server::KeyReloader {
@@ -273,6 +271,8 @@ impl Context {
         })
     }
 
+    /// The master key that opens this ledger (checked), for library calls that open their own
+    /// connections.
     pub fn master_key(&self) -> Result<MasterKey> {
         Ok(self.open_unlocked()?.master_key()?.clone())
     }
