@@ -59,6 +59,41 @@ impl Ledger {
         resolve(self.catalog()?, actor, name, Want::Any)
     }
 
+    /// The commands that bring back the deleted secret called `name` under `new_name`, as one
+    /// request (`undelete NAME --as NEW`): of the deleted secrets of that name, the actor's
+    /// private one first, then the most recently changed. They name it by id, so the live
+    /// secret that holds `name` now is not touched.
+    pub fn undelete_as(&self, actor: &str, name: &str, new_name: String) -> Result<Vec<Command>> {
+        let query = ListQuery {
+            prefix: Some(name.to_owned()),
+            ..ListQuery::new(Status::Deleted)
+        };
+        let mut deleted = Vec::new();
+        self.scan_secrets(actor, &query, &mut |m| {
+            // Names run in order from the prefix: the exact name comes first, then longer ones.
+            let exact = m.name == name;
+            if exact {
+                deleted.push(m);
+            }
+            Ok(exact)
+        })?;
+        let meta = deleted
+            .into_iter()
+            .min_by_key(|m| (m.scope != Scope::Private, std::cmp::Reverse(m.updated_seq)))
+            .ok_or_else(|| Error::SecretNotFound {
+                name: name.to_owned(),
+                hint: " among deleted secrets; `sledger secret list --deleted` shows them".into(),
+            })?;
+        let by_id = format!("{ID_REF_PREFIX}{}", meta.id);
+        Ok(vec![
+            Command::Rename {
+                name: by_id.clone(),
+                new_name,
+            },
+            Command::Undelete { name: by_id },
+        ])
+    }
+
     /// Secrets visible to `actor` with the given status, sorted by name.
     pub fn list(&self, actor: &str, status: Status) -> Result<Vec<SecretMeta>> {
         let mut found = Vec::new();

@@ -458,37 +458,8 @@ fn undelete_as(ctx: &Context, name: &str, new_name: String) -> Result<()> {
             "undelete --as works on a local ledger; through a server, rename the secret by its id (id:UUID) first",
         ));
     }
-    let query = ListQuery {
-        prefix: Some(name.to_owned()),
-        ..ListQuery::new(Status::Deleted)
-    };
-    let mut deleted = Vec::new();
-    ctx.open()?.scan_secrets(&ctx.actor, &query, &mut |m| {
-        // Names run in order from the prefix: the exact name comes first, then longer ones.
-        let exact = m.name == name;
-        if exact {
-            deleted.push(m);
-        }
-        Ok(exact)
-    })?;
-    let Some(meta) = deleted
-        .into_iter()
-        .min_by_key(|m| (m.scope != Scope::Private, std::cmp::Reverse(m.updated_seq)))
-    else {
-        return Err(sledger::Error::SecretNotFound {
-            name: name.to_owned(),
-            hint: " among deleted secrets; `sledger secret list --deleted` shows them".into(),
-        }
-        .into());
-    };
-    let by_id = format!("{}{}", sledger::ledger::ID_REF_PREFIX, meta.id);
-    let (ledger, outcomes) = ctx.execute(vec![
-        Command::Rename {
-            name: by_id.clone(),
-            new_name,
-        },
-        Command::Undelete { name: by_id },
-    ])?;
+    let commands = ctx.open()?.undelete_as(&ctx.actor, name, new_name)?;
+    let (ledger, outcomes) = ctx.execute(commands)?;
     let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
     let docs = outcome_docs("undeleted", &outcomes[1..], primary.as_ref());
     render_writes(ctx, &format!("undeleted {} as", output::printable(name)), &docs)
