@@ -6,7 +6,6 @@
 //! Blocking: each call runs on the client's own single-threaded runtime (like
 //! `reqwest::blocking`), so it must not be called from inside an async runtime.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -61,12 +60,10 @@ pub struct Client {
 /// A token file must be readable by its owner only, as ssh demands of keys.
 fn read_token_file(path: &Path) -> Result<Zeroizing<String>> {
     let unreadable = |e| Error::io(format!("cannot read token file {}", path.display()), e);
-    let meta = std::fs::metadata(path).map_err(unreadable)?;
-    if meta.permissions().mode() & 0o077 != 0 {
+    if let Some(mode) = crate::private_file::loose_mode(path).map_err(unreadable)? {
         return Err(Error::invalid(format!(
-            "token file {} is readable by others (mode {:o}); run `chmod 600 {}`",
+            "token file {} is readable by others (mode {mode:o}); run `chmod 600 {}`",
             path.display(),
-            meta.permissions().mode() & 0o777,
             path.display()
         )));
     }

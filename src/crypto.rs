@@ -129,18 +129,12 @@ impl MasterKey {
     /// Read a key file written by [`MasterKey::write_new_file`]. A key file others can read is
     /// refused, as ssh refuses such a private key.
     pub fn read_file(path: &Path) -> Result<Self> {
-        #[cfg(unix)]
-        if let Ok(meta) = std::fs::metadata(path) {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = meta.permissions().mode();
-            if mode & 0o077 != 0 {
-                return Err(Error::KeyUnavailable(format!(
-                    "key file {} is readable or writable by others (mode {:o}); run `chmod 600 {}`",
-                    path.display(),
-                    mode & 0o777,
-                    path.display()
-                )));
-            }
+        if let Ok(Some(mode)) = crate::private_file::loose_mode(path) {
+            return Err(Error::KeyUnavailable(format!(
+                "key file {} is readable or writable by others (mode {mode:o}); run `chmod 600 {}`",
+                path.display(),
+                path.display()
+            )));
         }
         let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {

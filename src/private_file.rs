@@ -21,3 +21,12 @@ pub fn create(path: &Path, what: &'static str) -> Result<File> {
         _ => Error::io(format!("cannot create {what} {}", path.display()), e),
     })
 }
+
+/// The permission bits of `path` when group or others may use it (a key, token or password
+/// file that must be its owner's alone, as ssh demands of a private key); `None` when it is
+/// owner-only. Each caller says what the file is and what to do.
+pub fn loose_mode(path: &Path) -> std::io::Result<Option<u32>> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path)?.permissions().mode() & 0o777;
+    Ok((mode & 0o077 != 0).then_some(mode))
+}

@@ -288,13 +288,12 @@ pub(crate) fn private_credential_file(
     kind: &str,
     path: &std::path::Path,
 ) -> Result<zeroize::Zeroizing<Vec<u8>>> {
-    use std::os::unix::fs::MetadataExt;
     let unusable = |why: String| Error::sink(kind, format!("{}: {why}", path.display()), false);
-    let meta = std::fs::metadata(path).map_err(|e| unusable(format!("cannot read it ({e})")))?;
-    if meta.mode() & 0o077 != 0 {
+    let loose =
+        crate::private_file::loose_mode(path).map_err(|e| unusable(format!("cannot read it ({e})")))?;
+    if let Some(mode) = loose {
         return Err(unusable(format!(
-            "it holds a credential and may be read by others (mode {:o}); `chmod 600` it",
-            meta.mode() & 0o777
+            "it holds a credential and may be read by others (mode {mode:o}); `chmod 600` it"
         )));
     }
     std::fs::read(path)

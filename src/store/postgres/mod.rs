@@ -227,13 +227,9 @@ fn password_file_entry(config: &tokio_postgres::Config) -> Option<String> {
     let path = std::env::var_os("PGPASSFILE")
         .map(PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".pgpass")))?;
-    let meta = std::fs::metadata(&path).ok()?;
-    {
-        use std::os::unix::fs::PermissionsExt;
-        if meta.permissions().mode() & 0o077 != 0 {
-            tracing::warn!(file = %path.display(), "password file ignored: others may read it (chmod 0600 it)");
-            return None;
-        }
+    if crate::private_file::loose_mode(&path).ok()?.is_some() {
+        tracing::warn!(file = %path.display(), "password file ignored: others may read it (chmod 0600 it)");
+        return None;
     }
     let text = std::fs::read_to_string(&path).ok()?;
     let host = match config.get_hosts().first() {
