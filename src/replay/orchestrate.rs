@@ -291,7 +291,8 @@ fn without_projected_since(ledger: &Ledger, differences: Vec<Difference>) -> Res
 /// wrong, so neither forcing the ledger's state nor a catch-up may treat it as a difference.
 fn projected_since(ledger: &Ledger, d: &Difference) -> Result<bool> {
     match (d.kind, d.sink_seq) {
-        (DiffKind::Ahead | DiffKind::Newer, Some(seq)) if seq <= ledger.head()?.seq => Ok(ledger
+        // A seq beyond the head has no event: one lookup answers both questions.
+        (DiffKind::Ahead | DiffKind::Newer, Some(seq)) => Ok(ledger
             .store()
             .event(seq)?
             .is_some_and(|e| e.secret_id == Some(d.id))),

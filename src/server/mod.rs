@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::error::{Error, ErrorClass, Result};
 use crate::project::service::{self, FollowOptions, ProjectorEvent};
 use crate::project::PrimaryWait;
-use crate::{Ledger, LedgerHandle, MasterKey};
+use crate::{LedgerHandle, MasterKey};
 
 pub use auth::RateLimit;
 
@@ -273,6 +273,7 @@ async fn project(
     mut stop: watch::Receiver<bool>,
 ) -> Result<()> {
     let location = state.handle.location().clone();
+    let mut told_to_restart = false;
     loop {
         let (stop_these, these_stop) = watch::channel(false);
         let (reporting, master) = (state.clone(), state.handle.master_key());
@@ -304,7 +305,7 @@ async fn project(
                     return running.await;
                 }
                 _ = tokio::time::sleep(KEY_CHECK_INTERVAL) => {
-                    if follow_key_rotation(&state.handle, reload_key.as_ref()).await {
+                    if follow_key_rotation(&state.handle, reload_key.as_ref(), &mut told_to_restart).await {
                         break;
                     }
                 }
@@ -317,20 +318,26 @@ async fn project(
 }
 
 /// Whether the ledger's master key was rotated since the handle was given its key, and the
-/// handle now has the new one.
-async fn follow_key_rotation(handle: &LedgerHandle, reload_key: Option<&KeyReloader>) -> bool {
-    let (location, current) = (handle.location().clone(), handle.master_key());
-    let still_current = tokio::task::spawn_blocking(move || Ledger::open(location)?.key_matches(&current))
-        .await
-        .expect("a key check does not panic");
+/// handle now has the new one. Without a way to load the new key, says once that the server
+/// must be restarted (`told_to_restart`).
+async fn follow_key_rotation(
+    handle: &LedgerHandle,
+    reload_key: Option<&KeyReloader>,
+    told_to_restart: &mut bool,
+) -> bool {
+    let current = handle.master_key();
+    // One of the handle's read connections: no new connection a second.
+    let still_current = handle.read(move |ledger| ledger.key_matches(&current)).await;
     if !matches!(still_current, Ok(false)) {
         return false;
     }
     let Some(reload) = reload_key.cloned() else {
-        tracing::error!(
-            "the master key was rotated by another process: restart the server with the new key \
-             (writes fail until then)"
-        );
+        if !std::mem::replace(told_to_restart, true) {
+            tracing::error!(
+                "the master key was rotated by another process: restart the server with the new key \
+                 (writes fail until then)"
+            );
+        }
         return false;
     };
     let new = match tokio::task::spawn_blocking(move || (reload.0)())
