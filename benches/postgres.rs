@@ -9,7 +9,8 @@
 //! 3. failover: SIGKILL the server that applied the last batch; the time until the other has
 //!    applied a write made after the kill.
 //!
-//! `cargo bench --bench postgres` prints Markdown tables for the README.
+//! `cargo bench --bench postgres` prints Markdown tables for the README;
+//! `POSTGRES_BENCH_WRITERS=16` runs that row of the first alone (to profile it).
 
 #[allow(dead_code)]
 #[path = "../tests/common/pg.rs"]
@@ -173,7 +174,12 @@ fn main() {
 
     println!("| writers | sledger creates/s (durable, group commit) | requests per commit | raw INSERT of the same rows, same transactions | sledger ÷ raw | raw INSERT, 1 000-row transactions |");
     println!("|---|---|---|---|---|---|");
-    for (i, writers) in [1, 16, 64].into_iter().enumerate() {
+    // POSTGRES_BENCH_WRITERS=16 runs that row alone (to profile it), without the servers.
+    let only: Option<usize> = std::env::var("POSTGRES_BENCH_WRITERS")
+        .ok()
+        .map(|n| n.parse().expect("POSTGRES_BENCH_WRITERS is a number"));
+    let rows = only.map_or(vec![1, 16, 64], |n| vec![n]);
+    for (i, writers) in rows.into_iter().enumerate() {
         let url = server.database(&format!("handle{i}"));
         let location = Location::parse(&url).unwrap();
         let master = MasterKey::generate();
@@ -185,6 +191,10 @@ fn main() {
             "| {writers} | {per_second:.0} | {per_commit:.1} | {raw:.0} rows/s | {:.0} % | {raw_1000:.0} rows/s |",
             per_second / raw * 100.0
         );
+    }
+
+    if only.is_some() {
+        return;
     }
 
     // Two servers, one database.

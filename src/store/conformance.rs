@@ -23,6 +23,7 @@ pub fn run_all(fresh: Fresh<'_>) {
     settings_round_trip(fresh);
     catalog_rows_answer_every_lookup(fresh);
     lists_filter_by_label_prefix_and_start_in_order(fresh);
+    a_secret_created_and_relabelled_is_listed_under_its_last_labels(fresh);
     data_keys_are_put_destroyed_and_rewrapped(fresh);
     many_rows_at_once_equal_one_at_a_time(fresh);
     sink_progress_only_moves_forward(fresh);
@@ -447,6 +448,53 @@ fn lists_filter_by_label_prefix_and_start_in_order(fresh: Fresh<'_>) {
     tx.put_secret(&moved).unwrap();
     tx.commit().unwrap();
     assert_eq!(names(&deleted), ["web/a", "zz"]);
+}
+
+/// A store may skip clearing the labels of a secret created in the same write (it has none
+/// yet); the labels it then holds are still exactly the last ones, within one transaction and
+/// across two.
+fn a_secret_created_and_relabelled_is_listed_under_its_last_labels(fresh: Fresh<'_>) {
+    let (store, _) = fresh();
+    let id = SecretId::now_v7();
+    let labelled = |team: &str, seq: u64| {
+        let mut m = meta(id, "db", Scope::Workspace, "alice", Status::Live, seq);
+        m.labels = BTreeMap::from([("team".to_owned(), team.to_owned())]);
+        m
+    };
+    let listed_under = |store: &dyn Store, team: &str| {
+        let query = ListQuery {
+            labels: BTreeMap::from([("team".to_owned(), team.to_owned())]),
+            ..ListQuery::new(Status::Live)
+        };
+        listed(store, &query, &["workspace"]).len()
+    };
+    let created = Event::SecretCreated {
+        name: "db".into(),
+        scope: Scope::Workspace,
+        owner: "alice".into(),
+        labels: BTreeMap::from([("team".to_owned(), "red".to_owned())]),
+        values: crate::event::SealedValues {
+            ciphertext: vec![0; 40],
+            fingerprints: BTreeMap::new(),
+        },
+    };
+    let tx = Write::begin(&*store).unwrap();
+    chain(&*tx, vec![(Some(id), created)], 1_000);
+    tx.put_secret(&labelled("red", 1)).unwrap();
+    tx.put_secret(&labelled("blue", 1)).unwrap();
+    tx.commit().unwrap();
+    assert_eq!(
+        (listed_under(&*store, "red"), listed_under(&*store, "blue")),
+        (0, 1),
+        "only the labels the transaction left"
+    );
+    for (seq, team) in [(2, "green"), (3, "blue")] {
+        let tx = Write::begin(&*store).unwrap();
+        tx.put_secret(&labelled(team, seq)).unwrap();
+        tx.commit().unwrap();
+        assert_eq!(listed_under(&*store, team), 1, "relabelled {team}");
+    }
+    assert_eq!(listed_under(&*store, "green"), 0, "a later relabel replaces them");
 }
 
 fn data_keys_are_put_destroyed_and_rewrapped(fresh: Fresh<'_>) {

@@ -1203,9 +1203,12 @@ impl Store for PgStore {
             .map(|(ns, name)| (ns.as_str(), name.as_str()))
             .unzip();
         let mut taken = vec![false; names.len()];
+        // One index probe per name, whatever the statistics say: as an EXISTS, the planner
+        // may make this a hash join over every live row when the catalog grew faster than
+        // autovacuum analyzes it (2–3 ms a group at 20 000 secrets, against 0.1 ms).
         let rows = self.query(
             "SELECT n.i FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS n(ns, name, i)
-             WHERE EXISTS (SELECT 1 FROM catalog c WHERE c.namespace = n.ns AND c.name = n.name AND c.status = 'live')",
+             WHERE (SELECT true FROM catalog c WHERE c.namespace = n.ns AND c.name = n.name AND c.status = 'live')",
             &[&namespaces, &names],
         )?;
         for row in &rows {

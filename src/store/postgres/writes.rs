@@ -4,7 +4,7 @@
 //! many requests so costs a handful of statements, not several per request, and a request
 //! rolled back before anything was sent costs none.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use tokio_postgres::types::ToSql;
 
@@ -110,7 +110,14 @@ impl Run {
         }
         if !self.secrets.is_empty() {
             let metas: Vec<&SecretMeta> = self.secrets.values().collect();
-            for (sql, params) in catalog_rows(&metas) {
+            // A secret created in this run has no label rows yet: nothing to delete for it.
+            let created: HashSet<SecretId> = self
+                .events
+                .iter()
+                .filter(|e| e.event_type == "secret.created")
+                .filter_map(|e| e.secret_id)
+                .collect();
+            for (sql, params) in catalog_rows(&metas, &created) {
                 statement(sql, params);
             }
         }
@@ -168,29 +175,30 @@ fn events(events: &[StoredEvent]) -> OwnedParams {
 
 /// The statements that make the catalog hold `metas` (one per secret): their rows, and their
 /// labels in place of any they had.
-fn catalog_rows(metas: &[&SecretMeta]) -> Vec<(&'static str, OwnedParams)> {
+fn catalog_rows(metas: &[&SecretMeta], created: &HashSet<SecretId>) -> Vec<(&'static str, OwnedParams)> {
+    let relabelled = ids(metas.iter().map(|m| &m.id).filter(|id| !created.contains(id)));
     let ids = ids(metas.iter().map(|m| &m.id));
     let namespaces: Vec<String> = metas.iter().map(|m| m.namespace()).collect();
-    let mut rows = vec![
-        (
-            "INSERT INTO catalog (secret_id, namespace, name, status, updated_seq, meta)
+    let mut rows = vec![(
+        "INSERT INTO catalog (secret_id, namespace, name, status, updated_seq, meta)
              SELECT * FROM unnest($1::bytea[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bytea[])
              ON CONFLICT (secret_id) DO UPDATE SET namespace = excluded.namespace, name = excluded.name,
              status = excluded.status, updated_seq = excluded.updated_seq, meta = excluded.meta",
-            vec![
-                Box::new(ids.clone()) as Box<dyn ToSql + Sync + Send>,
-                Box::new(namespaces.clone()),
-                Box::new(metas.iter().map(|m| m.name.clone()).collect::<Vec<_>>()),
-                Box::new(metas.iter().map(|m| m.status.as_str()).collect::<Vec<_>>()),
-                Box::new(metas.iter().map(|m| m.updated_seq as i64).collect::<Vec<_>>()),
-                Box::new(metas.iter().map(|m| m.to_bytes().to_vec()).collect::<Vec<_>>()),
-            ],
-        ),
-        (
+        vec![
+            Box::new(ids.clone()) as Box<dyn ToSql + Sync + Send>,
+            Box::new(namespaces.clone()),
+            Box::new(metas.iter().map(|m| m.name.clone()).collect::<Vec<_>>()),
+            Box::new(metas.iter().map(|m| m.status.as_str()).collect::<Vec<_>>()),
+            Box::new(metas.iter().map(|m| m.updated_seq as i64).collect::<Vec<_>>()),
+            Box::new(metas.iter().map(|m| m.to_bytes().to_vec()).collect::<Vec<_>>()),
+        ],
+    )];
+    if !relabelled.is_empty() {
+        rows.push((
             "DELETE FROM catalog_labels WHERE secret_id = ANY($1)",
-            vec![Box::new(ids.clone())],
-        ),
-    ];
+            vec![Box::new(relabelled)],
+        ));
+    }
     let (mut keys, mut values, mut statuses, mut names, mut spaces, mut owners) = (
         Vec::new(),
         Vec::new(),
