@@ -739,9 +739,29 @@ impl Ledger {
             .expect("one result per request")
     }
 
-    /// One write transaction for `requests`; with more than one, each runs in its own
-    /// savepoint. `Err` only when the transaction itself fails.
+    /// One write transaction for `requests`. With more than one, each is all-or-nothing on
+    /// its own: the group runs first without a savepoint per request, and only if one of them
+    /// fails once more with them. Most groups have no failing request, and on SQLite a
+    /// savepoint copies every page its request touches into a sub-journal (a sixth of the
+    /// writer's time at 16 writers). `Err` only when the transaction itself fails.
     pub(super) fn append_group(&mut self, requests: &[Request]) -> Result<Vec<Result<Vec<Outcome>>>> {
+        if requests.len() > 1 {
+            if let Some(results) = self.append_in_one_transaction(requests, false)? {
+                return Ok(results);
+            }
+        }
+        Ok(self
+            .append_in_one_transaction(requests, true)?
+            .expect("with savepoints every request gets a result"))
+    }
+
+    /// [`Ledger::append_group`]'s transaction, with a savepoint per request or none; without,
+    /// a failing request rolls the whole transaction back and the answer is `None`.
+    fn append_in_one_transaction(
+        &mut self,
+        requests: &[Request],
+        savepoints: bool,
+    ) -> Result<Option<Vec<Result<Vec<Outcome>>>>> {
         self.catalog()?;
         let keys = self.keys.as_ref();
         let settings = self.settings;
@@ -767,6 +787,14 @@ impl Ledger {
             if alone {
                 // The transaction is the unit: a failure rolls it back as a whole.
                 results.push(Ok(planner.append_request(request, &mut head, now)?));
+                continue;
+            }
+            if !savepoints {
+                match planner.append_request(request, &mut head, now) {
+                    Ok(outcomes) => results.push(Ok(outcomes)),
+                    // Its writes cannot be undone alone: dropping `tx` rolls back them all.
+                    Err(_) => return Ok(None),
+                }
                 continue;
             }
             tx.savepoint()?;
@@ -799,6 +827,6 @@ impl Ledger {
         if purged {
             self.store.scrub();
         }
-        Ok(results)
+        Ok(Some(results))
     }
 }
