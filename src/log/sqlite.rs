@@ -22,25 +22,32 @@ pub(crate) const CATALOG_SQL: &str = include_str!("../../schema/ledger/0003_cata
 pub(crate) const SINKS_SQL: &str = include_str!("../../schema/ledger/0004_sinks.sql");
 /// SQL of the catalog's list indexes and label rows, re-run with [`CATALOG_SQL`].
 pub(crate) const LISTS_SQL: &str = include_str!("../../schema/ledger/0007_catalog_lists.sql");
+/// SQL dropping the catalog's name index, re-run after [`CATALOG_SQL`] (which creates it).
+pub(crate) const NO_NAME_INDEX_SQL: &str =
+    include_str!("../../schema/ledger/0011_catalog_without_name_index.sql");
+
+/// The ledger's schema, one migration per numbered file of `schema/ledger/`, in order.
+const SCHEMA: [&str; 11] = [
+    include_str!("../../schema/ledger/0001_events.sql"),
+    include_str!("../../schema/ledger/0002_keys_and_settings.sql"),
+    CATALOG_SQL,
+    SINKS_SQL,
+    include_str!("../../schema/ledger/0005_tokens_and_access_log.sql"),
+    include_str!("../../schema/ledger/0006_event_macs.sql"),
+    LISTS_SQL,
+    include_str!("../../schema/ledger/0008_event_filters.sql"),
+    include_str!("../../schema/ledger/0009_checkpoint_macs.sql"),
+    include_str!("../../schema/ledger/0010_projected_by.sql"),
+    NO_NAME_INDEX_SQL,
+];
 
 fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![
-        M::up(include_str!("../../schema/ledger/0001_events.sql")),
-        M::up(include_str!("../../schema/ledger/0002_keys_and_settings.sql")),
-        M::up(CATALOG_SQL),
-        M::up(SINKS_SQL),
-        M::up(include_str!("../../schema/ledger/0005_tokens_and_access_log.sql")),
-        M::up(include_str!("../../schema/ledger/0006_event_macs.sql")),
-        M::up(LISTS_SQL),
-        M::up(include_str!("../../schema/ledger/0008_event_filters.sql")),
-        M::up(include_str!("../../schema/ledger/0009_checkpoint_macs.sql")),
-        M::up(include_str!("../../schema/ledger/0010_projected_by.sql")),
-    ])
+    Migrations::new(SCHEMA.iter().map(|sql| M::up(sql)).collect())
 }
 
 /// The newest schema version this build knows.
 pub fn schema_version() -> i64 {
-    10
+    SCHEMA.len() as i64
 }
 
 fn configure(conn: &Connection) -> Result<()> {

@@ -351,6 +351,18 @@ fn catalog_rows_answer_every_lookup(fresh: Fresh<'_>) {
         "a deleted secret frees its name"
     );
     assert_eq!(store.secret_count().unwrap(), 4);
+    // A name finds its secrets in every status, a purged one too.
+    let tx = Write::begin(&*store).unwrap();
+    tx.put_secret(&meta(ids[0], "db", Scope::Workspace, "alice", Status::Purged, 6))
+        .unwrap();
+    tx.commit().unwrap();
+    let named: Vec<(SecretId, Status)> = store
+        .secrets_named("db", &["workspace"])
+        .unwrap()
+        .iter()
+        .map(|m| (m.id, m.status))
+        .collect();
+    assert_eq!(named, [(ids[0], Status::Purged), (ids[1], Status::Deleted)]);
 }
 
 fn listed(store: &dyn Store, query: &ListQuery, namespaces: &[&str]) -> Vec<SecretMeta> {

@@ -371,8 +371,10 @@ impl Store for SqliteStore {
     }
 
     fn secrets_named(&self, name: &str, namespaces: &[&str]) -> Result<Vec<SecretMeta>> {
+        // Every status named, so that catalog_listing (status, name, namespace) answers it.
         let sql = format!(
-            "SELECT meta FROM catalog WHERE name = ?1 AND namespace IN ({}) ORDER BY updated_seq DESC",
+            "SELECT meta FROM catalog WHERE status IN ('live', 'deleted', 'purged') AND name = ?1 \
+             AND namespace IN ({}) ORDER BY updated_seq DESC",
             placeholders(2, namespaces.len())
         );
         let mut values: Vec<&dyn rusqlite::ToSql> = vec![&name];
@@ -703,6 +705,7 @@ impl Store for SqliteStore {
         )?;
         self.conn.execute_batch(log::CATALOG_SQL)?;
         self.conn.execute_batch(log::LISTS_SQL)?;
+        self.conn.execute_batch(log::NO_NAME_INDEX_SQL)?;
         self.conn.execute_batch(log::SINKS_SQL)?;
         Ok(())
     }
