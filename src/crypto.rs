@@ -129,6 +129,16 @@ impl MasterKey {
     /// Read a key file written by [`MasterKey::write_new_file`]. A key file others can read is
     /// refused, as ssh refuses such a private key.
     pub fn read_file(path: &Path) -> Result<Self> {
+        Self::read_file_if_present(path)?.ok_or_else(|| {
+            Error::KeyUnavailable(format!(
+                "no key file at {}; pass --key-file / SLEDGER_KEY_FILE or set {MASTER_KEY_ENV}",
+                path.display()
+            ))
+        })
+    }
+
+    /// As [`MasterKey::read_file`], but a file that is not there is `None`.
+    pub fn read_file_if_present(path: &Path) -> Result<Option<Self>> {
         if let Ok(Some(mode)) = crate::private_file::loose_mode(path) {
             return Err(Error::KeyUnavailable(format!(
                 "key file {} is readable or writable by others (mode {mode:o}); run `chmod 600 {}`",
@@ -136,17 +146,12 @@ impl MasterKey {
                 path.display()
             )));
         }
-        let text = Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                Error::KeyUnavailable(format!(
-                    "no key file at {}; pass --key-file / SLEDGER_KEY_FILE or set {MASTER_KEY_ENV}",
-                    path.display()
-                ))
-            } else {
-                Error::io(format!("cannot read key file {}", path.display()), e)
-            }
-        })?);
-        Self::from_base64(&text)
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => Zeroizing::new(text),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(format!("cannot read key file {}", path.display()), e)),
+        };
+        Self::from_base64(&text).map(Some)
     }
 
     /// Write the key to a new file with mode 0600; never overwrites.

@@ -1331,3 +1331,16 @@ fn tables_fit_the_terminal_and_line_up_by_display_width() {
     let piped = env.ok(&["secret", "list"]);
     assert!(piped.contains(&long), "piped output is never cut: {piped}");
 }
+
+/// A standby sink is written by replays only: `project --sink` refuses it, saying so, and a
+/// sink that is not attached is not found.
+#[test]
+fn project_refuses_a_standby_sink_by_name() {
+    let env = Env::new();
+    let standby = format!("sqlite://{}", env.path("standby.db").display());
+    env.ok(&["sink", "add", "sb", &standby, "--role", "standby"]);
+    env.ok(&["secret", "create", "a", "--value", "k=v"]);
+    let err = env.fails(&["project", "--sink", "sb"], USAGE);
+    assert!(err.contains(r#"sink "sb" is a standby"#), "{err}");
+    env.fails(&["project", "--sink", "nosuch"], NOT_FOUND);
+}

@@ -499,6 +499,23 @@ impl Drop for SinkWriting<'_> {
 
 /// Open attached sink `name` and [`project`] into it. A sink that cannot even be opened (its
 /// file gone, its plug-in missing) is recorded as the sink's last error, like a failed batch.
+/// The sinks a projector writes (every role but standby), or just `only`, which must be one.
+pub fn projected_sinks(ledger: &Ledger, only: Option<&str>) -> Result<Vec<String>> {
+    if let Some(only) = only {
+        if !ledger.sink_config(only)?.role.is_projected() {
+            return Err(Error::invalid(format!(
+                "sink {only:?} is a standby: no projector writes it (use a replay)"
+            )));
+        }
+    }
+    Ok(ledger
+        .sinks()?
+        .into_values()
+        .filter(|s| s.role.is_projected() && only.is_none_or(|o| o == s.name))
+        .map(|s| s.name)
+        .collect())
+}
+
 pub async fn project_named(ledger: &Ledger, name: &str, opts: &ProjectOptions) -> Result<ProjectReport> {
     let sink = match ledger.open_sink(name) {
         Ok((_, sink)) => sink,

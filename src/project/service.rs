@@ -164,23 +164,9 @@ pub async fn follow(
     Ok(())
 }
 
-/// The sinks a projector writes (all roles but standby), or just `only`.
+/// [`super::projected_sinks`] of the ledger at `location`.
 fn projected_sinks(location: Location, master: MasterKey, only: Option<&str>) -> Result<Vec<String>> {
-    let ledger = Ledger::open_with_key(location, master)?;
-    if let Some(only) = only {
-        let config = ledger.sink_config(only)?;
-        if !config.role.is_projected() {
-            return Err(crate::Error::invalid(format!(
-                "sink {only:?} is a standby: no projector writes it (use a replay)"
-            )));
-        }
-    }
-    Ok(ledger
-        .sinks()?
-        .into_values()
-        .filter(|s| s.role.is_projected() && only.is_none_or(|o| o == s.name))
-        .map(|s| s.name)
-        .collect())
+    super::projected_sinks(&Ledger::open_with_key(location, master)?, only)
 }
 
 struct Projector {

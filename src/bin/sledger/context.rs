@@ -44,6 +44,16 @@ pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
         .block_on(future)
 }
 
+/// Resolves when the process is asked to stop: Ctrl-C or SIGTERM.
+pub async fn terminated() {
+    let mut term =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
 fn default_ledger_path() -> PathBuf {
     dirs::data_dir()
         .unwrap_or_else(|| PathBuf::from("."))
@@ -245,11 +255,7 @@ impl Context {
         if let Some(key) = Self::env_key()? {
             return Ok(Some(key));
         }
-        match MasterKey::read_file(&self.key_file) {
-            Ok(key) => Ok(Some(key)),
-            Err(sledger::Error::KeyUnavailable(why)) if why.starts_with("no key file") => Ok(None),
-            Err(e) => Err(e.into()),
-        }
+        Ok(MasterKey::read_file_if_present(&self.key_file)?)
     }
 
     /// How a server finds the master key again after `key rotate` replaced it: as

@@ -43,14 +43,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
     let json = ctx.json();
     runtime.block_on(async move {
         let handle = LedgerHandle::open(ctx.ledger.clone(), master)?;
-        let shutdown = async {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        };
+        let shutdown = crate::context::terminated();
         let scheme = if options.tls.is_some() { "https" } else { "http" };
         let ready = move |address: std::net::SocketAddr| {
             if json {

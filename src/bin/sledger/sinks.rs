@@ -251,22 +251,10 @@ async fn project_all(
     only: Option<&str>,
     opts: &ProjectOptions,
 ) -> Result<Vec<(String, sledger::Result<ProjectReport>)>> {
-    let sinks: Vec<_> = ledger
-        .sinks()?
-        .into_values()
-        .filter(|s| s.role.is_projected() && only.is_none_or(|o| o == s.name))
-        .collect();
-    if let Some(o) = only {
-        if sinks.is_empty() {
-            ledger.sink_config(o)?; // not found, or a standby: say which
-            anyhow::bail!(crate::exit::usage(format!(
-                "sink {o:?} is a standby: no projector writes it (use a replay)"
-            )));
-        }
-    }
-    let runs = sinks.iter().map(|s| async move {
-        let result = project::project_named(ledger, &s.name, opts).await;
-        (s.name.clone(), result)
+    let sinks = project::projected_sinks(ledger, only)?;
+    let runs = sinks.into_iter().map(|name| async move {
+        let result = project::project_named(ledger, &name, opts).await;
+        (name, result)
     });
     Ok(futures::future::join_all(runs).await)
 }
@@ -394,12 +382,7 @@ fn follow(ctx: &Context, only: Option<&str>, opts: ProjectOptions) -> Result<()>
     let (stop, stopped) = tokio::sync::watch::channel(false);
     block_on(async {
         tokio::spawn(async move {
-            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                .expect("SIGTERM handler");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
+            crate::context::terminated().await;
             let _ = stop.send(true);
         });
         service::follow(&ctx.ledger, &master, options, None, stopped, move |event| match event {
