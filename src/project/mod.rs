@@ -497,8 +497,6 @@ impl Drop for SinkWriting<'_> {
     }
 }
 
-/// Open attached sink `name` and [`project`] into it. A sink that cannot even be opened (its
-/// file gone, its plug-in missing) is recorded as the sink's last error, like a failed batch.
 /// The sinks a projector writes (every role but standby), or just `only`, which must be one.
 pub fn projected_sinks(ledger: &Ledger, only: Option<&str>) -> Result<Vec<String>> {
     if let Some(only) = only {
@@ -516,6 +514,8 @@ pub fn projected_sinks(ledger: &Ledger, only: Option<&str>) -> Result<Vec<String
         .collect())
 }
 
+/// Open attached sink `name` and [`project`] into it. A sink that cannot even be opened (its
+/// file gone, its plug-in missing) is recorded as the sink's last error, like a failed batch.
 pub async fn project_named(ledger: &Ledger, name: &str, opts: &ProjectOptions) -> Result<ProjectReport> {
     let sink = match ledger.open_sink(name) {
         Ok((_, sink)) => sink,

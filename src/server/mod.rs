@@ -326,8 +326,12 @@ async fn follow_key_rotation(
     told_to_restart: &mut bool,
 ) -> bool {
     let current = handle.master_key();
-    // One of the handle's read connections: no new connection a second.
-    let still_current = handle.read(move |ledger| ledger.key_matches(&current)).await;
+    // One of the handle's read connections: no new connection a second. A connection that
+    // had to be opened for it is opened with the current key, which fails if that is stale.
+    let still_current = match handle.read(move |ledger| ledger.key_matches(&current)).await {
+        Err(Error::WrongKey) => Ok(false),
+        checked => checked,
+    };
     if !matches!(still_current, Ok(false)) {
         return false;
     }
