@@ -190,6 +190,11 @@ impl Outcome {
         }
     }
 
+    /// Whether it is about a secret (appended to or left unchanged), not a sink or a record.
+    pub fn is_about_a_secret(&self) -> bool {
+        matches!(self, Outcome::Appended { .. } | Outcome::Unchanged { .. })
+    }
+
     /// The outcome as the CLI's `--format json` and the API show it: the secret's metadata
     /// with `result` (`verb`, or `unchanged`) and `seq`, or the sink or record it changed.
     pub fn to_json(&self, verb: &str) -> serde_json::Value {

@@ -600,6 +600,24 @@ pub fn primary(ledger: &Ledger) -> Result<Option<String>> {
         .map(|s| s.name))
 }
 
+/// A write's documents, as `--format json` and the API show them: one per secret it changed
+/// or left unchanged (one per outcome if it touched no secret), each with the primary's state
+/// after it.
+pub fn write_docs(verb: &str, outcomes: &[Outcome], primary: Option<&PrimaryWait>) -> Vec<serde_json::Value> {
+    let secrets = outcomes.iter().any(Outcome::is_about_a_secret);
+    outcomes
+        .iter()
+        .filter(|o| !secrets || o.is_about_a_secret())
+        .map(|o| {
+            let mut doc = o.to_json(verb);
+            if let Some(p) = primary {
+                doc["primary"] = serde_json::json!(p);
+            }
+            doc
+        })
+        .collect()
+}
+
 /// Whether the primary applied a write in time.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct PrimaryWait {

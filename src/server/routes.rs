@@ -512,9 +512,7 @@ async fn execute_docs(
     let started = Instant::now();
     let outcomes = state.handle.execute(&caller.principal(), commands).await?;
     state.metrics.append(started.elapsed().as_secs_f64());
-    let secrets = outcomes
-        .iter()
-        .any(|o| matches!(o, Outcome::Appended { .. } | Outcome::Unchanged { .. }));
+    let secrets = outcomes.iter().any(Outcome::is_about_a_secret);
     let primary = match outcomes.iter().filter_map(Outcome::seq).max() {
         Some(seq) if secrets && wait.wait_ms > 0 => {
             state
@@ -523,17 +521,7 @@ async fn execute_docs(
         }
         _ => None,
     };
-    Ok(outcomes
-        .iter()
-        .filter(|o| !secrets || matches!(o, Outcome::Appended { .. } | Outcome::Unchanged { .. }))
-        .map(|o| {
-            let mut doc = o.to_json(verb);
-            if let Some(p) = &primary {
-                doc["primary"] = json!(p);
-            }
-            doc
-        })
-        .collect())
+    Ok(crate::project::write_docs(verb, &outcomes, primary.as_ref()))
 }
 
 fn values_from(map: BTreeMap<String, Zeroizing<String>>) -> Result<SecretValues> {

@@ -13,8 +13,9 @@ use crate::cli::{BackupArgs, DiffArgs, MigrateArgs, ReconcileArgs, ReplayArgs, R
 use crate::context::{block_on, Context};
 use crate::exit::out_of_sync;
 use crate::output::{self, outln};
-use crate::secret::{outcome_docs, render_writes};
+use crate::secret::render_writes;
 use crate::sinks::refuse_memory;
+use sledger::project::write_docs;
 
 fn target(ledger: &Ledger, args: &TargetArgs) -> Result<u64> {
     let target = match (&args.at, args.seq) {
@@ -365,7 +366,7 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
             if !args.dry_run && !plan.commands.is_empty() {
                 let outcomes = ledger.execute(&ctx.actor, plan.commands)?;
                 let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
-                doc["outcomes"] = json!(outcome_docs(
+                doc["outcomes"] = json!(write_docs(
                     &format!("restored to seq {seq}:"),
                     &outcomes,
                     primary.as_ref()

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
 use sledger::read::{read_latest, ReadFrom, Served};
-use sledger::{Command, ListQuery, Outcome, ReadPoint, Scope, SecretValues, Status};
+use sledger::{Command, ListQuery, ReadPoint, Scope, SecretValues, Status};
 use zeroize::Zeroizing;
 
 use crate::cli::{FromArg, SecretCmd, ValueArgs};
@@ -15,7 +15,7 @@ use crate::context::{block_on, Context};
 use crate::exit::usage;
 use crate::output;
 use crate::output::outln;
-use sledger::project::PrimaryWait;
+use sledger::project::{write_docs, PrimaryWait};
 
 /// Split `K=V` at the first `=`.
 fn split_pair<'a>(flag: &str, text: &'a str) -> Result<(&'a str, &'a str)> {
@@ -143,21 +143,6 @@ impl ClassifyKind for serde_json::Error {
     }
 }
 
-/// The JSON documents of a write: each outcome, with the primary's state after it.
-pub fn outcome_docs(verb: &str, outcomes: &[Outcome], primary: Option<&PrimaryWait>) -> Vec<Value> {
-    outcomes
-        .iter()
-        .filter(|o| matches!(o, Outcome::Appended { .. } | Outcome::Unchanged { .. }))
-        .map(|o| {
-            let mut doc = o.to_json(verb);
-            if let Some(p) = primary {
-                doc["primary"] = json!(p);
-            }
-            doc
-        })
-        .collect()
-}
-
 /// Report what a write did, and whether the primary has applied it: one document per changed
 /// secret (the same for a local ledger and a server). A write the primary applied but did not
 /// take (it keeps a record beyond the ledger's head) is an error, after the documents.
@@ -221,7 +206,7 @@ pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
             None => {
                 let (ledger, outcomes) = ctx.execute(vec![command])?;
                 let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
-                outcome_docs(verb, &outcomes, primary.as_ref())
+                write_docs(verb, &outcomes, primary.as_ref())
             }
         };
         render_writes(ctx, said, &docs)
@@ -461,7 +446,7 @@ fn undelete_as(ctx: &Context, name: &str, new_name: String) -> Result<()> {
     let commands = ctx.open()?.undelete_as(&ctx.actor, name, new_name)?;
     let (ledger, outcomes) = ctx.execute(commands)?;
     let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
-    let docs = outcome_docs("undeleted", &outcomes[1..], primary.as_ref());
+    let docs = write_docs("undeleted", &outcomes[1..], primary.as_ref());
     render_writes(ctx, &format!("undeleted {} as", output::printable(name)), &docs)
 }
 
