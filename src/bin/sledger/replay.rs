@@ -4,6 +4,7 @@
 use anyhow::Result;
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
+use sledger::client::Client as Remote;
 use sledger::replay::orchestrate::{self, MigratePlan, MigrateStep, MigrateTo, Mode, Phase, Resync};
 use sledger::replay::{self, Desired, Target};
 use sledger::sink::{Sink, SinkUrl};
@@ -78,6 +79,15 @@ impl Bars {
 
 /// Print one resync document (from this process or a server): the difference when nothing is
 /// applied (a dry run, or in sync), and what applying did.
+/// POST a replay to the server, and show the progress events its answer carries.
+fn post_showing_events(ctx: &Context, remote: &Remote, what: &str, body: Value) -> Result<Value> {
+    let answer = remote.post(&[what], body)?;
+    for event in answer["events"].as_array().into_iter().flatten() {
+        show_resync(ctx, event);
+    }
+    Ok(answer)
+}
+
 fn show_resync(ctx: &Context, event: &Value) {
     let sink = event["sink"].as_str().unwrap_or_default();
     match event["event"].as_str() {
@@ -248,15 +258,12 @@ pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
 
 pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
     if let Some(remote) = &ctx.remote {
-        let answer = remote.post(
-            &["reconcile"],
+        post_showing_events(
+            ctx,
+            remote,
+            "reconcile",
             json!({"sink": args.sink, "force_ledger": args.force_ledger}),
         )?;
-        answer["events"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .for_each(|e| show_resync(ctx, e));
         return Ok(());
     }
     let mut ledger = ctx.open_to_write()?;
@@ -286,15 +293,12 @@ pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
 pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
     let emptied = match &ctx.remote {
         Some(remote) => {
-            let answer = remote.post(
-                &["backup"],
+            let answer = post_showing_events(
+                ctx,
+                remote,
+                "backup",
                 json!({"dry_run": args.dry_run, "delete_secrets": args.delete_secrets}),
             )?;
-            answer["events"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .for_each(|e| show_resync(ctx, e));
             answer["emptied"]["sink"].as_str().map(|sink| {
                 (
                     sink.to_owned(),
