@@ -27,6 +27,13 @@ pub fn format_millis(ms: Millis) -> String {
         .unwrap_or_else(|| ms.to_string())
 }
 
+/// RFC 3339 → unix ms; `None` if `text` is not an RFC 3339 time (each caller says how to write
+/// one, in its own terms).
+pub fn parse_millis(text: &str) -> Option<Millis> {
+    let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).ok()?;
+    Some((t.unix_timestamp_nanos() / 1_000_000) as Millis)
+}
+
 /// Who may see a secret: everyone using the ledger, or only its owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

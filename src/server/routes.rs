@@ -700,13 +700,11 @@ struct ReadQuery {
 }
 
 fn parse_time(field: &str, text: &str) -> Result<Millis> {
-    let t =
-        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339).map_err(|_| {
-            Error::invalid(format!(
-                "{field} {text:?} is not an RFC 3339 time; write it like 2026-11-28T12:00:00Z"
-            ))
-        })?;
-    Ok((t.unix_timestamp_nanos() / 1_000_000) as Millis)
+    crate::event::parse_millis(text).ok_or_else(|| {
+        Error::invalid(format!(
+            "{field} {text:?} is not an RFC 3339 time; write it like 2026-11-28T12:00:00Z"
+        ))
+    })
 }
 
 /// A value read: authorized on the secret's real name, served from the best source, and

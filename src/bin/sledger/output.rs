@@ -25,20 +25,17 @@ pub fn stdout_failed(e: std::io::Error) -> ! {
 use comfy_table::{presets, ContentArrangement, Table};
 use serde::Serialize;
 use sledger::event::Millis;
-use time::format_description::well_known::Rfc3339;
-use time::OffsetDateTime;
 use unicode_width::UnicodeWidthStr;
 
 pub use sledger::event::format_millis as time;
 
 /// RFC 3339 → unix ms, with an error that shows the expected form.
 pub fn parse_time(flag: &str, text: &str) -> anyhow::Result<Millis> {
-    let t = OffsetDateTime::parse(text, &Rfc3339).map_err(|_| {
+    sledger::event::parse_millis(text).ok_or_else(|| {
         crate::exit::usage(format!(
             "{flag} {text:?} is not an RFC 3339 time; write it like 2026-11-28T12:00:00Z or 2026-11-28T13:00:00+01:00"
         ))
-    })?;
-    Ok((t.unix_timestamp_nanos() / 1_000_000) as Millis)
+    })
 }
 
 pub fn table(header: &[&str]) -> Rows {
