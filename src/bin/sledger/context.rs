@@ -265,11 +265,13 @@ impl Context {
         sledger::server::KeyReloader::new(move || {
             let mut opened = Ledger::open(ledger.clone())?;
             match Self::env_key().ok().flatten() {
-                Some(key) => opened.unlock(key).map_err(|_| {
-                    sledger::Error::KeyUnavailable(format!(
+                Some(key) => opened.unlock(key).map_err(|e| match e {
+                    sledger::Error::WrongKey => sledger::Error::KeyUnavailable(format!(
                         "{MASTER_KEY_ENV} holds the key the ledger was rotated away from; \
                          restart the server with the new one"
-                    ))
+                    )),
+                    // A database that cannot be read is that, not a stale key.
+                    other => other,
                 })?,
                 None => sledger::keys::unlock(&mut opened, &key_file, kms.as_deref())?,
             }
