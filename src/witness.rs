@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::catalog::SinkConfig;
 use crate::error::{Error, Result};
 use crate::event::{format_millis, SinkRole};
-use crate::ledger::{Ledger, Verdict, WitnessedHead};
+use crate::ledger::{Anchor, Ledger, Verdict, WitnessedHead};
 use crate::sink::{Sink, SinkRecord, ANCHOR_ID};
 
 /// One sink's anchor, read and judged.
@@ -89,6 +89,92 @@ pub async fn refuse_to_overwrite(
     }
     let witness = judged(ledger, config, answer)?;
     refuse_rollback(ledger, std::slice::from_ref(&witness))
+}
+
+/// What [`verify`] found: the document `sledger verify --format json` prints and
+/// `POST /v1/verify` answers.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Always true: a check that fails is an error instead.
+    pub ok: bool,
+    /// The events checked (the head's seq).
+    pub events: u64,
+    pub head: Anchor,
+    /// Whether a saved anchor was given, and so checked.
+    pub anchor_checked: bool,
+    pub access_log_rows: u64,
+    pub macs: MacCoverage,
+    /// Every sink's anchor; `None` without the master key, which believing them needs.
+    pub witnesses: Option<Vec<SinkWitness>>,
+}
+
+/// Which events had their MAC checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct MacCoverage {
+    pub checked: bool,
+    /// The first seq checked; `None` in a ledger from before MACs (its next write starts them).
+    pub from_seq: Option<u64>,
+    /// Why they were not checked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<&'static str>,
+}
+
+/// Verify `ledger` whole: the chain and the derived state ([`Ledger::verify`]), a `saved`
+/// anchor, and, when it is unlocked, the MACs and every sink's anchor. Without the master key
+/// (an auditor) the chain and structure are checked, not who wrote the events; a saved anchor
+/// is then what catches a truncated tail. A log that fails and is shorter than what a sink
+/// witnessed names that sink as well.
+pub async fn verify(
+    ledger: &mut Ledger,
+    saved: Option<&Anchor>,
+    progress: &mut dyn FnMut(u64, u64),
+) -> Result<VerifyReport> {
+    let head = match ledger.verify(progress) {
+        Ok(head) => head,
+        Err(broken) if ledger.is_unlocked() => {
+            let witnessed = match read_all(ledger).await {
+                Ok(witnesses) => refuse_rollback(ledger, &witnesses).err(),
+                Err(_) => None,
+            };
+            return Err(match witnessed {
+                Some(Error::AnchorMismatch { reason }) => Error::AnchorMismatch {
+                    reason: format!("{reason}; and {broken}"),
+                },
+                _ => broken,
+            });
+        }
+        Err(broken) => return Err(broken),
+    };
+    if let Some(saved) = saved {
+        ledger.check_anchor(saved)?;
+    }
+    let (macs, witnesses) = match ledger.is_unlocked() {
+        true => (
+            MacCoverage {
+                checked: true,
+                from_seq: ledger.mac_from()?,
+                why: None,
+            },
+            Some(check_all(ledger).await?),
+        ),
+        false => (
+            MacCoverage {
+                checked: false,
+                from_seq: None,
+                why: Some("no master key: the chain and structure were checked, not who wrote the events"),
+            },
+            None,
+        ),
+    };
+    Ok(VerifyReport {
+        ok: true,
+        events: head.seq,
+        head: ledger.anchor(head)?,
+        anchor_checked: saved.is_some(),
+        access_log_rows: ledger.access_head()?,
+        macs,
+        witnesses,
+    })
 }
 
 /// Every sink's anchor, refusing a ledger that lost or rewrote events one of them saw.

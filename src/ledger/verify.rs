@@ -12,6 +12,54 @@ pub struct Anchor {
     pub hash: String,
 }
 
+impl Anchor {
+    /// The anchor `verify --save-anchor` (or [`Anchor::save`]) wrote to `path`.
+    pub fn read_file(path: &Path) -> Result<Anchor> {
+        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+            context: format!("cannot read anchor {}", path.display()),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|_| {
+            Error::invalid(format!(
+                "{} is not an anchor file written by `sledger verify --save-anchor`",
+                path.display()
+            ))
+        })
+    }
+
+    /// Write this anchor to `path`, replacing an older anchor of the same ledger there; any
+    /// other file there was kept on purpose (another ledger's anchor, or not an anchor at all)
+    /// and is refused unless `force`.
+    ///
+    /// An anchor is public (a seq and a hash), so it is written 0644 on purpose; its worth is
+    /// in being kept where whoever could rewrite the ledger cannot reach it.
+    pub fn save(&self, path: &Path, force: bool) -> Result<()> {
+        if path.exists() && !force {
+            let ours = Anchor::read_file(path).is_ok_and(|old| old.ledger_id == self.ledger_id);
+            if !ours {
+                return Err(Error::WouldOverwrite {
+                    what: "file, not an anchor of this ledger (--force replaces it),",
+                    path: path.to_owned(),
+                });
+            }
+        }
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt;
+        let text = serde_json::to_string_pretty(self).expect("anchors serialise") + "\n";
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(path)
+            .and_then(|mut f| f.write_all(text.as_bytes()))
+            .map_err(|source| Error::Io {
+                context: format!("cannot write anchor {}", path.display()),
+                source,
+            })
+    }
+}
+
 pub(super) fn derived_mismatch(what: String) -> Error {
     Error::Corrupt(format!(
         "{what} differs from the fold of the log, though the log itself verifies: the database was \

@@ -1,6 +1,6 @@
 //! `sledger verify`
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use serde_json::{json, Value};
 use sledger::Anchor;
 
@@ -10,20 +10,9 @@ use crate::context::Context;
 use crate::output;
 use crate::output::outln;
 
-fn read_anchor(path: &std::path::Path) -> Result<Anchor> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read anchor {}", path.display()))?;
-    serde_json::from_str(&text).map_err(|_| {
-        crate::exit::usage(format!(
-            "{} is not an anchor file written by `sledger verify --save-anchor`",
-            path.display()
-        ))
-    })
-}
-
-/// Verify the local ledger file; the document the server's `POST /v1/verify` answers too.
+/// Verify the local ledger file (with the key, the MACs and the sinks' anchors too; without
+/// it, the structure only: an auditor).
 fn verify_local(ctx: &Context, args: &VerifyArgs, saved: Option<&Anchor>) -> Result<Value> {
-    // With the key, the MACs are checked too; without it, the structure only (an auditor).
     let mut ledger = ctx.open()?;
     let key = match ctx.master_key_if_any()? {
         Some(key) => Some(key),
@@ -39,41 +28,13 @@ fn verify_local(ctx: &Context, args: &VerifyArgs, saved: Option<&Anchor>) -> Res
         }
     }
     let bar = output::progress_bar(ctx, "verifying");
-    let verified = ledger.verify(&mut output::advance(&bar));
+    let report = block_on(sledger::witness::verify(
+        &mut ledger,
+        saved,
+        &mut output::advance(&bar),
+    ));
     bar.finish_and_clear();
-    let head = match verified {
-        Ok(head) => head,
-        Err(broken) => {
-            // A log cut short is still a log its sinks saw longer: name them too.
-            let witnessed = match ledger.is_unlocked() {
-                true => block_on(sledger::witness::read_all(&ledger))
-                    .ok()
-                    .and_then(|w| sledger::witness::refuse_rollback(&ledger, &w).err()),
-                false => None,
-            };
-            return Err(match witnessed {
-                Some(witnessed) => anyhow::Error::new(broken).context(witnessed.to_string()),
-                None => broken.into(),
-            });
-        }
-    };
-    if let Some(saved) = saved {
-        ledger.check_anchor(saved)?;
-    }
-    // The sinks' anchors need the key to be believed; an auditor without it has --anchor.
-    let witnesses = match ledger.is_unlocked() {
-        true => Some(block_on(sledger::witness::check_all(&ledger))?),
-        false => None,
-    };
-    Ok(json!({
-        "ok": true,
-        "events": head.seq,
-        "head": ledger.anchor(head)?,
-        "anchor_checked": saved.is_some(),
-        "access_log_rows": ledger.access_head()?,
-        "macs": macs(&ledger)?,
-        "witnesses": witnesses,
-    }))
+    Ok(serde_json::to_value(report?)?)
 }
 
 /// One line per sink: what its anchor says.
@@ -151,18 +112,8 @@ pub fn anchors(ctx: &Context, args: AnchorsArgs) -> Result<()> {
     Ok(())
 }
 
-/// Which seqs the MAC check covered.
-pub fn macs(ledger: &sledger::Ledger) -> Result<Value> {
-    Ok(match ledger.is_unlocked() {
-        false => {
-            json!({"checked": false, "why": "no master key: the chain and structure were checked, not who wrote the events"})
-        }
-        true => json!({"checked": true, "from_seq": ledger.mac_from()?}),
-    })
-}
-
 pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
-    let saved = args.anchor.as_deref().map(read_anchor).transpose()?;
+    let saved = args.anchor.as_deref().map(Anchor::read_file).transpose()?;
     let doc = match &ctx.remote {
         Some(remote) => {
             if args.rebuild_catalog {
@@ -173,33 +124,8 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
         None => verify_local(ctx, &args, saved.as_ref())?,
     };
     if let Some(path) = &args.save_anchor {
-        // Replacing this ledger's older anchor is the point; anything else there was kept on
-        // purpose (another ledger's anchor, or not an anchor at all).
-        if path.exists() && !args.force {
-            let ours = read_anchor(path)
-                .map(|old| Some(old.ledger_id.as_str()) == doc["head"]["ledger_id"].as_str())
-                .unwrap_or(false);
-            if !ours {
-                return Err(sledger::Error::WouldOverwrite {
-                    what: "file, not an anchor of this ledger (--force replaces it),",
-                    path: path.clone(),
-                }
-                .into());
-            }
-        }
-        // An anchor is public (a seq and a hash), so it is written 0644 on purpose; its worth is
-        // in being kept where whoever could rewrite the ledger cannot reach it.
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt;
-        let text = serde_json::to_string_pretty(&doc["head"]).expect("anchors serialise") + "\n";
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(path)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .with_context(|| format!("cannot write anchor {}", path.display()))?;
+        let head: Anchor = serde_json::from_value(doc["head"].clone())?;
+        head.save(path, args.force)?;
         if !ctx.json() {
             eprintln!(
                 "anchor written to {} (public; keep a copy off this host, where whoever could rewrite the ledger cannot reach it)",
