@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 use crate::crypto::SecretValues;
 use crate::error::{Error, Result};
 use crate::event::Scope;
-use crate::ledger::Command;
+use crate::ledger::{Command, Ledger, Outcome};
 use crate::sink::{redacted, SinkUrl};
 
 /// One secret to import.
@@ -54,6 +54,91 @@ impl Record {
             labels: self.labels,
             values,
         }
+    }
+}
+
+/// What an import did so far: events appended, and secrets that already held what was
+/// imported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Imported {
+    pub appended: u64,
+    pub unchanged: u64,
+}
+
+/// Appends imported records in all-or-nothing transactions as they come: a file's in batches
+/// (a failed batch leaves the earlier ones, and running the same import again finishes it);
+/// an estate's (an adoption) in one.
+pub struct Importer<'a> {
+    ledger: &'a mut Ledger,
+    actor: &'a str,
+    batch_size: usize,
+    pending: Vec<Command>,
+    imported: Imported,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl<'a> Importer<'a> {
+    /// Records in transactions of `batch_size` (at least 1); `progress` hears how many each
+    /// transaction took.
+    pub fn new(
+        ledger: &'a mut Ledger,
+        actor: &'a str,
+        batch_size: usize,
+        progress: &'a mut dyn FnMut(u64),
+    ) -> Self {
+        Importer {
+            ledger,
+            actor,
+            batch_size: batch_size.max(1),
+            pending: Vec::new(),
+            imported: Imported::default(),
+            progress,
+        }
+    }
+
+    /// An adoption: every record in one transaction, since half an estate adopted would leave
+    /// the rest unmanaged without anyone noticing.
+    pub fn adopting(ledger: &'a mut Ledger, actor: &'a str, progress: &'a mut dyn FnMut(u64)) -> Self {
+        Importer {
+            batch_size: usize::MAX,
+            ..Importer::new(ledger, actor, 1, progress)
+        }
+    }
+
+    /// Add a record, appending its batch if that fills it.
+    pub fn push(&mut self, record: Record) -> Result<()> {
+        self.pending.push(record.into_command());
+        if self.pending.len() >= self.batch_size {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Append what is pending; what the whole import did.
+    pub fn finish(mut self) -> Result<Imported> {
+        self.flush()?;
+        Ok(self.imported)
+    }
+
+    /// What the transactions appended so far did (they stay if a later one fails).
+    pub fn imported(&self) -> Imported {
+        self.imported
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.pending);
+        let n = batch.len() as u64;
+        for outcome in self.ledger.execute(self.actor, batch)? {
+            match outcome {
+                Outcome::Appended { .. } => self.imported.appended += 1,
+                _ => self.imported.unchanged += 1,
+            }
+        }
+        (self.progress)(n);
+        Ok(())
     }
 }
 

@@ -174,3 +174,66 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
     );
     ledger.verify(&mut |_, _| {}).unwrap();
 }
+
+fn record(name: &str, value: &str) -> sledger::import::Record {
+    sledger::import::Record {
+        name: name.to_owned(),
+        values: BTreeMap::from([("password".to_owned(), value.to_owned().into())]),
+        labels: BTreeMap::new(),
+        private: false,
+        line: 0,
+    }
+}
+
+/// `import` through the library: batches are all-or-nothing, a failed one leaves those before
+/// it, and the same import run again finishes the job without touching what it already did.
+#[test]
+fn an_import_keeps_the_batches_before_a_failed_one_and_a_rerun_finishes_it() {
+    use sledger::import::{Imported, Importer};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::init(
+        dir.path().join("ledger.db"),
+        MasterKey::generate(),
+        LedgerSettings::default(),
+    )
+    .unwrap();
+    let start = ledger.head().unwrap().seq;
+    let names = ["a", "b", "c", "not a valid name/", "e"];
+
+    let mut batches = Vec::new();
+    let mut progress = |n| batches.push(n);
+    let mut importer = Importer::new(&mut ledger, "ops", 2, &mut progress);
+    let failed = names
+        .iter()
+        .try_for_each(|name| importer.push(record(name, "v1")))
+        .unwrap_err();
+    assert!(failed.to_string().contains("not a valid name/"), "{failed}");
+    assert_eq!(
+        importer.imported(),
+        Imported {
+            appended: 2,
+            unchanged: 0
+        }
+    );
+    assert_eq!(batches, [2], "the failed batch is not reported as imported");
+    assert_eq!(
+        ledger.head().unwrap().seq,
+        start + 2,
+        "the failed batch appended nothing"
+    );
+
+    let fixed = ["a", "b", "c", "d", "e"];
+    let mut progress = |_| {};
+    let mut importer = Importer::new(&mut ledger, "ops", 2, &mut progress);
+    for name in fixed {
+        importer.push(record(name, "v1")).unwrap();
+    }
+    assert_eq!(
+        importer.finish().unwrap(),
+        Imported {
+            appended: 3,
+            unchanged: 2
+        }
+    );
+    assert_eq!(ledger.head().unwrap().seq, start + 5);
+}

@@ -3,10 +3,8 @@
 use std::path::Path;
 
 use anyhow::Result;
-use indicatif::ProgressBar;
 use serde_json::json;
-use sledger::import::{self, Format, ImportFile, Record};
-use sledger::{Command, Outcome};
+use sledger::import::{self, Format, ImportFile, Imported, Importer, Record};
 
 use crate::cli::{ImportArgs, ImportFormat};
 use crate::context::{block_on, Context};
@@ -30,54 +28,6 @@ fn read_foreign(ctx: &Context, url: &str, prefix: &str) -> Result<Vec<Record>> {
     let estate = block_on(import::read_estate(url, prefix, &output::advance(&bar)));
     bar.finish_and_clear();
     Ok(estate?)
-}
-
-/// Records appended in batches of all-or-nothing transactions, as they come.
-struct Batches<'a> {
-    ctx: &'a Context,
-    ledger: &'a mut sledger::Ledger,
-    size: usize,
-    pending: Vec<Command>,
-    appended: u64,
-    unchanged: u64,
-    bar: ProgressBar,
-}
-
-impl Batches<'_> {
-    fn push(&mut self, record: Record) -> Result<()> {
-        self.pending.push(record.into_command());
-        if self.pending.len() >= self.size {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let batch = std::mem::take(&mut self.pending);
-        let n = batch.len() as u64;
-        let done = self.appended + self.unchanged;
-        let outcomes = self
-            .ledger
-            .execute(&self.ctx.actor, batch)
-            .map_err(|e| match done {
-                0 => anyhow::Error::new(e),
-                _ => anyhow::Error::new(e).context(format!(
-                    "{done} secrets were imported by earlier batches and stay; once the cause is fixed, \
-                 running the same import again finishes it (secrets already imported are left unchanged)"
-                )),
-            })?;
-        for outcome in outcomes {
-            match outcome {
-                Outcome::Appended { .. } => self.appended += 1,
-                _ => self.unchanged += 1,
-            }
-        }
-        self.bar.inc(n);
-        Ok(())
-    }
 }
 
 pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
@@ -105,45 +55,28 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     }
     let bar = output::progress_bar(ctx, "importing");
     bar.set_length(total);
-    let mut batches = Batches {
-        ctx,
-        ledger: &mut ledger,
-        // An adoption is one transaction: half an estate adopted would leave the rest
-        // unmanaged without anyone noticing.
-        size: if estate.is_some() {
-            usize::MAX
-        } else {
-            args.batch_size
-        },
-        pending: Vec::new(),
-        appended: 0,
-        unchanged: 0,
-        bar,
+    let mut progress = |n| bar.inc(n);
+    let mut importer = match &estate {
+        Some(_) => Importer::adopting(&mut ledger, &ctx.actor, &mut progress),
+        None => Importer::new(&mut ledger, &ctx.actor, args.batch_size, &mut progress),
     };
-    match (file, estate) {
-        (Some(file), _) => {
-            let mut failed = None;
-            file.scan(&mut |record| match batches.push(record) {
-                Ok(()) => Ok(true),
-                Err(e) => {
-                    failed = Some(e);
-                    Ok(false)
-                }
-            })?;
-            if let Some(e) = failed {
-                return Err(e);
-            }
-        }
-        (None, Some(estate)) => {
-            for record in estate {
-                batches.push(record)?;
-            }
-        }
+    let pushed = match (file, estate) {
+        (Some(file), _) => file.scan(&mut |record| importer.push(record).map(|()| true)),
+        (None, Some(estate)) => estate.into_iter().try_for_each(|record| importer.push(record)),
         (None, None) => unreachable!("clap requires --file or --from"),
-    }
-    batches.flush()?;
-    batches.bar.finish_and_clear();
-    let (appended, unchanged) = (batches.appended, batches.unchanged);
+    };
+    let done = importer.imported();
+    let Imported { appended, unchanged } =
+        pushed
+            .and_then(|()| importer.finish())
+            .map_err(|e| match done.appended + done.unchanged {
+                0 => anyhow::Error::new(e),
+                done => anyhow::Error::new(e).context(format!(
+                    "{done} secrets were imported by earlier batches and stay; once the cause is fixed, \
+                 running the same import again finishes it (secrets already imported are left unchanged)"
+                )),
+            })?;
+    bar.finish_and_clear();
     let last = ledger.head()?.seq;
     let primary = match appended {
         0 => None,
