@@ -140,6 +140,66 @@ pub fn rotate_in_kms(
     Ok(Some((recorded, rewrapped)))
 }
 
+/// Where the master key being rotated came from, and so where its successor goes.
+#[derive(Debug, Clone, Copy)]
+pub enum RotateFrom<'a> {
+    /// A key file: rotated in place, unless a KMS holds the ledger's key (it wraps the new one).
+    KeyFile(&'a Path),
+    /// The environment (`SLEDGER_MASTER_KEY`), which this process cannot change: the new key is
+    /// written to a new file at `new_key_file`, for the operator to move into the environment.
+    Environment { new_key_file: &'a Path },
+}
+
+/// Where the new master key is.
+#[derive(Debug, Clone)]
+pub enum NewKeyAt {
+    /// Wrapped by this KMS key, inside the ledger.
+    Kms(String),
+    File(PathBuf),
+}
+
+/// What [`rotate`] did.
+#[derive(Debug, Clone)]
+pub struct Rotated {
+    /// Data keys re-wrapped under the new master key.
+    pub data_keys: u64,
+    pub key: NewKeyAt,
+    pub resealed: Resealed,
+}
+
+/// `sledger key rotate`: a new master key, kept where the old one was ([`RotateFrom`]), every
+/// data key re-wrapped under it in one commit, then every sqlite sink's objects sealed again
+/// ([`reseal_sinks`]), so that the replaced key opens nothing from now on.
+pub async fn rotate(
+    ledger: &mut Ledger,
+    actor: &str,
+    from: RotateFrom<'_>,
+    kms_override: Option<&str>,
+) -> Result<Rotated> {
+    let (data_keys, key) = match from {
+        RotateFrom::KeyFile(key_file) => match rotate_in_kms(ledger, actor, kms_override)? {
+            Some((uri, data_keys)) => (data_keys, NewKeyAt::Kms(uri)),
+            None => (
+                crate::keyfile::rotate(ledger, key_file, actor)?,
+                NewKeyAt::File(key_file.to_owned()),
+            ),
+        },
+        RotateFrom::Environment { new_key_file } => {
+            let mut persist = |new: &MasterKey| new.write_new_file(new_key_file);
+            (
+                ledger.rotate_key(actor, MasterKey::generate(), &mut persist)?,
+                NewKeyAt::File(new_key_file.to_owned()),
+            )
+        }
+    };
+    let resealed = reseal_sinks(ledger).await?;
+    Ok(Rotated {
+        data_keys,
+        key,
+        resealed,
+    })
+}
+
 /// What [`reseal_sinks`] did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Resealed {

@@ -3,8 +3,9 @@
 use anyhow::Result;
 use serde_json::json;
 use sledger::crypto::MASTER_KEY_ENV;
+use sledger::keys::{NewKeyAt, RotateFrom};
 use sledger::setup::{self, NewKey};
-use sledger::{keyfile, LedgerSettings, MasterKey};
+use sledger::LedgerSettings;
 
 use crate::cli::{InitArgs, KeyCmd};
 use crate::context::{block_on, Context};
@@ -66,52 +67,8 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
             Ok(())
         }
         KeyCmd::Rotate { new_key_file } => {
-            // The sqlite sinks move to the new seal key; said on stderr whatever the format
-            // (about copies this command cannot see, and repairs it could not make).
-            let reseal = |ledger: &sledger::Ledger| -> Result<sledger::keys::Resealed> {
-                let resealed = block_on(sledger::keys::reseal_sinks(ledger))?;
-                for sink in &resealed.to_reconcile {
-                    eprintln!(
-                        "note: sqlite sink {sink} holds objects the replaced key did not open; \
-                         `sledger reconcile {sink}` rewrites them from the ledger"
-                    );
-                }
-                Ok(resealed)
-            };
-            let note_backups = || {
-                eprintln!(
-                    "note: ledger backups made before this rotation open only with the old key: keep \
-                     it, stored away from them, for as long as you keep them, or replace them with a \
-                     new `sledger ledger backup`. Versions written from now on are sealed under keys \
-                     the old key does not open"
-                )
-            };
-            let from_env = Context::env_key()?.is_some();
-            let mut ledger = ctx.open_to_write()?;
-            if !from_env {
-                if let Some((uri, rewrapped)) =
-                    sledger::keys::rotate_in_kms(&mut ledger, &ctx.actor, ctx.kms.as_deref())?
-                {
-                    let resealed = reseal(&ledger)?;
-                    if ctx.json() {
-                        output::json_line(&json!({"rotated": true, "data_keys": rewrapped,
-                            "sink_objects_resealed": resealed.objects, "key": uri}));
-                    } else {
-                        outln!(
-                            "master key rotated: {rewrapped} data keys re-wrapped, {} sqlite sink objects sealed again; \
-                             the new key is wrapped by {uri}",
-                            resealed.objects
-                        );
-                    }
-                    note_backups();
-                    return Ok(());
-                }
-            }
-            let (rewrapped, written_to) = match (from_env, new_key_file) {
-                (true, Some(path)) => {
-                    let mut persist = |new: &MasterKey| new.write_new_file(&path);
-                    (ledger.rotate_key(&ctx.actor, MasterKey::generate(), &mut persist)?, path)
-                }
+            let from = match (Context::env_key()?.is_some(), &new_key_file) {
+                (true, Some(path)) => RotateFrom::Environment { new_key_file: path },
                 (true, None) => {
                     return Err(usage(format!(
                         "the master key comes from {MASTER_KEY_ENV}; pass --new-key-file PATH to say where the new key goes"
@@ -123,23 +80,49 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
                         ctx.key_file.display()
                     )))
                 }
-                (false, None) => (keyfile::rotate(&mut ledger, &ctx.key_file, &ctx.actor)?, ctx.key_file.clone()),
+                (false, None) => RotateFrom::KeyFile(&ctx.key_file),
             };
-            let resealed = reseal(&ledger)?;
-            if ctx.json() {
-                output::json_line(&json!({"rotated": true, "data_keys": rewrapped,
-                    "sink_objects_resealed": resealed.objects, "key_file": written_to}));
-            } else {
-                outln!(
-                    "master key rotated: {rewrapped} data keys re-wrapped, {} sqlite sink objects sealed again; new key in {}",
-                    resealed.objects,
-                    written_to.display()
+            let mut ledger = ctx.open_to_write()?;
+            let rotated = block_on(sledger::keys::rotate(
+                &mut ledger,
+                &ctx.actor,
+                from,
+                ctx.kms.as_deref(),
+            ))?;
+            // Said on stderr whatever the format: copies this command cannot see, and repairs
+            // it could not make.
+            for sink in &rotated.resealed.to_reconcile {
+                eprintln!(
+                    "note: sqlite sink {sink} holds objects the replaced key did not open; \
+                     `sledger reconcile {sink}` rewrites them from the ledger"
                 );
-                if from_env {
-                    outln!("set {MASTER_KEY_ENV} to the new key before the next command");
+            }
+            let (rewrapped, resealed) = (rotated.data_keys, rotated.resealed.objects);
+            match (&rotated.key, ctx.json()) {
+                (NewKeyAt::Kms(uri), true) => output::json_line(&json!({"rotated": true, "data_keys": rewrapped,
+                    "sink_objects_resealed": resealed, "key": uri})),
+                (NewKeyAt::File(path), true) => output::json_line(&json!({"rotated": true, "data_keys": rewrapped,
+                    "sink_objects_resealed": resealed, "key_file": path})),
+                (NewKeyAt::Kms(uri), false) => outln!(
+                    "master key rotated: {rewrapped} data keys re-wrapped, {resealed} sqlite sink objects sealed again; \
+                     the new key is wrapped by {uri}"
+                ),
+                (NewKeyAt::File(path), false) => {
+                    outln!(
+                        "master key rotated: {rewrapped} data keys re-wrapped, {resealed} sqlite sink objects sealed again; new key in {}",
+                        path.display()
+                    );
+                    if new_key_file.is_some() {
+                        outln!("set {MASTER_KEY_ENV} to the new key before the next command");
+                    }
                 }
             }
-            note_backups();
+            eprintln!(
+                "note: ledger backups made before this rotation open only with the old key: keep \
+                 it, stored away from them, for as long as you keep them, or replace them with a \
+                 new `sledger ledger backup`. Versions written from now on are sealed under keys \
+                 the old key does not open"
+            );
             Ok(())
         }
     }
