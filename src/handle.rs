@@ -151,8 +151,10 @@ impl LedgerHandle {
                     if let Some(shared) = weak.upgrade() {
                         shared.groups.fetch_add(1, Ordering::Relaxed);
                         shared.requests.fetch_add(count, Ordering::Relaxed);
-                        if let Ok(head) = writer.head() {
-                            shared.head.send_replace(head.seq);
+                        if let Some(head) = writer.committed_head() {
+                            shared
+                                .head
+                                .send_if_modified(|known| std::mem::replace(known, head) != head);
                         }
                     }
                     for (reply, result) in replies.into_iter().zip(results) {

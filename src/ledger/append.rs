@@ -733,6 +733,13 @@ impl Ledger {
         }
     }
 
+    /// The head the last [`Ledger::execute`] or [`Ledger::execute_group`] through this `Ledger`
+    /// committed (`None` before the first), known without asking the store; writers in other
+    /// processes may have appended after it.
+    pub fn committed_head(&self) -> Option<u64> {
+        self.committed_head
+    }
+
     pub(super) fn execute_request(&mut self, request: Request) -> Result<Vec<Outcome>> {
         self.append_group(std::slice::from_ref(&request))?
             .pop()
@@ -766,21 +773,21 @@ impl Ledger {
         let keys = self.keys.as_ref();
         let settings = self.settings;
         let tx = Write::begin(&*self.store)?;
-        if let Some(keys) = keys {
-            ensure_current_key(&*tx, keys)?;
-        }
+        // Only key holders append, and only after checking what others appended since.
+        let keys = need_keys(keys)?;
+        let planner = Planner::new(&*tx, Some(keys), settings);
+        // The transaction's first read, so that a store that pipelines (PostgreSQL) sends it
+        // with the head and settings in one round trip.
+        planner.read_names(requests)?;
+        ensure_current_key(&*tx, keys)?;
         let mut head = tx.head()?;
         let first_seq = head.seq;
         let now = now_ms();
-        // Only key holders append, and only after checking what others appended since.
-        let keys = need_keys(keys)?;
         mac::check_since_trusted(&*tx, &keys.mac)?;
         if let Some(event) = mac::start_if_needed(&*tx, &keys.master, &keys.fingerprint, &keys.mac, head)? {
             let actor = requests.first().map_or("sledger", |r| r.actor.as_str());
             append_ledger_event(&*tx, keys, &mut head, actor, event, now)?;
         }
-        let planner = Planner::new(&*tx, Some(keys), settings);
-        planner.read_names(requests)?;
         let alone = requests.len() == 1;
         let mut results = Vec::with_capacity(requests.len());
         for request in requests {
@@ -815,6 +822,7 @@ impl Ledger {
         mac::trust(&*tx, &keys.mac, head)?;
         finish_append(&*tx, &keys.mac, self.settings, first_seq, head)?;
         tx.commit()?;
+        self.committed_head = Some(head.seq);
         let purged = results.iter().flatten().flatten().any(|o| {
             matches!(
                 o,

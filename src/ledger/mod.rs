@@ -285,6 +285,8 @@ pub struct Ledger {
     keys: Option<Keys>,
     /// Why the catalog could not be rebuilt (a damaged log); audit and verify still work.
     catalog_unusable: Option<String>,
+    /// The head the last [`Ledger::execute`] or [`Ledger::execute_group`] committed.
+    committed_head: Option<u64>,
     /// Sinks opened by [`Ledger::open_sink`], kept for reuse, by name (with their attachment).
     opened_sinks: std::sync::Mutex<
         std::collections::HashMap<String, (SinkConfig, std::sync::Arc<dyn crate::sink::Sink>)>,
@@ -363,6 +365,7 @@ impl Ledger {
             settings,
             keys: Some(keys),
             catalog_unusable: None,
+            committed_head: None,
             opened_sinks: Default::default(),
         })
     }
@@ -385,6 +388,7 @@ impl Ledger {
             settings,
             keys: None,
             catalog_unusable: None,
+            committed_head: None,
             opened_sinks: Default::default(),
         };
         if let Err(e) = ledger.ensure_catalog() {
