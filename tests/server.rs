@@ -949,3 +949,48 @@ async fn forcing_a_sink_to_the_ledger_is_in_the_log_with_its_caller() {
         "{log:?}"
     );
 }
+
+/// A log cut short under a running server: `POST /v1/verify` names the sink that witnessed the
+/// longer log, as `sledger verify` does (one library check answers both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_over_http_names_the_sink_that_witnessed_a_longer_log() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    for i in 0..5 {
+        let (status, body) = call(
+            &server,
+            &admin,
+            Method::POST,
+            "/v1/secrets?wait_ms=10000",
+            Some(json!({"name": format!("s{i}"), "values": {"k": "1"}})),
+        )
+        .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+    }
+    let (status, body) = call(&server, &admin, Method::POST, "/v1/verify", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let witnessed = body["events"].as_u64().unwrap();
+    let local = body["witnesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["sink"] == "local")
+        .cloned()
+        .unwrap();
+    assert_eq!(local["anchor"]["seq"], witnessed, "{local}");
+
+    env.raw()
+        .execute("DELETE FROM events WHERE seq > ?1", [(witnessed - 2) as i64])
+        .unwrap();
+    let (status, body) = call(&server, &admin, Method::POST, "/v1/verify", None).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{body}");
+    let message = body.to_string();
+    assert!(
+        message.contains("integrity")
+            && message.contains(&format!("sink local witnessed seq {witnessed}"))
+            && message.contains(&format!("this ledger ends at seq {}", witnessed - 2))
+            && message.contains("the log was truncated"),
+        "{message}"
+    );
+}
