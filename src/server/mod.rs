@@ -286,6 +286,12 @@ async fn project(
             move |event| {
                 reporting.metrics.projector(&event);
                 match &event {
+                    // The key opened this ledger when the server started: another process
+                    // rotated it, and the key check below loads the new one within a second.
+                    ProjectorEvent::Failed {
+                        sink,
+                        error: Error::WrongKey | Error::KeyRotated,
+                    } => tracing::info!(sink = %sink, "projector waits for the rotated master key"),
                     ProjectorEvent::Failed { sink, error } => {
                         tracing::warn!(sink = %sink, error = %error, "projector failed; retrying")
                     }
