@@ -527,6 +527,20 @@ pub async fn project_named(ledger: &Ledger, name: &str, opts: &ProjectOptions) -
     project(ledger, name, &*sink, opts).await
 }
 
+/// One pass of every projected sink (or just `only`) up to the head, concurrently: each
+/// sink's own result, so that one failing backend does not hide what the others did.
+pub async fn project_all(
+    ledger: &Ledger,
+    only: Option<&str>,
+    opts: &ProjectOptions,
+) -> Result<Vec<(String, Result<ProjectReport>)>> {
+    let runs = projected_sinks(ledger, only)?.into_iter().map(|name| async move {
+        let result = project_named(ledger, &name, opts).await;
+        (name, result)
+    });
+    Ok(futures::future::join_all(runs).await)
+}
+
 /// Re-apply a sink's parked secrets at their current state; returns (fixed, still parked).
 pub async fn retry_parked(ledger: &Ledger, name: &str, sink: &dyn Sink) -> Result<(u64, u64)> {
     let head = ledger.head()?.seq;

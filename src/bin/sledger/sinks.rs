@@ -7,7 +7,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde_json::{json, Value};
 use sledger::event::SinkRole;
 use sledger::project::service::{self, FollowOptions, ProjectorEvent};
-use sledger::project::{self, ProjectOptions, ProjectReport};
+use sledger::project::{self, ProjectOptions};
 use sledger::replay::orchestrate;
 use sledger::sink::{Backend, SinkUrl};
 use sledger::{Command, Ledger};
@@ -245,20 +245,6 @@ fn status(ctx: &Context) -> Result<()> {
     Ok(())
 }
 
-/// Project every projected sink (or one) once; failures are reported per sink.
-async fn project_all(
-    ledger: &Ledger,
-    only: Option<&str>,
-    opts: &ProjectOptions,
-) -> Result<Vec<(String, sledger::Result<ProjectReport>)>> {
-    let sinks = project::projected_sinks(ledger, only)?;
-    let runs = sinks.into_iter().map(|name| async move {
-        let result = project::project_named(ledger, &name, opts).await;
-        (name, result)
-    });
-    Ok(futures::future::join_all(runs).await)
-}
-
 pub fn project_cmd(ctx: &Context, args: ProjectArgs) -> Result<()> {
     let ledger = ctx.open_unlocked()?;
     let opts = ProjectOptions {
@@ -274,7 +260,7 @@ pub fn project_cmd(ctx: &Context, args: ProjectArgs) -> Result<()> {
         ctx,
         &ledger,
         only,
-        project_all(&ledger, only, &opts),
+        project::project_all(&ledger, only, &opts),
     ))?;
     let mut first_error = None;
     let mut t = output::table(&["SINK", "EVENTS", "WRITES", "PARKED", "CHECKPOINT", "LAG", "ERROR"]);
