@@ -155,12 +155,8 @@ fn append(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("sledger_ledger_create", creates), |b| {
         b.iter_custom(|iters| {
             timed(iters, |dir| {
-                let mut ledger = Ledger::init(
-                    &dir.join("l.db"),
-                    MasterKey::generate(),
-                    LedgerSettings::default(),
-                )
-                .unwrap();
+                let mut ledger =
+                    Ledger::init(dir.join("l.db"), MasterKey::generate(), LedgerSettings::default()).unwrap();
                 for chunk in (0..creates).collect::<Vec<_>>().chunks(BATCH) {
                     let batch = chunk
                         .iter()

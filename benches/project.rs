@@ -33,7 +33,7 @@ fn sqlite_events() -> u64 {
 /// A ledger of `n` secrets, one create event each (no compaction: every event is a write).
 fn ledger_with(dir: &Path, n: u64) -> Ledger {
     let mut ledger = Ledger::init(
-        &dir.join("ledger.db"),
+        dir.join("ledger.db"),
         MasterKey::generate(),
         LedgerSettings::default(),
     )

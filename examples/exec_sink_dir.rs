@@ -157,7 +157,7 @@ fn handle(o: &Options, req: &Value) -> Result<Value, String> {
             let path = object_path(&o.dir, &object()?)?;
             let _guard = lock(&path)?;
             match std::fs::remove_file(&path) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.to_string()),
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.to_string()),
                 _ => Ok(json!({"ok": true})),
             }
         }

@@ -226,10 +226,9 @@ impl Client {
             )));
         }
         let response = self.send(method, self.url(segments), query, body)?;
-        Ok(self
-            .runtime
+        self.runtime
             .block_on(async { response.json().await })
-            .map_err(not_json)?)
+            .map_err(not_json)
     }
 
     /// One document, or each of an array's.

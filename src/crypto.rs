@@ -295,7 +295,7 @@ fn epoch_aad(from: u64) -> Vec<u8> {
 impl KeyEpochs {
     /// The epochs as a ledger stores them (each epoch key wrapped by `master`).
     pub fn load(master: &MasterKey, stored: &[u8]) -> Result<Self> {
-        if stored.len() % EPOCH_RECORD_LEN != 0 {
+        if !stored.len().is_multiple_of(EPOCH_RECORD_LEN) {
             return Err(Error::Corrupt("the ledger's value epochs are damaged".into()));
         }
         stored

@@ -183,7 +183,7 @@ proptest! {
     fn ledger_snapshots_agree_with_full_folds(ops in prop::collection::vec(op(), 1..40)) {
         let dir = tempfile::tempdir().unwrap();
         let mut ledger = Ledger::init(
-            &dir.path().join("l.db"),
+            dir.path().join("l.db"),
             MasterKey::generate(),
             LedgerSettings { snapshot_interval: 3, ..LedgerSettings::default() },
         ).unwrap();

@@ -90,7 +90,7 @@ fn update(name: &str, value: &str) -> Command {
 async fn a_thousand_updates_in_one_batch_cause_one_write() {
     let dir = tempfile::tempdir().unwrap();
     let mut ledger = Ledger::init(
-        &dir.path().join("l.db"),
+        dir.path().join("l.db"),
         MasterKey::generate(),
         LedgerSettings::default(),
     )

@@ -59,6 +59,9 @@ pub struct Request {
     pub commands: Vec<Command>,
 }
 
+/// Each attached sink's name and limits.
+type SinkLimits = Rc<Vec<(String, Capabilities)>>;
+
 /// One write transaction's planning: the store and keys, and what it reads once for all the
 /// commands of a group commit (which a store across a network would otherwise answer with a
 /// round trip per command).
@@ -69,7 +72,7 @@ pub(super) struct Planner<'a> {
     /// The attached sinks' limits, from the registry table: they only decide limits (sinks are
     /// opened, and values sent, by the log's fold). Forgotten when a sink event is appended or
     /// a request is rolled back.
-    sinks: RefCell<Option<Rc<Vec<(String, Capabilities)>>>>,
+    sinks: RefCell<Option<SinkLimits>>,
     /// Whether each (namespace, name) the group's creates want was taken at the start, read in
     /// one query. An answer is used once, and dropped as soon as an event of the transaction
     /// touches its name; after that the catalog is asked.
@@ -135,7 +138,7 @@ impl<'a> Planner<'a> {
         self.sinks.take();
     }
 
-    fn attached(&self) -> Result<Rc<Vec<(String, Capabilities)>>> {
+    fn attached(&self) -> Result<SinkLimits> {
         if let Some(sinks) = &*self.sinks.borrow() {
             return Ok(sinks.clone());
         }

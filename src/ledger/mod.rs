@@ -288,10 +288,11 @@ pub struct Ledger {
     /// The head the last [`Ledger::execute`] or [`Ledger::execute_group`] committed.
     committed_head: Option<u64>,
     /// Sinks opened by [`Ledger::open_sink`], kept for reuse, by name (with their attachment).
-    opened_sinks: std::sync::Mutex<
-        std::collections::HashMap<String, (SinkConfig, std::sync::Arc<dyn crate::sink::Sink>)>,
-    >,
+    opened_sinks: std::sync::Mutex<OpenedSinks>,
 }
+
+/// Sinks by name, each with the attachment it was opened under.
+type OpenedSinks = HashMap<String, (SinkConfig, std::sync::Arc<dyn crate::sink::Sink>)>;
 
 impl std::fmt::Debug for Ledger {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

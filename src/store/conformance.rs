@@ -559,7 +559,7 @@ fn many_rows_at_once_equal_one_at_a_time(fresh: Fresh<'_>) {
     let other = meta(b, "one", Scope::Workspace, "bob", Status::Live, 2);
     let tx = Write::begin(&*store).unwrap();
     tx.put_secrets(&[first, renamed.clone()]).unwrap();
-    tx.put_secrets(&[other.clone()]).unwrap();
+    tx.put_secrets(std::slice::from_ref(&other)).unwrap();
     tx.commit().unwrap();
     assert_eq!(
         store.secret(a).unwrap(),

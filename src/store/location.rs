@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 pub enum Location {
     File(PathBuf),
     #[cfg(feature = "postgres")]
-    Postgres(super::postgres::PgUrl),
+    Postgres(Box<super::postgres::PgUrl>),
 }
 
 impl Location {
@@ -18,7 +18,7 @@ impl Location {
     pub fn parse(text: &str) -> Result<Location> {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
             #[cfg(feature = "postgres")]
-            return Ok(Location::Postgres(super::postgres::PgUrl::parse(text)?));
+            return Ok(Location::Postgres(Box::new(super::postgres::PgUrl::parse(text)?)));
             #[cfg(not(feature = "postgres"))]
             return Err(Error::invalid(
                 "this build of sledger has no PostgreSQL support; build it with the `postgres` feature",

@@ -87,6 +87,8 @@ pub(super) fn for_sink(
             (label, credential)
         }
         AzureCredentials::ManagedIdentity { client_id } => {
+            // The SDK's options gain fields between releases; the rest keep their defaults.
+            #[allow(clippy::needless_update)]
             let credential = ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
                 user_assigned_id: Some(UserAssignedId::ClientId(client_id.clone())),
                 client_options: options.clone(),

@@ -170,7 +170,7 @@ impl PgUrl {
             config.user(&user);
         }
         if config.get_hosts().is_empty() {
-            config.host(&env("PGHOST").unwrap_or_else(|| "localhost".into()));
+            config.host(env("PGHOST").unwrap_or_else(|| "localhost".into()));
         }
         if config.get_ports().is_empty() {
             if let Some(port) = env("PGPORT").and_then(|p| p.parse().ok()) {
