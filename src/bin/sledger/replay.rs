@@ -5,6 +5,7 @@ use anyhow::Result;
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
 use sledger::client::Client as Remote;
+use sledger::project::write_docs;
 use sledger::replay::orchestrate::{self, MigratePlan, MigrateStep, MigrateTo, Mode, Phase, Resync};
 use sledger::replay::{self, Desired, Target};
 use sledger::sink::{Sink, SinkUrl};
@@ -16,7 +17,6 @@ use crate::exit::out_of_sync;
 use crate::output::{self, outln};
 use crate::secret::render_writes;
 use crate::sinks::refuse_memory;
-use sledger::project::write_docs;
 
 fn target(ledger: &Ledger, args: &TargetArgs) -> Result<u64> {
     let target = match (&args.at, args.seq) {
@@ -77,8 +77,6 @@ impl Bars {
     }
 }
 
-/// Print one resync document (from this process or a server): the difference when nothing is
-/// applied (a dry run, or in sync), and what applying did.
 /// POST a replay to the server, and show the progress events its answer carries.
 fn post_showing_events(ctx: &Context, remote: &Remote, what: &str, body: Value) -> Result<Value> {
     let answer = remote.post(&[what], body)?;
@@ -88,6 +86,8 @@ fn post_showing_events(ctx: &Context, remote: &Remote, what: &str, body: Value) 
     Ok(answer)
 }
 
+/// Print one resync document (from this process or a server): the difference when nothing is
+/// applied (a dry run, or in sync), and what applying did.
 fn show_resync(ctx: &Context, event: &Value) {
     let sink = event["sink"].as_str().unwrap_or_default();
     match event["event"].as_str() {

@@ -6,6 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
+use sledger::project::{write_docs, PrimaryWait};
 use sledger::read::{read_latest, ReadFrom, Served};
 use sledger::{Command, ListQuery, ReadPoint, Scope, SecretValues, Status};
 use zeroize::Zeroizing;
@@ -15,7 +16,6 @@ use crate::context::{block_on, Context};
 use crate::exit::usage;
 use crate::output;
 use crate::output::outln;
-use sledger::project::{write_docs, PrimaryWait};
 
 /// Split `K=V` at the first `=`.
 fn split_pair<'a>(flag: &str, text: &'a str) -> Result<(&'a str, &'a str)> {
