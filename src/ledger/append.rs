@@ -90,7 +90,8 @@ impl<'a> Planner<'a> {
         }
     }
 
-    /// Read, in one query, whether the names `requests` create are taken.
+    /// Read, in one query, whether the names `requests` create are taken. Asked first, so a
+    /// store may send it with the transaction's first reads (PostgreSQL does): even one name.
     pub(super) fn read_names(&self, requests: &[Request]) -> Result<()> {
         let wanted: Vec<(String, String)> = requests
             .iter()
@@ -101,7 +102,7 @@ impl<'a> Planner<'a> {
                 })
             })
             .collect();
-        if wanted.len() < 2 {
+        if wanted.is_empty() {
             return Ok(());
         }
         let taken = self.tx.names_taken(&wanted)?;
