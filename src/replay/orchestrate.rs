@@ -274,6 +274,35 @@ pub async fn reconcile(
     })
 }
 
+/// `sledger reconcile`: resync the attached sink `name` to the ledger's head. With
+/// `force_ledger`, the decision that the ledger, not the sink, is right is recorded first
+/// (`sink.forced`, by `actor`), and what the sink holds beyond the head is erased and written
+/// again from the ledger.
+pub async fn reconcile_attached(
+    ledger: &mut Ledger,
+    actor: &str,
+    name: &str,
+    force_ledger: bool,
+    progress: Progress<'_>,
+    report: &mut dyn FnMut(Resync<'_>),
+) -> Result<Reconciled> {
+    let (_, sink) = ledger.open_sink(name)?;
+    // Folded before the decision is recorded: what the sink holds beyond this head is ahead.
+    let desired = ledger.desired_at(ledger.head()?.seq)?;
+    let mode = if force_ledger {
+        ledger.execute(
+            actor,
+            vec![Command::ForceSink {
+                name: name.to_owned(),
+            }],
+        )?;
+        Mode::ForceLedger
+    } else {
+        Mode::Apply
+    };
+    reconcile(Some(ledger), name, &*sink, &desired, mode, None, progress, report).await
+}
+
 /// `differences` without the objects a projector wrote after the target was folded.
 fn without_projected_since(ledger: &Ledger, differences: Vec<Difference>) -> Result<Vec<Difference>> {
     let mut kept = Vec::with_capacity(differences.len());

@@ -1194,31 +1194,23 @@ async fn reconcile(
     Json(body): Json<ReconcileBody>,
 ) -> ApiResult {
     allow(&state, &caller, "reconcile", None).await?;
-    // Folded before the decision is recorded: what the sink holds beyond this head is ahead.
-    let desired = state.handle.read(|l| l.desired_at(l.head()?.seq)).await?;
-    if body.force_ledger {
-        let force = Command::ForceSink {
-            name: body.sink.clone(),
-        };
-        state.handle.execute(&caller.principal(), vec![force]).await?;
-    }
     let runtime = tokio::runtime::Handle::current();
+    let (location, master, actor) = (
+        state.handle.location().clone(),
+        state.handle.master_key(),
+        caller.principal(),
+    );
     let events = state
         .handle
-        .read(move |l| {
-            let (_, sink) = l.open_sink(&body.sink)?;
+        .read(move |_| {
+            // Its own connection, as `migrate`'s: a forced reconcile records its decision.
+            let mut ledger = Ledger::open_with_key(location, master)?;
             let mut events = Vec::new();
-            runtime.block_on(orchestrate::reconcile(
-                Some(l),
+            runtime.block_on(orchestrate::reconcile_attached(
+                &mut ledger,
+                &actor,
                 &body.sink,
-                &*sink,
-                &desired,
-                if body.force_ledger {
-                    orchestrate::Mode::ForceLedger
-                } else {
-                    orchestrate::Mode::Apply
-                },
-                None,
+                body.force_ledger,
                 &|_, _, _| {},
                 &mut |e| events.push(e.to_json()),
             ))?;

@@ -267,27 +267,16 @@ pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
         return Ok(());
     }
     let mut ledger = ctx.open_to_write()?;
-    let (_, sink) = ledger.open_sink(&args.sink)?;
-    // Folded before the decision is recorded: what the sink holds beyond this head is ahead.
-    let desired = ledger.desired_at(ledger.head()?.seq)?;
-    if args.force_ledger {
-        let force = sledger::Command::ForceSink {
-            name: args.sink.clone(),
-        };
-        ledger.execute(&ctx.actor, vec![force])?;
-    }
-    block_on(reconcile_sink(
-        ctx,
-        Some(&ledger),
+    let bars = Bars::new(ctx);
+    block_on(orchestrate::reconcile_attached(
+        &mut ledger,
+        &ctx.actor,
         &args.sink,
-        &*sink,
-        &desired,
-        if args.force_ledger {
-            Mode::ForceLedger
-        } else {
-            Mode::Apply
-        },
-    ))
+        args.force_ledger,
+        &bars.progress(),
+        &mut bars.show(ctx),
+    ))?;
+    Ok(())
 }
 
 pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
