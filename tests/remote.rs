@@ -123,6 +123,8 @@ fn remote_outputs_and_exit_codes_match_the_local_ones() {
         (vec!["secret", "create", "bad name!", "--value", "k=v"], 2),
         (vec!["log", "--type", "secret.exploded"], 2),
         (vec!["sink", "promote", "nosuch"], 3),
+        // A point before the first secret would delete them all: refused, not run.
+        (vec!["restore", "--seq", "0"], 2),
     ] {
         let remote_err = env.fails(&args, code);
         let local_err = local.fails(&args, code);

@@ -20,14 +20,6 @@ pub struct RestoreStep {
     pub actions: Vec<&'static str>,
 }
 
-/// Refusing a restore that would delete every live secret (a target before the first one).
-pub fn empties_everything(seq: u64) -> Error {
-    Error::invalid(format!(
-        "no secret was live at seq {seq}, so restoring to it would delete every secret; pick a later \
-         point (`sledger log` shows the seqs), or name the secrets with --secret"
-    ))
-}
-
 impl RestorePlan {
     /// What the plan does, as `restore --format json` and `POST /v1/restore` report it.
     pub fn summary(&self, dry_run: bool) -> serde_json::Value {
@@ -38,6 +30,22 @@ impl RestorePlan {
             "not_yours": self.not_yours,
             "dry_run": dry_run,
         })
+    }
+
+    /// The commands that carry the plan out: none for a dry run. A plan that would delete
+    /// every live secret is refused: its target is most likely before the first secret.
+    pub fn commands_to_run(&mut self, dry_run: bool) -> Result<Vec<Command>> {
+        if dry_run {
+            return Ok(Vec::new());
+        }
+        if self.empties_everything {
+            return Err(Error::invalid(format!(
+                "no secret was live at seq {}, so restoring to it would delete every secret; pick a \
+                 later point (`sledger log` shows the seqs), or name the secrets with --secret",
+                self.target_seq
+            )));
+        }
+        Ok(std::mem::take(&mut self.commands))
     }
 }
 
@@ -51,8 +59,9 @@ pub struct RestorePlan {
     pub purged: Vec<String>,
     /// Other owners' private secrets, which this actor cannot see or change.
     pub not_yours: usize,
-    /// The target has no live secret at all while some are live now: most likely a point
-    /// before the first secret (`--seq 0`), which would delete everything.
+    /// No secrets were named, and the target has no live secret at all while some are live
+    /// now: most likely a point before the first secret (`--seq 0`), which would delete
+    /// everything.
     pub empties_everything: bool,
 }
 
@@ -170,7 +179,7 @@ impl Ledger {
         let live = |m: &SecretMeta| m.status == Status::Live;
         // A secret no event touched since is live then exactly when it is live now.
         let mut untouched_live = false;
-        if !then.values().any(live) && now.values().any(live) {
+        if only.is_empty() && !then.values().any(live) && now.values().any(live) {
             self.scan_secrets(actor, &ListQuery::new(Status::Live), &mut |m| {
                 untouched_live = !now.contains_key(&m.id);
                 Ok(!untouched_live)

@@ -1334,7 +1334,7 @@ async fn restore(
     let target = target(body.seq, body.at.as_deref())?;
     let actor = caller.principal();
     let only = body.secrets.clone();
-    let plan = state
+    let mut plan = state
         .handle
         .read(move |l| {
             let seq = l.target_seq(target)?;
@@ -1342,17 +1342,15 @@ async fn restore(
         })
         .await?;
     let mut summary = plan.summary(body.dry_run);
-    if body.dry_run || plan.commands.is_empty() {
+    let commands = plan.commands_to_run(body.dry_run)?;
+    if commands.is_empty() {
         return Ok(Json(summary).into_response());
-    }
-    if plan.empties_everything && body.secrets.is_empty() {
-        return Err(crate::replay::restore::empties_everything(plan.target_seq).into());
     }
     let verb = format!("restored to seq {}:", plan.target_seq);
     let wait = WaitQuery {
         wait_ms: body.wait_ms,
     };
-    summary["outcomes"] = json!(execute_docs(&state, &caller, &verb, plan.commands, wait).await?);
+    summary["outcomes"] = json!(execute_docs(&state, &caller, &verb, commands, wait).await?);
     Ok(Json(summary).into_response())
 }
 

@@ -351,13 +351,11 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
         None => {
             let mut ledger = ctx.open_to_write()?;
             let seq = target(&ledger, &args.target)?;
-            let plan = ledger.plan_restore(&ctx.actor, seq, &args.secrets)?;
+            let mut plan = ledger.plan_restore(&ctx.actor, seq, &args.secrets)?;
             let mut doc = plan.summary(args.dry_run);
-            if plan.empties_everything && !args.dry_run && args.secrets.is_empty() {
-                return Err(sledger::replay::restore::empties_everything(seq).into());
-            }
-            if !args.dry_run && !plan.commands.is_empty() {
-                let outcomes = ledger.execute(&ctx.actor, plan.commands)?;
+            let commands = plan.commands_to_run(args.dry_run)?;
+            if !commands.is_empty() {
+                let outcomes = ledger.execute(&ctx.actor, commands)?;
                 let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
                 doc["outcomes"] = json!(write_docs(
                     &format!("restored to seq {seq}:"),
