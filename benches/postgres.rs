@@ -141,28 +141,18 @@ fn raw_insert(url: &str, batch: usize) -> f64 {
 
 /// One column of rows read back, as the array parameter that inserts it again.
 fn column(rows: &[tokio_postgres::Row], i: usize) -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
-    use tokio_postgres::types::Type;
+    use tokio_postgres::types::{FromSqlOwned, ToSql, Type};
+    fn array<T: FromSqlOwned + ToSql + Sync + Send + 'static>(
+        rows: &[tokio_postgres::Row],
+        i: usize,
+    ) -> Box<dyn ToSql + Sync + Send> {
+        Box::new(rows.iter().map(|r| r.get::<_, Option<T>>(i)).collect::<Vec<_>>())
+    }
     match *rows.first().map_or(&Type::BYTEA, |r| r.columns()[i].type_()) {
-        Type::INT8 => Box::new(
-            rows.iter()
-                .map(|r| r.get::<_, Option<i64>>(i))
-                .collect::<Vec<_>>(),
-        ),
-        Type::INT4 => Box::new(
-            rows.iter()
-                .map(|r| r.get::<_, Option<i32>>(i))
-                .collect::<Vec<_>>(),
-        ),
-        Type::TEXT => Box::new(
-            rows.iter()
-                .map(|r| r.get::<_, Option<String>>(i))
-                .collect::<Vec<_>>(),
-        ),
-        Type::BYTEA => Box::new(
-            rows.iter()
-                .map(|r| r.get::<_, Option<Vec<u8>>>(i))
-                .collect::<Vec<_>>(),
-        ),
+        Type::INT8 => array::<i64>(rows, i),
+        Type::INT4 => array::<i32>(rows, i),
+        Type::TEXT => array::<String>(rows, i),
+        Type::BYTEA => array::<Vec<u8>>(rows, i),
         ref other => panic!("no raw copy for a column of type {other}"),
     }
 }
