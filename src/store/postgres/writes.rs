@@ -131,11 +131,13 @@ impl Run {
         }
         let (new, known): (Vec<&SecretMeta>, Vec<&SecretMeta>) =
             metas.iter().partition(|m| created.contains(&m.id));
-        if !new.is_empty() {
-            inserts.push((INSERT_CATALOG, catalog_columns(&new)));
-        }
+        // The known rows first: a name one of them gives up is free before a new row takes it
+        // (the live-names index checks each row as it goes in).
         if !known.is_empty() {
             inserts.push((UPSERT_CATALOG, catalog_columns(&known)));
+        }
+        if !new.is_empty() {
+            inserts.push((INSERT_CATALOG, catalog_columns(&new)));
         }
         if let Some(labels) = labels(&metas) {
             inserts.push(labels);
