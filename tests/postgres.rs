@@ -531,9 +531,10 @@ async fn appends_by_other_processes_wake_projectors() {
 }
 
 /// Names freed and taken again inside one write (a delete then a create of the same name, two
-/// secrets swapping names by three renames) land in PostgreSQL as in SQLite: the store merges a
-/// write's catalog rows into a few statements, and the unique index on live names checks each
-/// row as it goes in.
+/// secrets swapping names by three renames) land in PostgreSQL as in SQLite. The PostgreSQL
+/// store merges a write's catalog rows into a few statements while the unique index on live
+/// names checks each row as it goes in; this holds because each name change reaches the store
+/// before another row takes that name (the unit tests in `writes.rs` check the merge's order).
 #[test]
 fn names_freed_and_taken_in_one_write_land_as_in_sqlite() {
     let server = Postgres::start();

@@ -137,6 +137,38 @@ fn restore_after_purge_restores_the_rest_and_says_so() {
     env.fails(&["restore", "--at", &t1, "--secret", "never-existed"], 3);
 }
 
+/// A point before the first secret is refused only when a restore would delete something: when
+/// the only secrets since are another owner's private ones, there is nothing to do, and it says so.
+#[test]
+fn restore_before_the_first_secret_with_only_others_private_secrets_is_a_no_op() {
+    let env = Env::new();
+    env.ok(&[
+        "--actor",
+        "bob@test",
+        "secret",
+        "create",
+        "bobs",
+        "--private",
+        "--value",
+        "k=1",
+    ]);
+    let out = env.cmd().args(["restore", "--seq", "0"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("nothing to restore"),
+        "{out:?}"
+    );
+    assert!(
+        stderr.contains("1 private secret(s) of other owners left alone"),
+        "{stderr}"
+    );
+    assert_eq!(
+        env.ok(&["--actor", "bob@test", "secret", "get", "bobs", "--key", "k"]),
+        "1\n"
+    );
+}
+
 #[test]
 fn replay_into_a_standby_or_url_materialises_a_past_state() {
     let env = Env::new();

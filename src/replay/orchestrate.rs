@@ -274,10 +274,30 @@ pub async fn reconcile(
     })
 }
 
+/// What `sledger reconcile` resyncs the attached sink `name` to: the sink, opened (a wrong
+/// name fails here, before anything is recorded), and the ledger's head folded now. A forced
+/// reconcile records its decision after this: what the sink holds beyond this head is ahead.
+pub fn reconcile_target(ledger: &Ledger, name: &str) -> Result<(Arc<dyn Sink>, Desired)> {
+    let (_, sink) = ledger.open_sink(name)?;
+    Ok((sink, ledger.desired_at(ledger.head()?.seq)?))
+}
+
+impl Mode {
+    /// `sledger reconcile`'s mode: with `--force-ledger` the ledger wins.
+    pub fn reconciling(force_ledger: bool) -> Mode {
+        if force_ledger {
+            Mode::ForceLedger
+        } else {
+            Mode::Apply
+        }
+    }
+}
+
 /// `sledger reconcile`: resync the attached sink `name` to the ledger's head. With
 /// `force_ledger`, the decision that the ledger, not the sink, is right is recorded first
 /// (`sink.forced`, by `actor`), and what the sink holds beyond the head is erased and written
-/// again from the ledger.
+/// again from the ledger. (A server records the decision through its handle: it calls
+/// [`reconcile_target`] and [`reconcile`] around its own append.)
 pub async fn reconcile_attached(
     ledger: &mut Ledger,
     actor: &str,
@@ -286,20 +306,14 @@ pub async fn reconcile_attached(
     progress: Progress<'_>,
     report: &mut dyn FnMut(Resync<'_>),
 ) -> Result<Reconciled> {
-    let (_, sink) = ledger.open_sink(name)?;
-    // Folded before the decision is recorded: what the sink holds beyond this head is ahead.
-    let desired = ledger.desired_at(ledger.head()?.seq)?;
-    let mode = if force_ledger {
-        ledger.execute(
-            actor,
-            vec![Command::ForceSink {
-                name: name.to_owned(),
-            }],
-        )?;
-        Mode::ForceLedger
-    } else {
-        Mode::Apply
-    };
+    let (sink, desired) = reconcile_target(ledger, name)?;
+    if force_ledger {
+        let force = Command::ForceSink {
+            name: name.to_owned(),
+        };
+        ledger.execute(actor, vec![force])?;
+    }
+    let mode = Mode::reconciling(force_ledger);
     reconcile(Some(ledger), name, &*sink, &desired, mode, None, progress, report).await
 }
 

@@ -35,7 +35,7 @@ impl RestorePlan {
     /// The commands that carry the plan out: none for a dry run. A plan that would delete
     /// every live secret is refused: its target is most likely before the first secret.
     pub fn commands_to_run(&mut self, dry_run: bool) -> Result<Vec<Command>> {
-        if dry_run {
+        if dry_run || self.commands.is_empty() {
             return Ok(Vec::new());
         }
         if self.empties_everything {

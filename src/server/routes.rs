@@ -1194,23 +1194,29 @@ async fn reconcile(
     Json(body): Json<ReconcileBody>,
 ) -> ApiResult {
     allow(&state, &caller, "reconcile", None).await?;
+    let name = body.sink.clone();
+    let (sink, desired) = state
+        .handle
+        .read(move |l| orchestrate::reconcile_target(l, &name))
+        .await?;
+    if body.force_ledger {
+        let force = Command::ForceSink {
+            name: body.sink.clone(),
+        };
+        state.handle.execute(&caller.principal(), vec![force]).await?;
+    }
     let runtime = tokio::runtime::Handle::current();
-    let (location, master, actor) = (
-        state.handle.location().clone(),
-        state.handle.master_key(),
-        caller.principal(),
-    );
     let events = state
         .handle
-        .read(move |_| {
-            // Its own connection, as `migrate`'s: a forced reconcile records its decision.
-            let mut ledger = Ledger::open_with_key(location, master)?;
+        .read(move |l| {
             let mut events = Vec::new();
-            runtime.block_on(orchestrate::reconcile_attached(
-                &mut ledger,
-                &actor,
+            runtime.block_on(orchestrate::reconcile(
+                Some(l),
                 &body.sink,
-                body.force_ledger,
+                &*sink,
+                &desired,
+                orchestrate::Mode::reconciling(body.force_ledger),
+                None,
                 &|_, _, _| {},
                 &mut |e| events.push(e.to_json()),
             ))?;

@@ -131,8 +131,10 @@ impl Run {
         }
         let (new, known): (Vec<&SecretMeta>, Vec<&SecretMeta>) =
             metas.iter().partition(|m| created.contains(&m.id));
-        // The known rows first: a name one of them gives up is free before a new row takes it
-        // (the live-names index checks each row as it goes in).
+        // The known rows first, so that a name one of them gives up is free before a new row
+        // takes it: the live-names index checks each row as it goes in. (The ledger asks the
+        // store again about any name whose row changed, which sends the writes held so far; a
+        // run holds no such pair today, but nothing here should depend on that.)
         if !known.is_empty() {
             inserts.push((UPSERT_CATALOG, catalog_columns(&known)));
         }
@@ -281,7 +283,13 @@ mod tests {
     fn kinds(wire: &[Wire]) -> Vec<String> {
         wire.iter()
             .map(|w| match w {
-                Wire::Statement(sql, _) => sql.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
+                Wire::Statement(sql, _) => {
+                    let kind = sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+                    match sql.contains("ON CONFLICT") {
+                        true => format!("{kind} (upsert)"),
+                        false => kind,
+                    }
+                }
                 Wire::Command(sql) => sql.clone(),
             })
             .collect()
@@ -303,10 +311,74 @@ mod tests {
             [
                 "SET LOCAL plan_cache_mode = force_generic_plan",
                 "INSERT INTO secret_keys",
-                "INSERT INTO ledger_meta",
+                "INSERT INTO ledger_meta (upsert)",
                 "SET LOCAL plan_cache_mode = force_custom_plan",
                 "SAVEPOINT unit",
                 "DELETE FROM secret_keys"
+            ]
+        );
+    }
+
+    fn meta(id: SecretId, name: &str) -> SecretMeta {
+        SecretMeta {
+            id,
+            name: name.into(),
+            scope: crate::event::Scope::Workspace,
+            owner: "alice".into(),
+            labels: BTreeMap::from([("env".to_owned(), "prod".to_owned())]),
+            version: 1,
+            status: crate::catalog::Status::Live,
+            created_at: 0,
+            created_by: "alice".into(),
+            updated_at: 0,
+            updated_seq: 1,
+            value_seq: 1,
+            fingerprints: BTreeMap::new(),
+        }
+    }
+
+    fn event(secret: SecretId, event_type: &str) -> StoredEvent {
+        StoredEvent {
+            seq: 1,
+            event_id: uuid::Uuid::now_v7(),
+            recorded_at: 0,
+            actor: "alice".into(),
+            secret_id: Some(secret),
+            event_type: event_type.into(),
+            event_version: 1,
+            payload: Vec::new(),
+            prev_hash: [0; 32],
+            hash: [0; 32],
+            mac: None,
+        }
+    }
+
+    /// Searches (the DELETEs) keep their per-call plans; the writes that search nothing share
+    /// generic ones. A secret created in the run goes in by INSERT, after the rows that exist,
+    /// which may give up the names it takes; only an existing secret's labels are deleted.
+    #[test]
+    fn deletes_go_first_and_new_catalog_rows_after_the_known_ones() {
+        let (known, new) = (SecretId::now_v7(), SecretId::now_v7());
+        let wire = merge(vec![
+            Write::Event(event(known, "secret.renamed")),
+            Write::Secret(meta(known, "old")),
+            Write::DeleteKey(known),
+            Write::Event(event(new, "secret.created")),
+            Write::Secret(meta(new, "db")),
+            Write::PutKey(new, vec![1]),
+        ]);
+        assert_eq!(
+            kinds(&wire),
+            [
+                "DELETE FROM secret_keys",
+                "DELETE FROM catalog_labels",
+                "SET LOCAL plan_cache_mode = force_generic_plan",
+                "INSERT INTO events",
+                "INSERT INTO secret_keys",
+                "INSERT INTO catalog (upsert)",
+                "INSERT INTO catalog",
+                "INSERT INTO catalog_labels",
+                "SET LOCAL plan_cache_mode = force_custom_plan",
             ]
         );
     }
