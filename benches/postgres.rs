@@ -78,67 +78,6 @@ fn through_handle(location: Location, master: MasterKey, writers: usize, creates
     })
 }
 
-/// Rows/s inserting `database`'s event rows again, raw, into a copy of the table, `batch` rows
-/// per transaction (one multi-row INSERT each, as sledger's store sends them).
-fn raw_insert(url: &str, batch: usize) -> f64 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
-        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
-        tokio::spawn(connection);
-        client
-            .batch_execute(
-                "DROP TABLE IF EXISTS raw_events; CREATE TABLE raw_events (LIKE sledger.events INCLUDING ALL)",
-            )
-            .await
-            .unwrap();
-        let rows = client
-            .query(
-                "SELECT seq, event_id, recorded_at, actor, secret_id, event_type, event_version, payload, prev_hash, hash, mac
-                 FROM sledger.events ORDER BY seq",
-                &[],
-            )
-            .await
-            .unwrap();
-        let insert = client
-            .prepare(
-                "INSERT INTO raw_events SELECT * FROM unnest($1::bigint[], $2::bytea[], $3::bigint[], $4::text[], $5::bytea[],
-                 $6::text[], $7::integer[], $8::bytea[], $9::bytea[], $10::bytea[], $11::bytea[])",
-            )
-            .await
-            .unwrap();
-        let start = Instant::now();
-        for chunk in rows.chunks(batch.max(1)) {
-            let column = |i: usize| chunk.iter().map(|r| r.get::<_, Option<Vec<u8>>>(i)).collect::<Vec<_>>();
-            let ints = |i: usize| chunk.iter().map(|r| r.get::<_, i64>(i)).collect::<Vec<_>>();
-            let texts = |i: usize| chunk.iter().map(|r| r.get::<_, String>(i)).collect::<Vec<_>>();
-            let versions: Vec<i32> = chunk.iter().map(|r| r.get(6)).collect();
-            client
-                .execute(
-                    &insert,
-                    &[
-                        &ints(0),
-                        &column(1),
-                        &ints(2),
-                        &texts(3),
-                        &column(4),
-                        &texts(5),
-                        &versions,
-                        &column(7),
-                        &column(8),
-                        &column(9),
-                        &column(10),
-                    ],
-                )
-                .await
-                .unwrap();
-        }
-        rows.len() as f64 / start.elapsed().as_secs_f64()
-    })
-}
-
 /// One column of rows read back, as the array parameter that inserts it again.
 fn column(rows: &[tokio_postgres::Row], i: usize) -> Box<dyn tokio_postgres::types::ToSql + Sync + Send> {
     use tokio_postgres::types::{FromSqlOwned, ToSql, Type};
@@ -157,17 +96,22 @@ fn column(rows: &[tokio_postgres::Row], i: usize) -> Box<dyn tokio_postgres::typ
     }
 }
 
-/// Creates/s writing every row `database`'s creates wrote (their events, data keys, catalog
-/// rows and labels, and the ledger's `catalog_seq` setting once a transaction), raw, into
-/// copies of those tables with the same indexes: `batch` creates a transaction, each table one
-/// multi-row INSERT, all of a transaction in one pipeline (as sledger's store sends them).
-fn raw_insert_every_row(url: &str, batch: usize) -> f64 {
-    const TABLES: [(&str, &str); 4] = [
-        ("events", "seq"),
-        ("secret_keys", "secret_id"),
-        ("catalog", "secret_id"),
-        ("catalog_labels", "secret_id"),
-    ];
+/// The tables a create writes rows into, each with the order its rows are read back in.
+const EVENTS: (&str, &str) = ("events", "seq");
+const CREATED_ROWS: [(&str, &str); 4] = [
+    EVENTS,
+    ("secret_keys", "secret_id"),
+    ("catalog", "secret_id"),
+    ("catalog_labels", "secret_id"),
+];
+
+/// Rows/s of `tables[counted]` inserting the rows `database` holds in `tables` again, raw, into
+/// copies of those tables with the same indexes: `batch` rows of `tables[counted]` a
+/// transaction (the other tables' rows in the same proportion), each table one multi-row
+/// INSERT, as sledger's store sends them. With `setting`, each transaction also upserts the
+/// ledger's `catalog_seq`, as sledger's appends do. A transaction of several statements goes in
+/// one pipeline; a lone INSERT is its own transaction.
+fn raw_insert(url: &str, tables: &[(&str, &str)], counted: usize, setting: bool, batch: usize) -> f64 {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -175,8 +119,8 @@ fn raw_insert_every_row(url: &str, batch: usize) -> f64 {
     runtime.block_on(async move {
         let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls).await.unwrap();
         tokio::spawn(connection);
-        let mut tables = Vec::new();
-        for (table, order) in TABLES {
+        let mut copies = Vec::new();
+        for (table, order) in tables {
             client
                 .batch_execute(&format!(
                     "DROP TABLE IF EXISTS raw_{table}; CREATE TABLE raw_{table} (LIKE sledger.{table} INCLUDING ALL)"
@@ -187,30 +131,34 @@ fn raw_insert_every_row(url: &str, batch: usize) -> f64 {
                 .query(&format!("SELECT * FROM sledger.{table} ORDER BY {order}"), &[])
                 .await
                 .unwrap();
-            let types: Vec<String> = rows[0].columns().iter().map(|c| format!("{}[]", c.type_())).collect();
-            let unnest: Vec<String> = types.iter().enumerate().map(|(i, t)| format!("${}::{t}", i + 1)).collect();
+            let unnest: Vec<String> = rows[0]
+                .columns()
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("${}::{}[]", i + 1, c.type_()))
+                .collect();
             let insert = client
                 .prepare(&format!("INSERT INTO raw_{table} SELECT * FROM unnest({})", unnest.join(", ")))
                 .await
                 .unwrap();
-            tables.push((insert, rows));
+            copies.push((insert, rows));
         }
         client
             .batch_execute("DROP TABLE IF EXISTS raw_ledger_meta; CREATE TABLE raw_ledger_meta (LIKE sledger.ledger_meta INCLUDING ALL)")
             .await
             .unwrap();
-        let setting = client
+        let upsert_setting = client
             .prepare(
                 "INSERT INTO raw_ledger_meta (key, int_value) VALUES ('catalog_seq', $1)
                  ON CONFLICT (key) DO UPDATE SET int_value = excluded.int_value",
             )
             .await
             .unwrap();
-        let creates = tables[2].1.len();
-        let transactions = creates.div_ceil(batch.max(1));
+        let rows = copies[counted].1.len();
+        let transactions = rows.div_ceil(batch.max(1));
         let start = Instant::now();
         for t in 0..transactions {
-            let params: Vec<_> = tables
+            let params: Vec<_> = copies
                 .iter()
                 .map(|(insert, rows)| {
                     let per = rows.len().div_ceil(transactions);
@@ -220,29 +168,36 @@ fn raw_insert_every_row(url: &str, batch: usize) -> f64 {
                 })
                 .filter(|(_, columns)| !columns.is_empty())
                 .collect();
-            let seq = t as i64;
-            let seq: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&seq];
             let inserts = params.iter().map(|(insert, columns)| {
                 let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> =
                     columns.iter().map(|c| c.as_ref() as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
                 let client = &client;
                 async move { client.execute(*insert, &refs).await }
             });
+            if params.len() == 1 && !setting {
+                futures::future::join_all(inserts).await.into_iter().for_each(|w| {
+                    w.unwrap();
+                });
+                continue;
+            }
+            let seq = t as i64;
+            let seq: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&seq];
+            let settings = setting.then(|| client.execute(&upsert_setting, &seq));
             // Sent in one pipeline: each request goes out when first polled, in this order.
-            let (begin, written, meta, commit) = futures::join!(
+            let (begin, written, set, commit) = futures::join!(
                 client.batch_execute("BEGIN"),
                 futures::future::join_all(inserts),
-                client.execute(&setting, &seq),
+                futures::future::OptionFuture::from(settings),
                 client.batch_execute("COMMIT"),
             );
             begin.unwrap();
             written.into_iter().for_each(|w| {
                 w.unwrap();
             });
-            meta.unwrap();
+            set.transpose().unwrap();
             commit.unwrap();
         }
-        creates as f64 / start.elapsed().as_secs_f64()
+        rows as f64 / start.elapsed().as_secs_f64()
     })
 }
 
@@ -301,10 +256,12 @@ fn main() {
             let master = MasterKey::generate();
             Ledger::init(location.clone(), master.clone(), LedgerSettings::default()).unwrap();
             let (per_second, per_commit) = through_handle(location, master, writers, creates);
-            let every_row = raw_insert_every_row(&url, per_commit.round() as usize);
-            let events = raw_insert(&url, per_commit.round() as usize);
+            let batch = per_commit.round() as usize;
+            // Counted by catalog rows: one per create.
+            let every_row = raw_insert(&url, &CREATED_ROWS, 2, true, batch);
+            let events = raw_insert(&url, &[EVENTS], 0, false, batch);
             if round == 0 {
-                raw_1000 = raw_insert(&url, 1000);
+                raw_1000 = raw_insert(&url, &[EVENTS], 0, false, 1000);
             }
             measured.push([
                 per_second,
