@@ -301,3 +301,60 @@ fn rekey(writer: &mut Ledger, master: MasterKey, shared: Option<&Shared>) -> Res
 fn closed() -> Error {
     Error::Closed
 }
+
+/// Where an operation appends, so that it is written once for every front end: a [`Ledger`] it
+/// holds alone (the CLI, library users), or a [`LedgerHandle`]'s group commit, where the
+/// handle's subscribers and counters see the append (the server).
+pub trait Append {
+    /// Apply `commands` as one all-or-nothing request on behalf of `actor`.
+    fn append(
+        &mut self,
+        actor: &str,
+        commands: Vec<Command>,
+    ) -> impl std::future::Future<Output = Result<Vec<Outcome>>>;
+}
+
+/// An operation that also reads: through the ledger it appends to, or, with
+/// [`ThroughHandle`], through one of a handle's read connections.
+pub trait ReadAppend: Append {
+    /// The connection to read through. It sees every append made through
+    /// [`append`](Append::append) as soon as that returns.
+    fn reader(&self) -> &Ledger;
+}
+
+impl Append for Ledger {
+    async fn append(&mut self, actor: &str, commands: Vec<Command>) -> Result<Vec<Outcome>> {
+        self.execute(actor, commands)
+    }
+}
+
+impl ReadAppend for Ledger {
+    fn reader(&self) -> &Ledger {
+        self
+    }
+}
+
+impl Append for LedgerHandle {
+    async fn append(&mut self, actor: &str, commands: Vec<Command>) -> Result<Vec<Outcome>> {
+        self.execute(actor, commands).await
+    }
+}
+
+/// Reads through `reader` (a read connection [`LedgerHandle::read`] lends), appends through
+/// `handle`.
+pub struct ThroughHandle<'a> {
+    pub reader: &'a Ledger,
+    pub handle: &'a LedgerHandle,
+}
+
+impl Append for ThroughHandle<'_> {
+    async fn append(&mut self, actor: &str, commands: Vec<Command>) -> Result<Vec<Outcome>> {
+        self.handle.execute(actor, commands).await
+    }
+}
+
+impl ReadAppend for ThroughHandle<'_> {
+    fn reader(&self) -> &Ledger {
+        self.reader
+    }
+}

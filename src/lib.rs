@@ -56,7 +56,7 @@ pub use catalog::{Catalog, ListQuery, SecretMeta, Status};
 pub use crypto::{MasterKey, SecretValues};
 pub use error::{Error, ErrorClass, Result};
 pub use event::{Event, Scope, StoredEvent};
-pub use handle::{CommitStats, LedgerHandle};
+pub use handle::{Append, CommitStats, LedgerHandle, ReadAppend, ThroughHandle};
 pub use ledger::{
     Anchor, AuditEntry, Command, KeyChange, Ledger, LedgerSettings, LogFilter, Outcome, ReadPoint, Request,
     SecretPage, SecretRead,

@@ -994,3 +994,61 @@ async fn verify_over_http_names_the_sink_that_witnessed_a_longer_log() {
         "{message}"
     );
 }
+
+/// The write transactions and requests `/metrics` counts (the server's group commit).
+async fn commit_requests(server: &Server, admin: &str) -> u64 {
+    let (status, text) = call(server, admin, Method::GET, "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK, "{text}");
+    let text = text.as_str().unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix("sledger_commit_requests "))
+        .unwrap_or_else(|| panic!("no sledger_commit_requests in {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The operations the server runs for a caller append through its group commit, like any
+/// other write, so its counters (and subscribers) see them: `POST /v1/migrate` to a new URL is
+/// two requests (attach, promote), a refused `POST /v1/sinks` one that leaves no file behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn operations_through_the_server_append_through_its_group_commit() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let create = json!({"name": "app/db", "values": {"pw": "one"}});
+    let (status, body) = call(&server, &admin, Method::POST, "/v1/secrets", Some(create)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let before = commit_requests(&server, &admin).await;
+    let taken = json!({"name": "local", "url": format!("sqlite://{}", env.path("fresh.db").display())});
+    let (status, body) = call(&server, &admin, Method::POST, "/v1/sinks", Some(taken)).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(!env.path("fresh.db").exists());
+    assert_eq!(commit_requests(&server, &admin).await, before + 1);
+
+    let to = json!({"to": format!("sqlite://{}", env.path("new.db").display()), "name": "new"});
+    let (status, body) = call(&server, &admin, Method::POST, "/v1/migrate", Some(to)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["steps"].as_array().unwrap().len(), 5, "{body}");
+    assert_eq!(commit_requests(&server, &admin).await, before + 3);
+    let (_, sinks) = call(&server, &admin, Method::GET, "/v1/sinks", None).await;
+    let role = |name: &str| {
+        sinks
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()["role"]
+            .clone()
+    };
+    assert_eq!(
+        (role("new"), role("local")),
+        (json!("primary"), json!("backup")),
+        "{sinks}"
+    );
+    let (status, read) = call(&server, &admin, Method::GET, "/v1/secrets/app/db", None).await;
+    assert_eq!(status, StatusCode::OK, "{read}");
+    assert_eq!(read["source"]["name"], "new", "{read}");
+    assert_eq!(read["values"]["pw"], "one", "{read}");
+}

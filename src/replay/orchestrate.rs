@@ -10,7 +10,8 @@ use std::sync::Arc;
 use super::{apply, diff, ApplyReport, Desired, DiffKind, Difference};
 use crate::error::{Error, Result};
 use crate::event::SinkRole;
-use crate::ledger::{Command, Ledger};
+use crate::handle::{Append, ReadAppend};
+use crate::ledger::{Command, Ledger, Outcome};
 use crate::project::{self, lock_sink_writes, ProjectOptions};
 use crate::sink::{Backend, Sink, SinkUrl, SqliteSink};
 use crate::SecretId;
@@ -98,6 +99,29 @@ impl Resync<'_> {
             }),
         }
     }
+}
+
+/// Attach the sink `name` at `url`: make its backend ready ([`prepare_backend`]) and record
+/// `sink.added` as `actor`. When the ledger refuses it (a taken name, say), a sqlite file made
+/// for it is removed again: no file is left behind for a sink that does not exist.
+pub async fn add_sink(
+    ledger: &mut impl Append,
+    actor: &str,
+    name: &str,
+    url: &str,
+    role: SinkRole,
+) -> Result<Vec<Outcome>> {
+    let created = prepare_backend(&SinkUrl::parse(url)?)?;
+    let add = Command::AddSink {
+        name: name.to_owned(),
+        url: url.to_owned(),
+        role,
+    };
+    let added = ledger.append(actor, vec![add]).await;
+    if let (Err(_), Some(path)) = (&added, created) {
+        let _ = std::fs::remove_file(path);
+    }
+    added
 }
 
 /// What a reconcile found and did. When something is left different, [`reconcile`] returns
@@ -296,25 +320,25 @@ impl Mode {
 /// `sledger reconcile`: resync the attached sink `name` to the ledger's head. With
 /// `force_ledger`, the decision that the ledger, not the sink, is right is recorded first
 /// (`sink.forced`, by `actor`), and what the sink holds beyond the head is erased and written
-/// again from the ledger. (A server records the decision through its handle: it calls
-/// [`reconcile_target`] and [`reconcile`] around its own append.)
+/// again from the ledger.
 pub async fn reconcile_attached(
-    ledger: &mut Ledger,
+    ledger: &mut impl ReadAppend,
     actor: &str,
     name: &str,
     force_ledger: bool,
     progress: Progress<'_>,
     report: &mut dyn FnMut(Resync<'_>),
 ) -> Result<Reconciled> {
-    let (sink, desired) = reconcile_target(ledger, name)?;
+    let (sink, desired) = reconcile_target(ledger.reader(), name)?;
     if force_ledger {
         let force = Command::ForceSink {
             name: name.to_owned(),
         };
-        ledger.execute(actor, vec![force])?;
+        ledger.append(actor, vec![force]).await?;
     }
     let mode = Mode::reconciling(force_ledger);
-    reconcile(Some(ledger), name, &*sink, &desired, mode, None, progress, report).await
+    let reader = ledger.reader();
+    reconcile(Some(reader), name, &*sink, &desired, mode, None, progress, report).await
 }
 
 /// `differences` without the objects a projector wrote after the target was folded.
@@ -532,6 +556,7 @@ pub struct MigrateTo {
     pub name: Option<String>,
     /// Afterwards, make the old primary a standby and remove from it what the new primary
     /// verifiably holds.
+    #[serde(default)]
     pub delete_secrets: bool,
 }
 
@@ -586,37 +611,26 @@ pub async fn plan_migration(ledger: &Ledger, to: &MigrateTo) -> Result<MigratePl
 /// catch up what was written meanwhile. Writes keep working throughout; running it again
 /// after an interruption continues where it stopped.
 pub async fn migrate(
-    ledger: &mut Ledger,
+    ledger: &mut impl ReadAppend,
     actor: &str,
     to: &MigrateTo,
     progress: Progress<'_>,
     step: &mut dyn FnMut(MigrateStep),
 ) -> Result<()> {
-    let (name, attached) = to.sink_name(ledger)?;
+    let (name, attached) = to.sink_name(ledger.reader())?;
     if !attached {
-        let created = prepare_backend(&SinkUrl::parse(&to.to)?)?;
-        let add = Command::AddSink {
-            name: name.clone(),
-            url: to.to.clone(),
-            role: SinkRole::Backup,
-        };
-        if let Err(e) = ledger.execute(actor, vec![add]) {
-            if let Some(path) = created {
-                let _ = std::fs::remove_file(path);
-            }
-            return Err(e);
-        }
+        add_sink(ledger, actor, &name, &to.to, SinkRole::Backup).await?;
         step(MigrateStep::Attached {
             name: name.clone(),
             was: None,
         });
     }
-    let config = ledger.sink_config(&name)?;
-    let old = project::primary(ledger)?;
+    let config = ledger.reader().sink_config(&name)?;
+    let old = project::primary(ledger.reader())?;
     if config.role == SinkRole::Primary {
         // Interrupted after the promotion: what may be left is emptying the old primary.
-        match demoted_by_promotion_of(ledger, &name)? {
-            Some(old) if to.delete_secrets && ledger.sink_config(&old)?.role == SinkRole::Backup => {
+        match demoted_by_promotion_of(ledger.reader(), &name)? {
+            Some(old) if to.delete_secrets && ledger.reader().sink_config(&old)?.role == SinkRole::Backup => {
                 let removed = empty_old_primary(ledger, actor, &name, &old).await?;
                 step(MigrateStep::Emptied { old, removed });
             }
@@ -626,34 +640,63 @@ pub async fn migrate(
     }
     if config.role != SinkRole::Backup {
         let role = SinkRole::Backup;
-        ledger.execute(
-            actor,
-            vec![Command::SetSinkRole {
-                name: name.clone(),
-                role,
-            }],
-        )?;
+        ledger
+            .append(
+                actor,
+                vec![Command::SetSinkRole {
+                    name: name.clone(),
+                    role,
+                }],
+            )
+            .await?;
         step(MigrateStep::Attached {
             name: name.clone(),
             was: Some(config.role),
         });
     }
-    // Catch up and verify: projection first (fast, checkpointed), then a full comparison that
-    // also fixes anything the sink held before it was attached.
-    project::project_named(ledger, &name, &ProjectOptions::default()).await?;
-    let checkpoint = ledger.checkpoint(&name)?;
-    step(MigrateStep::CaughtUp {
+    verify_caught_up(ledger.reader(), &name, progress, step).await?;
+    ledger
+        .append(actor, vec![Command::PromoteSink { name: name.clone() }])
+        .await?;
+    step(MigrateStep::Promoted {
         name: name.clone(),
+        old: old.clone(),
+    });
+    // Writes that landed between the check and the promotion.
+    project::project_named(ledger.reader(), &name, &ProjectOptions::default()).await?;
+    match (to.delete_secrets, old) {
+        (true, Some(old)) => {
+            let removed = empty_old_primary(ledger, actor, &name, &old).await?;
+            step(MigrateStep::Emptied { old, removed });
+        }
+        _ => step(MigrateStep::Done),
+    }
+    Ok(())
+}
+
+/// Steps 2 and 3 of `migrate`: catch the backup `name` up, then check that it matches the
+/// ledger. Projection first (fast, checkpointed), then a full comparison that also fixes
+/// anything the sink held before it was attached.
+async fn verify_caught_up(
+    ledger: &Ledger,
+    name: &str,
+    progress: Progress<'_>,
+    step: &mut dyn FnMut(MigrateStep),
+) -> Result<()> {
+    project::project_named(ledger, name, &ProjectOptions::default()).await?;
+    let checkpoint = ledger.checkpoint(name)?;
+    step(MigrateStep::CaughtUp {
+        name: name.to_owned(),
         seq: checkpoint,
     });
-    let (_, sink) = ledger.open_sink(&name)?;
+    let (_, sink) = ledger.open_sink(name)?;
     let desired = ledger.desired_at(checkpoint)?;
     // A projector running meanwhile may already have written states after the checkpoint.
     // An error reading the log keeps the difference, so it is reported rather than ignored.
     let not_projected = |d: &Difference| !projected_since(ledger, d).unwrap_or(false);
     let done = reconcile(
         Some(ledger),
-        &name,
+        name,
         &*sink,
         &desired,
         Mode::Apply,
@@ -671,39 +714,28 @@ pub async fn migrate(
         )));
     }
     step(MigrateStep::Verified {
-        name: name.clone(),
+        name: name.to_owned(),
         fixed: done.applied.map_or(0, |r| r.written + r.deleted),
     });
-    ledger.execute(actor, vec![Command::PromoteSink { name: name.clone() }])?;
-    step(MigrateStep::Promoted {
-        name: name.clone(),
-        old: old.clone(),
-    });
-    // Writes that landed between the check and the promotion.
-    project::project_named(ledger, &name, &ProjectOptions::default()).await?;
-    match (to.delete_secrets, old) {
-        (true, Some(old)) => {
-            let removed = empty_old_primary(ledger, actor, &name, &old).await?;
-            step(MigrateStep::Emptied { old, removed });
-        }
-        _ => step(MigrateStep::Done),
-    }
     Ok(())
 }
 
 /// The last step of `migrate --delete-secrets`: the old primary becomes a standby (so no
 /// projector refills it) and loses what the new primary verifiably holds.
-async fn empty_old_primary(ledger: &mut Ledger, actor: &str, new: &str, old: &str) -> Result<u64> {
-    ledger.execute(
-        actor,
-        vec![Command::SetSinkRole {
-            name: old.to_owned(),
-            role: SinkRole::Standby,
-        }],
-    )?;
-    let (_, target) = ledger.open_sink(new)?;
-    let (_, sink) = ledger.open_sink(old)?;
-    let through = ledger.checkpoint(new)?;
+async fn empty_old_primary(ledger: &mut impl ReadAppend, actor: &str, new: &str, old: &str) -> Result<u64> {
+    ledger
+        .append(
+            actor,
+            vec![Command::SetSinkRole {
+                name: old.to_owned(),
+                role: SinkRole::Standby,
+            }],
+        )
+        .await?;
+    let reader = ledger.reader();
+    let (_, target) = reader.open_sink(new)?;
+    let (_, sink) = reader.open_sink(old)?;
+    let through = reader.checkpoint(new)?;
     let held = held_ids(&*target).await?;
     empty_sink(&*sink, through, &|id| held.contains(&id)).await
 }

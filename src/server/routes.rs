@@ -28,7 +28,7 @@ use crate::identity::{Action, Role, TokenSecret};
 use crate::ledger::ID_REF_PREFIX;
 use crate::read::{read_latest, ReadFrom, Served};
 use crate::replay::orchestrate;
-use crate::{Command, Ledger, ListQuery, LogFilter, Outcome, ReadPoint, SecretValues, Status};
+use crate::{Command, Ledger, ListQuery, LogFilter, Outcome, ReadPoint, SecretValues, Status, ThroughHandle};
 
 /// One route of the API.
 #[derive(Debug, Clone, Copy)]
@@ -489,7 +489,14 @@ async fn execute(
     commands: Vec<Command>,
     wait: WaitQuery,
 ) -> ApiResult {
-    let docs = execute_docs(state, caller, verb, commands, wait).await?;
+    Ok(answer(
+        verb,
+        execute_docs(state, caller, verb, commands, wait).await?,
+    ))
+}
+
+/// A write's documents as an answer: one document alone, several as an array.
+fn answer(verb: &str, docs: Vec<Value>) -> Response {
     let status = if verb == "created" && !docs.is_empty() {
         StatusCode::CREATED
     } else {
@@ -499,7 +506,7 @@ async fn execute(
         Ok([one]) => one,
         Err(many) => Value::Array(many),
     };
-    Ok((status, Json(body)).into_response())
+    (status, Json(body)).into_response()
 }
 
 async fn execute_docs(
@@ -1032,18 +1039,20 @@ async fn add_sink(
         )
         .into());
     }
-    let created = crate::replay::orchestrate::prepare_backend(&url)?;
-    let command = Command::AddSink {
-        name: body.name,
-        url: body.url,
-        role: body.role,
-    };
-    let added = execute(&state, &caller, "added", vec![command], WaitQuery::default()).await;
-    if let (Err(_), Some(path)) = (&added, created) {
-        // Refused (a taken name, say): leave no file behind for a sink that does not exist.
-        let _ = std::fs::remove_file(path);
-    }
-    added
+    let started = Instant::now();
+    let outcomes = orchestrate::add_sink(
+        &mut state.handle.clone(),
+        &caller.principal(),
+        &body.name,
+        &body.url,
+        body.role,
+    )
+    .await?;
+    state.metrics.append(started.elapsed().as_secs_f64());
+    Ok(answer(
+        "added",
+        crate::project::write_docs("added", &outcomes, None),
+    ))
 }
 
 async fn promote_sink(
@@ -1194,29 +1203,20 @@ async fn reconcile(
     Json(body): Json<ReconcileBody>,
 ) -> ApiResult {
     allow(&state, &caller, "reconcile", None).await?;
-    let name = body.sink.clone();
-    let (sink, desired) = state
-        .handle
-        .read(move |l| orchestrate::reconcile_target(l, &name))
-        .await?;
-    if body.force_ledger {
-        let force = Command::ForceSink {
-            name: body.sink.clone(),
-        };
-        state.handle.execute(&caller.principal(), vec![force]).await?;
-    }
+    let (handle, actor) = (state.handle.clone(), caller.principal());
     let runtime = tokio::runtime::Handle::current();
     let events = state
         .handle
-        .read(move |l| {
+        .read(move |reader| {
             let mut events = Vec::new();
-            runtime.block_on(orchestrate::reconcile(
-                Some(l),
+            runtime.block_on(orchestrate::reconcile_attached(
+                &mut ThroughHandle {
+                    reader,
+                    handle: &handle,
+                },
+                &actor,
                 &body.sink,
-                &*sink,
-                &desired,
-                orchestrate::Mode::reconciling(body.force_ledger),
-                None,
+                body.force_ledger,
                 &|_, _, _| {},
                 &mut |e| events.push(e.to_json()),
             ))?;
@@ -1283,23 +1283,21 @@ async fn migrate(
     if body.to.to.contains("://") && crate::sink::SinkUrl::parse(&body.to.to)?.backend.is_memory() {
         return Err(Error::invalid("a memory:// sink would live only inside the server process").into());
     }
+    let (handle, actor) = (state.handle.clone(), caller.principal());
     let runtime = tokio::runtime::Handle::current();
-    let (location, master, actor) = (
-        state.handle.location().clone(),
-        state.handle.master_key(),
-        caller.principal(),
-    );
     let doc = state
         .handle
-        .read(move |_| {
-            let mut ledger = Ledger::open_with_key(location, master)?;
+        .read(move |reader| {
             if body.dry_run {
-                let plan = runtime.block_on(orchestrate::plan_migration(&ledger, &body.to))?;
+                let plan = runtime.block_on(orchestrate::plan_migration(reader, &body.to))?;
                 return Ok(json!({"plan": plan}));
             }
             let mut steps = Vec::new();
             runtime.block_on(orchestrate::migrate(
-                &mut ledger,
+                &mut ThroughHandle {
+                    reader,
+                    handle: &handle,
+                },
                 &actor,
                 &body.to,
                 &|_, _, _| {},

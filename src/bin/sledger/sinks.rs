@@ -28,12 +28,6 @@ pub fn refuse_memory(url: &SinkUrl) -> Result<()> {
     }
 }
 
-/// Make the backend ready (a sqlite sink's file is created); returns the file it created.
-pub fn prepare_backend(url: &SinkUrl) -> Result<Option<std::path::PathBuf>> {
-    refuse_memory(url)?;
-    Ok(orchestrate::prepare_backend(url)?)
-}
-
 /// Apply a sink command, locally or through the server, and say what changed.
 fn change(ctx: &Context, command: Command, verb: &str, name: &str) -> Result<()> {
     let changed = match &ctx.remote {
@@ -51,10 +45,16 @@ fn change(ctx: &Context, command: Command, verb: &str, name: &str) -> Result<()>
             };
             answer.as_array().is_none_or(|a| !a.is_empty())
         }
-        None => !ctx
-            .open_to_write()?
-            .execute(&ctx.actor, vec![command])?
-            .is_empty(),
+        None => {
+            let mut ledger = ctx.open_to_write()?;
+            let outcomes = match command {
+                Command::AddSink { name, url, role } => {
+                    block_on(orchestrate::add_sink(&mut ledger, &ctx.actor, &name, &url, role))?
+                }
+                command => ledger.execute(&ctx.actor, vec![command])?,
+            };
+            !outcomes.is_empty()
+        }
     };
     if ctx.json() {
         output::json_line(&json!({"sink": name, "result": if changed { verb } else { "unchanged" }}));
@@ -69,28 +69,13 @@ fn change(ctx: &Context, command: Command, verb: &str, name: &str) -> Result<()>
 pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
     match cmd {
         SinkCmd::Add { name, url, role } => {
-            let parsed = SinkUrl::parse(&url)?;
-            refuse_memory(&parsed)?;
-            // Through a server, the server makes the backend ready.
-            let created = match ctx.remote {
-                Some(_) => None,
-                None => {
-                    ctx.open_to_write()?;
-                    prepare_backend(&parsed)?
-                }
-            };
+            refuse_memory(&SinkUrl::parse(&url)?)?;
             let add = Command::AddSink {
                 name: name.clone(),
                 url,
                 role: role.into(),
             };
-            if let Err(e) = change(ctx, add, "added", &name) {
-                // Refused (a taken name, say): leave no file behind for a sink that does not exist.
-                if let Some(path) = created {
-                    let _ = std::fs::remove_file(path);
-                }
-                return Err(e);
-            }
+            change(ctx, add, "added", &name)?;
             if !ctx.json() && SinkRole::from(role).is_projected() && ctx.remote.is_none() {
                 outln!("run `sledger project` to bring it up to date");
             }
