@@ -215,24 +215,37 @@ pub fn generate_token() -> zeroize::Zeroizing<String> {
     zeroize::Zeroizing::new(format!("{TOKEN_PREFIX}{encoded}"))
 }
 
-/// A newly issued token as `token create --format json` and `POST /v1/tokens` show it: the
-/// only time the token itself is ever shown.
-pub fn token_doc(
+/// Issue a token called `name` on behalf of `actor`: 256 random bits, recorded as their keyed
+/// hash (`token.issued`), expiring `expires_in` from now if given. Returns the document `token
+/// create --format json` and `POST /v1/tokens` show: the only time the token itself is ever
+/// shown.
+pub async fn issue_token(
+    ledger: &mut impl crate::handle::Append,
+    actor: &str,
     name: &str,
     role: Role,
-    patterns: &[String],
-    expires_at: Option<Millis>,
-    seq: Option<u64>,
-    token: &str,
-) -> serde_json::Value {
-    serde_json::json!({
+    patterns: Vec<String>,
+    expires_in: Option<std::time::Duration>,
+) -> Result<serde_json::Value> {
+    let expires_at = expires_in
+        .map(|d| crate::ledger::now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+    let token = generate_token();
+    let command = crate::ledger::Command::IssueToken {
+        name: name.to_owned(),
+        role,
+        patterns: patterns.clone(),
+        expires_at,
+        token: TokenSecret(token.clone()),
+    };
+    let outcomes = ledger.append(actor, vec![command]).await?;
+    Ok(serde_json::json!({
         "name": name,
         "role": role,
         "patterns": patterns,
         "expires_at": expires_at.map(crate::event::format_millis),
-        "seq": seq,
-        "token": token,
-    })
+        "seq": outcomes.iter().find_map(crate::ledger::Outcome::seq),
+        "token": *token,
+    }))
 }
 
 /// The token registry, folded from `token.*` events.

@@ -541,28 +541,43 @@ pub async fn project_all(
     Ok(futures::future::join_all(runs).await)
 }
 
-/// Re-apply a sink's parked secrets at their current state; returns (fixed, still parked).
-pub async fn retry_parked(ledger: &Ledger, name: &str, sink: &dyn Sink) -> Result<(u64, u64)> {
+/// What [`retry_parked`] did: `sledger sink retry --format json` and `POST /v1/sinks/NAME/retry`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Retried {
+    pub sink: String,
+    /// Parked secrets the sink took this time.
+    pub applied: u64,
+    /// Parked secrets it refused again.
+    pub still_parked: u64,
+}
+
+/// Re-apply the sink `name`'s parked secrets at their current state.
+pub async fn retry_parked(ledger: &Ledger, name: &str) -> Result<Retried> {
+    let (_, sink) = ledger.open_sink(name)?;
     let head = ledger.head()?.seq;
-    let (mut fixed, mut still) = (0, 0);
+    let (mut applied, mut still_parked) = (0, 0);
     for parked in ledger.parked(name)? {
         let Some(op) = ledger.op_at(parked.secret_id, head)? else {
             ledger.unpark(name, parked.secret_id, u64::MAX)?;
             continue;
         };
-        match op.apply(sink).await {
+        match op.apply(&*sink).await {
             Ok(()) => {
                 ledger.unpark(name, parked.secret_id, op.target().1)?;
-                fixed += 1;
+                applied += 1;
             }
             Err(e) if e.is_temporary() => return Err(e),
             Err(e) => {
                 ledger.park(name, parked.secret_id, op.target().1, &e.to_string())?;
-                still += 1;
+                still_parked += 1;
             }
         }
     }
-    Ok((fixed, still))
+    Ok(Retried {
+        sink: name.to_owned(),
+        applied,
+        still_parked,
+    })
 }
 
 /// Check that a sink's backend answers, and say who it sees this sink as.

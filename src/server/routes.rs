@@ -24,7 +24,7 @@ use crate::access_log::AccessFilter;
 use crate::access_log::AccessOutcome;
 use crate::error::{Error, Result};
 use crate::event::{Millis, Scope, SinkRole};
-use crate::identity::{Action, Role, TokenSecret};
+use crate::identity::{Action, Role};
 use crate::ledger::ID_REF_PREFIX;
 use crate::read::{read_latest, ReadFrom, Served};
 use crate::replay::orchestrate;
@@ -1134,15 +1134,11 @@ async fn retry_sink(
 ) -> ApiResult {
     allow(&state, &caller, "sink.retry", None).await?;
     let runtime = tokio::runtime::Handle::current();
-    let doc = state
+    let retried = state
         .handle
-        .read(move |l| {
-            let (_, sink) = l.open_sink(&name)?;
-            let (applied, still) = runtime.block_on(crate::project::retry_parked(l, &name, &*sink))?;
-            Ok(json!({"sink": name, "applied": applied, "still_parked": still}))
-        })
+        .read(move |l| runtime.block_on(crate::project::retry_parked(l, &name)))
         .await?;
-    Ok(Json(doc).into_response())
+    Ok(Json(retried).into_response())
 }
 
 #[derive(Deserialize)]
@@ -1375,24 +1371,16 @@ async fn create_token(
     Json(body): Json<NewToken>,
 ) -> ApiResult {
     allow(&state, &caller, "token.create", None).await?;
-    let expires_at = body
-        .expires_in_seconds
-        .map(|s| crate::ledger::now_ms().saturating_add((s as i64).saturating_mul(1000)));
-    let token = crate::identity::generate_token();
-    let command = Command::IssueToken {
-        name: body.name.clone(),
-        role: body.role,
-        patterns: body.patterns.clone(),
-        expires_at,
-        token: TokenSecret(token.clone()),
-    };
-    let outcomes = state.handle.execute(&caller.principal(), vec![command]).await?;
+    let doc = crate::identity::issue_token(
+        &mut state.handle.clone(),
+        &caller.principal(),
+        &body.name,
+        body.role,
+        body.patterns,
+        body.expires_in_seconds.map(std::time::Duration::from_secs),
+    )
+    .await?;
     state.auth.refresh(&state.handle).await?;
-    let seq = outcomes.iter().find_map(|o| match o {
-        Outcome::Recorded { seq, .. } => Some(*seq),
-        _ => None,
-    });
-    let doc = crate::identity::token_doc(&body.name, body.role, &body.patterns, expires_at, seq, &token);
     Ok((StatusCode::CREATED, Json(doc)).into_response())
 }
 

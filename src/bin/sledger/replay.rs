@@ -27,6 +27,16 @@ fn target(ledger: &Ledger, args: &TargetArgs) -> Result<u64> {
     Ok(ledger.target_seq(target)?)
 }
 
+/// `--seq` / `--at` as a server takes them: `{"seq": N, "at": "RFC 3339"}`.
+fn target_body(args: &TargetArgs) -> Result<Value> {
+    let at = args
+        .at
+        .as_deref()
+        .map(|t| output::parse_time("--at", t))
+        .transpose()?;
+    Ok(json!({"seq": args.seq, "at": at.map(sledger::event::format_millis)}))
+}
+
 /// Progress bars for the two phases of a replay (people only).
 struct Bars {
     comparing: ProgressBar,
@@ -219,14 +229,10 @@ pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
 pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
     let differences = match &ctx.remote {
         Some(remote) => {
-            let at = args
-                .target
-                .at
-                .as_deref()
-                .map(|t| output::parse_time("--at", t))
-                .transpose()?;
+            let mut body = target_body(&args.target)?;
+            body["sink"] = json!(args.sink);
             remote
-                .post(&["diff"], json!({"sink": args.sink, "seq": args.target.seq, "at": at.map(sledger::event::format_millis)}))?
+                .post(&["diff"], body)?
                 .as_array()
                 .cloned()
                 .unwrap_or_default()
@@ -336,17 +342,11 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
     }
     let doc = match &ctx.remote {
         Some(remote) => {
-            let at = args
-                .target
-                .at
-                .as_deref()
-                .map(|t| output::parse_time("--at", t))
-                .transpose()?;
-            remote.post(
-                &["restore"],
-                json!({"seq": args.target.seq, "at": at.map(sledger::event::format_millis),
-                       "secrets": args.secrets, "dry_run": args.dry_run, "wait_ms": ctx.wait.as_millis() as u64}),
-            )?
+            let mut body = target_body(&args.target)?;
+            body["secrets"] = json!(args.secrets);
+            body["dry_run"] = json!(args.dry_run);
+            body["wait_ms"] = json!(ctx.wait.as_millis() as u64);
+            remote.post(&["restore"], body)?
         }
         None => {
             let mut ledger = ctx.open_to_write()?;

@@ -2,12 +2,12 @@
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use sledger::identity::{generate_token, token_doc, Role, TokenSecret};
+use sledger::identity::{issue_token, Role};
 use sledger::server::{serve as run_server, RateLimit, ServeOptions};
-use sledger::{Command, LedgerHandle, Outcome};
+use sledger::{Command, LedgerHandle};
 
 use crate::cli::{ServeArgs, TokenCmd};
-use crate::context::Context;
+use crate::context::{block_on, Context};
 use crate::output::{self, outln};
 
 pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
@@ -70,26 +70,14 @@ fn issue(
             &["tokens"],
             json!({"name": name, "role": role, "patterns": patterns, "expires_in_seconds": expires.map(|d| d.as_secs().max(1))}),
         )?,
-        None => {
-            let mut ledger = ctx.open_to_write()?;
-            let token = generate_token();
-            let expires_at = expires.map(|d| sledger::ledger::now_ms().saturating_add(d.as_millis() as i64));
-            let outcomes = ledger.execute(
-                &ctx.actor,
-                vec![Command::IssueToken {
-                    name: name.to_owned(),
-                    role,
-                    patterns: patterns.clone(),
-                    expires_at,
-                    token: TokenSecret(token.clone()),
-                }],
-            )?;
-            let seq = outcomes.iter().find_map(|o| match o {
-                Outcome::Recorded { seq, .. } => Some(*seq),
-                _ => None,
-            });
-            token_doc(name, role, &patterns, expires_at, seq, &token)
-        }
+        None => block_on(issue_token(
+            &mut ctx.open_to_write()?,
+            &ctx.actor,
+            name,
+            role,
+            patterns.clone(),
+            expires,
+        ))?,
     };
     if ctx.json() {
         output::json_line(&doc);

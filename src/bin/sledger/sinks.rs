@@ -102,14 +102,7 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
         SinkCmd::Retry { name } => {
             let doc = match &ctx.remote {
                 Some(remote) => remote.post(&["sinks", &name, "retry"], json!({}))?,
-                None => {
-                    let ledger = ctx.open_to_write()?;
-                    let (fixed, still) = block_on(async {
-                        let (_, sink) = ledger.open_sink(&name)?;
-                        project::retry_parked(&ledger, &name, &*sink).await
-                    })?;
-                    json!({"sink": name, "applied": fixed, "still_parked": still})
-                }
+                None => json!(block_on(project::retry_parked(&ctx.open_to_write()?, &name))?),
             };
             if ctx.json() {
                 output::json_line(&doc);
