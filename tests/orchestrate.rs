@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use sledger::event::SinkRole;
+use sledger::project;
 use sledger::project::service::{self, FollowOptions, ProjectorEvent};
 use sledger::replay::orchestrate::{self, MigrateStep, MigrateTo};
 use sledger::sink::SinkUrl;
@@ -236,4 +237,116 @@ fn an_import_keeps_the_batches_before_a_failed_one_and_a_rerun_finishes_it() {
         }
     );
     assert_eq!(ledger.head().unwrap().seq, start + 5);
+}
+
+/// The race `migrate --delete-secrets` must not lose: a projector run that began while the old
+/// primary was still projected writes nothing to it once it is a standby (each batch checks the
+/// role), so what the last step empties stays empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_projector_run_writes_nothing_to_a_sink_made_a_standby() {
+    use sledger::project::{project_attachment, project_named, ProjectOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::init(
+        dir.path().join("ledger.db"),
+        MasterKey::generate(),
+        LedgerSettings::default(),
+    )
+    .unwrap();
+    let url = SinkUrl::sqlite_url(&dir.path().join("old.db"));
+    orchestrate::add_sink(&mut ledger, "ops", "old", &url, SinkRole::Backup)
+        .await
+        .unwrap();
+    for i in 0..3 {
+        ledger.execute("ops", vec![create(&format!("s{i}"))]).unwrap();
+    }
+    project_named(&ledger, "old", &ProjectOptions::default())
+        .await
+        .unwrap();
+    let before = held(&ledger, "old").await;
+    // A run that opened the sink while it was a backup goes on after it became a standby.
+    let config = ledger.sink_config("old").unwrap();
+    let (_, sink) = ledger.open_sink("old").unwrap();
+    for i in 3..5 {
+        ledger.execute("ops", vec![create(&format!("s{i}"))]).unwrap();
+    }
+    let standby = Command::SetSinkRole {
+        name: "old".into(),
+        role: SinkRole::Standby,
+    };
+    ledger.execute("ops", vec![standby]).unwrap();
+    let batches = ProjectOptions {
+        batch_events: 1,
+        ..Default::default()
+    };
+    let report = project_attachment(&ledger, &config, &*sink, &batches)
+        .await
+        .unwrap();
+    assert_eq!((report.events, report.writes), (0, 0), "{report:?}");
+    assert_eq!(held(&ledger, "old").await, before);
+}
+
+/// Appends through a ledger after another process attached `url` as sink "winner": the race
+/// two adds of one new sqlite file run.
+struct AttachedMeanwhile<'a> {
+    ledger: &'a mut Ledger,
+    url: String,
+}
+
+impl sledger::Append for AttachedMeanwhile<'_> {
+    async fn append(
+        &mut self,
+        actor: &str,
+        commands: Vec<Command>,
+    ) -> sledger::Result<Vec<sledger::Outcome>> {
+        let winner = Command::AddSink {
+            name: "winner".into(),
+            url: self.url.clone(),
+            role: SinkRole::Backup,
+        };
+        self.ledger.execute("other", vec![winner]).unwrap();
+        self.ledger.execute(actor, commands)
+    }
+}
+
+impl sledger::ReadAppend for AttachedMeanwhile<'_> {
+    fn reader(&self) -> &Ledger {
+        self.ledger
+    }
+}
+
+/// A refused add removes the sqlite file it made, unless an add of the same file by someone
+/// else won meanwhile: that sink's file stays.
+#[tokio::test]
+async fn a_refused_sink_add_keeps_a_file_another_add_attached_meanwhile() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = Ledger::init(
+        dir.path().join("ledger.db"),
+        MasterKey::generate(),
+        LedgerSettings::default(),
+    )
+    .unwrap();
+    let file = dir.path().join("shared.db");
+    let url = SinkUrl::sqlite_url(&file);
+    let mut raced = AttachedMeanwhile {
+        ledger: &mut ledger,
+        url: url.clone(),
+    };
+    let refused = orchestrate::add_sink(&mut raced, "ops", "loser", &url, SinkRole::Backup).await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert!(file.exists(), "the winner's sink file was removed");
+    project::project_named(&ledger, "winner", &Default::default())
+        .await
+        .unwrap();
+    // Without a race, a refused add (a taken name) leaves nothing behind.
+    let fresh = dir.path().join("fresh.db");
+    let taken = orchestrate::add_sink(
+        &mut ledger,
+        "ops",
+        "winner",
+        &SinkUrl::sqlite_url(&fresh),
+        SinkRole::Backup,
+    )
+    .await;
+    assert!(taken.is_err(), "{taken:?}");
+    assert!(!fresh.exists());
 }

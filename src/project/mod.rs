@@ -371,6 +371,11 @@ pub async fn project_attachment(
         let Some(_writing) = lock_sink_writes(ledger, name, opts).await? else {
             return Ok(report); // the deadline passed, or a stop, while another process wrote
         };
+        // Made a standby meanwhile (`migrate --delete-secrets` empties the old primary next):
+        // no projector writes it from now on.
+        if ledger.sinks()?.get(name).is_some_and(|s| !s.role.is_projected()) {
+            return Ok(report);
+        }
         let checkpoint = ledger.checkpoint(name)?;
         report.checkpoint = checkpoint;
         report.head = head;

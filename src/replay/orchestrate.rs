@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::{apply, diff, ApplyReport, Desired, DiffKind, Difference};
 use crate::error::{Error, Result};
 use crate::event::SinkRole;
-use crate::handle::{Append, ReadAppend};
+use crate::handle::ReadAppend;
 use crate::ledger::{Command, Ledger, Outcome};
 use crate::project::{self, lock_sink_writes, ProjectOptions};
 use crate::sink::{Backend, Sink, SinkUrl, SqliteSink};
@@ -103,15 +103,17 @@ impl Resync<'_> {
 
 /// Attach the sink `name` at `url`: make its backend ready ([`prepare_backend`]) and record
 /// `sink.added` as `actor`. When the ledger refuses it (a taken name, say), a sqlite file made
-/// for it is removed again: no file is left behind for a sink that does not exist.
+/// for it is removed again, so no file is left behind for a sink that does not exist, unless
+/// an attached sink writes that file by then (another add of the same file won the race).
 pub async fn add_sink(
-    ledger: &mut impl Append,
+    ledger: &mut impl ReadAppend,
     actor: &str,
     name: &str,
     url: &str,
     role: SinkRole,
 ) -> Result<Vec<Outcome>> {
-    let created = prepare_backend(&SinkUrl::parse(url)?)?;
+    let parsed = SinkUrl::parse(url)?;
+    let created = prepare_backend(&parsed)?;
     let add = Command::AddSink {
         name: name.to_owned(),
         url: url.to_owned(),
@@ -119,7 +121,14 @@ pub async fn add_sink(
     };
     let added = ledger.append(actor, vec![add]).await;
     if let (Err(_), Some(path)) = (&added, created) {
-        let _ = std::fs::remove_file(path);
+        let attached = ledger.reader().sinks().map(|sinks| {
+            sinks
+                .values()
+                .any(|s| SinkUrl::parse(&s.url).is_ok_and(|u| u.same_objects(&parsed)))
+        });
+        if attached.is_ok_and(|attached| !attached) {
+            let _ = std::fs::remove_file(path);
+        }
     }
     added
 }
@@ -735,6 +744,9 @@ async fn empty_old_primary(ledger: &mut impl ReadAppend, actor: &str, new: &str,
     let reader = ledger.reader();
     let (_, target) = reader.open_sink(new)?;
     let (_, sink) = reader.open_sink(old)?;
+    // A projector batch begun before the role change finishes first; later ones see the
+    // standby and write nothing (`project_attachment`), so nothing lands after the emptying.
+    let _projectors_wait = lock_sink_writes(reader, old, &ProjectOptions::default()).await?;
     let through = reader.checkpoint(new)?;
     let held = held_ids(&*target).await?;
     empty_sink(&*sink, through, &|id| held.contains(&id)).await

@@ -1039,15 +1039,26 @@ async fn add_sink(
         )
         .into());
     }
+    let (handle, actor) = (state.handle.clone(), caller.principal());
+    let runtime = tokio::runtime::Handle::current();
     let started = Instant::now();
-    let outcomes = orchestrate::add_sink(
-        &mut state.handle.clone(),
-        &caller.principal(),
-        &body.name,
-        &body.url,
-        body.role,
-    )
-    .await?;
+    // On the blocking pool: making a sqlite sink's file is blocking work.
+    let outcomes = state
+        .handle
+        .read(move |reader| {
+            let mut through = ThroughHandle {
+                reader,
+                handle: &handle,
+            };
+            runtime.block_on(orchestrate::add_sink(
+                &mut through,
+                &actor,
+                &body.name,
+                &body.url,
+                body.role,
+            ))
+        })
+        .await?;
     state.metrics.append(started.elapsed().as_secs_f64());
     Ok(answer(
         "added",
