@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use reqwest::{Method, Url};
+use reqwest::{Method, StatusCode, Url};
 use serde::Serialize;
 use serde_json::{json, Value};
 use zeroize::Zeroizing;
@@ -199,14 +199,31 @@ impl Client {
             .runtime
             .block_on(async { response.json().await })
             .unwrap_or(Value::Null);
-        let code = body["error"]["code"].as_str().unwrap_or("internal");
-        Err(Error::Remote {
-            class: class_of(code),
-            message: body["error"]["message"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| format!("the server answered {status}")),
-        })
+        if let (Some(code), Some(message)) =
+            (body["error"]["code"].as_str(), body["error"]["message"].as_str())
+        {
+            return Err(Error::Remote {
+                class: class_of(code),
+                message: message.to_owned(),
+            });
+        }
+        // Answers made before a route ran (a limit layer) carry no error document.
+        let (class, message) = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => (
+                ErrorClass::Invalid,
+                "the request is larger than the server takes (its --body-limit, 1 MiB unless set); \
+                 send smaller values, or raise the limit on the server"
+                    .to_owned(),
+            ),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
+                (
+                    ErrorClass::Unavailable,
+                    format!("the server answered {status}; try again"),
+                )
+            }
+            _ => (ErrorClass::Internal, format!("the server answered {status}")),
+        };
+        Err(Error::Remote { class, message })
     }
 
     fn call(

@@ -71,6 +71,8 @@ pub struct DataKey(Key32);
 pub struct SinkSealKey {
     key: DataKey,
     wrapped: Option<Vec<u8>>,
+    /// The ledgers it opens sink files for (see [`SinkSealKey::for_ledgers`]).
+    ledgers: Vec<String>,
 }
 
 /// The key for audit fingerprints; made once per ledger and wrapped by the master key.
@@ -232,6 +234,7 @@ impl MasterKey {
             .map(|k| SinkSealKey {
                 key: DataKey(k),
                 wrapped: Some(wrapped.to_vec()),
+                ledgers: Vec::new(),
             })
     }
 
@@ -424,6 +427,7 @@ impl SinkSealKey {
         SinkSealKey {
             key: DataKey::generate(),
             wrapped: None,
+            ledgers: Vec::new(),
         }
     }
 
@@ -433,7 +437,23 @@ impl SinkSealKey {
         SinkSealKey {
             key: self.key.clone(),
             wrapped: None,
+            ledgers: Vec::new(),
         }
+    }
+
+    /// The same key, opening sink files for the ledgers `ids`: its own first, then the one it
+    /// was recovered from, if any. A sqlite sink file records the first ledger that opens it
+    /// and refuses the others: one file keeps one ledger's seal key.
+    pub(crate) fn for_ledgers(&self, ids: Vec<String>) -> SinkSealKey {
+        SinkSealKey {
+            ledgers: ids,
+            ..self.clone()
+        }
+    }
+
+    /// The ledgers this key opens sink files for; none when it is not a ledger's own.
+    pub fn ledgers(&self) -> &[String] {
+        &self.ledgers
     }
 
     /// The key as the master key wrapped it, when it came from there.

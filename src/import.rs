@@ -22,8 +22,9 @@ use crate::sink::{redacted, SinkUrl};
 #[serde(deny_unknown_fields)]
 pub struct Record {
     pub name: String,
+    #[serde(deserialize_with = "crate::validate::unique_keys")]
     pub values: BTreeMap<String, Zeroizing<String>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::validate::unique_keys")]
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub private: bool,
@@ -166,7 +167,16 @@ impl Format {
 }
 
 fn bad_record(where_: String, e: &serde_json::Error) -> Error {
-    // Only the position: serde_json's message may quote the offending (secret) text.
+    // Only the position, or a key given twice: serde_json's other messages may quote the
+    // offending (secret) text.
+    let text = e.to_string();
+    if text.starts_with("duplicate key") {
+        let duplicate = text.split(" at line ").next().unwrap_or_default();
+        return Error::invalid(format!(
+            "{where_}: {duplicate} (column {}); give each key once",
+            e.column()
+        ));
+    }
     Error::invalid(format!(
         "{where_} is not a secret record {{\"name\", \"values\", \"labels\"?, \"private\"?}} (column {})",
         e.column()

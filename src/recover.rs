@@ -92,7 +92,8 @@ pub async fn recover(
     };
     let rebuilt = async {
         if let Some(seal) = seal {
-            ledger.adopt_sink_seal_key(seal)?;
+            let from = url.sqlite_path().map(SqliteSink::owner).transpose()?.flatten();
+            ledger.adopt_sink_seal_key(seal, from.as_deref())?;
         }
         let source = redacted(source_url);
         ledger.execute(actor, vec![Command::RecordRecovery { source }])?;

@@ -133,6 +133,11 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
     assert_eq!(ledger.sink_config("a").unwrap().role, SinkRole::Standby);
     caught_up(&ledger, "b", &failures).await;
     assert_eq!(held(&ledger, "b").await, 40);
+    // The emptied standby stays empty: its projector writes nothing more, even when woken.
+    handle.execute("alice", vec![create("s40")]).await.unwrap();
+    caught_up(&ledger, "b", &failures).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(held(&ledger, "a").await, 0);
 
     // A backup attached now is picked up by the running service.
     orchestrate::prepare_backend(&SinkUrl::parse(&url("c.db")).unwrap()).unwrap();
@@ -148,15 +153,15 @@ async fn migrate_backup_and_the_projector_service_without_the_cli() {
         .await
         .unwrap();
     caught_up(&ledger, "c", &failures).await;
-    assert_eq!(held(&ledger, "c").await, 40);
+    assert_eq!(held(&ledger, "c").await, 41);
 
     // backup --delete-secrets: the primary keeps nothing the backup verifiably holds.
     let report = orchestrate::backup(&ledger, false, true, &|_, _, _| {}, &mut |_| {})
         .await
         .unwrap();
-    assert_eq!(report.emptied, Some(("b".to_owned(), 40)));
+    assert_eq!(report.emptied, Some(("b".to_owned(), 41)));
     assert_eq!(held(&ledger, "b").await, 0);
-    assert_eq!(held(&ledger, "c").await, 40);
+    assert_eq!(held(&ledger, "c").await, 41);
     // The ledger still reads every value.
     let read = ledger.read("alice", "s39", sledger::ReadPoint::Latest).unwrap();
     assert_eq!(read.values.get("password"), Some("s39"));

@@ -563,3 +563,40 @@ fn a_sqlite_sink_is_closed_whole_when_a_command_exits() {
         "the sink's file alone holds the secret and the ledger's anchor"
     );
 }
+
+/// One sqlite sink file serves one ledger: another ledger attaching it is refused before
+/// anything is appended (it would overwrite the seal key the file keeps, and the first ledger
+/// could no longer recover from it), while the owner can attach its file again, and a ledger
+/// recovered from the file opens it too.
+#[test]
+fn a_sink_file_serves_one_ledger() {
+    let a = Env::new();
+    a.ok(&["secret", "create", "prod/db", "--value", "pw=APW"]);
+    a.ok(&["project"]);
+    let file = a.sqlite_url("ledger.sink.db");
+    let b = Env::new();
+    let head = b.json_lines(&["log"]).len();
+    let err = b.fails(&["sink", "add", "x", &file], USAGE);
+    assert!(err.contains("the sink file of another ledger"), "{err}");
+    assert_eq!(b.json_lines(&["log"]).len(), head, "nothing appended");
+    // Through a migration too.
+    let err = b.fails(&["migrate", "--to", &file, "--name", "x"], USAGE);
+    assert!(err.contains("the sink file of another ledger"), "{err}");
+    // The owner attaches its own file again under another name.
+    let backup = a.sqlite_url("bk.db");
+    a.ok(&["sink", "add", "bk", &backup]);
+    a.ok(&["project"]);
+    a.ok(&["sink", "remove", "bk"]);
+    a.ok(&["sink", "add", "again", &backup]);
+    a.ok(&["project"]);
+    a.ok(&["verify"]);
+    // A ledger recovered from the file opens it as its standby source.
+    let recovered = Env::empty();
+    std::fs::copy(&a.key, &recovered.key).unwrap();
+    recovered.ok(&["recover", "--from", &file]);
+    recovered.ok(&["sink", "check", "recovered-from"]);
+    assert_eq!(
+        recovered.ok(&["secret", "get", "prod/db", "--key", "pw"]),
+        "APW\n"
+    );
+}

@@ -80,7 +80,8 @@ impl Ledger {
 
     /// Make `key` (unwrapped from a sink that kept it) this new, still empty ledger's sink
     /// seal key: a recovered ledger goes on opening the objects its sqlite sink already holds.
-    pub(crate) fn adopt_sink_seal_key(&mut self, key: SinkSealKey) -> Result<()> {
+    /// `from_ledger`: the ledger that sink file serves, whose files this one opens too.
+    pub(crate) fn adopt_sink_seal_key(&mut self, key: SinkSealKey, from_ledger: Option<&str>) -> Result<()> {
         let wrapped = key
             .wrapped()
             .ok_or_else(|| Error::invalid("a sink seal key must come wrapped by the master key"))?
@@ -90,6 +91,9 @@ impl Ledger {
             return Err(Error::invalid("only an empty ledger can adopt a sink's seal key"));
         }
         tx.set_setting("sink_seal_key", &wrapped)?;
+        if let Some(from) = from_ledger {
+            tx.set_setting("recovered_from_ledger", from.as_bytes())?;
+        }
         tx.commit()?;
         if let Some(keys) = self.keys.as_mut() {
             keys.sink_seal = key;

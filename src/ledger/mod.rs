@@ -540,7 +540,7 @@ impl Ledger {
             }
         }
         let sink = SinkUrl::parse(&config.url)
-            .and_then(|url| url.open(&self.keys()?.sink_seal))
+            .and_then(|url| url.open(&self.sink_seal()?))
             .map_err(|e| e.in_sink(name))?;
         let sink: std::sync::Arc<dyn crate::sink::Sink> =
             std::sync::Arc::new(crate::sink::layer::Named::new(sink, name));
@@ -550,7 +550,17 @@ impl Ledger {
 
     /// Open a sink by URL with this ledger's sink key (for replays into unattached sinks).
     pub fn open_sink_url(&self, url: &str) -> Result<std::sync::Arc<dyn crate::sink::Sink>> {
-        SinkUrl::parse(url)?.open(&self.keys()?.sink_seal)
+        SinkUrl::parse(url)?.open(&self.sink_seal()?)
+    }
+
+    /// The key sealing values in sqlite sinks, for this ledger's files (and, recovered, for the
+    /// files of the ledger it was recovered from, whose seal key it adopted).
+    fn sink_seal(&self) -> Result<crate::crypto::SinkSealKey> {
+        let mut ledgers = vec![self.ledger_id()?];
+        if let Some(from) = self.store.setting("recovered_from_ledger")? {
+            ledgers.push(String::from_utf8_lossy(&from).into_owned());
+        }
+        Ok(self.keys()?.sink_seal.for_ledgers(ledgers))
     }
 
     /// The attached sinks, by name.

@@ -218,6 +218,17 @@ impl Projector {
                         ..options.project.clone()
                     };
                     let config = ledger.sink_config(&sink)?;
+                    if !config.role.is_projected() {
+                        // Made a standby: nothing to write until the service retires this
+                        // projector; wait for the next append, as when caught up.
+                        let head = ledger.head()?.seq;
+                        let idle = ProjectReport {
+                            checkpoint: head,
+                            head,
+                            ..Default::default()
+                        };
+                        return Ok((idle, false));
+                    }
                     let target = match &backend {
                         Some((opened_for, b)) if *opened_for == config => b.clone(),
                         _ => match ledger.open_sink(&sink) {

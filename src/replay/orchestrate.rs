@@ -119,7 +119,15 @@ pub async fn add_sink(
         url: url.to_owned(),
         role,
     };
-    let added = ledger.append(actor, vec![add]).await;
+    // A sqlite file that serves another ledger is refused now, not at its first projection.
+    let claimed = match parsed.sqlite_path() {
+        Some(_) => ledger.reader().open_sink_url(url).map(drop),
+        None => Ok(()),
+    };
+    let added = match claimed {
+        Ok(()) => ledger.append(actor, vec![add]).await,
+        Err(e) => Err(e),
+    };
     if let (Err(_), Some(path)) = (&added, created) {
         let attached = ledger.reader().sinks().map(|sinks| {
             sinks
@@ -148,7 +156,12 @@ pub struct Reconciled {
 pub fn prepare_backend(url: &SinkUrl) -> Result<Option<PathBuf>> {
     match &url.backend {
         Backend::Sqlite { path, .. } if path.exists() => {
-            SqliteSink::check_file(path)?;
+            SqliteSink::check_file(path).map_err(|e| match e {
+                Error::InvalidInput(foreign) => {
+                    Error::InvalidInput(format!("{foreign}; choose a new path (sledger creates the file)"))
+                }
+                other => other,
+            })?;
             Ok(None)
         }
         Backend::Sqlite { path, .. } => {

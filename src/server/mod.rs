@@ -6,6 +6,7 @@
 //! needs; the OpenAPI document at `/v1/openapi.json` is generated from that same table.
 
 mod auth;
+mod body;
 mod metrics;
 pub mod routes;
 

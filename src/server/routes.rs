@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use zeroize::Zeroizing;
 
 use super::auth::{self, Caller, Refusal};
+use super::body::JsonBody;
 use super::{error_response, ApiError, AppState, ServeOptions};
 use crate::access_log::AccessFilter;
 use crate::access_log::AccessOutcome;
@@ -28,6 +29,7 @@ use crate::identity::{Action, Role};
 use crate::ledger::ID_REF_PREFIX;
 use crate::read::{read_latest, ReadFrom, Served};
 use crate::replay::orchestrate;
+use crate::validate::unique_keys;
 use crate::{Command, Ledger, ListQuery, LogFilter, Outcome, ReadPoint, SecretValues, Status, ThroughHandle};
 
 /// One route of the API.
@@ -547,8 +549,9 @@ struct NewSecret {
     name: String,
     #[serde(default = "workspace")]
     scope: Scope,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     labels: BTreeMap<String, String>,
+    #[serde(deserialize_with = "unique_keys")]
     values: BTreeMap<String, Zeroizing<String>>,
 }
 
@@ -560,7 +563,7 @@ async fn create_secret(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
     Query(wait): Query<WaitQuery>,
-    Json(body): Json<NewSecret>,
+    JsonBody(body): JsonBody<NewSecret>,
 ) -> ApiResult {
     allow(&state, &caller, "secret.create", Some(&body.name)).await?;
     let command = Command::Create {
@@ -577,8 +580,9 @@ async fn create_secret(
 struct PutSecret {
     #[serde(default = "workspace")]
     scope: Scope,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     labels: BTreeMap<String, String>,
+    #[serde(deserialize_with = "unique_keys")]
     values: BTreeMap<String, Zeroizing<String>>,
 }
 
@@ -587,7 +591,7 @@ async fn put_secret(
     Extension(caller): Extension<Caller>,
     Query(wait): Query<WaitQuery>,
     Path(name): Path<String>,
-    Json(body): Json<PutSecret>,
+    JsonBody(body): JsonBody<PutSecret>,
 ) -> ApiResult {
     let name = allow_secret(&state, &caller, "secret.put", &name).await?;
     let command = Command::Put {
@@ -602,11 +606,11 @@ async fn put_secret(
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct UpdateSecret {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     values: BTreeMap<String, Zeroizing<String>>,
     #[serde(default)]
     remove_keys: Vec<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_keys")]
     labels: BTreeMap<String, String>,
     #[serde(default)]
     remove_labels: Vec<String>,
@@ -617,7 +621,7 @@ async fn update_secret(
     Extension(caller): Extension<Caller>,
     Query(wait): Query<WaitQuery>,
     Path(name): Path<String>,
-    Json(body): Json<UpdateSecret>,
+    JsonBody(body): JsonBody<UpdateSecret>,
 ) -> ApiResult {
     let name = allow_secret(&state, &caller, "secret.update", &name).await?;
     if body.values.is_empty()
@@ -677,7 +681,7 @@ async fn rename_secret(
     Extension(caller): Extension<Caller>,
     Query(wait): Query<WaitQuery>,
     Path(name): Path<String>,
-    Json(body): Json<RenameBody>,
+    JsonBody(body): JsonBody<RenameBody>,
 ) -> ApiResult {
     let name = allow_secret(&state, &caller, "secret.rename", &name).await?;
     allow(&state, &caller, "secret.rename", Some(&body.new_name)).await?;
@@ -980,10 +984,10 @@ struct VerifyBody {
 async fn verify(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    body: Option<Json<VerifyBody>>,
+    body: Option<JsonBody<VerifyBody>>,
 ) -> ApiResult {
     allow(&state, &caller, "verify", None).await?;
-    let anchor = body.and_then(|Json(b)| b.anchor);
+    let anchor = body.and_then(|JsonBody(b)| b.anchor);
     let (location, master) = (state.handle.location().clone(), state.handle.master_key());
     let doc = state
         .handle
@@ -1029,7 +1033,7 @@ fn backup_role() -> SinkRole {
 async fn add_sink(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Json(body): Json<NewSink>,
+    JsonBody(body): JsonBody<NewSink>,
 ) -> ApiResult {
     allow(&state, &caller, "sink.add", None).await?;
     let url = crate::sink::SinkUrl::parse(&body.url)?;
@@ -1092,7 +1096,7 @@ async fn set_sink_role(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
     Path(name): Path<String>,
-    Json(body): Json<RoleBody>,
+    JsonBody(body): JsonBody<RoleBody>,
 ) -> ApiResult {
     allow(&state, &caller, "sink.set_role", None).await?;
     execute(
@@ -1174,7 +1178,7 @@ fn target(seq: Option<u64>, at: Option<&str>) -> Result<crate::replay::Target> {
 async fn diff(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Json(body): Json<DiffBody>,
+    JsonBody(body): JsonBody<DiffBody>,
 ) -> ApiResult {
     allow(&state, &caller, "diff", None).await?;
     let target = target(body.seq, body.at.as_deref())?;
@@ -1207,7 +1211,7 @@ struct ReconcileBody {
 async fn reconcile(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Json(body): Json<ReconcileBody>,
+    JsonBody(body): JsonBody<ReconcileBody>,
 ) -> ApiResult {
     allow(&state, &caller, "reconcile", None).await?;
     let (handle, actor) = (state.handle.clone(), caller.principal());
@@ -1246,7 +1250,7 @@ struct BackupBody {
 async fn backup(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Json(body): Json<BackupBody>,
+    JsonBody(body): JsonBody<BackupBody>,
 ) -> ApiResult {
     allow(&state, &caller, "backup", None).await?;
     let runtime = tokio::runtime::Handle::current();
@@ -1284,7 +1288,7 @@ struct MigrateBody {
 async fn migrate(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Json(body): Json<MigrateBody>,
+    JsonBody(body): JsonBody<MigrateBody>,
 ) -> ApiResult {
     allow(&state, &caller, "migrate", None).await?;
     if body.to.to.contains("://") && crate::sink::SinkUrl::parse(&body.to.to)?.backend.is_memory() {
@@ -1336,7 +1340,7 @@ struct RestoreBody {
 async fn restore(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Json(body): Json<RestoreBody>,
+    JsonBody(body): JsonBody<RestoreBody>,
 ) -> ApiResult {
     allow(&state, &caller, "restore", None).await?;
     if body.seq.is_none() && body.at.is_none() {
@@ -1379,7 +1383,7 @@ struct NewToken {
 async fn create_token(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
-    Json(body): Json<NewToken>,
+    JsonBody(body): JsonBody<NewToken>,
 ) -> ApiResult {
     allow(&state, &caller, "token.create", None).await?;
     let doc = crate::identity::issue_token(

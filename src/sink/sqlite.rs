@@ -193,6 +193,38 @@ fn commit_group(conn: &Connection, path: &Path, group: Vec<(Write, oneshot::Send
     }
 }
 
+/// One sink file serves one ledger: opened with the key of `ledgers` (its own id first), the
+/// file records that ledger the first time and refuses any other from then on, which would
+/// overwrite the seal key it keeps and mix two ledgers' objects.
+fn claim(conn: &Connection, path: &Path, ledgers: &[String]) -> Result<()> {
+    let Some(own) = ledgers.first() else {
+        return Ok(());
+    };
+    let recorded: Option<Vec<u8>> = conn
+        .query_row("SELECT value FROM sink_meta WHERE key = 'ledger_id'", [], |r| {
+            r.get(0)
+        })
+        .optional()
+        .map_err(|e| db_error(path, e))?;
+    match recorded {
+        None => {
+            conn.execute(
+                "INSERT INTO sink_meta (key, value) VALUES ('ledger_id', ?1)",
+                [own.as_bytes()],
+            )
+            .map_err(|e| db_error(path, e))?;
+            Ok(())
+        }
+        Some(id) if ledgers.iter().any(|l| l.as_bytes() == id.as_slice()) => Ok(()),
+        Some(id) => Err(Error::invalid(format!(
+            "{} is the sink file of another ledger ({}): a sqlite sink file serves one ledger, \
+             whose seal key it keeps; give this sink a file of its own",
+            path.display(),
+            String::from_utf8_lossy(&id)
+        ))),
+    }
+}
+
 fn unavailable(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::sink("sqlite", format!("{} is unavailable: {e}", path.display()), true)
 }
@@ -233,11 +265,14 @@ impl SqliteSink {
         Ok(())
     }
 
-    /// Check that an existing file is a sledger sqlite sink file, without changing it.
+    /// Check that a file is a sledger sqlite sink file, without changing it.
     pub fn check_file(path: &Path) -> Result<()> {
+        if !path.exists() {
+            return Err(unavailable(path, "the file is missing"));
+        }
         let foreign = || {
             Error::InvalidInput(format!(
-                "{} exists and is not a sledger sqlite sink file; choose a new path (sledger creates the file)",
+                "{} exists and is not a sledger sqlite sink file",
                 path.display()
             ))
         };
@@ -250,6 +285,21 @@ impl SqliteSink {
             return Err(foreign());
         }
         Ok(())
+    }
+
+    /// The ledger a sink file serves (the first that opened it with its own key), if recorded.
+    pub fn owner(path: &Path) -> Result<Option<String>> {
+        Self::check_file(path)?;
+        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| db_error(path, e))?;
+        let id: Option<Vec<u8>> = conn
+            .query_row("SELECT value FROM sink_meta WHERE key = 'ledger_id'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .ok()
+            .flatten();
+        Ok(id.map(|id| String::from_utf8_lossy(&id).into_owned()))
     }
 
     /// The seal key a sink file keeps, unwrapped with `master`: a sink whose ledger is lost
@@ -297,6 +347,7 @@ impl SqliteSink {
         }
         migrations().to_latest(&mut conn).map_err(Error::Migration)?;
         if let Some(wrapped) = key.wrapped() {
+            claim(&conn, path, key.ledgers())?;
             // Kept current (a key rotation re-wraps it) without a write when it already is.
             conn.execute(
                 "INSERT INTO sink_meta (key, value) VALUES ('seal_key', ?1)
