@@ -239,7 +239,7 @@ impl LedgerHandle {
             .await
             .map_err(|_| closed())?;
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || {
+        let outcome = tokio::task::spawn_blocking(move || {
             let _turn = turn;
             let generation = shared.key_generation.load(Ordering::Acquire);
             let idle = shared.readers.lock().expect("not poisoned").pop();
@@ -260,7 +260,13 @@ impl LedgerHandle {
             result
         })
         .await
-        .map_err(|e| Error::io("a read task failed", std::io::Error::other(e.to_string())))?
+        .map_err(|e| Error::io("a read task failed", std::io::Error::other(e.to_string())))?;
+        // This handle's key opened the ledger, so a key it no longer opens was rotated by
+        // another process: a temporary state until `rekey`, as for writes.
+        outcome.map_err(|e| match e {
+            Error::WrongKey => Error::KeyRotated,
+            other => other,
+        })
     }
 
     /// The head seq after each commit through this handle (appends by other processes are

@@ -363,6 +363,19 @@ async fn a_server_follows_a_key_rotation_made_beside_it() {
         let until = Instant::now() + Duration::from_secs(20);
         let name = format!("after-{rotation}");
         loop {
+            // Reads meanwhile are served or get a 503 too, never a key error.
+            let (status, body) = call(
+                &server,
+                &admin,
+                Method::GET,
+                "/v1/secrets/before?from=ledger",
+                None,
+            )
+            .await;
+            assert!(
+                status == StatusCode::OK || status == StatusCode::SERVICE_UNAVAILABLE,
+                "{status} {body}"
+            );
             let (status, body) = call(
                 &server,
                 &admin,
