@@ -943,3 +943,23 @@ fn a_sink_ahead_of_an_accepted_older_ledger_shadows_no_write_silently() {
         "6\n"
     );
 }
+
+/// A ledger file cut short (a copy interrupted, a full disk) is reported as a damaged ledger
+/// (exit 5, saying how to get it back), not as a file of some other kind.
+#[test]
+fn a_ledger_file_cut_short_is_reported_damaged() {
+    let (env, _) = sample();
+    let copy = copy_of(&env);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&copy.ledger)
+        .unwrap();
+    let length = file.metadata().unwrap().len();
+    file.set_len(length - 4096).unwrap();
+    drop(file);
+    let err = copy.fails(&["verify"], 5);
+    assert!(
+        err.contains("is damaged") && err.contains("sledger recover"),
+        "{err}"
+    );
+}

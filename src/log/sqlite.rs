@@ -135,7 +135,15 @@ pub fn open(path: &Path) -> Result<Connection> {
     )?;
     let app_id: i32 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(|_| not_a_ledger("it is not an SQLite database"))?;
+        .map_err(|e| match e.sqlite_error_code() {
+            // A file that starts like a database but is cut short or overwritten in places.
+            Some(rusqlite::ErrorCode::DatabaseCorrupt) => Error::Corrupt(format!(
+                "{} is damaged (SQLite: {e}), for example cut short; put back a copy from \
+                 `sledger ledger backup`, or rebuild it with `sledger recover --from` a sink",
+                path.display()
+            )),
+            _ => not_a_ledger("it is not an SQLite database"),
+        })?;
     if app_id != APPLICATION_ID {
         return Err(not_a_ledger("it is an SQLite database of some other program"));
     }
