@@ -69,6 +69,15 @@ pub enum Error {
     #[error("a live secret named {name:?} already exists in the {scope} scope; pick another name or rename the existing one")]
     AlreadyExists { name: String, scope: String },
 
+    #[error("a sink named {name:?} is attached already; pick another name (`sledger sink list` shows them)")]
+    SinkExists { name: String },
+
+    #[error("a token named {name:?} was issued before ({state}); token names are never reused, since the name is the principal the audit log and private secrets name: pick another")]
+    TokenExists { name: String, state: &'static str },
+
+    #[error("token {name:?} is revoked already; nothing to do")]
+    TokenRevokedAlready { name: String },
+
     #[error("secret {name:?} was purged: its values were crypto-shredded and can never be read again")]
     Purged { name: String },
 
@@ -217,7 +226,11 @@ impl Error {
             AccessLogUnavailable { .. } => ErrorClass::Unavailable,
             Sink { temporary: true, .. } => ErrorClass::Unavailable,
             Sink { temporary: false, .. } => ErrorClass::Backend,
-            AlreadyExists { .. } | WouldOverwrite { .. } => ErrorClass::AlreadyExists,
+            AlreadyExists { .. }
+            | SinkExists { .. }
+            | TokenExists { .. }
+            | TokenRevokedAlready { .. }
+            | WouldOverwrite { .. } => ErrorClass::AlreadyExists,
             ChainBroken { .. } | AnchorMismatch { .. } | SinkAhead { .. } | Corrupt(_) => {
                 ErrorClass::Integrity
             }

@@ -779,6 +779,32 @@ fn tokens_from_the_cli_are_shown_once_and_listed_without_the_token() {
         2,
     );
     env.fails(&["token", "revoke", "nosuch"], 3);
+    // A name once issued says so, revoked or not; revoking twice says it is done already.
+    let taken = env.fails(
+        &[
+            "token",
+            "create",
+            "--name",
+            "ci-deploy",
+            "--role",
+            "reader",
+            "--pattern",
+            "x",
+        ],
+        4,
+    );
+    assert!(
+        taken.contains("a token named \"ci-deploy\" was issued before"),
+        "{taken}"
+    );
+    env.ok(&["token", "revoke", "ci-deploy"]);
+    let twice = env.fails(&["token", "revoke", "ci-deploy"], 4);
+    assert!(twice.contains("revoked already"), "{twice}");
+    let taken = env.fails(&["sink", "add", "local", &env.sqlite_url("other.db")], 4);
+    assert!(
+        taken.contains("a sink named \"local\" is attached already"),
+        "{taken}"
+    );
     let log = env.ok(&["log", "--type", "token.issued"]);
     assert!(log.contains("token ci-deploy issued: reader on prod/*"), "{log}");
     env.ok(&["verify"]);

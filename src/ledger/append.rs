@@ -225,10 +225,7 @@ impl<'a> Planner<'a> {
                 validate_sink_name(&name)?;
                 let parsed = SinkUrl::parse(&url)?;
                 if sinks.contains_key(&name) {
-                    return Err(Error::AlreadyExists {
-                        name,
-                        scope: "sink".into(),
-                    });
+                    return Err(Error::SinkExists { name });
                 }
                 if let Some(same) = sinks
                     .values()
@@ -418,11 +415,12 @@ impl<'a> Planner<'a> {
                 }
                 // Never reused, even after revocation: the name is the principal that owns its
                 // private secrets and that the audit log names.
-                if tokens(self.tx)?.get(&name).is_some() {
-                    return Err(Error::AlreadyExists {
-                        name,
-                        scope: "token (names are never reused)".into(),
-                    });
+                if let Some(issued) = tokens(self.tx)?.get(&name) {
+                    let state = match issued.revoked_at {
+                        Some(_) => "and revoked since",
+                        None => "and is active",
+                    };
+                    return Err(Error::TokenExists { name, state });
                 }
                 Planned::Ledger(vec![Event::TokenIssued {
                     name,
@@ -435,7 +433,8 @@ impl<'a> Planner<'a> {
             Command::RevokeToken { name } => {
                 match tokens(self.tx)?.get(&name) {
                     Some(t) if t.revoked_at.is_none() => {}
-                    _ => return Err(Error::TokenNotFound { name }),
+                    Some(_) => return Err(Error::TokenRevokedAlready { name }),
+                    None => return Err(Error::TokenNotFound { name }),
                 }
                 Planned::Ledger(vec![Event::TokenRevoked { name }])
             }
