@@ -96,6 +96,18 @@ pub fn values(name: &str, values: &SecretValues, max_bytes: usize) -> Result<()>
     Ok(())
 }
 
+/// Who an event is recorded as (the audit log's actor, a private secret's owner): some text,
+/// at most 255 characters, none of them control characters.
+pub fn actor(actor: &str) -> Result<()> {
+    if actor.trim().is_empty() || actor.chars().count() > 255 || actor.chars().any(char::is_control) {
+        return Err(Error::invalid(format!(
+            "the actor {actor:?} cannot be recorded: it must be 1 to 255 characters without control \
+             characters (--actor NAME, or leave it out for USER@HOST)"
+        )));
+    }
+    Ok(())
+}
+
 /// For `#[serde(deserialize_with)]`: a map whose every key is given once. serde keeps the last
 /// of a key given twice without a word, which for values and labels would drop what was sent;
 /// this refuses it ("duplicate key `K`", naming the key, never a value).

@@ -167,6 +167,20 @@ fn restore_before_the_first_secret_with_only_others_private_secrets_is_a_no_op()
         env.ok(&["--actor", "bob@test", "secret", "get", "bobs", "--key", "k"]),
         "1\n"
     );
+    // Scripts get an answer too.
+    assert_eq!(
+        env.json_lines(&["restore", "--seq", "0"]),
+        vec![serde_json::json!({"target_seq": 0, "in_sync": true})]
+    );
+    // An actor that cannot be recorded is refused before anything is appended.
+    for actor in ["", " ", "a\u{1b}[2Jb"] {
+        let err = env.fails(
+            &["--actor", actor, "secret", "create", "x", "--value", "k=1"],
+            USAGE,
+        );
+        assert!(err.contains("cannot be recorded"), "{err}");
+    }
+    env.fails(&["secret", "get", "x"], 3);
 }
 
 #[test]

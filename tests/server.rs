@@ -1091,3 +1091,34 @@ async fn operations_through_the_server_append_through_its_group_commit() {
     assert_eq!(read["source"]["name"], "new", "{read}");
     assert_eq!(read["values"]["pw"], "one", "{read}");
 }
+
+/// A request refused for its role (a reader writing) is in the access log with the secret it
+/// named, like one refused for its name patterns.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_role_refusal_is_recorded_with_the_secret_named() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let reader = issue(&server, &admin, "ro", "reader", &["*"], None).await;
+    let update = json!({"values": {"pw": "x"}});
+    let (status, body) = call(
+        &server,
+        &reader,
+        Method::PATCH,
+        "/v1/secrets/app/db",
+        Some(update),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let denied: Vec<Value> = access_log(&server, &admin)
+        .await
+        .into_iter()
+        .filter(|r| r["outcome"] == "denied")
+        .collect();
+    assert_eq!(denied.len(), 1, "{denied:?}");
+    assert_eq!(
+        (&denied[0]["principal"], &denied[0]["secret"]),
+        (&json!("token:ro"), &json!("app/db")),
+        "{denied:?}"
+    );
+}

@@ -290,6 +290,7 @@ impl<'a> Planner<'a> {
         now: Millis,
     ) -> Result<Vec<Outcome>> {
         let actor = request.actor.as_str();
+        crate::validate::actor(actor)?;
         let mut outcomes = Vec::with_capacity(request.commands.len());
         for command in request.commands.iter().cloned() {
             let seq = head.seq + 1;

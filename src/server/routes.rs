@@ -372,10 +372,13 @@ async fn observe(State(state): Shared, request: Request, next: Next) -> Response
 async fn authenticate(
     State(state): Shared,
     ConnectInfo(client): ConnectInfo<SocketAddr>,
-    mut request: Request,
+    request: Request,
     next: Next,
 ) -> Response {
     let operation = operation_of(&request);
+    let (mut parts, body) = request.into_parts();
+    let secret = secret_named_in(&mut parts).await;
+    let mut request = Request::from_parts(parts, body);
     match state
         .auth
         .authenticate(&state.handle, request.headers(), client)
@@ -390,7 +393,8 @@ async fn authenticate(
                 .and_then(|r| r.action)
             {
                 if !caller.token.role.allows(action) {
-                    if let Err(e) = auth::authorize(&state.handle, &caller, operation, action, None).await {
+                    let name = secret.as_deref();
+                    if let Err(e) = auth::authorize(&state.handle, &caller, operation, action, name).await {
                         return ApiError(e).into_response();
                     }
                 }
@@ -426,6 +430,26 @@ async fn authenticate(
         ),
         Err(Refusal::Failed(e)) => ApiError(e).into_response(),
     }
+}
+
+/// The secret a request's path names (`/v1/…/{*name}`), as given (an `id:` reference is not
+/// resolved: a refusal must not reveal the name behind it).
+async fn secret_named_in(parts: &mut axum::http::request::Parts) -> Option<String> {
+    use axum::extract::FromRequestParts as _;
+    let secret_route = parts
+        .extensions
+        .get::<axum::extract::MatchedPath>()
+        .is_some_and(|p| p.as_str().ends_with("/{*name}"));
+    if !secret_route {
+        return None;
+    }
+    let params = axum::extract::RawPathParams::from_request_parts(parts, &())
+        .await
+        .ok()?;
+    params
+        .iter()
+        .find(|(key, _)| *key == "name")
+        .map(|(_, name)| name.to_owned())
 }
 
 fn operation_of(request: &Request) -> &'static str {

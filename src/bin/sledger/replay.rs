@@ -390,6 +390,10 @@ pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
     }
     let steps = doc["steps"].as_array().cloned().unwrap_or_default();
     if ctx.json() {
+        // Nothing to do is an answer too: a script reading no output cannot tell it from a crash.
+        if steps.is_empty() {
+            output::json_line(&json!({"target_seq": seq, "in_sync": true}));
+        }
         for s in &steps {
             output::json_line(&json!({"name": s["name"], "actions": s["actions"], "target_seq": seq}));
         }
