@@ -582,6 +582,10 @@ fn a_sink_file_serves_one_ledger() {
     // Through a migration too.
     let err = b.fails(&["migrate", "--to", &file, "--name", "x"], USAGE);
     assert!(err.contains("the sink file of another ledger"), "{err}");
+    // Nor can the owner attach its attached file a second time through a link to it.
+    std::os::unix::fs::symlink(a.path("ledger.sink.db"), a.path("link.db")).unwrap();
+    let err = a.fails(&["sink", "add", "twice", &a.sqlite_url("link.db")], USAGE);
+    assert!(err.contains("\"local\""), "{err}");
     // The owner attaches its own file again under another name.
     let backup = a.sqlite_url("bk.db");
     a.ok(&["sink", "add", "bk", &backup]);

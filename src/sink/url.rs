@@ -522,6 +522,10 @@ impl SinkUrl {
     /// spelling of the path or the tuning parameters (`max_concurrency`).
     pub fn same_objects(&self, other: &SinkUrl) -> bool {
         fn canonical(path: &Path) -> PathBuf {
+            // An existing file through every link to it; a file still to be made, by its folder.
+            if let Ok(file) = std::fs::canonicalize(path) {
+                return file;
+            }
             let parent = path.parent().and_then(|d| std::fs::canonicalize(d).ok());
             match (parent, path.file_name()) {
                 (Some(dir), Some(file)) => dir.join(file),
