@@ -437,7 +437,7 @@ impl SinkSealKey {
         SinkSealKey {
             key: self.key.clone(),
             wrapped: None,
-            ledgers: Vec::new(),
+            ledgers: self.ledgers.clone(),
         }
     }
 

@@ -239,34 +239,37 @@ impl LedgerHandle {
             .await
             .map_err(|_| closed())?;
         let shared = self.shared.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let _turn = turn;
             let generation = shared.key_generation.load(Ordering::Acquire);
+            let master = shared.master.lock().expect("not poisoned").clone();
             let idle = shared.readers.lock().expect("not poisoned").pop();
             let reader = match idle {
-                Some((opened_in, reader)) if opened_in == generation => reader,
-                _ => {
-                    let master = shared.master.lock().expect("not poisoned").clone();
-                    Ledger::open_with_key(shared.location.clone(), master)?
-                }
+                Some((opened_in, reader)) if opened_in == generation => Ok(reader),
+                _ => Ledger::open_with_key(shared.location.clone(), master.clone()),
             };
-            let result = read(&reader);
-            // At most `max_readers` connections exist, since only that many reads run at once.
-            shared
-                .readers
-                .lock()
-                .expect("not poisoned")
-                .push((generation, reader));
-            result
+            let result = reader.and_then(|reader| {
+                let result = read(&reader);
+                // At most `max_readers` connections exist, since only that many reads run at once.
+                shared
+                    .readers
+                    .lock()
+                    .expect("not poisoned")
+                    .push((generation, reader));
+                result
+            });
+            match result {
+                // This handle's key opened the ledger; if the ledger's key is another now, it
+                // was rotated by another process: a temporary state until `rekey`, as for
+                // writes. Otherwise the key is right and something it wrapped is damaged.
+                Err(Error::WrongKey) if rotated_away_from(&shared.location, &master) => {
+                    Err(Error::KeyRotated)
+                }
+                other => other,
+            }
         })
         .await
-        .map_err(|e| Error::io("a read task failed", std::io::Error::other(e.to_string())))?;
-        // This handle's key opened the ledger, so a key it no longer opens was rotated by
-        // another process: a temporary state until `rekey`, as for writes.
-        outcome.map_err(|e| match e {
-            Error::WrongKey => Error::KeyRotated,
-            other => other,
-        })
+        .map_err(|e| Error::io("a read task failed", std::io::Error::other(e.to_string())))?
     }
 
     /// The head seq after each commit through this handle (appends by other processes are
@@ -302,6 +305,13 @@ fn rekey(writer: &mut Ledger, master: MasterKey, shared: Option<&Shared>) -> Res
         shared.readers.lock().expect("not poisoned").clear();
     }
     Ok(())
+}
+
+/// Whether the ledger at `location` has a master key other than `master` now.
+fn rotated_away_from(location: &Location, master: &MasterKey) -> bool {
+    Ledger::open(location.clone())
+        .and_then(|ledger| ledger.key_matches(master))
+        .is_ok_and(|matches| !matches)
 }
 
 fn closed() -> Error {

@@ -95,6 +95,10 @@ pub async fn recover(
             let from = url.sqlite_path().map(SqliteSink::owner).transpose()?.flatten();
             ledger.adopt_sink_seal_key(seal, from.as_deref())?;
         }
+        // A new primary that is another ledger's sqlite file is refused before any work.
+        if primary_parsed.sqlite_path().is_some() {
+            ledger.open_sink_url(&primary)?;
+        }
         let source = redacted(source_url);
         ledger.execute(actor, vec![Command::RecordRecovery { source }])?;
         let (mut secrets, mut gone) = (0u64, 0u64);

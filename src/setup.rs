@@ -131,6 +131,10 @@ pub fn init(
         .and_then(|()| SinkUrl::parse(&primary))
         .and_then(|url| {
             made_sink = crate::replay::orchestrate::prepare_backend(&url)?;
+            // Another ledger's sqlite file is refused now, not at the first projection.
+            if url.sqlite_path().is_some() {
+                ledger.open_sink_url(&primary)?;
+            }
             Ok(())
         })
         .and_then(|()| {

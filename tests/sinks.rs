@@ -574,6 +574,12 @@ fn a_sink_file_serves_one_ledger() {
     a.ok(&["secret", "create", "prod/db", "--value", "pw=APW"]);
     a.ok(&["project"]);
     let file = a.sqlite_url("ledger.sink.db");
+    // As a file from before sinks recorded their ledger: the seal key it keeps and the objects
+    // it holds still tell it apart.
+    rusqlite::Connection::open(a.path("ledger.sink.db"))
+        .unwrap()
+        .execute("DELETE FROM sink_meta WHERE key = 'ledger_id'", [])
+        .unwrap();
     let b = Env::new();
     let head = b.json_lines(&["log"]).len();
     let err = b.fails(&["sink", "add", "x", &file], USAGE);

@@ -524,8 +524,13 @@ impl Ledger {
     }
 
     /// The sink seal key a key rotation in this process replaced, if one did.
-    pub(crate) fn previous_sink_seal(&self) -> Result<Option<&SinkSealKey>> {
-        Ok(self.keys()?.previous_sink_seal.as_ref())
+    pub(crate) fn previous_sink_seal(&self) -> Result<Option<SinkSealKey>> {
+        let ledgers = self.sink_file_ledgers()?;
+        Ok(self
+            .keys()?
+            .previous_sink_seal
+            .as_ref()
+            .map(|k| k.for_ledgers(ledgers)))
     }
 
     /// Connect to an attached sink by name (needs the key: local sinks seal values with it).
@@ -555,12 +560,18 @@ impl Ledger {
 
     /// The key sealing values in sqlite sinks, for this ledger's files (and, recovered, for the
     /// files of the ledger it was recovered from, whose seal key it adopted).
-    fn sink_seal(&self) -> Result<crate::crypto::SinkSealKey> {
+    fn sink_seal(&self) -> Result<SinkSealKey> {
+        Ok(self.keys()?.sink_seal.for_ledgers(self.sink_file_ledgers()?))
+    }
+
+    /// The ledgers whose sqlite sink files this one opens: itself, and the ledger it was
+    /// recovered from, if any.
+    fn sink_file_ledgers(&self) -> Result<Vec<String>> {
         let mut ledgers = vec![self.ledger_id()?];
         if let Some(from) = self.store.setting("recovered_from_ledger")? {
             ledgers.push(String::from_utf8_lossy(&from).into_owned());
         }
-        Ok(self.keys()?.sink_seal.for_ledgers(ledgers))
+        Ok(ledgers)
     }
 
     /// The attached sinks, by name.

@@ -336,7 +336,7 @@ async fn follow_key_rotation(
     // One of the handle's read connections: no new connection a second. A connection that
     // had to be opened for it is opened with the current key, which fails if that is stale.
     let still_current = match handle.read(move |ledger| ledger.key_matches(&current)).await {
-        Err(Error::WrongKey) => Ok(false),
+        Err(Error::WrongKey | Error::KeyRotated) => Ok(false),
         checked => checked,
     };
     if !matches!(still_current, Ok(false)) {

@@ -193,36 +193,53 @@ fn commit_group(conn: &Connection, path: &Path, group: Vec<(Write, oneshot::Send
     }
 }
 
-/// One sink file serves one ledger: opened with the key of `ledgers` (its own id first), the
-/// file records that ledger the first time and refuses any other from then on, which would
-/// overwrite the seal key it keeps and mix two ledgers' objects.
-fn claim(conn: &Connection, path: &Path, ledgers: &[String]) -> Result<()> {
-    let Some(own) = ledgers.first() else {
+/// One sink file serves one ledger: opened with the key of `key.ledgers()` (its own id
+/// first), the file records that ledger the first time and refuses any other from then on,
+/// which would overwrite the seal key it keeps and mix two ledgers' objects. A file from
+/// before this record is claimed only by a key that opens what it holds (or the seal key it
+/// keeps, unchanged).
+fn claim(conn: &Connection, path: &Path, key: &SinkSealKey) -> Result<()> {
+    let Some(own) = key.ledgers().first() else {
         return Ok(());
     };
-    let recorded: Option<Vec<u8>> = conn
-        .query_row("SELECT value FROM sink_meta WHERE key = 'ledger_id'", [], |r| {
-            r.get(0)
-        })
-        .optional()
-        .map_err(|e| db_error(path, e))?;
-    match recorded {
-        None => {
-            conn.execute(
-                "INSERT INTO sink_meta (key, value) VALUES ('ledger_id', ?1)",
-                [own.as_bytes()],
-            )
-            .map_err(|e| db_error(path, e))?;
-            Ok(())
-        }
-        Some(id) if ledgers.iter().any(|l| l.as_bytes() == id.as_slice()) => Ok(()),
-        Some(id) => Err(Error::invalid(format!(
-            "{} is the sink file of another ledger ({}): a sqlite sink file serves one ledger, \
+    let setting = |name: &str| -> Result<Option<Vec<u8>>> {
+        conn.query_row("SELECT value FROM sink_meta WHERE key = ?1", [name], |r| r.get(0))
+            .optional()
+            .map_err(|e| db_error(path, e))
+    };
+    let foreign = |whose: &str| {
+        Error::invalid(format!(
+            "{} is the sink file of another ledger{whose}: a sqlite sink file serves one ledger, \
              whose seal key it keeps; give this sink a file of its own",
-            path.display(),
-            String::from_utf8_lossy(&id)
-        ))),
+            path.display()
+        ))
+    };
+    match setting("ledger_id")? {
+        Some(id) if key.ledgers().iter().any(|l| l.as_bytes() == id.as_slice()) => return Ok(()),
+        Some(id) => return Err(foreign(&format!(" ({})", String::from_utf8_lossy(&id)))),
+        None => {}
     }
+    if setting("seal_key")?.is_some_and(|kept| Some(kept.as_slice()) != key.wrapped()) {
+        let sample: Option<(Vec<u8>, i64, Vec<u8>)> = conn
+            .query_row("SELECT secret_id, seq, sealed FROM objects LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .optional()
+            .map_err(|e| db_error(path, e))?;
+        if let Some((id, seq, sealed)) = sample {
+            let opens =
+                crate::SecretId::from_slice(&id).is_ok_and(|id| key.open(&sealed, id, seq as u64).is_ok());
+            if !opens {
+                return Err(foreign(""));
+            }
+        }
+    }
+    conn.execute(
+        "INSERT INTO sink_meta (key, value) VALUES ('ledger_id', ?1)",
+        [own.as_bytes()],
+    )
+    .map_err(|e| db_error(path, e))?;
+    Ok(())
 }
 
 fn unavailable(path: &Path, e: impl std::fmt::Display) -> Error {
@@ -346,8 +363,8 @@ impl SqliteSink {
                 .map_err(|e| db_error(path, e))?;
         }
         migrations().to_latest(&mut conn).map_err(Error::Migration)?;
+        claim(&conn, path, &key)?;
         if let Some(wrapped) = key.wrapped() {
-            claim(&conn, path, key.ledgers())?;
             // Kept current (a key rotation re-wraps it) without a write when it already is.
             conn.execute(
                 "INSERT INTO sink_meta (key, value) VALUES ('seal_key', ?1)
