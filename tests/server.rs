@@ -1069,6 +1069,31 @@ async fn operations_through_the_server_append_through_its_group_commit() {
     assert!(!env.path("fresh.db").exists());
     assert_eq!(commit_requests(&server, &admin).await, before + 1);
 
+    // A plug-in would run on the server's host as the server: refused over HTTP, nothing run.
+    let planted = env.path("planted");
+    let exec = format!("exec:///bin/sh?arg=-c&arg=touch%20{}", planted.display());
+    let (status, body) = call(
+        &server,
+        &admin,
+        Method::POST,
+        "/v1/sinks",
+        Some(json!({"name": "x", "url": exec, "role": "standby"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("sledger sink add"), "{body}");
+    let (status, body) = call(
+        &server,
+        &admin,
+        Method::POST,
+        "/v1/migrate",
+        Some(json!({"to": exec, "name": "x"})),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(!planted.exists());
+    assert_eq!(commit_requests(&server, &admin).await, before + 1);
+
     let to = json!({"to": format!("sqlite://{}", env.path("new.db").display()), "name": "new"});
     let (status, body) = call(&server, &admin, Method::POST, "/v1/migrate", Some(to)).await;
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -1054,19 +1054,30 @@ fn backup_role() -> SinkRole {
     SinkRole::Backup
 }
 
+/// The sinks a token may attach. Not `memory://`: it would live only inside the server
+/// process. Not `exec://`: its program runs on the server's host as the server, where it could
+/// read the master key; whoever runs the server attaches plug-ins there, with `sledger sink
+/// add` on that host.
+fn attachable_over_http(url: &str) -> Result<()> {
+    match crate::sink::SinkUrl::parse(url)?.backend {
+        crate::sink::Backend::Memory { .. } => Err(Error::invalid(
+            "a memory:// sink would live only inside the server process; use sqlite:///PATH or a cloud sink",
+        )),
+        crate::sink::Backend::Exec { .. } => Err(Error::invalid(
+            "an exec:// sink runs its program on the server's host, as the server: attach it there with \
+             `sledger sink add` (the server picks it up), not through the API",
+        )),
+        _ => Ok(()),
+    }
+}
+
 async fn add_sink(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<NewSink>,
 ) -> ApiResult {
     allow(&state, &caller, "sink.add", None).await?;
-    let url = crate::sink::SinkUrl::parse(&body.url)?;
-    if url.backend.is_memory() {
-        return Err(Error::invalid(
-            "a memory:// sink would live only inside the server process; use sqlite:///PATH or a cloud sink",
-        )
-        .into());
-    }
+    attachable_over_http(&body.url)?;
     let (handle, actor) = (state.handle.clone(), caller.principal());
     let runtime = tokio::runtime::Handle::current();
     let started = Instant::now();
@@ -1315,8 +1326,8 @@ async fn migrate(
     JsonBody(body): JsonBody<MigrateBody>,
 ) -> ApiResult {
     allow(&state, &caller, "migrate", None).await?;
-    if body.to.to.contains("://") && crate::sink::SinkUrl::parse(&body.to.to)?.backend.is_memory() {
-        return Err(Error::invalid("a memory:// sink would live only inside the server process").into());
+    if body.to.to.contains("://") {
+        attachable_over_http(&body.to.to)?;
     }
     let (handle, actor) = (state.handle.clone(), caller.principal());
     let runtime = tokio::runtime::Handle::current();
