@@ -1150,3 +1150,47 @@ async fn a_role_refusal_is_recorded_with_the_secret_named() {
         "{denied:?}"
     );
 }
+
+/// A write is durable in the ledger whatever its primary does: when the primary applied it but
+/// cannot be read back (its file is gone), the write still answers 201, saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_whose_primary_cannot_be_read_back_still_succeeds() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let sink_file = env.ledger.with_extension("sink.db");
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = sink_file.as_os_str().to_owned();
+        file.push(suffix);
+        let _ = std::fs::remove_file(std::path::PathBuf::from(file));
+    }
+    let create = json!({"name": "app/durable", "values": {"k": "v"}});
+    let (status, body) = call(
+        &server,
+        &admin,
+        Method::POST,
+        "/v1/secrets?wait_ms=2000",
+        Some(create),
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert!(
+        body["primary"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("missing")),
+        "{body}"
+    );
+    let (status, read) = call(
+        &server,
+        &admin,
+        Method::GET,
+        "/v1/secrets/app/durable?from=ledger",
+        None,
+    )
+    .await;
+    assert_eq!(
+        (status, &read["values"]["k"]),
+        (StatusCode::OK, &json!("v")),
+        "{read}"
+    );
+}

@@ -690,6 +690,20 @@ impl PrimaryWait {
     }
 }
 
+/// [`shadowed_writes`] of the attached sink `name`, which has applied the write. A sink that
+/// cannot be opened or read now judges nothing, and the second value says why: the write is
+/// durable in the ledger whatever the sink does.
+pub async fn shadowed_in(ledger: &Ledger, name: &str, written: &[Outcome]) -> (Vec<String>, Option<String>) {
+    let checked = match ledger.open_sink(name) {
+        Ok((_, sink)) => shadowed_writes(ledger, &*sink, written).await,
+        Err(e) => Err(e),
+    };
+    match checked {
+        Ok(shadowed) => (shadowed, None),
+        Err(e) => (Vec::new(), Some(e.to_string())),
+    }
+}
+
 /// The secrets among `written` (a write's outcomes) that `sink`, which has applied the write,
 /// did not take: it keeps a record claiming a seq beyond the ledger's head, which shadows
 /// every write until `reconcile --force-ledger`. One read per written secret; a read that
@@ -739,15 +753,15 @@ pub async fn wait_for_primary(
     }
     let checkpoint = ledger.checkpoint(&name)?;
     let parked = ledger.parked(&name)?.len() as u64;
-    let shadowed = if checkpoint >= seq {
-        shadowed_writes(ledger, &*ledger.open_sink(&name)?.1, written).await?
+    let (shadowed, unread) = if checkpoint >= seq {
+        shadowed_in(ledger, &name, written).await
     } else {
-        Vec::new()
+        (Vec::new(), None)
     };
     Ok(Some(PrimaryWait {
         applied: checkpoint >= seq,
         lag: seq.saturating_sub(checkpoint),
-        error: if checkpoint >= seq { None } else { error },
+        error: if checkpoint >= seq { unread } else { error },
         parked,
         shadowed,
         name,

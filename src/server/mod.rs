@@ -149,11 +149,10 @@ impl AppState {
             .read(move |l| {
                 let progress = l.checkpoint(&name)?;
                 let status = l.sink_status()?.into_iter().find(|s| s.name == name);
-                let shadowed = if progress >= seq {
-                    let (_, sink) = l.open_sink(&name)?;
-                    runtime.block_on(crate::project::shadowed_writes(l, &*sink, &written))?
+                let (shadowed, unread) = if progress >= seq {
+                    runtime.block_on(crate::project::shadowed_in(l, &name, &written))
                 } else {
-                    Vec::new()
+                    (Vec::new(), None)
                 };
                 Ok(PrimaryWait {
                     shadowed,
@@ -161,7 +160,7 @@ impl AppState {
                     lag: seq.saturating_sub(progress),
                     parked: status.as_ref().map_or(0, |s| s.parked),
                     error: if progress >= seq {
-                        None
+                        unread
                     } else {
                         status.and_then(|s| s.last_error)
                     },

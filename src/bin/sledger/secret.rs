@@ -163,6 +163,17 @@ pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) -> Result<()> {
             p.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
         );
     }
+    if let Some((p, error)) = primary
+        .as_ref()
+        .filter(|p| p.applied && notes)
+        .and_then(|p| Some((p, p.error.as_deref()?)))
+    {
+        eprintln!(
+            "note: the write is durable in the ledger and primary sink {:?} applied it, but it cannot be read back now ({error}); \
+             `sledger sink status` shows its state",
+            p.name
+        );
+    }
     if let Some(p) = primary.as_ref().filter(|p| p.parked > 0 && notes) {
         eprintln!(
             "note: primary sink {:?} refused {} secret{}: reads of {} fall back to other sources; \
