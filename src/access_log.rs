@@ -63,7 +63,8 @@ pub struct AccessFilter {
     pub outcome: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_seq: Option<u64>,
-    /// Only the last N matching rows.
+    /// At most N matching rows: the first N after `after_seq` when it is given (a page to go
+    /// on from), else the last N.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
 }

@@ -1149,6 +1149,34 @@ async fn a_role_refusal_is_recorded_with_the_secret_named() {
         (&json!("token:ro"), &json!("app/db")),
         "{denied:?}"
     );
+    // Paging through the access log: after a seq come the next rows, not the last ones.
+    for _ in 0..5 {
+        let update = json!({"values": {"pw": "x"}});
+        call(
+            &server,
+            &reader,
+            Method::PATCH,
+            "/v1/secrets/app/db",
+            Some(update),
+        )
+        .await;
+    }
+    let (status, page) = call(
+        &server,
+        &admin,
+        Method::GET,
+        "/v1/access-log?after_seq=1&limit=2",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    let seqs: Vec<u64> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, vec![2, 3], "{page}");
 }
 
 /// A write is durable in the ledger whatever its primary does: when the primary applied it but

@@ -56,6 +56,7 @@ impl Ledger {
     /// The access-log rows `filter` keeps (the last `limit` of them), oldest first.
     pub fn query_access(&self, filter: &AccessFilter) -> Result<Vec<AccessEntry>> {
         let limit = filter.limit.unwrap_or(usize::MAX);
+        let paging = filter.after_seq.is_some();
         let mut shown = std::collections::VecDeque::new();
         self.store.scan_access(filter.after_seq.unwrap_or(0), &mut |e| {
             if filter.keeps(&e) && limit > 0 {
@@ -64,7 +65,8 @@ impl Ledger {
                 }
                 shown.push_back(e);
             }
-            Ok(true)
+            // A page after a seq is complete with its first `limit` rows.
+            Ok(!(paging && shown.len() == limit))
         })?;
         Ok(shown.into())
     }
