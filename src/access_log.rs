@@ -67,6 +67,10 @@ pub struct AccessFilter {
     /// on from), else the last N.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limit: Option<usize>,
+    /// Who is looking: reads of other owners' private secrets are left out, as in the audit
+    /// log (the server sets it to the caller's principal; a local key holder sees everything).
+    #[serde(skip)]
+    pub viewer: Option<String>,
 }
 
 impl AccessFilter {

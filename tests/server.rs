@@ -291,6 +291,14 @@ async fn private_secrets_are_readable_only_by_their_owner() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     let (_, listed) = call(&server, &admin, Method::GET, "/v1/secrets", None).await;
     assert!(listed.as_array().unwrap().is_empty(), "{listed}");
+    // Nor does the access log show others the reads of it; its owner sees them.
+    let rows = access_log(&server, &admin).await;
+    assert!(!rows.iter().any(|r| r["secret_id"] == json!(id)), "{rows:?}");
+    let (status, own) = call(&server, &alice, Method::GET, "/v1/access-log", None).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{own}");
+    let auditor = issue(&server, &admin, "alice-audit", "auditor", &["*"], None).await;
+    let (_, rows) = call(&server, &auditor, Method::GET, "/v1/access-log", None).await;
+    assert!(!rows.to_string().contains(&id), "{rows}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

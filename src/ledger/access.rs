@@ -58,8 +58,23 @@ impl Ledger {
         let limit = filter.limit.unwrap_or(usize::MAX);
         let paging = filter.after_seq.is_some();
         let mut shown = std::collections::VecDeque::new();
+        let mut hidden_secrets = std::collections::HashMap::new();
+        let store = &*self.store;
+        let mut hidden = |e: &AccessEntry| -> Result<bool> {
+            let (Some(viewer), Some(id)) = (&filter.viewer, e.record.secret_id) else {
+                return Ok(false);
+            };
+            if let Some(hidden) = hidden_secrets.get(&id) {
+                return Ok(*hidden);
+            }
+            let private_to_another = store
+                .secret(id)?
+                .is_some_and(|m| m.scope == crate::Scope::Private && &m.owner != viewer);
+            hidden_secrets.insert(id, private_to_another);
+            Ok(private_to_another)
+        };
         self.store.scan_access(filter.after_seq.unwrap_or(0), &mut |e| {
-            if filter.keeps(&e) && limit > 0 {
+            if filter.keeps(&e) && limit > 0 && !hidden(&e)? {
                 if shown.len() == limit {
                     shown.pop_front();
                 }

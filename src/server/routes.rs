@@ -993,6 +993,7 @@ async fn query_access_log(
 ) -> ApiResult {
     allow(&state, &caller, "access_log.query", None).await?;
     filter.limit = Some(filter.limit.unwrap_or(1000).min(10_000));
+    filter.viewer = Some(caller.principal());
     let rows = state.handle.read(move |l| l.query_access(&filter)).await?;
     Ok(Json(rows).into_response())
 }
