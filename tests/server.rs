@@ -1230,3 +1230,28 @@ async fn a_write_whose_primary_cannot_be_read_back_still_succeeds() {
         "{read}"
     );
 }
+
+/// SIGTERM ends an open `/v1/log/stream` at once (a stream never ends on its own), instead of
+/// holding the shutdown for the whole request timeout.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_open_log_streams() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let response = client()
+        .get(server.url("/v1/log/stream"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || server.stop()).await.unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stream held the shutdown for {:?}",
+        started.elapsed()
+    );
+    drop(response);
+}

@@ -109,6 +109,9 @@ pub(crate) struct AppState {
     pub metrics: metrics::Metrics,
     /// Each sink's checkpoint as its projector reports it, for writes that wait for the primary.
     pub checkpoints: watch::Sender<BTreeMap<String, u64>>,
+    /// Turns true when the server is asked to stop: responses that never end on their own
+    /// (`/v1/log/stream`) end then, so they do not hold the shutdown for its whole grace.
+    pub stopping: watch::Sender<bool>,
 }
 
 impl AppState {
@@ -187,6 +190,7 @@ pub async fn serve(
         metrics: metrics::Metrics::default(),
         handle: handle.clone(),
         checkpoints: watch::Sender::new(BTreeMap::new()),
+        stopping: watch::Sender::new(false),
     });
     let app = routes::router(state.clone(), &options);
 
@@ -244,11 +248,12 @@ pub async fn serve(
     ready(local);
     tracing::info!(address = %local, tls = options.tls.is_some(), "serving");
     let graceful = {
-        let server_handle = server_handle.clone();
+        let (server_handle, state) = (server_handle.clone(), state.clone());
         let grace = options.request_timeout;
         async move {
             shutdown.await;
             tracing::info!("shutting down: finishing requests in flight");
+            state.stopping.send_replace(true);
             server_handle.graceful_shutdown(Some(grace));
         }
     };

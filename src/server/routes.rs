@@ -924,10 +924,14 @@ async fn stream_log(
         })
         .await?;
     let mut wake = handle.subscribe();
+    let mut stopping = state.stopping.subscribe();
     let token = caller.token.name.clone();
     let state = state.clone();
     let stream = async_stream_lines(move |sender: tokio::sync::mpsc::Sender<String>| async move {
         loop {
+            if *stopping.borrow_and_update() {
+                return; // the server is stopping: the stream ends, the client reconnects elsewhere
+            }
             // A revoked or expired token stops receiving at once, like any other request.
             if state.auth.refresh(&handle).await.is_err()
                 || !state
@@ -962,7 +966,10 @@ async fn stream_log(
             if full_page {
                 continue;
             }
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(1), wake.changed()).await;
+            tokio::select! {
+                _ = tokio::time::timeout(std::time::Duration::from_secs(1), wake.changed()) => {}
+                _ = stopping.changed() => {}
+            }
         }
     });
     Ok((
