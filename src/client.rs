@@ -215,12 +215,20 @@ impl Client {
                  send smaller values, or raise the limit on the server"
                     .to_owned(),
             ),
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
-                (
-                    ErrorClass::Unavailable,
-                    format!("the server answered {status}; try again"),
-                )
-            }
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => (
+                ErrorClass::Unavailable,
+                format!("the server answered {status}; try again"),
+            ),
+            StatusCode::REQUEST_TIMEOUT => (
+                ErrorClass::Unavailable,
+                "the request took longer than the server allows; a write may or may not have been \
+                 recorded: look (`sledger secret history`) before sending it again"
+                    .to_owned(),
+            ),
+            status if status.is_client_error() => (
+                ErrorClass::Invalid,
+                format!("the server refused the request ({status})"),
+            ),
             _ => (ErrorClass::Internal, format!("the server answered {status}")),
         };
         Err(Error::Remote { class, message })

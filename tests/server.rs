@@ -1255,3 +1255,44 @@ async fn sigterm_ends_open_log_streams() {
     );
     drop(response);
 }
+
+/// Requests refused before any handler runs get the API's error document too.
+#[tokio::test(flavor = "multi_thread")]
+async fn errors_before_a_handler_are_json_too() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let big = json!({"name": "app/big", "values": {"k": "x".repeat(2 << 20)}});
+    for (method, path, body, status, code) in [
+        (Method::GET, "/v1/nope", None, StatusCode::NOT_FOUND, "not_found"),
+        (
+            Method::GET,
+            "/v1/secrets?limit=abc",
+            None,
+            StatusCode::BAD_REQUEST,
+            "invalid",
+        ),
+        (
+            Method::POST,
+            "/v1/secrets",
+            Some(big),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+        ),
+        (
+            Method::DELETE,
+            "/v1/tokens",
+            None,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid",
+        ),
+    ] {
+        let (got, answer) = call(&server, &admin, method, path, body).await;
+        assert_eq!(
+            (got, answer["error"]["code"].as_str()),
+            (status, Some(code)),
+            "{path}: {answer}"
+        );
+        assert!(!answer.to_string().contains("xxxx"), "{path}");
+    }
+}

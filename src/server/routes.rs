@@ -344,7 +344,57 @@ pub(crate) fn router(state: Arc<AppState>, options: &ServeOptions) -> Router {
         .layer(tower::limit::GlobalConcurrencyLimitLayer::new(
             options.max_in_flight,
         ))
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(state)
+}
+
+/// Errors answered before a handler ran (an unknown route, a bad query string, a body over the
+/// limit, a request that took too long) in the API's error format, like every other error.
+async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let json = response
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return response;
+    }
+    let said = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .map(|text| String::from_utf8_lossy(&text).trim().to_owned())
+        .unwrap_or_default();
+    let (code, message) = match status {
+        StatusCode::NOT_FOUND => (
+            "not_found",
+            "no such route; /v1/openapi.json lists them".to_owned(),
+        ),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "invalid",
+            "this route does not take that method; /v1/openapi.json lists them".to_owned(),
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "too_large",
+            "the request body is larger than the server takes (its --body-limit)".to_owned(),
+        ),
+        StatusCode::REQUEST_TIMEOUT => (
+            "unavailable",
+            "the request took longer than the server's --request-timeout; a write may or may not \
+             have been recorded: look before sending it again"
+                .to_owned(),
+        ),
+        // A query string or path the route could not take (axum names the parameter).
+        status if status.is_client_error() && !said.is_empty() => ("invalid", said),
+        status if status.is_client_error() => {
+            ("invalid", format!("the server refused the request ({status})"))
+        }
+        StatusCode::SERVICE_UNAVAILABLE => (
+            "unavailable",
+            "the server cannot answer now; try again".to_owned(),
+        ),
+        status => ("internal", format!("the server failed ({status})")),
+    };
+    super::error_response(status, code, &message)
 }
 
 /// Count and time every request by its route template (never by its concrete path, which
