@@ -187,7 +187,7 @@ pub fn validate_patterns(patterns: &[String]) -> Result<()> {
         ));
     }
     for p in patterns {
-        if p.is_empty() || p.len() > 512 || p.chars().any(char::is_control) {
+        if p.is_empty() || p.len() > 512 || p.chars().any(|c| c.is_control() || c.is_whitespace()) {
             return Err(Error::invalid(format!(
                 "invalid pattern {p:?}: use a secret name with '*' wildcards"
             )));
@@ -227,8 +227,13 @@ pub async fn issue_token(
     patterns: Vec<String>,
     expires_in: Option<std::time::Duration>,
 ) -> Result<serde_json::Value> {
-    let expires_at = expires_in
-        .map(|d| crate::ledger::now_ms().saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)));
+    const LONGEST: std::time::Duration = std::time::Duration::from_secs(100 * 366 * 24 * 3600);
+    if expires_in.is_some_and(|d| d > LONGEST) {
+        return Err(crate::Error::invalid(
+            "a token's expiry is at most 100 years away; leave it out for a token that does not expire",
+        ));
+    }
+    let expires_at = expires_in.map(|d| crate::ledger::now_ms() + d.as_millis() as i64);
     let token = generate_token();
     let command = crate::ledger::Command::IssueToken {
         name: name.to_owned(),

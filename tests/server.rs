@@ -1296,3 +1296,46 @@ async fn errors_before_a_handler_are_json_too() {
         assert!(!answer.to_string().contains("xxxx"), "{path}");
     }
 }
+
+/// Times in log filters are read as RFC 3339 too; inputs that cannot mean anything are
+/// refused, saying why.
+#[tokio::test(flavor = "multi_thread")]
+async fn filters_and_token_requests_take_what_they_say() {
+    let env = Env::empty();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let (status, log) = call(
+        &server,
+        &admin,
+        Method::GET,
+        "/v1/log?since=2020-01-01T00:00:00Z",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    assert!(!log.as_array().unwrap().is_empty(), "{log}");
+    let (status, log) = call(
+        &server,
+        &admin,
+        Method::GET,
+        "/v1/log?since=2999-01-01T00:00:00Z",
+        None,
+    )
+    .await;
+    assert_eq!((status, log), (StatusCode::OK, json!([])));
+    let (status, answer) = call(&server, &admin, Method::GET, "/v1/log?since=yesterday", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains("RFC 3339"),
+        "{answer}"
+    );
+    let (status, answer) = call(&server, &admin, Method::GET, "/v1/secrets?limit=0", None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    for token in [
+        json!({"name": "t1", "role": "reader", "patterns": ["bad pattern"]}),
+        json!({"name": "t2", "role": "reader", "patterns": ["x"], "expires_in_seconds": u64::MAX / 2}),
+    ] {
+        let (status, answer) = call(&server, &admin, Method::POST, "/v1/tokens", Some(token)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    }
+}

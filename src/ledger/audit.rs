@@ -200,10 +200,18 @@ pub struct LogFilter {
     pub event_type: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub actor: Option<String>,
-    /// Unix ms, inclusive.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Inclusive; unix ms, or an RFC 3339 time where it is read from text (a query string).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "millis_or_time"
+    )]
     pub since: Option<Millis>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "millis_or_time"
+    )]
     pub until: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_seq: Option<u64>,
@@ -218,6 +226,32 @@ pub struct LogFilter {
     /// caller's principal; a local key holder sees everything).
     #[serde(skip)]
     pub viewer: Option<String>,
+}
+
+/// A time given as unix milliseconds or as an RFC 3339 time (`2026-11-28T12:00:00Z`).
+fn millis_or_time<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> std::result::Result<Option<Millis>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Given {
+        Millis(Millis),
+        Text(String),
+    }
+    match Option::<Given>::deserialize(deserializer)? {
+        None => Ok(None),
+        Some(Given::Millis(ms)) => Ok(Some(ms)),
+        Some(Given::Text(text)) => text
+            .parse::<Millis>()
+            .ok()
+            .or_else(|| crate::event::parse_millis(&text))
+            .map(Some)
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{text:?} is not a time: give unix milliseconds or RFC 3339, like 2026-11-28T12:00:00Z"
+                ))
+            }),
+    }
 }
 
 impl LogFilter {

@@ -890,7 +890,10 @@ async fn list_secrets(
     }
     query.prefix = params.prefix;
     query.after = params.after;
-    let limit = params.limit.unwrap_or(MAX_LIST_PAGE).clamp(1, MAX_LIST_PAGE);
+    if params.limit == Some(0) {
+        return Err(Error::invalid("limit must be at least 1").into());
+    }
+    let limit = params.limit.unwrap_or(MAX_LIST_PAGE).min(MAX_LIST_PAGE);
     let actor = caller.principal();
     let token = caller.token.clone();
     let page = state
