@@ -304,35 +304,29 @@ impl SqliteSink {
         Ok(())
     }
 
-    /// The ledger a sink file serves (the first that opened it with its own key), if recorded.
-    pub fn owner(path: &Path) -> Result<Option<String>> {
+    /// One of a sink file's own settings (`sink_meta`), read without changing the file.
+    fn kept(path: &Path, setting: &str) -> Result<Option<Vec<u8>>> {
         Self::check_file(path)?;
         let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .map_err(|e| db_error(path, e))?;
-        let id: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM sink_meta WHERE key = 'ledger_id'", [], |r| {
+        Ok(conn
+            .query_row("SELECT value FROM sink_meta WHERE key = ?1", [setting], |r| {
                 r.get(0)
             })
             .optional()
             .ok()
-            .flatten();
-        Ok(id.map(|id| String::from_utf8_lossy(&id).into_owned()))
+            .flatten())
+    }
+
+    /// The ledger a sink file serves (the first that opened it with its own key), if recorded.
+    pub fn owner(path: &Path) -> Result<Option<String>> {
+        Ok(Self::kept(path, "ledger_id")?.map(|id| String::from_utf8_lossy(&id).into_owned()))
     }
 
     /// The seal key a sink file keeps, unwrapped with `master`: a sink whose ledger is lost
     /// opens with the master key alone.
     pub fn seal_key(path: &Path, master: &crate::crypto::MasterKey) -> Result<SinkSealKey> {
-        Self::check_file(path)?;
-        let conn = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-            .map_err(|e| db_error(path, e))?;
-        let wrapped: Option<Vec<u8>> = conn
-            .query_row("SELECT value FROM sink_meta WHERE key = 'seal_key'", [], |r| {
-                r.get(0)
-            })
-            .optional()
-            .ok()
-            .flatten();
-        let wrapped = wrapped.ok_or_else(|| {
+        let wrapped = Self::kept(path, "seal_key")?.ok_or_else(|| {
             Error::invalid(format!(
                 "{} does not keep its seal key (it was last written by an older sledger): its values \
                  open only with the ledger's copy of that key",
