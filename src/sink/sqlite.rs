@@ -221,9 +221,11 @@ fn claim(conn: &Connection, path: &Path, key: &SinkSealKey) -> Result<()> {
     }
     if setting("seal_key")?.is_some_and(|kept| Some(kept.as_slice()) != key.wrapped()) {
         let sample: Option<(Vec<u8>, i64, Vec<u8>)> = conn
-            .query_row("SELECT secret_id, seq, sealed FROM objects LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            .query_row(
+                "SELECT secret_id, seq, sealed FROM objects WHERE deleted = 0 AND length(sealed) > 0 LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .optional()
             .map_err(|e| db_error(path, e))?;
         if let Some((id, seq, sealed)) = sample {
