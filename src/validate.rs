@@ -96,6 +96,22 @@ pub fn values(name: &str, values: &SecretValues, max_bytes: usize) -> Result<()>
     Ok(())
 }
 
+/// Sink names: 1–64 lowercase letters, digits, `-` and `_`, starting with a letter or digit.
+pub fn sink_name(name: &str) -> Result<()> {
+    let ok = (1..=64).contains(&name.len())
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::invalid(format!(
+            "invalid sink name {name:?}: use 1-64 lowercase letters, digits, - and _, starting with a letter or digit"
+        )))
+    }
+}
+
 /// Who an event is recorded as (the audit log's actor, a private secret's owner): some text,
 /// at most 255 characters, none of them control characters.
 pub fn actor(actor: &str) -> Result<()> {

@@ -612,3 +612,23 @@ fn a_sink_file_serves_one_ledger() {
         "APW\n"
     );
 }
+
+/// A migration's dry run checks the new sink's name as the real run does, and a key removed
+/// twice in one update is refused instead of called missing.
+#[test]
+fn a_dry_run_and_an_update_check_their_input_as_the_real_thing() {
+    let env = Env::new();
+    let url = env.sqlite_url("new.db");
+    let err = env.fails(
+        &["migrate", "--to", &url, "--name", "../../x", "--dry-run"],
+        USAGE,
+    );
+    assert!(err.contains("invalid sink name"), "{err}");
+    env.ok(&["secret", "create", "s", "--value", "a=1", "--value", "b=2"]);
+    let err = env.fails(
+        &["secret", "update", "s", "--remove-key", "a", "--remove-key", "a"],
+        USAGE,
+    );
+    assert!(err.contains("removed twice"), "{err}");
+    assert_eq!(env.ok(&["secret", "get", "s", "--key", "a"]), "1\n");
+}

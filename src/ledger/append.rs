@@ -12,21 +12,6 @@ pub(super) fn sink_event_name(event: &Event) -> String {
     }
 }
 
-pub(super) fn validate_sink_name(name: &str) -> Result<()> {
-    let ok = (1..=64).contains(&name.len())
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::invalid(format!(
-            "invalid sink name {name:?}: use 1-64 lowercase letters, digits, - and _, starting with a letter or digit"
-        )))
-    }
-}
-
 /// The result of planning one command inside the write transaction.
 pub(super) enum Planned {
     /// Ledger-level events (sinks); empty when nothing changes.
@@ -222,7 +207,7 @@ impl<'a> Planner<'a> {
         };
         Ok(match command {
             Command::AddSink { name, url, role } => {
-                validate_sink_name(&name)?;
+                validate::sink_name(&name)?;
                 let parsed = SinkUrl::parse(&url)?;
                 if sinks.contains_key(&name) {
                     return Err(Error::SinkExists { name });
@@ -290,7 +275,7 @@ impl<'a> Planner<'a> {
         now: Millis,
     ) -> Result<Vec<Outcome>> {
         let actor = request.actor.as_str();
-        crate::validate::actor(actor)?;
+        validate::actor(actor)?;
         let mut outcomes = Vec::with_capacity(request.commands.len());
         for command in request.commands.iter().cloned() {
             let seq = head.seq + 1;
@@ -516,7 +501,12 @@ impl<'a> Planner<'a> {
                 }
                 validate::labels(&set_labels)?;
                 let (mut values, _) = open_values_at(self.tx, keys, &meta, meta.value_seq)?;
-                for key in &remove_keys {
+                for (i, key) in remove_keys.iter().enumerate() {
+                    if remove_keys[..i].contains(key) {
+                        return Err(Error::invalid(format!(
+                            "key {key:?} is to be removed twice; name it once"
+                        )));
+                    }
                     if set_values.contains_key(key) {
                         return Err(Error::invalid(format!(
                             "key {key:?} is both set and removed; do one or the other"

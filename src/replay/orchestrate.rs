@@ -593,6 +593,7 @@ impl MigrateTo {
             .name
             .clone()
             .ok_or_else(|| Error::invalid("--to URL needs --name NAME to attach it under"))?;
+        crate::validate::sink_name(&name)?;
         match ledger.sinks()?.get(&name) {
             Some(s) if s.url == self.to => Ok((name, true)),
             Some(s) => Err(Error::invalid(format!(
