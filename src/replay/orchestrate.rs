@@ -323,14 +323,14 @@ pub async fn reconcile(
 /// What `sledger reconcile` resyncs the attached sink `name` to: the sink, opened (a wrong
 /// name fails here, before anything is recorded), and the ledger's head folded now. A forced
 /// reconcile records its decision after this: what the sink holds beyond this head is ahead.
-pub fn reconcile_target(ledger: &Ledger, name: &str) -> Result<(Arc<dyn Sink>, Desired)> {
+fn reconcile_target(ledger: &Ledger, name: &str) -> Result<(Arc<dyn Sink>, Desired)> {
     let (_, sink) = ledger.open_sink(name)?;
     Ok((sink, ledger.desired_at(ledger.head()?.seq)?))
 }
 
 impl Mode {
     /// `sledger reconcile`'s mode: with `--force-ledger` the ledger wins.
-    pub fn reconciling(force_ledger: bool) -> Mode {
+    fn reconciling(force_ledger: bool) -> Mode {
         if force_ledger {
             Mode::ForceLedger
         } else {
