@@ -106,14 +106,14 @@ fn allowed(role: &str, operation: &str) -> bool {
 
 /// A request body that is valid for `operation` (the answer may still be a 404 or 409: the
 /// matrix only cares whether authorization let it through).
-fn body_for(operation: &str, name: &str, i: usize) -> Option<Value> {
+fn body_for(operation: &str, name: &str, i: usize, dir: &std::path::Path) -> Option<Value> {
     Some(match operation {
         "secret.create" => json!({"name": name, "values": {"k": "v"}}),
         "secret.put" => json!({"values": {"k": format!("v{i}")}}),
         "secret.update" => json!({"values": {"k": format!("u{i}")}}),
         "secret.rename" => json!({"new_name": format!("{name}-renamed{i}")}),
         "sink.add" => {
-            json!({"name": format!("m{i}"), "url": format!("sqlite:///tmp/sledger-matrix-{}-{i}.db", std::process::id()), "role": "standby"})
+            json!({"name": format!("m{i}"), "url": format!("sqlite://{}/m{i}.db", dir.display()), "role": "standby"})
         }
         "sink.set_role" => json!({"role": "replica"}),
         "restore" => json!({"seq": 1, "dry_run": true}),
@@ -188,7 +188,7 @@ async fn authorization_matrix_every_route_every_role() {
                 let request_body = if operation == "secret.create" {
                     Some(json!({"name": format!("{secret}-new"), "values": {"k": "v"}}))
                 } else {
-                    body_for(operation, &secret, i)
+                    body_for(operation, &secret, i, env.dir.path())
                 };
                 let (status, body) = if operation == "log.stream" {
                     let response = client()
@@ -1126,6 +1126,55 @@ async fn operations_through_the_server_append_through_its_group_commit() {
     assert_eq!(status, StatusCode::OK, "{read}");
     assert_eq!(read["source"]["name"], "new", "{read}");
     assert_eq!(read["values"]["pw"], "one", "{read}");
+}
+
+/// A token cannot make the server write a sqlite file wherever the server may: sinks attached
+/// through the API stay in its sink directory (the ledger's, or `--sink-dir`), symlinks
+/// followed; nothing is appended or made for a refused one.
+#[tokio::test(flavor = "multi_thread")]
+async fn sqlite_sinks_over_the_api_stay_in_the_sink_directory() {
+    let env = Env::empty();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let server = Server::start(&env, &[]);
+    let admin = server.admin.clone().unwrap();
+    let sqlite = |path: &std::path::Path| format!("sqlite://{}", path.display());
+    std::os::unix::fs::symlink(elsewhere.path(), env.path("link")).unwrap();
+    let head = head_seq(&server, &admin).await;
+    for outside in [
+        elsewhere.path().join("x.db"),
+        env.path("link/x.db"),
+        env.path("../x.db"),
+    ] {
+        for (route, body) in [
+            ("/v1/sinks", json!({"name": "x", "url": sqlite(&outside)})),
+            ("/v1/migrate", json!({"to": sqlite(&outside), "name": "x"})),
+        ] {
+            let (status, answer) = call(&server, &admin, Method::POST, route, Some(body)).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{route} {outside:?}: {answer}");
+            assert!(
+                answer["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("--sink-dir"),
+                "{answer}"
+            );
+        }
+    }
+    assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
+    assert_eq!(head_seq(&server, &admin).await, head);
+    let inside = json!({"name": "nested", "url": sqlite(&env.path("inside.db"))});
+    let (status, answer) = call(&server, &admin, Method::POST, "/v1/sinks", Some(inside)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    server.stop();
+
+    let server = Server::start(&env, &["--sink-dir", elsewhere.path().to_str().unwrap()]);
+    let there = json!({"name": "there", "url": sqlite(&elsewhere.path().join("there.db"))});
+    let (status, answer) = call(&server, &admin, Method::POST, "/v1/sinks", Some(there)).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let beside = json!({"name": "beside", "url": sqlite(&env.path("beside.db"))});
+    let (status, answer) = call(&server, &admin, Method::POST, "/v1/sinks", Some(beside)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    server.stop();
 }
 
 /// A request refused for its role (a reader writing) is in the access log with the secret it

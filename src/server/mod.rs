@@ -69,6 +69,10 @@ pub struct ServeOptions {
     /// Where to find the master key after a rotation by another process. Without it, a
     /// rotated key is reported in the log and the server must be restarted with the new one.
     pub reload_key: Option<KeyReloader>,
+    /// The directory (or a folder under it) that sqlite sinks attached through the API must
+    /// be in. `None`: the ledger file's directory; a PostgreSQL ledger then takes no sqlite
+    /// sink over the API. A token may not make the server write files anywhere it can.
+    pub sink_dir: Option<PathBuf>,
 }
 
 impl ServeOptions {
@@ -86,6 +90,7 @@ impl ServeOptions {
             },
             follow: FollowOptions::default(),
             reload_key: None,
+            sink_dir: None,
         }
     }
 
@@ -100,6 +105,25 @@ impl ServeOptions {
         }
         Ok(())
     }
+
+    /// [`ServeOptions::sink_dir`] as a path without symlinks, or the ledger file's directory.
+    fn sink_dir(&self, ledger: &crate::store::Location) -> Result<Option<PathBuf>> {
+        let dir = match (&self.sink_dir, ledger) {
+            (Some(dir), _) => dir.clone(),
+            (None, crate::store::Location::File(path)) => match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent.to_owned(),
+                _ => PathBuf::from("."),
+            },
+            #[cfg(feature = "postgres")]
+            (None, crate::store::Location::Postgres(_)) => return Ok(None),
+        };
+        dir.canonicalize().map(Some).map_err(|e| {
+            Error::invalid(format!(
+                "the sink directory {} cannot be used ({e}); pass --sink-dir with an existing directory",
+                dir.display()
+            ))
+        })
+    }
 }
 
 /// What the handlers share.
@@ -112,6 +136,8 @@ pub(crate) struct AppState {
     /// Turns true when the server is asked to stop: responses that never end on their own
     /// (`/v1/log/stream`) end then, so they do not hold the shutdown for its whole grace.
     pub stopping: watch::Sender<bool>,
+    /// [`ServeOptions::sink_dir`], resolved (symlinks followed) at start.
+    pub sink_dir: Option<PathBuf>,
 }
 
 impl AppState {
@@ -185,12 +211,14 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     options.check()?;
+    let sink_dir = options.sink_dir(handle.location())?;
     let state = Arc::new(AppState {
         auth: auth::Auth::load(&handle, options.rate_limit).await?,
         metrics: metrics::Metrics::default(),
         handle: handle.clone(),
         checkpoints: watch::Sender::new(BTreeMap::new()),
         stopping: watch::Sender::new(false),
+        sink_dir,
     });
     let app = routes::router(state.clone(), &options);
 

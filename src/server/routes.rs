@@ -1118,8 +1118,9 @@ fn backup_role() -> SinkRole {
 /// The sinks a token may attach. Not `memory://`: it would live only inside the server
 /// process. Not `exec://`: its program runs on the server's host as the server, where it could
 /// read the master key; whoever runs the server attaches plug-ins there, with `sledger sink
-/// add` on that host.
-fn attachable_over_http(url: &str) -> Result<()> {
+/// add` on that host. A sqlite file only inside the server's sink directory, so a token cannot
+/// make the server write files wherever it may.
+fn attachable_over_http(url: &str, sink_dir: Option<&std::path::Path>) -> Result<()> {
     match crate::sink::SinkUrl::parse(url)?.backend {
         crate::sink::Backend::Memory { .. } => Err(Error::invalid(
             "a memory:// sink would live only inside the server process; use sqlite:///PATH or a cloud sink",
@@ -1128,8 +1129,38 @@ fn attachable_over_http(url: &str) -> Result<()> {
             "an exec:// sink runs its program on the server's host, as the server: attach it there with \
              `sledger sink add` (the server picks it up), not through the API",
         )),
+        crate::sink::Backend::Sqlite { path, .. } => {
+            let Some(dir) = sink_dir else {
+                return Err(Error::invalid(
+                    "this server takes no sqlite sink through the API: its ledger is not a file, so it has no \
+                     default sink directory; restart it with --sink-dir DIR, or attach the sink on its host with `sledger sink add`",
+                ));
+            };
+            if resolved(&path).is_some_and(|file| file.starts_with(dir)) {
+                Ok(())
+            } else {
+                Err(Error::invalid(format!(
+                    "sqlite sink files attached through the API must be in the server's sink directory {}; \
+                     {} is not (symlinks followed). Use a path in it, restart the server with --sink-dir, \
+                     or attach the sink on the server's host with `sledger sink add`",
+                    dir.display(),
+                    path.display()
+                )))
+            }
+        }
         _ => Ok(()),
     }
+}
+
+/// Where `path` leads, symlinks followed, whether or not the file exists yet (its folder must).
+fn resolved(path: &std::path::Path) -> Option<std::path::PathBuf> {
+    path.canonicalize().ok().or_else(|| {
+        let folder = match path.parent()? {
+            p if p.as_os_str().is_empty() => std::path::Path::new("."),
+            p => p,
+        };
+        Some(folder.canonicalize().ok()?.join(path.file_name()?))
+    })
 }
 
 async fn add_sink(
@@ -1138,7 +1169,7 @@ async fn add_sink(
     JsonBody(body): JsonBody<NewSink>,
 ) -> ApiResult {
     allow(&state, &caller, "sink.add", None).await?;
-    attachable_over_http(&body.url)?;
+    attachable_over_http(&body.url, state.sink_dir.as_deref())?;
     let (handle, actor) = (state.handle.clone(), caller.principal());
     let runtime = tokio::runtime::Handle::current();
     let started = Instant::now();
@@ -1388,7 +1419,7 @@ async fn migrate(
 ) -> ApiResult {
     allow(&state, &caller, "migrate", None).await?;
     if body.to.to.contains("://") {
-        attachable_over_http(&body.to.to)?;
+        attachable_over_http(&body.to.to, state.sink_dir.as_deref())?;
     }
     let (handle, actor) = (state.handle.clone(), caller.principal());
     let runtime = tokio::runtime::Handle::current();

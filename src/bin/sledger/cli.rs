@@ -228,6 +228,10 @@ pub struct ServeArgs {
     /// Requests per second per token (bursts of twice that)
     #[arg(long, default_value_t = 1000.0, value_name = "N")]
     pub rate_limit: f64,
+    /// The directory sqlite sinks attached through the API must be in (default: the ledger
+    /// file's directory)
+    #[arg(long, value_name = "DIR")]
+    pub sink_dir: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]

@@ -22,6 +22,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
         burst: args.rate_limit * 2.0,
     };
     options.reload_key = Some(ctx.key_reloader());
+    options.sink_dir = args.sink_dir;
     options.check()?;
     if !ctx.ledger.exists() {
         crate::keys::init(ctx, crate::cli::InitArgs::default())?;
