@@ -128,8 +128,17 @@ impl TokenInfo {
         self.role.allows(action)
             && match name {
                 Some(name) => self.covers(name),
+                // Administering (sinks, tokens, replays) and the whole audit log reach every
+                // secret: patterns that cover only some cannot limit them, so such a token
+                // (issued before the roles refused patterns) may not do them at all.
+                None if whole_ledger(action) => self.covers_every_name(),
                 None => true,
             }
+    }
+
+    /// Whether a pattern matches every name (`*`).
+    pub fn covers_every_name(&self) -> bool {
+        self.patterns.iter().any(|p| matches_every_name(p))
     }
 
     /// Whether one of the token's patterns matches `name`.
@@ -180,6 +189,34 @@ pub fn validate_token_name(name: &str) -> Result<()> {
 }
 
 /// Patterns are secret names with `*` wildcards; an empty list would grant nothing.
+/// Actions that reach every secret whatever name they are given.
+fn whole_ledger(action: Action) -> bool {
+    matches!(action, Action::Administer | Action::Audit)
+}
+
+fn matches_every_name(pattern: &str) -> bool {
+    !pattern.is_empty() && pattern.chars().all(|c| c == '*')
+}
+
+/// An admin administers, and an auditor audits, the whole ledger: a token of either role must
+/// cover every name, or its patterns would promise a limit its role does not keep.
+pub fn validate_role_patterns(role: Role, patterns: &[String]) -> Result<()> {
+    validate_patterns(patterns)?;
+    let whole = match role {
+        Role::Admin => "administers the whole ledger (its sinks, tokens and replays)",
+        Role::Auditor => "reads the whole audit log",
+        Role::Writer | Role::Reader => return Ok(()),
+    };
+    if patterns.iter().any(|p| matches_every_name(p)) {
+        return Ok(());
+    }
+    Err(Error::invalid(format!(
+        "a {} token {whole}, so its patterns cannot limit it: give it --pattern '*', or issue a writer \
+         or reader token for these names",
+        role.as_str()
+    )))
+}
+
 pub fn validate_patterns(patterns: &[String]) -> Result<()> {
     if patterns.is_empty() {
         return Err(Error::invalid(
@@ -317,6 +354,38 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn token(role: Role, patterns: &[&str]) -> TokenInfo {
+        TokenInfo {
+            name: "t".into(),
+            role,
+            patterns: patterns.iter().map(|p| p.to_string()).collect(),
+            issued_at: 0,
+            issued_by: "test".into(),
+            expires_at: None,
+            revoked_at: None,
+            hash: [0; 32],
+        }
+    }
+
+    /// A pattern-limited admin or auditor (issued before such tokens were refused) keeps its
+    /// patterns' secrets but loses what reaches every secret.
+    #[test]
+    fn whole_ledger_actions_need_a_token_for_every_name() {
+        let limited = token(Role::Admin, &["team/*"]);
+        assert!(limited.permits(Action::Mutate, Some("team/a")));
+        assert!(!limited.permits(Action::Mutate, Some("other/a")));
+        assert!(limited.permits(Action::ReadMeta, None));
+        assert!(!limited.permits(Action::Administer, None));
+        assert!(!limited.permits(Action::Audit, None));
+        assert!(!token(Role::Auditor, &["team/*"]).permits(Action::Audit, None));
+        assert!(token(Role::Auditor, &["team/*", "*"]).permits(Action::Audit, None));
+        assert!(token(Role::Admin, &["**"]).permits(Action::Administer, None));
+        assert!(validate_role_patterns(Role::Admin, &["team/*".into()]).is_err());
+        assert!(validate_role_patterns(Role::Auditor, &["team/*".into()]).is_err());
+        assert!(validate_role_patterns(Role::Reader, &["team/*".into()]).is_ok());
+        assert!(validate_role_patterns(Role::Admin, &["*".into()]).is_ok());
+    }
 
     #[test]
     fn patterns() {

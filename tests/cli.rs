@@ -229,25 +229,7 @@ fn log_filters_limit_and_json() {
 
 #[test]
 fn log_follow_prints_new_events() {
-    use std::io::{BufRead, BufReader};
-    let env = Env::new();
-    env.ok(&["secret", "create", "first", "--value", "k=1"]);
-    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
-        .env("SLEDGER_LEDGER", &env.ledger)
-        .args(["--format", "json", "log", "--follow"])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let setup: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(setup["event_type"], "sink.added");
-    let first: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(first["name"], "first");
-    env.ok(&["secret", "create", "second", "--value", "k=1"]);
-    let second: serde_json::Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
-    assert_eq!(second["name"], "second");
-    child.kill().unwrap();
-    child.wait().unwrap();
+    common::tour::log_follow_prints_new_events(&Env::new());
 }
 
 #[test]

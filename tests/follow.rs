@@ -106,3 +106,23 @@ fn a_sink_added_again_elsewhere_is_projected_there() {
     unsafe { libc::kill(follow.id() as i32, libc::SIGTERM) };
     assert!(follow.wait().unwrap().success());
 }
+
+/// `sledger key rotate` beside a running `project --follow`: the projectors find the key
+/// replaced, load the new one from the key file, and go on projecting what is written after.
+#[test]
+fn follow_goes_on_across_a_key_rotation_beside_it() {
+    let env = Env::new();
+    env.ok(&["sink", "add", "bk", &env.sqlite_url("bk.db")]);
+    let mut follow = env.spawn(&[], &["project", "--follow"]);
+    env.ok(&["secret", "create", "before", "--value", "k=1", "--wait", "0"]);
+    wait_for("the backup to catch up", || lag(&env, "bk") == 0);
+    env.ok(&["key", "rotate"]);
+    env.ok(&["secret", "create", "after", "--value", "k=2", "--wait", "0"]);
+    wait_for("the sinks to take the writes after the rotation", || {
+        lag(&env, "bk") == 0 && lag(&env, "local") == 0
+    });
+    let read = env.json(&["secret", "get", "after", "--from", "backup"]);
+    assert_eq!(read["values"]["k"], "2");
+    unsafe { libc::kill(follow.id() as i32, libc::SIGTERM) };
+    assert!(follow.wait().unwrap().success());
+}

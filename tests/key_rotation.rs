@@ -434,3 +434,31 @@ fn a_snapshot_forged_with_a_leaked_old_key_is_not_used_after_the_rotation() {
         "s0 must be put"
     );
 }
+
+/// A sink that cannot be sealed again (its file is gone) does not stop the rotation half-way:
+/// the primary is sealed first and serves on, and the lost sink is named for a reconcile.
+#[test]
+fn a_missing_sink_file_does_not_stop_the_others_being_sealed_again() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a/b", "--value", "k=v"]);
+    // Named to come before the primary ("local") in name order.
+    env.ok(&["sink", "add", "aa", &env.sqlite_url("aa.db"), "--role", "backup"]);
+    env.ok(&["project"]);
+    std::fs::remove_file(env.path("aa.db")).unwrap();
+    let out = env
+        .cmd()
+        .args(["--format", "json", "key", "rotate"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let rotated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        rotated["sinks_to_reconcile"],
+        serde_json::json!(["aa"]),
+        "{rotated}"
+    );
+    assert!(stderr.contains("sledger reconcile aa"), "{stderr}");
+    let read = env.json(&["secret", "get", "a/b", "--from", "primary"]);
+    assert_eq!(read["values"]["k"], "v", "{read}");
+}

@@ -32,6 +32,7 @@ fn the_cli_tour_passes_on_a_postgres_ledger() {
         ("tour1", tour::create_get_update_round_trip as fn(&Env)),
         ("tour2", tour::rename_delete_undelete_purge),
         ("tour3", tour::list_filters_by_label_and_history_shows_changes),
+        ("tour4", tour::log_follow_prints_new_events),
     ] {
         let env = pg_env(&server, db);
         part(&env);

@@ -147,10 +147,14 @@ async fn authorization_matrix_every_route_every_role() {
     }
     assert!(routes.len() >= 20, "{routes:?}");
     let mut tokens = Vec::new();
+    // Admins and auditors reach the whole ledger, so they cover every name; the others cover
+    // the team's.
+    let covers_all = |role: &str| matches!(role, "admin" | "auditor");
     for role in ["admin", "writer", "reader", "auditor"] {
+        let patterns: &[&str] = if covers_all(role) { &["*"] } else { &["team/*"] };
         tokens.push((
             role,
-            issue(&server, &admin, &format!("{role}-team"), role, &["team/*"], None).await,
+            issue(&server, &admin, &format!("{role}-team"), role, patterns, None).await,
         ));
     }
     let mut i = 0;
@@ -181,7 +185,8 @@ async fn authorization_matrix_every_route_every_role() {
                     && !path.starts_with("/v1/sinks")
                     && !path.starts_with("/v1/tokens")
                     || operation == "secret.create";
-                let expected_allowed = allowed(role, operation) && (!names_secret || matches);
+                let expected_allowed =
+                    allowed(role, operation) && (!names_secret || matches || covers_all(role));
                 let before_head = head_seq(&server, &admin).await;
                 let before_access = access_log(&server, &admin).await.len();
                 let method = Method::from_bytes(method.as_bytes()).unwrap();
@@ -299,6 +304,17 @@ async fn private_secrets_are_readable_only_by_their_owner() {
     let auditor = issue(&server, &admin, "alice-audit", "auditor", &["*"], None).await;
     let (_, rows) = call(&server, &auditor, Method::GET, "/v1/access-log", None).await;
     assert!(!rows.to_string().contains(&id), "{rows}");
+    // A sink holds it like every secret: an admin's diff and reconcile of a new standby keep
+    // its id (it is repaired too) but not its name.
+    let standby = json!({"name": "sb", "url": env.sqlite_url("sb.db"), "role": "standby"});
+    let (status, body) = call(&server, &admin, Method::POST, "/v1/sinks", Some(standby)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for route in ["/v1/diff", "/v1/reconcile"] {
+        let (status, body) = call(&server, &admin, Method::POST, route, Some(json!({"sink": "sb"}))).await;
+        assert_eq!(status, StatusCode::OK, "{route}: {body}");
+        let text = body.to_string();
+        assert!(text.contains(&id) && !text.contains("team/p"), "{route}: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1160,6 +1176,30 @@ async fn sqlite_sinks_over_the_api_stay_in_the_sink_directory() {
             );
         }
     }
+    // Nor reach a host, or read a file or variable of the server, its operator did not name.
+    for (url, named) in [
+        ("vault://127.0.0.1:1/kv?tls=off", "--sink-host 127.0.0.1:1"),
+        (
+            "aws-sm://us-east-1?endpoint=http://127.0.0.1:1",
+            "--sink-host 127.0.0.1:1",
+        ),
+        (
+            "aws-sm://us-east-1?access_key_env=HOME&secret_key_env=HOME",
+            "access_key_env=",
+        ),
+        (
+            "vault://127.0.0.1:1/kv?tls=off&token_file=/etc/hostname",
+            "token_file=",
+        ),
+    ] {
+        let body = json!({"name": "x", "url": url});
+        let (status, answer) = call(&server, &admin, Method::POST, "/v1/sinks", Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {answer}");
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains(named),
+            "{url}: {answer}"
+        );
+    }
     assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
     assert_eq!(head_seq(&server, &admin).await, head);
     let inside = json!({"name": "nested", "url": sqlite(&env.path("inside.db"))});
@@ -1167,7 +1207,19 @@ async fn sqlite_sinks_over_the_api_stay_in_the_sink_directory() {
     assert_eq!(status, StatusCode::OK, "{answer}");
     server.stop();
 
-    let server = Server::start(&env, &["--sink-dir", elsewhere.path().to_str().unwrap()]);
+    let server = Server::start(
+        &env,
+        &[
+            "--sink-dir",
+            elsewhere.path().to_str().unwrap(),
+            "--sink-host",
+            "127.0.0.1:1",
+        ],
+    );
+    // An allowed host passes the policy: what answers is the (absent) Vault, not a refusal.
+    let vault = json!({"name": "v", "url": "vault://127.0.0.1:1/kv?tls=off"});
+    let (status, answer) = call(&server, &admin, Method::POST, "/v1/sinks", Some(vault)).await;
+    assert!(!answer.to_string().contains("--sink-host"), "{status} {answer}");
     let there = json!({"name": "there", "url": sqlite(&elsewhere.path().join("there.db"))});
     let (status, answer) = call(&server, &admin, Method::POST, "/v1/sinks", Some(there)).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -1381,10 +1433,22 @@ async fn filters_and_token_requests_take_what_they_say() {
     let (status, answer) = call(&server, &admin, Method::GET, "/v1/secrets?limit=0", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     for token in [
+        json!({"name": "t0", "role": "admin", "patterns": ["app/*"]}),
+        json!({"name": "t3", "role": "auditor", "patterns": ["app/*"]}),
         json!({"name": "t1", "role": "reader", "patterns": ["bad pattern"]}),
         json!({"name": "t2", "role": "reader", "patterns": ["x"], "expires_in_seconds": u64::MAX / 2}),
     ] {
         let (status, answer) = call(&server, &admin, Method::POST, "/v1/tokens", Some(token)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     }
+    // A new name no secret can have is a bad request, though the token's patterns do not
+    // cover it either.
+    let writer = issue(&server, &admin, "app-writer", "writer", &["app/*"], None).await;
+    let create = json!({"name": "app/db", "values": {"pw": "one"}});
+    let (status, answer) = call(&server, &writer, Method::POST, "/v1/secrets", Some(create)).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    let rename = json!({"new_name": "db copy"});
+    let (status, answer) = call(&server, &writer, Method::POST, "/v1/rename/app/db", Some(rename)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert_eq!(answer["error"]["code"], "invalid", "{answer}");
 }

@@ -22,6 +22,7 @@ mod gcp_kms;
 #[cfg(feature = "vault")]
 mod vault_transit;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use crate::crypto::MasterKey;
@@ -200,53 +201,104 @@ pub async fn rotate(
     })
 }
 
+/// Where a long-running process (a server, `project --follow`) finds the master key again
+/// after another process rotated it: the key file or KMS it started from. Called on a
+/// blocking thread; the key it returns has opened the ledger.
+#[derive(Clone)]
+pub struct KeyReloader(std::sync::Arc<dyn Fn() -> Result<MasterKey> + Send + Sync>);
+
+impl KeyReloader {
+    pub fn new(reload: impl Fn() -> Result<MasterKey> + Send + Sync + 'static) -> Self {
+        KeyReloader(std::sync::Arc::new(reload))
+    }
+
+    /// The key that opens the ledger now.
+    pub fn load(&self) -> Result<MasterKey> {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for KeyReloader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("KeyReloader")
+    }
+}
+
 /// What [`reseal_sinks`] did.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct Resealed {
     /// Objects sealed again under the new sink seal key.
     pub objects: u64,
     /// Sinks holding objects the replaced key did not open (an earlier run was interrupted,
-    /// or they were damaged): `reconcile` rewrites those from the ledger.
+    /// or they were damaged), or that could not be sealed again at all (`failed`): `reconcile`
+    /// rewrites those from the ledger.
     pub to_reconcile: Vec<String>,
+    /// Sinks that could not be sealed again (a missing file, an outage), with the error.
+    pub failed: BTreeMap<String, String>,
 }
 
 /// After [`Ledger::rotate_key`] (or a rotation in a KMS) in this process: seal every object of
 /// every attached sqlite sink again, at its own seq, under the ledger's new sink seal key, so
 /// that the replaced master key opens nothing those sinks hold. The sinks' projectors wait
 /// meanwhile. Nothing to do without such a rotation.
+///
+/// The primary goes first, and a sink that fails does not stop the others: the rotation has
+/// committed, and each sink left behind serves nothing until it is reconciled.
 pub async fn reseal_sinks(ledger: &Ledger) -> Result<Resealed> {
-    use crate::sink::{SinkUrl, ANCHOR_ID};
     let mut done = Resealed::default();
     let Some(previous) = ledger.previous_sink_seal()?.map(|k| k.unrecorded()) else {
         return Ok(done);
     };
-    for config in ledger.sinks()?.into_values() {
-        let url = SinkUrl::parse(&config.url)?;
-        if url.sqlite_path().is_none() {
-            continue;
-        }
-        let _projectors_wait =
-            crate::project::lock_sink_writes(ledger, &config.name, &Default::default()).await?;
-        let sealed_before = url.open(&previous)?;
-        let (_, sink) = ledger.open_sink(&config.name)?;
-        let ids = sealed_before.list().await?.into_iter().map(|e| e.id);
-        let mut unreadable = false;
-        for id in ids.chain([ANCHOR_ID]) {
-            match sealed_before.get(id).await {
-                Ok(Some(record)) => {
-                    sink.put(&record).await?;
-                    done.objects += 1;
+    let mut sinks: Vec<_> = ledger.sinks()?.into_values().collect();
+    sinks.sort_by_key(|s| s.role != crate::event::SinkRole::Primary);
+    for config in sinks {
+        match reseal_sink(ledger, &config.name, &config.url, &previous).await {
+            Ok(None) => {}
+            Ok(Some((objects, unreadable))) => {
+                done.objects += objects;
+                if unreadable {
+                    done.to_reconcile.push(config.name);
                 }
-                Ok(None) => {}
-                Err(e) if e.is_temporary() => return Err(e),
-                Err(_) => unreadable = true,
             }
-        }
-        if unreadable {
-            done.to_reconcile.push(config.name);
+            Err(e) => {
+                done.failed.insert(config.name.clone(), e.to_string());
+                done.to_reconcile.push(config.name);
+            }
         }
     }
     Ok(done)
+}
+
+/// Seal one sink's objects again: how many, and whether some did not open with `previous`.
+/// `None` for a sink that is not a sqlite file.
+async fn reseal_sink(
+    ledger: &Ledger,
+    name: &str,
+    url: &str,
+    previous: &crate::crypto::SinkSealKey,
+) -> Result<Option<(u64, bool)>> {
+    use crate::sink::{SinkUrl, ANCHOR_ID};
+    let url = SinkUrl::parse(url)?;
+    if url.sqlite_path().is_none() {
+        return Ok(None);
+    }
+    let _projectors_wait = crate::project::lock_sink_writes(ledger, name, &Default::default()).await?;
+    let sealed_before = url.open(previous)?;
+    let (_, sink) = ledger.open_sink(name)?;
+    let ids = sealed_before.list().await?.into_iter().map(|e| e.id);
+    let (mut objects, mut unreadable) = (0, false);
+    for id in ids.chain([ANCHOR_ID]) {
+        match sealed_before.get(id).await {
+            Ok(Some(record)) => {
+                sink.put(&record).await?;
+                objects += 1;
+            }
+            Ok(None) => {}
+            Err(e) if e.is_temporary() => return Err(e),
+            Err(_) => unreadable = true,
+        }
+    }
+    Ok(Some((objects, unreadable)))
 }
 
 /// What [`migrate`] did.

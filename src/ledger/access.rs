@@ -53,6 +53,12 @@ impl Ledger {
         self.store.scan_access(after, visit)
     }
 
+    /// Whether the secret `id` is private to a principal other than `viewer`, who may then not
+    /// see its name.
+    pub(crate) fn private_to_another(&self, id: crate::SecretId, viewer: &str) -> Result<bool> {
+        private_to_another(&*self.store, id, viewer)
+    }
+
     /// The access-log rows `filter` keeps (the last `limit` of them), oldest first.
     pub fn query_access(&self, filter: &AccessFilter) -> Result<Vec<AccessEntry>> {
         let limit = filter.limit.unwrap_or(usize::MAX);
@@ -67,9 +73,7 @@ impl Ledger {
             if let Some(hidden) = hidden_secrets.get(&id) {
                 return Ok(*hidden);
             }
-            let private_to_another = store
-                .secret(id)?
-                .is_some_and(|m| m.scope == crate::Scope::Private && &m.owner != viewer);
+            let private_to_another = private_to_another(store, id, viewer)?;
             hidden_secrets.insert(id, private_to_another);
             Ok(private_to_another)
         };
@@ -104,4 +108,10 @@ impl Ledger {
             reason: format!("access log: {reason}"),
         })
     }
+}
+
+fn private_to_another(store: &dyn crate::store::Store, id: crate::SecretId, viewer: &str) -> Result<bool> {
+    Ok(store
+        .secret(id)?
+        .is_some_and(|m| m.scope == crate::Scope::Private && m.owner != viewer))
 }

@@ -392,7 +392,7 @@ impl<'a> Planner<'a> {
                 token,
             } => {
                 crate::identity::validate_token_name(&name)?;
-                crate::identity::validate_patterns(&patterns)?;
+                crate::identity::validate_role_patterns(role, &patterns)?;
                 let keys = need_keys(self.keys)?;
                 if expires_at.is_some_and(|at| at <= now_ms()) {
                     return Err(Error::invalid(

@@ -69,6 +69,75 @@ struct Running {
     retire: watch::Sender<bool>,
 }
 
+/// [`follow`] that goes on across a rotation of the master key by another process: when a
+/// projector finds the key replaced, `reload` loads the new one and the projectors start again
+/// with it (the batches in flight are abandoned, which sinks' idempotence makes safe).
+pub async fn follow_across_rotations(
+    location: &Location,
+    master: &MasterKey,
+    reload: crate::keys::KeyReloader,
+    options: FollowOptions,
+    mut stop: watch::Receiver<bool>,
+    report: impl Fn(ProjectorEvent) + Send + Sync + 'static,
+) -> Result<()> {
+    let report = Arc::new(report);
+    let mut master = master.clone();
+    loop {
+        let new = {
+            let rotated = Arc::new(tokio::sync::Notify::new());
+            let (stop_these, these_stop) = watch::channel(false);
+            let running = {
+                let (report, rotated) = (report.clone(), rotated.clone());
+                follow(
+                    location,
+                    &master,
+                    options.clone(),
+                    None,
+                    these_stop,
+                    move |event| {
+                        if let ProjectorEvent::Failed {
+                            error: crate::Error::WrongKey | crate::Error::KeyRotated,
+                            ..
+                        } = &event
+                        {
+                            rotated.notify_one();
+                        }
+                        report(event)
+                    },
+                )
+            };
+            tokio::pin!(running);
+            let new = loop {
+                tokio::select! {
+                    result = &mut running => return result,
+                    _ = stop.changed() => {
+                        let _ = stop_these.send(true);
+                        return running.await;
+                    }
+                    _ = rotated.notified() => {
+                        let reload = reload.clone();
+                        match tokio::task::spawn_blocking(move || reload.load()).await {
+                            Ok(Ok(new)) if new.key_id() != master.key_id() => {
+                                tracing::info!("the master key was rotated by another process: projecting with the new key");
+                                break new;
+                            }
+                            // The same key: the projector's failure was something else.
+                            Ok(Ok(_)) => {}
+                            Ok(Err(e)) => tracing::warn!(error = %e, "the master key was rotated; its new key cannot be loaded yet"),
+                            Err(e) if e.is_cancelled() => return Ok(()),
+                            Err(e) => std::panic::resume_unwind(e.into_panic()),
+                        }
+                    }
+                }
+            };
+            let _ = stop_these.send(true);
+            running.await?;
+            new
+        };
+        master = new;
+    }
+}
+
 /// Run a projector for every projected sink of the ledger at `location` until `stop` turns true.
 /// Sinks added while it runs get a projector; removed or demoted ones lose theirs. `wake`
 /// (a [`LedgerHandle::subscribe`](crate::LedgerHandle::subscribe) receiver) wakes projectors
@@ -93,9 +162,14 @@ pub async fn follow(
     while !*stop.borrow() {
         let projected = {
             let (location, master, only) = (location.clone(), master.clone(), only.clone());
-            tokio::task::spawn_blocking(move || projected_sinks(location, master, only.as_deref()))
+            match tokio::task::spawn_blocking(move || projected_sinks(location, master, only.as_deref()))
                 .await
-                .expect("listing sinks does not panic")
+            {
+                Ok(projected) => projected,
+                // The runtime is shutting down (its owner returned an error of its own).
+                Err(e) if e.is_cancelled() => return Ok(()),
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
         };
         let projected = match projected {
             Ok(names) => names,

@@ -9,6 +9,7 @@ mod auth;
 mod body;
 mod metrics;
 pub mod routes;
+mod sink_policy;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -23,30 +24,14 @@ use tokio::sync::watch;
 use crate::error::{Error, ErrorClass, Result};
 use crate::project::service::{self, FollowOptions, ProjectorEvent};
 use crate::project::PrimaryWait;
-use crate::{LedgerHandle, MasterKey};
+use crate::LedgerHandle;
 
+pub use crate::keys::KeyReloader;
 pub use auth::RateLimit;
 
 /// How often the server looks whether `sledger key rotate`, run beside it, replaced the
 /// ledger's master key.
 const KEY_CHECK_INTERVAL: Duration = Duration::from_secs(1);
-
-/// Where the server finds the master key again after another process rotated it: the key
-/// file or KMS it started from. Called on a blocking thread.
-#[derive(Clone)]
-pub struct KeyReloader(Arc<dyn Fn() -> Result<MasterKey> + Send + Sync>);
-
-impl KeyReloader {
-    pub fn new(reload: impl Fn() -> Result<MasterKey> + Send + Sync + 'static) -> Self {
-        KeyReloader(Arc::new(reload))
-    }
-}
-
-impl std::fmt::Debug for KeyReloader {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("KeyReloader")
-    }
-}
 
 /// How to serve.
 #[derive(Debug, Clone)]
@@ -73,6 +58,9 @@ pub struct ServeOptions {
     /// be in. `None`: the ledger file's directory; a PostgreSQL ledger then takes no sqlite
     /// sink over the API. A token may not make the server write files anywhere it can.
     pub sink_dir: Option<PathBuf>,
+    /// `HOST` or `HOST:PORT`: where a Vault, or a cloud sink's `endpoint=`, attached through
+    /// the API may be. The clouds' own endpoints need no entry; a Vault always does.
+    pub sink_hosts: Vec<String>,
 }
 
 impl ServeOptions {
@@ -91,6 +79,7 @@ impl ServeOptions {
             follow: FollowOptions::default(),
             reload_key: None,
             sink_dir: None,
+            sink_hosts: Vec::new(),
         }
     }
 
@@ -136,8 +125,8 @@ pub(crate) struct AppState {
     /// Turns true when the server is asked to stop: responses that never end on their own
     /// (`/v1/log/stream`) end then, so they do not hold the shutdown for its whole grace.
     pub stopping: watch::Sender<bool>,
-    /// [`ServeOptions::sink_dir`], resolved (symlinks followed) at start.
-    pub sink_dir: Option<PathBuf>,
+    /// Which sinks a token may attach.
+    pub sink_policy: sink_policy::SinkPolicy,
 }
 
 impl AppState {
@@ -211,16 +200,29 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) -> Result<()> {
     options.check()?;
-    let sink_dir = options.sink_dir(handle.location())?;
+    let sink_policy = sink_policy::SinkPolicy {
+        dir: options.sink_dir(handle.location())?,
+        hosts: options
+            .sink_hosts
+            .iter()
+            .map(|h| h.to_ascii_lowercase())
+            .collect(),
+    };
     let state = Arc::new(AppState {
         auth: auth::Auth::load(&handle, options.rate_limit).await?,
         metrics: metrics::Metrics::default(),
         handle: handle.clone(),
         checkpoints: watch::Sender::new(BTreeMap::new()),
         stopping: watch::Sender::new(false),
-        sink_dir,
+        sink_policy,
     });
     let app = routes::router(state.clone(), &options);
+
+    // Bound before anything starts, so a taken port is the only thing reported.
+    let bind_error = |e: std::io::Error| Error::io(format!("cannot listen on {}", options.listen), e);
+    let listener = std::net::TcpListener::bind(options.listen).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
+    let local = listener.local_addr().map_err(bind_error)?;
 
     let (stop_projectors, stop) = watch::channel(false);
     let projectors = tokio::spawn(project(
@@ -231,10 +233,6 @@ pub async fn serve(
     ));
 
     let server_handle = axum_server::Handle::new();
-    let bind_error = |e: std::io::Error| Error::io(format!("cannot listen on {}", options.listen), e);
-    let listener = std::net::TcpListener::bind(options.listen).map_err(bind_error)?;
-    listener.set_nonblocking(true).map_err(bind_error)?;
-    let local = listener.local_addr().map_err(bind_error)?;
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
     let served = {
         let server_handle = server_handle.clone();
@@ -383,7 +381,7 @@ async fn follow_key_rotation(
         }
         return false;
     };
-    let new = match tokio::task::spawn_blocking(move || (reload.0)())
+    let new = match tokio::task::spawn_blocking(move || reload.load())
         .await
         .expect("loading a key does not panic")
     {

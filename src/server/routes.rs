@@ -758,6 +758,8 @@ async fn rename_secret(
     JsonBody(body): JsonBody<RenameBody>,
 ) -> ApiResult {
     let name = allow_secret(&state, &caller, "secret.rename", &name).await?;
+    // A name no secret can have is a bad request, not one the token's patterns refuse.
+    crate::validate::secret_name(&body.new_name)?;
     allow(&state, &caller, "secret.rename", Some(&body.new_name)).await?;
     let command = Command::Rename {
         name,
@@ -1115,61 +1117,13 @@ fn backup_role() -> SinkRole {
     SinkRole::Backup
 }
 
-/// The sinks a token may attach. Not `memory://`: it would live only inside the server
-/// process. Not `exec://`: its program runs on the server's host as the server, where it could
-/// read the master key; whoever runs the server attaches plug-ins there, with `sledger sink
-/// add` on that host. A sqlite file only inside the server's sink directory, so a token cannot
-/// make the server write files wherever it may.
-fn attachable_over_http(url: &str, sink_dir: Option<&std::path::Path>) -> Result<()> {
-    match crate::sink::SinkUrl::parse(url)?.backend {
-        crate::sink::Backend::Memory { .. } => Err(Error::invalid(
-            "a memory:// sink would live only inside the server process; use sqlite:///PATH or a cloud sink",
-        )),
-        crate::sink::Backend::Exec { .. } => Err(Error::invalid(
-            "an exec:// sink runs its program on the server's host, as the server: attach it there with \
-             `sledger sink add` (the server picks it up), not through the API",
-        )),
-        crate::sink::Backend::Sqlite { path, .. } => {
-            let Some(dir) = sink_dir else {
-                return Err(Error::invalid(
-                    "this server takes no sqlite sink through the API: its ledger is not a file, so it has no \
-                     default sink directory; restart it with --sink-dir DIR, or attach the sink on its host with `sledger sink add`",
-                ));
-            };
-            if resolved(&path).is_some_and(|file| file.starts_with(dir)) {
-                Ok(())
-            } else {
-                Err(Error::invalid(format!(
-                    "sqlite sink files attached through the API must be in the server's sink directory {}; \
-                     {} is not (symlinks followed). Use a path in it, restart the server with --sink-dir, \
-                     or attach the sink on the server's host with `sledger sink add`",
-                    dir.display(),
-                    path.display()
-                )))
-            }
-        }
-        _ => Ok(()),
-    }
-}
-
-/// Where `path` leads, symlinks followed, whether or not the file exists yet (its folder must).
-fn resolved(path: &std::path::Path) -> Option<std::path::PathBuf> {
-    path.canonicalize().ok().or_else(|| {
-        let folder = match path.parent()? {
-            p if p.as_os_str().is_empty() => std::path::Path::new("."),
-            p => p,
-        };
-        Some(folder.canonicalize().ok()?.join(path.file_name()?))
-    })
-}
-
 async fn add_sink(
     State(state): Shared,
     Extension(caller): Extension<Caller>,
     JsonBody(body): JsonBody<NewSink>,
 ) -> ApiResult {
     allow(&state, &caller, "sink.add", None).await?;
-    attachable_over_http(&body.url, state.sink_dir.as_deref())?;
+    state.sink_policy.check(&body.url)?;
     let (handle, actor) = (state.handle.clone(), caller.principal());
     let runtime = tokio::runtime::Handle::current();
     let started = Instant::now();
@@ -1308,6 +1262,7 @@ async fn diff(
     JsonBody(body): JsonBody<DiffBody>,
 ) -> ApiResult {
     allow(&state, &caller, "diff", None).await?;
+    let viewer = caller.principal();
     let target = target(body.seq, body.at.as_deref())?;
     let runtime = tokio::runtime::Handle::current();
     let docs = state
@@ -1317,10 +1272,9 @@ async fn diff(
             let (_, sink) = l.open_sink(&body.sink)?;
             let desired = l.desired_at(seq)?;
             let differences = runtime.block_on(crate::replay::diff(&desired, &*sink, &|_, _| {}))?;
-            Ok(differences
-                .iter()
-                .map(|d| d.to_json(&body.sink))
-                .collect::<Vec<_>>())
+            let mut docs: Vec<_> = differences.iter().map(|d| d.to_json(&body.sink)).collect();
+            hide_others_private_names(l, &viewer, &mut docs)?;
+            Ok(docs)
         })
         .await?;
     Ok(Json(docs).into_response())
@@ -1358,10 +1312,33 @@ async fn reconcile(
                 &|_, _, _| {},
                 &mut |e| events.push(e.to_json()),
             ))?;
+            for found in &mut events {
+                if let Some(Value::Array(differences)) = found.get_mut("differences") {
+                    hide_others_private_names(reader, &actor, differences)?;
+                }
+            }
             Ok(events)
         })
         .await?;
     Ok(Json(json!({"events": events})).into_response())
+}
+
+/// A sink holds every secret, so its differences name other owners' private ones too: those
+/// keep their id (a reconcile still repairs them) without their name.
+fn hide_others_private_names(ledger: &Ledger, viewer: &str, differences: &mut [Value]) -> Result<()> {
+    for difference in differences {
+        let Some(id) = difference["id"]
+            .as_str()
+            .and_then(|id| crate::SecretId::parse_str(id).ok())
+        else {
+            continue;
+        };
+        if ledger.private_to_another(id, viewer)? {
+            difference["name"] = Value::Null;
+            difference["private"] = json!(true);
+        }
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]
@@ -1419,7 +1396,7 @@ async fn migrate(
 ) -> ApiResult {
     allow(&state, &caller, "migrate", None).await?;
     if body.to.to.contains("://") {
-        attachable_over_http(&body.to.to, state.sink_dir.as_deref())?;
+        state.sink_policy.check(&body.to.to)?;
     }
     let (handle, actor) = (state.handle.clone(), caller.principal());
     let runtime = tokio::runtime::Handle::current();

@@ -106,6 +106,28 @@ impl Env {
             .unwrap()
     }
 
+    /// `sledger ARGS` started in the background like [`Env::cmd`], its stdout piped to the
+    /// caller: for commands that run until stopped (`--follow`).
+    pub fn spawn_piped(&self, args: &[&str]) -> std::process::Child {
+        let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"));
+        command
+            .env("SLEDGER_LEDGER", &self.ledger)
+            .env("SLEDGER_ACTOR", "alice@test")
+            .env_remove("SLEDGER_MASTER_KEY")
+            .env_remove("SLEDGER_KEY_FILE")
+            .env_remove("SLEDGER_LOG")
+            .env_remove("SLEDGER_SERVER")
+            .env_remove("SLEDGER_TOKEN");
+        if self.in_postgres() {
+            command.env("SLEDGER_KEY_FILE", &self.key);
+        }
+        command
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd().args(args).output().unwrap()
     }

@@ -158,3 +158,18 @@ pub fn list_filters_by_label_and_history_shows_changes(env: &Env) {
     assert_eq!(fp_a1, &hb[0]["changes"][0]["fingerprint"]);
     assert_ne!(fp_a1, &h[1]["changes"][1]["fingerprint"]);
 }
+
+/// `log --follow` prints what is there, then each new event as it is appended.
+pub fn log_follow_prints_new_events(env: &Env) {
+    use std::io::{BufRead, BufReader};
+    env.ok(&["secret", "create", "first", "--value", "k=1"]);
+    let mut child = env.spawn_piped(&["--format", "json", "log", "--follow"]);
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut next = || -> serde_json::Value { serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap() };
+    assert_eq!(next()["event_type"], "sink.added");
+    assert_eq!(next()["name"], "first");
+    env.ok(&["secret", "create", "second", "--value", "k=1"]);
+    assert_eq!(next()["name"], "second");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

@@ -192,10 +192,10 @@ pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
         match appended.as_mut() {
             // Woken by the next append (or once in a while, to notice a lost listener).
             Some(appended) => {
-                let _ = crate::context::block_on(tokio::time::timeout(
-                    Duration::from_secs(5),
-                    appended.changed(),
-                ));
+                // The timer is made inside the runtime: made outside, it finds no reactor.
+                crate::context::block_on(async {
+                    let _ = tokio::time::timeout(Duration::from_secs(5), appended.changed()).await;
+                });
             }
             None => std::thread::sleep(Duration::from_millis(200)),
         }

@@ -232,6 +232,10 @@ pub struct ServeArgs {
     /// file's directory)
     #[arg(long, value_name = "DIR")]
     pub sink_dir: Option<PathBuf>,
+    /// A host (HOST, or HOST:PORT) that a Vault, or a cloud sink's endpoint=, attached through
+    /// the API may be at (repeatable); the clouds' own endpoints need none
+    #[arg(long = "sink-host", value_name = "HOST[:PORT]")]
+    pub sink_hosts: Vec<String>,
 }
 
 #[derive(Subcommand)]

@@ -260,15 +260,15 @@ impl Context {
 
     /// How a server finds the master key again after `key rotate` replaced it: as
     /// [`Context::open_unlocked`] does.
-    pub fn key_reloader(&self) -> sledger::server::KeyReloader {
+    pub fn key_reloader(&self) -> sledger::keys::KeyReloader {
         let (ledger, key_file, kms) = (self.ledger.clone(), self.key_file.clone(), self.kms.clone());
-        sledger::server::KeyReloader::new(move || {
+        sledger::keys::KeyReloader::new(move || {
             let mut opened = Ledger::open(ledger.clone())?;
             match Self::env_key().ok().flatten() {
                 Some(key) => opened.unlock(key).map_err(|e| match e {
                     sledger::Error::WrongKey => sledger::Error::KeyUnavailable(format!(
                         "{MASTER_KEY_ENV} holds the key the ledger was rotated away from; \
-                         restart the server with the new one"
+                         start this command again with the new one"
                     )),
                     // A database that cannot be read is that, not a stale key.
                     other => other,

@@ -92,17 +92,24 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
             // Said on stderr whatever the format: copies this command cannot see, and repairs
             // it could not make.
             for sink in &rotated.resealed.to_reconcile {
-                eprintln!(
-                    "note: sqlite sink {sink} holds objects the replaced key did not open; \
-                     `sledger reconcile {sink}` rewrites them from the ledger"
-                );
+                match rotated.resealed.failed.get(sink) {
+                    Some(error) => eprintln!(
+                        "warning: sqlite sink {sink} could not be sealed again under the new key ({error}), so it \
+                         serves nothing now; once it is back, `sledger reconcile {sink}` rewrites it from the ledger"
+                    ),
+                    None => eprintln!(
+                        "note: sqlite sink {sink} holds objects the replaced key did not open; \
+                         `sledger reconcile {sink}` rewrites them from the ledger"
+                    ),
+                }
             }
             let (rewrapped, resealed) = (rotated.data_keys, rotated.resealed.objects);
+            let to_reconcile = &rotated.resealed.to_reconcile;
             match (&rotated.key, ctx.json()) {
                 (NewKeyAt::Kms(uri), true) => output::json_line(&json!({"rotated": true, "data_keys": rewrapped,
-                    "sink_objects_resealed": resealed, "key": uri})),
+                    "sink_objects_resealed": resealed, "sinks_to_reconcile": to_reconcile, "key": uri})),
                 (NewKeyAt::File(path), true) => output::json_line(&json!({"rotated": true, "data_keys": rewrapped,
-                    "sink_objects_resealed": resealed, "key_file": path})),
+                    "sink_objects_resealed": resealed, "sinks_to_reconcile": to_reconcile, "key_file": path})),
                 (NewKeyAt::Kms(uri), false) => outln!(
                     "master key rotated: {rewrapped} data keys re-wrapped, {resealed} sqlite sink objects sealed again; \
                      the new key is wrapped by {uri}"

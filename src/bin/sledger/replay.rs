@@ -136,7 +136,11 @@ fn render_differences(ctx: &Context, sink: &str, differences: &[Value]) {
         };
         t.add_row(vec![
             text(&d["kind"]),
-            d["name"].as_str().unwrap_or_default().to_owned(),
+            match (d["name"].as_str(), d["private"] == true) {
+                (Some(name), _) => name.to_owned(),
+                (None, true) => "(another owner's private secret)".to_owned(),
+                (None, false) => String::new(),
+            },
             text(&d["id"]),
             text(&d["sink_seq"]),
             text(&d["target_seq"]),

@@ -23,6 +23,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
     };
     options.reload_key = Some(ctx.key_reloader());
     options.sink_dir = args.sink_dir;
+    options.sink_hosts = args.sink_hosts;
     options.check()?;
     if !ctx.ledger.exists() {
         crate::keys::init(ctx, crate::cli::InitArgs::default())?;

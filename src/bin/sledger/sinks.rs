@@ -349,7 +349,7 @@ fn follow(ctx: &Context, only: Option<&str>, opts: ProjectOptions) -> Result<()>
             crate::context::terminated().await;
             let _ = stop.send(true);
         });
-        service::follow(&ctx.ledger, &master, options, None, stopped, move |event| match event {
+        service::follow_across_rotations(&ctx.ledger, &master, ctx.key_reloader(), options, stopped, move |event| match event {
             ProjectorEvent::Projected { sink, report } if json => output::json_line(
                 &json!({"sink": sink, "events": report.events, "writes": report.writes, "checkpoint": report.checkpoint}),
             ),
