@@ -270,6 +270,30 @@ fn editing_the_derived_catalog_is_caught_and_repairable() {
     env.ok(&["verify"]);
 }
 
+/// The columns lookups by name use (name, status) edited beside an untouched meta: `verify`
+/// names the row, and `--rebuild-catalog` repairs it.
+#[test]
+fn editing_a_catalog_rows_name_or_status_column_is_caught_by_verify() {
+    for edit in [
+        "UPDATE catalog SET status = 'deleted' WHERE name = 'x/b'",
+        "UPDATE catalog SET name = 'x/c' WHERE name = 'x/b'",
+    ] {
+        let env = Env::new();
+        env.ok(&["secret", "create", "x/b", "--value", "k=one"]);
+        let raw = rusqlite::Connection::open(&env.ledger).unwrap();
+        raw.execute(edit, []).unwrap();
+        drop(raw);
+        let err = env.fails(&["verify"], INTEGRITY);
+        assert!(
+            err.contains("catalog row") && err.contains("--rebuild-catalog"),
+            "{edit}: {err}"
+        );
+        env.ok(&["verify", "--rebuild-catalog"]);
+        env.ok(&["verify"]);
+        assert_eq!(env.ok(&["secret", "get", "x/b", "--key", "k"]), "one\n");
+    }
+}
+
 #[test]
 fn redirecting_a_sink_in_the_derived_table_is_caught() {
     let env = Env::new();

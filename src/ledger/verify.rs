@@ -204,9 +204,16 @@ impl Ledger {
         }
         // Both in id order: one merge, nothing else held.
         let mut expected = folded.secrets.iter();
-        read.scan_all_secrets(&mut |id, meta| match expected.next() {
+        read.scan_all_secrets(&mut |id, meta, columns_agree| match expected.next() {
             Some((want_id, want)) if *want_id == id && id == meta.id && **want == *meta.to_bytes() => {
-                Ok(true)
+                if columns_agree {
+                    Ok(true)
+                } else {
+                    Err(derived_mismatch(format!(
+                        "the catalog row of secret {:?} (its name, status, namespace or seq column)",
+                        meta.name
+                    )))
+                }
             }
             _ => Err(derived_mismatch(format!(
                 "the catalog row of secret {:?}",

@@ -331,8 +331,9 @@ fn catalog_rows_answer_every_lookup(fresh: Fresh<'_>) {
     assert_eq!(store.secret_count().unwrap(), 4);
     let mut all: Vec<SecretId> = Vec::new();
     store
-        .scan_all_secrets(&mut |id, meta| {
+        .scan_all_secrets(&mut |id, meta, columns_agree| {
             assert_eq!(id, meta.id);
+            assert!(columns_agree, "a row written by put_secret agrees with its meta");
             all.push(id);
             Ok(true)
         })

@@ -178,8 +178,12 @@ pub trait Store: Send {
         names.iter().map(|(ns, name)| self.name_taken(ns, name)).collect()
     }
     /// Every row with the id it is filed under, in ascending id order, until `visit` returns
-    /// false.
-    fn scan_all_secrets(&self, visit: &mut dyn FnMut(SecretId, SecretMeta) -> Result<bool>) -> Result<()>;
+    /// false; with whether the row's indexed columns (namespace, name, status, updated seq)
+    /// are those its meta implies ([`columns_agree`]), since lookups by name trust them.
+    fn scan_all_secrets(
+        &self,
+        visit: &mut dyn FnMut(SecretId, SecretMeta, bool) -> Result<bool>,
+    ) -> Result<()>;
     fn secret_count(&self) -> Result<u64>;
 
     // Data keys, wrapped by the master key; mutable, outside the chain.
@@ -350,4 +354,19 @@ impl crate::log::EventLog for StoreLog<'_> {
     fn scan(&self, from: u64, to: u64, visit: Visit<'_>) -> Result<()> {
         self.0.scan(from, to, visit)
     }
+}
+
+/// Whether a catalog row's indexed columns are the ones its `meta` implies (what a store writes
+/// beside it): an edit of one of them alone would make lookups by name see another catalog.
+pub(crate) fn columns_agree(
+    meta: &SecretMeta,
+    namespace: &str,
+    name: &str,
+    status: &str,
+    updated_seq: i64,
+) -> bool {
+    meta.namespace() == namespace
+        && meta.name == name
+        && meta.status.as_str() == status
+        && i64::try_from(meta.updated_seq).is_ok_and(|seq| seq == updated_seq)
 }

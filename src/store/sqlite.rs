@@ -391,14 +391,25 @@ impl Store for SqliteStore {
             .is_some())
     }
 
-    fn scan_all_secrets(&self, visit: &mut dyn FnMut(SecretId, SecretMeta) -> Result<bool>) -> Result<()> {
-        let mut stmt = self
-            .conn
-            .prepare_cached("SELECT secret_id, meta FROM catalog ORDER BY secret_id")?;
+    fn scan_all_secrets(
+        &self,
+        visit: &mut dyn FnMut(SecretId, SecretMeta, bool) -> Result<bool>,
+    ) -> Result<()> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT secret_id, meta, namespace, name, status, updated_seq FROM catalog ORDER BY secret_id",
+        )?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
             let id = secret_id(&row.get::<_, Vec<u8>>(0)?, "a catalog row's id")?;
-            if !visit(id, decode_meta(&row.get::<_, Vec<u8>>(1)?)?)? {
+            let meta = decode_meta(&row.get::<_, Vec<u8>>(1)?)?;
+            let agree = super::columns_agree(
+                &meta,
+                &row.get::<_, String>(2)?,
+                &row.get::<_, String>(3)?,
+                &row.get::<_, String>(4)?,
+                row.get(5)?,
+            );
+            if !visit(id, meta, agree)? {
                 break;
             }
         }

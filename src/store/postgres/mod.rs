@@ -1237,17 +1237,31 @@ impl Store for PgStore {
         Ok(taken)
     }
 
-    fn scan_all_secrets(&self, visit: &mut dyn FnMut(SecretId, SecretMeta) -> Result<bool>) -> Result<()> {
+    fn scan_all_secrets(
+        &self,
+        visit: &mut dyn FnMut(SecretId, SecretMeta, bool) -> Result<bool>,
+    ) -> Result<()> {
         let mut after: Vec<u8> = Vec::new();
         loop {
             let rows = self.query(
-                &format!("SELECT secret_id, meta FROM catalog WHERE secret_id > $1 ORDER BY secret_id LIMIT {PAGE}"),
+                &format!(
+                    "SELECT secret_id, meta, namespace, name, status, updated_seq FROM catalog \
+                     WHERE secret_id > $1 ORDER BY secret_id LIMIT {PAGE}"
+                ),
                 &[&after],
             )?;
             for row in &rows {
                 after = row.try_get(0)?;
                 let id = secret_id(&after, "a catalog row's id")?;
-                if !visit(id, SecretMeta::from_bytes(&row.try_get::<_, Vec<u8>>(1)?)?)? {
+                let meta = SecretMeta::from_bytes(&row.try_get::<_, Vec<u8>>(1)?)?;
+                let agree = crate::store::columns_agree(
+                    &meta,
+                    row.try_get(2)?,
+                    row.try_get(3)?,
+                    row.try_get(4)?,
+                    row.try_get(5)?,
+                );
+                if !visit(id, meta, agree)? {
                     return Ok(());
                 }
             }
