@@ -1452,3 +1452,85 @@ async fn filters_and_token_requests_take_what_they_say() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(answer["error"]["code"], "invalid", "{answer}");
 }
+
+/// Connections are bounded before any request: one that sends nothing is closed after the
+/// header timeout, one left idle after a response after the idle timeout, and past
+/// `--max-connections` new ones are closed at once. A log stream with nothing to send is kept
+/// open by its blank lines, and still delivers what comes later.
+#[tokio::test(flavor = "multi_thread")]
+async fn silent_and_surplus_connections_are_closed_and_log_streams_stay_open() {
+    let env = Env::empty();
+    let server = Server::start(
+        &env,
+        &[
+            "--header-timeout",
+            "1s",
+            "--request-timeout",
+            "1s",
+            "--idle-timeout",
+            "2s",
+            "--max-connections",
+            "3",
+        ],
+    );
+    let admin = server.admin.clone().unwrap();
+    let address = server.base.trim_start_matches("http://").to_owned();
+    // Closed by the server: how long it took to read the end, at most 10 s.
+    let closed_after = |mut stream: TcpStream| {
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let started = Instant::now();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
+        started.elapsed()
+    };
+    let silent = TcpStream::connect(&address).unwrap();
+    let mut idle = TcpStream::connect(&address).unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut first = [0u8; 12];
+    idle.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // Two open, and a third is the log stream: a fourth is closed at once.
+    let mut stream = client()
+        .get(server.url("/v1/log/stream"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), StatusCode::OK);
+    let surplus = TcpStream::connect(&address).unwrap();
+    let (silent, idle, surplus) = tokio::task::spawn_blocking(move || {
+        let surplus = closed_after(surplus);
+        (closed_after(silent), closed_after(idle), surplus)
+    })
+    .await
+    .unwrap();
+    assert!(surplus < Duration::from_millis(500), "surplus {surplus:?}");
+    assert!(silent < Duration::from_secs(3), "silent {silent:?}");
+    assert!(idle < Duration::from_secs(4), "idle {idle:?}");
+
+    // The stream outlived the idle timeout, kept open by blank lines; its events still come.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut received = String::new();
+    let create = json!({"name": "late", "values": {"k": "v"}});
+    let (status, body) = call(&server, &admin, Method::POST, "/v1/secrets", Some(create)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let until = Instant::now() + Duration::from_secs(10);
+    while !received.contains("\"late\"") {
+        assert!(
+            Instant::now() < until,
+            "the stream never delivered the create: {received:?}"
+        );
+        if let Ok(Some(chunk)) = tokio::time::timeout(Duration::from_secs(1), stream.chunk())
+            .await
+            .unwrap_or(Ok(None))
+        {
+            received.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    assert!(
+        received.contains("\n\n"),
+        "no blank line kept the stream open: {received:?}"
+    );
+    assert!(server.stop().success());
+}

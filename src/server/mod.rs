@@ -7,6 +7,7 @@
 
 mod auth;
 mod body;
+mod connection;
 mod metrics;
 pub mod routes;
 mod sink_policy;
@@ -47,6 +48,12 @@ pub struct ServeOptions {
     pub header_timeout: Duration,
     /// Requests served at once; more wait.
     pub max_in_flight: usize,
+    /// Connections open at once; more are closed as they come.
+    pub max_connections: usize,
+    /// Longest a connection may stay silent (no byte either way) once its first request
+    /// began: keep-alive connections after a response included. Open log streams send a blank
+    /// line a third of it apart. Longer than `request_timeout`, so no request is cut by it.
+    pub idle_timeout: Duration,
     /// Requests per second (and burst) per token.
     pub rate_limit: RateLimit,
     /// The projectors that run in the server.
@@ -72,6 +79,8 @@ impl ServeOptions {
             request_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
             max_in_flight: 512,
+            max_connections: 1024,
+            idle_timeout: Duration::from_secs(60),
             rate_limit: RateLimit {
                 per_second: 1000.0,
                 burst: 2000.0,
@@ -85,6 +94,15 @@ impl ServeOptions {
 
     /// Plain HTTP only on loopback: tokens and values would cross the network in clear text.
     pub fn check(&self) -> Result<()> {
+        if self.idle_timeout <= self.request_timeout {
+            return Err(Error::invalid(format!(
+                "--idle-timeout ({:?}) must be longer than --request-timeout ({:?}), or it would cut requests short",
+                self.idle_timeout, self.request_timeout
+            )));
+        }
+        if self.max_connections == 0 {
+            return Err(Error::invalid("--max-connections must be at least 1"));
+        }
         if self.tls.is_none() && !self.listen.ip().is_loopback() {
             return Err(Error::invalid(format!(
                 "refusing to serve plain HTTP on {}: tokens and secret values would cross the network unencrypted; \
@@ -127,6 +145,9 @@ pub(crate) struct AppState {
     pub stopping: watch::Sender<bool>,
     /// Which sinks a token may attach.
     pub sink_policy: sink_policy::SinkPolicy,
+    /// How often an open log stream with nothing to send sends a blank line, so the
+    /// connection is never silent for [`ServeOptions::idle_timeout`].
+    pub heartbeat: Duration,
 }
 
 impl AppState {
@@ -215,6 +236,7 @@ pub async fn serve(
         checkpoints: watch::Sender::new(BTreeMap::new()),
         stopping: watch::Sender::new(false),
         sink_policy,
+        heartbeat: options.idle_timeout / 3,
     });
     let app = routes::router(state.clone(), &options);
 
@@ -234,6 +256,11 @@ pub async fn serve(
 
     let server_handle = axum_server::Handle::new();
     let service = app.into_make_service_with_connect_info::<SocketAddr>();
+    let guard = connection::GuardedAcceptor::new(
+        options.max_connections,
+        options.header_timeout,
+        options.idle_timeout,
+    );
     let served = {
         let server_handle = server_handle.clone();
         let (header_timeout, tls) = (options.header_timeout, options.tls.clone());
@@ -250,7 +277,12 @@ pub async fn serve(
                                 key.display()
                             ))
                         })?;
-                    let mut server = axum_server::from_tcp_rustls(listener, config).handle(server_handle);
+                    let tls = axum_server::tls_rustls::RustlsAcceptor::new(config)
+                        .handshake_timeout(header_timeout)
+                        .acceptor(guard);
+                    let mut server = axum_server::from_tcp(listener)
+                        .acceptor(tls)
+                        .handle(server_handle);
                     server
                         .http_builder()
                         .http1()
@@ -259,7 +291,9 @@ pub async fn serve(
                     server.serve(service).await
                 }
                 None => {
-                    let mut server = axum_server::from_tcp(listener).handle(server_handle);
+                    let mut server = axum_server::from_tcp(listener)
+                        .acceptor(guard)
+                        .handle(server_handle);
                     server
                         .http_builder()
                         .http1()

@@ -983,6 +983,7 @@ async fn stream_log(
     let token = caller.token.name.clone();
     let state = state.clone();
     let stream = async_stream_lines(move |sender: tokio::sync::mpsc::Sender<String>| async move {
+        let mut last_sent = Instant::now();
         loop {
             if *stopping.borrow_and_update() {
                 return; // the server is stopping: the stream ends, the client reconnects elsewhere
@@ -1013,10 +1014,18 @@ async fn stream_log(
             };
             filter.after_seq = Some(covered.max(filter.after_seq.unwrap_or(0)));
             let full_page = lines.len() == PAGE;
+            if lines.is_empty() && last_sent.elapsed() >= state.heartbeat {
+                // Not silent for the idle timeout; clients skip the blank line.
+                if sender.send("\n".to_owned()).await.is_err() {
+                    return;
+                }
+                last_sent = Instant::now();
+            }
             for line in lines {
                 if sender.send(line).await.is_err() {
                     return;
                 }
+                last_sent = Instant::now();
             }
             if full_page {
                 continue;

@@ -225,6 +225,12 @@ pub struct ServeArgs {
     /// Requests served at once; more wait
     #[arg(long, default_value_t = 512, value_name = "N")]
     pub max_in_flight: usize,
+    /// Connections open at once; more are closed as they come
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_connections: usize,
+    /// Longest a connection may stay silent between requests (longer than --request-timeout)
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub idle_timeout: std::time::Duration,
     /// Requests per second per token (bursts of twice that)
     #[arg(long, default_value_t = 1000.0, value_name = "N")]
     pub rate_limit: f64,

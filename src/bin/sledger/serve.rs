@@ -17,6 +17,8 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
     options.request_timeout = args.request_timeout;
     options.header_timeout = args.header_timeout;
     options.max_in_flight = args.max_in_flight;
+    options.max_connections = args.max_connections;
+    options.idle_timeout = args.idle_timeout;
     options.rate_limit = RateLimit {
         per_second: args.rate_limit,
         burst: args.rate_limit * 2.0,
