@@ -179,11 +179,22 @@ pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
     let (from, name) = (args.from.as_str(), sledger::setup::DEFAULT_SINK);
     let bar = output::progress_bar(ctx, "reading");
     // The lost ledger's key, from where a key always comes; there is no ledger to check it on.
-    let master = ctx.master_key_if_any()?.ok_or_else(|| {
-        crate::exit::usage(
-            "recover needs the lost ledger's master key: --key-file PATH or SLEDGER_MASTER_KEY",
-        )
-    })?;
+    // A sqlite sink's values open only with it; a cloud sink's do not need it, and the new
+    // ledger may have a new key.
+    let sqlite_source = sledger::sink::SinkUrl::parse(from)?.sqlite_path().is_some();
+    let (master, new_key_file) = match ctx.master_key_if_any()? {
+        Some(key) => (key, None),
+        None if !sqlite_source => {
+            let key = sledger::MasterKey::generate();
+            key.write_new_file(&ctx.key_file)?;
+            (key, Some(ctx.key_file.clone()))
+        }
+        None => {
+            return Err(crate::exit::usage(
+                "a sqlite sink opens only with the lost ledger's master key: give it with --key-file PATH or SLEDGER_MASTER_KEY",
+            ))
+        }
+    };
     let recovered = block_on(sledger::recover::recover(
         &ctx.ledger,
         master,
@@ -193,7 +204,15 @@ pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
         &output::advance(&bar),
     ));
     bar.finish_and_clear();
-    let recovered = recovered?;
+    let recovered = match recovered {
+        Ok(recovered) => recovered,
+        Err(e) => {
+            if let Some(made) = &new_key_file {
+                let _ = std::fs::remove_file(made);
+            }
+            return Err(e.into());
+        }
+    };
     let projected = block_on(sledger::project::project_named(
         &recovered.ledger,
         name,
@@ -207,6 +226,7 @@ pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
             "gone": recovered.gone,
             "seq": head,
             "projected": projected.is_ok(),
+            "new_key_file": new_key_file,
         }));
     } else {
         outln!(
@@ -219,6 +239,12 @@ pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
             "the source is attached as standby sink {:?} and was not changed; the primary is sink {name:?}",
             sledger::recover::SOURCE_SINK
         );
+        if let Some(made) = &new_key_file {
+            outln!(
+                "master key: a new one, {} (keep it safe and backed up: without it no value can be decrypted)",
+                made.display()
+            );
+        }
     }
     if let Err(e) = projected {
         eprintln!("note: the sink {name} is not caught up yet ({e}); `sledger project` finishes it");
