@@ -294,6 +294,26 @@ fn editing_a_catalog_rows_name_or_status_column_is_caught_by_verify() {
     }
 }
 
+/// `--rebuild-catalog` folds only a log that verifies: an event edited by hand is reported,
+/// and the catalog is left as it was rather than rebuilt from the forgery.
+#[test]
+fn a_catalog_is_never_rebuilt_from_a_log_that_does_not_verify() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "app/s", "--value", "k=v"]);
+    let raw = env.raw();
+    raw.execute(
+        "UPDATE events SET actor = 'mallory@test' WHERE seq = (SELECT max(seq) FROM events)",
+        [],
+    )
+    .unwrap();
+    drop(raw);
+    let out = env.cmd().args(["verify", "--rebuild-catalog"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(INTEGRITY));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!said.contains("catalog rebuilt"), "{said}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("broken at seq"));
+}
+
 #[test]
 fn redirecting_a_sink_in_the_derived_table_is_caught() {
     let env = Env::new();
@@ -350,6 +370,12 @@ fn a_data_key_deleted_by_hand_is_corruption_not_a_purge() {
     assert_eq!(
         env.ok(&["secret", "get", "b", "--key", "k", "--from", "primary"]),
         "two\n"
+    );
+    // `verify` names it too, with where the values still are.
+    let err = env.fails(&["verify"], INTEGRITY);
+    assert!(
+        err.contains("data key of secret \"a\"") && err.contains("--from"),
+        "{err}"
     );
 }
 

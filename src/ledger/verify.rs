@@ -67,6 +67,14 @@ pub(super) fn derived_mismatch(what: String) -> Error {
     ))
 }
 
+/// An event's MAC, from the seq MACs start at.
+fn check_mac(macs: &Option<(EventMac, u64)>, e: &StoredEvent) -> Result<()> {
+    match macs {
+        Some((mac, from)) if e.seq >= *from => mac::check_event(mac, e),
+        _ => Ok(()),
+    }
+}
+
 /// The fold `verify` checks the derived tables against, with each secret's state kept encoded
 /// (about 200 bytes, where a decoded one takes 1.7 KB): a million secrets fit in about 250 MB.
 #[derive(Default)]
@@ -121,14 +129,29 @@ impl Ledger {
             read.has_derived()? && read.setting_int("catalog_seq")? == Some(read.head()?.seq as i64)
         };
         if !current {
-            self.rebuild_catalog()?;
+            self.fold_catalog_again()?;
         }
         Ok(())
     }
 
-    /// Drop the catalog and its snapshots and fold it again from the whole log. Returns the
-    /// number of secrets.
+    /// Check the whole log's chain (and MACs, unlocked), then drop the catalog and its
+    /// snapshots and fold it again from the log: a log that does not verify is never folded
+    /// into a catalog that reads then trust. Returns the number of secrets.
     pub fn rebuild_catalog(&mut self) -> Result<usize> {
+        let macs = self.macs_checked_from()?;
+        self.store.verified_scan(&mut |e, _| check_mac(&macs, &e))?;
+        self.fold_catalog_again()
+    }
+
+    /// The MAC key and the first seq it covers, when the ledger is unlocked.
+    fn macs_checked_from(&self) -> Result<Option<(EventMac, u64)>> {
+        Ok(match self.keys.as_ref() {
+            Some(keys) => mac::mac_from(&*self.store, &keys.mac)?.map(|from| (keys.mac.clone(), from)),
+            None => None,
+        })
+    }
+
+    fn fold_catalog_again(&mut self) -> Result<usize> {
         let tx = Write::begin(&*self.store)?;
         tx.reset_derived()?;
         let head = tx.head()?;
@@ -163,17 +186,10 @@ impl Ledger {
         let snapshot_seqs: std::collections::BTreeSet<u64> =
             self.store.snapshot_seqs()?.into_iter().collect();
         let mut catalog = CompactFold::default();
-        let macs = match self.keys.as_ref() {
-            Some(keys) => mac::mac_from(&*self.store, &keys.mac)?.map(|from| (keys.mac.clone(), from)),
-            None => None,
-        };
+        let macs = self.macs_checked_from()?;
         let head = self.store.verified_scan(&mut |e, event| {
             let seq = e.seq;
-            if let Some((mac, from)) = &macs {
-                if seq >= *from {
-                    mac::check_event(mac, &e)?;
-                }
-            }
+            check_mac(&macs, &e)?;
             catalog.apply(&e, event).map_err(|err| Error::ChainBroken {
                 seq,
                 reason: err.to_string(),
@@ -223,6 +239,7 @@ impl Ledger {
         if expected.next().is_some() {
             return Err(derived_mismatch("the catalog (rows are missing)".into()));
         }
+        self.check_data_keys(&read, folded)?;
         // Projectors and reads trust the sinks table: a URL edited there would send values to
         // whatever it names, so it must match the chain exactly.
         if read.sinks()? != folded.sinks {
@@ -231,6 +248,48 @@ impl Ledger {
             ));
         }
         Ok(())
+    }
+
+    /// Every secret the log has not purged keeps its data key, and no other has one (a purge
+    /// deletes it): a key deleted by hand loses that secret's values from the ledger.
+    fn check_data_keys(&self, read: &Read<'_>, folded: &CompactFold) -> Result<()> {
+        // Ids only: a million names would take tens of MB more.
+        let mut keyed = Vec::with_capacity(folded.secrets.len());
+        for (id, bytes) in &folded.secrets {
+            if SecretMeta::from_bytes(bytes)?.status != Status::Purged {
+                keyed.push(*id);
+            }
+        }
+        let missing = |id: &SecretId| {
+            let name = folded
+                .secrets
+                .get(id)
+                .and_then(|b| SecretMeta::from_bytes(b).ok())
+                .map(|m| m.name);
+            let name = name.unwrap_or_default();
+            Error::Corrupt(format!(
+                "the data key of secret {name:?} is gone though the log never purged it: it was deleted outside \
+                 sledger, and the values the ledger holds for it cannot be opened; its sinks still hold the latest \
+                 (`sledger secret get {name} --from backup`, or `sledger recover --from` a sink)"
+            ))
+        };
+        let mut expected = keyed.iter().peekable();
+        read.scan_wrapped_keys(&mut |id, _| {
+            if let Some(gone) = expected.next_if(|want| **want < id) {
+                return Err(missing(gone));
+            }
+            match expected.next() {
+                Some(want) if *want == id => Ok(true),
+                _ => Err(Error::Corrupt(format!(
+                    "a data key is stored for secret id {id}, which the log purged or never had: it was added \
+                     outside sledger"
+                ))),
+            }
+        })?;
+        match expected.next() {
+            Some(gone) => Err(missing(gone)),
+            None => Ok(()),
+        }
     }
 
     /// Whether the stored snapshot at `seq` holds `folded`: the digest of the stored bytes
