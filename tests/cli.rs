@@ -1326,3 +1326,31 @@ fn project_refuses_a_standby_sink_by_name() {
     assert!(err.contains(r#"sink "sb" is a standby"#), "{err}");
     env.fails(&["project", "--sink", "nosuch"], NOT_FOUND);
 }
+
+/// A `ledger copy` stopped before its last step leaves a target that holds part of the log:
+/// it is refused (naming the command that finishes it) until the copy is run again.
+#[test]
+fn a_copy_cut_short_is_refused_until_it_is_finished() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "a", "--value", "k=1"]);
+    let target = env.path("copy.db");
+    let to = sledger::store::Location::parse(target.to_str().unwrap()).unwrap();
+    let cut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        sledger::store::copy::copy_ledger(&env.location(), &to, &mut |_, _| panic!("the copy is stopped"))
+    }));
+    assert!(cut.is_err(), "the copy was meant to stop after its first batch");
+    let key = env.key.to_str().unwrap();
+    let copy_args = ["--ledger", target.to_str().unwrap(), "--key-file", key];
+    let err = env.fails(&[&copy_args[..], &["secret", "list"]].concat(), 5);
+    assert!(
+        err.contains("not finished") && err.contains("sledger ledger copy"),
+        "{err}"
+    );
+    env.ok(&["ledger", "copy", "--to", target.to_str().unwrap()]);
+    let got = env.ok(&[
+        &copy_args[..],
+        &["secret", "get", "a", "--key", "k", "--from", "ledger"],
+    ]
+    .concat());
+    assert_eq!(got, "1\n");
+}

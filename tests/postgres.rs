@@ -168,6 +168,47 @@ fn bad_postgres_ledger_urls_are_refused_clearly() {
         down.contains("cannot connect to postgres://postgres@127.0.0.1:1/sledger"),
         "{down}"
     );
+
+    // A parameter may not send the connection elsewhere than the URL shows.
+    let elsewhere = format!("{url}?dbname=postgres");
+    let refused = env.fails(&["--ledger", &elsewhere, "secret", "list"], 2);
+    assert!(refused.contains("not with ?dbname="), "{refused}");
+
+    // A server that takes the connection and never answers: given up after connect_timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hung = format!(
+        "postgres://postgres@{}/sledger?connect_timeout=1",
+        silent.local_addr().unwrap()
+    );
+    let started = Instant::now();
+    let down = env.fails(&["--ledger", &hung, "secret", "list"], 7);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(down.contains("no answer within"), "{down}");
+    drop(silent);
+
+    // A server that wants a password: none found, and a wrong one, each say where it comes from.
+    server.role_with_password("secured", "s3cret-pw");
+    let secured = format!("postgres://secured@127.0.0.1:{}/postgres", server.port);
+    for (password, said) in [(None, "none was found"), (Some("wrong"), "refused the password")] {
+        let mut command = env.cmd();
+        command
+            .env("PGPASSFILE", env.path("no-such-pgpass"))
+            .env_remove("PGPASSWORD");
+        if let Some(password) = password {
+            command.env("PGPASSWORD", password);
+        }
+        let out = command
+            .args(["--ledger", &secured, "secret", "list"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(said) && stderr.contains("PGPASSWORD"), "{stderr}");
+    }
 }
 
 /// A new admin token for every secret (the servers under test take writes with it).

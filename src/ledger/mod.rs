@@ -376,6 +376,12 @@ impl Ledger {
     pub fn open(location: impl Into<Location>) -> Result<Ledger> {
         let location = location.into();
         let store = location.open()?;
+        if store.setting_int(crate::store::copy::COPY_UNFINISHED)? == Some(1) {
+            return Err(Error::Corrupt(format!(
+                "{location} is a copy that `sledger ledger copy` has not finished (it was stopped): it holds \
+                 only part of the log; run the same `sledger ledger copy --to {location}` again to finish it"
+            )));
+        }
         let settings = LedgerSettings {
             max_value_bytes: store
                 .setting_int("max_value_bytes")?

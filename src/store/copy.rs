@@ -34,9 +34,11 @@ pub struct CopyReport {
 pub fn copy(from: &dyn Store, to: &dyn Store, progress: &mut dyn FnMut(u64, u64)) -> Result<CopyReport> {
     let resumed = resume_point(from, to)?;
     if resumed == Head::EMPTY {
-        // The ledger's identity first, so a copy cut short can be resumed.
+        // The ledger's identity first, so a copy cut short can be resumed; marked unfinished
+        // until the last step, so a copy cut short is never taken for the ledger.
         let tx = Write::begin(to)?;
         copy_settings(from, &*tx)?;
+        tx.set_setting_int(COPY_UNFINISHED, 1)?;
         tx.commit()?;
     }
     let mut chain = ChainCheck::after(resumed);
@@ -57,6 +59,7 @@ pub fn copy(from: &dyn Store, to: &dyn Store, progress: &mut dyn FnMut(u64, u64)
     let head = read.head()?;
     append_range(&*read, &*tx, &mut chain, done, head.seq)?;
     copy_outside_chain(&*read, &*tx)?;
+    tx.set_setting_int(COPY_UNFINISHED, 0)?;
     tx.commit()?;
     let copied = chain.finish(head.seq)?;
     if to.head()? != copied {
@@ -155,8 +158,16 @@ fn append_range(
     events.iter().try_for_each(|e| to.append(e))
 }
 
+/// Set while a copy is under way: a ledger opened with it set is refused, since it holds only
+/// part of the log.
+pub(crate) const COPY_UNFINISHED: &str = "copy_unfinished";
+
 fn copy_settings(from: &dyn Store, to: &dyn Store) -> Result<()> {
-    for (key, value) in from.settings()? {
+    for (key, value) in from
+        .settings()?
+        .into_iter()
+        .filter(|(key, _)| key != COPY_UNFINISHED)
+    {
         match value {
             Setting::Bytes(bytes) => to.set_setting(&key, &bytes)?,
             Setting::Int(number) => to.set_setting_int(&key, number)?,

@@ -180,6 +180,42 @@ impl Postgres {
         self.url(name)
     }
 
+    /// Run `sql` as the superuser, in database postgres.
+    pub fn sql(&self, sql: &str) {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+            ])
+            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
+            .output()
+            .expect("psql runs");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A login role that must give `password` (the rest of the cluster trusts its clients).
+    pub fn role_with_password(&self, role: &str, password: &str) {
+        self.sql(&format!("CREATE ROLE {role} LOGIN PASSWORD '{password}'"));
+        let hba = self.dir.path().join("data").join("pg_hba.conf");
+        let rules = std::fs::read_to_string(&hba).unwrap();
+        std::fs::write(
+            &hba,
+            format!("host all {role} 127.0.0.1/32 scram-sha-256\n{rules}"),
+        )
+        .unwrap();
+        self.sql("SELECT pg_reload_conf()");
+    }
+
     pub fn url(&self, name: &str) -> String {
         format!("postgres://postgres@127.0.0.1:{}/{name}", self.port)
     }

@@ -147,6 +147,18 @@ impl PgUrl {
                  PGPASSWORD or use a password file (~/.pgpass or PGPASSFILE)",
             ));
         }
+        // What the URL shows is where it connects: a parameter would override its user, host
+        // or database behind the name that messages and the default key file use.
+        let query = url.split_once('?').map_or("", |(_, q)| q);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let key = pair.split_once('=').map_or(pair, |(k, _)| k);
+            if ["user", "host", "hostaddr", "port", "dbname"].contains(&key) {
+                return Err(Error::invalid(format!(
+                    "a ledger URL names its user, host, port and database in its place \
+                     (postgres://USER@HOST:PORT/DATABASE), not with ?{key}=; move it there"
+                )));
+            }
+        }
         Ok(PgUrl {
             url: url.to_owned(),
             config,
@@ -193,7 +205,36 @@ impl PgUrl {
     }
 
     fn connect(&self) -> Result<Client> {
-        Client::connect(self.config()?, tls()?).map_err(|e| self.failure("cannot connect to", e))
+        let config = self.config()?;
+        let has_password = config.get_password().is_some();
+        // The driver's connect_timeout bounds only the socket's connect: a server that accepts
+        // and never answers (stopped, overloaded) would hang every command without this.
+        let limit = config
+            .get_connect_timeout()
+            .copied()
+            .unwrap_or(std::time::Duration::from_secs(10));
+        match Client::connect(config, tls()?, limit) {
+            Ok(Some(client)) => Ok(client),
+            Ok(None) => Err(Error::LedgerDatabase {
+                message: format!(
+                    "cannot connect to {}: no answer within {limit:?} (connect_timeout=SECONDS in the URL sets it); \
+                     is the database server up and reachable?",
+                    self.url
+                ),
+                temporary: true,
+            }),
+            Err(e) if !has_password && e.to_string().starts_with("invalid configuration") => Err(Error::invalid(format!(
+                "cannot connect to {}: the server asks for a password and none was found; set PGPASSWORD, or \
+                 put it in ~/.pgpass or the file PGPASSFILE names (mode 0600: a file others may read is ignored)",
+                self.url
+            ))),
+            Err(e) if e.code() == Some(&SqlState::INVALID_PASSWORD) => Err(Error::invalid(format!(
+                "cannot connect to {}: the server refused the password; check PGPASSWORD or the password file \
+                 (~/.pgpass or PGPASSFILE)",
+                self.url
+            ))),
+            Err(e) => Err(self.failure("cannot connect to", e)),
+        }
     }
 
     fn failure(&self, doing: &str, e: tokio_postgres::Error) -> Error {
@@ -279,18 +320,23 @@ struct Client(tokio_postgres::Client);
 type PgResult<T> = std::result::Result<T, tokio_postgres::Error>;
 
 impl Client {
+    /// A connection, or `None` when the server did not finish the handshake within `limit`.
     fn connect(
         config: tokio_postgres::Config,
         tls: tokio_postgres_rustls::MakeRustlsConnect,
-    ) -> PgResult<Client> {
+        limit: std::time::Duration,
+    ) -> PgResult<Option<Client>> {
         crate::blocking::run(async move {
-            let (client, connection) = config.connect(tls).await?;
+            let Ok(connected) = tokio::time::timeout(limit, config.connect(tls)).await else {
+                return Ok(None);
+            };
+            let (client, connection) = connected?;
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "a PostgreSQL connection ended");
                 }
             });
-            Ok(Client(client))
+            Ok(Some(Client(client)))
         })
     }
 
