@@ -123,6 +123,10 @@ pub enum Error {
     #[error("no master key: {0}")]
     KeyUnavailable(String),
 
+    /// The KMS holding the master key did not answer; temporary.
+    #[error("{0}")]
+    KmsUnreachable(String),
+
     #[error("{kind} sink{}: {message}", .sink.as_ref().map(|name| format!(" {name:?}")).unwrap_or_default())]
     #[non_exhaustive]
     Sink {
@@ -223,7 +227,7 @@ impl Error {
             | NotFound(_) => ErrorClass::NotFound,
             Unauthenticated => ErrorClass::Unauthenticated,
             Denied { .. } => ErrorClass::Denied,
-            AccessLogUnavailable { .. } => ErrorClass::Unavailable,
+            AccessLogUnavailable { .. } | KmsUnreachable(_) => ErrorClass::Unavailable,
             Sink { temporary: true, .. } => ErrorClass::Unavailable,
             Sink { temporary: false, .. } => ErrorClass::Backend,
             AlreadyExists { .. }

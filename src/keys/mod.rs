@@ -374,11 +374,7 @@ pub(crate) fn refused(uri: &str, reason: impl std::fmt::Display) -> Error {
 /// A KMS that did not answer.
 #[cfg(any(feature = "aws", feature = "gcp", feature = "azure", feature = "vault"))]
 pub(crate) fn unreachable(kind: &str, uri: &str, reason: impl std::fmt::Display) -> Error {
-    Error::sink(
-        kind,
-        format!("the KMS key {uri} cannot be reached: {reason}"),
-        true,
-    )
+    Error::KmsUnreachable(format!("{kind}: the KMS key {uri} cannot be reached: {reason}"))
 }
 
 /// `SCHEME://LOCATION?QUERY` as (location, query) for a KMS URI of `scheme`.
