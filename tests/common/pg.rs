@@ -158,49 +158,29 @@ impl Postgres {
         }
     }
 
-    /// A new empty database; its URL.
-    pub fn database(&self, name: &str) -> String {
-        let out = Command::new(self.bin.join("createdb"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                name,
-            ])
+    /// Run the client program `program` (createdb, psql) as the superuser with `args`.
+    fn client(&self, program: &str, args: &[&str]) {
+        let out = Command::new(self.bin.join(program))
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+            .args(args)
             .output()
-            .expect("createdb runs");
+            .unwrap_or_else(|e| panic!("{program} runs: {e}"));
         assert!(
             out.status.success(),
-            "createdb {name}: {}",
+            "{program} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+
+    /// A new empty database; its URL.
+    pub fn database(&self, name: &str) -> String {
+        self.client("createdb", &[name]);
         self.url(name)
     }
 
     /// Run `sql` as the superuser, in database postgres.
     pub fn sql(&self, sql: &str) {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-U",
-                "postgres",
-                "-d",
-                "postgres",
-            ])
-            .args(["-v", "ON_ERROR_STOP=1", "-c", sql])
-            .output()
-            .expect("psql runs");
-        assert!(
-            out.status.success(),
-            "{sql}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        self.client("psql", &["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", sql]);
     }
 
     /// A login role that must give `password` (the rest of the cluster trusts its clients).
