@@ -92,7 +92,8 @@ impl ServeOptions {
         }
     }
 
-    /// Plain HTTP only on loopback: tokens and values would cross the network in clear text.
+    /// Refuse options the server cannot run safely with: plain HTTP off loopback (tokens and
+    /// values would cross the network in clear text), an idle timeout that would cut requests.
     pub fn check(&self) -> Result<()> {
         if self.idle_timeout <= self.request_timeout {
             return Err(Error::invalid(format!(

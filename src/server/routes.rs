@@ -1321,15 +1321,21 @@ async fn reconcile(
                 &|_, _, _| {},
                 &mut |e| events.push(e.to_json()),
             ))?;
-            for found in &mut events {
-                if let Some(Value::Array(differences)) = found.get_mut("differences") {
-                    hide_others_private_names(reader, &actor, differences)?;
-                }
-            }
+            hide_others_private_names_in_resyncs(reader, &actor, &mut events)?;
             Ok(events)
         })
         .await?;
     Ok(Json(json!({"events": events})).into_response())
+}
+
+/// [`hide_others_private_names`] in the differences resyncs found.
+fn hide_others_private_names_in_resyncs(ledger: &Ledger, viewer: &str, events: &mut [Value]) -> Result<()> {
+    for found in events {
+        if let Some(Value::Array(differences)) = found.get_mut("differences") {
+            hide_others_private_names(ledger, viewer, differences)?;
+        }
+    }
+    Ok(())
 }
 
 /// A sink holds every secret, so its differences name other owners' private ones too: those
@@ -1366,6 +1372,7 @@ async fn backup(
     JsonBody(body): JsonBody<BackupBody>,
 ) -> ApiResult {
     allow(&state, &caller, "backup", None).await?;
+    let viewer = caller.principal();
     let runtime = tokio::runtime::Handle::current();
     let doc = state
         .handle
@@ -1378,6 +1385,7 @@ async fn backup(
                 &|_, _, _| {},
                 &mut |e| events.push(e.to_json()),
             ))?;
+            hide_others_private_names_in_resyncs(l, &viewer, &mut events)?;
             let emptied = report
                 .emptied
                 .map(|(sink, deleted)| json!({"sink": sink, "deleted": deleted}));
