@@ -83,6 +83,8 @@ struct CompactFold {
     /// By id, so the catalog rows and snapshots (both in id order) compare in one merge.
     secrets: BTreeMap<SecretId, Box<[u8]>>,
     sinks: BTreeMap<String, SinkConfig>,
+    /// The secrets purged (their data keys deleted): few, so kept apart from `secrets`.
+    purged: std::collections::HashSet<SecretId>,
 }
 
 impl CompactFold {
@@ -95,6 +97,11 @@ impl CompactFold {
                     .map(|b| SecretMeta::from_bytes(b))
                     .transpose()?;
                 if let Some(next) = catalog::apply(state, stored, event)? {
+                    if next.status == Status::Purged {
+                        self.purged.insert(id);
+                    } else {
+                        self.purged.remove(&id);
+                    }
                     self.secrets.insert(id, next.to_bytes().into_boxed_slice());
                 }
             }
@@ -253,13 +260,7 @@ impl Ledger {
     /// Every secret the log has not purged keeps its data key, and no other has one (a purge
     /// deletes it): a key deleted by hand loses that secret's values from the ledger.
     fn check_data_keys(&self, read: &Read<'_>, folded: &CompactFold) -> Result<()> {
-        // Ids only: a million names would take tens of MB more.
-        let mut keyed = Vec::with_capacity(folded.secrets.len());
-        for (id, bytes) in &folded.secrets {
-            if SecretMeta::from_bytes(bytes)?.status != Status::Purged {
-                keyed.push(*id);
-            }
-        }
+        let keyed = folded.secrets.keys().filter(|id| !folded.purged.contains(id));
         let missing = |id: &SecretId| {
             let name = folded
                 .secrets
@@ -273,7 +274,7 @@ impl Ledger {
                  (`sledger secret get {name} --from backup`, or `sledger recover --from` a sink)"
             ))
         };
-        let mut expected = keyed.iter().peekable();
+        let mut expected = keyed.peekable();
         read.scan_wrapped_keys(&mut |id, _| {
             if let Some(gone) = expected.next_if(|want| **want < id) {
                 return Err(missing(gone));
