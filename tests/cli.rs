@@ -1346,6 +1346,11 @@ fn a_copy_cut_short_is_refused_until_it_is_finished() {
         err.contains("not finished") && err.contains("sledger ledger copy"),
         "{err}"
     );
+    // Nor is a copy of it taken for a whole ledger.
+    let onward = env.path("onward.db");
+    let (from, to) = (target.to_str().unwrap(), onward.to_str().unwrap());
+    let err = env.fails(&["ledger", "copy", "--from", from, "--to", to], 5);
+    assert!(err.contains("not finished"), "{err}");
     env.ok(&["ledger", "copy", "--to", target.to_str().unwrap()]);
     let got = env.ok(&[
         &copy_args[..],

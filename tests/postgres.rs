@@ -170,9 +170,11 @@ fn bad_postgres_ledger_urls_are_refused_clearly() {
     );
 
     // A parameter may not send the connection elsewhere than the URL shows.
-    let elsewhere = format!("{url}?dbname=postgres");
-    let refused = env.fails(&["--ledger", &elsewhere, "secret", "list"], 2);
-    assert!(refused.contains("not with ?dbname="), "{refused}");
+    for query in ["dbname=postgres", "db%6Eame=postgres"] {
+        let elsewhere = format!("{url}?{query}");
+        let refused = env.fails(&["--ledger", &elsewhere, "secret", "list"], 2);
+        assert!(refused.contains("not with ?dbname="), "{refused}");
+    }
 
     // A server that takes the connection and never answers: given up after connect_timeout.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1191,6 +1191,15 @@ async fn sqlite_sinks_over_the_api_stay_in_the_sink_directory() {
             "vault://127.0.0.1:1/kv?tls=off&token_file=/etc/hostname",
             "token_file=",
         ),
+        // Written to end like a Key Vault, read by a URL parser as another host.
+        (
+            "azure-kv://evil.example#.vault.azure.net",
+            "expected azure-kv://VAULT_HOST",
+        ),
+        (
+            "azure-kv://evil.example\\.vault.azure.net",
+            "expected azure-kv://VAULT_HOST",
+        ),
     ] {
         let body = json!({"name": "x", "url": url});
         let (status, answer) = call(&server, &admin, Method::POST, "/v1/sinks", Some(body)).await;

@@ -82,6 +82,7 @@ pub async fn follow_across_rotations(
 ) -> Result<()> {
     let report = Arc::new(report);
     let mut master = master.clone();
+    let mut reloaded = false;
     loop {
         let new = {
             let rotated = Arc::new(tokio::sync::Notify::new());
@@ -107,34 +108,75 @@ pub async fn follow_across_rotations(
                 )
             };
             tokio::pin!(running);
+            let mut ended = false;
             let new = loop {
                 tokio::select! {
-                    result = &mut running => return result,
+                    result = &mut running => match result {
+                        // Restarted with a reloaded key that was replaced again meanwhile: wait
+                        // for the newest, rather than end the service.
+                        Err(crate::Error::WrongKey | crate::Error::KeyRotated) if reloaded => {
+                            ended = true;
+                            match wait_for_newer_key(&reload, &master, &mut stop).await {
+                                Some(new) => break new,
+                                None => return Ok(()),
+                            }
+                        }
+                        other => return other,
+                    },
                     _ = stop.changed() => {
                         let _ = stop_these.send(true);
                         return running.await;
                     }
                     _ = rotated.notified() => {
-                        let reload = reload.clone();
-                        match tokio::task::spawn_blocking(move || reload.load()).await {
-                            Ok(Ok(new)) if new.key_id() != master.key_id() => {
-                                tracing::info!("the master key was rotated by another process: projecting with the new key");
-                                break new;
-                            }
-                            // The same key: the projector's failure was something else.
-                            Ok(Ok(_)) => {}
-                            Ok(Err(e)) => tracing::warn!(error = %e, "the master key was rotated; its new key cannot be loaded yet"),
-                            Err(e) if e.is_cancelled() => return Ok(()),
-                            Err(e) => std::panic::resume_unwind(e.into_panic()),
+                        if let Some(new) = newer_key(&reload, &master).await {
+                            break new;
                         }
                     }
                 }
             };
-            let _ = stop_these.send(true);
-            running.await?;
+            tracing::info!("the master key was rotated by another process: projecting with the new key");
+            if !ended {
+                let _ = stop_these.send(true);
+                running.await?;
+            }
             new
         };
         master = new;
+        reloaded = true;
+    }
+}
+
+/// The key `reload` finds, when it is not `master` (which the ledger's key replaced).
+async fn newer_key(reload: &crate::keys::KeyReloader, master: &MasterKey) -> Option<MasterKey> {
+    let reload = reload.clone();
+    match tokio::task::spawn_blocking(move || reload.load()).await {
+        Ok(Ok(new)) if new.key_id() != master.key_id() => Some(new),
+        // The same key: a projector's failure was something else.
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "the master key was rotated; its new key cannot be loaded yet");
+            None
+        }
+        // The runtime is shutting down.
+        Err(e) if e.is_cancelled() => None,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// [`newer_key`], once a second until there is one, or `None` when `stop` turns true.
+async fn wait_for_newer_key(
+    reload: &crate::keys::KeyReloader,
+    master: &MasterKey,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<MasterKey> {
+    loop {
+        if let Some(new) = newer_key(reload, master).await {
+            return Some(new);
+        }
+        tokio::select! {
+            _ = stop.changed() => return None,
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
     }
 }
 

@@ -79,7 +79,10 @@ impl SinkPolicy {
                  default sink directory; restart it with --sink-dir DIR, or attach the sink on its host with `sledger sink add`",
             ));
         };
-        let name = path.file_name().map(|n| n.to_string_lossy()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().to_ascii_lowercase())
+            .unwrap_or_default();
         if OWN_FILE_ENDINGS.iter().any(|ending| name.ends_with(ending)) {
             return Err(Error::invalid(format!(
                 "{name:?} is named like a file sledger keeps beside a ledger (a key, a lock, an SQLite journal), \

@@ -22,7 +22,7 @@ mod memory;
 mod sqlite;
 #[cfg(any(feature = "gcp", feature = "azure"))]
 mod tagged;
-mod url;
+pub(crate) mod url;
 #[cfg(feature = "vault")]
 pub mod vault;
 

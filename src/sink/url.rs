@@ -409,7 +409,7 @@ fn query_pairs(url: &str, query: &str) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn percent_decode(url: &str, s: &str) -> Result<String> {
+pub(crate) fn percent_decode(url: &str, s: &str) -> Result<String> {
     let mut out = Vec::with_capacity(s.len());
     let mut i = 0;
     while i < s.len() {

@@ -32,6 +32,13 @@ pub struct CopyReport {
 /// Copy the ledger in `from` into `to` (empty, or holding an earlier copy of the same ledger).
 /// `progress(copied, total)` is called after each batch.
 pub fn copy(from: &dyn Store, to: &dyn Store, progress: &mut dyn FnMut(u64, u64)) -> Result<CopyReport> {
+    if from.setting_int(COPY_UNFINISHED)? == Some(1) {
+        return Err(Error::Corrupt(
+            "the source is a copy that `sledger ledger copy` has not finished: it holds only part of the log; \
+             finish that copy first"
+                .into(),
+        ));
+    }
     let resumed = resume_point(from, to)?;
     if resumed == Head::EMPTY {
         // The ledger's identity first, so a copy cut short can be resumed; marked unfinished

@@ -634,8 +634,17 @@ impl ForeignSecrets for AzureSink {
 pub(super) fn from_url(parts: &mut super::url::UrlParts<'_>) -> Result<super::Backend> {
     let ca_file = parts.take("ca-file").map(PathBuf::from);
     let location = parts.location;
-    if location.is_empty() || location.contains('/') {
-        return Err(parts.bad("expected azure-kv://VAULT_HOST, e.g. azure-kv://myvault.vault.azure.net"));
+    // A host and an optional port, nothing else: `#`, `\` or `@` would make the https URL
+    // built from it reach another host than the one written.
+    let (host, port) = location.rsplit_once(':').unwrap_or((location, ""));
+    let host_ok = !host.is_empty()
+        && host
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-');
+    if !host_ok || !port.chars().all(|c| c.is_ascii_digit()) || location.ends_with(':') {
+        return Err(
+            parts.bad("expected azure-kv://VAULT_HOST[:PORT], e.g. azure-kv://myvault.vault.azure.net")
+        );
     }
     let prefix = parts.prefix_within(
         "Key Vault",

@@ -151,8 +151,10 @@ impl PgUrl {
         // or database behind the name that messages and the default key file use.
         let query = url.split_once('?').map_or("", |(_, q)| q);
         for pair in query.split('&').filter(|p| !p.is_empty()) {
+            // Decoded as the driver decodes it (`db%6Eame` is `dbname`).
             let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-            if ["user", "host", "hostaddr", "port", "dbname"].contains(&key) {
+            let key = crate::sink::url::percent_decode(url, key)?;
+            if ["user", "host", "hostaddr", "port", "dbname"].contains(&key.as_str()) {
                 return Err(Error::invalid(format!(
                     "a ledger URL names its user, host, port and database in its place \
                      (postgres://USER@HOST:PORT/DATABASE), not with ?{key}=; move it there"
