@@ -89,7 +89,7 @@ impl SinkPolicy {
                  which the ledger may replace or remove; give the sink file another name, e.g. NAME.sink.db"
             )));
         }
-        if resolved(path).is_some_and(|file| file.starts_with(dir)) {
+        if crate::sink::url::resolved_path(path).is_some_and(|file| file.starts_with(dir)) {
             return Ok(());
         }
         Err(Error::invalid(format!(
@@ -142,17 +142,6 @@ fn local_credential_parameter(url: &str) -> Option<String> {
                 || key.ends_with("-file")
                 || key == "client_certificate"
         })
-}
-
-/// Where `path` leads, symlinks followed, whether or not the file exists yet (its folder must).
-fn resolved(path: &Path) -> Option<PathBuf> {
-    path.canonicalize().ok().or_else(|| {
-        let folder = match path.parent()? {
-            p if p.as_os_str().is_empty() => Path::new("."),
-            p => p,
-        };
-        Some(folder.canonicalize().ok()?.join(path.file_name()?))
-    })
 }
 
 #[cfg(test)]

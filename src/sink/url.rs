@@ -521,17 +521,7 @@ impl SinkUrl {
     /// Whether two URLs write the same objects: the same backend and prefix, whatever the
     /// spelling of the path or the tuning parameters (`max_concurrency`).
     pub fn same_objects(&self, other: &SinkUrl) -> bool {
-        fn canonical(path: &Path) -> PathBuf {
-            // An existing file through every link to it; a file still to be made, by its folder.
-            if let Ok(file) = std::fs::canonicalize(path) {
-                return file;
-            }
-            let parent = path.parent().and_then(|d| std::fs::canonicalize(d).ok());
-            match (parent, path.file_name()) {
-                (Some(dir), Some(file)) => dir.join(file),
-                _ => path.to_path_buf(),
-            }
-        }
+        let canonical = |path: &Path| resolved_path(path).unwrap_or_else(|| path.to_path_buf());
         match (&self.backend, &other.backend) {
             (
                 Backend::Memory {
@@ -668,4 +658,16 @@ impl SinkUrl {
         }
         .wrap(sink))
     }
+}
+
+/// Where `path` leads, symlinks followed: an existing file through every link to it, a file
+/// still to be made by its folder (which must exist).
+pub(crate) fn resolved_path(path: &Path) -> Option<PathBuf> {
+    path.canonicalize().ok().or_else(|| {
+        let folder = match path.parent()? {
+            p if p.as_os_str().is_empty() => Path::new("."),
+            p => p,
+        };
+        Some(folder.canonicalize().ok()?.join(path.file_name()?))
+    })
 }
