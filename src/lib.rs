@@ -9,6 +9,7 @@
 //! * [`store`] is the storage seam: everything the ledger persists, behind one trait.
 //! * [`replay::orchestrate`], [`project::service`], [`setup`] and [`import`] are the operations
 //!   every front end calls (backup, migrate, continuous projection, init, adoption).
+//! * [`session`] gives a front end one call per operation, against a local ledger or a server.
 //! * [`event`] holds the event types, codec and hash chain; [`log`] the event log.
 //! * [`crypto`] is the only module that touches ciphers.
 //! * [`catalog`] folds events into current metadata, purely.
@@ -46,6 +47,8 @@ pub mod recover;
 pub mod replay;
 #[cfg(feature = "server")]
 pub mod server;
+#[cfg(feature = "client")]
+pub mod session;
 pub mod setup;
 pub mod sink;
 pub mod store;

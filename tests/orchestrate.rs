@@ -355,3 +355,118 @@ async fn a_refused_sink_add_keeps_a_file_another_add_attached_meanwhile() {
     assert!(taken.is_err(), "{taken:?}");
     assert!(!fresh.exists());
 }
+
+/// A front end's one call per operation: a local session writes, waits for the primary, reads
+/// through it, lists, shows history, diffs and restores, answering with the documents a server
+/// answers with; a server session refuses what only a local ledger offers, naming it.
+#[test]
+fn a_local_session_answers_each_operation_with_the_documents_a_server_gives() {
+    use serde_json::Value;
+    use sledger::read::ReadFrom;
+    use sledger::replay::Target;
+    use sledger::session::{Local, Session};
+    use sledger::store::Location;
+
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = Location::File(dir.path().join("ledger.db"));
+    let key_file = dir.path().join("ledger.key");
+    let settings = LedgerSettings::default();
+    sledger::setup::init(
+        &ledger,
+        sledger::setup::NewKey::File(key_file.clone()),
+        "alice",
+        settings,
+        None,
+    )
+    .unwrap();
+    let notes = Arc::new(Mutex::new(Vec::<String>::new()));
+    let heard = notes.clone();
+    let local = Local::new(
+        ledger,
+        key_file,
+        None,
+        None,
+        "alice".into(),
+        Duration::from_secs(10),
+        move |n| heard.lock().unwrap().push(n.to_owned()),
+    );
+    let session = Session::Local(local);
+
+    let created = session.write("created", create("db/a")).unwrap();
+    assert_eq!(created.len(), 1);
+    assert_eq!(created[0]["result"], "created");
+    assert_eq!(created[0]["name"], "db/a");
+    assert_eq!(created[0]["primary"]["applied"], true, "{created:?}");
+    let first_seq = created[0]["seq"].as_u64().unwrap();
+    session.write("created", create("db/b")).unwrap();
+    let mut values = SecretValues::new();
+    values.insert("password", "rotated");
+    let updated = session
+        .write(
+            "updated",
+            Command::Update {
+                name: "db/a".into(),
+                set_values: values,
+                remove_keys: vec![],
+                set_labels: BTreeMap::new(),
+                remove_labels: vec![],
+            },
+        )
+        .unwrap();
+    assert_eq!(updated[0]["version"], 2);
+
+    let read = session.read("db/a", None, ReadFrom::Auto).unwrap();
+    assert_eq!(read["values"]["password"], "rotated");
+    assert_eq!(read["source"]["kind"], "sink", "the primary serves it: {read}");
+    let then = session
+        .read("db/a", Some(sledger::ReadPoint::Version(1)), ReadFrom::Auto)
+        .unwrap();
+    assert_eq!(then["values"]["password"], "db/a");
+
+    let mut names = Vec::new();
+    let next = session
+        .list(
+            &sledger::ListQuery::new(sledger::Status::Live),
+            Some(1),
+            &mut |m| names.push(m["name"].as_str().unwrap().to_owned()),
+        )
+        .unwrap();
+    assert_eq!(
+        (names.as_slice(), next.as_deref()),
+        (&["db/a".to_owned()][..], Some("db/a"))
+    );
+    assert_eq!(session.history("db/a").unwrap().len(), 2);
+
+    let restored = session
+        .restore(Target::Seq(first_seq), &["db/a".to_owned()], false)
+        .unwrap();
+    let outcomes = restored["outcomes"].as_array().unwrap();
+    assert_eq!(
+        (outcomes.len(), &outcomes[0]["version"]),
+        (1, &Value::from(3)),
+        "{restored}"
+    );
+    assert_eq!(
+        session.read("db/a", None, ReadFrom::Auto).unwrap()["values"]["password"],
+        "db/a"
+    );
+    let differences = session.diff("local", Target::Head, &|_, _, _| {}).unwrap();
+    assert!(differences.is_empty(), "{differences:?}");
+    assert!(notes.lock().unwrap().is_empty(), "{:?}", notes.lock().unwrap());
+
+    let remote = Session::Remote {
+        client: sledger::client::Client::new(
+            "http://127.0.0.1:9",
+            None,
+            Some(zeroize::Zeroizing::new("token".into())),
+            None,
+        )
+        .unwrap(),
+        wait: Duration::ZERO,
+    };
+    let refused = remote.local("recover").err().unwrap().to_string();
+    assert!(
+        refused.contains("`sledger recover` is not available through --server"),
+        "{refused}"
+    );
+}

@@ -216,6 +216,22 @@ impl KeyReloader {
     pub fn load(&self) -> Result<MasterKey> {
         (self.0)()
     }
+
+    /// After a rotation: [`KeyReloader::load`] on a blocking thread, once. `None`, with a
+    /// warning, while the new key cannot be loaded yet (its file not renamed into place, a
+    /// KMS not answering); `None` too when the runtime is shutting down.
+    pub async fn reload_after_rotation(&self) -> Option<MasterKey> {
+        let reload = self.clone();
+        match tokio::task::spawn_blocking(move || reload.load()).await {
+            Ok(Ok(key)) => Some(key),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the master key was rotated; its new key cannot be loaded yet");
+                None
+            }
+            Err(e) if e.is_cancelled() => None,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
 }
 
 impl std::fmt::Debug for KeyReloader {

@@ -146,21 +146,13 @@ pub async fn follow_across_rotations(
     }
 }
 
-/// The key `reload` finds, when it is not `master` (which the ledger's key replaced).
+/// The key `reload` finds, when it is not `master` (which the ledger's key replaced); the
+/// same key means a projector's failure was something else.
 async fn newer_key(reload: &crate::keys::KeyReloader, master: &MasterKey) -> Option<MasterKey> {
-    let reload = reload.clone();
-    match tokio::task::spawn_blocking(move || reload.load()).await {
-        Ok(Ok(new)) if new.key_id() != master.key_id() => Some(new),
-        // The same key: a projector's failure was something else.
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => {
-            tracing::warn!(error = %e, "the master key was rotated; its new key cannot be loaded yet");
-            None
-        }
-        // The runtime is shutting down.
-        Err(e) if e.is_cancelled() => None,
-        Err(e) => std::panic::resume_unwind(e.into_panic()),
-    }
+    reload
+        .reload_after_rotation()
+        .await
+        .filter(|new| new.key_id() != master.key_id())
 }
 
 /// [`newer_key`], once a second until there is one, or `None` when `stop` turns true.

@@ -407,7 +407,7 @@ async fn follow_key_rotation(
     if !matches!(still_current, Ok(false)) {
         return false;
     }
-    let Some(reload) = reload_key.cloned() else {
+    let Some(reload) = reload_key else {
         if !std::mem::replace(told_to_restart, true) {
             tracing::error!(
                 "the master key was rotated by another process: restart the server with the new key \
@@ -416,15 +416,8 @@ async fn follow_key_rotation(
         }
         return false;
     };
-    let new = match tokio::task::spawn_blocking(move || reload.load())
-        .await
-        .expect("loading a key does not panic")
-    {
-        Ok(new) => new,
-        Err(e) => {
-            tracing::warn!(error = %e, "the master key was rotated; its new key cannot be loaded yet");
-            return false;
-        }
+    let Some(new) = reload.reload_after_rotation().await else {
+        return false;
     };
     match handle.rekey(new).await {
         Ok(()) => {

@@ -164,69 +164,26 @@ pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
     if args.follow && !ctx.json() {
         outln!("{}", HEADER.join("  "));
     }
-    if let Some(remote) = &ctx.remote {
-        let last = remote.log(&filter, &mut show)?;
-        if !args.follow {
-            out.finish();
-            return Ok(());
-        }
-        return Ok(remote.follow_log(&filter, last, &mut |e| print_line(ctx, row, &e))?);
-    }
-    let ledger = ctx.open()?;
-    let mut covered = ledger.scan_log(&ctx.actor, filter.clone(), &mut |e| {
-        show(&e.to_json());
-        Ok(true)
-    })?;
+    let last = ctx.session.log(&filter, &mut show)?;
     if !args.follow {
         out.finish();
         return Ok(());
     }
     // Following: one line per event, flushed as it comes, until interrupted.
-    let following = LogFilter {
-        limit: None,
-        tail: None,
-        ..filter
-    };
-    let mut appended = ctx.ledger.watch_appends()?;
-    loop {
-        match appended.as_mut() {
-            // Woken by the next append (or once in a while, to notice a lost listener).
-            Some(appended) => {
-                // The timer is made inside the runtime: made outside, it finds no reactor.
-                crate::context::block_on(async {
-                    let _ = tokio::time::timeout(Duration::from_secs(5), appended.changed()).await;
-                });
-            }
-            None => std::thread::sleep(Duration::from_millis(200)),
-        }
-        let next = LogFilter {
-            after_seq: Some(covered),
-            ..following.clone()
-        };
-        covered = ledger.scan_log(&ctx.actor, next, &mut |e| {
-            print_line(ctx, row, &e.to_json());
-            Ok(true)
-        })?;
-    }
+    Ok(ctx
+        .session
+        .follow_log(&filter, last, &mut |e| print_line(ctx, row, e))?)
 }
 
 /// `log --access`: value reads, denied requests and failed authentications.
 fn access(ctx: &Context, filter: AccessFilter, follow: bool) -> Result<()> {
-    let to_docs = |rows: Vec<sledger::access_log::AccessEntry>| -> Vec<Value> {
-        rows.iter()
-            .map(|r| serde_json::to_value(r).expect("rows serialise"))
-            .collect()
-    };
     let fetch = |after: Option<u64>, limit: Option<usize>| -> Result<Vec<Value>> {
         let filter = AccessFilter {
             after_seq: after,
             limit,
             ..filter.clone()
         };
-        Ok(match &ctx.remote {
-            Some(remote) => remote.access_log(&filter)?,
-            None => to_docs(ctx.open()?.query_access(&filter)?),
-        })
+        Ok(ctx.session.access_log(&filter)?)
     };
     let shown = fetch(None, filter.limit)?;
     if !follow {

@@ -2,12 +2,11 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Context as _, Result};
+use anyhow::Result;
 use sledger::crypto::MASTER_KEY_ENV;
 use sledger::keys::KeySource;
-use sledger::project::PrimaryWait;
+use sledger::session::{Local, Session};
 use sledger::store::Location;
-use sledger::{Ledger, MasterKey};
 
 use crate::cli::{Format, Global};
 use sledger::client::{Client as Remote, TOKEN_ENV};
@@ -17,31 +16,12 @@ static ENV_KEY: std::sync::OnceLock<Option<zeroize::Zeroizing<String>>> = std::s
 static ENV_TOKEN: std::sync::OnceLock<Option<zeroize::Zeroizing<String>>> = std::sync::OnceLock::new();
 
 pub struct Context {
-    pub ledger: Location,
-    pub key_file: PathBuf,
-    /// `--master-key` naming a KMS key (a file or variable there sets `key_file` or the key).
-    pub kms: Option<String>,
+    /// The local ledger, or the server every command goes to with `--server`.
+    pub session: Session,
+    /// Who acts (locally; through a server, the token says), and whom `log --actor` shows.
     pub actor: String,
     pub format: Format,
     pub wait: std::time::Duration,
-    /// The server every command goes to, with `--server` / `SLEDGER_SERVER`.
-    pub remote: Option<Remote>,
-}
-
-/// Run a future to completion on the process's single-threaded runtime (the ledger's
-/// connection stays on this thread; sinks do their blocking work on tokio's blocking pool).
-/// One runtime for every call: a ledger keeps the sinks it opened, and their plug-in processes
-/// and connection pools belong to the runtime they were opened on.
-pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a tokio runtime can be built")
-        })
-        .block_on(future)
 }
 
 /// Resolves when the process is asked to stop: Ctrl-C or SIGTERM.
@@ -96,6 +76,24 @@ fn default_actor() -> String {
 
 impl Context {
     pub fn new(global: &Global) -> Result<Self> {
+        let actor = global.actor.clone().unwrap_or_else(default_actor);
+        if let Some(server) = &global.server {
+            let client = Remote::new(
+                server,
+                global.token_file.as_deref(),
+                ENV_TOKEN.get().cloned().flatten(),
+                global.ca_file.as_deref(),
+            )?;
+            return Ok(Context {
+                session: Session::Remote {
+                    client,
+                    wait: global.wait,
+                },
+                actor,
+                format: global.format,
+                wait: global.wait,
+            });
+        }
         let ledger = match &global.ledger {
             Some(text) => Location::parse(text)?,
             None => Location::File(default_ledger_path()),
@@ -117,49 +115,26 @@ impl Context {
             Some(KeySource::Kms(_)) => kms = global.master_key.clone(),
             None => {}
         }
-        let remote = match &global.server {
-            Some(server) => Some(Remote::new(
-                server,
-                global.token_file.as_deref(),
-                ENV_TOKEN.get().cloned().flatten(),
-                global.ca_file.as_deref(),
-            )?),
-            None => None,
-        };
-        Ok(Context {
+        let local = Local::new(
+            ledger,
             key_file,
             kms,
-            ledger,
-            actor: global.actor.clone().unwrap_or_else(default_actor),
+            ENV_KEY.get().cloned().flatten(),
+            actor.clone(),
+            global.wait,
+            |note| eprintln!("note: {note}"),
+        );
+        Ok(Context {
+            session: Session::Local(local),
+            actor,
             format: global.format,
             wait: global.wait,
-            remote,
         })
     }
 
-    /// Refuse a command the server does not offer yet, saying where to run it.
-    pub fn local_only(&self, command: &str) -> Result<()> {
-        if self.remote.is_some() {
-            return Err(crate::exit::usage(format!(
-                "`sledger {command}` is not available through --server yet; run it on the server's host against the ledger file"
-            )));
-        }
-        Ok(())
-    }
-
-    /// After a write: give the primary sink up to `--wait` to apply the write's own last
-    /// event (nothing to wait for when it appended none).
-    pub fn wait_for_primary(
-        &self,
-        ledger: &Ledger,
-        outcomes: &[sledger::Outcome],
-    ) -> Result<Option<PrimaryWait>> {
-        let Some(seq) = outcomes.iter().filter_map(sledger::Outcome::seq).max() else {
-            return Ok(None);
-        };
-        Ok(block_on(sledger::project::wait_for_primary(
-            ledger, self.wait, seq, outcomes,
-        ))?)
+    /// The local ledger; through `--server`, an error saying where to run `command` instead.
+    pub fn local(&self, command: &str) -> Result<&Local> {
+        Ok(self.session.local(command)?)
     }
 
     pub fn json(&self) -> bool {
@@ -177,111 +152,5 @@ impl Context {
         std::env::remove_var(TOKEN_ENV);
         let _ = ENV_KEY.set(text);
         let _ = ENV_TOKEN.set(token);
-    }
-
-    /// The master key from SLEDGER_MASTER_KEY, if it was set.
-    pub fn env_key() -> Result<Option<MasterKey>> {
-        match ENV_KEY.get().and_then(Option::as_ref) {
-            Some(text) => Ok(Some(
-                MasterKey::from_base64(text).context(format!("{MASTER_KEY_ENV} is unusable"))?,
-            )),
-            None => Ok(None),
-        }
-    }
-
-    /// Open the ledger without its key (audit and verify need none).
-    pub fn open(&self) -> Result<Ledger> {
-        Ok(Ledger::open(self.ledger.clone())?)
-    }
-
-    /// Open the ledger and unlock it with the master key.
-    pub fn open_unlocked(&self) -> Result<Ledger> {
-        let mut ledger = self.open()?;
-        match Self::env_key()? {
-            Some(key) => ledger.unlock(key)?,
-            None => sledger::keys::unlock(&mut ledger, &self.key_file, self.kms.as_deref())?,
-        }
-        Ok(ledger)
-    }
-
-    /// Open the ledger to write: unlocked, and refused if it lost events its primary sink
-    /// witnessed (a truncated tail, an older copy put back). A primary that does not answer
-    /// within `--wait` (at least a second, at most five) is noted, not waited for.
-    pub fn open_to_write(&self) -> Result<Ledger> {
-        let ledger = self.open_unlocked()?;
-        let limit = self.wait.clamp(
-            std::time::Duration::from_secs(1),
-            std::time::Duration::from_secs(5),
-        );
-        if let Some(note) = block_on(sledger::witness::check_primary(&ledger, limit))? {
-            eprintln!("note: {note}");
-        }
-        Ok(ledger)
-    }
-
-    /// Open to write and apply `commands` as the actor. A key rotation by another process in
-    /// the meantime is waited out rather than failed: the write is tried again with the
-    /// rotated key once its key file is in place (a rotation renames it over the old one just
-    /// after committing).
-    pub fn execute(&self, commands: Vec<sledger::Command>) -> Result<(Ledger, Vec<sledger::Outcome>)> {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        let mut rotated = false;
-        loop {
-            let attempt = self.open_to_write().and_then(|mut ledger| {
-                let outcomes = ledger.execute(&self.actor, commands.clone())?;
-                Ok((ledger, outcomes))
-            });
-            let cause = attempt
-                .as_ref()
-                .err()
-                .and_then(|e| e.downcast_ref::<sledger::Error>());
-            let waiting = match cause {
-                Some(sledger::Error::KeyRotated) => true,
-                // The rotation committed, and its key file is not renamed into place yet.
-                Some(sledger::Error::WrongKey) => rotated,
-                _ => false,
-            };
-            if !waiting || std::time::Instant::now() >= deadline {
-                return attempt;
-            }
-            rotated = true;
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-    }
-
-    /// The master key from SLEDGER_MASTER_KEY or the key file, if there is one (not checked
-    /// against the ledger).
-    pub fn master_key_if_any(&self) -> Result<Option<MasterKey>> {
-        if let Some(key) = Self::env_key()? {
-            return Ok(Some(key));
-        }
-        Ok(MasterKey::read_file_if_present(&self.key_file)?)
-    }
-
-    /// How a server finds the master key again after `key rotate` replaced it: as
-    /// [`Context::open_unlocked`] does.
-    pub fn key_reloader(&self) -> sledger::keys::KeyReloader {
-        let (ledger, key_file, kms) = (self.ledger.clone(), self.key_file.clone(), self.kms.clone());
-        sledger::keys::KeyReloader::new(move || {
-            let mut opened = Ledger::open(ledger.clone())?;
-            match Self::env_key().ok().flatten() {
-                Some(key) => opened.unlock(key).map_err(|e| match e {
-                    sledger::Error::WrongKey => sledger::Error::KeyUnavailable(format!(
-                        "{MASTER_KEY_ENV} holds the key the ledger was rotated away from; \
-                         start this command again with the new one"
-                    )),
-                    // A database that cannot be read is that, not a stale key.
-                    other => other,
-                })?,
-                None => sledger::keys::unlock(&mut opened, &key_file, kms.as_deref())?,
-            }
-            Ok(opened.master_key()?.clone())
-        })
-    }
-
-    /// The master key that opens this ledger (checked), for library calls that open their own
-    /// connections.
-    pub fn master_key(&self) -> Result<MasterKey> {
-        Ok(self.open_unlocked()?.master_key()?.clone())
     }
 }

@@ -5,9 +5,10 @@ use std::path::Path;
 use anyhow::Result;
 use serde_json::json;
 use sledger::import::{self, Format, ImportFile, Imported, Importer, Record};
+use sledger::session::Local;
 
 use crate::cli::{ImportArgs, ImportFormat};
-use crate::context::{block_on, Context};
+use crate::context::Context;
 use crate::exit::usage;
 use crate::output;
 use crate::output::outln;
@@ -23,14 +24,15 @@ fn import_file(args: &ImportArgs, path: &Path) -> Result<ImportFile> {
 }
 
 /// The secrets a backend holds outside sledger's objects, read one by one.
-fn read_foreign(ctx: &Context, url: &str, prefix: &str) -> Result<Vec<Record>> {
+fn read_foreign(ctx: &Context, local: &Local, url: &str, prefix: &str) -> Result<Vec<Record>> {
     let bar = output::progress_bar(ctx, "reading");
-    let estate = block_on(import::read_estate(url, prefix, &output::advance(&bar)));
+    let estate = local.block_on(import::read_estate(url, prefix, &output::advance(&bar)));
     bar.finish_and_clear();
     Ok(estate?)
 }
 
 pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
+    let local = ctx.local("import")?;
     if args.batch_size == 0 {
         return Err(usage("--batch-size must be at least 1"));
     }
@@ -40,10 +42,15 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
         .map(|path| import_file(&args, path))
         .transpose()?;
     let estate = match &args.from {
-        Some(url) => Some(read_foreign(ctx, url, args.prefix.as_deref().unwrap_or(""))?),
+        Some(url) => Some(read_foreign(
+            ctx,
+            local,
+            url,
+            args.prefix.as_deref().unwrap_or(""),
+        )?),
         None => None,
     };
-    let mut ledger = ctx.open_to_write()?;
+    let mut ledger = local.open_to_write()?;
     // A file is checked whole, in a first streaming pass, before its first batch.
     let total = match (&file, &estate) {
         (Some(file), _) => import::check_file(file, ledger.settings().max_value_bytes)?,
@@ -51,14 +58,14 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
         (None, None) => unreachable!("clap requires --file or --from"),
     };
     if args.dry_run {
-        return dry_run(ctx, &ledger, file.as_ref(), estate.unwrap_or_default());
+        return dry_run(ctx, local, &ledger, file.as_ref(), estate.unwrap_or_default());
     }
     let bar = output::progress_bar(ctx, "importing");
     bar.set_length(total);
     let mut progress = |n| bar.inc(n);
     let mut importer = match &estate {
-        Some(_) => Importer::adopting(&mut ledger, &ctx.actor, &mut progress),
-        None => Importer::new(&mut ledger, &ctx.actor, args.batch_size, &mut progress),
+        Some(_) => Importer::adopting(&mut ledger, &local.actor, &mut progress),
+        None => Importer::new(&mut ledger, &local.actor, args.batch_size, &mut progress),
     };
     let pushed = match (file, estate) {
         (Some(file), _) => file.scan(&mut |record| importer.push(record).map(|()| true)),
@@ -80,7 +87,7 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     let last = ledger.head()?.seq;
     let primary = match appended {
         0 => None,
-        _ => block_on(sledger::project::wait_for_primary(&ledger, ctx.wait, last, &[]))?,
+        _ => local.block_on(sledger::project::wait_for_primary(&ledger, local.wait, last, &[]))?,
     };
     let lag = primary.as_ref().map(|p| p.lag).unwrap_or(0);
     if ctx.json() {
@@ -102,6 +109,7 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
 /// its values differ).
 fn dry_run(
     ctx: &Context,
+    local: &Local,
     ledger: &sledger::Ledger,
     file: Option<&ImportFile>,
     estate: Vec<Record>,
@@ -109,7 +117,7 @@ fn dry_run(
     let mut count = 0u64;
     let mut show = |record: Record| {
         count += 1;
-        let known = ledger.find(&ctx.actor, &record.name).is_ok();
+        let known = ledger.find(&local.actor, &record.name).is_ok();
         let what = if known { "exists" } else { "new" };
         if ctx.json() {
             output::json_line(&json!({"name": record.name, "keys": record.values.len(), "status": what}));

@@ -8,34 +8,41 @@ use sledger::setup::{self, NewKey};
 use sledger::LedgerSettings;
 
 use crate::cli::{InitArgs, KeyCmd};
-use crate::context::{block_on, Context};
+use crate::context::Context;
 use crate::exit::usage;
 use crate::output;
 use crate::output::outln;
 
 pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
-    let (key, key_source) = match (Context::env_key()?, &ctx.kms) {
+    let local = ctx.local("init")?;
+    let (key, key_source) = match (local.env_key()?, &local.kms) {
         (Some(key), _) => (NewKey::Given(key), format!("${MASTER_KEY_ENV}")),
         (None, Some(uri)) => (
             NewKey::Kms(sledger::keys::kms(uri)?),
             format!("{uri} (wrapped in the ledger)"),
         ),
         (None, None) => (
-            NewKey::File(ctx.key_file.clone()),
-            ctx.key_file.display().to_string(),
+            NewKey::File(local.key_file.clone()),
+            local.key_file.display().to_string(),
         ),
     };
     let settings = LedgerSettings {
         max_value_bytes: args.max_value_bytes,
         ..LedgerSettings::default()
     };
-    let made = setup::init(&ctx.ledger, key, &ctx.actor, settings, args.primary.as_deref())?;
+    let made = setup::init(
+        &local.ledger,
+        key,
+        &local.actor,
+        settings,
+        args.primary.as_deref(),
+    )?;
     if ctx.json() {
         output::json_line(
-            &json!({"ledger": ctx.ledger.to_string(), "key": key_source, "primary_sink": made.sink_file, "primary": sledger::sink::redacted(&made.primary)}),
+            &json!({"ledger": local.ledger.to_string(), "key": key_source, "primary_sink": made.sink_file, "primary": sledger::sink::redacted(&made.primary)}),
         );
     } else {
-        outln!("created ledger {}", ctx.ledger);
+        outln!("created ledger {}", local.ledger);
         match &made.sink_file {
             Some(file) => outln!("primary sink: local (sqlite, {})", file.display()),
             None => outln!("primary sink: local ({})", sledger::sink::redacted(&made.primary)),
@@ -46,10 +53,11 @@ pub fn init(ctx: &Context, args: InitArgs) -> Result<()> {
 }
 
 pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
+    let local = ctx.local("key")?;
     match cmd {
         KeyCmd::Migrate { to } => {
-            let mut ledger = ctx.open_to_write()?;
-            let migrated = sledger::keys::migrate(&mut ledger, &ctx.actor, &to, &ctx.key_file)?;
+            let mut ledger = local.open_to_write()?;
+            let migrated = sledger::keys::migrate(&mut ledger, &local.actor, &to, &local.key_file)?;
             if ctx.json() {
                 output::json_line(&migrated);
             } else {
@@ -67,7 +75,7 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
             Ok(())
         }
         KeyCmd::Rotate { new_key_file } => {
-            let from = match (Context::env_key()?.is_some(), &new_key_file) {
+            let from = match (local.env_key()?.is_some(), &new_key_file) {
                 (true, Some(path)) => RotateFrom::Environment { new_key_file: path },
                 (true, None) => {
                     return Err(usage(format!(
@@ -77,17 +85,17 @@ pub fn run(ctx: &Context, cmd: KeyCmd) -> Result<()> {
                 (false, Some(_)) => {
                     return Err(usage(format!(
                         "--new-key-file is for keys from {MASTER_KEY_ENV}; the key file {} is rotated in place",
-                        ctx.key_file.display()
+                        local.key_file.display()
                     )))
                 }
-                (false, None) => RotateFrom::KeyFile(&ctx.key_file),
+                (false, None) => RotateFrom::KeyFile(&local.key_file),
             };
-            let mut ledger = ctx.open_to_write()?;
-            let rotated = block_on(sledger::keys::rotate(
+            let mut ledger = local.open_to_write()?;
+            let rotated = local.block_on(sledger::keys::rotate(
                 &mut ledger,
-                &ctx.actor,
+                &local.actor,
                 from,
-                ctx.kms.as_deref(),
+                local.kms.as_deref(),
             ))?;
             // Said on stderr whatever the format: copies this command cannot see, and repairs
             // it could not make.

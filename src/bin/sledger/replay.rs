@@ -4,37 +4,24 @@
 use anyhow::Result;
 use indicatif::ProgressBar;
 use serde_json::{json, Value};
-use sledger::client::Client as Remote;
-use sledger::project::write_docs;
-use sledger::replay::orchestrate::{self, MigratePlan, MigrateStep, MigrateTo, Mode, Phase, Resync};
-use sledger::replay::{self, Desired, Target};
-use sledger::sink::{Sink, SinkUrl};
-use sledger::Ledger;
+use sledger::replay::orchestrate::{self, MigratePlan, MigrateStep, MigrateTo, Mode, Phase};
+use sledger::replay::Target;
+use sledger::sink::SinkUrl;
 
 use crate::cli::{BackupArgs, DiffArgs, MigrateArgs, ReconcileArgs, ReplayArgs, RestoreArgs, TargetArgs};
-use crate::context::{block_on, Context};
+use crate::context::Context;
 use crate::exit::out_of_sync;
 use crate::output::{self, outln};
 use crate::secret::render_writes;
 use crate::sinks::refuse_memory;
 
-fn target(ledger: &Ledger, args: &TargetArgs) -> Result<u64> {
-    let target = match (&args.at, args.seq) {
+/// `--seq` / `--at`: the point of the log a command works against.
+fn target(args: &TargetArgs) -> Result<Target> {
+    Ok(match (&args.at, args.seq) {
         (Some(at), _) => Target::Time(output::parse_time("--at", at)?),
         (None, Some(seq)) => Target::Seq(seq),
         (None, None) => Target::Head,
-    };
-    Ok(ledger.target_seq(target)?)
-}
-
-/// `--seq` / `--at` as a server takes them: `{"seq": N, "at": "RFC 3339"}`.
-fn target_body(args: &TargetArgs) -> Result<Value> {
-    let at = args
-        .at
-        .as_deref()
-        .map(|t| output::parse_time("--at", t))
-        .transpose()?;
-    Ok(json!({"seq": args.seq, "at": at.map(sledger::event::format_millis)}))
+    })
 }
 
 /// Progress bars for the two phases of a replay (people only).
@@ -79,21 +66,12 @@ impl Bars {
     }
 
     /// Print what a resync reports as it goes.
-    fn show<'a>(&'a self, ctx: &'a Context) -> impl FnMut(Resync<'_>) + 'a {
+    fn show<'a>(&'a self, ctx: &'a Context) -> impl FnMut(&Value) + 'a {
         move |event| {
             self.clear();
-            show_resync(ctx, &event.to_json())
+            show_resync(ctx, event)
         }
     }
-}
-
-/// POST a replay to the server, and show the progress events its answer carries.
-fn post_showing_events(ctx: &Context, remote: &Remote, what: &str, body: Value) -> Result<Value> {
-    let answer = remote.post(&[what], body)?;
-    for event in answer["events"].as_array().into_iter().flatten() {
-        show_resync(ctx, event);
-    }
-    Ok(answer)
 }
 
 /// Print one resync document (from this process or a server): the difference when nothing is
@@ -176,33 +154,10 @@ fn print_applied(ctx: &Context, sink: &str, report: &Value) {
     );
 }
 
-/// Resync a sink through the library and print what it found and did.
-async fn reconcile_sink(
-    ctx: &Context,
-    attached_to: Option<&Ledger>,
-    name: &str,
-    sink: &dyn Sink,
-    desired: &Desired,
-    mode: Mode,
-) -> Result<()> {
-    let bars = Bars::new(ctx);
-    orchestrate::reconcile(
-        attached_to,
-        name,
-        sink,
-        desired,
-        mode,
-        None,
-        &bars.progress(),
-        &mut bars.show(ctx),
-    )
-    .await?;
-    Ok(())
-}
-
 pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
-    let ledger = ctx.open_to_write()?;
-    let seq = target(&ledger, &args.target)?;
+    let local = ctx.local("replay")?;
+    let ledger = local.open_to_write()?;
+    let seq = ledger.target_seq(target(&args.target)?)?;
     if args.into.contains("://") {
         refuse_memory(&SinkUrl::parse(&args.into)?)?;
     }
@@ -220,39 +175,27 @@ pub fn replay(ctx: &Context, args: ReplayArgs) -> Result<()> {
         );
     }
     let mode = Mode::unless_dry_run(args.dry_run, Mode::AllOrNothing);
-    block_on(reconcile_sink(
-        ctx,
+    let bars = Bars::new(ctx);
+    let mut show = bars.show(ctx);
+    local.block_on(orchestrate::reconcile(
         attached.then_some(&ledger),
         &args.into,
         &*sink,
         &desired,
         mode,
-    ))
+        None,
+        &bars.progress(),
+        &mut |event| show(&event.to_json()),
+    ))?;
+    Ok(())
 }
 
 pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
-    let differences = match &ctx.remote {
-        Some(remote) => {
-            let mut body = target_body(&args.target)?;
-            body["sink"] = json!(args.sink);
-            remote
-                .post(&["diff"], body)?
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-        }
-        None => {
-            let ledger = ctx.open_unlocked()?;
-            let seq = target(&ledger, &args.target)?;
-            let (_, sink) = ledger.open_sink(&args.sink)?;
-            let desired = ledger.desired_at(seq)?;
-            let bars = Bars::new(ctx);
-            let differences = block_on(replay::diff(&desired, &*sink, &|d, t| {
-                bars.progress()(Phase::Comparing, d, t)
-            }))?;
-            differences.iter().map(|d| d.to_json(&args.sink)).collect()
-        }
-    };
+    let bars = Bars::new(ctx);
+    let differences = ctx
+        .session
+        .diff(&args.sink, target(&args.target)?, &bars.progress())?;
+    drop(bars);
     render_differences(ctx, &args.sink, &differences);
     if differences.is_empty() {
         Ok(())
@@ -267,57 +210,25 @@ pub fn diff(ctx: &Context, args: DiffArgs) -> Result<()> {
 }
 
 pub fn reconcile(ctx: &Context, args: ReconcileArgs) -> Result<()> {
-    if let Some(remote) = &ctx.remote {
-        post_showing_events(
-            ctx,
-            remote,
-            "reconcile",
-            json!({"sink": args.sink, "force_ledger": args.force_ledger}),
-        )?;
-        return Ok(());
-    }
-    let mut ledger = ctx.open_to_write()?;
     let bars = Bars::new(ctx);
-    block_on(orchestrate::reconcile_attached(
-        &mut ledger,
-        &ctx.actor,
+    ctx.session.reconcile(
         &args.sink,
         args.force_ledger,
         &bars.progress(),
         &mut bars.show(ctx),
-    ))?;
+    )?;
     Ok(())
 }
 
 pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
-    let emptied = match &ctx.remote {
-        Some(remote) => {
-            let answer = post_showing_events(
-                ctx,
-                remote,
-                "backup",
-                json!({"dry_run": args.dry_run, "delete_secrets": args.delete_secrets}),
-            )?;
-            answer["emptied"]["sink"].as_str().map(|sink| {
-                (
-                    sink.to_owned(),
-                    answer["emptied"]["deleted"].as_u64().unwrap_or(0),
-                )
-            })
-        }
-        None => {
-            let ledger = ctx.open_to_write()?;
-            let bars = Bars::new(ctx);
-            let report = block_on(orchestrate::backup(
-                &ledger,
-                args.dry_run,
-                args.delete_secrets,
-                &bars.progress(),
-                &mut bars.show(ctx),
-            ))?;
-            report.emptied
-        }
-    };
+    let bars = Bars::new(ctx);
+    let emptied = ctx.session.backup(
+        args.dry_run,
+        args.delete_secrets,
+        &bars.progress(),
+        &mut bars.show(ctx),
+    )?;
+    drop(bars);
     if let Some((primary, removed)) = emptied {
         if ctx.json() {
             output::json_line(&json!({"sink": primary, "deleted": removed}));
@@ -331,45 +242,23 @@ pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
 pub fn restore(ctx: &Context, args: RestoreArgs) -> Result<()> {
     if args.target.at.is_none() && args.target.seq.is_none() {
         // No point in time: repair the primary from the ledger (a wiped or damaged primary).
-        ctx.local_only("restore without --at or --seq (repairing the primary)")?;
-        let ledger = ctx.open_unlocked()?;
+        let local = ctx.local("restore without --at or --seq (repairing the primary)")?;
+        let ledger = local.open_unlocked()?;
         let bars = Bars::new(ctx);
-        block_on(orchestrate::repair_primary(
+        let mut show = bars.show(ctx);
+        local.block_on(orchestrate::repair_primary(
             &ledger,
-            &ctx.actor,
+            &local.actor,
             &args.secrets,
             args.dry_run,
             &bars.progress(),
-            &mut bars.show(ctx),
+            &mut |event| show(&event.to_json()),
         ))?;
         return Ok(());
     }
-    let doc = match &ctx.remote {
-        Some(remote) => {
-            let mut body = target_body(&args.target)?;
-            body["secrets"] = json!(args.secrets);
-            body["dry_run"] = json!(args.dry_run);
-            body["wait_ms"] = json!(ctx.wait.as_millis() as u64);
-            remote.post(&["restore"], body)?
-        }
-        None => {
-            let mut ledger = ctx.open_to_write()?;
-            let seq = target(&ledger, &args.target)?;
-            let mut plan = ledger.plan_restore(&ctx.actor, seq, &args.secrets)?;
-            let mut doc = plan.summary(args.dry_run);
-            let commands = plan.commands_to_run(args.dry_run)?;
-            if !commands.is_empty() {
-                let outcomes = ledger.execute(&ctx.actor, commands)?;
-                let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
-                doc["outcomes"] = json!(write_docs(
-                    &format!("restored to seq {seq}:"),
-                    &outcomes,
-                    primary.as_ref()
-                ));
-            }
-            doc
-        }
-    };
+    let doc = ctx
+        .session
+        .restore(target(&args.target)?, &args.secrets, args.dry_run)?;
     let seq = doc["target_seq"].as_u64().unwrap_or_default();
     let purged: Vec<&str> = doc["purged"]
         .as_array()
@@ -431,32 +320,12 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
     if args.to.contains("://") {
         refuse_memory(&SinkUrl::parse(&args.to)?)?;
     }
-    if let Some(remote) = &ctx.remote {
-        let mut body = serde_json::to_value(&to).expect("migrations serialise");
-        body["dry_run"] = json!(args.dry_run);
-        let answer = remote.post(&["migrate"], body)?;
-        if args.dry_run {
-            print_plan(serde_json::from_value(answer["plan"].clone())?);
-        } else {
-            for step in answer["steps"].as_array().into_iter().flatten() {
-                print_step(serde_json::from_value(step.clone())?);
-            }
-        }
-        return Ok(());
-    }
-    let mut ledger = ctx.open_to_write()?;
     if args.dry_run {
-        print_plan(block_on(orchestrate::plan_migration(&ledger, &to))?);
+        print_plan(ctx.session.plan_migration(&to)?);
         return Ok(());
     }
     let bars = Bars::new(ctx);
-    block_on(orchestrate::migrate(
-        &mut ledger,
-        &ctx.actor,
-        &to,
-        &bars.progress(),
-        &mut print_step,
-    ))?;
+    ctx.session.migrate(&to, &bars.progress(), &mut print_step)?;
     Ok(())
 }
 

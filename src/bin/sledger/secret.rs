@@ -6,13 +6,13 @@ use std::path::Path;
 
 use anyhow::{Context as _, Result};
 use serde_json::{json, Value};
-use sledger::project::{write_docs, PrimaryWait};
-use sledger::read::{read_latest, ReadFrom, Served};
+use sledger::project::PrimaryWait;
+use sledger::read::ReadFrom;
 use sledger::{Command, ListQuery, ReadPoint, Scope, SecretValues, Status};
 use zeroize::Zeroizing;
 
 use crate::cli::{FromArg, SecretCmd, ValueArgs};
-use crate::context::{block_on, Context};
+use crate::context::Context;
 use crate::exit::usage;
 use crate::output;
 use crate::output::outln;
@@ -212,15 +212,7 @@ pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) -> Result<()> {
 pub fn run(ctx: &Context, cmd: SecretCmd) -> Result<()> {
     // `said` is the verb people read (a rename names both names); scripts get `verb`.
     let write_saying = |verb: &str, said: &str, command: Command| -> Result<()> {
-        let docs = match &ctx.remote {
-            Some(remote) => remote.execute(command, ctx.wait)?,
-            None => {
-                let (ledger, outcomes) = ctx.execute(vec![command])?;
-                let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
-                write_docs(verb, &outcomes, primary.as_ref())
-            }
-        };
-        render_writes(ctx, said, &docs)
+        render_writes(ctx, said, &ctx.session.write(verb, command)?)
     };
     let write = |verb: &str, command: Command| write_saying(verb, verb, command);
     match cmd {
@@ -345,20 +337,7 @@ fn get(
         (None, Some(t)) => Some(ReadPoint::At(output::parse_time("--at", t)?)),
         (None, None) => None,
     };
-    let doc = match &ctx.remote {
-        Some(remote) => remote.read(name, point, from)?,
-        None => {
-            let ledger = ctx.open_unlocked()?;
-            let served = match point {
-                Some(point) => Served::from_ledger(ledger.read(&ctx.actor, name, point)?),
-                None => block_on(read_latest(&ledger, &ctx.actor, name, from))?,
-            };
-            for (sink, why) in &served.skipped {
-                tracing::info!(sink = %sink, reason = %why, "read fell through to the next source");
-            }
-            served.to_json()
-        }
-    };
+    let doc = ctx.session.read(name, point, from)?;
     let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
     if let Some(k) = key {
         let value = doc["values"].get(k).and_then(Value::as_str).ok_or_else(|| {
@@ -446,18 +425,14 @@ fn note_source(doc: &Value) {
     }
 }
 
-/// `undelete NAME --as NEW`: the deleted secret called NAME (the caller's private one first,
-/// then the most recently changed) renamed and brought back, in one transaction.
+/// `undelete NAME --as NEW`: the deleted secret renamed and brought back, in one transaction.
 fn undelete_as(ctx: &Context, name: &str, new_name: String) -> Result<()> {
-    if ctx.remote.is_some() {
+    let sledger::session::Session::Local(local) = &ctx.session else {
         return Err(usage(
             "undelete --as works on a local ledger; through a server, rename the secret by its id (id:UUID) first",
         ));
-    }
-    let commands = ctx.open()?.undelete_as(&ctx.actor, name, new_name)?;
-    let (ledger, outcomes) = ctx.execute(commands)?;
-    let primary = ctx.wait_for_primary(&ledger, &outcomes)?;
-    let docs = write_docs("undeleted", &outcomes[1..], primary.as_ref());
+    };
+    let docs = local.undelete_as(name, new_name)?;
     render_writes(ctx, &format!("undeleted {} as", output::printable(name)), &docs)
 }
 
@@ -490,36 +465,7 @@ fn list(ctx: &Context, query: ListQuery, limit: Option<usize>) -> Result<()> {
             ],
         );
     };
-    let next_after = match &ctx.remote {
-        Some(remote) => {
-            let mut query = query;
-            loop {
-                let (docs, next) = remote.list(&query, limit)?;
-                docs.iter().for_each(&mut row);
-                match next {
-                    Some(after) if limit.is_none() => query.after = Some(after),
-                    next => break next,
-                }
-            }
-        }
-        None => {
-            let ledger = ctx.open()?;
-            match limit {
-                Some(limit) => {
-                    let page = ledger.list_page(&ctx.actor, &query, limit, &|_| true)?;
-                    page.secrets.iter().for_each(|m| row(&m.to_json()));
-                    page.next_after
-                }
-                None => {
-                    ledger.scan_secrets(&ctx.actor, &query, &mut |m| {
-                        row(&m.to_json());
-                        Ok(true)
-                    })?;
-                    None
-                }
-            }
-        }
-    };
+    let next_after = ctx.session.list(&query, limit, &mut row)?;
     out.finish();
     if let Some(after) = next_after {
         eprintln!(
@@ -531,15 +477,6 @@ fn list(ctx: &Context, query: ListQuery, limit: Option<usize>) -> Result<()> {
 }
 
 fn history(ctx: &Context, name: &str) -> Result<()> {
-    let docs = match &ctx.remote {
-        Some(remote) => remote.history(name)?,
-        None => ctx
-            .open()?
-            .history(&ctx.actor, name)?
-            .iter()
-            .map(|e| e.to_json())
-            .collect(),
-    };
-    crate::audit::render(ctx, &docs);
+    crate::audit::render(ctx, &ctx.session.history(name)?);
     Ok(())
 }

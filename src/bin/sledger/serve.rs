@@ -2,15 +2,16 @@
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use sledger::identity::{issue_token, Role};
+use sledger::identity::Role;
 use sledger::server::{serve as run_server, RateLimit, ServeOptions};
-use sledger::{Command, LedgerHandle};
+use sledger::LedgerHandle;
 
 use crate::cli::{ServeArgs, TokenCmd};
-use crate::context::{block_on, Context};
+use crate::context::Context;
 use crate::output::{self, outln};
 
 pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
+    let local = ctx.local("serve")?;
     let mut options = ServeOptions::new(args.listen);
     options.tls = args.tls_cert.zip(args.tls_key);
     options.body_limit = args.body_limit;
@@ -23,16 +24,16 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
         per_second: args.rate_limit,
         burst: args.rate_limit * 2.0,
     };
-    options.reload_key = Some(ctx.key_reloader());
+    options.reload_key = Some(local.key_reloader());
     options.sink_dir = args.sink_dir;
     options.sink_hosts = args.sink_hosts;
     options.check()?;
-    if !ctx.ledger.exists() {
+    if !local.ledger.exists() {
         crate::keys::init(ctx, crate::cli::InitArgs::default())?;
         issue(ctx, "admin", Role::Admin, vec!["*".into()], None)?;
     }
-    let master = ctx.master_key()?;
-    if ctx.open_to_write()?.tokens()?.all().next().is_none() {
+    let master = local.master_key()?;
+    if local.open_to_write()?.tokens()?.all().next().is_none() {
         eprintln!(
             "note: no token has been issued, so every request will be refused; \
              `sledger token create --name admin --role admin --pattern '*'` makes the first one"
@@ -46,7 +47,7 @@ pub fn serve(ctx: &Context, args: ServeArgs) -> Result<()> {
         .build()?;
     let json = ctx.json();
     runtime.block_on(async move {
-        let handle = LedgerHandle::open(ctx.ledger.clone(), master)?;
+        let handle = LedgerHandle::open(local.ledger.clone(), master)?;
         let shutdown = crate::context::terminated();
         let scheme = if options.tls.is_some() { "https" } else { "http" };
         let ready = move |address: std::net::SocketAddr| {
@@ -69,20 +70,7 @@ fn issue(
     patterns: Vec<String>,
     expires: Option<std::time::Duration>,
 ) -> Result<()> {
-    let doc = match &ctx.remote {
-        Some(remote) => remote.post(
-            &["tokens"],
-            json!({"name": name, "role": role, "patterns": patterns, "expires_in_seconds": expires.map(|d| d.as_secs().max(1))}),
-        )?,
-        None => block_on(issue_token(
-            &mut ctx.open_to_write()?,
-            &ctx.actor,
-            name,
-            role,
-            patterns.clone(),
-            expires,
-        ))?,
-    };
+    let doc = ctx.session.issue_token(name, role, patterns.clone(), expires)?;
     if ctx.json() {
         output::json_line(&doc);
     } else {
@@ -104,15 +92,7 @@ pub fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
             expires,
         } => issue(ctx, &name, role.parse()?, patterns, expires),
         TokenCmd::List => {
-            let tokens: Vec<Value> = match &ctx.remote {
-                Some(remote) => remote.get(&["tokens"])?.as_array().cloned().unwrap_or_default(),
-                None => ctx
-                    .open_unlocked()?
-                    .tokens()?
-                    .all()
-                    .map(|t| serde_json::to_value(t).expect("tokens serialise"))
-                    .collect(),
-            };
+            let tokens = ctx.session.tokens()?;
             if ctx.json() {
                 output::json_line(&tokens);
                 return Ok(());
@@ -148,15 +128,7 @@ pub fn token(ctx: &Context, cmd: TokenCmd) -> Result<()> {
             Ok(())
         }
         TokenCmd::Revoke { name } => {
-            match &ctx.remote {
-                Some(remote) => {
-                    remote.delete(&["tokens", &name])?;
-                }
-                None => {
-                    ctx.open_to_write()?
-                        .execute(&ctx.actor, vec![Command::RevokeToken { name: name.clone() }])?;
-                }
-            }
+            ctx.session.revoke_token(&name)?;
             if ctx.json() {
                 output::json_line(&json!({"name": name, "result": "revoked"}));
             } else {

@@ -8,12 +8,12 @@ use serde_json::{json, Value};
 use sledger::event::SinkRole;
 use sledger::project::service::{self, FollowOptions, ProjectorEvent};
 use sledger::project::{self, ProjectOptions};
-use sledger::replay::orchestrate;
+use sledger::session::Local;
 use sledger::sink::{Backend, SinkUrl};
 use sledger::{Command, Ledger};
 
 use crate::cli::{ProjectArgs, SinkCmd};
-use crate::context::{block_on, Context};
+use crate::context::Context;
 use crate::output;
 use crate::output::outln;
 
@@ -30,32 +30,7 @@ pub fn refuse_memory(url: &SinkUrl) -> Result<()> {
 
 /// Apply a sink command, locally or through the server, and say what changed.
 fn change(ctx: &Context, command: Command, verb: &str, name: &str) -> Result<()> {
-    let changed = match &ctx.remote {
-        Some(remote) => {
-            let answer = match &command {
-                Command::AddSink { name, url, role } => {
-                    remote.post(&["sinks"], json!({"name": name, "url": url, "role": role}))?
-                }
-                Command::PromoteSink { name } => remote.post(&["sinks", name, "promote"], json!({}))?,
-                Command::SetSinkRole { name, role } => {
-                    remote.put(&["sinks", name, "role"], json!({"role": role}))?
-                }
-                Command::RemoveSink { name } => remote.delete(&["sinks", name])?,
-                _ => unreachable!("only sink commands"),
-            };
-            answer.as_array().is_none_or(|a| !a.is_empty())
-        }
-        None => {
-            let mut ledger = ctx.open_to_write()?;
-            let outcomes = match command {
-                Command::AddSink { name, url, role } => {
-                    block_on(orchestrate::add_sink(&mut ledger, &ctx.actor, &name, &url, role))?
-                }
-                command => ledger.execute(&ctx.actor, vec![command])?,
-            };
-            !outcomes.is_empty()
-        }
-    };
+    let changed = ctx.session.change_sink(command)?;
     if ctx.json() {
         output::json_line(&json!({"sink": name, "result": if changed { verb } else { "unchanged" }}));
     } else if changed {
@@ -76,7 +51,7 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
                 role: role.into(),
             };
             change(ctx, add, "added", &name)?;
-            if !ctx.json() && SinkRole::from(role).is_projected() && ctx.remote.is_none() {
+            if !ctx.json() && SinkRole::from(role).is_projected() && !ctx.session.is_remote() {
                 outln!("run `sledger project` to bring it up to date");
             }
             Ok(())
@@ -100,10 +75,7 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
         SinkCmd::List => list(ctx),
         SinkCmd::Status => status(ctx),
         SinkCmd::Retry { name } => {
-            let doc = match &ctx.remote {
-                Some(remote) => remote.post(&["sinks", &name, "retry"], json!({}))?,
-                None => json!(block_on(project::retry_parked(&ctx.open_to_write()?, &name))?),
-            };
+            let doc = ctx.session.retry_sink(&name)?;
             if ctx.json() {
                 output::json_line(&doc);
             } else {
@@ -116,13 +88,7 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
             Ok(())
         }
         SinkCmd::Check { name } => {
-            let identity = match &ctx.remote {
-                Some(remote) => remote.post(&["sinks", &name, "check"], json!({}))?["identity"].clone(),
-                None => {
-                    let ledger = ctx.open_unlocked()?;
-                    json!(block_on(sledger::project::check_sink(&ledger, &name))?)
-                }
-            };
+            let identity = ctx.session.check_sink(&name)?;
             if ctx.json() {
                 output::json_line(&json!({"sink": name, "healthy": true, "identity": identity}));
             } else {
@@ -136,25 +102,6 @@ pub fn run(ctx: &Context, cmd: SinkCmd) -> Result<()> {
     }
 }
 
-/// Every sink's status, as `sink status --format json` and `GET /v1/sinks` show it; locally,
-/// with the key, also who each sink runs as (`identity`).
-fn statuses(ctx: &Context) -> Result<Vec<Value>> {
-    Ok(match &ctx.remote {
-        Some(remote) => remote.get(&["sinks"])?.as_array().cloned().unwrap_or_default(),
-        None => {
-            // Asking the backends who each sink is needs the key; without it, the ledger's view.
-            let statuses = match ctx.open_unlocked() {
-                Ok(ledger) => block_on(sledger::project::statuses_with_identities(&ledger))?,
-                Err(_) => ctx.open()?.sink_status()?,
-            };
-            statuses
-                .iter()
-                .map(|s| serde_json::to_value(s).expect("statuses serialise"))
-                .collect()
-        }
-    })
-}
-
 fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -164,7 +111,7 @@ fn text(v: &Value) -> String {
 }
 
 fn list(ctx: &Context) -> Result<()> {
-    let sinks = statuses(ctx)?;
+    let sinks = ctx.session.sink_statuses()?;
     if ctx.json() {
         let rows: Vec<_> = sinks
             .iter()
@@ -182,7 +129,7 @@ fn list(ctx: &Context) -> Result<()> {
 }
 
 fn status(ctx: &Context) -> Result<()> {
-    let statuses = statuses(ctx)?;
+    let statuses = ctx.session.sink_statuses()?;
     if ctx.json() {
         output::json_line(&statuses);
         return Ok(());
@@ -224,17 +171,18 @@ fn status(ctx: &Context) -> Result<()> {
 }
 
 pub fn project_cmd(ctx: &Context, args: ProjectArgs) -> Result<()> {
-    let ledger = ctx.open_unlocked()?;
+    let local = ctx.local("project")?;
+    let ledger = local.open_unlocked()?;
     let opts = ProjectOptions {
         batch_events: args.batch_events,
         ..Default::default()
     };
     if args.follow {
         drop(ledger);
-        return follow(ctx, args.sink.as_deref(), opts);
+        return follow(ctx, local, args.sink.as_deref(), opts);
     }
     let only = args.sink.as_deref();
-    let results = block_on(with_progress(
+    let results = local.block_on(with_progress(
         ctx,
         &ledger,
         only,
@@ -335,8 +283,8 @@ async fn with_progress<T>(
 
 /// Project continuously until SIGINT or SIGTERM: one projector per sink, so a backend that
 /// hangs delays only itself; a signal abandons the batches in flight and exits at once.
-fn follow(ctx: &Context, only: Option<&str>, opts: ProjectOptions) -> Result<()> {
-    let master = ctx.master_key()?;
+fn follow(ctx: &Context, local: &Local, only: Option<&str>, opts: ProjectOptions) -> Result<()> {
+    let master = local.master_key()?;
     let options = FollowOptions {
         project: opts,
         only: only.map(str::to_owned),
@@ -344,12 +292,12 @@ fn follow(ctx: &Context, only: Option<&str>, opts: ProjectOptions) -> Result<()>
     };
     let json = ctx.json();
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    block_on(async {
+    local.block_on(async {
         tokio::spawn(async move {
             crate::context::terminated().await;
             let _ = stop.send(true);
         });
-        service::follow_across_rotations(&ctx.ledger, &master, ctx.key_reloader(), options, stopped, move |event| match event {
+        service::follow_across_rotations(&local.ledger, &master, local.key_reloader(), options, stopped, move |event| match event {
             ProjectorEvent::Projected { sink, report } if json => output::json_line(
                 &json!({"sink": sink, "events": report.events, "writes": report.writes, "checkpoint": report.checkpoint}),
             ),

@@ -2,21 +2,22 @@
 
 use anyhow::Result;
 use serde_json::{json, Value};
-use sledger::Anchor;
 
 use crate::cli::{AnchorsArgs, AnchorsCmd, LedgerCmd, RecoverArgs, VerifyArgs};
-use crate::context::block_on;
+use sledger::session::{Local, Recovery, Session};
+use sledger::Anchor;
+
 use crate::context::Context;
 use crate::output;
 use crate::output::outln;
 
 /// Verify the local ledger file (with the key, the MACs and the sinks' anchors too; without
 /// it, the structure only: an auditor).
-fn verify_local(ctx: &Context, args: &VerifyArgs, saved: Option<&Anchor>) -> Result<Value> {
-    let mut ledger = ctx.open()?;
-    let key = match ctx.master_key_if_any()? {
+fn verify_local(ctx: &Context, local: &Local, args: &VerifyArgs, saved: Option<&Anchor>) -> Result<Value> {
+    let mut ledger = local.open()?;
+    let key = match local.master_key_if_any()? {
         Some(key) => Some(key),
-        None => sledger::keys::recorded_key(&ledger, ctx.kms.as_deref())?,
+        None => sledger::keys::recorded_key(&ledger, local.kms.as_deref())?,
     };
     if let Some(key) = key {
         ledger.unlock_to_verify(key)?;
@@ -28,7 +29,7 @@ fn verify_local(ctx: &Context, args: &VerifyArgs, saved: Option<&Anchor>) -> Res
         }
     }
     let bar = output::progress_bar(ctx, "verifying");
-    let report = block_on(sledger::witness::verify(
+    let report = local.block_on(sledger::witness::verify(
         &mut ledger,
         saved,
         &mut output::advance(&bar),
@@ -65,7 +66,8 @@ fn describe(w: &Value) -> String {
 
 /// `sledger anchors`: each sink's anchor; `anchors reset --yes`: accept the ledger as it is.
 pub fn anchors(ctx: &Context, args: AnchorsArgs) -> Result<()> {
-    let ledger = ctx.open_unlocked()?;
+    let local = ctx.local("anchors")?;
+    let ledger = local.open_unlocked()?;
     if let Some(AnchorsCmd::Reset { yes }) = args.command {
         if !yes {
             return Err(crate::exit::usage(
@@ -74,7 +76,7 @@ pub fn anchors(ctx: &Context, args: AnchorsArgs) -> Result<()> {
             ));
         }
         let mut ledger = ledger;
-        let outcomes = ledger.execute(&ctx.actor, vec![sledger::Command::ResetAnchors])?;
+        let outcomes = ledger.execute(&local.actor, vec![sledger::Command::ResetAnchors])?;
         let seq = outcomes.iter().find_map(sledger::Outcome::seq);
         if ctx.json() {
             output::json_line(&json!({"result": "reset", "seq": seq}));
@@ -86,7 +88,7 @@ pub fn anchors(ctx: &Context, args: AnchorsArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let witnesses = serde_json::to_value(block_on(sledger::witness::read_all(&ledger))?)?;
+    let witnesses = serde_json::to_value(local.block_on(sledger::witness::read_all(&ledger))?)?;
     if ctx.json() {
         output::json_line(&witnesses);
         return Ok(());
@@ -114,14 +116,14 @@ pub fn anchors(ctx: &Context, args: AnchorsArgs) -> Result<()> {
 
 pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
     let saved = args.anchor.as_deref().map(Anchor::read_file).transpose()?;
-    let doc = match &ctx.remote {
-        Some(remote) => {
+    let doc = match &ctx.session {
+        Session::Remote { client, .. } => {
             if args.rebuild_catalog {
-                ctx.local_only("verify --rebuild-catalog")?;
+                ctx.local("verify --rebuild-catalog")?;
             }
-            remote.post(&["verify"], json!({"anchor": saved}))?
+            client.post(&["verify"], json!({"anchor": saved}))?
         }
-        None => verify_local(ctx, &args, saved.as_ref())?,
+        Session::Local(local) => verify_local(ctx, local, &args, saved.as_ref())?,
     };
     if let Some(path) = &args.save_anchor {
         let head: Anchor = serde_json::from_value(doc["head"].clone())?;
@@ -176,52 +178,21 @@ pub fn run(ctx: &Context, args: VerifyArgs) -> Result<()> {
 /// `sledger recover --from URL`: a new ledger from a sink's current state, then one
 /// projection so the sink holds this ledger's records (and anchor).
 pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
+    let local = ctx.local("recover")?;
     let (from, name) = (args.from.as_str(), sledger::setup::DEFAULT_SINK);
     let bar = output::progress_bar(ctx, "reading");
-    // The lost ledger's key, from where a key always comes; there is no ledger to check it on.
-    // A sqlite sink's values open only with it; a cloud sink's do not need it, and the new
-    // ledger may have a new key.
-    let sqlite_source = sledger::sink::SinkUrl::parse(from)?.sqlite_path().is_some();
-    let (master, new_key_file) = match ctx.master_key_if_any()? {
-        Some(key) => (key, None),
-        None if !sqlite_source => {
-            let key = sledger::MasterKey::generate();
-            key.write_new_file(&ctx.key_file)?;
-            (key, Some(ctx.key_file.clone()))
-        }
-        None => {
-            return Err(crate::exit::usage(
-                "a sqlite sink opens only with the lost ledger's master key: give it with --key-file PATH or SLEDGER_MASTER_KEY",
-            ))
-        }
-    };
-    let recovered = block_on(sledger::recover::recover(
-        &ctx.ledger,
-        master,
-        from,
-        args.primary.as_deref(),
-        &ctx.actor,
-        &output::advance(&bar),
-    ));
+    let recovery = local.recover(from, args.primary.as_deref(), &output::advance(&bar));
     bar.finish_and_clear();
-    let recovered = match recovered {
-        Ok(recovered) => recovered,
-        Err(e) => {
-            if let Some(made) = &new_key_file {
-                let _ = std::fs::remove_file(made);
-            }
-            return Err(e.into());
-        }
-    };
-    let projected = block_on(sledger::project::project_named(
-        &recovered.ledger,
-        name,
-        &Default::default(),
-    ));
+    let recovery = recovery?;
+    let projected = recovery.project(local);
+    let Recovery {
+        recovered,
+        new_key_file,
+    } = recovery;
     let head = recovered.ledger.head()?.seq;
     if ctx.json() {
         output::json_line(&json!({
-            "ledger": ctx.ledger.to_string(),
+            "ledger": local.ledger.to_string(),
             "secrets": recovered.secrets,
             "gone": recovered.gone,
             "seq": head,
@@ -233,7 +204,7 @@ pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
             "recovered {} from {} into {} (its first event records the source; earlier history is not available)",
             output::count(recovered.secrets, "secret"),
             sledger::sink::redacted(from),
-            ctx.ledger
+            local.ledger
         );
         outln!(
             "the source is attached as standby sink {:?} and was not changed; the primary is sink {name:?}",
@@ -254,11 +225,12 @@ pub fn recover(ctx: &Context, args: RecoverArgs) -> Result<()> {
 
 /// `sledger ledger backup --to PATH`: an online copy, verified with the key before it counts.
 pub fn ledger(ctx: &Context, cmd: LedgerCmd) -> Result<()> {
+    let local = ctx.local("ledger")?;
     let to = match cmd {
         LedgerCmd::Backup { to } => to,
-        LedgerCmd::Copy { from, to } => return copy(ctx, from, to),
+        LedgerCmd::Copy { from, to } => return copy(ctx, local, from, to),
     };
-    let ledger = ctx.open_unlocked()?;
+    let ledger = local.open_unlocked()?;
     let bar = output::progress_bar(ctx, "verifying");
     let head = ledger.backup_to(&to, &mut output::advance(&bar));
     bar.finish_and_clear();
@@ -279,10 +251,10 @@ pub fn ledger(ctx: &Context, cmd: LedgerCmd) -> Result<()> {
     Ok(())
 }
 
-fn copy(ctx: &Context, from: Option<String>, to: String) -> Result<()> {
+fn copy(ctx: &Context, local: &Local, from: Option<String>, to: String) -> Result<()> {
     let from = match from {
         Some(from) => sledger::store::Location::parse(&from)?,
-        None => ctx.ledger.clone(),
+        None => local.ledger.clone(),
     };
     let to = sledger::store::Location::parse(&to)?;
     let bar = output::progress_bar(ctx, "copying");
