@@ -143,6 +143,68 @@ impl<'a> Importer<'a> {
     }
 }
 
+/// Where an import's records come from.
+pub enum Source {
+    /// A file, appended in batches.
+    File(ImportFile),
+    /// The secrets a backend holds outside sledger ([`read_estate`]), adopted in one
+    /// transaction.
+    Estate(Vec<Record>),
+}
+
+impl Source {
+    /// How many records there are; a file is checked whole first ([`check_file`]).
+    pub fn check(&self, max_value_bytes: usize) -> Result<u64> {
+        match self {
+            Source::File(file) => check_file(file, max_value_bytes),
+            Source::Estate(records) => Ok(records.len() as u64),
+        }
+    }
+
+    /// Hand each record to `visit`, in order, until it returns false.
+    pub fn scan(self, visit: &mut dyn FnMut(Record) -> Result<bool>) -> Result<()> {
+        match self {
+            Source::File(file) => file.scan(visit),
+            Source::Estate(records) => {
+                for record in records {
+                    if !visit(record)? {
+                        break;
+                    }
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An import that stopped at an error: what the transactions before it appended stays, and
+/// running the same import again finishes it.
+#[derive(Debug)]
+pub struct Stopped {
+    pub error: Error,
+    pub imported: Imported,
+}
+
+/// Import every record of `source` as `actor`: a file in transactions of `batch_size`, an
+/// estate in one. `progress` hears how many records each transaction took.
+pub fn run(
+    ledger: &mut Ledger,
+    actor: &str,
+    source: Source,
+    batch_size: usize,
+    progress: &mut dyn FnMut(u64),
+) -> std::result::Result<Imported, Stopped> {
+    let mut importer = match &source {
+        Source::File(_) => Importer::new(ledger, actor, batch_size, progress),
+        Source::Estate(_) => Importer::adopting(ledger, actor, progress),
+    };
+    let pushed = source.scan(&mut |record| importer.push(record).map(|()| true));
+    let imported = importer.imported();
+    pushed
+        .and_then(|()| importer.finish())
+        .map_err(|error| Stopped { error, imported })
+}
+
 /// How an import file is written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Format {

@@ -195,7 +195,7 @@ fn record(name: &str, value: &str) -> sledger::import::Record {
 /// it, and the same import run again finishes the job without touching what it already did.
 #[test]
 fn an_import_keeps_the_batches_before_a_failed_one_and_a_rerun_finishes_it() {
-    use sledger::import::{Imported, Importer};
+    use sledger::import::{Format, ImportFile, Imported, Importer, Source, Stopped};
     let dir = tempfile::tempdir().unwrap();
     let mut ledger = Ledger::init(
         dir.path().join("ledger.db"),
@@ -228,20 +228,44 @@ fn an_import_keeps_the_batches_before_a_failed_one_and_a_rerun_finishes_it() {
         "the failed batch appended nothing"
     );
 
-    let fixed = ["a", "b", "c", "d", "e"];
-    let mut progress = |_| {};
-    let mut importer = Importer::new(&mut ledger, "ops", 2, &mut progress);
-    for name in fixed {
-        importer.push(record(name, "v1")).unwrap();
-    }
+    // The same through `import::run`, which says what stayed when it stops.
+    let file = dir.path().join("secrets.jsonl");
+    let lines: Vec<String> = ["a", "b", "x", "not a valid name/"]
+        .iter()
+        .map(|name| format!(r#"{{"name": "{name}", "values": {{"password": "v1"}}}}"#))
+        .collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let source = || Source::File(ImportFile::new(&file, Format::Jsonl, None).unwrap());
+    assert!(
+        source().check(1024).is_err(),
+        "a file is checked whole before it is imported"
+    );
+    let Stopped { error, imported } =
+        sledger::import::run(&mut ledger, "ops", source(), 3, &mut |_| {}).unwrap_err();
+    assert!(error.to_string().contains("not a valid name/"), "{error}");
     assert_eq!(
-        importer.finish().unwrap(),
+        imported,
+        Imported {
+            appended: 1,
+            unchanged: 2
+        },
+        "the first batch (a and b unchanged, x new) stays"
+    );
+
+    let fixed = ["a", "b", "c", "d", "e"];
+    let estate = Source::Estate(fixed.iter().map(|name| record(name, "v1")).collect());
+    assert_eq!(estate.check(1024).unwrap(), 5);
+    let mut batches = Vec::new();
+    let imported = sledger::import::run(&mut ledger, "ops", estate, 2, &mut |n| batches.push(n)).unwrap();
+    assert_eq!(
+        imported,
         Imported {
             appended: 3,
             unchanged: 2
         }
     );
-    assert_eq!(ledger.head().unwrap().seq, start + 5);
+    assert_eq!(batches, [5], "an estate is adopted in one transaction");
+    assert_eq!(ledger.head().unwrap().seq, start + 6);
 }
 
 /// The race `migrate --delete-secrets` must not lose: a projector run that began while the old

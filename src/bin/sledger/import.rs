@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::Result;
 use serde_json::json;
-use sledger::import::{self, Format, ImportFile, Imported, Importer, Record};
+use sledger::import::{self, Format, ImportFile, Imported, Record, Source, Stopped};
 use sledger::session::Local;
 
 use crate::cli::{ImportArgs, ImportFormat};
@@ -36,53 +36,36 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
     if args.batch_size == 0 {
         return Err(usage("--batch-size must be at least 1"));
     }
-    let file = args
-        .file
-        .as_ref()
-        .map(|path| import_file(&args, path))
-        .transpose()?;
-    let estate = match &args.from {
-        Some(url) => Some(read_foreign(
+    let source = match (&args.file, &args.from) {
+        (Some(path), _) => Source::File(import_file(&args, path)?),
+        (None, Some(url)) => Source::Estate(read_foreign(
             ctx,
             local,
             url,
             args.prefix.as_deref().unwrap_or(""),
         )?),
-        None => None,
-    };
-    let mut ledger = local.open_to_write()?;
-    // A file is checked whole, in a first streaming pass, before its first batch.
-    let total = match (&file, &estate) {
-        (Some(file), _) => import::check_file(file, ledger.settings().max_value_bytes)?,
-        (None, Some(estate)) => estate.len() as u64,
         (None, None) => unreachable!("clap requires --file or --from"),
     };
+    let mut ledger = local.open_to_write()?;
+    let total = source.check(ledger.settings().max_value_bytes)?;
     if args.dry_run {
-        return dry_run(ctx, local, &ledger, file.as_ref(), estate.unwrap_or_default());
+        return dry_run(ctx, local, &ledger, source);
     }
     let bar = output::progress_bar(ctx, "importing");
     bar.set_length(total);
-    let mut progress = |n| bar.inc(n);
-    let mut importer = match &estate {
-        Some(_) => Importer::adopting(&mut ledger, &local.actor, &mut progress),
-        None => Importer::new(&mut ledger, &local.actor, args.batch_size, &mut progress),
-    };
-    let pushed = match (file, estate) {
-        (Some(file), _) => file.scan(&mut |record| importer.push(record).map(|()| true)),
-        (None, Some(estate)) => estate.into_iter().try_for_each(|record| importer.push(record)),
-        (None, None) => unreachable!("clap requires --file or --from"),
-    };
-    let done = importer.imported();
+    let imported = import::run(&mut ledger, &local.actor, source, args.batch_size, &mut |n| {
+        bar.inc(n)
+    });
     let Imported { appended, unchanged } =
-        pushed
-            .and_then(|()| importer.finish())
-            .map_err(|e| match done.appended + done.unchanged {
-                0 => anyhow::Error::new(e),
-                done => anyhow::Error::new(e).context(format!(
+        imported.map_err(
+            |Stopped { error, imported }| match imported.appended + imported.unchanged {
+                0 => anyhow::Error::new(error),
+                done => anyhow::Error::new(error).context(format!(
                     "{done} secrets were imported by earlier batches and stay; once the cause is fixed, \
                  running the same import again finishes it (secrets already imported are left unchanged)"
                 )),
-            })?;
+            },
+        )?;
     bar.finish_and_clear();
     let last = ledger.head()?.seq;
     let primary = match appended {
@@ -107,13 +90,7 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
 
 /// What an import would do: each secret, new or already in the ledger (and then updated if
 /// its values differ).
-fn dry_run(
-    ctx: &Context,
-    local: &Local,
-    ledger: &sledger::Ledger,
-    file: Option<&ImportFile>,
-    estate: Vec<Record>,
-) -> Result<()> {
+fn dry_run(ctx: &Context, local: &Local, ledger: &sledger::Ledger, source: Source) -> Result<()> {
     let mut count = 0u64;
     let mut show = |record: Record| {
         count += 1;
@@ -129,13 +106,10 @@ fn dry_run(
             );
         }
     };
-    match file {
-        Some(file) => file.scan(&mut |record| {
-            show(record);
-            Ok(true)
-        })?,
-        None => estate.into_iter().for_each(&mut show),
-    }
+    source.scan(&mut |record| {
+        show(record);
+        Ok(true)
+    })?;
     if !ctx.json() {
         outln!("dry run: {count} secret(s), nothing changed");
     }
