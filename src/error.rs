@@ -206,6 +206,14 @@ pub enum Error {
 }
 
 impl Error {
+    /// No secret of any status is called `name` (or has the id `id:<uuid>`).
+    pub(crate) fn no_such_secret(name: &str) -> Error {
+        Error::SecretNotFound {
+            name: name.to_owned(),
+            hint: "; `sledger secret list` shows the secrets there are".into(),
+        }
+    }
+
     /// The broad class of this error (what the binary turns into an exit code).
     pub fn class(&self) -> ErrorClass {
         use Error::*;

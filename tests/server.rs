@@ -930,8 +930,8 @@ async fn the_log_hides_other_owners_private_secrets() {
     assert!(own["error"]["code"] == "forbidden", "{own}");
 }
 
-/// `id:` references: a refusal names the reference, never the name behind it, and a deleted
-/// secret's history and undelete work by id.
+/// `id:` references: a refusal names the reference, never the name behind it, and looks like
+/// an unknown id; a deleted secret's history and undelete work by id.
 #[tokio::test(flavor = "multi_thread")]
 async fn id_references_reveal_no_names_and_reach_deleted_secrets() {
     let env = Env::empty();
@@ -948,9 +948,26 @@ async fn id_references_reveal_no_names_and_reach_deleted_secrets() {
     let id = created["id"].as_str().unwrap().to_owned();
     let team = issue(&server, &admin, "team", "reader", &["team/*"], None).await;
     let (status, body) = call(&server, &team, Method::GET, &format!("/v1/secrets/id:{id}"), None).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(!body.to_string().contains("hidden-name"), "{body}");
+    // Answered as an id no secret has, so a token cannot find out which ids exist.
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let (unknown_status, unknown_body) = call(
+        &server,
+        &team,
+        Method::GET,
+        &format!("/v1/secrets/id:{unknown}"),
+        None,
+    )
+    .await;
+    assert_eq!(
+        (unknown_status, unknown_body.to_string().replace(&unknown, "ID")),
+        (status, body.to_string().replace(&id, "ID"))
+    );
     let denials = access_log(&server, &admin).await;
+    assert!(denials
+        .iter()
+        .any(|r| r["principal"] == "token:team" && r["outcome"] == "denied"));
     assert!(!denials
         .iter()
         .any(|r| r["principal"] == "token:team" && r.to_string().contains("hidden-name")));

@@ -101,7 +101,7 @@ pub(super) fn resolve(store: &dyn Store, actor: &str, name: &str, want: Want) ->
         }
         (_, Some(Status::Purged)) => "; it was purged and cannot come back".to_owned(),
         (Want::Deleted, Some(Status::Live)) => "; it is not deleted".to_owned(),
-        _ => "; `sledger secret list` shows the secrets there are".to_owned(),
+        _ => return Err(Error::no_such_secret(name)),
     };
     Err(Error::SecretNotFound {
         name: name.to_owned(),

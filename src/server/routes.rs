@@ -535,8 +535,14 @@ async fn allow_secret(state: &AppState, caller: &Caller, operation: &str, name: 
         .await?;
     let action = spec(operation).action.expect("API routes need an action");
     if !caller.token.permits(action, Some(&resolved)) {
-        // Refused under the reference as given: a refusal must not reveal the name behind an id.
-        auth::authorize(&state.handle, caller, operation, action, Some(name)).await?;
+        // Recorded under the reference as given, never the name behind it, and answered as an
+        // id no secret has: a 403 would tell a token which ids exist outside its names.
+        auth::authorize(&state.handle, caller, operation, action, Some(name))
+            .await
+            .map_err(|e| match e {
+                Error::Denied { .. } => Error::no_such_secret(name),
+                other => other,
+            })?;
     }
     Ok(name.to_owned())
 }
