@@ -1078,22 +1078,33 @@ async fn verify_over_http_names_the_sink_that_witnessed_a_longer_log() {
     );
 }
 
-/// The write transactions and requests `/metrics` counts (the server's group commit).
-async fn commit_requests(server: &Server, admin: &str) -> u64 {
+/// A counter `/metrics` shows.
+async fn metric(server: &Server, admin: &str, name: &str) -> u64 {
     let (status, text) = call(server, admin, Method::GET, "/metrics", None).await;
     assert_eq!(status, StatusCode::OK, "{text}");
     let text = text.as_str().unwrap();
     text.lines()
-        .find_map(|line| line.strip_prefix("sledger_commit_requests "))
-        .unwrap_or_else(|| panic!("no sledger_commit_requests in {text}"))
+        .find_map(|line| line.strip_prefix(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("no {name} in {text}"))
         .trim()
         .parse()
         .unwrap()
 }
 
+/// The write requests the server's group commit took.
+async fn commit_requests(server: &Server, admin: &str) -> u64 {
+    metric(server, admin, "sledger_commit_requests").await
+}
+
+/// The appends the append-latency histogram timed.
+async fn timed_appends(server: &Server, admin: &str) -> u64 {
+    metric(server, admin, "sledger_append_duration_seconds_count").await
+}
+
 /// The operations the server runs for a caller append through its group commit, like any
 /// other write, so its counters (and subscribers) see them: `POST /v1/migrate` to a new URL is
 /// two requests (attach, promote), a refused `POST /v1/sinks` one that leaves no file behind.
+/// The append-latency histogram times each append that succeeded.
 #[tokio::test(flavor = "multi_thread")]
 async fn operations_through_the_server_append_through_its_group_commit() {
     let env = Env::empty();
@@ -1104,6 +1115,7 @@ async fn operations_through_the_server_append_through_its_group_commit() {
     assert_eq!(status, StatusCode::CREATED, "{body}");
 
     let before = commit_requests(&server, &admin).await;
+    let timed = timed_appends(&server, &admin).await;
     let taken = json!({"name": "local", "url": format!("sqlite://{}", env.path("fresh.db").display())});
     let (status, body) = call(&server, &admin, Method::POST, "/v1/sinks", Some(taken)).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
@@ -1140,6 +1152,7 @@ async fn operations_through_the_server_append_through_its_group_commit() {
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(body["steps"].as_array().unwrap().len(), 5, "{body}");
     assert_eq!(commit_requests(&server, &admin).await, before + 3);
+    assert_eq!(timed_appends(&server, &admin).await, timed + 2);
     let (_, sinks) = call(&server, &admin, Method::GET, "/v1/sinks", None).await;
     let role = |name: &str| {
         sinks

@@ -591,6 +591,42 @@ fn answer(verb: &str, docs: Vec<Value>) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Reads through one of the handle's read connections and appends through its group commit,
+/// as [`ThroughHandle`] does, timing each append that succeeds in the append histogram as
+/// [`execute_docs`] does: what the server runs for a caller (attaching a sink, a migration, a
+/// forced reconcile) counts there like any write.
+struct Metered<'a> {
+    through: ThroughHandle<'a>,
+    metrics: &'a super::metrics::Metrics,
+}
+
+impl<'a> Metered<'a> {
+    fn new(state: &'a AppState, reader: &'a Ledger) -> Self {
+        Metered {
+            through: ThroughHandle {
+                reader,
+                handle: &state.handle,
+            },
+            metrics: &state.metrics,
+        }
+    }
+}
+
+impl crate::handle::Append for Metered<'_> {
+    async fn append(&mut self, actor: &str, commands: Vec<Command>) -> Result<Vec<Outcome>> {
+        let started = Instant::now();
+        let outcomes = self.through.append(actor, commands).await?;
+        self.metrics.append(started.elapsed().as_secs_f64());
+        Ok(outcomes)
+    }
+}
+
+impl crate::handle::ReadAppend for Metered<'_> {
+    fn reader(&self) -> &Ledger {
+        self.through.reader
+    }
+}
+
 async fn execute_docs(
     state: &AppState,
     caller: &Caller,
@@ -1139,19 +1175,14 @@ async fn add_sink(
 ) -> ApiResult {
     allow(&state, &caller, "sink.add", None).await?;
     state.sink_policy.check(&body.url)?;
-    let (handle, actor) = (state.handle.clone(), caller.principal());
+    let (shared, actor) = (state.clone(), caller.principal());
     let runtime = tokio::runtime::Handle::current();
-    let started = Instant::now();
     // On the blocking pool: making a sqlite sink's file is blocking work.
     let outcomes = state
         .handle
         .read(move |reader| {
-            let mut through = ThroughHandle {
-                reader,
-                handle: &handle,
-            };
             runtime.block_on(orchestrate::add_sink(
-                &mut through,
+                &mut Metered::new(&shared, reader),
                 &actor,
                 &body.name,
                 &body.url,
@@ -1159,7 +1190,6 @@ async fn add_sink(
             ))
         })
         .await?;
-    state.metrics.append(started.elapsed().as_secs_f64());
     Ok(answer(
         "added",
         crate::project::write_docs("added", &outcomes, None),
@@ -1310,17 +1340,14 @@ async fn reconcile(
     JsonBody(body): JsonBody<ReconcileBody>,
 ) -> ApiResult {
     allow(&state, &caller, "reconcile", None).await?;
-    let (handle, actor) = (state.handle.clone(), caller.principal());
+    let (shared, actor) = (state.clone(), caller.principal());
     let runtime = tokio::runtime::Handle::current();
     let events = state
         .handle
         .read(move |reader| {
             let mut events = Vec::new();
             runtime.block_on(orchestrate::reconcile_attached(
-                &mut ThroughHandle {
-                    reader,
-                    handle: &handle,
-                },
+                &mut Metered::new(&shared, reader),
                 &actor,
                 &body.sink,
                 body.force_ledger,
@@ -1421,7 +1448,7 @@ async fn migrate(
     if body.to.to.contains("://") {
         state.sink_policy.check(&body.to.to)?;
     }
-    let (handle, actor) = (state.handle.clone(), caller.principal());
+    let (shared, actor) = (state.clone(), caller.principal());
     let runtime = tokio::runtime::Handle::current();
     let doc = state
         .handle
@@ -1432,10 +1459,7 @@ async fn migrate(
             }
             let mut steps = Vec::new();
             runtime.block_on(orchestrate::migrate(
-                &mut ThroughHandle {
-                    reader,
-                    handle: &handle,
-                },
+                &mut Metered::new(&shared, reader),
                 &actor,
                 &body.to,
                 &|_, _, _| {},
