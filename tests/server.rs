@@ -37,6 +37,35 @@ async fn call(
     (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
 }
 
+/// A `POST /v1/secrets` that announces a 2 MiB body and sends none of it: the server refuses
+/// it on its Content-Length alone. (Sending the body too races the refusal: the server answers
+/// and closes before reading it, so the client's write can fail, or the reset that a close
+/// with unread data sends can drop the answer, before the client reads it.)
+async fn announced_too_large(server: &Server, token: &str) -> (StatusCode, Value) {
+    let address = server.base.trim_start_matches("http://").to_owned();
+    let request = format!(
+        "POST /v1/secrets HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        2 << 20
+    );
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut stream = TcpStream::connect(address).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut answer = Vec::new();
+        stream.read_to_end(&mut answer).unwrap();
+        String::from_utf8(answer).unwrap()
+    })
+    .await
+    .unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (
+        StatusCode::from_u16(status).unwrap_or(StatusCode::IM_A_TEAPOT),
+        serde_json::from_str(body).unwrap_or(Value::String(answer.clone())),
+    )
+}
+
 async fn issue(
     server: &Server,
     admin: &str,
@@ -505,22 +534,11 @@ async fn abuse_body_limit_slow_clients_and_rate_limits() {
     let server = Server::start(&env, &["--header-timeout", "1s", "--rate-limit", "5"]);
     let admin = server.admin.clone().unwrap();
     let other = issue(&server, &admin, "other", "reader", &["*"], None).await;
-    // 2 MiB body: 413, nothing appended. The server answers without reading the rest of the
-    // body and closes the connection, so a client still sending it may see its write fail
-    // (a broken pipe) before it reads the 413.
+    // 2 MiB body: 413, nothing appended.
     tokio::time::sleep(Duration::from_secs(1)).await; // let the admin's bucket refill
     let before = head_seq(&server, &admin).await;
-    let big = "x".repeat(2 << 20);
-    let sent = client()
-        .post(server.url("/v1/secrets"))
-        .bearer_auth(&admin)
-        .json(&json!({"name": "big", "values": {"v": big}}))
-        .send()
-        .await;
-    match sent {
-        Ok(response) => assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE),
-        Err(e) => assert!(format!("{e:?}").contains("BodyWrite"), "{e:?}"),
-    }
+    let (status, answer) = announced_too_large(&server, &admin).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{answer}");
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(head_seq(&server, &admin).await, before);
     // A client that sends its headers one byte at a time is cut off.
@@ -1405,7 +1423,12 @@ async fn errors_before_a_handler_are_json_too() {
     let env = Env::empty();
     let server = Server::start(&env, &[]);
     let admin = server.admin.clone().unwrap();
-    let big = json!({"name": "app/big", "values": {"k": "x".repeat(2 << 20)}});
+    let (status, answer) = announced_too_large(&server, &admin).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (StatusCode::PAYLOAD_TOO_LARGE, Some("too_large")),
+        "{answer}"
+    );
     for (method, path, body, status, code) in [
         (Method::GET, "/v1/nope", None, StatusCode::NOT_FOUND, "not_found"),
         (
@@ -1414,13 +1437,6 @@ async fn errors_before_a_handler_are_json_too() {
             None,
             StatusCode::BAD_REQUEST,
             "invalid",
-        ),
-        (
-            Method::POST,
-            "/v1/secrets",
-            Some(big),
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "too_large",
         ),
         (
             Method::DELETE,
@@ -1436,7 +1452,6 @@ async fn errors_before_a_handler_are_json_too() {
             (status, Some(code)),
             "{path}: {answer}"
         );
-        assert!(!answer.to_string().contains("xxxx"), "{path}");
     }
 }
 
