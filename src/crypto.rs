@@ -73,6 +73,20 @@ pub struct SinkSealKey {
     wrapped: Option<Vec<u8>>,
     /// The ledgers it opens sink files for (see [`SinkSealKey::for_ledgers`]).
     ledgers: Vec<String>,
+    /// The master key as a KMS wraps it, when a KMS holds it (see [`KeyEscrow`]).
+    escrow: Option<KeyEscrow>,
+}
+
+/// The master key as the KMS that holds it wrapped it for one ledger: what a sqlite sink file
+/// keeps beside its seal key, so that a sink whose ledger is lost opens with the KMS alone
+/// (a key file's holder has the key itself). Nothing in it is secret without the KMS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyEscrow {
+    /// The KMS key's URI, as the ledger records it.
+    pub kms: String,
+    pub wrapped_master: Vec<u8>,
+    /// The ledger the wrap is bound to.
+    pub ledger_id: String,
 }
 
 /// The key for audit fingerprints; made once per ledger and wrapped by the master key.
@@ -235,6 +249,7 @@ impl MasterKey {
                 key: DataKey(k),
                 wrapped: Some(wrapped.to_vec()),
                 ledgers: Vec::new(),
+                escrow: None,
             })
     }
 
@@ -428,6 +443,7 @@ impl SinkSealKey {
             key: DataKey::generate(),
             wrapped: None,
             ledgers: Vec::new(),
+            escrow: None,
         }
     }
 
@@ -438,6 +454,7 @@ impl SinkSealKey {
             key: self.key.clone(),
             wrapped: None,
             ledgers: self.ledgers.clone(),
+            escrow: None,
         }
     }
 
@@ -449,6 +466,17 @@ impl SinkSealKey {
             ledgers: ids,
             ..self.clone()
         }
+    }
+
+    /// The same key, with the master key as the KMS holding it wrapped it (none: a key file or
+    /// the environment holds it).
+    pub(crate) fn with_escrow(self, escrow: Option<KeyEscrow>) -> SinkSealKey {
+        SinkSealKey { escrow, ..self }
+    }
+
+    /// The master key as its KMS wrapped it, for a sink file to keep.
+    pub fn escrow(&self) -> Option<&KeyEscrow> {
+        self.escrow.as_ref()
     }
 
     /// The ledgers this key opens sink files for; none when it is not a ledger's own.

@@ -36,12 +36,14 @@ pub const SOURCE_SINK: &str = "recovered-from";
 /// [`SOURCE_SINK`]), with `primary_url` as its primary sink, or, without one, a new sqlite
 /// sink beside the ledger (as `init` makes). A sqlite source opens with `master` alone (it
 /// keeps its seal key wrapped by it), so `master` must be the lost ledger's key there; a cloud
-/// sink's values are readable to its own credentials. Nothing is created when the source
+/// sink's values are readable to its own credentials. With `held_by`, that KMS holds the new
+/// ledger's key (recorded as `key migrate` records it). Nothing is created when the source
 /// cannot be read or holds nothing; what a recovery that fails half-way made is removed.
 /// `progress(done, total)` follows the reads.
 pub async fn recover(
     location: &Location,
     master: MasterKey,
+    held_by: Option<&dyn crate::keys::KeyWrapper>,
     source_url: &str,
     primary_url: Option<&str>,
     actor: &str,
@@ -101,6 +103,9 @@ pub async fn recover(
         }
         let source = redacted(source_url);
         ledger.execute(actor, vec![Command::RecordRecovery { source }])?;
+        if let Some(kms) = held_by {
+            crate::keys::hold_in(&mut ledger, actor, kms)?;
+        }
         let (mut secrets, mut gone) = (0u64, 0u64);
         let total = entries.len() as u64;
         // Reads go as many at once as the backend takes (a cloud sink answers each in a round

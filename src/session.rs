@@ -195,33 +195,46 @@ impl Local {
     }
 
     /// `sledger recover --from URL`: a new ledger here from a sink's current state (see
-    /// [`crate::recover::recover`]). The key is the one given; with none, a cloud source
-    /// (whose values its own credentials open) gets a new key in the key file, removed again
-    /// if the recovery fails, while a sqlite source, sealed under the lost ledger's key, is
-    /// refused. [`Recovery::project`] then catches the new primary up.
+    /// [`crate::recover::recover`]), under the key given. A sqlite source is sealed under the
+    /// lost ledger's key: given a KMS key (`--master-key`) instead, the key the sink keeps as
+    /// that KMS wrapped it opens it, and the KMS holds the new ledger's key too. With no key
+    /// given, a cloud source (whose values its own credentials open) gets a new key in the key
+    /// file, removed again if the recovery fails. [`Recovery::project`] then catches the new
+    /// primary up.
     pub fn recover(
         &self,
         from: &str,
         primary: Option<&str>,
         progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<Recovery> {
-        let sqlite_source = crate::sink::SinkUrl::parse(from)?.sqlite_path().is_some();
-        let (master, new_key_file) = match self.master_key_if_any()? {
-            Some(key) => (key, None),
-            None if !sqlite_source => {
-                let key = MasterKey::generate();
-                key.write_new_file(&self.key_file)?;
-                (key, Some(self.key_file.clone()))
-            }
-            None => {
-                return Err(Error::invalid(
-                    "a sqlite sink opens only with the lost ledger's master key: give it with --key-file PATH or SLEDGER_MASTER_KEY",
-                ))
-            }
-        };
+        let sqlite_source = crate::sink::SinkUrl::parse(from)?
+            .sqlite_path()
+            .map(std::path::Path::to_path_buf);
+        let (master, held_by, new_key_file) =
+            match (self.master_key_if_any()?, &sqlite_source) {
+                (Some(key), _) => (key, None, None),
+                (None, None) => {
+                    let key = MasterKey::generate();
+                    key.write_new_file(&self.key_file)?;
+                    (key, None, Some(self.key_file.clone()))
+                }
+                (None, Some(file)) => {
+                    match crate::sink::SqliteSink::escrowed_master(file, self.kms.as_deref())? {
+                    Some((key, kms)) => (key, Some(kms), None),
+                    None => {
+                        return Err(Error::invalid(
+                            "a sqlite sink opens only with the lost ledger's master key: give it with --key-file PATH or \
+                             SLEDGER_MASTER_KEY (this sink file keeps no key a KMS wrapped, as those of a ledger whose \
+                             key was in a file, and those an older sledger wrote, do not)",
+                        ))
+                    }
+                }
+                }
+            };
         let recovered = self.block_on(crate::recover::recover(
             &self.ledger,
             master,
+            held_by.as_deref(),
             from,
             primary,
             &self.actor,

@@ -331,16 +331,22 @@ pub struct Migrated {
 /// event commit together; a key file is written before that commit (moving out of a KMS) or
 /// removed after it (moving in: `key_file`, if it holds this key), so at every instant the
 /// ledger opens with the old holder or the new one.
+/// Wrap `ledger`'s master key with `kms` and record that the KMS holds it (in the log).
+pub(crate) fn hold_in(ledger: &mut Ledger, actor: &str, kms: &dyn KeyWrapper) -> Result<()> {
+    let master = ledger.master_key()?.clone();
+    let ledger_id = ledger.ledger_id()?;
+    let wrapped = kms.wrap(&master, &ledger_id)?;
+    // A key that may encrypt but not decrypt would lock the ledger: try it first.
+    kms.unwrap(&wrapped, &ledger_id)?;
+    ledger.migrate_key(actor, kms.uri(), Some(&wrapped))
+}
+
 pub fn migrate(ledger: &mut Ledger, actor: &str, to: &str, key_file: &Path) -> Result<Migrated> {
     let master = ledger.master_key()?.clone();
     let in_kms = ledger.key_provider()?.is_some();
     match KeySource::parse(to)? {
         KeySource::Kms(kms) => {
-            let ledger_id = ledger.ledger_id()?;
-            let wrapped = kms.wrap(&master, &ledger_id)?;
-            // A key that may encrypt but not decrypt would lock the ledger: try it first.
-            kms.unwrap(&wrapped, &ledger_id)?;
-            ledger.migrate_key(actor, kms.uri(), Some(&wrapped))?;
+            hold_in(ledger, actor, &*kms)?;
             let holds_this_key = !in_kms
                 && MasterKey::read_file(key_file).is_ok_and(|k| k.key_id() == master.key_id());
             let removed_key_file = holds_this_key

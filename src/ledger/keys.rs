@@ -53,6 +53,11 @@ impl Ledger {
         mac::check_since_trusted(&*tx, &keys.mac)?;
         let mut head = tx.head()?;
         let first_seq = head.seq;
+        // A ledger's first event may be this one (`key migrate` right after `init`): MACs
+        // start with it, as with any first write.
+        if let Some(event) = mac::start_if_needed(&*tx, &keys.master, &keys.fingerprint, &keys.mac, head)? {
+            append_ledger_event(&*tx, keys, &mut head, actor, event, now_ms())?;
+        }
         let event = Event::KeyMigrated {
             provider: provider.to_owned(),
         };

@@ -566,8 +566,21 @@ impl Ledger {
 
     /// The key sealing values in sqlite sinks, for this ledger's files (and, recovered, for the
     /// files of the ledger it was recovered from, whose seal key it adopted).
+    /// A KMS-held master key comes along as the KMS wrapped it, for the sink file to keep.
     fn sink_seal(&self) -> Result<SinkSealKey> {
-        Ok(self.keys()?.sink_seal.for_ledgers(self.sink_file_ledgers()?))
+        let escrow = match self.key_provider()? {
+            Some((kms, wrapped_master)) => Some(crate::crypto::KeyEscrow {
+                kms,
+                wrapped_master,
+                ledger_id: self.ledger_id()?,
+            }),
+            None => None,
+        };
+        Ok(self
+            .keys()?
+            .sink_seal
+            .for_ledgers(self.sink_file_ledgers()?)
+            .with_escrow(escrow))
     }
 
     /// The ledgers whose sqlite sink files this one opens: itself, and the ledger it was

@@ -244,6 +244,13 @@ fn claim(conn: &Connection, path: &Path, key: &SinkSealKey) -> Result<()> {
     Ok(())
 }
 
+/// Where a sink file keeps its ledger's master key as a KMS wrapped it ([`KeyEscrow`]).
+///
+/// [`KeyEscrow`]: crate::crypto::KeyEscrow
+const ESCROW_KMS: &str = "master_key_kms";
+const ESCROW_WRAPPED: &str = "master_key_wrapped";
+const ESCROW_LEDGER: &str = "master_key_ledger_id";
+
 fn unavailable(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::sink("sqlite", format!("{} is unavailable: {e}", path.display()), true)
 }
@@ -325,6 +332,43 @@ impl SqliteSink {
         Ok(Self::kept(path, "ledger_id")?.map(|id| String::from_utf8_lossy(&id).into_owned()))
     }
 
+    /// The master key a sink file keeps as its ledger's KMS wrapped it, unwrapped by `kms`,
+    /// with that KMS; `None` when the file keeps none (its ledger's key was in a file, or an
+    /// older sledger wrote it). The KMS is the caller's to name, never taken from the file:
+    /// whoever could write the file could otherwise send the caller's KMS credentials (a
+    /// Vault token) to a server of theirs. The file's own record of it is only named, when
+    /// `kms` is `None`, in the error that asks for it.
+    pub fn escrowed_master(
+        path: &Path,
+        kms: Option<&str>,
+    ) -> Result<Option<(crate::crypto::MasterKey, Box<dyn crate::keys::KeyWrapper>)>> {
+        let text = |setting: &str| -> Result<Option<String>> {
+            Self::kept(path, setting)?
+                .map(|bytes| {
+                    String::from_utf8(bytes)
+                        .map_err(|_| Error::Corrupt(format!("{}: its {setting} is not text", path.display())))
+                })
+                .transpose()
+        };
+        let (Some(uri), Some(wrapped), Some(ledger_id)) = (
+            text(ESCROW_KMS)?,
+            Self::kept(path, ESCROW_WRAPPED)?,
+            text(ESCROW_LEDGER)?,
+        ) else {
+            return Ok(None);
+        };
+        let Some(kms) = kms else {
+            return Err(Error::KeyUnavailable(format!(
+                "{} keeps its lost ledger's master key as the KMS key {uri:?} wrapped it: once you have \
+                 checked that this is your KMS key, recover with --master-key {uri}",
+                path.display()
+            )));
+        };
+        let kms = crate::keys::kms(kms)?;
+        let master = kms.unwrap(&wrapped, &ledger_id)?;
+        Ok(Some((master, kms)))
+    }
+
     /// The seal key a sink file keeps, unwrapped with `master`: a sink whose ledger is lost
     /// opens with the master key alone.
     pub fn seal_key(path: &Path, master: &crate::crypto::MasterKey) -> Result<SinkSealKey> {
@@ -362,12 +406,30 @@ impl SqliteSink {
         claim(&conn, path, &key)?;
         if let Some(wrapped) = key.wrapped() {
             // Kept current (a key rotation re-wraps it) without a write when it already is.
-            conn.execute(
-                "INSERT INTO sink_meta (key, value) VALUES ('seal_key', ?1)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value != excluded.value",
-                [wrapped],
-            )
-            .map_err(|e| db_error(path, e))?;
+            let keep = |setting: &str, value: &[u8]| {
+                conn.execute(
+                    "INSERT INTO sink_meta (key, value) VALUES (?1, ?2)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value WHERE value != excluded.value",
+                    rusqlite::params![setting, value],
+                )
+                .map_err(|e| db_error(path, e))
+            };
+            keep("seal_key", wrapped)?;
+            match key.escrow() {
+                Some(escrow) => {
+                    keep(ESCROW_KMS, escrow.kms.as_bytes())?;
+                    keep(ESCROW_WRAPPED, &escrow.wrapped_master)?;
+                    keep(ESCROW_LEDGER, escrow.ledger_id.as_bytes())?;
+                }
+                // The ledger's key left its KMS (`key migrate --to file://`).
+                None => {
+                    conn.execute(
+                        "DELETE FROM sink_meta WHERE key IN (?1, ?2, ?3)",
+                        [ESCROW_KMS, ESCROW_WRAPPED, ESCROW_LEDGER],
+                    )
+                    .map_err(|e| db_error(path, e))?;
+                }
+            }
         }
         let (jobs, queue) = mpsc::channel();
         let thread_path = path.to_path_buf();
