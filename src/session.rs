@@ -197,10 +197,10 @@ impl Local {
     /// `sledger recover --from URL`: a new ledger here from a sink's current state (see
     /// [`crate::recover::recover`]), under the key given. A sqlite source is sealed under the
     /// lost ledger's key: given a KMS key (`--master-key`) instead, the key the sink keeps as
-    /// that KMS wrapped it opens it, and the KMS holds the new ledger's key too. With no key
-    /// given, a cloud source (whose values its own credentials open) gets a new key in the key
-    /// file, removed again if the recovery fails. [`Recovery::project`] then catches the new
-    /// primary up.
+    /// that KMS wrapped it opens it, and the KMS holds the new ledger's key too. A cloud
+    /// source's values its own credentials open: with no key given, the new ledger gets a new
+    /// one, held by the KMS key given, or else in the key file (removed again if the recovery
+    /// fails). [`Recovery::project`] then catches the new primary up.
     pub fn recover(
         &self,
         from: &str,
@@ -213,11 +213,14 @@ impl Local {
         let (master, held_by, new_key_file) =
             match (self.master_key_if_any()?, &sqlite_source) {
                 (Some(key), _) => (key, None, None),
-                (None, None) => {
-                    let key = MasterKey::generate();
-                    key.write_new_file(&self.key_file)?;
-                    (key, None, Some(self.key_file.clone()))
-                }
+                (None, None) => match &self.kms {
+                    Some(uri) => (MasterKey::generate(), Some(crate::keys::kms(uri)?), None),
+                    None => {
+                        let key = MasterKey::generate();
+                        key.write_new_file(&self.key_file)?;
+                        (key, None, Some(self.key_file.clone()))
+                    }
+                },
                 (None, Some(file)) => {
                     match crate::sink::SqliteSink::escrowed_master(file, self.kms.as_deref())? {
                     Some((key, kms)) => (key, Some(kms), None),

@@ -313,6 +313,30 @@ fn aws_kms_holds_the_master_key() {
         &refusing,
         &format!("aws-kms://us-east-1/{key}?endpoint=http://127.0.0.1:1"),
     );
+
+    // A ledger recovered from a cloud sink (whose values its own credentials open) gets a new
+    // master key, held by the KMS key given: no key file is ever written.
+    let env = Env::empty();
+    let vars = &moto::AWS_ENV;
+    let cloud = moto::url(&server, "&prefix=kms-recovery/");
+    ok_with(&env, vars, &["init"]);
+    ok_with(&env, vars, &["sink", "add", "cloud", &cloud, "--role", "backup"]);
+    ok_with(
+        &env,
+        vars,
+        &["secret", "create", "db", "--value", "password=in-the-cloud"],
+    );
+    ok_with(&env, vars, &["project"]);
+    let recovered = env.path("recovered.db");
+    let at_recovered = ["--ledger", recovered.to_str().unwrap(), "--master-key", &uri];
+    let mut recover = at_recovered.to_vec();
+    recover.extend(["recover", "--from", &cloud]);
+    ok_with(&env, vars, &recover);
+    assert!(!env.path("recovered.key").exists());
+    assert_eq!(
+        get(&env, vars, &at_recovered[..2])["values"]["password"],
+        "in-the-cloud"
+    );
 }
 
 /// SIGKILL at random moments of `key migrate`, ten times, back and forth between a key file

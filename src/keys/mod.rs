@@ -326,11 +326,6 @@ pub struct Migrated {
     pub removed_key_file: Option<PathBuf>,
 }
 
-/// `sledger key migrate --to URI`: move the (unchanged) master key of an unlocked `ledger` into
-/// a KMS, or out of one into a new key file. Crash-safe: the wrapped key and its `key.migrated`
-/// event commit together; a key file is written before that commit (moving out of a KMS) or
-/// removed after it (moving in: `key_file`, if it holds this key), so at every instant the
-/// ledger opens with the old holder or the new one.
 /// Wrap `ledger`'s master key with `kms` and record that the KMS holds it (in the log).
 pub(crate) fn hold_in(ledger: &mut Ledger, actor: &str, kms: &dyn KeyWrapper) -> Result<()> {
     let master = ledger.master_key()?.clone();
@@ -341,6 +336,11 @@ pub(crate) fn hold_in(ledger: &mut Ledger, actor: &str, kms: &dyn KeyWrapper) ->
     ledger.migrate_key(actor, kms.uri(), Some(&wrapped))
 }
 
+/// `sledger key migrate --to URI`: move the (unchanged) master key of an unlocked `ledger` into
+/// a KMS, or out of one into a new key file. Crash-safe: the wrapped key and its `key.migrated`
+/// event commit together; a key file is written before that commit (moving out of a KMS) or
+/// removed after it (moving in: `key_file`, if it holds this key), so at every instant the
+/// ledger opens with the old holder or the new one.
 pub fn migrate(ledger: &mut Ledger, actor: &str, to: &str, key_file: &Path) -> Result<Migrated> {
     let master = ledger.master_key()?.clone();
     let in_kms = ledger.key_provider()?.is_some();

@@ -565,8 +565,8 @@ impl Ledger {
     }
 
     /// The key sealing values in sqlite sinks, for this ledger's files (and, recovered, for the
-    /// files of the ledger it was recovered from, whose seal key it adopted).
-    /// A KMS-held master key comes along as the KMS wrapped it, for the sink file to keep.
+    /// files of the ledger it was recovered from, whose seal key it adopted), with the master
+    /// key as its KMS wrapped it, when a KMS holds it, for the files to keep.
     fn sink_seal(&self) -> Result<SinkSealKey> {
         let escrow = match self.key_provider()? {
             Some((kms, wrapped_master)) => Some(crate::crypto::KeyEscrow {
