@@ -632,3 +632,25 @@ fn a_dry_run_and_an_update_check_their_input_as_the_real_thing() {
     assert!(err.contains("removed twice"), "{err}");
     assert_eq!(env.ok(&["secret", "get", "s", "--key", "a"]), "1\n");
 }
+
+/// `migrate --format json` speaks JSON for scripts: the plan of a dry run as one document,
+/// and each of the five steps as a JSON line.
+#[test]
+fn migrate_in_json_is_json() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "db", "--value", "pw=1"]);
+    let url = format!("sqlite://{}", env.path("next.db").display());
+    let plan = env.json(&["migrate", "--to", &url, "--name", "next", "--dry-run"]);
+    assert_eq!(
+        (&plan["plan"], &plan["name"]),
+        (&"attach".into(), &"next".into()),
+        "{plan}"
+    );
+    let steps = env.json_lines(&["migrate", "--to", &url, "--name", "next"]);
+    assert_eq!(steps.len(), 5, "{steps:?}");
+    assert_eq!(
+        (&steps[0]["step"], &steps[4]["step"]),
+        (&"attached".into(), &"done".into()),
+        "{steps:?}"
+    );
+}

@@ -321,11 +321,19 @@ pub fn migrate(ctx: &Context, args: MigrateArgs) -> Result<()> {
         refuse_memory(&SinkUrl::parse(&args.to)?)?;
     }
     if args.dry_run {
-        print_plan(ctx.session.plan_migration(&to)?);
+        let plan = ctx.session.plan_migration(&to)?;
+        match ctx.json() {
+            true => output::json_line(&plan),
+            false => print_plan(plan),
+        }
         return Ok(());
     }
     let bars = Bars::new(ctx);
-    ctx.session.migrate(&to, &bars.progress(), &mut print_step)?;
+    ctx.session
+        .migrate(&to, &bars.progress(), &mut |step| match ctx.json() {
+            true => output::json_line(&step),
+            false => print_step(step),
+        })?;
     Ok(())
 }
 
