@@ -369,6 +369,14 @@ impl Session {
         }
     }
 
+    /// How long a write waits for the primary sink to apply it.
+    pub fn wait(&self) -> Duration {
+        match self {
+            Session::Local(local) => local.wait,
+            Session::Remote { wait, .. } => *wait,
+        }
+    }
+
     pub fn is_remote(&self) -> bool {
         matches!(self, Session::Remote { .. })
     }

@@ -21,7 +21,6 @@ pub struct Context {
     /// Who acts (locally; through a server, the token says), and whom `log --actor` shows.
     pub actor: String,
     pub format: Format,
-    pub wait: std::time::Duration,
 }
 
 /// Resolves when the process is asked to stop: Ctrl-C or SIGTERM.
@@ -91,7 +90,6 @@ impl Context {
                 },
                 actor,
                 format: global.format,
-                wait: global.wait,
             });
         }
         let ledger = match &global.ledger {
@@ -128,7 +126,6 @@ impl Context {
             session: Session::Local(local),
             actor,
             format: global.format,
-            wait: global.wait,
         })
     }
 

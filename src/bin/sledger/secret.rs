@@ -152,7 +152,7 @@ pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) -> Result<()> {
         .and_then(|d| serde_json::from_value(d["primary"].clone()).ok());
     // Notes only when the write waited (`--wait 0` asked not to) and its own event is not
     // applied; other writers' later events are not this write's business.
-    let notes = !ctx.json() && !ctx.wait.is_zero();
+    let notes = !ctx.json() && !ctx.session.wait().is_zero();
     if let Some(p) = primary.as_ref().filter(|p| !p.applied && notes) {
         eprintln!(
             "note: the write is durable in the ledger, but primary sink {:?} is behind by {} event{}{}; \
