@@ -247,7 +247,7 @@ impl Client {
             .find(|p| *p == "." || *p == "..")
         {
             return Err(Error::invalid(format!(
-                "a name with a {bad:?} path segment cannot be sent to a server (a URL would drop it); rename the secret locally"
+                "a name with a {bad:?} path segment cannot be sent to a server (a URL would drop it); name the secret as id:UUID (`sledger secret list --format json` shows it), or rename it"
             )));
         }
         let response = self.send(method, self.url(segments), query, body)?;

@@ -78,6 +78,9 @@ pub enum Error {
     #[error("token {name:?} is revoked already; nothing to do")]
     TokenRevokedAlready { name: String },
 
+    #[error("secret {name:?} is live, not deleted; nothing to undelete")]
+    NotDeleted { name: String },
+
     #[error("secret {name:?} was purged: its values were crypto-shredded and can never be read again")]
     Purged { name: String },
 
@@ -242,6 +245,7 @@ impl Error {
             | SinkExists { .. }
             | TokenExists { .. }
             | TokenRevokedAlready { .. }
+            | NotDeleted { .. }
             | WouldOverwrite { .. } => ErrorClass::AlreadyExists,
             ChainBroken { .. } | AnchorMismatch { .. } | SinkAhead { .. } | Corrupt(_) => {
                 ErrorClass::Integrity

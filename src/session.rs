@@ -419,12 +419,16 @@ impl Session {
     ) -> Result<Option<String>> {
         match self {
             Session::Remote { client, .. } => {
+                // A server pages at most MAX_LIST_PAGE at a time; a larger limit takes several.
                 let mut query = query.clone();
+                let mut wanted = limit;
                 loop {
-                    let (docs, next) = client.list(&query, limit)?;
+                    let page = wanted.map(|w| w.min(crate::server::routes::MAX_LIST_PAGE));
+                    let (docs, next) = client.list(&query, page)?;
                     docs.iter().for_each(&mut *each);
+                    wanted = wanted.map(|w| w.saturating_sub(docs.len()));
                     match next {
-                        Some(after) if limit.is_none() => query.after = Some(after),
+                        Some(after) if wanted != Some(0) => query.after = Some(after),
                         next => return Ok(next),
                     }
                 }
@@ -760,8 +764,7 @@ impl Session {
                 let commands = plan.commands_to_run(dry_run)?;
                 if !commands.is_empty() {
                     let outcomes = ledger.execute(&local.actor, commands)?;
-                    let verb = format!("restored to seq {seq}:");
-                    summary["outcomes"] = json!(local.written(&verb, &ledger, &outcomes)?);
+                    summary["outcomes"] = json!(local.written("restored", &ledger, &outcomes)?);
                 }
                 Ok(summary)
             }

@@ -30,6 +30,14 @@ pub fn secret_name(name: &str) -> Result<()> {
     {
         return err(format!("{c:?} is not allowed; use only {NAME_CHARS}"));
     }
+    // A URL path drops `.` and `..` segments, so such a name could be written but never
+    // addressed through `sledger serve`.
+    if let Some(segment) = name.split('/').find(|s| *s == "." || *s == "..") {
+        return err(format!(
+            "a {segment:?} path segment cannot be addressed through a server URL; \
+             use a segment with other characters as well"
+        ));
+    }
     Ok(())
 }
 
@@ -167,6 +175,11 @@ mod tests {
         assert!(secret_name(&"a".repeat(255)).is_ok());
         assert!(secret_name("has space").is_err());
         assert!(secret_name("ünïcode").is_err());
+        assert!(secret_name("/prod/db").is_ok());
+        assert!(secret_name("a..b/.c/d.").is_ok());
+        for dotted in [".", "..", "a/..", "../a", "a/./b"] {
+            assert!(secret_name(dotted).is_err(), "{dotted}");
+        }
     }
 
     #[test]

@@ -403,6 +403,9 @@ fn invalid_input_is_rejected_with_clear_errors_and_nothing_appended() {
     assert!(err.contains("already exists"), "{err}");
     env.ok(&["secret", "create", "y", "--value", "k=v"]);
     env.fails(&["secret", "rename", "y", "x"], EXISTS);
+    let err = env.fails(&["secret", "undelete", "y"], EXISTS);
+    assert!(err.contains("is live, not deleted"), "{err}");
+    env.fails(&["secret", "create", "a/../b", "--value", "k=v"], USAGE);
     env.fails(&["secret", "update", "x", "--remove-key", "k"], USAGE);
     env.fails(&["secret", "update", "x", "--remove-key", "nope"], USAGE);
     env.fails(&["secret", "update", "x", "--value", &big], USAGE);

@@ -123,6 +123,7 @@ fn remote_outputs_and_exit_codes_match_the_local_ones() {
         (vec!["secret", "create", "bad name!", "--value", "k=v"], 2),
         (vec!["log", "--type", "secret.exploded"], 2),
         (vec!["sink", "promote", "nosuch"], 3),
+        (vec!["secret", "undelete", "app/db"], 4),
         // A point before the first secret would delete them all: refused, not run.
         (vec!["restore", "--seq", "0"], 2),
     ] {
@@ -187,6 +188,29 @@ fn remote_outputs_and_exit_codes_match_the_local_ones() {
         .any(|r| r["principal"] == "token:ro" && r["outcome"] == "denied"));
     assert!(access.iter().any(|r| r["outcome"] == "unauthenticated"));
     assert_eq!(access, local.json_lines(&["log", "--access"]));
+    let seqs = |rows: Vec<Value>| {
+        rows.iter()
+            .map(|r| r["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    let all = seqs(access.clone());
+    assert!(all.len() >= 3, "{access:?}");
+    for (args, want) in [
+        (vec!["--tail", "2"], all[all.len() - 2..].to_vec()),
+        (
+            vec!["--after-seq", &all[0].to_string(), "--limit", "1"],
+            vec![all[1]],
+        ),
+        (
+            vec!["--after-seq", &all[0].to_string(), "--tail", "1"],
+            vec![all[all.len() - 1]],
+        ),
+    ] {
+        let mut full = vec!["log", "--access"];
+        full.extend(&args);
+        assert_eq!(seqs(env.json_lines(&full)), want, "{args:?}");
+        assert_eq!(seqs(local.json_lines(&full)), want, "{args:?}");
+    }
     // A migration through the server: the backup becomes the primary, with no downtime.
     let steps = env.ok(&["migrate", "--to", "bk"]);
     assert!(
@@ -207,6 +231,29 @@ fn remote_outputs_and_exit_codes_match_the_local_ones() {
     let refused = env.fails(&["import", "--file", "x.jsonl"], 2);
     assert!(refused.contains("not available through --server"), "{refused}");
     assert!(server.stop().success());
+}
+
+/// A server answers at most 1 000 secrets a request; `list --limit` past that is still the
+/// page asked for, as it is locally.
+#[test]
+fn a_list_limit_past_one_server_page_is_one_listing() {
+    let (env, _server) = remote();
+    let local = local_view(&env);
+    let file = env.path("many.jsonl");
+    let records: String = (0..1_005)
+        .map(|i| format!("{{\"name\":\"s{i:04}\",\"values\":{{\"k\":\"v\"}}}}\n"))
+        .collect();
+    std::fs::write(&file, records).unwrap();
+    local.ok(&["import", "--file", file.to_str().unwrap()]);
+    for limit in ["1002", "1005", "2000"] {
+        let args = ["--format", "json", "secret", "list", "--limit", limit];
+        let listed = env.json(&args[2..]);
+        let listed = listed.as_array().unwrap();
+        let wanted = limit.parse::<usize>().unwrap().min(1_005);
+        assert_eq!(listed.len(), wanted, "--limit {limit}");
+        assert_eq!(listed.last().unwrap()["name"], format!("s{:04}", wanted - 1));
+        assert_eq!(env.ok(&args), local.ok(&args), "--limit {limit}");
+    }
 }
 
 #[test]

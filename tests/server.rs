@@ -1508,6 +1508,20 @@ async fn filters_and_token_requests_take_what_they_say() {
     let (status, answer) = call(&server, &writer, Method::POST, "/v1/rename/app/db", Some(rename)).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
     assert_eq!(answer["error"]["code"], "invalid", "{answer}");
+    // A URL path drops `.` and `..` segments: such a name could be created but never read
+    // back through the server, so it is refused.
+    for name in ["app/../db", "app/.", "app/./db"] {
+        let create = json!({"name": name, "values": {"pw": "one"}});
+        let (status, answer) = call(&server, &writer, Method::POST, "/v1/secrets", Some(create)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("path segment"),
+            "{answer}"
+        );
+    }
 }
 
 /// Connections are bounded before any request: one that sends nothing is closed after the

@@ -100,7 +100,11 @@ pub(super) fn resolve(store: &dyn Store, actor: &str, name: &str, want: Want) ->
             format!("; it was deleted, and `sledger secret undelete {name}` brings it back")
         }
         (_, Some(Status::Purged)) => "; it was purged and cannot come back".to_owned(),
-        (Want::Deleted, Some(Status::Live)) => "; it is not deleted".to_owned(),
+        (Want::Deleted, Some(Status::Live)) => {
+            return Err(Error::NotDeleted {
+                name: name.to_owned(),
+            });
+        }
         _ => return Err(Error::no_such_secret(name)),
     };
     Err(Error::SecretNotFound {

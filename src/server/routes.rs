@@ -1512,11 +1512,10 @@ async fn restore(
     if commands.is_empty() {
         return Ok(Json(summary).into_response());
     }
-    let verb = format!("restored to seq {}:", plan.target_seq);
     let wait = WaitQuery {
         wait_ms: body.wait_ms,
     };
-    summary["outcomes"] = json!(execute_docs(&state, &caller, &verb, commands, wait).await?);
+    summary["outcomes"] = json!(execute_docs(&state, &caller, "restored", commands, wait).await?);
     Ok(Json(summary).into_response())
 }
 

@@ -137,10 +137,11 @@ pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
     if args.access {
         let filter = AccessFilter {
             principal: actor_filter.then(|| ctx.actor.clone()),
+            after_seq: args.after_seq,
             limit: args.limit,
             ..Default::default()
         };
-        return access(ctx, filter, args.follow);
+        return access(ctx, filter, args.tail, args.follow);
     }
     let filter = LogFilter {
         secret: args.secret.clone(),
@@ -176,7 +177,7 @@ pub fn run(ctx: &Context, args: LogArgs, actor_filter: bool) -> Result<()> {
 }
 
 /// `log --access`: value reads, denied requests and failed authentications.
-fn access(ctx: &Context, filter: AccessFilter, follow: bool) -> Result<()> {
+fn access(ctx: &Context, filter: AccessFilter, tail: Option<usize>, follow: bool) -> Result<()> {
     let fetch = |after: Option<u64>, limit: Option<usize>| -> Result<Vec<Value>> {
         let filter = AccessFilter {
             after_seq: after,
@@ -185,7 +186,17 @@ fn access(ctx: &Context, filter: AccessFilter, follow: bool) -> Result<()> {
         };
         Ok(ctx.session.access_log(&filter)?)
     };
-    let shown = fetch(None, filter.limit)?;
+    // Without --after-seq a limit is already the last N; after a seq it is the first N, so a
+    // tail there keeps the end of what follows the seq.
+    let shown = match (tail, filter.after_seq) {
+        (Some(n), None) => fetch(None, Some(n))?,
+        (Some(n), Some(after)) => {
+            let mut rows = fetch(Some(after), None)?;
+            rows.drain(..rows.len().saturating_sub(n));
+            rows
+        }
+        (None, after) => fetch(after, filter.limit)?,
+    };
     if !follow {
         table(ctx, &ACCESS_HEADER, access_row, &shown);
         return Ok(());

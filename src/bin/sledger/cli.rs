@@ -630,8 +630,9 @@ pub struct LogArgs {
     /// Keep printing new events as they are appended (stop with Ctrl-C)
     #[arg(long)]
     pub follow: bool,
-    /// The access log instead: value reads, denied requests and failed authentications
-    #[arg(long, conflicts_with_all = ["secret", "event_type", "since", "until", "after_seq", "tail"])]
+    /// The access log instead: value reads, denied requests and failed authentications (with
+    /// --after-seq, --limit, --tail and --follow as for events)
+    #[arg(long, conflicts_with_all = ["secret", "event_type", "since", "until"])]
     pub access: bool,
 }
 

@@ -138,6 +138,16 @@ impl Context {
         self.format == Format::Json
     }
 
+    /// What brings a lagging sink up to date: here `sledger project`; a server's own
+    /// projectors catch up by themselves (and it refuses `project`).
+    pub fn catch_up_hint(&self) -> &'static str {
+        if self.session.is_remote() {
+            "the server's projector catches it up (`sledger sink status` shows how far)"
+        } else {
+            "`sledger project` catches it up"
+        }
+    }
+
     /// Take SLEDGER_MASTER_KEY out of the process environment, so that no child process of
     /// any kind (plug-ins, credential helpers) inherits it. Called first thing in `main`, while
     /// the process has one thread.

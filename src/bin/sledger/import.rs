@@ -82,7 +82,10 @@ pub fn run(ctx: &Context, args: ImportArgs) -> Result<()> {
             output::count(unchanged, "secret")
         );
         if lag > 0 {
-            eprintln!("note: the primary sink is {lag} events behind; `sledger project` catches it up");
+            eprintln!(
+                "note: the primary sink is {lag} events behind; {}",
+                ctx.catch_up_hint()
+            );
         }
     }
     Ok(())

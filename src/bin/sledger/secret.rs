@@ -155,12 +155,12 @@ pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) -> Result<()> {
     let notes = !ctx.json() && !ctx.session.wait().is_zero();
     if let Some(p) = primary.as_ref().filter(|p| !p.applied && notes) {
         eprintln!(
-            "note: the write is durable in the ledger, but primary sink {:?} is behind by {} event{}{}; \
-             `sledger project` catches it up",
+            "note: the write is durable in the ledger, but primary sink {:?} is behind by {} event{}{}; {}",
             p.name,
             p.lag,
             if p.lag == 1 { "" } else { "s" },
-            p.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default()
+            p.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default(),
+            ctx.catch_up_hint()
         );
     }
     if let Some((p, error)) = primary
@@ -358,7 +358,7 @@ fn get(
             );
         } else {
             outln!("{value}");
-            note_source(&doc);
+            note_source(ctx, &doc);
         }
         return Ok(());
     }
@@ -392,7 +392,7 @@ fn get(
         t.add_row(vec![k.as_str(), v.as_str().unwrap_or_default()]);
     }
     outln!("{t}");
-    note_source(&doc);
+    note_source(ctx, &doc);
     Ok(())
 }
 
@@ -409,7 +409,7 @@ fn source_text(source: &Value) -> String {
 }
 
 /// Say on stderr when a read did not come from the first choice (stdout stays just the value).
-fn note_source(doc: &Value) {
+fn note_source(ctx: &Context, doc: &Value) {
     for skipped in doc["skipped"].as_array().into_iter().flatten() {
         eprintln!(
             "note: sink {:?} could not serve this read: {}",
@@ -419,8 +419,9 @@ fn note_source(doc: &Value) {
     }
     if doc["lagging"] == true {
         eprintln!(
-            "note: {} holds an older version than the ledger; `sledger project` catches it up",
-            source_text(&doc["source"])
+            "note: {} holds an older version than the ledger; {}",
+            source_text(&doc["source"]),
+            ctx.catch_up_hint()
         );
     }
 }
