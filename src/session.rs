@@ -705,7 +705,7 @@ impl Session {
     }
 
     /// Bring every backup sink up to the ledger; with `delete_secrets`, then empty the
-    /// primary: the sink emptied and how many it lost.
+    /// primary: the sink emptied and how many it lost (in a dry run, would lose).
     pub fn backup(
         &self,
         dry_run: bool,
@@ -720,12 +720,11 @@ impl Session {
                     json!({"dry_run": dry_run, "delete_secrets": delete_secrets}),
                 )?;
                 Self::events(&answer, report);
-                Ok(answer["emptied"]["sink"].as_str().map(|sink| {
-                    (
-                        sink.to_owned(),
-                        answer["emptied"]["deleted"].as_u64().unwrap_or(0),
-                    )
-                }))
+                let emptied = &answer["emptied"];
+                let count = if dry_run { "would_delete" } else { "deleted" };
+                Ok(emptied["sink"]
+                    .as_str()
+                    .map(|sink| (sink.to_owned(), emptied[count].as_u64().unwrap_or(0))))
             }
             Session::Local(local) => {
                 let ledger = local.open_to_write()?;

@@ -92,6 +92,7 @@ fn remote_outputs_and_exit_codes_match_the_local_ones() {
         vec!["sink", "status"],
         vec!["restore", "--dry-run", "--seq", "4"],
         vec!["backup", "--dry-run"],
+        vec!["backup", "--dry-run", "--delete-secrets"],
         vec!["reconcile", "bk"],
         vec!["migrate", "--to", "bk", "--dry-run"],
     ] {

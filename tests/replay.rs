@@ -313,6 +313,18 @@ fn backup_with_delete_secrets_then_restore() {
         env.ok(&["secret", "create", &format!("s{i}"), "--value", "k=v"]);
     }
     env.fails(&["diff", "bk"], OUT_OF_SYNC);
+    // A dry run says what would leave the primary, and changes nothing.
+    let planned = env.json_lines(&["backup", "--dry-run", "--delete-secrets"]);
+    let emptied = planned.iter().find(|d| d.get("would_delete").is_some());
+    assert_eq!(
+        emptied,
+        Some(&json!({"sink": "local", "would_delete": 5})),
+        "{planned:?}"
+    );
+    let said = env.ok(&["backup", "--dry-run", "--delete-secrets"]);
+    assert!(said.contains("local: would delete 5 secret(s)"), "{said}");
+    env.fails(&["diff", "bk"], OUT_OF_SYNC);
+    env.ok(&["diff", "local"]);
     env.ok(&["backup", "--delete-secrets"]);
     env.ok(&["diff", "bk"]);
     env.fails(&["diff", "local"], OUT_OF_SYNC);

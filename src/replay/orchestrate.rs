@@ -396,7 +396,24 @@ async fn empty_sink(
     through: u64,
     verified_elsewhere: &dyn Fn(SecretId) -> bool,
 ) -> Result<u64> {
-    let doomed: Vec<Difference> = sink
+    let doomed = doomed_in(sink, through, verified_elsewhere).await?;
+    // Against an empty target every difference is a purge at the seq the object holds.
+    let nothing = Desired {
+        seq: through,
+        head: through,
+        objects: Default::default(),
+        purged_since: Vec::new(),
+    };
+    Ok(apply(&nothing, sink, &doomed, false, &|_, _| {}).await?.deleted)
+}
+
+/// The objects [`empty_sink`] would delete.
+async fn doomed_in(
+    sink: &dyn Sink,
+    through: u64,
+    verified_elsewhere: &dyn Fn(SecretId) -> bool,
+) -> Result<Vec<Difference>> {
+    Ok(sink
         .list()
         .await?
         .into_iter()
@@ -408,15 +425,7 @@ async fn empty_sink(
             sink_seq: Some(e.seq),
             target_seq: None,
         })
-        .collect();
-    // Against an empty target every difference is a purge at the seq the object holds.
-    let nothing = Desired {
-        seq: through,
-        head: through,
-        objects: Default::default(),
-        purged_since: Vec::new(),
-    };
-    Ok(apply(&nothing, sink, &doomed, false, &|_, _| {}).await?.deleted)
+        .collect())
 }
 
 async fn held_ids(sink: &dyn Sink) -> Result<HashSet<SecretId>> {
@@ -428,7 +437,8 @@ async fn held_ids(sink: &dyn Sink) -> Result<HashSet<SecretId>> {
 pub struct BackupReport {
     /// Each backup sink and what its resync found and did.
     pub backups: Vec<(String, Reconciled)>,
-    /// With `delete_secrets`: the primary, and how many secrets left it.
+    /// With `delete_secrets`: the primary, and how many secrets left it (in a dry run, how
+    /// many would: those it holds that every backup would hold once resynced).
     pub emptied: Option<(String, u64)>,
 }
 
@@ -471,8 +481,19 @@ pub async fn backup(
             report,
         )
         .await?;
-        if delete_secrets && !dry_run {
-            let held = held_ids(&*sink).await?;
+        if delete_secrets {
+            // A dry run changed nothing, so it counts on the resync having worked: the backup
+            // would then hold every live secret.
+            let held = if dry_run {
+                desired
+                    .objects
+                    .iter()
+                    .filter(|(_, op)| matches!(op, project::Op::Put(_)))
+                    .map(|(id, _)| *id)
+                    .collect()
+            } else {
+                held_ids(&*sink).await?
+            };
             everywhere = Some(match everywhere {
                 None => held,
                 Some(before) => before.intersection(&held).copied().collect(),
@@ -483,8 +504,13 @@ pub async fn backup(
     if let Some(everywhere) = everywhere {
         let primary = project::primary(ledger)?.ok_or_else(no_primary)?;
         let (_, sink) = ledger.open_sink(&primary)?;
-        let _projectors_wait = lock_sink_writes(ledger, &primary, &ProjectOptions::default()).await?;
-        let removed = empty_sink(&*sink, desired.seq, &|id| everywhere.contains(&id)).await?;
+        let verified = |id| everywhere.contains(&id);
+        let removed = if dry_run {
+            doomed_in(&*sink, desired.seq, &verified).await?.len() as u64
+        } else {
+            let _projectors_wait = lock_sink_writes(ledger, &primary, &ProjectOptions::default()).await?;
+            empty_sink(&*sink, desired.seq, &verified).await?
+        };
         done_all.emptied = Some((primary, removed));
     }
     Ok(done_all)

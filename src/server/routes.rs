@@ -1419,9 +1419,10 @@ async fn backup(
                 &mut |e| events.push(e.to_json()),
             ))?;
             hide_others_private_names_in_resyncs(l, &viewer, &mut events)?;
+            let key = if body.dry_run { "would_delete" } else { "deleted" };
             let emptied = report
                 .emptied
-                .map(|(sink, deleted)| json!({"sink": sink, "deleted": deleted}));
+                .map(|(sink, deleted)| json!({"sink": sink, key: deleted}));
             Ok(json!({"events": events, "emptied": emptied}))
         })
         .await?;

@@ -229,12 +229,18 @@ pub fn backup(ctx: &Context, args: BackupArgs) -> Result<()> {
         &mut bars.show(ctx),
     )?;
     drop(bars);
-    if let Some((primary, removed)) = emptied {
-        if ctx.json() {
-            output::json_line(&json!({"sink": primary, "deleted": removed}));
-        } else {
+    match emptied {
+        Some((primary, removed)) if ctx.json() => {
+            let key = if args.dry_run { "would_delete" } else { "deleted" };
+            output::json_line(&json!({"sink": primary, key: removed}));
+        }
+        Some((primary, removed)) if args.dry_run => {
+            outln!("{primary}: would delete {removed} secret(s) once the backups hold them (a dry run: nothing deleted)");
+        }
+        Some((primary, removed)) => {
             outln!("{primary}: {removed} secret(s) deleted; reads fall back to the backup, `sledger restore` puts them back");
         }
+        None => {}
     }
     Ok(())
 }
