@@ -95,16 +95,30 @@ fn a_hanging_sink_delays_only_itself_and_sigterm_stops_follow_within_two_seconds
 fn a_sink_added_again_elsewhere_is_projected_there() {
     let env = Env::new();
     env.ok(&["sink", "add", "bk", &env.sqlite_url("first.db")]);
-    let mut follow = env.spawn(&[], &["project", "--follow"]);
+    let said = env.path("follow.log");
+    let mut follow = std::process::Command::new(assert_cmd::cargo::cargo_bin("sledger"))
+        .env("SLEDGER_LEDGER", &env.ledger)
+        .env_remove("SLEDGER_MASTER_KEY")
+        .env_remove("SLEDGER_KEY_FILE")
+        .env_remove("SLEDGER_LOG")
+        .args(["project", "--follow"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&said).unwrap())
+        .spawn()
+        .unwrap();
     env.ok(&["secret", "create", "s1", "--value", "k=v"]);
     wait_for("the first backup", || lag(&env, "bk") == 0);
     env.ok(&["sink", "remove", "bk"]);
+    // The removed sink's projector leaves quietly: no "does not exist" failures and retries.
+    std::thread::sleep(Duration::from_secs(2));
     env.ok(&["sink", "add", "bk", &env.sqlite_url("second.db")]);
     env.ok(&["secret", "create", "s2", "--value", "k=v"]);
     wait_for("the second backup", || lag(&env, "bk") == 0);
     assert!(env.differences("bk").is_empty(), "second.db holds every secret");
     unsafe { libc::kill(follow.id() as i32, libc::SIGTERM) };
     assert!(follow.wait().unwrap().success());
+    let said = std::fs::read_to_string(&said).unwrap();
+    assert!(!said.contains("does not exist"), "{said}");
 }
 
 /// `sledger key rotate` beside a running `project --follow`: the projectors find the key

@@ -376,6 +376,9 @@ impl Projector {
                         }
                         None
                     }
+                    // Removed: the service retires this projector at its next look, and a
+                    // sink added again under the name gets a new one.
+                    Err(crate::Error::SinkNotFound { .. }) => return,
                     Err(error) => {
                         failures = (failures + 1).min(8);
                         report(ProjectorEvent::Failed {
