@@ -228,6 +228,14 @@ fn remote_outputs_and_exit_codes_match_the_local_ones() {
         "{sinks}"
     );
     assert_eq!(env.ok(&["secret", "get", "app/db", "--key", "pw"]), "one\n");
+    // A ledger named on the command line would be ignored by the server: refused.
+    for flag in ["--ledger", "--key-file"] {
+        let refused = env.fails(&[flag, "/tmp/elsewhere", "secret", "list"], 2);
+        assert!(
+            refused.contains(&format!("{flag} names a ledger on this host")),
+            "{refused}"
+        );
+    }
     // Commands the server does not offer say so, and where to run them.
     let refused = env.fails(&["import", "--file", "x.jsonl"], 2);
     assert!(refused.contains("not available through --server"), "{refused}");

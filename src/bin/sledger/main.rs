@@ -55,10 +55,25 @@ fn main() {
         }
         _ => {}
     }
-    let actor_from_command_line = matches!(
-        matches.value_source("actor"),
-        Some(clap::parser::ValueSource::CommandLine)
-    );
+    let typed = |arg: &str| {
+        matches!(
+            matches.value_source(arg),
+            Some(clap::parser::ValueSource::CommandLine)
+        )
+    };
+    let actor_from_command_line = typed("actor");
+    // A server opens its own ledger with its own key: these would be ignored, and the command
+    // would act on another ledger than the one named.
+    if let Some(flag) = ["ledger", "key_file", "master_key"]
+        .into_iter()
+        .find(|a| cli.global.server.is_some() && typed(a))
+    {
+        let err = exit::usage(format!(
+            "--{} names a ledger on this host, but --server (or SLEDGER_SERVER) sends the command to a server, which uses its own; drop one of them",
+            flag.replace('_', "-")
+        ));
+        std::process::exit(exit::report(&err, cli.global.format == cli::Format::Json));
+    }
     let ctx = match Context::new(&cli.global) {
         Ok(ctx) => ctx,
         Err(err) => std::process::exit(exit::report(&err, cli.global.format == cli::Format::Json)),
