@@ -60,7 +60,7 @@ pub struct AccessFilter {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub principal: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub outcome: Option<String>,
+    pub outcome: Option<AccessOutcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub after_seq: Option<u64>,
     /// At most N matching rows: the first N after `after_seq` when it is given (a page to go
@@ -76,10 +76,7 @@ pub struct AccessFilter {
 impl AccessFilter {
     pub fn keeps(&self, e: &AccessEntry) -> bool {
         self.principal.as_ref().is_none_or(|p| &e.record.principal == p)
-            && self
-                .outcome
-                .as_ref()
-                .is_none_or(|o| e.record.outcome.as_str() == o)
+            && self.outcome.is_none_or(|o| e.record.outcome == o)
     }
 }
 

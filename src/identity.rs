@@ -203,17 +203,16 @@ fn matches_every_name(pattern: &str) -> bool {
 pub fn validate_role_patterns(role: Role, patterns: &[String]) -> Result<()> {
     validate_patterns(patterns)?;
     let whole = match role {
-        Role::Admin => "administers the whole ledger (its sinks, tokens and replays)",
-        Role::Auditor => "reads the whole audit log",
+        Role::Admin => "an admin token administers the whole ledger (its sinks, tokens and replays)",
+        Role::Auditor => "an auditor token reads the whole audit log",
         Role::Writer | Role::Reader => return Ok(()),
     };
     if patterns.iter().any(|p| matches_every_name(p)) {
         return Ok(());
     }
     Err(Error::invalid(format!(
-        "a {} token {whole}, so its patterns cannot limit it: give it --pattern '*', or issue a writer \
-         or reader token for these names",
-        role.as_str()
+        "{whole}, so its patterns cannot limit it: give it --pattern '*', or issue a writer \
+         or reader token for these names"
     )))
 }
 

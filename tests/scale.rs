@@ -214,3 +214,25 @@ fn the_streamed_log_equals_the_whole_catalog_fold() {
     };
     assert_eq!(streamed(tail), folded[folded.len() - 250..]);
 }
+
+/// A page that a filter (a token's patterns) ends has no next page: `next_after` names one
+/// only when a secret the filter keeps follows.
+#[test]
+fn a_filtered_last_page_says_there_is_no_next() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ledger = new_ledger(&dir);
+    for name in ["app/a", "app/b", "zz/hidden"] {
+        ledger
+            .execute("alice", vec![create(name, Scope::Workspace, 1)])
+            .unwrap();
+    }
+    let query = ListQuery::new(Status::Live);
+    let apps = |m: &sledger::SecretMeta| m.name.starts_with("app/");
+    let page = ledger.list_page("alice", &query, 2, &apps).unwrap();
+    assert_eq!(page.secrets.len(), 2);
+    assert_eq!(page.next_after, None);
+    let page = ledger.list_page("alice", &query, 2, &|_| true).unwrap();
+    assert_eq!(page.next_after.as_deref(), Some("app/b"));
+    let page = ledger.list_page("alice", &query, 1, &apps).unwrap();
+    assert_eq!(page.next_after.as_deref(), Some("app/a"));
+}

@@ -380,6 +380,16 @@ async fn revoked_and_expired_tokens_are_refused_on_the_next_request() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // A name is never issued again, and the refusal says how its token ended.
+    for (name, ended) in [("short", "expired since"), ("soon-revoked", "revoked since")] {
+        let again = json!({"name": name, "role": "reader", "patterns": ["*"]});
+        let (status, body) = call(&server, &admin, Method::POST, "/v1/tokens", Some(again)).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().contains(ended),
+            "{body}"
+        );
+    }
     // The registry says what happened; no token is ever shown again.
     let listed = env.ok(&["token", "list"]);
     assert!(
@@ -899,6 +909,23 @@ async fn old_versions_stay_within_the_patterns_of_their_name_then() {
     let (status, body) = call(&server, &team, Method::GET, "/v1/secrets/team/x?version=1", None).await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     assert!(!body.to_string().contains("prod-only-value"));
+    // Nor is the name then told: not in the refusal, not in the history.
+    assert!(!body.to_string().contains("prod/root"), "{body}");
+    let (status, history) = call(&server, &team, Method::GET, "/v1/history/team/x", None).await;
+    assert_eq!(status, StatusCode::OK, "{history}");
+    assert!(!history.to_string().contains("prod/root"), "{history}");
+    let names: Vec<&Value> = history.as_array().unwrap().iter().map(|e| &e["name"]).collect();
+    assert_eq!(
+        names,
+        [&Value::Null, &json!("team/x"), &json!("team/x")],
+        "{history}"
+    );
+    assert!(
+        history[1]["detail"].as_str().unwrap().ends_with("→ team/x"),
+        "{history}"
+    );
+    let (_, full) = call(&server, &admin, Method::GET, "/v1/history/team/x", None).await;
+    assert_eq!(full[1]["detail"], "renamed prod/root → team/x", "{full}");
     // Token names are never reused: a new token cannot inherit a revoked one's private secrets.
     let (status, _) = call(&server, &admin, Method::DELETE, "/v1/tokens/team", None).await;
     assert_eq!(status, StatusCode::OK);
@@ -1489,6 +1516,37 @@ async fn filters_and_token_requests_take_what_they_say() {
     );
     let (status, answer) = call(&server, &admin, Method::GET, "/v1/secrets?limit=0", None).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    // An outcome the access log never records is a mistake, not an empty answer.
+    let (status, answer) = call(
+        &server,
+        &admin,
+        Method::GET,
+        "/v1/access-log?outcome=Denied",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(
+        answer["error"]["message"].as_str().unwrap().contains("denied"),
+        "{answer}"
+    );
+    let (status, answer) = call(
+        &server,
+        &admin,
+        Method::GET,
+        "/v1/access-log?outcome=denied",
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    // The scheme of the Authorization header is case-insensitive.
+    let lower = client()
+        .get(server.url("/v1/secrets"))
+        .header("authorization", format!("bearer {admin}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(lower.status(), StatusCode::OK);
     for token in [
         json!({"name": "t0", "role": "admin", "patterns": ["app/*"]}),
         json!({"name": "t3", "role": "auditor", "patterns": ["app/*"]}),

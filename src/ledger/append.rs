@@ -402,9 +402,10 @@ impl<'a> Planner<'a> {
                 // Never reused, even after revocation: the name is the principal that owns its
                 // private secrets and that the audit log names.
                 if let Some(issued) = tokens(self.tx)?.get(&name) {
-                    let state = match issued.revoked_at {
-                        Some(_) => "and revoked since",
-                        None => "and is active",
+                    let state = match (issued.revoked_at, issued.expires_at) {
+                        (Some(_), _) => "and revoked since",
+                        (None, Some(at)) if at <= now_ms() => "and expired since",
+                        (None, _) => "and is active",
                     };
                     return Err(Error::TokenExists { name, state });
                 }

@@ -36,6 +36,39 @@ impl AuditEntry {
     }
 }
 
+/// What a viewer is shown in place of a name it may not learn.
+const HIDDEN_NAME: &str = "(a name outside the viewer's patterns)";
+
+fn renamed(from: &str, to: &str) -> String {
+    format!("renamed {from} → {to}")
+}
+
+impl AuditEntry {
+    /// One secret's history (in seq order) for a viewer whose token covers its current name but
+    /// maybe not every earlier one: a name it may not see is left out of the entries, and out
+    /// of the renames' details.
+    pub fn hide_names(history: &mut [AuditEntry], may_see: &dyn Fn(&str) -> bool) {
+        let mut before: Option<String> = None;
+        for entry in history {
+            let name = entry.name.clone();
+            if let (Some(from), Some(to), "secret.renamed") = (&before, &name, entry.event_type.as_str()) {
+                let shown = |n: &str| {
+                    if may_see(n) {
+                        n.to_owned()
+                    } else {
+                        HIDDEN_NAME.to_owned()
+                    }
+                };
+                entry.detail = Some(renamed(&shown(from), &shown(to)));
+            }
+            if entry.name.as_deref().is_some_and(|n| !may_see(n)) {
+                entry.name = None;
+            }
+            before = name;
+        }
+    }
+}
+
 /// How one value key changed, with the new value's fingerprint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct KeyChange {
@@ -123,7 +156,7 @@ pub(super) fn describe(
         }
     }
     let detail = match event {
-        Event::SecretRenamed { from, to } => Some(format!("renamed {from} → {to}")),
+        Event::SecretRenamed { from, to } => Some(renamed(from, to)),
         Event::KeyRotated { key_id } => Some(format!("master key is now {key_id}")),
         Event::KeyMigrated { provider } => Some(format!("master key now held by {provider}")),
         Event::SecretPurged => Some("data key destroyed; every version is unreadable".into()),

@@ -129,16 +129,22 @@ impl Ledger {
         keep: &dyn Fn(&SecretMeta) -> bool,
     ) -> Result<SecretPage> {
         let mut page = SecretPage::default();
-        let mut last_name: Option<String> = None;
         self.scan_secrets(actor, query, &mut |meta| {
-            if page.secrets.len() >= limit && last_name.as_deref() != Some(meta.name.as_str()) {
-                page.next_after = last_name.take();
-                return Ok(false);
+            if !keep(&meta) {
+                return Ok(true);
             }
-            last_name = Some(meta.name.clone());
-            if keep(&meta) {
-                page.secrets.push(meta);
+            // A full page ends before the next name (a private and a workspace secret may
+            // share one, and a name is never split across pages); only then is there a next.
+            if page.secrets.len() >= limit {
+                match page.secrets.last() {
+                    Some(last) if last.name == meta.name => {}
+                    last => {
+                        page.next_after = last.map(|m| m.name.clone());
+                        return Ok(false);
+                    }
+                }
             }
+            page.secrets.push(meta);
             Ok(true)
         })?;
         Ok(page)

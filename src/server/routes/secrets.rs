@@ -213,7 +213,8 @@ pub(super) async fn get_secret(
         .await?;
     let read = &served.read;
     if !caller.token.covers(&read.meta.name) {
-        // A version from before a rename may carry a name outside the token's patterns.
+        // A version from before a rename may carry a name outside the token's patterns: the
+        // refusal is recorded under that name, but the caller is not told it.
         auth::authorize(
             &state.handle,
             &caller,
@@ -221,7 +222,14 @@ pub(super) async fn get_secret(
             Action::ReadValue,
             Some(&read.meta.name),
         )
-        .await?;
+        .await
+        .map_err(|_| Error::Denied {
+            principal: caller.principal(),
+            what: format!(
+                "secret.get version {} (written under an earlier name its patterns do not cover)",
+                read.version
+            ),
+        })?;
     }
     let mut record = auth::record(
         &caller.principal(),
@@ -304,6 +312,8 @@ pub(super) async fn history(
 ) -> ApiResult {
     let name = allow_secret(&state, &caller, "secret.history", &name).await?;
     let actor = caller.principal();
-    let entries = state.handle.read(move |l| l.history(&actor, &name)).await?;
+    let mut entries = state.handle.read(move |l| l.history(&actor, &name)).await?;
+    // Names it had before a rename may be outside the token's patterns.
+    crate::ledger::AuditEntry::hide_names(&mut entries, &|n| caller.token.covers(n));
     Ok(Json(entries.iter().map(|e| e.to_json()).collect::<Vec<_>>()).into_response())
 }
