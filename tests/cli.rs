@@ -88,6 +88,22 @@ fn values_from_files_and_json_stdin() {
         USAGE,
     );
     assert!(err.contains("JSON object of string values"), "{err}");
+    let out = env
+        .cmd()
+        .args([
+            "secret",
+            "create",
+            "d",
+            "--values-json",
+            "-",
+            "--value-file",
+            "b=-",
+        ])
+        .write_stdin(r#"{"a": "1"}"#)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(USAGE));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("can be read once"));
 }
 
 #[test]
@@ -408,10 +424,17 @@ fn invalid_input_is_rejected_with_clear_errors_and_nothing_appended() {
     env.fails(&["secret", "create", "a/../b", "--value", "k=v"], USAGE);
     env.fails(&["secret", "update", "x", "--remove-key", "k"], USAGE);
     env.fails(&["secret", "update", "x", "--remove-key", "nope"], USAGE);
+    env.ok(&["secret", "update", "x", "--label", "l=1"]);
+    let err = env.fails(
+        &["secret", "update", "x", "--label", "l=2", "--remove-label", "l"],
+        USAGE,
+    );
+    assert!(err.contains("both set and removed"), "{err}");
     env.fails(&["secret", "update", "x", "--value", &big], USAGE);
     // Only the two good creates were appended (after init's sink.added).
     assert_eq!(env.json_lines(&["log", "--type", "secret.created"]).len(), 2);
-    assert_eq!(env.json_lines(&["log"]).len(), 3);
+    // …and the one good label update.
+    assert_eq!(env.json_lines(&["log"]).len(), 4);
     env.ok(&["verify"]);
 }
 

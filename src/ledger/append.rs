@@ -524,6 +524,11 @@ impl<'a> Planner<'a> {
                 }
                 let mut labels = meta.labels.clone();
                 for key in &remove_labels {
+                    if set_labels.contains_key(key) {
+                        return Err(Error::invalid(format!(
+                            "label {key:?} is both set and removed; do one or the other"
+                        )));
+                    }
                     if labels.remove(key).is_none() {
                         return Err(Error::invalid(format!(
                             "secret {name:?} has no label {key:?} to remove"

@@ -12,7 +12,7 @@
 //!
 //! Catalog snapshots carry a MAC as well, at the end of their stored bytes.
 
-use super::verify::derived_mismatch;
+use super::verify::derived_mismatch_unverified;
 use super::*;
 use crate::crypto::EventMac;
 
@@ -214,7 +214,7 @@ pub(super) fn verified_snapshot<'a>(mac: &EventMac, seq: u64, stored: &'a [u8]) 
 }
 
 fn forged_snapshot(seq: u64) -> Error {
-    derived_mismatch(format!("the snapshot at seq {seq} (its MAC does not match)"))
+    derived_mismatch_unverified(format!("the snapshot at seq {seq} (its MAC does not match)"))
 }
 
 /// Inside an append, after its events: the new head is the trusted point.

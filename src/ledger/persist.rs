@@ -64,7 +64,7 @@ fn folded_row(store: &dyn Store, actor: &str, name: &str, row: &SecretMeta) -> R
     let visible = row.scope == Scope::Workspace || row.owner == actor;
     match fold_secret(store, row.id, u64::MAX)? {
         Some(folded) if folded == *row && named_so && visible => Ok(folded),
-        _ => Err(super::verify::derived_mismatch(format!(
+        _ => Err(super::verify::derived_mismatch_unverified(format!(
             "the catalog row found for {name:?} (secret {})",
             row.id
         ))),

@@ -67,6 +67,16 @@ pub(super) fn derived_mismatch(what: String) -> Error {
     ))
 }
 
+/// The same, found by a read or a write, which has not checked the whole log: the log may be
+/// what was edited.
+pub(super) fn derived_mismatch_unverified(what: String) -> Error {
+    Error::Corrupt(format!(
+        "{what} differs from the fold of the log: the database was edited outside sledger. \
+         `sledger verify` says whether the log itself is intact; if it is, \
+         `sledger verify --rebuild-catalog` rebuilds the derived data from it"
+    ))
+}
+
 /// An event's MAC, from the seq MACs start at.
 fn check_mac(macs: &Option<(EventMac, u64)>, e: &StoredEvent) -> Result<()> {
     match macs {

@@ -55,6 +55,27 @@ fn read_source(path: &Path) -> Result<Zeroizing<String>> {
 
 /// Gather values from --value, --value-file and --values-json; a key given twice is an error.
 fn collect_values(args: &ValueArgs) -> Result<SecretValues> {
+    // Standard input can be read once: the second reader would get nothing.
+    let stdin_readers: Vec<String> = args
+        .value_files
+        .iter()
+        .map(|p| ("--value-file", p))
+        .chain(args.raw_value_files.iter().map(|p| ("--value-file-raw", p)))
+        .filter(|(_, pair)| pair.split_once('=').is_some_and(|(_, path)| path == "-"))
+        .map(|(flag, pair)| format!("{flag} {pair}"))
+        .chain(
+            args.values_json
+                .iter()
+                .filter(|p| *p == Path::new("-"))
+                .map(|_| "--values-json -".into()),
+        )
+        .collect();
+    if stdin_readers.len() > 1 {
+        return Err(usage(format!(
+            "{} all read standard input, which can be read once; give the others from files",
+            stdin_readers.join(", ")
+        )));
+    }
     let mut values = SecretValues::new();
     let mut add = |key: &str, value: &str| -> Result<()> {
         if values.insert(key, value) {
