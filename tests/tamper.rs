@@ -115,6 +115,42 @@ fn changing_any_column_of_any_event_is_detected() {
     }
 }
 
+/// A write extends the chain from the last event a key holder saw: that event's columns must
+/// still hash to its stored hash, or the write would build on an edited event.
+#[test]
+fn a_write_refuses_to_extend_an_edited_head_event() {
+    let (env, events) = sample();
+    for column in ["recorded_at", "actor", "payload"] {
+        let copy = copy_of(&env);
+        let raw = copy.raw();
+        raw.execute_batch("DROP TRIGGER IF EXISTS events_are_append_only_update")
+            .unwrap();
+        let value: Value = raw
+            .query_row(
+                &format!("SELECT {column} FROM events WHERE seq = ?1"),
+                [events as i64],
+                |r| r.get(0),
+            )
+            .unwrap();
+        raw.execute(
+            &format!("UPDATE events SET {column} = ?1 WHERE seq = ?2"),
+            rusqlite::params![altered(&value, column, events), events as i64],
+        )
+        .unwrap();
+        drop(raw);
+        let err = copy.fails(&["secret", "create", "after", "--value", "k=v"], INTEGRITY);
+        assert!(
+            err.contains(&format!("broken at seq {events}")),
+            "{column}: {err}"
+        );
+        let head: i64 = copy
+            .raw()
+            .query_row("SELECT max(seq) FROM events", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(head as u64, events, "{column}: nothing was appended");
+    }
+}
+
 #[test]
 fn deleting_an_event_is_detected() {
     let (env, events) = sample();

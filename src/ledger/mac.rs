@@ -26,6 +26,13 @@ fn broken(seq: u64, reason: impl Into<String>) -> Error {
     }
 }
 
+fn unhashed(seq: u64) -> Error {
+    broken(
+        seq,
+        "the stored hash does not match the event's contents (it was altered)",
+    )
+}
+
 /// The seq `mac_from` records, unchecked (to unwrap the fingerprint key, which binds it).
 pub(super) fn recorded_start(store: &dyn Store) -> Result<Option<u64>> {
     Ok(match store.setting(MAC_FROM)? {
@@ -74,6 +81,10 @@ fn tagged(mac: &EventMac, name: &str, value: &[u8]) -> Vec<u8> {
 
 /// The event's MAC must match its hash (and so its contents and place in the chain).
 pub(super) fn check_event(mac: &EventMac, e: &StoredEvent) -> Result<()> {
+    // The MAC is of the stored hash: the columns must still be what that hash was made of.
+    if e.computed_hash() != e.hash {
+        return Err(unhashed(e.seq));
+    }
     match &e.mac {
         Some(m) if EventMac::matches(m, &mac.event(e.seq, &e.hash)) => Ok(()),
         Some(_) => Err(broken(
@@ -114,25 +125,20 @@ pub(super) fn check_since_trusted(store: &dyn Store, mac: &EventMac) -> Result<(
                 ));
             }
             let seq = u64::from_le_bytes(value[..8].try_into().expect("8 bytes"));
-            // Usually the head itself, whose hash is at hand.
-            let hash = if seq == head.seq {
-                head.hash
-            } else {
-                store
-                    .event(seq)?
-                    .ok_or_else(|| {
-                        broken(
-                            seq,
-                            "the last event a key holder saw is gone: the log was truncated",
-                        )
-                    })?
-                    .hash
-            };
-            if hash[..] != value[8..] {
+            let seen = store.event(seq)?.ok_or_else(|| {
+                broken(
+                    seq,
+                    "the last event a key holder saw is gone: the log was truncated",
+                )
+            })?;
+            if seen.hash[..] != value[8..] {
                 return Err(broken(
                     seq,
                     "it is not the event a key holder last saw: the log before it was rewritten and rechained",
                 ));
+            }
+            if seen.computed_hash() != seen.hash {
+                return Err(unhashed(seq));
             }
             seq
         }
