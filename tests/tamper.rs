@@ -1049,3 +1049,33 @@ fn a_ledger_file_cut_short_is_reported_damaged() {
         "{err}"
     );
 }
+
+/// A primary object whose seq column was raised behind sledger's back refuses every later
+/// write of that secret without an error: the write says so (a note, and `stale` in JSON),
+/// instead of reporting it applied and nothing more.
+#[test]
+fn a_write_the_primary_silently_skipped_is_noted() {
+    let env = Env::new();
+    env.ok(&["secret", "create", "s", "--value", "k=1"]);
+    rusqlite::Connection::open(env.path("ledger.sink.db"))
+        .unwrap()
+        .execute("UPDATE objects SET seq = 99 WHERE meta LIKE '%\"s\"%'", [])
+        .unwrap();
+    let out = env
+        .cmd()
+        .args(["secret", "update", "s", "--value", "k=2"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("\"s\" cannot be read back") && said.contains("drifted"),
+        "{said}"
+    );
+    let doc = env.json(&["secret", "update", "s", "--value", "k=3"]);
+    assert_eq!(doc["primary"]["stale"].as_array().map(Vec::len), Some(1), "{doc}");
+    // A write the primary took has no such note.
+    env.ok(&["secret", "create", "t", "--value", "k=1"]);
+    let doc = env.json(&["secret", "update", "t", "--value", "k=2"]);
+    assert!(doc["primary"].get("stale").is_none(), "{doc}");
+}

@@ -669,6 +669,21 @@ pub struct PrimaryWait {
     /// record beyond the ledger's head. One line per secret.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub shadowed: Vec<String>,
+    /// Written secrets the primary, having applied the write, still answers with an older
+    /// version of: something beside sledger holds the object, or the backend is eventually
+    /// consistent and has not caught up yet. One line per secret.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stale: Vec<String>,
+}
+
+/// What a sink that has applied a write answers for the written secrets
+/// ([`shadowed_writes`]).
+#[derive(Debug, Default)]
+pub struct ReadBack {
+    /// Records beyond the ledger's head: the write was not taken (an integrity error).
+    pub shadowed: Vec<String>,
+    /// Records older than the write (a note: an eventually consistent backend may catch up).
+    pub stale: Vec<String>,
 }
 
 impl PrimaryWait {
@@ -693,38 +708,66 @@ impl PrimaryWait {
 /// [`shadowed_writes`] of the attached sink `name`, which has applied the write. A sink that
 /// cannot be opened or read now judges nothing, and the second value says why: the write is
 /// durable in the ledger whatever the sink does.
-pub async fn shadowed_in(ledger: &Ledger, name: &str, written: &[Outcome]) -> (Vec<String>, Option<String>) {
+pub async fn shadowed_in(ledger: &Ledger, name: &str, written: &[Outcome]) -> (ReadBack, Option<String>) {
     let checked = match ledger.open_sink(name) {
-        Ok((_, sink)) => shadowed_writes(ledger, &*sink, written).await,
+        Ok((_, sink)) => shadowed_writes(ledger, name, &*sink, written).await,
         Err(e) => Err(e),
     };
     match checked {
-        Ok(shadowed) => (shadowed, None),
-        Err(e) => (Vec::new(), Some(e.to_string())),
+        Ok(read_back) => (read_back, None),
+        Err(e) => (ReadBack::default(), Some(e.to_string())),
     }
 }
 
 /// The secrets among `written` (a write's outcomes) that `sink`, which has applied the write,
 /// did not take: it keeps a record claiming a seq beyond the ledger's head, which shadows
-/// every write until `reconcile --force-ledger`. One read per written secret; a read that
-/// fails judges nothing (other writers' races and outages are not shadowing).
-pub async fn shadowed_writes(ledger: &Ledger, sink: &dyn Sink, written: &[Outcome]) -> Result<Vec<String>> {
+/// every write until `reconcile --force-ledger`. One read per written secret; a record older
+/// than the write, or a read that fails, is only `stale` (an outage, or a backend not caught
+/// up, is not shadowing).
+pub async fn shadowed_writes(
+    ledger: &Ledger,
+    sink_name: &str,
+    sink: &dyn Sink,
+    written: &[Outcome],
+) -> Result<ReadBack> {
+    let parked: HashSet<SecretId> = ledger
+        .parked(sink_name)?
+        .into_iter()
+        .map(|p| p.secret_id)
+        .collect();
+    let mut read_back = ReadBack::default();
     let mut held = Vec::new();
     for outcome in written {
-        if let Outcome::Appended { secret, .. } = outcome {
-            if let Ok(Some(record)) = sink.get(secret.id).await {
-                held.push((&secret.name, record.seq));
+        if let Outcome::Appended { secret, seq, .. } = outcome {
+            match sink.get(secret.id).await {
+                Ok(Some(record)) => held.push((secret, *seq, record.seq)),
+                // Deleted or purged since, by a later write.
+                Ok(None) => {}
+                // A refused secret has its own note; an object the sink cannot read (an
+                // outage, or one altered behind sledger's back) is worth one.
+                Err(_) if parked.contains(&secret.id) => {}
+                Err(e) => read_back
+                    .stale
+                    .push(format!("{:?} cannot be read back from it ({e})", secret.name)),
             }
         }
     }
     // Read after the records: another writer's later event, projected meanwhile, is then
     // within the head.
     let head = ledger.head()?.seq;
-    Ok(held
-        .into_iter()
-        .filter(|(_, seq)| *seq > head)
-        .map(|(name, seq)| format!("it keeps seq {seq} of {name:?}, beyond the ledger's head {head}"))
-        .collect())
+    for (secret, written_seq, held_seq) in held {
+        let name = &secret.name;
+        if held_seq > head {
+            read_back.shadowed.push(format!(
+                "it keeps seq {held_seq} of {name:?}, beyond the ledger's head {head}"
+            ));
+        } else if held_seq < written_seq && !parked.contains(&secret.id) {
+            read_back.stale.push(format!(
+                "it answers seq {held_seq} of {name:?}, older than this write's seq {written_seq}"
+            ));
+        }
+    }
+    Ok(read_back)
 }
 
 /// After a write whose last event is `seq`: give the primary sink up to `wait` to apply it (a
@@ -753,17 +796,18 @@ pub async fn wait_for_primary(
     }
     let checkpoint = ledger.checkpoint(&name)?;
     let parked = ledger.parked(&name)?.len() as u64;
-    let (shadowed, unread) = if checkpoint >= seq {
+    let (read_back, unread) = if checkpoint >= seq {
         shadowed_in(ledger, &name, written).await
     } else {
-        (Vec::new(), None)
+        (ReadBack::default(), None)
     };
     Ok(Some(PrimaryWait {
         applied: checkpoint >= seq,
         lag: seq.saturating_sub(checkpoint),
         error: if checkpoint >= seq { unread } else { error },
         parked,
-        shadowed,
+        shadowed: read_back.shadowed,
+        stale: read_back.stale,
         name,
     }))
 }

@@ -189,13 +189,14 @@ impl AppState {
             .read(move |l| {
                 let progress = l.checkpoint(&name)?;
                 let status = l.sink_status()?.into_iter().find(|s| s.name == name);
-                let (shadowed, unread) = if progress >= seq {
+                let (read_back, unread) = if progress >= seq {
                     runtime.block_on(crate::project::shadowed_in(l, &name, &written))
                 } else {
-                    (Vec::new(), None)
+                    (Default::default(), None)
                 };
                 Ok(PrimaryWait {
-                    shadowed,
+                    shadowed: read_back.shadowed,
+                    stale: read_back.stale,
                     applied: progress >= seq,
                     lag: seq.saturating_sub(progress),
                     parked: status.as_ref().map_or(0, |s| s.parked),

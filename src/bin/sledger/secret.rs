@@ -195,6 +195,15 @@ pub fn render_writes(ctx: &Context, verb: &str, docs: &[Value]) -> Result<()> {
             p.name
         );
     }
+    if let Some(p) = primary.as_ref().filter(|p| !p.stale.is_empty() && notes) {
+        eprintln!(
+            "note: primary sink {:?} applied the write, but {}: something beside sledger holds the object, \
+             or the backend has not caught up yet; `sledger diff {}` shows what it holds",
+            p.name,
+            p.stale.join("; "),
+            p.name
+        );
+    }
     if let Some(p) = primary.as_ref().filter(|p| p.parked > 0 && notes) {
         eprintln!(
             "note: primary sink {:?} refused {} secret{}: reads of {} fall back to other sources; \
