@@ -26,13 +26,6 @@ fn broken(seq: u64, reason: impl Into<String>) -> Error {
     }
 }
 
-fn unhashed(seq: u64) -> Error {
-    broken(
-        seq,
-        "the stored hash does not match the event's contents (it was altered)",
-    )
-}
-
 /// The seq `mac_from` records, unchecked (to unwrap the fingerprint key, which binds it).
 pub(super) fn recorded_start(store: &dyn Store) -> Result<Option<u64>> {
     Ok(match store.setting(MAC_FROM)? {
@@ -79,12 +72,17 @@ fn tagged(mac: &EventMac, name: &str, value: &[u8]) -> Vec<u8> {
     bytes
 }
 
-/// The event's MAC must match its hash (and so its contents and place in the chain).
+/// An event read without a chain walk: its columns must still hash to its stored hash, and
+/// that hash must carry a key holder's MAC (so its contents and place in the chain are theirs).
 pub(super) fn check_event(mac: &EventMac, e: &StoredEvent) -> Result<()> {
-    // The MAC is of the stored hash: the columns must still be what that hash was made of.
     if e.computed_hash() != e.hash {
-        return Err(unhashed(e.seq));
+        return Err(crate::log::altered(e.seq));
     }
+    check_stored_mac(mac, e)
+}
+
+/// The MAC of an event whose hash the caller has already recomputed (a chain walk).
+pub(super) fn check_stored_mac(mac: &EventMac, e: &StoredEvent) -> Result<()> {
     match &e.mac {
         Some(m) if EventMac::matches(m, &mac.event(e.seq, &e.hash)) => Ok(()),
         Some(_) => Err(broken(
@@ -138,7 +136,7 @@ pub(super) fn check_since_trusted(store: &dyn Store, mac: &EventMac) -> Result<(
                 ));
             }
             if seen.computed_hash() != seen.hash {
-                return Err(unhashed(seq));
+                return Err(crate::log::altered(seq));
             }
             seq
         }

@@ -78,6 +78,14 @@ pub struct ChainCheck {
     head: Head,
 }
 
+/// The event at `seq` no longer hashes to its stored hash: its columns were changed.
+pub(crate) fn altered(seq: u64) -> Error {
+    Error::ChainBroken {
+        seq,
+        reason: "the stored hash does not match the event's contents (it was altered)".into(),
+    }
+}
+
 impl Default for ChainCheck {
     fn default() -> Self {
         ChainCheck { head: Head::EMPTY }
@@ -107,10 +115,7 @@ impl ChainCheck {
             );
         }
         if e.computed_hash() != e.hash {
-            return broken(
-                e.seq,
-                "the stored hash does not match the event's contents (it was altered)".into(),
-            );
+            return Err(altered(e.seq));
         }
         if e.recorded_at < self.head.recorded_at {
             return broken(e.seq, "recorded_at goes backwards".into());

@@ -730,25 +730,22 @@ pub async fn shadowed_writes(
     sink: &dyn Sink,
     written: &[Outcome],
 ) -> Result<ReadBack> {
-    let parked: HashSet<SecretId> = ledger
-        .parked(sink_name)?
-        .into_iter()
-        .map(|p| p.secret_id)
-        .collect();
     let mut read_back = ReadBack::default();
     let mut held = Vec::new();
+    // Written secrets the sink does not serve as written: stale unless refused (parked), which
+    // has its own note.
+    let mut behind = Vec::new();
     for outcome in written {
         if let Outcome::Appended { secret, seq, .. } = outcome {
             match sink.get(secret.id).await {
                 Ok(Some(record)) => held.push((secret, *seq, record.seq)),
                 // Deleted or purged since, by a later write.
                 Ok(None) => {}
-                // A refused secret has its own note; an object the sink cannot read (an
-                // outage, or one altered behind sledger's back) is worth one.
-                Err(_) if parked.contains(&secret.id) => {}
-                Err(e) => read_back
-                    .stale
-                    .push(format!("{:?} cannot be read back from it ({e})", secret.name)),
+                // An outage, or an object altered behind sledger's back.
+                Err(e) => behind.push((
+                    secret,
+                    format!("{:?} cannot be read back from it ({e})", secret.name),
+                )),
             }
         }
     }
@@ -761,11 +758,25 @@ pub async fn shadowed_writes(
             read_back.shadowed.push(format!(
                 "it keeps seq {held_seq} of {name:?}, beyond the ledger's head {head}"
             ));
-        } else if held_seq < written_seq && !parked.contains(&secret.id) {
-            read_back.stale.push(format!(
-                "it answers seq {held_seq} of {name:?}, older than this write's seq {written_seq}"
+        } else if held_seq < written_seq {
+            behind.push((
+                secret,
+                format!("it answers seq {held_seq} of {name:?}, older than this write's seq {written_seq}"),
             ));
         }
+    }
+    // Only then the parked list: a write the sink took, the usual case, costs no read of it.
+    if !behind.is_empty() {
+        let parked: HashSet<SecretId> = ledger
+            .parked(sink_name)?
+            .into_iter()
+            .map(|p| p.secret_id)
+            .collect();
+        read_back.stale = behind
+            .into_iter()
+            .filter(|(secret, _)| !parked.contains(&secret.id))
+            .map(|(_, line)| line)
+            .collect();
     }
     Ok(read_back)
 }

@@ -481,25 +481,23 @@ pub async fn backup(
             report,
         )
         .await?;
-        if delete_secrets {
-            // A dry run changed nothing, so it counts on the resync having worked: the backup
-            // would then hold every live secret.
-            let held = if dry_run {
-                desired
-                    .objects
-                    .iter()
-                    .filter(|(_, op)| matches!(op, project::Op::Put(_)))
-                    .map(|(id, _)| *id)
-                    .collect()
-            } else {
-                held_ids(&*sink).await?
-            };
+        if delete_secrets && !dry_run {
+            let held = held_ids(&*sink).await?;
             everywhere = Some(match everywhere {
                 None => held,
                 Some(before) => before.intersection(&held).copied().collect(),
             });
         }
         done_all.backups.push((name, done));
+    }
+    if delete_secrets && dry_run {
+        // A dry run changed nothing, so it counts on the resyncs having worked: every backup
+        // would then hold every live secret.
+        let live = desired
+            .objects
+            .iter()
+            .filter(|(_, op)| matches!(op, project::Op::Put(_)));
+        everywhere = Some(live.map(|(id, _)| *id).collect());
     }
     if let Some(everywhere) = everywhere {
         let primary = project::primary(ledger)?.ok_or_else(no_primary)?;
